@@ -1,0 +1,372 @@
+"""Requests and responses of the HTTP API (`/api/v1`).
+
+Client side: start a run, list runs, cancel, send an event. Worker side: claim runs,
+heartbeat, record a task attempt, and transition a run (complete, fail, suspend on
+waits, release). Every worker write carries the `revision` its claim returned; the
+server rejects a stale one with `StaleRevisionError`.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from enum import StrEnum
+from typing import Annotated, Literal, Self
+
+from pydantic import AwareDatetime, Field, JsonValue, StringConstraints, model_validator
+
+from aiki_core._duration import Duration
+from aiki_core._error_info import ErrorInfo
+from aiki_core._exceptions import ErrorCode
+from aiki_core._ids import DEFAULT_POOL, EventId, RunId, TaskAddress, TaskId, WorkerId
+from aiki_core._records import (
+    ChildRecord,
+    EventRecord,
+    EventWaitRecord,
+    RunSummary,
+    SleepRecord,
+    TaskRecord,
+)
+from aiki_core._retry import RetryPolicy
+from aiki_core._status import TASK_TERMINAL_STATUSES, RunStatus, TaskStatus
+from aiki_core._wire import Name, ReferenceId, RequestModel, ResponseModel, VersionName
+
+__all__ = [
+    "AwaitChild",
+    "AwaitEvent",
+    "AwaitRetry",
+    "AwaitSleep",
+    "CancelRunRequest",
+    "ClaimRequest",
+    "ClaimResponse",
+    "ClaimedRun",
+    "CompleteRun",
+    "ErrorBody",
+    "ErrorResponse",
+    "FailRun",
+    "HeartbeatRequest",
+    "HeartbeatResponse",
+    "ListRunsQuery",
+    "RecordTaskRequest",
+    "RecordTaskResponse",
+    "ReleaseRun",
+    "RunAction",
+    "RunDirective",
+    "RunLease",
+    "RunLeaseStatus",
+    "RunPage",
+    "RunWait",
+    "SendEventRequest",
+    "SendEventResponse",
+    "StartRunRequest",
+    "StartRunResponse",
+    "SuspendRun",
+    "TransitionRunRequest",
+    "TransitionRunResponse",
+    "WorkflowCapability",
+]
+
+MAX_LONG_POLL = timedelta(seconds=60)
+"""The longest a claim or a status wait may hold a request open."""
+
+
+# -- errors -----------------------------------------------------------------------------
+
+
+class ErrorBody(ResponseModel):
+    """The inner object of a wire error."""
+
+    code: ErrorCode | str = Field(description="Stable machine-readable code.")
+    message: str
+    details: dict[str, JsonValue] = Field(default_factory=dict)
+
+
+class ErrorResponse(ResponseModel):
+    """Every 4xx and 5xx body: `{"error": {"code", "message", "details"}}`."""
+
+    error: ErrorBody
+
+
+# -- starting and reading runs ----------------------------------------------------------
+
+
+class StartRunRequest(RequestModel):
+    """Start a run of `workflow` at `version` (idempotent by `reference_id`)."""
+
+    workflow: Name
+    version: VersionName
+    input: JsonValue = None
+    reference_id: ReferenceId | None = None
+    start_at: AwareDatetime | None = None
+    delay: Duration | None = None
+    pool: Name = DEFAULT_POOL
+    timeout: Duration | None = None
+
+    @model_validator(mode="after")
+    def _one_start_time(self) -> Self:
+        if self.start_at is not None and self.delay is not None:
+            raise ValueError("give start_at or delay, not both")
+        return self
+
+
+class StartRunResponse(ResponseModel):
+    """The run a start created, or found by its reference id (`created` is then false)."""
+
+    run: RunSummary
+    created: bool
+
+
+class ListRunsQuery(RequestModel):
+    """Filters and keyset pagination of `GET /runs` (sent as query parameters)."""
+
+    workflow: Name | None = None
+    version: VersionName | None = None
+    status: list[RunStatus] | None = None
+    created_after: AwareDatetime | None = None
+    created_before: AwareDatetime | None = None
+    limit: int = Field(default=50, ge=1, le=500)
+    cursor: str | None = Field(default=None, max_length=200)
+
+
+class RunPage(ResponseModel):
+    """One page of runs, newest first; pass `next_cursor` back for the next."""
+
+    runs: list[RunSummary]
+    next_cursor: str | None = None
+
+
+class CancelRunRequest(RequestModel):
+    """Cancel a run and, through it, its children."""
+
+    reason: str | None = Field(default=None, max_length=1000)
+
+
+class SendEventRequest(RequestModel):
+    """Deliver an event to a run; a repeated `reference_id` is dropped as a duplicate."""
+
+    name: Name
+    data: JsonValue = None
+    reference_id: ReferenceId | None = None
+
+
+class SendEventResponse(ResponseModel):
+    """The stored event's id; `duplicate` when its reference id was seen before."""
+
+    event_id: EventId
+    duplicate: bool
+
+
+# -- claims and heartbeats ---------------------------------------------------------------
+
+
+class WorkflowCapability(RequestModel):
+    """One (workflow, version, pool) triple a worker can execute."""
+
+    workflow: Name
+    version: VersionName
+    pool: Name = DEFAULT_POOL
+
+
+class ClaimRequest(RequestModel):
+    """Ask for up to `max_runs` runs; the server holds the request up to `wait` for work."""
+
+    worker_id: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    capabilities: list[WorkflowCapability] = Field(min_length=1, max_length=1000)
+    max_runs: int = Field(default=1, ge=1, le=1000)
+    wait: Duration = timedelta(seconds=30)
+
+    @model_validator(mode="after")
+    def _bounded_wait(self) -> Self:
+        if self.wait > MAX_LONG_POLL:
+            raise ValueError(f"wait may be at most {MAX_LONG_POLL.total_seconds():.0f} s")
+        return self
+
+
+class ClaimedRun(ResponseModel):
+    """A claimed run with everything its replay needs, in one response."""
+
+    run: RunSummary
+    input: JsonValue = None
+    tasks: list[TaskRecord] = Field(default_factory=list)
+    sleeps: list[SleepRecord] = Field(default_factory=list)
+    event_waits: list[EventWaitRecord] = Field(default_factory=list)
+    events: list[EventRecord] = Field(default_factory=list)
+    children: list[ChildRecord] = Field(default_factory=list)
+
+
+class ClaimResponse(ResponseModel):
+    """The runs handed to this worker (empty when the wait ran out)."""
+
+    runs: list[ClaimedRun]
+
+
+class RunLease(RequestModel):
+    """A run a worker holds, at the revision its claim returned."""
+
+    run_id: RunId
+    revision: int = Field(ge=0)
+
+
+class HeartbeatRequest(RequestModel):
+    """Refresh the claims on the runs a worker holds."""
+
+    worker_id: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    runs: list[RunLease] = Field(max_length=10_000)
+
+
+class RunDirective(StrEnum):
+    """What a worker must do with a run it holds."""
+
+    CONTINUE = "continue"
+    CANCEL = "cancel"
+    PAUSE = "pause"
+    LOST = "lost"
+    """The claim was superseded; stop without writing anything more."""
+
+
+class RunLeaseStatus(ResponseModel):
+    """The server's answer for one held run."""
+
+    run_id: RunId
+    directive: RunDirective
+
+
+class HeartbeatResponse(ResponseModel):
+    """One directive per run in the heartbeat."""
+
+    runs: list[RunLeaseStatus]
+
+
+# -- recording tasks ---------------------------------------------------------------------
+
+
+class RecordTaskRequest(RequestModel):
+    """Record one attempt of a task call, identified by address and occurrence.
+
+    `running` opens an attempt (with the call's `input` on its first attempt);
+    `completed` records its `result`; `failed` and `awaiting_retry` record its
+    `error`, the latter with the `retry_at` of the next attempt.
+    """
+
+    revision: int = Field(ge=0)
+    name: Name
+    address: TaskAddress
+    occurrence: int = Field(ge=0)
+    attempt: int = Field(ge=1)
+    status: TaskStatus
+    input: JsonValue = None
+    result: JsonValue = None
+    error: ErrorInfo | None = None
+    retry_at: AwareDatetime | None = None
+    retry: RetryPolicy | None = None
+    worker_id: WorkerId | None = None
+
+    @model_validator(mode="after")
+    def _fields_match_status(self) -> Self:
+        failing = self.status in (TaskStatus.FAILED, TaskStatus.AWAITING_RETRY)
+        if failing and self.error is None:
+            raise ValueError(f"a {self.status} record needs an error")
+        if not failing and self.error is not None:
+            raise ValueError(f"a {self.status} record carries no error")
+        if (self.status is TaskStatus.AWAITING_RETRY) != (self.retry_at is not None):
+            raise ValueError("retry_at is required with awaiting_retry, and only with it")
+        if self.status is not TaskStatus.COMPLETED and self.result is not None:
+            raise ValueError("only a completed record carries a result")
+        return self
+
+
+class RecordTaskResponse(ResponseModel):
+    """The recorded task call and its status after the write."""
+
+    task_id: TaskId
+    status: TaskStatus
+
+    @property
+    def is_terminal(self) -> bool:
+        """Whether the task call has ended."""
+        return self.status in TASK_TERMINAL_STATUSES
+
+
+# -- transitions of a claimed run --------------------------------------------------------
+
+
+class AwaitSleep(RequestModel):
+    """Wait until `wake_at` (the `occurrence`-th sleep called `name`)."""
+
+    kind: Literal["sleep"] = "sleep"
+    name: Name
+    occurrence: int = Field(ge=0)
+    wake_at: AwareDatetime
+
+
+class AwaitEvent(RequestModel):
+    """Wait for the `occurrence`-th event called `name`, until `timeout_at` if given."""
+
+    kind: Literal["event"] = "event"
+    name: Name
+    occurrence: int = Field(ge=0)
+    timeout_at: AwareDatetime | None = None
+
+
+class AwaitChild(RequestModel):
+    """Wait until the child run ends, whatever its terminal status."""
+
+    kind: Literal["child"] = "child"
+    child_run_id: RunId
+
+
+class AwaitRetry(RequestModel):
+    """Wait out a long retry back-off until `retry_at`."""
+
+    kind: Literal["retry"] = "retry"
+    retry_at: AwareDatetime
+
+
+RunWait = Annotated[AwaitSleep | AwaitEvent | AwaitChild | AwaitRetry, Field(discriminator="kind")]
+"""One thing a suspended run waits for."""
+
+
+class CompleteRun(RequestModel):
+    """End the run with its result."""
+
+    kind: Literal["complete"] = "complete"
+    result: JsonValue = None
+
+
+class FailRun(RequestModel):
+    """End the run (or, under a workflow retry policy, this attempt of it) with an error."""
+
+    kind: Literal["fail"] = "fail"
+    error: ErrorInfo
+    retry_at: AwareDatetime | None = Field(
+        default=None, description="When set, the run awaits a workflow-level retry instead."
+    )
+
+
+class SuspendRun(RequestModel):
+    """Release the run until one of `waits` is satisfied (several when awaited together)."""
+
+    kind: Literal["suspend"] = "suspend"
+    waits: list[RunWait] = Field(min_length=1, max_length=1000)
+
+
+class ReleaseRun(RequestModel):
+    """Give the run back to the queue unchanged (the worker is shutting down)."""
+
+    kind: Literal["release"] = "release"
+
+
+RunAction = Annotated[CompleteRun | FailRun | SuspendRun | ReleaseRun, Field(discriminator="kind")]
+"""What a worker does with the run it holds."""
+
+
+class TransitionRunRequest(RequestModel):
+    """Apply `action` to a claimed run, fenced by the claim's `revision`."""
+
+    revision: int = Field(ge=0)
+    action: RunAction
+
+
+class TransitionRunResponse(ResponseModel):
+    """The run after the transition."""
+
+    run: RunSummary

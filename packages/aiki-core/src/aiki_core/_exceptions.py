@@ -1,0 +1,472 @@
+"""The exception tree of Aiki.
+
+```
+AikiError                          any error raised by an Aiki package
+├── InvalidRequestError (400)      malformed input: bad JSON, wrong shape, bad query
+│   └── PayloadValidationError (422)  a payload or result does not match its type
+├── AuthenticationError (401)      no or unknown API key
+├── PermissionDeniedError (403)    the key may not do this (or a signature is wrong)
+├── NotFoundError (404)            an id names nothing the caller can see
+├── ConflictError (409)            the request conflicts with the current state
+│   ├── ReferenceIdConflictError   a reference id reused with another payload
+│   ├── IllegalTransitionError     a status change the state machine forbids
+│   └── StaleRevisionError         a write from a worker whose claim was superseded
+├── PayloadTooLargeError (413)     a body over the server's limit
+├── ServerError (500)              the server failed; the request may be retried
+│   └── ServerUnavailableError (503)  the server cannot be reached or is shutting down
+├── AikiTimeoutError               a deadline passed (also a builtin TimeoutError)
+│   ├── WorkflowTimeoutError       a run's own timeout
+│   └── TaskTimeoutError           one task attempt's timeout
+├── WorkflowFailedError            a run ended as failed; carries the remote error
+├── WorkflowCancelledError         a run ended as cancelled
+├── NonRetryableError              raise it from a task to fail without retrying
+├── RemoteError                    an exception rebuilt from another process
+└── CodecError                     a payload could not be encoded or decoded
+    └── DecryptionError            wrong key, missing key, or tampered ciphertext
+
+RunInterrupt (BaseException)       engine control flow: suspending or cancelling a run
+```
+
+Every error carries the ids involved as attributes, and the same values in
+`details`, the JSON object of the wire error `{"error": {"code", "message",
+"details"}}`. `to_wire()` builds that object and `error_from_wire()` rebuilds the
+typed exception from it, so a client raises the same class the server raised.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from pydantic import JsonValue
+
+    from aiki_core._error_info import ErrorInfo
+
+__all__ = [
+    "AikiError",
+    "AikiTimeoutError",
+    "AuthenticationError",
+    "CodecError",
+    "ConflictError",
+    "DecryptionError",
+    "ErrorCode",
+    "IllegalTransitionError",
+    "InvalidRequestError",
+    "NonRetryableError",
+    "NotFoundError",
+    "PayloadTooLargeError",
+    "PayloadValidationError",
+    "PermissionDeniedError",
+    "ReferenceIdConflictError",
+    "RemoteError",
+    "RunInterrupt",
+    "ServerError",
+    "ServerUnavailableError",
+    "StaleRevisionError",
+    "TaskTimeoutError",
+    "WorkflowCancelledError",
+    "WorkflowFailedError",
+    "WorkflowTimeoutError",
+    "error_from_wire",
+]
+
+
+class ErrorCode(StrEnum):
+    """Stable, machine-readable codes of wire errors."""
+
+    AIKI_ERROR = "aiki_error"
+    INVALID_REQUEST = "invalid_request"
+    PAYLOAD_VALIDATION = "payload_validation"
+    UNAUTHENTICATED = "unauthenticated"
+    PERMISSION_DENIED = "permission_denied"
+    NOT_FOUND = "not_found"
+    CONFLICT = "conflict"
+    REFERENCE_ID_CONFLICT = "reference_id_conflict"
+    ILLEGAL_TRANSITION = "illegal_transition"
+    STALE_REVISION = "stale_revision"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    SERVER_ERROR = "server_error"
+    SERVER_UNAVAILABLE = "server_unavailable"
+    TIMEOUT = "timeout"
+    WORKFLOW_TIMEOUT = "workflow_timeout"
+    TASK_TIMEOUT = "task_timeout"
+    WORKFLOW_FAILED = "workflow_failed"
+    WORKFLOW_CANCELLED = "workflow_cancelled"
+    NON_RETRYABLE = "non_retryable"
+    REMOTE_ERROR = "remote_error"
+    CODEC_ERROR = "codec_error"
+    DECRYPTION_FAILED = "decryption_failed"
+
+
+_BY_CODE: dict[ErrorCode, type[AikiError]] = {}
+
+
+class AikiError(Exception):
+    """Root of every error raised by Aiki.
+
+    Subclasses set `code` and `status_code`, take the ids involved as constructor
+    arguments, and keep each as an attribute of the same name as its `details` key.
+    """
+
+    code: ClassVar[ErrorCode] = ErrorCode.AIKI_ERROR
+    status_code: ClassVar[int] = 500
+    retryable: bool = True
+    """Whether a task that raised this may be tried again under its retry policy."""
+
+    def __init__(self, message: str, *, details: Mapping[str, JsonValue] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details: dict[str, JsonValue] = dict(details or {})
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # the first class to claim a code owns it; subclasses that inherit it do not
+        _BY_CODE.setdefault(cls.code, cls)
+
+    def _restore(self, details: Mapping[str, JsonValue]) -> None:
+        """Set the attributes of a wire-rebuilt error from its details."""
+        for key, value in details.items():
+            if key.isidentifier() and not hasattr(type(self), key):
+                setattr(self, key, value)
+
+    def to_wire(self) -> dict[str, JsonValue]:
+        """The wire error object: `{"error": {"code", "message", "details"}}`."""
+        return {
+            "error": {"code": self.code.value, "message": self.message, "details": self.details}
+        }
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r}, details={self.details!r})"
+
+
+_BY_CODE[ErrorCode.AIKI_ERROR] = AikiError
+
+
+def error_from_wire(status_code: int, body: Mapping[str, Any]) -> AikiError:
+    """Rebuild the typed exception of a wire error body.
+
+    An unknown code (from a newer server) falls back to the class of its status
+    code family, so callers can always catch by category.
+    """
+    error = body.get("error")
+    if not isinstance(error, Mapping):
+        return _fallback_class(status_code)(f"HTTP {status_code}: {dict(body)!r}")
+    message = str(error.get("message", f"HTTP {status_code}"))
+    raw_details = error.get("details")
+    details: dict[str, JsonValue] = dict(raw_details) if isinstance(raw_details, Mapping) else {}
+    try:
+        cls = _BY_CODE[ErrorCode(str(error.get("code")))]
+    except ValueError:
+        cls = _fallback_class(status_code)
+    # bypass the subclass constructors: their arguments are the details keys, which
+    # `_restore` turns back into attributes
+    exc = cls.__new__(cls)
+    AikiError.__init__(exc, message, details=details)
+    exc._restore(details)
+    return exc
+
+
+def _fallback_class(status_code: int) -> type[AikiError]:
+    for cls in (
+        InvalidRequestError,
+        AuthenticationError,
+        PermissionDeniedError,
+        NotFoundError,
+        ConflictError,
+        PayloadTooLargeError,
+        PayloadValidationError,
+        ServerUnavailableError,
+    ):
+        if cls.status_code == status_code:
+            return cls
+    return ServerError if status_code >= 500 else InvalidRequestError
+
+
+class InvalidRequestError(AikiError, ValueError):
+    """The request is malformed: unparsable JSON, a wrong shape, a bad parameter."""
+
+    code = ErrorCode.INVALID_REQUEST
+    status_code = 400
+    retryable = False
+
+
+class PayloadValidationError(InvalidRequestError):
+    """A payload, input or result does not match the type it is declared with.
+
+    `errors` lists each problem with its field path (`loc`) and message (`msg`).
+    """
+
+    code = ErrorCode.PAYLOAD_VALIDATION
+    status_code = 422
+
+    def __init__(self, message: str, *, errors: list[dict[str, JsonValue]] | None = None) -> None:
+        self.errors: list[dict[str, JsonValue]] = errors or []
+        super().__init__(message, details={"errors": list(self.errors)})
+
+
+class AuthenticationError(AikiError):
+    """The request carries no API key, or one the server does not know."""
+
+    code = ErrorCode.UNAUTHENTICATED
+    status_code = 401
+    retryable = False
+
+
+class PermissionDeniedError(AikiError):
+    """The caller is known but may not do this (or a webhook signature is wrong)."""
+
+    code = ErrorCode.PERMISSION_DENIED
+    status_code = 403
+    retryable = False
+
+
+class NotFoundError(AikiError):
+    """An id names nothing the caller can see (`resource` says what was looked for)."""
+
+    code = ErrorCode.NOT_FOUND
+    status_code = 404
+    retryable = False
+
+    def __init__(self, resource: str, resource_id: str, message: str | None = None) -> None:
+        self.resource = resource
+        self.resource_id = resource_id
+        super().__init__(
+            message or f"{resource} {resource_id!r} not found",
+            details={"resource": resource, "resource_id": resource_id},
+        )
+
+
+class ConflictError(AikiError):
+    """The request conflicts with the current state of what it names."""
+
+    code = ErrorCode.CONFLICT
+    status_code = 409
+    retryable = False
+
+
+class ReferenceIdConflictError(ConflictError):
+    """A start reused a reference id with a different payload or workflow."""
+
+    code = ErrorCode.REFERENCE_ID_CONFLICT
+
+    def __init__(self, reference_id: str, run_id: str, message: str | None = None) -> None:
+        self.reference_id = reference_id
+        self.run_id = run_id
+        super().__init__(
+            message
+            or f"reference id {reference_id!r} already started run {run_id} with another payload",
+            details={"reference_id": reference_id, "run_id": run_id},
+        )
+
+
+class IllegalTransitionError(ConflictError):
+    """A status change that the state machine does not allow."""
+
+    code = ErrorCode.ILLEGAL_TRANSITION
+
+    def __init__(self, entity: str, entity_id: str, current: str, requested: str) -> None:
+        self.entity = entity
+        self.entity_id = entity_id
+        self.current = str(current)
+        self.requested = str(requested)
+        super().__init__(
+            f"{entity} {entity_id} cannot move from {self.current} to {self.requested}",
+            details={
+                "entity": entity,
+                "entity_id": entity_id,
+                "current": self.current,
+                "requested": self.requested,
+            },
+        )
+
+
+class StaleRevisionError(ConflictError):
+    """A write carried a revision older than the run's: its claim was superseded."""
+
+    code = ErrorCode.STALE_REVISION
+
+    def __init__(self, run_id: str, revision: int, current_revision: int) -> None:
+        self.run_id = run_id
+        self.revision = revision
+        self.current_revision = current_revision
+        super().__init__(
+            f"run {run_id} is at revision {current_revision}; a write at {revision} is stale",
+            details={"run_id": run_id, "revision": revision, "current_revision": current_revision},
+        )
+
+
+class PayloadTooLargeError(AikiError):
+    """A request body exceeds the server's limit."""
+
+    code = ErrorCode.PAYLOAD_TOO_LARGE
+    status_code = 413
+    retryable = False
+
+    def __init__(self, size: int, limit: int) -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(
+            f"body of {size} bytes exceeds the limit of {limit} bytes",
+            details={"size": size, "limit": limit},
+        )
+
+
+class ServerError(AikiError):
+    """The server failed to handle a request; trying again may succeed."""
+
+    code = ErrorCode.SERVER_ERROR
+    status_code = 500
+
+
+class ServerUnavailableError(ServerError):
+    """The server cannot be reached, or is shutting down."""
+
+    code = ErrorCode.SERVER_UNAVAILABLE
+    status_code = 503
+
+
+class AikiTimeoutError(AikiError, TimeoutError):
+    """A deadline passed."""
+
+    code = ErrorCode.TIMEOUT
+    status_code = 408
+
+
+class WorkflowTimeoutError(AikiTimeoutError):
+    """A run reached its own timeout and was ended as failed."""
+
+    code = ErrorCode.WORKFLOW_TIMEOUT
+    retryable = False
+
+    def __init__(self, run_id: str, timeout_ms: int) -> None:
+        self.run_id = run_id
+        self.timeout_ms = timeout_ms
+        super().__init__(
+            f"run {run_id} exceeded its timeout of {timeout_ms} ms",
+            details={"run_id": run_id, "timeout_ms": timeout_ms},
+        )
+
+
+class TaskTimeoutError(AikiTimeoutError):
+    """One attempt of a task ran past its timeout and was cancelled."""
+
+    code = ErrorCode.TASK_TIMEOUT
+
+    def __init__(self, run_id: str, task_name: str, attempt: int, timeout_ms: int) -> None:
+        self.run_id = run_id
+        self.task_name = task_name
+        self.attempt = attempt
+        self.timeout_ms = timeout_ms
+        super().__init__(
+            f"task {task_name!r} of run {run_id} timed out after {timeout_ms} ms"
+            f" (attempt {attempt})",
+            details={
+                "run_id": run_id,
+                "task_name": task_name,
+                "attempt": attempt,
+                "timeout_ms": timeout_ms,
+            },
+        )
+
+
+class WorkflowFailedError(AikiError):
+    """A run ended as failed; `error` is what it failed with, causes included."""
+
+    code = ErrorCode.WORKFLOW_FAILED
+    status_code = 409
+
+    def __init__(self, run_id: str, error: ErrorInfo) -> None:
+        self.run_id = run_id
+        self.error = error
+        super().__init__(
+            f"run {run_id} failed: {error.type}: {error.message}",
+            details={"run_id": run_id, "error": error.model_dump(mode="json")},
+        )
+
+    def _restore(self, details: Mapping[str, JsonValue]) -> None:
+        from aiki_core._error_info import ErrorInfo
+
+        self.run_id = str(details.get("run_id"))
+        self.error = ErrorInfo.model_validate(details.get("error"))
+
+
+class WorkflowCancelledError(AikiError):
+    """A run ended as cancelled."""
+
+    code = ErrorCode.WORKFLOW_CANCELLED
+    status_code = 409
+    retryable = False
+
+    def __init__(self, run_id: str, reason: str | None = None) -> None:
+        self.run_id = run_id
+        self.reason = reason
+        suffix = f": {reason}" if reason else ""
+        super().__init__(
+            f"run {run_id} was cancelled{suffix}", details={"run_id": run_id, "reason": reason}
+        )
+
+
+class NonRetryableError(AikiError):
+    """Raise from a task (or workflow) to fail at once, whatever its retry policy says."""
+
+    code = ErrorCode.NON_RETRYABLE
+    retryable = False
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+
+
+class RemoteError(AikiError):
+    """An exception raised in another process, rebuilt from its `ErrorInfo`.
+
+    `type` is the original class's qualified name; `__cause__` is the rebuilt cause.
+    """
+
+    code = ErrorCode.REMOTE_ERROR
+
+    def __init__(self, info: ErrorInfo) -> None:
+        self.info = info
+        self.retryable = info.retryable
+        super().__init__(f"{info.type}: {info.message}", details=info.model_dump(mode="json"))
+
+    def _restore(self, details: Mapping[str, JsonValue]) -> None:
+        from aiki_core._error_info import ErrorInfo
+
+        self.info = ErrorInfo.model_validate(details)
+        self.retryable = self.info.retryable
+
+    @property
+    def type(self) -> str:
+        """Qualified name of the original exception class."""
+        return self.info.type
+
+
+class CodecError(AikiError):
+    """A payload could not be encoded or decoded by the configured codec."""
+
+    code = ErrorCode.CODEC_ERROR
+    status_code = 400
+    retryable = False
+
+
+class DecryptionError(CodecError):
+    """Ciphertext could not be decrypted: unknown key, wrong key, or tampering."""
+
+    code = ErrorCode.DECRYPTION_FAILED
+
+    def __init__(self, key_id: str, message: str | None = None) -> None:
+        self.key_id = key_id
+        super().__init__(
+            message or f"cannot decrypt a payload sealed with key {key_id!r}",
+            details={"key_id": key_id},
+        )
+
+
+class RunInterrupt(BaseException):
+    """Base of the engine's control-flow signals (suspend a run, cancel a run).
+
+    It derives from `BaseException` so that user code's `except Exception` cannot
+    swallow a suspension or a cancellation by accident.
+    """

@@ -1,0 +1,185 @@
+"""The protocols through which the Aiki packages meet.
+
+No package imports a sibling other than `aiki_core`, so each seam between them is a
+protocol here:
+
+- a task (`aiki_task`) runs inside a run through `TaskRunContext`, which the
+  workflow package's run object implements, and hands it a `TaskInvocation`;
+- a workflow version (`aiki_workflow`) starts itself through `WorkflowStarter`,
+  which the client implements, and gets back a `WorkflowRunHandle`;
+- a worker (`aiki_worker`) executes any `ExecutableVersion`, giving it a
+  `RunExecution`: the claimed run and the way to record task results.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, TypeVar, runtime_checkable
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+    from datetime import timedelta
+
+    from pydantic import JsonValue
+
+    from aiki_core._api import (
+        ClaimedRun,
+        RecordTaskRequest,
+        RecordTaskResponse,
+        RunAction,
+        StartRunRequest,
+    )
+    from aiki_core._codec import PayloadCodec
+    from aiki_core._ids import RunId, TaskAddress
+    from aiki_core._logging import Logger
+    from aiki_core._records import RunDetail
+    from aiki_core._retry import RetryPolicy
+    from aiki_core._status import RunStatus
+
+__all__ = [
+    "ExecutableVersion",
+    "RunExecution",
+    "TaskAttemptInfo",
+    "TaskInvocation",
+    "TaskRunContext",
+    "WorkflowRunHandle",
+    "WorkflowStarter",
+]
+
+ResultT = TypeVar("ResultT")
+ResultT_co = TypeVar("ResultT_co", covariant=True)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskAttemptInfo:
+    """What the engine tells one attempt of a task call about itself."""
+
+    run_id: RunId
+    task_name: str
+    address: TaskAddress
+    occurrence: int
+    attempt: int
+    log: Logger
+
+    @property
+    def idempotency_key(self) -> str:
+        """The same for every attempt and replay of this call; pass it to external APIs."""
+        return f"{self.run_id}:{self.address}:{self.occurrence}"
+
+
+class TaskInvocation(Protocol):
+    """One call of a task, as the task package hands it to the engine."""
+
+    @property
+    def name(self) -> str:
+        """The task's name, the first half of its address."""
+
+    @property
+    def input(self) -> JsonValue:
+        """The validated input as JSON values, before any codec."""
+
+    @property
+    def retry(self) -> RetryPolicy | None:
+        """The task's retry policy; `None` defers to the run's default."""
+
+    @property
+    def timeout(self) -> timedelta | None:
+        """The limit on one attempt; `None` for none."""
+
+    async def run_attempt(self, attempt: TaskAttemptInfo) -> JsonValue:
+        """Run the task's function once and return its validated result as JSON values."""
+
+
+@runtime_checkable
+class TaskRunContext(Protocol):
+    """The run a task executes in (implemented by the workflow package's run object)."""
+
+    @property
+    def id(self) -> RunId:
+        """The run's id."""
+
+    @property
+    def log(self) -> Logger:
+        """The run's logger, with workflow, version and run id bound."""
+
+    async def execute_task(self, invocation: TaskInvocation) -> JsonValue:
+        """Return the call's recorded result on replay; otherwise run, record and return it."""
+
+
+class WorkflowRunHandle(Protocol[ResultT_co]):
+    """A handle on one run, typed by the run's result (implemented by the client)."""
+
+    @property
+    def id(self) -> RunId:
+        """The run's id."""
+
+    async def status(self) -> RunStatus:
+        """The run's current status."""
+
+    async def detail(self) -> RunDetail:
+        """The run with its tasks, waits, children and history."""
+
+    async def result(self, *, timeout: timedelta | None = None) -> ResultT_co:
+        """Wait for the run to end and return its result.
+
+        Raises `WorkflowFailedError` or `WorkflowCancelledError` when it did not
+        complete, and `AikiTimeoutError` when `timeout` passes first.
+        """
+
+    async def wait_for_status(
+        self, statuses: Iterable[RunStatus], *, timeout: timedelta | None = None
+    ) -> RunStatus:
+        """Wait until the run is in one of `statuses` and return that status."""
+
+    async def cancel(self, reason: str | None = None) -> None:
+        """Cancel the run and its children."""
+
+
+class WorkflowStarter(Protocol):
+    """The client surface a workflow version needs to start a run of itself."""
+
+    async def start_run(
+        self, request: StartRunRequest, decode_result: Callable[[JsonValue], ResultT]
+    ) -> WorkflowRunHandle[ResultT]:
+        """Start (or find, by reference id) a run; the handle decodes results with `decode_result`.
+
+        The client applies its codec to `request.input` before sending it.
+        """
+
+
+class RunExecution(Protocol):
+    """What a worker gives a version to execute one claimed run."""
+
+    @property
+    def claim(self) -> ClaimedRun:
+        """The run and everything recorded for it so far."""
+
+    @property
+    def log(self) -> Logger:
+        """The run's logger, with workflow, version and run id bound."""
+
+    @property
+    def codec(self) -> PayloadCodec:
+        """The codec of the payloads in `claim` and of what is recorded."""
+
+    @property
+    def context(self) -> object:
+        """The worker's per-run context (`create_context`), or `None`."""
+
+    async def record_task(self, request: RecordTaskRequest) -> RecordTaskResponse:
+        """Record one task attempt, fenced by the claim's revision."""
+
+
+class ExecutableVersion(Protocol):
+    """A workflow version as a worker sees it: a name, a version and a way to run it."""
+
+    @property
+    def workflow(self) -> str:
+        """The workflow's name."""
+
+    @property
+    def version(self) -> str:
+        """The version's name."""
+
+    async def execute(self, execution: RunExecution) -> RunAction:
+        """Replay and continue the run; return what to do with it (complete, fail, suspend)."""

@@ -1,0 +1,155 @@
+"""What the server reports about runs: the resources of the HTTP API.
+
+A `RunSummary` is one row of a listing; a `RunDetail` adds everything the run
+recorded (task calls with their attempts, sleeps, event waits and events, children)
+and its state history. Payload fields (`input`, `result`, `data`) hold what the
+client's codec produced, which the server never reads.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import AwareDatetime, Field, JsonValue
+
+from aiki_core._error_info import ErrorInfo
+from aiki_core._ids import EventId, Namespace, PoolName, RunId, TaskAddress, TaskId
+from aiki_core._status import RunStatus, TaskStatus
+from aiki_core._wire import ResponseModel
+
+__all__ = [
+    "ChildRecord",
+    "EventRecord",
+    "EventWaitRecord",
+    "RunDetail",
+    "RunSummary",
+    "SleepRecord",
+    "StateTransition",
+    "TaskAttemptRecord",
+    "TaskRecord",
+]
+
+
+class RunSummary(ResponseModel):
+    """A run's identity, routing and status."""
+
+    id: RunId
+    namespace: Namespace
+    workflow: str
+    version: str
+    status: RunStatus
+    pool: PoolName
+    revision: int = Field(ge=0, description="Bumped by every claim; fences stale workers.")
+    attempt: int = Field(ge=1, description="Workflow-level attempt (retries of the whole run).")
+    reference_id: str | None = None
+    parent_run_id: RunId | None = None
+    created_at: AwareDatetime
+    updated_at: AwareDatetime
+    start_at: AwareDatetime | None = Field(default=None, description="A delayed start's due time.")
+    deadline_at: AwareDatetime | None = Field(default=None, description="When the run times out.")
+    finished_at: AwareDatetime | None = None
+
+
+class TaskAttemptRecord(ResponseModel):
+    """One attempt of a task call."""
+
+    attempt: int = Field(ge=1)
+    status: TaskStatus
+    started_at: AwareDatetime
+    finished_at: AwareDatetime | None = None
+    error: ErrorInfo | None = None
+
+
+class TaskRecord(ResponseModel):
+    """One task call of a run: its address, attempts and outcome.
+
+    `occurrence` counts calls with the same address (0 for the first), so the n-th
+    identical call on replay takes the n-th recorded result.
+    """
+
+    id: TaskId
+    name: str
+    address: TaskAddress
+    occurrence: int = Field(ge=0)
+    status: TaskStatus
+    input: JsonValue = None
+    result: JsonValue = None
+    error: ErrorInfo | None = None
+    attempts: list[TaskAttemptRecord] = Field(default_factory=list)
+    next_attempt_at: AwareDatetime | None = None
+    created_at: AwareDatetime
+    finished_at: AwareDatetime | None = None
+
+
+class SleepRecord(ResponseModel):
+    """A durable sleep, identified by name and occurrence."""
+
+    name: str
+    occurrence: int = Field(ge=0)
+    status: Literal["sleeping", "completed", "woken"]
+    wake_at: AwareDatetime
+    completed_at: AwareDatetime | None = None
+
+
+class EventWaitRecord(ResponseModel):
+    """A wait for an event, identified by event name and occurrence."""
+
+    name: str
+    occurrence: int = Field(ge=0)
+    status: Literal["waiting", "received", "timed_out"]
+    timeout_at: AwareDatetime | None = None
+    event_id: EventId | None = None
+
+
+class EventRecord(ResponseModel):
+    """An event delivered to a run; kept until a wait consumes it."""
+
+    id: EventId
+    name: str
+    reference_id: str | None = None
+    data: JsonValue = None
+    received_at: AwareDatetime
+    consumed: bool = False
+
+
+class ChildRecord(ResponseModel):
+    """A child run started by this run, identified like a task call."""
+
+    run_id: RunId
+    workflow: str
+    version: str
+    address: TaskAddress
+    occurrence: int = Field(ge=0)
+    status: RunStatus
+
+
+class StateTransition(ResponseModel):
+    """One row of the append-only history: a status change of a run or of a task."""
+
+    seq: int = Field(ge=1, description="Position in the namespace-wide history.")
+    run_id: RunId
+    entity: Literal["run", "task"]
+    entity_id: str
+    from_status: str | None = Field(description="`None` when the entity was created.")
+    to_status: str
+    reason: str | None = None
+    revision: int = Field(ge=0)
+    at: AwareDatetime
+
+
+class RunDetail(RunSummary):
+    """A run with everything it recorded and its full history."""
+
+    input: JsonValue = None
+    result: JsonValue = None
+    error: ErrorInfo | None = None
+    tasks: list[TaskRecord] = Field(default_factory=list)
+    sleeps: list[SleepRecord] = Field(default_factory=list)
+    event_waits: list[EventWaitRecord] = Field(default_factory=list)
+    events: list[EventRecord] = Field(default_factory=list)
+    children: list[ChildRecord] = Field(default_factory=list)
+    history: list[StateTransition] = Field(default_factory=list)
+    pending_reason: str | None = Field(
+        default=None,
+        description="Why a queued run is not running, e.g. no worker serves its version.",
+    )

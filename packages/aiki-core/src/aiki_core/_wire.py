@@ -1,0 +1,42 @@
+"""Base classes and field types shared by the wire models.
+
+Requests are strict (`extra="forbid"`): a misspelt field is a clear 4xx, not a
+silently ignored option. Responses are lenient (`extra="ignore"`): a newer server
+may add fields without breaking an older client. Both are frozen.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, StringConstraints
+
+__all__ = ["Name", "ReferenceId", "RequestModel", "ResponseModel", "VersionName"]
+
+
+class RequestModel(BaseModel):
+    """Base of every model a caller sends: unknown fields are rejected."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ResponseModel(BaseModel):
+    """Base of every model the server returns: unknown fields are ignored."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+Name = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/-]*$"),
+]
+"""A workflow, task, event, pool or schedule name: letters, digits and `_.:/-`."""
+
+VersionName = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$"),
+]
+"""A workflow version such as `1.0.0` or `2024-06-01`."""
+
+ReferenceId = Annotated[str, StringConstraints(min_length=1, max_length=255)]
+"""A caller-chosen idempotency key."""
