@@ -152,7 +152,9 @@ def error_from_wire(status_code: int, body: Mapping[str, Any]) -> AikiError:
     """
     error = body.get("error")
     if not isinstance(error, Mapping):
-        return _fallback_class(status_code)(f"HTTP {status_code}: {dict(body)!r}")
+        # not an Aiki error body (a proxy's, say): the constructors of some fallback
+        # classes (NotFoundError, PayloadTooLargeError) take ids, so bypass them too
+        return _build(_fallback_class(status_code), f"HTTP {status_code}: {dict(body)!r}", {})
     message = str(error.get("message", f"HTTP {status_code}"))
     raw_details = error.get("details")
     details: dict[str, JsonValue] = dict(raw_details) if isinstance(raw_details, Mapping) else {}
@@ -160,6 +162,10 @@ def error_from_wire(status_code: int, body: Mapping[str, Any]) -> AikiError:
         cls = _BY_CODE[ErrorCode(str(error.get("code")))]
     except ValueError:
         cls = _fallback_class(status_code)
+    return _build(cls, message, details)
+
+
+def _build(cls: type[AikiError], message: str, details: dict[str, JsonValue]) -> AikiError:
     # bypass the subclass constructors: their arguments are the details keys, which
     # `_restore` turns back into attributes
     exc = cls.__new__(cls)

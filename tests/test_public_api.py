@@ -1,0 +1,173 @@
+"""Pins the public surface of every distribution.
+
+A name cannot appear in or vanish from a package's `__all__` unnoticed: changing
+the surface means changing this file, in the same review.
+"""
+
+from __future__ import annotations
+import __future__
+
+import importlib
+
+import pytest
+
+EXPECTED_EXPORTS: dict[str, tuple[str, ...]] = {
+    "aiki_core": (
+        "AikiError",
+        "AikiTimeoutError",
+        "AuthenticationError",
+        "AwaitChild",
+        "AwaitEvent",
+        "AwaitRetry",
+        "AwaitSleep",
+        "CancelRunRequest",
+        "ChildRecord",
+        "ClaimRequest",
+        "ClaimResponse",
+        "ClaimedRun",
+        "CodecContext",
+        "CodecError",
+        "CompleteRun",
+        "ConflictError",
+        "ConsoleLogger",
+        "CreateScheduleRequest",
+        "DEFAULT_NAMESPACE",
+        "DEFAULT_POOL",
+        "DecryptionError",
+        "Duration",
+        "ErrorBody",
+        "ErrorCode",
+        "ErrorInfo",
+        "ErrorResponse",
+        "EventId",
+        "EventRecord",
+        "EventWaitRecord",
+        "ExecutableVersion",
+        "FailRun",
+        "HeartbeatRequest",
+        "HeartbeatResponse",
+        "IdentityCodec",
+        "IllegalTransitionError",
+        "InvalidRequestError",
+        "ListRunsQuery",
+        "LogLevel",
+        "Logger",
+        "Namespace",
+        "NonRetryableError",
+        "NotFoundError",
+        "OverlapPolicy",
+        "PayloadCodec",
+        "PayloadTooLargeError",
+        "PayloadValidationError",
+        "PermissionDeniedError",
+        "PoolName",
+        "RUN_INITIAL_STATUSES",
+        "RUN_TERMINAL_STATUSES",
+        "RUN_TRANSITIONS",
+        "RUN_WAITING_STATUSES",
+        "RecordTaskRequest",
+        "RecordTaskResponse",
+        "ReferenceIdConflictError",
+        "ReleaseRun",
+        "RemoteError",
+        "RetryPolicy",
+        "RunAction",
+        "RunDetail",
+        "RunDirective",
+        "RunExecution",
+        "RunId",
+        "RunInterrupt",
+        "RunLease",
+        "RunLeaseStatus",
+        "RunPage",
+        "RunStatus",
+        "RunSummary",
+        "RunWait",
+        "Schedule",
+        "ScheduleId",
+        "SchedulePage",
+        "SendEventRequest",
+        "SendEventResponse",
+        "ServerError",
+        "ServerUnavailableError",
+        "SleepRecord",
+        "StaleRevisionError",
+        "StartRunRequest",
+        "StartRunResponse",
+        "StateTransition",
+        "StdlibLogger",
+        "SuspendRun",
+        "TASK_INITIAL_STATUSES",
+        "TASK_TERMINAL_STATUSES",
+        "TASK_TRANSITIONS",
+        "TaskAddress",
+        "TaskAttemptInfo",
+        "TaskAttemptRecord",
+        "TaskId",
+        "TaskInvocation",
+        "TaskRecord",
+        "TaskRunContext",
+        "TaskStatus",
+        "TaskTimeoutError",
+        "TransitionRunRequest",
+        "TransitionRunResponse",
+        "WorkerId",
+        "WorkflowCancelledError",
+        "WorkflowCapability",
+        "WorkflowFailedError",
+        "WorkflowRunHandle",
+        "WorkflowStarter",
+        "WorkflowTimeoutError",
+        "canonical_json",
+        "check_run_transition",
+        "check_task_transition",
+        "content_hash",
+        "error_from_wire",
+        "from_millis",
+        "task_address",
+        "to_millis",
+        "__version__",
+    ),
+    "aiki_task": ("__version__",),
+    "aiki_workflow": ("__version__",),
+    "aiki_client": ("__version__",),
+    "aiki_worker": ("__version__",),
+    "aiki_crypto": ("__version__",),
+    "aiki_server": ("__version__",),
+}
+
+
+@pytest.mark.parametrize("package", sorted(EXPECTED_EXPORTS))
+def test_all_is_pinned(package: str) -> None:
+    module = importlib.import_module(package)
+    assert module.__all__ == EXPECTED_EXPORTS[package]
+
+
+@pytest.mark.parametrize("package", sorted(EXPECTED_EXPORTS))
+def test_all_lists_every_public_name(package: str) -> None:
+    module = importlib.import_module(package)
+    public = {
+        name
+        for name, value in vars(module).items()
+        if not name.startswith("_")
+        and not isinstance(value, type(importlib))
+        and value is not __future__.annotations
+    }
+    assert public <= set(module.__all__), f"public but not exported: {public - set(module.__all__)}"
+
+
+@pytest.mark.parametrize("package", sorted(EXPECTED_EXPORTS))
+def test_version_matches_distribution_metadata(package: str) -> None:
+    from importlib.metadata import version
+
+    module = importlib.import_module(package)
+    assert module.__version__ == version(package.replace("_", "-"))
+
+
+def test_core_classes_show_their_public_path() -> None:
+    import aiki_core
+
+    for name in aiki_core.__all__:
+        value = getattr(aiki_core, name)
+        if isinstance(value, type):
+            assert value.__module__ == "aiki_core", name
