@@ -162,7 +162,12 @@ def error_from_wire(status_code: int, body: Mapping[str, Any]) -> AikiError:
         cls = _BY_CODE[ErrorCode(str(error.get("code")))]
     except ValueError:
         cls = _fallback_class(status_code)
-    return _build(cls, message, details)
+    try:
+        return _build(cls, message, details)
+    except ValueError:
+        # details that break the protocol (a workflow_failed without a valid error,
+        # say): keep the category, which the fallback classes restore without parsing
+        return _build(_fallback_class(status_code), message, details)
 
 
 def _build(cls: type[AikiError], message: str, details: dict[str, JsonValue]) -> AikiError:

@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from aiki_core import Duration, from_millis, to_millis
+
+DURATION: TypeAdapter[timedelta] = TypeAdapter(Duration)
+
+
+class Timer(BaseModel):
+    after: Duration
+    every: Duration | None = None
+
+
+@pytest.mark.parametrize(
+    ("duration", "millis"),
+    [
+        (timedelta(0), 0),
+        (timedelta(milliseconds=1), 1),
+        (timedelta(seconds=1.5), 1500),
+        (timedelta(days=2, hours=3), 183_600_000),
+        (timedelta(days=100_000), 8_640_000_000_000),
+    ],
+)
+def test_to_and_from_millis(duration: timedelta, millis: int) -> None:
+    assert to_millis(duration) == millis
+    assert from_millis(millis) == duration
+
+
+def test_sub_millisecond_parts_are_truncated() -> None:
+    assert to_millis(timedelta(microseconds=999)) == 0
+    assert to_millis(timedelta(milliseconds=2, microseconds=999)) == 2
+    assert from_millis(to_millis(timedelta(microseconds=1_999))) == timedelta(milliseconds=1)
+    # idempotent
+    once = from_millis(to_millis(timedelta(seconds=1, microseconds=123_456)))
+    assert once == timedelta(seconds=1, milliseconds=123)
+    assert from_millis(to_millis(once)) == once
+
+
+def test_negatives_raise() -> None:
+    with pytest.raises(ValueError, match="negative"):
+        to_millis(timedelta(microseconds=-1))
+    with pytest.raises(ValueError, match="negative"):
+        from_millis(-1)
+
+
+def test_field_accepts_milliseconds_and_timedelta() -> None:
+    assert Timer(after=1500).after == timedelta(milliseconds=1500)
+    assert Timer(after=timedelta(minutes=2)).after == timedelta(minutes=2)
+    assert DURATION.validate_python(0) == timedelta(0)
+    assert DURATION.validate_json("250") == timedelta(milliseconds=250)
+
+
+def test_field_truncates_microseconds() -> None:
+    timer = Timer(after=timedelta(milliseconds=7, microseconds=900))
+    assert timer.after == timedelta(milliseconds=7)
+
+
+@pytest.mark.parametrize(
+    "value", [1.5, 1.0, True, False, -1, timedelta(milliseconds=-1), "soon", None]
+)
+def test_field_rejects_floats_bools_and_negatives(value: Any) -> None:
+    with pytest.raises(ValidationError):
+        DURATION.validate_python(value)
+    with pytest.raises(ValidationError):
+        Timer(after=value)
+
+
+@pytest.mark.parametrize("text", ["1.5", "1.0", "true", "-5", "null"])
+def test_field_rejects_bad_json(text: str) -> None:
+    with pytest.raises(ValidationError):
+        DURATION.validate_json(text)
+
+
+def test_field_serializes_as_integer_milliseconds() -> None:
+    timer = Timer(after=timedelta(seconds=3), every=timedelta(hours=1))
+    assert timer.model_dump_json() == '{"after":3000,"every":3600000}'
+    assert timer.model_dump() == {"after": timedelta(seconds=3), "every": timedelta(hours=1)}
+    assert DURATION.dump_json(timedelta(seconds=2)) == b"2000"
+    assert DURATION.dump_python(timedelta(seconds=2), mode="json") == 2000
+
+
+def test_json_schema_says_integer() -> None:
+    schema = DURATION.json_schema()
+    assert schema["type"] == "integer"
+    assert schema["minimum"] == 0
+    after = Timer.model_json_schema()["properties"]["after"]
+    assert after["type"] == "integer"
