@@ -92,6 +92,7 @@ EXPECTED_EXPORTS: dict[str, tuple[str, ...]] = {
         "ServerUnavailableError",
         "SleepRecord",
         "StaleRevisionError",
+        "StartChildRequest",
         "StartRunRequest",
         "StartRunResponse",
         "StateTransition",
@@ -133,7 +134,7 @@ EXPECTED_EXPORTS: dict[str, tuple[str, ...]] = {
     "aiki_client": ("__version__",),
     "aiki_worker": ("__version__",),
     "aiki_crypto": ("__version__",),
-    "aiki_server": ("__version__",),
+    "aiki_server": ("ServerSettings", "__version__", "create_app"),
 }
 
 

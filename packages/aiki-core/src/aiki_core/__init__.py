@@ -88,6 +88,9 @@ from aiki_core._api import (
     SendEventResponse as SendEventResponse,
 )
 from aiki_core._api import (
+    StartChildRequest as StartChildRequest,
+)
+from aiki_core._api import (
     StartRunRequest as StartRunRequest,
 )
 from aiki_core._api import (
@@ -429,6 +432,7 @@ __all__ = (
     "ServerUnavailableError",
     "SleepRecord",
     "StaleRevisionError",
+    "StartChildRequest",
     "StartRunRequest",
     "StartRunResponse",
     "StateTransition",

@@ -57,6 +57,7 @@ __all__ = [
     "RunWait",
     "SendEventRequest",
     "SendEventResponse",
+    "StartChildRequest",
     "StartRunRequest",
     "StartRunResponse",
     "SuspendRun",
@@ -106,6 +107,24 @@ class StartRunRequest(RequestModel):
         if self.start_at is not None and self.delay is not None:
             raise ValueError("give start_at or delay, not both")
         return self
+
+
+class StartChildRequest(RequestModel):
+    """Start a child run from a claimed parent, identified like a task call.
+
+    Idempotent by (parent, `address`, `occurrence`): a replay that starts the same
+    child again gets the run it started the first time. The child runs in the
+    parent's pool unless `pool` is given.
+    """
+
+    revision: int = Field(ge=0)
+    address: TaskAddress
+    occurrence: int = Field(ge=0)
+    workflow: Name
+    version: VersionName
+    input: JsonValue = None
+    pool: Name | None = None
+    timeout: Duration | None = None
 
 
 class StartRunResponse(ResponseModel):

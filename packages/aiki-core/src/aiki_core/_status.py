@@ -128,14 +128,19 @@ _T = TaskStatus
 TASK_TERMINAL_STATUSES: frozenset[TaskStatus] = frozenset({_T.COMPLETED, _T.FAILED})
 """Statuses a task call never leaves."""
 
-TASK_INITIAL_STATUSES: frozenset[TaskStatus] = frozenset({_T.RUNNING})
-"""Statuses a task call is created in: its first attempt starts."""
+TASK_INITIAL_STATUSES: frozenset[TaskStatus] = frozenset(TaskStatus)
+"""Statuses a task call may be first recorded in: any.
+
+On the hot path a worker records only the outcome of an attempt (one write per
+task); recording `running` first is optional, for visibility of long tasks.
+"""
 
 TASK_TRANSITIONS: Mapping[TaskStatus, frozenset[TaskStatus]] = MappingProxyType(
     {
         _T.RUNNING: frozenset({_T.COMPLETED, _T.FAILED, _T.AWAITING_RETRY}),
-        # the next attempt starts, or the run ended while the task waited
-        _T.AWAITING_RETRY: frozenset({_T.RUNNING, _T.FAILED}),
+        # each record is one attempt: after a failed one, the next attempt may be
+        # recorded as running, or straight away by its outcome
+        _T.AWAITING_RETRY: frozenset({_T.RUNNING, _T.COMPLETED, _T.FAILED, _T.AWAITING_RETRY}),
         _T.COMPLETED: frozenset(),
         _T.FAILED: frozenset(),
     }

@@ -1,0 +1,210 @@
+"""The ASGI application: the HTTP API under `/api/v1`, with its daemons in the lifespan."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING, Annotated, TypeVar
+
+import anyio
+from fastapi import APIRouter, FastAPI, Query
+from starlette.responses import Response
+
+from aiki_core import (
+    DEFAULT_NAMESPACE,
+    CancelRunRequest,
+    ClaimRequest,
+    ClaimResponse,
+    ErrorResponse,
+    HeartbeatRequest,
+    HeartbeatResponse,
+    ListRunsQuery,
+    RecordTaskRequest,
+    RecordTaskResponse,
+    RunDetail,
+    RunPage,
+    RunStatus,
+    RunSummary,
+    SendEventRequest,
+    SendEventResponse,
+    StartChildRequest,
+    StartRunRequest,
+    StartRunResponse,
+    TransitionRunRequest,
+    TransitionRunResponse,
+)
+from aiki_server.__about__ import __version__
+from aiki_server._clock import Clock, system_clock
+from aiki_server._errors import install_error_handlers
+from aiki_server._limits import BodyLimitMiddleware
+from aiki_server._notify import WakeHub
+from aiki_server._orchestrator import Limits, Orchestrator
+from aiki_server._storage._open import open_database
+from aiki_server._timers import TimerDaemon
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Callable
+
+    from pydantic import BaseModel
+
+T = TypeVar("T")
+
+_ERRORS: dict[int | str, dict[str, object]] = {
+    status: {"model": ErrorResponse} for status in (400, 404, 409, 413, 422, 500)
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """Operational settings of one server (every one has a CLI option and an env twin)."""
+
+    claim_idle_timeout: timedelta = timedelta(seconds=90)
+    """Re-queue a running run whose worker has not heartbeated for this long."""
+    max_body_bytes: int = 2 * 1024 * 1024
+    """Larger request bodies are refused with 413."""
+    clock: Clock = field(default=system_clock)
+    """Source of time in epoch milliseconds; tests may pass a controllable one."""
+
+
+def _json(model: BaseModel, status_code: int = 200) -> Response:
+    # serialize once, straight from the model: skips FastAPI's re-validation of the return
+    return Response(model.model_dump_json(), status_code=status_code, media_type="application/json")
+
+
+def create_app(db_url: str, settings: ServerSettings | None = None) -> FastAPI:
+    """The server as an ASGI app; its database opens (and migrates) in the app's lifespan."""
+    settings = settings or ServerSettings()
+    hub = WakeHub()
+    db = open_database(db_url, hub)
+    orch = Orchestrator(db, hub, settings.clock, Limits(settings.claim_idle_timeout))
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await db.open()
+        try:
+            await db.migrate()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(TimerDaemon(orch).run_forever)
+                yield
+                tg.cancel_scope.cancel()
+        finally:
+            await db.close()
+
+    app = FastAPI(
+        title="Aiki server",
+        version=__version__,
+        lifespan=lifespan,
+        openapi_url="/openapi.json",
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.orchestrator = orch
+    install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.include_router(_api_router(orch), prefix="/api/v1")
+
+    @app.get("/health", include_in_schema=False)
+    async def health() -> dict[str, str]:
+        return {"status": "ok", "version": __version__, "database": db.dialect}
+
+    return app
+
+
+def _api_router(orch: Orchestrator) -> APIRouter:
+    router = APIRouter(responses=_ERRORS)
+    ns = DEFAULT_NAMESPACE  # API keys scope requests to their namespace (security issue)
+
+    async def write(operation: Callable[[], Awaitable[T]]) -> T:
+        return await orch.db.retry(operation)
+
+    @router.post("/runs", response_model=StartRunResponse, status_code=201, tags=["runs"])
+    async def start_run(body: StartRunRequest) -> Response:
+        """Start a run; an existing run with the same reference id answers 200."""
+        started = await write(lambda: orch.start_run(ns, body))
+        return _json(started, 201 if started.created else 200)
+
+    @router.get("/runs", response_model=RunPage, tags=["runs"])
+    async def list_runs(query: Annotated[ListRunsQuery, Query()]) -> Response:
+        """Runs newest first, with filters and keyset pagination."""
+        return _json(await orch.list_runs(ns, query))
+
+    @router.get("/runs/{run_id}", response_model=RunDetail, tags=["runs"])
+    async def get_run(run_id: str) -> Response:
+        """A run with its tasks, sleeps, events, children and history."""
+        return _json(await orch.get_run(ns, run_id))
+
+    @router.get("/runs/{run_id}/wait", response_model=RunSummary, tags=["runs"])
+    async def wait_for_run(
+        run_id: str,
+        status: Annotated[list[RunStatus] | None, Query()] = None,
+        timeout_ms: Annotated[int, Query(ge=0, le=60_000)] = 30_000,
+    ) -> Response:
+        """Long-poll until the run reaches one of `status` (default: any terminal one)."""
+        summary = await orch.wait_for_run(
+            ns, run_id, status or [], timedelta(milliseconds=timeout_ms)
+        )
+        return _json(summary)
+
+    @router.post("/runs/{run_id}/cancel", response_model=RunSummary, tags=["runs"])
+    async def cancel_run(run_id: str, body: CancelRunRequest | None = None) -> Response:
+        """Cancel the run and its live descendants."""
+        reason = body.reason if body is not None else None
+        return _json(await write(lambda: orch.cancel_run(ns, run_id, reason)))
+
+    @router.post("/runs/{run_id}/pause", response_model=RunSummary, tags=["runs"])
+    async def pause_run(run_id: str) -> Response:
+        """Hold the run where it is."""
+        return _json(await write(lambda: orch.pause_run(ns, run_id)))
+
+    @router.post("/runs/{run_id}/resume", response_model=RunSummary, tags=["runs"])
+    async def resume_run(run_id: str) -> Response:
+        """Release a paused run."""
+        return _json(await write(lambda: orch.resume_run(ns, run_id)))
+
+    @router.post("/runs/{run_id}/wake", response_model=RunSummary, tags=["runs"])
+    async def wake_run(run_id: str) -> Response:
+        """End the run's sleep early."""
+        return _json(await write(lambda: orch.wake_run(ns, run_id)))
+
+    @router.post("/runs/{run_id}/events", response_model=SendEventResponse, tags=["runs"])
+    async def send_event(run_id: str, body: SendEventRequest) -> Response:
+        """Deliver an event to the run (once per reference id)."""
+        return _json(await write(lambda: orch.send_event(ns, run_id, body)))
+
+    @router.post("/claims", response_model=ClaimResponse, tags=["workers"])
+    async def claim(body: ClaimRequest) -> Response:
+        """Long-poll for runs of the declared (workflow, version, pool) triples."""
+        runs = await write(lambda: orch.claim(ns, body))
+        return _json(ClaimResponse(runs=runs))
+
+    @router.post("/heartbeats", response_model=HeartbeatResponse, tags=["workers"])
+    async def heartbeat(body: HeartbeatRequest) -> Response:
+        """Refresh the worker's claims; answers a directive per run."""
+        return _json(await write(lambda: orch.heartbeat(ns, body)))
+
+    @router.post("/runs/{run_id}/tasks", response_model=RecordTaskResponse, tags=["workers"])
+    async def record_task(run_id: str, body: RecordTaskRequest) -> Response:
+        """Record one task attempt of a claimed run."""
+        return _json(await write(lambda: orch.record_task(ns, run_id, body)))
+
+    @router.post(
+        "/runs/{run_id}/children",
+        response_model=StartRunResponse,
+        status_code=201,
+        tags=["workers"],
+    )
+    async def start_child(run_id: str, body: StartChildRequest) -> Response:
+        """Start a child run of a claimed run."""
+        started = await write(lambda: orch.start_child(ns, run_id, body))
+        return _json(started, 201 if started.created else 200)
+
+    @router.post(
+        "/runs/{run_id}/transition", response_model=TransitionRunResponse, tags=["workers"]
+    )
+    async def transition(run_id: str, body: TransitionRunRequest) -> Response:
+        """Complete, fail, suspend or release a claimed run."""
+        run = await write(lambda: orch.transition(ns, run_id, body))
+        return _json(TransitionRunResponse(run=run))
+
+    return router

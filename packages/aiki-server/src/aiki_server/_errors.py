@@ -1,0 +1,81 @@
+"""Every error leaves the server as `{"error": {"code", "message", "details"}}`.
+
+`AikiError`s keep their own status and code; request validation becomes a 400
+(unparsable JSON) or a 422 (wrong shape) listing each problem with its location;
+unknown routes and methods keep their 404/405; anything else is a 500 that names
+no internals.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from aiki_core import (
+    AikiError,
+    InvalidRequestError,
+    NotFoundError,
+    PayloadValidationError,
+    ServerError,
+)
+from aiki_server._limits import BodyTooLarge
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI, Request
+
+
+def error_response(error: AikiError, status_code: int | None = None) -> JSONResponse:
+    """The JSON response of an error."""
+    return JSONResponse(error.to_wire(), status_code=status_code or error.status_code)
+
+
+def _problems(exc: RequestValidationError) -> list[dict[str, Any]]:
+    return [
+        {
+            "loc": [str(part) for part in e.get("loc", ())],
+            "msg": str(e.get("msg", "")),
+            "type": str(e.get("type", "")),
+        }
+        for e in exc.errors()
+    ]
+
+
+async def _on_aiki_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, AikiError)
+    return error_response(exc)
+
+
+async def _on_validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    problems = _problems(exc)
+    if any(p["type"] == "json_invalid" for p in problems):
+        return error_response(InvalidRequestError("the request body is not valid JSON"))
+    summary = "; ".join(f"{'.'.join(p['loc'])}: {p['msg']}" for p in problems[:5])
+    return error_response(PayloadValidationError(f"invalid request: {summary}", errors=problems))
+
+
+async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    if isinstance(exc, BodyTooLarge):
+        return error_response(exc.error)
+    if exc.status_code == 404:
+        path = request.url.path
+        return error_response(NotFoundError("route", path, message=f"no route {path}"))
+    # 405 and friends keep their status; the body still has the wire shape
+    wire = InvalidRequestError(str(exc.detail)).to_wire()
+    return JSONResponse(wire, status_code=exc.status_code, headers=exc.headers)
+
+
+async def _on_unexpected(_request: Request, _exc: Exception) -> JSONResponse:
+    return error_response(ServerError("the server failed to handle the request"))
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Route every exception to the wire error shape."""
+    app.add_exception_handler(AikiError, _on_aiki_error)
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(HTTPException, _on_http_error)
+    app.add_exception_handler(Exception, _on_unexpected)

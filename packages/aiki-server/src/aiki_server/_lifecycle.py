@@ -1,0 +1,146 @@
+"""Status changes of runs: the one place that moves a run and writes its history.
+
+Every change goes through `move_run` inside the caller's transaction: it checks the
+state machine, updates the row, appends the `state_transitions` row, notes the
+wake-ups to publish after commit, and, when a run ends, wakes a parent waiting for
+it. A run moved away from `running` loses its claim; `fence=True` also bumps the
+revision, so the worker that held it can write nothing more.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from aiki_core import ErrorInfo, RunStatus, check_run_transition
+from aiki_server._notify import QUEUE, TIMERS, run_topic
+from aiki_server._rows import dump
+
+if TYPE_CHECKING:
+    from aiki_server._storage._database import Row, Tx
+
+TERMINAL = tuple(s.value for s in (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED))
+
+
+async def record_history(
+    tx: Tx,
+    *,
+    namespace: str,
+    run_id: str,
+    entity: str,
+    entity_id: str,
+    from_status: str | None,
+    to_status: str,
+    reason: str | None,
+    revision: int,
+    now: int,
+) -> None:
+    """Append one row to the audit trail."""
+    await tx.execute(
+        "INSERT INTO state_transitions (namespace, run_id, entity, entity_id, from_status,"
+        " to_status, reason, revision, at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        namespace,
+        run_id,
+        entity,
+        entity_id,
+        from_status,
+        to_status,
+        reason,
+        revision,
+        now,
+    )
+
+
+async def lock_run(tx: Tx, run_id: str, namespace: str) -> Row | None:
+    """The run's row, locked for this transaction (PostgreSQL), or `None`."""
+    return await tx.fetchrow(
+        f"SELECT * FROM runs WHERE id = $1 AND namespace = $2{tx.lock_rows}", run_id, namespace
+    )
+
+
+async def move_run(
+    tx: Tx,
+    run: Row,
+    target: RunStatus,
+    now: int,
+    reason: str,
+    *,
+    fence: bool = False,
+    **columns: Any,
+) -> int:
+    """Move `run` to `target`, with extra column values; its revision afterwards."""
+    current = RunStatus(run["status"])
+    check_run_transition(run["id"], current, target)
+    revision = int(run["revision"]) + (1 if fence else 0)
+    values: dict[str, Any] = {"status": target.value, "updated_at": now, "revision": revision}
+    if current is RunStatus.RUNNING:
+        values |= {"claimed_by": None, "claim_expires_at": None}
+    if target is RunStatus.QUEUED:
+        values |= {"ready_at": now, "wake_at": None}
+    if target.is_terminal:
+        values |= {"finished_at": now, "wake_at": None, "deadline_at": None}
+    values |= columns
+    names = list(values)
+    assignments = ", ".join(f"{name} = ${i}" for i, name in enumerate(names, start=2))
+    await tx.execute(f"UPDATE runs SET {assignments} WHERE id = $1", run["id"], *values.values())
+    await record_history(
+        tx,
+        namespace=run["namespace"],
+        run_id=run["id"],
+        entity="run",
+        entity_id=run["id"],
+        from_status=current.value,
+        to_status=target.value,
+        reason=reason,
+        revision=revision,
+        now=now,
+    )
+    tx.publish(run_topic(run["id"]))
+    if target is RunStatus.QUEUED:
+        tx.publish(QUEUE)
+    if values.get("wake_at") is not None or values.get("deadline_at") is not None:
+        tx.publish(TIMERS)
+    if target is RunStatus.QUEUED or target.is_terminal:
+        await tx.execute("DELETE FROM child_waits WHERE run_id = $1", run["id"])
+    if target.is_terminal:
+        await _wake_parents(tx, run["id"], now)
+    return revision
+
+
+async def requeue(tx: Tx, run: Row, now: int, reason: str) -> None:
+    """Put a waiting (or paused) run back in the queue."""
+    await move_run(tx, run, RunStatus.QUEUED, now, reason)
+
+
+async def _wake_parents(tx: Tx, child_run_id: str, now: int) -> None:
+    parents = await tx.fetch(
+        "SELECT r.* FROM child_waits w JOIN runs r ON r.id = w.run_id"
+        f" WHERE w.child_run_id = $1{tx.lock_rows}",
+        child_run_id,
+    )
+    for parent in parents:
+        if parent["status"] == RunStatus.AWAITING_CHILD:
+            await requeue(tx, parent, now, f"child {child_run_id} ended")
+
+
+async def end_run_and_descendants(
+    tx: Tx, run: Row, target: RunStatus, now: int, reason: str, error: ErrorInfo
+) -> None:
+    """End `run` as `target` (fenced), and cancel every live descendant, depth first."""
+    error_json = dump(error.model_dump(mode="json"))
+    await move_run(tx, run, target, now, reason, fence=True, error=error_json)
+    children = await tx.fetch(
+        f"SELECT * FROM runs WHERE parent_run_id = $1 AND status NOT IN ($2, $3, $4){tx.lock_rows}",
+        run["id"],
+        *TERMINAL,
+    )
+    for child in children:
+        cancelled = ErrorInfo(
+            type="aiki_core.WorkflowCancelledError",
+            message=f"parent run {run['id']} ended as {target.value}",
+            retryable=False,
+            code="workflow_cancelled",
+            details={"run_id": child["id"], "reason": reason},
+        )
+        await end_run_and_descendants(
+            tx, child, RunStatus.CANCELLED, now, f"parent {run['id']} {target.value}", cancelled
+        )

@@ -1,0 +1,901 @@
+"""The orchestrator: every operation of the HTTP API, as one transaction each.
+
+Client operations start, read, list, wait for, cancel, pause, resume and wake runs,
+and deliver events. Worker operations claim runs, heartbeat, record task attempts,
+start children and transition the runs they hold; each carries the revision its
+claim returned, and a stale one is rejected before anything is written.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from ulid import ULID
+
+from aiki_core import (
+    AwaitChild,
+    AwaitEvent,
+    AwaitRetry,
+    AwaitSleep,
+    ClaimedRun,
+    ClaimRequest,
+    CompleteRun,
+    ConflictError,
+    ErrorInfo,
+    FailRun,
+    HeartbeatRequest,
+    HeartbeatResponse,
+    IllegalTransitionError,
+    InvalidRequestError,
+    ListRunsQuery,
+    NotFoundError,
+    RecordTaskRequest,
+    RecordTaskResponse,
+    ReferenceIdConflictError,
+    ReleaseRun,
+    RunDetail,
+    RunDirective,
+    RunLeaseStatus,
+    RunPage,
+    RunStatus,
+    RunSummary,
+    SendEventRequest,
+    SendEventResponse,
+    StaleRevisionError,
+    StartChildRequest,
+    StartRunRequest,
+    StartRunResponse,
+    SuspendRun,
+    TaskStatus,
+    TransitionRunRequest,
+    check_task_transition,
+    content_hash,
+    to_millis,
+)
+from aiki_server._clock import Clock, to_ms
+from aiki_server._lifecycle import (
+    TERMINAL,
+    end_run_and_descendants,
+    lock_run,
+    move_run,
+    record_history,
+    requeue,
+)
+from aiki_server._notify import QUEUE, TIMERS, WakeHub, run_topic
+from aiki_server._rows import (
+    RUN_COLUMNS,
+    child_record,
+    dump,
+    event_record,
+    event_wait_record,
+    run_detail,
+    run_summary,
+    sleep_record,
+    task_record,
+    transition,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from aiki_server._storage._database import Database, Row, Tx
+
+_WAIT_STATUS_BY_KIND = {
+    "child": RunStatus.AWAITING_CHILD,
+    "event": RunStatus.AWAITING_EVENT,
+    "sleep": RunStatus.SLEEPING,
+    "retry": RunStatus.AWAITING_RETRY,
+}
+_WAIT_PRIORITY = ("child", "event", "sleep", "retry")
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Operational settings the orchestrator enforces."""
+
+    claim_idle_timeout: timedelta = timedelta(seconds=90)
+    """A claim not refreshed for this long is released to the queue."""
+
+
+def _new_id() -> str:
+    return str(ULID())
+
+
+def _in_list(first: int, count: int) -> str:
+    return ", ".join(f"${i}" for i in range(first, first + count))
+
+
+class Orchestrator:
+    """All state changes of runs, over one `Database`."""
+
+    def __init__(self, db: Database, hub: WakeHub, clock: Clock, limits: Limits) -> None:
+        self.db = db
+        self.hub = hub
+        self.clock = clock
+        self.limits = limits
+
+    @property
+    def _idle_ms(self) -> int:
+        return to_millis(self.limits.claim_idle_timeout)
+
+    # -- client operations ---------------------------------------------------------------
+
+    async def start_run(self, namespace: str, req: StartRunRequest) -> StartRunResponse:
+        """Create a run, or return the one its reference id already started."""
+        now = self.clock()
+        fingerprint = content_hash([req.version, req.input, req.pool])
+        start_at = _start_time(req, now)
+        async with self.db.transaction() as tx:
+            if req.reference_id is not None:
+                existing = await tx.fetchrow(
+                    "SELECT * FROM runs WHERE namespace = $1 AND workflow = $2"
+                    " AND reference_id = $3",
+                    namespace,
+                    req.workflow,
+                    req.reference_id,
+                )
+                if existing is not None:
+                    if existing["input_hash"] != fingerprint:
+                        raise ReferenceIdConflictError(req.reference_id, existing["id"])
+                    return StartRunResponse(run=run_summary(existing), created=False)
+            row = await self._insert_run(
+                tx,
+                namespace=namespace,
+                workflow=req.workflow,
+                version=req.version,
+                pool=req.pool,
+                input_json=dump(req.input),
+                fingerprint=fingerprint,
+                reference_id=req.reference_id,
+                start_at=start_at,
+                timeout_ms=None if req.timeout is None else to_millis(req.timeout),
+                now=now,
+            )
+        return StartRunResponse(run=run_summary(row), created=True)
+
+    async def _insert_run(
+        self,
+        tx: Tx,
+        *,
+        namespace: str,
+        workflow: str,
+        version: str,
+        pool: str,
+        input_json: str,
+        fingerprint: str,
+        reference_id: str | None,
+        start_at: int | None,
+        timeout_ms: int | None,
+        now: int,
+        parent: tuple[str, str, int] | None = None,
+    ) -> Row:
+        delayed = start_at is not None and start_at > now
+        status = RunStatus.SCHEDULED if delayed else RunStatus.QUEUED
+        deadline = None if timeout_ms is None else max(start_at or now, now) + timeout_ms
+        run_id = _new_id()
+        parent_id, child_address, child_occurrence = parent or (None, None, None)
+        values: dict[str, Any] = {
+            "id": run_id,
+            "namespace": namespace,
+            "workflow": workflow,
+            "version": version,
+            "pool": pool,
+            "status": status.value,
+            "revision": 0,
+            "attempt": 1,
+            "reference_id": reference_id,
+            "input_hash": fingerprint,
+            "parent_run_id": parent_id,
+            "child_address": child_address,
+            "child_occurrence": child_occurrence,
+            "input": input_json,
+            "timeout_ms": timeout_ms,
+            "created_at": now,
+            "updated_at": now,
+            "ready_at": now,
+            "start_at": start_at if delayed else None,
+            "deadline_at": deadline,
+            "wake_at": start_at if delayed else None,
+            "finished_at": None,
+            "claimed_by": None,
+            "claim_expires_at": None,
+            "result": None,
+            "error": None,
+        }
+        await tx.execute(
+            f"INSERT INTO runs ({', '.join(values)}) VALUES ({_in_list(1, len(values))})",
+            *values.values(),
+        )
+        await record_history(
+            tx,
+            namespace=namespace,
+            run_id=run_id,
+            entity="run",
+            entity_id=run_id,
+            from_status=None,
+            to_status=status.value,
+            reason="started",
+            revision=0,
+            now=now,
+        )
+        tx.publish(QUEUE if status is RunStatus.QUEUED else TIMERS)
+        if deadline is not None:
+            tx.publish(TIMERS)
+        return values
+
+    async def get_run(self, namespace: str, run_id: str) -> RunDetail:
+        """The run with everything it recorded and its history."""
+        async with self.db.reader() as tx:
+            row = await tx.fetchrow(
+                "SELECT * FROM runs WHERE id = $1 AND namespace = $2", run_id, namespace
+            )
+            if row is None:
+                raise NotFoundError("run", run_id)
+            parts = await _replay_parts(tx, [run_id])
+            history = await tx.fetch(
+                "SELECT * FROM state_transitions WHERE run_id = $1 ORDER BY seq", run_id
+            )
+            pending = None
+            if row["status"] == RunStatus.QUEUED:
+                pending = await self._pending_reason(tx, row)
+        return run_detail(
+            row,
+            **parts[run_id],
+            history=[transition(h) for h in history],
+            pending_reason=pending,
+        )
+
+    async def _pending_reason(self, tx: Tx, run: Row) -> str | None:
+        live_since = self.clock() - self._idle_ms
+        workers = await tx.fetch(
+            "SELECT capabilities FROM workers WHERE namespace = $1 AND last_seen_at >= $2",
+            run["namespace"],
+            live_since,
+        )
+        wanted = [run["workflow"], run["version"], run["pool"]]
+        for worker in workers:
+            if wanted in json.loads(worker["capabilities"]):
+                return None
+        return (
+            f"no connected worker serves workflow {run['workflow']!r} version"
+            f" {run['version']!r} in pool {run['pool']!r}; the run stays queued until one does"
+        )
+
+    async def list_runs(self, namespace: str, query: ListRunsQuery) -> RunPage:
+        """Runs newest first, filtered, one keyset page at a time."""
+        clauses = ["namespace = $1"]
+        args: list[Any] = [namespace]
+
+        def arg(value: Any) -> str:
+            args.append(value)
+            return f"${len(args)}"
+
+        if query.workflow is not None:
+            clauses.append(f"workflow = {arg(query.workflow)}")
+        if query.version is not None:
+            clauses.append(f"version = {arg(query.version)}")
+        if query.status:
+            clauses.append(f"status IN ({', '.join(arg(s.value) for s in query.status)})")
+        if query.created_after is not None:
+            clauses.append(f"created_at >= {arg(to_ms(query.created_after))}")
+        if query.created_before is not None:
+            clauses.append(f"created_at < {arg(to_ms(query.created_before))}")
+        if query.cursor is not None:
+            created_at, run_id = _decode_cursor(query.cursor)
+            clauses.append(
+                f"(created_at < {arg(created_at)} OR (created_at = {arg(created_at)}"
+                f" AND id < {arg(run_id)}))"
+            )
+        sql = (
+            f"SELECT {RUN_COLUMNS} FROM runs WHERE {' AND '.join(clauses)}"
+            f" ORDER BY created_at DESC, id DESC LIMIT {arg(query.limit + 1)}"
+        )
+        async with self.db.reader() as tx:
+            rows = await tx.fetch(sql, *args)
+        page = rows[: query.limit]
+        next_cursor = None
+        if len(rows) > query.limit:
+            last = page[-1]
+            next_cursor = _encode_cursor(last["created_at"], last["id"])
+        return RunPage(runs=[run_summary(r) for r in page], next_cursor=next_cursor)
+
+    async def wait_for_run(
+        self, namespace: str, run_id: str, statuses: Sequence[RunStatus], timeout: timedelta
+    ) -> RunSummary:
+        """Long-poll until the run is in one of `statuses` or `timeout` passes; the run then."""
+        wanted = {s.value for s in statuses} or set(TERMINAL)
+        deadline = self.clock() + to_millis(timeout)
+        while True:
+            subscription = self.hub.subscribe(run_topic(run_id))
+            async with self.db.reader() as tx:
+                row = await tx.fetchrow(
+                    f"SELECT {RUN_COLUMNS} FROM runs WHERE id = $1 AND namespace = $2",
+                    run_id,
+                    namespace,
+                )
+            if row is None:
+                raise NotFoundError("run", run_id)
+            remaining = deadline - self.clock()
+            if row["status"] in wanted or remaining <= 0:
+                return run_summary(row)
+            # re-check at least every second: a replica's NOTIFY may be lost on reconnect
+            await subscription.wait(min(remaining, 1000) / 1000)
+
+    async def cancel_run(self, namespace: str, run_id: str, reason: str | None) -> RunSummary:
+        """End the run as cancelled, with every live descendant."""
+        now = self.clock()
+        async with self.db.transaction() as tx:
+            run = await self._locked_run(tx, run_id, namespace)
+            error = ErrorInfo(
+                type="aiki_core.WorkflowCancelledError",
+                message=f"run {run_id} was cancelled" + (f": {reason}" if reason else ""),
+                retryable=False,
+                code="workflow_cancelled",
+                details={"run_id": run_id, "reason": reason},
+            )
+            await end_run_and_descendants(
+                tx, run, RunStatus.CANCELLED, now, reason or "cancelled", error
+            )
+            return await self._summary(tx, run_id)
+
+    async def pause_run(self, namespace: str, run_id: str) -> RunSummary:
+        """Hold the run; a worker running it loses its claim at once."""
+        now = self.clock()
+        async with self.db.transaction() as tx:
+            run = await self._locked_run(tx, run_id, namespace)
+            await move_run(tx, run, RunStatus.PAUSED, now, "paused", fence=True)
+            return await self._summary(tx, run_id)
+
+    async def resume_run(self, namespace: str, run_id: str) -> RunSummary:
+        """Release a paused run: back to its delayed start, or to the queue to replay."""
+        now = self.clock()
+        async with self.db.transaction() as tx:
+            run = await self._locked_run(tx, run_id, namespace)
+            start_at = run["start_at"]
+            if run["status"] == RunStatus.PAUSED and start_at is not None and start_at > now:
+                await move_run(tx, run, RunStatus.SCHEDULED, now, "resumed", wake_at=start_at)
+            else:
+                await move_run(tx, run, RunStatus.QUEUED, now, "resumed")
+            return await self._summary(tx, run_id)
+
+    async def wake_run(self, namespace: str, run_id: str) -> RunSummary:
+        """End the run's current sleeps early and queue it."""
+        now = self.clock()
+        async with self.db.transaction() as tx:
+            run = await self._locked_run(tx, run_id, namespace)
+            if run["status"] != RunStatus.SLEEPING:
+                raise IllegalTransitionError("run", run_id, run["status"], "woken")
+            await tx.execute(
+                "UPDATE sleeps SET status = 'woken', completed_at = $2"
+                " WHERE run_id = $1 AND status = 'sleeping'",
+                run_id,
+                now,
+            )
+            await requeue(tx, run, now, "woken")
+            return await self._summary(tx, run_id)
+
+    async def send_event(
+        self, namespace: str, run_id: str, req: SendEventRequest
+    ) -> SendEventResponse:
+        """Store an event for the run (once per reference id) and hand it to a waiting wait."""
+        now = self.clock()
+        async with self.db.transaction() as tx:
+            run = await self._locked_run(tx, run_id, namespace)
+            if run["status"] in TERMINAL:
+                raise ConflictError(
+                    f"run {run_id} has ended ({run['status']}); it takes no more events",
+                    details={"run_id": run_id, "status": run["status"]},
+                )
+            if req.reference_id is not None:
+                seen = await tx.fetchrow(
+                    "SELECT id FROM events WHERE run_id = $1 AND name = $2 AND reference_id = $3",
+                    run_id,
+                    req.name,
+                    req.reference_id,
+                )
+                if seen is not None:
+                    return SendEventResponse(event_id=seen["id"], duplicate=True)
+            event_id = _new_id()
+            await tx.execute(
+                "INSERT INTO events (id, run_id, name, reference_id, data, received_at, consumed)"
+                " VALUES ($1, $2, $3, $4, $5, $6, 0)",
+                event_id,
+                run_id,
+                req.name,
+                req.reference_id,
+                dump(req.data),
+                now,
+            )
+            wait = await tx.fetchrow(
+                "SELECT occurrence FROM event_waits WHERE run_id = $1 AND name = $2"
+                " AND status = 'waiting' ORDER BY occurrence LIMIT 1",
+                run_id,
+                req.name,
+            )
+            if wait is not None:
+                await _deliver_event(tx, run_id, req.name, wait["occurrence"], event_id)
+                if run["status"] == RunStatus.AWAITING_EVENT:
+                    await requeue(tx, run, now, f"event {req.name!r} received")
+        return SendEventResponse(event_id=event_id, duplicate=False)
+
+    # -- worker operations ---------------------------------------------------------------
+
+    async def claim(self, namespace: str, req: ClaimRequest) -> list[ClaimedRun]:
+        """Long-poll for up to `max_runs` queued runs of the declared triples."""
+        deadline = self.clock() + to_millis(req.wait)
+        capabilities = sorted({(c.workflow, c.version, c.pool) for c in req.capabilities})
+        await self._register_worker(namespace, req.worker_id, capabilities)
+        while True:
+            subscription = self.hub.subscribe(QUEUE)
+            claimed = await self._claim_once(namespace, req.worker_id, capabilities, req.max_runs)
+            remaining = deadline - self.clock()
+            if claimed or remaining <= 0:
+                return claimed
+            await subscription.wait(min(remaining, 1000) / 1000)
+
+    async def _register_worker(
+        self, namespace: str, worker_id: str, capabilities: list[tuple[str, str, str]]
+    ) -> None:
+        async with self.db.transaction() as tx:
+            await tx.execute(
+                "INSERT INTO workers (id, namespace, capabilities, last_seen_at)"
+                " VALUES ($1, $2, $3, $4) ON CONFLICT (namespace, id) DO UPDATE"
+                " SET capabilities = excluded.capabilities, last_seen_at = excluded.last_seen_at",
+                worker_id,
+                namespace,
+                json.dumps([list(c) for c in capabilities]),
+                self.clock(),
+            )
+
+    async def _claim_once(
+        self,
+        namespace: str,
+        worker_id: str,
+        capabilities: list[tuple[str, str, str]],
+        limit: int,
+    ) -> list[ClaimedRun]:
+        now = self.clock()
+        args: list[Any] = [namespace, RunStatus.QUEUED.value]
+        triples = []
+        for workflow, version, pool in capabilities:
+            n = len(args)
+            triples.append(f"(workflow = ${n + 1} AND version = ${n + 2} AND pool = ${n + 3})")
+            args += [workflow, version, pool]
+        args.append(limit)
+        async with self.db.transaction() as tx:
+            rows = await tx.fetch(
+                "SELECT * FROM runs WHERE namespace = $1 AND status = $2"
+                f" AND ({' OR '.join(triples)})"
+                f" ORDER BY ready_at, id LIMIT ${len(args)}{tx.skip_locked}",
+                *args,
+            )
+            if not rows:
+                return []
+            expires = now + self._idle_ms
+            claimed: list[Row] = []
+            for row in rows:
+                revision = await move_run(
+                    tx,
+                    row,
+                    RunStatus.RUNNING,
+                    now,
+                    f"claimed by {worker_id}",
+                    fence=True,
+                    claimed_by=worker_id,
+                    claim_expires_at=expires,
+                )
+                claimed.append(
+                    {
+                        **row,
+                        "status": RunStatus.RUNNING.value,
+                        "revision": revision,
+                        "updated_at": now,
+                    }
+                )
+            parts = await _replay_parts(tx, [r["id"] for r in claimed])
+        return [
+            ClaimedRun(run=run_summary(r), input=json.loads(r["input"]), **parts[r["id"]])
+            for r in claimed
+        ]
+
+    async def heartbeat(self, namespace: str, req: HeartbeatRequest) -> HeartbeatResponse:
+        """Refresh the claims a worker holds; say what to do with each run."""
+        now = self.clock()
+        answers: list[RunLeaseStatus] = []
+        async with self.db.transaction() as tx:
+            await tx.execute(
+                "UPDATE workers SET last_seen_at = $3 WHERE namespace = $1 AND id = $2",
+                namespace,
+                req.worker_id,
+                now,
+            )
+            if not req.runs:
+                return HeartbeatResponse(runs=[])
+            ids = [lease.run_id for lease in req.runs]
+            rows = await tx.fetch(
+                "SELECT id, status, revision, claimed_by FROM runs"
+                f" WHERE namespace = $1 AND id IN ({_in_list(2, len(ids))})",
+                namespace,
+                *ids,
+            )
+            by_id = {row["id"]: row for row in rows}
+            keep: list[str] = []
+            for lease in req.runs:
+                directive = _directive(by_id.get(lease.run_id), lease.revision, req.worker_id)
+                if directive is RunDirective.CONTINUE:
+                    keep.append(lease.run_id)
+                answers.append(RunLeaseStatus(run_id=lease.run_id, directive=directive))
+            if keep:
+                await tx.execute(
+                    f"UPDATE runs SET claim_expires_at = $1 WHERE id IN ({_in_list(2, len(keep))})",
+                    now + self._idle_ms,
+                    *keep,
+                )
+        return HeartbeatResponse(runs=answers)
+
+    async def record_task(
+        self, namespace: str, run_id: str, req: RecordTaskRequest
+    ) -> RecordTaskResponse:
+        """Record one attempt of a task call of a claimed run."""
+        now = self.clock()
+        error_json = None if req.error is None else dump(req.error.model_dump(mode="json"))
+        finished = now if req.status in (TaskStatus.COMPLETED, TaskStatus.FAILED) else None
+        async with self.db.transaction() as tx:
+            run = await self._claimed_run(tx, run_id, namespace, req.revision)
+            task = await tx.fetchrow(
+                f"SELECT id, status FROM tasks WHERE run_id = $1 AND address = $2"
+                f" AND occurrence = $3{tx.lock_rows}",
+                run_id,
+                req.address,
+                req.occurrence,
+            )
+            next_attempt_at = None if req.retry_at is None else to_ms(req.retry_at)
+            if task is None:
+                task_id = _new_id()
+                previous = None
+                await tx.execute(
+                    "INSERT INTO tasks (id, run_id, address, occurrence, name, status, input,"
+                    " result, error, next_attempt_at, created_at, finished_at)"
+                    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                    task_id,
+                    run_id,
+                    req.address,
+                    req.occurrence,
+                    req.name,
+                    req.status.value,
+                    dump(req.input),
+                    None if req.status is not TaskStatus.COMPLETED else dump(req.result),
+                    error_json,
+                    next_attempt_at,
+                    now,
+                    finished,
+                )
+            else:
+                task_id = task["id"]
+                previous = task["status"]
+                check_task_transition(task_id, TaskStatus(previous), req.status)
+                await tx.execute(
+                    "UPDATE tasks SET status = $2, result = $3, error = $4, next_attempt_at = $5,"
+                    " finished_at = $6 WHERE id = $1",
+                    task_id,
+                    req.status.value,
+                    None if req.status is not TaskStatus.COMPLETED else dump(req.result),
+                    error_json,
+                    next_attempt_at,
+                    finished,
+                )
+            attempt_finished = None if req.status is TaskStatus.RUNNING else now
+            await tx.execute(
+                "INSERT INTO task_attempts"
+                " (task_id, attempt, status, started_at, finished_at, error)"
+                " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (task_id, attempt) DO UPDATE"
+                " SET status = excluded.status, finished_at = excluded.finished_at,"
+                " error = excluded.error",
+                task_id,
+                req.attempt,
+                req.status.value,
+                now,
+                attempt_finished,
+                error_json,
+            )
+            await record_history(
+                tx,
+                namespace=namespace,
+                run_id=run_id,
+                entity="task",
+                entity_id=task_id,
+                from_status=previous,
+                to_status=req.status.value,
+                reason=f"{req.name} attempt {req.attempt}",
+                revision=run["revision"],
+                now=now,
+            )
+        return RecordTaskResponse(task_id=task_id, status=req.status)
+
+    async def start_child(
+        self, namespace: str, parent_id: str, req: StartChildRequest
+    ) -> StartRunResponse:
+        """Start a child of a claimed run, once per (address, occurrence)."""
+        now = self.clock()
+        async with self.db.transaction() as tx:
+            parent = await self._claimed_run(tx, parent_id, namespace, req.revision)
+            existing = await tx.fetchrow(
+                "SELECT * FROM runs WHERE parent_run_id = $1 AND child_address = $2"
+                " AND child_occurrence = $3",
+                parent_id,
+                req.address,
+                req.occurrence,
+            )
+            if existing is not None:
+                return StartRunResponse(run=run_summary(existing), created=False)
+            pool = req.pool or parent["pool"]
+            row = await self._insert_run(
+                tx,
+                namespace=namespace,
+                workflow=req.workflow,
+                version=req.version,
+                pool=pool,
+                input_json=dump(req.input),
+                fingerprint=content_hash([req.version, req.input, pool]),
+                reference_id=None,
+                start_at=None,
+                timeout_ms=None if req.timeout is None else to_millis(req.timeout),
+                now=now,
+                parent=(parent_id, req.address, req.occurrence),
+            )
+        return StartRunResponse(run=run_summary(row), created=True)
+
+    async def transition(
+        self, namespace: str, run_id: str, req: TransitionRunRequest
+    ) -> RunSummary:
+        """Complete, fail, suspend or release a claimed run."""
+        now = self.clock()
+        action = req.action
+        async with self.db.transaction() as tx:
+            run = await self._claimed_run(tx, run_id, namespace, req.revision)
+            if isinstance(action, CompleteRun):
+                await move_run(
+                    tx, run, RunStatus.COMPLETED, now, "completed", result=dump(action.result)
+                )
+            elif isinstance(action, FailRun):
+                await self._fail(tx, run, action, now)
+            elif isinstance(action, SuspendRun):
+                await self._suspend(tx, run, action, now)
+            elif isinstance(action, ReleaseRun):
+                await requeue(tx, run, now, "released by its worker")
+            return await self._summary(tx, run_id)
+
+    async def _fail(self, tx: Tx, run: Row, action: FailRun, now: int) -> None:
+        error = dump(action.error.model_dump(mode="json"))
+        if action.retry_at is None:
+            await move_run(tx, run, RunStatus.FAILED, now, "failed", error=error)
+            return
+        await move_run(
+            tx,
+            run,
+            RunStatus.AWAITING_RETRY,
+            now,
+            "failed; the workflow retries",
+            error=error,
+            attempt=int(run["attempt"]) + 1,
+            wake_at=to_ms(action.retry_at),
+        )
+
+    async def _suspend(self, tx: Tx, run: Row, action: SuspendRun, now: int) -> None:
+        run_id = run["id"]
+        satisfied: list[str] = []
+        due_times: list[int] = []
+        for wait in action.waits:
+            if isinstance(wait, AwaitSleep):
+                wake_at = to_ms(wait.wake_at)
+                await tx.execute(
+                    "INSERT INTO sleeps (run_id, name, occurrence, status, wake_at)"
+                    " VALUES ($1, $2, $3, 'sleeping', $4) ON CONFLICT DO NOTHING",
+                    run_id,
+                    wait.name,
+                    wait.occurrence,
+                    wake_at,
+                )
+                sleep = await tx.fetchrow(
+                    "SELECT status, wake_at FROM sleeps WHERE run_id = $1 AND name = $2"
+                    " AND occurrence = $3",
+                    run_id,
+                    wait.name,
+                    wait.occurrence,
+                )
+                assert sleep is not None
+                if sleep["status"] != "sleeping" or sleep["wake_at"] <= now:
+                    satisfied.append(f"sleep {wait.name!r} is due")
+                due_times.append(sleep["wake_at"])
+            elif isinstance(wait, AwaitEvent):
+                if await _register_event_wait(tx, run_id, wait, now):
+                    satisfied.append(f"event {wait.name!r} is there")
+                if wait.timeout_at is not None:
+                    due_times.append(to_ms(wait.timeout_at))
+            elif isinstance(wait, AwaitChild):
+                child = await tx.fetchrow(
+                    "SELECT status FROM runs WHERE id = $1 AND parent_run_id = $2",
+                    wait.child_run_id,
+                    run_id,
+                )
+                if child is None:
+                    raise NotFoundError("child run", wait.child_run_id)
+                if child["status"] in TERMINAL:
+                    satisfied.append(f"child {wait.child_run_id} has ended")
+                else:
+                    await tx.execute(
+                        "INSERT INTO child_waits (run_id, child_run_id) VALUES ($1, $2)"
+                        " ON CONFLICT DO NOTHING",
+                        run_id,
+                        wait.child_run_id,
+                    )
+            elif isinstance(wait, AwaitRetry):
+                retry_at = to_ms(wait.retry_at)
+                if retry_at <= now:
+                    satisfied.append("the retry is due")
+                due_times.append(retry_at)
+        if satisfied:
+            # a wait is already over: nothing to suspend for; the worker claims it again
+            await requeue(tx, run, now, "; ".join(satisfied))
+            return
+        kind = next(k for k in _WAIT_PRIORITY if any(w.kind == k for w in action.waits))
+        await move_run(
+            tx,
+            run,
+            _WAIT_STATUS_BY_KIND[kind],
+            now,
+            f"suspended on {', '.join(sorted({w.kind for w in action.waits}))}",
+            wake_at=min(due_times) if due_times else None,
+        )
+
+    # -- helpers -------------------------------------------------------------------------
+
+    async def _locked_run(self, tx: Tx, run_id: str, namespace: str) -> Row:
+        run = await lock_run(tx, run_id, namespace)
+        if run is None:
+            raise NotFoundError("run", run_id)
+        return run
+
+    async def _claimed_run(self, tx: Tx, run_id: str, namespace: str, revision: int) -> Row:
+        run = await self._locked_run(tx, run_id, namespace)
+        if run["revision"] != revision:
+            raise StaleRevisionError(run_id, revision, run["revision"])
+        if run["status"] != RunStatus.RUNNING:
+            raise IllegalTransitionError("run", run_id, run["status"], "written by its worker")
+        return run
+
+    async def _summary(self, tx: Tx, run_id: str) -> RunSummary:
+        row = await tx.fetchrow(f"SELECT {RUN_COLUMNS} FROM runs WHERE id = $1", run_id)
+        assert row is not None
+        return run_summary(row)
+
+
+def _start_time(req: StartRunRequest, now: int) -> int | None:
+    if req.start_at is not None:
+        return to_ms(req.start_at)
+    if req.delay is not None:
+        return now + to_millis(req.delay)
+    return None
+
+
+def _directive(run: Row | None, revision: int, worker_id: str) -> RunDirective:
+    if run is None:
+        return RunDirective.LOST
+    if run["status"] == RunStatus.CANCELLED:
+        return RunDirective.CANCEL
+    if run["status"] == RunStatus.PAUSED:
+        return RunDirective.PAUSE
+    if run["revision"] != revision or run["claimed_by"] != worker_id:
+        return RunDirective.LOST
+    if run["status"] != RunStatus.RUNNING:
+        return RunDirective.LOST
+    return RunDirective.CONTINUE
+
+
+async def _register_event_wait(tx: Tx, run_id: str, wait: AwaitEvent, now: int) -> bool:
+    """Record the wait; hand it the oldest unconsumed event of its name. Whether it is over."""
+    await tx.execute(
+        "INSERT INTO event_waits (run_id, name, occurrence, status, timeout_at)"
+        " VALUES ($1, $2, $3, 'waiting', $4) ON CONFLICT DO NOTHING",
+        run_id,
+        wait.name,
+        wait.occurrence,
+        None if wait.timeout_at is None else to_ms(wait.timeout_at),
+    )
+    row = await tx.fetchrow(
+        "SELECT status, timeout_at FROM event_waits WHERE run_id = $1 AND name = $2"
+        " AND occurrence = $3",
+        run_id,
+        wait.name,
+        wait.occurrence,
+    )
+    assert row is not None
+    if row["status"] != "waiting":
+        return True
+    if row["timeout_at"] is not None and row["timeout_at"] <= now:
+        await tx.execute(
+            "UPDATE event_waits SET status = 'timed_out' WHERE run_id = $1 AND name = $2"
+            " AND occurrence = $3",
+            run_id,
+            wait.name,
+            wait.occurrence,
+        )
+        return True
+    event = await tx.fetchrow(
+        "SELECT id FROM events WHERE run_id = $1 AND name = $2 AND consumed = 0"
+        " ORDER BY received_at, id LIMIT 1",
+        run_id,
+        wait.name,
+    )
+    if event is None:
+        return False
+    await _deliver_event(tx, run_id, wait.name, wait.occurrence, event["id"])
+    return True
+
+
+async def _deliver_event(tx: Tx, run_id: str, name: str, occurrence: int, event_id: str) -> None:
+    await tx.execute(
+        "UPDATE event_waits SET status = 'received', event_id = $4"
+        " WHERE run_id = $1 AND name = $2 AND occurrence = $3",
+        run_id,
+        name,
+        occurrence,
+        event_id,
+    )
+    await tx.execute("UPDATE events SET consumed = 1 WHERE id = $1", event_id)
+
+
+async def _replay_parts(tx: Tx, run_ids: list[str]) -> dict[str, dict[str, list[Any]]]:
+    """Tasks, sleeps, event waits, events and children of each run, for replay or detail."""
+    parts: dict[str, dict[str, list[Any]]] = {
+        run_id: {"tasks": [], "sleeps": [], "event_waits": [], "events": [], "children": []}
+        for run_id in run_ids
+    }
+    ids = _in_list(1, len(run_ids))
+    tasks = await tx.fetch(
+        f"SELECT * FROM tasks WHERE run_id IN ({ids}) ORDER BY created_at, id", *run_ids
+    )
+    attempts: dict[str, list[Row]] = {}
+    if tasks:
+        task_ids = [t["id"] for t in tasks]
+        for a in await tx.fetch(
+            f"SELECT * FROM task_attempts WHERE task_id IN ({_in_list(1, len(task_ids))})"
+            " ORDER BY task_id, attempt",
+            *task_ids,
+        ):
+            attempts.setdefault(a["task_id"], []).append(a)
+    for t in tasks:
+        parts[t["run_id"]]["tasks"].append(task_record(t, attempts.get(t["id"], [])))
+    for s in await tx.fetch(
+        f"SELECT * FROM sleeps WHERE run_id IN ({ids}) ORDER BY name, occurrence", *run_ids
+    ):
+        parts[s["run_id"]]["sleeps"].append(sleep_record(s))
+    for w in await tx.fetch(
+        f"SELECT * FROM event_waits WHERE run_id IN ({ids}) ORDER BY name, occurrence", *run_ids
+    ):
+        parts[w["run_id"]]["event_waits"].append(event_wait_record(w))
+    for e in await tx.fetch(
+        f"SELECT * FROM events WHERE run_id IN ({ids}) ORDER BY received_at, id", *run_ids
+    ):
+        parts[e["run_id"]]["events"].append(event_record(e))
+    for c in await tx.fetch(
+        f"SELECT * FROM runs WHERE parent_run_id IN ({ids}) ORDER BY created_at, id", *run_ids
+    ):
+        parts[c["parent_run_id"]]["children"].append(child_record(c))
+    return parts
+
+
+def _encode_cursor(created_at: int, run_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{created_at}:{run_id}".encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[int, str]:
+    try:
+        created_at, run_id = base64.urlsafe_b64decode(cursor.encode()).decode().split(":", 1)
+        return int(created_at), run_id
+    except ValueError as exc:
+        raise InvalidRequestError(f"malformed cursor {cursor!r}") from exc

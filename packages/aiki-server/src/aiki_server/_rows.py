@@ -1,0 +1,170 @@
+"""Database rows to wire models, and the JSON columns in between."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from aiki_core import (
+    ChildRecord,
+    ErrorInfo,
+    EventRecord,
+    EventWaitRecord,
+    RunDetail,
+    RunSummary,
+    SleepRecord,
+    StateTransition,
+    TaskAttemptRecord,
+    TaskRecord,
+)
+from aiki_server._clock import from_ms
+
+if TYPE_CHECKING:
+    from pydantic import JsonValue
+
+    from aiki_server._storage._database import Row
+
+RUN_COLUMNS = (
+    "id, namespace, workflow, version, pool, status, revision, attempt, reference_id,"
+    " parent_run_id, created_at, updated_at, start_at, deadline_at, finished_at"
+)
+
+
+def dump(value: JsonValue) -> str:
+    """A payload as stored: compact JSON text."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def load(text: str | None) -> JsonValue:
+    """A stored payload back as JSON values."""
+    loaded: JsonValue = None if text is None else json.loads(text)
+    return loaded
+
+
+def load_error(text: str | None) -> ErrorInfo | None:
+    """A stored `ErrorInfo`."""
+    return None if text is None else ErrorInfo.model_validate_json(text)
+
+
+def _summary_fields(row: Row) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "namespace": row["namespace"],
+        "workflow": row["workflow"],
+        "version": row["version"],
+        "status": row["status"],
+        "pool": row["pool"],
+        "revision": row["revision"],
+        "attempt": row["attempt"],
+        "reference_id": row["reference_id"],
+        "parent_run_id": row["parent_run_id"],
+        "created_at": from_ms(row["created_at"]),
+        "updated_at": from_ms(row["updated_at"]),
+        "start_at": from_ms(row["start_at"]),
+        "deadline_at": from_ms(row["deadline_at"]),
+        "finished_at": from_ms(row["finished_at"]),
+    }
+
+
+def run_summary(row: Row) -> RunSummary:
+    """A `runs` row (at least `RUN_COLUMNS`) as a `RunSummary`."""
+    return RunSummary(**_summary_fields(row))
+
+
+def task_record(row: Row, attempts: list[Row]) -> TaskRecord:
+    """A `tasks` row and its `task_attempts` rows."""
+    return TaskRecord(
+        id=row["id"],
+        name=row["name"],
+        address=row["address"],
+        occurrence=row["occurrence"],
+        status=row["status"],
+        input=load(row["input"]),
+        result=load(row["result"]),
+        error=load_error(row["error"]),
+        attempts=[
+            TaskAttemptRecord(
+                attempt=a["attempt"],
+                status=a["status"],
+                started_at=from_ms(a["started_at"]),
+                finished_at=from_ms(a["finished_at"]),
+                error=load_error(a["error"]),
+            )
+            for a in attempts
+        ],
+        next_attempt_at=from_ms(row["next_attempt_at"]),
+        created_at=from_ms(row["created_at"]),
+        finished_at=from_ms(row["finished_at"]),
+    )
+
+
+def sleep_record(row: Row) -> SleepRecord:
+    """A `sleeps` row."""
+    return SleepRecord(
+        name=row["name"],
+        occurrence=row["occurrence"],
+        status=row["status"],
+        wake_at=from_ms(row["wake_at"]),
+        completed_at=from_ms(row["completed_at"]),
+    )
+
+
+def event_wait_record(row: Row) -> EventWaitRecord:
+    """An `event_waits` row."""
+    return EventWaitRecord(
+        name=row["name"],
+        occurrence=row["occurrence"],
+        status=row["status"],
+        timeout_at=from_ms(row["timeout_at"]),
+        event_id=row["event_id"],
+    )
+
+
+def event_record(row: Row) -> EventRecord:
+    """An `events` row."""
+    return EventRecord(
+        id=row["id"],
+        name=row["name"],
+        reference_id=row["reference_id"],
+        data=load(row["data"]),
+        received_at=from_ms(row["received_at"]),
+        consumed=bool(row["consumed"]),
+    )
+
+
+def child_record(row: Row) -> ChildRecord:
+    """A child's `runs` row (with `child_address` and `child_occurrence`)."""
+    return ChildRecord(
+        run_id=row["id"],
+        workflow=row["workflow"],
+        version=row["version"],
+        address=row["child_address"],
+        occurrence=row["child_occurrence"],
+        status=row["status"],
+    )
+
+
+def transition(row: Row) -> StateTransition:
+    """A `state_transitions` row."""
+    return StateTransition(
+        seq=row["seq"],
+        run_id=row["run_id"],
+        entity=row["entity"],
+        entity_id=row["entity_id"],
+        from_status=row["from_status"],
+        to_status=row["to_status"],
+        reason=row["reason"],
+        revision=row["revision"],
+        at=from_ms(row["at"]),
+    )
+
+
+def run_detail(row: Row, **parts: Any) -> RunDetail:
+    """A full `runs` row plus its recorded parts as a `RunDetail`."""
+    return RunDetail(
+        **_summary_fields(row),
+        input=load(row["input"]),
+        result=load(row["result"]),
+        error=load_error(row["error"]),
+        **parts,
+    )

@@ -1,0 +1,1 @@
+"""Storage: one database interface, implemented for SQLite and PostgreSQL."""

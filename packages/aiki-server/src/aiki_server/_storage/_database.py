@@ -1,0 +1,140 @@
+"""The database interface the orchestrator is written against.
+
+SQL is written once, with `$1`-style parameters (PostgreSQL's); the SQLite
+implementation rewrites them to `?1`. The few dialect differences are fragments on
+the transaction (`lock_rows`, `skip_locked`).
+
+Topics noted with `Tx.publish` are delivered only after the transaction commits:
+in process through the `WakeHub`, and to other replicas through NOTIFY.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from importlib import resources
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import anyio
+
+if TYPE_CHECKING:
+    from aiki_server._notify import WakeHub
+
+Row = Mapping[str, Any]
+T = TypeVar("T")
+
+
+class Tx(ABC):
+    """One transaction (or one read-only session)."""
+
+    lock_rows: str
+    """Appended to a SELECT to lock the rows it returns until commit."""
+    skip_locked: str
+    """Appended to a SELECT to lock its rows and skip rows another transaction holds."""
+
+    def __init__(self) -> None:
+        self.topics: set[str] = set()
+
+    def publish(self, topic: str) -> None:
+        """Wake the topic's waiters once this transaction has committed."""
+        self.topics.add(topic)
+
+    @abstractmethod
+    async def fetch(self, sql: str, *args: Any) -> list[Row]:
+        """Rows of a query."""
+
+    @abstractmethod
+    async def execute(self, sql: str, *args: Any) -> int:
+        """Run a statement; the number of rows it changed."""
+
+    @abstractmethod
+    async def executemany(self, sql: str, args: Sequence[Sequence[Any]]) -> None:
+        """Run a statement once per parameter tuple."""
+
+    async def fetchrow(self, sql: str, *args: Any) -> Row | None:
+        """The first row of a query, or `None`."""
+        rows = await self.fetch(sql, *args)
+        return rows[0] if rows else None
+
+
+class Database(ABC):
+    """A connection (pool) to one database, with its migrations."""
+
+    dialect: str
+    transient_errors: tuple[type[BaseException], ...] = ()
+    """Errors after which the whole transaction may simply be run again."""
+
+    def __init__(self, hub: WakeHub) -> None:
+        self.hub = hub
+
+    async def retry(self, operation: Callable[[], Awaitable[T]], *, attempts: int = 5) -> T:
+        """Run `operation` (whole transactions), again after a transient error."""
+        for attempt in range(1, attempts + 1):
+            try:
+                return await operation()
+            except self.transient_errors:
+                if attempt == attempts:
+                    raise
+                await anyio.sleep(0.002 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    @abstractmethod
+    async def open(self) -> None:
+        """Connect."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Disconnect."""
+
+    @abstractmethod
+    def transaction(self) -> Any:
+        """`async with db.transaction() as tx`: a read-write transaction."""
+
+    @abstractmethod
+    def reader(self) -> Any:
+        """`async with db.reader() as tx`: a read-only session on committed data."""
+
+    def _deliver(self, topics: set[str]) -> None:
+        for topic in topics:
+            self.hub.publish(topic)
+
+    async def migrate(self) -> list[int]:
+        """Apply the pending migrations of this dialect, in order; the versions applied."""
+        applied: list[int] = []
+        async with self.transaction() as tx:
+            await tx.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
+            )
+            rows = await tx.fetch("SELECT version FROM schema_migrations")
+            done = {row["version"] for row in rows}
+            for version, sql in _migrations(self.dialect):
+                if version in done:
+                    continue
+                await self._run_script(tx, sql)
+                await tx.execute(
+                    "INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)",
+                    version,
+                    _utc_now_text(),
+                )
+                applied.append(version)
+        return applied
+
+    @abstractmethod
+    async def _run_script(self, tx: Tx, sql: str) -> None:
+        """Run a multi-statement migration script inside `tx`."""
+
+
+def _migrations(dialect: str) -> list[tuple[int, str]]:
+    folder = resources.files("aiki_server._storage") / "migrations" / dialect
+    scripts = sorted(
+        (int(entry.name.split("_", 1)[0]), entry.read_text())
+        for entry in folder.iterdir()
+        if entry.name.endswith(".sql")
+    )
+    return scripts
+
+
+def _utc_now_text() -> str:
+    return datetime.now(UTC).isoformat()

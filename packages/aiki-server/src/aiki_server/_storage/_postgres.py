@@ -1,0 +1,118 @@
+"""PostgreSQL through an asyncpg pool.
+
+Rows a transaction changes are locked with `FOR UPDATE`; claims and the timer daemon
+take theirs with `FOR UPDATE SKIP LOCKED`, so several server replicas can share one
+database. Wake-ups cross replicas as NOTIFY on one channel, which a dedicated
+connection LISTENs to and feeds into the local `WakeHub`.
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+
+from aiki_server._storage._database import Database, Row, Tx
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Sequence
+
+    from asyncpg.pool import PoolConnectionProxy
+
+    from aiki_server._notify import WakeHub
+
+    # asyncpg's classes are generic only in its stubs, so this alias exists only there
+    _Connection = asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]
+
+CHANNEL = "aiki_wake"
+
+
+class PostgresTx(Tx):
+    """A transaction on one pooled connection."""
+
+    lock_rows = " FOR UPDATE"
+    skip_locked = " FOR UPDATE SKIP LOCKED"
+
+    def __init__(self, conn: _Connection) -> None:
+        super().__init__()
+        self._conn = conn
+
+    async def fetch(self, sql: str, *args: Any) -> list[Row]:
+        """Rows of a query."""
+        return [dict(record) for record in await self._conn.fetch(sql, *args)]
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        """Run a statement; the number of rows it changed."""
+        status: str = await self._conn.execute(sql, *args)
+        last = status.rsplit(" ", 1)[-1]
+        return int(last) if last.isdigit() else 0
+
+    async def executemany(self, sql: str, args: Sequence[Sequence[Any]]) -> None:
+        """Run a statement once per parameter tuple."""
+        await self._conn.executemany(sql, args)
+
+
+class PostgresDatabase(Database):
+    """A PostgreSQL database; `url` may carry `?search_path=...` for a schema."""
+
+    dialect = "postgresql"
+    # two transactions racing for the same unique key or locking in opposite orders:
+    # running the loser again sees the winner's committed row
+    transient_errors = (
+        asyncpg.UniqueViolationError,
+        asyncpg.DeadlockDetectedError,
+        asyncpg.SerializationError,
+    )
+
+    def __init__(self, url: str, hub: WakeHub, *, pool_size: int = 10) -> None:
+        super().__init__(hub)
+        self.url = url
+        self._pool_size = pool_size
+        self._pool: asyncpg.Pool | None = None
+        self._listener: asyncpg.Connection | None = None
+
+    async def open(self) -> None:
+        """Open the pool and the LISTEN connection."""
+        self._pool = await asyncpg.create_pool(self.url, min_size=2, max_size=self._pool_size)
+        self._listener = await asyncpg.connect(self.url)
+        await self._listener.add_listener(CHANNEL, self._on_notify)
+
+    async def close(self) -> None:
+        """Close the LISTEN connection and the pool."""
+        if self._listener is not None:
+            await self._listener.close()
+            self._listener = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    def _on_notify(self, _conn: _Connection, _pid: int, _channel: str, payload: object) -> None:
+        self.hub.publish(str(payload))
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[PostgresTx]:
+        """A read-committed transaction; NOTIFYs its topics as part of the commit."""
+        assert self._pool is not None, "database is not open"
+        async with self._pool.acquire() as conn, conn.transaction():
+            tx = PostgresTx(conn)
+            yield tx
+            if tx.topics:
+                await conn.execute(
+                    "SELECT pg_notify($1, topic) FROM unnest($2::text[]) AS topic",
+                    CHANNEL,
+                    sorted(tx.topics),
+                )
+        # NOTIFY reaches this replica too, but a direct wake-up saves the round trip
+        self._deliver(tx.topics)
+
+    @asynccontextmanager
+    async def reader(self) -> AsyncIterator[PostgresTx]:
+        """A session on one pooled connection, outside any explicit transaction."""
+        assert self._pool is not None, "database is not open"
+        async with self._pool.acquire() as conn:
+            yield PostgresTx(conn)
+
+    async def _run_script(self, tx: Tx, sql: str) -> None:
+        # a simple-query-protocol execute runs a whole script
+        await tx.execute(sql)

@@ -1,0 +1,144 @@
+"""Fixtures: the server app on a fresh SQLite file and on a fresh PostgreSQL schema.
+
+Every storage test runs against both databases (`db_url` is parametrized). The
+PostgreSQL half needs `AIKI_TEST_POSTGRES_URL`; without it those tests skip, unless
+`AIKI_REQUIRE_POSTGRES=1` (as CI sets), which turns the skip into a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import asyncpg
+import httpx
+import pytest
+
+from aiki_server import ServerSettings, create_app
+from aiki_server._notify import TIMERS
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from fastapi import FastAPI
+
+POSTGRES_URL = os.environ.get("AIKI_TEST_POSTGRES_URL")
+REQUIRE_POSTGRES = os.environ.get("AIKI_REQUIRE_POSTGRES") == "1"
+
+
+class ManualClock:
+    """Epoch milliseconds that move only when a test says so."""
+
+    def __init__(self, start_ms: int = 1_800_000_000_000) -> None:
+        self.now = start_ms
+
+    def __call__(self) -> int:
+        return self.now
+
+    def advance(self, ms: int) -> None:
+        self.now += ms
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'aiki.db'}"
+        return
+    if not POSTGRES_URL:
+        if REQUIRE_POSTGRES:
+            pytest.fail("AIKI_REQUIRE_POSTGRES=1 but AIKI_TEST_POSTGRES_URL is not set")
+        pytest.skip("AIKI_TEST_POSTGRES_URL is not set")
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(POSTGRES_URL)
+    try:
+        await admin.execute(f"CREATE SCHEMA {schema}")
+        yield f"{POSTGRES_URL}?search_path={schema}"
+    finally:
+        await admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        await admin.close()
+
+
+@dataclass
+class Harness:
+    """A live app with a manual clock, and an HTTP client on it."""
+
+    client: httpx.AsyncClient
+    app: FastAPI
+    clock: ManualClock
+
+    def advance(self, ms: int) -> None:
+        """Move the clock forward and let the timer daemon look at once."""
+        self.clock.advance(ms)
+        self.app.state.orchestrator.hub.publish(TIMERS)
+
+
+HarnessFactory = Callable[..., AbstractAsyncContextManager[Harness]]
+
+
+@pytest.fixture
+def make_harness(db_url: str) -> HarnessFactory:
+    """`async with make_harness(claim_idle_timeout=...) as h`: a harness with those settings."""
+
+    @asynccontextmanager
+    async def make(**settings: Any) -> AsyncIterator[Harness]:
+        clock = ManualClock()
+        app = create_app(db_url, ServerSettings(clock=clock, **settings))
+        async with running_app(app) as client:
+            yield Harness(client, app, clock)
+
+    return make
+
+
+@pytest.fixture
+async def harness(make_harness: HarnessFactory) -> AsyncIterator[Harness]:
+    """A harness with default settings and a manual clock."""
+    async with make_harness() as h:
+        yield h
+
+
+@pytest.fixture
+async def server(db_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client on a live app with the wall clock."""
+    async with running_app(create_app(db_url, ServerSettings())) as client:
+        yield client
+
+
+@asynccontextmanager
+async def running_app(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """The app with its lifespan running, and an HTTP client on it (in process).
+
+    pytest-asyncio sets a fixture up and tears it down in different tasks, while the
+    lifespan's task group must be left in the task that entered it: so the lifespan
+    lives in a task of its own until the fixture ends.
+    """
+    started, stop = anyio.Event(), anyio.Event()
+    failures: list[BaseException] = []
+
+    async def lifespan() -> None:
+        try:
+            async with app.router.lifespan_context(app):
+                started.set()
+                await stop.wait()
+        except BaseException as exc:
+            failures.append(exc)
+            started.set()
+            raise
+
+    task = asyncio.create_task(lifespan())  # noqa: TID251 - see the docstring
+    await started.wait()
+    if failures:
+        raise failures[0]
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://aiki/api/v1"
+        ) as client:
+            yield client
+    finally:
+        stop.set()
+        await task
