@@ -29,6 +29,7 @@ from aiki_core import (
     ServerError,
     ServerUnavailableError,
     StaleRevisionError,
+    TaskFailedError,
     TaskTimeoutError,
     WorkflowCancelledError,
     WorkflowFailedError,
@@ -72,6 +73,7 @@ WITH_IDS: list[tuple[AikiError, tuple[str, ...]]] = [
     (DecryptionError("key-2024"), ("key_id",)),
     (DecryptionError("key-2024", "tampered ciphertext"), ("key_id",)),
     (WorkflowFailedError("r-1", FAILURE), ("run_id", "error")),
+    (TaskFailedError("r-1", "charge-card", FAILURE), ("run_id", "task_name", "error")),
     (RemoteError(FAILURE), ("info", "type", "retryable")),
 ]
 
@@ -280,6 +282,14 @@ def test_retryable_flags() -> None:
     assert not WorkflowTimeoutError("r", 1).retryable
     assert RemoteError(CAUSE).retryable
     assert not RemoteError(FAILURE).retryable
+
+
+def test_task_failed_chains_the_remote_error() -> None:
+    error = TaskFailedError("r-1", "charge-card", FAILURE)
+    assert error.retryable == FAILURE.retryable
+    assert isinstance(error.__cause__, aiki_core.RemoteError)
+    assert error.__cause__.info == FAILURE
+    assert "charge-card" in error.message
 
 
 def test_workflow_failed_carries_the_error() -> None:

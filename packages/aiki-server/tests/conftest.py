@@ -142,3 +142,16 @@ async def running_app(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     finally:
         stop.set()
         await task
+
+
+@pytest.fixture
+async def second_app(db_url: str, server: httpx.AsyncClient) -> AsyncIterator[httpx.AsyncClient]:
+    """A second replica (wall clock) on the same database as `server`, for cross-replica tests.
+
+    PostgreSQL only: one process owns a SQLite file, so on SQLite the test is skipped.
+    """
+    del server  # only its order matters: the first replica (and the migrations) come first
+    if "sqlite" in db_url:
+        pytest.skip("replicas share a database only on PostgreSQL")
+    async with running_app(create_app(db_url, ServerSettings())) as client:
+        yield client

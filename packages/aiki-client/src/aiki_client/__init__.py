@@ -1,7 +1,12 @@
-"""The HTTP client: start runs, run handles, events, schedules, listing."""
+"""The HTTP client of Aiki: start runs, run handles, listing, and the worker's calls."""
 
 from __future__ import annotations
 
 from aiki_client.__about__ import __version__ as __version__
+from aiki_client._client import Client as Client
+from aiki_client._handle import WorkflowRunHandle as WorkflowRunHandle
 
-__all__ = ("__version__",)
+__all__ = ("Client", "WorkflowRunHandle", "__version__")
+
+for _obj in (Client, WorkflowRunHandle):
+    _obj.__module__ = __name__

@@ -199,6 +199,9 @@ from aiki_core._exceptions import (
     StaleRevisionError as StaleRevisionError,
 )
 from aiki_core._exceptions import (
+    TaskFailedError as TaskFailedError,
+)
+from aiki_core._exceptions import (
     TaskTimeoutError as TaskTimeoutError,
 )
 from aiki_core._exceptions import (
@@ -271,6 +274,9 @@ from aiki_core._protocols import (
     TaskRunContext as TaskRunContext,
 )
 from aiki_core._protocols import (
+    WorkerApi as WorkerApi,
+)
+from aiki_core._protocols import (
     WorkflowRunHandle as WorkflowRunHandle,
 )
 from aiki_core._protocols import (
@@ -287,6 +293,9 @@ from aiki_core._records import (
 )
 from aiki_core._records import (
     RunDetail as RunDetail,
+)
+from aiki_core._records import (
+    RunOutcome as RunOutcome,
 )
 from aiki_core._records import (
     RunSummary as RunSummary,
@@ -419,6 +428,7 @@ __all__ = (
     "RunInterrupt",
     "RunLease",
     "RunLeaseStatus",
+    "RunOutcome",
     "RunPage",
     "RunStatus",
     "RunSummary",
@@ -444,6 +454,7 @@ __all__ = (
     "TaskAddress",
     "TaskAttemptInfo",
     "TaskAttemptRecord",
+    "TaskFailedError",
     "TaskId",
     "TaskInvocation",
     "TaskRecord",
@@ -452,6 +463,7 @@ __all__ = (
     "TaskTimeoutError",
     "TransitionRunRequest",
     "TransitionRunResponse",
+    "WorkerApi",
     "WorkerId",
     "WorkflowCancelledError",
     "WorkflowCapability",

@@ -26,10 +26,13 @@ def to_millis(duration: timedelta) -> int:
 
 
 def from_millis(millis: int) -> timedelta:
-    """The `timedelta` of `millis` milliseconds; raises `ValueError` when negative."""
+    """The `timedelta` of `millis` milliseconds; `ValueError` when negative or too long."""
     if millis < 0:
         raise ValueError(f"a duration cannot be negative, got {millis} ms")
-    return timedelta(milliseconds=millis)
+    try:
+        return timedelta(milliseconds=millis)
+    except OverflowError:
+        raise ValueError(f"a duration of {millis} ms is too long") from None
 
 
 def _parse(value: object) -> object:

@@ -17,6 +17,7 @@ AikiError                          any error raised by an Aiki package
 ├── AikiTimeoutError               a deadline passed (also a builtin TimeoutError)
 │   ├── WorkflowTimeoutError       a run's own timeout
 │   └── TaskTimeoutError           one task attempt's timeout
+├── TaskFailedError                a task call failed for good; carries its error
 ├── WorkflowFailedError            a run ended as failed; carries the remote error
 ├── WorkflowCancelledError         a run ended as cancelled
 ├── NonRetryableError              raise it from a task to fail without retrying
@@ -40,7 +41,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
-    from pydantic import JsonValue
+    from pydantic import JsonValue, ValidationError
 
     from aiki_core._error_info import ErrorInfo
 
@@ -67,6 +68,7 @@ __all__ = [
     "StaleRevisionError",
     "TaskTimeoutError",
     "WorkflowCancelledError",
+    "TaskFailedError",
     "WorkflowFailedError",
     "WorkflowTimeoutError",
     "error_from_wire",
@@ -92,6 +94,7 @@ class ErrorCode(StrEnum):
     TIMEOUT = "timeout"
     WORKFLOW_TIMEOUT = "workflow_timeout"
     TASK_TIMEOUT = "task_timeout"
+    TASK_FAILED = "task_failed"
     WORKFLOW_FAILED = "workflow_failed"
     WORKFLOW_CANCELLED = "workflow_cancelled"
     NON_RETRYABLE = "non_retryable"
@@ -215,6 +218,17 @@ class PayloadValidationError(InvalidRequestError):
     def __init__(self, message: str, *, errors: list[dict[str, JsonValue]] | None = None) -> None:
         self.errors: list[dict[str, JsonValue]] = errors or []
         super().__init__(message, details={"errors": list(self.errors)})
+
+    @classmethod
+    def from_pydantic(cls, what: str, exc: ValidationError) -> PayloadValidationError:
+        """`what` (e.g. "task 'x' got an invalid payload") with each field path and problem."""
+        errors: list[dict[str, JsonValue]] = []
+        places: list[str] = []
+        for problem in exc.errors():
+            path = [str(part) for part in problem["loc"]]
+            errors.append({"loc": list(path), "msg": problem["msg"], "type": problem["type"]})
+            places.append(f"{'.'.join(path) or '<root>'}: {problem['msg']}")
+        return cls(f"{what}: {'; '.join(places)}", errors=errors)
 
 
 class AuthenticationError(AikiError):
@@ -380,6 +394,40 @@ class TaskTimeoutError(AikiTimeoutError):
                 "timeout_ms": timeout_ms,
             },
         )
+
+
+class TaskFailedError(AikiError):
+    """A task call failed for good (its retries ran out, or the error was not retryable).
+
+    The workflow sees this same error the first time and on every replay; `error` is
+    what the last attempt raised, also chained as `__cause__`.
+    """
+
+    code = ErrorCode.TASK_FAILED
+    status_code = 409
+
+    def __init__(self, run_id: str, task_name: str, error: ErrorInfo) -> None:
+        self.run_id = run_id
+        self.task_name = task_name
+        self.error = error
+        self.retryable = error.retryable
+        super().__init__(
+            f"task {task_name!r} failed: {error.type}: {error.message}",
+            details={
+                "run_id": run_id,
+                "task_name": task_name,
+                "error": error.model_dump(mode="json"),
+            },
+        )
+        self.__cause__ = error.to_exception()
+
+    def _restore(self, details: Mapping[str, JsonValue]) -> None:
+        from aiki_core._error_info import ErrorInfo
+
+        self.run_id = str(details.get("run_id"))
+        self.task_name = str(details.get("task_name"))
+        self.error = ErrorInfo.model_validate(details.get("error"))
+        self.retryable = self.error.retryable
 
 
 class WorkflowFailedError(AikiError):

@@ -8,7 +8,8 @@ protocol here:
 - a workflow version (`aiki_workflow`) starts itself through `WorkflowStarter`,
   which the client implements, and gets back a `WorkflowRunHandle`;
 - a worker (`aiki_worker`) executes any `ExecutableVersion`, giving it a
-  `RunExecution`: the claimed run and the way to record task results.
+  `RunExecution`: the claimed run and the way to record task results; it talks to
+  the server through `WorkerApi`, which the client implements.
 """
 
 from __future__ import annotations
@@ -24,10 +25,16 @@ if TYPE_CHECKING:
 
     from aiki_core._api import (
         ClaimedRun,
+        ClaimRequest,
+        ClaimResponse,
+        HeartbeatRequest,
+        HeartbeatResponse,
         RecordTaskRequest,
         RecordTaskResponse,
         RunAction,
         StartRunRequest,
+        TransitionRunRequest,
+        TransitionRunResponse,
     )
     from aiki_core._codec import PayloadCodec
     from aiki_core._ids import RunId, TaskAddress
@@ -42,6 +49,7 @@ __all__ = [
     "TaskAttemptInfo",
     "TaskInvocation",
     "TaskRunContext",
+    "WorkerApi",
     "WorkflowRunHandle",
     "WorkflowStarter",
 ]
@@ -183,3 +191,29 @@ class ExecutableVersion(Protocol):
 
     async def execute(self, execution: RunExecution) -> RunAction:
         """Replay and continue the run; return what to do with it (complete, fail, suspend)."""
+
+
+class WorkerApi(Protocol):
+    """The server calls a worker makes (implemented by the client)."""
+
+    @property
+    def codec(self) -> PayloadCodec:
+        """The codec of every payload the worker reads and records."""
+
+    @property
+    def log(self) -> Logger:
+        """The client's logger; a worker binds its id on a child of it."""
+
+    async def claim(self, request: ClaimRequest) -> ClaimResponse:
+        """Long-poll for runs to execute."""
+
+    async def heartbeat(self, request: HeartbeatRequest) -> HeartbeatResponse:
+        """Refresh the claims on held runs; the answer says what to do with each."""
+
+    async def record_task(self, run_id: RunId, request: RecordTaskRequest) -> RecordTaskResponse:
+        """Record one task attempt of a held run."""
+
+    async def transition(
+        self, run_id: RunId, request: TransitionRunRequest
+    ) -> TransitionRunResponse:
+        """Complete, fail, suspend or release a held run."""

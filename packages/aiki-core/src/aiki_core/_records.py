@@ -22,6 +22,7 @@ __all__ = [
     "EventRecord",
     "EventWaitRecord",
     "RunDetail",
+    "RunOutcome",
     "RunSummary",
     "SleepRecord",
     "StateTransition",
@@ -48,6 +49,13 @@ class RunSummary(ResponseModel):
     start_at: AwareDatetime | None = Field(default=None, description="A delayed start's due time.")
     deadline_at: AwareDatetime | None = Field(default=None, description="When the run times out.")
     finished_at: AwareDatetime | None = None
+
+
+class RunOutcome(RunSummary):
+    """A run with its result or error: what a status wait answers."""
+
+    result: JsonValue = None
+    error: ErrorInfo | None = None
 
 
 class TaskAttemptRecord(ResponseModel):

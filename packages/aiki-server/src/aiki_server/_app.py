@@ -23,6 +23,7 @@ from aiki_core import (
     RecordTaskRequest,
     RecordTaskResponse,
     RunDetail,
+    RunOutcome,
     RunPage,
     RunStatus,
     RunSummary,
@@ -134,13 +135,16 @@ def _api_router(orch: Orchestrator) -> APIRouter:
         """A run with its tasks, sleeps, events, children and history."""
         return _json(await orch.get_run(ns, run_id))
 
-    @router.get("/runs/{run_id}/wait", response_model=RunSummary, tags=["runs"])
+    @router.get("/runs/{run_id}/wait", response_model=RunOutcome, tags=["runs"])
     async def wait_for_run(
         run_id: str,
         status: Annotated[list[RunStatus] | None, Query()] = None,
         timeout_ms: Annotated[int, Query(ge=0, le=60_000)] = 30_000,
     ) -> Response:
-        """Long-poll until the run reaches one of `status` (default: any terminal one)."""
+        """Long-poll until the run reaches one of `status` (default: any terminal one).
+
+        Answers the run with its result or error, or as it is when `timeout_ms` ran out.
+        """
         summary = await orch.wait_for_run(
             ns, run_id, status or [], timedelta(milliseconds=timeout_ms)
         )

@@ -2,14 +2,16 @@
 
 `AikiError`s keep their own status and code; request validation becomes a 400
 (unparsable JSON) or a 422 (wrong shape) listing each problem with its location;
-unknown routes and methods keep their 404/405; anything else is a 500 that names
-no internals.
+a value no column can hold (an integer past 64 bits, a NUL or an unpaired surrogate
+in a string) is a 400, its transaction rolled back; unknown routes and methods keep
+their 404/405; anything else is a 500 that names no internals.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import asyncpg
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
@@ -69,6 +71,19 @@ async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(wire, status_code=exc.status_code, headers=exc.headers)
 
 
+# a request value the database (or a timedelta) cannot represent: the request's fault
+_UNSTORABLE: tuple[type[Exception], ...] = (OverflowError, UnicodeEncodeError, asyncpg.DataError)
+
+
+async def _on_unstorable(_request: Request, _exc: Exception) -> JSONResponse:
+    return error_response(
+        InvalidRequestError(
+            "the request holds a value the server cannot store: a number out of range,"
+            " or a string with a NUL character or an unpaired surrogate"
+        )
+    )
+
+
 async def _on_unexpected(_request: Request, _exc: Exception) -> JSONResponse:
     return error_response(ServerError("the server failed to handle the request"))
 
@@ -78,4 +93,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AikiError, _on_aiki_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(HTTPException, _on_http_error)
+    for unstorable in _UNSTORABLE:
+        app.add_exception_handler(unstorable, _on_unstorable)
     app.add_exception_handler(Exception, _on_unexpected)

@@ -40,6 +40,7 @@ from aiki_core import (
     RunDetail,
     RunDirective,
     RunLeaseStatus,
+    RunOutcome,
     RunPage,
     RunStatus,
     RunSummary,
@@ -73,6 +74,7 @@ from aiki_server._rows import (
     event_record,
     event_wait_record,
     run_detail,
+    run_outcome,
     run_summary,
     sleep_record,
     task_record,
@@ -305,7 +307,7 @@ class Orchestrator:
 
     async def wait_for_run(
         self, namespace: str, run_id: str, statuses: Sequence[RunStatus], timeout: timedelta
-    ) -> RunSummary:
+    ) -> RunOutcome:
         """Long-poll until the run is in one of `statuses` or `timeout` passes; the run then."""
         wanted = {s.value for s in statuses} or set(TERMINAL)
         deadline = self.clock() + to_millis(timeout)
@@ -313,7 +315,8 @@ class Orchestrator:
             subscription = self.hub.subscribe(run_topic(run_id))
             async with self.db.reader() as tx:
                 row = await tx.fetchrow(
-                    f"SELECT {RUN_COLUMNS} FROM runs WHERE id = $1 AND namespace = $2",
+                    f"SELECT {RUN_COLUMNS}, result, error FROM runs"
+                    " WHERE id = $1 AND namespace = $2",
                     run_id,
                     namespace,
                 )
@@ -321,7 +324,7 @@ class Orchestrator:
                 raise NotFoundError("run", run_id)
             remaining = deadline - self.clock()
             if row["status"] in wanted or remaining <= 0:
-                return run_summary(row)
+                return run_outcome(row)
             # re-check at least every second: a replica's NOTIFY may be lost on reconnect
             await subscription.wait(min(remaining, 1000) / 1000)
 
@@ -355,8 +358,11 @@ class Orchestrator:
         now = self.clock()
         async with self.db.transaction() as tx:
             run = await self._locked_run(tx, run_id, namespace)
+            if run["status"] != RunStatus.PAUSED:
+                # the state machine allows e.g. running -> queued, but not as a "resume"
+                raise IllegalTransitionError("run", run_id, run["status"], "resumed")
             start_at = run["start_at"]
-            if run["status"] == RunStatus.PAUSED and start_at is not None and start_at > now:
+            if start_at is not None and start_at > now:
                 await move_run(tx, run, RunStatus.SCHEDULED, now, "resumed", wake_at=start_at)
             else:
                 await move_run(tx, run, RunStatus.QUEUED, now, "resumed")
@@ -428,28 +434,31 @@ class Orchestrator:
         """Long-poll for up to `max_runs` queued runs of the declared triples."""
         deadline = self.clock() + to_millis(req.wait)
         capabilities = sorted({(c.workflow, c.version, c.pool) for c in req.capabilities})
-        await self._register_worker(namespace, req.worker_id, capabilities)
+        first = True
         while True:
             subscription = self.hub.subscribe(QUEUE)
-            claimed = await self._claim_once(namespace, req.worker_id, capabilities, req.max_runs)
+            claimed = await self._claim_once(
+                namespace, req.worker_id, capabilities, req.max_runs, register=first
+            )
+            first = False
             remaining = deadline - self.clock()
             if claimed or remaining <= 0:
                 return claimed
             await subscription.wait(min(remaining, 1000) / 1000)
 
     async def _register_worker(
-        self, namespace: str, worker_id: str, capabilities: list[tuple[str, str, str]]
+        self, tx: Tx, namespace: str, worker_id: str, capabilities: list[tuple[str, str, str]]
     ) -> None:
-        async with self.db.transaction() as tx:
-            await tx.execute(
-                "INSERT INTO workers (id, namespace, capabilities, last_seen_at)"
-                " VALUES ($1, $2, $3, $4) ON CONFLICT (namespace, id) DO UPDATE"
-                " SET capabilities = excluded.capabilities, last_seen_at = excluded.last_seen_at",
-                worker_id,
-                namespace,
-                json.dumps([list(c) for c in capabilities]),
-                self.clock(),
-            )
+        """Note which triples the worker serves (a run's detail says when none does)."""
+        await tx.execute(
+            "INSERT INTO workers (id, namespace, capabilities, last_seen_at)"
+            " VALUES ($1, $2, $3, $4) ON CONFLICT (namespace, id) DO UPDATE"
+            " SET capabilities = excluded.capabilities, last_seen_at = excluded.last_seen_at",
+            worker_id,
+            namespace,
+            json.dumps([list(c) for c in capabilities]),
+            self.clock(),
+        )
 
     async def _claim_once(
         self,
@@ -457,6 +466,8 @@ class Orchestrator:
         worker_id: str,
         capabilities: list[tuple[str, str, str]],
         limit: int,
+        *,
+        register: bool,
     ) -> list[ClaimedRun]:
         now = self.clock()
         args: list[Any] = [namespace, RunStatus.QUEUED.value]
@@ -467,6 +478,8 @@ class Orchestrator:
             args += [workflow, version, pool]
         args.append(limit)
         async with self.db.transaction() as tx:
+            if register:
+                await self._register_worker(tx, namespace, worker_id, capabilities)
             rows = await tx.fetch(
                 "SELECT * FROM runs WHERE namespace = $1 AND status = $2"
                 f" AND ({' OR '.join(triples)})"
@@ -530,9 +543,12 @@ class Orchestrator:
                     keep.append(lease.run_id)
                 answers.append(RunLeaseStatus(run_id=lease.run_id, directive=directive))
             if keep:
+                # the conditions fence a release that committed after the read above
                 await tx.execute(
-                    f"UPDATE runs SET claim_expires_at = $1 WHERE id IN ({_in_list(2, len(keep))})",
+                    "UPDATE runs SET claim_expires_at = $1 WHERE claimed_by = $2"
+                    f" AND status = 'running' AND id IN ({_in_list(3, len(keep))})",
                     now + self._idle_ms,
+                    req.worker_id,
                     *keep,
                 )
         return HeartbeatResponse(runs=answers)
@@ -708,8 +724,19 @@ class Orchestrator:
                     wait.occurrence,
                 )
                 assert sleep is not None
-                if sleep["status"] != "sleeping" or sleep["wake_at"] <= now:
+                if sleep["status"] == "sleeping" and sleep["wake_at"] <= now:
+                    # due while the run was away (paused, say): it completes now
+                    await tx.execute(
+                        "UPDATE sleeps SET status = 'completed', completed_at = $4"
+                        " WHERE run_id = $1 AND name = $2 AND occurrence = $3",
+                        run_id,
+                        wait.name,
+                        wait.occurrence,
+                        now,
+                    )
                     satisfied.append(f"sleep {wait.name!r} is due")
+                elif sleep["status"] != "sleeping":
+                    satisfied.append(f"sleep {wait.name!r} is over")
                 due_times.append(sleep["wake_at"])
             elif isinstance(wait, AwaitEvent):
                 if await _register_event_wait(tx, run_id, wait, now):

@@ -11,6 +11,7 @@ from aiki_core import (
     EventRecord,
     EventWaitRecord,
     RunDetail,
+    RunOutcome,
     RunSummary,
     SleepRecord,
     StateTransition,
@@ -69,6 +70,13 @@ def _summary_fields(row: Row) -> dict[str, Any]:
 def run_summary(row: Row) -> RunSummary:
     """A `runs` row (at least `RUN_COLUMNS`) as a `RunSummary`."""
     return RunSummary(**_summary_fields(row))
+
+
+def run_outcome(row: Row) -> RunOutcome:
+    """A `runs` row (`RUN_COLUMNS`, `result`, `error`) as a `RunOutcome`."""
+    return RunOutcome(
+        **_summary_fields(row), result=load(row["result"]), error=load_error(row["error"])
+    )
 
 
 def task_record(row: Row, attempts: list[Row]) -> TaskRecord:

@@ -1,8 +1,9 @@
 """The timer daemon: moves every due time forward, in batches.
 
 One pass handles, for at most `batch` runs each:
-- due wake-ups (delayed starts, sleeps, event-wait timeouts, retry back-offs):
-  the run goes back to the queue, its due sleeps complete and due waits time out;
+- due wake-ups (delayed starts, sleeps, event-wait timeouts, retry back-offs, and a
+  sleep awaited together with a child, which is that child wait's timeout): the run
+  goes back to the queue, its due sleeps complete and due waits time out;
 - passed deadlines: the run fails with `WorkflowTimeoutError`, its children are
   cancelled, and a worker holding it is fenced off;
 - idle claims: a running run whose worker stopped heartbeating is re-queued
@@ -17,7 +18,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from aiki_core import ErrorInfo, RunStatus, WorkflowTimeoutError
+import anyio
+
+from aiki_core import ConsoleLogger, ErrorInfo, RunStatus, WorkflowTimeoutError
 from aiki_server._lifecycle import TERMINAL, end_run_and_descendants, move_run, requeue
 from aiki_server._notify import TIMERS
 
@@ -25,12 +28,15 @@ if TYPE_CHECKING:
     from aiki_server._orchestrator import Orchestrator
     from aiki_server._storage._database import Row, Tx
 
+_log = ConsoleLogger().child({"component": "timers"})
+
 _WAKEABLE = tuple(
     s.value
     for s in (
         RunStatus.SCHEDULED,
         RunStatus.SLEEPING,
         RunStatus.AWAITING_EVENT,
+        RunStatus.AWAITING_CHILD,  # its `wake_at` is set only by a sleep awaited beside it
         RunStatus.AWAITING_RETRY,
     )
 )
@@ -47,13 +53,23 @@ class TimerDaemon:
         self._max_idle = max_idle
 
     async def run_forever(self) -> None:
-        """Pass after pass, sleeping in between until something is due."""
+        """Pass after pass, sleeping in between until something is due.
+
+        A failed pass (the database unreachable for a moment, say) is logged and tried
+        again after `max_idle`: were the error to escape, it would end the app's
+        lifespan and close the database under a server that goes on answering 500s.
+        """
         while True:
             subscription = self._orch.hub.subscribe(TIMERS)
-            moved = await self._orch.db.retry(self.run_once)
-            if moved:
-                continue  # a full batch may mean more is due
-            next_due = await self._next_due()
+            try:
+                moved = await self._orch.db.retry(self.run_once)
+                if moved:
+                    continue  # a full batch may mean more is due
+                next_due = await self._next_due()
+            except Exception as exc:
+                _log.error("timer pass failed; trying again", {"error": repr(exc)})
+                await anyio.sleep(self._max_idle)
+                continue
             now = self._orch.clock()
             delay = self._max_idle if next_due is None else (next_due - now) / 1000
             await subscription.wait(min(max(delay, 0.0), self._max_idle))

@@ -1,0 +1,102 @@
+"""`WorkflowRunHandle`: one run, seen from the client, typed by its result."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+import anyio
+
+from aiki_core import (
+    RUN_TERMINAL_STATUSES,
+    AikiTimeoutError,
+    CancelRunRequest,
+    CodecContext,
+    ErrorInfo,
+    RunDetail,
+    RunOutcome,
+    RunStatus,
+    WorkflowCancelledError,
+    WorkflowFailedError,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+    from datetime import timedelta
+
+    from pydantic import JsonValue
+
+    from aiki_client._client import Client
+    from aiki_core import RunId
+
+ResultT = TypeVar("ResultT")
+
+_LONG_POLL_MS = 30_000
+
+
+class WorkflowRunHandle(Generic[ResultT]):
+    """A handle on one run: its status, detail, result, and control."""
+
+    def __init__(
+        self, client: Client, run_id: RunId, decode_result: Callable[[JsonValue], ResultT]
+    ) -> None:
+        self._client = client
+        self.id = run_id
+        self._decode_result = decode_result
+
+    async def status(self) -> RunStatus:
+        """The run's current status."""
+        return (await self.detail()).status
+
+    async def detail(self) -> RunDetail:
+        """The run with its tasks (attempts, errors), waits, events, children and history."""
+        return RunDetail.model_validate(await self._client._get(f"/runs/{self.id}"))
+
+    async def wait_for_status(
+        self, statuses: Iterable[RunStatus], *, timeout: timedelta | None = None
+    ) -> RunStatus:
+        """Wait until the run is in one of `statuses`; `AikiTimeoutError` after `timeout`."""
+        return (await self._wait(list(statuses), timeout)).status
+
+    async def result(self, *, timeout: timedelta | None = None) -> ResultT:
+        """Wait for the run to end and return its result.
+
+        Raises `WorkflowFailedError` (with the remote error and its causes),
+        `WorkflowCancelledError`, or `AikiTimeoutError` when `timeout` passes first.
+        """
+        outcome = await self._wait(list(RUN_TERMINAL_STATUSES), timeout)
+        if outcome.status is RunStatus.COMPLETED:
+            decoded = self._client.codec.decode(outcome.result, CodecContext(self.id, "result"))
+            return self._decode_result(decoded)
+        if outcome.status is RunStatus.CANCELLED:
+            reason = outcome.error.details.get("reason") if outcome.error else None
+            raise WorkflowCancelledError(self.id, None if reason is None else str(reason))
+        error = outcome.error or ErrorInfo(type="Unknown", message="the run failed")
+        raise WorkflowFailedError(self.id, error) from error.to_exception()
+
+    async def cancel(self, reason: str | None = None) -> None:
+        """Cancel the run and its children."""
+        body = CancelRunRequest(reason=reason).model_dump(mode="json")
+        await self._client._post(f"/runs/{self.id}/cancel", body)
+
+    async def _wait(self, statuses: list[RunStatus], timeout: timedelta | None) -> RunOutcome:
+        deadline = None if timeout is None else anyio.current_time() + timeout.total_seconds()
+        params = [("status", s.value) for s in statuses]
+        while True:
+            poll_ms = _LONG_POLL_MS
+            if deadline is not None:
+                poll_ms = max(0, min(poll_ms, int((deadline - anyio.current_time()) * 1000)))
+            outcome = RunOutcome.model_validate(
+                await self._client._get(
+                    f"/runs/{self.id}/wait", params=[*params, ("timeout_ms", str(poll_ms))]
+                )
+            )
+            if outcome.status in statuses:
+                return outcome
+            if deadline is not None and anyio.current_time() >= deadline:
+                raise AikiTimeoutError(
+                    f"run {self.id} is {outcome.status.value} after {timeout}",
+                    details={"run_id": self.id, "status": outcome.status.value},
+                )
+
+    def __repr__(self) -> str:
+        return f"<WorkflowRunHandle {self.id}>"

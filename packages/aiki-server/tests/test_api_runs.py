@@ -1,0 +1,737 @@
+"""Client-side HTTP API: start, read, list, wait, cancel, pause, resume, wake, events."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Protocol
+
+import anyio
+import pytest
+
+if TYPE_CHECKING:
+    import httpx
+
+FAR_FUTURE = "2100-01-01T00:00:00Z"
+START_MS = 1_800_000_000_000  # the harness's manual clock starts here
+
+
+class Harness(Protocol):
+    """The `harness` fixture of conftest.py: an app on a manual clock."""
+
+    client: httpx.AsyncClient
+
+    def advance(self, ms: int) -> None: ...
+
+
+def iso(ms: int) -> str:
+    """Epoch milliseconds as an ISO 8601 UTC timestamp."""
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat().replace("+00:00", "Z")
+
+
+def error_of(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    """Assert `r` is the wire error `code` with `status`; its details."""
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert set(body) == {"error"}, body
+    assert set(body["error"]) == {"code", "message", "details"}, body
+    assert body["error"]["code"] == code, body
+    assert isinstance(body["error"]["message"], str)
+    assert body["error"]["message"]
+    details: dict[str, Any] = body["error"]["details"]
+    return details
+
+
+async def start(client: httpx.AsyncClient, **fields: Any) -> dict[str, Any]:
+    """Start a run (workflow `w`, version `1` unless given); its summary."""
+    body = {"workflow": "w", "version": "1", **fields}
+    r = await client.post("/runs", json=body)
+    assert r.status_code == 201, r.text
+    assert r.json()["created"] is True
+    run: dict[str, Any] = r.json()["run"]
+    return run
+
+
+async def claim(
+    client: httpx.AsyncClient,
+    workflow: str = "w",
+    version: str = "1",
+    *,
+    pool: str = "default",
+    worker_id: str = "worker-1",
+    max_runs: int = 1,
+) -> list[dict[str, Any]]:
+    """Claim without waiting; the claimed runs."""
+    r = await client.post(
+        "/claims",
+        json={
+            "worker_id": worker_id,
+            "capabilities": [{"workflow": workflow, "version": version, "pool": pool}],
+            "max_runs": max_runs,
+            "wait": 0,
+        },
+    )
+    assert r.status_code == 200, r.text
+    runs: list[dict[str, Any]] = r.json()["runs"]
+    return runs
+
+
+async def claim_one(
+    client: httpx.AsyncClient, workflow: str = "w", version: str = "1", **kwargs: Any
+) -> dict[str, Any]:
+    """Claim exactly one run; the claimed run (summary under `run`, plus replay data)."""
+    runs = await claim(client, workflow, version, **kwargs)
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+async def transition(
+    client: httpx.AsyncClient, run_id: str, revision: int, action: dict[str, Any]
+) -> httpx.Response:
+    """Apply a worker action to a claimed run."""
+    return await client.post(
+        f"/runs/{run_id}/transition", json={"revision": revision, "action": action}
+    )
+
+
+async def detail(client: httpx.AsyncClient, run_id: str) -> dict[str, Any]:
+    """The run's detail."""
+    r = await client.get(f"/runs/{run_id}")
+    assert r.status_code == 200, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+async def list_ids(client: httpx.AsyncClient, **params: Any) -> list[str]:
+    """Ids of one page of `GET /runs`."""
+    r = await client.get("/runs", params=params)
+    assert r.status_code == 200, r.text
+    return [run["id"] for run in r.json()["runs"]]
+
+
+# -- start -----------------------------------------------------------------------------
+
+
+async def test_start_returns_201_and_a_queued_run(server: httpx.AsyncClient) -> None:
+    r = await server.post("/runs", json={"workflow": "orders", "version": "2.1", "input": {"n": 1}})
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert body["created"] is True
+    run = body["run"]
+    assert run["status"] == "queued"
+    assert run["workflow"] == "orders"
+    assert run["version"] == "2.1"
+    assert run["pool"] == "default"
+    assert run["namespace"] == "default"
+    assert run["revision"] == 0
+    assert run["attempt"] == 1
+    assert run["start_at"] is None
+    assert run["finished_at"] is None
+    assert (await detail(server, run["id"]))["status"] == "queued"
+
+
+async def test_same_reference_id_and_payload_returns_the_same_run(
+    server: httpx.AsyncClient,
+) -> None:
+    body = {"workflow": "w", "version": "1", "input": {"a": [1, 2]}, "reference_id": "ref-1"}
+    first = await server.post("/runs", json=body)
+    assert first.status_code == 201, first.text
+    again = await server.post("/runs", json=body)
+    assert again.status_code == 200, again.text
+    assert again.json()["created"] is False
+    assert again.json()["run"]["id"] == first.json()["run"]["id"]
+    assert again.json()["run"]["reference_id"] == "ref-1"
+    assert await list_ids(server) == [first.json()["run"]["id"]]
+
+
+async def test_same_reference_id_with_other_input_is_a_conflict(
+    server: httpx.AsyncClient,
+) -> None:
+    run = await start(server, input={"a": 1}, reference_id="ref-1")
+    r = await server.post(
+        "/runs", json={"workflow": "w", "version": "1", "input": {"a": 2}, "reference_id": "ref-1"}
+    )
+    details = error_of(r, 409, "reference_id_conflict")
+    assert details == {"reference_id": "ref-1", "run_id": run["id"]}
+    assert await list_ids(server) == [run["id"]]
+    assert (await detail(server, run["id"]))["input"] == {"a": 1}
+
+
+async def test_delay_makes_a_scheduled_run(harness: Harness) -> None:
+    run = await start(harness.client, delay=60_000)
+    assert run["status"] == "scheduled"
+    assert run["start_at"] == iso(START_MS + 60_000)
+    # a scheduled run is not handed out
+    assert await claim(harness.client) == []
+
+
+async def test_start_at_in_the_future_makes_a_scheduled_run(harness: Harness) -> None:
+    at = iso(START_MS + 3_600_000)
+    run = await start(harness.client, start_at=at)
+    assert run["status"] == "scheduled"
+    assert run["start_at"] == at
+    got = await detail(harness.client, run["id"])
+    assert got["status"] == "scheduled"
+    assert [(h["from_status"], h["to_status"]) for h in got["history"]] == [(None, "scheduled")]
+
+
+async def test_start_at_in_the_past_makes_a_queued_run(harness: Harness) -> None:
+    run = await start(harness.client, start_at=iso(START_MS - 1000))
+    assert run["status"] == "queued"
+    assert run["start_at"] is None
+
+
+# -- read --------------------------------------------------------------------------------
+
+
+async def test_detail_has_input_tasks_and_history(server: httpx.AsyncClient) -> None:
+    run = await start(server, input={"order": 7, "items": ["a", "b"]})
+    claimed = await claim_one(server)
+    revision = claimed["run"]["revision"]
+    r = await server.post(
+        f"/runs/{run['id']}/tasks",
+        json={
+            "revision": revision,
+            "name": "charge",
+            "address": "charge:abc",
+            "occurrence": 0,
+            "attempt": 1,
+            "status": "completed",
+            "input": {"amount": 5},
+            "result": "ok",
+        },
+    )
+    assert r.status_code == 200, r.text
+    r = await transition(server, run["id"], revision, {"kind": "complete", "result": 42})
+    assert r.status_code == 200, r.text
+
+    got = await detail(server, run["id"])
+    assert got["id"] == run["id"]
+    assert got["input"] == {"order": 7, "items": ["a", "b"]}
+    assert got["result"] == 42
+    assert got["status"] == "completed"
+    assert [(t["name"], t["status"], t["input"], t["result"]) for t in got["tasks"]] == [
+        ("charge", "completed", {"amount": 5}, "ok")
+    ]
+    for key in ("sleeps", "event_waits", "events", "children"):
+        assert got[key] == []
+    history = got["history"]
+    run_rows = [(h["from_status"], h["to_status"]) for h in history if h["entity"] == "run"]
+    assert run_rows == [(None, "queued"), ("queued", "running"), ("running", "completed")]
+    task_rows = [(h["from_status"], h["to_status"]) for h in history if h["entity"] == "task"]
+    assert task_rows == [(None, "completed")]
+    seqs = [h["seq"] for h in history]
+    assert seqs == sorted(seqs)
+    assert len(set(seqs)) == len(seqs)
+    assert all(h["run_id"] == run["id"] for h in history)
+    assert [h["entity"] for h in history] == ["run", "run", "task", "run"]
+
+
+# -- list --------------------------------------------------------------------------------
+
+
+async def test_list_pages_newest_first_with_a_keyset_cursor(harness: Harness) -> None:
+    created = []
+    for i in range(7):
+        created.append((await start(harness.client, input=i))["id"])
+        harness.advance(1000)
+    newest_first = created[::-1]
+
+    seen: list[str] = []
+    cursor: str | None = None
+    pages = 0
+    while True:
+        params: dict[str, Any] = {"limit": 3}
+        if cursor is not None:
+            params["cursor"] = cursor
+        r = await harness.client.get("/runs", params=params)
+        assert r.status_code == 200, r.text
+        page = r.json()
+        assert len(page["runs"]) <= 3
+        seen += [run["id"] for run in page["runs"]]
+        pages += 1
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+        assert pages < 10
+    assert pages == 3
+    assert seen == newest_first
+    assert len(set(seen)) == 7
+
+
+async def test_list_filters_by_workflow_version_status_and_time(harness: Harness) -> None:
+    c = harness.client
+    a1 = (await start(c, workflow="a", version="1"))["id"]
+    harness.advance(1000)
+    a2 = (await start(c, workflow="a", version="2"))["id"]
+    harness.advance(1000)
+    b1 = (await start(c, workflow="b", version="1"))["id"]
+    harness.advance(1000)
+    b1_paused = (await start(c, workflow="b", version="1"))["id"]
+    assert (await c.post(f"/runs/{b1_paused}/pause")).status_code == 200
+    harness.advance(1000)
+    a1_cancelled = (await start(c, workflow="a", version="1"))["id"]
+    assert (await c.post(f"/runs/{a1_cancelled}/cancel")).status_code == 200
+
+    assert await list_ids(c, workflow="a") == [a1_cancelled, a2, a1]
+    assert await list_ids(c, workflow="b") == [b1_paused, b1]
+    assert await list_ids(c, version="1") == [a1_cancelled, b1_paused, b1, a1]
+    assert await list_ids(c, workflow="a", version="2") == [a2]
+    assert await list_ids(c, workflow="nothing") == []
+
+    r = await c.get("/runs", params=[("status", "paused"), ("status", "cancelled")])
+    assert r.status_code == 200, r.text
+    assert [run["id"] for run in r.json()["runs"]] == [a1_cancelled, b1_paused]
+    assert await list_ids(c, status="queued") == [b1, a2, a1]
+
+    between_1_and_2 = iso(START_MS + 1500)
+    between_2_and_3 = iso(START_MS + 2500)
+    assert await list_ids(c, created_after=between_1_and_2) == [a1_cancelled, b1_paused, b1]
+    assert await list_ids(c, created_before=between_1_and_2) == [a2, a1]
+    assert await list_ids(c, created_after=iso(START_MS + 500), created_before=between_2_and_3) == [
+        b1,
+        a2,
+    ]
+    assert await list_ids(c, created_after=between_1_and_2, workflow="a", status="cancelled") == [
+        a1_cancelled
+    ]
+
+
+async def test_list_rejects_a_malformed_cursor(server: httpx.AsyncClient) -> None:
+    await start(server)
+    for cursor in ("not-a-cursor", "%%%", "bm8tY29sb24", "YWJjOnh5eg=="):
+        r = await server.get("/runs", params={"cursor": cursor})
+        error_of(r, 400, "invalid_request")
+
+
+# -- wait --------------------------------------------------------------------------------
+
+
+async def test_wait_returns_at_once_for_a_terminal_run(server: httpx.AsyncClient) -> None:
+    run = await start(server)
+    assert (await server.post(f"/runs/{run['id']}/cancel")).status_code == 200
+    began = time.monotonic()
+    r = await server.get(f"/runs/{run['id']}/wait", params={"timeout_ms": 30_000})
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "cancelled"
+    assert r.json()["id"] == run["id"]
+    assert time.monotonic() - began < 1.0
+
+
+async def test_wait_times_out_with_the_current_status(server: httpx.AsyncClient) -> None:
+    run = await start(server)
+    began = time.monotonic()
+    r = await server.get(f"/runs/{run['id']}/wait", params={"timeout_ms": 200})
+    elapsed = time.monotonic() - began
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "queued"
+    assert 0.19 <= elapsed < 2.0
+
+
+async def test_wait_for_a_given_status_returns_when_it_is_reached(
+    server: httpx.AsyncClient,
+) -> None:
+    run = await start(server)
+    r = await server.get(
+        f"/runs/{run['id']}/wait", params={"status": ["queued", "running"], "timeout_ms": 5000}
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "queued"
+
+
+async def test_wait_is_woken_when_the_run_completes(server: httpx.AsyncClient) -> None:
+    run = await start(server)
+    outcome: dict[str, Any] = {}
+
+    async def waiter() -> None:
+        r = await server.get(f"/runs/{run['id']}/wait", params={"timeout_ms": 20_000})
+        outcome["response"] = r
+        outcome["at"] = time.monotonic()
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(waiter)
+            await anyio.sleep(0.1)
+            assert outcome == {}, "the wait returned before the run ended"
+            claimed = await claim_one(server)
+            assert outcome == {}, "the wait returned on a non-terminal status"
+            r = await transition(
+                server, run["id"], claimed["run"]["revision"], {"kind": "complete", "result": 1}
+            )
+            assert r.status_code == 200, r.text
+            completed_at = time.monotonic()
+    response: httpx.Response = outcome["response"]
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] == "completed"
+    # woken by the change, not by the 20 s timeout nor the 1 s re-check
+    assert outcome["at"] - completed_at < 0.9
+
+
+# -- cancel ------------------------------------------------------------------------------
+
+
+async def test_cancel_a_queued_run(server: httpx.AsyncClient) -> None:
+    run = await start(server)
+    r = await server.post(f"/runs/{run['id']}/cancel", json={"reason": "not needed"})
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "cancelled"
+    got = await detail(server, run["id"])
+    assert got["status"] == "cancelled"
+    assert got["finished_at"] is not None
+    assert got["error"]["code"] == "workflow_cancelled"
+    assert "not needed" in got["error"]["message"]
+    last = got["history"][-1]
+    assert (last["from_status"], last["to_status"]) == ("queued", "cancelled")
+    assert last["reason"] == "not needed"
+    # nobody gets a cancelled run
+    assert await claim(server) == []
+
+
+async def test_cancel_without_a_body(server: httpx.AsyncClient) -> None:
+    run = await start(server)
+    r = await server.post(f"/runs/{run['id']}/cancel")
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "cancelled"
+
+
+async def test_cancel_cascades_to_children_and_grandchildren(server: httpx.AsyncClient) -> None:
+    parent = await start(server, workflow="parent")
+    p = await claim_one(server, "parent")
+    r = await server.post(
+        f"/runs/{parent['id']}/children",
+        json={
+            "revision": p["run"]["revision"],
+            "address": "child:1",
+            "occurrence": 0,
+            "workflow": "child",
+            "version": "1",
+        },
+    )
+    assert r.status_code == 201, r.text
+    child_id = r.json()["run"]["id"]
+    c = await claim_one(server, "child")
+    assert c["run"]["id"] == child_id
+    r = await server.post(
+        f"/runs/{child_id}/children",
+        json={
+            "revision": c["run"]["revision"],
+            "address": "grandchild:1",
+            "occurrence": 0,
+            "workflow": "grandchild",
+            "version": "1",
+        },
+    )
+    assert r.status_code == 201, r.text
+    grandchild_id = r.json()["run"]["id"]
+
+    r = await server.post(f"/runs/{parent['id']}/cancel")
+    assert r.status_code == 200, r.text
+    for run_id, was in (
+        (parent["id"], "running"),
+        (child_id, "running"),
+        (grandchild_id, "queued"),
+    ):
+        got = await detail(server, run_id)
+        assert got["status"] == "cancelled", run_id
+        assert got["finished_at"] is not None
+        assert (got["history"][-1]["from_status"], got["history"][-1]["to_status"]) == (
+            was,
+            "cancelled",
+        )
+    parent_detail = await detail(server, parent["id"])
+    assert [(ch["run_id"], ch["status"]) for ch in parent_detail["children"]] == [
+        (child_id, "cancelled")
+    ]
+    # the workers that held them are fenced off
+    r = await transition(server, child_id, c["run"]["revision"], {"kind": "complete"})
+    error_of(r, 409, "stale_revision")
+    assert await claim(server, "grandchild") == []
+
+
+async def test_cancel_a_completed_run_is_an_illegal_transition(server: httpx.AsyncClient) -> None:
+    run = await start(server)
+    claimed = await claim_one(server)
+    r = await transition(server, run["id"], claimed["run"]["revision"], {"kind": "complete"})
+    assert r.status_code == 200, r.text
+    before = await detail(server, run["id"])
+    r = await server.post(f"/runs/{run['id']}/cancel")
+    details = error_of(r, 409, "illegal_transition")
+    assert details["current"] == "completed"
+    assert details["entity_id"] == run["id"]
+    assert await detail(server, run["id"]) == before
+
+
+# -- pause, resume, wake -------------------------------------------------------------------
+
+
+async def test_pause_and_resume_a_queued_run(server: httpx.AsyncClient) -> None:
+    run = await start(server)
+    r = await server.post(f"/runs/{run['id']}/pause")
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "paused"
+    assert await claim(server) == []
+    r = await server.post(f"/runs/{run['id']}/resume")
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "queued"
+    got = await detail(server, run["id"])
+    assert [(h["from_status"], h["to_status"]) for h in got["history"]] == [
+        (None, "queued"),
+        ("queued", "paused"),
+        ("paused", "queued"),
+    ]
+    assert (await claim_one(server))["run"]["id"] == run["id"]
+
+
+async def test_pause_and_resume_a_scheduled_run_keeps_its_start_time(harness: Harness) -> None:
+    c = harness.client
+    run = await start(c, delay=60_000)
+    r = await c.post(f"/runs/{run['id']}/pause")
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "paused"
+    r = await c.post(f"/runs/{run['id']}/resume")
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "scheduled"
+    assert r.json()["start_at"] == iso(START_MS + 60_000)
+    assert await claim(c) == []
+
+
+@pytest.mark.parametrize("status", ["queued", "sleeping", "completed"])
+async def test_resume_a_run_that_is_not_paused_leaves_it_alone(
+    server: httpx.AsyncClient, status: str
+) -> None:
+    run = await start(server)
+    if status != "queued":
+        claimed = await claim_one(server)
+        if status == "sleeping":
+            sleep = {"kind": "sleep", "name": "nap", "occurrence": 0, "wake_at": FAR_FUTURE}
+            action: dict[str, Any] = {"kind": "suspend", "waits": [sleep]}
+        else:
+            action = {"kind": "complete"}
+        r = await transition(server, run["id"], claimed["run"]["revision"], action)
+        assert r.json()["run"]["status"] == status
+    before = await detail(server, run["id"])
+    r = await server.post(f"/runs/{run['id']}/resume")
+    details = error_of(r, 409, "illegal_transition")
+    assert details["current"] == status
+    assert await detail(server, run["id"]) == before
+
+
+async def test_resume_a_run_that_is_not_paused_is_an_illegal_transition(
+    server: httpx.AsyncClient,
+) -> None:
+    run = await start(server)
+    await claim_one(server)
+    r = await server.post(f"/runs/{run['id']}/resume")
+    # running -> queued is legal for the state machine, but resume is for paused runs only
+    details = error_of(r, 409, "illegal_transition")
+    assert details["current"] == "running"
+    assert (await detail(server, run["id"]))["status"] == "running"
+
+
+async def test_pause_a_running_run_fences_its_worker(server: httpx.AsyncClient) -> None:
+    run = await start(server)
+    claimed = await claim_one(server)
+    revision = claimed["run"]["revision"]
+    r = await server.post(f"/runs/{run['id']}/pause")
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "paused"
+    before = await detail(server, run["id"])
+    r = await transition(server, run["id"], revision, {"kind": "complete", "result": 1})
+    details = error_of(r, 409, "stale_revision")
+    assert details["revision"] == revision
+    assert details["current_revision"] == revision + 1
+    r = await server.post(
+        f"/runs/{run['id']}/tasks",
+        json={
+            "revision": revision,
+            "name": "t",
+            "address": "t:1",
+            "occurrence": 0,
+            "attempt": 1,
+            "status": "completed",
+        },
+    )
+    error_of(r, 409, "stale_revision")
+    assert await detail(server, run["id"]) == before
+
+
+async def test_wake_a_sleeping_run(server: httpx.AsyncClient) -> None:
+    run = await start(server)
+    claimed = await claim_one(server)
+    r = await transition(
+        server,
+        run["id"],
+        claimed["run"]["revision"],
+        {
+            "kind": "suspend",
+            "waits": [{"kind": "sleep", "name": "nap", "occurrence": 0, "wake_at": FAR_FUTURE}],
+        },
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["run"]["status"] == "sleeping"
+    r = await server.post(f"/runs/{run['id']}/wake")
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "queued"
+    got = await detail(server, run["id"])
+    assert got["status"] == "queued"
+    assert [(s["name"], s["status"]) for s in got["sleeps"]] == [("nap", "woken")]
+    assert got["sleeps"][0]["completed_at"] is not None
+    assert (got["history"][-1]["from_status"], got["history"][-1]["to_status"]) == (
+        "sleeping",
+        "queued",
+    )
+    again = await claim_one(server)
+    assert again["sleeps"][0]["status"] == "woken"
+
+
+async def test_wake_a_run_that_is_not_sleeping_is_a_conflict(server: httpx.AsyncClient) -> None:
+    run = await start(server)
+    before = await detail(server, run["id"])
+    r = await server.post(f"/runs/{run['id']}/wake")
+    details = error_of(r, 409, "illegal_transition")
+    assert details["current"] == "queued"
+    assert await detail(server, run["id"]) == before
+
+
+# -- events ------------------------------------------------------------------------------
+
+
+async def test_send_event_to_an_unknown_run_is_404(server: httpx.AsyncClient) -> None:
+    r = await server.post("/runs/01NOSUCHRUN/events", json={"name": "go"})
+    details = error_of(r, 404, "not_found")
+    assert details == {"resource": "run", "resource_id": "01NOSUCHRUN"}
+
+
+async def test_event_with_a_repeated_reference_id_is_a_duplicate(
+    server: httpx.AsyncClient,
+) -> None:
+    run = await start(server)
+    event = {"name": "go", "data": {"x": 1}, "reference_id": "evt-1"}
+    first = await server.post(f"/runs/{run['id']}/events", json=event)
+    assert first.status_code == 200, first.text
+    assert first.json()["duplicate"] is False
+    again = await server.post(f"/runs/{run['id']}/events", json=event)
+    assert again.status_code == 200, again.text
+    assert again.json() == {"event_id": first.json()["event_id"], "duplicate": True}
+    got = await detail(server, run["id"])
+    assert [(e["id"], e["name"], e["data"]) for e in got["events"]] == [
+        (first.json()["event_id"], "go", {"x": 1})
+    ]
+
+
+async def test_an_event_sent_before_the_wait_is_consumed_by_it(server: httpx.AsyncClient) -> None:
+    run = await start(server)
+    claimed = await claim_one(server)
+    r = await server.post(f"/runs/{run['id']}/events", json={"name": "go", "data": "early"})
+    assert r.status_code == 200, r.text
+    event_id = r.json()["event_id"]
+    got = await detail(server, run["id"])
+    assert [(e["id"], e["consumed"]) for e in got["events"]] == [(event_id, False)]
+
+    r = await transition(
+        server,
+        run["id"],
+        claimed["run"]["revision"],
+        {"kind": "suspend", "waits": [{"kind": "event", "name": "go", "occurrence": 0}]},
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["run"]["status"] == "queued"
+
+    again = await claim_one(server)
+    assert again["run"]["id"] == run["id"]
+    assert again["event_waits"] == [
+        {
+            "name": "go",
+            "occurrence": 0,
+            "status": "received",
+            "timeout_at": None,
+            "event_id": event_id,
+        }
+    ]
+    assert [(e["id"], e["data"], e["consumed"]) for e in again["events"]] == [
+        (event_id, "early", True)
+    ]
+
+
+async def test_an_event_sent_while_the_run_waits_requeues_it(server: httpx.AsyncClient) -> None:
+    run = await start(server)
+    claimed = await claim_one(server)
+    r = await transition(
+        server,
+        run["id"],
+        claimed["run"]["revision"],
+        {"kind": "suspend", "waits": [{"kind": "event", "name": "go", "occurrence": 0}]},
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["run"]["status"] == "awaiting_event"
+    assert await claim(server) == []
+
+    r = await server.post(f"/runs/{run['id']}/events", json={"name": "go", "data": 5})
+    assert r.status_code == 200, r.text
+    event_id = r.json()["event_id"]
+    got = await detail(server, run["id"])
+    assert got["status"] == "queued"
+    assert [(w["status"], w["event_id"]) for w in got["event_waits"]] == [("received", event_id)]
+    assert (got["history"][-1]["from_status"], got["history"][-1]["to_status"]) == (
+        "awaiting_event",
+        "queued",
+    )
+    again = await claim_one(server)
+    assert again["event_waits"][0]["event_id"] == event_id
+
+
+async def test_an_event_of_another_name_does_not_requeue(server: httpx.AsyncClient) -> None:
+    run = await start(server)
+    claimed = await claim_one(server)
+    r = await transition(
+        server,
+        run["id"],
+        claimed["run"]["revision"],
+        {"kind": "suspend", "waits": [{"kind": "event", "name": "go", "occurrence": 0}]},
+    )
+    assert r.status_code == 200, r.text
+    r = await server.post(f"/runs/{run['id']}/events", json={"name": "other"})
+    assert r.status_code == 200, r.text
+    got = await detail(server, run["id"])
+    assert got["status"] == "awaiting_event"
+    assert got["event_waits"][0]["status"] == "waiting"
+
+
+async def test_send_event_to_a_completed_run_is_a_conflict(server: httpx.AsyncClient) -> None:
+    run = await start(server)
+    claimed = await claim_one(server)
+    r = await transition(server, run["id"], claimed["run"]["revision"], {"kind": "complete"})
+    assert r.status_code == 200, r.text
+    r = await server.post(f"/runs/{run['id']}/events", json={"name": "go"})
+    details = error_of(r, 409, "conflict")
+    assert details["status"] == "completed"
+    assert (await detail(server, run["id"]))["events"] == []
+
+
+# -- runs no worker serves ------------------------------------------------------------------
+
+
+async def test_a_run_no_worker_serves_says_why_it_waits(server: httpx.AsyncClient) -> None:
+    first = await start(server, workflow="billing", version="7")
+    second = await start(server, workflow="billing", version="7")
+    got = await detail(server, first["id"])
+    assert got["status"] == "queued"
+    reason = got["pending_reason"]
+    assert reason is not None
+    assert "billing" in reason
+    assert "7" in reason
+
+    # a worker of another version gets nothing, and the runs still say why
+    assert await claim(server, "billing", "8", worker_id="old") == []
+    for run in (first, second):
+        got = await detail(server, run["id"])
+        assert got["status"] == "queued"
+        assert got["pending_reason"] is not None
+
+    claimed = await claim_one(server, "billing", "7", worker_id="new")
+    still_queued = second if claimed["run"]["id"] == first["id"] else first
+    got = await detail(server, still_queued["id"])
+    assert got["status"] == "queued"
+    assert got["pending_reason"] is None
+    # a running run has no pending reason either
+    assert (await detail(server, claimed["run"]["id"]))["pending_reason"] is None

@@ -1,0 +1,727 @@
+"""Worker-side HTTP API: claim, record tasks, start children, transition runs."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Protocol
+
+import anyio
+import pytest
+
+if TYPE_CHECKING:
+    import httpx
+
+FAR_FUTURE = "2100-01-01T00:00:00Z"
+START_MS = 1_800_000_000_000  # the harness's manual clock starts here
+
+
+class Harness(Protocol):
+    """The `harness` fixture of conftest.py: an app on a manual clock."""
+
+    client: httpx.AsyncClient
+
+    def advance(self, ms: int) -> None: ...
+
+
+def iso(ms: int) -> str:
+    """Epoch milliseconds as an ISO 8601 UTC timestamp."""
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat().replace("+00:00", "Z")
+
+
+def error_of(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    """Assert `r` is the wire error `code` with `status`; its details."""
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert set(body) == {"error"}, body
+    assert set(body["error"]) == {"code", "message", "details"}, body
+    assert body["error"]["code"] == code, body
+    details: dict[str, Any] = body["error"]["details"]
+    return details
+
+
+async def start(client: httpx.AsyncClient, **fields: Any) -> dict[str, Any]:
+    """Start a run (workflow `w`, version `1` unless given); its summary."""
+    r = await client.post("/runs", json={"workflow": "w", "version": "1", **fields})
+    assert r.status_code == 201, r.text
+    run: dict[str, Any] = r.json()["run"]
+    return run
+
+
+async def claim(
+    client: httpx.AsyncClient,
+    workflow: str = "w",
+    version: str = "1",
+    *,
+    pool: str = "default",
+    worker_id: str = "worker-1",
+    max_runs: int = 1,
+) -> list[dict[str, Any]]:
+    """Claim without waiting; the claimed runs."""
+    r = await client.post(
+        "/claims",
+        json={
+            "worker_id": worker_id,
+            "capabilities": [{"workflow": workflow, "version": version, "pool": pool}],
+            "max_runs": max_runs,
+            "wait": 0,
+        },
+    )
+    assert r.status_code == 200, r.text
+    runs: list[dict[str, Any]] = r.json()["runs"]
+    return runs
+
+
+async def claim_one(
+    client: httpx.AsyncClient, workflow: str = "w", version: str = "1", **kwargs: Any
+) -> dict[str, Any]:
+    """Claim exactly one run; the claimed run (summary under `run`, plus replay data)."""
+    runs = await claim(client, workflow, version, **kwargs)
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+async def started_and_claimed(client: httpx.AsyncClient, **fields: Any) -> tuple[str, int]:
+    """Start a run and claim it; its id and the claim's revision."""
+    run = await start(client, **fields)
+    claimed = await claim_one(
+        client, run["workflow"], run["version"], pool=fields.get("pool", "default")
+    )
+    assert claimed["run"]["id"] == run["id"]
+    return run["id"], claimed["run"]["revision"]
+
+
+async def record(
+    client: httpx.AsyncClient, run_id: str, revision: int, **fields: Any
+) -> httpx.Response:
+    """Record a task attempt (task `charge`, first call, attempt 1 unless given)."""
+    body = {
+        "revision": revision,
+        "name": "charge",
+        "address": "charge:9f2c",
+        "occurrence": 0,
+        "attempt": 1,
+        **fields,
+    }
+    return await client.post(f"/runs/{run_id}/tasks", json=body)
+
+
+async def transition(
+    client: httpx.AsyncClient, run_id: str, revision: int, action: dict[str, Any]
+) -> httpx.Response:
+    """Apply a worker action to a claimed run."""
+    return await client.post(
+        f"/runs/{run_id}/transition", json={"revision": revision, "action": action}
+    )
+
+
+async def start_child(
+    client: httpx.AsyncClient, parent_id: str, revision: int, **fields: Any
+) -> httpx.Response:
+    """Start a child run (workflow `child`, version `1`, first call unless given)."""
+    body = {
+        "revision": revision,
+        "address": "child:77",
+        "occurrence": 0,
+        "workflow": "child",
+        "version": "1",
+        **fields,
+    }
+    return await client.post(f"/runs/{parent_id}/children", json=body)
+
+
+async def detail(client: httpx.AsyncClient, run_id: str) -> dict[str, Any]:
+    """The run's detail."""
+    r = await client.get(f"/runs/{run_id}")
+    assert r.status_code == 200, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+def error(message: str = "boom", **fields: Any) -> dict[str, Any]:
+    """An `ErrorInfo` as JSON."""
+    return {"type": "ValueError", "message": message, **fields}
+
+
+def moves(run: dict[str, Any]) -> list[tuple[str | None, str]]:
+    """The run's own status changes, oldest first."""
+    return [(h["from_status"], h["to_status"]) for h in run["history"] if h["entity"] == "run"]
+
+
+# -- claim -------------------------------------------------------------------------------
+
+
+async def test_claim_returns_the_run_running_at_revision_1_with_replay_data(
+    server: httpx.AsyncClient,
+) -> None:
+    run = await start(server, input={"order": 12})
+    r = await server.post(
+        "/claims",
+        json={
+            "worker_id": "worker-a",
+            "capabilities": [{"workflow": "w", "version": "1", "pool": "default"}],
+            "max_runs": 5,
+            "wait": 0,
+        },
+    )
+    assert r.status_code == 200, r.text
+    runs = r.json()["runs"]
+    assert len(runs) == 1
+    claimed = runs[0]
+    assert claimed["run"]["id"] == run["id"]
+    assert claimed["run"]["status"] == "running"
+    assert claimed["run"]["revision"] == 1
+    assert claimed["input"] == {"order": 12}
+    for key in ("tasks", "sleeps", "event_waits", "events", "children"):
+        assert claimed[key] == []
+    got = await detail(server, run["id"])
+    assert got["status"] == "running"
+    assert got["revision"] == 1
+    assert moves(got) == [(None, "queued"), ("queued", "running")]
+    # nothing left to claim
+    assert await claim(server) == []
+
+
+async def test_a_reclaimed_run_replays_what_it_recorded(server: httpx.AsyncClient) -> None:
+    run_id, revision = await started_and_claimed(server, input=3)
+    r = await record(server, run_id, revision, status="completed", input={"a": 1}, result=9)
+    assert r.status_code == 200, r.text
+    r = await transition(server, run_id, revision, {"kind": "release"})
+    assert r.status_code == 200, r.text
+    again = await claim_one(server)
+    assert again["run"]["revision"] == revision + 1
+    assert again["input"] == 3
+    assert [(t["address"], t["occurrence"], t["status"], t["result"]) for t in again["tasks"]] == [
+        ("charge:9f2c", 0, "completed", 9)
+    ]
+
+
+async def test_claim_hands_out_only_declared_triples(server: httpx.AsyncClient) -> None:
+    await start(server, workflow="w", version="2")
+    await start(server, workflow="w", version="1", pool="gpu")
+    assert await claim(server, "w", "1") == []
+    assert await claim(server, "other", "2") == []
+    assert (await claim_one(server, "w", "2"))["run"]["version"] == "2"
+    gpu = await claim_one(server, "w", "1", pool="gpu")
+    assert gpu["run"]["pool"] == "gpu"
+
+
+# -- tasks -------------------------------------------------------------------------------
+
+
+async def test_a_task_recorded_completed_in_one_request(server: httpx.AsyncClient) -> None:
+    run_id, revision = await started_and_claimed(server)
+    r = await record(
+        server, run_id, revision, status="completed", input={"amount": 10}, result={"id": "tx1"}
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "completed"
+    task_id = r.json()["task_id"]
+
+    got = await detail(server, run_id)
+    assert len(got["tasks"]) == 1
+    task = got["tasks"][0]
+    assert task["id"] == task_id
+    assert task["name"] == "charge"
+    assert task["address"] == "charge:9f2c"
+    assert task["occurrence"] == 0
+    assert task["status"] == "completed"
+    assert task["input"] == {"amount": 10}
+    assert task["result"] == {"id": "tx1"}
+    assert task["error"] is None
+    assert task["finished_at"] is not None
+    assert [(a["attempt"], a["status"]) for a in task["attempts"]] == [(1, "completed")]
+    assert task["attempts"][0]["finished_at"] is not None
+    task_rows = [h for h in got["history"] if h["entity"] == "task"]
+    assert [(h["entity_id"], h["from_status"], h["to_status"]) for h in task_rows] == [
+        (task_id, None, "completed")
+    ]
+    assert got["status"] == "running"
+
+
+async def test_a_task_recorded_running_then_completed(server: httpx.AsyncClient) -> None:
+    run_id, revision = await started_and_claimed(server)
+    r = await record(server, run_id, revision, status="running", input=[1])
+    assert r.status_code == 200, r.text
+    task = (await detail(server, run_id))["tasks"][0]
+    assert task["status"] == "running"
+    assert [(a["attempt"], a["status"], a["finished_at"]) for a in task["attempts"]] == [
+        (1, "running", None)
+    ]
+    r = await record(server, run_id, revision, status="completed", result="done")
+    assert r.status_code == 200, r.text
+    task = (await detail(server, run_id))["tasks"][0]
+    assert task["status"] == "completed"
+    assert task["input"] == [1]
+    assert task["result"] == "done"
+    assert [(a["attempt"], a["status"]) for a in task["attempts"]] == [(1, "completed")]
+
+
+async def test_a_task_that_fails_twice_then_completes(harness: Harness) -> None:
+    c = harness.client
+    run_id, revision = await started_and_claimed(c)
+    retry_1 = iso(START_MS + 1_000)
+    r = await record(
+        c,
+        run_id,
+        revision,
+        status="awaiting_retry",
+        input={"n": 1},
+        error=error("first"),
+        retry_at=retry_1,
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "awaiting_retry"
+    task = (await detail(c, run_id))["tasks"][0]
+    assert task["status"] == "awaiting_retry"
+    assert task["next_attempt_at"] == retry_1
+    assert task["error"]["message"] == "first"
+
+    harness.advance(1_000)
+    retry_2 = iso(START_MS + 3_000)
+    r = await record(
+        c,
+        run_id,
+        revision,
+        status="awaiting_retry",
+        attempt=2,
+        error=error("second"),
+        retry_at=retry_2,
+    )
+    assert r.status_code == 200, r.text
+    task = (await detail(c, run_id))["tasks"][0]
+    assert task["next_attempt_at"] == retry_2
+    assert task["error"]["message"] == "second"
+
+    harness.advance(2_000)
+    r = await record(c, run_id, revision, status="completed", attempt=3, result=7)
+    assert r.status_code == 200, r.text
+
+    got = await detail(c, run_id)
+    assert len(got["tasks"]) == 1
+    task = got["tasks"][0]
+    assert task["status"] == "completed"
+    assert task["result"] == 7
+    assert task["error"] is None
+    assert task["next_attempt_at"] is None
+    assert task["input"] == {"n": 1}
+    attempts = task["attempts"]
+    assert len(attempts) == 3
+    assert [(a["attempt"], a["status"]) for a in attempts] == [
+        (1, "awaiting_retry"),
+        (2, "awaiting_retry"),
+        (3, "completed"),
+    ]
+    assert [None if a["error"] is None else a["error"]["message"] for a in attempts] == [
+        "first",
+        "second",
+        None,
+    ]
+    assert [a["started_at"] for a in attempts] == [
+        iso(START_MS),
+        iso(START_MS + 1_000),
+        iso(START_MS + 3_000),
+    ]
+    task_rows = [h for h in got["history"] if h["entity"] == "task"]
+    assert [(h["from_status"], h["to_status"]) for h in task_rows] == [
+        (None, "awaiting_retry"),
+        ("awaiting_retry", "awaiting_retry"),
+        ("awaiting_retry", "completed"),
+    ]
+
+
+async def test_a_task_that_fails_for_good(server: httpx.AsyncClient) -> None:
+    run_id, revision = await started_and_claimed(server)
+    r = await record(server, run_id, revision, status="failed", error=error("nope"))
+    assert r.status_code == 200, r.text
+    task = (await detail(server, run_id))["tasks"][0]
+    assert task["status"] == "failed"
+    assert task["error"]["message"] == "nope"
+    assert task["finished_at"] is not None
+    # a failed task is over: another attempt is illegal
+    r = await record(server, run_id, revision, status="completed", attempt=2, result=1)
+    error_of(r, 409, "illegal_transition")
+
+
+async def test_an_illegal_task_transition_is_409_and_changes_nothing(
+    server: httpx.AsyncClient,
+) -> None:
+    run_id, revision = await started_and_claimed(server)
+    r = await record(server, run_id, revision, status="completed", result=1)
+    assert r.status_code == 200, r.text
+    task_id = r.json()["task_id"]
+    before = await detail(server, run_id)
+    r = await record(server, run_id, revision, status="running", attempt=2)
+    details = error_of(r, 409, "illegal_transition")
+    assert details["entity"] == "task"
+    assert details["entity_id"] == task_id
+    assert details["current"] == "completed"
+    assert details["requested"] == "running"
+    assert await detail(server, run_id) == before
+
+
+@pytest.mark.parametrize("stale", [0, 99])
+async def test_a_stale_revision_is_409_and_changes_nothing(
+    server: httpx.AsyncClient, stale: int
+) -> None:
+    run_id, revision = await started_and_claimed(server)
+    assert revision == 1
+    r = await record(server, run_id, revision, status="completed", result=1)
+    assert r.status_code == 200, r.text
+    before = await detail(server, run_id)
+
+    attempts = [
+        await record(server, run_id, stale, status="completed", address="other:1", result=2),
+        await record(server, run_id, stale, status="running", address="charge:9f2c", attempt=2),
+        await transition(server, run_id, stale, {"kind": "complete", "result": 3}),
+        await transition(server, run_id, stale, {"kind": "release"}),
+        await transition(server, run_id, stale, {"kind": "fail", "error": error()}),
+        await transition(
+            server,
+            run_id,
+            stale,
+            {
+                "kind": "suspend",
+                "waits": [{"kind": "sleep", "name": "s", "occurrence": 0, "wake_at": FAR_FUTURE}],
+            },
+        ),
+        await start_child(server, run_id, stale),
+    ]
+    for r in attempts:
+        details = error_of(r, 409, "stale_revision")
+        assert details == {"run_id": run_id, "revision": stale, "current_revision": revision}
+    assert await detail(server, run_id) == before
+    # the holder of the current revision can still write
+    r = await transition(server, run_id, revision, {"kind": "complete"})
+    assert r.status_code == 200, r.text
+
+
+async def test_writes_to_a_run_that_is_not_running_are_409(server: httpx.AsyncClient) -> None:
+    run_id, revision = await started_and_claimed(server)
+    r = await transition(server, run_id, revision, {"kind": "complete", "result": 1})
+    assert r.status_code == 200, r.text
+    before = await detail(server, run_id)
+    attempts = [
+        await record(server, run_id, revision, status="completed", result=2),
+        await transition(server, run_id, revision, {"kind": "complete", "result": 2}),
+        await transition(server, run_id, revision, {"kind": "release"}),
+        await start_child(server, run_id, revision),
+    ]
+    for r in attempts:
+        details = error_of(r, 409, "illegal_transition")
+        assert details["current"] == "completed"
+    assert await detail(server, run_id) == before
+
+
+async def test_writes_to_a_queued_run_with_its_revision_are_409(server: httpx.AsyncClient) -> None:
+    run_id, revision = await started_and_claimed(server)
+    r = await transition(server, run_id, revision, {"kind": "release"})
+    assert r.status_code == 200, r.text
+    before = await detail(server, run_id)
+    assert before["status"] == "queued"
+    r = await record(server, run_id, before["revision"], status="completed", result=2)
+    details = error_of(r, 409, "illegal_transition")
+    assert details["current"] == "queued"
+    r = await transition(server, run_id, before["revision"], {"kind": "complete"})
+    error_of(r, 409, "illegal_transition")
+    assert await detail(server, run_id) == before
+
+
+# -- transitions -------------------------------------------------------------------------
+
+
+async def test_complete_ends_the_run_with_its_result(server: httpx.AsyncClient) -> None:
+    run_id, revision = await started_and_claimed(server)
+    r = await transition(server, run_id, revision, {"kind": "complete", "result": {"total": 3}})
+    assert r.status_code == 200, r.text
+    assert r.json()["run"]["status"] == "completed"
+    assert r.json()["run"]["finished_at"] is not None
+    got = await detail(server, run_id)
+    assert got["status"] == "completed"
+    assert got["result"] == {"total": 3}
+    assert got["error"] is None
+    assert got["finished_at"] is not None
+    assert moves(got)[-1] == ("running", "completed")
+
+
+async def test_fail_ends_the_run_with_its_error_and_causes(server: httpx.AsyncClient) -> None:
+    run_id, revision = await started_and_claimed(server)
+    failure = {
+        "type": "myapp.PaymentError",
+        "message": "card declined",
+        "stack": "Traceback ...",
+        "retryable": False,
+        "code": None,
+        "details": {"card": "visa"},
+        "cause": {
+            "type": "ConnectionError",
+            "message": "reset by peer",
+            "cause": {"type": "OSError", "message": "errno 104"},
+        },
+    }
+    r = await transition(server, run_id, revision, {"kind": "fail", "error": failure})
+    assert r.status_code == 200, r.text
+    assert r.json()["run"]["status"] == "failed"
+    got = await detail(server, run_id)
+    assert got["status"] == "failed"
+    assert got["finished_at"] is not None
+    assert got["result"] is None
+    err = got["error"]
+    assert (err["type"], err["message"], err["retryable"]) == (
+        "myapp.PaymentError",
+        "card declined",
+        False,
+    )
+    assert err["details"] == {"card": "visa"}
+    assert err["stack"] == "Traceback ..."
+    chain = []
+    node = err
+    while node is not None:
+        chain.append((node["type"], node["message"]))
+        node = node["cause"]
+    assert chain == [
+        ("myapp.PaymentError", "card declined"),
+        ("ConnectionError", "reset by peer"),
+        ("OSError", "errno 104"),
+    ]
+    assert moves(got)[-1] == ("running", "failed")
+
+
+async def test_fail_with_retry_at_awaits_a_workflow_retry(harness: Harness) -> None:
+    c = harness.client
+    run_id, revision = await started_and_claimed(c)
+    retry_at = iso(START_MS + 30_000)
+    r = await transition(
+        c, run_id, revision, {"kind": "fail", "error": error("flaky"), "retry_at": retry_at}
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["run"]["status"] == "awaiting_retry"
+    assert r.json()["run"]["attempt"] == 2
+    got = await detail(c, run_id)
+    assert got["status"] == "awaiting_retry"
+    assert got["attempt"] == 2
+    assert got["finished_at"] is None
+    assert got["error"]["message"] == "flaky"
+    assert await claim(c) == []
+
+    harness.advance(30_000)
+    with anyio.fail_after(5):
+        r = await c.get(f"/runs/{run_id}/wait", params={"status": "queued", "timeout_ms": 60_000})
+    assert r.json()["status"] == "queued"
+    again = await claim_one(c)
+    assert again["run"]["attempt"] == 2
+    assert again["run"]["revision"] == revision + 1
+
+
+async def test_suspend_on_a_sleep_then_the_timer_requeues_it(harness: Harness) -> None:
+    c = harness.client
+    run_id, revision = await started_and_claimed(c)
+    wake_at = iso(START_MS + 60_000)
+    r = await transition(
+        c,
+        run_id,
+        revision,
+        {
+            "kind": "suspend",
+            "waits": [{"kind": "sleep", "name": "nap", "occurrence": 0, "wake_at": wake_at}],
+        },
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["run"]["status"] == "sleeping"
+    got = await detail(c, run_id)
+    assert got["sleeps"] == [
+        {
+            "name": "nap",
+            "occurrence": 0,
+            "status": "sleeping",
+            "wake_at": wake_at,
+            "completed_at": None,
+        }
+    ]
+    assert await claim(c) == []
+
+    harness.advance(59_000)
+    r = await c.get(f"/runs/{run_id}/wait", params={"status": "queued", "timeout_ms": 0})
+    assert r.json()["status"] == "sleeping"
+
+    harness.advance(1_001)
+    with anyio.fail_after(5):
+        r = await c.get(f"/runs/{run_id}/wait", params={"status": "queued", "timeout_ms": 60_000})
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "queued"
+    got = await detail(c, run_id)
+    assert got["sleeps"][0]["status"] == "completed"
+    assert got["sleeps"][0]["completed_at"] is not None
+    assert moves(got)[-2:] == [("running", "sleeping"), ("sleeping", "queued")]
+    again = await claim_one(c)
+    assert again["sleeps"][0]["status"] == "completed"
+
+
+@pytest.mark.parametrize("ending", ["fail", "cancel", "complete"])
+async def test_a_parent_awaiting_a_child_is_requeued_when_it_ends(
+    server: httpx.AsyncClient, ending: str
+) -> None:
+    parent_id, parent_rev = await started_and_claimed(server, workflow="parent")
+    r = await start_child(server, parent_id, parent_rev)
+    assert r.status_code == 201, r.text
+    child_id = r.json()["run"]["id"]
+    child = await claim_one(server, "child")
+    assert child["run"]["id"] == child_id
+    r = await transition(
+        server,
+        parent_id,
+        parent_rev,
+        {"kind": "suspend", "waits": [{"kind": "child", "child_run_id": child_id}]},
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["run"]["status"] == "awaiting_child"
+    assert await claim(server, "parent") == []
+
+    if ending == "cancel":
+        r = await server.post(f"/runs/{child_id}/cancel")
+    elif ending == "fail":
+        r = await transition(
+            server, child_id, child["run"]["revision"], {"kind": "fail", "error": error()}
+        )
+    else:
+        r = await transition(
+            server, child_id, child["run"]["revision"], {"kind": "complete", "result": 1}
+        )
+    assert r.status_code == 200, r.text
+
+    got = await detail(server, parent_id)
+    assert got["status"] == "queued"
+    assert moves(got)[-2:] == [("running", "awaiting_child"), ("awaiting_child", "queued")]
+    expected = {"fail": "failed", "cancel": "cancelled", "complete": "completed"}[ending]
+    assert [(ch["run_id"], ch["status"]) for ch in got["children"]] == [(child_id, expected)]
+    again = await claim_one(server, "parent")
+    assert [(ch["run_id"], ch["status"]) for ch in again["children"]] == [(child_id, expected)]
+
+
+async def test_suspend_on_a_child_that_already_ended_requeues_at_once(
+    server: httpx.AsyncClient,
+) -> None:
+    parent_id, parent_rev = await started_and_claimed(server, workflow="parent")
+    r = await start_child(server, parent_id, parent_rev)
+    child_id = r.json()["run"]["id"]
+    assert (await server.post(f"/runs/{child_id}/cancel")).status_code == 200
+    r = await transition(
+        server,
+        parent_id,
+        parent_rev,
+        {"kind": "suspend", "waits": [{"kind": "child", "child_run_id": child_id}]},
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["run"]["status"] == "queued"
+
+
+async def test_start_child_is_idempotent_by_address_and_occurrence(
+    server: httpx.AsyncClient,
+) -> None:
+    parent_id, revision = await started_and_claimed(server, workflow="parent")
+    first = await start_child(server, parent_id, revision, input={"x": 1})
+    assert first.status_code == 201, first.text
+    assert first.json()["created"] is True
+    child = first.json()["run"]
+    assert child["parent_run_id"] == parent_id
+    assert child["status"] == "queued"
+    assert (child["workflow"], child["version"]) == ("child", "1")
+
+    again = await start_child(server, parent_id, revision, input={"x": 1})
+    assert again.status_code == 200, again.text
+    assert again.json()["created"] is False
+    assert again.json()["run"]["id"] == child["id"]
+
+    other = await start_child(server, parent_id, revision, input={"x": 1}, occurrence=1)
+    assert other.status_code == 201, other.text
+    assert other.json()["run"]["id"] != child["id"]
+
+    got = await detail(server, parent_id)
+    assert [(ch["run_id"], ch["address"], ch["occurrence"]) for ch in got["children"]] == [
+        (child["id"], "child:77", 0),
+        (other.json()["run"]["id"], "child:77", 1),
+    ]
+    assert (await detail(server, child["id"]))["input"] == {"x": 1}
+    r = await server.get("/runs", params={"workflow": "child"})
+    assert len(r.json()["runs"]) == 2
+
+
+async def test_a_child_inherits_the_parent_pool(server: httpx.AsyncClient) -> None:
+    parent_id, revision = await started_and_claimed(server, workflow="parent", pool="gpu")
+    r = await start_child(server, parent_id, revision)
+    assert r.status_code == 201, r.text
+    assert r.json()["run"]["pool"] == "gpu"
+    r = await start_child(server, parent_id, revision, occurrence=1, pool="cpu")
+    assert r.status_code == 201, r.text
+    assert r.json()["run"]["pool"] == "cpu"
+    assert await claim(server, "child") == []
+    assert (await claim_one(server, "child", pool="gpu"))["run"]["pool"] == "gpu"
+    assert (await claim_one(server, "child", pool="cpu"))["run"]["pool"] == "cpu"
+
+
+async def test_release_puts_the_run_back_in_the_queue(server: httpx.AsyncClient) -> None:
+    run_id, revision = await started_and_claimed(server)
+    r = await transition(server, run_id, revision, {"kind": "release"})
+    assert r.status_code == 200, r.text
+    assert r.json()["run"]["status"] == "queued"
+    got = await detail(server, run_id)
+    assert got["status"] == "queued"
+    assert got["finished_at"] is None
+    assert moves(got)[-1] == ("running", "queued")
+    again = await claim_one(server, worker_id="worker-2")
+    assert again["run"]["id"] == run_id
+    assert again["run"]["revision"] == revision + 1
+    r = await transition(server, run_id, revision, {"kind": "complete"})
+    error_of(r, 409, "stale_revision")
+
+
+async def test_every_accepted_change_writes_one_history_row(server: httpx.AsyncClient) -> None:
+    run_id = (await start(server))["id"]
+    seen = 0
+
+    async def one_more_row(entity: str, from_status: str | None, to_status: str) -> None:
+        nonlocal seen
+        history = (await detail(server, run_id))["history"]
+        assert len(history) == seen + 1, history
+        last = history[-1]
+        assert (last["entity"], last["from_status"], last["to_status"]) == (
+            entity,
+            from_status,
+            to_status,
+        )
+        assert all(a["seq"] < b["seq"] for a, b in zip(history, history[1:], strict=False))
+        seen += 1
+
+    async def no_new_row() -> None:
+        assert len((await detail(server, run_id))["history"]) == seen
+
+    await one_more_row("run", None, "queued")
+    revision = (await claim_one(server))["run"]["revision"]
+    await one_more_row("run", "queued", "running")
+    r = await record(server, run_id, revision, status="running")
+    assert r.status_code == 200, r.text
+    await one_more_row("task", None, "running")
+    r = await record(server, run_id, revision, status="completed", result=1)
+    assert r.status_code == 200, r.text
+    await one_more_row("task", "running", "completed")
+
+    # rejected changes write nothing
+    r = await record(server, run_id, revision, status="running", attempt=2)
+    assert r.status_code == 409, r.text
+    r = await transition(server, run_id, revision + 5, {"kind": "complete"})
+    assert r.status_code == 409, r.text
+    await no_new_row()
+
+    # a child's history is its own
+    r = await start_child(server, run_id, revision)
+    assert r.status_code == 201, r.text
+    await no_new_row()
+    assert len((await detail(server, r.json()["run"]["id"]))["history"]) == 1
+
+    r = await transition(server, run_id, revision, {"kind": "release"})
+    assert r.status_code == 200, r.text
+    await one_more_row("run", "running", "queued")
+    revision = (await claim_one(server))["run"]["revision"]
+    await one_more_row("run", "queued", "running")
+    r = await transition(server, run_id, revision, {"kind": "complete"})
+    assert r.status_code == 200, r.text
+    await one_more_row("run", "running", "completed")

@@ -1,0 +1,402 @@
+"""Claims: exactly-once hand-out, capability matching, long-polls, heartbeats, idle recovery.
+
+Every test runs on SQLite and on PostgreSQL (the `db_url` fixture is parametrized).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from aiki_server._timers import TimerDaemon
+
+if TYPE_CHECKING:
+    import httpx
+
+    from conftest import Harness, HarnessFactory
+
+W = "w"
+
+
+def cap(version: str = "1", pool: str = "default", workflow: str = W) -> dict[str, str]:
+    return {"workflow": workflow, "version": version, "pool": pool}
+
+
+async def start(
+    client: httpx.AsyncClient, version: str = "1", pool: str = "default", **extra: Any
+) -> dict[str, Any]:
+    body = {"workflow": W, "version": version, "pool": pool, "input": None, **extra}
+    r = await client.post("/runs", json=body)
+    assert r.status_code == 201, r.text
+    run: dict[str, Any] = r.json()["run"]
+    return run
+
+
+async def claim(
+    client: httpx.AsyncClient,
+    worker: str,
+    caps: list[dict[str, str]],
+    *,
+    max_runs: int = 1,
+    wait_ms: int = 0,
+) -> list[dict[str, Any]]:
+    r = await client.post(
+        "/claims",
+        json={"worker_id": worker, "capabilities": caps, "max_runs": max_runs, "wait": wait_ms},
+    )
+    assert r.status_code == 200, r.text
+    runs: list[dict[str, Any]] = r.json()["runs"]
+    return runs
+
+
+async def claim_one(client: httpx.AsyncClient, worker: str) -> dict[str, Any]:
+    runs = await claim(client, worker, [cap()])
+    assert len(runs) == 1, runs
+    run: dict[str, Any] = runs[0]["run"]
+    return run
+
+
+async def heartbeat(
+    client: httpx.AsyncClient, worker: str, leases: list[tuple[str, int]]
+) -> dict[str, str]:
+    r = await client.post(
+        "/heartbeats",
+        json={"worker_id": worker, "runs": [{"run_id": i, "revision": v} for i, v in leases]},
+    )
+    assert r.status_code == 200, r.text
+    return {a["run_id"]: a["directive"] for a in r.json()["runs"]}
+
+
+async def get_run(client: httpx.AsyncClient, run_id: str) -> dict[str, Any]:
+    r = await client.get(f"/runs/{run_id}")
+    assert r.status_code == 200, r.text
+    run: dict[str, Any] = r.json()
+    return run
+
+
+async def wait_status(client: httpx.AsyncClient, run_id: str, status: str) -> dict[str, Any]:
+    """Long-poll until the run reaches `status` (bounded in wall time: the clock may be manual)."""
+    with anyio.fail_after(5):
+        while True:
+            r = await client.get(
+                f"/runs/{run_id}/wait", params={"status": status, "timeout_ms": 2000}
+            )
+            assert r.status_code == 200, r.text
+            run: dict[str, Any] = r.json()
+            if run["status"] == status:
+                return run
+
+
+async def claim_expires_at(h: Harness, run_id: str) -> int | None:
+    """The claim's expiry in epoch ms, read from the database (the API does not show it)."""
+    async with h.app.state.orchestrator.db.reader() as tx:
+        row = await tx.fetchrow("SELECT claim_expires_at FROM runs WHERE id = $1", run_id)
+    assert row is not None
+    value = row["claim_expires_at"]
+    return None if value is None else int(value)
+
+
+async def timer_pass(h: Harness) -> None:
+    """One pass of the timer daemon at the manual clock's time, finished before returning."""
+    await h.app.state.orchestrator.db.retry(TimerDaemon(h.app.state.orchestrator).run_once)
+
+
+# -- exactly once ------------------------------------------------------------------------
+
+
+async def test_twenty_claimers_hand_out_500_runs_exactly_once(server: httpx.AsyncClient) -> None:
+    started: list[str] = []
+
+    async def start_batch(count: int) -> None:
+        started.extend([(await start(server))["id"] for _ in range(count)])
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(5):
+            tg.start_soon(start_batch, 100)
+    assert len(set(started)) == 500
+
+    claimed: list[str] = []
+    per_worker: dict[str, int] = {}
+    rng = random.Random(7)
+
+    async def claimer(worker: str) -> None:
+        while True:
+            runs = await claim(server, worker, [cap()], max_runs=rng.randint(1, 10), wait_ms=100)
+            if not runs:
+                return
+            for run in runs:
+                assert run["run"]["status"] == "running"
+                assert run["run"]["revision"] == 1
+                claimed.append(run["run"]["id"])
+            per_worker[worker] = per_worker.get(worker, 0) + len(runs)
+
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            for n in range(20):
+                tg.start_soon(claimer, f"worker-{n}")
+
+    assert len(claimed) == 500
+    assert len(set(claimed)) == 500, "a run was handed out twice"
+    assert set(claimed) == set(started)
+    assert len(per_worker) > 1, "the claimers did not actually compete"
+
+    r = await server.get("/runs", params={"limit": 500})
+    assert r.status_code == 200, r.text
+    runs = r.json()["runs"]
+    assert len(runs) == 500
+    assert {run["status"] for run in runs} == {"running"}
+    assert {run["revision"] for run in runs} == {1}
+
+
+# -- capabilities ------------------------------------------------------------------------
+
+
+async def test_claims_only_hand_out_declared_triples(server: httpx.AsyncClient) -> None:
+    v1 = {(await start(server, "v1"))["id"] for _ in range(3)}
+    v2 = {(await start(server, "v2"))["id"] for _ in range(2)}
+    gpu = {(await start(server, "v1", pool="gpu"))["id"] for _ in range(2)}
+    other = await server.post("/runs", json={"workflow": "x", "version": "v1"})
+    assert other.status_code == 201, other.text
+
+    only_v1 = [cap("v1")]
+    got = await claim(server, "a", only_v1, max_runs=100)
+    ids = {r["run"]["id"] for r in got}
+    assert {(r["run"]["version"], r["run"]["pool"]) for r in got} == {("v1", "default")}
+    assert ids == v1
+    assert await claim(server, "a", only_v1, max_runs=100) == []
+
+    # a worker lacking v2 never gets it: the v2 runs stay queued and say why
+    assert await claim(server, "b", [cap("v3"), cap("v2", pool="gpu")], max_runs=100) == []
+    for run_id in v2:
+        detail = await get_run(server, run_id)
+        assert detail["status"] == "queued"
+        assert detail["revision"] == 0
+        assert detail["pending_reason"] is not None
+        assert "'v2'" in detail["pending_reason"]
+
+    got = await claim(server, "c", [cap("v2")], max_runs=100)
+    assert {r["run"]["id"] for r in got} == v2
+    got = await claim(server, "d", [cap("v1", pool="gpu")], max_runs=100)
+    assert {r["run"]["id"] for r in got} == gpu
+
+
+async def test_claim_matches_whole_triples_not_their_parts(server: httpx.AsyncClient) -> None:
+    # (v1, gpu) and (v2, default) are declared; (v1, default) and (v2, gpu) are not
+    await start(server, "v1")
+    await start(server, "v2", pool="gpu")
+    other_workflow = await server.post("/runs", json={"workflow": "x", "version": "v2"})
+    assert other_workflow.status_code == 201, other_workflow.text
+    assert await claim(server, "a", [cap("v1", pool="gpu"), cap("v2")], max_runs=10) == []
+
+
+# -- long-polls --------------------------------------------------------------------------
+
+
+async def test_claim_long_polls_until_a_run_is_started(server: httpx.AsyncClient) -> None:
+    got: list[dict[str, Any]] = []
+    elapsed: list[float] = []
+
+    async def poll() -> None:
+        t0 = time.monotonic()
+        got.extend(await claim(server, "a", [cap()], wait_ms=5000))
+        elapsed.append(time.monotonic() - t0)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(poll)
+        await anyio.sleep(0.2)
+        run = await start(server)
+
+    assert [r["run"]["id"] for r in got] == [run["id"]]
+    assert elapsed[0] < 2.5, f"the claim returned after {elapsed[0]:.2f} s"
+
+
+async def test_claim_with_nothing_to_do_returns_empty_after_its_wait(
+    server: httpx.AsyncClient,
+) -> None:
+    await start(server, "other-version")
+    t0 = time.monotonic()
+    assert await claim(server, "a", [cap()], wait_ms=300) == []
+    elapsed = time.monotonic() - t0
+    assert 0.29 <= elapsed < 2.0, elapsed
+
+
+# -- heartbeats --------------------------------------------------------------------------
+
+
+async def test_heartbeat_continues_a_held_run_and_extends_its_claim(harness: Harness) -> None:
+    h = harness
+    run_id = (await start(h.client))["id"]
+    run = await claim_one(h.client, "a")
+    assert run["revision"] == 1
+    assert await claim_expires_at(h, run_id) == h.clock.now + 90_000  # the default idle timeout
+
+    h.clock.advance(30_000)
+    assert await heartbeat(h.client, "a", [(run_id, 1)]) == {run_id: "continue"}
+    assert await claim_expires_at(h, run_id) == h.clock.now + 90_000
+
+
+async def test_heartbeat_answers_lost_for_a_stale_revision_or_another_worker(
+    harness: Harness,
+) -> None:
+    h = harness
+    run_id = (await start(h.client))["id"]
+    await claim_one(h.client, "a")
+    expires = await claim_expires_at(h, run_id)
+
+    h.clock.advance(10_000)
+    assert await heartbeat(h.client, "a", [(run_id, 0)]) == {run_id: "lost"}
+    assert await heartbeat(h.client, "a", [(run_id, 2)]) == {run_id: "lost"}
+    assert await heartbeat(h.client, "b", [(run_id, 1)]) == {run_id: "lost"}
+    unknown = "01J0000000000000000000NONE"
+    assert await heartbeat(h.client, "a", [(unknown, 1)]) == {unknown: "lost"}
+    # none of them refreshed the claim
+    assert await claim_expires_at(h, run_id) == expires
+    detail = await get_run(h.client, run_id)
+    assert (detail["status"], detail["revision"]) == ("running", 1)
+
+
+async def test_heartbeat_answers_cancel_for_a_cancelled_run(server: httpx.AsyncClient) -> None:
+    run_id = (await start(server))["id"]
+    run = await claim_one(server, "a")
+    r = await server.post(f"/runs/{run_id}/cancel", json={"reason": "enough"})
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "cancelled"
+    assert await heartbeat(server, "a", [(run_id, run["revision"])]) == {run_id: "cancel"}
+
+
+async def test_heartbeat_answers_pause_for_a_paused_run(server: httpx.AsyncClient) -> None:
+    run_id = (await start(server))["id"]
+    run = await claim_one(server, "a")
+    r = await server.post(f"/runs/{run_id}/pause")
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "paused"
+    assert await heartbeat(server, "a", [(run_id, run["revision"])]) == {run_id: "pause"}
+
+
+async def test_heartbeat_answers_each_run_on_its_own(server: httpx.AsyncClient) -> None:
+    ids = [(await start(server))["id"] for _ in range(3)]
+    got = await claim(server, "a", [cap()], max_runs=3)
+    assert sorted(r["run"]["id"] for r in got) == sorted(ids)
+    held, cancelled, paused = ids
+    assert (await server.post(f"/runs/{cancelled}/cancel")).status_code == 200
+    assert (await server.post(f"/runs/{paused}/pause")).status_code == 200
+    answers = await heartbeat(server, "a", [(i, 1) for i in ids])
+    assert answers == {held: "continue", cancelled: "cancel", paused: "pause"}
+
+
+# -- idle claims -------------------------------------------------------------------------
+
+
+async def test_idle_claim_is_requeued_and_claimed_by_another_worker(
+    make_harness: HarnessFactory,
+) -> None:
+    async with make_harness(claim_idle_timeout=timedelta(seconds=5)) as h:
+        run_id = (await start(h.client))["id"]
+        run_a = await claim_one(h.client, "worker-a")
+        assert run_a["revision"] == 1
+
+        h.advance(6_000)
+        queued = await wait_status(h.client, run_id, "queued")
+        # the release fences worker A: the revision moves past the one A holds
+        assert queued["revision"] == 2
+        detail = await get_run(h.client, run_id)
+        last = detail["history"][-1]
+        assert (last["from_status"], last["to_status"]) == ("running", "queued")
+        assert "worker-a" in last["reason"]
+        assert "idle" in last["reason"]
+        assert last["revision"] == 2
+        assert await heartbeat(h.client, "worker-a", [(run_id, 1)]) == {run_id: "lost"}
+
+        run_b = await claim_one(h.client, "worker-b")
+        assert run_b["id"] == run_id
+        # a claim bumps the revision once more (the idle release already bumped it)
+        assert run_b["revision"] == 3
+        before = await get_run(h.client, run_id)
+
+        # worker A comes back from the dead: every write it tries is fenced off
+        writes = [
+            (f"/runs/{run_id}/transition", {"revision": 1, "action": {"kind": "complete"}}),
+            (
+                f"/runs/{run_id}/tasks",
+                {
+                    "revision": 1,
+                    "name": "t",
+                    "address": "t",
+                    "occurrence": 0,
+                    "attempt": 1,
+                    "status": "completed",
+                    "result": 1,
+                },
+            ),
+            (
+                f"/runs/{run_id}/children",
+                {
+                    "revision": 1,
+                    "address": "c",
+                    "occurrence": 0,
+                    "workflow": "child",
+                    "version": "1",
+                },
+            ),
+        ]
+        for path, body in writes:
+            r = await h.client.post(path, json=body)
+            assert r.status_code == 409, r.text
+            assert r.json()["error"]["code"] == "stale_revision", r.text
+
+        after = await get_run(h.client, run_id)
+        assert after == before
+        assert after["status"] == "running"
+        assert after["tasks"] == [] and after["children"] == []
+        assert await heartbeat(h.client, "worker-b", [(run_id, 3)]) == {run_id: "continue"}
+
+
+async def test_a_heartbeating_worker_keeps_its_run(make_harness: HarnessFactory) -> None:
+    async with make_harness(claim_idle_timeout=timedelta(seconds=5)) as h:
+        run_id = (await start(h.client))["id"]
+        idle_id = (await start(h.client))["id"]
+        got = await claim(h.client, "a", [cap()], max_runs=2)
+        assert {r["run"]["id"] for r in got} == {run_id, idle_id}
+
+        for _ in range(4):  # 12 s in all, more than twice the idle timeout
+            h.advance(3_000)
+            await timer_pass(h)
+            assert await heartbeat(h.client, "a", [(run_id, 1)]) == {run_id: "continue"}
+
+        detail = await get_run(h.client, run_id)
+        assert (detail["status"], detail["revision"]) == ("running", 1)
+        assert [t["to_status"] for t in detail["history"]] == ["queued", "running"]
+        # the same worker's other run, never heartbeated, went back to the queue
+        idle = await get_run(h.client, idle_id)
+        assert idle["status"] == "queued"
+
+
+# -- across replicas ---------------------------------------------------------------------
+
+
+async def test_claim_on_one_replica_is_woken_by_a_start_on_another(
+    server: httpx.AsyncClient, second_app: httpx.AsyncClient
+) -> None:
+    # `second_app` skips on SQLite: replicas share a database only on PostgreSQL
+    got: list[dict[str, Any]] = []
+    returned_at: list[float] = []
+
+    async def poll() -> None:
+        got.extend(await claim(second_app, "b", [cap()], wait_ms=5000))
+        returned_at.append(time.monotonic())
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(poll)
+        # let the claim find nothing and park; its own re-check comes 1 s after that
+        await anyio.sleep(0.25)
+        started_at = time.monotonic()
+        run = await start(server)
+
+    assert [r["run"]["id"] for r in got] == [run["id"]]
+    latency = returned_at[0] - started_at
+    # well before the claim's 1 s fallback re-check (~0.75 s away): the NOTIFY woke it
+    assert latency < 0.4, f"the claim on the other replica took {latency:.2f} s"

@@ -1,0 +1,500 @@
+"""The timer daemon, driven by a manual clock: delayed starts, sleeps, wait timeouts,
+retry back-offs, run deadlines, several waits at once, parents woken by children, and
+batches.
+
+Every test runs on SQLite and on PostgreSQL (the `db_url` fixture is parametrized).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from aiki_server._timers import TimerDaemon
+
+if TYPE_CHECKING:
+    import httpx
+
+    from conftest import Harness
+
+W = "w"
+SECOND = 1_000
+DAY = 86_400_000
+CAPS = [{"workflow": W, "version": "1"}, {"workflow": "child", "version": "1"}]
+
+
+def iso(ms: int) -> str:
+    """An epoch-ms moment as ISO 8601 with its timezone."""
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat()
+
+
+async def start(client: httpx.AsyncClient, **extra: Any) -> dict[str, Any]:
+    r = await client.post("/runs", json={"workflow": W, "version": "1", **extra})
+    assert r.status_code == 201, r.text
+    run: dict[str, Any] = r.json()["run"]
+    return run
+
+
+async def claim(
+    client: httpx.AsyncClient, worker: str = "worker", max_runs: int = 1
+) -> list[dict[str, Any]]:
+    # wait 0: under the manual clock a long-poll's deadline would never come
+    r = await client.post(
+        "/claims",
+        json={"worker_id": worker, "capabilities": CAPS, "max_runs": max_runs, "wait": 0},
+    )
+    assert r.status_code == 200, r.text
+    runs: list[dict[str, Any]] = r.json()["runs"]
+    return runs
+
+
+async def claim_one(client: httpx.AsyncClient, worker: str = "worker") -> dict[str, Any]:
+    runs = await claim(client, worker)
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+async def start_and_claim(h: Harness, **extra: Any) -> dict[str, Any]:
+    run_id = (await start(h.client, **extra))["id"]
+    claimed = await claim_one(h.client)
+    assert claimed["run"]["id"] == run_id
+    run: dict[str, Any] = claimed["run"]
+    return run
+
+
+async def transition(
+    client: httpx.AsyncClient, run: dict[str, Any], action: dict[str, Any]
+) -> httpx.Response:
+    return await client.post(
+        f"/runs/{run['id']}/transition", json={"revision": run["revision"], "action": action}
+    )
+
+
+async def suspend(
+    client: httpx.AsyncClient, run: dict[str, Any], *waits: dict[str, Any]
+) -> dict[str, Any]:
+    r = await transition(client, run, {"kind": "suspend", "waits": list(waits)})
+    assert r.status_code == 200, r.text
+    summary: dict[str, Any] = r.json()["run"]
+    return summary
+
+
+async def get_run(client: httpx.AsyncClient, run_id: str) -> dict[str, Any]:
+    r = await client.get(f"/runs/{run_id}")
+    assert r.status_code == 200, r.text
+    run: dict[str, Any] = r.json()
+    return run
+
+
+async def wait_status(client: httpx.AsyncClient, run_id: str, status: str) -> dict[str, Any]:
+    """Long-poll until the run reaches `status` (bounded in wall time: the clock is manual)."""
+    with anyio.fail_after(5):
+        while True:
+            r = await client.get(
+                f"/runs/{run_id}/wait", params={"status": status, "timeout_ms": 2000}
+            )
+            assert r.status_code == 200, r.text
+            run: dict[str, Any] = r.json()
+            if run["status"] == status:
+                return run
+
+
+async def timer_pass(h: Harness) -> None:
+    """One pass of the timer daemon at the manual clock's time, finished before returning."""
+    await h.app.state.orchestrator.db.retry(TimerDaemon(h.app.state.orchestrator).run_once)
+
+
+async def status_after_pass(h: Harness, run_id: str) -> str:
+    """The run's status once the daemon has surely looked at the current time."""
+    await timer_pass(h)
+    status: str = (await get_run(h.client, run_id))["status"]
+    return status
+
+
+def fail_action(message: str = "boom") -> dict[str, Any]:
+    return {
+        "kind": "fail",
+        "error": {"type": "builtins.ValueError", "message": message, "retryable": False},
+    }
+
+
+# -- single due times --------------------------------------------------------------------
+
+
+async def test_delayed_start_is_queued_when_its_time_comes(harness: Harness) -> None:
+    h = harness
+    run = await start(h.client, delay=60_000)
+    assert run["status"] == "scheduled"
+    assert run["start_at"] is not None
+    assert datetime.fromisoformat(run["start_at"]) == datetime.fromtimestamp(
+        (h.clock.now + 60_000) / 1000, tz=UTC
+    )
+    assert await claim(h.client) == []
+
+    h.advance(59 * SECOND)
+    assert await status_after_pass(h, run["id"]) == "scheduled"
+    assert await claim(h.client) == []
+
+    h.advance(2 * SECOND)
+    await wait_status(h.client, run["id"], "queued")
+    detail = await get_run(h.client, run["id"])
+    assert detail["history"][-1]["reason"] == "start time reached"
+    assert (await claim_one(h.client))["run"]["id"] == run["id"]
+
+
+async def test_start_at_in_the_past_is_queued_at_once(harness: Harness) -> None:
+    h = harness
+    run = await start(h.client, start_at=iso(h.clock.now - 1_000))
+    assert run["status"] == "queued"
+
+
+async def test_sleep_completes_and_the_next_claim_carries_it(harness: Harness) -> None:
+    h = harness
+    run = await start_and_claim(h)
+    wake_at = h.clock.now + DAY
+    sleep = {"kind": "sleep", "name": "s", "occurrence": 0, "wake_at": iso(wake_at)}
+    assert (await suspend(h.client, run, sleep))["status"] == "sleeping"
+
+    h.advance(DAY - SECOND)
+    assert await status_after_pass(h, run["id"]) == "sleeping"
+
+    h.advance(SECOND)
+    await wait_status(h.client, run["id"], "queued")
+    detail = await get_run(h.client, run["id"])
+    assert [(s["name"], s["status"]) for s in detail["sleeps"]] == [("s", "completed")]
+    assert datetime.fromisoformat(detail["sleeps"][0]["completed_at"]) == datetime.fromtimestamp(
+        h.clock.now / 1000, tz=UTC
+    )
+
+    again = await claim_one(h.client)
+    assert again["run"]["id"] == run["id"]
+    assert again["run"]["revision"] == run["revision"] + 1
+    assert len(again["sleeps"]) == 1
+    record = again["sleeps"][0]
+    assert (record["name"], record["occurrence"], record["status"]) == ("s", 0, "completed")
+    assert datetime.fromisoformat(record["wake_at"]) == datetime.fromtimestamp(
+        wake_at / 1000, tz=UTC
+    )
+
+
+async def test_event_wait_times_out(harness: Harness) -> None:
+    h = harness
+    run = await start_and_claim(h)
+    timeout_at = iso(h.clock.now + 60_000)
+    wait = {"kind": "event", "name": "approval", "occurrence": 0, "timeout_at": timeout_at}
+    assert (await suspend(h.client, run, wait))["status"] == "awaiting_event"
+
+    h.advance(59 * SECOND)
+    assert await status_after_pass(h, run["id"]) == "awaiting_event"
+
+    h.advance(2 * SECOND)
+    await wait_status(h.client, run["id"], "queued")
+    detail = await get_run(h.client, run["id"])
+    assert [(w["name"], w["status"]) for w in detail["event_waits"]] == [("approval", "timed_out")]
+    assert detail["event_waits"][0]["event_id"] is None
+
+    again = await claim_one(h.client)
+    assert [w["status"] for w in again["event_waits"]] == ["timed_out"]
+
+
+async def test_retry_back_off_requeues_when_due(harness: Harness) -> None:
+    h = harness
+    run = await start_and_claim(h)
+    wait = {"kind": "retry", "retry_at": iso(h.clock.now + 30_000)}
+    assert (await suspend(h.client, run, wait))["status"] == "awaiting_retry"
+
+    h.advance(29 * SECOND)
+    assert await status_after_pass(h, run["id"]) == "awaiting_retry"
+
+    h.advance(2 * SECOND)
+    await wait_status(h.client, run["id"], "queued")
+
+
+async def test_workflow_retry_of_a_failed_run_requeues_when_due(harness: Harness) -> None:
+    h = harness
+    run = await start_and_claim(h)
+    action = {**fail_action(), "retry_at": iso(h.clock.now + 30_000)}
+    r = await transition(h.client, run, action)
+    assert r.status_code == 200, r.text
+    assert r.json()["run"]["status"] == "awaiting_retry"
+    assert r.json()["run"]["attempt"] == 2
+
+    h.advance(31 * SECOND)
+    await wait_status(h.client, run["id"], "queued")
+    again = await claim_one(h.client)
+    assert again["run"]["attempt"] == 2
+
+
+# -- run deadlines -----------------------------------------------------------------------
+
+
+async def test_run_deadline_fails_the_run_and_fences_its_worker(harness: Harness) -> None:
+    h = harness
+    run = await start_and_claim(h, timeout=10_000)
+    assert datetime.fromisoformat(run["deadline_at"]) == datetime.fromtimestamp(
+        (h.clock.now + 10_000) / 1000, tz=UTC
+    )
+
+    h.advance(9 * SECOND)
+    assert await status_after_pass(h, run["id"]) == "running"
+
+    h.advance(2 * SECOND)
+    await wait_status(h.client, run["id"], "failed")
+    detail = await get_run(h.client, run["id"])
+    assert "WorkflowTimeoutError" in detail["error"]["type"]
+    assert detail["error"]["code"] == "workflow_timeout"
+    assert detail["error"]["retryable"] is False
+    assert detail["finished_at"] is not None
+    assert detail["revision"] > run["revision"]
+
+    # the former claimant can write nothing more
+    r = await transition(h.client, run, {"kind": "complete", "result": 1})
+    assert r.status_code == 409, r.text
+    assert r.json()["error"]["code"] == "stale_revision"
+    r = await h.client.post(
+        f"/runs/{run['id']}/tasks",
+        json={
+            "revision": run["revision"],
+            "name": "t",
+            "address": "t",
+            "occurrence": 0,
+            "attempt": 1,
+            "status": "running",
+        },
+    )
+    assert r.status_code == 409, r.text
+    after = await get_run(h.client, run["id"])
+    assert after == detail
+    directives = await h.client.post(
+        "/heartbeats",
+        json={"worker_id": "worker", "runs": [{"run_id": run["id"], "revision": run["revision"]}]},
+    )
+    assert directives.json()["runs"] == [{"run_id": run["id"], "directive": "lost"}]
+
+
+async def test_run_deadline_cancels_a_running_child(harness: Harness) -> None:
+    h = harness
+    parent = await start_and_claim(h, timeout=10_000)
+    child = await start_child(h, parent, "c")
+    child_claim = await claim_one(h.client, "child-worker")
+    assert child_claim["run"]["id"] == child["id"]
+
+    h.advance(11 * SECOND)
+    await wait_status(h.client, parent["id"], "failed")
+    cancelled = await wait_status(h.client, child["id"], "cancelled")
+    assert cancelled["finished_at"] is not None
+    detail = await get_run(h.client, child["id"])
+    assert detail["error"]["code"] == "workflow_cancelled"
+    r = await h.client.post(
+        "/heartbeats",
+        json={
+            "worker_id": "child-worker",
+            "runs": [{"run_id": child["id"], "revision": child_claim["run"]["revision"]}],
+        },
+    )
+    assert r.json()["runs"] == [{"run_id": child["id"], "directive": "cancel"}]
+
+
+async def test_deadline_of_a_delayed_run_counts_from_its_start(harness: Harness) -> None:
+    h = harness
+    run = await start(h.client, delay=60_000, timeout=10_000)
+    h.advance(61 * SECOND)
+    await wait_status(h.client, run["id"], "queued")
+    h.advance(8 * SECOND)
+    assert await status_after_pass(h, run["id"]) == "queued"
+    h.advance(2 * SECOND)
+    await wait_status(h.client, run["id"], "failed")
+
+
+# -- several waits at once ---------------------------------------------------------------
+
+
+async def test_sleep_and_event_wait_requeue_on_the_event(harness: Harness) -> None:
+    h = harness
+    run = await start_and_claim(h)
+    waits: list[dict[str, Any]] = [
+        {"kind": "sleep", "name": "s", "occurrence": 0, "wake_at": iso(h.clock.now + DAY)},
+        {"kind": "event", "name": "go", "occurrence": 0},
+    ]
+    assert (await suspend(h.client, run, *waits))["status"] == "awaiting_event"
+
+    h.advance(60 * SECOND)
+    assert await status_after_pass(h, run["id"]) == "awaiting_event"
+    r = await h.client.post(f"/runs/{run['id']}/events", json={"name": "go", "data": 1})
+    assert r.status_code == 200, r.text
+    await wait_status(h.client, run["id"], "queued")
+    detail = await get_run(h.client, run["id"])
+    assert [(w["name"], w["status"]) for w in detail["event_waits"]] == [("go", "received")]
+    assert [(s["name"], s["status"]) for s in detail["sleeps"]] == [("s", "sleeping")]
+
+    # the sleep's due time no longer concerns the run: suspended on another event, the
+    # day passing does not wake it
+    again = (await claim_one(h.client))["run"]
+    wait = {"kind": "event", "name": "go", "occurrence": 1}
+    assert (await suspend(h.client, again, wait))["status"] == "awaiting_event"
+    h.advance(DAY)
+    assert await status_after_pass(h, run["id"]) == "awaiting_event"
+
+
+async def test_sleep_and_event_wait_requeue_on_the_sleep(harness: Harness) -> None:
+    h = harness
+    run = await start_and_claim(h)
+    waits: list[dict[str, Any]] = [
+        {"kind": "event", "name": "go", "occurrence": 0},
+        {"kind": "sleep", "name": "s", "occurrence": 0, "wake_at": iso(h.clock.now + DAY)},
+    ]
+    assert (await suspend(h.client, run, *waits))["status"] == "awaiting_event"
+
+    h.advance(DAY)
+    await wait_status(h.client, run["id"], "queued")
+    detail = await get_run(h.client, run["id"])
+    assert [(s["name"], s["status"]) for s in detail["sleeps"]] == [("s", "completed")]
+    assert [(w["name"], w["status"]) for w in detail["event_waits"]] == [("go", "waiting")]
+
+
+async def test_several_waits_take_the_earliest_due_time(harness: Harness) -> None:
+    h = harness
+    run = await start_and_claim(h)
+    waits: list[dict[str, Any]] = [
+        {"kind": "sleep", "name": "late", "occurrence": 0, "wake_at": iso(h.clock.now + DAY)},
+        {"kind": "retry", "retry_at": iso(h.clock.now + 90 * SECOND)},
+        {"kind": "sleep", "name": "early", "occurrence": 0, "wake_at": iso(h.clock.now + 60_000)},
+    ]
+    assert (await suspend(h.client, run, *waits))["status"] == "sleeping"
+    h.advance(61 * SECOND)
+    await wait_status(h.client, run["id"], "queued")
+    detail = await get_run(h.client, run["id"])
+    statuses = {s["name"]: s["status"] for s in detail["sleeps"]}
+    assert statuses == {"early": "completed", "late": "sleeping"}
+
+
+async def test_child_wait_with_a_sleep_requeues_on_the_sleep(harness: Harness) -> None:
+    # "the child, or give up after a minute": the sleep is the child wait's timeout
+    h = harness
+    parent = await start_and_claim(h)
+    child = await start_child(h, parent, "c")
+    waits: list[dict[str, Any]] = [
+        {"kind": "child", "child_run_id": child["id"]},
+        {"kind": "sleep", "name": "timeout", "occurrence": 0, "wake_at": iso(h.clock.now + 60_000)},
+    ]
+    assert (await suspend(h.client, parent, *waits))["status"] == "awaiting_child"
+
+    h.advance(59 * SECOND)
+    assert await status_after_pass(h, parent["id"]) == "awaiting_child"
+    h.advance(2 * SECOND)
+    await wait_status(h.client, parent["id"], "queued")
+    detail = await get_run(h.client, parent["id"])
+    assert [(s["name"], s["status"]) for s in detail["sleeps"]] == [("timeout", "completed")]
+    assert (await get_run(h.client, child["id"]))["status"] == "queued"
+
+
+# -- parents and children ----------------------------------------------------------------
+
+
+async def start_child(h: Harness, parent: dict[str, Any], address: str) -> dict[str, Any]:
+    r = await h.client.post(
+        f"/runs/{parent['id']}/children",
+        json={
+            "revision": parent["revision"],
+            "address": address,
+            "occurrence": 0,
+            "workflow": "child",
+            "version": "1",
+            "input": {"n": 1},
+        },
+    )
+    assert r.status_code == 201, r.text
+    child: dict[str, Any] = r.json()["run"]
+    assert child["parent_run_id"] == parent["id"]
+    assert child["status"] == "queued"
+    return child
+
+
+async def parent_awaiting_child(h: Harness) -> tuple[dict[str, Any], dict[str, Any]]:
+    parent = await start_and_claim(h)
+    child = await start_child(h, parent, "c")
+    waiting = await suspend(h.client, parent, {"kind": "child", "child_run_id": child["id"]})
+    assert waiting["status"] == "awaiting_child"
+    return parent, child
+
+
+async def test_parent_is_woken_by_a_failed_child(harness: Harness) -> None:
+    h = harness
+    parent, child = await parent_awaiting_child(h)
+    child_claim = await claim_one(h.client, "child-worker")
+    assert child_claim["run"]["id"] == child["id"]
+    h.advance(SECOND)
+    assert await status_after_pass(h, parent["id"]) == "awaiting_child"
+
+    r = await transition(h.client, child_claim["run"], fail_action("child broke"))
+    assert r.status_code == 200, r.text
+    assert r.json()["run"]["status"] == "failed"
+    await wait_status(h.client, parent["id"], "queued")
+
+    again = await claim_one(h.client)
+    assert again["run"]["id"] == parent["id"]
+    assert [(c["run_id"], c["status"]) for c in again["children"]] == [(child["id"], "failed")]
+
+
+async def test_parent_is_woken_by_a_cancelled_child(harness: Harness) -> None:
+    h = harness
+    parent, child = await parent_awaiting_child(h)
+    r = await h.client.post(f"/runs/{child['id']}/cancel", json={"reason": "not needed"})
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "cancelled"
+    await wait_status(h.client, parent["id"], "queued")
+    detail = await get_run(h.client, parent["id"])
+    assert f"child {child['id']}" in detail["history"][-1]["reason"]
+
+    again = await claim_one(h.client)
+    assert [(c["run_id"], c["status"]) for c in again["children"]] == [(child["id"], "cancelled")]
+
+
+async def test_child_that_already_ended_does_not_suspend_its_parent(harness: Harness) -> None:
+    h = harness
+    parent = await start_and_claim(h)
+    child = await start_child(h, parent, "c")
+    assert (await h.client.post(f"/runs/{child['id']}/cancel")).status_code == 200
+    waiting = await suspend(h.client, parent, {"kind": "child", "child_run_id": child["id"]})
+    assert waiting["status"] == "queued"
+
+
+# -- batches -----------------------------------------------------------------------------
+
+
+async def test_timer_daemon_moves_due_runs_in_repeated_batches(harness: Harness) -> None:
+    h = harness
+    count = 450  # the daemon's batch is 200: all of them need three passes
+    wake_at = iso(h.clock.now + DAY)
+
+    async def start_some(n: int) -> None:
+        for _ in range(n):
+            await start(h.client)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(10):
+            tg.start_soon(start_some, count // 10)
+    claimed = await claim(h.client, max_runs=1000)
+    assert len(claimed) == count
+
+    async def suspend_some(runs: list[dict[str, Any]]) -> None:
+        for c in runs:
+            sleep = {"kind": "sleep", "name": "s", "occurrence": 0, "wake_at": wake_at}
+            assert (await suspend(h.client, c["run"], sleep))["status"] == "sleeping"
+
+    async with anyio.create_task_group() as tg:
+        for i in range(10):
+            tg.start_soon(suspend_some, claimed[i::10])
+
+    h.advance(DAY)
+    with anyio.fail_after(15):
+        while True:
+            r = await h.client.get("/runs", params={"status": "queued", "limit": 500})
+            assert r.status_code == 200, r.text
+            if len(r.json()["runs"]) == count:
+                break
+            await anyio.sleep(0.02)
+    r = await h.client.get("/runs", params={"status": "sleeping", "limit": 500})
+    assert r.json()["runs"] == []

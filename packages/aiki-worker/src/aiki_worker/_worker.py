@@ -1,0 +1,273 @@
+"""`Worker`: claims runs of the versions it registers and executes them.
+
+It long-polls the server for work, runs up to `max_concurrent_runs` at once, and
+heartbeats every run it holds; the heartbeat's answer can cancel a run (cancelled,
+paused, or claim lost), and so can a 409 on a write. A run that suspends (a sleep, an
+event, a long retry) is reported and let go: the worker never holds a waiting run.
+
+When the server cannot be reached, claims back off exponentially (up to
+`max_backoff`) and recover when it returns. `stop()` (or SIGINT/SIGTERM under
+`run()`) stops claiming, lets running runs finish for up to
+`graceful_shutdown_timeout`, then cancels the rest and gives them back to the queue.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING, Self
+
+import anyio
+
+from aiki_core import (
+    DEFAULT_POOL,
+    AikiError,
+    ClaimRequest,
+    ConflictError,
+    ErrorInfo,
+    FailRun,
+    HeartbeatRequest,
+    ReleaseRun,
+    RunDirective,
+    RunLease,
+    ServerError,
+    TransitionRunRequest,
+    WorkflowCapability,
+)
+from aiki_worker._execution import Execution
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from anyio.abc import TaskGroup
+
+    from aiki_core import ClaimedRun, ExecutableVersion, Logger, RunAction, WorkerApi
+
+ContextFactory = Callable[["ClaimedRun"], object]
+
+
+class _Held:
+    """A run this worker executes: its claim and the scope that cancels it."""
+
+    def __init__(self, claim: ClaimedRun) -> None:
+        self.claim = claim
+        self.scope = anyio.CancelScope()
+        self.directive: RunDirective | None = None
+
+
+class Worker:
+    """Executes runs of `workflows` (workflow versions) claimed from the server."""
+
+    def __init__(
+        self,
+        client: WorkerApi,
+        workflows: Sequence[ExecutableVersion],
+        *,
+        id: str | None = None,
+        pools: Sequence[str] = (DEFAULT_POOL,),
+        max_concurrent_runs: int = 10,
+        heartbeat_interval: timedelta = timedelta(seconds=30),
+        graceful_shutdown_timeout: timedelta = timedelta(seconds=30),
+        create_context: ContextFactory | None = None,
+        logger: Logger | None = None,
+        claim_wait: timedelta = timedelta(seconds=30),
+        max_backoff: timedelta = timedelta(seconds=5),
+    ) -> None:
+        if not workflows:
+            raise ValueError("a worker needs at least one workflow version")
+        if max_concurrent_runs < 1:
+            raise ValueError("max_concurrent_runs must be at least 1")
+        self.client = client
+        self.id = id or f"{socket.gethostname()}-{os.getpid()}-{id_suffix()}"
+        self.versions = {(v.workflow, v.version): v for v in workflows}
+        self.pools = tuple(pools)
+        self.max_concurrent_runs = max_concurrent_runs
+        self.heartbeat_interval = heartbeat_interval
+        self.graceful_shutdown_timeout = graceful_shutdown_timeout
+        self.create_context = create_context
+        self.claim_wait = claim_wait
+        self.max_backoff = max_backoff
+        self.log = (logger or client.log).child({"worker_id": self.id})
+        self._held: dict[str, _Held] = {}
+        self._slot_freed = anyio.Event()
+        self._stopping = anyio.Event()
+        self._stopped = anyio.Event()
+        self._runs_scope = anyio.CancelScope()
+        self._claims_scope = anyio.CancelScope()
+
+    @property
+    def capabilities(self) -> list[WorkflowCapability]:
+        """The (workflow, version, pool) triples this worker claims."""
+        return [
+            WorkflowCapability(workflow=w, version=v, pool=p)
+            for (w, v) in self.versions
+            for p in self.pools
+        ]
+
+    async def run(self) -> None:
+        """Work until `stop()` or SIGINT/SIGTERM (signals only in the main thread)."""
+        async with anyio.create_task_group() as tg:
+            if threading.current_thread() is threading.main_thread():
+                tg.start_soon(self._stop_on_signal)
+            await self._serve()
+            tg.cancel_scope.cancel()
+
+    async def stop(self) -> None:
+        """Stop claiming, let runs finish up to the grace period, then give the rest back."""
+        self._stopping.set()
+        self._claims_scope.cancel()
+        await self._stopped.wait()
+
+    async def __aenter__(self) -> Self:
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        self._tg.start_soon(self._serve)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+        await self._tg.__aexit__(exc_type, exc, tb)
+
+    # -- the loops -----------------------------------------------------------------------
+
+    async def _serve(self) -> None:
+        self.log.info(
+            "worker started",
+            {"versions": [f"{w} {v}" for (w, v) in self.versions], "pools": list(self.pools)},
+        )
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._heartbeats)
+                with self._runs_scope:
+                    async with anyio.create_task_group() as runs:
+                        with self._claims_scope:
+                            await self._claims(runs)
+                        await self._drain()
+                tg.cancel_scope.cancel()
+        finally:
+            self._stopped.set()
+            self.log.info("worker stopped")
+
+    async def _stop_on_signal(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for received in signals:
+                self.log.info("stopping on signal", {"signal": signal.Signals(received).name})
+                self._stopping.set()
+                self._claims_scope.cancel()
+                return
+
+    async def _claims(self, runs: TaskGroup) -> None:
+        backoff = 0.0
+        while not self._stopping.is_set():
+            free = self.max_concurrent_runs - len(self._held)
+            if free <= 0:
+                await self._slot_freed.wait()
+                self._slot_freed = anyio.Event()
+                continue
+            try:
+                response = await self.client.claim(
+                    ClaimRequest(
+                        worker_id=self.id,
+                        capabilities=self.capabilities,
+                        max_runs=free,
+                        wait=self.claim_wait,
+                    )
+                )
+            except (ServerError, OSError) as exc:
+                backoff = min(max(backoff * 2, 0.1), self.max_backoff.total_seconds())
+                self.log.warn("cannot claim; backing off", {"error": str(exc), "seconds": backoff})
+                await anyio.sleep(backoff)
+                continue
+            backoff = 0.0
+            for claim in response.runs:
+                held = _Held(claim)
+                self._held[claim.run.id] = held
+                runs.start_soon(self._execute, held)
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await anyio.sleep(self.heartbeat_interval.total_seconds())
+            leases = [
+                RunLease(run_id=h.claim.run.id, revision=h.claim.run.revision)
+                for h in self._held.values()
+            ]
+            try:
+                answer = await self.client.heartbeat(
+                    HeartbeatRequest(worker_id=self.id, runs=leases)
+                )
+            except (AikiError, OSError) as exc:
+                self.log.warn("heartbeat failed", {"error": str(exc)})
+                continue
+            for status in answer.runs:
+                held = self._held.get(status.run_id)
+                if held is not None and status.directive is not RunDirective.CONTINUE:
+                    held.directive = status.directive
+                    held.scope.cancel()
+
+    async def _drain(self) -> None:
+        """After claiming stopped: wait for the grace period, then cancel and release."""
+        with anyio.move_on_after(self.graceful_shutdown_timeout.total_seconds()):
+            while self._held:
+                await self._slot_freed.wait()
+                self._slot_freed = anyio.Event()
+        for held in list(self._held.values()):
+            held.directive = RunDirective.LOST
+            held.scope.cancel()
+            await self._send(held, ReleaseRun())
+
+    # -- one run -------------------------------------------------------------------------
+
+    async def _execute(self, held: _Held) -> None:
+        run = held.claim.run
+        log = self.log.child({"workflow": run.workflow, "version": run.version, "run_id": run.id})
+        version = self.versions.get((run.workflow, run.version))
+        action: RunAction | None = None
+        try:
+            with held.scope:
+                if version is None:  # the server never does this; defend anyway
+                    raise LookupError(f"no version {run.workflow} {run.version} here")
+                context = self.create_context(held.claim) if self.create_context else None
+                execution = Execution(self.client, held.claim, log, context)
+                log.debug("run claimed", {"attempt": run.attempt, "revision": run.revision})
+                action = await version.execute(execution)
+        except ConflictError as exc:
+            log.warn("claim lost; stopping the run", {"error": exc.message})
+        except Exception as exc:  # a bug outside user code: fail the run, keep the worker
+            log.error("run crashed the engine", {"error": repr(exc)})
+            action = FailRun(error=ErrorInfo.from_exception(exc))
+        finally:
+            if held.scope.cancel_called and held.directive is not None:
+                log.info("run stopped", {"directive": held.directive.value})
+        try:
+            if action is not None and not held.scope.cancel_called:
+                await self._send(held, action)
+                log.debug("run reported", {"action": action.kind})
+        finally:
+            self._held.pop(run.id, None)
+            self._slot_freed.set()
+
+    async def _send(self, held: _Held, action: RunAction) -> None:
+        run = held.claim.run
+        try:
+            await self.client.transition(
+                run.id, TransitionRunRequest(revision=run.revision, action=action)
+            )
+        except ConflictError as exc:
+            self.log.warn("run was taken away before it was reported", {"error": exc.message})
+        except (ServerError, OSError) as exc:
+            # the claim will go idle and another worker will replay the run
+            self.log.error("cannot report the run", {"run_id": run.id, "error": str(exc)})
+
+
+def id_suffix() -> str:
+    """Four random hex digits, to tell apart two workers of one process."""
+    return os.urandom(2).hex()

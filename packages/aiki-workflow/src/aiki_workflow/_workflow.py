@@ -1,0 +1,209 @@
+"""Workflows and their versions.
+
+    orders = workflow("order-processing")
+
+    @orders.v("1.0.0", timeout=timedelta(days=7))
+    async def orders_v1(run: WorkflowRun, order: Order) -> str: ...
+
+A version is an `ExecutableVersion` for workers and starts runs of itself through
+any `WorkflowStarter` (the client). Its payload and result types come from the
+function's annotations; both are validated with pydantic on start, on every
+execution and on every replay.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, get_type_hints
+
+from pydantic import TypeAdapter, ValidationError
+
+from aiki_core import (
+    CodecContext,
+    CompleteRun,
+    ErrorInfo,
+    FailRun,
+    PayloadValidationError,
+    RetryPolicy,
+    RunInterrupt,
+    StartRunRequest,
+    SuspendRun,
+)
+from aiki_workflow._interrupts import Suspend
+from aiki_workflow._run import WorkflowRun
+
+if TYPE_CHECKING:
+    from pydantic import JsonValue
+
+    from aiki_core import RunAction, RunExecution, WorkflowRunHandle, WorkflowStarter
+
+InT = TypeVar("InT")
+OutT = TypeVar("OutT")
+
+WorkflowFunction = Callable[[WorkflowRun, InT], Awaitable[OutT]]
+
+
+class WorkflowVersion(Generic[InT, OutT]):
+    """One version of a workflow: start runs of it, or let a worker execute them."""
+
+    def __init__(
+        self,
+        fn: WorkflowFunction[InT, OutT],
+        *,
+        workflow: str,
+        version: str,
+        retry: RetryPolicy | None,
+        timeout: timedelta | None,
+        task_retry: RetryPolicy | None,
+    ) -> None:
+        self.fn = fn
+        self.workflow = workflow
+        self.version = version
+        self.retry = retry
+        self.timeout = timeout
+        self.task_retry = task_retry
+        hints = get_type_hints(fn)
+        params = list(inspect.signature(fn).parameters)
+        if len(params) != 2:
+            raise TypeError(f"workflow {workflow!r} {version}: the function takes (run, payload)")
+        self._input = TypeAdapter[InT](hints.get(params[1], Any))
+        self._output = TypeAdapter[OutT](hints.get("return", Any))
+
+    def encode_payload(self, payload: InT) -> JsonValue:
+        """Validate a payload and return it as JSON values; `PayloadValidationError` if wrong."""
+        try:
+            validated = self._input.validate_python(payload)
+        except ValidationError as exc:
+            raise PayloadValidationError.from_pydantic(
+                f"workflow {self.workflow!r} {self.version} got an invalid payload", exc
+            ) from None
+        value: JsonValue = self._input.dump_python(validated, mode="json")
+        return value
+
+    def decode_result(self, value: JsonValue) -> OutT:
+        """Validate a run's result against the version's return annotation."""
+        try:
+            return self._output.validate_python(value)
+        except ValidationError as exc:
+            raise PayloadValidationError.from_pydantic(
+                f"workflow {self.workflow!r} {self.version} has a result of the wrong type", exc
+            ) from None
+
+    async def start(
+        self,
+        client: WorkflowStarter,
+        payload: InT,
+        *,
+        reference_id: str | None = None,
+        start_at: datetime | None = None,
+        delay: timedelta | None = None,
+        pool: str | None = None,
+        timeout: timedelta | None = None,
+    ) -> WorkflowRunHandle[OutT]:
+        """Start a run of this version (or find the one `reference_id` already started)."""
+        request = StartRunRequest.model_validate(
+            {
+                "workflow": self.workflow,
+                "version": self.version,
+                "input": self.encode_payload(payload),
+                "reference_id": reference_id,
+                "start_at": start_at,
+                "delay": delay,
+                "pool": pool or "default",
+                "timeout": timeout if timeout is not None else self.timeout,
+            }
+        )
+        return await client.start_run(request, self.decode_result)
+
+    async def execute(self, execution: RunExecution) -> RunAction:
+        """Replay and continue a claimed run; what to do with it next."""
+        run = WorkflowRun(execution, task_retry=self.task_retry)
+        codec = execution.codec
+        try:
+            raw = codec.decode(execution.claim.input, CodecContext(run.id, "input"))
+            payload = self._input.validate_python(raw)
+        except ValidationError as exc:
+            error = PayloadValidationError.from_pydantic(
+                f"run {run.id} has an input that {self.workflow!r} {self.version} rejects", exc
+            )
+            return FailRun(error=ErrorInfo.from_exception(error))
+        try:
+            result = await self.fn(run, payload)
+        except Suspend as suspend:
+            return SuspendRun(waits=suspend.waits)
+        except RunInterrupt:
+            raise
+        except Exception as exc:
+            return self._failure(run, exc)
+        try:
+            validated = self._output.validate_python(result)
+        except ValidationError as exc:
+            return self._failure(
+                run,
+                PayloadValidationError.from_pydantic(
+                    f"run {run.id} returned a result of the wrong type", exc
+                ),
+            )
+        encoded = codec.encode(
+            self._output.dump_python(validated, mode="json"), CodecContext(run.id, "result")
+        )
+        return CompleteRun(result=encoded)
+
+    def _failure(self, run: WorkflowRun, exc: Exception) -> FailRun:
+        error = ErrorInfo.from_exception(exc)
+        delay = None
+        if self.retry is not None and error.retryable:
+            delay = self.retry.delay_after(run.attempt)
+        run.log.error("run failed", {"error": f"{error.type}: {error.message}"})
+        retry_at = None if delay is None else datetime.now(UTC) + delay
+        return FailRun(error=error, retry_at=retry_at)
+
+    def __repr__(self) -> str:
+        return f"<WorkflowVersion {self.workflow!r} {self.version}>"
+
+
+class Workflow:
+    """A named workflow; its versions are declared with `@workflow.v("1.0.0")`."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.versions: dict[str, WorkflowVersion[Any, Any]] = {}
+
+    def v(
+        self,
+        version: str,
+        *,
+        retry: RetryPolicy | None = None,
+        timeout: timedelta | None = None,
+        task_retry: RetryPolicy | None = None,
+    ) -> Callable[[WorkflowFunction[InT, OutT]], WorkflowVersion[InT, OutT]]:
+        """Declare `version`: `retry` retries the whole run, `timeout` bounds it.
+
+        `task_retry` is the policy of tasks that declare none (default: no retries).
+        """
+
+        def declare(fn: WorkflowFunction[InT, OutT]) -> WorkflowVersion[InT, OutT]:
+            if version in self.versions:
+                raise ValueError(f"workflow {self.name!r} already has version {version!r}")
+            declared = WorkflowVersion(
+                fn,
+                workflow=self.name,
+                version=version,
+                retry=retry,
+                timeout=timeout,
+                task_retry=task_retry,
+            )
+            self.versions[version] = declared
+            return declared
+
+        return declare
+
+    def __repr__(self) -> str:
+        return f"<Workflow {self.name!r}>"
+
+
+def workflow(name: str) -> Workflow:
+    """A workflow called `name`; declare its versions with `.v(...)`."""
+    return Workflow(name)
