@@ -1,9 +1,10 @@
 """SQLite: one embedded file in WAL mode.
 
 One connection writes, inside an anyio lock: statements run on the event loop (they
-take microseconds), and only COMMIT, which waits for the disk, runs in a thread. A
-second connection serves reads, which WAL lets proceed beside the writer. One
-server process owns the file.
+take microseconds), and only COMMIT, which waits for the disk, runs in a thread.
+Concurrent transactions are grouped under one COMMIT (see `transaction`). A second
+connection serves reads, which WAL lets proceed beside the writer. One server
+process owns the file.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.lowlevel
 import anyio.to_thread
 
 from aiki_server._storage._database import Database, Row, Tx
@@ -56,6 +58,15 @@ class SqliteTx(Tx):
         self._conn.executemany(_to_sqlite(sql), args)
 
 
+class _Group:
+    """Transactions sharing one SQLite transaction and its COMMIT."""
+
+    def __init__(self) -> None:
+        self.committed = anyio.Event()
+        self.error: BaseException | None = None
+        self.topics: set[str] = set()
+
+
 class SqliteDatabase(Database):
     """The embedded default: a SQLite file with WAL and full fsync on commit."""
 
@@ -67,6 +78,7 @@ class SqliteDatabase(Database):
         self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         self._lock = anyio.Lock()
+        self._group: _Group | None = None
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -93,20 +105,62 @@ class SqliteDatabase(Database):
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[SqliteTx]:
-        """A write transaction; committed (durably) on exit, rolled back on error."""
+        """A write transaction, committed durably on exit, with its neighbours (group commit).
+
+        Transactions that arrive while another is open or committing join one SQLite
+        transaction, each inside its own SAVEPOINT: a failing one rolls back alone, and
+        the whole group shares one COMMIT, so concurrent writes pay for one fsync.
+        """
         assert self._writer is not None, "database is not open"
         conn = self._writer
+        await self._lock.acquire()
+        try:
+            group = self._group
+            leader = group is None
+            if group is None:
+                conn.execute("BEGIN IMMEDIATE")
+                group = self._group = _Group()
+            conn.execute("SAVEPOINT tx")
+        except BaseException:
+            self._lock.release()
+            raise
+        tx = SqliteTx(conn)
+        failure: BaseException | None = None
+        try:
+            yield tx
+        except BaseException as exc:
+            conn.execute("ROLLBACK TO tx")
+            failure = exc
+        else:
+            group.topics |= tx.topics
+        finally:
+            conn.execute("RELEASE tx")
+            self._lock.release()
+        if leader:
+            # no caller may leave a group uncommitted, even when cancelled
+            with anyio.CancelScope(shield=True):
+                await self._commit(group)
+        else:
+            await group.committed.wait()
+        if failure is not None:
+            raise failure
+        if group.error is not None:
+            raise group.error
+
+    async def _commit(self, group: _Group) -> None:
+        await anyio.lowlevel.checkpoint()  # let the transactions already waiting join this group
+        assert self._writer is not None
         async with self._lock:
-            conn.execute("BEGIN IMMEDIATE")
-            tx = SqliteTx(conn)
+            self._group = None
             try:
-                yield tx
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            # the fsync is the only slow part; keep it off the event loop
-            await anyio.to_thread.run_sync(conn.execute, "COMMIT")
-        self._deliver(tx.topics)
+                # the fsync is the only slow part; keep it off the event loop
+                await anyio.to_thread.run_sync(self._writer.execute, "COMMIT")
+            except BaseException as exc:
+                self._writer.execute("ROLLBACK")
+                group.error = exc
+        group.committed.set()
+        if group.error is None:
+            self._deliver(group.topics)
 
     @asynccontextmanager
     async def reader(self) -> AsyncIterator[SqliteTx]:
