@@ -18,41 +18,39 @@ Run it with `hatch run bench:server` (`--quick` for a smaller run, `--help` for 
 from __future__ import annotations
 
 import argparse
-import math
 import os
-import re
-import socket
 import sqlite3
 import sys
 import tempfile
 import time
 import uuid
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 import anyio.to_thread
 import asyncpg
 import httpx
+from _common import (
+    DEFAULT_PG_URL,
+    BenchError,
+    Latencies,
+    aiki_counts,
+    check_counts,
+    cpu_seconds,
+    default_pg_url,
+    fresh_schema,
+    leaves,
+    pg_unreachable,
+    server_process,
+)
 
-if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
-
-    from anyio.abc import Process
-
-DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 START_WORKFLOW = "bench-start"
 CYCLE_WORKFLOW = "bench-cycle"
 WARMUP_WORKFLOW = "bench-warmup"
-STARTUP_TIMEOUT = 30.0
 PHASE_TIMEOUT = 150.0
 REQUEST_TIMEOUT = 30.0
-
-
-class BenchError(Exception):
-    """The benchmark cannot go on: the server failed, or a raw measurement is wrong."""
 
 
 # -- options -----------------------------------------------------------------------------
@@ -84,7 +82,7 @@ def _options(argv: list[str] | None = None) -> Options:
     )
     parser.add_argument(
         "--pg-url",
-        default=os.environ.get("AIKI_TEST_POSTGRES_URL", DEFAULT_PG_URL),
+        default=default_pg_url(),
         help=f"PostgreSQL URL [AIKI_TEST_POSTGRES_URL, default {DEFAULT_PG_URL}]",
     )
     parser.add_argument("--quick", action="store_true", help="a smaller run (seconds)")
@@ -175,85 +173,7 @@ async def postgres_raw_commits(url: str, commits: int, connections: int) -> floa
         await admin.close()
 
 
-# -- the server process ------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@dataclass(frozen=True)
-class Server:
-    """A running server process."""
-
-    base_url: str
-    pid: int
-
-
-@asynccontextmanager
-async def server_process(db_url: str, log: Path) -> AsyncIterator[Server]:
-    """A live `python -m aiki_server` on `db_url`; stopped (SIGTERM, then SIGKILL) on exit."""
-    port = _free_port()
-    with log.open("ab") as log_file:
-        process = await anyio.open_process(
-            [sys.executable, "-m", "aiki_server", "--db", db_url, "--port", str(port)],
-            stdin=None,
-            stdout=log_file,
-            stderr=log_file,
-        )
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        await _wait_healthy(process, base_url, log)
-        yield Server(base_url, process.pid)
-    finally:
-        await _stop(process)
-
-
-async def _wait_healthy(process: Process, base_url: str, log: Path) -> None:
-    with anyio.fail_after(STARTUP_TIMEOUT):
-        async with httpx.AsyncClient(base_url=base_url, timeout=2.0) as client:
-            while True:
-                if process.returncode is not None:
-                    raise BenchError(f"the server exited at start:\n{_read(log)}")
-                try:
-                    if (await client.get("/health")).status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                await anyio.sleep(0.05)
-
-
-def _read(log: Path) -> str:
-    return log.read_text(errors="replace")
-
-
-async def _stop(process: Process) -> None:
-    with anyio.CancelScope(shield=True):
-        if process.returncode is None:
-            process.terminate()
-            with anyio.move_on_after(10):
-                await process.wait()
-        if process.returncode is None:
-            process.kill()
-            with anyio.move_on_after(10):
-                await process.wait()
-        await process.aclose()
-
-
 # -- measurements ------------------------------------------------------------------------
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process so far (Linux `/proc`; NaN elsewhere)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return math.nan
-    fields = stat.rsplit(")", 1)[1].split()  # fields from the 3rd on: utime is the 14th
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -265,35 +185,17 @@ class CpuMeter:
     client: float = 0.0
 
     def __enter__(self) -> CpuMeter:
-        self.server = -_cpu_seconds(self.server_pid)
+        self.server = -cpu_seconds(self.server_pid)
         self.client = -time.process_time()
         return self
 
     def __exit__(self, *_exc: object) -> None:
-        self.server += _cpu_seconds(self.server_pid)
+        self.server += cpu_seconds(self.server_pid)
         self.client += time.process_time()
 
     def per_run(self, runs: int) -> str:
         """Milliseconds of CPU per run: server / bench client."""
         return f"{self.server / runs * 1e3:.1f} / {self.client / runs * 1e3:.1f} ms"
-
-
-@dataclass
-class Latencies:
-    """Per-request latencies of one kind of request, in seconds."""
-
-    samples: list[float] = field(default_factory=list)
-
-    def percentile(self, p: float) -> float:
-        """The nearest-rank `p` quantile (0 < p <= 1)."""
-        ordered = sorted(self.samples)
-        return ordered[max(0, math.ceil(p * len(ordered)) - 1)]
-
-    def text(self) -> str:
-        """p50 / p99 in milliseconds."""
-        if not self.samples:
-            return "-"
-        return f"{self.percentile(0.5) * 1e3:.1f} / {self.percentile(0.99) * 1e3:.1f} ms"
 
 
 async def _post(
@@ -437,48 +339,6 @@ async def bench_cycle(
     return figures
 
 
-# -- checks against the database ---------------------------------------------------------
-
-_COUNTS = {
-    "runs": "SELECT count(*) FROM runs WHERE workflow = $1",
-    "completed runs": "SELECT count(*) FROM runs WHERE workflow = $1 AND status = 'completed'",
-    "completed tasks": (
-        "SELECT count(*) FROM tasks t JOIN runs r ON r.id = t.run_id"
-        " WHERE r.workflow = $1 AND t.status = 'completed'"
-    ),
-    "history rows": (
-        "SELECT count(*) FROM state_transitions s JOIN runs r ON r.id = s.run_id"
-        " WHERE r.workflow = $1"
-    ),
-}
-
-
-async def _counts(db_url: str, workflow: str) -> dict[str, int]:
-    if db_url.startswith("sqlite:///"):
-        conn = sqlite3.connect(db_url.removeprefix("sqlite:///"))
-        try:
-            return {
-                name: conn.execute(re.sub(r"\$\d+", "?", sql), (workflow,)).fetchone()[0]
-                for name, sql in _COUNTS.items()
-            }
-        finally:
-            conn.close()
-    pg = await asyncpg.connect(db_url)
-    try:
-        return {name: int(await pg.fetchval(sql, workflow)) for name, sql in _COUNTS.items()}
-    finally:
-        await pg.close()
-
-
-def _check(what: str, counts: dict[str, int], expected: dict[str, int]) -> str | None:
-    """`None` if every expected count is there, else what differs."""
-    wrong = {k: (counts[k], v) for k, v in expected.items() if counts[k] != v}
-    if not wrong:
-        return None
-    differences = (f"{k} = {got}, expected {want}" for k, (got, want) in wrong.items())
-    return f"{what}: " + ", ".join(differences)
-
-
 # -- one database ------------------------------------------------------------------------
 
 
@@ -507,9 +367,9 @@ async def bench_server(db_url: str, opts: Options, log: Path, report: Report) ->
             with CpuMeter(server.pid) as cpu:
                 starts = await bench_starts(client, opts.starts, opts.clients)
             starts.cpu = cpu
-        counts = await _counts(db_url, START_WORKFLOW)
+        counts = await aiki_counts(db_url, START_WORKFLOW)
         # a start writes its run and one history row
-        failure = _check("starts", counts, {"runs": opts.starts, "history rows": opts.starts})
+        failure = check_counts("starts", counts, {"runs": opts.starts, "history rows": opts.starts})
         if failure:
             report.failures.append(failure)
         else:
@@ -517,9 +377,9 @@ async def bench_server(db_url: str, opts: Options, log: Path, report: Report) ->
         with anyio.fail_after(PHASE_TIMEOUT), CpuMeter(server.pid) as cpu:
             cycle = await bench_cycle(client, opts.cycles, opts.workers, opts.starters)
         cycle.cpu = cpu
-        counts = await _counts(db_url, CYCLE_WORKFLOW)
+        counts = await aiki_counts(db_url, CYCLE_WORKFLOW)
         # history per run: queued, running, the task's completion, completed
-        failure = _check(
+        failure = check_counts(
             "cycle",
             counts,
             {
@@ -550,16 +410,8 @@ async def bench_postgres(opts: Options, folder: Path) -> Report:
     report = Report(
         "PostgreSQL (asyncpg)", {"raw commits/s, 1 conn": one, "raw commits/s, 8 conns": eight}
     )
-    schema = f"bench_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(opts.pg_url)
-    try:
-        await admin.execute(f"CREATE SCHEMA {schema}")
-        separator = "&" if "?" in opts.pg_url else "?"
-        db_url = f"{opts.pg_url}{separator}search_path={schema}"
+    async with fresh_schema(opts.pg_url) as db_url:
         await bench_server(db_url, opts, folder / "postgresql.log", report)
-    finally:
-        await admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-        await admin.close()
     return report
 
 
@@ -619,16 +471,6 @@ def _print_report(report: Report, opts: Options) -> None:
         print(f"  CHECK FAILED, figure withheld: {failure}")
 
 
-async def _unreachable(url: str) -> str | None:
-    """Why PostgreSQL at `url` cannot be reached, or `None` if it can."""
-    try:
-        conn = await asyncpg.connect(url, timeout=10)
-    except (OSError, asyncpg.PostgresError) as exc:
-        return str(exc) or type(exc).__name__
-    await conn.close()
-    return None
-
-
 async def _main(opts: Options) -> int:
     print(
         f"aiki-server bench: {opts.starts} starts by {opts.clients} clients;"
@@ -644,7 +486,7 @@ async def _main(opts: Options) -> int:
             if database == "sqlite":
                 report = await bench_sqlite(opts, folder)
             else:
-                problem = await _unreachable(opts.pg_url)
+                problem = await pg_unreachable(opts.pg_url)
                 if problem is not None:
                     print(f"\n== PostgreSQL at {opts.pg_url}: unreachable ({problem})")
                     failed = True
@@ -656,18 +498,12 @@ async def _main(opts: Options) -> int:
     return 1 if failed else 0
 
 
-def _leaves(error: BaseException) -> list[BaseException]:
-    if isinstance(error, BaseExceptionGroup):
-        return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
-    return [error]
-
-
 def main(argv: list[str] | None = None) -> None:
     """Run the benchmark; exit 1 if a check failed or a database was unreachable."""
     try:
         status = anyio.run(_main, _options(argv))
     except* BenchError as group:
-        for error in _leaves(group):
+        for error in leaves(group):
             print(f"\nBENCHMARK FAILED: {error}")
         status = 1
     sys.exit(status)

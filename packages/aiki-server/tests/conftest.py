@@ -1,22 +1,18 @@
 """Fixtures: the server app on a fresh SQLite file and on a fresh PostgreSQL schema.
 
-Every storage test runs against both databases (`db_url` is parametrized). The
-PostgreSQL half needs `AIKI_TEST_POSTGRES_URL`; without it those tests skip, unless
-`AIKI_REQUIRE_POSTGRES=1` (as CI sets), which turns the skip into a failure.
+Every storage test runs against both databases: the `db_url` fixture of the root
+`conftest.py` is parametrized (it also says how the PostgreSQL half is configured).
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import asyncpg
 import httpx
 import pytest
 
@@ -24,12 +20,7 @@ from aiki_server import ServerSettings, create_app
 from aiki_server._notify import TIMERS
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from fastapi import FastAPI
-
-POSTGRES_URL = os.environ.get("AIKI_TEST_POSTGRES_URL")
-REQUIRE_POSTGRES = os.environ.get("AIKI_REQUIRE_POSTGRES") == "1"
 
 
 class ManualClock:
@@ -43,25 +34,6 @@ class ManualClock:
 
     def advance(self, ms: int) -> None:
         self.now += ms
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'aiki.db'}"
-        return
-    if not POSTGRES_URL:
-        if REQUIRE_POSTGRES:
-            pytest.fail("AIKI_REQUIRE_POSTGRES=1 but AIKI_TEST_POSTGRES_URL is not set")
-        pytest.skip("AIKI_TEST_POSTGRES_URL is not set")
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(POSTGRES_URL)
-    try:
-        await admin.execute(f"CREATE SCHEMA {schema}")
-        yield f"{POSTGRES_URL}?search_path={schema}"
-    finally:
-        await admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-        await admin.close()
 
 
 @dataclass

@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-import sys
 import time
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -23,26 +20,17 @@ import httpx
 import pytest
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable
-    from pathlib import Path
+    from collections.abc import Awaitable, Callable
 
-    from anyio.abc import Process
+    from live_processes import LiveProcesses, ServerProcess
 
 pytestmark = pytest.mark.slow
 
 SENDERS = 16
 KILL_AFTER_ACKS = 150
 MAX_STARTS = 5_000  # a bound on the burst should the kill never come
-STARTUP_TIMEOUT = 30.0
 REQUEST_TIMEOUT = 10.0
 WORKFLOW = "crash-burst"
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _start_body(reference_id: str) -> dict[str, Any]:
@@ -55,57 +43,6 @@ def _start_body(reference_id: str) -> dict[str, Any]:
 
 
 @dataclass
-class Server:
-    """A server process and the base URL of its API."""
-
-    process: Process
-    base_url: str
-    log: Path
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-
-@asynccontextmanager
-async def server_process(db_url: str, log: Path) -> AsyncIterator[Server]:
-    """A live `python -m aiki_server` on `db_url`; SIGKILLed on exit if still running."""
-    port = _free_port()
-    with log.open("ab") as log_file:
-        process = await anyio.open_process(
-            [sys.executable, "-m", "aiki_server", "--db", db_url, "--port", str(port)],
-            stdin=None,
-            stdout=log_file,
-            stderr=log_file,
-        )
-    server = Server(process, f"http://127.0.0.1:{port}", log)
-    try:
-        await _wait_healthy(server)
-        yield server
-    finally:
-        if process.returncode is None:
-            process.kill()
-        with anyio.move_on_after(10, shield=True):
-            await process.wait()
-        await process.aclose()
-
-
-async def _wait_healthy(server: Server) -> None:
-    with anyio.fail_after(STARTUP_TIMEOUT):
-        async with httpx.AsyncClient(base_url=server.base_url, timeout=2.0) as client:
-            while True:
-                if server.process.returncode is not None:
-                    pytest.fail(f"server exited at start:\n{server.log_text()}")
-                try:
-                    response = await client.get("/health")
-                except httpx.TransportError:
-                    pass
-                else:
-                    if response.status_code == 200:
-                        return
-                await anyio.sleep(0.05)
-
-
-@dataclass
 class Burst:
     """What the senders saw: acknowledged starts, and starts with no answer."""
 
@@ -115,7 +52,7 @@ class Burst:
     killed_at: float | None = None
 
 
-async def _burst(server: Server) -> Burst:
+async def _burst(server: ServerProcess) -> Burst:
     """Concurrent starts until the process is SIGKILLed after KILL_AFTER_ACKS acks."""
     burst = Burst()
     limits = httpx.Limits(max_connections=SENDERS, max_keepalive_connections=SENDERS)
@@ -186,57 +123,54 @@ async def _for_each(items: list[str], check: Callable[[str], Awaitable[None]]) -
 
 
 async def test_sigkill_during_start_burst_loses_no_acknowledged_start(
-    db_url: str, tmp_path: Path
+    db_url: str, processes: LiveProcesses
 ) -> None:
-    log = tmp_path / "server.log"
-
-    async with server_process(db_url, log) as first:
-        burst = await _burst(first)
-        with anyio.fail_after(10):
-            returncode = await first.process.wait()
+    first = await processes.start_server(db_url)
+    burst = await _burst(first)
+    returncode = await first.wait(timeout=10)
     assert burst.killed_at is not None, "the burst ended before the kill"
     assert returncode == -signal.SIGKILL, first.log_text()
     assert len(burst.acked) >= KILL_AFTER_ACKS
     # the kill landed mid-burst: requests were in flight and went unanswered
     assert burst.unanswered, "no start was in flight at the kill"
 
-    async with server_process(db_url, log) as second:
-        async with httpx.AsyncClient(base_url=second.base_url, timeout=REQUEST_TIMEOUT) as client:
-            with anyio.fail_after(60):
-                runs = await _all_runs(client)
-                by_reference = {run["reference_id"]: run["id"] for run in runs}
-                assert len(by_reference) == len(runs), "a reference id started two runs"
-                missing = {
-                    ref: run_id
-                    for ref, run_id in burst.acked.items()
-                    if by_reference.get(ref) != run_id
-                }
-                assert not missing, f"acknowledged starts lost by the crash: {missing}"
-                # nothing appeared that was never sent
-                sent = set(burst.acked) | set(burst.unanswered)
-                assert set(by_reference) <= sent
+    second = await processes.start_server(db_url)
+    async with httpx.AsyncClient(base_url=second.base_url, timeout=REQUEST_TIMEOUT) as client:
+        with anyio.fail_after(60):
+            runs = await _all_runs(client)
+            by_reference = {run["reference_id"]: run["id"] for run in runs}
+            assert len(by_reference) == len(runs), "a reference id started two runs"
+            missing = {
+                ref: run_id
+                for ref, run_id in burst.acked.items()
+                if by_reference.get(ref) != run_id
+            }
+            assert not missing, f"acknowledged starts lost by the crash: {missing}"
+            # nothing appeared that was never sent
+            sent = set(burst.acked) | set(burst.unanswered)
+            assert set(by_reference) <= sent
 
-                async def check_detail(reference_id: str) -> None:
-                    run_id = burst.acked[reference_id]
-                    response = await client.get(f"/api/v1/runs/{run_id}")
-                    assert response.status_code == 200, response.text
-                    detail = response.json()
-                    assert detail["id"] == run_id
-                    assert detail["reference_id"] == reference_id
-                    assert detail["status"] == "queued"
-                    assert detail["input"] == _start_body(reference_id)["input"]
-                    # the start's history row was committed with it
-                    assert [h["to_status"] for h in detail["history"]] == ["queued"], detail
+            async def check_detail(reference_id: str) -> None:
+                run_id = burst.acked[reference_id]
+                response = await client.get(f"/api/v1/runs/{run_id}")
+                assert response.status_code == 200, response.text
+                detail = response.json()
+                assert detail["id"] == run_id
+                assert detail["reference_id"] == reference_id
+                assert detail["status"] == "queued"
+                assert detail["input"] == _start_body(reference_id)["input"]
+                # the start's history row was committed with it
+                assert [h["to_status"] for h in detail["history"]] == ["queued"], detail
 
-                async def check_idempotent(reference_id: str) -> None:
-                    response = await client.post("/api/v1/runs", json=_start_body(reference_id))
-                    assert response.status_code == 200, response.text
-                    body = response.json()
-                    assert body["created"] is False, body
-                    assert body["run"]["id"] == burst.acked[reference_id], body
+            async def check_idempotent(reference_id: str) -> None:
+                response = await client.post("/api/v1/runs", json=_start_body(reference_id))
+                assert response.status_code == 200, response.text
+                body = response.json()
+                assert body["created"] is False, body
+                assert body["run"]["id"] == burst.acked[reference_id], body
 
-                await _for_each(list(burst.acked), check_detail)
-                await _for_each(list(burst.acked), check_idempotent)
-                # a start that was in flight at the kill is either there or not, never twice
-                runs_after = await _all_runs(client)
-                assert len(runs_after) == len(runs)
+            await _for_each(list(burst.acked), check_detail)
+            await _for_each(list(burst.acked), check_idempotent)
+            # a start that was in flight at the kill is either there or not, never twice
+            runs_after = await _all_runs(client)
+            assert len(runs_after) == len(runs)

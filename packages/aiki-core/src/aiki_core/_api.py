@@ -278,6 +278,9 @@ class RecordTaskRequest(RequestModel):
     retry_at: AwareDatetime | None = None
     retry: RetryPolicy | None = None
     worker_id: WorkerId | None = None
+    started_at: AwareDatetime | None = Field(
+        default=None, description="When the attempt began (default: when it is recorded)."
+    )
 
     @model_validator(mode="after")
     def _fields_match_status(self) -> Self:

@@ -8,7 +8,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import anyio
-from fastapi import APIRouter, FastAPI, Query
+from fastapi import APIRouter, FastAPI, Query, Request
 from starlette.responses import Response
 
 from aiki_core import (
@@ -177,9 +177,9 @@ def _api_router(orch: Orchestrator) -> APIRouter:
         return _json(await write(lambda: orch.send_event(ns, run_id, body)))
 
     @router.post("/claims", response_model=ClaimResponse, tags=["workers"])
-    async def claim(body: ClaimRequest) -> Response:
+    async def claim(body: ClaimRequest, request: Request) -> Response:
         """Long-poll for runs of the declared (workflow, version, pool) triples."""
-        runs = await write(lambda: orch.claim(ns, body))
+        runs = await write(lambda: orch.claim(ns, body, gone=request.is_disconnected))
         return _json(ClaimResponse(runs=runs))
 
     @router.post("/heartbeats", response_model=HeartbeatResponse, tags=["workers"])

@@ -82,7 +82,7 @@ from aiki_server._rows import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Awaitable, Callable, Sequence
 
     from aiki_server._storage._database import Database, Row, Tx
 
@@ -430,13 +430,24 @@ class Orchestrator:
 
     # -- worker operations ---------------------------------------------------------------
 
-    async def claim(self, namespace: str, req: ClaimRequest) -> list[ClaimedRun]:
-        """Long-poll for up to `max_runs` queued runs of the declared triples."""
+    async def claim(
+        self,
+        namespace: str,
+        req: ClaimRequest,
+        gone: Callable[[], Awaitable[bool]] | None = None,
+    ) -> list[ClaimedRun]:
+        """Long-poll for up to `max_runs` queued runs of the declared triples.
+
+        `gone()` says whether the worker hung up: then the poll ends without claiming,
+        for a run handed to a dead worker would wait for its claim to go idle again.
+        """
         deadline = self.clock() + to_millis(req.wait)
         capabilities = sorted({(c.workflow, c.version, c.pool) for c in req.capabilities})
         first = True
         while True:
             subscription = self.hub.subscribe(QUEUE)
+            if gone is not None and await gone():
+                return []
             claimed = await self._claim_once(
                 namespace, req.worker_id, capabilities, req.max_runs, register=first
             )
@@ -605,6 +616,7 @@ class Orchestrator:
                     finished,
                 )
             attempt_finished = None if req.status is TaskStatus.RUNNING else now
+            attempt_started = now if req.started_at is None else min(to_ms(req.started_at), now)
             await tx.execute(
                 "INSERT INTO task_attempts"
                 " (task_id, attempt, status, started_at, finished_at, error)"
@@ -614,7 +626,7 @@ class Orchestrator:
                 task_id,
                 req.attempt,
                 req.status.value,
-                now,
+                attempt_started,
                 attempt_finished,
                 error_json,
             )

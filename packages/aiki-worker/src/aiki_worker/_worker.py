@@ -33,6 +33,7 @@ from aiki_core import (
     HeartbeatRequest,
     ReleaseRun,
     RunDirective,
+    RunInterrupt,
     RunLease,
     ServerError,
     TransitionRunRequest,
@@ -196,9 +197,12 @@ class Worker:
     async def _heartbeats(self) -> None:
         while True:
             await anyio.sleep(self.heartbeat_interval.total_seconds())
+            # the answer is about these claims: by the time it comes, a run may have been
+            # let go and claimed again, and the new claim must not get the old one's answer
+            leased = dict(self._held)
             leases = [
                 RunLease(run_id=h.claim.run.id, revision=h.claim.run.revision)
-                for h in self._held.values()
+                for h in leased.values()
             ]
             try:
                 answer = await self.client.heartbeat(
@@ -208,8 +212,10 @@ class Worker:
                 self.log.warn("heartbeat failed", {"error": str(exc)})
                 continue
             for status in answer.runs:
-                held = self._held.get(status.run_id)
-                if held is not None and status.directive is not RunDirective.CONTINUE:
+                held = leased.get(status.run_id)
+                if held is None or self._held.get(status.run_id) is not held:
+                    continue
+                if status.directive is not RunDirective.CONTINUE:
                     held.directive = status.directive
                     held.scope.cancel()
 
@@ -241,6 +247,9 @@ class Worker:
                 action = await version.execute(execution)
         except ConflictError as exc:
             log.warn("claim lost; stopping the run", {"error": exc.message})
+        except RunInterrupt as exc:  # the run could not be written (server gone, claim lost)
+            log.warn("run abandoned; releasing it", {"error": str(exc)})
+            action = ReleaseRun()
         except Exception as exc:  # a bug outside user code: fail the run, keep the worker
             log.error("run crashed the engine", {"error": repr(exc)})
             action = FailRun(error=ErrorInfo.from_exception(exc))
@@ -252,7 +261,8 @@ class Worker:
                 await self._send(held, action)
                 log.debug("run reported", {"action": action.kind})
         finally:
-            self._held.pop(run.id, None)
+            if self._held.get(run.id) is held:  # not a newer claim of the same run
+                del self._held[run.id]
             self._slot_freed.set()
 
     async def _send(self, held: _Held, action: RunAction) -> None:

@@ -1,4 +1,4 @@
-"""Control flow of a run: suspending it. Not errors, so not `Exception`s."""
+"""Control flow of a run: suspending or abandoning it. Not errors, so not `Exception`s."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from aiki_core import RunInterrupt
 
 if TYPE_CHECKING:
-    from aiki_core import RunWait
+    from aiki_core import AikiError, RunWait
 
 
 class Suspend(RunInterrupt):
@@ -16,3 +16,15 @@ class Suspend(RunInterrupt):
     def __init__(self, waits: list[RunWait]) -> None:
         super().__init__(f"suspended on {len(waits)} wait(s)")
         self.waits = waits
+
+
+class Abandon(RunInterrupt):
+    """Unwinds the workflow because the run cannot be written; the worker lets it go.
+
+    The server is out of reach, or the claim was lost (`cause`): not a failure of the
+    workflow. The run is replayed from what was recorded, by this worker or another.
+    """
+
+    def __init__(self, cause: AikiError) -> None:
+        super().__init__(f"run abandoned: {cause.message}")
+        self.cause = cause

@@ -23,16 +23,18 @@ import anyio
 from aiki_core import (
     AwaitRetry,
     CodecContext,
+    ConflictError,
     ErrorInfo,
     RecordTaskRequest,
     RetryPolicy,
     RunInterrupt,
+    ServerError,
     TaskAttemptInfo,
     TaskFailedError,
     TaskStatus,
     task_address,
 )
-from aiki_workflow._interrupts import Suspend
+from aiki_workflow._interrupts import Abandon, Suspend
 
 if TYPE_CHECKING:
     from pydantic import JsonValue
@@ -128,6 +130,7 @@ class WorkflowRun:
                 attempt=attempt,
                 log=self.log.child({"task": invocation.name, "attempt": attempt}),
             )
+            started_at = _now()
             try:
                 result = await invocation.run_attempt(info)
             except (RunInterrupt, anyio.get_cancelled_exc_class()):
@@ -136,11 +139,18 @@ class WorkflowRun:
                 error = ErrorInfo.from_exception(exc)
                 delay = policy.delay_after(attempt) if error.retryable else None
                 if delay is None:
-                    await self._record(call, attempt, TaskStatus.FAILED, error=error)
+                    await self._record(
+                        call, attempt, TaskStatus.FAILED, started_at=started_at, error=error
+                    )
                     raise TaskFailedError(self.id, invocation.name, error) from exc
                 retry_at = _now() + delay
                 await self._record(
-                    call, attempt, TaskStatus.AWAITING_RETRY, error=error, retry_at=retry_at
+                    call,
+                    attempt,
+                    TaskStatus.AWAITING_RETRY,
+                    started_at=started_at,
+                    error=error,
+                    retry_at=retry_at,
                 )
                 self.log.warn(
                     "task attempt failed; retrying",
@@ -152,20 +162,26 @@ class WorkflowRun:
                 attempt += 1
                 continue
             encoded = codec.encode(result, self._codec_context(address, occurrence, "result"))
-            await self._record(call, attempt, TaskStatus.COMPLETED, result=encoded)
+            await self._record(
+                call, attempt, TaskStatus.COMPLETED, started_at=started_at, result=encoded
+            )
             return result
 
     async def _record(self, call: _Call, attempt: int, status: TaskStatus, **fields: Any) -> None:
-        await self._execution.record_task(
-            RecordTaskRequest(
-                revision=self._execution.claim.run.revision,
-                name=call.invocation.name,
-                address=call.address,
-                occurrence=call.occurrence,
-                attempt=attempt,
-                status=status,
-                input=call.encoded_input,
-                retry=call.invocation.retry,
-                **fields,
-            )
+        request = RecordTaskRequest(
+            revision=self._execution.claim.run.revision,
+            name=call.invocation.name,
+            address=call.address,
+            occurrence=call.occurrence,
+            attempt=attempt,
+            status=status,
+            input=call.encoded_input,
+            retry=call.invocation.retry,
+            **fields,
         )
+        try:
+            await self._execution.record_task(request)
+        except (ServerError, ConflictError) as exc:
+            # the server is gone or the claim was lost: no failure of the workflow's, and
+            # not for its `except Exception` to see
+            raise Abandon(exc) from exc

@@ -1,0 +1,230 @@
+"""What the benchmarks under `bench/` share: processes, percentiles, PostgreSQL, row counts.
+
+The scripts run as `python bench/<script>.py`, so this folder is on `sys.path` and they
+import this module as `_common`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import socket
+import sqlite3
+import sys
+import uuid
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import anyio
+import asyncpg
+import httpx
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Sequence
+    from pathlib import Path
+
+    from anyio.abc import Process
+
+DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
+STARTUP_TIMEOUT = 30.0
+
+
+class BenchError(Exception):
+    """The benchmark cannot go on: a process failed, or a measurement is wrong."""
+
+
+def default_pg_url() -> str:
+    """`AIKI_TEST_POSTGRES_URL`, else the test database on localhost."""
+    return os.environ.get("AIKI_TEST_POSTGRES_URL", DEFAULT_PG_URL)
+
+
+# -- processes ---------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A TCP port on the loopback interface that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass(frozen=True)
+class Server:
+    """A running server process."""
+
+    base_url: str
+    pid: int
+
+
+@asynccontextmanager
+async def server_process(db_url: str, log: Path) -> AsyncIterator[Server]:
+    """A live `python -m aiki_server` on `db_url`; stopped (SIGTERM, then SIGKILL) on exit."""
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "aiki_server", "--db", db_url, "--port", str(port)]
+    async with logged_process(command, log) as process:
+        await _wait_healthy(process, base_url, log)
+        yield Server(base_url, process.pid)
+
+
+@asynccontextmanager
+async def logged_process(command: Sequence[str], log: Path) -> AsyncIterator[Process]:
+    """A child process writing stdout and stderr to `log`; stopped on exit."""
+    with log.open("ab") as log_file:
+        process = await anyio.open_process(
+            list(command), stdin=None, stdout=log_file, stderr=log_file
+        )
+    try:
+        yield process
+    finally:
+        await stop_process(process)
+
+
+async def _wait_healthy(process: Process, base_url: str, log: Path) -> None:
+    with anyio.fail_after(STARTUP_TIMEOUT):
+        async with httpx.AsyncClient(base_url=base_url, timeout=2.0) as client:
+            while True:
+                if process.returncode is not None:
+                    raise BenchError(f"the server exited at start:\n{read_log(log)}")
+                try:
+                    if (await client.get("/health")).status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                await anyio.sleep(0.05)
+
+
+def read_log(log: Path, tail: int | None = None) -> str:
+    """The text of a process's log; only its last `tail` characters if given."""
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return ""
+    return text if tail is None else text[-tail:]
+
+
+async def stop_process(process: Process) -> None:
+    """SIGTERM, up to 10 s to exit, then SIGKILL."""
+    with anyio.CancelScope(shield=True):
+        if process.returncode is None:
+            process.terminate()
+            with anyio.move_on_after(10):
+                await process.wait()
+        if process.returncode is None:
+            process.kill()
+            with anyio.move_on_after(10):
+                await process.wait()
+        await process.aclose()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux `/proc`; NaN elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat_file:
+            stat = stat_file.read()
+    except OSError:
+        return math.nan
+    fields = stat.rsplit(")", 1)[1].split()  # fields from the 3rd on: utime is the 14th
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# -- figures -----------------------------------------------------------------------------
+
+
+@dataclass
+class Latencies:
+    """Latencies of one kind of operation, in seconds."""
+
+    samples: list[float] = field(default_factory=list)
+
+    def percentile(self, p: float) -> float:
+        """The nearest-rank `p` quantile (0 < p <= 1)."""
+        ordered = sorted(self.samples)
+        return ordered[max(0, math.ceil(p * len(ordered)) - 1)]
+
+    def text(self) -> str:
+        """p50 / p99 in milliseconds."""
+        if not self.samples:
+            return "-"
+        return f"{self.percentile(0.5) * 1e3:.1f} / {self.percentile(0.99) * 1e3:.1f} ms"
+
+
+# -- PostgreSQL --------------------------------------------------------------------------
+
+
+async def pg_unreachable(url: str) -> str | None:
+    """Why PostgreSQL at `url` cannot be reached, or `None` if it can."""
+    try:
+        conn = await asyncpg.connect(url, timeout=10)
+    except (OSError, asyncpg.PostgresError) as exc:
+        return str(exc) or type(exc).__name__
+    await conn.close()
+    return None
+
+
+@asynccontextmanager
+async def fresh_schema(pg_url: str, prefix: str = "bench") -> AsyncIterator[str]:
+    """`pg_url` with `search_path` set to a new schema, dropped (with its tables) on exit."""
+    schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(pg_url)
+    try:
+        await admin.execute(f"CREATE SCHEMA {schema}")
+        separator = "&" if "?" in pg_url else "?"
+        yield f"{pg_url}{separator}search_path={schema}"
+    finally:
+        with anyio.CancelScope(shield=True):
+            await admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+            await admin.close()
+
+
+# -- counting what the server wrote ------------------------------------------------------
+
+_COUNTS = {
+    "runs": "SELECT count(*) FROM runs WHERE workflow = $1",
+    "completed runs": "SELECT count(*) FROM runs WHERE workflow = $1 AND status = 'completed'",
+    "completed tasks": (
+        "SELECT count(*) FROM tasks t JOIN runs r ON r.id = t.run_id"
+        " WHERE r.workflow = $1 AND t.status = 'completed'"
+    ),
+    "history rows": (
+        "SELECT count(*) FROM state_transitions s JOIN runs r ON r.id = s.run_id"
+        " WHERE r.workflow = $1"
+    ),
+}
+
+
+async def aiki_counts(db_url: str, workflow: str) -> dict[str, int]:
+    """Runs, completed runs, completed tasks and history rows of `workflow` in Aiki's tables."""
+    if db_url.startswith("sqlite:///"):
+        conn = sqlite3.connect(db_url.removeprefix("sqlite:///"))
+        try:
+            return {
+                name: conn.execute(re.sub(r"\$\d+", "?", sql), (workflow,)).fetchone()[0]
+                for name, sql in _COUNTS.items()
+            }
+        finally:
+            conn.close()
+    pg = await asyncpg.connect(db_url)
+    try:
+        return {name: int(await pg.fetchval(sql, workflow)) for name, sql in _COUNTS.items()}
+    finally:
+        await pg.close()
+
+
+def check_counts(what: str, counts: dict[str, int], expected: dict[str, int]) -> str | None:
+    """`None` if every expected count is there, else what differs."""
+    wrong = {k: (counts[k], v) for k, v in expected.items() if counts[k] != v}
+    if not wrong:
+        return None
+    differences = (f"{k} = {got}, expected {want}" for k, (got, want) in wrong.items())
+    return f"{what}: " + ", ".join(differences)
+
+
+def leaves(error: BaseException) -> list[BaseException]:
+    """The exceptions inside (nested) exception groups."""
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in leaves(inner)]
+    return [error]

@@ -1,0 +1,76 @@
+"""Fixtures of every test folder of the monorepo (pytest applies a rootdir conftest to all).
+
+- `db_url`: a fresh database, once SQLite and once PostgreSQL (the fixture is
+  parametrized, so a test that takes it runs on both). The PostgreSQL half needs
+  `AIKI_TEST_POSTGRES_URL`; without it those tests skip, unless
+  `AIKI_REQUIRE_POSTGRES=1` (as CI sets), which turns the skip into a failure.
+- `processes`: starts real processes for a test (`python -m aiki_server` on a free
+  port, a worker program, ...) and SIGKILLs whatever still runs when the test ends.
+  The classes live in `tests/live_processes.py`, so tests can annotate with them.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from typing import TYPE_CHECKING
+
+import asyncpg
+import pytest
+
+from live_processes import LiveProcesses
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from pathlib import Path
+
+POSTGRES_URL = os.environ.get("AIKI_TEST_POSTGRES_URL")
+REQUIRE_POSTGRES = os.environ.get("AIKI_REQUIRE_POSTGRES") == "1"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A URL of an empty database: a SQLite file, or a fresh PostgreSQL schema.
+
+    The PostgreSQL URL selects the schema with `?search_path=`; the schema is
+    dropped when the test ends.
+    """
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'aiki.db'}"
+        return
+    if not POSTGRES_URL:
+        if REQUIRE_POSTGRES:
+            pytest.fail("AIKI_REQUIRE_POSTGRES=1 but AIKI_TEST_POSTGRES_URL is not set")
+        pytest.skip("AIKI_TEST_POSTGRES_URL is not set")
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(POSTGRES_URL)
+    try:
+        await admin.execute(f"CREATE SCHEMA {schema}")
+        yield f"{POSTGRES_URL}?search_path={schema}"
+    finally:
+        await admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        await admin.close()
+
+
+@pytest.fixture
+async def processes(tmp_path: Path) -> AsyncIterator[LiveProcesses]:
+    """Real processes for this test; SIGKILLed and reaped when it ends.
+
+        server = await processes.start_server(db_url, "--claim-idle-timeout", "2")
+        server.kill(); await server.wait()
+        again = await processes.start_server(db_url, port=server.port)
+        worker = await processes.spawn("worker", [sys.executable, "app.py", ...])
+
+    `start_server` returns once `/health` answers. Each process logs to its own file
+    under the test's `tmp_path`; the logs are printed at the end, so a failed test
+    shows them.
+    """
+    log_dir = tmp_path / "logs"
+    log_dir.mkdir()
+    group = LiveProcesses(log_dir)
+    try:
+        yield group
+    finally:
+        await group.aclose()
+        if group.started:
+            print(group.logs())  # noqa: T201 - pytest shows it for a failed test

@@ -1,0 +1,241 @@
+"""The application of the end-to-end tests, written as a user of Aiki would write it.
+
+Its workflows and tasks are imported by the tests (to start runs, typed) and run by
+real worker processes:
+
+    python tests/e2e_app.py --url http://127.0.0.1:PORT --counters DIR \\
+        [--heartbeat-ms N] [--task-delay-ms N] [--max-backoff-ms N]
+
+Every execution of a task's body appends one line (`<pid> <time>`) to a counter
+file of its own in DIR, `<name>.count`, and syncs it to disk: the tests count how
+often each body ran, across processes and crashes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import anyio
+from pydantic import BaseModel
+
+from aiki_client import Client
+from aiki_core import ConsoleLogger, ExecutableVersion, LogLevel, RetryPolicy
+from aiki_task import TaskContext, task
+from aiki_worker import Worker
+from aiki_workflow import WorkflowRun, workflow
+
+FLAKY_FAILURES = 2
+"""The flaky task fails this many times, then succeeds."""
+SLOW_TASK_TIMEOUT = timedelta(milliseconds=300)
+"""The timeout of the slow task, which sleeps far longer."""
+
+
+@dataclass
+class Settings:
+    """What the worker process was started with."""
+
+    counters: Path | None = None
+    task_delay: float = 0.0
+
+
+SETTINGS = Settings()
+
+
+def count(name: str) -> int:
+    """Append a line to the counter file of `name`, durably; how many lines it now has."""
+    if SETTINGS.counters is None:
+        raise RuntimeError("no counter directory: run tasks through `main()`")
+    path = SETTINGS.counters / f"{name}.count"
+    with path.open("a") as file:
+        file.write(f"{os.getpid()} {time.time():.6f}\n")
+        file.flush()
+        os.fsync(file.fileno())
+    return len(path.read_text().splitlines())
+
+
+# -- one task returning a value -----------------------------------------------------------
+
+
+class Greeting(BaseModel):
+    """Whom to greet, and how often."""
+
+    name: str
+    times: int = 1
+
+
+class Greeted(BaseModel):
+    """What the greeting workflow returns."""
+
+    message: str
+    run_id: str
+
+
+@task("greet")
+async def greet(greeting: Greeting) -> str:
+    """Say hello."""
+    count(f"greet-{greeting.name}")
+    return " ".join([f"hello {greeting.name}!"] * greeting.times)
+
+
+hello = workflow("e2e-hello")
+
+
+@hello.v("1.0.0")
+async def hello_v1(run: WorkflowRun, greeting: Greeting) -> Greeted:
+    """Greet once, through a task."""
+    message = await greet.start(run, greeting)
+    return Greeted(message=message, run_id=run.id)
+
+
+# -- a task that fails twice, then succeeds ----------------------------------------------
+
+
+class Job(BaseModel):
+    """A unit of work, named so its counter file is its own."""
+
+    key: str
+
+
+@task("flaky", retry=RetryPolicy.fixed(max_attempts=5, delay=timedelta(milliseconds=100)))
+async def flaky(job: Job, ctx: TaskContext) -> str:
+    """Fail with a connection error on the first two attempts."""
+    runs = count(f"flaky-{job.key}")
+    if runs <= FLAKY_FAILURES:
+        raise ConnectionError(f"the service of {job.key} is down (call {runs})")
+    return f"{job.key} done on attempt {ctx.attempt}"
+
+
+flaky_workflow = workflow("e2e-flaky")
+
+
+@flaky_workflow.v("1.0.0")
+async def flaky_v1(run: WorkflowRun, job: Job) -> str:
+    """Run the flaky task until it succeeds."""
+    return await flaky.start(run, job)
+
+
+# -- a task that runs past its timeout ---------------------------------------------------
+
+
+@task("slow", timeout=SLOW_TASK_TIMEOUT)
+async def slow(job: Job) -> str:
+    """Sleep much longer than the task's timeout allows."""
+    count(f"slow-{job.key}")
+    await anyio.sleep(30)
+    return "too late"
+
+
+timeout_workflow = workflow("e2e-timeout")
+
+
+@timeout_workflow.v("1.0.0")
+async def timeout_v1(run: WorkflowRun, job: Job) -> str:
+    """Run the slow task (without retries: a timeout fails the run)."""
+    return await slow.start(run, job)
+
+
+# -- a workflow that raises --------------------------------------------------------------
+
+
+class Lookup(BaseModel):
+    """A product to price."""
+
+    sku: str
+
+
+PRICES = {"apple": 3, "pear": 4}
+
+failing_workflow = workflow("e2e-failing")
+
+
+@failing_workflow.v("1.0.0")
+async def failing_v1(run: WorkflowRun, lookup: Lookup) -> int:
+    """Price a product; an unknown one is a `ValueError` caused by a `KeyError`."""
+    if lookup.sku not in PRICES:
+        raise ValueError(f"no price for {lookup.sku!r}") from KeyError(lookup.sku)
+    return PRICES[lookup.sku]
+
+
+# -- twenty tasks in a row ---------------------------------------------------------------
+
+
+class Batch(BaseModel):
+    """How many steps to run."""
+
+    size: int = 20
+
+
+class Step(BaseModel):
+    """Step `index` of `of`."""
+
+    index: int
+    of: int
+
+
+def step_counter(index: int) -> str:
+    """The counter name of step `index`."""
+    return f"step-{index:02d}"
+
+
+@task("step")
+async def step(item: Step) -> int:
+    """One step: takes --task-delay-ms, returns the square of its index."""
+    count(step_counter(item.index))
+    await anyio.sleep(SETTINGS.task_delay)
+    return item.index * item.index
+
+
+twenty = workflow("e2e-twenty")
+
+
+@twenty.v("1.0.0")
+async def twenty_v1(run: WorkflowRun, batch: Batch) -> list[int]:
+    """Run `batch.size` steps one after the other, each a distinct task call."""
+    return [await step.start(run, Step(index=i, of=batch.size)) for i in range(1, batch.size + 1)]
+
+
+VERSIONS: list[ExecutableVersion] = [hello_v1, flaky_v1, timeout_v1, failing_v1, twenty_v1]
+
+
+# -- the worker process ------------------------------------------------------------------
+
+
+async def serve(url: str, heartbeat: timedelta, max_backoff: timedelta) -> None:
+    """Run a worker for every version until SIGINT or SIGTERM."""
+    async with Client(url, logger=ConsoleLogger(LogLevel.INFO)) as client:
+        worker = Worker(
+            client,
+            VERSIONS,
+            max_concurrent_runs=4,
+            heartbeat_interval=heartbeat,
+            max_backoff=max_backoff,
+        )
+        await worker.run()
+
+
+def main() -> None:
+    """Parse the command line and run the worker."""
+    parser = argparse.ArgumentParser(description="A worker of the end-to-end tests.")
+    parser.add_argument("--url", required=True, help="the server, http://127.0.0.1:PORT")
+    parser.add_argument("--counters", required=True, type=Path, help="counter files go here")
+    parser.add_argument("--heartbeat-ms", type=int, default=1000)
+    parser.add_argument("--task-delay-ms", type=int, default=0, help="each step sleeps this long")
+    parser.add_argument("--max-backoff-ms", type=int, default=500)
+    args = parser.parse_args()
+    SETTINGS.counters = args.counters
+    SETTINGS.task_delay = args.task_delay_ms / 1000
+    anyio.run(
+        serve,
+        args.url,
+        timedelta(milliseconds=args.heartbeat_ms),
+        timedelta(milliseconds=args.max_backoff_ms),
+    )
+
+
+if __name__ == "__main__":
+    main()

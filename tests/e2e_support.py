@@ -1,0 +1,154 @@
+"""What the end-to-end tests share: worker processes of `e2e_app.py`, and its counters."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import anyio
+
+from aiki_core import ConsoleLogger, LogLevel, TaskStatus
+from aiki_server._notify import WakeHub
+from aiki_server._storage._open import open_database
+from e2e_app import step_counter
+
+if TYPE_CHECKING:
+    from aiki_core import RunDetail, RunId
+    from live_processes import LiveProcess, LiveProcesses
+
+E2E_APP = Path(__file__).with_name("e2e_app.py")
+
+QUIET = ConsoleLogger(LogLevel.WARN)
+"""The logger of the tests' own clients."""
+
+
+@dataclass(frozen=True)
+class Execution:
+    """One line of a counter file: which process ran the task body, and when."""
+
+    pid: int
+    at: float
+
+
+@dataclass(frozen=True)
+class Counters:
+    """The counter files the worker processes write: one line per task body executed."""
+
+    directory: Path
+
+    def executions(self, name: str) -> list[Execution]:
+        """Every execution of the body counted as `name`, oldest first."""
+        path = self.directory / f"{name}.count"
+        if not path.exists():
+            return []
+        out = []
+        for line in path.read_text().splitlines():
+            pid, at = line.split()
+            out.append(Execution(int(pid), float(at)))
+        return out
+
+    def count(self, name: str) -> int:
+        """How often the body counted as `name` ran."""
+        return len(self.executions(name))
+
+    def counts(self, prefix: str = "") -> dict[str, int]:
+        """Name -> executions, for every counter whose name starts with `prefix`."""
+        return {
+            path.name.removesuffix(".count"): len(path.read_text().splitlines())
+            for path in sorted(self.directory.glob(f"{prefix}*.count"))
+        }
+
+    async def wait_for_total(self, prefix: str, total: int, *, timeout: float) -> None:
+        """Wait until the counters starting with `prefix` hold `total` lines together."""
+        with anyio.fail_after(timeout):
+            while sum(self.counts(prefix).values()) < total:  # noqa: ASYNC110 - files, no event
+                await anyio.sleep(0.005)
+
+
+async def start_worker(
+    processes: LiveProcesses,
+    server_url: str,
+    counters: Counters,
+    *,
+    heartbeat_ms: int = 1000,
+    task_delay_ms: int = 0,
+    max_backoff_ms: int = 200,
+) -> LiveProcess:
+    """A worker process running every version of `e2e_app.py` against `server_url`.
+
+    It need not wait for the server: until the server answers, it backs off for up
+    to `max_backoff_ms` between tries.
+    """
+    counters.directory.mkdir(parents=True, exist_ok=True)
+    return await processes.spawn(
+        "worker",
+        [
+            sys.executable,
+            str(E2E_APP),
+            "--url",
+            server_url,
+            "--counters",
+            str(counters.directory),
+            "--heartbeat-ms",
+            str(heartbeat_ms),
+            "--task-delay-ms",
+            str(task_delay_ms),
+            "--max-backoff-ms",
+            str(max_backoff_ms),
+        ],
+    )
+
+
+def completed_steps(detail: RunDetail) -> set[str]:
+    """The step counters of the twenty-step run whose task is recorded as completed."""
+    return {
+        step_counter(_index(task.input))
+        for task in detail.tasks
+        if task.name == "step" and task.status is TaskStatus.COMPLETED
+    }
+
+
+async def completed_steps_in_database(db_url: str, run_id: RunId) -> set[str]:
+    """`completed_steps`, read from the database itself (while no server runs)."""
+    db = open_database(db_url, WakeHub())
+    await db.open()
+    try:
+        async with db.reader() as tx:
+            rows = await tx.fetch(
+                "SELECT input FROM tasks WHERE run_id = $1 AND name = 'step' AND status = $2",
+                run_id,
+                TaskStatus.COMPLETED.value,
+            )
+    finally:
+        await db.close()
+    return {step_counter(_index(json.loads(row["input"]))) for row in rows}
+
+
+def _index(step_input: object) -> int:
+    assert isinstance(step_input, dict), step_input
+    index = step_input["index"]
+    assert isinstance(index, int), step_input
+    return index
+
+
+def check_exactly_once(
+    final: dict[str, int], steps: int, completed_at_crash: set[str], started_at_crash: set[str]
+) -> None:
+    """The promise of a crash: recorded work never runs again; at most the one in flight does.
+
+    `final` maps each step counter to its executions once the run completed; the
+    sets say which steps were recorded as completed, and which had started, at the
+    crash.
+    """
+    everything = {step_counter(i) for i in range(1, steps + 1)}
+    assert set(final) == everything, f"steps that never ran: {everything - set(final)}"
+    ran_again = {name for name in completed_at_crash if final[name] != 1}
+    assert not ran_again, f"steps recorded before the crash ran again: {final}"
+    in_flight = started_at_crash - completed_at_crash
+    assert len(in_flight) <= 1, f"more than one step in flight at the crash: {in_flight}"
+    twice = {name for name, n in final.items() if n == 2}
+    assert twice <= in_flight, f"only the step in flight may run twice: {twice}, {final}"
+    assert max(final.values()) <= 2, final

@@ -1,0 +1,50 @@
+"""Misuses of the public API that mypy must reject; each marked line is one error.
+
+This file is not part of the type-checked tree: tests/test_typing.py runs mypy on
+it and checks that exactly the lines with an error comment are reported.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel
+
+from aiki_task import TaskContext, task
+from aiki_workflow import WorkflowRun, workflow
+
+if TYPE_CHECKING:
+    from aiki_client import Client
+
+
+class Order(BaseModel):
+    order_id: str
+
+
+class Receipt(BaseModel):
+    txn: str
+
+
+@task("charge")
+async def charge(order: Order, ctx: TaskContext) -> str:
+    return order.order_id
+
+
+orders = workflow("orders")
+
+
+@orders.v("1")
+async def orders_v1(run: WorkflowRun, order: Order) -> Receipt:
+    txn: str = await charge.start(run, order)
+    wrong: int = await charge.start(run, order)  # error: a task's result type
+    await charge.start(run, "not an order")  # error: a task's payload type
+    return Receipt(txn=txn + str(wrong))
+
+
+async def misuse(client: Client) -> None:
+    handle = await orders_v1.start(client, Order(order_id="o-1"))
+    receipt: Receipt = await handle.result()
+    amount: int = await handle.result()  # error: the run's result type
+    await orders_v1.start(client, {"order_id": "o-1"})  # error: the start payload type
+    await orders_v1.start(client, Order(order_id="o-2"), reference_id=7)  # error: option type
+    print(receipt, amount)  # noqa: T201
