@@ -1,0 +1,231 @@
+"""Content-addressed replay and run outcomes, against an in-memory execution."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from aiki_core import (
+    AwaitRetry,
+    ClaimedRun,
+    CompleteRun,
+    ConsoleLogger,
+    FailRun,
+    IdentityCodec,
+    LogLevel,
+    RecordTaskRequest,
+    RecordTaskResponse,
+    RetryPolicy,
+    RunSummary,
+    SuspendRun,
+    TaskFailedError,
+    TaskId,
+    TaskRecord,
+    TaskStatus,
+    task_address,
+)
+from aiki_task import task
+from aiki_workflow import WorkflowRun, workflow
+
+NOW = datetime(2030, 1, 1, tzinfo=UTC)
+calls: list[str] = []
+
+
+class Execution:
+    """A claimed run whose task records are kept in memory."""
+
+    def __init__(self, payload: Any, tasks: list[TaskRecord] | None = None) -> None:
+        self.claim = ClaimedRun(
+            run=RunSummary(
+                id="run-1",
+                namespace="default",
+                workflow="wf",
+                version="1",
+                status="running",
+                pool="default",
+                revision=1,
+                attempt=1,
+                created_at=NOW,
+                updated_at=NOW,
+            ),
+            input=payload,
+            tasks=tasks or [],
+        )
+        self.log = ConsoleLogger(LogLevel.ERROR)
+        self.codec = IdentityCodec()
+        self.context: object = None
+        self.records: list[RecordTaskRequest] = []
+
+    async def record_task(self, request: RecordTaskRequest) -> RecordTaskResponse:
+        self.records.append(request)
+        return RecordTaskResponse(task_id=TaskId(f"t{len(self.records)}"), status=request.status)
+
+
+def recorded(name: str, value: Any, result: Any, occurrence: int = 0, **extra: Any) -> TaskRecord:
+    fields: dict[str, Any] = {
+        "id": f"{name}-{occurrence}",
+        "name": name,
+        "address": task_address(name, value),
+        "occurrence": occurrence,
+        "status": TaskStatus.COMPLETED,
+        "result": result,
+        "created_at": NOW,
+    }
+    return TaskRecord.model_validate(fields | extra)
+
+
+@task("double")
+async def double(n: int) -> int:
+    calls.append(f"double({n})")
+    return 2 * n
+
+
+flaky_failures: list[int] = []
+
+
+@task("flaky", retry=RetryPolicy.fixed(max_attempts=3, delay=timedelta(milliseconds=1)))
+async def flaky(n: int) -> int:
+    calls.append(f"flaky({n})")
+    if len(flaky_failures) < 2:
+        flaky_failures.append(n)
+        raise ConnectionError("try again")
+    return n
+
+
+@task("patient", retry=RetryPolicy.fixed(max_attempts=3, delay=timedelta(hours=1)))
+async def patient(n: int) -> int:
+    raise ConnectionError("down for an hour")
+
+
+wf = workflow("wf")
+
+
+@wf.v("1")
+async def sum_of_doubles(run: WorkflowRun, numbers: list[int]) -> int:
+    return sum([await double.start(run, n) for n in numbers])
+
+
+@wf.v("2")
+async def with_flaky(run: WorkflowRun, n: int) -> int:
+    return await flaky.start(run, n)
+
+
+@wf.v("3")
+async def with_patient(run: WorkflowRun, n: int) -> int:
+    return await patient.start(run, n)
+
+
+@wf.v("4")
+async def fails(run: WorkflowRun, n: int) -> int:
+    orders: dict[str, int] = {}
+    try:
+        orders["missing"]
+    except KeyError as exc:
+        raise ValueError("no such order") from exc
+    return n
+
+
+@pytest.fixture(autouse=True)
+def _reset() -> None:
+    calls.clear()
+    flaky_failures.clear()
+
+
+async def test_a_first_execution_runs_and_records_each_call() -> None:
+    execution = Execution([1, 2, 1])
+    action = await sum_of_doubles.execute(execution)
+    assert action == CompleteRun(result=8)
+    assert calls == ["double(1)", "double(2)", "double(1)"]
+    keys = [(r.address, r.occurrence, r.status) for r in execution.records]
+    one, two = task_address("double", 1), task_address("double", 2)
+    assert keys == [
+        (one, 0, TaskStatus.COMPLETED),
+        (two, 0, TaskStatus.COMPLETED),
+        (one, 1, TaskStatus.COMPLETED),
+    ]
+
+
+async def test_replay_takes_recorded_results_by_content_and_occurrence() -> None:
+    tasks = [recorded("double", 1, 100), recorded("double", 1, 300, occurrence=1)]
+    execution = Execution([1, 2, 1], tasks)
+    action = await sum_of_doubles.execute(execution)
+    # the two calls with input 1 took their recorded results in order; only 2 ran
+    assert action == CompleteRun(result=100 + 4 + 300)
+    assert calls == ["double(2)"]
+
+
+async def test_reordered_calls_still_find_their_results() -> None:
+    tasks = [recorded("double", 2, 40), recorded("double", 1, 10)]
+    action = await sum_of_doubles.execute(Execution([1, 2], tasks))
+    assert action == CompleteRun(result=50)
+    assert calls == []
+
+
+async def test_a_changed_input_simply_runs_the_task() -> None:
+    action = await sum_of_doubles.execute(Execution([3], [recorded("double", 1, 10)]))
+    assert action == CompleteRun(result=6)
+    assert calls == ["double(3)"]
+
+
+async def test_short_back_offs_retry_in_process_and_record_each_attempt() -> None:
+    execution = Execution(7)
+    action = await with_flaky.execute(execution)
+    assert action == CompleteRun(result=7)
+    assert [(r.attempt, r.status) for r in execution.records] == [
+        (1, TaskStatus.AWAITING_RETRY),
+        (2, TaskStatus.AWAITING_RETRY),
+        (3, TaskStatus.COMPLETED),
+    ]
+    assert execution.records[0].error is not None
+    assert execution.records[0].error.type == "ConnectionError"
+
+
+async def test_a_long_back_off_suspends_the_run() -> None:
+    execution = Execution(1)
+    action = await with_patient.execute(execution)
+    assert isinstance(action, SuspendRun)
+    (wait,) = action.waits
+    assert isinstance(wait, AwaitRetry)
+    assert wait.retry_at > datetime.now(UTC) + timedelta(minutes=59)
+    assert [r.status for r in execution.records] == [TaskStatus.AWAITING_RETRY]
+
+
+async def test_a_failed_record_fails_the_call_again_on_replay() -> None:
+    failed = recorded(
+        "double",
+        1,
+        None,
+        status=TaskStatus.FAILED,
+        error={"type": "RuntimeError", "message": "card declined", "retryable": False},
+    )
+    action = await sum_of_doubles.execute(Execution([1], [failed]))
+    assert isinstance(action, FailRun)
+    assert action.error.type == "aiki_core.TaskFailedError"
+    assert action.error.cause is not None
+    assert action.error.cause.message.endswith("card declined")
+    assert calls == []
+
+
+async def test_a_failing_workflow_reports_its_error_with_the_cause() -> None:
+    action = await fails.execute(Execution(1))
+    assert isinstance(action, FailRun)
+    assert action.error.type == "ValueError"
+    assert action.error.cause is not None
+    assert action.error.cause.type == "KeyError"
+    assert action.retry_at is None
+
+
+async def test_an_input_the_version_rejects_fails_the_run() -> None:
+    action = await sum_of_doubles.execute(Execution("not a list"))
+    assert isinstance(action, FailRun)
+    assert action.error.code == "payload_validation"
+    assert not action.error.retryable
+
+
+def test_a_task_failure_is_not_an_exception_the_workflow_can_confuse() -> None:
+    assert issubclass(TaskFailedError, Exception)
+    assert wf.versions["1"] is sum_of_doubles
+    with pytest.raises(ValueError, match="already has version"):
+        wf.v("1")(sum_of_doubles.fn)
