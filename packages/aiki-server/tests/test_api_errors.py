@@ -4,45 +4,20 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+from server_api import error_of, start
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     import httpx
 
+    from server_api import HarnessFactory
+
 UNKNOWN = "01JUNKNOWNRUN0000000000000"
-
-
-class Harness(Protocol):
-    """The `harness` fixture of conftest.py: an app on a manual clock."""
-
-    client: httpx.AsyncClient
-
-    def advance(self, ms: int) -> None: ...
-
-
-HarnessFactory = Callable[..., AbstractAsyncContextManager[Harness]]
-"""The `make_harness` fixture: `async with make_harness(**settings) as h`."""
-
-
-def error_of(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    """Assert `r` is exactly the wire error `code` with `status`; its details."""
-    assert r.status_code == status, r.text
-    assert r.headers["content-type"].startswith("application/json")
-    body = r.json()
-    assert set(body) == {"error"}, body
-    assert set(body["error"]) == {"code", "message", "details"}, body
-    assert body["error"]["code"] == code, body
-    assert isinstance(body["error"]["message"], str)
-    assert body["error"]["message"]
-    details = body["error"]["details"]
-    assert isinstance(details, dict)
-    return details
 
 
 def locations(details: dict[str, Any]) -> list[list[str]]:
@@ -64,9 +39,7 @@ async def run_count(client: httpx.AsyncClient) -> int:
 
 async def started(client: httpx.AsyncClient) -> str:
     """The id of a new run."""
-    r = await client.post("/runs", json={"workflow": "w", "version": "1"})
-    assert r.status_code == 201, r.text
-    run_id: str = r.json()["run"]["id"]
+    run_id: str = (await start(client))["id"]
     return run_id
 
 

@@ -3,103 +3,27 @@
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
 
+from server_api import (
+    FAR_FUTURE,
+    START_MS,
+    claim,
+    claim_one,
+    error_of,
+    get_run,
+    iso,
+    start,
+    transition,
+)
+
 if TYPE_CHECKING:
     import httpx
 
-FAR_FUTURE = "2100-01-01T00:00:00Z"
-START_MS = 1_800_000_000_000  # the harness's manual clock starts here
-
-
-class Harness(Protocol):
-    """The `harness` fixture of conftest.py: an app on a manual clock."""
-
-    client: httpx.AsyncClient
-
-    def advance(self, ms: int) -> None: ...
-
-
-def iso(ms: int) -> str:
-    """Epoch milliseconds as an ISO 8601 UTC timestamp."""
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat().replace("+00:00", "Z")
-
-
-def error_of(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    """Assert `r` is the wire error `code` with `status`; its details."""
-    assert r.status_code == status, r.text
-    body = r.json()
-    assert set(body) == {"error"}, body
-    assert set(body["error"]) == {"code", "message", "details"}, body
-    assert body["error"]["code"] == code, body
-    assert isinstance(body["error"]["message"], str)
-    assert body["error"]["message"]
-    details: dict[str, Any] = body["error"]["details"]
-    return details
-
-
-async def start(client: httpx.AsyncClient, **fields: Any) -> dict[str, Any]:
-    """Start a run (workflow `w`, version `1` unless given); its summary."""
-    body = {"workflow": "w", "version": "1", **fields}
-    r = await client.post("/runs", json=body)
-    assert r.status_code == 201, r.text
-    assert r.json()["created"] is True
-    run: dict[str, Any] = r.json()["run"]
-    return run
-
-
-async def claim(
-    client: httpx.AsyncClient,
-    workflow: str = "w",
-    version: str = "1",
-    *,
-    pool: str = "default",
-    worker_id: str = "worker-1",
-    max_runs: int = 1,
-) -> list[dict[str, Any]]:
-    """Claim without waiting; the claimed runs."""
-    r = await client.post(
-        "/claims",
-        json={
-            "worker_id": worker_id,
-            "capabilities": [{"workflow": workflow, "version": version, "pool": pool}],
-            "max_runs": max_runs,
-            "wait": 0,
-        },
-    )
-    assert r.status_code == 200, r.text
-    runs: list[dict[str, Any]] = r.json()["runs"]
-    return runs
-
-
-async def claim_one(
-    client: httpx.AsyncClient, workflow: str = "w", version: str = "1", **kwargs: Any
-) -> dict[str, Any]:
-    """Claim exactly one run; the claimed run (summary under `run`, plus replay data)."""
-    runs = await claim(client, workflow, version, **kwargs)
-    assert len(runs) == 1, runs
-    return runs[0]
-
-
-async def transition(
-    client: httpx.AsyncClient, run_id: str, revision: int, action: dict[str, Any]
-) -> httpx.Response:
-    """Apply a worker action to a claimed run."""
-    return await client.post(
-        f"/runs/{run_id}/transition", json={"revision": revision, "action": action}
-    )
-
-
-async def detail(client: httpx.AsyncClient, run_id: str) -> dict[str, Any]:
-    """The run's detail."""
-    r = await client.get(f"/runs/{run_id}")
-    assert r.status_code == 200, r.text
-    body: dict[str, Any] = r.json()
-    return body
+    from server_api import Harness
 
 
 async def list_ids(client: httpx.AsyncClient, **params: Any) -> list[str]:
@@ -127,7 +51,7 @@ async def test_start_returns_201_and_a_queued_run(server: httpx.AsyncClient) -> 
     assert run["attempt"] == 1
     assert run["start_at"] is None
     assert run["finished_at"] is None
-    assert (await detail(server, run["id"]))["status"] == "queued"
+    assert (await get_run(server, run["id"]))["status"] == "queued"
 
 
 async def test_same_reference_id_and_payload_returns_the_same_run(
@@ -154,7 +78,7 @@ async def test_same_reference_id_with_other_input_is_a_conflict(
     details = error_of(r, 409, "reference_id_conflict")
     assert details == {"reference_id": "ref-1", "run_id": run["id"]}
     assert await list_ids(server) == [run["id"]]
-    assert (await detail(server, run["id"]))["input"] == {"a": 1}
+    assert (await get_run(server, run["id"]))["input"] == {"a": 1}
 
 
 async def test_delay_makes_a_scheduled_run(harness: Harness) -> None:
@@ -170,7 +94,7 @@ async def test_start_at_in_the_future_makes_a_scheduled_run(harness: Harness) ->
     run = await start(harness.client, start_at=at)
     assert run["status"] == "scheduled"
     assert run["start_at"] == at
-    got = await detail(harness.client, run["id"])
+    got = await get_run(harness.client, run["id"])
     assert got["status"] == "scheduled"
     assert [(h["from_status"], h["to_status"]) for h in got["history"]] == [(None, "scheduled")]
 
@@ -205,7 +129,7 @@ async def test_detail_has_input_tasks_and_history(server: httpx.AsyncClient) -> 
     r = await transition(server, run["id"], revision, {"kind": "complete", "result": 42})
     assert r.status_code == 200, r.text
 
-    got = await detail(server, run["id"])
+    got = await get_run(server, run["id"])
     assert got["id"] == run["id"]
     assert got["input"] == {"order": 7, "items": ["a", "b"]}
     assert got["result"] == 42
@@ -375,7 +299,7 @@ async def test_cancel_a_queued_run(server: httpx.AsyncClient) -> None:
     r = await server.post(f"/runs/{run['id']}/cancel", json={"reason": "not needed"})
     assert r.status_code == 200, r.text
     assert r.json()["status"] == "cancelled"
-    got = await detail(server, run["id"])
+    got = await get_run(server, run["id"])
     assert got["status"] == "cancelled"
     assert got["finished_at"] is not None
     assert got["error"]["code"] == "workflow_cancelled"
@@ -431,14 +355,14 @@ async def test_cancel_cascades_to_children_and_grandchildren(server: httpx.Async
         (child_id, "running"),
         (grandchild_id, "queued"),
     ):
-        got = await detail(server, run_id)
+        got = await get_run(server, run_id)
         assert got["status"] == "cancelled", run_id
         assert got["finished_at"] is not None
         assert (got["history"][-1]["from_status"], got["history"][-1]["to_status"]) == (
             was,
             "cancelled",
         )
-    parent_detail = await detail(server, parent["id"])
+    parent_detail = await get_run(server, parent["id"])
     assert [(ch["run_id"], ch["status"]) for ch in parent_detail["children"]] == [
         (child_id, "cancelled")
     ]
@@ -453,12 +377,12 @@ async def test_cancel_a_completed_run_is_an_illegal_transition(server: httpx.Asy
     claimed = await claim_one(server)
     r = await transition(server, run["id"], claimed["run"]["revision"], {"kind": "complete"})
     assert r.status_code == 200, r.text
-    before = await detail(server, run["id"])
+    before = await get_run(server, run["id"])
     r = await server.post(f"/runs/{run['id']}/cancel")
     details = error_of(r, 409, "illegal_transition")
     assert details["current"] == "completed"
     assert details["entity_id"] == run["id"]
-    assert await detail(server, run["id"]) == before
+    assert await get_run(server, run["id"]) == before
 
 
 # -- pause, resume, wake -------------------------------------------------------------------
@@ -473,7 +397,7 @@ async def test_pause_and_resume_a_queued_run(server: httpx.AsyncClient) -> None:
     r = await server.post(f"/runs/{run['id']}/resume")
     assert r.status_code == 200, r.text
     assert r.json()["status"] == "queued"
-    got = await detail(server, run["id"])
+    got = await get_run(server, run["id"])
     assert [(h["from_status"], h["to_status"]) for h in got["history"]] == [
         (None, "queued"),
         ("queued", "paused"),
@@ -509,11 +433,11 @@ async def test_resume_a_run_that_is_not_paused_leaves_it_alone(
             action = {"kind": "complete"}
         r = await transition(server, run["id"], claimed["run"]["revision"], action)
         assert r.json()["run"]["status"] == status
-    before = await detail(server, run["id"])
+    before = await get_run(server, run["id"])
     r = await server.post(f"/runs/{run['id']}/resume")
     details = error_of(r, 409, "illegal_transition")
     assert details["current"] == status
-    assert await detail(server, run["id"]) == before
+    assert await get_run(server, run["id"]) == before
 
 
 async def test_resume_a_run_that_is_not_paused_is_an_illegal_transition(
@@ -525,7 +449,7 @@ async def test_resume_a_run_that_is_not_paused_is_an_illegal_transition(
     # running -> queued is legal for the state machine, but resume is for paused runs only
     details = error_of(r, 409, "illegal_transition")
     assert details["current"] == "running"
-    assert (await detail(server, run["id"]))["status"] == "running"
+    assert (await get_run(server, run["id"]))["status"] == "running"
 
 
 async def test_pause_a_running_run_fences_its_worker(server: httpx.AsyncClient) -> None:
@@ -535,7 +459,7 @@ async def test_pause_a_running_run_fences_its_worker(server: httpx.AsyncClient) 
     r = await server.post(f"/runs/{run['id']}/pause")
     assert r.status_code == 200, r.text
     assert r.json()["status"] == "paused"
-    before = await detail(server, run["id"])
+    before = await get_run(server, run["id"])
     r = await transition(server, run["id"], revision, {"kind": "complete", "result": 1})
     details = error_of(r, 409, "stale_revision")
     assert details["revision"] == revision
@@ -552,7 +476,7 @@ async def test_pause_a_running_run_fences_its_worker(server: httpx.AsyncClient) 
         },
     )
     error_of(r, 409, "stale_revision")
-    assert await detail(server, run["id"]) == before
+    assert await get_run(server, run["id"]) == before
 
 
 async def test_wake_a_sleeping_run(server: httpx.AsyncClient) -> None:
@@ -572,7 +496,7 @@ async def test_wake_a_sleeping_run(server: httpx.AsyncClient) -> None:
     r = await server.post(f"/runs/{run['id']}/wake")
     assert r.status_code == 200, r.text
     assert r.json()["status"] == "queued"
-    got = await detail(server, run["id"])
+    got = await get_run(server, run["id"])
     assert got["status"] == "queued"
     assert [(s["name"], s["status"]) for s in got["sleeps"]] == [("nap", "woken")]
     assert got["sleeps"][0]["completed_at"] is not None
@@ -586,11 +510,11 @@ async def test_wake_a_sleeping_run(server: httpx.AsyncClient) -> None:
 
 async def test_wake_a_run_that_is_not_sleeping_is_a_conflict(server: httpx.AsyncClient) -> None:
     run = await start(server)
-    before = await detail(server, run["id"])
+    before = await get_run(server, run["id"])
     r = await server.post(f"/runs/{run['id']}/wake")
     details = error_of(r, 409, "illegal_transition")
     assert details["current"] == "queued"
-    assert await detail(server, run["id"]) == before
+    assert await get_run(server, run["id"]) == before
 
 
 # -- events ------------------------------------------------------------------------------
@@ -613,7 +537,7 @@ async def test_event_with_a_repeated_reference_id_is_a_duplicate(
     again = await server.post(f"/runs/{run['id']}/events", json=event)
     assert again.status_code == 200, again.text
     assert again.json() == {"event_id": first.json()["event_id"], "duplicate": True}
-    got = await detail(server, run["id"])
+    got = await get_run(server, run["id"])
     assert [(e["id"], e["name"], e["data"]) for e in got["events"]] == [
         (first.json()["event_id"], "go", {"x": 1})
     ]
@@ -625,7 +549,7 @@ async def test_an_event_sent_before_the_wait_is_consumed_by_it(server: httpx.Asy
     r = await server.post(f"/runs/{run['id']}/events", json={"name": "go", "data": "early"})
     assert r.status_code == 200, r.text
     event_id = r.json()["event_id"]
-    got = await detail(server, run["id"])
+    got = await get_run(server, run["id"])
     assert [(e["id"], e["consumed"]) for e in got["events"]] == [(event_id, False)]
 
     r = await transition(
@@ -669,7 +593,7 @@ async def test_an_event_sent_while_the_run_waits_requeues_it(server: httpx.Async
     r = await server.post(f"/runs/{run['id']}/events", json={"name": "go", "data": 5})
     assert r.status_code == 200, r.text
     event_id = r.json()["event_id"]
-    got = await detail(server, run["id"])
+    got = await get_run(server, run["id"])
     assert got["status"] == "queued"
     assert [(w["status"], w["event_id"]) for w in got["event_waits"]] == [("received", event_id)]
     assert (got["history"][-1]["from_status"], got["history"][-1]["to_status"]) == (
@@ -692,7 +616,7 @@ async def test_an_event_of_another_name_does_not_requeue(server: httpx.AsyncClie
     assert r.status_code == 200, r.text
     r = await server.post(f"/runs/{run['id']}/events", json={"name": "other"})
     assert r.status_code == 200, r.text
-    got = await detail(server, run["id"])
+    got = await get_run(server, run["id"])
     assert got["status"] == "awaiting_event"
     assert got["event_waits"][0]["status"] == "waiting"
 
@@ -705,7 +629,7 @@ async def test_send_event_to_a_completed_run_is_a_conflict(server: httpx.AsyncCl
     r = await server.post(f"/runs/{run['id']}/events", json={"name": "go"})
     details = error_of(r, 409, "conflict")
     assert details["status"] == "completed"
-    assert (await detail(server, run["id"]))["events"] == []
+    assert (await get_run(server, run["id"]))["events"] == []
 
 
 # -- runs no worker serves ------------------------------------------------------------------
@@ -714,7 +638,7 @@ async def test_send_event_to_a_completed_run_is_a_conflict(server: httpx.AsyncCl
 async def test_a_run_no_worker_serves_says_why_it_waits(server: httpx.AsyncClient) -> None:
     first = await start(server, workflow="billing", version="7")
     second = await start(server, workflow="billing", version="7")
-    got = await detail(server, first["id"])
+    got = await get_run(server, first["id"])
     assert got["status"] == "queued"
     reason = got["pending_reason"]
     assert reason is not None
@@ -724,14 +648,14 @@ async def test_a_run_no_worker_serves_says_why_it_waits(server: httpx.AsyncClien
     # a worker of another version gets nothing, and the runs still say why
     assert await claim(server, "billing", "8", worker_id="old") == []
     for run in (first, second):
-        got = await detail(server, run["id"])
+        got = await get_run(server, run["id"])
         assert got["status"] == "queued"
         assert got["pending_reason"] is not None
 
     claimed = await claim_one(server, "billing", "7", worker_id="new")
     still_queued = second if claimed["run"]["id"] == first["id"] else first
-    got = await detail(server, still_queued["id"])
+    got = await get_run(server, still_queued["id"])
     assert got["status"] == "queued"
     assert got["pending_reason"] is None
     # a running run has no pending reason either
-    assert (await detail(server, claimed["run"]["id"]))["pending_reason"] is None
+    assert (await get_run(server, claimed["run"]["id"]))["pending_reason"] is None

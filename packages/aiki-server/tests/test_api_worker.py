@@ -2,82 +2,27 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
 
+from server_api import (
+    FAR_FUTURE,
+    START_MS,
+    claim,
+    claim_one,
+    error_of,
+    get_run,
+    iso,
+    start,
+    transition,
+)
+
 if TYPE_CHECKING:
     import httpx
 
-FAR_FUTURE = "2100-01-01T00:00:00Z"
-START_MS = 1_800_000_000_000  # the harness's manual clock starts here
-
-
-class Harness(Protocol):
-    """The `harness` fixture of conftest.py: an app on a manual clock."""
-
-    client: httpx.AsyncClient
-
-    def advance(self, ms: int) -> None: ...
-
-
-def iso(ms: int) -> str:
-    """Epoch milliseconds as an ISO 8601 UTC timestamp."""
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat().replace("+00:00", "Z")
-
-
-def error_of(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    """Assert `r` is the wire error `code` with `status`; its details."""
-    assert r.status_code == status, r.text
-    body = r.json()
-    assert set(body) == {"error"}, body
-    assert set(body["error"]) == {"code", "message", "details"}, body
-    assert body["error"]["code"] == code, body
-    details: dict[str, Any] = body["error"]["details"]
-    return details
-
-
-async def start(client: httpx.AsyncClient, **fields: Any) -> dict[str, Any]:
-    """Start a run (workflow `w`, version `1` unless given); its summary."""
-    r = await client.post("/runs", json={"workflow": "w", "version": "1", **fields})
-    assert r.status_code == 201, r.text
-    run: dict[str, Any] = r.json()["run"]
-    return run
-
-
-async def claim(
-    client: httpx.AsyncClient,
-    workflow: str = "w",
-    version: str = "1",
-    *,
-    pool: str = "default",
-    worker_id: str = "worker-1",
-    max_runs: int = 1,
-) -> list[dict[str, Any]]:
-    """Claim without waiting; the claimed runs."""
-    r = await client.post(
-        "/claims",
-        json={
-            "worker_id": worker_id,
-            "capabilities": [{"workflow": workflow, "version": version, "pool": pool}],
-            "max_runs": max_runs,
-            "wait": 0,
-        },
-    )
-    assert r.status_code == 200, r.text
-    runs: list[dict[str, Any]] = r.json()["runs"]
-    return runs
-
-
-async def claim_one(
-    client: httpx.AsyncClient, workflow: str = "w", version: str = "1", **kwargs: Any
-) -> dict[str, Any]:
-    """Claim exactly one run; the claimed run (summary under `run`, plus replay data)."""
-    runs = await claim(client, workflow, version, **kwargs)
-    assert len(runs) == 1, runs
-    return runs[0]
+    from server_api import Harness
 
 
 async def started_and_claimed(client: httpx.AsyncClient, **fields: Any) -> tuple[str, int]:
@@ -105,15 +50,6 @@ async def record(
     return await client.post(f"/runs/{run_id}/tasks", json=body)
 
 
-async def transition(
-    client: httpx.AsyncClient, run_id: str, revision: int, action: dict[str, Any]
-) -> httpx.Response:
-    """Apply a worker action to a claimed run."""
-    return await client.post(
-        f"/runs/{run_id}/transition", json={"revision": revision, "action": action}
-    )
-
-
 async def start_child(
     client: httpx.AsyncClient, parent_id: str, revision: int, **fields: Any
 ) -> httpx.Response:
@@ -127,14 +63,6 @@ async def start_child(
         **fields,
     }
     return await client.post(f"/runs/{parent_id}/children", json=body)
-
-
-async def detail(client: httpx.AsyncClient, run_id: str) -> dict[str, Any]:
-    """The run's detail."""
-    r = await client.get(f"/runs/{run_id}")
-    assert r.status_code == 200, r.text
-    body: dict[str, Any] = r.json()
-    return body
 
 
 def error(message: str = "boom", **fields: Any) -> dict[str, Any]:
@@ -173,7 +101,7 @@ async def test_claim_returns_the_run_running_at_revision_1_with_replay_data(
     assert claimed["input"] == {"order": 12}
     for key in ("tasks", "sleeps", "event_waits", "events", "children"):
         assert claimed[key] == []
-    got = await detail(server, run["id"])
+    got = await get_run(server, run["id"])
     assert got["status"] == "running"
     assert got["revision"] == 1
     assert moves(got) == [(None, "queued"), ("queued", "running")]
@@ -217,7 +145,7 @@ async def test_a_task_recorded_completed_in_one_request(server: httpx.AsyncClien
     assert r.json()["status"] == "completed"
     task_id = r.json()["task_id"]
 
-    got = await detail(server, run_id)
+    got = await get_run(server, run_id)
     assert len(got["tasks"]) == 1
     task = got["tasks"][0]
     assert task["id"] == task_id
@@ -242,14 +170,14 @@ async def test_a_task_recorded_running_then_completed(server: httpx.AsyncClient)
     run_id, revision = await started_and_claimed(server)
     r = await record(server, run_id, revision, status="running", input=[1])
     assert r.status_code == 200, r.text
-    task = (await detail(server, run_id))["tasks"][0]
+    task = (await get_run(server, run_id))["tasks"][0]
     assert task["status"] == "running"
     assert [(a["attempt"], a["status"], a["finished_at"]) for a in task["attempts"]] == [
         (1, "running", None)
     ]
     r = await record(server, run_id, revision, status="completed", result="done")
     assert r.status_code == 200, r.text
-    task = (await detail(server, run_id))["tasks"][0]
+    task = (await get_run(server, run_id))["tasks"][0]
     assert task["status"] == "completed"
     assert task["input"] == [1]
     assert task["result"] == "done"
@@ -271,7 +199,7 @@ async def test_a_task_that_fails_twice_then_completes(harness: Harness) -> None:
     )
     assert r.status_code == 200, r.text
     assert r.json()["status"] == "awaiting_retry"
-    task = (await detail(c, run_id))["tasks"][0]
+    task = (await get_run(c, run_id))["tasks"][0]
     assert task["status"] == "awaiting_retry"
     assert task["next_attempt_at"] == retry_1
     assert task["error"]["message"] == "first"
@@ -288,7 +216,7 @@ async def test_a_task_that_fails_twice_then_completes(harness: Harness) -> None:
         retry_at=retry_2,
     )
     assert r.status_code == 200, r.text
-    task = (await detail(c, run_id))["tasks"][0]
+    task = (await get_run(c, run_id))["tasks"][0]
     assert task["next_attempt_at"] == retry_2
     assert task["error"]["message"] == "second"
 
@@ -296,7 +224,7 @@ async def test_a_task_that_fails_twice_then_completes(harness: Harness) -> None:
     r = await record(c, run_id, revision, status="completed", attempt=3, result=7)
     assert r.status_code == 200, r.text
 
-    got = await detail(c, run_id)
+    got = await get_run(c, run_id)
     assert len(got["tasks"]) == 1
     task = got["tasks"][0]
     assert task["status"] == "completed"
@@ -333,7 +261,7 @@ async def test_a_task_that_fails_for_good(server: httpx.AsyncClient) -> None:
     run_id, revision = await started_and_claimed(server)
     r = await record(server, run_id, revision, status="failed", error=error("nope"))
     assert r.status_code == 200, r.text
-    task = (await detail(server, run_id))["tasks"][0]
+    task = (await get_run(server, run_id))["tasks"][0]
     assert task["status"] == "failed"
     assert task["error"]["message"] == "nope"
     assert task["finished_at"] is not None
@@ -349,14 +277,14 @@ async def test_an_illegal_task_transition_is_409_and_changes_nothing(
     r = await record(server, run_id, revision, status="completed", result=1)
     assert r.status_code == 200, r.text
     task_id = r.json()["task_id"]
-    before = await detail(server, run_id)
+    before = await get_run(server, run_id)
     r = await record(server, run_id, revision, status="running", attempt=2)
     details = error_of(r, 409, "illegal_transition")
     assert details["entity"] == "task"
     assert details["entity_id"] == task_id
     assert details["current"] == "completed"
     assert details["requested"] == "running"
-    assert await detail(server, run_id) == before
+    assert await get_run(server, run_id) == before
 
 
 @pytest.mark.parametrize("stale", [0, 99])
@@ -367,7 +295,7 @@ async def test_a_stale_revision_is_409_and_changes_nothing(
     assert revision == 1
     r = await record(server, run_id, revision, status="completed", result=1)
     assert r.status_code == 200, r.text
-    before = await detail(server, run_id)
+    before = await get_run(server, run_id)
 
     attempts = [
         await record(server, run_id, stale, status="completed", address="other:1", result=2),
@@ -389,7 +317,7 @@ async def test_a_stale_revision_is_409_and_changes_nothing(
     for r in attempts:
         details = error_of(r, 409, "stale_revision")
         assert details == {"run_id": run_id, "revision": stale, "current_revision": revision}
-    assert await detail(server, run_id) == before
+    assert await get_run(server, run_id) == before
     # the holder of the current revision can still write
     r = await transition(server, run_id, revision, {"kind": "complete"})
     assert r.status_code == 200, r.text
@@ -399,7 +327,7 @@ async def test_writes_to_a_run_that_is_not_running_are_409(server: httpx.AsyncCl
     run_id, revision = await started_and_claimed(server)
     r = await transition(server, run_id, revision, {"kind": "complete", "result": 1})
     assert r.status_code == 200, r.text
-    before = await detail(server, run_id)
+    before = await get_run(server, run_id)
     attempts = [
         await record(server, run_id, revision, status="completed", result=2),
         await transition(server, run_id, revision, {"kind": "complete", "result": 2}),
@@ -409,21 +337,21 @@ async def test_writes_to_a_run_that_is_not_running_are_409(server: httpx.AsyncCl
     for r in attempts:
         details = error_of(r, 409, "illegal_transition")
         assert details["current"] == "completed"
-    assert await detail(server, run_id) == before
+    assert await get_run(server, run_id) == before
 
 
 async def test_writes_to_a_queued_run_with_its_revision_are_409(server: httpx.AsyncClient) -> None:
     run_id, revision = await started_and_claimed(server)
     r = await transition(server, run_id, revision, {"kind": "release"})
     assert r.status_code == 200, r.text
-    before = await detail(server, run_id)
+    before = await get_run(server, run_id)
     assert before["status"] == "queued"
     r = await record(server, run_id, before["revision"], status="completed", result=2)
     details = error_of(r, 409, "illegal_transition")
     assert details["current"] == "queued"
     r = await transition(server, run_id, before["revision"], {"kind": "complete"})
     error_of(r, 409, "illegal_transition")
-    assert await detail(server, run_id) == before
+    assert await get_run(server, run_id) == before
 
 
 # -- transitions -------------------------------------------------------------------------
@@ -435,7 +363,7 @@ async def test_complete_ends_the_run_with_its_result(server: httpx.AsyncClient) 
     assert r.status_code == 200, r.text
     assert r.json()["run"]["status"] == "completed"
     assert r.json()["run"]["finished_at"] is not None
-    got = await detail(server, run_id)
+    got = await get_run(server, run_id)
     assert got["status"] == "completed"
     assert got["result"] == {"total": 3}
     assert got["error"] is None
@@ -461,7 +389,7 @@ async def test_fail_ends_the_run_with_its_error_and_causes(server: httpx.AsyncCl
     r = await transition(server, run_id, revision, {"kind": "fail", "error": failure})
     assert r.status_code == 200, r.text
     assert r.json()["run"]["status"] == "failed"
-    got = await detail(server, run_id)
+    got = await get_run(server, run_id)
     assert got["status"] == "failed"
     assert got["finished_at"] is not None
     assert got["result"] is None
@@ -496,7 +424,7 @@ async def test_fail_with_retry_at_awaits_a_workflow_retry(harness: Harness) -> N
     assert r.status_code == 200, r.text
     assert r.json()["run"]["status"] == "awaiting_retry"
     assert r.json()["run"]["attempt"] == 2
-    got = await detail(c, run_id)
+    got = await get_run(c, run_id)
     assert got["status"] == "awaiting_retry"
     assert got["attempt"] == 2
     assert got["finished_at"] is None
@@ -527,7 +455,7 @@ async def test_suspend_on_a_sleep_then_the_timer_requeues_it(harness: Harness) -
     )
     assert r.status_code == 200, r.text
     assert r.json()["run"]["status"] == "sleeping"
-    got = await detail(c, run_id)
+    got = await get_run(c, run_id)
     assert got["sleeps"] == [
         {
             "name": "nap",
@@ -548,7 +476,7 @@ async def test_suspend_on_a_sleep_then_the_timer_requeues_it(harness: Harness) -
         r = await c.get(f"/runs/{run_id}/wait", params={"status": "queued", "timeout_ms": 60_000})
     assert r.status_code == 200, r.text
     assert r.json()["status"] == "queued"
-    got = await detail(c, run_id)
+    got = await get_run(c, run_id)
     assert got["sleeps"][0]["status"] == "completed"
     assert got["sleeps"][0]["completed_at"] is not None
     assert moves(got)[-2:] == [("running", "sleeping"), ("sleeping", "queued")]
@@ -588,7 +516,7 @@ async def test_a_parent_awaiting_a_child_is_requeued_when_it_ends(
         )
     assert r.status_code == 200, r.text
 
-    got = await detail(server, parent_id)
+    got = await get_run(server, parent_id)
     assert got["status"] == "queued"
     assert moves(got)[-2:] == [("running", "awaiting_child"), ("awaiting_child", "queued")]
     expected = {"fail": "failed", "cancel": "cancelled", "complete": "completed"}[ending]
@@ -635,12 +563,12 @@ async def test_start_child_is_idempotent_by_address_and_occurrence(
     assert other.status_code == 201, other.text
     assert other.json()["run"]["id"] != child["id"]
 
-    got = await detail(server, parent_id)
+    got = await get_run(server, parent_id)
     assert [(ch["run_id"], ch["address"], ch["occurrence"]) for ch in got["children"]] == [
         (child["id"], "child:77", 0),
         (other.json()["run"]["id"], "child:77", 1),
     ]
-    assert (await detail(server, child["id"]))["input"] == {"x": 1}
+    assert (await get_run(server, child["id"]))["input"] == {"x": 1}
     r = await server.get("/runs", params={"workflow": "child"})
     assert len(r.json()["runs"]) == 2
 
@@ -663,7 +591,7 @@ async def test_release_puts_the_run_back_in_the_queue(server: httpx.AsyncClient)
     r = await transition(server, run_id, revision, {"kind": "release"})
     assert r.status_code == 200, r.text
     assert r.json()["run"]["status"] == "queued"
-    got = await detail(server, run_id)
+    got = await get_run(server, run_id)
     assert got["status"] == "queued"
     assert got["finished_at"] is None
     assert moves(got)[-1] == ("running", "queued")
@@ -680,7 +608,7 @@ async def test_every_accepted_change_writes_one_history_row(server: httpx.AsyncC
 
     async def one_more_row(entity: str, from_status: str | None, to_status: str) -> None:
         nonlocal seen
-        history = (await detail(server, run_id))["history"]
+        history = (await get_run(server, run_id))["history"]
         assert len(history) == seen + 1, history
         last = history[-1]
         assert (last["entity"], last["from_status"], last["to_status"]) == (
@@ -692,7 +620,7 @@ async def test_every_accepted_change_writes_one_history_row(server: httpx.AsyncC
         seen += 1
 
     async def no_new_row() -> None:
-        assert len((await detail(server, run_id))["history"]) == seen
+        assert len((await get_run(server, run_id))["history"]) == seen
 
     await one_more_row("run", None, "queued")
     revision = (await claim_one(server))["run"]["revision"]
@@ -715,7 +643,7 @@ async def test_every_accepted_change_writes_one_history_row(server: httpx.AsyncC
     r = await start_child(server, run_id, revision)
     assert r.status_code == 201, r.text
     await no_new_row()
-    assert len((await detail(server, r.json()["run"]["id"]))["history"]) == 1
+    assert len((await get_run(server, r.json()["run"]["id"]))["history"]) == 1
 
     r = await transition(server, run_id, revision, {"kind": "release"})
     assert r.status_code == 200, r.text

@@ -12,52 +12,18 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from aiki_server._timers import TimerDaemon
+from server_api import claim, claim_one, get_run, start, timer_pass, wait_status
 
 if TYPE_CHECKING:
     import httpx
 
-    from conftest import Harness, HarnessFactory
+    from server_api import Harness, HarnessFactory
 
 W = "w"
 
 
 def cap(version: str = "1", pool: str = "default", workflow: str = W) -> dict[str, str]:
     return {"workflow": workflow, "version": version, "pool": pool}
-
-
-async def start(
-    client: httpx.AsyncClient, version: str = "1", pool: str = "default", **extra: Any
-) -> dict[str, Any]:
-    body = {"workflow": W, "version": version, "pool": pool, "input": None, **extra}
-    r = await client.post("/runs", json=body)
-    assert r.status_code == 201, r.text
-    run: dict[str, Any] = r.json()["run"]
-    return run
-
-
-async def claim(
-    client: httpx.AsyncClient,
-    worker: str,
-    caps: list[dict[str, str]],
-    *,
-    max_runs: int = 1,
-    wait_ms: int = 0,
-) -> list[dict[str, Any]]:
-    r = await client.post(
-        "/claims",
-        json={"worker_id": worker, "capabilities": caps, "max_runs": max_runs, "wait": wait_ms},
-    )
-    assert r.status_code == 200, r.text
-    runs: list[dict[str, Any]] = r.json()["runs"]
-    return runs
-
-
-async def claim_one(client: httpx.AsyncClient, worker: str) -> dict[str, Any]:
-    runs = await claim(client, worker, [cap()])
-    assert len(runs) == 1, runs
-    run: dict[str, Any] = runs[0]["run"]
-    return run
 
 
 async def heartbeat(
@@ -71,26 +37,6 @@ async def heartbeat(
     return {a["run_id"]: a["directive"] for a in r.json()["runs"]}
 
 
-async def get_run(client: httpx.AsyncClient, run_id: str) -> dict[str, Any]:
-    r = await client.get(f"/runs/{run_id}")
-    assert r.status_code == 200, r.text
-    run: dict[str, Any] = r.json()
-    return run
-
-
-async def wait_status(client: httpx.AsyncClient, run_id: str, status: str) -> dict[str, Any]:
-    """Long-poll until the run reaches `status` (bounded in wall time: the clock may be manual)."""
-    with anyio.fail_after(5):
-        while True:
-            r = await client.get(
-                f"/runs/{run_id}/wait", params={"status": status, "timeout_ms": 2000}
-            )
-            assert r.status_code == 200, r.text
-            run: dict[str, Any] = r.json()
-            if run["status"] == status:
-                return run
-
-
 async def claim_expires_at(h: Harness, run_id: str) -> int | None:
     """The claim's expiry in epoch ms, read from the database (the API does not show it)."""
     async with h.app.state.orchestrator.db.reader() as tx:
@@ -98,11 +44,6 @@ async def claim_expires_at(h: Harness, run_id: str) -> int | None:
     assert row is not None
     value = row["claim_expires_at"]
     return None if value is None else int(value)
-
-
-async def timer_pass(h: Harness) -> None:
-    """One pass of the timer daemon at the manual clock's time, finished before returning."""
-    await h.app.state.orchestrator.db.retry(TimerDaemon(h.app.state.orchestrator).run_once)
 
 
 # -- exactly once ------------------------------------------------------------------------
@@ -125,7 +66,7 @@ async def test_twenty_claimers_hand_out_500_runs_exactly_once(server: httpx.Asyn
 
     async def claimer(worker: str) -> None:
         while True:
-            runs = await claim(server, worker, [cap()], max_runs=rng.randint(1, 10), wait_ms=100)
+            runs = await claim(server, worker_id=worker, max_runs=rng.randint(1, 10), wait_ms=100)
             if not runs:
                 return
             for run in runs:
@@ -156,21 +97,26 @@ async def test_twenty_claimers_hand_out_500_runs_exactly_once(server: httpx.Asyn
 
 
 async def test_claims_only_hand_out_declared_triples(server: httpx.AsyncClient) -> None:
-    v1 = {(await start(server, "v1"))["id"] for _ in range(3)}
-    v2 = {(await start(server, "v2"))["id"] for _ in range(2)}
-    gpu = {(await start(server, "v1", pool="gpu"))["id"] for _ in range(2)}
+    v1 = {(await start(server, version="v1"))["id"] for _ in range(3)}
+    v2 = {(await start(server, version="v2"))["id"] for _ in range(2)}
+    gpu = {(await start(server, version="v1", pool="gpu"))["id"] for _ in range(2)}
     other = await server.post("/runs", json={"workflow": "x", "version": "v1"})
     assert other.status_code == 201, other.text
 
     only_v1 = [cap("v1")]
-    got = await claim(server, "a", only_v1, max_runs=100)
+    got = await claim(server, worker_id="a", capabilities=only_v1, max_runs=100)
     ids = {r["run"]["id"] for r in got}
     assert {(r["run"]["version"], r["run"]["pool"]) for r in got} == {("v1", "default")}
     assert ids == v1
-    assert await claim(server, "a", only_v1, max_runs=100) == []
+    assert await claim(server, worker_id="a", capabilities=only_v1, max_runs=100) == []
 
     # a worker lacking v2 never gets it: the v2 runs stay queued and say why
-    assert await claim(server, "b", [cap("v3"), cap("v2", pool="gpu")], max_runs=100) == []
+    assert (
+        await claim(
+            server, worker_id="b", capabilities=[cap("v3"), cap("v2", pool="gpu")], max_runs=100
+        )
+        == []
+    )
     for run_id in v2:
         detail = await get_run(server, run_id)
         assert detail["status"] == "queued"
@@ -178,19 +124,24 @@ async def test_claims_only_hand_out_declared_triples(server: httpx.AsyncClient) 
         assert detail["pending_reason"] is not None
         assert "'v2'" in detail["pending_reason"]
 
-    got = await claim(server, "c", [cap("v2")], max_runs=100)
+    got = await claim(server, worker_id="c", capabilities=[cap("v2")], max_runs=100)
     assert {r["run"]["id"] for r in got} == v2
-    got = await claim(server, "d", [cap("v1", pool="gpu")], max_runs=100)
+    got = await claim(server, worker_id="d", capabilities=[cap("v1", pool="gpu")], max_runs=100)
     assert {r["run"]["id"] for r in got} == gpu
 
 
 async def test_claim_matches_whole_triples_not_their_parts(server: httpx.AsyncClient) -> None:
     # (v1, gpu) and (v2, default) are declared; (v1, default) and (v2, gpu) are not
-    await start(server, "v1")
-    await start(server, "v2", pool="gpu")
+    await start(server, version="v1")
+    await start(server, version="v2", pool="gpu")
     other_workflow = await server.post("/runs", json={"workflow": "x", "version": "v2"})
     assert other_workflow.status_code == 201, other_workflow.text
-    assert await claim(server, "a", [cap("v1", pool="gpu"), cap("v2")], max_runs=10) == []
+    assert (
+        await claim(
+            server, worker_id="a", capabilities=[cap("v1", pool="gpu"), cap("v2")], max_runs=10
+        )
+        == []
+    )
 
 
 # -- long-polls --------------------------------------------------------------------------
@@ -202,7 +153,7 @@ async def test_claim_long_polls_until_a_run_is_started(server: httpx.AsyncClient
 
     async def poll() -> None:
         t0 = time.monotonic()
-        got.extend(await claim(server, "a", [cap()], wait_ms=5000))
+        got.extend(await claim(server, worker_id="a", wait_ms=5000))
         elapsed.append(time.monotonic() - t0)
 
     async with anyio.create_task_group() as tg:
@@ -217,9 +168,9 @@ async def test_claim_long_polls_until_a_run_is_started(server: httpx.AsyncClient
 async def test_claim_with_nothing_to_do_returns_empty_after_its_wait(
     server: httpx.AsyncClient,
 ) -> None:
-    await start(server, "other-version")
+    await start(server, version="other-version")
     t0 = time.monotonic()
-    assert await claim(server, "a", [cap()], wait_ms=300) == []
+    assert await claim(server, worker_id="a", wait_ms=300) == []
     elapsed = time.monotonic() - t0
     assert 0.29 <= elapsed < 2.0, elapsed
 
@@ -230,7 +181,7 @@ async def test_claim_with_nothing_to_do_returns_empty_after_its_wait(
 async def test_heartbeat_continues_a_held_run_and_extends_its_claim(harness: Harness) -> None:
     h = harness
     run_id = (await start(h.client))["id"]
-    run = await claim_one(h.client, "a")
+    run = (await claim_one(h.client, worker_id="a"))["run"]
     assert run["revision"] == 1
     assert await claim_expires_at(h, run_id) == h.clock.now + 90_000  # the default idle timeout
 
@@ -244,7 +195,7 @@ async def test_heartbeat_answers_lost_for_a_stale_revision_or_another_worker(
 ) -> None:
     h = harness
     run_id = (await start(h.client))["id"]
-    await claim_one(h.client, "a")
+    await claim_one(h.client, worker_id="a")
     expires = await claim_expires_at(h, run_id)
 
     h.clock.advance(10_000)
@@ -261,7 +212,7 @@ async def test_heartbeat_answers_lost_for_a_stale_revision_or_another_worker(
 
 async def test_heartbeat_answers_cancel_for_a_cancelled_run(server: httpx.AsyncClient) -> None:
     run_id = (await start(server))["id"]
-    run = await claim_one(server, "a")
+    run = (await claim_one(server, worker_id="a"))["run"]
     r = await server.post(f"/runs/{run_id}/cancel", json={"reason": "enough"})
     assert r.status_code == 200, r.text
     assert r.json()["status"] == "cancelled"
@@ -270,7 +221,7 @@ async def test_heartbeat_answers_cancel_for_a_cancelled_run(server: httpx.AsyncC
 
 async def test_heartbeat_answers_pause_for_a_paused_run(server: httpx.AsyncClient) -> None:
     run_id = (await start(server))["id"]
-    run = await claim_one(server, "a")
+    run = (await claim_one(server, worker_id="a"))["run"]
     r = await server.post(f"/runs/{run_id}/pause")
     assert r.status_code == 200, r.text
     assert r.json()["status"] == "paused"
@@ -279,7 +230,7 @@ async def test_heartbeat_answers_pause_for_a_paused_run(server: httpx.AsyncClien
 
 async def test_heartbeat_answers_each_run_on_its_own(server: httpx.AsyncClient) -> None:
     ids = [(await start(server))["id"] for _ in range(3)]
-    got = await claim(server, "a", [cap()], max_runs=3)
+    got = await claim(server, worker_id="a", max_runs=3)
     assert sorted(r["run"]["id"] for r in got) == sorted(ids)
     held, cancelled, paused = ids
     assert (await server.post(f"/runs/{cancelled}/cancel")).status_code == 200
@@ -296,7 +247,7 @@ async def test_idle_claim_is_requeued_and_claimed_by_another_worker(
 ) -> None:
     async with make_harness(claim_idle_timeout=timedelta(seconds=5)) as h:
         run_id = (await start(h.client))["id"]
-        run_a = await claim_one(h.client, "worker-a")
+        run_a = (await claim_one(h.client, worker_id="worker-a"))["run"]
         assert run_a["revision"] == 1
 
         h.advance(6_000)
@@ -311,7 +262,7 @@ async def test_idle_claim_is_requeued_and_claimed_by_another_worker(
         assert last["revision"] == 2
         assert await heartbeat(h.client, "worker-a", [(run_id, 1)]) == {run_id: "lost"}
 
-        run_b = await claim_one(h.client, "worker-b")
+        run_b = (await claim_one(h.client, worker_id="worker-b"))["run"]
         assert run_b["id"] == run_id
         # a claim bumps the revision once more (the idle release already bumped it)
         assert run_b["revision"] == 3
@@ -359,7 +310,7 @@ async def test_a_heartbeating_worker_keeps_its_run(make_harness: HarnessFactory)
     async with make_harness(claim_idle_timeout=timedelta(seconds=5)) as h:
         run_id = (await start(h.client))["id"]
         idle_id = (await start(h.client))["id"]
-        got = await claim(h.client, "a", [cap()], max_runs=2)
+        got = await claim(h.client, worker_id="a", max_runs=2)
         assert {r["run"]["id"] for r in got} == {run_id, idle_id}
 
         for _ in range(4):  # 12 s in all, more than twice the idle timeout
@@ -386,7 +337,7 @@ async def test_claim_on_one_replica_is_woken_by_a_start_on_another(
     returned_at: list[float] = []
 
     async def poll() -> None:
-        got.extend(await claim(second_app, "b", [cap()], wait_ms=5000))
+        got.extend(await claim(second_app, worker_id="b", wait_ms=5000))
         returned_at.append(time.monotonic())
 
     async with anyio.create_task_group() as tg:

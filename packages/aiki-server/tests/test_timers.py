@@ -12,12 +12,21 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from aiki_server._timers import TimerDaemon
+from server_api import (
+    claim,
+    claim_one,
+    get_run,
+    iso,
+    start,
+    timer_pass,
+    transition,
+    wait_status,
+)
 
 if TYPE_CHECKING:
     import httpx
 
-    from conftest import Harness
+    from server_api import Harness
 
 W = "w"
 SECOND = 1_000
@@ -25,85 +34,23 @@ DAY = 86_400_000
 CAPS = [{"workflow": W, "version": "1"}, {"workflow": "child", "version": "1"}]
 
 
-def iso(ms: int) -> str:
-    """An epoch-ms moment as ISO 8601 with its timezone."""
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat()
-
-
-async def start(client: httpx.AsyncClient, **extra: Any) -> dict[str, Any]:
-    r = await client.post("/runs", json={"workflow": W, "version": "1", **extra})
-    assert r.status_code == 201, r.text
-    run: dict[str, Any] = r.json()["run"]
-    return run
-
-
-async def claim(
-    client: httpx.AsyncClient, worker: str = "worker", max_runs: int = 1
-) -> list[dict[str, Any]]:
-    # wait 0: under the manual clock a long-poll's deadline would never come
-    r = await client.post(
-        "/claims",
-        json={"worker_id": worker, "capabilities": CAPS, "max_runs": max_runs, "wait": 0},
-    )
-    assert r.status_code == 200, r.text
-    runs: list[dict[str, Any]] = r.json()["runs"]
-    return runs
-
-
-async def claim_one(client: httpx.AsyncClient, worker: str = "worker") -> dict[str, Any]:
-    runs = await claim(client, worker)
-    assert len(runs) == 1, runs
-    return runs[0]
-
-
 async def start_and_claim(h: Harness, **extra: Any) -> dict[str, Any]:
     run_id = (await start(h.client, **extra))["id"]
-    claimed = await claim_one(h.client)
+    claimed = await claim_one(h.client, worker_id="worker", capabilities=CAPS)
     assert claimed["run"]["id"] == run_id
     run: dict[str, Any] = claimed["run"]
     return run
 
 
-async def transition(
-    client: httpx.AsyncClient, run: dict[str, Any], action: dict[str, Any]
-) -> httpx.Response:
-    return await client.post(
-        f"/runs/{run['id']}/transition", json={"revision": run["revision"], "action": action}
-    )
-
-
 async def suspend(
     client: httpx.AsyncClient, run: dict[str, Any], *waits: dict[str, Any]
 ) -> dict[str, Any]:
-    r = await transition(client, run, {"kind": "suspend", "waits": list(waits)})
+    r = await transition(
+        client, run["id"], run["revision"], {"kind": "suspend", "waits": list(waits)}
+    )
     assert r.status_code == 200, r.text
     summary: dict[str, Any] = r.json()["run"]
     return summary
-
-
-async def get_run(client: httpx.AsyncClient, run_id: str) -> dict[str, Any]:
-    r = await client.get(f"/runs/{run_id}")
-    assert r.status_code == 200, r.text
-    run: dict[str, Any] = r.json()
-    return run
-
-
-async def wait_status(client: httpx.AsyncClient, run_id: str, status: str) -> dict[str, Any]:
-    """Long-poll until the run reaches `status` (bounded in wall time: the clock is manual)."""
-    with anyio.fail_after(5):
-        while True:
-            r = await client.get(
-                f"/runs/{run_id}/wait", params={"status": status, "timeout_ms": 2000}
-            )
-            assert r.status_code == 200, r.text
-            run: dict[str, Any] = r.json()
-            if run["status"] == status:
-                return run
-
-
-async def timer_pass(h: Harness) -> None:
-    """One pass of the timer daemon at the manual clock's time, finished before returning."""
-    await h.app.state.orchestrator.db.retry(TimerDaemon(h.app.state.orchestrator).run_once)
 
 
 async def status_after_pass(h: Harness, run_id: str) -> str:
@@ -131,17 +78,18 @@ async def test_delayed_start_is_queued_when_its_time_comes(harness: Harness) -> 
     assert datetime.fromisoformat(run["start_at"]) == datetime.fromtimestamp(
         (h.clock.now + 60_000) / 1000, tz=UTC
     )
-    assert await claim(h.client) == []
+    assert await claim(h.client, worker_id="worker", capabilities=CAPS) == []
 
     h.advance(59 * SECOND)
     assert await status_after_pass(h, run["id"]) == "scheduled"
-    assert await claim(h.client) == []
+    assert await claim(h.client, worker_id="worker", capabilities=CAPS) == []
 
     h.advance(2 * SECOND)
     await wait_status(h.client, run["id"], "queued")
     detail = await get_run(h.client, run["id"])
     assert detail["history"][-1]["reason"] == "start time reached"
-    assert (await claim_one(h.client))["run"]["id"] == run["id"]
+    claimed = await claim_one(h.client, worker_id="worker", capabilities=CAPS)
+    assert claimed["run"]["id"] == run["id"]
 
 
 async def test_start_at_in_the_past_is_queued_at_once(harness: Harness) -> None:
@@ -168,7 +116,7 @@ async def test_sleep_completes_and_the_next_claim_carries_it(harness: Harness) -
         h.clock.now / 1000, tz=UTC
     )
 
-    again = await claim_one(h.client)
+    again = await claim_one(h.client, worker_id="worker", capabilities=CAPS)
     assert again["run"]["id"] == run["id"]
     assert again["run"]["revision"] == run["revision"] + 1
     assert len(again["sleeps"]) == 1
@@ -195,7 +143,7 @@ async def test_event_wait_times_out(harness: Harness) -> None:
     assert [(w["name"], w["status"]) for w in detail["event_waits"]] == [("approval", "timed_out")]
     assert detail["event_waits"][0]["event_id"] is None
 
-    again = await claim_one(h.client)
+    again = await claim_one(h.client, worker_id="worker", capabilities=CAPS)
     assert [w["status"] for w in again["event_waits"]] == ["timed_out"]
 
 
@@ -216,14 +164,14 @@ async def test_workflow_retry_of_a_failed_run_requeues_when_due(harness: Harness
     h = harness
     run = await start_and_claim(h)
     action = {**fail_action(), "retry_at": iso(h.clock.now + 30_000)}
-    r = await transition(h.client, run, action)
+    r = await transition(h.client, run["id"], run["revision"], action)
     assert r.status_code == 200, r.text
     assert r.json()["run"]["status"] == "awaiting_retry"
     assert r.json()["run"]["attempt"] == 2
 
     h.advance(31 * SECOND)
     await wait_status(h.client, run["id"], "queued")
-    again = await claim_one(h.client)
+    again = await claim_one(h.client, worker_id="worker", capabilities=CAPS)
     assert again["run"]["attempt"] == 2
 
 
@@ -250,7 +198,7 @@ async def test_run_deadline_fails_the_run_and_fences_its_worker(harness: Harness
     assert detail["revision"] > run["revision"]
 
     # the former claimant can write nothing more
-    r = await transition(h.client, run, {"kind": "complete", "result": 1})
+    r = await transition(h.client, run["id"], run["revision"], {"kind": "complete", "result": 1})
     assert r.status_code == 409, r.text
     assert r.json()["error"]["code"] == "stale_revision"
     r = await h.client.post(
@@ -278,7 +226,7 @@ async def test_run_deadline_cancels_a_running_child(harness: Harness) -> None:
     h = harness
     parent = await start_and_claim(h, timeout=10_000)
     child = await start_child(h, parent, "c")
-    child_claim = await claim_one(h.client, "child-worker")
+    child_claim = await claim_one(h.client, worker_id="child-worker", capabilities=CAPS)
     assert child_claim["run"]["id"] == child["id"]
 
     h.advance(11 * SECOND)
@@ -331,7 +279,7 @@ async def test_sleep_and_event_wait_requeue_on_the_event(harness: Harness) -> No
 
     # the sleep's due time no longer concerns the run: suspended on another event, the
     # day passing does not wake it
-    again = (await claim_one(h.client))["run"]
+    again = (await claim_one(h.client, worker_id="worker", capabilities=CAPS))["run"]
     wait = {"kind": "event", "name": "go", "occurrence": 1}
     assert (await suspend(h.client, again, wait))["status"] == "awaiting_event"
     h.advance(DAY)
@@ -423,17 +371,22 @@ async def parent_awaiting_child(h: Harness) -> tuple[dict[str, Any], dict[str, A
 async def test_parent_is_woken_by_a_failed_child(harness: Harness) -> None:
     h = harness
     parent, child = await parent_awaiting_child(h)
-    child_claim = await claim_one(h.client, "child-worker")
+    child_claim = await claim_one(h.client, worker_id="child-worker", capabilities=CAPS)
     assert child_claim["run"]["id"] == child["id"]
     h.advance(SECOND)
     assert await status_after_pass(h, parent["id"]) == "awaiting_child"
 
-    r = await transition(h.client, child_claim["run"], fail_action("child broke"))
+    r = await transition(
+        h.client,
+        child_claim["run"]["id"],
+        child_claim["run"]["revision"],
+        fail_action("child broke"),
+    )
     assert r.status_code == 200, r.text
     assert r.json()["run"]["status"] == "failed"
     await wait_status(h.client, parent["id"], "queued")
 
-    again = await claim_one(h.client)
+    again = await claim_one(h.client, worker_id="worker", capabilities=CAPS)
     assert again["run"]["id"] == parent["id"]
     assert [(c["run_id"], c["status"]) for c in again["children"]] == [(child["id"], "failed")]
 
@@ -448,7 +401,7 @@ async def test_parent_is_woken_by_a_cancelled_child(harness: Harness) -> None:
     detail = await get_run(h.client, parent["id"])
     assert f"child {child['id']}" in detail["history"][-1]["reason"]
 
-    again = await claim_one(h.client)
+    again = await claim_one(h.client, worker_id="worker", capabilities=CAPS)
     assert [(c["run_id"], c["status"]) for c in again["children"]] == [(child["id"], "cancelled")]
 
 
@@ -476,7 +429,7 @@ async def test_timer_daemon_moves_due_runs_in_repeated_batches(harness: Harness)
     async with anyio.create_task_group() as tg:
         for _ in range(10):
             tg.start_soon(start_some, count // 10)
-    claimed = await claim(h.client, max_runs=1000)
+    claimed = await claim(h.client, worker_id="worker", capabilities=CAPS, max_runs=1000)
     assert len(claimed) == count
 
     async def suspend_some(runs: list[dict[str, Any]]) -> None:

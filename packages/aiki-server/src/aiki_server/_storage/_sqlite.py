@@ -9,6 +9,7 @@ process owns the file.
 
 from __future__ import annotations
 
+import functools
 import re
 import sqlite3
 from contextlib import asynccontextmanager
@@ -29,7 +30,9 @@ if TYPE_CHECKING:
 _PARAM = re.compile(r"\$(\d+)")
 
 
+@functools.lru_cache(maxsize=1024)
 def _to_sqlite(sql: str) -> str:
+    # statements are a small fixed set of strings: rewrite each one once
     return _PARAM.sub(r"?\1", sql)
 
 

@@ -1,0 +1,182 @@
+"""HTTP helpers shared by the server's tests: start, claim, transition and read runs.
+
+Each helper asserts what every caller relies on (a start is a 201 that created its
+run, a claim or a read is a 200, a wire error has exactly the documented shape) and
+returns the part of the body the tests look at. The clients are those of the
+`server`, `harness` and `make_harness` fixtures of conftest.py, rooted at `/api/v1`.
+
+Importable as `server_api` because pytest and mypy put this directory on their paths
+(`pythonpath` and `mypy_path` in the root pyproject.toml); conftest.py itself cannot
+be imported under `--import-mode=importlib`, so the fixtures' types are restated here
+as protocols.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Protocol
+
+import anyio
+
+from aiki_server._timers import TimerDaemon
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    import httpx
+    from fastapi import FastAPI
+
+FAR_FUTURE = "2100-01-01T00:00:00Z"
+"""A moment no test reaches: a sleep until then never wakes by itself."""
+
+START_MS = 1_800_000_000_000
+"""Where the harness's manual clock starts (epoch milliseconds)."""
+
+
+# -- the fixtures' types ------------------------------------------------------------------
+
+
+class Clock(Protocol):
+    """The harness's manual clock: epoch milliseconds that move only when told."""
+
+    now: int
+
+    def advance(self, ms: int) -> None:
+        """Move the clock forward by `ms` without waking the timer daemon."""
+
+
+class Harness(Protocol):
+    """The `harness` fixture of conftest.py: an app on a manual clock."""
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        """An HTTP client on the app."""
+
+    @property
+    def app(self) -> FastAPI:
+        """The app, its lifespan running."""
+
+    @property
+    def clock(self) -> Clock:
+        """The app's clock."""
+
+    def advance(self, ms: int) -> None:
+        """Move the clock forward and let the timer daemon look at once."""
+
+
+HarnessFactory = Callable[..., AbstractAsyncContextManager[Harness]]
+"""The `make_harness` fixture: `async with make_harness(**settings) as h`."""
+
+
+# -- values --------------------------------------------------------------------------------
+
+
+def iso(ms: int) -> str:
+    """Epoch milliseconds as an ISO 8601 UTC timestamp (`...Z`)."""
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat().replace("+00:00", "Z")
+
+
+def error_of(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    """Assert `r` is exactly the wire error `code` with `status`; its details."""
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/json")
+    body = r.json()
+    assert set(body) == {"error"}, body
+    assert set(body["error"]) == {"code", "message", "details"}, body
+    assert body["error"]["code"] == code, body
+    assert isinstance(body["error"]["message"], str)
+    assert body["error"]["message"]
+    details = body["error"]["details"]
+    assert isinstance(details, dict)
+    return details
+
+
+# -- requests ------------------------------------------------------------------------------
+
+
+async def start(client: httpx.AsyncClient, **fields: Any) -> dict[str, Any]:
+    """Start a new run (workflow `w`, version `1` unless given); its summary."""
+    r = await client.post("/runs", json={"workflow": "w", "version": "1", **fields})
+    assert r.status_code == 201, r.text
+    assert r.json()["created"] is True
+    run: dict[str, Any] = r.json()["run"]
+    return run
+
+
+async def claim(
+    client: httpx.AsyncClient,
+    workflow: str = "w",
+    version: str = "1",
+    *,
+    pool: str = "default",
+    worker_id: str = "worker-1",
+    max_runs: int = 1,
+    wait_ms: int = 0,
+    capabilities: Sequence[Mapping[str, str]] | None = None,
+) -> list[dict[str, Any]]:
+    """Claim as `worker_id`; the claimed runs.
+
+    The worker declares `capabilities`, else the one triple (`workflow`, `version`,
+    `pool`). It does not wait unless `wait_ms` is given: under the manual clock a
+    long-poll's deadline would never come.
+    """
+    if capabilities is None:
+        capabilities = [{"workflow": workflow, "version": version, "pool": pool}]
+    r = await client.post(
+        "/claims",
+        json={
+            "worker_id": worker_id,
+            "capabilities": list(capabilities),
+            "max_runs": max_runs,
+            "wait": wait_ms,
+        },
+    )
+    assert r.status_code == 200, r.text
+    runs: list[dict[str, Any]] = r.json()["runs"]
+    return runs
+
+
+async def claim_one(
+    client: httpx.AsyncClient, workflow: str = "w", version: str = "1", **options: Any
+) -> dict[str, Any]:
+    """Claim exactly one run (`options` as for `claim`); the claimed run (summary under `run`)."""
+    runs = await claim(client, workflow, version, **options)
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+async def transition(
+    client: httpx.AsyncClient, run_id: str, revision: int, action: dict[str, Any]
+) -> httpx.Response:
+    """Apply a worker action to a claimed run (no assertion: callers check the answer)."""
+    return await client.post(
+        f"/runs/{run_id}/transition", json={"revision": revision, "action": action}
+    )
+
+
+async def get_run(client: httpx.AsyncClient, run_id: str) -> dict[str, Any]:
+    """The run's detail."""
+    r = await client.get(f"/runs/{run_id}")
+    assert r.status_code == 200, r.text
+    run: dict[str, Any] = r.json()
+    return run
+
+
+async def wait_status(client: httpx.AsyncClient, run_id: str, status: str) -> dict[str, Any]:
+    """Long-poll until the run reaches `status` (bounded in wall time: the clock may be manual)."""
+    with anyio.fail_after(5):
+        while True:
+            r = await client.get(
+                f"/runs/{run_id}/wait", params={"status": status, "timeout_ms": 2000}
+            )
+            assert r.status_code == 200, r.text
+            run: dict[str, Any] = r.json()
+            if run["status"] == status:
+                return run
+
+
+async def timer_pass(h: Harness) -> None:
+    """One pass of the timer daemon at the manual clock's time, finished before returning."""
+    await h.app.state.orchestrator.db.retry(TimerDaemon(h.app.state.orchestrator).run_once)
