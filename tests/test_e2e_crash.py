@@ -14,6 +14,7 @@ at the crash ran exactly once, at most the one in flight ran twice, none more.
 
 from __future__ import annotations
 
+import os
 import signal
 from datetime import timedelta
 from typing import TYPE_CHECKING
@@ -156,3 +157,29 @@ async def test_server_sigkilled_mid_run_and_restarted_the_worker_recovers(
         detail = await handle.detail()
         assert detail.status is RunStatus.COMPLETED
         _check_all_steps_recorded(detail)
+
+
+async def test_sigterm_lets_the_running_run_finish_then_the_worker_exits(
+    db_url: str, processes: LiveProcesses, tmp_path: Path
+) -> None:
+    counters = Counters(tmp_path / "counters")
+    server = await processes.start_server(db_url)
+    worker = await start_worker(
+        processes, server.base_url, counters, heartbeat_ms=HEARTBEAT_MS, task_delay_ms=TASK_DELAY_MS
+    )
+    async with Client(server.base_url, logger=QUIET) as client:
+        handle = await twenty_v1.start(client, Batch(size=STEPS))
+        await counters.wait_for_total("step-", 3, timeout=30)
+
+        os.kill(worker.pid, signal.SIGTERM)
+        # the worker stops claiming but finishes the run it holds, then exits cleanly
+        assert await worker.wait(timeout=30) == 0
+        detail = await handle.detail()
+        assert detail.status is RunStatus.COMPLETED
+        assert await handle.result(timeout=RESULT_TIMEOUT) == EXPECTED
+        assert set(counters.counts("step-").values()) == {1}
+        assert len(_claims(detail)) == 1
+
+        # a run started after the stop waits, queued, for another worker
+        later = await twenty_v1.start(client, Batch(size=1))
+        assert await later.status() is RunStatus.QUEUED
