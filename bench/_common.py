@@ -22,6 +22,7 @@ import asyncpg
 import httpx
 
 if TYPE_CHECKING:
+    import argparse
     from collections.abc import AsyncIterator, Sequence
     from pathlib import Path
 
@@ -41,6 +42,21 @@ def default_pg_url() -> str:
 
 
 # -- processes ---------------------------------------------------------------------------
+
+
+def add_database_options(parser: argparse.ArgumentParser) -> None:
+    """The `--db` and `--pg-url` options every benchmark takes."""
+    parser.add_argument(
+        "--db",
+        choices=["sqlite", "postgresql", "both"],
+        default="both",
+        help="which database to measure (default: both)",
+    )
+    parser.add_argument(
+        "--pg-url",
+        default=default_pg_url(),
+        help=f"PostgreSQL URL [AIKI_TEST_POSTGRES_URL, default {DEFAULT_PG_URL}]",
+    )
 
 
 def free_port() -> int:

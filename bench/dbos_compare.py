@@ -42,13 +42,12 @@ import anyio
 import asyncpg
 from _aiki_workload import latency_1, latency_10, throughput, warmup
 from _common import (
-    DEFAULT_PG_URL,
     BenchError,
     Latencies,
+    add_database_options,
     aiki_counts,
     check_counts,
     cpu_seconds,
-    default_pg_url,
     fresh_schema,
     leaves,
     logged_process,
@@ -105,17 +104,7 @@ def _options(argv: list[str] | None = None) -> Options:
     parser = argparse.ArgumentParser(
         description="Aiki against DBOS 3.4: start→result latency and throughput, same machine."
     )
-    parser.add_argument(
-        "--db",
-        choices=["sqlite", "postgresql", "both"],
-        default="both",
-        help="which database to measure (default: both)",
-    )
-    parser.add_argument(
-        "--pg-url",
-        default=default_pg_url(),
-        help=f"PostgreSQL URL [AIKI_TEST_POSTGRES_URL, default {DEFAULT_PG_URL}]",
-    )
+    add_database_options(parser)
     parser.add_argument("--quick", action="store_true", help="a smaller run (about two minutes)")
     parser.add_argument("--latency-runs", type=int, help="sequential runs per latency figure")
     parser.add_argument("--throughput-runs", type=int, help="runs in the throughput figure")

@@ -33,13 +33,12 @@ import anyio.to_thread
 import asyncpg
 import httpx
 from _common import (
-    DEFAULT_PG_URL,
     BenchError,
     Latencies,
+    add_database_options,
     aiki_counts,
     check_counts,
     cpu_seconds,
-    default_pg_url,
     fresh_schema,
     leaves,
     pg_unreachable,
@@ -74,17 +73,7 @@ def _options(argv: list[str] | None = None) -> Options:
     parser = argparse.ArgumentParser(
         description="aiki-server starts/s and cycles/s beside the database's raw commit rate."
     )
-    parser.add_argument(
-        "--db",
-        choices=["sqlite", "postgresql", "both"],
-        default="both",
-        help="which database to measure (default: both)",
-    )
-    parser.add_argument(
-        "--pg-url",
-        default=default_pg_url(),
-        help=f"PostgreSQL URL [AIKI_TEST_POSTGRES_URL, default {DEFAULT_PG_URL}]",
-    )
+    add_database_options(parser)
     parser.add_argument("--quick", action="store_true", help="a smaller run (seconds)")
     parser.add_argument("--starts", type=int, help="runs to start in (a) (default 2000)")
     parser.add_argument("--clients", type=int, default=16, help="concurrent clients in (a)")
