@@ -52,6 +52,7 @@ EXPECTED_EXPORTS: dict[str, tuple[str, ...]] = {
         "ListRunsQuery",
         "LogLevel",
         "Logger",
+        "MAX_COUNT",
         "Namespace",
         "NonRetryableError",
         "NotFoundError",

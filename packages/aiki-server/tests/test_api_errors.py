@@ -407,13 +407,15 @@ async def test_a_start_with_an_unstorable_value_is_400(
     ],
     ids=["task-occurrence", "task-attempt", "child-occurrence", "event-occurrence"],
 )  # fmt: skip
-async def test_a_worker_write_with_an_unstorable_number_is_400_and_changes_nothing(
+async def test_a_worker_write_with_an_unstorable_number_is_422_and_changes_nothing(
     server: httpx.AsyncClient, path: str, fields: dict[str, Any]
 ) -> None:
     run_id, revision = await _claimed(server)
     before = (await server.get(f"/runs/{run_id}")).json()
     r = await server.post(f"/runs/{run_id}{path}", json={"revision": revision, **fields})
-    error_of(r, 400, "invalid_request")
+    details = error_of(r, 422, "payload_validation")
+    field = "attempt" if fields.get("attempt") == _HUGE else "occurrence"
+    assert any(field in problem["loc"] for problem in details["errors"]), details
     assert (await server.get(f"/runs/{run_id}")).json() == before
     assert await run_count(server) == 1
 

@@ -360,6 +360,7 @@ from aiki_core._status import (
 from aiki_core._status import (
     check_task_transition as check_task_transition,
 )
+from aiki_core._wire import MAX_COUNT as MAX_COUNT
 
 __all__ = (
     "AikiError",
@@ -401,6 +402,7 @@ __all__ = (
     "ListRunsQuery",
     "LogLevel",
     "Logger",
+    "MAX_COUNT",
     "Namespace",
     "NonRetryableError",
     "NotFoundError",

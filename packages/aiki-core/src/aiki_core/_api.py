@@ -28,7 +28,15 @@ from aiki_core._records import (
 )
 from aiki_core._retry import RetryPolicy
 from aiki_core._status import TASK_TERMINAL_STATUSES, RunStatus, TaskStatus
-from aiki_core._wire import Name, ReferenceId, RequestModel, ResponseModel, VersionName
+from aiki_core._wire import (
+    Count,
+    Name,
+    Ordinal,
+    ReferenceId,
+    RequestModel,
+    ResponseModel,
+    VersionName,
+)
 
 __all__ = [
     "AwaitChild",
@@ -117,9 +125,9 @@ class StartChildRequest(RequestModel):
     parent's pool unless `pool` is given.
     """
 
-    revision: int = Field(ge=0)
+    revision: Count
     address: TaskAddress
-    occurrence: int = Field(ge=0)
+    occurrence: Count
     workflow: Name
     version: VersionName
     input: JsonValue = None
@@ -222,7 +230,7 @@ class RunLease(RequestModel):
     """A run a worker holds, at the revision its claim returned."""
 
     run_id: RunId
-    revision: int = Field(ge=0)
+    revision: Count
 
 
 class HeartbeatRequest(RequestModel):
@@ -266,11 +274,11 @@ class RecordTaskRequest(RequestModel):
     `error`, the latter with the `retry_at` of the next attempt.
     """
 
-    revision: int = Field(ge=0)
+    revision: Count
     name: Name
     address: TaskAddress
-    occurrence: int = Field(ge=0)
-    attempt: int = Field(ge=1)
+    occurrence: Count
+    attempt: Ordinal
     status: TaskStatus
     input: JsonValue = None
     result: JsonValue = None
@@ -316,7 +324,7 @@ class AwaitSleep(RequestModel):
 
     kind: Literal["sleep"] = "sleep"
     name: Name
-    occurrence: int = Field(ge=0)
+    occurrence: Count
     wake_at: AwareDatetime
 
 
@@ -325,7 +333,7 @@ class AwaitEvent(RequestModel):
 
     kind: Literal["event"] = "event"
     name: Name
-    occurrence: int = Field(ge=0)
+    occurrence: Count
     timeout_at: AwareDatetime | None = None
 
 
@@ -384,7 +392,7 @@ RunAction = Annotated[CompleteRun | FailRun | SuspendRun | ReleaseRun, Field(dis
 class TransitionRunRequest(RequestModel):
     """Apply `action` to a claimed run, fenced by the claim's `revision`."""
 
-    revision: int = Field(ge=0)
+    revision: Count
     action: RunAction
 
 

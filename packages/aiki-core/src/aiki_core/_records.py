@@ -15,7 +15,7 @@ from pydantic import AwareDatetime, Field, JsonValue
 from aiki_core._error_info import ErrorInfo
 from aiki_core._ids import EventId, Namespace, PoolName, RunId, TaskAddress, TaskId
 from aiki_core._status import RunStatus, TaskStatus
-from aiki_core._wire import ResponseModel
+from aiki_core._wire import Count, Ordinal, ResponseModel
 
 __all__ = [
     "ChildRecord",
@@ -40,8 +40,8 @@ class RunSummary(ResponseModel):
     version: str
     status: RunStatus
     pool: PoolName
-    revision: int = Field(ge=0, description="Bumped by every claim; fences stale workers.")
-    attempt: int = Field(ge=1, description="Workflow-level attempt (retries of the whole run).")
+    revision: Count = Field(description="Bumped by every claim; fences stale workers.")
+    attempt: Ordinal = Field(description="Workflow-level attempt (retries of the whole run).")
     reference_id: str | None = None
     parent_run_id: RunId | None = None
     created_at: AwareDatetime
@@ -61,7 +61,7 @@ class RunOutcome(RunSummary):
 class TaskAttemptRecord(ResponseModel):
     """One attempt of a task call."""
 
-    attempt: int = Field(ge=1)
+    attempt: Ordinal
     status: TaskStatus
     started_at: AwareDatetime
     finished_at: AwareDatetime | None = None
@@ -78,7 +78,7 @@ class TaskRecord(ResponseModel):
     id: TaskId
     name: str
     address: TaskAddress
-    occurrence: int = Field(ge=0)
+    occurrence: Count
     status: TaskStatus
     input: JsonValue = None
     result: JsonValue = None
@@ -93,7 +93,7 @@ class SleepRecord(ResponseModel):
     """A durable sleep, identified by name and occurrence."""
 
     name: str
-    occurrence: int = Field(ge=0)
+    occurrence: Count
     status: Literal["sleeping", "completed", "woken"]
     wake_at: AwareDatetime
     completed_at: AwareDatetime | None = None
@@ -103,7 +103,7 @@ class EventWaitRecord(ResponseModel):
     """A wait for an event, identified by event name and occurrence."""
 
     name: str
-    occurrence: int = Field(ge=0)
+    occurrence: Count
     status: Literal["waiting", "received", "timed_out"]
     timeout_at: AwareDatetime | None = None
     event_id: EventId | None = None
@@ -127,7 +127,7 @@ class ChildRecord(ResponseModel):
     workflow: str
     version: str
     address: TaskAddress
-    occurrence: int = Field(ge=0)
+    occurrence: Count
     status: RunStatus
 
 
@@ -141,7 +141,7 @@ class StateTransition(ResponseModel):
     from_status: str | None = Field(description="`None` when the entity was created.")
     to_status: str
     reason: str | None = None
-    revision: int = Field(ge=0)
+    revision: Count
     at: AwareDatetime
 
 

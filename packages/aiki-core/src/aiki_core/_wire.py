@@ -9,9 +9,18 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-__all__ = ["Name", "ReferenceId", "RequestModel", "ResponseModel", "VersionName"]
+__all__ = [
+    "MAX_COUNT",
+    "Count",
+    "Name",
+    "Ordinal",
+    "ReferenceId",
+    "RequestModel",
+    "ResponseModel",
+    "VersionName",
+]
 
 
 class RequestModel(BaseModel):
@@ -40,3 +49,12 @@ VersionName = Annotated[
 
 ReferenceId = Annotated[str, StringConstraints(min_length=1, max_length=255)]
 """A caller-chosen idempotency key."""
+
+MAX_COUNT = 2**63 - 1
+"""The largest revision, occurrence or attempt: what a 64-bit database integer holds."""
+
+Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
+"""A revision or an occurrence: 0 and up, storable in a 64-bit integer column."""
+
+Ordinal = Annotated[int, Field(ge=1, le=MAX_COUNT)]
+"""An attempt number: 1 and up, storable in a 64-bit integer column."""

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from ulid import ULID
 
 from aiki_core import (
+    MAX_COUNT,
     AwaitChild,
     AwaitEvent,
     AwaitRetry,
@@ -935,6 +936,9 @@ def _encode_cursor(created_at: int, run_id: str) -> str:
 def _decode_cursor(cursor: str) -> tuple[int, str]:
     try:
         created_at, run_id = base64.urlsafe_b64decode(cursor.encode()).decode().split(":", 1)
-        return int(created_at), run_id
+        created_ms = int(created_at)
     except ValueError as exc:
         raise InvalidRequestError(f"malformed cursor {cursor!r}") from exc
+    if not 0 <= created_ms <= MAX_COUNT:
+        raise InvalidRequestError(f"malformed cursor {cursor!r}: time out of range")
+    return created_ms, run_id
