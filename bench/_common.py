@@ -15,7 +15,7 @@ import sys
 import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import anyio
 import asyncpg
@@ -23,7 +23,7 @@ import httpx
 
 if TYPE_CHECKING:
     import argparse
-    from collections.abc import AsyncIterator, Sequence
+    from collections.abc import AsyncIterator, Callable, Sequence
     from pathlib import Path
 
     from anyio.abc import Process
@@ -244,3 +244,14 @@ def leaves(error: BaseException) -> list[BaseException]:
     if isinstance(error, BaseExceptionGroup):
         return [leaf for inner in error.exceptions for leaf in leaves(inner)]
     return [error]
+
+
+def exit_with_status(run: Callable[[], int]) -> NoReturn:
+    """Run a benchmark and exit with its status; each `BenchError` it raised is printed, exit 1."""
+    try:
+        status = run()
+    except* BenchError as group:
+        for error in leaves(group):
+            print(f"\nBENCHMARK FAILED: {error}")
+        status = 1
+    sys.exit(status)

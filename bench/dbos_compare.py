@@ -48,6 +48,7 @@ from _common import (
     aiki_counts,
     check_counts,
     cpu_seconds,
+    exit_with_status,
     fresh_schema,
     leaves,
     logged_process,
@@ -664,13 +665,7 @@ def main(argv: list[str] | None = None) -> None:
     except BenchError as setup_error:
         print(f"BENCHMARK FAILED: cannot set up DBOS: {setup_error}")
         sys.exit(1)
-    try:
-        status = anyio.run(_main, opts, python, venv_note)
-    except* BenchError as group:
-        for error in leaves(group):
-            print(f"\nBENCHMARK FAILED: {error}")
-        status = 1
-    sys.exit(status)
+    exit_with_status(lambda: anyio.run(_main, opts, python, venv_note))
 
 
 if __name__ == "__main__":

@@ -39,8 +39,8 @@ from _common import (
     aiki_counts,
     check_counts,
     cpu_seconds,
+    exit_with_status,
     fresh_schema,
-    leaves,
     pg_unreachable,
     server_process,
 )
@@ -489,13 +489,8 @@ async def _main(opts: Options) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the benchmark; exit 1 if a check failed or a database was unreachable."""
-    try:
-        status = anyio.run(_main, _options(argv))
-    except* BenchError as group:
-        for error in leaves(group):
-            print(f"\nBENCHMARK FAILED: {error}")
-        status = 1
-    sys.exit(status)
+    options = _options(argv)
+    exit_with_status(lambda: anyio.run(_main, options))
 
 
 if __name__ == "__main__":
