@@ -105,6 +105,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         app,
         host=args.host,
         port=args.port,
+        http="httptools",
+        loop="auto",  # uvloop where it is installed (every platform but Windows)
         log_level="warning",
         access_log=False,
         # in-flight requests finish; long-polls are cut after this many seconds
