@@ -2,19 +2,20 @@
 
 It starts runs (as the `WorkflowStarter` a workflow version needs), hands out run
 handles, lists runs, and serves workers (as their `WorkerApi`). Every payload passes
-through its codec on the way out and back. Connection failures are retried by the
-transport (the request never reached the server, so a retry is always safe), and
-every HTTP error becomes the `AikiError` the server named.
+through its codec on the way out and back. Requests travel over aiohttp, or through
+an httpx transport when one is given (see `_http`); a connection that cannot be
+opened is tried again (the request never reached the server, so that is always
+safe), and every HTTP error becomes the `AikiError` the server named.
 """
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any, Self, TypeVar
-
-import httpx
 
 from aiki_client.__about__ import __version__
 from aiki_client._handle import WorkflowRunHandle
+from aiki_client._http import AiohttpHttp, Http, HttpxHttp
 from aiki_core import (
     DEFAULT_NAMESPACE,
     ClaimRequest,
@@ -28,7 +29,6 @@ from aiki_core import (
     RecordTaskRequest,
     RecordTaskResponse,
     RunPage,
-    ServerUnavailableError,
     StartRunRequest,
     StartRunResponse,
     TransitionRunRequest,
@@ -40,11 +40,14 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from types import TracebackType
 
-    from pydantic import JsonValue
+    import httpx
+    from pydantic import BaseModel, JsonValue
 
     from aiki_core import Logger, PayloadCodec, RunId
 
 ResultT = TypeVar("ResultT")
+ModelT = TypeVar("ModelT", bound="BaseModel")
+
 
 DEFAULT_URL = "http://127.0.0.1:9850"
 
@@ -56,8 +59,9 @@ def _identity(value: JsonValue) -> JsonValue:
 class Client:
     """Talks to an Aiki server: `async with Client("http://127.0.0.1:9850") as client`.
 
-    `transport` replaces the network, e.g. `httpx.ASGITransport(app)` to reach an
-    embedded server in process. `codec` encodes every payload (default: none).
+    `transport` (an httpx transport) replaces the network, e.g.
+    `httpx.ASGITransport(app)` to reach an embedded server in process. `codec`
+    encodes every payload (default: none).
     """
 
     def __init__(
@@ -77,13 +81,11 @@ class Client:
         headers = {"user-agent": f"aiki-client/{__version__}"}
         if api_key is not None:
             headers["authorization"] = f"Bearer {api_key}"
-        self._http = httpx.AsyncClient(
-            base_url=f"{self.base_url}/api/v1",
-            headers=headers,
-            transport=transport or httpx.AsyncHTTPTransport(retries=connect_retries),
-            # long-polls hold a request up to a minute
-            timeout=httpx.Timeout(10.0, read=75.0),
-            limits=httpx.Limits(max_connections=200, max_keepalive_connections=100),
+        api_url = f"{self.base_url}/api/v1"
+        self._http: Http = (
+            AiohttpHttp(api_url, headers, connect_retries=connect_retries)
+            if transport is None
+            else HttpxHttp(api_url, headers, transport)
         )
 
     async def __aenter__(self) -> Self:
@@ -109,8 +111,7 @@ class Client:
         """Start (or find, by reference id) a run; prefer `version.start(client, payload)`."""
         context = CodecContext(request.reference_id or "", "input")
         encoded = request.model_copy(update={"input": self.codec.encode(request.input, context)})
-        body = await self._post("/runs", encoded.model_dump(mode="json", exclude_none=True))
-        started = StartRunResponse.model_validate(body)
+        started = await self._call("POST", "/runs", StartRunResponse, encoded)
         return WorkflowRunHandle(self, started.run.id, decode_result)
 
     def run_handle(
@@ -129,58 +130,51 @@ class Client:
             for key, value in query.model_dump(mode="json", exclude_none=True).items()
             for item in (value if isinstance(value, list) else [value])
         ]
-        return RunPage.model_validate(await self._get("/runs", params=params))
+        return await self._call("GET", "/runs", RunPage, params=params)
 
     # -- the worker's calls --------------------------------------------------------------
 
     async def claim(self, request: ClaimRequest) -> ClaimResponse:
         """Long-poll for runs to execute."""
-        return ClaimResponse.model_validate(
-            await self._post("/claims", request.model_dump(mode="json"))
-        )
+        return await self._call("POST", "/claims", ClaimResponse, request)
 
     async def heartbeat(self, request: HeartbeatRequest) -> HeartbeatResponse:
         """Refresh claims; a directive per run."""
-        return HeartbeatResponse.model_validate(
-            await self._post("/heartbeats", request.model_dump(mode="json"))
-        )
+        return await self._call("POST", "/heartbeats", HeartbeatResponse, request)
 
     async def record_task(self, run_id: RunId, request: RecordTaskRequest) -> RecordTaskResponse:
         """Record one task attempt."""
-        return RecordTaskResponse.model_validate(
-            await self._post(f"/runs/{run_id}/tasks", request.model_dump(mode="json"))
-        )
+        return await self._call("POST", f"/runs/{run_id}/tasks", RecordTaskResponse, request)
 
     async def transition(
         self, run_id: RunId, request: TransitionRunRequest
     ) -> TransitionRunResponse:
         """Complete, fail, suspend or release a held run."""
-        return TransitionRunResponse.model_validate(
-            await self._post(f"/runs/{run_id}/transition", request.model_dump(mode="json"))
+        return await self._call(
+            "POST", f"/runs/{run_id}/transition", TransitionRunResponse, request
         )
 
     # -- HTTP ----------------------------------------------------------------------------
 
-    async def _get(self, path: str, *, params: Sequence[tuple[str, str]] = ()) -> Any:
-        return await self._send("GET", path, params=list(params))
-
-    async def _post(self, path: str, body: Any) -> Any:
-        return await self._send("POST", path, json=body)
-
-    async def _send(self, method: str, path: str, **kwargs: Any) -> Any:
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        answer: type[ModelT],
+        body: BaseModel | None = None,
+        *,
+        params: Sequence[tuple[str, str]] = (),
+    ) -> ModelT:
+        """One API call: `body` out as JSON, the answer parsed straight into `answer`."""
+        content = None if body is None else body.model_dump_json().encode()
+        status, raw = await self._http.send(method, path, content, params)
+        if 200 <= status < 300:
+            return answer.model_validate_json(raw)
         try:
-            response = await self._http.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
-            raise ServerUnavailableError(
-                f"cannot reach the Aiki server at {self.base_url}: {exc!r}"
-            ) from exc
-        if response.is_success:
-            return response.json()
-        try:
-            body = response.json()
+            error = json.loads(raw)
         except ValueError:
-            body = {"text": response.text[:500]}
-        raise error_from_wire(response.status_code, body if isinstance(body, dict) else {})
+            error = {"text": raw[:500].decode(errors="replace")}
+        raise error_from_wire(status, error if isinstance(error, dict) else {})
 
     def __repr__(self) -> str:
         return f"<Client {self.base_url}>"

@@ -15,6 +15,7 @@ from aiki_core import (
     RunDetail,
     RunOutcome,
     RunStatus,
+    RunSummary,
     WorkflowCancelledError,
     WorkflowFailedError,
 )
@@ -49,7 +50,7 @@ class WorkflowRunHandle(Generic[ResultT]):
 
     async def detail(self) -> RunDetail:
         """The run with its tasks (attempts, errors), waits, events, children and history."""
-        return RunDetail.model_validate(await self._client._get(f"/runs/{self.id}"))
+        return await self._client._call("GET", f"/runs/{self.id}", RunDetail)
 
     async def wait_for_status(
         self, statuses: Iterable[RunStatus], *, timeout: timedelta | None = None
@@ -75,8 +76,8 @@ class WorkflowRunHandle(Generic[ResultT]):
 
     async def cancel(self, reason: str | None = None) -> None:
         """Cancel the run and its children."""
-        body = CancelRunRequest(reason=reason).model_dump(mode="json")
-        await self._client._post(f"/runs/{self.id}/cancel", body)
+        request = CancelRunRequest(reason=reason)
+        await self._client._call("POST", f"/runs/{self.id}/cancel", RunSummary, request)
 
     async def _wait(self, statuses: list[RunStatus], timeout: timedelta | None) -> RunOutcome:
         deadline = None if timeout is None else anyio.current_time() + timeout.total_seconds()
@@ -85,10 +86,11 @@ class WorkflowRunHandle(Generic[ResultT]):
             poll_ms = _LONG_POLL_MS
             if deadline is not None:
                 poll_ms = max(0, min(poll_ms, int((deadline - anyio.current_time()) * 1000)))
-            outcome = RunOutcome.model_validate(
-                await self._client._get(
-                    f"/runs/{self.id}/wait", params=[*params, ("timeout_ms", str(poll_ms))]
-                )
+            outcome = await self._client._call(
+                "GET",
+                f"/runs/{self.id}/wait",
+                RunOutcome,
+                params=[*params, ("timeout_ms", str(poll_ms))],
             )
             if outcome.status in statuses:
                 return outcome
