@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
+from pydantic import ValidationError
+
 from aiki_client.__about__ import __version__
 from aiki_client._handle import WorkflowRunHandle
 from aiki_client._http import AiohttpHttp, Http, HttpxHttp
@@ -29,6 +31,7 @@ from aiki_core import (
     RecordTaskRequest,
     RecordTaskResponse,
     RunPage,
+    ServerError,
     StartRunRequest,
     StartRunResponse,
     TransitionRunRequest,
@@ -60,8 +63,9 @@ class Client:
     """Talks to an Aiki server: `async with Client("http://127.0.0.1:9850") as client`.
 
     `transport` (an httpx transport) replaces the network, e.g.
-    `httpx.ASGITransport(app)` to reach an embedded server in process. `codec`
-    encodes every payload (default: none).
+    `httpx.ASGITransport(app)` to reach an embedded server in process; it then owns
+    its own connection retries, and `connect_retries` (for the network path) is
+    unused. `codec` encodes every payload (default: none).
     """
 
     def __init__(
@@ -74,6 +78,8 @@ class Client:
         transport: httpx.AsyncBaseTransport | None = None,
         connect_retries: int = 3,
     ) -> None:
+        if connect_retries < 0:
+            raise ValueError("connect_retries must be 0 or more")
         self.base_url = base_url.rstrip("/")
         self.codec: PayloadCodec = codec or IdentityCodec()
         self.log: Logger = logger or ConsoleLogger()
@@ -169,7 +175,13 @@ class Client:
         content = None if body is None else body.model_dump_json().encode()
         status, raw = await self._http.send(method, path, content, params)
         if 200 <= status < 300:
-            return answer.model_validate_json(raw)
+            try:
+                return answer.model_validate_json(raw)
+            except ValidationError as exc:  # not the Aiki server (a proxy's page, say)
+                raise ServerError(
+                    f"{method} {path} answered {status} with no {answer.__name__}: {exc}",
+                    details={"status": status, "body": raw[:500].decode(errors="replace")},
+                ) from exc
         try:
             error = json.loads(raw)
         except ValueError:

@@ -104,6 +104,8 @@ class AiohttpHttp:
                     allow_redirects=False,
                 ) as response:
                     return response.status, await response.read()
+            except aiohttp.ClientSSLError as exc:  # a certificate will not mend itself
+                raise _unavailable(self.base_url, exc) from exc
             except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
                 if attempt == self.connect_retries:
                     raise _unavailable(self.base_url, exc) from exc
