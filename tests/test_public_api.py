@@ -53,6 +53,7 @@ EXPECTED_EXPORTS: dict[str, tuple[str, ...]] = {
         "LogLevel",
         "Logger",
         "MAX_COUNT",
+        "MAX_TASKS_PER_TRANSITION",
         "Namespace",
         "NonRetryableError",
         "NotFoundError",

@@ -653,3 +653,97 @@ async def test_every_accepted_change_writes_one_history_row(server: httpx.AsyncC
     r = await transition(server, run_id, revision, {"kind": "complete"})
     assert r.status_code == 200, r.text
     await one_more_row("run", "running", "completed")
+
+
+# -- task records carried by a transition ------------------------------------------------
+
+
+def task_json(revision: int, address: str, **fields: Any) -> dict[str, Any]:
+    """A completed task record (task `charge`, first call, attempt 1 unless given)."""
+    return {
+        "revision": revision,
+        "name": "charge",
+        "address": address,
+        "occurrence": 0,
+        "attempt": 1,
+        "status": "completed",
+        **fields,
+    }
+
+
+async def transition_with_tasks(
+    client: httpx.AsyncClient,
+    run_id: str,
+    revision: int,
+    action: dict[str, Any],
+    tasks: list[dict[str, Any]],
+) -> httpx.Response:
+    """Apply a worker action carrying task records."""
+    return await client.post(
+        f"/runs/{run_id}/transition", json={"revision": revision, "action": action, "tasks": tasks}
+    )
+
+
+async def test_a_transition_writes_its_task_records_before_its_action(
+    server: httpx.AsyncClient,
+) -> None:
+    run_id, revision = await started_and_claimed(server)
+    tasks = [
+        task_json(revision, "charge:1", input=1, result="paid"),
+        task_json(revision, "ship:2", name="ship", input=2, result=None),
+    ]
+    r = await transition_with_tasks(
+        server, run_id, revision, {"kind": "complete", "result": 3}, tasks
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["run"]["status"] == "completed"
+    got = await get_run(server, run_id)
+    assert sorted((t["name"], t["status"], t["input"], t["result"]) for t in got["tasks"]) == [
+        ("charge", "completed", 1, "paid"),
+        ("ship", "completed", 2, None),
+    ]
+    assert got["result"] == 3
+    changes = [(h["entity"], h["to_status"]) for h in got["history"]]
+    assert changes[-3:] == [("task", "completed"), ("task", "completed"), ("run", "completed")]
+
+
+async def test_a_refused_record_refuses_the_whole_transition(server: httpx.AsyncClient) -> None:
+    run_id, revision = await started_and_claimed(server)
+    r = await record(server, run_id, revision, status="completed", address="charge:1", result=1)
+    assert r.status_code == 200, r.text
+    before = await get_run(server, run_id)
+    # the first record is fine, the second reopens a completed call: nothing may stay
+    tasks = [
+        task_json(revision, "charge:2", result=2),
+        task_json(revision, "charge:1", status="running", attempt=2),
+    ]
+    r = await transition_with_tasks(server, run_id, revision, {"kind": "complete"}, tasks)
+    details = error_of(r, 409, "illegal_transition")
+    assert details["current"] == "completed"
+    assert details["requested"] == "running"
+    assert await get_run(server, run_id) == before
+
+
+async def test_a_stale_transition_writes_none_of_its_task_records(
+    server: httpx.AsyncClient,
+) -> None:
+    run_id, revision = await started_and_claimed(server)
+    before = await get_run(server, run_id)
+    stale = revision + 1
+    tasks = [task_json(stale, "charge:1", result=1)]
+    r = await transition_with_tasks(server, run_id, stale, {"kind": "complete"}, tasks)
+    error_of(r, 409, "stale_revision")
+    assert await get_run(server, run_id) == before
+
+
+async def test_task_records_must_carry_the_transition_revision(
+    server: httpx.AsyncClient,
+) -> None:
+    run_id, revision = await started_and_claimed(server)
+    before = await get_run(server, run_id)
+    tasks = [task_json(revision + 1, "charge:1", result=1)]
+    r = await transition_with_tasks(server, run_id, revision, {"kind": "complete"}, tasks)
+    details = error_of(r, 422, "payload_validation")
+    (problem,) = details["errors"]
+    assert f"has revision {revision + 1}, the transition {revision}" in problem["msg"]
+    assert await get_run(server, run_id) == before

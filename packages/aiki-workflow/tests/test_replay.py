@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from aiki_core import (
+    AikiError,
     AwaitRetry,
     ClaimedRun,
     CompleteRun,
@@ -18,7 +19,9 @@ from aiki_core import (
     RecordTaskRequest,
     RecordTaskResponse,
     RetryPolicy,
+    RunInterrupt,
     RunSummary,
+    StaleRevisionError,
     SuspendRun,
     TaskFailedError,
     TaskId,
@@ -57,10 +60,24 @@ class Execution:
         self.codec = IdentityCodec()
         self.context: object = None
         self.records: list[RecordTaskRequest] = []
+        """Written to the server, in order."""
+        self.deferred: list[RecordTaskRequest] = []
+        """Held for the run's transition."""
+        self.refuse_writes: AikiError | None = None
 
     async def record_task(self, request: RecordTaskRequest) -> RecordTaskResponse:
+        if self.refuse_writes is not None:
+            raise self.refuse_writes
         self.records.append(request)
         return RecordTaskResponse(task_id=TaskId(f"t{len(self.records)}"), status=request.status)
+
+    def defer_task(self, request: RecordTaskRequest) -> None:
+        self.deferred.append(request)
+
+    async def flush_tasks(self) -> None:
+        held, self.deferred = self.deferred, []
+        for request in held:
+            await self.record_task(request)
 
 
 def recorded(name: str, value: Any, result: Any, occurrence: int = 0, **extra: Any) -> TaskRecord:
@@ -140,11 +157,20 @@ async def test_a_first_execution_runs_and_records_each_call() -> None:
     assert calls == ["double(1)", "double(2)", "double(1)"]
     keys = [(r.address, r.occurrence, r.status) for r in execution.records]
     one, two = task_address("double", 1), task_address("double", 2)
-    assert keys == [
-        (one, 0, TaskStatus.COMPLETED),
-        (two, 0, TaskStatus.COMPLETED),
-        (one, 1, TaskStatus.COMPLETED),
+    # each result is written before the next task runs; the last goes with the transition
+    assert keys == [(one, 0, TaskStatus.COMPLETED), (two, 0, TaskStatus.COMPLETED)]
+    assert [(r.address, r.occurrence, r.status) for r in execution.deferred] == [
+        (one, 1, TaskStatus.COMPLETED)
     ]
+
+
+async def test_a_refused_write_abandons_the_run_before_the_next_task() -> None:
+    execution = Execution([1, 2])
+    execution.refuse_writes = StaleRevisionError("run-1", 1, 2)
+    with pytest.raises(RunInterrupt):
+        await sum_of_doubles.execute(execution)
+    # the first result could not be written, so the second task never ran
+    assert calls == ["double(1)"]
 
 
 async def test_replay_takes_recorded_results_by_content_and_occurrence() -> None:
@@ -173,7 +199,7 @@ async def test_short_back_offs_retry_in_process_and_record_each_attempt() -> Non
     execution = Execution(7)
     action = await with_flaky.execute(execution)
     assert action == CompleteRun(result=7)
-    assert [(r.attempt, r.status) for r in execution.records] == [
+    assert [(r.attempt, r.status) for r in [*execution.records, *execution.deferred]] == [
         (1, TaskStatus.AWAITING_RETRY),
         (2, TaskStatus.AWAITING_RETRY),
         (3, TaskStatus.COMPLETED),

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from aiki_core.__about__ import __version__ as __version__
 from aiki_core._api import (
+    MAX_TASKS_PER_TRANSITION as MAX_TASKS_PER_TRANSITION,
+)
+from aiki_core._api import (
     AwaitChild as AwaitChild,
 )
 from aiki_core._api import (
@@ -403,6 +406,7 @@ __all__ = (
     "LogLevel",
     "Logger",
     "MAX_COUNT",
+    "MAX_TASKS_PER_TRANSITION",
     "Namespace",
     "NonRetryableError",
     "NotFoundError",

@@ -389,11 +389,33 @@ RunAction = Annotated[CompleteRun | FailRun | SuspendRun | ReleaseRun, Field(dis
 """What a worker does with the run it holds."""
 
 
+MAX_TASKS_PER_TRANSITION = 1000
+"""Task records one transition may carry."""
+
+
 class TransitionRunRequest(RequestModel):
-    """Apply `action` to a claimed run, fenced by the claim's `revision`."""
+    """Apply `action` to a claimed run, fenced by the claim's `revision`.
+
+    `tasks` are task records written first, in the same transaction: a worker sends
+    the results its run produced since its last write with the transition itself, so
+    a run's last task costs no request of its own.
+    """
 
     revision: Count
     action: RunAction
+    tasks: list[RecordTaskRequest] = Field(
+        default_factory=list, max_length=MAX_TASKS_PER_TRANSITION
+    )
+
+    @model_validator(mode="after")
+    def _tasks_share_the_revision(self) -> Self:
+        for task in self.tasks:
+            if task.revision != self.revision:
+                raise ValueError(
+                    f"task record {task.name!r} has revision {task.revision},"
+                    f" the transition {self.revision}"
+                )
+        return self
 
 
 class TransitionRunResponse(ResponseModel):

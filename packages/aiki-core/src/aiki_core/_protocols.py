@@ -175,7 +175,13 @@ class RunExecution(Protocol):
         """The worker's per-run context (`create_context`), or `None`."""
 
     async def record_task(self, request: RecordTaskRequest) -> RecordTaskResponse:
-        """Record one task attempt, fenced by the claim's revision."""
+        """Record one task attempt now, fenced by the claim's revision."""
+
+    def defer_task(self, request: RecordTaskRequest) -> None:
+        """Hold a task record until `flush_tasks`, or send it with the run's transition."""
+
+    async def flush_tasks(self) -> None:
+        """Record every held task record now (before anything may depend on them)."""
 
 
 class ExecutableVersion(Protocol):

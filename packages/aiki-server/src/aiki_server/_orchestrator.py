@@ -570,80 +570,9 @@ class Orchestrator:
     ) -> RecordTaskResponse:
         """Record one attempt of a task call of a claimed run."""
         now = self.clock()
-        error_json = None if req.error is None else dump(req.error.model_dump(mode="json"))
-        finished = now if req.status in (TaskStatus.COMPLETED, TaskStatus.FAILED) else None
         async with self.db.transaction() as tx:
             run = await self._claimed_run(tx, run_id, namespace, req.revision)
-            task = await tx.fetchrow(
-                f"SELECT id, status FROM tasks WHERE run_id = $1 AND address = $2"
-                f" AND occurrence = $3{tx.lock_rows}",
-                run_id,
-                req.address,
-                req.occurrence,
-            )
-            next_attempt_at = None if req.retry_at is None else to_ms(req.retry_at)
-            if task is None:
-                task_id = _new_id()
-                previous = None
-                await tx.execute(
-                    "INSERT INTO tasks (id, run_id, address, occurrence, name, status, input,"
-                    " result, error, next_attempt_at, created_at, finished_at)"
-                    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-                    task_id,
-                    run_id,
-                    req.address,
-                    req.occurrence,
-                    req.name,
-                    req.status.value,
-                    dump(req.input),
-                    None if req.status is not TaskStatus.COMPLETED else dump(req.result),
-                    error_json,
-                    next_attempt_at,
-                    now,
-                    finished,
-                )
-            else:
-                task_id = task["id"]
-                previous = task["status"]
-                check_task_transition(task_id, TaskStatus(previous), req.status)
-                await tx.execute(
-                    "UPDATE tasks SET status = $2, result = $3, error = $4, next_attempt_at = $5,"
-                    " finished_at = $6 WHERE id = $1",
-                    task_id,
-                    req.status.value,
-                    None if req.status is not TaskStatus.COMPLETED else dump(req.result),
-                    error_json,
-                    next_attempt_at,
-                    finished,
-                )
-            attempt_finished = None if req.status is TaskStatus.RUNNING else now
-            attempt_started = now if req.started_at is None else min(to_ms(req.started_at), now)
-            await tx.execute(
-                "INSERT INTO task_attempts"
-                " (task_id, attempt, status, started_at, finished_at, error)"
-                " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (task_id, attempt) DO UPDATE"
-                " SET status = excluded.status, finished_at = excluded.finished_at,"
-                " error = excluded.error",
-                task_id,
-                req.attempt,
-                req.status.value,
-                attempt_started,
-                attempt_finished,
-                error_json,
-            )
-            await record_history(
-                tx,
-                namespace=namespace,
-                run_id=run_id,
-                entity="task",
-                entity_id=task_id,
-                from_status=previous,
-                to_status=req.status.value,
-                reason=f"{req.name} attempt {req.attempt}",
-                revision=run["revision"],
-                now=now,
-            )
-        return RecordTaskResponse(task_id=task_id, status=req.status)
+            return await _write_task(tx, run, req, now)
 
     async def start_child(
         self, namespace: str, parent_id: str, req: StartChildRequest
@@ -686,6 +615,8 @@ class Orchestrator:
         action = req.action
         async with self.db.transaction() as tx:
             run = await self._claimed_run(tx, run_id, namespace, req.revision)
+            for task in req.tasks:
+                await _write_task(tx, run, task, now)
             if isinstance(action, CompleteRun):
                 await move_run(
                     tx, run, RunStatus.COMPLETED, now, "completed", result=dump(action.result)
@@ -942,3 +873,80 @@ def _decode_cursor(cursor: str) -> tuple[int, str]:
     if not 0 <= created_ms <= MAX_COUNT:
         raise InvalidRequestError(f"malformed cursor {cursor!r}: time out of range")
     return created_ms, run_id
+
+
+async def _write_task(tx: Tx, run: Row, req: RecordTaskRequest, now: int) -> RecordTaskResponse:
+    """Write one task attempt of a run its worker holds (checked by the caller)."""
+    run_id = run["id"]
+    error_json = None if req.error is None else dump(req.error.model_dump(mode="json"))
+    finished = now if req.status in (TaskStatus.COMPLETED, TaskStatus.FAILED) else None
+    task = await tx.fetchrow(
+        f"SELECT id, status FROM tasks WHERE run_id = $1 AND address = $2"
+        f" AND occurrence = $3{tx.lock_rows}",
+        run_id,
+        req.address,
+        req.occurrence,
+    )
+    next_attempt_at = None if req.retry_at is None else to_ms(req.retry_at)
+    if task is None:
+        task_id = _new_id()
+        previous = None
+        await tx.execute(
+            "INSERT INTO tasks (id, run_id, address, occurrence, name, status, input,"
+            " result, error, next_attempt_at, created_at, finished_at)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            task_id,
+            run_id,
+            req.address,
+            req.occurrence,
+            req.name,
+            req.status.value,
+            dump(req.input),
+            None if req.status is not TaskStatus.COMPLETED else dump(req.result),
+            error_json,
+            next_attempt_at,
+            now,
+            finished,
+        )
+    else:
+        task_id = task["id"]
+        previous = task["status"]
+        check_task_transition(task_id, TaskStatus(previous), req.status)
+        await tx.execute(
+            "UPDATE tasks SET status = $2, result = $3, error = $4, next_attempt_at = $5,"
+            " finished_at = $6 WHERE id = $1",
+            task_id,
+            req.status.value,
+            None if req.status is not TaskStatus.COMPLETED else dump(req.result),
+            error_json,
+            next_attempt_at,
+            finished,
+        )
+    attempt_finished = None if req.status is TaskStatus.RUNNING else now
+    attempt_started = now if req.started_at is None else min(to_ms(req.started_at), now)
+    await tx.execute(
+        "INSERT INTO task_attempts"
+        " (task_id, attempt, status, started_at, finished_at, error)"
+        " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (task_id, attempt) DO UPDATE"
+        " SET status = excluded.status, finished_at = excluded.finished_at,"
+        " error = excluded.error",
+        task_id,
+        req.attempt,
+        req.status.value,
+        attempt_started,
+        attempt_finished,
+        error_json,
+    )
+    await record_history(
+        tx,
+        namespace=run["namespace"],
+        run_id=run_id,
+        entity="task",
+        entity_id=task_id,
+        from_status=previous,
+        to_status=req.status.value,
+        reason=f"{req.name} attempt {req.attempt}",
+        revision=run["revision"],
+        now=now,
+    )
+    return RecordTaskResponse(task_id=task_id, status=req.status)

@@ -52,10 +52,11 @@ ContextFactory = Callable[["ClaimedRun"], object]
 
 
 class _Held:
-    """A run this worker executes: its claim and the scope that cancels it."""
+    """A run this worker executes: its claim, its execution and the scope that cancels it."""
 
-    def __init__(self, claim: ClaimedRun) -> None:
+    def __init__(self, claim: ClaimedRun, execution: Execution) -> None:
         self.claim = claim
+        self.execution = execution
         self.scope = anyio.CancelScope()
         self.directive: RunDirective | None = None
 
@@ -190,7 +191,11 @@ class Worker:
                 continue
             backoff = 0.0
             for claim in response.runs:
-                held = _Held(claim)
+                run = claim.run
+                log = self.log.child(
+                    {"workflow": run.workflow, "version": run.version, "run_id": run.id}
+                )
+                held = _Held(claim, Execution(self.client, claim, log, None))
                 self._held[claim.run.id] = held
                 runs.start_soon(self._execute, held)
 
@@ -234,15 +239,16 @@ class Worker:
 
     async def _execute(self, held: _Held) -> None:
         run = held.claim.run
-        log = self.log.child({"workflow": run.workflow, "version": run.version, "run_id": run.id})
+        execution = held.execution
+        log = execution.log
         version = self.versions.get((run.workflow, run.version))
         action: RunAction | None = None
         try:
             with held.scope:
                 if version is None:  # the server never does this; defend anyway
                     raise LookupError(f"no version {run.workflow} {run.version} here")
-                context = self.create_context(held.claim) if self.create_context else None
-                execution = Execution(self.client, held.claim, log, context)
+                if self.create_context is not None:
+                    execution.context = self.create_context(held.claim)
                 log.debug("run claimed", {"attempt": run.attempt, "revision": run.revision})
                 action = await version.execute(execution)
         except ConflictError as exc:
@@ -266,10 +272,12 @@ class Worker:
             self._slot_freed.set()
 
     async def _send(self, held: _Held, action: RunAction) -> None:
+        """Report the run, with the task records its execution still holds."""
         run = held.claim.run
         try:
+            tasks = await held.execution.take_deferred()
             await self.client.transition(
-                run.id, TransitionRunRequest(revision=run.revision, action=action)
+                run.id, TransitionRunRequest(revision=run.revision, action=action, tasks=tasks)
             )
         except ConflictError as exc:
             self.log.warn("run was taken away before it was reported", {"error": exc.message})

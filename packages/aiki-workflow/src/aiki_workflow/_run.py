@@ -8,7 +8,11 @@ replay; a changed input simply runs the task.
 
 A call with no recorded result runs now: each attempt that fails is recorded with its
 error; a short back-off is waited out in process, a long one suspends the run
-(`awaiting_retry`) and frees the worker; the final outcome is recorded in one request.
+(`awaiting_retry`) and frees the worker. A result is recorded lazily: it is held
+until the next task is about to run (which may depend on it) and written then, or
+carried by the run's transition, so a run's last task costs no request of its own.
+Only results produced since the last task started can be unwritten, so a crash
+re-runs only those tasks (in sequential code, at most one).
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ from aiki_core import (
 from aiki_workflow._interrupts import Abandon, Suspend
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
     from pydantic import JsonValue
 
     from aiki_core import (
@@ -113,6 +119,8 @@ class WorkflowRun:
     async def _run(
         self, invocation: TaskInvocation, address: TaskAddress, occurrence: int, attempt: int
     ) -> JsonValue:
+        # what this task may depend on must be on record before it runs
+        await self._write(self._execution.flush_tasks())
         codec = self._execution.codec
         policy = invocation.retry or self._task_retry
         call = _Call(
@@ -162,13 +170,22 @@ class WorkflowRun:
                 attempt += 1
                 continue
             encoded = codec.encode(result, self._codec_context(address, occurrence, "result"))
-            await self._record(
-                call, attempt, TaskStatus.COMPLETED, started_at=started_at, result=encoded
+            # recorded before the next task runs, or with the run's transition
+            self._execution.defer_task(
+                self._request(
+                    call, attempt, TaskStatus.COMPLETED, started_at=started_at, result=encoded
+                )
             )
             return result
 
     async def _record(self, call: _Call, attempt: int, status: TaskStatus, **fields: Any) -> None:
-        request = RecordTaskRequest(
+        request = self._request(call, attempt, status, **fields)
+        await self._write(self._execution.record_task(request))
+
+    def _request(
+        self, call: _Call, attempt: int, status: TaskStatus, **fields: Any
+    ) -> RecordTaskRequest:
+        return RecordTaskRequest(
             revision=self._execution.claim.run.revision,
             name=call.invocation.name,
             address=call.address,
@@ -179,8 +196,11 @@ class WorkflowRun:
             retry=call.invocation.retry,
             **fields,
         )
+
+    @staticmethod
+    async def _write(write: Awaitable[object]) -> None:
         try:
-            await self._execution.record_task(request)
+            await write
         except (ServerError, ConflictError) as exc:
             # the server is gone or the claim was lost: no failure of the workflow's, and
             # not for its `except Exception` to see
