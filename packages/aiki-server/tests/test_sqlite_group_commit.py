@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING
 
 import anyio
@@ -30,9 +31,11 @@ class Boom(Exception):
 
 
 async def test_concurrent_transactions_share_commits_and_fail_alone(db: SqliteDatabase) -> None:
-    commits: list[str] = []
+    commits: list[int] = []
     assert db._writer is not None
-    db._writer.set_trace_callback(lambda sql: commits.append(sql) if sql == "COMMIT" else None)
+    db._writer.set_trace_callback(
+        lambda sql: commits.append(threading.get_ident()) if sql == "COMMIT" else None
+    )
     failures: list[BaseException] = []
 
     async def write(i: int) -> None:
@@ -56,6 +59,8 @@ async def test_concurrent_transactions_share_commits_and_fail_alone(db: SqliteDa
     assert written == {i for i in range(50) if i % 10 != 3}
     assert sorted(int(str(f)) for f in failures) == [3, 13, 23, 33, 43]
     assert 1 <= len(commits) < 50  # grouped: far fewer fsyncs than transactions
+    # a group's COMMIT waits for the disk in a worker thread, off the event loop
+    assert threading.get_ident() not in commits
     # topics of committed transactions are delivered, those of failed ones are not
     for i, subscription in subscriptions.items():
         assert await subscription.wait(0) is (i % 10 != 3)
@@ -64,8 +69,15 @@ async def test_concurrent_transactions_share_commits_and_fail_alone(db: SqliteDa
 async def test_a_lone_transaction_commits_and_a_failed_one_leaves_nothing(
     db: SqliteDatabase,
 ) -> None:
+    committers: list[int] = []
+    assert db._writer is not None
+    db._writer.set_trace_callback(
+        lambda sql: committers.append(threading.get_ident()) if sql == "COMMIT" else None
+    )
     async with db.transaction() as tx:
         await tx.execute("INSERT INTO t (id, v) VALUES (1, 'a')")
+    # alone in its group, it committed on the event loop's thread, not in a worker thread
+    assert committers == [threading.get_ident()]
     with pytest.raises(Boom):
         async with db.transaction() as tx:
             await tx.execute("INSERT INTO t (id, v) VALUES (2, 'b')")
