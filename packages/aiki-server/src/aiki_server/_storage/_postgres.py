@@ -3,11 +3,17 @@
 Rows a transaction changes are locked with `FOR UPDATE`; claims and the timer daemon
 take theirs with `FOR UPDATE SKIP LOCKED`, so several server replicas can share one
 database. Wake-ups cross replicas as NOTIFY on one channel, which a dedicated
-connection LISTENs to and feeds into the local `WakeHub`.
+connection LISTENs to and feeds into the local `WakeHub`; each replica wakes its own
+waiters directly and skips the echo of its own NOTIFYs.
+
+Transactions leave no session state on their connection (no SET, LISTEN or advisory
+lock), so a connection goes back to the pool without asyncpg's reset query: one
+round trip less per transaction.
 """
 
 from __future__ import annotations
 
+import os
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +32,10 @@ if TYPE_CHECKING:
     _Connection = asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]
 
 CHANNEL = "aiki_wake"
+
+
+async def _keep_session(_conn: _Connection) -> None:
+    """Nothing to reset: see the module's docstring."""
 
 
 class PostgresTx(Tx):
@@ -71,10 +81,14 @@ class PostgresDatabase(Database):
         self._pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
         self._listener: asyncpg.Connection | None = None
+        self._origin = os.urandom(6).hex()
+        """Prefixes this replica's NOTIFY payloads, to tell its own echoes."""
 
     async def open(self) -> None:
         """Open the pool and the LISTEN connection."""
-        self._pool = await asyncpg.create_pool(self.url, min_size=2, max_size=self._pool_size)
+        self._pool = await asyncpg.create_pool(
+            self.url, min_size=2, max_size=self._pool_size, reset=_keep_session
+        )
         self._listener = await asyncpg.connect(self.url)
         await self._listener.add_listener(CHANNEL, self._on_notify)
 
@@ -88,7 +102,9 @@ class PostgresDatabase(Database):
             self._pool = None
 
     def _on_notify(self, _conn: _Connection, _pid: int, _channel: str, payload: object) -> None:
-        self.hub.publish(str(payload))
+        origin, _, topic = str(payload).partition(":")
+        if origin != self._origin:  # this replica woke its own waiters at commit
+            self.hub.publish(topic)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[PostgresTx]:
@@ -99,11 +115,11 @@ class PostgresDatabase(Database):
             yield tx
             if tx.topics:
                 await conn.execute(
-                    "SELECT pg_notify($1, topic) FROM unnest($2::text[]) AS topic",
+                    "SELECT pg_notify($1, $2 || ':' || topic) FROM unnest($3::text[]) AS topic",
                     CHANNEL,
+                    self._origin,
                     sorted(tx.topics),
                 )
-        # NOTIFY reaches this replica too, but a direct wake-up saves the round trip
         self._deliver(tx.topics)
 
     @asynccontextmanager
