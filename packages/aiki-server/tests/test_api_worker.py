@@ -123,6 +123,28 @@ async def test_a_reclaimed_run_replays_what_it_recorded(server: httpx.AsyncClien
     ]
 
 
+async def test_one_claim_replays_first_claims_and_reclaims_alike(
+    server: httpx.AsyncClient,
+) -> None:
+    # a run claimed before, with a task on record, and a new run with an early event
+    old_id, revision = await started_and_claimed(server)
+    r = await record(server, old_id, revision, status="completed", result=9)
+    assert r.status_code == 200, r.text
+    r = await transition(server, old_id, revision, {"kind": "release"})
+    assert r.status_code == 200, r.text
+    new = await start(server)
+    r = await server.post(f"/runs/{new['id']}/events", json={"name": "go", "data": "early"})
+    assert r.status_code == 200, r.text
+
+    claimed = {c["run"]["id"]: c for c in await claim(server, max_runs=5)}
+    assert set(claimed) == {old_id, new["id"]}
+    assert [(t["status"], t["result"]) for t in claimed[old_id]["tasks"]] == [("completed", 9)]
+    assert claimed[old_id]["events"] == []
+    assert [(e["name"], e["data"]) for e in claimed[new["id"]]["events"]] == [("go", "early")]
+    for key in ("tasks", "sleeps", "event_waits", "children"):
+        assert claimed[new["id"]][key] == []
+
+
 async def test_claim_hands_out_only_declared_triples(server: httpx.AsyncClient) -> None:
     await start(server, workflow="w", version="2")
     await start(server, workflow="w", version="1", pool="gpu")

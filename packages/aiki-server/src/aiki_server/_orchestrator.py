@@ -83,7 +83,7 @@ from aiki_server._rows import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Sequence
+    from collections.abc import Awaitable, Callable, Collection, Sequence
 
     from aiki_server._storage._database import Database, Row, Tx
 
@@ -521,7 +521,11 @@ class Orchestrator:
                         "updated_at": now,
                     }
                 )
-            parts = await _replay_parts(tx, [r["id"] for r in claimed])
+            parts = await _replay_parts(
+                tx,
+                [r["id"] for r in claimed],
+                first_claims={r["id"] for r in rows if r["revision"] == 0},
+            )
         return [
             ClaimedRun(run=run_summary(r), input=json.loads(r["input"]), **parts[r["id"]])
             for r in claimed
@@ -820,15 +824,30 @@ async def _deliver_event(tx: Tx, run_id: str, name: str, occurrence: int, event_
     await tx.execute("UPDATE events SET consumed = 1 WHERE id = $1", event_id)
 
 
-async def _replay_parts(tx: Tx, run_ids: list[str]) -> dict[str, dict[str, list[Any]]]:
-    """Tasks, sleeps, event waits, events and children of each run, for replay or detail."""
+async def _replay_parts(
+    tx: Tx, run_ids: list[str], *, first_claims: Collection[str] = ()
+) -> dict[str, dict[str, list[Any]]]:
+    """Tasks, sleeps, event waits, events and children of each run, for replay or detail.
+
+    Runs in `first_claims` have never been claimed: nothing but events sent to them
+    can exist yet, so only their events are read.
+    """
     parts: dict[str, dict[str, list[Any]]] = {
         run_id: {"tasks": [], "sleeps": [], "event_waits": [], "events": [], "children": []}
         for run_id in run_ids
     }
-    ids = _in_list(1, len(run_ids))
+    for e in await tx.fetch(
+        f"SELECT * FROM events WHERE run_id IN ({_in_list(1, len(run_ids))})"
+        " ORDER BY received_at, id",
+        *run_ids,
+    ):
+        parts[e["run_id"]]["events"].append(event_record(e))
+    resumed = [run_id for run_id in run_ids if run_id not in first_claims]
+    if not resumed:
+        return parts
+    ids = _in_list(1, len(resumed))
     tasks = await tx.fetch(
-        f"SELECT * FROM tasks WHERE run_id IN ({ids}) ORDER BY created_at, id", *run_ids
+        f"SELECT * FROM tasks WHERE run_id IN ({ids}) ORDER BY created_at, id", *resumed
     )
     attempts: dict[str, list[Row]] = {}
     if tasks:
@@ -841,20 +860,16 @@ async def _replay_parts(tx: Tx, run_ids: list[str]) -> dict[str, dict[str, list[
             attempts.setdefault(a["task_id"], []).append(a)
     for t in tasks:
         parts[t["run_id"]]["tasks"].append(task_record(t, attempts.get(t["id"], [])))
-    for s in await tx.fetch(
-        f"SELECT * FROM sleeps WHERE run_id IN ({ids}) ORDER BY name, occurrence", *run_ids
+    for sl in await tx.fetch(
+        f"SELECT * FROM sleeps WHERE run_id IN ({ids}) ORDER BY name, occurrence", *resumed
     ):
-        parts[s["run_id"]]["sleeps"].append(sleep_record(s))
+        parts[sl["run_id"]]["sleeps"].append(sleep_record(sl))
     for w in await tx.fetch(
-        f"SELECT * FROM event_waits WHERE run_id IN ({ids}) ORDER BY name, occurrence", *run_ids
+        f"SELECT * FROM event_waits WHERE run_id IN ({ids}) ORDER BY name, occurrence", *resumed
     ):
         parts[w["run_id"]]["event_waits"].append(event_wait_record(w))
-    for e in await tx.fetch(
-        f"SELECT * FROM events WHERE run_id IN ({ids}) ORDER BY received_at, id", *run_ids
-    ):
-        parts[e["run_id"]]["events"].append(event_record(e))
     for c in await tx.fetch(
-        f"SELECT * FROM runs WHERE parent_run_id IN ({ids}) ORDER BY created_at, id", *run_ids
+        f"SELECT * FROM runs WHERE parent_run_id IN ({ids}) ORDER BY created_at, id", *resumed
     ):
         parts[c["parent_run_id"]]["children"].append(child_record(c))
     return parts
@@ -880,35 +895,38 @@ async def _write_task(tx: Tx, run: Row, req: RecordTaskRequest, now: int) -> Rec
     run_id = run["id"]
     error_json = None if req.error is None else dump(req.error.model_dump(mode="json"))
     finished = now if req.status in (TaskStatus.COMPLETED, TaskStatus.FAILED) else None
-    task = await tx.fetchrow(
-        f"SELECT id, status FROM tasks WHERE run_id = $1 AND address = $2"
-        f" AND occurrence = $3{tx.lock_rows}",
+    next_attempt_at = None if req.retry_at is None else to_ms(req.retry_at)
+    result_json = None if req.status is not TaskStatus.COMPLETED else dump(req.result)
+    # most calls are recorded once, completed: try the insert first
+    task_id = _new_id()
+    previous = None
+    inserted = await tx.fetch(
+        "INSERT INTO tasks (id, run_id, address, occurrence, name, status, input,"
+        " result, error, next_attempt_at, created_at, finished_at)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+        " ON CONFLICT (run_id, address, occurrence) DO NOTHING RETURNING id",
+        task_id,
         run_id,
         req.address,
         req.occurrence,
+        req.name,
+        req.status.value,
+        dump(req.input),
+        result_json,
+        error_json,
+        next_attempt_at,
+        now,
+        finished,
     )
-    next_attempt_at = None if req.retry_at is None else to_ms(req.retry_at)
-    if task is None:
-        task_id = _new_id()
-        previous = None
-        await tx.execute(
-            "INSERT INTO tasks (id, run_id, address, occurrence, name, status, input,"
-            " result, error, next_attempt_at, created_at, finished_at)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-            task_id,
+    if not inserted:
+        task = await tx.fetchrow(
+            f"SELECT id, status FROM tasks WHERE run_id = $1 AND address = $2"
+            f" AND occurrence = $3{tx.lock_rows}",
             run_id,
             req.address,
             req.occurrence,
-            req.name,
-            req.status.value,
-            dump(req.input),
-            None if req.status is not TaskStatus.COMPLETED else dump(req.result),
-            error_json,
-            next_attempt_at,
-            now,
-            finished,
         )
-    else:
+        assert task is not None  # the insert met it; nothing deletes tasks
         task_id = task["id"]
         previous = task["status"]
         check_task_transition(task_id, TaskStatus(previous), req.status)
@@ -917,7 +935,7 @@ async def _write_task(tx: Tx, run: Row, req: RecordTaskRequest, now: int) -> Rec
             " finished_at = $6 WHERE id = $1",
             task_id,
             req.status.value,
-            None if req.status is not TaskStatus.COMPLETED else dump(req.result),
+            result_json,
             error_json,
             next_attempt_at,
             finished,
