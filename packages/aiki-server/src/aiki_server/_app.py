@@ -119,6 +119,42 @@ def _api_router(orch: Orchestrator) -> APIRouter:
     async def write(operation: Callable[[], Awaitable[T]]) -> T:
         return await orch.db.retry(operation)
 
+    # the router tries routes in order: the worker's calls, one per task, come first
+    @router.post("/runs/{run_id}/tasks", response_model=RecordTaskResponse, tags=["workers"])
+    async def record_task(run_id: str, body: RecordTaskRequest) -> Response:
+        """Record one task attempt of a claimed run."""
+        return _json(await write(lambda: orch.record_task(ns, run_id, body)))
+
+    @router.post(
+        "/runs/{run_id}/transition", response_model=TransitionRunResponse, tags=["workers"]
+    )
+    async def transition(run_id: str, body: TransitionRunRequest) -> Response:
+        """Complete, fail, suspend or release a claimed run."""
+        run = await write(lambda: orch.transition(ns, run_id, body))
+        return _json(TransitionRunResponse(run=run))
+
+    @router.post("/claims", response_model=ClaimResponse, tags=["workers"])
+    async def claim(body: ClaimRequest, request: Request) -> Response:
+        """Long-poll for runs of the declared (workflow, version, pool) triples."""
+        runs = await write(lambda: orch.claim(ns, body, gone=request.is_disconnected))
+        return _json(ClaimResponse(runs=runs))
+
+    @router.post("/heartbeats", response_model=HeartbeatResponse, tags=["workers"])
+    async def heartbeat(body: HeartbeatRequest) -> Response:
+        """Refresh the worker's claims; answers a directive per run."""
+        return _json(await write(lambda: orch.heartbeat(ns, body)))
+
+    @router.post(
+        "/runs/{run_id}/children",
+        response_model=StartRunResponse,
+        status_code=201,
+        tags=["workers"],
+    )
+    async def start_child(run_id: str, body: StartChildRequest) -> Response:
+        """Start a child run of a claimed run."""
+        started = await write(lambda: orch.start_child(ns, run_id, body))
+        return _json(started, 201 if started.created else 200)
+
     @router.post("/runs", response_model=StartRunResponse, status_code=201, tags=["runs"])
     async def start_run(body: StartRunRequest) -> Response:
         """Start a run; an existing run with the same reference id answers 200."""
@@ -175,40 +211,5 @@ def _api_router(orch: Orchestrator) -> APIRouter:
     async def send_event(run_id: str, body: SendEventRequest) -> Response:
         """Deliver an event to the run (once per reference id)."""
         return _json(await write(lambda: orch.send_event(ns, run_id, body)))
-
-    @router.post("/claims", response_model=ClaimResponse, tags=["workers"])
-    async def claim(body: ClaimRequest, request: Request) -> Response:
-        """Long-poll for runs of the declared (workflow, version, pool) triples."""
-        runs = await write(lambda: orch.claim(ns, body, gone=request.is_disconnected))
-        return _json(ClaimResponse(runs=runs))
-
-    @router.post("/heartbeats", response_model=HeartbeatResponse, tags=["workers"])
-    async def heartbeat(body: HeartbeatRequest) -> Response:
-        """Refresh the worker's claims; answers a directive per run."""
-        return _json(await write(lambda: orch.heartbeat(ns, body)))
-
-    @router.post("/runs/{run_id}/tasks", response_model=RecordTaskResponse, tags=["workers"])
-    async def record_task(run_id: str, body: RecordTaskRequest) -> Response:
-        """Record one task attempt of a claimed run."""
-        return _json(await write(lambda: orch.record_task(ns, run_id, body)))
-
-    @router.post(
-        "/runs/{run_id}/children",
-        response_model=StartRunResponse,
-        status_code=201,
-        tags=["workers"],
-    )
-    async def start_child(run_id: str, body: StartChildRequest) -> Response:
-        """Start a child run of a claimed run."""
-        started = await write(lambda: orch.start_child(ns, run_id, body))
-        return _json(started, 201 if started.created else 200)
-
-    @router.post(
-        "/runs/{run_id}/transition", response_model=TransitionRunResponse, tags=["workers"]
-    )
-    async def transition(run_id: str, body: TransitionRunRequest) -> Response:
-        """Complete, fail, suspend or release a claimed run."""
-        run = await write(lambda: orch.transition(ns, run_id, body))
-        return _json(TransitionRunResponse(run=run))
 
     return router
