@@ -178,6 +178,40 @@ async def test_claim_with_nothing_to_do_returns_empty_after_its_wait(
 # -- heartbeats --------------------------------------------------------------------------
 
 
+async def worker_row(h: Harness, worker_id: str) -> tuple[str, int]:
+    """The worker's noted triples (as stored) and when it was last seen."""
+    async with h.app.state.orchestrator.db.reader() as tx:
+        row = await tx.fetchrow(
+            "SELECT capabilities, last_seen_at FROM workers WHERE id = $1", worker_id
+        )
+    assert row is not None
+    return row["capabilities"], int(row["last_seen_at"])
+
+
+async def test_polls_note_the_worker_when_new_changed_or_due(harness: Harness) -> None:
+    h = harness
+    started = h.clock.now
+    assert await claim(h.client, worker_id="a") == []
+    noted, seen = await worker_row(h, "a")
+    assert seen == started
+
+    # the next polls write nothing: the worker is still live
+    h.clock.advance(1_000)
+    assert await claim(h.client, worker_id="a") == []
+    assert await worker_row(h, "a") == (noted, started)
+
+    # new triples are written at once
+    assert await claim(h.client, worker_id="a", capabilities=[cap("2")]) == []
+    changed, seen = await worker_row(h, "a")
+    assert changed != noted
+    assert seen == h.clock.now
+
+    # and the same triples again once a quarter of the idle timeout (90 s) has passed
+    h.clock.advance(22_500)
+    assert await claim(h.client, worker_id="a", capabilities=[cap("2")]) == []
+    assert await worker_row(h, "a") == (changed, h.clock.now)
+
+
 async def test_heartbeat_continues_a_held_run_and_extends_its_claim(harness: Harness) -> None:
     h = harness
     run_id = (await start(h.client))["id"]

@@ -94,6 +94,7 @@ _WAIT_STATUS_BY_KIND = {
     "retry": RunStatus.AWAITING_RETRY,
 }
 _WAIT_PRIORITY = ("child", "event", "sleep", "retry")
+_MAX_WORKERS_NOTED = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +121,8 @@ class Orchestrator:
         self.hub = hub
         self.clock = clock
         self.limits = limits
+        self._workers_noted: dict[tuple[str, str], tuple[list[tuple[str, str, str]], int]] = {}
+        """(namespace, worker id) -> the triples last written for it, and when."""
 
     @property
     def _idle_ms(self) -> int:
@@ -444,33 +447,44 @@ class Orchestrator:
         """
         deadline = self.clock() + to_millis(req.wait)
         capabilities = sorted({(c.workflow, c.version, c.pool) for c in req.capabilities})
-        first = True
+        await self._note_worker(namespace, req.worker_id, capabilities)
         while True:
             subscription = self.hub.subscribe(QUEUE)
             if gone is not None and await gone():
                 return []
-            claimed = await self._claim_once(
-                namespace, req.worker_id, capabilities, req.max_runs, register=first
-            )
-            first = False
+            claimed = await self._claim_once(namespace, req.worker_id, capabilities, req.max_runs)
             remaining = deadline - self.clock()
             if claimed or remaining <= 0:
                 return claimed
             await subscription.wait(min(remaining, 1000) / 1000)
 
-    async def _register_worker(
-        self, tx: Tx, namespace: str, worker_id: str, capabilities: list[tuple[str, str, str]]
+    async def _note_worker(
+        self, namespace: str, worker_id: str, capabilities: list[tuple[str, str, str]]
     ) -> None:
-        """Note which triples the worker serves (a run's detail says when none does)."""
-        await tx.execute(
-            "INSERT INTO workers (id, namespace, capabilities, last_seen_at)"
-            " VALUES ($1, $2, $3, $4) ON CONFLICT (namespace, id) DO UPDATE"
-            " SET capabilities = excluded.capabilities, last_seen_at = excluded.last_seen_at",
-            worker_id,
-            namespace,
-            json.dumps([list(c) for c in capabilities]),
-            self.clock(),
-        )
+        """Note which triples the worker serves (a run's detail says when none does).
+
+        A worker long-polls over and over: its row is written when it is new or its
+        triples changed, and otherwise at most every quarter of the idle timeout, which
+        keeps it counted as live (heartbeats refresh it too).
+        """
+        now = self.clock()
+        key = (namespace, worker_id)
+        noted = self._workers_noted.get(key)
+        if noted is not None and noted[0] == capabilities and now - noted[1] < self._idle_ms // 4:
+            return
+        async with self.db.transaction() as tx:
+            await tx.execute(
+                "INSERT INTO workers (id, namespace, capabilities, last_seen_at)"
+                " VALUES ($1, $2, $3, $4) ON CONFLICT (namespace, id) DO UPDATE"
+                " SET capabilities = excluded.capabilities, last_seen_at = excluded.last_seen_at",
+                worker_id,
+                namespace,
+                json.dumps([list(c) for c in capabilities]),
+                now,
+            )
+        if len(self._workers_noted) >= _MAX_WORKERS_NOTED:
+            self._workers_noted.clear()  # workers come and go; forget the old ones at once
+        self._workers_noted[key] = (capabilities, now)
 
     async def _claim_once(
         self,
@@ -478,8 +492,6 @@ class Orchestrator:
         worker_id: str,
         capabilities: list[tuple[str, str, str]],
         limit: int,
-        *,
-        register: bool,
     ) -> list[ClaimedRun]:
         now = self.clock()
         args: list[Any] = [namespace, RunStatus.QUEUED.value]
@@ -489,15 +501,16 @@ class Orchestrator:
             triples.append(f"(workflow = ${n + 1} AND version = ${n + 2} AND pool = ${n + 3})")
             args += [workflow, version, pool]
         args.append(limit)
+        queued = (
+            "FROM runs WHERE namespace = $1 AND status = $2"
+            f" AND ({' OR '.join(triples)}) ORDER BY ready_at, id LIMIT ${len(args)}"
+        )
+        # most polls find nothing: look before taking the write lock
+        async with self.db.reader() as reader:
+            if not await reader.fetch(f"SELECT id {queued}", *args):
+                return []
         async with self.db.transaction() as tx:
-            if register:
-                await self._register_worker(tx, namespace, worker_id, capabilities)
-            rows = await tx.fetch(
-                "SELECT * FROM runs WHERE namespace = $1 AND status = $2"
-                f" AND ({' OR '.join(triples)})"
-                f" ORDER BY ready_at, id LIMIT ${len(args)}{tx.skip_locked}",
-                *args,
-            )
+            rows = await tx.fetch(f"SELECT * {queued}{tx.skip_locked}", *args)
             if not rows:
                 return []
             expires = now + self._idle_ms
