@@ -11,7 +11,7 @@ safe), and every HTTP error becomes the `AikiError` the server named.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar, overload
 
 from pydantic import ValidationError
 
@@ -32,6 +32,7 @@ from aiki_core import (
     RecordTaskResponse,
     RunPage,
     ServerError,
+    StartChildRequest,
     StartRunRequest,
     StartRunResponse,
     TransitionRunRequest,
@@ -120,11 +121,17 @@ class Client:
         started = await self._call("POST", "/runs", StartRunResponse, encoded)
         return WorkflowRunHandle(self, started.run.id, decode_result)
 
+    @overload
+    def run_handle(self, run_id: RunId) -> WorkflowRunHandle[JsonValue]: ...
+
+    @overload
     def run_handle(
-        self,
-        run_id: RunId,
-        decode_result: Callable[[JsonValue], ResultT] = _identity,  # type: ignore[assignment]
-    ) -> WorkflowRunHandle[ResultT]:
+        self, run_id: RunId, decode_result: Callable[[JsonValue], ResultT]
+    ) -> WorkflowRunHandle[ResultT]: ...
+
+    def run_handle(
+        self, run_id: RunId, decode_result: Callable[[JsonValue], Any] = _identity
+    ) -> WorkflowRunHandle[Any]:
         """A handle on an existing run; pass the version's `decode_result` for a typed result."""
         return WorkflowRunHandle(self, run_id, decode_result)
 
@@ -151,6 +158,10 @@ class Client:
     async def record_task(self, run_id: RunId, request: RecordTaskRequest) -> RecordTaskResponse:
         """Record one task attempt."""
         return await self._call("POST", f"/runs/{run_id}/tasks", RecordTaskResponse, request)
+
+    async def start_child(self, run_id: RunId, request: StartChildRequest) -> StartRunResponse:
+        """Start a child of a held run (the codec was applied by the workflow)."""
+        return await self._call("POST", f"/runs/{run_id}/children", StartRunResponse, request)
 
     async def transition(
         self, run_id: RunId, request: TransitionRunRequest

@@ -16,6 +16,8 @@ from aiki_core import (
     RunOutcome,
     RunStatus,
     RunSummary,
+    SendEventRequest,
+    SendEventResponse,
     WorkflowCancelledError,
     WorkflowFailedError,
 )
@@ -27,9 +29,10 @@ if TYPE_CHECKING:
     from pydantic import JsonValue
 
     from aiki_client._client import Client
-    from aiki_core import RunId
+    from aiki_core import EventDefinition, RunId
 
 ResultT = TypeVar("ResultT")
+DataT = TypeVar("DataT")
 
 _LONG_POLL_MS = 30_000
 
@@ -78,6 +81,37 @@ class WorkflowRunHandle(Generic[ResultT]):
         """Cancel the run and its children."""
         request = CancelRunRequest(reason=reason)
         await self._client._call("POST", f"/runs/{self.id}/cancel", RunSummary, request)
+
+    async def pause(self) -> RunSummary:
+        """Hold the run where it is; a worker running it stops at its next task boundary."""
+        return await self._client._call("POST", f"/runs/{self.id}/pause", RunSummary)
+
+    async def resume(self) -> RunSummary:
+        """Let a paused run go on from where it was."""
+        return await self._client._call("POST", f"/runs/{self.id}/resume", RunSummary)
+
+    async def wake(self) -> RunSummary:
+        """End the run's sleep now; the sleep reports that it was woken early."""
+        return await self._client._call("POST", f"/runs/{self.id}/wake", RunSummary)
+
+    async def send_event(
+        self,
+        event: EventDefinition[DataT],
+        data: DataT,
+        *,
+        reference_id: str | None = None,
+    ) -> SendEventResponse:
+        """Deliver `event` with `data` to the run; a repeated `reference_id` is dropped.
+
+        An event sent before the run waits for it is kept until it does.
+        """
+        encoded = self._client.codec.encode(
+            event.encode_data(data), CodecContext(self.id, f"event:{event.name}")
+        )
+        request = SendEventRequest(name=event.name, data=encoded, reference_id=reference_id)
+        return await self._client._call(
+            "POST", f"/runs/{self.id}/events", SendEventResponse, request
+        )
 
     async def _wait(self, statuses: list[RunStatus], timeout: timedelta | None) -> RunOutcome:
         deadline = None if timeout is None else anyio.current_time() + timeout.total_seconds()

@@ -262,6 +262,9 @@ from aiki_core._logging import (
     StdlibLogger as StdlibLogger,
 )
 from aiki_core._protocols import (
+    EventDefinition as EventDefinition,
+)
+from aiki_core._protocols import (
     ExecutableVersion as ExecutableVersion,
 )
 from aiki_core._protocols import (
@@ -395,6 +398,7 @@ __all__ = (
     "EventId",
     "EventRecord",
     "EventWaitRecord",
+    "EventDefinition",
     "ExecutableVersion",
     "FailRun",
     "HeartbeatRequest",

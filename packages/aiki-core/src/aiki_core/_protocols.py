@@ -9,7 +9,9 @@ protocol here:
   which the client implements, and gets back a `WorkflowRunHandle`;
 - a worker (`aiki_worker`) executes any `ExecutableVersion`, giving it a
   `RunExecution`: the claimed run and the way to record task results; it talks to
-  the server through `WorkerApi`, which the client implements.
+  the server through `WorkerApi`, which the client implements;
+- a run handle (the client's) sends an event defined by the workflow package
+  through `EventDefinition`, which names the event and encodes its data.
 """
 
 from __future__ import annotations
@@ -32,18 +34,22 @@ if TYPE_CHECKING:
         RecordTaskRequest,
         RecordTaskResponse,
         RunAction,
+        SendEventResponse,
+        StartChildRequest,
         StartRunRequest,
+        StartRunResponse,
         TransitionRunRequest,
         TransitionRunResponse,
     )
     from aiki_core._codec import PayloadCodec
     from aiki_core._ids import RunId, TaskAddress
     from aiki_core._logging import Logger
-    from aiki_core._records import RunDetail
+    from aiki_core._records import RunDetail, RunSummary
     from aiki_core._retry import RetryPolicy
     from aiki_core._status import RunStatus
 
 __all__ = [
+    "EventDefinition",
     "ExecutableVersion",
     "RunExecution",
     "TaskAttemptInfo",
@@ -56,6 +62,8 @@ __all__ = [
 
 ResultT = TypeVar("ResultT")
 ResultT_co = TypeVar("ResultT_co", covariant=True)
+DataT = TypeVar("DataT")
+DataT_contra = TypeVar("DataT_contra", contravariant=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +150,20 @@ class WorkflowRunHandle(Protocol[ResultT_co]):
     async def cancel(self, reason: str | None = None) -> None:
         """Cancel the run and its children."""
 
+    async def pause(self) -> RunSummary:
+        """Hold the run where it is; a worker running it stops at its next task boundary."""
+
+    async def resume(self) -> RunSummary:
+        """Let a paused run go on from where it was."""
+
+    async def wake(self) -> RunSummary:
+        """End the run's sleep now."""
+
+    async def send_event(
+        self, event: EventDefinition[DataT], data: DataT, *, reference_id: str | None = None
+    ) -> SendEventResponse:
+        """Deliver `event` to the run; a repeated `reference_id` is dropped."""
+
 
 class WorkflowStarter(Protocol):
     """The client surface a workflow version needs to start a run of itself."""
@@ -153,6 +175,17 @@ class WorkflowStarter(Protocol):
 
         The client applies its codec to `request.input` before sending it.
         """
+
+
+class EventDefinition(Protocol[DataT_contra]):
+    """An event a run can wait for, as a sender sees it: its name and its data's encoding."""
+
+    @property
+    def name(self) -> str:
+        """The event's name."""
+
+    def encode_data(self, data: DataT_contra) -> JsonValue:
+        """Validate `data` against the event's type; its JSON value."""
 
 
 class RunExecution(Protocol):
@@ -182,6 +215,9 @@ class RunExecution(Protocol):
 
     async def flush_tasks(self) -> None:
         """Record every held task record now (before anything may depend on them)."""
+
+    async def start_child(self, request: StartChildRequest) -> StartRunResponse:
+        """Start a child run of this run (idempotent by address and occurrence)."""
 
 
 class ExecutableVersion(Protocol):
@@ -218,6 +254,9 @@ class WorkerApi(Protocol):
 
     async def record_task(self, run_id: RunId, request: RecordTaskRequest) -> RecordTaskResponse:
         """Record one task attempt of a held run."""
+
+    async def start_child(self, run_id: RunId, request: StartChildRequest) -> StartRunResponse:
+        """Start a child run of a held run."""
 
     async def transition(
         self, run_id: RunId, request: TransitionRunRequest

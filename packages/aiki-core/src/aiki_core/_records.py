@@ -129,6 +129,8 @@ class ChildRecord(ResponseModel):
     address: TaskAddress
     occurrence: Count
     status: RunStatus
+    result: JsonValue = None
+    error: ErrorInfo | None = None
 
 
 class StateTransition(ResponseModel):

@@ -149,6 +149,8 @@ def child_record(row: Row) -> ChildRecord:
         address=row["child_address"],
         occurrence=row["child_occurrence"],
         status=row["status"],
+        result=load(row["result"]),
+        error=load_error(row["error"]),
     )
 
 

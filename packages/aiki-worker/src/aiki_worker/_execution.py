@@ -20,6 +20,8 @@ if TYPE_CHECKING:
         PayloadCodec,
         RecordTaskRequest,
         RecordTaskResponse,
+        StartChildRequest,
+        StartRunResponse,
         WorkerApi,
     )
 
@@ -44,6 +46,10 @@ class Execution:
     async def record_task(self, request: RecordTaskRequest) -> RecordTaskResponse:
         """Record a task attempt through the client, now."""
         return await self.api.record_task(self.claim.run.id, request)
+
+    async def start_child(self, request: StartChildRequest) -> StartRunResponse:
+        """Start a child run of this run through the client."""
+        return await self.api.start_child(self.claim.run.id, request)
 
     def defer_task(self, request: RecordTaskRequest) -> None:
         """Hold a task record for `flush_tasks` or the run's transition."""
