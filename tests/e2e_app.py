@@ -24,10 +24,16 @@ import anyio
 from pydantic import BaseModel
 
 from aiki_client import Client
-from aiki_core import ConsoleLogger, ExecutableVersion, LogLevel, RetryPolicy
+from aiki_core import (
+    ConsoleLogger,
+    ExecutableVersion,
+    LogLevel,
+    RetryPolicy,
+    WorkflowFailedError,
+)
 from aiki_task import TaskContext, task
 from aiki_worker import Worker
-from aiki_workflow import WorkflowRun, workflow
+from aiki_workflow import WorkflowRun, event, workflow
 
 FLAKY_FAILURES = 2
 """The flaky task fails this many times, then succeeds."""
@@ -199,7 +205,160 @@ async def twenty_v1(run: WorkflowRun, batch: Batch) -> list[int]:
     return [await step.start(run, Step(index=i, of=batch.size)) for i in range(1, batch.size + 1)]
 
 
-VERSIONS: list[ExecutableVersion] = [hello_v1, flaky_v1, timeout_v1, failing_v1, twenty_v1]
+# -- durable waits: sleeps, events, children ----------------------------------------------
+
+
+class Nap(BaseModel):
+    """How long to sleep, how often."""
+
+    key: str
+    seconds: float
+    times: int = 1
+
+
+@task("note")
+async def note(job: Job) -> str:
+    """Count an execution and return its key."""
+    count(f"note-{job.key}")
+    return job.key
+
+
+sleeper = workflow("e2e-sleeper")
+
+
+@sleeper.v("1.0.0")
+async def sleeper_v1(run: WorkflowRun, nap: Nap) -> list[bool]:
+    """Sleep `times` times on one name (a task before each), saying which were woken."""
+    woken = []
+    for turn in range(nap.times):
+        await note.start(run, Job(key=f"{nap.key}-{turn}"))
+        slept = await run.sleep("nap", timedelta(seconds=nap.seconds))
+        woken.append(slept.woken_early)
+    return woken
+
+
+class Approval(BaseModel):
+    """Who approved."""
+
+    by: str
+
+
+approved = event("approved", Approval)
+shipped = event("shipped", int)
+
+
+class Wait(BaseModel):
+    """A key, and how long to wait for the event."""
+
+    key: str
+    timeout_s: float | None = None
+
+
+approval = workflow("e2e-approval")
+
+
+@approval.v("1.0.0")
+async def approval_v1(run: WorkflowRun, wait: Wait) -> str:
+    """Note, wait for approval (maybe with a timeout), note again."""
+    await note.start(run, Job(key=f"{wait.key}-before"))
+    timeout = None if wait.timeout_s is None else timedelta(seconds=wait.timeout_s)
+    got = await approved.wait(run, timeout=timeout)
+    await note.start(run, Job(key=f"{wait.key}-after"))
+    return "timed out" if got.data is None else f"approved by {got.data.by}"
+
+
+both_events = workflow("e2e-both-events")
+
+
+@both_events.v("1.0.0")
+async def both_events_v1(run: WorkflowRun, key: str) -> str:
+    """Wait for `approved` and `shipped` side by side."""
+    approvers: list[str] = []
+    parcels: list[int] = []
+
+    async def approval() -> None:
+        got = await approved.wait(run)
+        assert got.data is not None
+        approvers.append(got.data.by)
+
+    async def shipment() -> None:
+        got = await shipped.wait(run)
+        assert got.data is not None
+        parcels.append(got.data)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(approval)
+        tg.start_soon(shipment)
+    return f"{approvers[0]} shipped {parcels[0]}"
+
+
+class Family(BaseModel):
+    """A key for counters, how deep to nest children, and how the youngest ends."""
+
+    key: str
+    depth: int = 1
+    fail: bool = False
+    sleep_s: float = 0.0
+
+
+family = workflow("e2e-family")
+
+
+@family.v("1.0.0")
+async def family_v1(run: WorkflowRun, member: Family) -> str:
+    """Start a child one level down, if any, and report how it ended; the youngest works."""
+    await note.start(run, Job(key=f"{member.key}-{member.depth}"))
+    if member.depth == 0:
+        if member.sleep_s:
+            await run.sleep("linger", timedelta(seconds=member.sleep_s))
+        if member.fail:
+            raise LookupError(f"{member.key} found nothing")
+        return "done"
+    child = await family_v1.start_child(run, member.model_copy(update={"depth": member.depth - 1}))
+    try:
+        return f"child said {await child.result()}"
+    except WorkflowFailedError as failed:
+        return f"child failed: {failed.error.message}"
+
+
+class Pausable(BaseModel):
+    """A key and how long the first step takes."""
+
+    key: str
+    first_s: float
+
+
+@task("long-step")
+async def long_step(pausable: Pausable) -> str:
+    """Count, then take `first_s` seconds."""
+    count(f"long-{pausable.key}")
+    await anyio.sleep(pausable.first_s)
+    return "long done"
+
+
+pausable = workflow("e2e-pausable")
+
+
+@pausable.v("1.0.0")
+async def pausable_v1(run: WorkflowRun, job: Pausable) -> str:
+    """A long step, then a short one."""
+    first = await long_step.start(run, job)
+    second = await note.start(run, Job(key=f"{job.key}-second"))
+    return f"{first}, {second}"
+
+
+VERSIONS: list[ExecutableVersion] = [
+    hello_v1,
+    flaky_v1,
+    timeout_v1,
+    failing_v1,
+    twenty_v1,
+    sleeper_v1,
+    approval_v1,
+    both_events_v1,
+    family_v1,
+    pausable_v1,
+]
 
 
 # -- the worker process ------------------------------------------------------------------

@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anyio
 
+from aiki_client import Client
 from aiki_core import ConsoleLogger, LogLevel, TaskStatus
 from aiki_server._notify import WakeHub
 from aiki_server._storage._open import open_database
 from e2e_app import step_counter
+from live_processes import free_port
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     from aiki_core import RunDetail, RunId
-    from live_processes import LiveProcess, LiveProcesses
+    from live_processes import LiveProcess, LiveProcesses, ServerProcess
 
 E2E_APP = Path(__file__).with_name("e2e_app.py")
 
@@ -100,6 +105,31 @@ async def start_worker(
             str(max_backoff_ms),
         ],
     )
+
+
+@dataclass
+class Stack:
+    """A server process, a worker process on it, and a client of the test."""
+
+    server: ServerProcess
+    worker: LiveProcess
+    client: Client
+    counters: Counters
+
+
+@asynccontextmanager
+async def open_stack(
+    db_url: str, processes: LiveProcesses, tmp_path: Path, **worker_options: int
+) -> AsyncIterator[Stack]:
+    """A fresh server on `db_url` with one worker process (`start_worker`'s options), a client."""
+    # both processes start at once: the worker retries until the server listens
+    port = free_port()
+    counters = Counters(tmp_path / "counters")
+    worker = await start_worker(processes, f"http://127.0.0.1:{port}", counters, **worker_options)
+    server = await processes.start_server(db_url, port=port)
+    async with Client(server.base_url, logger=QUIET) as client:
+        yield Stack(server, worker, client, counters)
+    assert worker.returncode is None, "the worker process died"
 
 
 def completed_steps(detail: RunDetail) -> set[str]:

@@ -7,7 +7,6 @@ sees how often a body really ran in the other process.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
@@ -34,40 +33,23 @@ from e2e_app import (
     hello_v1,
     timeout_v1,
 )
-from e2e_support import QUIET, Counters, start_worker
-from live_processes import free_port
+from e2e_support import Stack, open_stack
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from pathlib import Path
 
     from aiki_core import RunDetail
-    from live_processes import LiveProcess, LiveProcesses, ServerProcess
+    from live_processes import LiveProcesses
 
 RESULT_TIMEOUT = timedelta(seconds=30)
-
-
-@dataclass
-class Stack:
-    """A server process, a worker process on it, and a client of the test."""
-
-    server: ServerProcess
-    worker: LiveProcess
-    client: Client
-    counters: Counters
 
 
 @pytest.fixture
 async def stack(db_url: str, processes: LiveProcesses, tmp_path: Path) -> AsyncIterator[Stack]:
     """A fresh server on `db_url` with one worker process, and a client."""
-    # both processes start at once: the worker retries until the server listens
-    port = free_port()
-    counters = Counters(tmp_path / "counters")
-    worker = await start_worker(processes, f"http://127.0.0.1:{port}", counters)
-    server = await processes.start_server(db_url, port=port)
-    async with Client(server.base_url, logger=QUIET) as client:
-        yield Stack(server, worker, client, counters)
-    assert worker.returncode is None, "the worker process died"
+    async with open_stack(db_url, processes, tmp_path) as opened:
+        yield opened
 
 
 def _run_statuses(detail: RunDetail) -> list[str]:

@@ -22,6 +22,8 @@ from aiki_core import (
     RunInterrupt,
     RunSummary,
     StaleRevisionError,
+    StartChildRequest,
+    StartRunResponse,
     SuspendRun,
     TaskFailedError,
     TaskId,
@@ -73,6 +75,9 @@ class Execution:
 
     def defer_task(self, request: RecordTaskRequest) -> None:
         self.deferred.append(request)
+
+    async def start_child(self, request: StartChildRequest) -> StartRunResponse:
+        raise AssertionError(f"no children in these workflows: {request}")
 
     async def flush_tasks(self) -> None:
         held, self.deferred = self.deferred, []

@@ -3,12 +3,29 @@
 from __future__ import annotations
 
 from aiki_workflow.__about__ import __version__ as __version__
+from aiki_workflow._children import ChildRun as ChildRun
+from aiki_workflow._events import Event as Event
+from aiki_workflow._events import EventResult as EventResult
+from aiki_workflow._events import event as event
+from aiki_workflow._run import SleepResult as SleepResult
 from aiki_workflow._run import WorkflowRun as WorkflowRun
 from aiki_workflow._workflow import Workflow as Workflow
 from aiki_workflow._workflow import WorkflowVersion as WorkflowVersion
 from aiki_workflow._workflow import workflow as workflow
 
-__all__ = ("Workflow", "WorkflowRun", "WorkflowVersion", "__version__", "workflow")
+__all__ = (
+    "ChildRun",
+    "Event",
+    "EventResult",
+    "SleepResult",
+    "Workflow",
+    "WorkflowRun",
+    "WorkflowVersion",
+    "__version__",
+    "event",
+    "workflow",
+)
 
-for _obj in (Workflow, WorkflowRun, WorkflowVersion, workflow):
+_PUBLIC = (ChildRun, Event, EventResult, SleepResult, Workflow, WorkflowRun, WorkflowVersion)
+for _obj in (*_PUBLIC, event, workflow):
     _obj.__module__ = __name__

@@ -1,4 +1,4 @@
-"""Control flow of a run: suspending or abandoning it. Not errors, so not `Exception`s."""
+"""Control flow of a run: abandoning it. Not an error, so not an `Exception`."""
 
 from __future__ import annotations
 
@@ -7,15 +7,7 @@ from typing import TYPE_CHECKING
 from aiki_core import RunInterrupt
 
 if TYPE_CHECKING:
-    from aiki_core import AikiError, RunWait
-
-
-class Suspend(RunInterrupt):
-    """Unwinds the workflow because it must wait; the worker reports `waits` and lets go."""
-
-    def __init__(self, waits: list[RunWait]) -> None:
-        super().__init__(f"suspended on {len(waits)} wait(s)")
-        self.waits = waits
+    from aiki_core import AikiError
 
 
 class Abandon(RunInterrupt):

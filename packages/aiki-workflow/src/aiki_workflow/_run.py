@@ -13,19 +13,32 @@ until the next task is about to run (which may depend on it) and written then, o
 carried by the run's transition, so a run's last task costs no request of its own.
 Only results produced since the last task started can be unwritten, so a crash
 re-runs only those tasks (in sequential code, at most one).
+
+Sleeps, event waits and child results are durable waits, identified by name (or, for
+a child, by address) and occurrence. One already over returns at once on replay;
+one still pending blocks the branch of code that asked. The run suspends when every
+branch of its code is blocked on such a wait and no task is running: the body is
+cancelled, and the worker reports every wait at once and lets the run go, so
+`asyncio.gather` over two events suspends the run once.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import anyio
+import anyio.lowlevel
 
 from aiki_core import (
+    RUN_TERMINAL_STATUSES,
+    AwaitChild,
+    AwaitEvent,
     AwaitRetry,
+    AwaitSleep,
     CodecContext,
     ConflictError,
     ErrorInfo,
@@ -33,35 +46,68 @@ from aiki_core import (
     RetryPolicy,
     RunInterrupt,
     ServerError,
+    StartChildRequest,
     TaskAttemptInfo,
     TaskFailedError,
     TaskStatus,
     task_address,
 )
-from aiki_workflow._interrupts import Abandon, Suspend
+from aiki_workflow._interrupts import Abandon
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable
+    from collections.abc import Awaitable, Iterator
 
     from pydantic import JsonValue
 
     from aiki_core import (
+        ChildRecord,
+        EventRecord,
+        EventWaitRecord,
         Logger,
+        PayloadCodec,
         RunExecution,
         RunId,
+        RunWait,
+        SleepRecord,
         TaskAddress,
         TaskInvocation,
         TaskRecord,
     )
 
+T = TypeVar("T")
+
 IN_PROCESS_RETRY_LIMIT = timedelta(seconds=30)
 """Back-offs up to this long are waited out in process; longer ones suspend the run."""
 
 _DEFAULT_TASK_RETRY = RetryPolicy.never()
+_SETTLE_CHECKPOINTS = 5
+"""Scheduler turns a blocked run gives its other branches to reach a wait or a task."""
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class SleepResult:
+    """How a durable sleep ended."""
+
+    woken_early: bool
+    """Whether `handle.wake()` ended it before its time."""
+
+
+@dataclass(frozen=True, slots=True)
+class Suspended:
+    """The run's code can only wait: what it waits for (any one re-queues the run)."""
+
+    waits: list[RunWait]
+
+
+@dataclass(frozen=True, slots=True)
+class _LongRetry:
+    """A task's next attempt is too far off to wait for in process."""
+
+    retry_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +136,31 @@ class WorkflowRun:
         self._recorded: dict[tuple[str, int], TaskRecord] = {
             (t.address, t.occurrence): t for t in claim.tasks
         }
-        self._occurrences: Counter[str] = Counter()
+        self._sleeps: dict[tuple[str, int], SleepRecord] = {
+            (r.name, r.occurrence): r for r in claim.sleeps
+        }
+        self._event_waits: dict[tuple[str, int], EventWaitRecord] = {
+            (r.name, r.occurrence): r for r in claim.event_waits
+        }
+        self._events: dict[str, EventRecord] = {r.id: r for r in claim.events}
+        self._children: dict[tuple[str, int], ChildRecord] = {
+            (r.address, r.occurrence): r for r in claim.children
+        }
+        self._occurrences: Counter[tuple[str, str]] = Counter()
+        self._waits: list[RunWait] = []
+        self._in_flight = 0
+        self._activity = anyio.Event()
+
+    @property
+    def codec(self) -> PayloadCodec:
+        """The codec of everything this run records (the client's)."""
+        return self._execution.codec
+
+    def _next(self, kind: str, key: str) -> int:
+        """The occurrence of this call: how often the same (kind, key) was called before."""
+        occurrence = self._occurrences[kind, key]
+        self._occurrences[kind, key] += 1
+        return occurrence
 
     def _codec_context(self, address: str, occurrence: int, part: str) -> CodecContext:
         return CodecContext(self.id, f"task:{address}:{occurrence}:{part}")
@@ -99,8 +169,7 @@ class WorkflowRun:
         """The call's recorded result on replay; otherwise run it, record it, return it."""
         codec = self._execution.codec
         address = task_address(invocation.name, invocation.input, key=codec.address_key)
-        occurrence = self._occurrences[address]
-        self._occurrences[address] += 1
+        occurrence = self._next("task", address)
         record = self._recorded.get((address, occurrence))
         attempt = 1
         if record is not None:
@@ -113,12 +182,16 @@ class WorkflowRun:
                 raise TaskFailedError(self.id, invocation.name, record.error)
             attempt = len(record.attempts) + 1
             if record.next_attempt_at is not None and record.next_attempt_at > _now():
-                raise Suspend([AwaitRetry(retry_at=record.next_attempt_at)])
-        return await self._run(invocation, address, occurrence, attempt)
+                await self.block(AwaitRetry(retry_at=record.next_attempt_at))
+        with self._task_in_flight():
+            outcome = await self._run(invocation, address, occurrence, attempt)
+        if isinstance(outcome, _LongRetry):
+            await self.block(AwaitRetry(retry_at=outcome.retry_at))
+        return outcome
 
     async def _run(
         self, invocation: TaskInvocation, address: TaskAddress, occurrence: int, attempt: int
-    ) -> JsonValue:
+    ) -> JsonValue | _LongRetry:
         # what this task may depend on must be on record before it runs
         await self._write(self._execution.flush_tasks())
         codec = self._execution.codec
@@ -165,7 +238,7 @@ class WorkflowRun:
                     {"task": invocation.name, "attempt": attempt, "error": error.message},
                 )
                 if delay > IN_PROCESS_RETRY_LIMIT:
-                    raise Suspend([AwaitRetry(retry_at=retry_at)]) from None
+                    return _LongRetry(retry_at)
                 await anyio.sleep(delay.total_seconds())
                 attempt += 1
                 continue
@@ -177,6 +250,139 @@ class WorkflowRun:
                 )
             )
             return result
+
+    @contextmanager
+    def _task_in_flight(self) -> Iterator[None]:
+        self._in_flight += 1
+        self._activity.set()
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+            self._activity.set()
+
+    # -- durable waits ---------------------------------------------------------------
+
+    async def sleep(self, name: str, duration: timedelta) -> SleepResult:
+        """Sleep durably: the worker lets the run go, and it resumes when `duration` is over.
+
+        Sleeps are told apart by `name` and by how often the name was slept on before in
+        this run, so a sleep in a loop is one sleep per turn. `handle.wake()` ends a
+        sleep early, and the result says so.
+        """
+        occurrence = self._next("sleep", name)
+        record = self._sleeps.get((name, occurrence))
+        if record is not None and record.status != "sleeping":
+            return SleepResult(woken_early=record.status == "woken")
+        if record is None and duration <= timedelta(0):
+            return SleepResult(woken_early=False)
+        wake_at = record.wake_at if record is not None else _now() + duration
+        await self.block(AwaitSleep(name=name, occurrence=occurrence, wake_at=wake_at))
+
+    async def wait_event(self, name: str, timeout: timedelta | None) -> tuple[bool, JsonValue]:
+        """Wait durably for the next event called `name`: (received, its decoded data).
+
+        `received` is false when `timeout` passed first. Events sent before the wait
+        are kept for it.
+        """
+        occurrence = self._next("event", name)
+        record = self._event_waits.get((name, occurrence))
+        if record is not None and record.status == "received":
+            assert record.event_id is not None
+            data = self._events[record.event_id].data
+            return True, self._execution.codec.decode(data, CodecContext(self.id, f"event:{name}"))
+        if record is not None and record.status == "timed_out":
+            return False, None
+        if record is not None:
+            timeout_at = record.timeout_at
+        else:
+            timeout_at = None if timeout is None else _now() + timeout
+        await self.block(AwaitEvent(name=name, occurrence=occurrence, timeout_at=timeout_at))
+
+    async def start_child(
+        self,
+        workflow: str,
+        version: str,
+        payload: JsonValue,
+        *,
+        pool: str | None,
+        timeout: timedelta | None,
+    ) -> tuple[RunId, TaskAddress, int]:
+        """Start a child run once per (address, occurrence); its id, address and occurrence.
+
+        The address is the child's workflow and version plus a hash of its payload, as
+        for a task call; on replay the child started the first time is found again.
+        """
+        codec = self._execution.codec
+        address = task_address(f"{workflow}@{version}", payload, key=codec.address_key)
+        occurrence = self._next("child", address)
+        record = self._children.get((address, occurrence))
+        if record is not None:
+            return record.run_id, address, occurrence
+        await self._write(self._execution.flush_tasks())
+        request = StartChildRequest(
+            revision=self._execution.claim.run.revision,
+            address=address,
+            occurrence=occurrence,
+            workflow=workflow,
+            version=version,
+            input=codec.encode(payload, self._codec_context(address, occurrence, "child")),
+            pool=pool,
+            timeout=timeout,
+        )
+        started = await self._write(self._execution.start_child(request))
+        return started.run.id, address, occurrence
+
+    async def child_outcome(
+        self, run_id: RunId, address: TaskAddress, occurrence: int
+    ) -> ChildRecord:
+        """The record of a child that has ended; until it has, the run waits for it."""
+        record = self._children.get((address, occurrence))
+        if record is None or record.status not in RUN_TERMINAL_STATUSES:
+            await self.block(AwaitChild(child_run_id=run_id))
+        return record
+
+    async def block(self, wait: RunWait) -> NoReturn:
+        """Block this branch of the run's code on `wait`, until the run suspends."""
+        self._waits.append(wait)
+        self._activity.set()
+        await anyio.sleep_forever()
+        raise AssertionError("sleep_forever returns only by cancellation")
+
+    async def drive(self, body: Awaitable[T]) -> T | Suspended:
+        """Run the workflow's `body` until it returns or raises, or until it can only wait.
+
+        In the last case the body is cancelled and `Suspended` lists what it waits for.
+        """
+        outcome: list[T] = []
+        failure: Exception | RunInterrupt | None = None
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._suspend_when_blocked, scope)
+                try:
+                    outcome.append(await body)
+                except (Exception, RunInterrupt) as exc:
+                    failure = exc  # raised below: a task group would wrap it in a group
+                tg.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+        if outcome:
+            return outcome[0]
+        return Suspended(list(self._waits))
+
+    async def _suspend_when_blocked(self, body: anyio.CancelScope) -> None:
+        while True:
+            await self._activity.wait()
+            self._activity = anyio.Event()
+            if not self._waits or self._in_flight:
+                continue
+            # other branches may be a step away from their own wait (asyncio.gather)
+            for _ in range(_SETTLE_CHECKPOINTS):
+                await anyio.lowlevel.checkpoint()
+            if self._activity.is_set() or self._in_flight:
+                continue
+            body.cancel()
+            return
 
     async def _record(self, call: _Call, attempt: int, status: TaskStatus, **fields: Any) -> None:
         request = self._request(call, attempt, status, **fields)
@@ -198,9 +404,9 @@ class WorkflowRun:
         )
 
     @staticmethod
-    async def _write(write: Awaitable[object]) -> None:
+    async def _write(write: Awaitable[T]) -> T:
         try:
-            await write
+            return await write
         except (ServerError, ConflictError) as exc:
             # the server is gone or the claim was lost: no failure of the workflow's, and
             # not for its `except Exception` to see

@@ -31,8 +31,8 @@ from aiki_core import (
     StartRunRequest,
     SuspendRun,
 )
-from aiki_workflow._interrupts import Suspend
-from aiki_workflow._run import WorkflowRun
+from aiki_workflow._children import ChildRun
+from aiki_workflow._run import Suspended, WorkflowRun
 
 if TYPE_CHECKING:
     from pydantic import JsonValue
@@ -117,6 +117,28 @@ class WorkflowVersion(Generic[InT, OutT]):
         )
         return await client.start_run(request, self.decode_result)
 
+    async def start_child(
+        self,
+        run: WorkflowRun,
+        payload: InT,
+        *,
+        pool: str | None = None,
+        timeout: timedelta | None = None,
+    ) -> ChildRun[OutT]:
+        """Start a run of this version as a child of `run` (once, even across replays).
+
+        The child runs in the parent's pool unless `pool` is given; cancelling the
+        parent cancels it. `await child.result()` waits for it durably.
+        """
+        run_id, address, occurrence = await run.start_child(
+            self.workflow,
+            self.version,
+            self.encode_payload(payload),
+            pool=pool,
+            timeout=timeout if timeout is not None else self.timeout,
+        )
+        return ChildRun(run, run_id, address, occurrence, self.decode_result)
+
     async def execute(self, execution: RunExecution) -> RunAction:
         """Replay and continue a claimed run; what to do with it next."""
         run = WorkflowRun(execution, task_retry=self.task_retry)
@@ -130,13 +152,13 @@ class WorkflowVersion(Generic[InT, OutT]):
             )
             return FailRun(error=ErrorInfo.from_exception(error))
         try:
-            result = await self.fn(run, payload)
-        except Suspend as suspend:
-            return SuspendRun(waits=suspend.waits)
+            result = await run.drive(self.fn(run, payload))
         except RunInterrupt:
             raise
         except Exception as exc:
             return self._failure(run, exc)
+        if isinstance(result, Suspended):
+            return SuspendRun(waits=result.waits)
         try:
             validated = self._output.validate_python(result)
         except ValidationError as exc:

@@ -1,0 +1,60 @@
+"""`ChildRun`: a child run as its parent's code sees it."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+from aiki_core import (
+    CodecContext,
+    ErrorInfo,
+    RunStatus,
+    WorkflowCancelledError,
+    WorkflowFailedError,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from pydantic import JsonValue
+
+    from aiki_core import RunId, TaskAddress
+    from aiki_workflow._run import WorkflowRun
+
+OutT = TypeVar("OutT")
+
+
+class ChildRun(Generic[OutT]):
+    """A child run started by `version.start_child(run, payload)`."""
+
+    def __init__(
+        self,
+        parent: WorkflowRun,
+        run_id: RunId,
+        address: TaskAddress,
+        occurrence: int,
+        decode_result: Callable[[JsonValue], OutT],
+    ) -> None:
+        self.id = run_id
+        self._parent = parent
+        self._address = address
+        self._occurrence = occurrence
+        self._decode_result = decode_result
+
+    async def result(self) -> OutT:
+        """The child's result; the parent waits durably until the child ends.
+
+        Raises `WorkflowFailedError` (with the child's error) or `WorkflowCancelledError`
+        when the child did not complete, as `handle.result()` does for a client.
+        """
+        record = await self._parent.child_outcome(self.id, self._address, self._occurrence)
+        if record.status is RunStatus.COMPLETED:
+            codec = self._parent.codec
+            return self._decode_result(codec.decode(record.result, CodecContext(self.id, "result")))
+        if record.status is RunStatus.CANCELLED:
+            reason = record.error.details.get("reason") if record.error else None
+            raise WorkflowCancelledError(self.id, None if reason is None else str(reason))
+        error = record.error or ErrorInfo(type="Unknown", message="the child run failed")
+        raise WorkflowFailedError(self.id, error) from error.to_exception()
+
+    def __repr__(self) -> str:
+        return f"<ChildRun {self.id}>"
