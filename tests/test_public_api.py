@@ -174,6 +174,17 @@ def test_all_lists_every_public_name(package: str) -> None:
     assert public <= set(module.__all__), f"public but not exported: {public - set(module.__all__)}"
 
 
+def test_the_test_harness_module_is_pinned() -> None:
+    import aiki_server.testing
+
+    assert aiki_server.testing.__all__ == (
+        "EmbeddedServer",
+        "TestClock",
+        "embedded_server",
+        "serving",
+    )
+
+
 @pytest.mark.parametrize("package", sorted(EXPECTED_EXPORTS))
 def test_version_matches_distribution_metadata(package: str) -> None:
     from importlib.metadata import version

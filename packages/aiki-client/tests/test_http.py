@@ -27,6 +27,7 @@ from aiki_core import (
     AikiError,
     Namespace,
     NotFoundError,
+    PayloadValidationError,
     PoolName,
     RunId,
     RunPage,
@@ -309,6 +310,13 @@ async def test_a_2xx_that_is_not_the_answer_is_a_server_error() -> None:
                 await client.list_runs()
     assert "GET /runs answered 200 with no RunPage" in caught.value.message
     assert caught.value.details["body"] == page.decode()
+
+
+async def test_invalid_run_filters_are_refused_before_any_request() -> None:
+    async with Client("http://127.0.0.1:9") as client:  # nothing listens there
+        with pytest.raises(PayloadValidationError) as caught:
+            await client.list_runs(limit=10_000)
+    assert [problem["loc"] for problem in caught.value.errors] == [["limit"]]
 
 
 def test_a_negative_connect_retries_is_refused() -> None:

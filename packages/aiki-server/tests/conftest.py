@@ -6,18 +6,17 @@ Every storage test runs against both databases: the `db_url` fixture of the root
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import anyio
 import httpx
 import pytest
 
 from aiki_server import ServerSettings, create_app
 from aiki_server._notify import TIMERS
+from aiki_server.testing import serving
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -83,37 +82,14 @@ async def server(db_url: str) -> AsyncIterator[httpx.AsyncClient]:
 
 @asynccontextmanager
 async def running_app(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    """The app with its lifespan running, and an HTTP client on it (in process).
-
-    pytest-asyncio sets a fixture up and tears it down in different tasks, while the
-    lifespan's task group must be left in the task that entered it: so the lifespan
-    lives in a task of its own until the fixture ends.
-    """
-    started, stop = anyio.Event(), anyio.Event()
-    failures: list[BaseException] = []
-
-    async def lifespan() -> None:
-        try:
-            async with app.router.lifespan_context(app):
-                started.set()
-                await stop.wait()
-        except BaseException as exc:
-            failures.append(exc)
-            started.set()
-            raise
-
-    task = asyncio.create_task(lifespan())  # noqa: TID251 - see the docstring
-    await started.wait()
-    if failures:
-        raise failures[0]
-    try:
-        async with httpx.AsyncClient(
+    """The app with its lifespan running, and an HTTP client on it (in process)."""
+    async with (
+        serving(app),
+        httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app), base_url="http://aiki/api/v1"
-        ) as client:
-            yield client
-    finally:
-        stop.set()
-        await task
+        ) as client,
+    ):
+        yield client
 
 
 @pytest.fixture

@@ -28,6 +28,7 @@ from aiki_core import (
     HeartbeatResponse,
     IdentityCodec,
     ListRunsQuery,
+    PayloadValidationError,
     RecordTaskRequest,
     RecordTaskResponse,
     RunPage,
@@ -137,7 +138,11 @@ class Client:
 
     async def list_runs(self, query: ListRunsQuery | None = None, **filters: Any) -> RunPage:
         """One page of runs, newest first; filters as in `ListRunsQuery`."""
-        query = query or ListRunsQuery.model_validate(filters)
+        if query is None:
+            try:
+                query = ListRunsQuery.model_validate(filters)
+            except ValidationError as exc:
+                raise PayloadValidationError.from_pydantic("invalid run filters", exc) from None
         params = [
             (key, str(item))
             for key, value in query.model_dump(mode="json", exclude_none=True).items()

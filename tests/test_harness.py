@@ -1,0 +1,100 @@
+"""The public test harness (`aiki_server.testing`), used as a user's test would use it.
+
+An embedded server, a client over httpx's ASGI transport and a worker, all in the
+test's process; the harness's clock skips a day-long sleep.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+import anyio
+import httpx
+import pytest
+
+from aiki_client import Client
+from aiki_core import ConsoleLogger, LogLevel, RunStatus
+from aiki_server.testing import TestClock, embedded_server
+from aiki_worker import Worker
+from aiki_workflow import WorkflowRun, workflow
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from aiki_server.testing import EmbeddedServer
+
+QUIET = ConsoleLogger(LogLevel.ERROR)
+
+napper = workflow("harness-napper")
+
+
+@napper.v("1")
+async def napper_v1(run: WorkflowRun, hours: int) -> str:
+    """Sleep for `hours`, durably."""
+    await run.sleep("nap", timedelta(hours=hours))
+    return f"slept {hours} h"
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[EmbeddedServer]:
+    async with embedded_server() as embedded:
+        yield embedded
+
+
+@pytest.fixture
+async def client(server: EmbeddedServer) -> AsyncIterator[Client]:
+    transport = httpx.ASGITransport(app=server.app)
+    async with Client("http://aiki.test", transport=transport, logger=QUIET) as connected:
+        yield connected
+
+
+async def test_a_day_long_sleep_is_over_as_soon_as_the_clock_skips_the_day(
+    server: EmbeddedServer, client: Client
+) -> None:
+    async with Worker(client, [napper_v1], logger=QUIET):
+        handle = await napper_v1.start(client, 24)
+        await handle.wait_for_status([RunStatus.SLEEPING], timeout=timedelta(seconds=5))
+
+        began = time.monotonic()
+        server.advance(timedelta(days=1))
+        assert await handle.result(timeout=timedelta(seconds=5)) == "slept 24 h"
+        assert time.monotonic() - began < 1.0
+
+    (sleep,) = (await handle.detail()).sleeps
+    assert sleep.status == "completed"
+
+
+async def test_a_sleep_is_not_over_before_its_time(server: EmbeddedServer, client: Client) -> None:
+    async with Worker(client, [napper_v1], logger=QUIET):
+        handle = await napper_v1.start(client, 24)
+        await handle.wait_for_status([RunStatus.SLEEPING], timeout=timedelta(seconds=5))
+        server.advance(timedelta(hours=23))
+        with anyio.move_on_after(0.3):
+            await handle.wait_for_status([RunStatus.COMPLETED])
+        assert await handle.status() is RunStatus.SLEEPING
+        server.advance(timedelta(hours=1))
+        assert await handle.result(timeout=timedelta(seconds=5)) == "slept 24 h"
+
+
+def test_the_clock_only_moves_forward() -> None:
+    clock = TestClock()
+    before = clock()
+    clock.advance(timedelta(minutes=1))
+    assert clock() - before >= 60_000
+    with pytest.raises(ValueError, match="forward"):
+        clock.advance(timedelta(seconds=-1))
+
+
+async def test_a_thousand_sleeping_runs_hold_no_worker_slot(
+    server: EmbeddedServer, client: Client
+) -> None:
+    async with Worker(client, [napper_v1], max_concurrent_runs=10, logger=QUIET):
+        handles = [await napper_v1.start(client, 1) for _ in range(1000)]
+        # all sleep at once: with 10 slots, that means none of them holds one
+        for handle in handles:
+            await handle.wait_for_status([RunStatus.SLEEPING], timeout=timedelta(seconds=60))
+        server.advance(timedelta(hours=1))
+        for handle in handles:
+            assert await handle.result(timeout=timedelta(seconds=60)) == "slept 1 h"
