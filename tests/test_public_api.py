@@ -140,6 +140,8 @@ EXPECTED_EXPORTS: dict[str, tuple[str, ...]] = {
         "ChildRun",
         "Event",
         "EventResult",
+        "Saga",
+        "SleepInfo",
         "SleepResult",
         "Workflow",
         "WorkflowRun",

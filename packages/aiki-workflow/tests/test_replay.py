@@ -260,3 +260,16 @@ def test_a_task_failure_is_not_an_exception_the_workflow_can_confuse() -> None:
     assert wf.versions["1"] is sum_of_doubles
     with pytest.raises(ValueError, match="already has version"):
         wf.v("1")(sum_of_doubles.fn)
+
+
+@wf.v("5")
+async def naps_badly(run: WorkflowRun, n: int) -> int:
+    await run.sleep("not a name", timedelta(seconds=n))
+    return n
+
+
+async def test_a_sleep_name_the_api_refuses_fails_the_run_saying_so() -> None:
+    action = await naps_badly.execute(Execution(1))
+    assert isinstance(action, FailRun)
+    assert action.error.type == "aiki_core.PayloadValidationError"
+    assert "invalid sleep 'not a name': name:" in action.error.message

@@ -7,8 +7,10 @@ from aiki_workflow._children import ChildRun as ChildRun
 from aiki_workflow._events import Event as Event
 from aiki_workflow._events import EventResult as EventResult
 from aiki_workflow._events import event as event
+from aiki_workflow._hooks import SleepInfo as SleepInfo
 from aiki_workflow._run import SleepResult as SleepResult
 from aiki_workflow._run import WorkflowRun as WorkflowRun
+from aiki_workflow._saga import Saga as Saga
 from aiki_workflow._workflow import Workflow as Workflow
 from aiki_workflow._workflow import WorkflowVersion as WorkflowVersion
 from aiki_workflow._workflow import workflow as workflow
@@ -17,6 +19,8 @@ __all__ = (
     "ChildRun",
     "Event",
     "EventResult",
+    "Saga",
+    "SleepInfo",
     "SleepResult",
     "Workflow",
     "WorkflowRun",
@@ -26,6 +30,6 @@ __all__ = (
     "workflow",
 )
 
-_PUBLIC = (ChildRun, Event, EventResult, SleepResult, Workflow, WorkflowRun, WorkflowVersion)
-for _obj in (*_PUBLIC, event, workflow):
+_PUBLIC: tuple[object, ...] = (ChildRun, Event, EventResult, Saga, SleepInfo, SleepResult)
+for _obj in (*_PUBLIC, Workflow, WorkflowRun, WorkflowVersion, event, workflow):
     _obj.__module__ = __name__

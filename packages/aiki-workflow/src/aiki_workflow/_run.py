@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import anyio
 import anyio.lowlevel
+from pydantic import ValidationError
 
 from aiki_core import (
     RUN_TERMINAL_STATUSES,
@@ -42,6 +43,7 @@ from aiki_core import (
     CodecContext,
     ConflictError,
     ErrorInfo,
+    PayloadValidationError,
     RecordTaskRequest,
     RetryPolicy,
     RunInterrupt,
@@ -52,6 +54,7 @@ from aiki_core import (
     TaskStatus,
     task_address,
 )
+from aiki_workflow._hooks import SleepInfo
 from aiki_workflow._interrupts import Abandon
 
 if TYPE_CHECKING:
@@ -73,6 +76,7 @@ if TYPE_CHECKING:
         TaskInvocation,
         TaskRecord,
     )
+    from aiki_workflow._hooks import HookTask
 
 T = TypeVar("T")
 
@@ -86,6 +90,17 @@ _SETTLE_CHECKPOINTS = 5
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+WaitT = TypeVar("WaitT", AwaitSleep, AwaitEvent)
+
+
+def _wait(kind: type[WaitT], what: str, **fields: Any) -> WaitT:
+    """A wait, or a `PayloadValidationError` that names it (a name the API refuses, say)."""
+    try:
+        return kind(**fields)
+    except ValidationError as exc:
+        raise PayloadValidationError.from_pydantic(f"invalid {what}", exc) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,10 +138,17 @@ class _Call:
 class WorkflowRun:
     """The run a workflow version executes: its identity, logger, context, and replay."""
 
-    def __init__(self, execution: RunExecution, *, task_retry: RetryPolicy | None = None) -> None:
+    def __init__(
+        self,
+        execution: RunExecution,
+        *,
+        task_retry: RetryPolicy | None = None,
+        on_sleep: HookTask[SleepInfo] | None = None,
+    ) -> None:
         claim = execution.claim
         self._execution = execution
         self._task_retry = task_retry or _DEFAULT_TASK_RETRY
+        self._on_sleep = on_sleep
         self.id: RunId = claim.run.id
         self.name: str = claim.run.workflow
         self.version: str = claim.run.version
@@ -277,7 +299,13 @@ class WorkflowRun:
         if record is None and duration <= timedelta(0):
             return SleepResult(woken_early=False)
         wake_at = record.wake_at if record is not None else _now() + duration
-        await self.block(AwaitSleep(name=name, occurrence=occurrence, wake_at=wake_at))
+        if self._on_sleep is not None:
+            await self._on_sleep.start(
+                self, SleepInfo(name=name, occurrence=occurrence, wake_at=wake_at)
+            )
+        await self.block(
+            _wait(AwaitSleep, f"sleep {name!r}", name=name, occurrence=occurrence, wake_at=wake_at)
+        )
 
     async def wait_event(self, name: str, timeout: timedelta | None) -> tuple[bool, JsonValue]:
         """Wait durably for the next event called `name`: (received, its decoded data).
@@ -297,7 +325,15 @@ class WorkflowRun:
             timeout_at = record.timeout_at
         else:
             timeout_at = None if timeout is None else _now() + timeout
-        await self.block(AwaitEvent(name=name, occurrence=occurrence, timeout_at=timeout_at))
+        await self.block(
+            _wait(
+                AwaitEvent,
+                f"wait for event {name!r}",
+                name=name,
+                occurrence=occurrence,
+                timeout_at=timeout_at,
+            )
+        )
 
     async def start_child(
         self,

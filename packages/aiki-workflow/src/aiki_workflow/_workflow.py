@@ -14,7 +14,7 @@ execution and on every replay.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, get_type_hints
 
@@ -32,6 +32,7 @@ from aiki_core import (
     SuspendRun,
 )
 from aiki_workflow._children import ChildRun
+from aiki_workflow._hooks import Hooks, HookTask, SleepInfo
 from aiki_workflow._run import Suspended, WorkflowRun
 
 if TYPE_CHECKING:
@@ -57,6 +58,7 @@ class WorkflowVersion(Generic[InT, OutT]):
         retry: RetryPolicy | None,
         timeout: timedelta | None,
         task_retry: RetryPolicy | None,
+        hooks: Hooks | None = None,
     ) -> None:
         self.fn = fn
         self.workflow = workflow
@@ -64,6 +66,7 @@ class WorkflowVersion(Generic[InT, OutT]):
         self.retry = retry
         self.timeout = timeout
         self.task_retry = task_retry
+        self.hooks = hooks or Hooks()
         hints = get_type_hints(fn)
         params = list(inspect.signature(fn).parameters)
         if len(params) != 2:
@@ -141,7 +144,7 @@ class WorkflowVersion(Generic[InT, OutT]):
 
     async def execute(self, execution: RunExecution) -> RunAction:
         """Replay and continue a claimed run; what to do with it next."""
-        run = WorkflowRun(execution, task_retry=self.task_retry)
+        run = WorkflowRun(execution, task_retry=self.task_retry, on_sleep=self.hooks.on_sleep)
         codec = execution.codec
         try:
             raw = codec.decode(execution.claim.input, CodecContext(run.id, "input"))
@@ -152,23 +155,33 @@ class WorkflowVersion(Generic[InT, OutT]):
             )
             return FailRun(error=ErrorInfo.from_exception(error))
         try:
-            result = await run.drive(self.fn(run, payload))
+            outcome = await run.drive(self._body(run, payload))
         except RunInterrupt:
             raise
-        except Exception as exc:
+        except Exception as exc:  # a failing hook
             return self._failure(run, exc)
-        if isinstance(result, Suspended):
-            return SuspendRun(waits=result.waits)
+        if isinstance(outcome, Suspended):
+            return SuspendRun(waits=outcome.waits)
+        return outcome
+
+    async def _body(self, run: WorkflowRun, payload: InT) -> CompleteRun | FailRun:
+        """The hooks around the workflow's function; how the run (or this attempt) ends."""
+        await self.hooks.run_before(run, payload)
         try:
-            validated = self._output.validate_python(result)
-        except ValidationError as exc:
-            return self._failure(
-                run,
-                PayloadValidationError.from_pydantic(
+            result = await self.fn(run, payload)
+            try:
+                validated = self._output.validate_python(result)
+            except ValidationError as exc:
+                raise PayloadValidationError.from_pydantic(
                     f"run {run.id} returned a result of the wrong type", exc
-                ),
-            )
-        encoded = codec.encode(
+                ) from None
+        except Exception as exc:
+            failure = self._failure(run, exc)
+            if failure.retry_at is None:  # the run ends: a retried attempt has not
+                await self.hooks.run_failed(run, payload, failure.error)
+            return failure
+        await self.hooks.run_completed(run, payload, validated)
+        encoded = run.codec.encode(
             self._output.dump_python(validated, mode="json"), CodecContext(run.id, "result")
         )
         return CompleteRun(result=encoded)
@@ -200,11 +213,19 @@ class Workflow:
         retry: RetryPolicy | None = None,
         timeout: timedelta | None = None,
         task_retry: RetryPolicy | None = None,
+        before: Sequence[HookTask[Any]] = (),
+        after: Sequence[HookTask[Any]] = (),
+        on_complete: HookTask[Any] | None = None,
+        on_error: HookTask[ErrorInfo] | None = None,
+        on_sleep: HookTask[SleepInfo] | None = None,
     ) -> Callable[[WorkflowFunction[InT, OutT]], WorkflowVersion[InT, OutT]]:
         """Declare `version`: `retry` retries the whole run, `timeout` bounds it.
 
         `task_retry` is the policy of tasks that declare none (default: no retries).
+        `before`, `after`, `on_complete`, `on_error` and `on_sleep` are lifecycle
+        tasks, run durably (see `aiki_workflow._hooks`).
         """
+        hooks = Hooks(before, after, on_complete, on_error, on_sleep)
 
         def declare(fn: WorkflowFunction[InT, OutT]) -> WorkflowVersion[InT, OutT]:
             if version in self.versions:
@@ -216,6 +237,7 @@ class Workflow:
                 retry=retry,
                 timeout=timeout,
                 task_retry=task_retry,
+                hooks=hooks,
             )
             self.versions[version] = declared
             return declared
