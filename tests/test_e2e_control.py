@@ -204,3 +204,21 @@ async def test_pause_during_a_task_then_resume(stack: Stack) -> None:
     assert stack.counters.count("long-p") == 2
     assert stack.counters.count("note-p-second") == 1
     assert run_moves(await handle.detail())[-4:] == ["paused", "queued", "running", "completed"]
+
+
+async def test_cancel_during_a_task_stops_it_unrecorded(stack: Stack) -> None:
+    handle = await pausable_v1.start(stack.client, Pausable(key="c", first_s=5.0))
+    with anyio.fail_after(RESULT_TIMEOUT.total_seconds()):
+        while stack.counters.count("long-c") == 0:  # noqa: ASYNC110 - a file, no event
+            await anyio.sleep(0.02)
+
+    await handle.cancel("changed my mind")
+
+    with pytest.raises(WorkflowCancelledError) as cancelled:
+        await handle.result(timeout=RESULT_TIMEOUT)
+    assert cancelled.value.reason == "changed my mind"
+    # the worker stops the task at its next heartbeat; nothing more is recorded
+    await anyio.sleep(0.6)
+    detail = await handle.detail()
+    assert [t.status for t in detail.tasks if t.status is TaskStatus.COMPLETED] == []
+    assert stack.counters.count("note-c-second") == 0

@@ -98,3 +98,11 @@ async def test_a_thousand_sleeping_runs_hold_no_worker_slot(
         server.advance(timedelta(hours=1))
         for handle in handles:
             assert await handle.result(timeout=timedelta(seconds=60)) == "slept 1 h"
+
+
+async def test_a_delayed_start_waits_for_its_time(server: EmbeddedServer, client: Client) -> None:
+    async with Worker(client, [napper_v1], logger=QUIET):
+        handle = await napper_v1.start(client, 0, delay=timedelta(hours=2))
+        assert await handle.status() is RunStatus.SCHEDULED
+        server.advance(timedelta(hours=2))
+        assert await handle.result(timeout=timedelta(seconds=5)) == "slept 0 h"

@@ -73,6 +73,7 @@ EXPECTED_EXPORTS: dict[str, tuple[str, ...]] = {
         "ReferenceIdConflictError",
         "ReleaseRun",
         "RemoteError",
+        "ReplayDivergenceError",
         "RetryPolicy",
         "RunAction",
         "RunDetail",

@@ -25,6 +25,7 @@ from aiki_core import (
     PermissionDeniedError,
     ReferenceIdConflictError,
     RemoteError,
+    ReplayDivergenceError,
     RunInterrupt,
     ServerError,
     ServerUnavailableError,
@@ -67,6 +68,10 @@ WITH_IDS: list[tuple[AikiError, tuple[str, ...]]] = [
         ("errors",),
     ),
     (WorkflowTimeoutError("r-1", 60_000), ("run_id", "timeout_ms")),
+    (
+        ReplayDivergenceError("r-1", "charge({'amount': 5})", ["charge({'amount': 4}) #0"]),
+        ("run_id", "new_call", "unused"),
+    ),
     (TaskTimeoutError("r-1", "charge", 2, 5_000), ("run_id", "task_name", "attempt", "timeout_ms")),
     (WorkflowCancelledError("r-1", "customer asked"), ("run_id", "reason")),
     (WorkflowCancelledError("r-1"), ("run_id", "reason")),

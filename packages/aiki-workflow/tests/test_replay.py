@@ -91,6 +91,7 @@ def recorded(name: str, value: Any, result: Any, occurrence: int = 0, **extra: A
         "name": name,
         "address": task_address(name, value),
         "occurrence": occurrence,
+        "input": value,
         "status": TaskStatus.COMPLETED,
         "result": result,
         "created_at": NOW,
@@ -273,3 +274,27 @@ async def test_a_sleep_name_the_api_refuses_fails_the_run_saying_so() -> None:
     assert isinstance(action, FailRun)
     assert action.error.type == "aiki_core.PayloadValidationError"
     assert "invalid sleep 'not a name': name:" in action.error.message
+
+
+@wf.v("6", strict_replay=True)
+async def strict_doubles(run: WorkflowRun, values: list[int]) -> int:
+    return sum([await double.start(run, v) for v in values])
+
+
+async def test_strict_replay_refuses_a_new_call_while_history_is_unused() -> None:
+    # the history holds double(1) then double(2); the code now calls double(3) first
+    tasks = [recorded("double", 1, 2), recorded("double", 2, 4)]
+    action = await strict_doubles.execute(Execution([3, 1, 2], tasks))
+    assert isinstance(action, FailRun)
+    assert action.error.type == "aiki_core.ReplayDivergenceError"
+    assert "it calls double(3)" in action.error.message
+    assert "double(1) #0" in action.error.message
+    assert "double(2) #0" in action.error.message
+    assert calls == []  # the new task did not run
+
+
+async def test_strict_replay_allows_reordered_history_and_new_calls_after_it() -> None:
+    tasks = [recorded("double", 1, 2), recorded("double", 2, 4)]
+    action = await strict_doubles.execute(Execution([2, 1, 5], tasks))
+    assert action == CompleteRun(result=4 + 2 + 10)
+    assert calls == ["double(5)"]

@@ -190,6 +190,9 @@ from aiki_core._exceptions import (
     RemoteError as RemoteError,
 )
 from aiki_core._exceptions import (
+    ReplayDivergenceError as ReplayDivergenceError,
+)
+from aiki_core._exceptions import (
     RunInterrupt as RunInterrupt,
 )
 from aiki_core._exceptions import (
@@ -429,6 +432,7 @@ __all__ = (
     "ReferenceIdConflictError",
     "ReleaseRun",
     "RemoteError",
+    "ReplayDivergenceError",
     "RetryPolicy",
     "RunAction",
     "RunDetail",

@@ -98,6 +98,7 @@ class ErrorCode(StrEnum):
     WORKFLOW_FAILED = "workflow_failed"
     WORKFLOW_CANCELLED = "workflow_cancelled"
     NON_RETRYABLE = "non_retryable"
+    REPLAY_DIVERGENCE = "replay_divergence"
     REMOTE_ERROR = "remote_error"
     CODEC_ERROR = "codec_error"
     DECRYPTION_FAILED = "decryption_failed"
@@ -371,6 +372,28 @@ class WorkflowTimeoutError(AikiTimeoutError):
         super().__init__(
             f"run {run_id} exceeded its timeout of {timeout_ms} ms",
             details={"run_id": run_id, "timeout_ms": timeout_ms},
+        )
+
+
+class ReplayDivergenceError(AikiError):
+    """A replay asked for a task not on record while recorded calls were still unused.
+
+    Raised under a version's `strict_replay`: the code no longer makes the calls its
+    history holds, so running the new task could repeat or skip real work.
+    """
+
+    code = ErrorCode.REPLAY_DIVERGENCE
+    status_code = 409
+    retryable = False
+
+    def __init__(self, run_id: str, new_call: str, unused: list[str]) -> None:
+        self.run_id = run_id
+        self.new_call = new_call
+        self.unused = unused
+        super().__init__(
+            f"run {run_id} diverged from its history: it calls {new_call}, which is not on"
+            f" record, while recorded calls are still unused: {'; '.join(unused)}",
+            details={"run_id": run_id, "new_call": new_call, "unused": list(unused)},
         )
 
 

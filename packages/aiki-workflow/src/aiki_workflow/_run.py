@@ -36,6 +36,7 @@ from pydantic import ValidationError
 
 from aiki_core import (
     RUN_TERMINAL_STATUSES,
+    TASK_TERMINAL_STATUSES,
     AwaitChild,
     AwaitEvent,
     AwaitRetry,
@@ -45,6 +46,7 @@ from aiki_core import (
     ErrorInfo,
     PayloadValidationError,
     RecordTaskRequest,
+    ReplayDivergenceError,
     RetryPolicy,
     RunInterrupt,
     ServerError,
@@ -52,6 +54,7 @@ from aiki_core import (
     TaskAttemptInfo,
     TaskFailedError,
     TaskStatus,
+    canonical_json,
     task_address,
 )
 from aiki_workflow._hooks import SleepInfo
@@ -90,6 +93,15 @@ _SETTLE_CHECKPOINTS = 5
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+_SUMMARY_LENGTH = 60
+
+
+def _summary(value: JsonValue) -> str:
+    """A task input, short enough for an error message."""
+    text = canonical_json(value).decode()
+    return text if len(text) <= _SUMMARY_LENGTH else f"{text[: _SUMMARY_LENGTH - 3]}..."
 
 
 WaitT = TypeVar("WaitT", AwaitSleep, AwaitEvent)
@@ -144,11 +156,14 @@ class WorkflowRun:
         *,
         task_retry: RetryPolicy | None = None,
         on_sleep: HookTask[SleepInfo] | None = None,
+        strict_replay: bool = False,
     ) -> None:
         claim = execution.claim
         self._execution = execution
         self._task_retry = task_retry or _DEFAULT_TASK_RETRY
         self._on_sleep = on_sleep
+        self._strict_replay = strict_replay
+        self._replayed: set[tuple[str, int]] = set()
         self.id: RunId = claim.run.id
         self.name: str = claim.run.workflow
         self.version: str = claim.run.version
@@ -194,7 +209,10 @@ class WorkflowRun:
         occurrence = self._next("task", address)
         record = self._recorded.get((address, occurrence))
         attempt = 1
+        if record is None and self._strict_replay:
+            self._check_no_divergence(invocation)
         if record is not None:
+            self._replayed.add((address, occurrence))
             if record.status is TaskStatus.COMPLETED:
                 return codec.decode(
                     record.result, self._codec_context(address, occurrence, "result")
@@ -272,6 +290,17 @@ class WorkflowRun:
                 )
             )
             return result
+
+    def _check_no_divergence(self, invocation: TaskInvocation) -> None:
+        """Under strict replay, a new call while recorded outcomes are unused is an error."""
+        unused = [
+            f"{record.name}({_summary(record.input)}) #{record.occurrence}"
+            for key, record in self._recorded.items()
+            if key not in self._replayed and record.status in TASK_TERMINAL_STATUSES
+        ]
+        if unused:
+            new_call = f"{invocation.name}({_summary(invocation.input)})"
+            raise ReplayDivergenceError(self.id, new_call, unused)
 
     @contextmanager
     def _task_in_flight(self) -> Iterator[None]:

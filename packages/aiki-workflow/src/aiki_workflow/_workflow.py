@@ -59,6 +59,7 @@ class WorkflowVersion(Generic[InT, OutT]):
         timeout: timedelta | None,
         task_retry: RetryPolicy | None,
         hooks: Hooks | None = None,
+        strict_replay: bool = False,
     ) -> None:
         self.fn = fn
         self.workflow = workflow
@@ -67,6 +68,7 @@ class WorkflowVersion(Generic[InT, OutT]):
         self.timeout = timeout
         self.task_retry = task_retry
         self.hooks = hooks or Hooks()
+        self.strict_replay = strict_replay
         hints = get_type_hints(fn)
         params = list(inspect.signature(fn).parameters)
         if len(params) != 2:
@@ -144,7 +146,12 @@ class WorkflowVersion(Generic[InT, OutT]):
 
     async def execute(self, execution: RunExecution) -> RunAction:
         """Replay and continue a claimed run; what to do with it next."""
-        run = WorkflowRun(execution, task_retry=self.task_retry, on_sleep=self.hooks.on_sleep)
+        run = WorkflowRun(
+            execution,
+            task_retry=self.task_retry,
+            on_sleep=self.hooks.on_sleep,
+            strict_replay=self.strict_replay,
+        )
         codec = execution.codec
         try:
             raw = codec.decode(execution.claim.input, CodecContext(run.id, "input"))
@@ -218,12 +225,15 @@ class Workflow:
         on_complete: HookTask[Any] | None = None,
         on_error: HookTask[ErrorInfo] | None = None,
         on_sleep: HookTask[SleepInfo] | None = None,
+        strict_replay: bool = False,
     ) -> Callable[[WorkflowFunction[InT, OutT]], WorkflowVersion[InT, OutT]]:
         """Declare `version`: `retry` retries the whole run, `timeout` bounds it.
 
         `task_retry` is the policy of tasks that declare none (default: no retries).
         `before`, `after`, `on_complete`, `on_error` and `on_sleep` are lifecycle
-        tasks, run durably (see `aiki_workflow._hooks`).
+        tasks, run durably (see `aiki_workflow._hooks`). With `strict_replay`, a replay
+        that calls a task not on record while recorded calls are still unused fails
+        the run with `ReplayDivergenceError` instead of running it.
         """
         hooks = Hooks(before, after, on_complete, on_error, on_sleep)
 
@@ -238,6 +248,7 @@ class Workflow:
                 timeout=timeout,
                 task_retry=task_retry,
                 hooks=hooks,
+                strict_replay=strict_replay,
             )
             self.versions[version] = declared
             return declared
