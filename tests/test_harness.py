@@ -6,7 +6,6 @@ test's process; the harness's clock skips a day-long sleep.
 
 from __future__ import annotations
 
-import time
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
@@ -57,10 +56,9 @@ async def test_a_day_long_sleep_is_over_as_soon_as_the_clock_skips_the_day(
         handle = await napper_v1.start(client, 24)
         await handle.wait_for_status([RunStatus.SLEEPING], timeout=timedelta(seconds=5))
 
-        began = time.monotonic()
         server.advance(timedelta(days=1))
-        assert await handle.result(timeout=timedelta(seconds=5)) == "slept 24 h"
-        assert time.monotonic() - began < 1.0
+        # the day is skipped: the run ends within the second the test gives it
+        assert await handle.result(timeout=timedelta(seconds=1)) == "slept 24 h"
 
     (sleep,) = (await handle.detail()).sleeps
     assert sleep.status == "completed"
