@@ -131,6 +131,14 @@ class Suspended:
 
 
 @dataclass(frozen=True, slots=True)
+class _Moved:
+    """What a blocked branch watches: set when the run next moves, and the count so far."""
+
+    event: anyio.Event
+    ticks: int
+
+
+@dataclass(frozen=True, slots=True)
 class _LongRetry:
     """A task's next attempt is too far off to wait for in process."""
 
@@ -186,7 +194,9 @@ class WorkflowRun:
         self._occurrences: Counter[tuple[str, str]] = Counter()
         self._waits: list[RunWait] = []
         self._in_flight = 0
-        self._activity = anyio.Event()
+        self._ticks = 0
+        self._moved = _Moved(anyio.Event(), 0)
+        self._body: anyio.CancelScope | None = None
 
     @property
     def codec(self) -> PayloadCodec:
@@ -305,12 +315,12 @@ class WorkflowRun:
     @contextmanager
     def _task_in_flight(self) -> Iterator[None]:
         self._in_flight += 1
-        self._activity.set()
+        self._poke()
         try:
             yield
         finally:
             self._in_flight -= 1
-            self._activity.set()
+            self._poke()
 
     # -- durable waits ---------------------------------------------------------------
 
@@ -408,46 +418,39 @@ class WorkflowRun:
         return record
 
     async def block(self, wait: RunWait) -> NoReturn:
-        """Block this branch of the run's code on `wait`, until the run suspends."""
+        """Block this branch of the run's code on `wait`, until the run suspends.
+
+        The run suspends (its body is cancelled) once no task is running and nothing
+        moves for a few scheduler turns: the other branches, if any, are blocked too.
+        """
         self._waits.append(wait)
-        self._activity.set()
-        await anyio.sleep_forever()
-        raise AssertionError("sleep_forever returns only by cancellation")
+        self._poke()
+        while True:
+            moved = self._moved
+            if not self._in_flight:
+                # other branches may be a step away from their own wait (asyncio.gather)
+                for _ in range(_SETTLE_CHECKPOINTS):
+                    await anyio.lowlevel.checkpoint()
+                if not self._in_flight and self._ticks == moved.ticks:
+                    assert self._body is not None, "a run blocks only inside drive()"
+                    self._body.cancel()
+                    await anyio.sleep_forever()
+            await moved.event.wait()
+
+    def _poke(self) -> None:
+        """Note that the run moved (a task started or ended, a wait was added)."""
+        self._ticks += 1
+        moved, self._moved = self._moved, _Moved(anyio.Event(), self._ticks)
+        moved.event.set()
 
     async def drive(self, body: Awaitable[T]) -> T | Suspended:
         """Run the workflow's `body` until it returns or raises, or until it can only wait.
 
         In the last case the body is cancelled and `Suspended` lists what it waits for.
         """
-        outcome: list[T] = []
-        failure: Exception | RunInterrupt | None = None
-        with anyio.CancelScope() as scope:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._suspend_when_blocked, scope)
-                try:
-                    outcome.append(await body)
-                except (Exception, RunInterrupt) as exc:
-                    failure = exc  # raised below: a task group would wrap it in a group
-                tg.cancel_scope.cancel()
-        if failure is not None:
-            raise failure
-        if outcome:
-            return outcome[0]
+        with anyio.CancelScope() as self._body:
+            return await body
         return Suspended(list(self._waits))
-
-    async def _suspend_when_blocked(self, body: anyio.CancelScope) -> None:
-        while True:
-            await self._activity.wait()
-            self._activity = anyio.Event()
-            if not self._waits or self._in_flight:
-                continue
-            # other branches may be a step away from their own wait (asyncio.gather)
-            for _ in range(_SETTLE_CHECKPOINTS):
-                await anyio.lowlevel.checkpoint()
-            if self._activity.is_set() or self._in_flight:
-                continue
-            body.cancel()
-            return
 
     async def _record(self, call: _Call, attempt: int, status: TaskStatus, **fields: Any) -> None:
         request = self._request(call, attempt, status, **fields)
