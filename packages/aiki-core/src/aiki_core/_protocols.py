@@ -6,7 +6,8 @@ protocol here:
 - a task (`aiki_task`) runs inside a run through `TaskRunContext`, which the
   workflow package's run object implements, and hands it a `TaskInvocation`;
 - a workflow version (`aiki_workflow`) starts itself through `WorkflowStarter`,
-  which the client implements, and gets back a `WorkflowRunHandle`;
+  which the client implements, and gets back a `WorkflowRunHandle`; the client's
+  schedules take a version as a `SchedulableVersion`;
 - a worker (`aiki_worker`) executes any `ExecutableVersion`, giving it a
   `RunExecution`: the claimed run and the way to record task results; it talks to
   the server through `WorkerApi`, which the client implements.
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ExecutableVersion",
     "RunExecution",
+    "SchedulableVersion",
     "TaskAttemptInfo",
     "TaskInvocation",
     "TaskRunContext",
@@ -56,6 +58,7 @@ __all__ = [
 
 ResultT = TypeVar("ResultT")
 ResultT_co = TypeVar("ResultT_co", covariant=True)
+InT_contra = TypeVar("InT_contra", contravariant=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +156,21 @@ class WorkflowStarter(Protocol):
 
         The client applies its codec to `request.input` before sending it.
         """
+
+
+class SchedulableVersion(Protocol[InT_contra]):
+    """A workflow version as a schedule takes it, typed by its payload (`WorkflowVersion`)."""
+
+    @property
+    def workflow(self) -> str:
+        """The workflow's name."""
+
+    @property
+    def version(self) -> str:
+        """The version's name."""
+
+    def encode_payload(self, payload: InT_contra) -> JsonValue:
+        """Validate a payload and return it as JSON values (before any codec)."""
 
 
 class RunExecution(Protocol):
