@@ -312,6 +312,29 @@ async def test_after_a_long_gap_only_the_latest_occurrence_fires(harness: Harnes
     assert _matches(after["next_fire_at"], START_MS + 60 * MINUTE + 10 * SECOND)
 
 
+async def test_an_occurrence_taken_by_hand_does_not_stop_the_timers(harness: Harness) -> None:
+    h = harness
+    taken = await create(h.client, "taken")
+    other = await create(h.client, "other")
+    by_hand = await h.client.post(
+        "/runs",
+        json={
+            "workflow": "w",
+            "version": "1",
+            "input": "another payload",
+            "reference_id": ref(taken, START_MS + 10 * SECOND),
+        },
+    )
+    assert by_hand.status_code == 201, by_hand.text
+    runs = await tick(h, 10 * SECOND)
+    assert sorted(r["reference_id"] for r in runs) == sorted(
+        [ref(taken, START_MS + 10 * SECOND), ref(other, START_MS + 10 * SECOND)]
+    )
+    after = await get_schedule(h.client, taken["id"])
+    assert after["last_run_id"] == by_hand.json()["run"]["id"]
+    assert _matches(after["next_fire_at"], START_MS + 20 * SECOND)
+
+
 async def test_the_daemon_fires_a_schedule_on_its_own(harness: Harness) -> None:
     h = harness
     schedule = await create(h.client)

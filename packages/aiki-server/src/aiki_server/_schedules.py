@@ -27,6 +27,7 @@ from aiki_core import (
     NotFoundError,
     OverlapPolicy,
     PayloadValidationError,
+    ReferenceIdConflictError,
     Schedule,
     SchedulePage,
     StartRunRequest,
@@ -261,19 +262,20 @@ class Schedules:
         occurrence = cadence.latest(now, since=schedule["next_fire_at"])
         last_run_id = schedule["last_run_id"]
         if await self._previous_allows(tx, schedule, now):
-            started = await self._orch.start_in(
-                tx,
-                schedule["namespace"],
-                StartRunRequest(
-                    workflow=schedule["workflow"],
-                    version=schedule["version"],
-                    input=load(schedule["input"]),
-                    pool=schedule["pool"],
-                    reference_id=reference_id(schedule["id"], occurrence),
-                ),
-                now,
+            request = StartRunRequest(
+                workflow=schedule["workflow"],
+                version=schedule["version"],
+                input=load(schedule["input"]),
+                pool=schedule["pool"],
+                reference_id=reference_id(schedule["id"], occurrence),
             )
-            last_run_id = started.run.id
+            try:
+                started = await self._orch.start_in(tx, schedule["namespace"], request, now)
+                last_run_id = started.run.id
+            except ReferenceIdConflictError as exc:
+                # a run started by hand under this reference id holds the occurrence;
+                # raising would fail every timer pass from now on
+                last_run_id = exc.run_id
         await tx.execute(
             "UPDATE schedules SET next_fire_at = $2, last_run_id = $3, updated_at = $4"
             " WHERE id = $1",
