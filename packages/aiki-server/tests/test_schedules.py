@@ -1,6 +1,6 @@
 """Schedules: the API (create, list, read, pause, resume, delete, validation, conflicts)
 and firing under the manual clock (occurrences and their reference ids, overlap
-policies, pauses, catch-up after a gap).
+policies, pauses, catch-up after a gap); cron times across DST changes.
 
 Every test runs on SQLite and on PostgreSQL (the `db_url` fixture is parametrized).
 """
@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import pytest
 
+from aiki_server._schedules import Cadence
 from server_api import (
     START_MS,
     claim_one,
@@ -343,3 +344,19 @@ async def test_the_daemon_fires_a_schedule_on_its_own(harness: Harness) -> None:
         while not (runs := await runs_of(h.client)):  # noqa: ASYNC110 - see `tick`
             await anyio.sleep(0.01)
     assert [r["reference_id"] for r in runs] == [ref(schedule, START_MS + 10 * SECOND)]
+
+
+def _utc_ms(year: int, month: int, day: int, hour: int, minute: int = 0) -> int:
+    return round(datetime(year, month, day, hour, minute, tzinfo=UTC).timestamp() * 1000)
+
+
+def test_cron_times_follow_vixie_cron_across_daylight_saving_changes() -> None:
+    # 02:30 in Paris: skipped in spring (runs at 03:00 CEST), doubled in autumn (runs once)
+    cadence = Cadence("30 2 * * *", None, "Europe/Paris", anchor=0)
+    spring = cadence.next_after(_utc_ms(2027, 3, 27, 12))
+    assert spring == _utc_ms(2027, 3, 28, 1)
+    assert cadence.next_after(spring) == _utc_ms(2027, 3, 29, 0, 30)
+    autumn = cadence.next_after(_utc_ms(2027, 10, 30, 12))
+    assert autumn == _utc_ms(2027, 10, 31, 0, 30)
+    assert cadence.next_after(autumn) == _utc_ms(2027, 11, 1, 1, 30)
+    assert cadence.latest(_utc_ms(2027, 11, 1, 1, 31), since=autumn) == _utc_ms(2027, 11, 1, 1, 30)
