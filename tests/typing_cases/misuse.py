@@ -6,6 +6,7 @@ it and checks that exactly the lines with an error comment are reported.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
@@ -47,4 +48,7 @@ async def misuse(client: Client) -> None:
     amount: int = await handle.result()  # error: the run's result type
     await orders_v1.start(client, {"order_id": "o-1"})  # error: the start payload type
     await orders_v1.start(client, Order(order_id="o-2"), reference_id=7)  # error: option type
+    schedules = client.schedules
+    await schedules.create("s", orders_v1, Order(order_id="o-3"), every=timedelta(hours=1))
+    await schedules.create("s", orders_v1, {"order_id": "o"}, cron="@daily")  # error: its payload
     print(receipt, amount)  # noqa: T201

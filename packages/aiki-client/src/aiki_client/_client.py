@@ -1,7 +1,8 @@
 """`Client`: the HTTP client of the Aiki server.
 
 It starts runs (as the `WorkflowStarter` a workflow version needs), hands out run
-handles, lists runs, and serves workers (as their `WorkerApi`). Every payload passes
+handles, lists runs, manages schedules (`client.schedules`), and serves workers (as
+their `WorkerApi`). Every payload passes
 through its codec on the way out and back. Requests travel over aiohttp, or through
 an httpx transport when one is given (see `_http`); a connection that cannot be
 opened is tried again (the request never reached the server, so that is always
@@ -18,6 +19,7 @@ from pydantic import ValidationError
 from aiki_client.__about__ import __version__
 from aiki_client._handle import WorkflowRunHandle
 from aiki_client._http import AiohttpHttp, Http, HttpxHttp
+from aiki_client._schedules import Schedules
 from aiki_core import (
     DEFAULT_NAMESPACE,
     ClaimRequest,
@@ -86,6 +88,8 @@ class Client:
         self.codec: PayloadCodec = codec or IdentityCodec()
         self.log: Logger = logger or ConsoleLogger()
         self.namespace = DEFAULT_NAMESPACE
+        self.schedules = Schedules(self)
+        """Create, list, pause, resume and delete schedules."""
         headers = {"user-agent": f"aiki-client/{__version__}"}
         if api_key is not None:
             headers["authorization"] = f"Bearer {api_key}"

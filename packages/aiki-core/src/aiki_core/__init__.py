@@ -274,6 +274,9 @@ from aiki_core._protocols import (
     RunExecution as RunExecution,
 )
 from aiki_core._protocols import (
+    SchedulableVersion as SchedulableVersion,
+)
+from aiki_core._protocols import (
     TaskAttemptInfo as TaskAttemptInfo,
 )
 from aiki_core._protocols import (
@@ -447,6 +450,7 @@ __all__ = (
     "RunStatus",
     "RunSummary",
     "RunWait",
+    "SchedulableVersion",
     "Schedule",
     "ScheduleId",
     "SchedulePage",

@@ -6,7 +6,8 @@ protocol here:
 - a task (`aiki_task`) runs inside a run through `TaskRunContext`, which the
   workflow package's run object implements, and hands it a `TaskInvocation`;
 - a workflow version (`aiki_workflow`) starts itself through `WorkflowStarter`,
-  which the client implements, and gets back a `WorkflowRunHandle`;
+  which the client implements, and gets back a `WorkflowRunHandle`; the client's
+  schedules take a version as a `SchedulableVersion`;
 - a worker (`aiki_worker`) executes any `ExecutableVersion`, giving it a
   `RunExecution`: the claimed run and the way to record task results; it talks to
   the server through `WorkerApi`, which the client implements;
@@ -52,6 +53,7 @@ __all__ = [
     "EventDefinition",
     "ExecutableVersion",
     "RunExecution",
+    "SchedulableVersion",
     "TaskAttemptInfo",
     "TaskInvocation",
     "TaskRunContext",
@@ -64,6 +66,7 @@ ResultT = TypeVar("ResultT")
 ResultT_co = TypeVar("ResultT_co", covariant=True)
 DataT = TypeVar("DataT")
 DataT_contra = TypeVar("DataT_contra", contravariant=True)
+InT_contra = TypeVar("InT_contra", contravariant=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +189,21 @@ class EventDefinition(Protocol[DataT_contra]):
 
     def encode_data(self, data: DataT_contra) -> JsonValue:
         """Validate `data` against the event's type; its JSON value."""
+
+
+class SchedulableVersion(Protocol[InT_contra]):
+    """A workflow version as a schedule takes it, typed by its payload (`WorkflowVersion`)."""
+
+    @property
+    def workflow(self) -> str:
+        """The workflow's name."""
+
+    @property
+    def version(self) -> str:
+        """The version's name."""
+
+    def encode_payload(self, payload: InT_contra) -> JsonValue:
+        """Validate a payload and return it as JSON values (before any codec)."""
 
 
 class RunExecution(Protocol):

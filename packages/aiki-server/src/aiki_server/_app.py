@@ -16,6 +16,7 @@ from aiki_core import (
     CancelRunRequest,
     ClaimRequest,
     ClaimResponse,
+    CreateScheduleRequest,
     ErrorResponse,
     HeartbeatRequest,
     HeartbeatResponse,
@@ -27,6 +28,8 @@ from aiki_core import (
     RunPage,
     RunStatus,
     RunSummary,
+    Schedule,
+    SchedulePage,
     SendEventRequest,
     SendEventResponse,
     StartChildRequest,
@@ -211,5 +214,39 @@ def _api_router(orch: Orchestrator) -> APIRouter:
     async def send_event(run_id: str, body: SendEventRequest) -> Response:
         """Deliver an event to the run (once per reference id)."""
         return _json(await write(lambda: orch.send_event(ns, run_id, body)))
+
+    @router.post("/schedules", response_model=Schedule, status_code=201, tags=["schedules"])
+    async def create_schedule(body: CreateScheduleRequest) -> Response:
+        """Create a schedule; the same definition under its name again answers 200."""
+        schedule, created = await write(lambda: orch.schedules.create(ns, body))
+        return _json(schedule, 201 if created else 200)
+
+    @router.get("/schedules", response_model=SchedulePage, tags=["schedules"])
+    async def list_schedules(
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        cursor: Annotated[str | None, Query(max_length=200)] = None,
+    ) -> Response:
+        """Schedules newest first, with keyset pagination."""
+        return _json(await orch.schedules.list(ns, limit, cursor))
+
+    @router.get("/schedules/{schedule_id}", response_model=Schedule, tags=["schedules"])
+    async def get_schedule(schedule_id: str) -> Response:
+        """One schedule, with its next fire time and last run."""
+        return _json(await orch.schedules.get(ns, schedule_id))
+
+    @router.post("/schedules/{schedule_id}/pause", response_model=Schedule, tags=["schedules"])
+    async def pause_schedule(schedule_id: str) -> Response:
+        """Stop firing the schedule."""
+        return _json(await write(lambda: orch.schedules.pause(ns, schedule_id)))
+
+    @router.post("/schedules/{schedule_id}/resume", response_model=Schedule, tags=["schedules"])
+    async def resume_schedule(schedule_id: str) -> Response:
+        """Fire again from the first occurrence after now."""
+        return _json(await write(lambda: orch.schedules.resume(ns, schedule_id)))
+
+    @router.delete("/schedules/{schedule_id}", response_model=Schedule, tags=["schedules"])
+    async def delete_schedule(schedule_id: str) -> Response:
+        """Delete the schedule (its runs stay); answers it as it was."""
+        return _json(await write(lambda: orch.schedules.delete(ns, schedule_id)))
 
     return router

@@ -144,3 +144,16 @@ async def end_run_and_descendants(
         await end_run_and_descendants(
             tx, child, RunStatus.CANCELLED, now, f"parent {run['id']} {target.value}", cancelled
         )
+
+
+async def cancel_run_and_descendants(tx: Tx, run: Row, now: int, reason: str | None) -> None:
+    """Cancel `run` (fenced) with every live descendant; `reason` goes into its error."""
+    run_id = run["id"]
+    error = ErrorInfo(
+        type="aiki_core.WorkflowCancelledError",
+        message=f"run {run_id} was cancelled" + (f": {reason}" if reason else ""),
+        retryable=False,
+        code="workflow_cancelled",
+        details={"run_id": run_id, "reason": reason},
+    )
+    await end_run_and_descendants(tx, run, RunStatus.CANCELLED, now, reason or "cancelled", error)

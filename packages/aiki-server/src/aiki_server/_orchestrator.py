@@ -8,7 +8,6 @@ claim returned, and a stale one is rejected before anything is written.
 
 from __future__ import annotations
 
-import base64
 import json
 from dataclasses import dataclass
 from datetime import timedelta
@@ -17,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 from ulid import ULID
 
 from aiki_core import (
-    MAX_COUNT,
     AwaitChild,
     AwaitEvent,
     AwaitRetry,
@@ -26,12 +24,10 @@ from aiki_core import (
     ClaimRequest,
     CompleteRun,
     ConflictError,
-    ErrorInfo,
     FailRun,
     HeartbeatRequest,
     HeartbeatResponse,
     IllegalTransitionError,
-    InvalidRequestError,
     ListRunsQuery,
     NotFoundError,
     RecordTaskRequest,
@@ -61,7 +57,7 @@ from aiki_core import (
 from aiki_server._clock import Clock, to_ms
 from aiki_server._lifecycle import (
     TERMINAL,
-    end_run_and_descendants,
+    cancel_run_and_descendants,
     lock_run,
     move_run,
     record_history,
@@ -71,7 +67,9 @@ from aiki_server._notify import QUEUE, TIMERS, WakeHub, run_topic
 from aiki_server._rows import (
     RUN_COLUMNS,
     child_record,
+    decode_cursor,
     dump,
+    encode_cursor,
     event_record,
     event_wait_record,
     run_detail,
@@ -81,6 +79,7 @@ from aiki_server._rows import (
     task_record,
     transition,
 )
+from aiki_server._schedules import Schedules
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Collection, Sequence
@@ -121,6 +120,7 @@ class Orchestrator:
         self.hub = hub
         self.clock = clock
         self.limits = limits
+        self.schedules = Schedules(self)
         self._workers_noted: dict[tuple[str, str], tuple[list[tuple[str, str, str]], int]] = {}
         """(namespace, worker id) -> the triples last written for it, and when."""
 
@@ -133,34 +133,44 @@ class Orchestrator:
     async def start_run(self, namespace: str, req: StartRunRequest) -> StartRunResponse:
         """Create a run, or return the one its reference id already started."""
         now = self.clock()
-        fingerprint = content_hash([req.version, req.input, req.pool])
-        start_at = _start_time(req, now)
+        fingerprint = _fingerprint(req)  # hashed before the write lock is taken
         async with self.db.transaction() as tx:
-            if req.reference_id is not None:
-                existing = await tx.fetchrow(
-                    "SELECT * FROM runs WHERE namespace = $1 AND workflow = $2"
-                    " AND reference_id = $3",
-                    namespace,
-                    req.workflow,
-                    req.reference_id,
-                )
-                if existing is not None:
-                    if existing["input_hash"] != fingerprint:
-                        raise ReferenceIdConflictError(req.reference_id, existing["id"])
-                    return StartRunResponse(run=run_summary(existing), created=False)
-            row = await self._insert_run(
-                tx,
-                namespace=namespace,
-                workflow=req.workflow,
-                version=req.version,
-                pool=req.pool,
-                input_json=dump(req.input),
-                fingerprint=fingerprint,
-                reference_id=req.reference_id,
-                start_at=start_at,
-                timeout_ms=None if req.timeout is None else to_millis(req.timeout),
-                now=now,
+            return await self.start_in(tx, namespace, req, now, fingerprint)
+
+    async def start_in(
+        self,
+        tx: Tx,
+        namespace: str,
+        req: StartRunRequest,
+        now: int,
+        fingerprint: str | None = None,
+    ) -> StartRunResponse:
+        """`start_run` inside the caller's transaction (a schedule firing, say)."""
+        fingerprint = fingerprint or _fingerprint(req)
+        if req.reference_id is not None:
+            existing = await tx.fetchrow(
+                "SELECT * FROM runs WHERE namespace = $1 AND workflow = $2 AND reference_id = $3",
+                namespace,
+                req.workflow,
+                req.reference_id,
             )
+            if existing is not None:
+                if existing["input_hash"] != fingerprint:
+                    raise ReferenceIdConflictError(req.reference_id, existing["id"])
+                return StartRunResponse(run=run_summary(existing), created=False)
+        row = await self._insert_run(
+            tx,
+            namespace=namespace,
+            workflow=req.workflow,
+            version=req.version,
+            pool=req.pool,
+            input_json=dump(req.input),
+            fingerprint=fingerprint,
+            reference_id=req.reference_id,
+            start_at=_start_time(req, now),
+            timeout_ms=None if req.timeout is None else to_millis(req.timeout),
+            now=now,
+        )
         return StartRunResponse(run=run_summary(row), created=True)
 
     async def _insert_run(
@@ -291,7 +301,7 @@ class Orchestrator:
         if query.created_before is not None:
             clauses.append(f"created_at < {arg(to_ms(query.created_before))}")
         if query.cursor is not None:
-            created_at, run_id = _decode_cursor(query.cursor)
+            created_at, run_id = decode_cursor(query.cursor)
             clauses.append(
                 f"(created_at < {arg(created_at)} OR (created_at = {arg(created_at)}"
                 f" AND id < {arg(run_id)}))"
@@ -306,7 +316,7 @@ class Orchestrator:
         next_cursor = None
         if len(rows) > query.limit:
             last = page[-1]
-            next_cursor = _encode_cursor(last["created_at"], last["id"])
+            next_cursor = encode_cursor(last["created_at"], last["id"])
         return RunPage(runs=[run_summary(r) for r in page], next_cursor=next_cursor)
 
     async def wait_for_run(
@@ -337,16 +347,7 @@ class Orchestrator:
         now = self.clock()
         async with self.db.transaction() as tx:
             run = await self._locked_run(tx, run_id, namespace)
-            error = ErrorInfo(
-                type="aiki_core.WorkflowCancelledError",
-                message=f"run {run_id} was cancelled" + (f": {reason}" if reason else ""),
-                retryable=False,
-                code="workflow_cancelled",
-                details={"run_id": run_id, "reason": reason},
-            )
-            await end_run_and_descendants(
-                tx, run, RunStatus.CANCELLED, now, reason or "cancelled", error
-            )
+            await cancel_run_and_descendants(tx, run, now, reason)
             return await self._summary(tx, run_id)
 
     async def pause_run(self, namespace: str, run_id: str) -> RunSummary:
@@ -762,6 +763,11 @@ class Orchestrator:
         return run_summary(row)
 
 
+def _fingerprint(req: StartRunRequest) -> str:
+    """What a reference id's run must match for a start to return it."""
+    return content_hash([req.version, req.input, req.pool])
+
+
 def _start_time(req: StartRunRequest, now: int) -> int | None:
     if req.start_at is not None:
         return to_ms(req.start_at)
@@ -886,21 +892,6 @@ async def _replay_parts(
     ):
         parts[c["parent_run_id"]]["children"].append(child_record(c))
     return parts
-
-
-def _encode_cursor(created_at: int, run_id: str) -> str:
-    return base64.urlsafe_b64encode(f"{created_at}:{run_id}".encode()).decode()
-
-
-def _decode_cursor(cursor: str) -> tuple[int, str]:
-    try:
-        created_at, run_id = base64.urlsafe_b64decode(cursor.encode()).decode().split(":", 1)
-        created_ms = int(created_at)
-    except ValueError as exc:
-        raise InvalidRequestError(f"malformed cursor {cursor!r}") from exc
-    if not 0 <= created_ms <= MAX_COUNT:
-        raise InvalidRequestError(f"malformed cursor {cursor!r}: time out of range")
-    return created_ms, run_id
 
 
 async def _write_task(tx: Tx, run: Row, req: RecordTaskRequest, now: int) -> RecordTaskResponse:

@@ -7,7 +7,9 @@ One pass handles, for at most `batch` runs each:
 - passed deadlines: the run fails with `WorkflowTimeoutError`, its children are
   cancelled, and a worker holding it is fenced off;
 - idle claims: a running run whose worker stopped heartbeating is re-queued
-  (fenced), so another worker resumes it.
+  (fenced), so another worker resumes it;
+- due schedules: each starts the run of its latest occurrence (as its overlap
+  policy allows) and moves on to its next one (see `_schedules`).
 
 Rows are taken with `FOR UPDATE SKIP LOCKED` on PostgreSQL, so replicas share the
 work. Between passes the daemon sleeps until the next due time, or until a new one
@@ -81,11 +83,14 @@ class TimerDaemon:
             moved = await self._wake(tx, now)
             moved += await self._expire_deadlines(tx, now)
             moved += await self._release_idle_claims(tx, now)
+            moved += await self._fire_schedules(tx, now)
         return moved
 
-    async def _due(self, tx: Tx, condition: str, order: str, *args: object) -> list[Row]:
+    async def _due(
+        self, tx: Tx, condition: str, order: str, *args: object, table: str = "runs"
+    ) -> list[Row]:
         return await tx.fetch(
-            f"SELECT * FROM runs WHERE {condition} ORDER BY {order}"
+            f"SELECT * FROM {table} WHERE {condition} ORDER BY {order}"
             f" LIMIT {self._batch}{tx.skip_locked}",
             *args,
         )
@@ -143,6 +148,14 @@ class TimerDaemon:
             )
         return len(rows)
 
+    async def _fire_schedules(self, tx: Tx, now: int) -> int:
+        rows = await self._due(
+            tx, "paused = 0 AND next_fire_at <= $1", "next_fire_at", now, table="schedules"
+        )
+        for schedule in rows:
+            await self._orch.schedules.fire(tx, schedule, now)
+        return len(rows)
+
     async def _next_due(self) -> int | None:
         async with self._orch.db.reader() as tx:
             row = await tx.fetchrow(
@@ -150,6 +163,7 @@ class TimerDaemon:
                 f" SELECT MIN(wake_at) AS due FROM runs WHERE status IN ({_WAKEABLE_SQL})"
                 " UNION ALL SELECT MIN(deadline_at) FROM runs WHERE deadline_at IS NOT NULL"
                 " UNION ALL SELECT MIN(claim_expires_at) FROM runs WHERE status = 'running'"
+                " UNION ALL SELECT MIN(next_fire_at) FROM schedules WHERE paused = 0"
                 ") AS dues"
             )
         return None if row is None or row["due"] is None else int(row["due"])

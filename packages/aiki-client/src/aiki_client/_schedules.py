@@ -1,0 +1,94 @@
+"""`client.schedules`: create, list, read, pause, resume and delete schedules."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal, TypeVar
+
+from pydantic import ValidationError
+
+from aiki_core import (
+    DEFAULT_POOL,
+    CodecContext,
+    CreateScheduleRequest,
+    OverlapPolicy,
+    PayloadValidationError,
+    Schedule,
+    SchedulePage,
+)
+
+if TYPE_CHECKING:
+    from datetime import timedelta
+
+    from aiki_client._client import Client
+    from aiki_core import SchedulableVersion
+
+InT = TypeVar("InT")
+
+Overlap = OverlapPolicy | Literal["skip", "allow", "cancel_previous"]
+
+
+class Schedules:
+    """The schedules of the client's namespace (`client.schedules`)."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    async def create(
+        self,
+        name: str,
+        version: SchedulableVersion[InT],
+        payload: InT,
+        *,
+        cron: str | None = None,
+        every: timedelta | None = None,
+        timezone: str = "UTC",
+        overlap: Overlap = OverlapPolicy.SKIP,
+        pool: str = DEFAULT_POOL,
+    ) -> Schedule:
+        """Start a run of `version` with `payload` at each occurrence of `cron` or `every`.
+
+        Give exactly one of `cron` (five fields, read in `timezone`) and `every` (at
+        least a second). Each occurrence starts one run, with the reference id
+        `schedule:<id>:<occurrence ms>`; `overlap` says what happens while the
+        previous run is still going. Creating the same definition under `name` again
+        returns the existing schedule; another definition is a `ConflictError`.
+        """
+        context = CodecContext(name, "input")
+        try:
+            request = CreateScheduleRequest.model_validate(
+                {
+                    "name": name,
+                    "workflow": version.workflow,
+                    "version": version.version,
+                    "input": self._client.codec.encode(version.encode_payload(payload), context),
+                    "cron": cron,
+                    "every": every,
+                    "timezone": timezone,
+                    "overlap": overlap,
+                    "pool": pool,
+                }
+            )
+        except ValidationError as exc:
+            raise PayloadValidationError.from_pydantic(f"invalid schedule {name!r}", exc) from None
+        return await self._client._call("POST", "/schedules", Schedule, request)
+
+    async def list(self, *, limit: int = 50, cursor: str | None = None) -> SchedulePage:
+        """One page of schedules, newest first; pass `next_cursor` back as `cursor`."""
+        params = [("limit", str(limit))] + ([("cursor", cursor)] if cursor is not None else [])
+        return await self._client._call("GET", "/schedules", SchedulePage, params=params)
+
+    async def get(self, schedule_id: str) -> Schedule:
+        """One schedule, with its next fire time and last run."""
+        return await self._client._call("GET", f"/schedules/{schedule_id}", Schedule)
+
+    async def pause(self, schedule_id: str) -> Schedule:
+        """Stop firing until resumed."""
+        return await self._client._call("POST", f"/schedules/{schedule_id}/pause", Schedule)
+
+    async def resume(self, schedule_id: str) -> Schedule:
+        """Fire again, from the first occurrence after now."""
+        return await self._client._call("POST", f"/schedules/{schedule_id}/resume", Schedule)
+
+    async def delete(self, schedule_id: str) -> Schedule:
+        """Delete the schedule (the runs it started stay); the schedule as it was."""
+        return await self._client._call("DELETE", f"/schedules/{schedule_id}", Schedule)

@@ -1,0 +1,313 @@
+"""Schedules: create, list, read, pause, resume and delete them, and fire the due ones.
+
+A schedule's occurrences are its cron expression's times in its timezone (cronsim,
+minute resolution, Vixie cron's DST behaviour), or `created_at + k * every`. The
+timer daemon fires a due schedule in its own pass: one run per occurrence, with the
+reference id `schedule:<schedule id>:<occurrence in epoch ms>`, started through
+`Orchestrator.start_in` in the same transaction that advances `next_fire_at`, so
+a restart can neither lose nor repeat an occurrence.
+
+After downtime (or any delay) a schedule fires once, for its latest missed
+occurrence, and then continues with the first occurrence after now: a backlog of
+missed runs all starting at once is rarely what an hourly job wants.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo
+
+from cronsim import CronSim, CronSimError
+from ulid import ULID
+
+from aiki_core import (
+    ConflictError,
+    CreateScheduleRequest,
+    NotFoundError,
+    OverlapPolicy,
+    PayloadValidationError,
+    ReferenceIdConflictError,
+    Schedule,
+    SchedulePage,
+    StartRunRequest,
+    content_hash,
+    from_millis,
+    to_millis,
+)
+from aiki_server._clock import from_ms, to_ms
+from aiki_server._lifecycle import TERMINAL, cancel_run_and_descendants, lock_run
+from aiki_server._notify import TIMERS
+from aiki_server._rows import decode_cursor, dump, encode_cursor, load
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from aiki_server._orchestrator import Orchestrator
+    from aiki_server._storage._database import Row, Tx
+
+
+@dataclass(frozen=True, slots=True)
+class Cadence:
+    """When a schedule's occurrences fall, in epoch milliseconds."""
+
+    cron: str | None
+    every_ms: int | None
+    timezone: str
+    anchor: int
+    """`created_at`: `every` occurrences are `anchor + k * every_ms`, k >= 1."""
+
+    @classmethod
+    def of(cls, row: Row) -> Cadence:
+        """The cadence of a `schedules` row."""
+        return cls(row["cron"], row["every_ms"], row["timezone"], row["created_at"])
+
+    def _local(self, ms: int) -> datetime:
+        moment = from_ms(ms)
+        assert moment is not None
+        return moment.astimezone(ZoneInfo(self.timezone))
+
+    def next_after(self, now: int) -> int | None:
+        """The first occurrence after `now`; `None` if there is none (cron: in 50 years)."""
+        if self.every_ms is not None:
+            return self.anchor + ((now - self.anchor) // self.every_ms + 1) * self.every_ms
+        assert self.cron is not None
+        after = next(CronSim(self.cron, self._local(now)), None)
+        return None if after is None else to_ms(after)
+
+    def latest(self, now: int, *, since: int) -> int:
+        """The last occurrence at or before `now`, knowing `since` <= `now` is one."""
+        if self.every_ms is not None:
+            return self.anchor + (now - self.anchor) // self.every_ms * self.every_ms
+        assert self.cron is not None
+        # cronsim's reverse iteration starts strictly before its start: look from now + 1 ms
+        before = next(CronSim(self.cron, self._local(now + 1), reverse=True), None)
+        return since if before is None else max(to_ms(before), since)
+
+
+def _checked_cadence(req: CreateScheduleRequest, now: int) -> tuple[Cadence, int]:
+    """The request's cadence and its first occurrence; a 422 naming `cron` if it has none."""
+    every_ms = None if req.every is None else to_millis(req.every)
+    cadence = Cadence(req.cron, every_ms, req.timezone, now)
+    try:
+        first = cadence.next_after(now)
+    except CronSimError as exc:
+        raise _bad_cron(req.cron, str(exc)) from None
+    if first is None:
+        raise _bad_cron(req.cron, "it matches no time in the next 50 years")
+    return cadence, first
+
+
+def _bad_cron(cron: str | None, problem: str) -> PayloadValidationError:
+    return PayloadValidationError(
+        f"invalid request: body.cron: {cron!r} is not a valid cron expression: {problem}",
+        errors=[{"loc": ["body", "cron"], "msg": problem, "type": "value_error"}],
+    )
+
+
+def reference_id(schedule_id: str, occurrence: int) -> str:
+    """The reference id of the run an occurrence starts."""
+    return f"schedule:{schedule_id}:{occurrence}"
+
+
+def schedule_model(row: Row) -> Schedule:
+    """A `schedules` row as a `Schedule`."""
+    return Schedule(
+        id=row["id"],
+        namespace=row["namespace"],
+        name=row["name"],
+        workflow=row["workflow"],
+        version=row["version"],
+        input=load(row["input"]),
+        cron=row["cron"],
+        every=None if row["every_ms"] is None else from_millis(row["every_ms"]),
+        timezone=row["timezone"],
+        overlap=row["overlap"],
+        pool=row["pool"],
+        paused=bool(row["paused"]),
+        next_fire_at=from_ms(row["next_fire_at"]),
+        last_run_id=row["last_run_id"],
+        created_at=from_ms(row["created_at"]),
+        updated_at=from_ms(row["updated_at"]),
+    )
+
+
+class Schedules:
+    """The schedule operations of the API, and firing, over the orchestrator's database."""
+
+    def __init__(self, orchestrator: Orchestrator) -> None:
+        self._orch = orchestrator
+
+    async def create(self, namespace: str, req: CreateScheduleRequest) -> tuple[Schedule, bool]:
+        """Create a schedule; whether it is new (the same definition again is not).
+
+        A name is unique per namespace: another definition under it is a conflict.
+        """
+        now = self._orch.clock()
+        cadence, first = _checked_cadence(req, now)
+        definition = content_hash(
+            [
+                req.workflow,
+                req.version,
+                req.input,
+                req.cron,
+                cadence.every_ms,
+                req.timezone,
+                req.overlap.value,
+                req.pool,
+            ]
+        )
+        async with self._orch.db.transaction() as tx:
+            existing = await tx.fetchrow(
+                "SELECT * FROM schedules WHERE namespace = $1 AND name = $2", namespace, req.name
+            )
+            if existing is not None:
+                if existing["definition_hash"] != definition:
+                    raise ConflictError(
+                        f"schedule {req.name!r} exists with another definition",
+                        details={"schedule_id": existing["id"], "name": req.name},
+                    )
+                return schedule_model(existing), False
+            values = {
+                "id": str(ULID()),
+                "namespace": namespace,
+                "name": req.name,
+                "workflow": req.workflow,
+                "version": req.version,
+                "input": dump(req.input),
+                "cron": req.cron,
+                "every_ms": cadence.every_ms,
+                "timezone": req.timezone,
+                "overlap": req.overlap.value,
+                "pool": req.pool,
+                "definition_hash": definition,
+                "paused": 0,
+                "next_fire_at": first,
+                "last_run_id": None,
+                "created_at": now,
+                "updated_at": now,
+            }
+            placeholders = ", ".join(f"${i}" for i in range(1, len(values) + 1))
+            await tx.execute(
+                f"INSERT INTO schedules ({', '.join(values)}) VALUES ({placeholders})",
+                *values.values(),
+            )
+            tx.publish(TIMERS)
+        return schedule_model(values), True
+
+    async def list(self, namespace: str, limit: int, cursor: str | None) -> SchedulePage:
+        """Schedules newest first, one keyset page at a time."""
+        args: list[object] = [namespace]
+        keyset = ""
+        if cursor is not None:
+            created_at, schedule_id = decode_cursor(cursor)
+            args += [created_at, schedule_id]
+            keyset = " AND (created_at < $2 OR (created_at = $2 AND id < $3))"
+        args.append(limit + 1)
+        async with self._orch.db.reader() as tx:
+            rows = await tx.fetch(
+                f"SELECT * FROM schedules WHERE namespace = $1{keyset}"
+                f" ORDER BY created_at DESC, id DESC LIMIT ${len(args)}",
+                *args,
+            )
+        page = rows[:limit]
+        next_cursor = None
+        if len(rows) > limit:
+            next_cursor = encode_cursor(page[-1]["created_at"], page[-1]["id"])
+        return SchedulePage(schedules=[schedule_model(r) for r in page], next_cursor=next_cursor)
+
+    async def get(self, namespace: str, schedule_id: str) -> Schedule:
+        """One schedule."""
+        async with self._orch.db.reader() as tx:
+            return schedule_model(await _schedule(tx, namespace, schedule_id))
+
+    async def pause(self, namespace: str, schedule_id: str) -> Schedule:
+        """Stop firing until resumed (pausing a paused schedule changes nothing)."""
+        now = self._orch.clock()
+        async with self._orch.db.transaction() as tx:
+            await _schedule(tx, namespace, schedule_id, lock=True)
+            await tx.execute(
+                "UPDATE schedules SET paused = 1, updated_at = $2 WHERE id = $1 AND paused = 0",
+                schedule_id,
+                now,
+            )
+            return schedule_model(await _schedule(tx, namespace, schedule_id))
+
+    async def resume(self, namespace: str, schedule_id: str) -> Schedule:
+        """Fire again, from the first occurrence after now (nothing missed while paused)."""
+        now = self._orch.clock()
+        async with self._orch.db.transaction() as tx:
+            row = await _schedule(tx, namespace, schedule_id, lock=True)
+            if row["paused"]:
+                await tx.execute(
+                    "UPDATE schedules SET paused = 0, next_fire_at = $2, updated_at = $3"
+                    " WHERE id = $1",
+                    schedule_id,
+                    Cadence.of(row).next_after(now),
+                    now,
+                )
+                tx.publish(TIMERS)
+            return schedule_model(await _schedule(tx, namespace, schedule_id))
+
+    async def delete(self, namespace: str, schedule_id: str) -> Schedule:
+        """Delete the schedule (its runs stay); the schedule as it was."""
+        async with self._orch.db.transaction() as tx:
+            row = await _schedule(tx, namespace, schedule_id, lock=True)
+            await tx.execute("DELETE FROM schedules WHERE id = $1", schedule_id)
+        return schedule_model(row)
+
+    async def fire(self, tx: Tx, schedule: Row, now: int) -> None:
+        """Fire a due (locked) schedule: start its latest occurrence, advance `next_fire_at`."""
+        cadence = Cadence.of(schedule)
+        occurrence = cadence.latest(now, since=schedule["next_fire_at"])
+        last_run_id = schedule["last_run_id"]
+        if await self._previous_allows(tx, schedule, now):
+            request = StartRunRequest(
+                workflow=schedule["workflow"],
+                version=schedule["version"],
+                input=load(schedule["input"]),
+                pool=schedule["pool"],
+                reference_id=reference_id(schedule["id"], occurrence),
+            )
+            try:
+                started = await self._orch.start_in(tx, schedule["namespace"], request, now)
+                last_run_id = started.run.id
+            except ReferenceIdConflictError as exc:
+                # a run started by hand under this reference id holds the occurrence;
+                # raising would fail every timer pass from now on
+                last_run_id = exc.run_id
+        await tx.execute(
+            "UPDATE schedules SET next_fire_at = $2, last_run_id = $3, updated_at = $4"
+            " WHERE id = $1",
+            schedule["id"],
+            cadence.next_after(now),
+            last_run_id,
+            now,
+        )
+
+    async def _previous_allows(self, tx: Tx, schedule: Row, now: int) -> bool:
+        """Whether an occurrence may start, given the schedule's last run and overlap policy.
+
+        `cancel_previous` cancels a last run still going (with its descendants) first.
+        """
+        if schedule["last_run_id"] is None:
+            return True
+        previous = await lock_run(tx, schedule["last_run_id"], schedule["namespace"])
+        if previous is None or previous["status"] in TERMINAL:
+            return True
+        policy = OverlapPolicy(schedule["overlap"])
+        if policy is OverlapPolicy.CANCEL_PREVIOUS:
+            reason = f"schedule {schedule['name']!r} started its next occurrence"
+            await cancel_run_and_descendants(tx, previous, now, reason)
+        return policy is not OverlapPolicy.SKIP
+
+
+async def _schedule(tx: Tx, namespace: str, schedule_id: str, *, lock: bool = False) -> Row:
+    row = await tx.fetchrow(
+        f"SELECT * FROM schedules WHERE id = $1 AND namespace = $2{tx.lock_rows if lock else ''}",
+        schedule_id,
+        namespace,
+    )
+    if row is None:
+        raise NotFoundError("schedule", schedule_id)
+    return row

@@ -1,0 +1,362 @@
+"""Schedules: the API (create, list, read, pause, resume, delete, validation, conflicts)
+and firing under the manual clock (occurrences and their reference ids, overlap
+policies, pauses, catch-up after a gap); cron times across DST changes.
+
+Every test runs on SQLite and on PostgreSQL (the `db_url` fixture is parametrized).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import pytest
+
+from aiki_server._schedules import Cadence
+from server_api import (
+    START_MS,
+    claim_one,
+    error_of,
+    get_run,
+    iso,
+    timer_pass,
+    transition,
+)
+
+if TYPE_CHECKING:
+    import httpx
+
+    from server_api import Harness
+
+SECOND = 1_000
+MINUTE = 60 * SECOND
+
+
+def _matches(actual: str | None, ms: int) -> bool:
+    """Whether an ISO timestamp of the API is the moment `ms`."""
+    return actual is not None and actual.replace("+00:00", "Z") == iso(ms)
+
+
+async def create(
+    client: httpx.AsyncClient, name: str = "nightly", *, status: int = 201, **fields: Any
+) -> dict[str, Any]:
+    body = {"name": name, "workflow": "w", "version": "1", "every": 10 * SECOND, **fields}
+    r = await client.post("/schedules", json=body)
+    assert r.status_code == status, r.text
+    schedule: dict[str, Any] = r.json()
+    return schedule
+
+
+async def get_schedule(client: httpx.AsyncClient, schedule_id: str) -> dict[str, Any]:
+    r = await client.get(f"/schedules/{schedule_id}")
+    assert r.status_code == 200, r.text
+    schedule: dict[str, Any] = r.json()
+    return schedule
+
+
+async def control(client: httpx.AsyncClient, schedule_id: str, action: str) -> dict[str, Any]:
+    r = await client.post(f"/schedules/{schedule_id}/{action}")
+    assert r.status_code == 200, r.text
+    schedule: dict[str, Any] = r.json()
+    return schedule
+
+
+async def runs_of(client: httpx.AsyncClient) -> list[dict[str, Any]]:
+    """Every run of workflow `w`, oldest first."""
+    r = await client.get("/runs", params={"workflow": "w", "limit": 500})
+    assert r.status_code == 200, r.text
+    runs: list[dict[str, Any]] = r.json()["runs"]
+    return runs[::-1]
+
+
+async def tick(h: Harness, ms: int) -> list[dict[str, Any]]:
+    """Move the clock, run a timer pass, wait until no schedule is due; every run of `w` then.
+
+    The app's own daemon may be firing a schedule at the same moment (on PostgreSQL
+    the pass here then skips its locked row): so wait for the due ones to be fired.
+    """
+    h.clock.advance(ms)
+    await timer_pass(h)
+    with anyio.fail_after(5):
+        while await _any_due(h):  # noqa: ASYNC110 - the state is in the database, no event
+            await anyio.sleep(0.01)
+    return await runs_of(h.client)
+
+
+async def _any_due(h: Harness) -> bool:
+    r = await h.client.get("/schedules", params={"limit": 500})
+    now = datetime.fromtimestamp(h.clock.now / 1000, tz=UTC)
+    return any(
+        not s["paused"]
+        and s["next_fire_at"] is not None
+        and datetime.fromisoformat(s["next_fire_at"]) <= now
+        for s in r.json()["schedules"]
+    )
+
+
+def ref(schedule: dict[str, Any], at_ms: int) -> str:
+    return f"schedule:{schedule['id']}:{at_ms}"
+
+
+# -- the API ---------------------------------------------------------------------------
+
+
+async def test_create_get_and_idempotent_create(harness: Harness) -> None:
+    h = harness
+    schedule = await create(h.client, input={"n": 1}, overlap="allow", pool="p")
+    assert schedule["name"] == "nightly"
+    assert schedule["namespace"] == "default"
+    assert (schedule["workflow"], schedule["version"], schedule["pool"]) == ("w", "1", "p")
+    assert schedule["input"] == {"n": 1}
+    assert schedule["overlap"] == "allow"
+    assert schedule["paused"] is False
+    assert schedule["last_run_id"] is None
+    assert _matches(schedule["next_fire_at"], START_MS + 10 * SECOND)
+    assert await get_schedule(h.client, schedule["id"]) == schedule
+
+    again = await create(h.client, input={"n": 1}, overlap="allow", pool="p", status=200)
+    assert again == schedule
+    r = await h.client.post(
+        "/schedules",
+        json={"name": "nightly", "workflow": "w", "version": "1", "every": 10 * SECOND},
+    )
+    details = error_of(r, 409, "conflict")
+    assert details["schedule_id"] == schedule["id"]
+    # another name is another schedule
+    other = await create(h.client, "hourly", input={"n": 1})
+    assert other["id"] != schedule["id"]
+
+
+async def test_list_is_newest_first_and_keyset_paginated(harness: Harness) -> None:
+    h = harness
+    ids = []
+    for i in range(5):
+        ids.append((await create(h.client, f"s-{i}"))["id"])
+        h.clock.advance(1)
+    seen: list[str] = []
+    cursor = None
+    pages = 0
+    while True:
+        params: dict[str, Any] = {"limit": 2} | ({"cursor": cursor} if cursor else {})
+        r = await h.client.get("/schedules", params=params)
+        assert r.status_code == 200, r.text
+        page = r.json()
+        pages += 1
+        seen += [s["id"] for s in page["schedules"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == ids[::-1]
+    assert pages == 3
+    error_of(await h.client.get("/schedules", params={"cursor": "nope"}), 400, "invalid_request")
+    error_of(await h.client.get("/schedules", params={"limit": 0}), 422, "payload_validation")
+
+
+async def test_pause_resume_and_delete(harness: Harness) -> None:
+    h = harness
+    schedule = await create(h.client)
+    paused = await control(h.client, schedule["id"], "pause")
+    assert paused["paused"] is True
+    assert (await control(h.client, schedule["id"], "pause"))["paused"] is True  # idempotent
+    h.clock.advance(25 * SECOND)
+    resumed = await control(h.client, schedule["id"], "resume")
+    assert resumed["paused"] is False
+    # from the first occurrence after now, on the schedule's grid
+    assert _matches(resumed["next_fire_at"], START_MS + 30 * SECOND)
+
+    r = await h.client.delete(f"/schedules/{schedule['id']}")
+    assert r.status_code == 200, r.text
+    assert r.json()["id"] == schedule["id"]
+    for r in (
+        await h.client.get(f"/schedules/{schedule['id']}"),
+        await h.client.delete(f"/schedules/{schedule['id']}"),
+        await h.client.post(f"/schedules/{schedule['id']}/pause"),
+        await h.client.post(f"/schedules/{schedule['id']}/resume"),
+    ):
+        assert error_of(r, 404, "not_found")["resource"] == "schedule"
+    # the name is free again
+    await create(h.client)
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"cron": "61 * * * *", "every": None}, "cron"),
+        ({"cron": "* * *", "every": None}, "cron"),
+        ({"cron": "0 0 30 2 *", "every": None}, "cron"),  # February 30th never comes
+        ({"cron": "0 * * * *"}, "body"),  # both cron and every
+        ({"every": None}, "body"),  # neither
+        ({"every": 500}, "body"),  # under a second
+        ({"timezone": "Mars/Olympus"}, "timezone"),
+        ({"overlap": "sometimes"}, "overlap"),
+        ({"name": ""}, "name"),
+    ],
+)
+async def test_invalid_schedules_are_422_naming_the_field(
+    harness: Harness, fields: dict[str, Any], field: str
+) -> None:
+    h = harness
+    body = {"name": "bad", "workflow": "w", "version": "1", "every": 10 * SECOND, **fields}
+    details = error_of(await h.client.post("/schedules", json=body), 422, "payload_validation")
+    assert any(field in problem["loc"] for problem in details["errors"]), details
+    r = await h.client.get("/schedules")
+    assert r.json()["schedules"] == []
+
+
+async def test_cron_next_fire_time_follows_the_timezone(harness: Harness) -> None:
+    h = harness  # the clock starts at 08:00 UTC, 09:00 in Paris (winter)
+    utc = await create(h.client, "utc", cron="30 9 * * *", every=None)
+    paris = await create(h.client, "paris", cron="30 9 * * *", every=None, timezone="Europe/Paris")
+    assert _matches(utc["next_fire_at"], START_MS + 90 * MINUTE)
+    assert _matches(paris["next_fire_at"], START_MS + 30 * MINUTE)
+
+
+# -- firing ----------------------------------------------------------------------------
+
+
+async def test_every_schedule_fires_each_occurrence_with_its_reference_id(
+    harness: Harness,
+) -> None:
+    h = harness
+    schedule = await create(h.client, input={"n": 7}, overlap="allow", pool="p")
+    assert await tick(h, 9 * SECOND) == []
+    runs = await tick(h, 1 * SECOND)
+    assert [r["reference_id"] for r in runs] == [ref(schedule, START_MS + 10 * SECOND)]
+    assert runs[0]["status"] == "queued"
+    assert runs[0]["pool"] == "p"
+    assert (await get_run(h.client, runs[0]["id"]))["input"] == {"n": 7}
+    await tick(h, 10 * SECOND)
+    runs = await tick(h, 10 * SECOND)
+    assert [r["reference_id"] for r in runs] == [
+        ref(schedule, START_MS + k * 10 * SECOND) for k in (1, 2, 3)
+    ]
+    assert await tick(h, 0) == runs  # a pass at the same time starts nothing again
+    now = await get_schedule(h.client, schedule["id"])
+    assert now["last_run_id"] == runs[-1]["id"]
+    assert _matches(now["next_fire_at"], START_MS + 40 * SECOND)
+
+
+async def test_cron_schedule_fires_at_its_minute(harness: Harness) -> None:
+    h = harness
+    schedule = await create(h.client, cron="*/5 * * * *", every=None)
+    assert await tick(h, 5 * MINUTE - 1) == []
+    runs = await tick(h, 1)
+    assert [r["reference_id"] for r in runs] == [ref(schedule, START_MS + 5 * MINUTE)]
+    assert _matches(
+        (await get_schedule(h.client, schedule["id"]))["next_fire_at"], START_MS + 10 * MINUTE
+    )
+
+
+async def test_skip_starts_nothing_while_the_previous_run_is_going(harness: Harness) -> None:
+    h = harness
+    schedule = await create(h.client)  # overlap: skip
+    first = await tick(h, 10 * SECOND)
+    assert len(first) == 1
+    assert await tick(h, 10 * SECOND) == first  # still queued: skipped
+    skipped = await get_schedule(h.client, schedule["id"])
+    assert _matches(skipped["next_fire_at"], START_MS + 30 * SECOND)  # but advanced
+
+    claimed = await claim_one(h.client)
+    running = await tick(h, 10 * SECOND)  # running: skipped too
+    assert [(r["id"], r["status"]) for r in running] == [(first[0]["id"], "running")]
+    r = await transition(
+        h.client, claimed["run"]["id"], claimed["run"]["revision"], {"kind": "complete"}
+    )
+    assert r.status_code == 200, r.text
+    runs = await tick(h, 10 * SECOND)
+    assert [r["reference_id"] for r in runs] == [
+        ref(schedule, START_MS + 10 * SECOND),
+        ref(schedule, START_MS + 40 * SECOND),
+    ]
+
+
+async def test_allow_starts_beside_the_previous_run(harness: Harness) -> None:
+    h = harness
+    await create(h.client, overlap="allow")
+    await tick(h, 10 * SECOND)
+    await claim_one(h.client)
+    runs = await tick(h, 10 * SECOND)
+    assert [r["status"] for r in runs] == ["running", "queued"]
+
+
+async def test_cancel_previous_cancels_it_then_starts(harness: Harness) -> None:
+    h = harness
+    schedule = await create(h.client, overlap="cancel_previous")
+    await tick(h, 10 * SECOND)
+    await claim_one(h.client)
+    runs = await tick(h, 10 * SECOND)
+    assert [r["status"] for r in runs] == ["cancelled", "queued"]
+    cancelled = await get_run(h.client, runs[0]["id"])
+    assert cancelled["error"]["code"] == "workflow_cancelled"
+    assert "nightly" in cancelled["error"]["message"]
+    assert (await get_schedule(h.client, schedule["id"]))["last_run_id"] == runs[1]["id"]
+
+
+async def test_a_paused_schedule_fires_nothing(harness: Harness) -> None:
+    h = harness
+    schedule = await create(h.client, overlap="allow")
+    await control(h.client, schedule["id"], "pause")
+    assert await tick(h, 10 * MINUTE) == []
+    await control(h.client, schedule["id"], "resume")
+    assert await tick(h, 9 * SECOND) == []
+    runs = await tick(h, 1 * SECOND)
+    assert [r["reference_id"] for r in runs] == [ref(schedule, START_MS + 610 * SECOND)]
+
+
+async def test_after_a_long_gap_only_the_latest_occurrence_fires(harness: Harness) -> None:
+    h = harness
+    schedule = await create(h.client, overlap="allow")
+    runs = await tick(h, 60 * MINUTE + 5 * SECOND)
+    assert [r["reference_id"] for r in runs] == [ref(schedule, START_MS + 60 * MINUTE)]
+    after = await get_schedule(h.client, schedule["id"])
+    assert _matches(after["next_fire_at"], START_MS + 60 * MINUTE + 10 * SECOND)
+
+
+async def test_an_occurrence_taken_by_hand_does_not_stop_the_timers(harness: Harness) -> None:
+    h = harness
+    taken = await create(h.client, "taken")
+    other = await create(h.client, "other")
+    by_hand = await h.client.post(
+        "/runs",
+        json={
+            "workflow": "w",
+            "version": "1",
+            "input": "another payload",
+            "reference_id": ref(taken, START_MS + 10 * SECOND),
+        },
+    )
+    assert by_hand.status_code == 201, by_hand.text
+    runs = await tick(h, 10 * SECOND)
+    assert sorted(r["reference_id"] for r in runs) == sorted(
+        [ref(taken, START_MS + 10 * SECOND), ref(other, START_MS + 10 * SECOND)]
+    )
+    after = await get_schedule(h.client, taken["id"])
+    assert after["last_run_id"] == by_hand.json()["run"]["id"]
+    assert _matches(after["next_fire_at"], START_MS + 20 * SECOND)
+
+
+async def test_the_daemon_fires_a_schedule_on_its_own(harness: Harness) -> None:
+    h = harness
+    schedule = await create(h.client)
+    h.advance(10 * SECOND)  # wakes the daemon; no explicit pass
+    with anyio.fail_after(5):
+        while not (runs := await runs_of(h.client)):  # noqa: ASYNC110 - see `tick`
+            await anyio.sleep(0.01)
+    assert [r["reference_id"] for r in runs] == [ref(schedule, START_MS + 10 * SECOND)]
+
+
+def _utc_ms(year: int, month: int, day: int, hour: int, minute: int = 0) -> int:
+    return round(datetime(year, month, day, hour, minute, tzinfo=UTC).timestamp() * 1000)
+
+
+def test_cron_times_follow_vixie_cron_across_daylight_saving_changes() -> None:
+    # 02:30 in Paris: skipped in spring (runs at 03:00 CEST), doubled in autumn (runs once)
+    cadence = Cadence("30 2 * * *", None, "Europe/Paris", anchor=0)
+    spring = cadence.next_after(_utc_ms(2027, 3, 27, 12))
+    assert spring == _utc_ms(2027, 3, 28, 1)
+    assert cadence.next_after(spring) == _utc_ms(2027, 3, 29, 0, 30)
+    autumn = cadence.next_after(_utc_ms(2027, 10, 30, 12))
+    assert autumn == _utc_ms(2027, 10, 31, 0, 30)
+    assert cadence.next_after(autumn) == _utc_ms(2027, 11, 1, 1, 30)
+    assert cadence.latest(_utc_ms(2027, 11, 1, 1, 31), since=autumn) == _utc_ms(2027, 11, 1, 1, 30)
