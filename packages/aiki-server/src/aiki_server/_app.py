@@ -189,33 +189,13 @@ def _api_router(orch: Orchestrator, webhooks: Webhooks, public_url: str | None) 
         route = request.app.url_path_for("deliver_webhook", webhook_id=minted.webhook_id)
         path = f"{route}?{minted.query}"
         base = (public_url or str(request.base_url)).rstrip("/")
-        expires_at = from_ms(minted.expires_at)
-        assert expires_at is not None
         created = CreateWebhookResponse(
-            webhook_id=minted.webhook_id, path=path, url=base + path, expires_at=expires_at
+            webhook_id=minted.webhook_id,
+            path=path,
+            url=base + path,
+            expires_at=from_ms(minted.expires_at),
         )
         return _json(created, 201)
-
-    @router.post(
-        "/webhooks/{webhook_id}",
-        response_model=SendEventResponse,
-        tags=["webhooks"],
-        responses=_WEBHOOK_ERRORS,
-    )
-    async def deliver_webhook(
-        webhook_id: str,
-        data: Annotated[JsonValue, Body()] = None,
-        expires: str | None = None,
-        signature: str | None = None,
-        idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
-    ) -> Response:
-        """Deliver the JSON body as the webhook's event; the signed URL is the credential.
-
-        401 without `expires` or `signature`; 403 for an unknown webhook, a wrong
-        signature or an expired URL; 422 for a body that does not match the event's
-        schema. A repeated `Idempotency-Key` is answered as a duplicate.
-        """
-        return _json(await webhooks.deliver(webhook_id, expires, signature, data, idempotency_key))
 
     @router.post("/runs", response_model=StartRunResponse, status_code=201, tags=["runs"])
     async def start_run(body: StartRunRequest) -> Response:
@@ -273,5 +253,26 @@ def _api_router(orch: Orchestrator, webhooks: Webhooks, public_url: str | None) 
     async def send_event(run_id: str, body: SendEventRequest) -> Response:
         """Deliver an event to the run (once per reference id)."""
         return _json(await write(lambda: orch.send_event(ns, run_id, body)))
+
+    @router.post(
+        "/webhooks/{webhook_id}",
+        response_model=SendEventResponse,
+        tags=["webhooks"],
+        responses=_WEBHOOK_ERRORS,
+    )
+    async def deliver_webhook(
+        webhook_id: str,
+        data: Annotated[JsonValue, Body()] = None,
+        expires: str | None = None,
+        signature: str | None = None,
+        idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
+    ) -> Response:
+        """Deliver the JSON body as the webhook's event; the signed URL is the credential.
+
+        401 without `expires` or `signature`; 403 for an unknown webhook, a wrong
+        signature or an expired URL; 422 for a body that does not match the event's
+        schema. A repeated `Idempotency-Key` is answered as a duplicate.
+        """
+        return _json(await webhooks.deliver(webhook_id, expires, signature, data, idempotency_key))
 
     return router
