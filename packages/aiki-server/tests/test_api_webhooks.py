@@ -390,3 +390,21 @@ def test_the_cli_takes_the_secret_and_the_public_url(monkeypatch: pytest.MonkeyP
     monkeypatch.delenv("AIKI_PUBLIC_URL")
     args = _parser().parse_args([])
     assert (args.webhook_secret, args.public_url) == (None, None)
+
+
+async def test_openapi_describes_both_routes(server: httpx.AsyncClient) -> None:
+    spec = (await server.get("http://aiki/openapi.json")).json()
+    mint_op = spec["paths"]["/api/v1/runs/{run_id}/webhooks"]["post"]
+    assert mint_op["tags"] == ["workers"]
+    assert "201" in mint_op["responses"]
+    deliver_op = spec["paths"]["/api/v1/webhooks/{webhook_id}"]["post"]
+    assert deliver_op["tags"] == ["webhooks"]
+    assert {"200", "401", "403", "409", "422"} <= set(deliver_op["responses"])
+    assert {p["name"] for p in deliver_op["parameters"]} == {
+        "webhook_id",
+        "expires",
+        "signature",
+        "idempotency-key",
+    }
+    request_schema = spec["components"]["schemas"]["CreateWebhookRequest"]
+    assert set(request_schema["required"]) == {"revision", "event", "expires_in", "schema"}
