@@ -104,6 +104,12 @@ async def snapshot(client: httpx.AsyncClient, run_id: str) -> tuple[Any, ...]:
     return run["status"], run["revision"], run["events"], run["event_waits"], run["history"]
 
 
+async def stored_webhooks(h: Harness) -> int:
+    async with h.app.state.orchestrator.db.reader() as tx:
+        row = await tx.fetchrow("SELECT count(*) AS n FROM webhooks")
+    return int(row["n"])
+
+
 # -- minting ------------------------------------------------------------------------------
 
 
@@ -124,6 +130,7 @@ async def test_mint_answers_a_signed_path_and_url(harness: Harness) -> None:
     # each mint is a webhook of its own
     again = await minted(harness.client, run_id, revision)
     assert again["webhook_id"] != hook["webhook_id"]
+    assert await stored_webhooks(harness) == 2
 
 
 async def test_mint_uses_the_configured_public_url(make_harness: HarnessFactory) -> None:
@@ -142,6 +149,7 @@ async def test_mint_is_fenced_by_the_claim(harness: Harness) -> None:
     details = error_of(await mint(harness.client, run_id, revision), 409, "illegal_transition")
     assert details["current"] == "awaiting_event"
     error_of(await mint(harness.client, "01NOSUCHRUN", 0), 404, "not_found")
+    assert await stored_webhooks(harness) == 0
 
 
 @pytest.mark.parametrize(
@@ -160,6 +168,7 @@ async def test_mint_refuses_bad_expiry_and_schema(
     r = await mint(harness.client, run_id, revision, **change)
     error_of(r, 422, "payload_validation")
     assert problem in r.json()["error"]["message"]
+    assert await stored_webhooks(harness) == 0
 
 
 # -- delivery -----------------------------------------------------------------------------
