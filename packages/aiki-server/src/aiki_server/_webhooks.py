@@ -87,7 +87,9 @@ class Webhooks:
         row = await self._orch.db.retry(lambda: self._orch.create_webhook(namespace, run_id, req))
         expires = str(row["expires_at"])
         signature = self._sign(row["id"], run_id, req.event, expires)
-        return MintedWebhook(row["id"], f"expires={expires}&signature={signature}", int(expires))
+        return MintedWebhook(
+            row["id"], f"expires={expires}&signature={signature}", row["expires_at"]
+        )
 
     async def deliver(
         self,
