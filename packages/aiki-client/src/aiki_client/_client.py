@@ -26,6 +26,8 @@ from aiki_core import (
     ClaimResponse,
     CodecContext,
     ConsoleLogger,
+    CreateWebhookRequest,
+    CreateWebhookResponse,
     HeartbeatRequest,
     HeartbeatResponse,
     IdentityCodec,
@@ -179,6 +181,12 @@ class Client:
         return await self._call(
             "POST", f"/runs/{run_id}/transition", TransitionRunResponse, request
         )
+
+    async def create_webhook(
+        self, run_id: RunId, request: CreateWebhookRequest
+    ) -> CreateWebhookResponse:
+        """Mint a signed URL that delivers an event to a held run."""
+        return await self._call("POST", f"/runs/{run_id}/webhooks", CreateWebhookResponse, request)
 
     # -- HTTP ----------------------------------------------------------------------------
 

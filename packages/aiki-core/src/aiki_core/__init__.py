@@ -13,6 +13,12 @@ from aiki_core._api import (
     MAX_TASKS_PER_TRANSITION as MAX_TASKS_PER_TRANSITION,
 )
 from aiki_core._api import (
+    MAX_WEBHOOK_LIFETIME as MAX_WEBHOOK_LIFETIME,
+)
+from aiki_core._api import (
+    MAX_WEBHOOK_SCHEMA_BYTES as MAX_WEBHOOK_SCHEMA_BYTES,
+)
+from aiki_core._api import (
     AwaitChild as AwaitChild,
 )
 from aiki_core._api import (
@@ -38,6 +44,12 @@ from aiki_core._api import (
 )
 from aiki_core._api import (
     CompleteRun as CompleteRun,
+)
+from aiki_core._api import (
+    CreateWebhookRequest as CreateWebhookRequest,
+)
+from aiki_core._api import (
+    CreateWebhookResponse as CreateWebhookResponse,
 )
 from aiki_core._api import (
     ErrorBody as ErrorBody,
@@ -250,6 +262,9 @@ from aiki_core._ids import (
     TaskId as TaskId,
 )
 from aiki_core._ids import (
+    WebhookId as WebhookId,
+)
+from aiki_core._ids import (
     WorkerId as WorkerId,
 )
 from aiki_core._logging import (
@@ -393,6 +408,8 @@ __all__ = (
     "ConflictError",
     "ConsoleLogger",
     "CreateScheduleRequest",
+    "CreateWebhookRequest",
+    "CreateWebhookResponse",
     "DEFAULT_NAMESPACE",
     "DEFAULT_POOL",
     "DecryptionError",
@@ -417,6 +434,8 @@ __all__ = (
     "Logger",
     "MAX_COUNT",
     "MAX_TASKS_PER_TRANSITION",
+    "MAX_WEBHOOK_LIFETIME",
+    "MAX_WEBHOOK_SCHEMA_BYTES",
     "Namespace",
     "NonRetryableError",
     "NotFoundError",
@@ -481,6 +500,7 @@ __all__ = (
     "TaskTimeoutError",
     "TransitionRunRequest",
     "TransitionRunResponse",
+    "WebhookId",
     "WorkerApi",
     "WorkerId",
     "WorkflowCancelledError",

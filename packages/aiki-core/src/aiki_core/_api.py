@@ -1,9 +1,10 @@
 """Requests and responses of the HTTP API (`/api/v1`).
 
 Client side: start a run, list runs, cancel, send an event. Worker side: claim runs,
-heartbeat, record a task attempt, and transition a run (complete, fail, suspend on
-waits, release). Every worker write carries the `revision` its claim returned; the
-server rejects a stale one with `StaleRevisionError`.
+heartbeat, record a task attempt, transition a run (complete, fail, suspend on
+waits, release), and mint a signed webhook URL that delivers an event to it. Every
+worker write carries the `revision` its claim returned; the server rejects a stale
+one with `StaleRevisionError`.
 """
 
 from __future__ import annotations
@@ -12,12 +13,20 @@ from datetime import timedelta
 from enum import StrEnum
 from typing import Annotated, Literal, Self
 
-from pydantic import AwareDatetime, Field, JsonValue, StringConstraints, model_validator
+from pydantic import (
+    AwareDatetime,
+    ConfigDict,
+    Field,
+    JsonValue,
+    StringConstraints,
+    model_validator,
+)
 
+from aiki_core._canonical import canonical_json
 from aiki_core._duration import Duration
 from aiki_core._error_info import ErrorInfo
 from aiki_core._exceptions import ErrorCode
-from aiki_core._ids import DEFAULT_POOL, EventId, RunId, TaskAddress, TaskId, WorkerId
+from aiki_core._ids import DEFAULT_POOL, EventId, RunId, TaskAddress, TaskId, WebhookId, WorkerId
 from aiki_core._records import (
     ChildRecord,
     EventRecord,
@@ -48,12 +57,16 @@ __all__ = [
     "ClaimResponse",
     "ClaimedRun",
     "CompleteRun",
+    "CreateWebhookRequest",
+    "CreateWebhookResponse",
     "ErrorBody",
     "ErrorResponse",
     "FailRun",
     "HeartbeatRequest",
     "HeartbeatResponse",
     "ListRunsQuery",
+    "MAX_WEBHOOK_LIFETIME",
+    "MAX_WEBHOOK_SCHEMA_BYTES",
     "RecordTaskRequest",
     "RecordTaskResponse",
     "ReleaseRun",
@@ -422,3 +435,59 @@ class TransitionRunResponse(ResponseModel):
     """The run after the transition."""
 
     run: RunSummary
+
+
+# -- webhooks -----------------------------------------------------------------------------
+
+
+MAX_WEBHOOK_LIFETIME = timedelta(days=90)
+"""The longest a webhook URL may stay valid."""
+
+MAX_WEBHOOK_SCHEMA_BYTES = 64 * 1024
+"""The largest event schema a webhook may carry, as canonical JSON."""
+
+
+class CreateWebhookRequest(RequestModel):
+    """Mint a signed URL that delivers the event `event` to a claimed run.
+
+    Fenced by `revision` like every worker write. `schema` (the attribute
+    `data_schema`) is the JSON Schema (Draft 2020-12) every delivered body must match,
+    as pydantic's `TypeAdapter(T).json_schema()` writes it for the event's data type.
+    """
+
+    # `schema` would shadow a (deprecated) BaseModel method: the field is aliased
+    model_config = ConfigDict(serialize_by_alias=True)
+
+    revision: Count
+    event: Name
+    expires_in: Duration = Field(description="How long the URL stays valid (at most 90 days).")
+    data_schema: dict[str, JsonValue] = Field(
+        alias="schema", description="The JSON Schema (Draft 2020-12) of the event's data."
+    )
+
+    @model_validator(mode="after")
+    def _bounded(self) -> Self:
+        if not timedelta(0) < self.expires_in <= MAX_WEBHOOK_LIFETIME:
+            raise ValueError(
+                f"expires_in must be more than 0 and at most {MAX_WEBHOOK_LIFETIME.days} days"
+            )
+        size = len(canonical_json(self.data_schema))
+        if size > MAX_WEBHOOK_SCHEMA_BYTES:
+            raise ValueError(
+                f"schema is {size} bytes of JSON; at most {MAX_WEBHOOK_SCHEMA_BYTES} are allowed"
+            )
+        return self
+
+
+class CreateWebhookResponse(ResponseModel):
+    """A minted webhook: POST the event's data as JSON to `url` (or to `path` on the server).
+
+    `path` is relative to the server's root:
+    `/api/v1/webhooks/{webhook_id}?expires=<epoch ms>&signature=<base64url HMAC-SHA256>`;
+    `url` is the same on the server's public base URL.
+    """
+
+    webhook_id: WebhookId
+    path: str
+    url: str
+    expires_at: AwareDatetime

@@ -19,6 +19,7 @@ __all__ = [
     "ScheduleId",
     "TaskAddress",
     "TaskId",
+    "WebhookId",
     "WorkerId",
 ]
 
@@ -39,6 +40,9 @@ ScheduleId = NewType("ScheduleId", str)
 
 EventId = NewType("EventId", str)
 """Identifies one event delivered to a run."""
+
+WebhookId = NewType("WebhookId", str)
+"""Identifies one signed webhook URL that delivers an event to a run."""
 
 Namespace = NewType("Namespace", str)
 """The tenant a run, schedule, event or worker belongs to."""

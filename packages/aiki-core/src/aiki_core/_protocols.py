@@ -30,6 +30,8 @@ if TYPE_CHECKING:
         ClaimedRun,
         ClaimRequest,
         ClaimResponse,
+        CreateWebhookRequest,
+        CreateWebhookResponse,
         HeartbeatRequest,
         HeartbeatResponse,
         RecordTaskRequest,
@@ -280,3 +282,8 @@ class WorkerApi(Protocol):
         self, run_id: RunId, request: TransitionRunRequest
     ) -> TransitionRunResponse:
         """Complete, fail, suspend or release a held run."""
+
+    async def create_webhook(
+        self, run_id: RunId, request: CreateWebhookRequest
+    ) -> CreateWebhookResponse:
+        """Mint a signed URL that delivers an event to a held run."""

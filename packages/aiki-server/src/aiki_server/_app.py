@@ -8,7 +8,8 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import anyio
-from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi import APIRouter, Body, FastAPI, Header, Query, Request
+from pydantic import JsonValue  # noqa: TC002 - FastAPI reads the route's annotations at runtime
 from starlette.responses import Response
 
 from aiki_core import (
@@ -17,6 +18,8 @@ from aiki_core import (
     ClaimRequest,
     ClaimResponse,
     CreateScheduleRequest,
+    CreateWebhookRequest,
+    CreateWebhookResponse,
     ErrorResponse,
     HeartbeatRequest,
     HeartbeatResponse,
@@ -39,13 +42,14 @@ from aiki_core import (
     TransitionRunResponse,
 )
 from aiki_server.__about__ import __version__
-from aiki_server._clock import Clock, system_clock
+from aiki_server._clock import Clock, from_ms, system_clock
 from aiki_server._errors import install_error_handlers
 from aiki_server._limits import BodyLimitMiddleware
 from aiki_server._notify import WakeHub
 from aiki_server._orchestrator import Limits, Orchestrator
 from aiki_server._storage._open import open_database
 from aiki_server._timers import TimerDaemon
+from aiki_server._webhooks import MIN_SECRET_LENGTH, Webhooks
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
@@ -56,6 +60,9 @@ T = TypeVar("T")
 
 _ERRORS: dict[int | str, dict[str, object]] = {
     status: {"model": ErrorResponse} for status in (400, 404, 409, 413, 422, 500)
+}
+_WEBHOOK_ERRORS: dict[int | str, dict[str, object]] = {
+    status: {"model": ErrorResponse} for status in (401, 403)
 }
 
 
@@ -69,6 +76,19 @@ class ServerSettings:
     """Larger request bodies are refused with 413."""
     clock: Clock = field(default=system_clock)
     """Source of time in epoch milliseconds; tests may pass a controllable one."""
+    webhook_secret: str | None = field(default=None, repr=False)
+    """Signs webhook URLs (at least 32 characters); by default one is generated and
+    kept in the database, shared by every server on it."""
+    public_url: str | None = None
+    """The base URL webhook URLs are given on (default: the base URL of the mint request)."""
+
+    def __post_init__(self) -> None:
+        if self.webhook_secret is not None and len(self.webhook_secret) < MIN_SECRET_LENGTH:
+            raise ValueError(f"webhook_secret must be at least {MIN_SECRET_LENGTH} characters")
+        if self.public_url is not None and not self.public_url.startswith(("http://", "https://")):
+            raise ValueError(
+                f"public_url must be an http:// or https:// URL, got {self.public_url!r}"
+            )
 
 
 def _json(model: BaseModel, status_code: int = 200) -> Response:
@@ -82,12 +102,14 @@ def create_app(db_url: str, settings: ServerSettings | None = None) -> FastAPI:
     hub = WakeHub()
     db = open_database(db_url, hub)
     orch = Orchestrator(db, hub, settings.clock, Limits(settings.claim_idle_timeout))
+    webhooks = Webhooks(orch, settings.webhook_secret)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await db.open()
         try:
             await db.migrate()
+            await webhooks.open()
             async with anyio.create_task_group() as tg:
                 tg.start_soon(TimerDaemon(orch).run_forever)
                 yield
@@ -106,7 +128,7 @@ def create_app(db_url: str, settings: ServerSettings | None = None) -> FastAPI:
     app.state.orchestrator = orch
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.include_router(_api_router(orch), prefix="/api/v1")
+    app.include_router(_api_router(orch, webhooks, settings.public_url), prefix="/api/v1")
 
     @app.get("/health", include_in_schema=False)
     async def health() -> dict[str, str]:
@@ -115,7 +137,7 @@ def create_app(db_url: str, settings: ServerSettings | None = None) -> FastAPI:
     return app
 
 
-def _api_router(orch: Orchestrator) -> APIRouter:
+def _api_router(orch: Orchestrator, webhooks: Webhooks, public_url: str | None) -> APIRouter:
     router = APIRouter(responses=_ERRORS)
     ns = DEFAULT_NAMESPACE  # API keys scope requests to their namespace (security issue)
 
@@ -157,6 +179,26 @@ def _api_router(orch: Orchestrator) -> APIRouter:
         """Start a child run of a claimed run."""
         started = await write(lambda: orch.start_child(ns, run_id, body))
         return _json(started, 201 if started.created else 200)
+
+    @router.post(
+        "/runs/{run_id}/webhooks",
+        response_model=CreateWebhookResponse,
+        status_code=201,
+        tags=["workers"],
+    )
+    async def create_webhook(run_id: str, body: CreateWebhookRequest, request: Request) -> Response:
+        """Mint a signed URL that delivers the event `event` to a claimed run."""
+        minted = await webhooks.mint(ns, run_id, body)
+        route = request.app.url_path_for("deliver_webhook", webhook_id=minted.webhook_id)
+        path = f"{route}?{minted.query}"
+        base = (public_url or str(request.base_url)).rstrip("/")
+        created = CreateWebhookResponse(
+            webhook_id=minted.webhook_id,
+            path=path,
+            url=base + path,
+            expires_at=from_ms(minted.expires_at),
+        )
+        return _json(created, 201)
 
     @router.post("/runs", response_model=StartRunResponse, status_code=201, tags=["runs"])
     async def start_run(body: StartRunRequest) -> Response:
@@ -248,5 +290,26 @@ def _api_router(orch: Orchestrator) -> APIRouter:
     async def delete_schedule(schedule_id: str) -> Response:
         """Delete the schedule (its runs stay); answers it as it was."""
         return _json(await write(lambda: orch.schedules.delete(ns, schedule_id)))
+
+    @router.post(
+        "/webhooks/{webhook_id}",
+        response_model=SendEventResponse,
+        tags=["webhooks"],
+        responses=_WEBHOOK_ERRORS,
+    )
+    async def deliver_webhook(
+        webhook_id: str,
+        data: Annotated[JsonValue, Body()] = None,
+        expires: str | None = None,
+        signature: str | None = None,
+        idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
+    ) -> Response:
+        """Deliver the JSON body as the webhook's event; the signed URL is the credential.
+
+        401 without `expires` or `signature`; 403 for an unknown webhook, a wrong
+        signature or an expired URL; 422 for a body that does not match the event's
+        schema. A repeated `Idempotency-Key` is answered as a duplicate.
+        """
+        return _json(await webhooks.deliver(webhook_id, expires, signature, data, idempotency_key))
 
     return router

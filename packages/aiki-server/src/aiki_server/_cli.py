@@ -68,6 +68,21 @@ def _parser() -> argparse.ArgumentParser:
             default=int(_env("AIKI_MAX_BODY_BYTES", str(2 * 1024 * 1024))),
             help="refuse larger request bodies with 413 [AIKI_MAX_BODY_BYTES]",
         )
+        target.add_argument(
+            "--webhook-secret",
+            default=os.environ.get("AIKI_WEBHOOK_SECRET"),
+            metavar="SECRET",
+            help="signs webhook URLs, at least 32 characters (prefer the env var: arguments"
+            " show in ps); default: generated once and kept in the database"
+            " [AIKI_WEBHOOK_SECRET]",
+        )
+        target.add_argument(
+            "--public-url",
+            default=os.environ.get("AIKI_PUBLIC_URL"),
+            metavar="URL",
+            help="base URL of webhook URLs, e.g. https://aiki.example.com; default: the"
+            " base URL of the request that mints one [AIKI_PUBLIC_URL]",
+        )
     return parser
 
 
@@ -92,10 +107,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         applied = anyio.run(_migrate, args.db)
         log.info("migrations applied", {"db": _db_kind(args.db), "versions": applied})
         return
-    settings = ServerSettings(
-        claim_idle_timeout=timedelta(seconds=args.claim_idle_timeout),
-        max_body_bytes=args.max_body_bytes,
-    )
+    try:
+        settings = ServerSettings(
+            claim_idle_timeout=timedelta(seconds=args.claim_idle_timeout),
+            max_body_bytes=args.max_body_bytes,
+            webhook_secret=args.webhook_secret,
+            public_url=args.public_url,
+        )
+    except ValueError as exc:
+        _parser().error(str(exc))
     app = create_app(args.db, settings)
     log.info(
         f"aiki-server {__version__} serving on http://{args.host}:{args.port}",

@@ -2,7 +2,7 @@
 
 Client operations start, read, list, wait for, cancel, pause, resume and wake runs,
 and deliver events. Worker operations claim runs, heartbeat, record task attempts,
-start children and transition the runs they hold; each carries the revision its
+start children, store webhooks and transition the runs they hold; each carries the revision its
 claim returned, and a stale one is rejected before anything is written.
 """
 
@@ -24,6 +24,7 @@ from aiki_core import (
     ClaimRequest,
     CompleteRun,
     ConflictError,
+    CreateWebhookRequest,
     FailRun,
     HeartbeatRequest,
     HeartbeatResponse,
@@ -433,7 +434,35 @@ class Orchestrator:
                     await requeue(tx, run, now, f"event {req.name!r} received")
         return SendEventResponse(event_id=event_id, duplicate=False)
 
+    async def find_webhook(self, webhook_id: str) -> Row | None:
+        """A stored webhook (in any namespace: its signed URL is the credential), or `None`."""
+        async with self.db.reader() as tx:
+            webhook: Row | None = await tx.fetchrow(
+                "SELECT * FROM webhooks WHERE id = $1", webhook_id
+            )
+        return webhook
+
     # -- worker operations ---------------------------------------------------------------
+
+    async def create_webhook(self, namespace: str, run_id: str, req: CreateWebhookRequest) -> Row:
+        """Store a webhook for an event of a claimed run; its row."""
+        now = self.clock()
+        values: dict[str, Any] = {
+            "id": _new_id(),
+            "namespace": namespace,
+            "run_id": run_id,
+            "event": req.event,
+            "data_schema": dump(req.data_schema),
+            "expires_at": now + to_millis(req.expires_in),
+            "created_at": now,
+        }
+        async with self.db.transaction() as tx:
+            await self._claimed_run(tx, run_id, namespace, req.revision)
+            await tx.execute(
+                f"INSERT INTO webhooks ({', '.join(values)}) VALUES ({_in_list(1, len(values))})",
+                *values.values(),
+            )
+        return values
 
     async def claim(
         self,
