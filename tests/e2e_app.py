@@ -347,6 +347,28 @@ async def pausable_v1(run: WorkflowRun, job: Pausable) -> str:
     return f"{first}, {second}"
 
 
+@task("publish")
+async def publish(url: str) -> str:
+    """Hand a URL to the outside world (here: a counter file the test reads)."""
+    count("publish")
+    assert SETTINGS.counters is not None
+    (SETTINGS.counters / "published.url").write_text(url)
+    return url
+
+
+hooked = workflow("e2e-webhook")
+
+
+@hooked.v("1.0.0")
+async def webhook_v1(run: WorkflowRun, key: str) -> str:
+    """Mint a webhook for `approved`, publish it, and wait for the POST."""
+    url = await run.webhook_url(approved, expires=timedelta(hours=1))
+    await publish.start(run, url)
+    got = await approved.wait(run)
+    assert got.data is not None
+    return f"approved by {got.data.by} through the webhook"
+
+
 VERSIONS: list[ExecutableVersion] = [
     hello_v1,
     flaky_v1,
@@ -358,6 +380,7 @@ VERSIONS: list[ExecutableVersion] = [
     both_events_v1,
     family_v1,
     pausable_v1,
+    webhook_v1,
 ]
 
 

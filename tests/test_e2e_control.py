@@ -11,6 +11,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 import anyio
+import httpx
 import pytest
 
 from aiki_core import RunStatus, TaskStatus, WorkflowCancelledError
@@ -27,6 +28,7 @@ from e2e_app import (
     pausable_v1,
     shipped,
     sleeper_v1,
+    webhook_v1,
 )
 from e2e_support import Stack, open_stack
 
@@ -222,3 +224,33 @@ async def test_cancel_during_a_task_stops_it_unrecorded(stack: Stack) -> None:
     detail = await handle.detail()
     assert [t.status for t in detail.tasks if t.status is TaskStatus.COMPLETED] == []
     assert stack.counters.count("note-c-second") == 0
+
+
+# -- webhooks ----------------------------------------------------------------------------
+
+
+async def test_a_webhook_post_resumes_the_run_and_a_tampered_one_is_refused(
+    stack: Stack,
+) -> None:
+    handle = await webhook_v1.start(stack.client, "w")
+    await wait_status(handle, RunStatus.AWAITING_EVENT)
+    url = (stack.counters.directory / "published.url").read_text()
+    assert url.startswith(stack.server.base_url)
+
+    async with httpx.AsyncClient() as outside:
+        tampered = url[:-2] + ("AA" if not url.endswith("AA") else "BB")
+        refused = await outside.post(tampered, json={"by": "mallory"})
+        assert refused.status_code == 403, refused.text
+        assert await handle.status() is RunStatus.AWAITING_EVENT
+        wrong_body = await outside.post(url, json={"who": "nobody"})
+        assert wrong_body.status_code == 422, wrong_body.text
+        assert await handle.status() is RunStatus.AWAITING_EVENT
+
+        accepted = await outside.post(url, json={"by": "erin"})
+        assert accepted.status_code == 200, accepted.text
+
+    assert await handle.result(timeout=RESULT_TIMEOUT) == "approved by erin through the webhook"
+    # minted once, published once, though the run was replayed after the POST
+    assert stack.counters.count("publish") == 1
+    (event,) = (await handle.detail()).events
+    assert (event.name, event.data) == ("approved", {"by": "erin"})

@@ -13,6 +13,8 @@ from aiki_core import (
     ClaimedRun,
     CompleteRun,
     ConsoleLogger,
+    CreateWebhookRequest,
+    CreateWebhookResponse,
     FailRun,
     IdentityCodec,
     LogLevel,
@@ -78,6 +80,9 @@ class Execution:
 
     async def start_child(self, request: StartChildRequest) -> StartRunResponse:
         raise AssertionError(f"no children in these workflows: {request}")
+
+    async def create_webhook(self, request: CreateWebhookRequest) -> CreateWebhookResponse:
+        raise AssertionError(f"no webhooks in these workflows: {request}")
 
     async def flush_tasks(self) -> None:
         held, self.deferred = self.deferred, []

@@ -239,6 +239,9 @@ class RunExecution(Protocol):
     async def start_child(self, request: StartChildRequest) -> StartRunResponse:
         """Start a child run of this run (idempotent by address and occurrence)."""
 
+    async def create_webhook(self, request: CreateWebhookRequest) -> CreateWebhookResponse:
+        """Mint a signed URL that delivers an event to this run."""
+
 
 class ExecutableVersion(Protocol):
     """A workflow version as a worker sees it: a name, a version and a way to run it."""

@@ -16,6 +16,8 @@ from aiki_core import MAX_TASKS_PER_TRANSITION
 if TYPE_CHECKING:
     from aiki_core import (
         ClaimedRun,
+        CreateWebhookRequest,
+        CreateWebhookResponse,
         Logger,
         PayloadCodec,
         RecordTaskRequest,
@@ -50,6 +52,10 @@ class Execution:
     async def start_child(self, request: StartChildRequest) -> StartRunResponse:
         """Start a child run of this run through the client."""
         return await self.api.start_child(self.claim.run.id, request)
+
+    async def create_webhook(self, request: CreateWebhookRequest) -> CreateWebhookResponse:
+        """Mint a signed webhook URL for this run through the client."""
+        return await self.api.create_webhook(self.claim.run.id, request)
 
     def defer_task(self, request: RecordTaskRequest) -> None:
         """Hold a task record for `flush_tasks` or the run's transition."""

@@ -53,6 +53,11 @@ class Event(Generic[DataT]):
             ) from None
         return value
 
+    def json_schema(self) -> dict[str, JsonValue]:
+        """The JSON Schema of the event's data (a webhook checks bodies against it)."""
+        schema: dict[str, JsonValue] = self._type.json_schema()
+        return schema
+
     async def wait(
         self, run: WorkflowRun, *, timeout: timedelta | None = None
     ) -> EventResult[DataT]:

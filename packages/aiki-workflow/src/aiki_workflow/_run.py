@@ -43,6 +43,7 @@ from aiki_core import (
     AwaitSleep,
     CodecContext,
     ConflictError,
+    CreateWebhookRequest,
     ErrorInfo,
     PayloadValidationError,
     RecordTaskRequest,
@@ -56,6 +57,7 @@ from aiki_core import (
     TaskStatus,
     canonical_json,
     task_address,
+    to_millis,
 )
 from aiki_workflow._hooks import SleepInfo
 from aiki_workflow._interrupts import Abandon
@@ -79,6 +81,7 @@ if TYPE_CHECKING:
         TaskInvocation,
         TaskRecord,
     )
+    from aiki_workflow._events import Event
     from aiki_workflow._hooks import HookTask
 
 T = TypeVar("T")
@@ -146,6 +149,35 @@ class _LongRetry:
 
 
 @dataclass(frozen=True, slots=True)
+class _MintWebhook:
+    """Minting a webhook URL, run (and recorded) as a task of the run."""
+
+    run: WorkflowRun
+    event: Event[Any]
+    expires: timedelta
+    retry: RetryPolicy | None = None
+    timeout: timedelta | None = None
+
+    @property
+    def name(self) -> str:
+        return "aiki.webhook"
+
+    @property
+    def input(self) -> JsonValue:
+        return {"event": self.event.name, "expires_ms": to_millis(self.expires)}
+
+    async def run_attempt(self, attempt: TaskAttemptInfo) -> JsonValue:
+        request = CreateWebhookRequest(
+            revision=self.run.revision,
+            event=self.event.name,
+            expires_in=self.expires,
+            schema=self.event.json_schema(),
+        )
+        minted = await self.run._write(self.run._execution.create_webhook(request))
+        return minted.url
+
+
+@dataclass(frozen=True, slots=True)
 class _Call:
     """One task call being run: what every record of its attempts repeats."""
 
@@ -197,6 +229,11 @@ class WorkflowRun:
         self._ticks = 0
         self._moved = _Moved(anyio.Event(), 0)
         self._body: anyio.CancelScope | None = None
+
+    @property
+    def revision(self) -> int:
+        """The revision of this worker's claim on the run (every write carries it)."""
+        return self._execution.claim.run.revision
 
     @property
     def codec(self) -> PayloadCodec:
@@ -416,6 +453,14 @@ class WorkflowRun:
         if record is None or record.status not in RUN_TERMINAL_STATUSES:
             await self.block(AwaitChild(child_run_id=run_id))
         return record
+
+    async def webhook_url(self, event: Event[Any], *, expires: timedelta) -> str:
+        """A signed URL whose POST delivers `event` (its body checked against the type).
+
+        Minted once: it is recorded like a task's result, so a replay gets the same URL
+        and may pass it to a task (an email, say) without that task running again.
+        """
+        return str(await self.execute_task(_MintWebhook(self, event, expires)))
 
     async def block(self, wait: RunWait) -> NoReturn:
         """Block this branch of the run's code on `wait`, until the run suspends.
