@@ -1,7 +1,8 @@
 """The public test harness (`aiki_server.testing`), used as a user's test would use it.
 
-An embedded server, a client over httpx's ASGI transport and a worker, all in the
-test's process; the harness's clock skips a day-long sleep.
+An embedded server (on SQLite and on PostgreSQL), a client over httpx's ASGI
+transport and a worker, all in the test's process; the harness's clock skips a
+day-long sleep.
 """
 
 from __future__ import annotations
@@ -37,8 +38,9 @@ async def napper_v1(run: WorkflowRun, hours: int) -> str:
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[EmbeddedServer]:
-    async with embedded_server() as embedded:
+async def server(db_url: str) -> AsyncIterator[EmbeddedServer]:
+    # a user's test would take the default, a temporary SQLite file; these run on both
+    async with embedded_server(db_url) as embedded:
         yield embedded
 
 
@@ -104,3 +106,11 @@ async def test_a_delayed_start_waits_for_its_time(server: EmbeddedServer, client
         assert await handle.status() is RunStatus.SCHEDULED
         server.advance(timedelta(hours=2))
         assert await handle.result(timeout=timedelta(seconds=5)) == "slept 0 h"
+
+
+async def test_the_default_is_a_temporary_sqlite_file() -> None:
+    async with embedded_server() as server:
+        assert server.app.state.orchestrator.db.dialect == "sqlite"
+        path = server.app.state.orchestrator.db.path
+        assert path.exists()
+    assert not path.exists()
