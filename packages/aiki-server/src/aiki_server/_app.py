@@ -41,9 +41,11 @@ from aiki_core import (
     TransitionRunRequest,
     TransitionRunResponse,
 )
+from aiki_server import _hot_path as hot_path
 from aiki_server.__about__ import __version__
 from aiki_server._clock import Clock, from_ms, system_clock
 from aiki_server._errors import install_error_handlers
+from aiki_server._hot_path import HotPath
 from aiki_server._limits import BodyLimitMiddleware
 from aiki_server._notify import WakeHub
 from aiki_server._orchestrator import Limits, Orchestrator
@@ -128,6 +130,8 @@ def create_app(db_url: str, settings: ServerSettings | None = None) -> FastAPI:
     app.state.orchestrator = orch
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    # outermost: a valid task record or transition skips the rest of the stack
+    app.add_middleware(HotPath, orch=orch, max_body_bytes=settings.max_body_bytes)
     app.include_router(_api_router(orch, webhooks, settings.public_url), prefix="/api/v1")
 
     @app.get("/health", include_in_schema=False)
@@ -145,18 +149,18 @@ def _api_router(orch: Orchestrator, webhooks: Webhooks, public_url: str | None) 
         return await orch.db.retry(operation)
 
     # the router tries routes in order: the worker's calls, one per task, come first
+    # these two are served by `HotPath` whenever their body is valid
     @router.post("/runs/{run_id}/tasks", response_model=RecordTaskResponse, tags=["workers"])
     async def record_task(run_id: str, body: RecordTaskRequest) -> Response:
         """Record one task attempt of a claimed run."""
-        return _json(await write(lambda: orch.record_task(ns, run_id, body)))
+        return _json(await hot_path.record_task(orch, run_id, body))
 
     @router.post(
         "/runs/{run_id}/transition", response_model=TransitionRunResponse, tags=["workers"]
     )
     async def transition(run_id: str, body: TransitionRunRequest) -> Response:
         """Complete, fail, suspend or release a claimed run."""
-        run = await write(lambda: orch.transition(ns, run_id, body))
-        return _json(TransitionRunResponse(run=run))
+        return _json(await hot_path.transition(orch, run_id, body))
 
     @router.post("/claims", response_model=ClaimResponse, tags=["workers"])
     async def claim(body: ClaimRequest, request: Request) -> Response:

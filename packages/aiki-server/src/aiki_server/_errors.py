@@ -45,11 +45,6 @@ def _problems(exc: RequestValidationError) -> list[dict[str, Any]]:
     ]
 
 
-async def _on_aiki_error(_request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, AikiError)
-    return error_response(exc)
-
-
 async def _on_validation_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     problems = _problems(exc)
@@ -75,24 +70,31 @@ async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
 _UNSTORABLE: tuple[type[Exception], ...] = (OverflowError, UnicodeEncodeError, asyncpg.DataError)
 
 
-async def _on_unstorable(_request: Request, _exc: Exception) -> JSONResponse:
-    return error_response(
-        InvalidRequestError(
-            "the request holds a value the server cannot store: a number out of range,"
-            " or a string with a NUL character or an unpaired surrogate"
+def response_for(exc: Exception) -> JSONResponse:
+    """The wire response of an error raised while a request was handled."""
+    if isinstance(exc, AikiError):
+        return error_response(exc)
+    if isinstance(exc, BodyTooLarge):
+        return error_response(exc.error)
+    if isinstance(exc, _UNSTORABLE):
+        return error_response(
+            InvalidRequestError(
+                "the request holds a value the server cannot store: a number out of range,"
+                " or a string with a NUL character or an unpaired surrogate"
+            )
         )
-    )
-
-
-async def _on_unexpected(_request: Request, _exc: Exception) -> JSONResponse:
     return error_response(ServerError("the server failed to handle the request"))
+
+
+async def _on_error(_request: Request, exc: Exception) -> JSONResponse:
+    return response_for(exc)
 
 
 def install_error_handlers(app: FastAPI) -> None:
     """Route every exception to the wire error shape."""
-    app.add_exception_handler(AikiError, _on_aiki_error)
+    app.add_exception_handler(AikiError, _on_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(HTTPException, _on_http_error)
     for unstorable in _UNSTORABLE:
-        app.add_exception_handler(unstorable, _on_unstorable)
-    app.add_exception_handler(Exception, _on_unexpected)
+        app.add_exception_handler(unstorable, _on_error)
+    app.add_exception_handler(Exception, _on_error)
