@@ -485,8 +485,9 @@ class WorkflowRun:
     def _poke(self) -> None:
         """Note that the run moved (a task started or ended, a wait was added)."""
         self._ticks += 1
-        moved, self._moved = self._moved, _Moved(anyio.Event(), self._ticks)
-        moved.event.set()
+        if self._waits:  # only a branch blocked on a wait watches for moves
+            moved, self._moved = self._moved, _Moved(anyio.Event(), self._ticks)
+            moved.event.set()
 
     async def drive(self, body: Awaitable[T]) -> T | Suspended:
         """Run the workflow's `body` until it returns or raises, or until it can only wait.
