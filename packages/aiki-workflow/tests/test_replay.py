@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import anyio
 import pytest
 
 from aiki_core import (
@@ -34,7 +35,7 @@ from aiki_core import (
     task_address,
 )
 from aiki_task import task
-from aiki_workflow import WorkflowRun, workflow
+from aiki_workflow import WorkflowRun, event, workflow
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 calls: list[str] = []
@@ -303,3 +304,54 @@ async def test_strict_replay_allows_reordered_history_and_new_calls_after_it() -
     action = await strict_doubles.execute(Execution([2, 1, 5], tasks))
     assert action == CompleteRun(result=4 + 2 + 10)
     assert calls == ["double(5)"]
+
+
+kid = workflow("kid")
+
+
+@kid.v("1")
+async def kid_v1(run: WorkflowRun, n: int) -> int:
+    return n
+
+
+ping = event("ping", int)
+
+
+@wf.v("7")
+async def listens_and_spawns(run: WorkflowRun, n: int) -> int:
+    got: list[int] = []
+
+    async def listen() -> None:
+        await ping.wait(run)
+
+    async def spawn() -> None:
+        child = await kid_v1.start_child(run, n)
+        got.append(await child.result())
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(listen)
+        tg.start_soon(spawn)
+    return got[0]
+
+
+class SlowToStartChildren(Execution):
+    """Starting a child takes a while, as a request to the server does."""
+
+    def __init__(self, payload: Any) -> None:
+        super().__init__(payload)
+        self.children: list[StartChildRequest] = []
+
+    async def start_child(self, request: StartChildRequest) -> StartRunResponse:
+        await anyio.sleep(0.02)
+        self.children.append(request)
+        child = self.claim.run.model_copy(update={"id": "kid-run", "workflow": "kid"})
+        return StartRunResponse(run=child, created=True)
+
+
+async def test_a_child_start_in_flight_holds_off_the_suspension() -> None:
+    # one branch waits at once; the run must not suspend while the other starts a child
+    execution = SlowToStartChildren(5)
+    action = await listens_and_spawns.execute(execution)
+    assert isinstance(action, SuspendRun)
+    assert sorted(wait.kind for wait in action.waits) == ["child", "event"]
+    assert [request.workflow for request in execution.children] == ["kid"]

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 class Execution:
     """One claimed run on this worker."""
 
-    __slots__ = ("api", "claim", "context", "log", "_deferred")
+    __slots__ = ("api", "claim", "context", "log", "_deferred", "_flushing")
 
     def __init__(self, api: WorkerApi, claim: ClaimedRun, log: Logger, context: object) -> None:
         self.api = api
@@ -39,6 +39,7 @@ class Execution:
         self.log = log
         self.context = context
         self._deferred: list[RecordTaskRequest] = []
+        self._flushing = anyio.Lock()
 
     @property
     def codec(self) -> PayloadCodec:
@@ -62,7 +63,15 @@ class Execution:
         self._deferred.append(request)
 
     async def flush_tasks(self) -> None:
-        """Record the held task records now, side by side; the first failure is raised."""
+        """Record the held task records now, side by side; the first failure is raised.
+
+        A flush already under way is waited for: whatever asked for this one may
+        depend on the records it writes.
+        """
+        async with self._flushing:
+            await self._flush()
+
+    async def _flush(self) -> None:
         held, self._deferred = self._deferred, []
         if len(held) == 1:
             await self.record_task(held[0])

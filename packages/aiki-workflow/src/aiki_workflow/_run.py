@@ -431,18 +431,20 @@ class WorkflowRun:
         record = self._children.get((address, occurrence))
         if record is not None:
             return record.run_id, address, occurrence
-        await self._write(self._execution.flush_tasks())
-        request = StartChildRequest(
-            revision=self._execution.claim.run.revision,
-            address=address,
-            occurrence=occurrence,
-            workflow=workflow,
-            version=version,
-            input=codec.encode(payload, self._codec_context(address, occurrence, "child")),
-            pool=pool,
-            timeout=timeout,
-        )
-        started = await self._write(self._execution.start_child(request))
+        # writes in flight: the run must not suspend under them (see `block`)
+        with self._task_in_flight():
+            await self._write(self._execution.flush_tasks())
+            request = StartChildRequest(
+                revision=self._execution.claim.run.revision,
+                address=address,
+                occurrence=occurrence,
+                workflow=workflow,
+                version=version,
+                input=codec.encode(payload, self._codec_context(address, occurrence, "child")),
+                pool=pool,
+                timeout=timeout,
+            )
+            started = await self._write(self._execution.start_child(request))
         return started.run.id, address, occurrence
 
     async def child_outcome(
