@@ -138,6 +138,7 @@ EXPECTED_EXPORTS: dict[str, tuple[str, ...]] = {
         "content_hash",
         "error_from_wire",
         "from_millis",
+        "raise_for_outcome",
         "task_address",
         "to_millis",
         "__version__",

@@ -11,15 +11,13 @@ from aiki_core import (
     AikiTimeoutError,
     CancelRunRequest,
     CodecContext,
-    ErrorInfo,
     RunDetail,
     RunOutcome,
     RunStatus,
     RunSummary,
     SendEventRequest,
     SendEventResponse,
-    WorkflowCancelledError,
-    WorkflowFailedError,
+    raise_for_outcome,
 )
 
 if TYPE_CHECKING:
@@ -68,14 +66,9 @@ class WorkflowRunHandle(Generic[ResultT]):
         `WorkflowCancelledError`, or `AikiTimeoutError` when `timeout` passes first.
         """
         outcome = await self._wait(list(RUN_TERMINAL_STATUSES), timeout)
-        if outcome.status is RunStatus.COMPLETED:
-            decoded = self._client.codec.decode(outcome.result, CodecContext(self.id, "result"))
-            return self._decode_result(decoded)
-        if outcome.status is RunStatus.CANCELLED:
-            reason = outcome.error.details.get("reason") if outcome.error else None
-            raise WorkflowCancelledError(self.id, None if reason is None else str(reason))
-        error = outcome.error or ErrorInfo(type="Unknown", message="the run failed")
-        raise WorkflowFailedError(self.id, error) from error.to_exception()
+        raise_for_outcome(self.id, outcome.status, outcome.error)
+        decoded = self._client.codec.decode(outcome.result, CodecContext(self.id, "result"))
+        return self._decode_result(decoded)
 
     async def cancel(self, reason: str | None = None) -> None:
         """Cancel the run and its children."""

@@ -279,6 +279,9 @@ from aiki_core._logging import (
 from aiki_core._logging import (
     StdlibLogger as StdlibLogger,
 )
+from aiki_core._outcomes import (
+    raise_for_outcome as raise_for_outcome,
+)
 from aiki_core._protocols import (
     EventDefinition as EventDefinition,
 )
@@ -515,6 +518,7 @@ __all__ = (
     "content_hash",
     "error_from_wire",
     "from_millis",
+    "raise_for_outcome",
     "task_address",
     "to_millis",
     "__version__",

@@ -4,13 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Generic, TypeVar
 
-from aiki_core import (
-    CodecContext,
-    ErrorInfo,
-    RunStatus,
-    WorkflowCancelledError,
-    WorkflowFailedError,
-)
+from aiki_core import CodecContext, raise_for_outcome
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -47,14 +41,9 @@ class ChildRun(Generic[OutT]):
         when the child did not complete, as `handle.result()` does for a client.
         """
         record = await self._parent.child_outcome(self.id, self._address, self._occurrence)
-        if record.status is RunStatus.COMPLETED:
-            codec = self._parent.codec
-            return self._decode_result(codec.decode(record.result, CodecContext(self.id, "result")))
-        if record.status is RunStatus.CANCELLED:
-            reason = record.error.details.get("reason") if record.error else None
-            raise WorkflowCancelledError(self.id, None if reason is None else str(reason))
-        error = record.error or ErrorInfo(type="Unknown", message="the child run failed")
-        raise WorkflowFailedError(self.id, error) from error.to_exception()
+        raise_for_outcome(self.id, record.status, record.error)
+        codec = self._parent.codec
+        return self._decode_result(codec.decode(record.result, CodecContext(self.id, "result")))
 
     def __repr__(self) -> str:
         return f"<ChildRun {self.id}>"
