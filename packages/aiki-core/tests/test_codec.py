@@ -15,8 +15,7 @@ CONTEXT = CodecContext(run_id="r-1", field="task:charge:" + "ab" * 32 + ":result
 class _KeyedCodec:
     """A codec of another shape, to show the protocol check is structural."""
 
-    @property
-    def address_key(self) -> bytes | None:
+    def address_key(self, run_input: JsonValue) -> bytes | None:
         return b"k"
 
     def encode(self, value: JsonValue, context: CodecContext) -> JsonValue:
@@ -49,7 +48,7 @@ def test_identity_codec_changes_nothing(value: Any) -> None:
 
 
 def test_identity_codec_has_no_address_key() -> None:
-    assert IdentityCodec().address_key is None
+    assert IdentityCodec().address_key({"any": "input"}) is None
 
 
 def test_codec_context_is_frozen() -> None:

@@ -35,9 +35,13 @@ class CodecContext:
 class PayloadCodec(Protocol):
     """Transforms JSON payloads for the wire and back."""
 
-    @property
-    def address_key(self) -> bytes | None:
-        """Key for HMAC task addresses, so hashes reveal nothing; `None` for plain SHA-256."""
+    def address_key(self, run_input: JsonValue) -> bytes | None:
+        """Key for the HMAC task addresses of the run whose encoded input is `run_input`.
+
+        `None` means plain SHA-256 addresses. An encrypting codec derives the key from
+        the key that sealed the run's input, so a run keeps its addresses when the key
+        ring rotates; it raises `CodecError` when that key is gone.
+        """
 
     def encode(self, value: JsonValue, context: CodecContext) -> JsonValue:
         """Turn a payload into what is sent to the server."""
@@ -49,8 +53,7 @@ class PayloadCodec(Protocol):
 class IdentityCodec:
     """The default codec: payloads travel and are stored as they are."""
 
-    @property
-    def address_key(self) -> bytes | None:
+    def address_key(self, run_input: JsonValue) -> bytes | None:
         """No key: task addresses are plain SHA-256 hashes."""
         return None
 

@@ -210,6 +210,8 @@ class WorkflowRun:
         self.attempt: int = claim.run.attempt
         self.log: Logger = execution.log
         self.ctx: Any = execution.context
+        # raises CodecError when the key that sealed the run's input is gone
+        self._address_key = execution.codec.address_key(claim.input)
         self._recorded: dict[tuple[str, int], TaskRecord] = {
             (t.address, t.occurrence): t for t in claim.tasks
         }
@@ -252,7 +254,7 @@ class WorkflowRun:
     async def execute_task(self, invocation: TaskInvocation) -> JsonValue:
         """The call's recorded result on replay; otherwise run it, record it, return it."""
         codec = self._execution.codec
-        address = task_address(invocation.name, invocation.input, key=codec.address_key)
+        address = task_address(invocation.name, invocation.input, key=self._address_key)
         occurrence = self._next("task", address)
         record = self._recorded.get((address, occurrence))
         attempt = 1
@@ -426,7 +428,7 @@ class WorkflowRun:
         for a task call; on replay the child started the first time is found again.
         """
         codec = self._execution.codec
-        address = task_address(f"{workflow}@{version}", payload, key=codec.address_key)
+        address = task_address(f"{workflow}@{version}", payload, key=self._address_key)
         occurrence = self._next("child", address)
         record = self._children.get((address, occurrence))
         if record is not None:

@@ -22,6 +22,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from aiki_core import (
     CodecContext,
+    CodecError,
     CompleteRun,
     ErrorInfo,
     FailRun,
@@ -146,19 +147,21 @@ class WorkflowVersion(Generic[InT, OutT]):
 
     async def execute(self, execution: RunExecution) -> RunAction:
         """Replay and continue a claimed run; what to do with it next."""
-        run = WorkflowRun(
-            execution,
-            task_retry=self.task_retry,
-            on_sleep=self.hooks.on_sleep,
-            strict_replay=self.strict_replay,
-        )
-        codec = execution.codec
+        run_id = execution.claim.run.id
         try:
-            raw = codec.decode(execution.claim.input, CodecContext(run.id, "input"))
+            run = WorkflowRun(
+                execution,
+                task_retry=self.task_retry,
+                on_sleep=self.hooks.on_sleep,
+                strict_replay=self.strict_replay,
+            )
+            raw = execution.codec.decode(execution.claim.input, CodecContext(run_id, "input"))
             payload = self._input.validate_python(raw)
+        except CodecError as exc:  # the input cannot be read: no attempt can succeed
+            return FailRun(error=ErrorInfo.from_exception(exc))
         except ValidationError as exc:
             error = PayloadValidationError.from_pydantic(
-                f"run {run.id} has an input that {self.workflow!r} {self.version} rejects", exc
+                f"run {run_id} has an input that {self.workflow!r} {self.version} rejects", exc
             )
             return FailRun(error=ErrorInfo.from_exception(error))
         try:
