@@ -20,6 +20,7 @@ from aiki_client.__about__ import __version__
 from aiki_client._handle import WorkflowRunHandle
 from aiki_client._http import AiohttpHttp, Http, HttpxHttp
 from aiki_client._schedules import Schedules
+from aiki_client._sealing import seal_input
 from aiki_core import (
     DEFAULT_NAMESPACE,
     ClaimRequest,
@@ -43,6 +44,7 @@ from aiki_core import (
     TransitionRunRequest,
     TransitionRunResponse,
     error_from_wire,
+    new_run_id,
 )
 
 if TYPE_CHECKING:
@@ -123,9 +125,12 @@ class Client:
         self, request: StartRunRequest, decode_result: Callable[[JsonValue], ResultT]
     ) -> WorkflowRunHandle[ResultT]:
         """Start (or find, by reference id) a run; prefer `version.start(client, payload)`."""
-        context = CodecContext(request.reference_id or "", "input")
-        encoded = request.model_copy(update={"input": self.codec.encode(request.input, context)})
-        started = await self._call("POST", "/runs", StartRunResponse, encoded)
+        run_id = request.run_id or new_run_id()
+        sealed, fingerprint = seal_input(self.codec, request.input, CodecContext.run_input(run_id))
+        outgoing = request.model_copy(
+            update={"run_id": run_id, "input": sealed, "input_hash": fingerprint}
+        )
+        started = await self._call("POST", "/runs", StartRunResponse, outgoing)
         return WorkflowRunHandle(self, started.run.id, decode_result)
 
     @overload
@@ -171,7 +176,7 @@ class Client:
         return await self._call("POST", f"/runs/{run_id}/tasks", RecordTaskResponse, request)
 
     async def start_child(self, run_id: RunId, request: StartChildRequest) -> StartRunResponse:
-        """Start a child of a held run (the codec was applied by the workflow)."""
+        """Start a child of a held run (the workflow sealed its input)."""
         return await self._call("POST", f"/runs/{run_id}/children", StartRunResponse, request)
 
     async def transition(

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 
 import anyio
 
+from aiki_client._sealing import open_detail
 from aiki_core import (
     RUN_TERMINAL_STATUSES,
     AikiTimeoutError,
@@ -51,7 +52,8 @@ class WorkflowRunHandle(Generic[ResultT]):
 
     async def detail(self) -> RunDetail:
         """The run with its tasks (attempts, errors), waits, events, children and history."""
-        return await self._client._call("GET", f"/runs/{self.id}", RunDetail)
+        detail = await self._client._call("GET", f"/runs/{self.id}", RunDetail)
+        return open_detail(self._client.codec, detail)
 
     async def wait_for_status(
         self, statuses: Iterable[RunStatus], *, timeout: timedelta | None = None
@@ -66,8 +68,10 @@ class WorkflowRunHandle(Generic[ResultT]):
         `WorkflowCancelledError`, or `AikiTimeoutError` when `timeout` passes first.
         """
         outcome = await self._wait(list(RUN_TERMINAL_STATUSES), timeout)
-        raise_for_outcome(self.id, outcome.status, outcome.error)
-        decoded = self._client.codec.decode(outcome.result, CodecContext(self.id, "result"))
+        codec = self._client.codec
+        error = outcome.error and outcome.error.open(codec, CodecContext.run(self.id, "error"))
+        raise_for_outcome(self.id, outcome.status, error)
+        decoded = codec.decode(outcome.result, CodecContext.run(self.id, "result"))
         return self._decode_result(decoded)
 
     async def cancel(self, reason: str | None = None) -> None:
@@ -99,7 +103,7 @@ class WorkflowRunHandle(Generic[ResultT]):
         An event sent before the run waits for it is kept until it does.
         """
         encoded = self._client.codec.encode(
-            event.encode_data(data), CodecContext(self.id, f"event:{event.name}")
+            event.encode_data(data), CodecContext.event(self.id, event.name)
         )
         request = SendEventRequest(name=event.name, data=encoded, reference_id=reference_id)
         return await self._client._call(

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Literal, TypeVar
 
 from pydantic import ValidationError
 
+from aiki_client._sealing import open_schedule, seal_input
 from aiki_core import (
     DEFAULT_POOL,
     CodecContext,
@@ -14,9 +15,11 @@ from aiki_core import (
     PayloadValidationError,
     Schedule,
     SchedulePage,
+    new_schedule_id,
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable
     from datetime import timedelta
 
     from aiki_client._client import Client
@@ -53,14 +56,21 @@ class Schedules:
         previous run is still going. Creating the same definition under `name` again
         returns the existing schedule; another definition is a `ConflictError`.
         """
-        context = CodecContext(name, "input")
+        schedule_id = new_schedule_id()
+        sealed, fingerprint = seal_input(
+            self._client.codec,
+            version.encode_payload(payload),
+            CodecContext.schedule_input(schedule_id),
+        )
         try:
             request = CreateScheduleRequest.model_validate(
                 {
                     "name": name,
+                    "id": schedule_id,
                     "workflow": version.workflow,
                     "version": version.version,
-                    "input": self._client.codec.encode(version.encode_payload(payload), context),
+                    "input": sealed,
+                    "input_hash": fingerprint,
                     "cron": cron,
                     "every": every,
                     "timezone": timezone,
@@ -70,25 +80,36 @@ class Schedules:
             )
         except ValidationError as exc:
             raise PayloadValidationError.from_pydantic(f"invalid schedule {name!r}", exc) from None
-        return await self._client._call("POST", "/schedules", Schedule, request)
+        return await self._open(self._client._call("POST", "/schedules", Schedule, request))
 
     async def list(self, *, limit: int = 50, cursor: str | None = None) -> SchedulePage:
         """One page of schedules, newest first; pass `next_cursor` back as `cursor`."""
         params = [("limit", str(limit))] + ([("cursor", cursor)] if cursor is not None else [])
-        return await self._client._call("GET", "/schedules", SchedulePage, params=params)
+        page = await self._client._call("GET", "/schedules", SchedulePage, params=params)
+        codec = self._client.codec
+        return page.model_copy(
+            update={"schedules": [open_schedule(codec, s) for s in page.schedules]}
+        )
+
+    async def _open(self, call: Awaitable[Schedule]) -> Schedule:
+        return open_schedule(self._client.codec, await call)
 
     async def get(self, schedule_id: str) -> Schedule:
         """One schedule, with its next fire time and last run."""
-        return await self._client._call("GET", f"/schedules/{schedule_id}", Schedule)
+        return await self._open(self._client._call("GET", f"/schedules/{schedule_id}", Schedule))
 
     async def pause(self, schedule_id: str) -> Schedule:
         """Stop firing until resumed."""
-        return await self._client._call("POST", f"/schedules/{schedule_id}/pause", Schedule)
+        return await self._open(
+            self._client._call("POST", f"/schedules/{schedule_id}/pause", Schedule)
+        )
 
     async def resume(self, schedule_id: str) -> Schedule:
         """Fire again, from the first occurrence after now."""
-        return await self._client._call("POST", f"/schedules/{schedule_id}/resume", Schedule)
+        return await self._open(
+            self._client._call("POST", f"/schedules/{schedule_id}/resume", Schedule)
+        )
 
     async def delete(self, schedule_id: str) -> Schedule:
         """Delete the schedule (the runs it started stay); the schedule as it was."""
-        return await self._client._call("DELETE", f"/schedules/{schedule_id}", Schedule)
+        return await self._open(self._client._call("DELETE", f"/schedules/{schedule_id}", Schedule))

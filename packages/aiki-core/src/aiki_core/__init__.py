@@ -267,6 +267,12 @@ from aiki_core._ids import (
 from aiki_core._ids import (
     WorkerId as WorkerId,
 )
+from aiki_core._ids import (
+    new_run_id as new_run_id,
+)
+from aiki_core._ids import (
+    new_schedule_id as new_schedule_id,
+)
 from aiki_core._logging import (
     ConsoleLogger as ConsoleLogger,
 )
@@ -314,6 +320,9 @@ from aiki_core._protocols import (
 )
 from aiki_core._records import (
     ChildRecord as ChildRecord,
+)
+from aiki_core._records import (
+    EventOrigin as EventOrigin,
 )
 from aiki_core._records import (
     EventRecord as EventRecord,
@@ -422,6 +431,7 @@ __all__ = (
     "ErrorInfo",
     "ErrorResponse",
     "EventId",
+    "EventOrigin",
     "EventRecord",
     "EventWaitRecord",
     "EventDefinition",
@@ -518,6 +528,8 @@ __all__ = (
     "content_hash",
     "error_from_wire",
     "from_millis",
+    "new_run_id",
+    "new_schedule_id",
     "raise_for_outcome",
     "task_address",
     "to_millis",

@@ -38,7 +38,9 @@ from aiki_core._records import (
 from aiki_core._retry import RetryPolicy
 from aiki_core._status import TASK_TERMINAL_STATUSES, RunStatus, TaskStatus
 from aiki_core._wire import (
+    ClientId,
     Count,
+    Fingerprint,
     Name,
     Ordinal,
     ReferenceId,
@@ -117,6 +119,16 @@ class StartRunRequest(RequestModel):
     workflow: Name
     version: VersionName
     input: JsonValue = None
+    run_id: ClientId | None = Field(
+        default=None,
+        description="The new run's id, minted by the client (a ULID) so the input can be "
+        "sealed to the run; the server mints one when it is left out.",
+    )
+    input_hash: Fingerprint | None = Field(
+        default=None,
+        description="The input's fingerprint, compared instead of the input when the "
+        "reference id exists (a keyed HMAC when the client seals its input).",
+    )
     reference_id: ReferenceId | None = None
     start_at: AwareDatetime | None = None
     delay: Duration | None = None
@@ -144,6 +156,9 @@ class StartChildRequest(RequestModel):
     workflow: Name
     version: VersionName
     input: JsonValue = None
+    run_id: ClientId | None = Field(
+        default=None, description="The child's id, minted by the parent (a ULID)."
+    )
     pool: Name | None = None
     timeout: Duration | None = None
 

@@ -10,7 +10,7 @@ nothing. The server never needs to read a payload, so it only ever stores what
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, Self, runtime_checkable
 
 if TYPE_CHECKING:
     from pydantic import JsonValue
@@ -22,13 +22,44 @@ __all__ = ["CodecContext", "IdentityCodec", "PayloadCodec"]
 class CodecContext:
     """Where a payload belongs; an encrypting codec binds its ciphertext to it.
 
-    `run_id` is the run (or, before the server has named the run, the start's
-    reference id); `field` names the slot, such as `"input"`, `"result"`,
-    `"task:<address>:result"` or `"event:<name>"`.
+    `run_id` is the run the payload belongs to (`schedule:<id>` for a schedule's
+    input, which every run it fires shares); `field` names the slot, such as
+    `"input"`, `"result"`, `"error"`, `"task:<address>:<occurrence>:result"` or
+    `"event:<name>"`. The constructors below build every slot Aiki uses, so the
+    side that seals a payload and the side that opens it agree.
     """
 
     run_id: str
     field: str
+
+    @classmethod
+    def run_input(cls, run_id: str, schedule_id: str | None = None) -> Self:
+        """A run's input: sealed to the run, or to its schedule when one fired it."""
+        if schedule_id is not None:
+            return cls.schedule_input(schedule_id)
+        return cls(run_id, "input")
+
+    @classmethod
+    def schedule_input(cls, schedule_id: str) -> Self:
+        """A schedule's input, shared by the runs it fires."""
+        return cls(f"schedule:{schedule_id}", "input")
+
+    @classmethod
+    def run(cls, run_id: str, part: Literal["result", "error"]) -> Self:
+        """A run's result or error."""
+        return cls(run_id, part)
+
+    @classmethod
+    def task(
+        cls, run_id: str, address: str, occurrence: int, part: Literal["input", "result", "error"]
+    ) -> Self:
+        """The input, result or error of one task call of a run."""
+        return cls(run_id, f"task:{address}:{occurrence}:{part}")
+
+    @classmethod
+    def event(cls, run_id: str, name: str) -> Self:
+        """The data of an event sent to a run."""
+        return cls(run_id, f"event:{name}")
 
 
 @runtime_checkable

@@ -5,6 +5,10 @@ exception's qualified type, message, formatted stack, whether it may be retried,
 the structured details of an `AikiError`, and its cause chain (`__cause__`, or the
 implicit `__context__` unless suppressed). `to_exception()` turns it back into a
 `RemoteError` chain in the process that reads it.
+
+Messages and stacks can hold user data, so an encrypting codec seals an error
+whole (`seal`): what travels keeps only the type, code and retryability in clear,
+for operators and retry decisions; `open` restores it where the codec's keys are.
 """
 
 from __future__ import annotations
@@ -14,9 +18,13 @@ from typing import Self
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
+from aiki_core._codec import CodecContext, IdentityCodec, PayloadCodec
 from aiki_core._exceptions import AikiError, RemoteError
 
 __all__ = ["ErrorInfo"]
+
+SEALED_MESSAGE = "(sealed by the codec)"
+"""The message a sealed error shows where the codec's keys are not."""
 
 MAX_CAUSE_DEPTH = 16
 """Causes deeper than this are cut off: a chain that long is a bug, not a diagnosis."""
@@ -34,6 +42,11 @@ class ErrorInfo(BaseModel):
     code: str | None = Field(default=None, description="The wire code of an AikiError.")
     details: dict[str, JsonValue] = Field(default_factory=dict)
     cause: ErrorInfo | None = None
+    sealed: JsonValue = Field(
+        default=None,
+        description="The whole error as the codec sealed it; the other fields then hold "
+        "only its type, code and retryability.",
+    )
 
     @classmethod
     def from_exception(cls, exc: BaseException, *, include_stack: bool = True) -> Self:
@@ -71,6 +84,25 @@ class ErrorInfo(BaseModel):
             details=details,
             cause=cause,
         )
+
+    def seal(self, codec: PayloadCodec, context: CodecContext) -> ErrorInfo:
+        """This error as it leaves the process: sealed whole, unless the codec is the identity."""
+        if isinstance(codec, IdentityCodec) or self.sealed is not None:
+            return self
+        sealed = codec.encode(self.model_dump(mode="json"), context)
+        return ErrorInfo(
+            type=self.type,
+            message=SEALED_MESSAGE,
+            retryable=self.retryable,
+            code=self.code,
+            sealed=sealed,
+        )
+
+    def open(self, codec: PayloadCodec, context: CodecContext) -> ErrorInfo:
+        """The error a `seal` sealed (raises `CodecError` if it cannot be opened)."""
+        if self.sealed is None:
+            return self
+        return ErrorInfo.model_validate(codec.decode(self.sealed, context))
 
     def to_exception(self) -> RemoteError:
         """A `RemoteError` for this error, with its causes chained as `__cause__`."""

@@ -1,13 +1,17 @@
 """Branded identifiers.
 
 Every id travels as a plain string on the wire; `NewType` keeps a `RunId` from being
-passed where a `ScheduleId` is expected, at no runtime cost. The server mints ids
-(ULIDs); the SDK only carries them.
+passed where a `ScheduleId` is expected, at no runtime cost. Ids are ULIDs. The
+server mints most of them; a client mints the id of a run or schedule it creates
+(`new_run_id`, `new_schedule_id`), so a payload can be sealed to the run before the
+server has seen it.
 """
 
 from __future__ import annotations
 
 from typing import NewType
+
+from ulid import ULID
 
 __all__ = [
     "DEFAULT_NAMESPACE",
@@ -21,6 +25,8 @@ __all__ = [
     "TaskId",
     "WebhookId",
     "WorkerId",
+    "new_run_id",
+    "new_schedule_id",
 ]
 
 RunId = NewType("RunId", str)
@@ -55,3 +61,13 @@ DEFAULT_NAMESPACE = Namespace("default")
 
 DEFAULT_POOL = PoolName("default")
 """The pool used when a start names none."""
+
+
+def new_run_id() -> RunId:
+    """A fresh run id (a ULID), for a run the caller is about to start."""
+    return RunId(str(ULID()))
+
+
+def new_schedule_id() -> ScheduleId:
+    """A fresh schedule id (a ULID), for a schedule the caller is about to create."""
+    return ScheduleId(str(ULID()))

@@ -13,12 +13,13 @@ from typing import Literal
 from pydantic import AwareDatetime, Field, JsonValue
 
 from aiki_core._error_info import ErrorInfo
-from aiki_core._ids import EventId, Namespace, PoolName, RunId, TaskAddress, TaskId
+from aiki_core._ids import EventId, Namespace, PoolName, RunId, ScheduleId, TaskAddress, TaskId
 from aiki_core._status import RunStatus, TaskStatus
 from aiki_core._wire import Count, Ordinal, ResponseModel
 
 __all__ = [
     "ChildRecord",
+    "EventOrigin",
     "EventRecord",
     "EventWaitRecord",
     "RunDetail",
@@ -29,6 +30,9 @@ __all__ = [
     "TaskAttemptRecord",
     "TaskRecord",
 ]
+
+EventOrigin = Literal["api", "webhook"]
+"""How an event reached its run: sent through the API, or posted to a webhook URL."""
 
 
 class RunSummary(ResponseModel):
@@ -44,6 +48,9 @@ class RunSummary(ResponseModel):
     attempt: Ordinal = Field(description="Workflow-level attempt (retries of the whole run).")
     reference_id: str | None = None
     parent_run_id: RunId | None = None
+    schedule_id: ScheduleId | None = Field(
+        default=None, description="The schedule that fired the run (its input is the schedule's)."
+    )
     created_at: AwareDatetime
     updated_at: AwareDatetime
     start_at: AwareDatetime | None = Field(default=None, description="A delayed start's due time.")
@@ -116,6 +123,11 @@ class EventRecord(ResponseModel):
     name: str
     reference_id: str | None = None
     data: JsonValue = None
+    origin: EventOrigin = Field(
+        default="api",
+        description="`api`: sent by a client, its data as the client's codec sealed it; "
+        "`webhook`: delivered to a webhook URL, its data as the sender posted it.",
+    )
     received_at: AwareDatetime
     consumed: bool = False
 

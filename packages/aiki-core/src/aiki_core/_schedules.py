@@ -17,7 +17,7 @@ from pydantic import AfterValidator, AwareDatetime, Field, JsonValue, model_vali
 
 from aiki_core._duration import Duration
 from aiki_core._ids import DEFAULT_POOL, Namespace, PoolName, RunId, ScheduleId
-from aiki_core._wire import Name, RequestModel, ResponseModel, VersionName
+from aiki_core._wire import ClientId, Fingerprint, Name, RequestModel, ResponseModel, VersionName
 
 __all__ = ["CreateScheduleRequest", "OverlapPolicy", "Schedule", "SchedulePage"]
 
@@ -54,6 +54,16 @@ class CreateScheduleRequest(RequestModel):
     workflow: Name
     version: VersionName
     input: JsonValue = None
+    id: ClientId | None = Field(
+        default=None,
+        description="The new schedule's id, minted by the client (a ULID) so the input can "
+        "be sealed to it; the server mints one when it is left out.",
+    )
+    input_hash: Fingerprint | None = Field(
+        default=None,
+        description="The input's fingerprint, compared instead of the input when the name "
+        "exists (a keyed HMAC when the client seals its input).",
+    )
     cron: str | None = Field(default=None, min_length=1, max_length=200)
     every: Duration | None = None
     timezone: Timezone = "UTC"

@@ -13,7 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 __all__ = [
     "MAX_COUNT",
+    "ClientId",
     "Count",
+    "Fingerprint",
     "Name",
     "Ordinal",
     "ReferenceId",
@@ -49,6 +51,12 @@ VersionName = Annotated[
 
 ReferenceId = Annotated[str, StringConstraints(min_length=1, max_length=255)]
 """A caller-chosen idempotency key."""
+
+ClientId = Annotated[str, StringConstraints(pattern=r"^[0-9A-HJKMNP-TV-Z]{26}$")]
+"""An id a client mints for a run or schedule before it exists: a ULID in canonical form."""
+
+Fingerprint = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+"""A hex SHA-256 or HMAC-SHA-256 of a payload's canonical JSON."""
 
 MAX_COUNT = 2**63 - 1
 """The largest revision, occurrence or attempt: what a 64-bit database integer holds."""

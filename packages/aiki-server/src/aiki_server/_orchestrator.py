@@ -85,6 +85,7 @@ from aiki_server._schedules import Schedules
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Collection, Sequence
 
+    from aiki_core import EventOrigin
     from aiki_server._storage._database import Database, Row, Tx
 
 _WAIT_STATUS_BY_KIND = {
@@ -136,7 +137,7 @@ class Orchestrator:
         now = self.clock()
         fingerprint = _fingerprint(req)  # hashed before the write lock is taken
         async with self.db.transaction() as tx:
-            return await self.start_in(tx, namespace, req, now, fingerprint)
+            return await self.start_in(tx, namespace, req, now, fingerprint=fingerprint)
 
     async def start_in(
         self,
@@ -144,7 +145,9 @@ class Orchestrator:
         namespace: str,
         req: StartRunRequest,
         now: int,
+        *,
         fingerprint: str | None = None,
+        schedule_id: str | None = None,
     ) -> StartRunResponse:
         """`start_run` inside the caller's transaction (a schedule firing, say)."""
         fingerprint = fingerprint or _fingerprint(req)
@@ -171,6 +174,8 @@ class Orchestrator:
             start_at=_start_time(req, now),
             timeout_ms=None if req.timeout is None else to_millis(req.timeout),
             now=now,
+            run_id=req.run_id,
+            schedule_id=schedule_id,
         )
         return StartRunResponse(run=run_summary(row), created=True)
 
@@ -188,12 +193,17 @@ class Orchestrator:
         start_at: int | None,
         timeout_ms: int | None,
         now: int,
+        run_id: str | None = None,
         parent: tuple[str, str, int] | None = None,
+        schedule_id: str | None = None,
     ) -> Row:
         delayed = start_at is not None and start_at > now
         status = RunStatus.SCHEDULED if delayed else RunStatus.QUEUED
         deadline = None if timeout_ms is None else max(start_at or now, now) + timeout_ms
-        run_id = _new_id()
+        if run_id is None:
+            run_id = _new_id()
+        elif await tx.fetchrow("SELECT id FROM runs WHERE id = $1", run_id) is not None:
+            raise ConflictError(f"a run with id {run_id} exists", details={"run_id": run_id})
         parent_id, child_address, child_occurrence = parent or (None, None, None)
         values: dict[str, Any] = {
             "id": run_id,
@@ -209,6 +219,7 @@ class Orchestrator:
             "parent_run_id": parent_id,
             "child_address": child_address,
             "child_occurrence": child_occurrence,
+            "schedule_id": schedule_id,
             "input": input_json,
             "timeout_ms": timeout_ms,
             "created_at": now,
@@ -391,7 +402,11 @@ class Orchestrator:
             return await self._summary(tx, run_id)
 
     async def send_event(
-        self, namespace: str, run_id: str, req: SendEventRequest
+        self,
+        namespace: str,
+        run_id: str,
+        req: SendEventRequest,
+        origin: EventOrigin = "api",
     ) -> SendEventResponse:
         """Store an event for the run (once per reference id) and hand it to a waiting wait."""
         now = self.clock()
@@ -413,13 +428,15 @@ class Orchestrator:
                     return SendEventResponse(event_id=seen["id"], duplicate=True)
             event_id = _new_id()
             await tx.execute(
-                "INSERT INTO events (id, run_id, name, reference_id, data, received_at, consumed)"
-                " VALUES ($1, $2, $3, $4, $5, $6, 0)",
+                "INSERT INTO events"
+                " (id, run_id, name, reference_id, data, origin, received_at, consumed)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, 0)",
                 event_id,
                 run_id,
                 req.name,
                 req.reference_id,
                 dump(req.data),
+                origin,
                 now,
             )
             wait = await tx.fetchrow(
@@ -645,11 +662,12 @@ class Orchestrator:
                 version=req.version,
                 pool=pool,
                 input_json=dump(req.input),
-                fingerprint=content_hash([req.version, req.input, pool]),
+                fingerprint=content_hash([req.version, content_hash(req.input), pool]),
                 reference_id=None,
                 start_at=None,
                 timeout_ms=None if req.timeout is None else to_millis(req.timeout),
                 now=now,
+                run_id=req.run_id,
                 parent=(parent_id, req.address, req.occurrence),
             )
         return StartRunResponse(run=run_summary(row), created=True)
@@ -793,8 +811,12 @@ class Orchestrator:
 
 
 def _fingerprint(req: StartRunRequest) -> str:
-    """What a reference id's run must match for a start to return it."""
-    return content_hash([req.version, req.input, req.pool])
+    """What a reference id's run must match for a start to return it.
+
+    The input counts by its fingerprint: the client's (keyed, when it seals the input,
+    whose ciphertext differs on every start) or else its plain SHA-256.
+    """
+    return content_hash([req.version, req.input_hash or content_hash(req.input), req.pool])
 
 
 def _start_time(req: StartRunRequest, now: int) -> int | None:

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 RUN_COLUMNS = (
     "id, namespace, workflow, version, pool, status, revision, attempt, reference_id,"
-    " parent_run_id, created_at, updated_at, start_at, deadline_at, finished_at"
+    " parent_run_id, schedule_id, created_at, updated_at, start_at, deadline_at, finished_at"
 )
 
 
@@ -62,6 +62,7 @@ def _summary_fields(row: Row) -> dict[str, Any]:
         "attempt": row["attempt"],
         "reference_id": row["reference_id"],
         "parent_run_id": row["parent_run_id"],
+        "schedule_id": row["schedule_id"],
         "created_at": from_ms(row["created_at"]),
         "updated_at": from_ms(row["updated_at"]),
         "start_at": from_ms(row["start_at"]),
@@ -138,6 +139,7 @@ def event_record(row: Row) -> EventRecord:
         name=row["name"],
         reference_id=row["reference_id"],
         data=load(row["data"]),
+        origin=row["origin"],
         received_at=from_ms(row["received_at"]),
         consumed=bool(row["consumed"]),
     )

@@ -149,7 +149,7 @@ class Schedules:
             [
                 req.workflow,
                 req.version,
-                req.input,
+                req.input_hash or content_hash(req.input),
                 req.cron,
                 cadence.every_ms,
                 req.timezone,
@@ -168,8 +168,14 @@ class Schedules:
                         details={"schedule_id": existing["id"], "name": req.name},
                     )
                 return schedule_model(existing), False
+            if req.id is not None and await tx.fetchrow(
+                "SELECT id FROM schedules WHERE id = $1", req.id
+            ):
+                raise ConflictError(
+                    f"a schedule with id {req.id} exists", details={"schedule_id": req.id}
+                )
             values = {
-                "id": str(ULID()),
+                "id": req.id or str(ULID()),
                 "namespace": namespace,
                 "name": req.name,
                 "workflow": req.workflow,
@@ -270,7 +276,9 @@ class Schedules:
                 reference_id=reference_id(schedule["id"], occurrence),
             )
             try:
-                started = await self._orch.start_in(tx, schedule["namespace"], request, now)
+                started = await self._orch.start_in(
+                    tx, schedule["namespace"], request, now, schedule_id=schedule["id"]
+                )
                 last_run_id = started.run.id
             except ReferenceIdConflictError as exc:
                 # a run started by hand under this reference id holds the occurrence;

@@ -116,7 +116,7 @@ class Webhooks:
         check_data(json.loads(webhook["data_schema"]), data, webhook["event"])
         event = SendEventRequest(name=webhook["event"], data=data, reference_id=idempotency_key)
         return await self._orch.db.retry(
-            lambda: self._orch.send_event(webhook["namespace"], webhook["run_id"], event)
+            lambda: self._orch.send_event(webhook["namespace"], webhook["run_id"], event, "webhook")
         )
 
     def _sign(self, webhook_id: str, run_id: str, event: str, expires: str) -> str:

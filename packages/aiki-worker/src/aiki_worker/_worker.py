@@ -27,6 +27,7 @@ from aiki_core import (
     DEFAULT_POOL,
     AikiError,
     ClaimRequest,
+    CodecContext,
     ConflictError,
     ErrorInfo,
     FailRun,
@@ -258,7 +259,9 @@ class Worker:
             action = ReleaseRun()
         except Exception as exc:  # a bug outside user code: fail the run, keep the worker
             log.error("run crashed the engine", {"error": repr(exc)})
-            action = FailRun(error=ErrorInfo.from_exception(exc))
+            error = ErrorInfo.from_exception(exc)
+            context = CodecContext.run(run.id, "error")
+            action = FailRun(error=error.seal(self.client.codec, context))
         finally:
             if held.scope.cancel_called and held.directive is not None:
                 log.info("run stopped", {"directive": held.directive.value})

@@ -41,9 +41,10 @@ class ChildRun(Generic[OutT]):
         when the child did not complete, as `handle.result()` does for a client.
         """
         record = await self._parent.child_outcome(self.id, self._address, self._occurrence)
-        raise_for_outcome(self.id, record.status, record.error)
         codec = self._parent.codec
-        return self._decode_result(codec.decode(record.result, CodecContext(self.id, "result")))
+        error = record.error and record.error.open(codec, CodecContext.run(self.id, "error"))
+        raise_for_outcome(self.id, record.status, error)
+        return self._decode_result(codec.decode(record.result, CodecContext.run(self.id, "result")))
 
     def __repr__(self) -> str:
         return f"<ChildRun {self.id}>"

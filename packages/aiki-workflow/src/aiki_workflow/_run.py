@@ -56,6 +56,7 @@ from aiki_core import (
     TaskFailedError,
     TaskStatus,
     canonical_json,
+    new_run_id,
     task_address,
     to_millis,
 )
@@ -248,9 +249,6 @@ class WorkflowRun:
         self._occurrences[kind, key] += 1
         return occurrence
 
-    def _codec_context(self, address: str, occurrence: int, part: str) -> CodecContext:
-        return CodecContext(self.id, f"task:{address}:{occurrence}:{part}")
-
     async def execute_task(self, invocation: TaskInvocation) -> JsonValue:
         """The call's recorded result on replay; otherwise run it, record it, return it."""
         codec = self._execution.codec
@@ -264,11 +262,14 @@ class WorkflowRun:
             self._replayed.add((address, occurrence))
             if record.status is TaskStatus.COMPLETED:
                 return codec.decode(
-                    record.result, self._codec_context(address, occurrence, "result")
+                    record.result, CodecContext.task(self.id, address, occurrence, "result")
                 )
             if record.status is TaskStatus.FAILED:
                 assert record.error is not None
-                raise TaskFailedError(self.id, invocation.name, record.error)
+                error = record.error.open(
+                    codec, CodecContext.task(self.id, address, occurrence, "error")
+                )
+                raise TaskFailedError(self.id, invocation.name, error)
             attempt = len(record.attempts) + 1
             if record.next_attempt_at is not None and record.next_attempt_at > _now():
                 await self.block(AwaitRetry(retry_at=record.next_attempt_at))
@@ -289,7 +290,9 @@ class WorkflowRun:
             invocation,
             address,
             occurrence,
-            codec.encode(invocation.input, self._codec_context(address, occurrence, "input")),
+            codec.encode(
+                invocation.input, CodecContext.task(self.id, address, occurrence, "input")
+            ),
         )
         while True:
             info = TaskAttemptInfo(
@@ -331,7 +334,9 @@ class WorkflowRun:
                 await anyio.sleep(delay.total_seconds())
                 attempt += 1
                 continue
-            encoded = codec.encode(result, self._codec_context(address, occurrence, "result"))
+            encoded = codec.encode(
+                result, CodecContext.task(self.id, address, occurrence, "result")
+            )
             # recorded before the next task runs, or with the run's transition
             self._execution.defer_task(
                 self._request(
@@ -395,8 +400,10 @@ class WorkflowRun:
         record = self._event_waits.get((name, occurrence))
         if record is not None and record.status == "received":
             assert record.event_id is not None
-            data = self._events[record.event_id].data
-            return True, self._execution.codec.decode(data, CodecContext(self.id, f"event:{name}"))
+            event = self._events[record.event_id]
+            if event.origin == "webhook":  # posted in clear by a third party
+                return True, event.data
+            return True, self._execution.codec.decode(event.data, CodecContext.event(self.id, name))
         if record is not None and record.status == "timed_out":
             return False, None
         if record is not None:
@@ -436,13 +443,15 @@ class WorkflowRun:
         # writes in flight: the run must not suspend under them (see `block`)
         with self._task_in_flight():
             await self._write(self._execution.flush_tasks())
+            child_id = new_run_id()
             request = StartChildRequest(
                 revision=self._execution.claim.run.revision,
                 address=address,
                 occurrence=occurrence,
                 workflow=workflow,
                 version=version,
-                input=codec.encode(payload, self._codec_context(address, occurrence, "child")),
+                run_id=child_id,
+                input=codec.encode(payload, CodecContext.run_input(child_id)),
                 pool=pool,
                 timeout=timeout,
             )
@@ -507,8 +516,16 @@ class WorkflowRun:
         await self._write(self._execution.record_task(request))
 
     def _request(
-        self, call: _Call, attempt: int, status: TaskStatus, **fields: Any
+        self,
+        call: _Call,
+        attempt: int,
+        status: TaskStatus,
+        error: ErrorInfo | None = None,
+        **fields: Any,
     ) -> RecordTaskRequest:
+        if error is not None:
+            context = CodecContext.task(self.id, call.address, call.occurrence, "error")
+            error = error.seal(self._execution.codec, context)
         return RecordTaskRequest(
             revision=self._execution.claim.run.revision,
             name=call.invocation.name,
@@ -518,6 +535,7 @@ class WorkflowRun:
             status=status,
             input=call.encoded_input,
             retry=call.invocation.retry,
+            error=error,
             **fields,
         )
 

@@ -147,7 +147,15 @@ class WorkflowVersion(Generic[InT, OutT]):
 
     async def execute(self, execution: RunExecution) -> RunAction:
         """Replay and continue a claimed run; what to do with it next."""
-        run_id = execution.claim.run.id
+        action = await self._execute(execution)
+        if isinstance(action, FailRun):  # the error leaves the process sealed
+            context = CodecContext.run(execution.claim.run.id, "error")
+            return action.model_copy(update={"error": action.error.seal(execution.codec, context)})
+        return action
+
+    async def _execute(self, execution: RunExecution) -> RunAction:
+        claimed = execution.claim.run
+        run_id = claimed.id
         try:
             run = WorkflowRun(
                 execution,
@@ -155,7 +163,9 @@ class WorkflowVersion(Generic[InT, OutT]):
                 on_sleep=self.hooks.on_sleep,
                 strict_replay=self.strict_replay,
             )
-            raw = execution.codec.decode(execution.claim.input, CodecContext(run_id, "input"))
+            raw = execution.codec.decode(
+                execution.claim.input, CodecContext.run_input(run_id, claimed.schedule_id)
+            )
             payload = self._input.validate_python(raw)
         except CodecError as exc:  # the input cannot be read: no attempt can succeed
             return FailRun(error=ErrorInfo.from_exception(exc))
@@ -192,7 +202,7 @@ class WorkflowVersion(Generic[InT, OutT]):
             return failure
         await self.hooks.run_completed(run, payload, validated)
         encoded = run.codec.encode(
-            self._output.dump_python(validated, mode="json"), CodecContext(run.id, "result")
+            self._output.dump_python(validated, mode="json"), CodecContext.run(run.id, "result")
         )
         return CompleteRun(result=encoded)
 
