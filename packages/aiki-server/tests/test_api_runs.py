@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import pytest
 
+from aiki_core import content_hash
 from server_api import (
     FAR_FUTURE,
     START_MS,
@@ -79,6 +80,48 @@ async def test_same_reference_id_with_other_input_is_a_conflict(
     assert details == {"reference_id": "ref-1", "run_id": run["id"]}
     assert await list_ids(server) == [run["id"]]
     assert (await get_run(server, run["id"]))["input"] == {"a": 1}
+
+
+async def test_a_client_minted_run_id_names_the_run(server: httpx.AsyncClient) -> None:
+    run_id = "01JDQ7V8Y3N4X2K5M6P7R8S9T0"
+    body = {"workflow": "w", "version": "1", "run_id": run_id}
+    r = await server.post("/runs", json=body)
+    assert r.status_code == 201, r.text
+    assert r.json()["run"]["id"] == run_id
+    assert (await get_run(server, run_id))["status"] == "queued"
+    # the same id again, without a reference id to make it the same start: a conflict
+    again = await server.post("/runs", json={**body, "input": 2})
+    assert error_of(again, 409, "conflict") == {"run_id": run_id}
+    assert await list_ids(server) == [run_id]
+
+
+@pytest.mark.parametrize(
+    "run_id", ["short", "01jdq7v8y3n4x2k5m6p7r8s9t0", "01JDQ7V8Y3N4X2K5M6P7R8S9TU"]
+)
+async def test_a_run_id_that_is_not_a_ulid_is_refused(
+    server: httpx.AsyncClient, run_id: str
+) -> None:
+    r = await server.post("/runs", json={"workflow": "w", "version": "1", "run_id": run_id})
+    error_of(r, 422, "payload_validation")
+    assert await list_ids(server) == []
+
+
+async def test_a_reference_id_compares_input_fingerprints_when_given(
+    server: httpx.AsyncClient,
+) -> None:
+    # sealed inputs differ on every start; their fingerprint does not
+    body = {"workflow": "w", "version": "1", "reference_id": "ref-f", "input_hash": "a" * 64}
+    first = await server.post("/runs", json={**body, "input": "ciphertext-1"})
+    again = await server.post("/runs", json={**body, "input": "ciphertext-2"})
+    assert again.status_code == 200, again.text
+    assert again.json()["run"]["id"] == first.json()["run"]["id"]
+    other = await server.post("/runs", json={**body, "input_hash": "b" * 64})
+    error_of(other, 409, "reference_id_conflict")
+    # without a fingerprint, the input's own hash stands in for it
+    plain = {"workflow": "w", "version": "1", "reference_id": "ref-p", "input": {"a": 1}}
+    one = await server.post("/runs", json=plain)
+    hashed = {**plain, "input": "other", "input_hash": content_hash({"a": 1})}
+    assert (await server.post("/runs", json=hashed)).json()["run"]["id"] == one.json()["run"]["id"]
 
 
 async def test_delay_makes_a_scheduled_run(harness: Harness) -> None:
