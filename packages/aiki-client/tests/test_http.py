@@ -17,7 +17,6 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlsplit
 
-import aiohttp
 import anyio
 import httpx
 import pytest
@@ -194,14 +193,14 @@ async def test_nothing_listening_raises_server_unavailable_naming_the_url() -> N
         with pytest.raises(ServerUnavailableError) as caught:
             await client.list_runs()
     assert f"http://127.0.0.1:{port}" in str(caught.value)
-    assert isinstance(caught.value.__cause__, aiohttp.ClientConnectorError)
+    assert isinstance(caught.value.__cause__, ConnectionRefusedError)
 
 
 @pytest.mark.parametrize(("retries", "backoff"), [(0, []), (2, [0.1, 0.2]), (3, [0.1, 0.2, 0.4])])
 async def test_connect_attempts_are_retries_plus_one_with_a_doubling_backoff(
     monkeypatch: pytest.MonkeyPatch, retries: int, backoff: list[float]
 ) -> None:
-    # a spy on the back-off, not on aiohttp: one sleep between two connect attempts
+    # a spy on the back-off: one sleep between two connect attempts
     slept: list[float] = []
     real_sleep = anyio.sleep
 
@@ -259,16 +258,16 @@ async def test_a_get_closed_without_an_answer_is_unavailable() -> None:
         async with Client(f"http://127.0.0.1:{server.port}", connect_retries=3) as client:
             with pytest.raises(ServerUnavailableError):
                 await client.run_handle(RunId("r1")).status()
-    # aiohttp itself sends an idempotent request once more on a fresh connection
-    # (RFC 9112 §9.3.1); the client's connect retries add nothing on top of it
-    assert 1 <= server.connections <= 2
+    # a fresh connection's GET is not sent again; the client's connect retries add
+    # nothing on top of it (a kept-alive connection's GET would be, see below)
+    assert server.connections == 1
     assert {(r.method, r.path) for r in server.requests} == {("GET", "/api/v1/runs/r1")}
 
 
 # -- error answers -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", ["aiohttp", "httpx"])
+@pytest.mark.parametrize("path", ["socket", "httpx"])
 async def test_an_aiki_404_becomes_not_found_with_its_ids(path: str) -> None:
     wire = NotFoundError("run", "r404").to_wire()
     async with serve(lambda _: answer(404, json.dumps(wire).encode())) as server:
@@ -283,7 +282,7 @@ async def test_an_aiki_404_becomes_not_found_with_its_ids(path: str) -> None:
     assert [r.path for r in server.requests] == ["/api/v1/runs/r404"]
 
 
-@pytest.mark.parametrize("path", ["aiohttp", "httpx"])
+@pytest.mark.parametrize("path", ["socket", "httpx"])
 @pytest.mark.parametrize(
     ("status", "expected"), [(502, ServerError), (503, ServerUnavailableError)]
 )
@@ -428,3 +427,83 @@ async def test_sequential_calls_share_one_keep_alive_connection() -> None:
         ("GET", 1),
         ("POST", 1),
     ]
+
+
+def nth_reply(replies: dict[int, bytes | None]) -> Callable[[Received], bytes | None]:
+    """Answer the n-th request (from 1) with `replies[n]`, else with an empty page."""
+    count = 0
+
+    def reply(request: Received) -> bytes | None:
+        nonlocal count
+        count += 1
+        return replies.get(count, page_or_summary_reply(request))
+
+    return reply
+
+
+async def test_a_kept_alive_get_closed_unanswered_is_sent_once_more_on_a_fresh_connection() -> None:
+    async with serve(nth_reply({2: None})) as server:
+        async with Client(f"http://127.0.0.1:{server.port}") as client:
+            await client.list_runs()
+            assert await client.list_runs() == RunPage(runs=[])
+    assert [(r.method, r.connection) for r in server.requests] == [
+        ("GET", 1),
+        ("GET", 1),
+        ("GET", 2),
+    ]
+
+
+async def test_a_kept_alive_post_closed_unanswered_is_not_sent_again() -> None:
+    async with serve(nth_reply({2: None})) as server:
+        async with Client(f"http://127.0.0.1:{server.port}") as client:
+            await client.list_runs()
+            with pytest.raises(ServerUnavailableError):
+                await client.run_handle(RunId("r1")).cancel()
+    assert [(r.method, r.connection) for r in server.requests] == [("GET", 1), ("POST", 1)]
+
+
+async def test_a_chunked_answer_and_connection_close_are_honoured() -> None:
+    chunked = (
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+        b"transfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+        + b"".join(
+            f"{len(part):x}\r\n".encode() + part + b"\r\n"
+            for part in (EMPTY_PAGE[:10], EMPTY_PAGE[10:])
+        )
+        + b"0\r\n\r\n"
+    )
+    async with serve(nth_reply({1: chunked})) as server:
+        async with Client(f"http://127.0.0.1:{server.port}") as client:
+            assert await client.list_runs() == RunPage(runs=[])
+            assert await client.list_runs() == RunPage(runs=[])
+    # the first answer asked to close: the second request came on a new connection
+    assert [r.connection for r in server.requests] == [1, 2]
+
+
+async def test_a_connection_idle_past_the_keep_alive_is_not_reused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("aiki_client._socket_http.KEEPALIVE_SECONDS", 0.05)
+    async with serve(page_reply) as server:
+        async with Client(f"http://127.0.0.1:{server.port}") as client:
+            await client.list_runs()
+            await client.list_runs()
+            await anyio.sleep(0.1)
+            await client.list_runs()
+    assert [r.connection for r in server.requests] == [1, 1, 2]
+
+
+async def test_concurrent_requests_each_take_a_connection_and_come_back_to_the_pool() -> None:
+    async with serve(page_reply) as server:
+        async with Client(f"http://127.0.0.1:{server.port}") as client:
+            async with anyio.create_task_group() as tg:
+                for _ in range(3):
+                    tg.start_soon(client.list_runs)
+            await client.list_runs()
+    assert server.connections == 3
+    assert len(server.requests) == 4
+
+
+def test_a_base_url_that_is_not_http_is_refused() -> None:
+    with pytest.raises(ValueError, match="http:// or https://"):
+        Client("ftp://example.com")

@@ -3,7 +3,8 @@
 It starts runs (as the `WorkflowStarter` a workflow version needs), hands out run
 handles, lists runs, manages schedules (`client.schedules`), and serves workers (as
 their `WorkerApi`). Every payload passes
-through its codec on the way out and back. Requests travel over aiohttp, or through
+through its codec on the way out and back. Requests travel on its own keep-alive
+connections (`_socket_http`), or through
 an httpx transport when one is given (see `_http`); a connection that cannot be
 opened is tried again (the request never reached the server, so that is always
 safe), and every HTTP error becomes the `AikiError` the server named.
@@ -18,9 +19,10 @@ from pydantic import ValidationError
 
 from aiki_client.__about__ import __version__
 from aiki_client._handle import WorkflowRunHandle
-from aiki_client._http import AiohttpHttp, Http, HttpxHttp
+from aiki_client._http import Http, HttpxHttp
 from aiki_client._schedules import Schedules
 from aiki_client._sealing import seal_input
+from aiki_client._socket_http import SocketHttp
 from aiki_core import (
     DEFAULT_NAMESPACE,
     ClaimRequest,
@@ -99,7 +101,7 @@ class Client:
             headers["authorization"] = f"Bearer {api_key}"
         api_url = f"{self.base_url}/api/v1"
         self._http: Http = (
-            AiohttpHttp(api_url, headers, connect_retries=connect_retries)
+            SocketHttp(api_url, headers, connect_retries=connect_retries)
             if transport is None
             else HttpxHttp(api_url, headers, transport)
         )
