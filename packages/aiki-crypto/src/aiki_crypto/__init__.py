@@ -4,6 +4,8 @@
     from aiki_crypto import AesGcmCodec, KeyRing
 
     client = Client(url, codec=AesGcmCodec(KeyRing.from_env("AIKI_KEYS")))
+
+`python -m aiki_crypto new-key <id>` prints a new `id:<base64url key>` ring entry.
 """
 
 from __future__ import annotations
