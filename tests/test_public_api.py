@@ -163,7 +163,7 @@ EXPECTED_EXPORTS: dict[str, tuple[str, ...]] = {
     ),
     "aiki_client": ("Client", "Schedules", "WorkflowRunHandle", "__version__"),
     "aiki_worker": ("Worker", "__version__"),
-    "aiki_crypto": ("__version__",),
+    "aiki_crypto": ("AesGcmCodec", "KeyRing", "__version__"),
     "aiki_server": ("ServerSettings", "__version__", "create_app"),
 }
 
