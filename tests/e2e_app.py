@@ -6,6 +6,9 @@ real worker processes:
     python tests/e2e_app.py --url http://127.0.0.1:PORT --counters DIR \\
         [--heartbeat-ms N] [--task-delay-ms N] [--max-backoff-ms N]
 
+With `AIKI_KEYS` in its environment (a key ring, see `aiki_crypto.KeyRing.from_env`)
+the worker seals and opens every payload with `AesGcmCodec`.
+
 Every execution of a task's body appends one line (`<pid> <time>`) to a counter
 file of its own in DIR, `<name>.count`, and syncs it to disk: the tests count how
 often each body ran, across processes and crashes.
@@ -31,6 +34,7 @@ from aiki_core import (
     RetryPolicy,
     WorkflowFailedError,
 )
+from aiki_crypto import AesGcmCodec, KeyRing
 from aiki_task import TaskContext, task
 from aiki_worker import Worker
 from aiki_workflow import WorkflowRun, event, workflow
@@ -369,6 +373,55 @@ async def webhook_v1(run: WorkflowRun, key: str) -> str:
     return f"approved by {got.data.by} through the webhook"
 
 
+# -- a secret in every kind of payload ----------------------------------------------------
+
+
+class Secret(BaseModel):
+    """A key for counters, and a marker that must never reach the server in clear."""
+
+    key: str
+    marker: str
+
+
+confided = event("confided", str)
+
+
+@task("confide", retry=RetryPolicy.fixed(max_attempts=3, delay=timedelta(milliseconds=50)))
+async def confide(secret: Secret, ctx: TaskContext) -> str:
+    """Fail the first attempt with the marker in the error, then return it."""
+    count(f"confide-{secret.key}")
+    if ctx.attempt == 1:
+        raise RuntimeError(f"the first attempt leaks {secret.marker}")
+    return f"confided {secret.marker}"
+
+
+secret_child = workflow("e2e-secret-child")
+
+
+@secret_child.v("1.0.0")
+async def secret_child_v1(run: WorkflowRun, secret: Secret) -> str:
+    """Fail with the marker in the run's error."""
+    raise LookupError(f"the child hides {secret.marker}")
+
+
+secrets = workflow("e2e-secrets")
+
+
+@secrets.v("1.0.0")
+async def secrets_v1(run: WorkflowRun, secret: Secret) -> str:
+    """Carry the marker through a task (result and error), a child's error and an event."""
+    told = await confide.start(run, secret)
+    child = await secret_child_v1.start_child(run, secret)
+    try:
+        await child.result()
+    except WorkflowFailedError as failed:
+        heard_from_child = failed.error.message
+    else:
+        raise AssertionError("the secret child must fail")
+    got = await confided.wait(run)
+    return f"{told}; {heard_from_child}; heard {got.data}"
+
+
 VERSIONS: list[ExecutableVersion] = [
     hello_v1,
     flaky_v1,
@@ -381,6 +434,8 @@ VERSIONS: list[ExecutableVersion] = [
     family_v1,
     pausable_v1,
     webhook_v1,
+    secret_child_v1,
+    secrets_v1,
 ]
 
 
@@ -389,7 +444,8 @@ VERSIONS: list[ExecutableVersion] = [
 
 async def serve(url: str, heartbeat: timedelta, max_backoff: timedelta) -> None:
     """Run a worker for every version until SIGINT or SIGTERM."""
-    async with Client(url, logger=ConsoleLogger(LogLevel.INFO)) as client:
+    codec = AesGcmCodec(KeyRing.from_env()) if "AIKI_KEYS" in os.environ else None
+    async with Client(url, codec=codec, logger=ConsoleLogger(LogLevel.INFO)) as client:
         worker = Worker(
             client,
             VERSIONS,

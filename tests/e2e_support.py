@@ -19,9 +19,9 @@ from e2e_app import step_counter
 from live_processes import free_port
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Mapping
 
-    from aiki_core import RunDetail, RunId
+    from aiki_core import PayloadCodec, RunDetail, RunId
     from live_processes import LiveProcess, LiveProcesses, ServerProcess
 
 E2E_APP = Path(__file__).with_name("e2e_app.py")
@@ -81,11 +81,12 @@ async def start_worker(
     heartbeat_ms: int = 1000,
     task_delay_ms: int = 0,
     max_backoff_ms: int = 200,
+    env: Mapping[str, str] | None = None,
 ) -> LiveProcess:
     """A worker process running every version of `e2e_app.py` against `server_url`.
 
     It need not wait for the server: until the server answers, it backs off for up
-    to `max_backoff_ms` between tries.
+    to `max_backoff_ms` between tries. `env` adds to its environment (`AIKI_KEYS`).
     """
     counters.directory.mkdir(parents=True, exist_ok=True)
     return await processes.spawn(
@@ -104,6 +105,7 @@ async def start_worker(
             "--max-backoff-ms",
             str(max_backoff_ms),
         ],
+        env=env,
     )
 
 
@@ -119,15 +121,26 @@ class Stack:
 
 @asynccontextmanager
 async def open_stack(
-    db_url: str, processes: LiveProcesses, tmp_path: Path, **worker_options: int
+    db_url: str,
+    processes: LiveProcesses,
+    tmp_path: Path,
+    *,
+    codec: PayloadCodec | None = None,
+    worker_env: Mapping[str, str] | None = None,
+    **worker_options: int,
 ) -> AsyncIterator[Stack]:
-    """A fresh server on `db_url` with one worker process (`start_worker`'s options), a client."""
+    """A fresh server on `db_url` with one worker process (`start_worker`'s options), a client.
+
+    The client uses `codec`; the worker gets `worker_env` (`AIKI_KEYS` for the same codec).
+    """
     # both processes start at once: the worker retries until the server listens
     port = free_port()
     counters = Counters(tmp_path / "counters")
-    worker = await start_worker(processes, f"http://127.0.0.1:{port}", counters, **worker_options)
+    worker = await start_worker(
+        processes, f"http://127.0.0.1:{port}", counters, env=worker_env, **worker_options
+    )
     server = await processes.start_server(db_url, port=port)
-    async with Client(server.base_url, logger=QUIET) as client:
+    async with Client(server.base_url, codec=codec, logger=QUIET) as client:
         yield Stack(server, worker, client, counters)
     assert worker.returncode is None, "the worker process died"
 

@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
     from pathlib import Path
 
     from anyio.abc import Process
@@ -104,9 +104,14 @@ class LiveProcesses:
     log_dir: Path
     started: list[LiveProcess] = field(default_factory=list)
 
-    async def spawn(self, name: str, argv: Sequence[str]) -> LiveProcess:
-        """Start `argv` (a `sys.executable` is not added), logging to `<name>.log`."""
-        process, log = await self._open(name, argv)
+    async def spawn(
+        self, name: str, argv: Sequence[str], *, env: Mapping[str, str] | None = None
+    ) -> LiveProcess:
+        """Start `argv` (a `sys.executable` is not added), logging to `<name>.log`.
+
+        `env` adds to (or overrides) this process's environment.
+        """
+        process, log = await self._open(name, argv, env)
         live = LiveProcess(name, process, log)
         self.started.append(live)
         return live
@@ -135,11 +140,17 @@ class LiveProcesses:
         await _wait_healthy(server)
         return server
 
-    async def _open(self, name: str, argv: Sequence[str]) -> tuple[Process, Path]:
+    async def _open(
+        self, name: str, argv: Sequence[str], env: Mapping[str, str] | None = None
+    ) -> tuple[Process, Path]:
         log = self.log_dir / f"{name}-{len(self.started) + 1}.log"
         with log.open("ab") as log_file:
             process = await anyio.open_process(
-                list(argv), stdin=None, stdout=log_file, stderr=log_file
+                list(argv),
+                stdin=None,
+                stdout=log_file,
+                stderr=log_file,
+                env=None if env is None else {**os.environ, **env},
             )
         return process, log
 
