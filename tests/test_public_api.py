@@ -60,6 +60,7 @@ EXPECTED_EXPORTS: dict[str, tuple[str, ...]] = {
         "MAX_TASKS_PER_TRANSITION",
         "MAX_WEBHOOK_LIFETIME",
         "MAX_WEBHOOK_SCHEMA_BYTES",
+        "Name",
         "Namespace",
         "NonRetryableError",
         "NotFoundError",
