@@ -192,6 +192,7 @@ def test_the_test_harness_module_is_pinned() -> None:
     import aiki_server.testing
 
     assert aiki_server.testing.__all__ == (
+        "ApiKey",
         "EmbeddedServer",
         "TestClock",
         "embedded_server",
