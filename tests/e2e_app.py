@@ -4,7 +4,7 @@ Its workflows and tasks are imported by the tests (to start runs, typed) and run
 real worker processes:
 
     python tests/e2e_app.py --url http://127.0.0.1:PORT --counters DIR \\
-        [--heartbeat-ms N] [--task-delay-ms N] [--max-backoff-ms N]
+        [--heartbeat-ms N] [--task-delay-ms N] [--max-backoff-ms N] [--api-key KEY]
 
 Every execution of a task's body appends one line (`<pid> <time>`) to a counter
 file of its own in DIR, `<name>.count`, and syncs it to disk: the tests count how
@@ -387,9 +387,11 @@ VERSIONS: list[ExecutableVersion] = [
 # -- the worker process ------------------------------------------------------------------
 
 
-async def serve(url: str, heartbeat: timedelta, max_backoff: timedelta) -> None:
-    """Run a worker for every version until SIGINT or SIGTERM."""
-    async with Client(url, logger=ConsoleLogger(LogLevel.INFO)) as client:
+async def serve(
+    url: str, heartbeat: timedelta, max_backoff: timedelta, api_key: str | None
+) -> None:
+    """Run a worker for every version until SIGINT or SIGTERM (or the key is refused)."""
+    async with Client(url, api_key=api_key, logger=ConsoleLogger(LogLevel.INFO)) as client:
         worker = Worker(
             client,
             VERSIONS,
@@ -408,6 +410,7 @@ def main() -> None:
     parser.add_argument("--heartbeat-ms", type=int, default=1000)
     parser.add_argument("--task-delay-ms", type=int, default=0, help="each step sleeps this long")
     parser.add_argument("--max-backoff-ms", type=int, default=500)
+    parser.add_argument("--api-key", help="the worker's API key (default: none)")
     args = parser.parse_args()
     SETTINGS.counters = args.counters
     SETTINGS.task_delay = args.task_delay_ms / 1000
@@ -416,6 +419,7 @@ def main() -> None:
         args.url,
         timedelta(milliseconds=args.heartbeat_ms),
         timedelta(milliseconds=args.max_backoff_ms),
+        args.api_key,
     )
 
 

@@ -81,13 +81,15 @@ async def start_worker(
     heartbeat_ms: int = 1000,
     task_delay_ms: int = 0,
     max_backoff_ms: int = 200,
+    api_key: str | None = None,
 ) -> LiveProcess:
     """A worker process running every version of `e2e_app.py` against `server_url`.
 
     It need not wait for the server: until the server answers, it backs off for up
-    to `max_backoff_ms` between tries.
+    to `max_backoff_ms` between tries. With `api_key`, its client sends that key.
     """
     counters.directory.mkdir(parents=True, exist_ok=True)
+    key_args = [] if api_key is None else ["--api-key", api_key]
     return await processes.spawn(
         "worker",
         [
@@ -103,6 +105,7 @@ async def start_worker(
             str(task_delay_ms),
             "--max-backoff-ms",
             str(max_backoff_ms),
+            *key_args,
         ],
     )
 
@@ -119,13 +122,14 @@ class Stack:
 
 @asynccontextmanager
 async def open_stack(
-    db_url: str, processes: LiveProcesses, tmp_path: Path, **worker_options: int
+    db_url: str, processes: LiveProcesses, tmp_path: Path, *, heartbeat_ms: int = 1000
 ) -> AsyncIterator[Stack]:
-    """A fresh server on `db_url` with one worker process (`start_worker`'s options), a client."""
+    """A fresh server on `db_url` with one worker process (heartbeating so often), a client."""
     # both processes start at once: the worker retries until the server listens
     port = free_port()
     counters = Counters(tmp_path / "counters")
-    worker = await start_worker(processes, f"http://127.0.0.1:{port}", counters, **worker_options)
+    url = f"http://127.0.0.1:{port}"
+    worker = await start_worker(processes, url, counters, heartbeat_ms=heartbeat_ms)
     server = await processes.start_server(db_url, port=port)
     async with Client(server.base_url, logger=QUIET) as client:
         yield Stack(server, worker, client, counters)
