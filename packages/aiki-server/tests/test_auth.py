@@ -292,6 +292,15 @@ async def test_keys_list_and_revoke(db_url: str) -> None:
     assert not any(h in listing for h in hashes)  # never the hash
 
 
+async def test_a_db_given_before_the_subcommand_is_the_one_used(db_url: str) -> None:
+    status, out, err = await aiki_server("--db", db_url, "keys", "create", "--namespace=ops")
+    assert status == 0, err
+
+    _, listing, _ = await aiki_server("keys", "list", "--db", db_url)
+
+    assert out.strip()[5:31] in listing
+
+
 @pytest.mark.parametrize("namespace", ["", "has space", "-leading", "x" * 201, "é"])
 async def test_keys_create_refuses_an_invalid_namespace(db_url: str, namespace: str) -> None:
     status, out, err = await aiki_server(

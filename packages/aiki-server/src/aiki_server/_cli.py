@@ -58,65 +58,81 @@ def _env(name: str, default: str) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--db",
-        default=_env("AIKI_DB", DEFAULT_DB),
-        help="SQLite file path (default ./aiki.db) or postgresql://user@host/db [AIKI_DB]",
-    )
-    parser = argparse.ArgumentParser(
-        prog="aiki-server", description="The Aiki orchestrator.", parents=[common]
-    )
+    parser = argparse.ArgumentParser(prog="aiki-server", description="The Aiki orchestrator.")
     parser.add_argument("--version", action="version", version=f"aiki-server {__version__}")
+    _db_option(parser, _env("AIKI_DB", DEFAULT_DB))
+    _serve_options(parser, inherit=False)
+    # a subcommand's copy of an option has no default of its own, so the top level's
+    # stands: an option given before the subcommand (`--db X keys list`) is kept
+    common = argparse.ArgumentParser(add_help=False)
+    _db_option(common, argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command")
     serve = commands.add_parser("serve", parents=[common], help="serve the API (the default)")
+    _serve_options(serve, inherit=True)
     commands.add_parser("migrate", parents=[common], help="apply migrations and exit")
     _add_key_commands(commands, common)
-    for target in (parser, serve):
-        target.add_argument("--host", default=_env("AIKI_HOST", DEFAULT_HOST), help="[AIKI_HOST]")
-        target.add_argument(
-            "--port",
-            type=int,
-            default=int(_env("AIKI_PORT", str(DEFAULT_PORT))),
-            help="[AIKI_PORT]",
-        )
-        target.add_argument(
-            "--claim-idle-timeout",
-            type=float,
-            default=float(_env("AIKI_CLAIM_IDLE_TIMEOUT", "90")),
-            metavar="SECONDS",
-            help="re-queue a run whose worker stopped heartbeating [AIKI_CLAIM_IDLE_TIMEOUT]",
-        )
-        target.add_argument(
-            "--max-body-bytes",
-            type=int,
-            default=int(_env("AIKI_MAX_BODY_BYTES", str(2 * 1024 * 1024))),
-            help="refuse larger request bodies with 413 [AIKI_MAX_BODY_BYTES]",
-        )
-        target.add_argument(
-            "--webhook-secret",
-            default=os.environ.get("AIKI_WEBHOOK_SECRET"),
-            metavar="SECRET",
-            help="signs webhook URLs, at least 32 characters (prefer the env var: arguments"
-            " show in ps); default: generated once and kept in the database"
-            " [AIKI_WEBHOOK_SECRET]",
-        )
-        target.add_argument(
-            "--public-url",
-            default=os.environ.get("AIKI_PUBLIC_URL"),
-            metavar="URL",
-            help="base URL of webhook URLs, e.g. https://aiki.example.com; default: the"
-            " base URL of the request that mints one [AIKI_PUBLIC_URL]",
-        )
-        target.add_argument(
-            "--require-api-key",
-            action="store_const",
-            const="1",
-            default=_env("AIKI_REQUIRE_API_KEY", "0"),
-            help="refuse requests without an API key even while the database holds none"
-            " (default: keys are required once one exists) [AIKI_REQUIRE_API_KEY=1]",
-        )
     return parser
+
+
+def _db_option(target: argparse.ArgumentParser, default: str) -> None:
+    target.add_argument(
+        "--db",
+        default=default,
+        help="SQLite file path (default ./aiki.db) or postgresql://user@host/db [AIKI_DB]",
+    )
+
+
+def _serve_options(target: argparse.ArgumentParser, *, inherit: bool) -> None:
+    """The options of `serve`; with `inherit`, their defaults are the top level's."""
+
+    def default(value: object) -> object:
+        return argparse.SUPPRESS if inherit else value
+
+    target.add_argument(
+        "--host", default=default(_env("AIKI_HOST", DEFAULT_HOST)), help="[AIKI_HOST]"
+    )
+    target.add_argument(
+        "--port",
+        type=int,
+        default=default(int(_env("AIKI_PORT", str(DEFAULT_PORT)))),
+        help="[AIKI_PORT]",
+    )
+    target.add_argument(
+        "--claim-idle-timeout",
+        type=float,
+        default=default(float(_env("AIKI_CLAIM_IDLE_TIMEOUT", "90"))),
+        metavar="SECONDS",
+        help="re-queue a run whose worker stopped heartbeating [AIKI_CLAIM_IDLE_TIMEOUT]",
+    )
+    target.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=default(int(_env("AIKI_MAX_BODY_BYTES", str(2 * 1024 * 1024)))),
+        help="refuse larger request bodies with 413 [AIKI_MAX_BODY_BYTES]",
+    )
+    target.add_argument(
+        "--webhook-secret",
+        default=default(os.environ.get("AIKI_WEBHOOK_SECRET")),
+        metavar="SECRET",
+        help="signs webhook URLs, at least 32 characters (prefer the env var: arguments"
+        " show in ps); default: generated once and kept in the database"
+        " [AIKI_WEBHOOK_SECRET]",
+    )
+    target.add_argument(
+        "--public-url",
+        default=default(os.environ.get("AIKI_PUBLIC_URL")),
+        metavar="URL",
+        help="base URL of webhook URLs, e.g. https://aiki.example.com; default: the"
+        " base URL of the request that mints one [AIKI_PUBLIC_URL]",
+    )
+    target.add_argument(
+        "--require-api-key",
+        action="store_const",
+        const="1",
+        default=default(_env("AIKI_REQUIRE_API_KEY", "0")),
+        help="refuse requests without an API key even while the database holds none"
+        " (default: keys are required once one exists) [AIKI_REQUIRE_API_KEY=1]",
+    )
 
 
 def _add_key_commands(
