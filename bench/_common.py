@@ -86,6 +86,24 @@ async def server_process(db_url: str, log: Path) -> AsyncIterator[Server]:
         yield Server(base_url, process.pid)
 
 
+async def create_api_key(db_url: str) -> str:
+    """A new API key (namespace `bench`) in the database, by `aiki-server keys create`."""
+    done = await anyio.run_process(
+        [
+            sys.executable,
+            "-m",
+            "aiki_server",
+            "keys",
+            "create",
+            "--db",
+            db_url,
+            "--namespace",
+            "bench",
+        ]
+    )
+    return done.stdout.decode().strip()
+
+
 @asynccontextmanager
 async def logged_process(command: Sequence[str], log: Path) -> AsyncIterator[Process]:
     """A child process writing stdout and stderr to `log`; stopped on exit."""

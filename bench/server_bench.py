@@ -12,6 +12,10 @@ For SQLite and for PostgreSQL, this script
    task result → complete, until every run completed;
 5. counts the rows in the database: a figure is printed only if its check passes.
 
+With `--api-key`, the scratch database gets an API key (`aiki-server keys create`)
+before the server starts, and every request carries it: the figures with
+authentication on.
+
 Run it with `hatch run bench:server` (`--quick` for a smaller run, `--help` for more).
 """
 
@@ -39,6 +43,7 @@ from _common import (
     aiki_counts,
     check_counts,
     cpu_seconds,
+    create_api_key,
     exit_with_status,
     fresh_schema,
     pg_unreachable,
@@ -67,6 +72,7 @@ class Options:
     workers: int
     starters: int
     raw_commits: int
+    api_key: bool
 
 
 def _options(argv: list[str] | None = None) -> Options:
@@ -86,6 +92,11 @@ def _options(argv: list[str] | None = None) -> Options:
         help="start requests the starter keeps in flight in (b) (default 4)",
     )
     parser.add_argument("--raw-commits", type=int, help="commits for each raw rate (default 2000)")
+    parser.add_argument(
+        "--api-key",
+        action="store_true",
+        help="create an API key in the scratch database and send it with every request",
+    )
     args = parser.parse_args(argv)
     quick = bool(args.quick)
     return Options(
@@ -97,6 +108,7 @@ def _options(argv: list[str] | None = None) -> Options:
         workers=args.workers,
         starters=args.starters,
         raw_commits=args.raw_commits or (500 if quick else 2000),
+        api_key=bool(args.api_key),
     )
 
 
@@ -345,10 +357,11 @@ class Report:
 async def bench_server(db_url: str, opts: Options, log: Path, report: Report) -> None:
     """Start a server on `db_url`, measure both figures, and check the rows they wrote."""
     limits = httpx.Limits(max_connections=128, max_keepalive_connections=128)
+    headers = {"authorization": f"Bearer {await create_api_key(db_url)}"} if opts.api_key else {}
     async with (
         server_process(db_url, log) as server,
         httpx.AsyncClient(
-            base_url=server.base_url, timeout=REQUEST_TIMEOUT, limits=limits
+            base_url=server.base_url, timeout=REQUEST_TIMEOUT, limits=limits, headers=headers
         ) as client,
     ):
         with anyio.fail_after(PHASE_TIMEOUT):
@@ -464,7 +477,8 @@ async def _main(opts: Options) -> int:
     print(
         f"aiki-server bench: {opts.starts} starts by {opts.clients} clients;"
         f" {opts.cycles} cycles by {opts.workers} workers and {opts.starters} start senders;"
-        f" {opts.raw_commits} raw commits; python {sys.version.split()[0]},"
+        f" {opts.raw_commits} raw commits;{' with an API key;' if opts.api_key else ''}"
+        f" python {sys.version.split()[0]},"
         f" SQLite {sqlite3.sqlite_version}, {os.cpu_count()} cores"
     )
     failed = False

@@ -4,7 +4,7 @@ Its workflows and tasks are imported by the tests (to start runs, typed) and run
 real worker processes:
 
     python tests/e2e_app.py --url http://127.0.0.1:PORT --counters DIR \\
-        [--heartbeat-ms N] [--task-delay-ms N] [--max-backoff-ms N]
+        [--heartbeat-ms N] [--task-delay-ms N] [--max-backoff-ms N] [--api-key KEY]
 
 With `AIKI_KEYS` in its environment (a key ring, see `aiki_crypto.KeyRing.from_env`)
 the worker seals and opens every payload with `AesGcmCodec`.
@@ -442,10 +442,13 @@ VERSIONS: list[ExecutableVersion] = [
 # -- the worker process ------------------------------------------------------------------
 
 
-async def serve(url: str, heartbeat: timedelta, max_backoff: timedelta) -> None:
-    """Run a worker for every version until SIGINT or SIGTERM."""
+async def serve(
+    url: str, heartbeat: timedelta, max_backoff: timedelta, api_key: str | None
+) -> None:
+    """Run a worker for every version until SIGINT or SIGTERM (or the key is refused)."""
     codec = AesGcmCodec(KeyRing.from_env()) if "AIKI_KEYS" in os.environ else None
-    async with Client(url, codec=codec, logger=ConsoleLogger(LogLevel.INFO)) as client:
+    logger = ConsoleLogger(LogLevel.INFO)
+    async with Client(url, api_key=api_key, codec=codec, logger=logger) as client:
         worker = Worker(
             client,
             VERSIONS,
@@ -464,6 +467,7 @@ def main() -> None:
     parser.add_argument("--heartbeat-ms", type=int, default=1000)
     parser.add_argument("--task-delay-ms", type=int, default=0, help="each step sleeps this long")
     parser.add_argument("--max-backoff-ms", type=int, default=500)
+    parser.add_argument("--api-key", help="the worker's API key (default: none)")
     args = parser.parse_args()
     SETTINGS.counters = args.counters
     SETTINGS.task_delay = args.task_delay_ms / 1000
@@ -472,6 +476,7 @@ def main() -> None:
         args.url,
         timedelta(milliseconds=args.heartbeat_ms),
         timedelta(milliseconds=args.max_backoff_ms),
+        args.api_key,
     )
 
 

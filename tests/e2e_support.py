@@ -81,14 +81,17 @@ async def start_worker(
     heartbeat_ms: int = 1000,
     task_delay_ms: int = 0,
     max_backoff_ms: int = 200,
+    api_key: str | None = None,
     env: Mapping[str, str] | None = None,
 ) -> LiveProcess:
     """A worker process running every version of `e2e_app.py` against `server_url`.
 
     It need not wait for the server: until the server answers, it backs off for up
-    to `max_backoff_ms` between tries. `env` adds to its environment (`AIKI_KEYS`).
+    to `max_backoff_ms` between tries. With `api_key`, its client sends that key;
+    `env` adds to its environment (`AIKI_KEYS`).
     """
     counters.directory.mkdir(parents=True, exist_ok=True)
+    key_args = [] if api_key is None else ["--api-key", api_key]
     return await processes.spawn(
         "worker",
         [
@@ -104,6 +107,7 @@ async def start_worker(
             str(task_delay_ms),
             "--max-backoff-ms",
             str(max_backoff_ms),
+            *key_args,
         ],
         env=env,
     )
@@ -125,20 +129,19 @@ async def open_stack(
     processes: LiveProcesses,
     tmp_path: Path,
     *,
+    heartbeat_ms: int = 1000,
     codec: PayloadCodec | None = None,
     worker_env: Mapping[str, str] | None = None,
-    **worker_options: int,
 ) -> AsyncIterator[Stack]:
-    """A fresh server on `db_url` with one worker process (`start_worker`'s options), a client.
+    """A fresh server on `db_url` with one worker process (heartbeating so often), a client.
 
     The client uses `codec`; the worker gets `worker_env` (`AIKI_KEYS` for the same codec).
     """
     # both processes start at once: the worker retries until the server listens
     port = free_port()
     counters = Counters(tmp_path / "counters")
-    worker = await start_worker(
-        processes, f"http://127.0.0.1:{port}", counters, env=worker_env, **worker_options
-    )
+    url = f"http://127.0.0.1:{port}"
+    worker = await start_worker(processes, url, counters, heartbeat_ms=heartbeat_ms, env=worker_env)
     server = await processes.start_server(db_url, port=port)
     async with Client(server.base_url, codec=codec, logger=QUIET) as client:
         yield Stack(server, worker, client, counters)

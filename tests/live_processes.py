@@ -22,6 +22,8 @@ import anyio
 import httpx
 import pytest
 
+from aiki_server.testing import ApiKey
+
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
     from pathlib import Path
@@ -95,6 +97,20 @@ class ServerProcess(LiveProcess):
     def base_url(self) -> str:
         """`http://127.0.0.1:PORT`, what a `Client` takes."""
         return f"http://127.0.0.1:{self.port}"
+
+    async def create_api_key(self, namespace: str) -> ApiKey:
+        """A new key of `namespace`, by `aiki-server keys create` on the server's database.
+
+        The server requires keys from then on, within `KEY_CACHE_TTL` for requests
+        without one; the new key itself works at once.
+        """
+        key = (await _key_command("create", "--db", self.db_url, "--namespace", namespace)).strip()
+        # a key is `aiki_<id>_<secret>`, its id a 26-character ULID
+        return ApiKey(key.removeprefix("aiki_")[:26], namespace, key)
+
+    async def revoke_api_key(self, key_id: str) -> None:
+        """Revoke a key by `aiki-server keys revoke`; the server refuses it within the TTL."""
+        await _key_command("revoke", "--db", self.db_url, key_id)
 
 
 @dataclass(eq=False)
@@ -171,6 +187,17 @@ class LiveProcesses:
             + live.log_text()
             for live in self.started
         )
+
+
+async def _key_command(*args: str) -> str:
+    """Run `python -m aiki_server keys *args`; its stdout (a failure fails the test)."""
+    done = await anyio.run_process(
+        [sys.executable, "-m", "aiki_server", "keys", *args], check=False
+    )
+    if done.returncode != 0:
+        problem = done.stderr.decode(errors="replace")
+        pytest.fail(f"aiki-server keys {' '.join(args)} exited {done.returncode}:\n{problem}")
+    return done.stdout.decode()
 
 
 async def _wait_healthy(server: ServerProcess) -> None:

@@ -60,6 +60,7 @@ EXPECTED_EXPORTS: dict[str, tuple[str, ...]] = {
         "MAX_TASKS_PER_TRANSITION",
         "MAX_WEBHOOK_LIFETIME",
         "MAX_WEBHOOK_SCHEMA_BYTES",
+        "Name",
         "Namespace",
         "NonRetryableError",
         "NotFoundError",
@@ -191,6 +192,7 @@ def test_the_test_harness_module_is_pinned() -> None:
     import aiki_server.testing
 
     assert aiki_server.testing.__all__ == (
+        "ApiKey",
         "EmbeddedServer",
         "TestClock",
         "embedded_server",

@@ -24,6 +24,7 @@ import pytest
 from aiki_client import Client
 from aiki_core import (
     AikiError,
+    AuthenticationError,
     Namespace,
     NotFoundError,
     PayloadValidationError,
@@ -301,6 +302,28 @@ async def test_a_plain_text_5xx_becomes_the_fallback_error_with_its_text(
     assert server.connections == 1  # an answered request is never retried
 
 
+@pytest.mark.parametrize("path", ["socket", "httpx"])
+async def test_a_401_becomes_authentication_error_and_is_not_retried(path: str) -> None:
+    wire = AuthenticationError("the API key is not valid: malformed, unknown or revoked")
+    reply = json.dumps(wire.to_wire()).encode()
+    async with serve(lambda _: answer(401, reply)) as server:
+        transport = httpx.AsyncHTTPTransport() if path == "httpx" else None
+        async with Client(
+            f"http://127.0.0.1:{server.port}", api_key="aiki_REVOKED", transport=transport
+        ) as client:
+            with pytest.raises(AuthenticationError) as caught:
+                await client.list_runs()
+    assert caught.value.message == wire.message
+    assert caught.value.retryable is False
+    assert [r.header("authorization") for r in server.requests] == ["Bearer aiki_REVOKED"]
+
+
+@pytest.mark.parametrize("api_key", ["", "aiki_x\r\nx-injected: 1", "two words", "cl\u00e9"])
+def test_an_api_key_that_is_no_header_token_is_refused(api_key: str) -> None:
+    with pytest.raises(ValueError, match="api_key"):
+        Client(api_key=api_key)
+
+
 async def test_a_2xx_that_is_not_the_answer_is_a_server_error() -> None:
     page = b"<html>a captive portal</html>"
     async with serve(lambda _: answer(200, page, "text/html")) as server:
@@ -343,6 +366,26 @@ async def test_a_post_carries_json_the_user_agent_and_the_api_key() -> None:
     assert request.header("host") == f"127.0.0.1:{server.port}"
     assert json.loads(request.body) == {"reason": "why"}
     assert request.header("content-length") == str(len(request.body))
+
+
+@pytest.mark.parametrize("path", ["socket", "httpx"])
+async def test_every_request_carries_the_api_key(path: str) -> None:
+    def reply(request: Received) -> bytes:
+        return summary_reply(request) if request.method == "POST" else page_reply(request)
+
+    async with serve(reply) as server:
+        transport = httpx.AsyncHTTPTransport() if path == "httpx" else None
+        async with Client(
+            f"http://127.0.0.1:{server.port}", api_key="KEY", transport=transport
+        ) as client:
+            await client.list_runs()
+            await client.run_handle(RunId("r1")).cancel()
+            await client.list_runs()
+    assert [(r.method, r.header("authorization")) for r in server.requests] == [
+        ("GET", "Bearer KEY"),
+        ("POST", "Bearer KEY"),
+        ("GET", "Bearer KEY"),
+    ]
 
 
 async def test_a_get_carries_its_query_and_no_body_and_no_key_unless_given() -> None:

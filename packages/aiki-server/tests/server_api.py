@@ -14,19 +14,22 @@ as protocols.
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
+import httpx
 
+from aiki_server._api_keys import create_key
 from aiki_server._timers import TimerDaemon
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import AsyncIterator, Mapping, Sequence
 
-    import httpx
     from fastapi import FastAPI
+
+    from aiki_server._api_keys import ApiKey
 
 FAR_FUTURE = "2100-01-01T00:00:00Z"
 """A moment no test reaches: a sleep until then never wakes by itself."""
@@ -91,6 +94,24 @@ def error_of(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
     details = body["error"]["details"]
     assert isinstance(details, dict)
     return details
+
+
+# -- API keys ------------------------------------------------------------------------------
+
+
+async def new_key(app: FastAPI, namespace: str) -> ApiKey:
+    """A new API key of `namespace`, written straight to the app's database."""
+    return await create_key(app.state.orchestrator.db, namespace, START_MS)
+
+
+@asynccontextmanager
+async def client_with(app: FastAPI, key: str | None) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client on `app` (rooted at `/api/v1`) sending `key` as its bearer token."""
+    headers = {} if key is None else {"authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://aiki/api/v1", headers=headers
+    ) as client:
+        yield client
 
 
 # -- requests ------------------------------------------------------------------------------

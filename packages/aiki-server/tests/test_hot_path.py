@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from aiki_core import DEFAULT_NAMESPACE
+from aiki_server._auth import NAMESPACE_SCOPE_KEY
 from aiki_server._hot_path import HotPath
 from server_api import claim_one, get_run, start
 
@@ -54,7 +56,13 @@ async def post(
     async def send(message: Message) -> None:
         sent.append(message)
 
-    scope = {"type": "http", "method": "POST", "path": path, "headers": []}
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": path,
+        "headers": [],
+        NAMESPACE_SCOPE_KEY: DEFAULT_NAMESPACE,  # as `ApiKeyAuth` puts it
+    }
     await hot(scope, receive, send)
     return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
 

@@ -13,6 +13,7 @@ safe), and every HTTP error becomes the `AikiError` the server named.
 from __future__ import annotations
 
 import json
+import re
 from typing import TYPE_CHECKING, Any, Self, TypeVar, overload
 
 from pydantic import ValidationError
@@ -24,7 +25,6 @@ from aiki_client._schedules import Schedules
 from aiki_client._sealing import seal_input
 from aiki_client._socket_http import SocketHttp
 from aiki_core import (
-    DEFAULT_NAMESPACE,
     ClaimRequest,
     ClaimResponse,
     CodecContext,
@@ -63,6 +63,7 @@ ModelT = TypeVar("ModelT", bound="BaseModel")
 
 
 DEFAULT_URL = "http://127.0.0.1:9850"
+_TOKEN = re.compile(r"^[\x21-\x7e]+$")  # visible ASCII: nothing that could end the header
 
 
 def _identity(value: JsonValue) -> JsonValue:
@@ -72,10 +73,13 @@ def _identity(value: JsonValue) -> JsonValue:
 class Client:
     """Talks to an Aiki server: `async with Client("http://127.0.0.1:9850") as client`.
 
-    `transport` (an httpx transport) replaces the network, e.g.
-    `httpx.ASGITransport(app)` to reach an embedded server in process; it then owns
-    its own connection retries, and `connect_retries` (for the network path) is
-    unused. `codec` encodes every payload (default: none).
+    `api_key` (from `aiki-server keys create`) goes with every request as
+    `Authorization: Bearer <key>`: the server scopes all the client does to the key's
+    namespace, and a refused key raises `AuthenticationError`. Without a key, only a
+    server that holds none answers. `transport` (an httpx transport) replaces the
+    network, e.g. `httpx.ASGITransport(app)` to reach an embedded server in process;
+    it then owns its own connection retries, and `connect_retries` (for the network
+    path) is unused. `codec` encodes every payload (default: none).
     """
 
     def __init__(
@@ -90,10 +94,11 @@ class Client:
     ) -> None:
         if connect_retries < 0:
             raise ValueError("connect_retries must be 0 or more")
+        if api_key is not None and not _TOKEN.match(api_key):
+            raise ValueError("api_key must be a non-empty string of visible ASCII characters")
         self.base_url = base_url.rstrip("/")
         self.codec: PayloadCodec = codec or IdentityCodec()
         self.log: Logger = logger or ConsoleLogger()
-        self.namespace = DEFAULT_NAMESPACE
         self.schedules = Schedules(self)
         """Create, list, pause, resume and delete schedules."""
         headers = {"user-agent": f"aiki-client/{__version__}"}

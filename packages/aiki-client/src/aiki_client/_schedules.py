@@ -31,7 +31,7 @@ Overlap = OverlapPolicy | Literal["skip", "allow", "cancel_previous"]
 
 
 class Schedules:
-    """The schedules of the client's namespace (`client.schedules`)."""
+    """The schedules of the client's API key's namespace (`client.schedules`)."""
 
     def __init__(self, client: Client) -> None:
         self._client = client

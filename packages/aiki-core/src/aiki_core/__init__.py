@@ -400,6 +400,7 @@ from aiki_core._status import (
     check_task_transition as check_task_transition,
 )
 from aiki_core._wire import MAX_COUNT as MAX_COUNT
+from aiki_core._wire import Name as Name
 
 __all__ = (
     "AikiError",
@@ -449,6 +450,7 @@ __all__ = (
     "MAX_TASKS_PER_TRANSITION",
     "MAX_WEBHOOK_LIFETIME",
     "MAX_WEBHOOK_SCHEMA_BYTES",
+    "Name",
     "Namespace",
     "NonRetryableError",
     "NotFoundError",

@@ -41,7 +41,7 @@ Name = Annotated[
     str,
     StringConstraints(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/-]*$"),
 ]
-"""A workflow, task, event, pool or schedule name: letters, digits and `_.:/-`."""
+"""A workflow, task, event, pool, schedule or namespace name: letters, digits and `_.:/-`."""
 
 VersionName = Annotated[
     str,

@@ -8,12 +8,11 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import anyio
-from fastapi import APIRouter, Body, FastAPI, Header, Query, Request
+from fastapi import APIRouter, Body, Depends, FastAPI, Header, Query, Request
 from pydantic import JsonValue  # noqa: TC002 - FastAPI reads the route's annotations at runtime
 from starlette.responses import Response
 
 from aiki_core import (
-    DEFAULT_NAMESPACE,
     CancelRunRequest,
     ClaimRequest,
     ClaimResponse,
@@ -43,6 +42,7 @@ from aiki_core import (
 )
 from aiki_server import _hot_path as hot_path
 from aiki_server.__about__ import __version__
+from aiki_server._auth import ApiKeyAuth, ApiKeys, caller_namespace
 from aiki_server._clock import Clock, from_ms, system_clock
 from aiki_server._errors import install_error_handlers
 from aiki_server._hot_path import HotPath
@@ -60,8 +60,11 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
+Caller = Annotated[str, Depends(caller_namespace)]
+"""A route's namespace: the caller's API key's (see `_auth`)."""
+
 _ERRORS: dict[int | str, dict[str, object]] = {
-    status: {"model": ErrorResponse} for status in (400, 404, 409, 413, 422, 500)
+    status: {"model": ErrorResponse} for status in (400, 401, 404, 409, 413, 422, 500)
 }
 _WEBHOOK_ERRORS: dict[int | str, dict[str, object]] = {
     status: {"model": ErrorResponse} for status in (401, 403)
@@ -83,6 +86,8 @@ class ServerSettings:
     kept in the database, shared by every server on it."""
     public_url: str | None = None
     """The base URL webhook URLs are given on (default: the base URL of the mint request)."""
+    require_api_key: bool = False
+    """Refuse requests without an API key even while the database holds no key."""
 
     def __post_init__(self) -> None:
         if self.webhook_secret is not None and len(self.webhook_secret) < MIN_SECRET_LENGTH:
@@ -127,11 +132,15 @@ def create_app(db_url: str, settings: ServerSettings | None = None) -> FastAPI:
         docs_url="/docs",
         redoc_url=None,
     )
+    keys = ApiKeys(db, required=settings.require_api_key)
     app.state.orchestrator = orch
+    app.state.api_keys = keys
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    # outermost: a valid task record or transition skips the rest of the stack
+    # a valid task record or transition skips the rest of the stack
     app.add_middleware(HotPath, orch=orch, max_body_bytes=settings.max_body_bytes)
+    # outermost: every request but the public ones gets its namespace from its key
+    app.add_middleware(ApiKeyAuth, keys=keys)
     app.include_router(_api_router(orch, webhooks, settings.public_url), prefix="/api/v1")
 
     @app.get("/health", include_in_schema=False)
@@ -143,7 +152,6 @@ def create_app(db_url: str, settings: ServerSettings | None = None) -> FastAPI:
 
 def _api_router(orch: Orchestrator, webhooks: Webhooks, public_url: str | None) -> APIRouter:
     router = APIRouter(responses=_ERRORS)
-    ns = DEFAULT_NAMESPACE  # API keys scope requests to their namespace (security issue)
 
     async def write(operation: Callable[[], Awaitable[T]]) -> T:
         return await orch.db.retry(operation)
@@ -151,25 +159,25 @@ def _api_router(orch: Orchestrator, webhooks: Webhooks, public_url: str | None) 
     # the router tries routes in order: the worker's calls, one per task, come first
     # these two are served by `HotPath` whenever their body is valid
     @router.post("/runs/{run_id}/tasks", response_model=RecordTaskResponse, tags=["workers"])
-    async def record_task(run_id: str, body: RecordTaskRequest) -> Response:
+    async def record_task(ns: Caller, run_id: str, body: RecordTaskRequest) -> Response:
         """Record one task attempt of a claimed run."""
-        return _json(await hot_path.record_task(orch, run_id, body))
+        return _json(await hot_path.record_task(orch, ns, run_id, body))
 
     @router.post(
         "/runs/{run_id}/transition", response_model=TransitionRunResponse, tags=["workers"]
     )
-    async def transition(run_id: str, body: TransitionRunRequest) -> Response:
+    async def transition(ns: Caller, run_id: str, body: TransitionRunRequest) -> Response:
         """Complete, fail, suspend or release a claimed run."""
-        return _json(await hot_path.transition(orch, run_id, body))
+        return _json(await hot_path.transition(orch, ns, run_id, body))
 
     @router.post("/claims", response_model=ClaimResponse, tags=["workers"])
-    async def claim(body: ClaimRequest, request: Request) -> Response:
+    async def claim(ns: Caller, body: ClaimRequest, request: Request) -> Response:
         """Long-poll for runs of the declared (workflow, version, pool) triples."""
         runs = await write(lambda: orch.claim(ns, body, gone=request.is_disconnected))
         return _json(ClaimResponse(runs=runs))
 
     @router.post("/heartbeats", response_model=HeartbeatResponse, tags=["workers"])
-    async def heartbeat(body: HeartbeatRequest) -> Response:
+    async def heartbeat(ns: Caller, body: HeartbeatRequest) -> Response:
         """Refresh the worker's claims; answers a directive per run."""
         return _json(await write(lambda: orch.heartbeat(ns, body)))
 
@@ -179,7 +187,7 @@ def _api_router(orch: Orchestrator, webhooks: Webhooks, public_url: str | None) 
         status_code=201,
         tags=["workers"],
     )
-    async def start_child(run_id: str, body: StartChildRequest) -> Response:
+    async def start_child(ns: Caller, run_id: str, body: StartChildRequest) -> Response:
         """Start a child run of a claimed run."""
         started = await write(lambda: orch.start_child(ns, run_id, body))
         return _json(started, 201 if started.created else 200)
@@ -190,7 +198,9 @@ def _api_router(orch: Orchestrator, webhooks: Webhooks, public_url: str | None) 
         status_code=201,
         tags=["workers"],
     )
-    async def create_webhook(run_id: str, body: CreateWebhookRequest, request: Request) -> Response:
+    async def create_webhook(
+        ns: Caller, run_id: str, body: CreateWebhookRequest, request: Request
+    ) -> Response:
         """Mint a signed URL that delivers the event `event` to a claimed run."""
         minted = await webhooks.mint(ns, run_id, body)
         route = request.app.url_path_for("deliver_webhook", webhook_id=minted.webhook_id)
@@ -205,23 +215,24 @@ def _api_router(orch: Orchestrator, webhooks: Webhooks, public_url: str | None) 
         return _json(created, 201)
 
     @router.post("/runs", response_model=StartRunResponse, status_code=201, tags=["runs"])
-    async def start_run(body: StartRunRequest) -> Response:
+    async def start_run(ns: Caller, body: StartRunRequest) -> Response:
         """Start a run; an existing run with the same reference id answers 200."""
         started = await write(lambda: orch.start_run(ns, body))
         return _json(started, 201 if started.created else 200)
 
     @router.get("/runs", response_model=RunPage, tags=["runs"])
-    async def list_runs(query: Annotated[ListRunsQuery, Query()]) -> Response:
+    async def list_runs(ns: Caller, query: Annotated[ListRunsQuery, Query()]) -> Response:
         """Runs newest first, with filters and keyset pagination."""
         return _json(await orch.list_runs(ns, query))
 
     @router.get("/runs/{run_id}", response_model=RunDetail, tags=["runs"])
-    async def get_run(run_id: str) -> Response:
+    async def get_run(ns: Caller, run_id: str) -> Response:
         """A run with its tasks, sleeps, events, children and history."""
         return _json(await orch.get_run(ns, run_id))
 
     @router.get("/runs/{run_id}/wait", response_model=RunOutcome, tags=["runs"])
     async def wait_for_run(
+        ns: Caller,
         run_id: str,
         status: Annotated[list[RunStatus] | None, Query()] = None,
         timeout_ms: Annotated[int, Query(ge=0, le=60_000)] = 30_000,
@@ -236,39 +247,40 @@ def _api_router(orch: Orchestrator, webhooks: Webhooks, public_url: str | None) 
         return _json(summary)
 
     @router.post("/runs/{run_id}/cancel", response_model=RunSummary, tags=["runs"])
-    async def cancel_run(run_id: str, body: CancelRunRequest | None = None) -> Response:
+    async def cancel_run(ns: Caller, run_id: str, body: CancelRunRequest | None = None) -> Response:
         """Cancel the run and its live descendants."""
         reason = body.reason if body is not None else None
         return _json(await write(lambda: orch.cancel_run(ns, run_id, reason)))
 
     @router.post("/runs/{run_id}/pause", response_model=RunSummary, tags=["runs"])
-    async def pause_run(run_id: str) -> Response:
+    async def pause_run(ns: Caller, run_id: str) -> Response:
         """Hold the run where it is."""
         return _json(await write(lambda: orch.pause_run(ns, run_id)))
 
     @router.post("/runs/{run_id}/resume", response_model=RunSummary, tags=["runs"])
-    async def resume_run(run_id: str) -> Response:
+    async def resume_run(ns: Caller, run_id: str) -> Response:
         """Release a paused run."""
         return _json(await write(lambda: orch.resume_run(ns, run_id)))
 
     @router.post("/runs/{run_id}/wake", response_model=RunSummary, tags=["runs"])
-    async def wake_run(run_id: str) -> Response:
+    async def wake_run(ns: Caller, run_id: str) -> Response:
         """End the run's sleep early."""
         return _json(await write(lambda: orch.wake_run(ns, run_id)))
 
     @router.post("/runs/{run_id}/events", response_model=SendEventResponse, tags=["runs"])
-    async def send_event(run_id: str, body: SendEventRequest) -> Response:
+    async def send_event(ns: Caller, run_id: str, body: SendEventRequest) -> Response:
         """Deliver an event to the run (once per reference id)."""
         return _json(await write(lambda: orch.send_event(ns, run_id, body)))
 
     @router.post("/schedules", response_model=Schedule, status_code=201, tags=["schedules"])
-    async def create_schedule(body: CreateScheduleRequest) -> Response:
+    async def create_schedule(ns: Caller, body: CreateScheduleRequest) -> Response:
         """Create a schedule; the same definition under its name again answers 200."""
         schedule, created = await write(lambda: orch.schedules.create(ns, body))
         return _json(schedule, 201 if created else 200)
 
     @router.get("/schedules", response_model=SchedulePage, tags=["schedules"])
     async def list_schedules(
+        ns: Caller,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
         cursor: Annotated[str | None, Query(max_length=200)] = None,
     ) -> Response:
@@ -276,22 +288,22 @@ def _api_router(orch: Orchestrator, webhooks: Webhooks, public_url: str | None) 
         return _json(await orch.schedules.list(ns, limit, cursor))
 
     @router.get("/schedules/{schedule_id}", response_model=Schedule, tags=["schedules"])
-    async def get_schedule(schedule_id: str) -> Response:
+    async def get_schedule(ns: Caller, schedule_id: str) -> Response:
         """One schedule, with its next fire time and last run."""
         return _json(await orch.schedules.get(ns, schedule_id))
 
     @router.post("/schedules/{schedule_id}/pause", response_model=Schedule, tags=["schedules"])
-    async def pause_schedule(schedule_id: str) -> Response:
+    async def pause_schedule(ns: Caller, schedule_id: str) -> Response:
         """Stop firing the schedule."""
         return _json(await write(lambda: orch.schedules.pause(ns, schedule_id)))
 
     @router.post("/schedules/{schedule_id}/resume", response_model=Schedule, tags=["schedules"])
-    async def resume_schedule(schedule_id: str) -> Response:
+    async def resume_schedule(ns: Caller, schedule_id: str) -> Response:
         """Fire again from the first occurrence after now."""
         return _json(await write(lambda: orch.schedules.resume(ns, schedule_id)))
 
     @router.delete("/schedules/{schedule_id}", response_model=Schedule, tags=["schedules"])
-    async def delete_schedule(schedule_id: str) -> Response:
+    async def delete_schedule(ns: Caller, schedule_id: str) -> Response:
         """Delete the schedule (its runs stay); answers it as it was."""
         return _json(await write(lambda: orch.schedules.delete(ns, schedule_id)))
 

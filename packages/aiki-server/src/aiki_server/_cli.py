@@ -1,32 +1,56 @@
-"""The `aiki-server` command: `serve` (the default) and `migrate`.
+"""The `aiki-server` command: `serve` (the default), `migrate` and `keys`.
 
 Every option has an environment twin (`--db` / `AIKI_DB`, …); an option given on the
 command line wins over the environment.
+
+`serve` refuses (exit status 2) to listen beyond loopback while the database holds no
+API key, unless `--require-api-key` is given: such a server answers anyone, in the
+namespace `default`. `keys create --namespace NAME` prints a new key once, on stdout
+alone, so `KEY=$(aiki-server keys create --namespace billing)` works.
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import sys
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
 import anyio
 import uvicorn
 
-from aiki_core import ConsoleLogger
+from aiki_core import AikiError, ConsoleLogger
 from aiki_server.__about__ import __version__
+from aiki_server._api_keys import (
+    ApiKeyRecord,
+    any_key,
+    checked_namespace,
+    create_key,
+    list_keys,
+    revoke_key,
+)
 from aiki_server._app import ServerSettings, create_app
+from aiki_server._auth import KEY_CACHE_TTL
+from aiki_server._clock import from_ms, system_clock
 from aiki_server._notify import WakeHub
 from aiki_server._storage._open import open_database
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import AsyncIterator, Sequence
+
+    from aiki_server._storage._database import Database
 
 DEFAULT_DB = "aiki.db"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9850
+REFUSED_TO_BIND = 2
+"""Exit status of `serve` refusing a non-loopback address without API keys (as argparse's)."""
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("", "0", "false", "no", "off")
 
 
 def _env(name: str, default: str) -> str:
@@ -34,92 +58,253 @@ def _env(name: str, default: str) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--db",
-        default=_env("AIKI_DB", DEFAULT_DB),
-        help="SQLite file path (default ./aiki.db) or postgresql://user@host/db [AIKI_DB]",
-    )
-    parser = argparse.ArgumentParser(
-        prog="aiki-server", description="The Aiki orchestrator.", parents=[common]
-    )
+    parser = argparse.ArgumentParser(prog="aiki-server", description="The Aiki orchestrator.")
     parser.add_argument("--version", action="version", version=f"aiki-server {__version__}")
+    _db_option(parser, _env("AIKI_DB", DEFAULT_DB))
+    _serve_options(parser, inherit=False)
+    # a subcommand's copy of an option has no default of its own, so the top level's
+    # stands: an option given before the subcommand (`--db X keys list`) is kept
+    common = argparse.ArgumentParser(add_help=False)
+    _db_option(common, argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command")
     serve = commands.add_parser("serve", parents=[common], help="serve the API (the default)")
+    _serve_options(serve, inherit=True)
     commands.add_parser("migrate", parents=[common], help="apply migrations and exit")
-    for target in (parser, serve):
-        target.add_argument("--host", default=_env("AIKI_HOST", DEFAULT_HOST), help="[AIKI_HOST]")
-        target.add_argument(
-            "--port",
-            type=int,
-            default=int(_env("AIKI_PORT", str(DEFAULT_PORT))),
-            help="[AIKI_PORT]",
-        )
-        target.add_argument(
-            "--claim-idle-timeout",
-            type=float,
-            default=float(_env("AIKI_CLAIM_IDLE_TIMEOUT", "90")),
-            metavar="SECONDS",
-            help="re-queue a run whose worker stopped heartbeating [AIKI_CLAIM_IDLE_TIMEOUT]",
-        )
-        target.add_argument(
-            "--max-body-bytes",
-            type=int,
-            default=int(_env("AIKI_MAX_BODY_BYTES", str(2 * 1024 * 1024))),
-            help="refuse larger request bodies with 413 [AIKI_MAX_BODY_BYTES]",
-        )
-        target.add_argument(
-            "--webhook-secret",
-            default=os.environ.get("AIKI_WEBHOOK_SECRET"),
-            metavar="SECRET",
-            help="signs webhook URLs, at least 32 characters (prefer the env var: arguments"
-            " show in ps); default: generated once and kept in the database"
-            " [AIKI_WEBHOOK_SECRET]",
-        )
-        target.add_argument(
-            "--public-url",
-            default=os.environ.get("AIKI_PUBLIC_URL"),
-            metavar="URL",
-            help="base URL of webhook URLs, e.g. https://aiki.example.com; default: the"
-            " base URL of the request that mints one [AIKI_PUBLIC_URL]",
-        )
+    _add_key_commands(commands, common)
     return parser
+
+
+def _db_option(target: argparse.ArgumentParser, default: str) -> None:
+    target.add_argument(
+        "--db",
+        default=default,
+        help="SQLite file path (default ./aiki.db) or postgresql://user@host/db [AIKI_DB]",
+    )
+
+
+def _serve_options(target: argparse.ArgumentParser, *, inherit: bool) -> None:
+    """The options of `serve`; with `inherit`, their defaults are the top level's."""
+
+    def default(value: object) -> object:
+        return argparse.SUPPRESS if inherit else value
+
+    target.add_argument(
+        "--host", default=default(_env("AIKI_HOST", DEFAULT_HOST)), help="[AIKI_HOST]"
+    )
+    target.add_argument(
+        "--port",
+        type=int,
+        default=default(int(_env("AIKI_PORT", str(DEFAULT_PORT)))),
+        help="[AIKI_PORT]",
+    )
+    target.add_argument(
+        "--claim-idle-timeout",
+        type=float,
+        default=default(float(_env("AIKI_CLAIM_IDLE_TIMEOUT", "90"))),
+        metavar="SECONDS",
+        help="re-queue a run whose worker stopped heartbeating [AIKI_CLAIM_IDLE_TIMEOUT]",
+    )
+    target.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=default(int(_env("AIKI_MAX_BODY_BYTES", str(2 * 1024 * 1024)))),
+        help="refuse larger request bodies with 413 [AIKI_MAX_BODY_BYTES]",
+    )
+    target.add_argument(
+        "--webhook-secret",
+        default=default(os.environ.get("AIKI_WEBHOOK_SECRET")),
+        metavar="SECRET",
+        help="signs webhook URLs, at least 32 characters (prefer the env var: arguments"
+        " show in ps); default: generated once and kept in the database"
+        " [AIKI_WEBHOOK_SECRET]",
+    )
+    target.add_argument(
+        "--public-url",
+        default=default(os.environ.get("AIKI_PUBLIC_URL")),
+        metavar="URL",
+        help="base URL of webhook URLs, e.g. https://aiki.example.com; default: the"
+        " base URL of the request that mints one [AIKI_PUBLIC_URL]",
+    )
+    target.add_argument(
+        "--require-api-key",
+        action="store_const",
+        const="1",
+        default=default(_env("AIKI_REQUIRE_API_KEY", "0")),
+        help="refuse requests without an API key even while the database holds none"
+        " (default: keys are required once one exists) [AIKI_REQUIRE_API_KEY=1]",
+    )
+
+
+def _add_key_commands(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    common: argparse.ArgumentParser,
+) -> None:
+    keys = commands.add_parser("keys", help="create, list and revoke API keys")
+    key_commands = keys.add_subparsers(
+        dest="keys_command", metavar="{create,list,revoke}", required=True
+    )
+    create = key_commands.add_parser(
+        "create",
+        parents=[common],
+        help="create a key for a namespace; prints the key, once (only its hash is kept)",
+    )
+    create.add_argument(
+        "--namespace",
+        required=True,
+        help="the namespace the key opens: letters, digits and _.:/- (at most 200)",
+    )
+    key_commands.add_parser(
+        "list", parents=[common], help="list every key: id, namespace, created, revoked"
+    )
+    revoke = key_commands.add_parser(
+        "revoke",
+        parents=[common],
+        help=f"revoke a key; running servers refuse it within {KEY_CACHE_TTL:g} s",
+    )
+    revoke.add_argument("id", help="the key's id (the ULID after `aiki_`)")
 
 
 def _db_kind(url: str) -> str:
     return "postgresql" if url.startswith(("postgresql://", "postgres://")) else "sqlite"
 
 
-async def _migrate(db_url: str) -> list[int]:
+@asynccontextmanager
+async def _database(db_url: str) -> AsyncIterator[tuple[Database, list[int]]]:
+    """The database, open and migrated, with the migration versions just applied."""
     db = open_database(db_url, WakeHub())
     await db.open()
     try:
-        return await db.migrate()
+        yield db, await db.migrate()
     finally:
         await db.close()
 
 
+async def _migrate(db_url: str) -> list[int]:
+    async with _database(db_url) as (_db, applied):
+        return applied
+
+
+async def _has_keys(db_url: str) -> bool:
+    async with _database(db_url) as (db, _applied):
+        return await any_key(db)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
+def _flag(parser: argparse.ArgumentParser, name: str, value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered not in _TRUE + _FALSE:
+        parser.error(f"{name} must be 1 or 0 (or true/false, yes/no, on/off), got {value!r}")
+    return lowered in _TRUE
+
+
+def _time(ms: int | None) -> str:
+    return "-" if ms is None else from_ms(ms).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _keys(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """Run a `keys` command; its exit status."""
+    if args.keys_command == "create":
+        try:
+            namespace = checked_namespace(args.namespace)
+        except AikiError as exc:
+            parser.error(exc.message)
+        return anyio.run(_create_key, args.db, namespace)
+    if args.keys_command == "list":
+        return anyio.run(_list_keys, args.db)
+    return anyio.run(_revoke_key, args.db, args.id)
+
+
+async def _create_key(db_url: str, namespace: str) -> int:
+    async with _database(db_url) as (db, _applied):
+        created = await create_key(db, namespace, system_clock())
+    sys.stdout.write(f"{created.key}\n")
+    sys.stderr.write(
+        f"created API key {created.id} for namespace {namespace!r}: it is shown only"
+        " this once, and the server keeps only its hash\n"
+    )
+    return 0
+
+
+async def _list_keys(db_url: str) -> int:
+    async with _database(db_url) as (db, _applied):
+        records = await list_keys(db)
+    rows = [("ID", "NAMESPACE", "CREATED", "REVOKED")]
+    rows += [(r.id, r.namespace, _time(r.created_at), _time(r.revoked_at)) for r in records]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        sys.stdout.write("  ".join([*cells, row[3]]) + "\n")
+    return 0
+
+
+async def _revoke_key(db_url: str, key_id: str) -> int:
+    now = system_clock()
+    async with _database(db_url) as (db, _applied):
+        record: ApiKeyRecord | None = await revoke_key(db, key_id, now)
+    if record is None:
+        sys.stderr.write(f"no API key has the id {key_id!r}\n")
+        return 1
+    if record.revoked_at != now:
+        sys.stderr.write(
+            f"API key {key_id} ({record.namespace!r}) was revoked before, at"
+            f" {_time(record.revoked_at)}\n"
+        )
+        return 0
+    sys.stderr.write(
+        f"revoked API key {key_id} of namespace {record.namespace!r}; running servers"
+        f" refuse it within {KEY_CACHE_TTL:g} s\n"
+    )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the `aiki-server` console script."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     log = ConsoleLogger().child({"component": "aiki-server"})
     if args.command == "migrate":
         applied = anyio.run(_migrate, args.db)
         log.info("migrations applied", {"db": _db_kind(args.db), "versions": applied})
         return
+    if args.command == "keys":
+        sys.exit(_keys(parser, args))
+    require_api_key = _flag(parser, "AIKI_REQUIRE_API_KEY", args.require_api_key)
     try:
         settings = ServerSettings(
             claim_idle_timeout=timedelta(seconds=args.claim_idle_timeout),
             max_body_bytes=args.max_body_bytes,
             webhook_secret=args.webhook_secret,
             public_url=args.public_url,
+            require_api_key=require_api_key,
         )
     except ValueError as exc:
-        _parser().error(str(exc))
+        parser.error(str(exc))
+    keys = "required" if require_api_key or anyio.run(_has_keys, args.db) else "open"
+    if keys == "open" and not _is_loopback(args.host):
+        log.error(
+            f"refusing to serve on {args.host}: the database holds no API key, so anyone"
+            " who reaches the server could use it. Create one with `aiki-server keys"
+            " create --namespace NAME`, pass --require-api-key, or bind to 127.0.0.1",
+            {"host": args.host, "db": _db_kind(args.db)},
+        )
+        sys.exit(REFUSED_TO_BIND)
     app = create_app(args.db, settings)
     log.info(
         f"aiki-server {__version__} serving on http://{args.host}:{args.port}",
-        {"version": __version__, "db": _db_kind(args.db), "address": f"{args.host}:{args.port}"},
+        {
+            "version": __version__,
+            "db": _db_kind(args.db),
+            "address": f"{args.host}:{args.port}",
+            "api_keys": keys,
+        },
     )
     config = uvicorn.Config(
         app,

@@ -29,9 +29,13 @@ if TYPE_CHECKING:
     from fastapi import FastAPI, Request
 
 
-def error_response(error: AikiError, status_code: int | None = None) -> JSONResponse:
+def error_response(
+    error: AikiError, status_code: int | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
     """The JSON response of an error."""
-    return JSONResponse(error.to_wire(), status_code=status_code or error.status_code)
+    return JSONResponse(
+        error.to_wire(), status_code=status_code or error.status_code, headers=headers
+    )
 
 
 def _problems(exc: RequestValidationError) -> list[dict[str, Any]]:

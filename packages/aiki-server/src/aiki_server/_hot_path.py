@@ -1,8 +1,8 @@
 """The worker's per-task requests, served without FastAPI's per-request machinery.
 
 A task record and a run's transition are most of the requests a busy server gets:
-one per task. For them, `HotPath` (the outermost ASGI layer) parses the body
-straight into its model with pydantic's JSON parser and calls the orchestrator,
+one per task. For them, `HotPath` (the outermost ASGI layer but `ApiKeyAuth`) parses
+the body straight into its model with pydantic's JSON parser and calls the orchestrator,
 skipping FastAPI's routing, dependency solving and validation, which cost about as
 much CPU as the transaction itself. Everything else goes to the FastAPI app: other
 routes, and any body that is too large or does not parse or validate, so those get
@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING
 from pydantic import ValidationError
 
 from aiki_core import (
-    DEFAULT_NAMESPACE,
     RecordTaskRequest,
     RecordTaskResponse,
     TransitionRunRequest,
     TransitionRunResponse,
 )
+from aiki_server._auth import NAMESPACE_SCOPE_KEY
 from aiki_server._errors import response_for
 
 if TYPE_CHECKING:
@@ -42,17 +42,21 @@ _RUN_CALL = re.compile(r"^/api/v1/runs/([^/]+)/(tasks|transition)$")
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
-async def record_task(orch: Orchestrator, run_id: str, body: RecordTaskRequest) -> BaseModel:
-    """Record one task attempt of a claimed run."""
+async def record_task(
+    orch: Orchestrator, namespace: str, run_id: str, body: RecordTaskRequest
+) -> BaseModel:
+    """Record one task attempt of a claimed run of `namespace`."""
     recorded: RecordTaskResponse = await orch.db.retry(
-        lambda: orch.record_task(DEFAULT_NAMESPACE, run_id, body)
+        lambda: orch.record_task(namespace, run_id, body)
     )
     return recorded
 
 
-async def transition(orch: Orchestrator, run_id: str, body: TransitionRunRequest) -> BaseModel:
-    """Complete, fail, suspend or release a claimed run."""
-    run = await orch.db.retry(lambda: orch.transition(DEFAULT_NAMESPACE, run_id, body))
+async def transition(
+    orch: Orchestrator, namespace: str, run_id: str, body: TransitionRunRequest
+) -> BaseModel:
+    """Complete, fail, suspend or release a claimed run of `namespace`."""
+    run = await orch.db.retry(lambda: orch.transition(namespace, run_id, body))
     return TransitionRunResponse(run=run)
 
 
@@ -63,7 +67,10 @@ _CALLS: dict[str, tuple[type[BaseModel], Callable[..., Awaitable[BaseModel]]]] =
 
 
 class HotPath:
-    """Serves valid task records and transitions itself; hands everything else to `app`."""
+    """Serves valid task records and transitions itself; hands everything else to `app`.
+
+    It sits inside `ApiKeyAuth`, which put the caller's namespace into the scope.
+    """
 
     def __init__(self, app: ASGIApp, orch: Orchestrator, max_body_bytes: int) -> None:
         self.app = app
@@ -88,7 +95,7 @@ class HotPath:
             await self.app(scope, _replay(messages, receive), send)
             return
         try:
-            answer = await call(self.orch, match[1], request)
+            answer = await call(self.orch, scope[NAMESPACE_SCOPE_KEY], match[1], request)
         except Exception as exc:
             await response_for(exc)(scope, receive, send)
             return

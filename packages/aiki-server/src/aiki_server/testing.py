@@ -13,6 +13,10 @@ The server runs on a temporary SQLite file (or the `db_url` given) and reads the
 from `server.clock`: the wall clock plus an offset that `advance()` moves forward, so
 durable sleeps, event timeouts, retry back-offs and run deadlines fall due at once,
 while everything else keeps real time.
+
+Like any server, it is open (every request in the namespace `default`) until it holds
+an API key: `server.create_api_key("billing")` creates one, and from then on every
+request needs a key (`Client(..., api_key=created.key)`).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from aiki_core import to_millis
+from aiki_server._api_keys import ApiKey, create_key, revoke_key
 from aiki_server._app import ServerSettings, create_app
 from aiki_server._clock import system_clock
 from aiki_server._notify import TIMERS
@@ -36,7 +41,7 @@ if TYPE_CHECKING:
 
     from fastapi import FastAPI
 
-__all__ = ("EmbeddedServer", "TestClock", "embedded_server", "serving")
+__all__ = ("ApiKey", "EmbeddedServer", "TestClock", "embedded_server", "serving")
 
 
 class TestClock:
@@ -69,6 +74,22 @@ class EmbeddedServer:
         """Move the server's clock forward by `by`; whatever falls due runs now."""
         self.clock.advance(by)
         self.app.state.orchestrator.hub.publish(TIMERS)  # the timer daemon looks at once
+
+    async def create_api_key(self, namespace: str) -> ApiKey:
+        """A new API key of `namespace`, as `aiki-server keys create` makes one.
+
+        From now on every request needs a key (a running server would notice within
+        `KEY_CACHE_TTL`; this one at once).
+        """
+        created = await create_key(self.app.state.orchestrator.db, namespace, self.clock())
+        self.app.state.api_keys.forget()
+        return created
+
+    async def revoke_api_key(self, key_id: str) -> None:
+        """Revoke a key by its id; the server refuses it at once."""
+        if await revoke_key(self.app.state.orchestrator.db, key_id, self.clock()) is None:
+            raise LookupError(f"no API key has the id {key_id!r}")
+        self.app.state.api_keys.forget()
 
 
 @asynccontextmanager

@@ -9,6 +9,11 @@ When the server cannot be reached, claims back off exponentially (up to
 `max_backoff`) and recover when it returns. `stop()` (or SIGINT/SIGTERM under
 `run()`) stops claiming, lets running runs finish for up to
 `graceful_shutdown_timeout`, then cancels the rest and gives them back to the queue.
+
+When the server refuses the client's API key (a 401: missing, unknown or revoked),
+waiting does not help: the worker stops at once, its runs go back to the queue when
+their claims go idle, and `run()` (or the `async with` block) raises the
+`AuthenticationError`.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import anyio
 from aiki_core import (
     DEFAULT_POOL,
     AikiError,
+    AuthenticationError,
     ClaimRequest,
     CodecContext,
     ConflictError,
@@ -101,6 +107,8 @@ class Worker:
         self._stopped = anyio.Event()
         self._runs_scope = anyio.CancelScope()
         self._claims_scope = anyio.CancelScope()
+        self._refused: AuthenticationError | None = None
+        """Why the server refused this worker, which then stopped."""
 
     @property
     def capabilities(self) -> list[WorkflowCapability]:
@@ -112,23 +120,29 @@ class Worker:
         ]
 
     async def run(self) -> None:
-        """Work until `stop()` or SIGINT/SIGTERM (signals only in the main thread)."""
+        """Work until `stop()` or SIGINT/SIGTERM (signals only in the main thread).
+
+        Raises `AuthenticationError` if the server refused the API key.
+        """
         async with anyio.create_task_group() as tg:
             if threading.current_thread() is threading.main_thread():
                 tg.start_soon(self._stop_on_signal)
             await self._serve()
             tg.cancel_scope.cancel()
+        if self._refused is not None:
+            raise self._refused
 
     async def stop(self) -> None:
         """Stop claiming, let runs finish up to the grace period, then give the rest back."""
         self._stopping.set()
         self._claims_scope.cancel()
-        await self._stopped.wait()
+        if not self._stopped.is_set():  # stopped already: nothing to wait for (or to cancel)
+            await self._stopped.wait()
 
     async def __aenter__(self) -> Self:
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
-        self._tg.start_soon(self._serve)
+        self._tg.start_soon(self._serve_in_background)
         return self
 
     async def __aexit__(
@@ -138,7 +152,18 @@ class Worker:
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
-        await self._tg.__aexit__(exc_type, exc, tb)
+        try:
+            await self._tg.__aexit__(exc_type, exc, tb)
+        except BaseExceptionGroup as group:
+            _, others = group.split(AuthenticationError)
+            if self._refused is None or others is not None:
+                raise
+            raise self._refused from None
+
+    async def _serve_in_background(self) -> None:
+        await self._serve()
+        if self._refused is not None:
+            raise self._refused  # cancels the `async with` block; __aexit__ raises it
 
     # -- the loops -----------------------------------------------------------------------
 
@@ -185,6 +210,9 @@ class Worker:
                         wait=self.claim_wait,
                     )
                 )
+            except AuthenticationError as exc:
+                self._refuse(exc)
+                return
             except (ServerError, OSError) as exc:
                 backoff = min(max(backoff * 2, 0.1), self.max_backoff.total_seconds())
                 self.log.warn("cannot claim; backing off", {"error": str(exc), "seconds": backoff})
@@ -214,6 +242,9 @@ class Worker:
                 answer = await self.client.heartbeat(
                     HeartbeatRequest(worker_id=self.id, runs=leases)
                 )
+            except AuthenticationError as exc:
+                self._refuse(exc)
+                return
             except (AikiError, OSError) as exc:
                 self.log.warn("heartbeat failed", {"error": str(exc)})
                 continue
@@ -224,6 +255,21 @@ class Worker:
                 if status.directive is not RunDirective.CONTINUE:
                     held.directive = status.directive
                     held.scope.cancel()
+
+    def _refuse(self, exc: AuthenticationError) -> None:
+        """The server refused the API key: stop claiming and running (nothing can be written).
+
+        The runs held stay claimed until their claims go idle; then other workers (with
+        a key the server takes) resume them.
+        """
+        if self._refused is None:
+            self._refused = exc
+            self.log.error(
+                "the server refused the API key; stopping the worker", {"error": exc.message}
+            )
+        self._stopping.set()
+        self._claims_scope.cancel()
+        self._runs_scope.cancel()
 
     async def _drain(self) -> None:
         """After claiming stopped: wait for the grace period, then cancel and release."""
@@ -284,6 +330,8 @@ class Worker:
             )
         except ConflictError as exc:
             self.log.warn("run was taken away before it was reported", {"error": exc.message})
+        except AuthenticationError as exc:
+            self._refuse(exc)
         except (ServerError, OSError) as exc:
             # the claim will go idle and another worker will replay the run
             self.log.error("cannot report the run", {"run_id": run.id, "error": str(exc)})

@@ -13,8 +13,9 @@ if TYPE_CHECKING:
 class Abandon(RunInterrupt):
     """Unwinds the workflow because the run cannot be written; the worker lets it go.
 
-    The server is out of reach, or the claim was lost (`cause`): not a failure of the
-    workflow. The run is replayed from what was recorded, by this worker or another.
+    The server is out of reach, the claim was lost, or the server refused the API key
+    (`cause`): not a failure of the workflow. The run is replayed from what was
+    recorded, by this worker or another.
     """
 
     def __init__(self, cause: AikiError) -> None:

@@ -37,6 +37,7 @@ from pydantic import ValidationError
 from aiki_core import (
     RUN_TERMINAL_STATUSES,
     TASK_TERMINAL_STATUSES,
+    AuthenticationError,
     AwaitChild,
     AwaitEvent,
     AwaitRetry,
@@ -543,7 +544,7 @@ class WorkflowRun:
     async def _write(write: Awaitable[T]) -> T:
         try:
             return await write
-        except (ServerError, ConflictError) as exc:
-            # the server is gone or the claim was lost: no failure of the workflow's, and
-            # not for its `except Exception` to see
+        except (ServerError, ConflictError, AuthenticationError) as exc:
+            # the server is gone, the claim was lost or the API key refused: no failure of
+            # the workflow's, and not for its `except Exception` to see
             raise Abandon(exc) from exc

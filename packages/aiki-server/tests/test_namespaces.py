@@ -1,0 +1,421 @@
+"""Namespace isolation, route by route: a key of namespace B cannot see or touch A's objects.
+
+`CASES` holds one case per route of the API, and a test checks that it covers every
+`/api/v1` route the app documents: a new route fails here until it has its case. In each
+case a key of namespace A sets up its objects, a key of B acts on them, and the case
+checks B's answer (a 404 as for an id that does not exist, an empty list, no claim)
+and that A's objects are exactly as they were; where it shows the request was
+sound, A then does the same successfully. Every case runs on both databases.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from aiki_server import create_app
+from server_api import (
+    FAR_FUTURE,
+    claim,
+    claim_one,
+    client_with,
+    error_of,
+    get_run,
+    new_key,
+    start,
+    transition,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    import httpx
+
+    from server_api import Harness
+
+
+@dataclass
+class Tenants:
+    """Two namespaces on one server: a client with a key of each."""
+
+    a: httpx.AsyncClient
+    b: httpx.AsyncClient
+    harness: Harness
+
+
+@pytest.fixture
+async def tenants(harness: Harness) -> AsyncIterator[Tenants]:
+    key_a = await new_key(harness.app, "team-a")
+    key_b = await new_key(harness.app, "team-b")
+    async with (
+        client_with(harness.app, key_a.key) as a,
+        client_with(harness.app, key_b.key) as b,
+    ):
+        yield Tenants(a, b, harness)
+
+
+Case = Callable[[Tenants], Awaitable[None]]
+CASES: dict[tuple[str, str], Case] = {}
+
+
+def case(method: str, path: str) -> Callable[[Case], Case]:
+    """Register the isolation case of the route `method path`."""
+
+    def register(check: Case) -> Case:
+        CASES[(method, f"/api/v1{path}")] = check
+        return check
+
+    return register
+
+
+def not_found(r: httpx.Response, resource: str = "run") -> None:
+    """`r` is the 404 of an id that names nothing."""
+    details = error_of(r, 404, "not_found")
+    assert details["resource"] == resource, details
+
+
+async def held_run(client: httpx.AsyncClient) -> tuple[dict[str, Any], int]:
+    """A run started and claimed (as `worker-1`) by `client`; its summary and revision."""
+    run = await start(client)
+    claimed = await claim_one(client)
+    assert claimed["run"]["id"] == run["id"]
+    revision: int = claimed["run"]["revision"]
+    return run, revision
+
+
+async def sleeping_run(client: httpx.AsyncClient) -> dict[str, Any]:
+    """A run suspended on a sleep that never ends by itself."""
+    run, revision = await held_run(client)
+    sleep = {"kind": "sleep", "name": "nap", "occurrence": 0, "wake_at": FAR_FUTURE}
+    r = await transition(client, run["id"], revision, {"kind": "suspend", "waits": [sleep]})
+    assert r.status_code == 200, r.text
+    return run
+
+
+async def schedule(client: httpx.AsyncClient, **fields: Any) -> dict[str, Any]:
+    """A schedule `nightly` of workflow `w`, created by `client`."""
+    body = {"name": "nightly", "workflow": "w", "version": "1", "every": 60_000, **fields}
+    r = await client.post("/schedules", json=body)
+    assert r.status_code == 201, r.text
+    created: dict[str, Any] = r.json()
+    return created
+
+
+async def get_schedule(client: httpx.AsyncClient, schedule_id: str) -> dict[str, Any]:
+    r = await client.get(f"/schedules/{schedule_id}")
+    assert r.status_code == 200, r.text
+    found: dict[str, Any] = r.json()
+    return found
+
+
+async def mint(client: httpx.AsyncClient, run_id: str, revision: int) -> httpx.Response:
+    body = {"revision": revision, "event": "paid", "expires_in": 3_600_000, "schema": {}}
+    return await client.post(f"/runs/{run_id}/webhooks", json=body)
+
+
+# -- runs ----------------------------------------------------------------------------------
+
+
+@case("POST", "/runs")
+async def start_under_a_reference_id_of_a(t: Tenants) -> None:
+    mine = await start(t.a, reference_id="order-1", input={"n": 1})
+    before = await get_run(t.a, mine["id"])
+
+    # B's reference ids are its own: the same one starts B's run, not a 409 or A's run
+    theirs = await start(t.b, reference_id="order-1", input={"n": 2})
+    # ids are global: A's id is taken, and the start says no more than that
+    taken = await t.b.post("/runs", json={"workflow": "w", "version": "1", "run_id": mine["id"]})
+
+    assert theirs["id"] != mine["id"]
+    assert theirs["namespace"] == "team-b"
+    error_of(taken, 409, "conflict")
+    assert await get_run(t.a, mine["id"]) == before
+
+
+@case("GET", "/runs")
+async def list_runs(t: Tenants) -> None:
+    mine = await start(t.a)
+
+    r = await t.b.get("/runs", params={"workflow": "w"})
+
+    assert r.status_code == 200
+    assert r.json() == {"runs": [], "next_cursor": None}
+    assert [run["id"] for run in (await t.a.get("/runs")).json()["runs"]] == [mine["id"]]
+
+
+@case("GET", "/runs/{run_id}")
+async def read_a_run(t: Tenants) -> None:
+    mine = await start(t.a)
+
+    not_found(await t.b.get(f"/runs/{mine['id']}"))
+
+
+@case("GET", "/runs/{run_id}/wait")
+async def wait_for_a_run(t: Tenants) -> None:
+    mine = await start(t.a)
+
+    not_found(await t.b.get(f"/runs/{mine['id']}/wait", params={"timeout_ms": 0}))
+    assert (await t.a.get(f"/runs/{mine['id']}/wait", params={"timeout_ms": 0})).status_code == 200
+
+
+async def control_a_run(t: Tenants, run_id: str, action: str, expected: str) -> None:
+    """B's `action` on A's run is a 404 and changes nothing; A's own moves it to `expected`."""
+    before = await get_run(t.a, run_id)
+
+    not_found(await t.b.post(f"/runs/{run_id}/{action}"))
+
+    assert await get_run(t.a, run_id) == before
+    r = await t.a.post(f"/runs/{run_id}/{action}")
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == expected
+
+
+@case("POST", "/runs/{run_id}/cancel")
+async def cancel_a_run(t: Tenants) -> None:
+    await control_a_run(t, (await start(t.a))["id"], "cancel", "cancelled")
+
+
+@case("POST", "/runs/{run_id}/pause")
+async def pause_a_run(t: Tenants) -> None:
+    await control_a_run(t, (await start(t.a))["id"], "pause", "paused")
+
+
+@case("POST", "/runs/{run_id}/resume")
+async def resume_a_run(t: Tenants) -> None:
+    mine = await start(t.a)
+    assert (await t.a.post(f"/runs/{mine['id']}/pause")).status_code == 200
+
+    await control_a_run(t, mine["id"], "resume", "queued")
+
+
+@case("POST", "/runs/{run_id}/wake")
+async def wake_a_run(t: Tenants) -> None:
+    await control_a_run(t, (await sleeping_run(t.a))["id"], "wake", "queued")
+
+
+@case("POST", "/runs/{run_id}/events")
+async def send_an_event_to_a_run(t: Tenants) -> None:
+    mine = await start(t.a)
+    event = {"name": "paid", "data": {"txn": 1}, "reference_id": "t-1"}
+
+    not_found(await t.b.post(f"/runs/{mine['id']}/events", json=event))
+
+    assert (await get_run(t.a, mine["id"]))["events"] == []
+    sent = await t.a.post(f"/runs/{mine['id']}/events", json=event)
+    assert sent.json()["duplicate"] is False  # B's reference id left no trace
+
+
+# -- workers -------------------------------------------------------------------------------
+
+
+@case("POST", "/claims")
+async def claim_a_run(t: Tenants) -> None:
+    mine = await start(t.a)
+    before = await get_run(t.a, mine["id"])
+
+    assert await claim(t.b) == []  # the same triple, the same worker id
+
+    assert await get_run(t.a, mine["id"]) == before
+    assert (await claim_one(t.a))["run"]["id"] == mine["id"]
+
+
+@case("POST", "/heartbeats")
+async def heartbeat_a_claim(t: Tenants) -> None:
+    mine, revision = await held_run(t.a)
+    db = t.harness.app.state.orchestrator.db
+
+    async def claim_expiry() -> int:
+        async with db.reader() as tx:
+            row = await tx.fetchrow("SELECT claim_expires_at FROM runs WHERE id = $1", mine["id"])
+        assert row is not None
+        expiry: int = row["claim_expires_at"]
+        return expiry
+
+    expires = await claim_expiry()
+    t.harness.clock.advance(10_000)  # a refreshed claim would expire later
+    lease = {"worker_id": "worker-1", "runs": [{"run_id": mine["id"], "revision": revision}]}
+
+    r = await t.b.post("/heartbeats", json=lease)
+
+    assert r.status_code == 200, r.text
+    assert r.json()["runs"] == [{"run_id": mine["id"], "directive": "lost"}]
+    assert await claim_expiry() == expires
+    ours = await t.a.post("/heartbeats", json=lease)
+    assert ours.json()["runs"] == [{"run_id": mine["id"], "directive": "continue"}]
+    assert await claim_expiry() == expires + 10_000
+
+
+@case("POST", "/runs/{run_id}/tasks")
+async def record_a_task(t: Tenants) -> None:
+    mine, revision = await held_run(t.a)
+    record = {
+        "revision": revision,
+        "name": "charge",
+        "address": "charge:1",
+        "occurrence": 0,
+        "attempt": 1,
+        "status": "completed",
+        "result": 7,
+    }
+
+    not_found(await t.b.post(f"/runs/{mine['id']}/tasks", json=record))  # the hot path's
+
+    assert (await get_run(t.a, mine["id"]))["tasks"] == []
+    assert (await t.a.post(f"/runs/{mine['id']}/tasks", json=record)).status_code == 200
+
+
+@case("POST", "/runs/{run_id}/children")
+async def start_a_child(t: Tenants) -> None:
+    mine, revision = await held_run(t.a)
+    child = {
+        "revision": revision,
+        "address": "child:1",
+        "occurrence": 0,
+        "workflow": "child",
+        "version": "1",
+    }
+
+    not_found(await t.b.post(f"/runs/{mine['id']}/children", json=child))
+
+    assert (await get_run(t.a, mine["id"]))["children"] == []
+    assert (await t.b.get("/runs", params={"workflow": "child"})).json()["runs"] == []
+    assert (await t.a.post(f"/runs/{mine['id']}/children", json=child)).status_code == 201
+
+
+@case("POST", "/runs/{run_id}/transition")
+async def transition_a_run(t: Tenants) -> None:
+    mine, revision = await held_run(t.a)
+    before = await get_run(t.a, mine["id"])
+    complete = {"kind": "complete", "result": "done"}
+
+    not_found(await transition(t.b, mine["id"], revision, complete))  # the hot path's
+
+    assert await get_run(t.a, mine["id"]) == before
+    r = await transition(t.a, mine["id"], revision, complete)
+    assert r.json()["run"]["status"] == "completed"
+
+
+@case("POST", "/runs/{run_id}/webhooks")
+async def mint_a_webhook(t: Tenants) -> None:
+    mine, revision = await held_run(t.a)
+
+    not_found(await mint(t.b, mine["id"], revision))
+
+    async with t.harness.app.state.orchestrator.db.reader() as tx:
+        assert await tx.fetch("SELECT id FROM webhooks") == []
+    assert (await mint(t.a, mine["id"], revision)).status_code == 201
+
+
+@case("POST", "/webhooks/{webhook_id}")
+async def deliver_through_a_webhook(t: Tenants) -> None:
+    # no key here: the signed URL is the credential, and it names one run of one namespace
+    mine, revision = await held_run(t.a)
+    ours = (await mint(t.a, mine["id"], revision)).json()
+    theirs_run, theirs_revision = await held_run(t.b)
+    theirs = (await mint(t.b, theirs_run["id"], theirs_revision)).json()
+    query = parse_qs(urlsplit(theirs["path"]).query)
+    before = await get_run(t.a, mine["id"])
+
+    # B's valid signature under A's webhook id: refused, as any changed URL is
+    forged = await t.b.post(
+        f"/webhooks/{ours['webhook_id']}",
+        params={"expires": query["expires"][0], "signature": query["signature"][0]},
+        json={"txn": "t-9"},
+    )
+
+    error_of(forged, 403, "permission_denied")
+    assert await get_run(t.a, mine["id"]) == before
+    delivered = await t.b.post(theirs["path"].removeprefix("/api/v1"), json={"txn": "t-9"})
+    assert delivered.status_code == 200, delivered.text
+    assert await get_run(t.a, mine["id"]) == before
+    assert [e["name"] for e in (await get_run(t.b, theirs_run["id"]))["events"]] == ["paid"]
+
+
+# -- schedules -----------------------------------------------------------------------------
+
+
+@case("POST", "/schedules")
+async def create_a_schedule_under_a_name_of_a(t: Tenants) -> None:
+    mine = await schedule(t.a)
+
+    # names are per namespace: B's `nightly` is its own, though its definition differs
+    theirs = await schedule(t.b, every=120_000)
+
+    assert theirs["id"] != mine["id"]
+    assert theirs["namespace"] == "team-b"
+    assert await get_schedule(t.a, mine["id"]) == mine
+
+
+@case("GET", "/schedules")
+async def list_schedules(t: Tenants) -> None:
+    mine = await schedule(t.a)
+
+    r = await t.b.get("/schedules")
+
+    assert r.status_code == 200
+    assert r.json() == {"schedules": [], "next_cursor": None}
+    assert [s["id"] for s in (await t.a.get("/schedules")).json()["schedules"]] == [mine["id"]]
+
+
+@case("GET", "/schedules/{schedule_id}")
+async def read_a_schedule(t: Tenants) -> None:
+    mine = await schedule(t.a)
+
+    not_found(await t.b.get(f"/schedules/{mine['id']}"), "schedule")
+
+
+async def control_a_schedule(t: Tenants, schedule_id: str, method: str, action: str) -> None:
+    """B's `action` on A's schedule is a 404 and changes nothing; A's own succeeds."""
+    before = await get_schedule(t.a, schedule_id)
+    path = f"/schedules/{schedule_id}{action}"
+
+    not_found(await t.b.request(method, path), "schedule")
+
+    assert await get_schedule(t.a, schedule_id) == before
+    assert (await t.a.request(method, path)).status_code == 200
+
+
+@case("POST", "/schedules/{schedule_id}/pause")
+async def pause_a_schedule(t: Tenants) -> None:
+    await control_a_schedule(t, (await schedule(t.a))["id"], "POST", "/pause")
+
+
+@case("POST", "/schedules/{schedule_id}/resume")
+async def resume_a_schedule(t: Tenants) -> None:
+    mine = await schedule(t.a)
+    assert (await t.a.post(f"/schedules/{mine['id']}/pause")).status_code == 200
+
+    await control_a_schedule(t, mine["id"], "POST", "/resume")
+
+
+@case("DELETE", "/schedules/{schedule_id}")
+async def delete_a_schedule(t: Tenants) -> None:
+    await control_a_schedule(t, (await schedule(t.a))["id"], "DELETE", "")
+
+
+# -- the tests -----------------------------------------------------------------------------
+
+
+def test_every_api_route_has_an_isolation_case() -> None:
+    # the OpenAPI document lists every route (FastAPI keeps included routers' routes
+    # behind private wrappers in `app.routes`)
+    spec = create_app("sqlite:///never-opened.db").openapi()  # nothing is opened
+    routes = {
+        (method.upper(), path)
+        for path, operations in spec["paths"].items()
+        if path.startswith("/api/v1/")
+        for method in operations
+    }
+
+    assert set(CASES) == routes
+
+
+@pytest.mark.parametrize("route", sorted(CASES), ids=lambda r: f"{r[0]} {r[1]}")
+async def test_a_key_of_another_namespace_cannot_see_or_touch_it(
+    tenants: Tenants, route: tuple[str, str]
+) -> None:
+    await CASES[route](tenants)
