@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import TYPE_CHECKING
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, quote, urlsplit
 
 import anyio
 import httpx
@@ -318,10 +318,39 @@ async def test_a_401_becomes_authentication_error_and_is_not_retried(path: str) 
     assert [r.header("authorization") for r in server.requests] == ["Bearer aiki_REVOKED"]
 
 
-@pytest.mark.parametrize("api_key", ["", "aiki_x\r\nx-injected: 1", "two words", "cl\u00e9"])
+@pytest.mark.parametrize(
+    "api_key", ["", "aiki_x\r\nx-injected: 1", "aiki_x\n", "two words", "cl\u00e9"]
+)
 def test_an_api_key_that_is_no_header_token_is_refused(api_key: str) -> None:
     with pytest.raises(ValueError, match="api_key"):
         Client(api_key=api_key)
+
+
+@pytest.mark.parametrize("path", ["socket", "httpx"])
+@pytest.mark.parametrize(
+    "run_id",
+    [
+        "x HTTP/1.1\r\nhost: a\r\n\r\nPOST /api/v1/runs/victim/cancel",
+        "../schedules/s1",
+        "a/cancel",
+        "a?status=failed#",
+    ],
+)
+async def test_an_id_from_anywhere_stays_one_path_segment_of_one_request(
+    path: str, run_id: str
+) -> None:
+    wire = NotFoundError("run", run_id)
+    reply = json.dumps(wire.to_wire()).encode()
+    async with serve(lambda _: answer(404, reply)) as server:
+        transport = httpx.AsyncHTTPTransport() if path == "httpx" else None
+        async with Client(
+            f"http://127.0.0.1:{server.port}", api_key="aiki_KEY", transport=transport
+        ) as client:
+            with pytest.raises(NotFoundError):
+                await client.run_handle(RunId(run_id)).cancel()
+    (request,) = server.requests
+    assert request.method == "POST"
+    assert request.target == f"/api/v1/runs/{quote(run_id, safe='')}/cancel"
 
 
 async def test_a_2xx_that_is_not_the_answer_is_a_server_error() -> None:

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from aiki_client.__about__ import __version__
 from aiki_client._handle import WorkflowRunHandle
-from aiki_client._http import Http, HttpxHttp
+from aiki_client._http import Http, HttpxHttp, api_path
 from aiki_client._schedules import Schedules
 from aiki_client._sealing import seal_input
 from aiki_client._socket_http import SocketHttp
@@ -63,7 +63,7 @@ ModelT = TypeVar("ModelT", bound="BaseModel")
 
 
 DEFAULT_URL = "http://127.0.0.1:9850"
-_TOKEN = re.compile(r"^[\x21-\x7e]+$")  # visible ASCII: nothing that could end the header
+_TOKEN = re.compile(r"[\x21-\x7e]+")  # visible ASCII: nothing that could end the header
 
 
 def _identity(value: JsonValue) -> JsonValue:
@@ -94,7 +94,7 @@ class Client:
     ) -> None:
         if connect_retries < 0:
             raise ValueError("connect_retries must be 0 or more")
-        if api_key is not None and not _TOKEN.match(api_key):
+        if api_key is not None and not _TOKEN.fullmatch(api_key):
             raise ValueError("api_key must be a non-empty string of visible ASCII characters")
         self.base_url = base_url.rstrip("/")
         self.codec: PayloadCodec = codec or IdentityCodec()
@@ -180,25 +180,31 @@ class Client:
 
     async def record_task(self, run_id: RunId, request: RecordTaskRequest) -> RecordTaskResponse:
         """Record one task attempt."""
-        return await self._call("POST", f"/runs/{run_id}/tasks", RecordTaskResponse, request)
+        return await self._call(
+            "POST", api_path("runs", run_id, "tasks"), RecordTaskResponse, request
+        )
 
     async def start_child(self, run_id: RunId, request: StartChildRequest) -> StartRunResponse:
         """Start a child of a held run (the workflow sealed its input)."""
-        return await self._call("POST", f"/runs/{run_id}/children", StartRunResponse, request)
+        return await self._call(
+            "POST", api_path("runs", run_id, "children"), StartRunResponse, request
+        )
 
     async def transition(
         self, run_id: RunId, request: TransitionRunRequest
     ) -> TransitionRunResponse:
         """Complete, fail, suspend or release a held run."""
         return await self._call(
-            "POST", f"/runs/{run_id}/transition", TransitionRunResponse, request
+            "POST", api_path("runs", run_id, "transition"), TransitionRunResponse, request
         )
 
     async def create_webhook(
         self, run_id: RunId, request: CreateWebhookRequest
     ) -> CreateWebhookResponse:
         """Mint a signed URL that delivers an event to a held run."""
-        return await self._call("POST", f"/runs/{run_id}/webhooks", CreateWebhookResponse, request)
+        return await self._call(
+            "POST", api_path("runs", run_id, "webhooks"), CreateWebhookResponse, request
+        )
 
     # -- HTTP ----------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 
 import anyio
 
+from aiki_client._http import api_path
 from aiki_client._sealing import open_detail
 from aiki_core import (
     RUN_TERMINAL_STATUSES,
@@ -52,7 +53,7 @@ class WorkflowRunHandle(Generic[ResultT]):
 
     async def detail(self) -> RunDetail:
         """The run with its tasks (attempts, errors), waits, events, children and history."""
-        detail = await self._client._call("GET", f"/runs/{self.id}", RunDetail)
+        detail = await self._client._call("GET", api_path("runs", self.id), RunDetail)
         return open_detail(self._client.codec, detail)
 
     async def wait_for_status(
@@ -77,19 +78,19 @@ class WorkflowRunHandle(Generic[ResultT]):
     async def cancel(self, reason: str | None = None) -> None:
         """Cancel the run and its children."""
         request = CancelRunRequest(reason=reason)
-        await self._client._call("POST", f"/runs/{self.id}/cancel", RunSummary, request)
+        await self._client._call("POST", api_path("runs", self.id, "cancel"), RunSummary, request)
 
     async def pause(self) -> RunSummary:
         """Hold the run where it is; a worker running it stops at its next task boundary."""
-        return await self._client._call("POST", f"/runs/{self.id}/pause", RunSummary)
+        return await self._client._call("POST", api_path("runs", self.id, "pause"), RunSummary)
 
     async def resume(self) -> RunSummary:
         """Let a paused run go on from where it was."""
-        return await self._client._call("POST", f"/runs/{self.id}/resume", RunSummary)
+        return await self._client._call("POST", api_path("runs", self.id, "resume"), RunSummary)
 
     async def wake(self) -> RunSummary:
         """End the run's sleep now; the sleep reports that it was woken early."""
-        return await self._client._call("POST", f"/runs/{self.id}/wake", RunSummary)
+        return await self._client._call("POST", api_path("runs", self.id, "wake"), RunSummary)
 
     async def send_event(
         self,
@@ -107,7 +108,7 @@ class WorkflowRunHandle(Generic[ResultT]):
         )
         request = SendEventRequest(name=event.name, data=encoded, reference_id=reference_id)
         return await self._client._call(
-            "POST", f"/runs/{self.id}/events", SendEventResponse, request
+            "POST", api_path("runs", self.id, "events"), SendEventResponse, request
         )
 
     async def _wait(self, statuses: list[RunStatus], timeout: timedelta | None) -> RunOutcome:
@@ -119,7 +120,7 @@ class WorkflowRunHandle(Generic[ResultT]):
                 poll_ms = max(0, min(poll_ms, int((deadline - anyio.current_time()) * 1000)))
             outcome = await self._client._call(
                 "GET",
-                f"/runs/{self.id}/wait",
+                api_path("runs", self.id, "wait"),
                 RunOutcome,
                 params=[*params, ("timeout_ms", str(poll_ms))],
             )

@@ -9,6 +9,7 @@ transport. Both raise `ServerUnavailableError` when a request could not be carri
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
+from urllib.parse import quote
 
 import httpx
 
@@ -16,6 +17,15 @@ from aiki_client._socket_http import CONNECT_TIMEOUT, READ_TIMEOUT, unavailable
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
+
+
+def api_path(*segments: str) -> str:
+    """A path under the API's prefix, each segment percent-encoded whole.
+
+    Ids come from callers (a run id from a query string, say): encoded, one cannot
+    reach another route, or end the request line and smuggle a second request.
+    """
+    return "".join("/" + quote(segment, safe="") for segment in segments)
 
 
 class Http(Protocol):

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Literal, TypeVar
 
 from pydantic import ValidationError
 
+from aiki_client._http import api_path
 from aiki_client._sealing import open_schedule, seal_input
 from aiki_core import (
     DEFAULT_POOL,
@@ -96,20 +97,24 @@ class Schedules:
 
     async def get(self, schedule_id: str) -> Schedule:
         """One schedule, with its next fire time and last run."""
-        return await self._open(self._client._call("GET", f"/schedules/{schedule_id}", Schedule))
+        return await self._open(
+            self._client._call("GET", api_path("schedules", schedule_id), Schedule)
+        )
 
     async def pause(self, schedule_id: str) -> Schedule:
         """Stop firing until resumed."""
         return await self._open(
-            self._client._call("POST", f"/schedules/{schedule_id}/pause", Schedule)
+            self._client._call("POST", api_path("schedules", schedule_id, "pause"), Schedule)
         )
 
     async def resume(self, schedule_id: str) -> Schedule:
         """Fire again, from the first occurrence after now."""
         return await self._open(
-            self._client._call("POST", f"/schedules/{schedule_id}/resume", Schedule)
+            self._client._call("POST", api_path("schedules", schedule_id, "resume"), Schedule)
         )
 
     async def delete(self, schedule_id: str) -> Schedule:
         """Delete the schedule (the runs it started stay); the schedule as it was."""
-        return await self._open(self._client._call("DELETE", f"/schedules/{schedule_id}", Schedule))
+        return await self._open(
+            self._client._call("DELETE", api_path("schedules", schedule_id), Schedule)
+        )

@@ -18,6 +18,7 @@ that closes before any answer byte is, for a GET, tried once more on a fresh one
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 import time
 from typing import TYPE_CHECKING
@@ -39,6 +40,8 @@ CONNECT_BACKOFF = 0.1
 """Seconds before the first new connect attempt; doubled for each one after."""
 KEEPALIVE_SECONDS = 4.0
 """Idle connections are closed before uvicorn's 5 s keep-alive could close them under us."""
+
+_REQUEST_TARGET = re.compile(r"/[\x21-\x7e]*")
 
 
 def unavailable(base_url: str, exc: BaseException) -> ServerUnavailableError:
@@ -157,6 +160,8 @@ class SocketHttp:
     ) -> tuple[int, bytes]:
         """Send one request and read the whole answer."""
         target = self._prefix + path + (f"?{urlencode(params)}" if params else "")
+        if not _REQUEST_TARGET.fullmatch(target):  # `api_path` encodes; this is the backstop
+            raise ValueError(f"not a valid request target: {target!r}")
         head = f"{method} {target} HTTP/1.1\r\n{self._head}"
         if body is None:
             data = (head + "\r\n").encode()
