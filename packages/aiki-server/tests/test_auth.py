@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import secrets
 import sys
 import time
 from typing import TYPE_CHECKING
@@ -15,10 +16,12 @@ from typing import TYPE_CHECKING
 import anyio
 import httpx
 import pytest
+from ulid import ULID
 
 from aiki_core import DEFAULT_NAMESPACE
-from aiki_server._api_keys import revoke_key
-from aiki_server._auth import KEY_CACHE_TTL
+from aiki_server import _auth
+from aiki_server._api_keys import create_key, revoke_key
+from aiki_server._auth import KEY_CACHE_TTL, ApiKeys
 from aiki_server._notify import WakeHub
 from aiki_server._storage._open import open_database
 from live_processes import free_port
@@ -26,6 +29,7 @@ from server_api import START_MS, claim_one, client_with, error_of, new_key, star
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
+    from starlette.types import Message
 
     from live_processes import LiveProcesses
     from server_api import Harness, HarnessFactory
@@ -169,6 +173,40 @@ async def test_a_revoked_key_is_refused_within_the_cache_ttl(harness: Harness) -
         assert_unauthenticated(await client.get("/runs"), 'Bearer error="invalid_token"')
     async with client_with(harness.app, second.key) as client:
         assert (await client.get("/runs")).status_code == 200
+
+
+async def test_a_flood_of_made_up_keys_does_not_evict_a_live_one(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_auth, "_MAX_REFUSED", 20)
+    db = open_database(db_url, WakeHub())
+    await db.open()
+    try:
+        await db.migrate()
+        live = await create_key(db, "billing", START_MS)
+        keys = ApiKeys(db)
+        assert await keys.namespace_of(live.key) == "billing"
+        for _ in range(3 * 20):
+            made_up = f"aiki_{ULID()}_{secrets.token_urlsafe(32)}"
+            assert await keys.namespace_of(made_up) is None
+    finally:
+        await db.close()
+    # the database is closed: the live key's answer can only come from the cache
+    assert await keys.namespace_of(live.key) == "billing"
+
+
+async def test_a_websocket_is_closed_before_any_route(harness: Harness) -> None:
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "websocket.connect"}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope = {"type": "websocket", "path": "/api/v1/runs", "headers": [], "query_string": b""}
+    await harness.app(scope, receive, send)
+    assert sent == [{"type": "websocket.close", "code": 1008}]
 
 
 async def test_public_routes_answer_without_a_key(harness: Harness) -> None:

@@ -148,7 +148,7 @@ class ChildRecord(ResponseModel):
 class StateTransition(ResponseModel):
     """One row of the append-only history: a status change of a run or of a task."""
 
-    seq: int = Field(ge=1, description="Position in the namespace-wide history.")
+    seq: int = Field(ge=1, description="Position in the run's history, from 1.")
     run_id: RunId
     entity: Literal["run", "task"]
     entity_id: str

@@ -41,7 +41,8 @@ KEY_CACHE_TTL = 2.0
 NAMESPACE_SCOPE_KEY = "aiki.namespace"
 """The ASGI scope entry holding the caller's namespace."""
 
-_MAX_CACHED = 10_000
+_MAX_REFUSED = 10_000
+"""Refused keys remembered at most: made-up keys are forgotten, live ones are not."""
 _PUBLIC_PATHS = frozenset({"/health", "/openapi.json", "/docs", "/docs/oauth2-redirect"})
 _WEBHOOK_DELIVERY = re.compile(r"^/api/v1/webhooks/[^/]+$")
 _BEARER = re.compile(r"^[Bb][Ee][Aa][Rr][Ee][Rr] +(\S+) *$")
@@ -55,8 +56,10 @@ class ApiKeys:
         self._required = required
         """Sticky once true: keys are never deleted, so a database with one keeps it."""
         self._open_until = 0.0
-        self._namespaces: dict[str, tuple[str | None, float]] = {}
-        """Key hash -> (its namespace, or `None` if not a live key; valid until)."""
+        self._live: dict[str, tuple[str, float]] = {}
+        """Key hash -> (the namespace it opens, valid until)."""
+        self._refused: dict[str, float] = {}
+        """Key hash of a key that opens nothing -> valid until."""
 
     async def required(self) -> bool:
         """Whether a request must carry a key: the database holds one, or settings say so."""
@@ -74,20 +77,27 @@ class ApiKeys:
             return None
         key_hash = hash_key(key)
         now = time.monotonic()
-        cached = self._namespaces.get(key_hash)
-        if cached is not None and now < cached[1]:
-            return cached[0]
+        live = self._live.get(key_hash)
+        if live is not None and now < live[1]:
+            return live[0]
+        if now < self._refused.get(key_hash, 0.0):
+            return None
         namespace = await namespace_of(self._db, key_hash)
-        if len(self._namespaces) >= _MAX_CACHED:
-            self._namespaces.clear()  # a flood of made-up keys must not grow it
-        self._namespaces[key_hash] = (namespace, now + KEY_CACHE_TTL)
-        if namespace is not None:
+        until = now + KEY_CACHE_TTL
+        if namespace is None:
+            self._live.pop(key_hash, None)
+            if len(self._refused) >= _MAX_REFUSED:
+                self._refused.clear()  # a flood of made-up keys must not grow it
+            self._refused[key_hash] = until
+        else:
+            self._live[key_hash] = (namespace, until)  # as many as the database holds
             self._required = True
         return namespace
 
     def forget(self) -> None:
         """Drop every cached answer (an in-process harness that just changed the keys)."""
-        self._namespaces.clear()
+        self._live.clear()
+        self._refused.clear()
         self._open_until = 0.0
 
 
@@ -100,6 +110,9 @@ class ApiKeyAuth:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Pass the request on with its namespace, or answer 401."""
+        if scope["type"] == "websocket":  # no such routes: fail closed should one appear
+            await send({"type": "websocket.close", "code": 1008})
+            return
         if scope["type"] != "http" or _is_public(scope["path"]):
             await self.app(scope, receive, send)
             return

@@ -273,7 +273,7 @@ class Orchestrator:
         return run_detail(
             row,
             **parts[run_id],
-            history=[transition(h) for h in history],
+            history=[transition(h, seq) for seq, h in enumerate(history, start=1)],
             pending_reason=pending,
         )
 

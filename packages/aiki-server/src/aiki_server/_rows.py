@@ -159,10 +159,14 @@ def child_record(row: Row) -> ChildRecord:
     )
 
 
-def transition(row: Row) -> StateTransition:
-    """A `state_transitions` row."""
+def transition(row: Row, seq: int) -> StateTransition:
+    """A `state_transitions` row, the `seq`-th of its run's history.
+
+    The table's own sequence is server-wide: shown, it would tell a namespace how
+    much every other one did between two of its transitions.
+    """
     return StateTransition(
-        seq=row["seq"],
+        seq=seq,
         run_id=row["run_id"],
         entity=row["entity"],
         entity_id=row["entity_id"],
