@@ -101,8 +101,8 @@ async def move_run(
         tx.publish(TIMERS)
     if target is RunStatus.QUEUED or target.is_terminal:
         await tx.execute("DELETE FROM child_waits WHERE run_id = $1", run["id"])
-    if target.is_terminal:
-        await _wake_parents(tx, run["id"], now)
+    if target.is_terminal and run["parent_run_id"] is not None:
+        await _wake_parent(tx, run["id"], run["parent_run_id"], now)
     return revision
 
 
@@ -111,15 +111,23 @@ async def requeue(tx: Tx, run: Row, now: int, reason: str) -> None:
     await move_run(tx, run, RunStatus.QUEUED, now, reason)
 
 
-async def _wake_parents(tx: Tx, child_run_id: str, now: int) -> None:
-    parents = await tx.fetch(
-        "SELECT r.* FROM child_waits w JOIN runs r ON r.id = w.run_id"
-        f" WHERE w.child_run_id = $1{tx.lock_rows}",
+async def _wake_parent(tx: Tx, child_run_id: str, parent_run_id: str, now: int) -> None:
+    # The parent's row is locked before its waits are read. A parent suspending on
+    # this child meanwhile holds that lock from before it reads the child's status:
+    # either its wait is committed before this lock is granted (and seen below, as
+    # each statement reads what is committed), or it reads this child as ended once
+    # this commits, and does not suspend. Reading the waits first missed a wait
+    # committed in between, and the parent slept forever (PostgreSQL).
+    parent = await tx.fetchrow(f"SELECT * FROM runs WHERE id = $1{tx.lock_rows}", parent_run_id)
+    if parent is None or parent["status"] != RunStatus.AWAITING_CHILD:
+        return
+    waiting = await tx.fetchrow(
+        "SELECT 1 FROM child_waits WHERE run_id = $1 AND child_run_id = $2",
+        parent_run_id,
         child_run_id,
     )
-    for parent in parents:
-        if parent["status"] == RunStatus.AWAITING_CHILD:
-            await requeue(tx, parent, now, f"child {child_run_id} ended")
+    if waiting is not None:
+        await requeue(tx, parent, now, f"child {child_run_id} ended")
 
 
 async def end_run_and_descendants(
