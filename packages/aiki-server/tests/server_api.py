@@ -126,6 +126,20 @@ async def start(client: httpx.AsyncClient, **fields: Any) -> dict[str, Any]:
     return run
 
 
+def task_record(revision: int, **fields: Any) -> dict[str, Any]:
+    """The body of a completed attempt of task `charge` (result 7), with `fields` changed."""
+    return {
+        "revision": revision,
+        "name": "charge",
+        "address": "charge:1",
+        "occurrence": 0,
+        "attempt": 1,
+        "status": "completed",
+        "result": 7,
+        **fields,
+    }
+
+
 async def claim(
     client: httpx.AsyncClient,
     workflow: str = "w",

@@ -25,7 +25,15 @@ from aiki_server._auth import KEY_CACHE_TTL, ApiKeys
 from aiki_server._notify import WakeHub
 from aiki_server._storage._open import open_database
 from live_processes import free_port
-from server_api import START_MS, claim_one, client_with, error_of, new_key, start
+from server_api import (
+    START_MS,
+    claim_one,
+    client_with,
+    error_of,
+    new_key,
+    start,
+    task_record,
+)
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -98,15 +106,7 @@ async def test_a_request_without_a_key_is_401_on_every_kind_of_route(harness: Ha
     async with client_with(harness.app, billing.key) as keyed:
         run = await start(keyed)
         claimed = await claim_one(keyed)
-    record = {
-        "revision": claimed["run"]["revision"],
-        "name": "charge",
-        "address": "charge:1",
-        "occurrence": 0,
-        "attempt": 1,
-        "status": "completed",
-        "result": 7,
-    }
+    record = task_record(claimed["run"]["revision"])
 
     async with client_with(harness.app, None) as client:
         answers = [

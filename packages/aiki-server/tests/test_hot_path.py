@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from aiki_core import DEFAULT_NAMESPACE
 from aiki_server._auth import NAMESPACE_SCOPE_KEY
 from aiki_server._hot_path import HotPath
-from server_api import claim_one, get_run, start
+from server_api import claim_one, get_run, start, task_record
 
 if TYPE_CHECKING:
     from starlette.types import Message, Receive, Scope, Send
@@ -68,17 +68,7 @@ async def post(
 
 
 def record_body(revision: int, **fields: Any) -> bytes:
-    fields = {
-        "revision": revision,
-        "name": "charge",
-        "address": "charge:1",
-        "occurrence": 0,
-        "attempt": 1,
-        "status": "completed",
-        "result": 7,
-        **fields,
-    }
-    return json.dumps(fields).encode()
+    return json.dumps(task_record(revision, **fields)).encode()
 
 
 async def test_a_valid_record_and_transition_are_answered_by_the_hot_path(

@@ -27,6 +27,7 @@ from server_api import (
     get_run,
     new_key,
     start,
+    task_record,
     transition,
 )
 
@@ -252,15 +253,7 @@ async def heartbeat_a_claim(t: Tenants) -> None:
 @case("POST", "/runs/{run_id}/tasks")
 async def record_a_task(t: Tenants) -> None:
     mine, revision = await held_run(t.a)
-    record = {
-        "revision": revision,
-        "name": "charge",
-        "address": "charge:1",
-        "occurrence": 0,
-        "attempt": 1,
-        "status": "completed",
-        "result": 7,
-    }
+    record = task_record(revision)
 
     not_found(await t.b.post(f"/runs/{mine['id']}/tasks", json=record))  # the hot path's
 
