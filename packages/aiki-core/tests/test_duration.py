@@ -6,7 +6,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from aiki_core import Duration, from_millis, to_millis
+from aiki_core import MAX_DURATION, Duration, from_millis, to_millis
 
 DURATION: TypeAdapter[timedelta] = TypeAdapter(Duration)
 
@@ -23,7 +23,7 @@ class Timer(BaseModel):
         (timedelta(milliseconds=1), 1),
         (timedelta(seconds=1.5), 1500),
         (timedelta(days=2, hours=3), 183_600_000),
-        (timedelta(days=100_000), 8_640_000_000_000),
+        (timedelta(days=36_525), 3_155_760_000_000),
     ],
 )
 def test_to_and_from_millis(duration: timedelta, millis: int) -> None:
@@ -48,8 +48,20 @@ def test_negatives_raise() -> None:
         from_millis(-1)
 
 
+def test_past_100_years_raises() -> None:
+    assert MAX_DURATION == timedelta(days=36_525)
+    assert from_millis(to_millis(MAX_DURATION)) == MAX_DURATION
+    with pytest.raises(ValueError, match="longer than 36525 days"):
+        from_millis(to_millis(MAX_DURATION) + 1)
+    with pytest.raises(ValidationError):
+        Timer(after=MAX_DURATION + timedelta(milliseconds=1))
+
+
 def test_field_accepts_milliseconds_and_timedelta() -> None:
     assert Timer(after=1500).after == timedelta(milliseconds=1500)
+    # JSON Schema's integers include a whole number written with a fraction
+    assert Timer(after=1500.0).after == timedelta(milliseconds=1500)
+    assert DURATION.validate_json("5000.0") == timedelta(seconds=5)
     assert Timer(after=timedelta(minutes=2)).after == timedelta(minutes=2)
     assert DURATION.validate_python(0) == timedelta(0)
     assert DURATION.validate_json("250") == timedelta(milliseconds=250)
@@ -61,16 +73,16 @@ def test_field_truncates_microseconds() -> None:
 
 
 @pytest.mark.parametrize(
-    "value", [1.5, 1.0, True, False, -1, timedelta(milliseconds=-1), "soon", None]
+    "value", [1.5, True, False, -1, timedelta(milliseconds=-1), "soon", "5", "PT5S", None]
 )
-def test_field_rejects_floats_bools_and_negatives(value: Any) -> None:
+def test_field_rejects_fractions_bools_strings_and_negatives(value: Any) -> None:
     with pytest.raises(ValidationError):
         DURATION.validate_python(value)
     with pytest.raises(ValidationError):
         Timer(after=value)
 
 
-@pytest.mark.parametrize("text", ["1.5", "1.0", "true", "-5", "null"])
+@pytest.mark.parametrize("text", ["1.5", '"1"', '"P1D"', "true", "-5", "null"])
 def test_field_rejects_bad_json(text: str) -> None:
     with pytest.raises(ValidationError):
         DURATION.validate_json(text)
@@ -88,5 +100,6 @@ def test_json_schema_says_integer() -> None:
     schema = DURATION.json_schema()
     assert schema["type"] == "integer"
     assert schema["minimum"] == 0
+    assert schema["maximum"] == to_millis(MAX_DURATION)
     after = Timer.model_json_schema()["properties"]["after"]
     assert after["type"] == "integer"

@@ -126,7 +126,6 @@ def test_attempts_are_numbered_from_one(attempt: int) -> None:
 @pytest.mark.parametrize(
     "fields",
     [
-        pytest.param({"kind": "fixed", "max_attempts": 2, "base_delay": 10, "max_delay": 5}),
         pytest.param({"kind": "never", "max_attempts": 2}, id="never-twice"),
         pytest.param({"kind": "exponential", "max_attempts": 3, "jitter": 1.01}, id="jitter"),
         pytest.param({"kind": "exponential", "max_attempts": 3, "jitter": -0.1}),
@@ -144,8 +143,15 @@ def test_invalid_policies_are_rejected(fields: dict[str, Any]) -> None:
         RetryPolicy.model_validate(fields)
 
 
+def test_a_cap_below_the_base_delay_caps_every_delay() -> None:
+    policy = RetryPolicy.model_validate(
+        {"kind": "fixed", "max_attempts": 3, "base_delay": 10, "max_delay": 5}
+    )
+    assert policy.delay_after(1) == timedelta(milliseconds=5)
+
+
 def test_invalid_policies_from_the_constructors() -> None:
-    with pytest.raises(ValidationError, match="max_delay"):
+    with pytest.raises(ValueError, match="max_delay"):
         RetryPolicy.exponential(max_attempts=3, base_delay=timedelta(hours=2))
     with pytest.raises(ValidationError):
         RetryPolicy.fixed(max_attempts=3, delay=-SECOND)

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import base64
 import json
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from server_api import error_of, start
+from server_api import START_MS, error_of, iso, start
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     import httpx
 
-    from server_api import HarnessFactory
+    from server_api import Harness, HarnessFactory
 
 UNKNOWN = "01JUNKNOWNRUN0000000000000"
 
@@ -294,13 +293,96 @@ async def test_an_unknown_route_is_404(server: httpx.AsyncClient, url: str) -> N
 
 
 @pytest.mark.parametrize(
-    ("method", "path"),
-    [("DELETE", "/runs"), ("PUT", "/runs/x"), ("GET", "/claims"), ("GET", "/runs/x/cancel")],
+    ("method", "path", "allowed"),
+    [
+        ("DELETE", "/runs", "GET, POST"),
+        ("OPTIONS", "/runs", "GET, POST"),
+        ("PUT", "/runs/x", "GET"),
+        ("GET", "/claims", "POST"),
+        ("GET", "/runs/x/cancel", "POST"),
+        ("GET", "/runs/x/tasks", "POST"),
+        ("OPTIONS", "/schedules", "GET, POST"),
+        ("POST", "/schedules/x", "DELETE, GET"),
+    ],
 )
-async def test_a_wrong_method_is_405(server: httpx.AsyncClient, method: str, path: str) -> None:
+async def test_a_wrong_method_is_405_allowing_every_method_of_the_path(
+    server: httpx.AsyncClient, method: str, path: str, allowed: str
+) -> None:
+    # Starlette's own 405 names the methods of the first route that matched the path
     r = await server.request(method, path)
     error_of(r, 405, "invalid_request")
-    assert "allow" in r.headers
+    assert r.headers["allow"] == allowed
+
+
+# -- the wire's types: JSON's own, with the limits the OpenAPI document states ---------------
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/claims", {"worker_id": "w", "capabilities": [_W1], "max_runs": "5"}, "max_runs"),
+        ("/claims", {"worker_id": "w", "capabilities": [_W1], "max_runs": True}, "max_runs"),
+        ("/claims", {"worker_id": "w", "capabilities": [_W1], "wait": "5"}, "wait"),
+        ("/claims", {"worker_id": "w", "capabilities": [_W1], "wait": 60_001}, "wait"),
+        ("/heartbeats", {"worker_id": "w", "runs": [{"run_id": "x", "revision": False}]},
+         "revision"),
+        ("/heartbeats", {"worker_id": "w", "runs": [{"run_id": "x", "revision": 2**53}]},
+         "revision"),
+        ("/runs", _W1 | {"start_at": 1_800_000_000}, "start_at"),
+        ("/runs", _W1 | {"start_at": "1800000000"}, "start_at"),
+        ("/runs", _W1 | {"start_at": "2030-01-01 00:00:00Z"}, "start_at"),
+        ("/runs", _W1 | {"start_at": "9999-12-31T23:59:59-14:00"}, "start_at"),
+        ("/runs", _W1 | {"delay": "P1D"}, "delay"),
+        ("/runs", _W1 | {"timeout": 36_525 * 86_400_000 + 1}, "timeout"),
+        ("/schedules", {"name": "s", "workflow": "w", "version": "1", "every": 999}, "every"),
+        ("/schedules", {"name": "s", "workflow": "w", "version": "1", "every": 1000,
+                        "timezone": "Mars/Olympus"}, "timezone"),
+    ],
+    ids=["count-as-string", "count-as-bool", "duration-as-string", "wait-over-its-maximum",
+         "revision-as-bool", "revision-past-2**53", "timestamp-as-number",
+         "timestamp-as-digits", "timestamp-with-a-space", "timestamp-past-9999-in-utc",
+         "duration-as-iso-8601", "duration-over-100-years", "interval-under-1-s",
+         "unknown-timezone"],
+)  # fmt: skip
+async def test_a_value_of_another_json_type_or_past_its_limit_is_422(
+    server: httpx.AsyncClient, path: str, body: dict[str, Any], field: str
+) -> None:
+    # pydantic's lax mode took "5", true, 1.8e9 (as seconds) and "P1D": the schema says no
+    await started(server)
+    r = await server.post(path, json=body)
+    details = error_of(r, 422, "payload_validation")
+    assert any(field in problem["loc"] for problem in details["errors"]), details
+    assert await run_count(server) == 1
+    assert (await server.get("/schedules")).json()["schedules"] == []
+
+
+async def test_a_whole_number_written_with_a_fraction_is_an_integer(
+    harness: Harness,
+) -> None:
+    # JSON Schema's integers include 5000.0: durations and counts take it
+    r = await harness.client.post("/runs", json=_W1 | {"delay": 5000.0, "timeout": 1000.0})
+    assert r.status_code == 201, r.text
+    run = r.json()["run"]
+    assert run["start_at"] == iso(START_MS + 5000)
+    assert run["deadline_at"] == iso(START_MS + 6000)
+    r = await harness.client.post(
+        "/claims",
+        json={"worker_id": "w", "capabilities": [_W1], "max_runs": 2.0, "wait": 0.0},
+    )
+    assert r.status_code == 200, r.text
+
+
+async def test_a_deadline_past_the_year_9999_is_422_and_starts_nothing(
+    server: httpx.AsyncClient,
+) -> None:
+    late = _W1 | {"start_at": "9999-12-31T00:00:00Z", "timeout": 2 * 86_400_000}
+    r = await server.post("/runs", json=late)
+    details = error_of(r, 422, "payload_validation")
+    assert ["body", "timeout"] in locations(details)
+    assert await run_count(server) == 0
+    r = await server.post("/runs", json=late | {"timeout": 86_400_000 - 1})
+    assert r.status_code == 201, r.text
+    assert r.json()["run"]["deadline_at"] == "9999-12-31T23:59:59.999000Z"
 
 
 # -- oversize bodies -----------------------------------------------------------------------
@@ -436,26 +518,41 @@ async def test_a_claim_with_a_wait_too_long_is_422(server: httpx.AsyncClient) ->
     assert len(r.json()["runs"]) == 1
 
 
-async def test_a_cursor_with_an_unstorable_number_is_400(server: httpx.AsyncClient) -> None:
+async def test_a_cursor_with_a_number_past_its_pattern_is_422(server: httpx.AsyncClient) -> None:
     await started(server)
-    cursor = base64.urlsafe_b64encode(b"99999999999999999999999:x").decode()
-    r = await server.get("/runs", params={"cursor": cursor})
-    error_of(r, 400, "invalid_request")
+    r = await server.get("/runs", params={"cursor": "99999999999999999999999-x"})
+    details = error_of(r, 422, "payload_validation")
+    assert ["query", "cursor"] in locations(details)
 
 
-async def test_a_nul_in_a_plain_string_is_never_a_500(server: httpx.AsyncClient) -> None:
-    # SQLite stores it; PostgreSQL text cannot hold NUL, which is then a 400
-    r = await server.post("/runs", json={"workflow": "w", "version": "1", "reference_id": "a\0b"})
-    if r.status_code != 201:
-        error_of(r, 400, "invalid_request")
-        assert await run_count(server) == 0
-    run_id, revision = await _claimed(server)
-    r = await server.post(f"/runs/{run_id}/events", json={"name": "e", "reference_id": "\0"})
-    if r.status_code != 200:
-        error_of(r, 400, "invalid_request")
-        assert (await server.get(f"/runs/{run_id}")).json()["events"] == []
-    r = await server.get("/runs/a%00b")
-    assert r.status_code in (400, 404), r.text
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/runs", {"workflow": "w", "version": "1", "reference_id": "a\0b"}),
+        ("POST", "/claims", {"worker_id": "\0", "capabilities": [_W1]}),
+        ("POST", "/heartbeats", {"worker_id": "w\0", "runs": []}),
+        ("POST", "/runs/{run_id}/events", {"name": "e", "reference_id": "\0"}),
+        ("POST", "/runs/{run_id}/cancel", {"reason": "a\0b"}),
+        ("POST", "/schedules", {"name": "s", "workflow": "w", "version": "1", "cron": "\0"}),
+        ("GET", "/runs/a%00b", None),
+        ("POST", "/runs/a%00b/tasks", None),
+    ],
+    ids=["reference-id", "worker-id", "heartbeat", "event-reference", "reason", "cron",
+         "path-id", "hot-path-id"],
+)  # fmt: skip
+async def test_a_nul_in_a_plain_string_is_422_on_every_database(
+    server: httpx.AsyncClient, method: str, path: str, body: dict[str, Any] | None
+) -> None:
+    # PostgreSQL text cannot hold NUL: the schema says so (a pattern), on both databases
+    run_id, _ = await _claimed(server)
+    before = (await server.get(f"/runs/{run_id}")).json()
+    r = await server.request(method, path.format(run_id=run_id), json=body)
+    error_of(r, 422, "payload_validation")
+    assert (await server.get(f"/runs/{run_id}")).json() == before
+    assert await run_count(server) == 1
+
+
+async def test_a_nul_in_a_payload_is_kept(server: httpx.AsyncClient) -> None:
     # a NUL inside a payload is escaped in its JSON text, so every database keeps it
     r = await server.post("/runs", json={"workflow": "w", "version": "1", "input": "a\0b"})
     assert r.status_code == 201, r.text
@@ -528,3 +625,47 @@ async def test_openapi_is_served(server: httpx.AsyncClient) -> None:
     start_responses = paths["/api/v1/runs"]["post"]["responses"]
     assert "201" in start_responses
     assert "ErrorResponse" in json.dumps(start_responses["409"])
+
+
+async def test_openapi_states_what_the_server_accepts(server: httpx.AsyncClient) -> None:
+    spec = (await server.get("http://aiki/openapi.json")).json()
+    paths, schemas = spec["paths"], spec["components"]["schemas"]
+    # idempotent creates answer the existing resource with a 200
+    for path in ("/api/v1/runs", "/api/v1/schedules", "/api/v1/runs/{run_id}/children"):
+        assert "200" in paths[path]["post"]["responses"], path
+    # limits the validators check
+    wait = schemas["ClaimRequest"]["properties"]["wait"]
+    assert (wait["minimum"], wait["maximum"]) == (0, 60_000)
+    expires = schemas["CreateWebhookRequest"]["properties"]["expires_in"]
+    assert (expires["minimum"], expires["maximum"]) == (1, 90 * 86_400_000)
+    assert schemas["RecordTaskRequest"]["properties"]["occurrence"]["maximum"] == 2**53 - 1
+    cron = schemas["CreateScheduleRequest"]["properties"]["cron"]["anyOf"][0]
+    assert cron["format"] == "cron"
+    assert "Europe/Paris" in json.dumps(schemas["CreateScheduleRequest"]["properties"]["timezone"])
+    # rules across fields, and the tags of the discriminated unions
+    assert schemas["StartRunRequest"]["not"]["required"] == ["start_at", "delay"]
+    assert len(schemas["CreateScheduleRequest"]["oneOf"]) == 2
+    assert len(schemas["RecordTaskRequest"]["allOf"]) == 3
+    for tagged in ("AwaitSleep", "AwaitEvent", "AwaitChild", "AwaitRetry", "CompleteRun",
+                   "FailRun", "SuspendRun", "ReleaseRun"):  # fmt: skip
+        assert "kind" in schemas[tagged]["required"], tagged
+    # ids and cursors have patterns; the path of a run says so too
+    run_id = paths["/api/v1/runs/{run_id}"]["get"]["parameters"][0]
+    assert run_id["schema"]["pattern"] == "^[0-9A-Za-z]{1,64}$"
+
+
+@pytest.mark.parametrize(
+    "action",
+    [
+        {"waits": [{"name": "s", "occurrence": 0, "wake_at": "2030-01-01T00:00:00Z"}]},
+        {"kind": "suspend", "waits": [{"name": "s", "occurrence": 0}]},
+    ],
+    ids=["action-without-kind", "wait-without-kind"],
+)
+async def test_a_union_member_without_its_kind_is_422(
+    server: httpx.AsyncClient, action: dict[str, Any]
+) -> None:
+    run_id, revision = await _claimed(server)
+    body = {"revision": revision, "action": action}
+    r = await server.post(f"/runs/{run_id}/transition", json=body)
+    error_of(r, 422, "payload_validation")

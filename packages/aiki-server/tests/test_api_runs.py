@@ -265,10 +265,23 @@ async def test_list_filters_by_workflow_version_status_and_time(harness: Harness
 
 
 async def test_list_rejects_a_malformed_cursor(server: httpx.AsyncClient) -> None:
+    # the OpenAPI document states the cursor's pattern: anything else is a 422 naming it
     await start(server)
-    for cursor in ("not-a-cursor", "%%%", "bm8tY29sb24", "YWJjOnh5eg=="):
+    malformed = ("not-a-cursor", "%%%", "bm8tY29sb24", "1-a-b", "1234567890123456-X", "-X", "1-")
+    for cursor in malformed:
         r = await server.get("/runs", params={"cursor": cursor})
-        error_of(r, 400, "invalid_request")
+        details = error_of(r, 422, "payload_validation")
+        assert ["query", "cursor"] in [p["loc"] for p in details["errors"]], details
+
+
+async def test_any_cursor_of_the_documented_pattern_is_a_page(server: httpx.AsyncClient) -> None:
+    run = await start(server)
+    for cursor in ("0-0", "999999999999999-zzzz", f"999999999999999-{run['id']}"):
+        for path in ("/runs", "/schedules"):
+            r = await server.get(path, params={"cursor": cursor})
+            assert r.status_code == 200, r.text
+    r = await server.get("/runs", params={"cursor": f"999999999999999-{run['id']}"})
+    assert [found["id"] for found in r.json()["runs"]] == [run["id"]]
 
 
 # -- wait --------------------------------------------------------------------------------

@@ -506,6 +506,23 @@ async def test_suspend_on_a_sleep_then_the_timer_requeues_it(harness: Harness) -
     assert again["sleeps"][0]["status"] == "completed"
 
 
+@pytest.mark.parametrize(
+    "wake_at",
+    ["3000-01-01T00:00:00.001Z", "9999-12-31T23:59:59.999Z", "0001-01-01T00:00:00.001Z"],
+)
+async def test_a_due_time_reads_back_to_the_millisecond(
+    server: httpx.AsyncClient, wake_at: str
+) -> None:
+    # epoch ms / 1000 is a float: 3000-01-01T00:00:00.001 came back as .000999
+    run_id, revision = await started_and_claimed(server)
+    sleep = {"kind": "sleep", "name": "s", "occurrence": 2**53 - 1, "wake_at": wake_at}
+    r = await transition(server, run_id, revision, {"kind": "suspend", "waits": [sleep]})
+    assert r.status_code == 200, r.text
+    [recorded] = (await get_run(server, run_id))["sleeps"]
+    assert recorded["wake_at"] == wake_at.replace("Z", "000Z")
+    assert recorded["occurrence"] == 2**53 - 1
+
+
 @pytest.mark.parametrize("ending", ["fail", "cancel", "complete"])
 async def test_a_parent_awaiting_a_child_is_requeued_when_it_ends(
     server: httpx.AsyncClient, ending: str
@@ -758,14 +775,15 @@ async def test_a_stale_transition_writes_none_of_its_task_records(
     assert await get_run(server, run_id) == before
 
 
-async def test_task_records_must_carry_the_transition_revision(
+async def test_a_task_record_with_another_revision_is_stale(
     server: httpx.AsyncClient,
 ) -> None:
+    # each record is fenced like the transition: no JSON Schema can tie the two revisions
+    # together, so a mismatch is the 409 of a stale write, not a 422 of a bad shape
     run_id, revision = await started_and_claimed(server)
     before = await get_run(server, run_id)
-    tasks = [task_json(revision + 1, "charge:1", result=1)]
+    tasks = [task_json(revision, "charge:1", result=1), task_json(revision + 1, "ship:1")]
     r = await transition_with_tasks(server, run_id, revision, {"kind": "complete"}, tasks)
-    details = error_of(r, 422, "payload_validation")
-    (problem,) = details["errors"]
-    assert f"has revision {revision + 1}, the transition {revision}" in problem["msg"]
+    details = error_of(r, 409, "stale_revision")
+    assert details == {"run_id": run_id, "revision": revision + 1, "current_revision": revision}
     assert await get_run(server, run_id) == before

@@ -149,7 +149,7 @@ async def test_list_is_newest_first_and_keyset_paginated(harness: Harness) -> No
             break
     assert seen == ids[::-1]
     assert pages == 3
-    error_of(await h.client.get("/schedules", params={"cursor": "nope"}), 400, "invalid_request")
+    error_of(await h.client.get("/schedules", params={"cursor": "nope"}), 422, "payload_validation")
     error_of(await h.client.get("/schedules", params={"limit": 0}), 422, "payload_validation")
 
 

@@ -142,6 +142,9 @@ from aiki_core._codec import (
     PayloadCodec as PayloadCodec,
 )
 from aiki_core._duration import (
+    MAX_DURATION as MAX_DURATION,
+)
+from aiki_core._duration import (
     Duration as Duration,
 )
 from aiki_core._duration import (
@@ -399,7 +402,10 @@ from aiki_core._status import (
 from aiki_core._status import (
     check_task_transition as check_task_transition,
 )
+from aiki_core._wire import ID_PATTERN as ID_PATTERN
 from aiki_core._wire import MAX_COUNT as MAX_COUNT
+from aiki_core._wire import Cursor as Cursor
+from aiki_core._wire import Identifier as Identifier
 from aiki_core._wire import Name as Name
 
 __all__ = (
@@ -423,6 +429,7 @@ __all__ = (
     "CreateScheduleRequest",
     "CreateWebhookRequest",
     "CreateWebhookResponse",
+    "Cursor",
     "DEFAULT_NAMESPACE",
     "DEFAULT_POOL",
     "DecryptionError",
@@ -440,6 +447,8 @@ __all__ = (
     "FailRun",
     "HeartbeatRequest",
     "HeartbeatResponse",
+    "ID_PATTERN",
+    "Identifier",
     "IdentityCodec",
     "IllegalTransitionError",
     "InvalidRequestError",
@@ -447,6 +456,7 @@ __all__ = (
     "LogLevel",
     "Logger",
     "MAX_COUNT",
+    "MAX_DURATION",
     "MAX_TASKS_PER_TRANSITION",
     "MAX_WEBHOOK_LIFETIME",
     "MAX_WEBHOOK_SCHEMA_BYTES",

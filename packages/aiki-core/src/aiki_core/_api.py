@@ -23,7 +23,7 @@ from pydantic import (
 )
 
 from aiki_core._canonical import canonical_json
-from aiki_core._duration import Duration
+from aiki_core._duration import Duration, DurationRange
 from aiki_core._error_info import ErrorInfo
 from aiki_core._exceptions import ErrorCode
 from aiki_core._ids import DEFAULT_POOL, EventId, RunId, TaskAddress, TaskId, WebhookId, WorkerId
@@ -38,15 +38,22 @@ from aiki_core._records import (
 from aiki_core._retry import RetryPolicy
 from aiki_core._status import TASK_TERMINAL_STATUSES, RunStatus, TaskStatus
 from aiki_core._wire import (
+    ID,
+    NO_NUL,
     ClientId,
     Count,
+    Cursor,
     Fingerprint,
+    Integer,
     Name,
     Ordinal,
     ReferenceId,
     RequestModel,
     ResponseModel,
+    Timestamp,
     VersionName,
+    given,
+    requiring,
 )
 
 __all__ = [
@@ -92,6 +99,12 @@ __all__ = [
 MAX_LONG_POLL = timedelta(seconds=60)
 """The longest a claim or a status wait may hold a request open."""
 
+WorkerName = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=NO_NUL)]
+"""How a worker calls itself in its claims and heartbeats."""
+
+StoredAddress = Annotated[TaskAddress, StringConstraints(pattern=NO_NUL)]
+"""A task or child call's address, as the server stores it."""
+
 
 # -- errors -----------------------------------------------------------------------------
 
@@ -130,10 +143,12 @@ class StartRunRequest(RequestModel):
         "reference id exists (a keyed HMAC when the client seals its input).",
     )
     reference_id: ReferenceId | None = None
-    start_at: AwareDatetime | None = None
+    start_at: Timestamp | None = None
     delay: Duration | None = None
     pool: Name = DEFAULT_POOL
     timeout: Duration | None = None
+
+    model_config = ConfigDict(json_schema_extra={"not": given("start_at", "delay")})
 
     @model_validator(mode="after")
     def _one_start_time(self) -> Self:
@@ -151,7 +166,7 @@ class StartChildRequest(RequestModel):
     """
 
     revision: Count
-    address: TaskAddress
+    address: StoredAddress
     occurrence: Count
     workflow: Name
     version: VersionName
@@ -176,10 +191,10 @@ class ListRunsQuery(RequestModel):
     workflow: Name | None = None
     version: VersionName | None = None
     status: list[RunStatus] | None = None
-    created_after: AwareDatetime | None = None
-    created_before: AwareDatetime | None = None
+    created_after: Timestamp | None = None
+    created_before: Timestamp | None = None
     limit: int = Field(default=50, ge=1, le=500)
-    cursor: str | None = Field(default=None, max_length=200)
+    cursor: Cursor | None = None
 
 
 class RunPage(ResponseModel):
@@ -192,7 +207,7 @@ class RunPage(ResponseModel):
 class CancelRunRequest(RequestModel):
     """Cancel a run and, through it, its children."""
 
-    reason: str | None = Field(default=None, max_length=1000)
+    reason: str | None = Field(default=None, max_length=1000, pattern=NO_NUL)
 
 
 class SendEventRequest(RequestModel):
@@ -224,16 +239,10 @@ class WorkflowCapability(RequestModel):
 class ClaimRequest(RequestModel):
     """Ask for up to `max_runs` runs; the server holds the request up to `wait` for work."""
 
-    worker_id: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    worker_id: WorkerName
     capabilities: list[WorkflowCapability] = Field(min_length=1, max_length=1000)
-    max_runs: int = Field(default=1, ge=1, le=1000)
-    wait: Duration = timedelta(seconds=30)
-
-    @model_validator(mode="after")
-    def _bounded_wait(self) -> Self:
-        if self.wait > MAX_LONG_POLL:
-            raise ValueError(f"wait may be at most {MAX_LONG_POLL.total_seconds():.0f} s")
-        return self
+    max_runs: Integer = Field(default=1, ge=1, le=1000)
+    wait: Annotated[Duration, DurationRange(at_most=MAX_LONG_POLL)] = timedelta(seconds=30)
 
 
 class ClaimedRun(ResponseModel):
@@ -257,14 +266,14 @@ class ClaimResponse(ResponseModel):
 class RunLease(RequestModel):
     """A run a worker holds, at the revision its claim returned."""
 
-    run_id: RunId
+    run_id: Annotated[RunId, ID]
     revision: Count
 
 
 class HeartbeatRequest(RequestModel):
     """Refresh the claims on the runs a worker holds."""
 
-    worker_id: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    worker_id: WorkerName
     runs: list[RunLease] = Field(max_length=10_000)
 
 
@@ -304,18 +313,41 @@ class RecordTaskRequest(RequestModel):
 
     revision: Count
     name: Name
-    address: TaskAddress
+    address: StoredAddress
     occurrence: Count
     attempt: Ordinal
     status: TaskStatus
     input: JsonValue = None
     result: JsonValue = None
     error: ErrorInfo | None = None
-    retry_at: AwareDatetime | None = None
+    retry_at: Timestamp | None = None
     retry: RetryPolicy | None = None
     worker_id: WorkerId | None = None
-    started_at: AwareDatetime | None = Field(
+    started_at: Timestamp | None = Field(
         default=None, description="When the attempt began (default: when it is recorded)."
+    )
+
+    # the rules of `_fields_match_status`, stated for the OpenAPI document
+    model_config = ConfigDict(
+        json_schema_extra={
+            "allOf": [
+                {
+                    "if": {"properties": {"status": {"enum": ["failed", "awaiting_retry"]}}},
+                    "then": given("error"),
+                    "else": {"properties": {"error": {"type": "null"}}},
+                },
+                {
+                    "if": {"properties": {"status": {"const": "awaiting_retry"}}},
+                    "then": given("retry_at"),
+                    "else": {"properties": {"retry_at": {"type": "null"}}},
+                },
+                {
+                    "if": {"properties": {"status": {"const": "completed"}}},
+                    "then": {},
+                    "else": {"properties": {"result": {"type": "null"}}},
+                },
+            ]
+        }
     )
 
     @model_validator(mode="after")
@@ -351,32 +383,40 @@ class AwaitSleep(RequestModel):
     """Wait until `wake_at` (the `occurrence`-th sleep called `name`)."""
 
     kind: Literal["sleep"] = "sleep"
+
+    model_config = ConfigDict(json_schema_extra=requiring("kind"))
     name: Name
     occurrence: Count
-    wake_at: AwareDatetime
+    wake_at: Timestamp
 
 
 class AwaitEvent(RequestModel):
     """Wait for the `occurrence`-th event called `name`, until `timeout_at` if given."""
 
     kind: Literal["event"] = "event"
+
+    model_config = ConfigDict(json_schema_extra=requiring("kind"))
     name: Name
     occurrence: Count
-    timeout_at: AwareDatetime | None = None
+    timeout_at: Timestamp | None = None
 
 
 class AwaitChild(RequestModel):
     """Wait until the child run ends, whatever its terminal status."""
 
     kind: Literal["child"] = "child"
-    child_run_id: RunId
+
+    model_config = ConfigDict(json_schema_extra=requiring("kind"))
+    child_run_id: Annotated[RunId, ID]
 
 
 class AwaitRetry(RequestModel):
     """Wait out a long retry back-off until `retry_at`."""
 
     kind: Literal["retry"] = "retry"
-    retry_at: AwareDatetime
+
+    model_config = ConfigDict(json_schema_extra=requiring("kind"))
+    retry_at: Timestamp
 
 
 RunWait = Annotated[AwaitSleep | AwaitEvent | AwaitChild | AwaitRetry, Field(discriminator="kind")]
@@ -387,6 +427,8 @@ class CompleteRun(RequestModel):
     """End the run with its result."""
 
     kind: Literal["complete"] = "complete"
+
+    model_config = ConfigDict(json_schema_extra=requiring("kind"))
     result: JsonValue = None
 
 
@@ -394,8 +436,10 @@ class FailRun(RequestModel):
     """End the run (or, under a workflow retry policy, this attempt of it) with an error."""
 
     kind: Literal["fail"] = "fail"
+
+    model_config = ConfigDict(json_schema_extra=requiring("kind"))
     error: ErrorInfo
-    retry_at: AwareDatetime | None = Field(
+    retry_at: Timestamp | None = Field(
         default=None, description="When set, the run awaits a workflow-level retry instead."
     )
 
@@ -404,6 +448,8 @@ class SuspendRun(RequestModel):
     """Release the run until one of `waits` is satisfied (several when awaited together)."""
 
     kind: Literal["suspend"] = "suspend"
+
+    model_config = ConfigDict(json_schema_extra=requiring("kind"))
     waits: list[RunWait] = Field(min_length=1, max_length=1000)
 
 
@@ -411,6 +457,8 @@ class ReleaseRun(RequestModel):
     """Give the run back to the queue unchanged (the worker is shutting down)."""
 
     kind: Literal["release"] = "release"
+
+    model_config = ConfigDict(json_schema_extra=requiring("kind"))
 
 
 RunAction = Annotated[CompleteRun | FailRun | SuspendRun | ReleaseRun, Field(discriminator="kind")]
@@ -426,7 +474,8 @@ class TransitionRunRequest(RequestModel):
 
     `tasks` are task records written first, in the same transaction: a worker sends
     the results its run produced since its last write with the transition itself, so
-    a run's last task costs no request of its own.
+    a run's last task costs no request of its own. Each is fenced by its own
+    `revision` like the transition: one that differs from the run's is stale.
     """
 
     revision: Count
@@ -434,16 +483,6 @@ class TransitionRunRequest(RequestModel):
     tasks: list[RecordTaskRequest] = Field(
         default_factory=list, max_length=MAX_TASKS_PER_TRANSITION
     )
-
-    @model_validator(mode="after")
-    def _tasks_share_the_revision(self) -> Self:
-        for task in self.tasks:
-            if task.revision != self.revision:
-                raise ValueError(
-                    f"task record {task.name!r} has revision {task.revision},"
-                    f" the transition {self.revision}"
-                )
-        return self
 
 
 class TransitionRunResponse(ResponseModel):
@@ -475,17 +514,15 @@ class CreateWebhookRequest(RequestModel):
 
     revision: Count
     event: Name
-    expires_in: Duration = Field(description="How long the URL stays valid (at most 90 days).")
+    expires_in: Annotated[
+        Duration, DurationRange(at_least=timedelta(milliseconds=1), at_most=MAX_WEBHOOK_LIFETIME)
+    ] = Field(description="How long the URL stays valid (at most 90 days).")
     data_schema: dict[str, JsonValue] = Field(
         alias="schema", description="The JSON Schema (Draft 2020-12) of the event's data."
     )
 
     @model_validator(mode="after")
     def _bounded(self) -> Self:
-        if not timedelta(0) < self.expires_in <= MAX_WEBHOOK_LIFETIME:
-            raise ValueError(
-                f"expires_in must be more than 0 and at most {MAX_WEBHOOK_LIFETIME.days} days"
-            )
         size = len(canonical_json(self.data_schema))
         if size > MAX_WEBHOOK_SCHEMA_BYTES:
             raise ValueError(

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from aiki_core._codec import CodecContext, IdentityCodec, PayloadCodec
 from aiki_core._exceptions import AikiError, RemoteError
+from aiki_core._wire import Boolean
 
 __all__ = ["ErrorInfo"]
 
@@ -38,7 +39,7 @@ class ErrorInfo(BaseModel):
     type: str = Field(description="Qualified name of the exception class.")
     message: str
     stack: str | None = Field(default=None, description="Formatted traceback, when known.")
-    retryable: bool = True
+    retryable: Boolean = True
     code: str | None = Field(default=None, description="The wire code of an AikiError.")
     details: dict[str, JsonValue] = Field(default_factory=dict)
     cause: ErrorInfo | None = None

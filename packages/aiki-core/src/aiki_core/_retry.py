@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from aiki_core._duration import Duration
+from aiki_core._wire import MAX_COUNT, Integer, Number
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -37,21 +38,30 @@ class RetryPolicy(BaseModel):
         RetryPolicy.exponential(max_attempts=5, base_delay=timedelta(seconds=1))
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(
+        frozen=True,
+        extra="forbid",
+        json_schema_extra={
+            "if": {"properties": {"kind": {"const": "never"}}},
+            "then": {"properties": {"max_attempts": {"const": 1}}},
+        },
+    )
 
     kind: Literal["never", "fixed", "exponential"]
-    max_attempts: int = Field(ge=1, description="Attempts in all, the first included.")
+    max_attempts: Integer = Field(
+        ge=1, le=MAX_COUNT, description="Attempts in all, the first included."
+    )
     base_delay: Duration = timedelta(0)
-    multiplier: float = Field(default=2.0, ge=1.0, le=100.0)
-    max_delay: Duration = _DEFAULT_MAX_DELAY
-    jitter: float = Field(default=0.0, ge=0.0, le=1.0)
+    multiplier: Number = Field(default=2.0, ge=1.0, le=100.0)
+    max_delay: Duration = Field(
+        default=_DEFAULT_MAX_DELAY, description="Caps every delay, `base_delay` included."
+    )
+    jitter: Number = Field(default=0.0, ge=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
         if self.kind == "never" and self.max_attempts != 1:
             raise ValueError("a 'never' policy makes exactly one attempt")
-        if self.max_delay < self.base_delay:
-            raise ValueError("max_delay must not be shorter than base_delay")
         return self
 
     @classmethod
@@ -80,7 +90,13 @@ class RetryPolicy(BaseModel):
         max_delay: timedelta = _DEFAULT_MAX_DELAY,
         jitter: float = 0.1,
     ) -> Self:
-        """Up to `max_attempts` attempts; each wait `multiplier` times the previous."""
+        """Up to `max_attempts` attempts; each wait `multiplier` times the previous.
+
+        Raises `ValueError` if `max_delay` is shorter than `base_delay` (the wire model
+        takes such a policy, whose cap then applies to every delay).
+        """
+        if max_delay < base_delay:
+            raise ValueError("max_delay must not be shorter than base_delay")
         return cls(
             kind="exponential",
             max_attempts=max_attempts,

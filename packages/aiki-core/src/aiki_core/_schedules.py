@@ -13,11 +13,28 @@ from datetime import timedelta
 from enum import StrEnum
 from typing import Annotated, Self
 
-from pydantic import AfterValidator, AwareDatetime, Field, JsonValue, model_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    ConfigDict,
+    Field,
+    JsonValue,
+    WithJsonSchema,
+    model_validator,
+)
 
-from aiki_core._duration import Duration
+from aiki_core._duration import Duration, DurationRange
 from aiki_core._ids import DEFAULT_POOL, Namespace, PoolName, RunId, ScheduleId
-from aiki_core._wire import ClientId, Fingerprint, Name, RequestModel, ResponseModel, VersionName
+from aiki_core._wire import (
+    NO_NUL,
+    ClientId,
+    Fingerprint,
+    Name,
+    RequestModel,
+    ResponseModel,
+    VersionName,
+    given,
+)
 
 __all__ = ["CreateScheduleRequest", "OverlapPolicy", "Schedule", "SchedulePage"]
 
@@ -36,15 +53,28 @@ class OverlapPolicy(StrEnum):
     """Cancel the previous run, then start the new one."""
 
 
+_TIMEZONES = frozenset(zoneinfo.available_timezones())
+
+
 def _known_timezone(name: str) -> str:
-    try:
-        zoneinfo.ZoneInfo(name)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
-        raise ValueError(f"unknown timezone {name!r}") from exc
+    if name not in _TIMEZONES:
+        raise ValueError(f"unknown timezone {name!r}")
     return name
 
 
-Timezone = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_known_timezone)]
+Timezone = Annotated[
+    str,
+    AfterValidator(_known_timezone),
+    WithJsonSchema({"type": "string", "enum": sorted(_TIMEZONES)}),
+]
+"""An IANA timezone this machine's tz database knows, such as `Europe/Paris`."""
+
+
+Cron = Annotated[
+    str,
+    Field(min_length=1, max_length=200, pattern=NO_NUL, json_schema_extra={"format": "cron"}),
+]
+"""A cron expression; `format: cron` in the JSON Schema (the server parses it with cronsim)."""
 
 
 class CreateScheduleRequest(RequestModel):
@@ -64,18 +94,23 @@ class CreateScheduleRequest(RequestModel):
         description="The input's fingerprint, compared instead of the input when the name "
         "exists (a keyed HMAC when the client seals its input).",
     )
-    cron: str | None = Field(default=None, min_length=1, max_length=200)
-    every: Duration | None = None
+    cron: Cron | None = Field(
+        default=None,
+        description="Five fields: minute, hour, day of month, month, day of week (numbers, "
+        "`*`, ranges, steps, lists, `JAN`-`DEC`, `SUN`-`SAT`, `L`, `W`, `#`); the server "
+        "checks it, and one that never fires is refused too.",
+    )
+    every: Annotated[Duration, DurationRange(at_least=MIN_INTERVAL)] | None = None
     timezone: Timezone = "UTC"
     overlap: OverlapPolicy = OverlapPolicy.SKIP
     pool: Name = DEFAULT_POOL
+
+    model_config = ConfigDict(json_schema_extra={"oneOf": [given("cron"), given("every")]})
 
     @model_validator(mode="after")
     def _one_cadence(self) -> Self:
         if (self.cron is None) == (self.every is None):
             raise ValueError("give exactly one of cron and every")
-        if self.every is not None and self.every < MIN_INTERVAL:
-            raise ValueError(f"every must be at least {MIN_INTERVAL.total_seconds():.0f} s")
         return self
 
 

@@ -19,9 +19,11 @@ from aiki_core import (
     CreateScheduleRequest,
     CreateWebhookRequest,
     CreateWebhookResponse,
+    Cursor,
     ErrorResponse,
     HeartbeatRequest,
     HeartbeatResponse,
+    Identifier,
     ListRunsQuery,
     RecordTaskRequest,
     RecordTaskResponse,
@@ -69,6 +71,11 @@ _ERRORS: dict[int | str, dict[str, object]] = {
 _WEBHOOK_ERRORS: dict[int | str, dict[str, object]] = {
     status: {"model": ErrorResponse} for status in (401, 403)
 }
+
+
+def _found(model: type[BaseModel], what: str) -> dict[int | str, dict[str, object]]:
+    """The 200 of an idempotent create: the existing resource, not a new one."""
+    return {200: {"model": model, "description": what}}
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,14 +166,14 @@ def _api_router(orch: Orchestrator, webhooks: Webhooks, public_url: str | None) 
     # the router tries routes in order: the worker's calls, one per task, come first
     # these two are served by `HotPath` whenever their body is valid
     @router.post("/runs/{run_id}/tasks", response_model=RecordTaskResponse, tags=["workers"])
-    async def record_task(ns: Caller, run_id: str, body: RecordTaskRequest) -> Response:
+    async def record_task(ns: Caller, run_id: Identifier, body: RecordTaskRequest) -> Response:
         """Record one task attempt of a claimed run."""
         return _json(await hot_path.record_task(orch, ns, run_id, body))
 
     @router.post(
         "/runs/{run_id}/transition", response_model=TransitionRunResponse, tags=["workers"]
     )
-    async def transition(ns: Caller, run_id: str, body: TransitionRunRequest) -> Response:
+    async def transition(ns: Caller, run_id: Identifier, body: TransitionRunRequest) -> Response:
         """Complete, fail, suspend or release a claimed run."""
         return _json(await hot_path.transition(orch, ns, run_id, body))
 
@@ -186,8 +193,9 @@ def _api_router(orch: Orchestrator, webhooks: Webhooks, public_url: str | None) 
         response_model=StartRunResponse,
         status_code=201,
         tags=["workers"],
+        responses=_found(StartRunResponse, "The child this call started before"),
     )
-    async def start_child(ns: Caller, run_id: str, body: StartChildRequest) -> Response:
+    async def start_child(ns: Caller, run_id: Identifier, body: StartChildRequest) -> Response:
         """Start a child run of a claimed run."""
         started = await write(lambda: orch.start_child(ns, run_id, body))
         return _json(started, 201 if started.created else 200)
@@ -199,7 +207,7 @@ def _api_router(orch: Orchestrator, webhooks: Webhooks, public_url: str | None) 
         tags=["workers"],
     )
     async def create_webhook(
-        ns: Caller, run_id: str, body: CreateWebhookRequest, request: Request
+        ns: Caller, run_id: Identifier, body: CreateWebhookRequest, request: Request
     ) -> Response:
         """Mint a signed URL that delivers the event `event` to a claimed run."""
         minted = await webhooks.mint(ns, run_id, body)
@@ -214,7 +222,13 @@ def _api_router(orch: Orchestrator, webhooks: Webhooks, public_url: str | None) 
         )
         return _json(created, 201)
 
-    @router.post("/runs", response_model=StartRunResponse, status_code=201, tags=["runs"])
+    @router.post(
+        "/runs",
+        response_model=StartRunResponse,
+        status_code=201,
+        tags=["runs"],
+        responses=_found(StartRunResponse, "The run its reference id started before"),
+    )
     async def start_run(ns: Caller, body: StartRunRequest) -> Response:
         """Start a run; an existing run with the same reference id answers 200."""
         started = await write(lambda: orch.start_run(ns, body))
@@ -226,14 +240,14 @@ def _api_router(orch: Orchestrator, webhooks: Webhooks, public_url: str | None) 
         return _json(await orch.list_runs(ns, query))
 
     @router.get("/runs/{run_id}", response_model=RunDetail, tags=["runs"])
-    async def get_run(ns: Caller, run_id: str) -> Response:
+    async def get_run(ns: Caller, run_id: Identifier) -> Response:
         """A run with its tasks, sleeps, events, children and history."""
         return _json(await orch.get_run(ns, run_id))
 
     @router.get("/runs/{run_id}/wait", response_model=RunOutcome, tags=["runs"])
     async def wait_for_run(
         ns: Caller,
-        run_id: str,
+        run_id: Identifier,
         status: Annotated[list[RunStatus] | None, Query()] = None,
         timeout_ms: Annotated[int, Query(ge=0, le=60_000)] = 30_000,
     ) -> Response:
@@ -247,32 +261,40 @@ def _api_router(orch: Orchestrator, webhooks: Webhooks, public_url: str | None) 
         return _json(summary)
 
     @router.post("/runs/{run_id}/cancel", response_model=RunSummary, tags=["runs"])
-    async def cancel_run(ns: Caller, run_id: str, body: CancelRunRequest | None = None) -> Response:
+    async def cancel_run(
+        ns: Caller, run_id: Identifier, body: CancelRunRequest | None = None
+    ) -> Response:
         """Cancel the run and its live descendants."""
         reason = body.reason if body is not None else None
         return _json(await write(lambda: orch.cancel_run(ns, run_id, reason)))
 
     @router.post("/runs/{run_id}/pause", response_model=RunSummary, tags=["runs"])
-    async def pause_run(ns: Caller, run_id: str) -> Response:
+    async def pause_run(ns: Caller, run_id: Identifier) -> Response:
         """Hold the run where it is."""
         return _json(await write(lambda: orch.pause_run(ns, run_id)))
 
     @router.post("/runs/{run_id}/resume", response_model=RunSummary, tags=["runs"])
-    async def resume_run(ns: Caller, run_id: str) -> Response:
+    async def resume_run(ns: Caller, run_id: Identifier) -> Response:
         """Release a paused run."""
         return _json(await write(lambda: orch.resume_run(ns, run_id)))
 
     @router.post("/runs/{run_id}/wake", response_model=RunSummary, tags=["runs"])
-    async def wake_run(ns: Caller, run_id: str) -> Response:
+    async def wake_run(ns: Caller, run_id: Identifier) -> Response:
         """End the run's sleep early."""
         return _json(await write(lambda: orch.wake_run(ns, run_id)))
 
     @router.post("/runs/{run_id}/events", response_model=SendEventResponse, tags=["runs"])
-    async def send_event(ns: Caller, run_id: str, body: SendEventRequest) -> Response:
+    async def send_event(ns: Caller, run_id: Identifier, body: SendEventRequest) -> Response:
         """Deliver an event to the run (once per reference id)."""
         return _json(await write(lambda: orch.send_event(ns, run_id, body)))
 
-    @router.post("/schedules", response_model=Schedule, status_code=201, tags=["schedules"])
+    @router.post(
+        "/schedules",
+        response_model=Schedule,
+        status_code=201,
+        tags=["schedules"],
+        responses=_found(Schedule, "The schedule of that name, with the same definition"),
+    )
     async def create_schedule(ns: Caller, body: CreateScheduleRequest) -> Response:
         """Create a schedule; the same definition under its name again answers 200."""
         schedule, created = await write(lambda: orch.schedules.create(ns, body))
@@ -282,28 +304,28 @@ def _api_router(orch: Orchestrator, webhooks: Webhooks, public_url: str | None) 
     async def list_schedules(
         ns: Caller,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
-        cursor: Annotated[str | None, Query(max_length=200)] = None,
+        cursor: Cursor | None = None,
     ) -> Response:
         """Schedules newest first, with keyset pagination."""
         return _json(await orch.schedules.list(ns, limit, cursor))
 
     @router.get("/schedules/{schedule_id}", response_model=Schedule, tags=["schedules"])
-    async def get_schedule(ns: Caller, schedule_id: str) -> Response:
+    async def get_schedule(ns: Caller, schedule_id: Identifier) -> Response:
         """One schedule, with its next fire time and last run."""
         return _json(await orch.schedules.get(ns, schedule_id))
 
     @router.post("/schedules/{schedule_id}/pause", response_model=Schedule, tags=["schedules"])
-    async def pause_schedule(ns: Caller, schedule_id: str) -> Response:
+    async def pause_schedule(ns: Caller, schedule_id: Identifier) -> Response:
         """Stop firing the schedule."""
         return _json(await write(lambda: orch.schedules.pause(ns, schedule_id)))
 
     @router.post("/schedules/{schedule_id}/resume", response_model=Schedule, tags=["schedules"])
-    async def resume_schedule(ns: Caller, schedule_id: str) -> Response:
+    async def resume_schedule(ns: Caller, schedule_id: Identifier) -> Response:
         """Fire again from the first occurrence after now."""
         return _json(await write(lambda: orch.schedules.resume(ns, schedule_id)))
 
     @router.delete("/schedules/{schedule_id}", response_model=Schedule, tags=["schedules"])
-    async def delete_schedule(ns: Caller, schedule_id: str) -> Response:
+    async def delete_schedule(ns: Caller, schedule_id: Identifier) -> Response:
         """Delete the schedule (its runs stay); answers it as it was."""
         return _json(await write(lambda: orch.schedules.delete(ns, schedule_id)))
 
@@ -314,7 +336,7 @@ def _api_router(orch: Orchestrator, webhooks: Webhooks, public_url: str | None) 
         responses=_WEBHOOK_ERRORS,
     )
     async def deliver_webhook(
-        webhook_id: str,
+        webhook_id: Identifier,
         data: Annotated[JsonValue, Body()] = None,
         expires: str | None = None,
         signature: str | None = None,

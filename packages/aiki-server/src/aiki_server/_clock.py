@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import overload
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_MS = timedelta(milliseconds=1)
 
 Clock = Callable[[], int]
 """Returns the current time in epoch milliseconds; tests may pass their own."""
@@ -20,7 +21,7 @@ def system_clock() -> int:
 
 def to_ms(moment: datetime) -> int:
     """Epoch milliseconds of an aware datetime."""
-    return (moment - _EPOCH) // timedelta(milliseconds=1)
+    return (moment - _EPOCH) // _ONE_MS
 
 
 @overload
@@ -28,5 +29,12 @@ def from_ms(ms: int) -> datetime: ...
 @overload
 def from_ms(ms: None) -> None: ...
 def from_ms(ms: int | None) -> datetime | None:
-    """The aware UTC datetime of epoch milliseconds (`None` stays `None`)."""
-    return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=UTC)
+    """The aware UTC datetime of epoch milliseconds (`None` stays `None`), to the millisecond.
+
+    In integers all the way: `ms / 1000` is a float, off by a microsecond for many times.
+    """
+    return None if ms is None else _EPOCH + ms * _ONE_MS
+
+
+MAX_MS = to_ms(datetime.max.replace(tzinfo=UTC))
+"""The last millisecond a timestamp on the wire can show (the end of the year 9999)."""

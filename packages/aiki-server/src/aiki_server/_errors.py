@@ -3,8 +3,10 @@
 `AikiError`s keep their own status and code; request validation becomes a 400
 (unparsable JSON) or a 422 (wrong shape) listing each problem with its location;
 a value no column can hold (an integer past 64 bits, a NUL or an unpaired surrogate
-in a string) is a 400, its transaction rolled back; unknown routes and methods keep
-their 404/405; anything else is a 500 that names no internals.
+in a string) is a 400, its transaction rolled back; unknown routes keep their 404,
+and a method a path does not take its 405 with an `Allow` header naming every method
+the path takes (Starlette names only those of the first route that matched);
+anything else is a 500 that names no internals.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import asyncpg
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from aiki_core import (
     AikiError,
@@ -67,7 +70,24 @@ async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
         return error_response(NotFoundError("route", path, message=f"no route {path}"))
     # 405 and friends keep their status; the body still has the wire shape
     wire = InvalidRequestError(str(exc.detail)).to_wire()
-    return JSONResponse(wire, status_code=exc.status_code, headers=exc.headers)
+    headers = exc.headers
+    if exc.status_code == 405:
+        headers = {**(headers or {}), "Allow": ", ".join(_allowed_methods(request))}
+    return JSONResponse(wire, status_code=exc.status_code, headers=headers)
+
+
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    # asked of every route as the router asks, so the routes of included routers count too
+    routes = request.app.router.routes
+
+    def takes(method: str) -> bool:
+        scope = {**request.scope, "method": method}
+        return any(route.matches(scope)[0] is Match.FULL for route in routes)
+
+    return [method for method in _METHODS if takes(method)]
 
 
 # a request value the database (or a timedelta) cannot represent: the request's fault

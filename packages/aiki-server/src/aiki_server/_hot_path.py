@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from pydantic import ValidationError
 
 from aiki_core import (
+    ID_PATTERN,
     RecordTaskRequest,
     RecordTaskResponse,
     TransitionRunRequest,
@@ -38,7 +39,8 @@ if TYPE_CHECKING:
 
     from aiki_server._orchestrator import Orchestrator
 
-_RUN_CALL = re.compile(r"^/api/v1/runs/([^/]+)/(tasks|transition)$")
+# a malformed run id goes on to the app, which refuses it like any route does
+_RUN_CALL = re.compile(rf"^/api/v1/runs/({ID_PATTERN})/(tasks|transition)$")
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 
 

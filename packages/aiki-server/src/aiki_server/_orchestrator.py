@@ -31,6 +31,7 @@ from aiki_core import (
     IllegalTransitionError,
     ListRunsQuery,
     NotFoundError,
+    PayloadValidationError,
     RecordTaskRequest,
     RecordTaskResponse,
     ReferenceIdConflictError,
@@ -55,7 +56,7 @@ from aiki_core import (
     content_hash,
     to_millis,
 )
-from aiki_server._clock import Clock, to_ms
+from aiki_server._clock import MAX_MS, Clock, to_ms
 from aiki_server._lifecycle import (
     TERMINAL,
     cancel_run_and_descendants,
@@ -200,6 +201,11 @@ class Orchestrator:
         delayed = start_at is not None and start_at > now
         status = RunStatus.SCHEDULED if delayed else RunStatus.QUEUED
         deadline = None if timeout_ms is None else max(start_at or now, now) + timeout_ms
+        if deadline is not None and deadline > MAX_MS:
+            raise PayloadValidationError(
+                "invalid request: body.timeout: the run's deadline would fall after the year 9999",
+                errors=[{"loc": ["body", "timeout"], "msg": "too late", "type": "value_error"}],
+            )
         if run_id is None:
             run_id = _new_id()
         elif await tx.fetchrow("SELECT id FROM runs WHERE id = $1", run_id) is not None:
@@ -680,6 +686,9 @@ class Orchestrator:
         action = req.action
         async with self.db.transaction() as tx:
             run = await self._claimed_run(tx, run_id, namespace, req.revision)
+            for task in req.tasks:  # each record is fenced like the transition
+                if task.revision != req.revision:
+                    raise StaleRevisionError(run_id, task.revision, run["revision"])
             for task in req.tasks:
                 await _write_task(tx, run, task, now)
             if isinstance(action, CompleteRun):
