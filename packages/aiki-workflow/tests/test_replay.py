@@ -344,7 +344,7 @@ class SlowToStartChildren(Execution):
     async def start_child(self, request: StartChildRequest) -> StartRunResponse:
         await anyio.sleep(0.02)
         self.children.append(request)
-        child = self.claim.run.model_copy(update={"id": "kid-run", "workflow": "kid"})
+        child = self.claim.run.model_copy(update={"id": "kidrun", "workflow": "kid"})
         return StartRunResponse(run=child, created=True)
 
 
