@@ -177,12 +177,17 @@ def _rfc_3339(value: object) -> object:
 
 
 def _in_utc_calendar(value: datetime) -> datetime:
+    # `9999-12-31T23:59:59-14:00` is a valid RFC 3339 date-time past the calendar's end in
+    # UTC; its schema cannot say so, so it is taken as that end (and the start likewise)
     try:
         value.astimezone(UTC)
     except OverflowError:
-        raise ValueError("a timestamp must fall in the years 1 to 9999 in UTC") from None
+        return (datetime.max if value.year == datetime.max.year else datetime.min).replace(
+            tzinfo=UTC
+        )
     return value
 
 
 Timestamp = Annotated[AwareDatetime, BeforeValidator(_rfc_3339), AfterValidator(_in_utc_calendar)]
-"""A moment with its UTC offset, as an RFC 3339 string, within the years 1 to 9999 in UTC."""
+"""A moment with its UTC offset, as an RFC 3339 string; one past the years 1 to 9999 in UTC
+(a few hours at either end, by its offset) is taken as the first or last moment of them."""
