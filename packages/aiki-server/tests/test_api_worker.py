@@ -523,6 +523,41 @@ async def test_a_due_time_reads_back_to_the_millisecond(
     assert recorded["occurrence"] == 2**53 - 1
 
 
+RACES = 40
+"""Parents suspending on a child at the very moment the child fails, in the race test."""
+
+
+async def test_a_child_ending_while_its_parent_suspends_on_it_never_strands_the_parent(
+    server: httpx.AsyncClient,
+) -> None:
+    # the parent's suspend and the child's end are concurrent transactions (on
+    # PostgreSQL truly so): whichever commits first, the parent must end up queued
+    pairs: list[tuple[str, int, str, int]] = []
+    for _ in range(RACES):
+        parent_id, parent_rev = await started_and_claimed(server, workflow="parent")
+        r = await start_child(server, parent_id, parent_rev)
+        assert r.status_code == 201, r.text
+        child = await claim_one(server, "child")
+        pairs.append((parent_id, parent_rev, child["run"]["id"], child["run"]["revision"]))
+
+    async def suspend(parent_id: str, revision: int, child_id: str) -> None:
+        waits = [{"kind": "child", "child_run_id": child_id}]
+        r = await transition(server, parent_id, revision, {"kind": "suspend", "waits": waits})
+        assert r.status_code == 200, r.text
+
+    async def fail(child_id: str, revision: int) -> None:
+        r = await transition(server, child_id, revision, {"kind": "fail", "error": error()})
+        assert r.status_code == 200, r.text
+
+    async with anyio.create_task_group() as tg:
+        for parent_id, parent_rev, child_id, child_rev in pairs:
+            tg.start_soon(suspend, parent_id, parent_rev, child_id)
+            tg.start_soon(fail, child_id, child_rev)
+
+    statuses = [(await get_run(server, parent_id))["status"] for parent_id, *_ in pairs]
+    assert statuses == ["queued"] * RACES
+
+
 @pytest.mark.parametrize("ending", ["fail", "cancel", "complete"])
 async def test_a_parent_awaiting_a_child_is_requeued_when_it_ends(
     server: httpx.AsyncClient, ending: str
