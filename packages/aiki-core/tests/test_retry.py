@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import sys
 from datetime import timedelta
 from typing import Any
 
@@ -8,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from aiki_core import RetryPolicy
+from aiki_core import MAX_COUNT, MAX_DURATION, RetryPolicy
 
 MS = timedelta(milliseconds=1)
 SECOND = timedelta(seconds=1)
@@ -194,3 +195,13 @@ def test_delays_without_jitter_never_decrease(policy: RetryPolicy) -> None:
     concrete = [delay for delay in delays if delay is not None]
     assert len(concrete) == len(delays)
     assert concrete == sorted(concrete)
+
+
+def test_the_factories_take_forever_and_no_cap_as_the_most_the_wire_carries() -> None:
+    fixed = RetryPolicy.fixed(max_attempts=sys.maxsize, delay=timedelta(seconds=1))
+    assert fixed.max_attempts == MAX_COUNT
+    exponential = RetryPolicy.exponential(
+        max_attempts=sys.maxsize, base_delay=timedelta(seconds=1), max_delay=timedelta.max
+    )
+    assert (exponential.max_attempts, exponential.max_delay) == (MAX_COUNT, MAX_DURATION)
+    assert RetryPolicy.model_validate_json(exponential.model_dump_json()) == exponential

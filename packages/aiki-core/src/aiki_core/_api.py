@@ -23,7 +23,7 @@ from pydantic import (
 )
 
 from aiki_core._canonical import canonical_json
-from aiki_core._duration import Duration, DurationRange
+from aiki_core._duration import Duration, DurationRange, duration_field
 from aiki_core._error_info import ErrorInfo
 from aiki_core._exceptions import ErrorCode
 from aiki_core._ids import DEFAULT_POOL, EventId, RunId, TaskAddress, TaskId, WebhookId, WorkerId
@@ -242,7 +242,9 @@ class ClaimRequest(RequestModel):
     worker_id: WorkerName
     capabilities: list[WorkflowCapability] = Field(min_length=1, max_length=1000)
     max_runs: Integer = Field(default=1, ge=1, le=1000)
-    wait: Annotated[Duration, DurationRange(at_most=MAX_LONG_POLL)] = timedelta(seconds=30)
+    wait: Annotated[Duration, DurationRange(at_most=MAX_LONG_POLL)] = duration_field(
+        timedelta(seconds=30)
+    )
 
 
 class ClaimedRun(ResponseModel):

@@ -15,14 +15,21 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import AfterValidator, BeforeValidator, PlainSerializer, WithJsonSchema
+from pydantic import AfterValidator, BeforeValidator, Field, PlainSerializer, WithJsonSchema
 from pydantic_core import core_schema
 
 if TYPE_CHECKING:
     from pydantic import GetCoreSchemaHandler, GetJsonSchemaHandler
     from pydantic.json_schema import JsonSchemaValue
 
-__all__ = ["MAX_DURATION", "Duration", "DurationRange", "from_millis", "to_millis"]
+__all__ = [
+    "MAX_DURATION",
+    "Duration",
+    "DurationRange",
+    "duration_field",
+    "from_millis",
+    "to_millis",
+]
 
 _ONE_MS = timedelta(milliseconds=1)
 
@@ -111,3 +118,12 @@ Duration = Annotated[
     ),
 ]
 """A `timedelta` from 0 to `MAX_DURATION`, carried as whole milliseconds in JSON."""
+
+
+def duration_field(default: timedelta, **field: Any) -> Any:
+    """`Field(default=...)` of a `Duration` field, with the default in milliseconds.
+
+    pydantic would show the `timedelta` in the JSON Schema as ISO 8601, which the
+    wire refuses.
+    """
+    return Field(default=default, json_schema_extra={"default": to_millis(default)}, **field)

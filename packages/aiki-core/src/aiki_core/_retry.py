@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from aiki_core._duration import Duration
+from aiki_core._duration import MAX_DURATION, Duration, duration_field
 from aiki_core._wire import MAX_COUNT, Integer, Number
 
 if TYPE_CHECKING:
@@ -51,10 +51,10 @@ class RetryPolicy(BaseModel):
     max_attempts: Integer = Field(
         ge=1, le=MAX_COUNT, description="Attempts in all, the first included."
     )
-    base_delay: Duration = timedelta(0)
+    base_delay: Duration = duration_field(timedelta(0))
     multiplier: Number = Field(default=2.0, ge=1.0, le=100.0)
-    max_delay: Duration = Field(
-        default=_DEFAULT_MAX_DELAY, description="Caps every delay, `base_delay` included."
+    max_delay: Duration = duration_field(
+        _DEFAULT_MAX_DELAY, description="Caps every delay, `base_delay` included."
     )
     jitter: Number = Field(default=0.0, ge=0.0, le=1.0)
 
@@ -71,10 +71,14 @@ class RetryPolicy(BaseModel):
 
     @classmethod
     def fixed(cls, *, max_attempts: int, delay: timedelta, jitter: float = 0.0) -> Self:
-        """Up to `max_attempts` attempts, `delay` apart."""
+        """Up to `max_attempts` attempts, `delay` apart.
+
+        A `max_attempts` past `MAX_COUNT` (`sys.maxsize`, say: "retry forever") is
+        taken as `MAX_COUNT`, the most the wire carries.
+        """
         return cls(
             kind="fixed",
-            max_attempts=max_attempts,
+            max_attempts=min(max_attempts, MAX_COUNT),
             base_delay=delay,
             max_delay=max(delay, _DEFAULT_MAX_DELAY),
             jitter=jitter,
@@ -93,16 +97,18 @@ class RetryPolicy(BaseModel):
         """Up to `max_attempts` attempts; each wait `multiplier` times the previous.
 
         Raises `ValueError` if `max_delay` is shorter than `base_delay` (the wire model
-        takes such a policy, whose cap then applies to every delay).
+        takes such a policy, whose cap then applies to every delay). A `max_attempts`
+        past `MAX_COUNT` is taken as `MAX_COUNT`, and a `max_delay` past `MAX_DURATION`
+        (`timedelta.max`: "no cap") as `MAX_DURATION`, the most the wire carries.
         """
         if max_delay < base_delay:
             raise ValueError("max_delay must not be shorter than base_delay")
         return cls(
             kind="exponential",
-            max_attempts=max_attempts,
+            max_attempts=min(max_attempts, MAX_COUNT),
             base_delay=base_delay,
             multiplier=multiplier,
-            max_delay=max_delay,
+            max_delay=min(max_delay, MAX_DURATION),
             jitter=jitter,
         )
 

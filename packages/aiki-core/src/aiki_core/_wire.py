@@ -141,7 +141,8 @@ ReferenceId = Annotated[str, StringConstraints(min_length=1, max_length=255, pat
 
 ID_PATTERN = "[0-9A-Za-z]{1,64}"
 """An id a caller names (of a run, a schedule, a webhook): the server's are ULIDs; another
-string of 1 to 64 letters and digits is simply not found."""
+string of 1 to 64 letters and digits is simply not found, and so is any other string (the
+server answers a path id outside the pattern with 404, as an unknown one)."""
 
 ID = StringConstraints(pattern=f"^{ID_PATTERN}$")
 """`ID_PATTERN` as a constraint, for `Annotated` id fields."""

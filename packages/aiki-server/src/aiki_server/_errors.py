@@ -52,9 +52,14 @@ def _problems(exc: RequestValidationError) -> list[dict[str, Any]]:
     ]
 
 
-async def _on_validation_error(_request: Request, exc: Exception) -> JSONResponse:
+async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     problems = _problems(exc)
+    path_ids = [p["loc"][1] for p in problems if p["loc"][:1] == ["path"] and len(p["loc"]) > 1]
+    if path_ids:  # an id no row can have names nothing: a 404, as an unknown id is
+        name = path_ids[0]
+        resource = name.removesuffix("_id")
+        return error_response(NotFoundError(resource, str(request.path_params.get(name, ""))))
     if any(p["type"] == "json_invalid" for p in problems):
         return error_response(InvalidRequestError("the request body is not valid JSON"))
     summary = "; ".join(f"{'.'.join(p['loc'])}: {p['msg']}" for p in problems[:5])
