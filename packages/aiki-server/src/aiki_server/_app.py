@@ -345,8 +345,9 @@ def _api_router(orch: Orchestrator, webhooks: Webhooks, public_url: str | None) 
         """Deliver the JSON body as the webhook's event; the signed URL is the credential.
 
         401 without `expires` or `signature`; 403 for an unknown webhook, a wrong
-        signature or an expired URL; 404 for an id no webhook can have; 422 for a body that does not match the event's
-        schema. A repeated `Idempotency-Key` is answered as a duplicate.
+        signature or an expired URL; 404 for an id no webhook can have; 422 for a body
+        that does not match the event's schema. A repeated `Idempotency-Key` is
+        answered as a duplicate.
         """
         return _json(await webhooks.deliver(webhook_id, expires, signature, data, idempotency_key))
 
