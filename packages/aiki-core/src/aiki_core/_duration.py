@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 from pydantic import AfterValidator, BeforeValidator, Field, PlainSerializer, WithJsonSchema
 from pydantic_core import core_schema
 
+from aiki_core._wire import whole_number
+
 if TYPE_CHECKING:
     from pydantic import GetCoreSchemaHandler, GetJsonSchemaHandler
     from pydantic.json_schema import JsonSchemaValue
@@ -57,8 +59,7 @@ def from_millis(millis: int) -> timedelta:
 def _parse(value: object) -> object:
     # bool is an int subclass, and pydantic would read a float as seconds and a string
     # as ISO 8601: all bugs on a wire that speaks whole milliseconds
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
+    value = whole_number(value)
     if isinstance(value, int) and not isinstance(value, bool):
         return from_millis(value)
     if isinstance(value, timedelta):

@@ -50,6 +50,7 @@ __all__ = [
     "VersionName",
     "given",
     "requiring",
+    "whole_number",
 ]
 
 
@@ -90,15 +91,18 @@ def requiring(*names: str) -> Any:
 # -- numbers and booleans -----------------------------------------------------------------
 
 
-def _whole_number(value: object) -> object:
-    # JSON has one number type: 5.0 is the integer 5, as JSON Schema counts it
+def whole_number(value: object) -> object:
+    """`value`, as an `int` if it is a float without a fraction (a `BeforeValidator`).
+
+    JSON has one number type: 5.0 is the integer 5, as JSON Schema counts it.
+    """
     if isinstance(value, float) and value.is_integer():
         return int(value)
     return value
 
 
 # (constraints come before the `BeforeValidator`, or the JSON Schema says `ge`, not `minimum`)
-Integer = Annotated[int, Strict(), BeforeValidator(_whole_number)]
+Integer = Annotated[int, Strict(), BeforeValidator(whole_number)]
 """An integer: a JSON number without a fraction; not a string, not a boolean."""
 
 Number = Annotated[float, Strict()]
@@ -111,10 +115,10 @@ MAX_COUNT = 2**53 - 1
 """The largest revision, occurrence or attempt: the largest integer a JSON parser
 that reads numbers as doubles (JavaScript's, for one) still holds exactly."""
 
-Count = Annotated[int, Strict(), Field(ge=0, le=MAX_COUNT), BeforeValidator(_whole_number)]
+Count = Annotated[int, Strict(), Field(ge=0, le=MAX_COUNT), BeforeValidator(whole_number)]
 """A revision or an occurrence: 0 and up, to `MAX_COUNT`."""
 
-Ordinal = Annotated[int, Strict(), Field(ge=1, le=MAX_COUNT), BeforeValidator(_whole_number)]
+Ordinal = Annotated[int, Strict(), Field(ge=1, le=MAX_COUNT), BeforeValidator(whole_number)]
 """An attempt number: 1 and up, to `MAX_COUNT`."""
 
 
