@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Mapping
 
     from aiki_core import PayloadCodec, RunDetail, RunId
+    from aiki_server._storage._database import Database
     from live_processes import LiveProcess, LiveProcesses, ServerProcess
 
 E2E_APP = Path(__file__).with_name("e2e_app.py")
@@ -157,19 +158,25 @@ def completed_steps(detail: RunDetail) -> set[str]:
     }
 
 
-async def completed_steps_in_database(db_url: str, run_id: RunId) -> set[str]:
-    """`completed_steps`, read from the database itself (while no server runs)."""
+@asynccontextmanager
+async def database(db_url: str) -> AsyncIterator[Database]:
+    """The database at `db_url`, opened by the test itself (a server may run on it too)."""
     db = open_database(db_url, WakeHub())
     await db.open()
     try:
-        async with db.reader() as tx:
-            rows = await tx.fetch(
-                "SELECT input FROM tasks WHERE run_id = $1 AND name = 'step' AND status = $2",
-                run_id,
-                TaskStatus.COMPLETED.value,
-            )
+        yield db
     finally:
         await db.close()
+
+
+async def completed_steps_in_database(db_url: str, run_id: RunId) -> set[str]:
+    """`completed_steps`, read from the database itself (while no server runs)."""
+    async with database(db_url) as db, db.reader() as tx:
+        rows = await tx.fetch(
+            "SELECT input FROM tasks WHERE run_id = $1 AND name = 'step' AND status = $2",
+            run_id,
+            TaskStatus.COMPLETED.value,
+        )
     return {step_counter(_index(json.loads(row["input"]))) for row in rows}
 
 

@@ -20,10 +20,8 @@ import pytest
 from aiki_client import Client
 from aiki_core import DecryptionError, RunStatus, WorkflowFailedError
 from aiki_crypto import AesGcmCodec, KeyRing
-from aiki_server._notify import WakeHub
-from aiki_server._storage._open import open_database
 from e2e_app import Greeting, Secret, confided, hello_v1, secrets_v1
-from e2e_support import QUIET, Counters, open_stack, start_worker
+from e2e_support import QUIET, Counters, database, open_stack, start_worker
 
 if TYPE_CHECKING:
     from aiki_core import RunId, WorkflowRunHandle
@@ -161,24 +159,14 @@ async def test_runs_sealed_with_a_key_finish_after_rotation_and_fail_naming_it_o
 
 
 async def _set_result(db_url: str, run_id: RunId, sealed: str) -> None:
-    db = open_database(db_url, WakeHub())
-    await db.open()
-    try:
-        async with db.transaction() as tx:
-            sql = "UPDATE runs SET result = $1 WHERE id = $2"
-            await tx.execute(sql, json.dumps(sealed), run_id)
-    finally:
-        await db.close()
+    async with database(db_url) as db, db.transaction() as tx:
+        sql = "UPDATE runs SET result = $1 WHERE id = $2"
+        await tx.execute(sql, json.dumps(sealed), run_id)
 
 
 async def _result_of(db_url: str, run_id: RunId) -> str:
-    db = open_database(db_url, WakeHub())
-    await db.open()
-    try:
-        async with db.reader() as tx:
-            row = await tx.fetchrow("SELECT result FROM runs WHERE id = $1", run_id)
-    finally:
-        await db.close()
+    async with database(db_url) as db, db.reader() as tx:
+        row = await tx.fetchrow("SELECT result FROM runs WHERE id = $1", run_id)
     assert row is not None
     value = json.loads(row["result"])
     assert isinstance(value, str)
