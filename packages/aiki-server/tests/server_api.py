@@ -126,6 +126,25 @@ async def start(client: httpx.AsyncClient, **fields: Any) -> dict[str, Any]:
     return run
 
 
+async def create_schedule(
+    client: httpx.AsyncClient, name: str = "nightly", *, status: int = 201, **fields: Any
+) -> dict[str, Any]:
+    """Create schedule `name` of workflow `w`, every 10 s unless given; its answer (`status`)."""
+    body = {"name": name, "workflow": "w", "version": "1", "every": 10_000, **fields}
+    r = await client.post("/schedules", json=body)
+    assert r.status_code == status, r.text
+    schedule: dict[str, Any] = r.json()
+    return schedule
+
+
+async def get_schedule(client: httpx.AsyncClient, schedule_id: str) -> dict[str, Any]:
+    """The schedule, which must exist."""
+    r = await client.get(f"/schedules/{schedule_id}")
+    assert r.status_code == 200, r.text
+    schedule: dict[str, Any] = r.json()
+    return schedule
+
+
 def task_record(revision: int, **fields: Any) -> dict[str, Any]:
     """The body of a completed attempt of task `charge` (result 7), with `fields` changed."""
     return {

@@ -23,8 +23,10 @@ from server_api import (
     claim,
     claim_one,
     client_with,
+    create_schedule,
     error_of,
     get_run,
+    get_schedule,
     new_key,
     start,
     task_record,
@@ -95,22 +97,6 @@ async def sleeping_run(client: httpx.AsyncClient) -> dict[str, Any]:
     r = await transition(client, run["id"], revision, {"kind": "suspend", "waits": [sleep]})
     assert r.status_code == 200, r.text
     return run
-
-
-async def schedule(client: httpx.AsyncClient, **fields: Any) -> dict[str, Any]:
-    """A schedule `nightly` of workflow `w`, created by `client`."""
-    body = {"name": "nightly", "workflow": "w", "version": "1", "every": 60_000, **fields}
-    r = await client.post("/schedules", json=body)
-    assert r.status_code == 201, r.text
-    created: dict[str, Any] = r.json()
-    return created
-
-
-async def get_schedule(client: httpx.AsyncClient, schedule_id: str) -> dict[str, Any]:
-    r = await client.get(f"/schedules/{schedule_id}")
-    assert r.status_code == 200, r.text
-    found: dict[str, Any] = r.json()
-    return found
 
 
 async def mint(client: httpx.AsyncClient, run_id: str, revision: int) -> httpx.Response:
@@ -333,10 +319,10 @@ async def deliver_through_a_webhook(t: Tenants) -> None:
 
 @case("POST", "/schedules")
 async def create_a_schedule_under_a_name_of_a(t: Tenants) -> None:
-    mine = await schedule(t.a)
+    mine = await create_schedule(t.a)
 
     # names are per namespace: B's `nightly` is its own, though its definition differs
-    theirs = await schedule(t.b, every=120_000)
+    theirs = await create_schedule(t.b, every=120_000)
 
     assert theirs["id"] != mine["id"]
     assert theirs["namespace"] == "team-b"
@@ -345,7 +331,7 @@ async def create_a_schedule_under_a_name_of_a(t: Tenants) -> None:
 
 @case("GET", "/schedules")
 async def list_schedules(t: Tenants) -> None:
-    mine = await schedule(t.a)
+    mine = await create_schedule(t.a)
 
     r = await t.b.get("/schedules")
 
@@ -356,7 +342,7 @@ async def list_schedules(t: Tenants) -> None:
 
 @case("GET", "/schedules/{schedule_id}")
 async def read_a_schedule(t: Tenants) -> None:
-    mine = await schedule(t.a)
+    mine = await create_schedule(t.a)
 
     not_found(await t.b.get(f"/schedules/{mine['id']}"), "schedule")
 
@@ -374,12 +360,12 @@ async def control_a_schedule(t: Tenants, schedule_id: str, method: str, action: 
 
 @case("POST", "/schedules/{schedule_id}/pause")
 async def pause_a_schedule(t: Tenants) -> None:
-    await control_a_schedule(t, (await schedule(t.a))["id"], "POST", "/pause")
+    await control_a_schedule(t, (await create_schedule(t.a))["id"], "POST", "/pause")
 
 
 @case("POST", "/schedules/{schedule_id}/resume")
 async def resume_a_schedule(t: Tenants) -> None:
-    mine = await schedule(t.a)
+    mine = await create_schedule(t.a)
     assert (await t.a.post(f"/schedules/{mine['id']}/pause")).status_code == 200
 
     await control_a_schedule(t, mine["id"], "POST", "/resume")
@@ -387,7 +373,7 @@ async def resume_a_schedule(t: Tenants) -> None:
 
 @case("DELETE", "/schedules/{schedule_id}")
 async def delete_a_schedule(t: Tenants) -> None:
-    await control_a_schedule(t, (await schedule(t.a))["id"], "DELETE", "")
+    await control_a_schedule(t, (await create_schedule(t.a))["id"], "DELETE", "")
 
 
 # -- the tests -----------------------------------------------------------------------------

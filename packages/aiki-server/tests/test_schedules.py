@@ -17,8 +17,10 @@ from aiki_server._schedules import Cadence
 from server_api import (
     START_MS,
     claim_one,
+    create_schedule,
     error_of,
     get_run,
+    get_schedule,
     iso,
     timer_pass,
     transition,
@@ -36,23 +38,6 @@ MINUTE = 60 * SECOND
 def _matches(actual: str | None, ms: int) -> bool:
     """Whether an ISO timestamp of the API is the moment `ms`."""
     return actual is not None and actual.replace("+00:00", "Z") == iso(ms)
-
-
-async def create(
-    client: httpx.AsyncClient, name: str = "nightly", *, status: int = 201, **fields: Any
-) -> dict[str, Any]:
-    body = {"name": name, "workflow": "w", "version": "1", "every": 10 * SECOND, **fields}
-    r = await client.post("/schedules", json=body)
-    assert r.status_code == status, r.text
-    schedule: dict[str, Any] = r.json()
-    return schedule
-
-
-async def get_schedule(client: httpx.AsyncClient, schedule_id: str) -> dict[str, Any]:
-    r = await client.get(f"/schedules/{schedule_id}")
-    assert r.status_code == 200, r.text
-    schedule: dict[str, Any] = r.json()
-    return schedule
 
 
 async def control(client: httpx.AsyncClient, schedule_id: str, action: str) -> dict[str, Any]:
@@ -104,7 +89,7 @@ def ref(schedule: dict[str, Any], at_ms: int) -> str:
 
 async def test_create_get_and_idempotent_create(harness: Harness) -> None:
     h = harness
-    schedule = await create(h.client, input={"n": 1}, overlap="allow", pool="p")
+    schedule = await create_schedule(h.client, input={"n": 1}, overlap="allow", pool="p")
     assert schedule["name"] == "nightly"
     assert schedule["namespace"] == "default"
     assert (schedule["workflow"], schedule["version"], schedule["pool"]) == ("w", "1", "p")
@@ -115,7 +100,7 @@ async def test_create_get_and_idempotent_create(harness: Harness) -> None:
     assert _matches(schedule["next_fire_at"], START_MS + 10 * SECOND)
     assert await get_schedule(h.client, schedule["id"]) == schedule
 
-    again = await create(h.client, input={"n": 1}, overlap="allow", pool="p", status=200)
+    again = await create_schedule(h.client, input={"n": 1}, overlap="allow", pool="p", status=200)
     assert again == schedule
     r = await h.client.post(
         "/schedules",
@@ -124,7 +109,7 @@ async def test_create_get_and_idempotent_create(harness: Harness) -> None:
     details = error_of(r, 409, "conflict")
     assert details["schedule_id"] == schedule["id"]
     # another name is another schedule
-    other = await create(h.client, "hourly", input={"n": 1})
+    other = await create_schedule(h.client, "hourly", input={"n": 1})
     assert other["id"] != schedule["id"]
 
 
@@ -132,7 +117,7 @@ async def test_list_is_newest_first_and_keyset_paginated(harness: Harness) -> No
     h = harness
     ids = []
     for i in range(5):
-        ids.append((await create(h.client, f"s-{i}"))["id"])
+        ids.append((await create_schedule(h.client, f"s-{i}"))["id"])
         h.clock.advance(1)
     seen: list[str] = []
     cursor = None
@@ -155,7 +140,7 @@ async def test_list_is_newest_first_and_keyset_paginated(harness: Harness) -> No
 
 async def test_pause_resume_and_delete(harness: Harness) -> None:
     h = harness
-    schedule = await create(h.client)
+    schedule = await create_schedule(h.client)
     paused = await control(h.client, schedule["id"], "pause")
     assert paused["paused"] is True
     assert (await control(h.client, schedule["id"], "pause"))["paused"] is True  # idempotent
@@ -176,7 +161,7 @@ async def test_pause_resume_and_delete(harness: Harness) -> None:
     ):
         assert error_of(r, 404, "not_found")["resource"] == "schedule"
     # the name is free again
-    await create(h.client)
+    await create_schedule(h.client)
 
 
 @pytest.mark.parametrize(
@@ -206,8 +191,10 @@ async def test_invalid_schedules_are_422_naming_the_field(
 
 async def test_cron_next_fire_time_follows_the_timezone(harness: Harness) -> None:
     h = harness  # the clock starts at 08:00 UTC, 09:00 in Paris (winter)
-    utc = await create(h.client, "utc", cron="30 9 * * *", every=None)
-    paris = await create(h.client, "paris", cron="30 9 * * *", every=None, timezone="Europe/Paris")
+    utc = await create_schedule(h.client, "utc", cron="30 9 * * *", every=None)
+    paris = await create_schedule(
+        h.client, "paris", cron="30 9 * * *", every=None, timezone="Europe/Paris"
+    )
     assert _matches(utc["next_fire_at"], START_MS + 90 * MINUTE)
     assert _matches(paris["next_fire_at"], START_MS + 30 * MINUTE)
 
@@ -219,7 +206,7 @@ async def test_every_schedule_fires_each_occurrence_with_its_reference_id(
     harness: Harness,
 ) -> None:
     h = harness
-    schedule = await create(h.client, input={"n": 7}, overlap="allow", pool="p")
+    schedule = await create_schedule(h.client, input={"n": 7}, overlap="allow", pool="p")
     assert await tick(h, 9 * SECOND) == []
     runs = await tick(h, 1 * SECOND)
     assert [r["reference_id"] for r in runs] == [ref(schedule, START_MS + 10 * SECOND)]
@@ -239,7 +226,7 @@ async def test_every_schedule_fires_each_occurrence_with_its_reference_id(
 
 async def test_cron_schedule_fires_at_its_minute(harness: Harness) -> None:
     h = harness
-    schedule = await create(h.client, cron="*/5 * * * *", every=None)
+    schedule = await create_schedule(h.client, cron="*/5 * * * *", every=None)
     assert await tick(h, 5 * MINUTE - 1) == []
     runs = await tick(h, 1)
     assert [r["reference_id"] for r in runs] == [ref(schedule, START_MS + 5 * MINUTE)]
@@ -250,7 +237,7 @@ async def test_cron_schedule_fires_at_its_minute(harness: Harness) -> None:
 
 async def test_skip_starts_nothing_while_the_previous_run_is_going(harness: Harness) -> None:
     h = harness
-    schedule = await create(h.client)  # overlap: skip
+    schedule = await create_schedule(h.client)  # overlap: skip
     first = await tick(h, 10 * SECOND)
     assert len(first) == 1
     assert await tick(h, 10 * SECOND) == first  # still queued: skipped
@@ -273,7 +260,7 @@ async def test_skip_starts_nothing_while_the_previous_run_is_going(harness: Harn
 
 async def test_allow_starts_beside_the_previous_run(harness: Harness) -> None:
     h = harness
-    await create(h.client, overlap="allow")
+    await create_schedule(h.client, overlap="allow")
     await tick(h, 10 * SECOND)
     await claim_one(h.client)
     runs = await tick(h, 10 * SECOND)
@@ -282,7 +269,7 @@ async def test_allow_starts_beside_the_previous_run(harness: Harness) -> None:
 
 async def test_cancel_previous_cancels_it_then_starts(harness: Harness) -> None:
     h = harness
-    schedule = await create(h.client, overlap="cancel_previous")
+    schedule = await create_schedule(h.client, overlap="cancel_previous")
     await tick(h, 10 * SECOND)
     await claim_one(h.client)
     runs = await tick(h, 10 * SECOND)
@@ -295,7 +282,7 @@ async def test_cancel_previous_cancels_it_then_starts(harness: Harness) -> None:
 
 async def test_a_paused_schedule_fires_nothing(harness: Harness) -> None:
     h = harness
-    schedule = await create(h.client, overlap="allow")
+    schedule = await create_schedule(h.client, overlap="allow")
     await control(h.client, schedule["id"], "pause")
     assert await tick(h, 10 * MINUTE) == []
     await control(h.client, schedule["id"], "resume")
@@ -306,7 +293,7 @@ async def test_a_paused_schedule_fires_nothing(harness: Harness) -> None:
 
 async def test_after_a_long_gap_only_the_latest_occurrence_fires(harness: Harness) -> None:
     h = harness
-    schedule = await create(h.client, overlap="allow")
+    schedule = await create_schedule(h.client, overlap="allow")
     runs = await tick(h, 60 * MINUTE + 5 * SECOND)
     assert [r["reference_id"] for r in runs] == [ref(schedule, START_MS + 60 * MINUTE)]
     after = await get_schedule(h.client, schedule["id"])
@@ -315,8 +302,8 @@ async def test_after_a_long_gap_only_the_latest_occurrence_fires(harness: Harnes
 
 async def test_an_occurrence_taken_by_hand_does_not_stop_the_timers(harness: Harness) -> None:
     h = harness
-    taken = await create(h.client, "taken")
-    other = await create(h.client, "other")
+    taken = await create_schedule(h.client, "taken")
+    other = await create_schedule(h.client, "other")
     by_hand = await h.client.post(
         "/runs",
         json={
@@ -338,7 +325,7 @@ async def test_an_occurrence_taken_by_hand_does_not_stop_the_timers(harness: Har
 
 async def test_the_daemon_fires_a_schedule_on_its_own(harness: Harness) -> None:
     h = harness
-    schedule = await create(h.client)
+    schedule = await create_schedule(h.client)
     h.advance(10 * SECOND)  # wakes the daemon; no explicit pass
     with anyio.fail_after(5):
         while not (runs := await runs_of(h.client)):  # noqa: ASYNC110 - see `tick`
