@@ -113,6 +113,7 @@ EXPECTED_EXPORTS: dict[str, tuple[str, ...]] = {
         "StartRunResponse",
         "StateTransition",
         "StdlibLogger",
+        "StorageUnavailableError",
         "SuspendRun",
         "TASK_INITIAL_STATUSES",
         "TASK_TERMINAL_STATUSES",

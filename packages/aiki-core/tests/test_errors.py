@@ -30,6 +30,7 @@ from aiki_core import (
     ServerError,
     ServerUnavailableError,
     StaleRevisionError,
+    StorageUnavailableError,
     TaskFailedError,
     TaskTimeoutError,
     WorkflowCancelledError,
@@ -80,6 +81,8 @@ WITH_IDS: list[tuple[AikiError, tuple[str, ...]]] = [
     (WorkflowFailedError("r-1", FAILURE), ("run_id", "error")),
     (TaskFailedError("r-1", "charge-card", FAILURE), ("run_id", "task_name", "error")),
     (RemoteError(FAILURE), ("info", "type", "retryable")),
+    (ServerUnavailableError("draining", retry_after=1.5), ("retry_after",)),
+    (StorageUnavailableError("disk full", retry_after=2), ("retry_after",)),
 ]
 
 PLAIN: list[AikiError] = [
@@ -239,6 +242,28 @@ def test_every_code_rebuilds_its_class(code: ErrorCode) -> None:
     rebuilt = error_from_wire(599, body)
     assert type(rebuilt) is type(sample)
     assert rebuilt.code is code
+
+
+def test_unavailable_errors_carry_when_to_try_again() -> None:
+    error = StorageUnavailableError("the database is restarting", retry_after=2)
+    assert isinstance(error, ServerUnavailableError)
+    assert error.status_code == 503
+    assert error.retryable
+    assert error.to_wire()["error"] == {
+        "code": "storage_unavailable",
+        "message": "the database is restarting",
+        "details": {"retry_after": 2},
+    }
+    # an older server's (or a proxy's) 503 names no time; a nonsensical one is dropped
+    proxied = error_from_wire(503, {"detail": "Service Unavailable"})
+    assert isinstance(proxied, ServerUnavailableError)
+    assert proxied.retry_after is None
+    for bad in ("soon", -1, True, None):
+        details = {"retry_after": bad}
+        body = {"error": {"code": "storage_unavailable", "message": "m", "details": details}}
+        rebuilt = error_from_wire(503, body)
+        assert isinstance(rebuilt, StorageUnavailableError)
+        assert rebuilt.retry_after is None
 
 
 def test_aiki_timeout_is_a_builtin_timeout() -> None:

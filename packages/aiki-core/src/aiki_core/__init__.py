@@ -220,6 +220,9 @@ from aiki_core._exceptions import (
     StaleRevisionError as StaleRevisionError,
 )
 from aiki_core._exceptions import (
+    StorageUnavailableError as StorageUnavailableError,
+)
+from aiki_core._exceptions import (
     TaskFailedError as TaskFailedError,
 )
 from aiki_core._exceptions import (
@@ -509,6 +512,7 @@ __all__ = (
     "StartRunResponse",
     "StateTransition",
     "StdlibLogger",
+    "StorageUnavailableError",
     "SuspendRun",
     "TASK_INITIAL_STATUSES",
     "TASK_TERMINAL_STATUSES",

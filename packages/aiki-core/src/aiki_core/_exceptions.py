@@ -14,6 +14,7 @@ AikiError                          any error raised by an Aiki package
 ├── PayloadTooLargeError (413)     a body over the server's limit
 ├── ServerError (500)              the server failed; the request may be retried
 │   └── ServerUnavailableError (503)  the server cannot be reached or is shutting down
+│       └── StorageUnavailableError   its database is down, restarting or out of disk
 ├── AikiTimeoutError               a deadline passed (also a builtin TimeoutError)
 │   ├── WorkflowTimeoutError       a run's own timeout
 │   └── TaskTimeoutError           one task attempt's timeout
@@ -66,6 +67,7 @@ __all__ = [
     "ServerError",
     "ServerUnavailableError",
     "StaleRevisionError",
+    "StorageUnavailableError",
     "TaskTimeoutError",
     "WorkflowCancelledError",
     "TaskFailedError",
@@ -91,6 +93,7 @@ class ErrorCode(StrEnum):
     PAYLOAD_TOO_LARGE = "payload_too_large"
     SERVER_ERROR = "server_error"
     SERVER_UNAVAILABLE = "server_unavailable"
+    STORAGE_UNAVAILABLE = "storage_unavailable"
     TIMEOUT = "timeout"
     WORKFLOW_TIMEOUT = "workflow_timeout"
     TASK_TIMEOUT = "task_timeout"
@@ -347,10 +350,36 @@ class ServerError(AikiError):
 
 
 class ServerUnavailableError(ServerError):
-    """The server cannot be reached, or is shutting down."""
+    """The server cannot be reached, is shutting down, or cannot serve requests for now.
+
+    `retry_after` is how many seconds the server asked the caller to wait before
+    trying again (its `Retry-After`), or `None` when it named no time.
+    """
 
     code = ErrorCode.SERVER_UNAVAILABLE
     status_code = 503
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        self.retry_after = retry_after
+        super().__init__(
+            message, details=None if retry_after is None else {"retry_after": retry_after}
+        )
+
+    def _restore(self, details: Mapping[str, JsonValue]) -> None:
+        super()._restore(details)
+        value = details.get("retry_after")
+        valid = isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
+        self.retry_after = float(value) if valid else None  # type: ignore[arg-type]
+
+
+class StorageUnavailableError(ServerUnavailableError):
+    """The server's database cannot serve the request for now: down, restarting, out of disk.
+
+    The request was refused or rolled back; sending it again after `retry_after`
+    seconds may succeed. The server's `/health` tells whether writes are failing.
+    """
+
+    code = ErrorCode.STORAGE_UNAVAILABLE
 
 
 class AikiTimeoutError(AikiError, TimeoutError):
