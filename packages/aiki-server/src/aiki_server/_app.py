@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, TypeVar
 import anyio
 from fastapi import APIRouter, Body, Depends, FastAPI, Header, Query, Request
 from pydantic import JsonValue  # noqa: TC002 - FastAPI reads the route's annotations at runtime
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 
 from aiki_core import (
     CancelRunRequest,
@@ -46,7 +46,7 @@ from aiki_server import _hot_path as hot_path
 from aiki_server.__about__ import __version__
 from aiki_server._auth import ApiKeyAuth, ApiKeys, caller_namespace
 from aiki_server._clock import Clock, from_ms, system_clock
-from aiki_server._errors import install_error_handlers
+from aiki_server._errors import install_error_handlers, log_failure
 from aiki_server._hot_path import HotPath
 from aiki_server._limits import BodyLimitMiddleware
 from aiki_server._notify import WakeHub
@@ -120,14 +120,22 @@ def create_app(db_url: str, settings: ServerSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        await db.open()
+        try:
+            await db.open()
+        except Exception as exc:
+            log_failure("the server could not open its database", exc)
+            raise
         try:
             await db.migrate()
             await webhooks.open()
             async with anyio.create_task_group() as tg:
                 tg.start_soon(TimerDaemon(orch).run_forever)
+                tg.start_soon(db.maintain)
                 yield
                 tg.cancel_scope.cancel()
+        except Exception as exc:
+            log_failure("the server's lifespan failed", exc)
+            raise
         finally:
             await db.close()
 
@@ -151,8 +159,23 @@ def create_app(db_url: str, settings: ServerSettings | None = None) -> FastAPI:
     app.include_router(_api_router(orch, webhooks, settings.public_url), prefix="/api/v1")
 
     @app.get("/health", include_in_schema=False)
-    async def health() -> dict[str, str]:
-        return {"status": "ok", "version": __version__, "database": db.dialect}
+    async def health() -> Response:
+        """200 while writes work; 503 from a failed write (an outage) until one commits again."""
+        failure = db.write_path.failure
+        write_path: dict[str, str] = {"status": "ok"}
+        if failure is not None:
+            write_path = {
+                "status": "failing",
+                "since": failure.since.isoformat(),
+                "error": failure.error,
+            }
+        body = {
+            "status": write_path["status"],
+            "version": __version__,
+            "database": db.dialect,
+            "write_path": write_path,
+        }
+        return JSONResponse(body, status_code=200 if failure is None else 503)
 
     return app
 

@@ -137,7 +137,7 @@ class ApiKeyAuth:
             await response(scope, receive, send)
             return
         except Exception as exc:  # the key store failed (the database is down, say)
-            await response_for(exc)(scope, receive, send)
+            await response_for(exc, scope)(scope, receive, send)
             return
         scope[NAMESPACE_SCOPE_KEY] = namespace
         await self.app(scope, receive, send)

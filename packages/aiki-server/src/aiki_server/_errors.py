@@ -6,11 +6,17 @@ a value no column can hold (an integer past 64 bits, a NUL or an unpaired surrog
 in a string) is a 400, its transaction rolled back; unknown routes keep their 404,
 and a method a path does not take its 405 with an `Allow` header naming every method
 the path takes (Starlette names only those of the first route that matched);
-anything else is a 500 that names no internals.
+a database outage (`_storage._outage`) is a 503 with `Retry-After`; anything else is a
+500 that names no internals.
+
+Every 5xx answer is logged at error level with its cause (type, message, traceback)
+and the request's method and path, wherever it is produced: the routes, the hot path,
+the API-key check.
 """
 
 from __future__ import annotations
 
+import traceback
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
@@ -21,23 +27,46 @@ from starlette.routing import Match
 
 from aiki_core import (
     AikiError,
+    ConsoleLogger,
     InvalidRequestError,
     NotFoundError,
     PayloadValidationError,
     ServerError,
+    ServerUnavailableError,
 )
 from aiki_server._limits import BodyTooLarge
+from aiki_server._storage._outage import OUTAGE_TYPES, is_outage, unavailable
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from fastapi import FastAPI, Request
+
+_log = ConsoleLogger().child({"component": "http"})
 
 
 def error_response(
     error: AikiError, status_code: int | None = None, headers: dict[str, str] | None = None
 ) -> JSONResponse:
-    """The JSON response of an error."""
+    """The JSON response of an error; one that says when to try again has `Retry-After`."""
+    if isinstance(error, ServerUnavailableError) and error.retry_after is not None:
+        headers = {**(headers or {}), "Retry-After": str(max(round(error.retry_after), 1))}
     return JSONResponse(
         error.to_wire(), status_code=status_code or error.status_code, headers=headers
+    )
+
+
+def log_failure(
+    message: str, exc: BaseException, metadata: Mapping[str, object] | None = None
+) -> None:
+    """Log `exc` at error level with its type, message and traceback."""
+    _log.error(
+        message,
+        {
+            **(metadata or {}),
+            "error": f"{type(exc).__name__}: {exc}",
+            "traceback": "".join(traceback.format_exception(exc)),
+        },
     )
 
 
@@ -99,8 +128,26 @@ def _allowed_methods(request: Request) -> list[str]:
 _UNSTORABLE: tuple[type[Exception], ...] = (OverflowError, UnicodeEncodeError, asyncpg.DataError)
 
 
-def response_for(exc: Exception) -> JSONResponse:
-    """The wire response of an error raised while a request was handled."""
+def response_for(exc: Exception, scope: Mapping[str, Any]) -> JSONResponse:
+    """The wire response of an error raised while the request of `scope` was handled.
+
+    A 5xx is logged with its cause.
+    """
+    response = _response_for(exc)
+    if response.status_code >= 500:
+        log_failure(
+            "request failed",
+            exc,
+            {
+                "method": scope.get("method"),
+                "path": scope.get("path"),
+                "status": response.status_code,
+            },
+        )
+    return response
+
+
+def _response_for(exc: Exception) -> JSONResponse:
     if isinstance(exc, AikiError):
         return error_response(exc)
     if isinstance(exc, BodyTooLarge):
@@ -112,11 +159,13 @@ def response_for(exc: Exception) -> JSONResponse:
                 " or a string with a NUL character or an unpaired surrogate"
             )
         )
+    if is_outage(exc):
+        return error_response(unavailable(exc))
     return error_response(ServerError("the server failed to handle the request"))
 
 
-async def _on_error(_request: Request, exc: Exception) -> JSONResponse:
-    return response_for(exc)
+async def _on_error(request: Request, exc: Exception) -> JSONResponse:
+    return response_for(exc, request.scope)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -124,6 +173,8 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AikiError, _on_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(HTTPException, _on_http_error)
-    for unstorable in _UNSTORABLE:
-        app.add_exception_handler(unstorable, _on_error)
+    # answered here rather than by the outermost layer, which would raise them on to the
+    # ASGI server after answering (a second log line per outage error)
+    for handled in (*_UNSTORABLE, *OUTAGE_TYPES):
+        app.add_exception_handler(handled, _on_error)
     app.add_exception_handler(Exception, _on_error)

@@ -99,7 +99,7 @@ class HotPath:
         try:
             answer = await call(self.orch, scope[NAMESPACE_SCOPE_KEY], match[1], request)
         except Exception as exc:
-            await response_for(exc)(scope, receive, send)
+            await response_for(exc, scope)(scope, receive, send)
             return
         content = answer.model_dump_json().encode()
         headers = [*_JSON_HEADERS, (b"content-length", str(len(content)).encode())]

@@ -52,3 +52,9 @@ class WakeHub:
         event = self._events.pop(topic, None)
         if event is not None:
             event.set()
+
+    def publish_all(self) -> None:
+        """Wake every waiter of every topic (after wake-ups may have been missed)."""
+        events, self._events = self._events, {}
+        for event in events.values():
+            event.set()

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 
+from aiki_server._storage._outage import WritePath
+
 if TYPE_CHECKING:
     from aiki_server._notify import WakeHub
 
@@ -67,6 +69,8 @@ class Database(ABC):
 
     def __init__(self, hub: WakeHub) -> None:
         self.hub = hub
+        self.write_path = WritePath()
+        """Whether writes succeed; `/health` reports it."""
 
     async def retry(self, operation: Callable[[], Awaitable[T]], *, attempts: int = 5) -> T:
         """Run `operation` (whole transactions), again after a transient error."""
@@ -86,6 +90,13 @@ class Database(ABC):
     @abstractmethod
     async def close(self) -> None:
         """Disconnect."""
+
+    @abstractmethod
+    async def maintain(self) -> None:
+        """Keep the database's background connections alive while the server runs.
+
+        Run it in the server's task group; it returns when there is nothing to keep.
+        """
 
     @abstractmethod
     def transaction(self) -> Any:

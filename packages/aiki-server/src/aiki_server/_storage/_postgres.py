@@ -4,7 +4,10 @@ Rows a transaction changes are locked with `FOR UPDATE`; claims and the timer da
 take theirs with `FOR UPDATE SKIP LOCKED`, so several server replicas can share one
 database. Wake-ups cross replicas as NOTIFY on one channel, which a dedicated
 connection LISTENs to and feeds into the local `WakeHub`; each replica wakes its own
-waiters directly and skips the echo of its own NOTIFYs.
+waiters directly and skips the echo of its own NOTIFYs. When that connection is lost
+(PostgreSQL restarted, say), `maintain` logs it and connects again, with a doubling
+back-off, for as long as the server runs; once it listens again it wakes every local
+waiter, since NOTIFYs sent meanwhile are lost.
 
 Transactions leave no session state on their connection (no SET, LISTEN or advisory
 lock), so a connection goes back to the pool without asyncpg's reset query: one
@@ -14,11 +17,14 @@ round trip less per transaction.
 from __future__ import annotations
 
 import os
+import time
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import asyncpg
 
+from aiki_core import ConsoleLogger
 from aiki_server._storage._database import Database, Row, Tx
 
 if TYPE_CHECKING:
@@ -32,6 +38,13 @@ if TYPE_CHECKING:
     _Connection = asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]
 
 CHANNEL = "aiki_wake"
+LISTEN_CHECK_INTERVAL = 10.0
+"""Seconds between checks that the LISTEN connection still answers (a silent network
+loss closes no socket)."""
+RECONNECT_BACKOFF = (0.1, 5.0)
+"""Seconds before the first attempt to connect the LISTEN connection again, and at most."""
+
+_log = ConsoleLogger().child({"component": "postgres"})
 
 
 async def _keep_session(_conn: _Connection) -> None:
@@ -89,13 +102,50 @@ class PostgresDatabase(Database):
         self._pool = await asyncpg.create_pool(
             self.url, min_size=2, max_size=self._pool_size, reset=_keep_session
         )
-        self._listener = await asyncpg.connect(self.url)
-        await self._listener.add_listener(CHANNEL, self._on_notify)
+        self._listener = await self._listen()
+
+    async def _listen(self) -> asyncpg.Connection:
+        listener = await asyncpg.connect(self.url)
+        try:
+            await listener.add_listener(CHANNEL, self._on_notify)
+        except BaseException:
+            listener.terminate()
+            raise
+        return listener
+
+    async def maintain(self) -> None:
+        """Keep the LISTEN connection up: connect again whenever it is lost, until cancelled."""
+        while True:
+            assert self._listener is not None, "database is not open"
+            await _until_lost(self._listener)
+            await self._listen_again()
+
+    async def _listen_again(self) -> None:
+        _log.warn("the LISTEN connection to PostgreSQL was lost; connecting again")
+        lost_at = time.monotonic()
+        delay, longest = RECONNECT_BACKOFF
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                self._listener = await self._listen()
+                break
+            except Exception as exc:  # whatever it is, the server goes on and tries again
+                report = _log.warn if attempts == 1 else _log.debug
+                report("connecting the LISTEN connection failed", {"error": repr(exc)})
+                await anyio.sleep(delay)
+                delay = min(delay * 2, longest)
+        _log.info(
+            "the LISTEN connection to PostgreSQL is back; waking every waiter",
+            {"attempts": attempts, "down_seconds": round(time.monotonic() - lost_at, 3)},
+        )
+        self.hub.publish_all()  # what was NOTIFYed meanwhile is lost: every waiter looks again
 
     async def close(self) -> None:
         """Close the LISTEN connection and the pool."""
         if self._listener is not None:
-            await self._listener.close()
+            if not self._listener.is_closed():
+                await self._listener.close()
             self._listener = None
         if self._pool is not None:
             await self._pool.close()
@@ -110,16 +160,21 @@ class PostgresDatabase(Database):
     async def transaction(self) -> AsyncIterator[PostgresTx]:
         """A read-committed transaction; NOTIFYs its topics as part of the commit."""
         assert self._pool is not None, "database is not open"
-        async with self._pool.acquire() as conn, conn.transaction():
-            tx = PostgresTx(conn)
-            yield tx
-            if tx.topics:
-                await conn.execute(
-                    "SELECT pg_notify($1, $2 || ':' || topic) FROM unnest($3::text[]) AS topic",
-                    CHANNEL,
-                    self._origin,
-                    sorted(tx.topics),
-                )
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                tx = PostgresTx(conn)
+                yield tx
+                if tx.topics:
+                    await conn.execute(
+                        "SELECT pg_notify($1, $2 || ':' || topic) FROM unnest($3::text[]) AS topic",
+                        CHANNEL,
+                        self._origin,
+                        sorted(tx.topics),
+                    )
+        except Exception as exc:
+            self.write_path.failed(exc)
+            raise
+        self.write_path.succeeded()
         self._deliver(tx.topics)
 
     @asynccontextmanager
@@ -132,3 +187,28 @@ class PostgresDatabase(Database):
     async def _run_script(self, tx: Tx, sql: str) -> None:
         # a simple-query-protocol execute runs a whole script
         await tx.execute(sql)
+
+
+async def _until_lost(listener: asyncpg.Connection) -> None:
+    """Return once `listener` is closed, or has stopped answering (then closed here)."""
+    lost = anyio.Event()
+    listener.add_termination_listener(lambda _conn: lost.set())
+    if listener.is_closed():  # lost before the callback was in place
+        return
+    while not lost.is_set():
+        with anyio.move_on_after(LISTEN_CHECK_INTERVAL):
+            await lost.wait()
+        if not lost.is_set() and not await _answers(listener):
+            listener.terminate()
+            return
+
+
+async def _answers(listener: asyncpg.Connection) -> bool:
+    """Whether `listener` answers a query within a few seconds."""
+    with anyio.move_on_after(5.0):
+        try:
+            await listener.execute("SELECT 1")
+        except Exception:  # any failure: a fresh connection is the cure
+            return False
+        return True
+    return False

@@ -12,6 +12,7 @@ process owns the file.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 import sqlite3
@@ -23,6 +24,7 @@ import anyio.lowlevel
 import anyio.to_thread
 
 from aiki_server._storage._database import Database, Row, Tx
+from aiki_server._storage._outage import is_outage, unavailable
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
@@ -67,11 +69,15 @@ class SqliteTx(Tx):
 class _Group:
     """Transactions sharing one SQLite transaction and its COMMIT."""
 
-    def __init__(self) -> None:
+    def __init__(self, changes: int) -> None:
         self.committed = anyio.Event()
         self.error: BaseException | None = None
+        """Why the group failed: every member raises it. Set before the COMMIT when the
+        group's transaction is already gone (`SqliteDatabase._break`)."""
         self.topics: set[str] = set()
         self.size = 0
+        self.changes = changes
+        """The connection's `total_changes` at BEGIN: more at COMMIT means a real write."""
 
 
 class SqliteDatabase(Database):
@@ -102,6 +108,9 @@ class SqliteDatabase(Database):
         self._writer = self._connect()
         self._reader = self._connect()
 
+    async def maintain(self) -> None:
+        """Nothing to keep: both connections are to a local file."""
+
     async def close(self) -> None:
         """Close both connections."""
         async with self._lock:
@@ -117,33 +126,44 @@ class SqliteDatabase(Database):
         Transactions that arrive while another is open or committing join one SQLite
         transaction, each inside its own SAVEPOINT: a failing one rolls back alone, and
         the whole group shares one COMMIT, so concurrent writes pay for one fsync.
+
+        Whatever raises, and wherever, the lock is released and the connection is left
+        either in the group's live transaction or in none. After some errors (a full
+        disk, an I/O error) SQLite rolls back the whole transaction by itself: the
+        group is then lost, and every member fails with the error.
         """
         assert self._writer is not None, "database is not open"
         conn = self._writer
         await self._lock.acquire()
+        group: _Group | None = None
         try:
             group = self._group
             leader = group is None
             if group is None:
+                _end_dead_transaction(conn)
                 conn.execute("BEGIN IMMEDIATE")
-                group = self._group = _Group()
-            conn.execute("SAVEPOINT tx")
+                group = self._group = _Group(conn.total_changes)
             group.size += 1
-        except BaseException:
+            conn.execute("SAVEPOINT tx")
+        except BaseException as exc:
+            if group is not None:  # the members before this one lose their work too
+                self._break(group, exc)
             self._lock.release()
+            self.write_path.failed(exc)
             raise
         tx = SqliteTx(conn)
         failure: BaseException | None = None
         try:
             yield tx
         except BaseException as exc:
-            conn.execute("ROLLBACK TO tx")
             failure = exc
-        else:
-            group.topics |= tx.topics
+            self.write_path.failed(exc)
+        try:
+            self._end_savepoint(conn, group, failure)
         finally:
-            conn.execute("RELEASE tx")
             self._lock.release()
+        if failure is None:
+            group.topics |= tx.topics
         if leader:
             # no caller may leave a group uncommitted, even when cancelled
             with anyio.CancelScope(shield=True):
@@ -155,21 +175,63 @@ class SqliteDatabase(Database):
         if group.error is not None:
             raise group.error
 
+    def _end_savepoint(
+        self, conn: sqlite3.Connection, group: _Group, failure: BaseException | None
+    ) -> None:
+        """Roll back (on `failure`) and release this member's savepoint; break the group if lost."""
+        if group.error is not None:  # broken by an earlier member: nothing left to end
+            return
+        try:
+            if not conn.in_transaction:
+                # SQLite rolled the whole transaction back by itself: the savepoint is gone
+                raise sqlite3.OperationalError("the transaction was rolled back by SQLite")
+            if failure is not None:
+                conn.execute("ROLLBACK TO tx")
+            conn.execute("RELEASE tx")
+        except sqlite3.Error as exc:
+            self._break(group, failure or exc)
+
+    def _break(self, group: _Group, cause: BaseException) -> None:
+        """Give up `group`: its transaction is (or is made) gone; every member gets an error."""
+        self.write_path.failed(cause)
+        if group.error is None:
+            lost = (
+                unavailable(cause)
+                if is_outage(cause)
+                else sqlite3.OperationalError(
+                    f"the transaction was rolled back with its group: {cause}"
+                )
+            )
+            lost.__cause__ = cause
+            group.error = lost
+        if self._group is group:
+            self._group = None  # later transactions start a group of their own
+        with contextlib.suppress(sqlite3.Error):  # the next BEGIN tries again
+            _end_dead_transaction(self._writer)
+
     async def _commit(self, group: _Group) -> None:
         await anyio.lowlevel.checkpoint()  # let the transactions already waiting join this group
         assert self._writer is not None
+        conn = self._writer
         async with self._lock:
-            self._group = None
-            try:
-                if group.size == 1:
-                    # nobody to overlap with: a thread hop would cost more than the fsync
-                    self._writer.execute("COMMIT")
+            if self._group is group:
+                self._group = None
+            if group.error is None:  # a broken group's transaction is already gone
+                try:
+                    if group.size == 1:
+                        # nobody to overlap with: a thread hop would cost more than the fsync
+                        conn.execute("COMMIT")
+                    else:
+                        # the fsync is the only slow part; the loop serves the next group meanwhile
+                        await anyio.to_thread.run_sync(conn.execute, "COMMIT")
+                except BaseException as exc:
+                    group.error = exc
+                    self.write_path.failed(exc)
+                    with contextlib.suppress(sqlite3.Error):  # the next BEGIN tries again
+                        _end_dead_transaction(conn)
                 else:
-                    # the fsync is the only slow part; the loop serves the next group meanwhile
-                    await anyio.to_thread.run_sync(self._writer.execute, "COMMIT")
-            except BaseException as exc:
-                self._writer.execute("ROLLBACK")
-                group.error = exc
+                    if conn.total_changes > group.changes:
+                        self.write_path.succeeded()
         group.committed.set()
         if group.error is None:
             self._deliver(group.topics)
@@ -185,6 +247,12 @@ class SqliteDatabase(Database):
         for statement in sql.split(";"):
             if statement.strip() and not _only_comments(statement):
                 await tx.execute(statement)
+
+
+def _end_dead_transaction(conn: sqlite3.Connection | None) -> None:
+    """Roll back what a failed transaction left open on `conn`, if anything."""
+    if conn is not None and conn.in_transaction:
+        conn.execute("ROLLBACK")
 
 
 def _only_comments(statement: str) -> bool:
