@@ -13,6 +13,7 @@ as protocols.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
@@ -21,8 +22,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 import anyio
 import httpx
 
+from aiki_server import ServerSettings, create_app
 from aiki_server._api_keys import create_key
 from aiki_server._timers import TimerDaemon
+from aiki_server.testing import serving
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Mapping, Sequence
@@ -234,3 +237,46 @@ async def wait_status(client: httpx.AsyncClient, run_id: str, status: str) -> di
 async def timer_pass(h: Harness) -> None:
     """One pass of the timer daemon at the manual clock's time, finished before returning."""
     await h.app.state.orchestrator.db.retry(TimerDaemon(h.app.state.orchestrator).run_once)
+
+
+# -- the server's log ---------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def app_client(url: str) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    """A live app on `url` (wall clock) and a client on it that sees 5xx answers as answers."""
+    app = create_app(url, ServerSettings())
+    # a 5xx is an answer here, never an exception raised into the test
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with (
+        serving(app),
+        httpx.AsyncClient(transport=transport, base_url="http://aiki/api/v1") as client,
+    ):
+        yield app, client
+
+
+def failed_requests(log: str) -> list[dict[str, Any]]:
+    """The metadata of each "request failed" line of the server's log."""
+    found = []
+    for line in log.splitlines():
+        if " ERROR request failed " in line:
+            pairs = line.split(" request failed ", 1)[1]
+            found.append(
+                {
+                    key: json.loads(value)
+                    for key, value in (pair.split("=", 1) for pair in _pairs(pairs))
+                }
+            )
+    return found
+
+
+def _pairs(text: str) -> list[str]:
+    """Split `k=<json> k=<json>` (JSON strings may hold spaces)."""
+    decoder = json.JSONDecoder()
+    pairs, at = [], 0
+    while at < len(text):
+        key_end = text.index("=", at)
+        _, end = decoder.raw_decode(text, key_end + 1)
+        pairs.append(text[at:end])
+        at = end + 1
+    return pairs

@@ -11,26 +11,22 @@ connection limit) comes back, and writes succeed again without a restart.
 from __future__ import annotations
 
 import contextlib
-import json
 import sqlite3
 import uuid
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import asyncpg
-import httpx
 import pytest
 
-from aiki_server import ServerSettings, create_app
-from aiki_server.testing import serving
-from server_api import claim_one, start, task_record
+from server_api import app_client, claim_one, failed_requests, start, task_record
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
+    import httpx
     from fastapi import FastAPI
 
 HEALTH = "http://aiki/health"
@@ -104,45 +100,6 @@ async def outage(db_url: str) -> AsyncIterator[Outage]:
         await admin.execute(f"DROP OWNED BY {role} CASCADE")
         await admin.execute(f"DROP ROLE {role}")
         await admin.close()
-
-
-@asynccontextmanager
-async def app_client(url: str) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
-    app = create_app(url, ServerSettings())
-    # a 5xx is an answer here, never an exception raised into the test
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with (
-        serving(app),
-        httpx.AsyncClient(transport=transport, base_url="http://aiki/api/v1") as client,
-    ):
-        yield app, client
-
-
-def failed_requests(log: str) -> list[dict[str, Any]]:
-    """The metadata of each "request failed" line of the server's log."""
-    found = []
-    for line in log.splitlines():
-        if " ERROR request failed " in line:
-            pairs = line.split(" request failed ", 1)[1]
-            found.append(
-                {
-                    key: json.loads(value)
-                    for key, value in (pair.split("=", 1) for pair in _pairs(pairs))
-                }
-            )
-    return found
-
-
-def _pairs(text: str) -> list[str]:
-    """Split `k=<json> k=<json>` (JSON strings may hold spaces)."""
-    decoder = json.JSONDecoder()
-    pairs, at = [], 0
-    while at < len(text):
-        key_end = text.index("=", at)
-        _, end = decoder.raw_decode(text, key_end + 1)
-        pairs.append(text[at:end])
-        at = end + 1
-    return pairs
 
 
 async def test_writes_fail_fast_with_a_503_while_the_database_cannot_write_and_recover(
