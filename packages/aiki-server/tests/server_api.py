@@ -246,11 +246,9 @@ async def timer_pass(h: Harness) -> None:
 async def app_client(url: str) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
     """A live app on `url` (wall clock) and a client on it that sees 5xx answers as answers."""
     app = create_app(url, ServerSettings())
-    # a 5xx is an answer here, never an exception raised into the test
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with (
         serving(app),
-        httpx.AsyncClient(transport=transport, base_url="http://aiki/api/v1") as client,
+        httpx.AsyncClient(transport=asgi(app), base_url="http://aiki/api/v1") as client,
     ):
         yield app, client
 
@@ -280,3 +278,8 @@ def _pairs(text: str) -> list[str]:
         pairs.append(text[at:end])
         at = end + 1
     return pairs
+
+
+def asgi(app: FastAPI) -> httpx.ASGITransport:
+    """A transport into `app`: a 5xx is an answer, never an exception raised into the test."""
+    return httpx.ASGITransport(app=app, raise_app_exceptions=False)

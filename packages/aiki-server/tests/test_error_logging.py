@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 
-from server_api import app_client, claim_one, failed_requests, new_key, start, task_record
+from server_api import app_client, asgi, claim_one, failed_requests, new_key, start, task_record
 
 if TYPE_CHECKING:
     import pytest
@@ -61,8 +61,7 @@ async def test_a_bug_in_the_api_key_check_is_a_logged_500(
         await write_sql(app, "ALTER TABLE api_keys RENAME TO api_keys_gone")
         capsys.readouterr()
         headers = {"authorization": f"Bearer {key.key}"}
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://aiki") as client:
+        async with httpx.AsyncClient(transport=asgi(app), base_url="http://aiki") as client:
             answer = await client.get("/api/v1/runs", headers=headers)
 
     assert_opaque_500(answer)

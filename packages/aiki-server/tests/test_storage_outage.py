@@ -21,7 +21,10 @@ import anyio
 import asyncpg
 import pytest
 
-from server_api import app_client, claim_one, failed_requests, start, task_record
+from aiki_client import Client
+from aiki_core import RecordTaskRequest, ServerUnavailableError, StorageUnavailableError
+from aiki_server._storage._outage import RETRY_AFTER_SECONDS
+from server_api import app_client, asgi, claim_one, failed_requests, start, task_record
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -122,6 +125,13 @@ async def test_writes_fail_fast_with_a_503_while_the_database_cannot_write_and_r
             app.state.api_keys.forget()
             answers.append(await client.post("/runs", json=START))
             health = await client.get(HEALTH)
+            # the worker's client raises the typed 503, with how long to wait
+            async with Client("http://aiki", transport=asgi(app)) as sdk:
+                with pytest.raises(StorageUnavailableError) as raised:
+                    await sdk.record_task(run_id, RecordTaskRequest.model_validate(record))
+            answers.append(answers[3])  # the SDK's request was logged too
+        assert isinstance(raised.value, ServerUnavailableError)
+        assert raised.value.retry_after == RETRY_AFTER_SECONDS
 
         for answer in answers:
             assert answer.status_code == 503, answer.text
