@@ -66,7 +66,7 @@ Caller = Annotated[str, Depends(caller_namespace)]
 """A route's namespace: the caller's API key's (see `_auth`)."""
 
 _ERRORS: dict[int | str, dict[str, object]] = {
-    status: {"model": ErrorResponse} for status in (400, 401, 404, 409, 413, 422, 500)
+    status: {"model": ErrorResponse} for status in (400, 401, 404, 409, 413, 422, 500, 503)
 }
 _WEBHOOK_ERRORS: dict[int | str, dict[str, object]] = {
     status: {"model": ErrorResponse} for status in (401, 403)
