@@ -146,10 +146,11 @@ class SqliteDatabase(Database):
             group.size += 1
             conn.execute("SAVEPOINT tx")
         except BaseException as exc:
-            if group is not None:  # the members before this one lose their work too
+            if group is None:
+                self.write_path.failed(exc)
+            else:  # the members before this one lose their work too
                 self._break(group, exc)
             self._lock.release()
-            self.write_path.failed(exc)
             raise
         tx = SqliteTx(conn)
         failure: BaseException | None = None
@@ -179,8 +180,6 @@ class SqliteDatabase(Database):
         self, conn: sqlite3.Connection, group: _Group, failure: BaseException | None
     ) -> None:
         """Roll back (on `failure`) and release this member's savepoint; break the group if lost."""
-        if group.error is not None:  # broken by an earlier member: nothing left to end
-            return
         try:
             if not conn.in_transaction:
                 # SQLite rolled the whole transaction back by itself: the savepoint is gone
