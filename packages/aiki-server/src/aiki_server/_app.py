@@ -117,6 +117,7 @@ def create_app(db_url: str, settings: ServerSettings | None = None) -> FastAPI:
     db = open_database(db_url, hub)
     orch = Orchestrator(db, hub, settings.clock, Limits(settings.claim_idle_timeout))
     webhooks = Webhooks(orch, settings.webhook_secret)
+    timers = TimerDaemon(orch)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -125,7 +126,7 @@ def create_app(db_url: str, settings: ServerSettings | None = None) -> FastAPI:
             await db.migrate()
             await webhooks.open()
             async with anyio.create_task_group() as tg:
-                tg.start_soon(TimerDaemon(orch).run_forever)
+                tg.start_soon(timers.run_forever)
                 yield
                 tg.cancel_scope.cancel()
         finally:
@@ -142,6 +143,7 @@ def create_app(db_url: str, settings: ServerSettings | None = None) -> FastAPI:
     keys = ApiKeys(db, required=settings.require_api_key)
     app.state.orchestrator = orch
     app.state.api_keys = keys
+    app.state.timers = timers
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     # a valid task record or transition skips the rest of the stack
@@ -151,8 +153,14 @@ def create_app(db_url: str, settings: ServerSettings | None = None) -> FastAPI:
     app.include_router(_api_router(orch, webhooks, settings.public_url), prefix="/api/v1")
 
     @app.get("/health", include_in_schema=False)
-    async def health() -> dict[str, str]:
-        return {"status": "ok", "version": __version__, "database": db.dialect}
+    async def health() -> dict[str, object]:
+        return {
+            "status": "ok",
+            "version": __version__,
+            "database": db.dialect,
+            # due rows the timer daemon failed on too often and left alone (see the logs)
+            "timers": {"set_aside": timers.set_aside},
+        }
 
     return app
 
