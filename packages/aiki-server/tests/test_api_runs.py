@@ -10,6 +10,8 @@ import anyio
 import pytest
 
 from aiki_core import content_hash
+from aiki_server._lifecycle import lock_run
+from aiki_server._storage._sqlite import SqliteDatabase
 from server_api import (
     FAR_FUTURE,
     START_MS,
@@ -27,6 +29,7 @@ from server_api import (
 if TYPE_CHECKING:
     import httpx
 
+    from aiki_server._storage._database import Database, Tx
     from server_api import Harness, HarnessFactory
 
 FAIL = {
@@ -373,6 +376,52 @@ async def test_cancel_a_queued_run(server: httpx.AsyncClient) -> None:
     assert last["reason"] == "not needed"
     # nobody gets a cancelled run
     assert await claim(server) == []
+
+
+async def until_waiting_for(tx: Tx, db: Database) -> None:
+    """Return once another transaction waits for the locks `tx` holds."""
+    if isinstance(db, SqliteDatabase):
+        # SQLite: the one write lock is the database's; a transaction queues for it
+        while db._lock.statistics().tasks_waiting == 0:  # noqa: ASYNC110 - nothing to await
+            await anyio.sleep(0.01)
+        return
+    row = await tx.fetchrow("SELECT pg_current_xact_id()::text AS xid")
+    assert row is not None
+    while True:
+        async with db.reader() as probe:
+            waiting = await probe.fetchrow(
+                "SELECT 1 FROM pg_locks WHERE locktype = 'transactionid' AND NOT granted"
+                " AND transactionid::text = $1",
+                row["xid"],
+            )
+        if waiting is not None:
+            return
+        await anyio.sleep(0.01)
+
+
+async def test_a_cancel_is_stamped_when_it_holds_the_run_not_when_it_asked(
+    harness: Harness,
+) -> None:
+    h = harness
+    run = await start(h.client)
+    db = h.app.state.orchestrator.db
+    answers: list[httpx.Response] = []
+
+    async def cancel() -> None:
+        answers.append(await h.client.post(f"/runs/{run['id']}/cancel"))
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            async with db.transaction() as tx:  # the database is busy: the run is locked
+                await lock_run(tx, run["id"], "default")
+                tg.start_soon(cancel)
+                await until_waiting_for(tx, db)
+                h.clock.advance(60_000)  # the outage lasts a minute
+    assert answers[0].status_code == 200, answers[0].text
+    detail = await get_run(h.client, run["id"])
+    assert detail["status"] == "cancelled"
+    assert detail["finished_at"] == iso(START_MS + 60_000)
+    assert detail["history"][-1]["at"] == iso(START_MS + 60_000)
 
 
 async def test_cancel_without_a_body(server: httpx.AsyncClient) -> None:
