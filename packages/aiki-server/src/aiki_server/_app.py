@@ -44,7 +44,7 @@ from aiki_core import (
 )
 from aiki_server import _hot_path as hot_path
 from aiki_server.__about__ import __version__
-from aiki_server._auth import ApiKeyAuth, ApiKeys, caller_namespace
+from aiki_server._auth import ApiKeyAuth, ApiKeys, HostCheck, caller_namespace
 from aiki_server._clock import Clock, from_ms, system_clock
 from aiki_server._errors import install_error_handlers
 from aiki_server._hot_path import HotPath
@@ -95,6 +95,10 @@ class ServerSettings:
     """The base URL webhook URLs are given on (default: the base URL of the mint request)."""
     require_api_key: bool = False
     """Refuse requests without an API key even while the database holds no key."""
+    allowed_hosts: tuple[str, ...] = ()
+    """Host names a server without API keys answers besides loopback ones and the host
+    of `public_url` (any other `Host` is refused, against DNS rebinding); `"*"` answers
+    any, for an app reached only in process, where no browser can send a request."""
 
     def __post_init__(self) -> None:
         if self.webhook_secret is not None and len(self.webhook_secret) < MIN_SECRET_LENGTH:
@@ -149,7 +153,9 @@ def create_app(db_url: str, settings: ServerSettings | None = None) -> FastAPI:
     # a valid task record or transition skips the rest of the stack
     app.add_middleware(HotPath, orch=orch, max_body_bytes=settings.max_body_bytes)
     # outermost: every request but the public ones gets its namespace from its key
-    app.add_middleware(ApiKeyAuth, keys=keys)
+    app.add_middleware(
+        ApiKeyAuth, keys=keys, hosts=HostCheck(settings.public_url, settings.allowed_hosts)
+    )
     app.include_router(_api_router(orch, webhooks, settings.public_url), prefix="/api/v1")
 
     @app.get("/health", include_in_schema=False)
