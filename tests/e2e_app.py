@@ -326,17 +326,23 @@ async def family_v1(run: WorkflowRun, member: Family) -> str:
 
 
 class Pausable(BaseModel):
-    """A key and how long the first step takes."""
+    """A key and how long the first step takes (or until a gate file is there)."""
 
     key: str
     first_s: float
+    gate: bool = False
 
 
 @task("long-step")
 async def long_step(pausable: Pausable) -> str:
-    """Count, then take `first_s` seconds."""
+    """Count, then take `first_s` seconds, or, with a gate, wait for `gate-<key>` to exist."""
     count(f"long-{pausable.key}")
-    await anyio.sleep(pausable.first_s)
+    if not pausable.gate:
+        await anyio.sleep(pausable.first_s)
+        return "long done"
+    assert SETTINGS.counters is not None
+    while not (SETTINGS.counters / f"gate-{pausable.key}").exists():  # noqa: ASYNC110 - a file
+        await anyio.sleep(0.02)
     return "long done"
 
 

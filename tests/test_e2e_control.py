@@ -185,27 +185,37 @@ async def test_cancel_cascades_to_a_grandchild(stack: Stack) -> None:
 # -- pause and resume --------------------------------------------------------------------
 
 
-async def test_pause_during_a_task_then_resume(stack: Stack) -> None:
-    handle = await pausable_v1.start(stack.client, Pausable(key="p", first_s=2.0))
+async def test_pause_during_a_task_takes_effect_at_the_next_task_boundary(stack: Stack) -> None:
+    handle = await pausable_v1.start(stack.client, Pausable(key="p", first_s=0, gate=True))
     with anyio.fail_after(RESULT_TIMEOUT.total_seconds()):
         while stack.counters.count("long-p") == 0:  # noqa: ASYNC110 - a file, no event
             await anyio.sleep(0.02)
 
-    await handle.pause()
-    # the worker sees the pause at its next heartbeat and stops the task in flight
-    await anyio.sleep(0.6)
+    pausing = await handle.pause()
+    # the task in flight goes on: the run stays running, its pause requested
+    assert pausing.status is RunStatus.RUNNING
+    assert pausing.pause_requested
+    (stack.counters.directory / "gate-p").touch()  # the task finishes now
+
+    await wait_status(handle, RunStatus.PAUSED)
     paused = await handle.detail()
-    assert paused.status is RunStatus.PAUSED
-    assert [t.status for t in paused.tasks if t.name == "long-step"] in ([], [TaskStatus.RUNNING])
+    # the finished task is on record; the next one never started
+    assert [t.status for t in paused.tasks if t.name == "long-step"] == [TaskStatus.COMPLETED]
     assert stack.counters.count("note-p-second") == 0
 
     await handle.resume()
 
     assert await handle.result(timeout=RESULT_TIMEOUT) == "long done, p-second"
-    # the step stopped by the pause was not recorded, so it ran again; the rest once
-    assert stack.counters.count("long-p") == 2
+    # nothing ran twice: the replay took the long step's recorded result
+    assert stack.counters.count("long-p") == 1
     assert stack.counters.count("note-p-second") == 1
-    assert run_moves(await handle.detail())[-4:] == ["paused", "queued", "running", "completed"]
+    assert run_moves(await handle.detail())[-5:] == [
+        "running",
+        "paused",
+        "queued",
+        "running",
+        "completed",
+    ]
 
 
 async def test_cancel_during_a_task_stops_it_unrecorded(stack: Stack) -> None:

@@ -96,6 +96,17 @@ def test_terminal_statuses_have_no_way_out() -> None:
         assert TASK_TRANSITIONS[task_status] == frozenset()
 
 
+def test_a_deadline_can_fail_a_run_in_every_status_but_an_end() -> None:
+    # the timer daemon fails a run whose deadline passed, whatever it was doing, even a
+    # delayed start the daemon reaches late; an ended run keeps its status
+    can_fail = {s for s in RunStatus if RunStatus.FAILED in RUN_TRANSITIONS[s]}
+    assert can_fail == set(RunStatus) - RUN_TERMINAL_STATUSES
+    for ended in RUN_TERMINAL_STATUSES:
+        for target in RunStatus:
+            with pytest.raises(IllegalTransitionError):
+                check_run_transition("run-1", ended, target)
+
+
 def test_only_terminal_statuses_are_dead_ends() -> None:
     assert {s for s in RunStatus if not RUN_TRANSITIONS[s]} == RUN_TERMINAL_STATUSES
     assert {s for s in TaskStatus if not TASK_TRANSITIONS[s]} == TASK_TERMINAL_STATUSES

@@ -22,6 +22,10 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
 
+IN_PROCESS: dict[str, Any] = {"allowed_hosts": ("aiki",)}
+"""Settings of an app the tests reach in process, at `http://aiki`."""
+
+
 class ManualClock:
     """Epoch milliseconds that move only when a test says so."""
 
@@ -59,7 +63,7 @@ def make_harness(db_url: str) -> HarnessFactory:
     @asynccontextmanager
     async def make(**settings: Any) -> AsyncIterator[Harness]:
         clock = ManualClock()
-        app = create_app(db_url, ServerSettings(clock=clock, **settings))
+        app = create_app(db_url, ServerSettings(clock=clock, **{**IN_PROCESS, **settings}))
         async with running_app(app) as client:
             yield Harness(client, app, clock)
 
@@ -76,7 +80,7 @@ async def harness(make_harness: HarnessFactory) -> AsyncIterator[Harness]:
 @pytest.fixture
 async def server(db_url: str) -> AsyncIterator[httpx.AsyncClient]:
     """An HTTP client on a live app with the wall clock."""
-    async with running_app(create_app(db_url, ServerSettings())) as client:
+    async with running_app(create_app(db_url, ServerSettings(**IN_PROCESS))) as client:
         yield client
 
 
@@ -101,5 +105,5 @@ async def second_app(db_url: str, server: httpx.AsyncClient) -> AsyncIterator[ht
     del server  # only its order matters: the first replica (and the migrations) come first
     if "sqlite" in db_url:
         pytest.skip("replicas share a database only on PostgreSQL")
-    async with running_app(create_app(db_url, ServerSettings())) as client:
+    async with running_app(create_app(db_url, ServerSettings(**IN_PROCESS))) as client:
         yield client

@@ -24,7 +24,6 @@ import httpx
 
 from aiki_server import ServerSettings, create_app
 from aiki_server._api_keys import create_key
-from aiki_server._timers import TimerDaemon
 from aiki_server.testing import serving
 
 if TYPE_CHECKING:
@@ -33,6 +32,7 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
     from aiki_server._api_keys import ApiKey
+    from aiki_server._timers import TimerDaemon
 
 FAR_FUTURE = "2100-01-01T00:00:00Z"
 """A moment no test reaches: a sleep until then never wakes by itself."""
@@ -236,7 +236,8 @@ async def wait_status(client: httpx.AsyncClient, run_id: str, status: str) -> di
 
 async def timer_pass(h: Harness) -> None:
     """One pass of the timer daemon at the manual clock's time, finished before returning."""
-    await h.app.state.orchestrator.db.retry(TimerDaemon(h.app.state.orchestrator).run_once)
+    timers: TimerDaemon = h.app.state.timers
+    await h.app.state.orchestrator.db.retry(timers.run_once)
 
 
 # -- the server's log ---------------------------------------------------------------------

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
 
 from aiki_core import content_hash
+from aiki_server._lifecycle import lock_run
+from aiki_server._storage._sqlite import SqliteDatabase
 from server_api import (
     FAR_FUTURE,
     START_MS,
@@ -18,13 +21,21 @@ from server_api import (
     get_run,
     iso,
     start,
+    task_record,
+    timer_pass,
     transition,
 )
 
 if TYPE_CHECKING:
     import httpx
 
-    from server_api import Harness
+    from aiki_server._storage._database import Database, Tx
+    from server_api import Harness, HarnessFactory
+
+FAIL = {
+    "kind": "fail",
+    "error": {"type": "builtins.ValueError", "message": "boom", "retryable": False},
+}
 
 
 async def list_ids(client: httpx.AsyncClient, **params: Any) -> list[str]:
@@ -367,6 +378,52 @@ async def test_cancel_a_queued_run(server: httpx.AsyncClient) -> None:
     assert await claim(server) == []
 
 
+async def until_waiting_for(tx: Tx, db: Database) -> None:
+    """Return once another transaction waits for the locks `tx` holds."""
+    if isinstance(db, SqliteDatabase):
+        # SQLite: the one write lock is the database's; a transaction queues for it
+        while db._lock.statistics().tasks_waiting == 0:  # noqa: ASYNC110 - nothing to await
+            await anyio.sleep(0.01)
+        return
+    row = await tx.fetchrow("SELECT pg_current_xact_id()::text AS xid")
+    assert row is not None
+    while True:
+        async with db.reader() as probe:
+            waiting = await probe.fetchrow(
+                "SELECT 1 FROM pg_locks WHERE locktype = 'transactionid' AND NOT granted"
+                " AND transactionid::text = $1",
+                row["xid"],
+            )
+        if waiting is not None:
+            return
+        await anyio.sleep(0.01)
+
+
+async def test_a_cancel_is_stamped_when_it_holds_the_run_not_when_it_asked(
+    harness: Harness,
+) -> None:
+    h = harness
+    run = await start(h.client)
+    db = h.app.state.orchestrator.db
+    answers: list[httpx.Response] = []
+
+    async def cancel() -> None:
+        answers.append(await h.client.post(f"/runs/{run['id']}/cancel"))
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            async with db.transaction() as tx:  # the database is busy: the run is locked
+                await lock_run(tx, run["id"], "default")
+                tg.start_soon(cancel)
+                await until_waiting_for(tx, db)
+                h.clock.advance(60_000)  # the outage lasts a minute
+    assert answers[0].status_code == 200, answers[0].text
+    detail = await get_run(h.client, run["id"])
+    assert detail["status"] == "cancelled"
+    assert detail["finished_at"] == iso(START_MS + 60_000)
+    assert detail["history"][-1]["at"] == iso(START_MS + 60_000)
+
+
 async def test_cancel_without_a_body(server: httpx.AsyncClient) -> None:
     run = await start(server)
     r = await server.post(f"/runs/{run['id']}/cancel")
@@ -508,31 +565,99 @@ async def test_resume_a_run_that_is_not_paused_is_an_illegal_transition(
     assert (await get_run(server, run["id"]))["status"] == "running"
 
 
-async def test_pause_a_running_run_fences_its_worker(server: httpx.AsyncClient) -> None:
-    run = await start(server)
-    claimed = await claim_one(server)
-    revision = claimed["run"]["revision"]
-    r = await server.post(f"/runs/{run['id']}/pause")
+async def heartbeat(client: httpx.AsyncClient, run: dict[str, Any]) -> str:
+    """The heartbeat's directive for the claimed `run` (of worker `worker-1`)."""
+    lease = {"run_id": run["id"], "revision": run["revision"]}
+    r = await client.post("/heartbeats", json={"worker_id": "worker-1", "runs": [lease]})
     assert r.status_code == 200, r.text
-    assert r.json()["status"] == "paused"
-    before = await get_run(server, run["id"])
-    r = await transition(server, run["id"], revision, {"kind": "complete", "result": 1})
-    details = error_of(r, 409, "stale_revision")
-    assert details["revision"] == revision
-    assert details["current_revision"] == revision + 1
-    r = await server.post(
-        f"/runs/{run['id']}/tasks",
-        json={
-            "revision": revision,
-            "name": "t",
-            "address": "t:1",
-            "occurrence": 0,
-            "attempt": 1,
-            "status": "completed",
-        },
-    )
+    directive: str = r.json()["runs"][0]["directive"]
+    return directive
+
+
+def run_moves(detail: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(h["from_status"], h["to_status"]) for h in detail["history"] if h["entity"] == "run"]
+
+
+async def pause_while_running(client: httpx.AsyncClient) -> dict[str, Any]:
+    """A claimed run (its summary) whose pause was just requested."""
+    await start(client)
+    run: dict[str, Any] = (await claim_one(client))["run"]
+    r = await client.post(f"/runs/{run['id']}/pause")
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "running"
+    assert r.json()["pause_requested"] is True
+    return run
+
+
+async def test_pause_a_running_run_waits_for_its_next_task_boundary(
+    server: httpx.AsyncClient,
+) -> None:
+    run = await pause_while_running(server)
+    revision = run["revision"]
+    # the claim stays valid: the task in flight is recorded, and the worker is told
+    assert await heartbeat(server, run) == "pause"
+    r = await server.post(f"/runs/{run['id']}/tasks", json=task_record(revision))
+    assert r.status_code == 200, r.text
+    assert r.json()["directive"] == "pause"
+    # the worker stops before its next task and lets the run go: it is paused
+    r = await transition(server, run["id"], revision, {"kind": "release"})
+    assert r.status_code == 200, r.text
+    assert r.json()["run"]["status"] == "paused"
+    assert r.json()["run"]["pause_requested"] is False
+    detail = await get_run(server, run["id"])
+    assert [(t["name"], t["status"]) for t in detail["tasks"]] == [("charge", "completed")]
+    assert run_moves(detail)[-2:] == [("running", "running"), ("running", "paused")]
+    assert "pause requested" in detail["history"][-3]["reason"]
+    assert await claim(server) == []
+    # resumed, the next claim carries the recorded task: it does not run again
+    assert (await server.post(f"/runs/{run['id']}/resume")).json()["status"] == "queued"
+    again = await claim_one(server)
+    assert [t["status"] for t in again["tasks"]] == ["completed"]
+
+
+async def test_a_pausing_run_that_suspends_is_paused_with_its_wait(
+    server: httpx.AsyncClient,
+) -> None:
+    run = await pause_while_running(server)
+    sleep = {"kind": "sleep", "name": "nap", "occurrence": 0, "wake_at": FAR_FUTURE}
+    r = await transition(server, run["id"], run["revision"], {"kind": "suspend", "waits": [sleep]})
+    assert r.json()["run"]["status"] == "paused"
+    detail = await get_run(server, run["id"])
+    assert [(s["name"], s["status"]) for s in detail["sleeps"]] == [("nap", "sleeping")]
+
+
+@pytest.mark.parametrize(
+    ("action", "status"),
+    [({"kind": "complete", "result": 1}, "completed"), (FAIL, "failed")],
+)
+async def test_a_pausing_run_that_ends_just_ends(
+    server: httpx.AsyncClient, action: dict[str, Any], status: str
+) -> None:
+    run = await pause_while_running(server)
+    r = await transition(server, run["id"], run["revision"], action)
+    assert r.json()["run"]["status"] == status
+    assert r.json()["run"]["pause_requested"] is False
+
+
+async def test_cancel_a_pausing_run_fences_its_worker_at_once(server: httpx.AsyncClient) -> None:
+    run = await pause_while_running(server)
+    assert (await server.post(f"/runs/{run['id']}/cancel")).json()["status"] == "cancelled"
+    assert await heartbeat(server, run) == "cancel"
+    r = await server.post(f"/runs/{run['id']}/tasks", json=task_record(run["revision"]))
     error_of(r, 409, "stale_revision")
-    assert await get_run(server, run["id"]) == before
+
+
+async def test_an_idle_claim_of_a_pausing_run_is_paused(make_harness: HarnessFactory) -> None:
+    async with make_harness(claim_idle_timeout=timedelta(seconds=5)) as h:
+        run = await pause_while_running(h.client)
+        h.clock.advance(6_000)
+        await timer_pass(h)
+        detail = await get_run(h.client, run["id"])
+        assert detail["status"] == "paused"
+        assert "went idle" in detail["history"][-1]["reason"]
+        # the worker that let its claim go idle is fenced off
+        r = await transition(h.client, run["id"], run["revision"], {"kind": "release"})
+        error_of(r, 409, "stale_revision")
 
 
 async def test_wake_a_sleeping_run(server: httpx.AsyncClient) -> None:

@@ -23,6 +23,7 @@ from aiki_server import _auth
 from aiki_server._api_keys import create_key, revoke_key
 from aiki_server._auth import KEY_CACHE_TTL, ApiKeys
 from aiki_server._notify import WakeHub
+from aiki_server._storage._database import _migrations
 from aiki_server._storage._open import open_database
 from live_processes import free_port
 from server_api import (
@@ -352,11 +353,13 @@ async def test_keys_create_refuses_an_invalid_namespace(db_url: str, namespace: 
     assert listing.split() == ["ID", "NAMESPACE", "CREATED", "REVOKED"]
 
 
-async def test_migrate_applies_every_version_up_to_api_keys(db_url: str) -> None:
+async def test_migrate_applies_every_version(db_url: str) -> None:
     status, _, err = await aiki_server("migrate", "--db", db_url)
 
     assert status == 0, err
-    assert "[1, 2, 3, 4, 5]" in err
+    dialect = "sqlite" if db_url.startswith("sqlite") else "postgresql"
+    assert str([version for version, _ in _migrations(dialect)]) in err
+    assert "versions=[1, 2, 3, 4, 5, " in err  # at least up to the API keys
 
 
 # -- the bind rule ----------------------------------------------------------------------------
@@ -431,3 +434,51 @@ async def test_a_misspelt_require_api_key_is_refused(
 
     assert status == 2
     assert "AIKI_REQUIRE_API_KEY must be 1 or 0" in err
+
+
+# -- the Host an open server answers (DNS rebinding) -------------------------------------
+
+REBOUND = "rebind.evil.example"
+"""A domain an attacker's DNS points at 127.0.0.1: a browser sends it as `Host`."""
+
+
+async def test_an_open_server_refuses_a_request_to_a_foreign_host(
+    db_url: str, processes: LiveProcesses
+) -> None:
+    server = await processes.start_server(db_url, "--public-url", "https://aiki.example.com")
+    start_body = {"workflow": "w", "version": "1"}
+
+    async with httpx.AsyncClient(base_url=server.base_url) as client:
+        for host in (REBOUND, f"{REBOUND}:{server.port}", "127.0.0.1.evil.example"):
+            r = await client.post("/api/v1/runs", json=start_body, headers={"host": host})
+            assert error_of(r, 403, "permission_denied") == {"host": host}
+            assert "public URL" in r.json()["error"]["message"]
+            # public paths too: the health check and webhook deliveries
+            error_of(await client.get("/health", headers={"host": host}), 403, "permission_denied")
+            r = await client.post(f"/api/v1/webhooks/{ULID()}", json={}, headers={"host": host})
+            error_of(r, 403, "permission_denied")
+        names = ("localhost", "LOCALHOST", "127.0.0.1", "127.1.2.3", "[::1]", "aiki.example.com")
+        for name in names:
+            for host in (name, f"{name}:{server.port}"):
+                r = await client.get("/api/v1/runs", headers={"host": host})
+                assert r.status_code == 200, (host, r.text)
+                assert r.json()["runs"] == []  # none of the refused starts wrote anything
+        r = await client.post("/api/v1/runs", json=start_body, headers={"host": "aiki.example.com"})
+        assert r.status_code == 201, r.text
+
+
+async def test_a_server_with_api_keys_answers_any_host(
+    db_url: str, processes: LiveProcesses
+) -> None:
+    status, out, err = await aiki_server("keys", "create", "--db", db_url, "--namespace", "ops")
+    assert status == 0, err
+    server = await processes.start_server(db_url)
+
+    async with httpx.AsyncClient(base_url=server.base_url) as client:
+        keyed = {"host": REBOUND, "authorization": f"Bearer {out.strip()}"}
+        r = await client.post("/api/v1/runs", json={"workflow": "w", "version": "1"}, headers=keyed)
+        assert r.status_code == 201, r.text
+        assert_unauthenticated(
+            await client.get("/api/v1/runs", headers={"host": REBOUND}), "Bearer"
+        )
+        assert (await client.get("/health", headers={"host": REBOUND})).status_code == 200

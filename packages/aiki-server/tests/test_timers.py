@@ -12,10 +12,13 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from aiki_server._timers import SET_ASIDE_AFTER
 from server_api import (
     claim,
     claim_one,
+    create_schedule,
     get_run,
+    get_schedule,
     iso,
     start,
     timer_pass,
@@ -26,6 +29,7 @@ from server_api import (
 if TYPE_CHECKING:
     import httpx
 
+    from aiki_server._storage._database import Database
     from server_api import Harness
 
 W = "w"
@@ -451,3 +455,126 @@ async def test_timer_daemon_moves_due_runs_in_repeated_batches(harness: Harness)
             await anyio.sleep(0.02)
     r = await h.client.get("/runs", params={"status": "sleeping", "limit": 500})
     assert r.json()["runs"] == []
+
+
+# -- one bad row never stops the daemon ---------------------------------------------------
+
+
+async def test_a_delayed_run_past_its_deadline_fails_and_every_other_due_run_moves(
+    harness: Harness,
+) -> None:
+    h = harness
+    runs = [(await start(h.client, delay=SECOND))["id"] for _ in range(200)]
+    # beyond the first batch of wake-ups, and past its deadline (start + timeout) too
+    late = (await start(h.client, delay=2 * SECOND, timeout=SECOND))["id"]
+
+    h.advance(10 * SECOND)
+
+    failed = await wait_status(h.client, late, "failed")
+    assert failed["error"]["code"] == "workflow_timeout"
+    with anyio.fail_after(15):
+        while True:
+            r = await h.client.get("/runs", params={"status": "queued", "limit": 500})
+            if {run["id"] for run in r.json()["runs"]} == set(runs):
+                break
+            await anyio.sleep(0.02)
+    moves = [(m["from_status"], m["to_status"]) for m in (await get_run(h.client, late))["history"]]
+    assert moves == [(None, "scheduled"), ("scheduled", "failed")]
+
+
+async def test_a_child_cancelled_by_its_parents_deadline_stays_cancelled(
+    harness: Harness,
+) -> None:
+    h = harness
+    parent = await start_and_claim(h, timeout=10 * SECOND)
+    h.clock.advance(SECOND)
+    r = await h.client.post(
+        f"/runs/{parent['id']}/children",
+        json={
+            "revision": parent["revision"],
+            "address": "c",
+            "occurrence": 0,
+            "workflow": "child",
+            "version": "1",
+            "timeout": 10 * SECOND,
+        },
+    )
+    child = r.json()["run"]
+    # both deadlines pass: the parent's, first, cancels the child; the child's own
+    # deadline, met in the same pass, must not end it a second time
+    h.clock.advance(20 * SECOND)
+    await timer_pass(h)
+
+    assert (await get_run(h.client, parent["id"]))["status"] == "failed"
+    detail = await get_run(h.client, child["id"])
+    assert detail["status"] == "cancelled"
+    assert detail["error"]["code"] == "workflow_cancelled"
+    ends = [m for m in detail["history"] if m["to_status"] in ("completed", "failed", "cancelled")]
+    assert [(m["from_status"], m["to_status"]) for m in ends] == [("queued", "cancelled")]
+
+
+async def refuse_status_changes(db: Database, run_id: str) -> None:
+    """Make every status change of one run fail in the database itself (a trigger)."""
+    async with db.transaction() as tx:
+        if db.dialect == "sqlite":
+            await tx.execute(
+                "CREATE TRIGGER refuse BEFORE UPDATE OF status ON runs"
+                f" WHEN OLD.id = '{run_id}' BEGIN SELECT RAISE(ABORT, 'row refused'); END"
+            )
+            return
+        await tx.execute(
+            "CREATE FUNCTION refuse() RETURNS trigger AS $$"
+            " BEGIN RAISE EXCEPTION 'row refused'; END $$ LANGUAGE plpgsql"
+        )
+        await tx.execute(
+            "CREATE TRIGGER refuse BEFORE UPDATE OF status ON runs FOR EACH ROW"
+            f" WHEN (OLD.id = '{run_id}') EXECUTE FUNCTION refuse()"
+        )
+
+
+async def set_aside(h: Harness) -> int:
+    """How many rows `/health` says the timer daemon set aside."""
+    count: int = (await h.client.get("http://aiki/health")).json()["timers"]["set_aside"]
+    return count
+
+
+async def test_a_row_that_always_fails_is_set_aside_and_shown(harness: Harness) -> None:
+    h = harness
+    db = h.app.state.orchestrator.db
+    bad_run, *good_runs = [(await start(h.client, delay=SECOND))["id"] for _ in range(3)]
+    await refuse_status_changes(db, bad_run)
+    schedule = await create_schedule(h.client, every=None, cron="* * * * *")
+    async with db.transaction() as tx:  # its stored definition no longer makes sense
+        await tx.execute(
+            "UPDATE schedules SET timezone = 'Nowhere/Atlantis' WHERE id = $1", schedule["id"]
+        )
+
+    h.clock.advance(60 * SECOND)
+    for _ in range(SET_ASIDE_AFTER):
+        await timer_pass(h)
+
+    for run_id in good_runs:
+        assert (await get_run(h.client, run_id))["status"] == "queued"
+    stuck = await get_run(h.client, bad_run)
+    assert stuck["status"] == "scheduled"
+    assert stuck["timer_failures"] == SET_ASIDE_AFTER
+    assert "row refused" in stuck["timer_error"]["message"]
+    bad_schedule = await get_schedule(h.client, schedule["id"])
+    assert bad_schedule["timer_failures"] == SET_ASIDE_AFTER
+    assert "Nowhere/Atlantis" in bad_schedule["timer_error"]["message"]
+    assert bad_schedule["next_fire_at"] == schedule["next_fire_at"]
+    with anyio.fail_after(5):  # counted once the pass that set them aside committed
+        while await set_aside(h) != 2:  # noqa: ASYNC110 - no event says a pass counted
+            await anyio.sleep(0.02)
+
+    # set aside: later passes leave both alone
+    await timer_pass(h)
+    assert (await get_run(h.client, bad_run))["timer_failures"] == SET_ASIDE_AFTER
+    assert (await get_schedule(h.client, schedule["id"]))["timer_failures"] == SET_ASIDE_AFTER
+    # the run moves otherwise (an operator cancels it): its failures are forgotten
+    async with db.transaction() as tx:
+        await tx.execute("DROP TRIGGER refuse" + (" ON runs" if db.dialect != "sqlite" else ""))
+    r = await h.client.post(f"/runs/{bad_run}/cancel")
+    assert r.json()["status"] == "cancelled"
+    cancelled = await get_run(h.client, bad_run)
+    assert (cancelled["timer_failures"], cancelled["timer_error"]) == (0, None)

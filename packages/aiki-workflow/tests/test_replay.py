@@ -64,6 +64,7 @@ class Execution:
         self.log = ConsoleLogger(LogLevel.ERROR)
         self.codec = IdentityCodec()
         self.context: object = None
+        self.pause_requested = False
         self.records: list[RecordTaskRequest] = []
         """Written to the server, in order."""
         self.deferred: list[RecordTaskRequest] = []

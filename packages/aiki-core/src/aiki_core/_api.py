@@ -285,6 +285,8 @@ class RunDirective(StrEnum):
     CONTINUE = "continue"
     CANCEL = "cancel"
     PAUSE = "pause"
+    """Let the task in flight finish and be recorded, then release the run before its
+    next task starts (or when it would suspend); the claim stays valid until then."""
     LOST = "lost"
     """The claim was superseded; stop without writing anything more."""
 
@@ -371,6 +373,10 @@ class RecordTaskResponse(ResponseModel):
 
     task_id: TaskId
     status: TaskStatus
+    directive: RunDirective = Field(
+        default=RunDirective.CONTINUE,
+        description="`pause` once the run was paused: stop at the next task boundary.",
+    )
 
     @property
     def is_terminal(self) -> bool:

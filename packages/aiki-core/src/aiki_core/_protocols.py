@@ -227,6 +227,10 @@ class RunExecution(Protocol):
     def context(self) -> object:
         """The worker's per-run context (`create_context`), or `None`."""
 
+    @property
+    def pause_requested(self) -> bool:
+        """Whether the run was paused: it stops before its next task starts."""
+
     async def record_task(self, request: RecordTaskRequest) -> RecordTaskResponse:
         """Record one task attempt now, fenced by the claim's revision."""
 

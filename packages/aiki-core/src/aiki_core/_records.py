@@ -56,6 +56,11 @@ class RunSummary(ResponseModel):
     start_at: AwareDatetime | None = Field(default=None, description="A delayed start's due time.")
     deadline_at: AwareDatetime | None = Field(default=None, description="When the run times out.")
     finished_at: AwareDatetime | None = None
+    pause_requested: bool = Field(
+        default=False,
+        description="A running run was paused: its worker stops at the next task boundary,"
+        " and the run becomes `paused`.",
+    )
 
 
 class RunOutcome(RunSummary):
@@ -174,4 +179,13 @@ class RunDetail(RunSummary):
     pending_reason: str | None = Field(
         default=None,
         description="Why a queued run is not running, e.g. no worker serves its version.",
+    )
+    timer_failures: Count = Field(
+        default=0,
+        description="Times in a row the server failed to act on the run's due time (a"
+        " wake-up, its deadline, an idle claim); from 5 on it is set aside until the run"
+        " moves otherwise (cancel it, say).",
+    )
+    timer_error: ErrorInfo | None = Field(
+        default=None, description="Why the server last failed to act on the run's due time."
     )

@@ -24,10 +24,12 @@ from pydantic import (
 )
 
 from aiki_core._duration import Duration, DurationRange
+from aiki_core._error_info import ErrorInfo
 from aiki_core._ids import DEFAULT_POOL, Namespace, PoolName, RunId, ScheduleId
 from aiki_core._wire import (
     NO_NUL,
     ClientId,
+    Count,
     Fingerprint,
     Name,
     RequestModel,
@@ -133,6 +135,14 @@ class Schedule(ResponseModel):
     last_run_id: RunId | None = None
     created_at: AwareDatetime
     updated_at: AwareDatetime
+    timer_failures: Count = Field(
+        default=0,
+        description="Times in a row the server failed to fire the schedule; from 5 on it is"
+        " set aside (not fired) until it is paused and resumed.",
+    )
+    timer_error: ErrorInfo | None = Field(
+        default=None, description="Why the server last failed to fire the schedule."
+    )
 
 
 class SchedulePage(ResponseModel):

@@ -99,7 +99,8 @@ _FROM_WAITING = frozenset({_R.QUEUED, _R.PAUSED, _R.CANCELLED, _R.FAILED})
 
 RUN_TRANSITIONS: Mapping[RunStatus, frozenset[RunStatus]] = MappingProxyType(
     {
-        _R.SCHEDULED: frozenset({_R.QUEUED, _R.PAUSED, _R.CANCELLED}),
+        # failed: its deadline (start time plus timeout) passed before it was started
+        _R.SCHEDULED: frozenset({_R.QUEUED, _R.PAUSED, _R.CANCELLED, _R.FAILED}),
         _R.QUEUED: frozenset({_R.RUNNING, _R.PAUSED, _R.CANCELLED, _R.FAILED}),
         _R.RUNNING: frozenset(
             {

@@ -44,7 +44,7 @@ from aiki_core import (
 )
 from aiki_server import _hot_path as hot_path
 from aiki_server.__about__ import __version__
-from aiki_server._auth import ApiKeyAuth, ApiKeys, caller_namespace
+from aiki_server._auth import ApiKeyAuth, ApiKeys, HostCheck, caller_namespace
 from aiki_server._clock import Clock, from_ms, system_clock
 from aiki_server._errors import install_error_handlers, log_failure
 from aiki_server._hot_path import HotPath
@@ -95,6 +95,10 @@ class ServerSettings:
     """The base URL webhook URLs are given on (default: the base URL of the mint request)."""
     require_api_key: bool = False
     """Refuse requests without an API key even while the database holds no key."""
+    allowed_hosts: tuple[str, ...] = ()
+    """Host names a server without API keys answers besides loopback ones and the host
+    of `public_url` (any other `Host` is refused, against DNS rebinding); `"*"` answers
+    any, for an app reached only in process, where no browser can send a request."""
 
     def __post_init__(self) -> None:
         if self.webhook_secret is not None and len(self.webhook_secret) < MIN_SECRET_LENGTH:
@@ -117,6 +121,7 @@ def create_app(db_url: str, settings: ServerSettings | None = None) -> FastAPI:
     db = open_database(db_url, hub)
     orch = Orchestrator(db, hub, settings.clock, Limits(settings.claim_idle_timeout))
     webhooks = Webhooks(orch, settings.webhook_secret)
+    timers = TimerDaemon(orch)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -129,7 +134,7 @@ def create_app(db_url: str, settings: ServerSettings | None = None) -> FastAPI:
             await db.migrate()
             await webhooks.open()
             async with anyio.create_task_group() as tg:
-                tg.start_soon(TimerDaemon(orch).run_forever)
+                tg.start_soon(timers.run_forever)
                 tg.start_soon(db.maintain)
                 yield
                 tg.cancel_scope.cancel()
@@ -150,12 +155,15 @@ def create_app(db_url: str, settings: ServerSettings | None = None) -> FastAPI:
     keys = ApiKeys(db, required=settings.require_api_key)
     app.state.orchestrator = orch
     app.state.api_keys = keys
+    app.state.timers = timers
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     # a valid task record or transition skips the rest of the stack
     app.add_middleware(HotPath, orch=orch, max_body_bytes=settings.max_body_bytes)
     # outermost: every request but the public ones gets its namespace from its key
-    app.add_middleware(ApiKeyAuth, keys=keys)
+    app.add_middleware(
+        ApiKeyAuth, keys=keys, hosts=HostCheck(settings.public_url, settings.allowed_hosts)
+    )
     app.include_router(_api_router(orch, webhooks, settings.public_url), prefix="/api/v1")
 
     @app.get("/health", include_in_schema=False)
@@ -174,6 +182,8 @@ def create_app(db_url: str, settings: ServerSettings | None = None) -> FastAPI:
             "version": __version__,
             "database": db.dialect,
             "write_path": write_path,
+            # due rows the timer daemon failed on too often and left alone (see the logs)
+            "timers": {"set_aside": timers.set_aside},
         }
         return JSONResponse(body, status_code=200 if failure is None else 503)
 

@@ -12,6 +12,13 @@ that namespace only, so another namespace's run is a 404, not a 403.
 - Public without a key: `/health`, the OpenAPI document and its `/docs` page, and
   webhook deliveries, whose signed URL is their credential (the run's namespace
   comes from the webhook).
+- An open server answers only requests addressed to it by a loopback name
+  (`localhost`, 127.0.0.0/8, `[::1]`, any port), by its public URL's host, or by a
+  name of `allowed_hosts`: any other `Host` is a 403, on every path, public or not.
+  A web page whose domain an attacker re-points at 127.0.0.1 (DNS rebinding) sends
+  its own domain as `Host`, so it cannot drive a keyless server from a browser. A
+  request without a `Host` (HTTP/1.0) is no browser's and is answered. Once keys are
+  required, any `Host` is answered: the keys protect the server.
 
 Answers are kept `KEY_CACHE_TTL` seconds, so a request with a known key costs a
 SHA-256 and a dict lookup, and a revocation takes effect within that time.
@@ -19,14 +26,16 @@ SHA-256 and a dict lookup, and a revocation takes effect within that time.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import time
 from typing import TYPE_CHECKING, Annotated
+from urllib.parse import urlsplit
 
 from fastapi import Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from aiki_core import DEFAULT_NAMESPACE, AuthenticationError
+from aiki_core import DEFAULT_NAMESPACE, AuthenticationError, PermissionDeniedError
 from aiki_server._api_keys import any_key, hash_key, is_well_formed, namespace_of
 from aiki_server._errors import error_response, response_for
 
@@ -101,17 +110,58 @@ class ApiKeys:
         self._open_until = 0.0
 
 
+def is_loopback(host: str) -> bool:
+    """Whether a host name or address (IPv6 in brackets or not) names this machine only."""
+    host = host.lower().rstrip(".")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
+class HostCheck:
+    """Which `Host` headers an open server answers (see the module's docstring)."""
+
+    def __init__(self, public_url: str | None, allowed_hosts: tuple[str, ...]) -> None:
+        names = {name.lower().rstrip(".") for name in allowed_hosts}
+        if public_url is not None and urlsplit(public_url).hostname:
+            names.add(str(urlsplit(public_url).hostname).rstrip("."))
+        self._any = "*" in names
+        self._names = frozenset(names)
+
+    def allows(self, host: str | None) -> bool:
+        """Whether a request with this `Host` header (`None`: without one) is answered."""
+        if host is None or self._any:
+            return True
+        name = _host_name(host)
+        return is_loopback(name) or name in self._names
+
+
+def _host_name(host: str) -> str:
+    """The name in a `Host` header, without its port: `[::1]:9850` -> `[::1]`."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[: host.find("]") + 1] if "]" in host else host
+    name, colon, port = host.rpartition(":")
+    return name.rstrip(".") if colon and port.isdigit() else host.rstrip(".")
+
+
 class ApiKeyAuth:
     """Authenticates every non-public request and scopes it to its key's namespace."""
 
-    def __init__(self, app: ASGIApp, keys: ApiKeys) -> None:
+    def __init__(self, app: ASGIApp, keys: ApiKeys, hosts: HostCheck) -> None:
         self.app = app
         self.keys = keys
+        self.hosts = hosts
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Pass the request on with its namespace, or answer 401."""
+        """Pass the request on with its namespace, or answer 401 (or 403 for its `Host`)."""
         if scope["type"] == "websocket":  # no such routes: fail closed should one appear
             await send({"type": "websocket.close", "code": 1008})
+            return
+        if scope["type"] == "http" and not await self._host_answered(scope, receive, send):
             return
         if scope["type"] != "http" or _is_public(scope["path"]):
             await self.app(scope, receive, send)
@@ -142,14 +192,39 @@ class ApiKeyAuth:
         scope[NAMESPACE_SCOPE_KEY] = namespace
         await self.app(scope, receive, send)
 
+    async def _host_answered(self, scope: Scope, receive: Receive, send: Send) -> bool:
+        """Whether the request's `Host` is one to answer; if not, the 403 is sent."""
+        host = _header(scope, b"host")
+        if self.hosts.allows(host):
+            return True
+        try:
+            if await self.keys.required():
+                return True  # a key protects the server, whatever name reached it
+        except Exception as exc:  # the key store failed (the database is down, say)
+            await response_for(exc)(scope, receive, send)
+            return False
+        refused = PermissionDeniedError(
+            f"this server holds no API key, so it answers only requests addressed to"
+            f" localhost, a loopback address or its public URL; Host {host!r} is none of"
+            " these (set the server's public URL, or create an API key, to be reached"
+            " under another name)",
+            details={"host": host},
+        )
+        await error_response(refused)(scope, receive, send)
+        return False
+
 
 def _is_public(path: str) -> bool:
     return path in _PUBLIC_PATHS or _WEBHOOK_DELIVERY.match(path) is not None
 
 
 def _authorization(scope: Scope) -> str | None:
+    return _header(scope, b"authorization")
+
+
+def _header(scope: Scope, wanted: bytes) -> str | None:
     for name, value in scope["headers"]:
-        if name == b"authorization":
+        if name == wanted:
             text: str = value.decode("latin-1")
             return text
     return None

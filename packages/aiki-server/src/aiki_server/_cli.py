@@ -12,7 +12,6 @@ alone, so `KEY=$(aiki-server keys create --namespace billing)` works.
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import os
 import sys
 from contextlib import asynccontextmanager
@@ -33,7 +32,7 @@ from aiki_server._api_keys import (
     revoke_key,
 )
 from aiki_server._app import ServerSettings, create_app
-from aiki_server._auth import KEY_CACHE_TTL
+from aiki_server._auth import KEY_CACHE_TTL, is_loopback
 from aiki_server._clock import from_ms, system_clock
 from aiki_server._notify import WakeHub
 from aiki_server._storage._open import open_database
@@ -189,15 +188,6 @@ async def _has_keys(db_url: str) -> bool:
         return await any_key(db)
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:  # a host name: it may resolve to anything
-        return False
-
-
 def _flag(parser: argparse.ArgumentParser, name: str, value: str) -> bool:
     lowered = value.strip().lower()
     if lowered not in _TRUE + _FALSE:
@@ -288,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ValueError as exc:
         parser.error(str(exc))
     keys = "required" if require_api_key or anyio.run(_has_keys, args.db) else "open"
-    if keys == "open" and not _is_loopback(args.host):
+    if keys == "open" and not is_loopback(args.host):
         log.error(
             f"refusing to serve on {args.host}: the database holds no API key, so anyone"
             " who reaches the server could use it. Create one with `aiki-server keys"

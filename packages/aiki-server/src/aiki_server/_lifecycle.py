@@ -5,13 +5,19 @@ state machine, updates the row, appends the `state_transitions` row, notes the
 wake-ups to publish after commit, and, when a run ends, wakes a parent waiting for
 it. A run moved away from `running` loses its claim; `fence=True` also bumps the
 revision, so the worker that held it can write nothing more.
+
+A running run whose pause was requested is paused when it leaves `running` for
+anything but an end: its worker let it go at a task boundary (released it, or
+suspended it on a wait, which stays registered for its replay), or its claim went
+idle. Any move also clears the timer daemon's failure count of the run: whatever
+made its due time fail is no longer what the run waits on.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from aiki_core import ErrorInfo, RunStatus, check_run_transition
+from aiki_core import RUN_WAITING_STATUSES, ErrorInfo, RunStatus, check_run_transition
 from aiki_server._notify import QUEUE, TIMERS, run_topic
 from aiki_server._rows import dump
 
@@ -19,6 +25,8 @@ if TYPE_CHECKING:
     from aiki_server._storage._database import Row, Tx
 
 TERMINAL = tuple(s.value for s in (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED))
+_PAUSED_INSTEAD = frozenset({RunStatus.QUEUED, *RUN_WAITING_STATUSES})
+"""Where a running run may go that a requested pause turns into `paused`."""
 
 
 async def record_history(
@@ -69,16 +77,26 @@ async def move_run(
 ) -> int:
     """Move `run` to `target`, with extra column values; its revision afterwards."""
     current = RunStatus(run["status"])
+    if current is RunStatus.RUNNING and run.get("pause_requested") and target in _PAUSED_INSTEAD:
+        target, reason = RunStatus.PAUSED, f"paused as requested ({reason})"
     check_run_transition(run["id"], current, target)
     revision = int(run["revision"]) + (1 if fence else 0)
-    values: dict[str, Any] = {"status": target.value, "updated_at": now, "revision": revision}
+    values: dict[str, Any] = {
+        "status": target.value,
+        "updated_at": now,
+        "revision": revision,
+        "timer_failures": 0,
+        "timer_error": None,
+    }
     if current is RunStatus.RUNNING:
-        values |= {"claimed_by": None, "claim_expires_at": None}
+        values |= {"claimed_by": None, "claim_expires_at": None, "pause_requested": 0}
     if target is RunStatus.QUEUED:
         values |= {"ready_at": now, "wake_at": None}
     if target.is_terminal:
         values |= {"finished_at": now, "wake_at": None, "deadline_at": None}
     values |= columns
+    if target is RunStatus.PAUSED:
+        values["wake_at"] = None  # nothing wakes a paused run; resume replays its waits
     names = list(values)
     assignments = ", ".join(f"{name} = ${i}" for i, name in enumerate(names, start=2))
     await tx.execute(f"UPDATE runs SET {assignments} WHERE id = $1", run["id"], *values.values())

@@ -134,9 +134,9 @@ class Orchestrator:
 
     async def start_run(self, namespace: str, req: StartRunRequest) -> StartRunResponse:
         """Create a run, or return the one its reference id already started."""
-        now = self.clock()
         fingerprint = _fingerprint(req)  # hashed before the write lock is taken
         async with self.db.transaction() as tx:
+            now = self.clock()
             return await self.start_in(tx, namespace, req, now, fingerprint=fingerprint)
 
     async def start_in(
@@ -233,6 +233,7 @@ class Orchestrator:
             "deadline_at": deadline,
             "wake_at": start_at if delayed else None,
             "finished_at": None,
+            "pause_requested": 0,
             "claimed_by": None,
             "claim_expires_at": None,
             "result": None,
@@ -360,25 +361,50 @@ class Orchestrator:
 
     async def cancel_run(self, namespace: str, run_id: str, reason: str | None) -> RunSummary:
         """End the run as cancelled, with every live descendant."""
-        now = self.clock()
         async with self.db.transaction() as tx:
             run = await self._locked_run(tx, run_id, namespace)
+            now = self.clock()
             await cancel_run_and_descendants(tx, run, now, reason)
             return await self._summary(tx, run_id)
 
     async def pause_run(self, namespace: str, run_id: str) -> RunSummary:
-        """Hold the run; a worker running it loses its claim at once."""
-        now = self.clock()
+        """Hold the run; a running one at its next task boundary.
+
+        A running run keeps its claim: its worker lets the task in flight finish and
+        be recorded, and stops before the next task starts (or when the run would
+        suspend); the run becomes `paused` as its worker lets it go (`move_run`).
+        """
         async with self.db.transaction() as tx:
             run = await self._locked_run(tx, run_id, namespace)
-            await move_run(tx, run, RunStatus.PAUSED, now, "paused", fence=True)
+            now = self.clock()
+            if run["status"] != RunStatus.RUNNING:
+                await move_run(tx, run, RunStatus.PAUSED, now, "paused", fence=True)
+            elif not run["pause_requested"]:
+                await tx.execute(
+                    "UPDATE runs SET pause_requested = 1, updated_at = $2 WHERE id = $1",
+                    run_id,
+                    now,
+                )
+                await record_history(
+                    tx,
+                    namespace=namespace,
+                    run_id=run_id,
+                    entity="run",
+                    entity_id=run_id,
+                    from_status=run["status"],
+                    to_status=run["status"],
+                    reason="pause requested: the run stops at its next task boundary",
+                    revision=run["revision"],
+                    now=now,
+                )
+                tx.publish(run_topic(run_id))
             return await self._summary(tx, run_id)
 
     async def resume_run(self, namespace: str, run_id: str) -> RunSummary:
         """Release a paused run: back to its delayed start, or to the queue to replay."""
-        now = self.clock()
         async with self.db.transaction() as tx:
             run = await self._locked_run(tx, run_id, namespace)
+            now = self.clock()
             if run["status"] != RunStatus.PAUSED:
                 # the state machine allows e.g. running -> queued, but not as a "resume"
                 raise IllegalTransitionError("run", run_id, run["status"], "resumed")
@@ -391,9 +417,9 @@ class Orchestrator:
 
     async def wake_run(self, namespace: str, run_id: str) -> RunSummary:
         """End the run's current sleeps early and queue it."""
-        now = self.clock()
         async with self.db.transaction() as tx:
             run = await self._locked_run(tx, run_id, namespace)
+            now = self.clock()
             if run["status"] != RunStatus.SLEEPING:
                 raise IllegalTransitionError("run", run_id, run["status"], "woken")
             await tx.execute(
@@ -413,9 +439,9 @@ class Orchestrator:
         origin: EventOrigin = "api",
     ) -> SendEventResponse:
         """Store an event for the run (once per reference id) and hand it to a waiting wait."""
-        now = self.clock()
         async with self.db.transaction() as tx:
             run = await self._locked_run(tx, run_id, namespace)
+            now = self.clock()
             if run["status"] in TERMINAL:
                 raise ConflictError(
                     f"run {run_id} has ended ({run['status']}); it takes no more events",
@@ -467,18 +493,18 @@ class Orchestrator:
 
     async def create_webhook(self, namespace: str, run_id: str, req: CreateWebhookRequest) -> Row:
         """Store a webhook for an event of a claimed run; its row."""
-        now = self.clock()
-        values: dict[str, Any] = {
-            "id": _new_id(),
-            "namespace": namespace,
-            "run_id": run_id,
-            "event": req.event,
-            "data_schema": dump(req.data_schema),
-            "expires_at": now + to_millis(req.expires_in),
-            "created_at": now,
-        }
         async with self.db.transaction() as tx:
             await self._claimed_run(tx, run_id, namespace, req.revision)
+            now = self.clock()
+            values: dict[str, Any] = {
+                "id": _new_id(),
+                "namespace": namespace,
+                "run_id": run_id,
+                "event": req.event,
+                "data_schema": dump(req.data_schema),
+                "expires_at": now + to_millis(req.expires_in),
+                "created_at": now,
+            }
             await tx.execute(
                 f"INSERT INTO webhooks ({', '.join(values)}) VALUES ({_in_list(1, len(values))})",
                 *values.values(),
@@ -544,7 +570,6 @@ class Orchestrator:
         capabilities: list[tuple[str, str, str]],
         limit: int,
     ) -> list[ClaimedRun]:
-        now = self.clock()
         args: list[Any] = [namespace, RunStatus.QUEUED.value]
         triples = []
         for workflow, version, pool in capabilities:
@@ -564,6 +589,7 @@ class Orchestrator:
             rows = await tx.fetch(f"SELECT * {queued}{tx.skip_locked}", *args)
             if not rows:
                 return []
+            now = self.clock()
             expires = now + self._idle_ms
             claimed: list[Row] = []
             for row in rows:
@@ -597,9 +623,9 @@ class Orchestrator:
 
     async def heartbeat(self, namespace: str, req: HeartbeatRequest) -> HeartbeatResponse:
         """Refresh the claims a worker holds; say what to do with each run."""
-        now = self.clock()
         answers: list[RunLeaseStatus] = []
         async with self.db.transaction() as tx:
+            now = self.clock()
             await tx.execute(
                 "UPDATE workers SET last_seen_at = $3 WHERE namespace = $1 AND id = $2",
                 namespace,
@@ -610,7 +636,7 @@ class Orchestrator:
                 return HeartbeatResponse(runs=[])
             ids = [lease.run_id for lease in req.runs]
             rows = await tx.fetch(
-                "SELECT id, status, revision, claimed_by FROM runs"
+                "SELECT id, status, revision, claimed_by, pause_requested FROM runs"
                 f" WHERE namespace = $1 AND id IN ({_in_list(2, len(ids))})",
                 namespace,
                 *ids,
@@ -619,8 +645,8 @@ class Orchestrator:
             keep: list[str] = []
             for lease in req.runs:
                 directive = _directive(by_id.get(lease.run_id), lease.revision, req.worker_id)
-                if directive is RunDirective.CONTINUE:
-                    keep.append(lease.run_id)
+                if directive in (RunDirective.CONTINUE, RunDirective.PAUSE):
+                    keep.append(lease.run_id)  # a pausing run keeps its claim to the boundary
                 answers.append(RunLeaseStatus(run_id=lease.run_id, directive=directive))
             if keep:
                 # the conditions fence a release that committed after the read above
@@ -637,18 +663,21 @@ class Orchestrator:
         self, namespace: str, run_id: str, req: RecordTaskRequest
     ) -> RecordTaskResponse:
         """Record one attempt of a task call of a claimed run."""
-        now = self.clock()
         async with self.db.transaction() as tx:
             run = await self._claimed_run(tx, run_id, namespace, req.revision)
-            return await _write_task(tx, run, req, now)
+            now = self.clock()
+            recorded = await _write_task(tx, run, req, now)
+        if run["pause_requested"]:  # the worker learns it at its next record
+            recorded = recorded.model_copy(update={"directive": RunDirective.PAUSE})
+        return recorded
 
     async def start_child(
         self, namespace: str, parent_id: str, req: StartChildRequest
     ) -> StartRunResponse:
         """Start a child of a claimed run, once per (address, occurrence)."""
-        now = self.clock()
         async with self.db.transaction() as tx:
             parent = await self._claimed_run(tx, parent_id, namespace, req.revision)
+            now = self.clock()
             existing = await tx.fetchrow(
                 "SELECT * FROM runs WHERE parent_run_id = $1 AND child_address = $2"
                 " AND child_occurrence = $3",
@@ -680,10 +709,10 @@ class Orchestrator:
         self, namespace: str, run_id: str, req: TransitionRunRequest
     ) -> RunSummary:
         """Complete, fail, suspend or release a claimed run."""
-        now = self.clock()
         action = req.action
         async with self.db.transaction() as tx:
             run = await self._claimed_run(tx, run_id, namespace, req.revision)
+            now = self.clock()
             for task in req.tasks:  # each record is fenced like the transition
                 if task.revision != req.revision:
                     raise StaleRevisionError(run_id, task.revision, run["revision"])
@@ -839,12 +868,12 @@ def _directive(run: Row | None, revision: int, worker_id: str) -> RunDirective:
         return RunDirective.LOST
     if run["status"] == RunStatus.CANCELLED:
         return RunDirective.CANCEL
-    if run["status"] == RunStatus.PAUSED:
-        return RunDirective.PAUSE
     if run["revision"] != revision or run["claimed_by"] != worker_id:
         return RunDirective.LOST
     if run["status"] != RunStatus.RUNNING:
         return RunDirective.LOST
+    if run["pause_requested"]:
+        return RunDirective.PAUSE  # stop at the next task boundary, with the claim
     return RunDirective.CONTINUE
 
 

@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 
 RUN_COLUMNS = (
     "id, namespace, workflow, version, pool, status, revision, attempt, reference_id,"
-    " parent_run_id, schedule_id, created_at, updated_at, start_at, deadline_at, finished_at"
+    " parent_run_id, schedule_id, created_at, updated_at, start_at, deadline_at, finished_at,"
+    " pause_requested"
 )
 
 
@@ -65,6 +66,7 @@ def _summary_fields(row: Row) -> dict[str, Any]:
         "start_at": from_ms(row["start_at"]),
         "deadline_at": from_ms(row["deadline_at"]),
         "finished_at": from_ms(row["finished_at"]),
+        "pause_requested": bool(row["pause_requested"]),
     }
 
 
@@ -182,6 +184,8 @@ def run_detail(row: Row, **parts: Any) -> RunDetail:
         input=load(row["input"]),
         result=load(row["result"]),
         error=load_error(row["error"]),
+        timer_failures=row["timer_failures"],
+        timer_error=load_error(row["timer_error"]),
         **parts,
     )
 

@@ -38,7 +38,7 @@ from aiki_core import (
 from aiki_server._clock import from_ms, to_ms
 from aiki_server._lifecycle import TERMINAL, cancel_run_and_descendants, lock_run
 from aiki_server._notify import TIMERS
-from aiki_server._rows import decode_cursor, dump, encode_cursor, load
+from aiki_server._rows import decode_cursor, dump, encode_cursor, load, load_error
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -129,6 +129,8 @@ def schedule_model(row: Row) -> Schedule:
         last_run_id=row["last_run_id"],
         created_at=from_ms(row["created_at"]),
         updated_at=from_ms(row["updated_at"]),
+        timer_failures=row.get("timer_failures", 0),
+        timer_error=load_error(row.get("timer_error")),
     )
 
 
@@ -229,9 +231,9 @@ class Schedules:
 
     async def pause(self, namespace: str, schedule_id: str) -> Schedule:
         """Stop firing until resumed (pausing a paused schedule changes nothing)."""
-        now = self._orch.clock()
         async with self._orch.db.transaction() as tx:
             await _schedule(tx, namespace, schedule_id, lock=True)
+            now = self._orch.clock()
             await tx.execute(
                 "UPDATE schedules SET paused = 1, updated_at = $2 WHERE id = $1 AND paused = 0",
                 schedule_id,
@@ -241,13 +243,13 @@ class Schedules:
 
     async def resume(self, namespace: str, schedule_id: str) -> Schedule:
         """Fire again, from the first occurrence after now (nothing missed while paused)."""
-        now = self._orch.clock()
         async with self._orch.db.transaction() as tx:
             row = await _schedule(tx, namespace, schedule_id, lock=True)
+            now = self._orch.clock()
             if row["paused"]:
                 await tx.execute(
-                    "UPDATE schedules SET paused = 0, next_fire_at = $2, updated_at = $3"
-                    " WHERE id = $1",
+                    "UPDATE schedules SET paused = 0, next_fire_at = $2, updated_at = $3,"
+                    " timer_failures = 0, timer_error = NULL WHERE id = $1",
                     schedule_id,
                     Cadence.of(row).next_after(now),
                     now,
@@ -285,8 +287,8 @@ class Schedules:
                 # raising would fail every timer pass from now on
                 last_run_id = exc.run_id
         await tx.execute(
-            "UPDATE schedules SET next_fire_at = $2, last_run_id = $3, updated_at = $4"
-            " WHERE id = $1",
+            "UPDATE schedules SET next_fire_at = $2, last_run_id = $3, updated_at = $4,"
+            " timer_failures = 0, timer_error = NULL WHERE id = $1",
             schedule["id"],
             cadence.next_after(now),
             last_run_id,

@@ -14,10 +14,25 @@ One pass handles, for at most `batch` runs each:
 Rows are taken with `FOR UPDATE SKIP LOCKED` on PostgreSQL, so replicas share the
 work. Between passes the daemon sleeps until the next due time, or until a new one
 is set (the `TIMERS` topic), and at most `max_idle` seconds.
+
+A pass is one transaction, and each due row a unit of work that fails alone: a batch
+runs in one savepoint, and if a row of it fails, the batch is undone and run again
+row by row, a savepoint each, so one bad row cannot stop the pass. Rows are locked
+when the batch is read; where one row's handling can move another of the batch (a
+parent's deadline cancels its children), each is read again before it is handled
+and skipped if no longer due, so a run's final status never changes. A failure is
+counted on the row (`timer_failures`, with the error in `timer_error`, shown in the
+run's or schedule's detail) and logged; after `SET_ASIDE_AFTER` failures in a row
+the row is set aside: left out of every pass, and counted in `/health`, until the
+run moves (cancelled, woken, ...) or the schedule is resumed. Each unit reads the
+time once it holds its row, so a run's times are never older than its lock.
+(Measured on 2000 due delayed starts: as fast as the single transaction it replaces
+on PostgreSQL; a savepoint and a re-read per row made passes 1.5 times slower.)
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import anyio
@@ -25,8 +40,11 @@ import anyio
 from aiki_core import ConsoleLogger, ErrorInfo, RunStatus, WorkflowTimeoutError
 from aiki_server._lifecycle import TERMINAL, end_run_and_descendants, move_run, requeue
 from aiki_server._notify import TIMERS
+from aiki_server._rows import dump
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from aiki_server._orchestrator import Orchestrator
     from aiki_server._storage._database import Row, Tx
 
@@ -45,6 +63,24 @@ _WAKEABLE = tuple(
 _WAKEABLE_SQL = ", ".join(f"'{s}'" for s in _WAKEABLE)
 _TERMINAL_SQL = ", ".join(f"'{s}'" for s in TERMINAL)
 
+SET_ASIDE_AFTER = 5
+"""Failures in a row after which the daemon leaves a due row alone."""
+_LIVE = f"timer_failures < {SET_ASIDE_AFTER}"
+
+
+@dataclass(frozen=True, slots=True)
+class _Kind:
+    """One kind of due row: where it lives, when it is due ($1 is now), how it is handled."""
+
+    what: str
+    table: str
+    due: str
+    order: str
+    handle: Callable[[Tx, Row, int], Awaitable[None]]
+    reread: bool = False
+    """Whether handling one row may move another of the same kind (in the same pass):
+    each is then read again before it is handled, and skipped if no longer due."""
+
 
 class TimerDaemon:
     """Runs due timers until cancelled."""
@@ -53,6 +89,41 @@ class TimerDaemon:
         self._orch = orchestrator
         self._batch = batch
         self._max_idle = max_idle
+        self._kinds = (
+            _Kind(
+                "wake-up",
+                "runs",
+                f"wake_at <= $1 AND status IN ({_WAKEABLE_SQL})",
+                "wake_at",
+                _wake,
+            ),
+            _Kind(
+                "deadline",
+                "runs",
+                f"deadline_at <= $1 AND status NOT IN ({_TERMINAL_SQL})",
+                "deadline_at",
+                _expire,
+                reread=True,
+            ),
+            _Kind(
+                "idle claim",
+                "runs",
+                "claim_expires_at <= $1 AND status = 'running'",
+                "claim_expires_at",
+                _release_idle_claim,
+            ),
+            _Kind(
+                "schedule",
+                "schedules",
+                "paused = 0 AND next_fire_at <= $1",
+                "next_fire_at",
+                self._orch.schedules.fire,
+            ),
+        )
+        self._failed = 0
+        """Units that failed in the last pass."""
+        self.set_aside = 0
+        """Rows set aside (runs and schedules), as last counted."""
 
     async def run_forever(self) -> None:
         """Pass after pass, sleeping in between until something is due.
@@ -60,6 +131,8 @@ class TimerDaemon:
         A failed pass (the database unreachable for a moment, say) is logged and tried
         again after `max_idle`: were the error to escape, it would end the app's
         lifespan and close the database under a server that goes on answering 500s.
+        A pass in which units failed and nothing moved is followed by the same pause,
+        so a failing row is tried about once per `max_idle` until it is set aside.
         """
         while True:
             subscription = self._orch.hub.subscribe(TIMERS)
@@ -74,96 +147,144 @@ class TimerDaemon:
                 continue
             now = self._orch.clock()
             delay = self._max_idle if next_due is None else (next_due - now) / 1000
+            if self._failed:
+                delay = self._max_idle
             await subscription.wait(min(max(delay, 0.0), self._max_idle))
 
     async def run_once(self) -> int:
-        """One pass over everything due now; how many runs it moved."""
-        now = self._orch.clock()
+        """One pass over everything due now; how many rows it moved."""
+        moved = failed = 0
         async with self._orch.db.transaction() as tx:
-            moved = await self._wake(tx, now)
-            moved += await self._expire_deadlines(tx, now)
-            moved += await self._release_idle_claims(tx, now)
-            moved += await self._fire_schedules(tx, now)
+            now = self._orch.clock()
+            for kind in self._kinds:
+                done, errors = await self._pass(tx, kind, now)
+                moved += done
+                failed += errors
+        self._failed = failed
+        if failed:
+            await self._count_set_aside()
         return moved
 
-    async def _due(
-        self, tx: Tx, condition: str, order: str, *args: object, table: str = "runs"
-    ) -> list[Row]:
-        return await tx.fetch(
-            f"SELECT * FROM {table} WHERE {condition} ORDER BY {order}"
-            f" LIMIT {self._batch}{tx.skip_locked}",
-            *args,
-        )
+    async def _pass(self, tx: Tx, kind: _Kind, now: int) -> tuple[int, int]:
+        """Handle the due rows of one kind, each on its own; (moved, failed).
 
-    async def _wake(self, tx: Tx, now: int) -> int:
-        rows = await self._due(
-            tx,
-            f"wake_at <= $1 AND status IN ({_WAKEABLE_SQL})",
-            "wake_at",
+        The batch is tried whole first, in one savepoint: failures are rare, and a
+        savepoint per row costs two round trips each on PostgreSQL. When a row fails,
+        the batch is undone and handled again row by row, each in its own savepoint,
+        which confines the failure to its row. The rows stay locked throughout (taken
+        before either savepoint).
+        """
+        due = await tx.fetch(
+            f"SELECT * FROM {kind.table} WHERE {kind.due} AND {_LIVE}"
+            f" ORDER BY {kind.order} LIMIT {self._batch}{tx.skip_locked}",
             now,
         )
-        for run in rows:
-            await tx.execute(
-                "UPDATE sleeps SET status = 'completed', completed_at = $2"
-                " WHERE run_id = $1 AND status = 'sleeping' AND wake_at <= $2",
-                run["id"],
-                now,
-            )
-            await tx.execute(
-                "UPDATE event_waits SET status = 'timed_out'"
-                " WHERE run_id = $1 AND status = 'waiting' AND timeout_at <= $2",
-                run["id"],
-                now,
-            )
-            reason = "start time reached" if run["status"] == RunStatus.SCHEDULED else "due"
-            await requeue(tx, run, now, reason)
-        return len(rows)
+        if not due:
+            return 0, 0
+        try:
+            async with tx.savepoint():
+                return await self._handle(tx, kind, due, now), 0
+        except Exception:  # found and noted below, row by row
+            pass
+        moved = failed = 0
+        for row in due:
+            try:
+                async with tx.savepoint():
+                    moved += await self._handle(tx, kind, [row], now)
+            except Exception as exc:
+                failed += 1
+                await self._note_failure(tx, kind, row["id"], exc)
+        return moved, failed
 
-    async def _expire_deadlines(self, tx: Tx, now: int) -> int:
-        rows = await self._due(
-            tx,
-            f"deadline_at <= $1 AND status NOT IN ({_TERMINAL_SQL})",
-            "deadline_at",
-            now,
-        )
-        for run in rows:
-            timeout = WorkflowTimeoutError(run["id"], int(run["timeout_ms"] or 0))
-            await end_run_and_descendants(
-                tx, run, RunStatus.FAILED, now, "timed out", ErrorInfo.from_exception(timeout)
-            )
-        return len(rows)
+    async def _handle(self, tx: Tx, kind: _Kind, rows: list[Row], now: int) -> int:
+        """Handle `rows` in order; how many were still due."""
+        moved = 0
+        for row in rows:
+            current: Row | None = row
+            if kind.reread:
+                # an earlier row of this pass may have moved it (a parent's deadline
+                # cancels its children, an ending child requeues its parent)
+                current = await tx.fetchrow(
+                    f"SELECT * FROM {kind.table} WHERE id = $2 AND {kind.due}{tx.lock_rows}",
+                    now,
+                    row["id"],
+                )
+            if current is not None:
+                # the time the row moved at: now that it is locked
+                await kind.handle(tx, current, self._orch.clock())
+                moved += 1
+        return moved
 
-    async def _release_idle_claims(self, tx: Tx, now: int) -> int:
-        rows = await self._due(
-            tx, "claim_expires_at <= $1 AND status = 'running'", "claim_expires_at", now
+    async def _note_failure(self, tx: Tx, kind: _Kind, row_id: str, exc: Exception) -> None:
+        """Count the failure on the row and log it; at `SET_ASIDE_AFTER`, it is set aside."""
+        error = ErrorInfo.from_exception(exc, include_stack=False)
+        noted = await tx.fetchrow(
+            f"UPDATE {kind.table} SET timer_failures = timer_failures + 1, timer_error = $2"
+            " WHERE id = $1 RETURNING timer_failures",
+            row_id,
+            dump(error.model_dump(mode="json")),
         )
-        for run in rows:
-            await move_run(
-                tx,
-                run,
-                RunStatus.QUEUED,
-                now,
-                f"claim of {run['claimed_by']} went idle",
-                fence=True,
-            )
-        return len(rows)
+        failures = 0 if noted is None else int(noted["timer_failures"])
+        context = {"kind": kind.what, "id": row_id, "failures": failures, "error": repr(exc)}
+        if failures >= SET_ASIDE_AFTER:
+            _log.error(f"{kind.what} failed {failures} times in a row; set aside", context)
+        else:
+            _log.error(f"{kind.what} failed; trying again in the next pass", context)
 
-    async def _fire_schedules(self, tx: Tx, now: int) -> int:
-        rows = await self._due(
-            tx, "paused = 0 AND next_fire_at <= $1", "next_fire_at", now, table="schedules"
-        )
-        for schedule in rows:
-            await self._orch.schedules.fire(tx, schedule, now)
-        return len(rows)
+    async def _count_set_aside(self) -> None:
+        async with self._orch.db.reader() as tx:
+            row = await tx.fetchrow(
+                f"SELECT (SELECT COUNT(*) FROM runs WHERE timer_failures >= {SET_ASIDE_AFTER})"
+                f" + (SELECT COUNT(*) FROM schedules WHERE timer_failures >= {SET_ASIDE_AFTER})"
+                " AS n"
+            )
+        self.set_aside = 0 if row is None else int(row["n"])
 
     async def _next_due(self) -> int | None:
+        await self._count_set_aside()
         async with self._orch.db.reader() as tx:
             row = await tx.fetchrow(
                 "SELECT MIN(due) AS due FROM ("
                 f" SELECT MIN(wake_at) AS due FROM runs WHERE status IN ({_WAKEABLE_SQL})"
-                " UNION ALL SELECT MIN(deadline_at) FROM runs WHERE deadline_at IS NOT NULL"
-                " UNION ALL SELECT MIN(claim_expires_at) FROM runs WHERE status = 'running'"
-                " UNION ALL SELECT MIN(next_fire_at) FROM schedules WHERE paused = 0"
+                f" AND {_LIVE}"
+                f" UNION ALL SELECT MIN(deadline_at) FROM runs WHERE deadline_at IS NOT NULL"
+                f" AND {_LIVE}"
+                f" UNION ALL SELECT MIN(claim_expires_at) FROM runs WHERE status = 'running'"
+                f" AND {_LIVE}"
+                f" UNION ALL SELECT MIN(next_fire_at) FROM schedules WHERE paused = 0 AND {_LIVE}"
                 ") AS dues"
             )
         return None if row is None or row["due"] is None else int(row["due"])
+
+
+async def _wake(tx: Tx, run: Row, now: int) -> None:
+    """A due wake-up: due sleeps complete, due waits time out, the run is queued."""
+    await tx.execute(
+        "UPDATE sleeps SET status = 'completed', completed_at = $2"
+        " WHERE run_id = $1 AND status = 'sleeping' AND wake_at <= $2",
+        run["id"],
+        now,
+    )
+    await tx.execute(
+        "UPDATE event_waits SET status = 'timed_out'"
+        " WHERE run_id = $1 AND status = 'waiting' AND timeout_at <= $2",
+        run["id"],
+        now,
+    )
+    reason = "start time reached" if run["status"] == RunStatus.SCHEDULED else "due"
+    await requeue(tx, run, now, reason)
+
+
+async def _expire(tx: Tx, run: Row, now: int) -> None:
+    """A passed deadline: the run fails as timed out (a delayed start too), children cancelled."""
+    timeout = WorkflowTimeoutError(run["id"], int(run["timeout_ms"] or 0))
+    await end_run_and_descendants(
+        tx, run, RunStatus.FAILED, now, "timed out", ErrorInfo.from_exception(timeout)
+    )
+
+
+async def _release_idle_claim(tx: Tx, run: Row, now: int) -> None:
+    """An idle claim: the run goes back to the queue (fenced), for another worker."""
+    await move_run(
+        tx, run, RunStatus.QUEUED, now, f"claim of {run['claimed_by']} went idle", fence=True
+    )

@@ -98,12 +98,15 @@ async def embedded_server(
 ) -> AsyncIterator[EmbeddedServer]:
     """A server in this process, on a temporary SQLite file unless `db_url` is given.
 
-    `settings` are used as given, except for the clock, which is the harness's.
+    `settings` are used as given, except for the clock, which is the harness's, and
+    the host names it answers: any (`allowed_hosts=("*",)`), as no browser reaches
+    an app in process, so a test's client may use any base URL.
     """
     clock = TestClock()
     with tempfile.TemporaryDirectory(prefix="aiki-test-") as folder:
         url = db_url or f"sqlite:///{folder}/aiki.db"
-        app = create_app(url, replace(settings or ServerSettings(), clock=clock))
+        settings = replace(settings or ServerSettings(), clock=clock, allowed_hosts=("*",))
+        app = create_app(url, settings)
         async with serving(app):
             yield EmbeddedServer(app, clock)
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from aiki_core import MAX_TASKS_PER_TRANSITION
+from aiki_core import MAX_TASKS_PER_TRANSITION, RunDirective
 
 if TYPE_CHECKING:
     from aiki_core import (
@@ -31,13 +31,15 @@ if TYPE_CHECKING:
 class Execution:
     """One claimed run on this worker."""
 
-    __slots__ = ("api", "claim", "context", "log", "_deferred", "_flushing")
+    __slots__ = ("api", "claim", "context", "log", "pause_requested", "_deferred", "_flushing")
 
     def __init__(self, api: WorkerApi, claim: ClaimedRun, log: Logger, context: object) -> None:
         self.api = api
         self.claim = claim
         self.log = log
         self.context = context
+        self.pause_requested = False
+        """Set by a `pause` directive (a heartbeat's or a task record's answer)."""
         self._deferred: list[RecordTaskRequest] = []
         self._flushing = anyio.Lock()
 
@@ -48,7 +50,10 @@ class Execution:
 
     async def record_task(self, request: RecordTaskRequest) -> RecordTaskResponse:
         """Record a task attempt through the client, now."""
-        return await self.api.record_task(self.claim.run.id, request)
+        recorded = await self.api.record_task(self.claim.run.id, request)
+        if recorded.directive is RunDirective.PAUSE:
+            self.pause_requested = True
+        return recorded
 
     async def start_child(self, request: StartChildRequest) -> StartRunResponse:
         """Start a child run of this run through the client."""

@@ -2,7 +2,8 @@
 
 It long-polls the server for work, runs up to `max_concurrent_runs` at once, and
 heartbeats every run it holds; the heartbeat's answer can cancel a run (cancelled,
-paused, or claim lost), and so can a 409 on a write. A run that suspends (a sleep, an
+or claim lost), and so can a 409 on a write. A paused run is let go at its next task
+boundary: the task in flight finishes and is recorded. A run that suspends (a sleep, an
 event, a long retry) is reported and let go: the worker never holds a waiting run.
 
 When the server cannot be reached, claims back off exponentially (up to
@@ -252,7 +253,9 @@ class Worker:
                 held = leased.get(status.run_id)
                 if held is None or self._held.get(status.run_id) is not held:
                     continue
-                if status.directive is not RunDirective.CONTINUE:
+                if status.directive is RunDirective.PAUSE:
+                    held.execution.pause_requested = True  # it stops at its next task boundary
+                elif status.directive is not RunDirective.CONTINUE:
                     held.directive = status.directive
                     held.scope.cancel()
 

@@ -1,4 +1,4 @@
-"""Control flow of a run: abandoning it. Not an error, so not an `Exception`."""
+"""Control flow of a run: abandoning it, pausing it. Not errors, so not `Exception`s."""
 
 from __future__ import annotations
 
@@ -21,3 +21,14 @@ class Abandon(RunInterrupt):
     def __init__(self, cause: AikiError) -> None:
         super().__init__(f"run abandoned: {cause.message}")
         self.cause = cause
+
+
+class PauseAtBoundary(RunInterrupt):
+    """Unwinds the workflow before a task starts because the run was paused.
+
+    Every task that finished is on record or travels with the release; the next one
+    has not begun. The worker releases the run, and the server pauses it.
+    """
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"run {run_id} paused: stopped before its next task")

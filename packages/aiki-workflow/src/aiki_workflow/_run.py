@@ -62,7 +62,7 @@ from aiki_core import (
     to_millis,
 )
 from aiki_workflow._hooks import SleepInfo
-from aiki_workflow._interrupts import Abandon
+from aiki_workflow._interrupts import Abandon, PauseAtBoundary
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Iterator
@@ -285,6 +285,10 @@ class WorkflowRun:
     ) -> JsonValue | _LongRetry:
         # what this task may depend on must be on record before it runs
         await self._write(self._execution.flush_tasks())
+        if self._execution.pause_requested and self._in_flight == 1:
+            # a task boundary: nothing else runs, and what finished is on record; a task
+            # started beside others runs, and the run stops at the boundary after it
+            raise PauseAtBoundary(self.id)
         codec = self._execution.codec
         policy = invocation.retry or self._task_retry
         call = _Call(

@@ -11,7 +11,8 @@ in process through the `WakeHub`, and to other replicas through NOTIFY.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
 from importlib import resources
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -58,6 +59,25 @@ class Tx(ABC):
         """The first row of a query, or `None`."""
         rows = await self.fetch(sql, *args)
         return rows[0] if rows else None
+
+    @asynccontextmanager
+    async def savepoint(self) -> AsyncIterator[None]:
+        """A unit of work inside this transaction: an error undoes its writes alone.
+
+        The error goes on up; the caller may catch it and go on with the transaction
+        (the timer daemon isolates each due row this way, in one batch transaction).
+        """
+        topics = set(self.topics)
+        try:
+            async with self._savepoint():
+                yield
+        except BaseException:
+            self.topics = topics  # nothing it wrote is there to wake anyone about
+            raise
+
+    @abstractmethod
+    def _savepoint(self) -> AbstractAsyncContextManager[None]:
+        """The dialect's savepoint: released on success, rolled back to on an error."""
 
 
 class Database(ABC):

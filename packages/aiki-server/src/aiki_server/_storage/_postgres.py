@@ -75,6 +75,11 @@ class PostgresTx(Tx):
         """Run a statement once per parameter tuple."""
         await self._conn.executemany(sql, args)
 
+    @asynccontextmanager
+    async def _savepoint(self) -> AsyncIterator[None]:
+        async with self._conn.transaction():  # nested in the open one: a SAVEPOINT
+            yield
+
 
 class PostgresDatabase(Database):
     """A PostgreSQL database; `url` may carry `?search_path=...` for a schema."""

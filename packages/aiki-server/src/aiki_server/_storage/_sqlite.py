@@ -65,6 +65,17 @@ class SqliteTx(Tx):
         """Run a statement once per parameter tuple."""
         self._conn.executemany(_to_sqlite(sql), args)
 
+    @asynccontextmanager
+    async def _savepoint(self) -> AsyncIterator[None]:
+        self._conn.execute("SAVEPOINT unit")
+        try:
+            yield
+        except BaseException:
+            self._conn.execute("ROLLBACK TO unit")
+            raise
+        finally:
+            self._conn.execute("RELEASE unit")
+
 
 class _Group:
     """Transactions sharing one SQLite transaction and its COMMIT."""
