@@ -266,16 +266,18 @@ async def test_sleep_and_event_wait_requeue_on_the_event(harness: Harness) -> No
         {"kind": "sleep", "name": "s", "occurrence": 0, "wake_at": iso(h.clock.now + DAY)},
         {"kind": "event", "name": "go", "occurrence": 0},
     ]
-    assert (await suspend(h.client, run, *waits))["status"] == "awaiting_event"
+    # a run with a pending sleep says so (and can be woken), whatever else it waits for
+    assert (await suspend(h.client, run, *waits))["status"] == "sleeping"
 
     h.advance(60 * SECOND)
-    assert await status_after_pass(h, run["id"]) == "awaiting_event"
+    assert await status_after_pass(h, run["id"]) == "sleeping"
     r = await h.client.post(f"/runs/{run['id']}/events", json={"name": "go", "data": 1})
     assert r.status_code == 200, r.text
     await wait_status(h.client, run["id"], "queued")
     detail = await get_run(h.client, run["id"])
     assert [(w["name"], w["status"]) for w in detail["event_waits"]] == [("go", "received")]
-    assert [(s["name"], s["status"]) for s in detail["sleeps"]] == [("s", "sleeping")]
+    # no longer awaited until a replay reports it again
+    assert [(s["name"], s["status"]) for s in detail["sleeps"]] == [("s", "withdrawn")]
 
     # the sleep's due time no longer concerns the run: suspended on another event, the
     # day passing does not wake it
@@ -293,13 +295,13 @@ async def test_sleep_and_event_wait_requeue_on_the_sleep(harness: Harness) -> No
         {"kind": "event", "name": "go", "occurrence": 0},
         {"kind": "sleep", "name": "s", "occurrence": 0, "wake_at": iso(h.clock.now + DAY)},
     ]
-    assert (await suspend(h.client, run, *waits))["status"] == "awaiting_event"
+    assert (await suspend(h.client, run, *waits))["status"] == "sleeping"
 
     h.advance(DAY)
     await wait_status(h.client, run["id"], "queued")
     detail = await get_run(h.client, run["id"])
     assert [(s["name"], s["status"]) for s in detail["sleeps"]] == [("s", "completed")]
-    assert [(w["name"], w["status"]) for w in detail["event_waits"]] == [("go", "waiting")]
+    assert [(w["name"], w["status"]) for w in detail["event_waits"]] == [("go", "withdrawn")]
 
 
 async def test_several_waits_take_the_earliest_due_time(harness: Harness) -> None:
@@ -315,7 +317,7 @@ async def test_several_waits_take_the_earliest_due_time(harness: Harness) -> Non
     await wait_status(h.client, run["id"], "queued")
     detail = await get_run(h.client, run["id"])
     statuses = {s["name"]: s["status"] for s in detail["sleeps"]}
-    assert statuses == {"early": "completed", "late": "sleeping"}
+    assert statuses == {"early": "completed", "late": "withdrawn"}
 
 
 async def test_child_wait_with_a_sleep_requeues_on_the_sleep(harness: Harness) -> None:
