@@ -395,6 +395,8 @@ class WorkflowRun:
             await self._on_sleep.start(
                 self, SleepInfo(name=name, occurrence=occurrence, duration=duration)
             )
+        # a sleep on record keeps its due time, whatever `duration` says now
+        duration = max(duration, timedelta(0))
         await self.block(
             _wait(
                 AwaitSleep, f"sleep {name!r}", name=name, occurrence=occurrence, duration=duration
@@ -426,7 +428,8 @@ class WorkflowRun:
                 f"wait for event {name!r}",
                 name=name,
                 occurrence=occurrence,
-                timeout=timeout,
+                # a timeout already passed times the wait out at once
+                timeout=None if timeout is None else max(timeout, timedelta(0)),
             )
         )
 
