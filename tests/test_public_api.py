@@ -72,6 +72,7 @@ EXPECTED_EXPORTS: dict[str, tuple[str, ...]] = {
         "PayloadCodec",
         "PayloadTooLargeError",
         "PayloadValidationError",
+        "PendingWait",
         "PermissionDeniedError",
         "PoolName",
         "RUN_INITIAL_STATUSES",

@@ -7,7 +7,7 @@ Every test runs on SQLite and on PostgreSQL (the `db_url` fixture is parametrize
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -21,6 +21,7 @@ from server_api import (
     get_schedule,
     iso,
     start,
+    task_record,
     timer_pass,
     transition,
     wait_status,
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 W = "w"
 SECOND = 1_000
 DAY = 86_400_000
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 CAPS = [{"workflow": W, "version": "1"}, {"workflow": "child", "version": "1"}]
 
 
@@ -62,6 +64,11 @@ async def status_after_pass(h: Harness, run_id: str) -> str:
     await timer_pass(h)
     status: str = (await get_run(h.client, run_id))["status"]
     return status
+
+
+def at(timestamp: str) -> int:
+    """Epoch milliseconds of a timestamp the server rendered."""
+    return (datetime.fromisoformat(timestamp) - EPOCH) // timedelta(milliseconds=1)
 
 
 def fail_action(message: str = "boom") -> dict[str, Any]:
@@ -179,6 +186,71 @@ async def test_workflow_retry_of_a_failed_run_requeues_when_due(harness: Harness
     assert again["run"]["attempt"] == 2
 
 
+# -- due times from durations -----------------------------------------------------------
+
+
+async def test_durations_are_counted_on_the_servers_clock_once(harness: Harness) -> None:
+    h = harness
+    run = await start_and_claim(h)
+    waits: list[dict[str, Any]] = [
+        {"kind": "sleep", "name": "s", "occurrence": 0, "duration": DAY},
+        {"kind": "event", "name": "go", "occurrence": 0, "timeout": 2 * DAY},
+    ]
+    assert (await suspend(h.client, run, *waits))["status"] == "sleeping"
+    registered = h.clock.now
+    detail = await get_run(h.client, run["id"])
+    assert sorted((w["kind"], at(w["due_at"])) for w in detail["waits"]) == [
+        ("event", registered + 2 * DAY),
+        ("sleep", registered + DAY),
+    ]
+
+    # woken half a day later, the run reports its event wait again (and a new sleep)
+    h.advance(DAY // 2)
+    r = await h.client.post(f"/runs/{run['id']}/wake")
+    assert r.status_code == 200, r.text
+    again = (await claim_one(h.client, worker_id="worker", capabilities=CAPS))["run"]
+    waits[0] = {**waits[0], "name": "t"}  # the woken sleep is over; the code sleeps again
+    await suspend(h.client, again, *waits)
+    h.advance(DAY // 2 + DAY)
+    await wait_status(h.client, run["id"], "queued")
+    detail = await get_run(h.client, run["id"])
+    # two days after its first report: the timeout kept its due time
+    assert [(w["name"], w["status"]) for w in detail["event_waits"]] == [("go", "timed_out")]
+    assert {s["name"]: s["status"] for s in detail["sleeps"]} == {"s": "woken", "t": "completed"}
+
+
+async def test_a_retry_of_a_task_call_is_due_when_its_record_says(harness: Harness) -> None:
+    h = harness
+    run = await start_and_claim(h)
+    failed = task_record(
+        run["revision"],
+        status="awaiting_retry",
+        result=None,
+        error={"type": "ConnectionError", "message": "down", "retryable": True},
+        retry_delay=60 * SECOND,
+    )
+    r = await h.client.post(f"/runs/{run['id']}/tasks", json=failed)
+    assert r.status_code == 200, r.text
+    wait = {"kind": "retry", "address": "charge:1", "occurrence": 0}
+    assert (await suspend(h.client, run, wait))["status"] == "awaiting_retry"
+    (task,) = (await get_run(h.client, run["id"]))["tasks"]
+    assert at(task["next_attempt_at"]) == h.clock.now + 60 * SECOND
+
+    h.advance(59 * SECOND)
+    assert await status_after_pass(h, run["id"]) == "awaiting_retry"
+    h.advance(SECOND)
+    await wait_status(h.client, run["id"], "queued")
+
+
+async def test_a_retry_of_an_unknown_task_call_is_a_404(harness: Harness) -> None:
+    h = harness
+    run = await start_and_claim(h)
+    wait = {"kind": "retry", "address": "nothing:1", "occurrence": 0}
+    r = await transition(h.client, run["id"], run["revision"], {"kind": "suspend", "waits": [wait]})
+    assert r.status_code == 404, r.text
+    assert (await get_run(h.client, run["id"]))["status"] == "running"
+
+
 # -- run deadlines -----------------------------------------------------------------------
 
 
@@ -270,16 +342,18 @@ async def test_sleep_and_event_wait_requeue_on_the_event(harness: Harness) -> No
         {"kind": "sleep", "name": "s", "occurrence": 0, "wake_at": iso(h.clock.now + DAY)},
         {"kind": "event", "name": "go", "occurrence": 0},
     ]
-    assert (await suspend(h.client, run, *waits))["status"] == "awaiting_event"
+    # a run with a pending sleep says so (and can be woken), whatever else it waits for
+    assert (await suspend(h.client, run, *waits))["status"] == "sleeping"
 
     h.advance(60 * SECOND)
-    assert await status_after_pass(h, run["id"]) == "awaiting_event"
+    assert await status_after_pass(h, run["id"]) == "sleeping"
     r = await h.client.post(f"/runs/{run['id']}/events", json={"name": "go", "data": 1})
     assert r.status_code == 200, r.text
     await wait_status(h.client, run["id"], "queued")
     detail = await get_run(h.client, run["id"])
     assert [(w["name"], w["status"]) for w in detail["event_waits"]] == [("go", "received")]
-    assert [(s["name"], s["status"]) for s in detail["sleeps"]] == [("s", "sleeping")]
+    # no longer awaited until a replay reports it again
+    assert [(s["name"], s["status"]) for s in detail["sleeps"]] == [("s", "withdrawn")]
 
     # the sleep's due time no longer concerns the run: suspended on another event, the
     # day passing does not wake it
@@ -297,13 +371,13 @@ async def test_sleep_and_event_wait_requeue_on_the_sleep(harness: Harness) -> No
         {"kind": "event", "name": "go", "occurrence": 0},
         {"kind": "sleep", "name": "s", "occurrence": 0, "wake_at": iso(h.clock.now + DAY)},
     ]
-    assert (await suspend(h.client, run, *waits))["status"] == "awaiting_event"
+    assert (await suspend(h.client, run, *waits))["status"] == "sleeping"
 
     h.advance(DAY)
     await wait_status(h.client, run["id"], "queued")
     detail = await get_run(h.client, run["id"])
     assert [(s["name"], s["status"]) for s in detail["sleeps"]] == [("s", "completed")]
-    assert [(w["name"], w["status"]) for w in detail["event_waits"]] == [("go", "waiting")]
+    assert [(w["name"], w["status"]) for w in detail["event_waits"]] == [("go", "withdrawn")]
 
 
 async def test_several_waits_take_the_earliest_due_time(harness: Harness) -> None:
@@ -319,7 +393,7 @@ async def test_several_waits_take_the_earliest_due_time(harness: Harness) -> Non
     await wait_status(h.client, run["id"], "queued")
     detail = await get_run(h.client, run["id"])
     statuses = {s["name"]: s["status"] for s in detail["sleeps"]}
-    assert statuses == {"early": "completed", "late": "sleeping"}
+    assert statuses == {"early": "completed", "late": "withdrawn"}
 
 
 async def test_child_wait_with_a_sleep_requeues_on_the_sleep(harness: Harness) -> None:

@@ -10,12 +10,15 @@ import pytest
 
 from aiki_core import (
     AikiError,
+    AwaitEvent,
     AwaitRetry,
     ClaimedRun,
     CompleteRun,
     ConsoleLogger,
     CreateWebhookRequest,
     CreateWebhookResponse,
+    EventRecord,
+    EventWaitRecord,
     FailRun,
     IdentityCodec,
     LogLevel,
@@ -226,9 +229,11 @@ async def test_a_long_back_off_suspends_the_run() -> None:
     action = await with_patient.execute(execution)
     assert isinstance(action, SuspendRun)
     (wait,) = action.waits
-    assert isinstance(wait, AwaitRetry)
-    assert wait.retry_at > datetime.now(UTC) + timedelta(minutes=59)
-    assert [r.status for r in execution.records] == [TaskStatus.AWAITING_RETRY]
+    (record,) = execution.records
+    assert record.status is TaskStatus.AWAITING_RETRY
+    # the back-off goes to the server, whose clock sets the next attempt's due time
+    assert (record.retry_delay, record.retry_at) == (timedelta(hours=1), None)
+    assert wait == AwaitRetry(address=record.address, occurrence=record.occurrence)
 
 
 async def test_a_failed_record_fails_the_call_again_on_replay() -> None:
@@ -356,3 +361,87 @@ async def test_a_child_start_in_flight_holds_off_the_suspension() -> None:
     assert isinstance(action, SuspendRun)
     assert sorted(wait.kind for wait in action.waits) == ["child", "event"]
     assert [request.workflow for request in execution.children] == ["kid"]
+
+
+approved = event("approved", str)
+rejected = event("rejected", str)
+
+
+@wf.v("8")
+async def decides(run: WorkflowRun, n: int) -> str:
+    """Race `approved` against `rejected`; once rejected, wait for an approval again."""
+    won: list[str] = []
+
+    async def on(verdict: Any) -> None:
+        got = await verdict.wait(run)
+        won.append(f"{verdict.name} {got.data}")
+        tg.cancel_scope.cancel()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(on, approved)
+        tg.start_soon(on, rejected)
+    if won[0].startswith("rejected"):
+        return f"{won[0]}, then approved {(await approved.wait(run)).data}"
+    return won[0]
+
+
+def with_event_waits(execution: Execution, *waits: tuple[str, int, str]) -> Execution:
+    """`execution` with these (event, occurrence, status) waits, each received one with data."""
+    records = [
+        EventWaitRecord(
+            name=name,
+            occurrence=occurrence,
+            status=status,
+            event_id=f"{name}{occurrence}" if status == "received" else None,
+        )
+        for name, occurrence, status in waits
+    ]
+    events = [
+        EventRecord(id=f"{r.name}{r.occurrence}", name=r.name, data="x", received_at=NOW)
+        for r in records
+        if r.event_id is not None
+    ]
+    update = {"event_waits": records, "events": events}
+    execution.claim = execution.claim.model_copy(update=update)
+    return execution
+
+
+async def test_a_race_suspends_on_both_waits() -> None:
+    action = await decides.execute(Execution(0))
+    assert isinstance(action, SuspendRun)
+    assert sorted((w.kind, getattr(w, "name", None)) for w in action.waits) == [
+        ("event", "approved"),
+        ("event", "rejected"),
+    ]
+
+
+async def test_the_losing_branch_of_a_race_withdraws_its_wait() -> None:
+    # `rejected` won: the branch waiting for `approved` is cancelled by the workflow
+    execution = with_event_waits(
+        Execution(0), ("approved", 0, "waiting"), ("rejected", 0, "received")
+    )
+    action = await decides.execute(execution)
+    assert isinstance(action, SuspendRun)
+    assert action.waits == [AwaitEvent(name="approved", occurrence=1)]
+
+
+async def test_a_withdrawn_wait_is_pending_again_on_replay() -> None:
+    # withdrawn by the server: on replay it blocks its branch as it did, which loses again
+    execution = with_event_waits(
+        Execution(0),
+        ("approved", 0, "withdrawn"),
+        ("rejected", 0, "received"),
+        ("approved", 1, "received"),
+    )
+    assert await decides.execute(execution) == CompleteRun(result="rejected x, then approved x")
+    # nothing won the race yet: the withdrawn wait is reported, and so live again
+    execution = with_event_waits(Execution(0), ("approved", 0, "withdrawn"))
+    action = await decides.execute(execution)
+    assert isinstance(action, SuspendRun)
+    assert sorted(w.model_dump_json() for w in action.waits) == sorted(
+        w.model_dump_json()
+        for w in [
+            AwaitEvent(name="approved", occurrence=0),
+            AwaitEvent(name="rejected", occurrence=0),
+        ]
+    )

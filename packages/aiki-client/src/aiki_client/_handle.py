@@ -89,7 +89,11 @@ class WorkflowRunHandle(Generic[ResultT]):
         return await self._client._call("POST", api_path("runs", self.id, "resume"), RunSummary)
 
     async def wake(self) -> RunSummary:
-        """End the run's sleep now; the sleep reports that it was woken early."""
+        """End the run's pending sleeps now; each reports that it was woken early.
+
+        Whatever else the suspended run waits for (a sleep raced against an event, say);
+        `IllegalTransitionError` when it has no pending sleep.
+        """
         return await self._client._call("POST", api_path("runs", self.id, "wake"), RunSummary)
 
     async def send_event(

@@ -337,6 +337,9 @@ from aiki_core._records import (
     EventWaitRecord as EventWaitRecord,
 )
 from aiki_core._records import (
+    PendingWait as PendingWait,
+)
+from aiki_core._records import (
     RunDetail as RunDetail,
 )
 from aiki_core._records import (
@@ -471,6 +474,7 @@ __all__ = (
     "PayloadCodec",
     "PayloadTooLargeError",
     "PayloadValidationError",
+    "PendingWait",
     "PermissionDeniedError",
     "PoolName",
     "RUN_INITIAL_STATUSES",

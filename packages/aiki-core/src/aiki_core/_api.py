@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from enum import StrEnum
-from typing import Annotated, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     AwareDatetime,
@@ -312,7 +312,9 @@ class RecordTaskRequest(RequestModel):
 
     `running` opens an attempt (with the call's `input` on its first attempt);
     `completed` records its `result`; `failed` and `awaiting_retry` record its
-    `error`, the latter with the `retry_at` of the next attempt.
+    `error`, the latter with when the next attempt is due: `retry_delay` from now, as
+    the server's clock reads it (what a worker sends, so a worker's clock never moves
+    a due time), or the absolute `retry_at`.
     """
 
     revision: Count
@@ -325,6 +327,7 @@ class RecordTaskRequest(RequestModel):
     result: JsonValue = None
     error: ErrorInfo | None = None
     retry_at: Timestamp | None = None
+    retry_delay: Duration | None = None
     retry: RetryPolicy | None = None
     worker_id: WorkerId | None = None
     started_at: Timestamp | None = Field(
@@ -342,8 +345,15 @@ class RecordTaskRequest(RequestModel):
                 },
                 {
                     "if": {"properties": {"status": {"const": "awaiting_retry"}}},
-                    "then": given("retry_at"),
-                    "else": {"properties": {"retry_at": {"type": "null"}}},
+                    "then": {
+                        "oneOf": [given("retry_at"), given("retry_delay")],
+                    },
+                    "else": {
+                        "properties": {
+                            "retry_at": {"type": "null"},
+                            "retry_delay": {"type": "null"},
+                        }
+                    },
                 },
                 {
                     "if": {"properties": {"status": {"const": "completed"}}},
@@ -361,8 +371,11 @@ class RecordTaskRequest(RequestModel):
             raise ValueError(f"a {self.status} record needs an error")
         if not failing and self.error is not None:
             raise ValueError(f"a {self.status} record carries no error")
-        if (self.status is TaskStatus.AWAITING_RETRY) != (self.retry_at is not None):
-            raise ValueError("retry_at is required with awaiting_retry, and only with it")
+        due = (self.retry_at is not None) + (self.retry_delay is not None)
+        if self.status is TaskStatus.AWAITING_RETRY and due != 1:
+            raise ValueError("awaiting_retry needs one of retry_at and retry_delay")
+        if self.status is not TaskStatus.AWAITING_RETRY and due:
+            raise ValueError("retry_at and retry_delay go with awaiting_retry only")
         if self.status is not TaskStatus.COMPLETED and self.result is not None:
             raise ValueError("only a completed record carries a result")
         return self
@@ -387,26 +400,64 @@ class RecordTaskResponse(ResponseModel):
 # -- transitions of a claimed run --------------------------------------------------------
 
 
+def _kind_and(rule: dict[str, Any]) -> Any:
+    """`requiring("kind")` of a wait, plus a JSON Schema `rule` across its fields."""
+    require_kind = requiring("kind")
+
+    def extra(schema: dict[str, Any]) -> None:
+        require_kind(schema)
+        schema.update(rule)
+
+    return extra
+
+
 class AwaitSleep(RequestModel):
-    """Wait until `wake_at` (the `occurrence`-th sleep called `name`)."""
+    """Sleep: the `occurrence`-th sleep called `name`, for `duration` or until `wake_at`.
+
+    The server registers a sleep the first time it is reported: `duration` is counted
+    from then, on the server's clock (what a worker sends, so that its own clock never
+    moves a due time); `wake_at` is a due time as the server's clock reads it. A sleep
+    already registered keeps its due time, whatever a later report says.
+    """
 
     kind: Literal["sleep"] = "sleep"
 
-    model_config = ConfigDict(json_schema_extra=requiring("kind"))
+    model_config = ConfigDict(
+        json_schema_extra=_kind_and({"oneOf": [given("wake_at"), given("duration")]})
+    )
     name: Name
     occurrence: Count
-    wake_at: Timestamp
+    wake_at: Timestamp | None = None
+    duration: Duration | None = None
+
+    @model_validator(mode="after")
+    def _one_due_time(self) -> Self:
+        if (self.wake_at is None) == (self.duration is None):
+            raise ValueError("give wake_at or duration, exactly one")
+        return self
 
 
 class AwaitEvent(RequestModel):
-    """Wait for the `occurrence`-th event called `name`, until `timeout_at` if given."""
+    """Wait for the `occurrence`-th event called `name`, with a timeout if given.
+
+    `timeout` is counted from when the server first registers the wait (on its clock);
+    `timeout_at` is a due time on the server's clock. A wait already registered keeps
+    its timeout.
+    """
 
     kind: Literal["event"] = "event"
 
-    model_config = ConfigDict(json_schema_extra=requiring("kind"))
+    model_config = ConfigDict(json_schema_extra=_kind_and({"not": given("timeout_at", "timeout")}))
     name: Name
     occurrence: Count
     timeout_at: Timestamp | None = None
+    timeout: Duration | None = None
+
+    @model_validator(mode="after")
+    def _one_timeout(self) -> Self:
+        if self.timeout_at is not None and self.timeout is not None:
+            raise ValueError("give timeout_at or timeout, not both")
+        return self
 
 
 class AwaitChild(RequestModel):
@@ -419,12 +470,37 @@ class AwaitChild(RequestModel):
 
 
 class AwaitRetry(RequestModel):
-    """Wait out a long retry back-off until `retry_at`."""
+    """Wait out a long retry back-off: a task call's, or until `retry_at`.
+
+    With `address` and `occurrence`, the wait ends when that task call's next attempt
+    is due, as recorded with its last failed attempt (`RecordTaskRequest.retry_delay`).
+    """
 
     kind: Literal["retry"] = "retry"
 
-    model_config = ConfigDict(json_schema_extra=requiring("kind"))
-    retry_at: Timestamp
+    model_config = ConfigDict(
+        json_schema_extra=_kind_and(
+            {
+                "allOf": [
+                    {"oneOf": [given("retry_at"), given("address", "occurrence")]},
+                    {"if": given("address"), "then": given("occurrence")},
+                    {"if": given("occurrence"), "then": given("address")},
+                ]
+            }
+        )
+    )
+    retry_at: Timestamp | None = None
+    address: StoredAddress | None = None
+    occurrence: Count | None = None
+
+    @model_validator(mode="after")
+    def _one_due_time(self) -> Self:
+        call = (self.address is not None) + (self.occurrence is not None)
+        if call == 1:
+            raise ValueError("give a task call's address and occurrence together")
+        if (self.retry_at is None) == (call == 0):
+            raise ValueError("give retry_at or a task call (address, occurrence), exactly one")
+        return self
 
 
 RunWait = Annotated[AwaitSleep | AwaitEvent | AwaitChild | AwaitRetry, Field(discriminator="kind")]
@@ -445,11 +521,29 @@ class FailRun(RequestModel):
 
     kind: Literal["fail"] = "fail"
 
-    model_config = ConfigDict(json_schema_extra=requiring("kind"))
+    model_config = ConfigDict(
+        json_schema_extra=_kind_and({"not": given("retry_at", "retry_delay")})
+    )
     error: ErrorInfo
     retry_at: Timestamp | None = Field(
         default=None, description="When set, the run awaits a workflow-level retry instead."
     )
+    retry_delay: Duration | None = Field(
+        default=None,
+        description="Like `retry_at`, as a delay from now on the server's clock (a worker's "
+        "clock may be off).",
+    )
+
+    @model_validator(mode="after")
+    def _one_due_time(self) -> Self:
+        if self.retry_at is not None and self.retry_delay is not None:
+            raise ValueError("give retry_at or retry_delay, not both")
+        return self
+
+    @property
+    def retries(self) -> bool:
+        """Whether the run awaits a workflow-level retry (rather than ending)."""
+        return self.retry_at is not None or self.retry_delay is not None
 
 
 class SuspendRun(RequestModel):

@@ -22,6 +22,7 @@ __all__ = [
     "EventOrigin",
     "EventRecord",
     "EventWaitRecord",
+    "PendingWait",
     "RunDetail",
     "RunOutcome",
     "RunSummary",
@@ -102,21 +103,29 @@ class TaskRecord(ResponseModel):
 
 
 class SleepRecord(ResponseModel):
-    """A durable sleep, identified by name and occurrence."""
+    """A durable sleep, identified by name and occurrence.
+
+    `withdrawn`: the run stopped waiting on it without its time coming (the branch of
+    code that slept lost a race, say); a replay that sleeps on it again revives it.
+    """
 
     name: str
     occurrence: Count
-    status: Literal["sleeping", "completed", "woken"]
+    status: Literal["sleeping", "completed", "woken", "withdrawn"]
     wake_at: AwareDatetime
     completed_at: AwareDatetime | None = None
 
 
 class EventWaitRecord(ResponseModel):
-    """A wait for an event, identified by event name and occurrence."""
+    """A wait for an event, identified by event name and occurrence.
+
+    `withdrawn`: the run stopped waiting without an event (the branch of code that
+    waited lost a race, say); it takes no event, unless a replay waits on it again.
+    """
 
     name: str
     occurrence: Count
-    status: Literal["waiting", "received", "timed_out"]
+    status: Literal["waiting", "received", "timed_out", "withdrawn"]
     timeout_at: AwareDatetime | None = None
     event_id: EventId | None = None
 
@@ -150,6 +159,23 @@ class ChildRecord(ResponseModel):
     error: ErrorInfo | None = None
 
 
+class PendingWait(ResponseModel):
+    """One thing a suspended run waits for; the first that ends re-queues the run.
+
+    `name` and `occurrence` tell a sleep or an event wait; a retry of a task call
+    has its `address` and `occurrence`, and a retry of the whole run neither;
+    `child_run_id` tells the child awaited. `due_at` is when the wait ends by itself
+    (a sleep's time, an event's timeout, a retry's back-off), on the server's clock.
+    """
+
+    kind: Literal["sleep", "event", "child", "retry"]
+    name: str | None = None
+    occurrence: Count | None = None
+    address: TaskAddress | None = None
+    child_run_id: RunId | None = None
+    due_at: AwareDatetime | None = None
+
+
 class StateTransition(ResponseModel):
     """One row of the append-only history: a status change of a run or of a task."""
 
@@ -175,6 +201,10 @@ class RunDetail(RunSummary):
     event_waits: list[EventWaitRecord] = Field(default_factory=list)
     events: list[EventRecord] = Field(default_factory=list)
     children: list[ChildRecord] = Field(default_factory=list)
+    waits: list[PendingWait] = Field(
+        default_factory=list,
+        description="What the run waits for while it is suspended (empty otherwise).",
+    )
     history: list[StateTransition] = Field(default_factory=list)
     pending_reason: str | None = Field(
         default=None,

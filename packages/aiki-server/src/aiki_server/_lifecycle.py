@@ -11,6 +11,12 @@ anything but an end: its worker let it go at a task boundary (released it, or
 suspended it on a wait, which stays registered for its replay), or its claim went
 idle. Any move also clears the timer daemon's failure count of the run: whatever
 made its due time fail is no longer what the run waits on.
+
+A run's waits are live only while it is suspended on them: the suspension registers
+those the worker reported, and when the run stops waiting (re-queued, paused, ended)
+the ones still pending are withdrawn; its next execution reports again whatever it
+still waits for. So `end_wait`, the one rule of every wake-up, needs no status of
+its own: a wait that ends re-queues the run, whatever else it waits for.
 """
 
 from __future__ import annotations
@@ -90,6 +96,9 @@ async def move_run(
     }
     if current is RunStatus.RUNNING:
         values |= {"claimed_by": None, "claim_expires_at": None, "pause_requested": 0}
+    if current in RUN_WAITING_STATUSES:  # never to another: no longer suspended
+        values |= {"waits": None}
+        await withdraw_waits(tx, run["id"])
     if target is RunStatus.QUEUED:
         values |= {"ready_at": now, "wake_at": None}
     if target.is_terminal:
@@ -117,8 +126,6 @@ async def move_run(
         tx.publish(QUEUE)
     if values.get("wake_at") is not None or values.get("deadline_at") is not None:
         tx.publish(TIMERS)
-    if target is RunStatus.QUEUED or target.is_terminal:
-        await tx.execute("DELETE FROM child_waits WHERE run_id = $1", run["id"])
     if target.is_terminal and run["parent_run_id"] is not None:
         await _wake_parent(tx, run["id"], run["parent_run_id"], now)
     return revision
@@ -129,6 +136,31 @@ async def requeue(tx: Tx, run: Row, now: int, reason: str) -> None:
     await move_run(tx, run, RunStatus.QUEUED, now, reason)
 
 
+async def end_wait(tx: Tx, run: Row, now: int, reason: str) -> None:
+    """One of `run`'s live waits is over (`reason`): a suspended run goes back to the queue.
+
+    Whatever else it waits for, and whatever its status says (`sleeping` beside an
+    event wait, `awaiting_child` beside a sleep, ...): every wait that ends, by an
+    event, a child's end, a due time or `wake`, comes through here. A run that is not
+    suspended (it is running, say) is left alone: it reports its waits when it next
+    suspends, and the server sees then which are over.
+    """
+    if RunStatus(run["status"]) in RUN_WAITING_STATUSES:
+        await requeue(tx, run, now, reason)
+
+
+async def withdraw_waits(tx: Tx, run_id: str) -> None:
+    """Withdraw every live wait of the run: none of them wakes it or takes an event now."""
+    await tx.execute(
+        "UPDATE sleeps SET status = 'withdrawn' WHERE run_id = $1 AND status = 'sleeping'", run_id
+    )
+    await tx.execute(
+        "UPDATE event_waits SET status = 'withdrawn' WHERE run_id = $1 AND status = 'waiting'",
+        run_id,
+    )
+    await tx.execute("DELETE FROM child_waits WHERE run_id = $1", run_id)
+
+
 async def _wake_parent(tx: Tx, child_run_id: str, parent_run_id: str, now: int) -> None:
     # The parent's row is locked before its waits are read. A parent suspending on
     # this child meanwhile holds that lock from before it reads the child's status:
@@ -137,7 +169,7 @@ async def _wake_parent(tx: Tx, child_run_id: str, parent_run_id: str, now: int) 
     # this commits, and does not suspend. Reading the waits first missed a wait
     # committed in between, and the parent slept forever (PostgreSQL).
     parent = await tx.fetchrow(f"SELECT * FROM runs WHERE id = $1{tx.lock_rows}", parent_run_id)
-    if parent is None or parent["status"] != RunStatus.AWAITING_CHILD:
+    if parent is None:
         return
     waiting = await tx.fetchrow(
         "SELECT 1 FROM child_waits WHERE run_id = $1 AND child_run_id = $2",
@@ -145,7 +177,7 @@ async def _wake_parent(tx: Tx, child_run_id: str, parent_run_id: str, now: int) 
         child_run_id,
     )
     if waiting is not None:
-        await requeue(tx, parent, now, f"child {child_run_id} ended")
+        await end_wait(tx, parent, now, f"child {child_run_id} ended")
 
 
 async def end_run_and_descendants(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from ulid import ULID
@@ -42,6 +42,7 @@ from aiki_core import (
     RunPage,
     RunStatus,
     RunSummary,
+    RunWait,
     SendEventRequest,
     SendEventResponse,
     StaleRevisionError,
@@ -59,10 +60,12 @@ from aiki_server._clock import MAX_MS, Clock, to_ms
 from aiki_server._lifecycle import (
     TERMINAL,
     cancel_run_and_descendants,
+    end_wait,
     lock_run,
     move_run,
     record_history,
     requeue,
+    withdraw_waits,
 )
 from aiki_server._notify import QUEUE, TIMERS, WakeHub, run_topic
 from aiki_server._rows import (
@@ -85,6 +88,8 @@ from aiki_server._schedules import Schedules
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Collection, Sequence
 
+    from pydantic import JsonValue
+
     from aiki_core import EventOrigin
     from aiki_server._storage._database import Database, Row, Tx
 
@@ -94,7 +99,11 @@ _WAIT_STATUS_BY_KIND = {
     "sleep": RunStatus.SLEEPING,
     "retry": RunStatus.AWAITING_RETRY,
 }
-_WAIT_PRIORITY = ("child", "event", "sleep", "retry")
+_WAIT_PRIORITY = ("child", "sleep", "event", "retry")
+"""The status of a run suspended on several kinds of wait says the first kind here.
+
+A pending sleep makes a run `sleeping` (which `wake` ends) unless it awaits a child,
+whose sleep beside it is most often that wait's timeout."""
 _MAX_WORKERS_NOTED = 10_000
 
 
@@ -416,19 +425,24 @@ class Orchestrator:
             return await self._summary(tx, run_id)
 
     async def wake_run(self, namespace: str, run_id: str) -> RunSummary:
-        """End the run's current sleeps early and queue it."""
+        """End the pending sleeps of a suspended run early and queue it.
+
+        Whatever its status says: a run racing a sleep against an event is woken too.
+        A run with no pending sleep cannot be woken (`IllegalTransitionError`).
+        """
         async with self.db.transaction() as tx:
             run = await self._locked_run(tx, run_id, namespace)
             now = self.clock()
-            if run["status"] != RunStatus.SLEEPING:
-                raise IllegalTransitionError("run", run_id, run["status"], "woken")
-            await tx.execute(
+            # live sleeps exist only while the run is suspended (see `_lifecycle`)
+            woken = await tx.execute(
                 "UPDATE sleeps SET status = 'woken', completed_at = $2"
                 " WHERE run_id = $1 AND status = 'sleeping'",
                 run_id,
                 now,
             )
-            await requeue(tx, run, now, "woken")
+            if not woken:
+                raise IllegalTransitionError("run", run_id, run["status"], "woken")
+            await end_wait(tx, run, now, "woken")
             return await self._summary(tx, run_id)
 
     async def send_event(
@@ -475,10 +489,9 @@ class Orchestrator:
                 run_id,
                 req.name,
             )
-            if wait is not None:
+            if wait is not None:  # a live wait: the run is suspended on it
                 await _deliver_event(tx, run_id, req.name, wait["occurrence"], event_id)
-                if run["status"] == RunStatus.AWAITING_EVENT:
-                    await requeue(tx, run, now, f"event {req.name!r} received")
+                await end_wait(tx, run, now, f"event {req.name!r} received")
         return SendEventResponse(event_id=event_id, duplicate=False)
 
     async def find_webhook(self, webhook_id: str) -> Row | None:
@@ -732,9 +745,10 @@ class Orchestrator:
 
     async def _fail(self, tx: Tx, run: Row, action: FailRun, now: int) -> None:
         error = dump(action.error.model_dump(mode="json"))
-        if action.retry_at is None:
+        if not action.retries:
             await move_run(tx, run, RunStatus.FAILED, now, "failed", error=error)
             return
+        retry_at = _due(now, action.retry_at, action.retry_delay)
         await move_run(
             tx,
             run,
@@ -743,75 +757,32 @@ class Orchestrator:
             "failed; the workflow retries",
             error=error,
             attempt=int(run["attempt"]) + 1,
-            wake_at=to_ms(action.retry_at),
+            wake_at=retry_at,
+            waits=dump([{"kind": "retry", "due_at": retry_at}]),
         )
 
     async def _suspend(self, tx: Tx, run: Row, action: SuspendRun, now: int) -> None:
-        run_id = run["id"]
+        """Suspend the run on the waits its worker reported, or re-queue it if one is over.
+
+        Each wait is registered the first time it is reported, its due time counted on
+        this server's clock; one registered before keeps its due time, and one
+        withdrawn before is live again. Every other wait of the run is withdrawn (it
+        was withdrawn when the run was last re-queued, and stays so).
+        """
         satisfied: list[str] = []
+        pending: list[JsonValue] = []
         due_times: list[int] = []
-        for wait in action.waits:
-            if isinstance(wait, AwaitSleep):
-                wake_at = to_ms(wait.wake_at)
-                await tx.execute(
-                    "INSERT INTO sleeps (run_id, name, occurrence, status, wake_at)"
-                    " VALUES ($1, $2, $3, 'sleeping', $4) ON CONFLICT DO NOTHING",
-                    run_id,
-                    wait.name,
-                    wait.occurrence,
-                    wake_at,
-                )
-                sleep = await tx.fetchrow(
-                    "SELECT status, wake_at FROM sleeps WHERE run_id = $1 AND name = $2"
-                    " AND occurrence = $3",
-                    run_id,
-                    wait.name,
-                    wait.occurrence,
-                )
-                assert sleep is not None
-                if sleep["status"] == "sleeping" and sleep["wake_at"] <= now:
-                    # due while the run was away (paused, say): it completes now
-                    await tx.execute(
-                        "UPDATE sleeps SET status = 'completed', completed_at = $4"
-                        " WHERE run_id = $1 AND name = $2 AND occurrence = $3",
-                        run_id,
-                        wait.name,
-                        wait.occurrence,
-                        now,
-                    )
-                    satisfied.append(f"sleep {wait.name!r} is due")
-                elif sleep["status"] != "sleeping":
-                    satisfied.append(f"sleep {wait.name!r} is over")
-                due_times.append(sleep["wake_at"])
-            elif isinstance(wait, AwaitEvent):
-                if await _register_event_wait(tx, run_id, wait, now):
-                    satisfied.append(f"event {wait.name!r} is there")
-                if wait.timeout_at is not None:
-                    due_times.append(to_ms(wait.timeout_at))
-            elif isinstance(wait, AwaitChild):
-                child = await tx.fetchrow(
-                    "SELECT status FROM runs WHERE id = $1 AND parent_run_id = $2",
-                    wait.child_run_id,
-                    run_id,
-                )
-                if child is None:
-                    raise NotFoundError("child run", wait.child_run_id)
-                if child["status"] in TERMINAL:
-                    satisfied.append(f"child {wait.child_run_id} has ended")
-                else:
-                    await tx.execute(
-                        "INSERT INTO child_waits (run_id, child_run_id) VALUES ($1, $2)"
-                        " ON CONFLICT DO NOTHING",
-                        run_id,
-                        wait.child_run_id,
-                    )
-            elif isinstance(wait, AwaitRetry):
-                retry_at = to_ms(wait.retry_at)
-                if retry_at <= now:
-                    satisfied.append("the retry is due")
-                due_times.append(retry_at)
+        # event waits in order of occurrence: the oldest kept event goes to the first
+        for wait in sorted(action.waits, key=_registration_order):
+            over, due = await self._register_wait(tx, run["id"], wait, now)
+            if over is not None:
+                satisfied.append(over)
+            if due is not None:
+                due_times.append(due)
+            pending.append({**_wait_key(wait), "due_at": due})
         if satisfied:
             # a wait is already over: nothing to suspend for; the worker claims it again
+            await withdraw_waits(tx, run["id"])
             await requeue(tx, run, now, "; ".join(satisfied))
             return
         kind = next(k for k in _WAIT_PRIORITY if any(w.kind == k for w in action.waits))
@@ -822,7 +793,36 @@ class Orchestrator:
             now,
             f"suspended on {', '.join(sorted({w.kind for w in action.waits}))}",
             wake_at=min(due_times) if due_times else None,
+            waits=dump(pending),
         )
+
+    async def _register_wait(
+        self, tx: Tx, run_id: str, wait: RunWait, now: int
+    ) -> tuple[str | None, int | None]:
+        """Register (or revive) one reported wait: why it is over already, and its due time."""
+        if isinstance(wait, AwaitSleep):
+            return await _register_sleep(tx, run_id, wait, now)
+        if isinstance(wait, AwaitEvent):
+            return await _register_event_wait(tx, run_id, wait, now)
+        if isinstance(wait, AwaitChild):
+            child = await tx.fetchrow(
+                "SELECT status FROM runs WHERE id = $1 AND parent_run_id = $2",
+                wait.child_run_id,
+                run_id,
+            )
+            if child is None:
+                raise NotFoundError("child run", wait.child_run_id)
+            if child["status"] in TERMINAL:
+                return f"child {wait.child_run_id} has ended", None
+            await tx.execute(
+                "INSERT INTO child_waits (run_id, child_run_id) VALUES ($1, $2)"
+                " ON CONFLICT DO NOTHING",
+                run_id,
+                wait.child_run_id,
+            )
+            return None, None
+        retry_at = await _retry_due(tx, run_id, wait)
+        return ("the retry is due" if retry_at is None or retry_at <= now else None), retry_at
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -877,15 +877,78 @@ def _directive(run: Row | None, revision: int, worker_id: str) -> RunDirective:
     return RunDirective.CONTINUE
 
 
-async def _register_event_wait(tx: Tx, run_id: str, wait: AwaitEvent, now: int) -> bool:
-    """Record the wait; hand it the oldest unconsumed event of its name. Whether it is over."""
+def _due(now: int, at: datetime | None, after: timedelta | None) -> int | None:
+    """A due time in epoch ms: `at` as given, or `after` from `now` (this server's clock)."""
+    if at is not None:
+        return to_ms(at)
+    return None if after is None else now + to_millis(after)
+
+
+def _registration_order(wait: RunWait) -> tuple[int, str, int]:
+    if isinstance(wait, AwaitEvent):
+        return 1, wait.name, wait.occurrence
+    return 0, "", 0  # sorted() keeps the reported order of the others
+
+
+def _wait_key(wait: RunWait) -> dict[str, JsonValue]:
+    """What tells a wait apart, as a run's detail lists it."""
+    return wait.model_dump(
+        mode="json", include={"kind", "name", "occurrence", "child_run_id", "address"}
+    )
+
+
+async def _register_sleep(
+    tx: Tx, run_id: str, wait: AwaitSleep, now: int
+) -> tuple[str | None, int]:
+    """Register (or revive) a sleep: why it is over already, and its due time."""
     await tx.execute(
-        "INSERT INTO event_waits (run_id, name, occurrence, status, timeout_at)"
-        " VALUES ($1, $2, $3, 'waiting', $4) ON CONFLICT DO NOTHING",
+        "INSERT INTO sleeps (run_id, name, occurrence, status, wake_at)"
+        " VALUES ($1, $2, $3, 'sleeping', $4) ON CONFLICT (run_id, name, occurrence)"
+        " DO UPDATE SET status = 'sleeping' WHERE sleeps.status = 'withdrawn'",
         run_id,
         wait.name,
         wait.occurrence,
-        None if wait.timeout_at is None else to_ms(wait.timeout_at),
+        _due(now, wait.wake_at, wait.duration),
+    )
+    sleep = await tx.fetchrow(
+        "SELECT status, wake_at FROM sleeps WHERE run_id = $1 AND name = $2 AND occurrence = $3",
+        run_id,
+        wait.name,
+        wait.occurrence,
+    )
+    assert sleep is not None
+    wake_at: int = sleep["wake_at"]
+    if sleep["status"] != "sleeping":
+        return f"sleep {wait.name!r} is over", wake_at
+    if wake_at > now:
+        return None, wake_at
+    # due while the run was away (paused, say): it completes now
+    await tx.execute(
+        "UPDATE sleeps SET status = 'completed', completed_at = $4"
+        " WHERE run_id = $1 AND name = $2 AND occurrence = $3",
+        run_id,
+        wait.name,
+        wait.occurrence,
+        now,
+    )
+    return f"sleep {wait.name!r} is due", wake_at
+
+
+async def _register_event_wait(
+    tx: Tx, run_id: str, wait: AwaitEvent, now: int
+) -> tuple[str | None, int | None]:
+    """Register (or revive) the wait; hand it the oldest event of its name kept for it.
+
+    Why it is over already (an event, or its timeout), and its timeout.
+    """
+    await tx.execute(
+        "INSERT INTO event_waits (run_id, name, occurrence, status, timeout_at)"
+        " VALUES ($1, $2, $3, 'waiting', $4) ON CONFLICT (run_id, name, occurrence)"
+        " DO UPDATE SET status = 'waiting' WHERE event_waits.status = 'withdrawn'",
+        run_id,
+        wait.name,
+        wait.occurrence,
+        _due(now, wait.timeout_at, wait.timeout),
     )
     row = await tx.fetchrow(
         "SELECT status, timeout_at FROM event_waits WHERE run_id = $1 AND name = $2"
@@ -895,9 +958,10 @@ async def _register_event_wait(tx: Tx, run_id: str, wait: AwaitEvent, now: int) 
         wait.occurrence,
     )
     assert row is not None
+    timeout_at: int | None = row["timeout_at"]
     if row["status"] != "waiting":
-        return True
-    if row["timeout_at"] is not None and row["timeout_at"] <= now:
+        return f"event {wait.name!r} is there", timeout_at
+    if timeout_at is not None and timeout_at <= now:
         await tx.execute(
             "UPDATE event_waits SET status = 'timed_out' WHERE run_id = $1 AND name = $2"
             " AND occurrence = $3",
@@ -905,7 +969,7 @@ async def _register_event_wait(tx: Tx, run_id: str, wait: AwaitEvent, now: int) 
             wait.name,
             wait.occurrence,
         )
-        return True
+        return f"the wait for event {wait.name!r} timed out", timeout_at
     event = await tx.fetchrow(
         "SELECT id FROM events WHERE run_id = $1 AND name = $2 AND consumed = 0"
         " ORDER BY received_at, id LIMIT 1",
@@ -913,9 +977,28 @@ async def _register_event_wait(tx: Tx, run_id: str, wait: AwaitEvent, now: int) 
         wait.name,
     )
     if event is None:
-        return False
+        return None, timeout_at
     await _deliver_event(tx, run_id, wait.name, wait.occurrence, event["id"])
-    return True
+    return f"event {wait.name!r} is there", timeout_at
+
+
+async def _retry_due(tx: Tx, run_id: str, wait: AwaitRetry) -> int | None:
+    """When the retry is due: `retry_at`, or the task call's next attempt (`None`: now)."""
+    if wait.retry_at is not None:
+        return to_ms(wait.retry_at)
+    task = await tx.fetchrow(
+        "SELECT status, next_attempt_at FROM tasks WHERE run_id = $1 AND address = $2"
+        " AND occurrence = $3",
+        run_id,
+        wait.address,
+        wait.occurrence,
+    )
+    if task is None:
+        raise NotFoundError("task call", f"{wait.address}#{wait.occurrence}")
+    if task["status"] != TaskStatus.AWAITING_RETRY:
+        return None  # its next attempt was recorded meanwhile: nothing to wait for
+    due: int | None = task["next_attempt_at"]
+    return due
 
 
 async def _deliver_event(tx: Tx, run_id: str, name: str, occurrence: int, event_id: str) -> None:
@@ -986,7 +1069,7 @@ async def _write_task(tx: Tx, run: Row, req: RecordTaskRequest, now: int) -> Rec
     run_id = run["id"]
     error_json = None if req.error is None else dump(req.error.model_dump(mode="json"))
     finished = now if req.status in (TaskStatus.COMPLETED, TaskStatus.FAILED) else None
-    next_attempt_at = None if req.retry_at is None else to_ms(req.retry_at)
+    next_attempt_at = _due(now, req.retry_at, req.retry_delay)
     result_json = None if req.status is not TaskStatus.COMPLETED else dump(req.result)
     # most calls are recorded once, completed: try the insert first
     task_id = _new_id()

@@ -10,6 +10,7 @@ from aiki_core import (
     ErrorInfo,
     EventRecord,
     EventWaitRecord,
+    PendingWait,
     RunDetail,
     RunOutcome,
     RunSummary,
@@ -177,6 +178,12 @@ def transition(row: Row, seq: int) -> StateTransition:
     )
 
 
+def pending_waits(text: str | None) -> list[PendingWait]:
+    """The `waits` column: what a suspended run waits for, due times in epoch ms."""
+    waits: list[dict[str, Any]] = json.loads(text) if text else []
+    return [PendingWait(**{**w, "due_at": from_ms(w.get("due_at"))}) for w in waits]
+
+
 def run_detail(row: Row, **parts: Any) -> RunDetail:
     """A full `runs` row plus its recorded parts as a `RunDetail`."""
     return RunDetail(
@@ -186,6 +193,7 @@ def run_detail(row: Row, **parts: Any) -> RunDetail:
         error=load_error(row["error"]),
         timer_failures=row["timer_failures"],
         timer_error=load_error(row["timer_error"]),
+        waits=pending_waits(row["waits"]),
         **parts,
     )
 

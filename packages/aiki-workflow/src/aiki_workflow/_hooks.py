@@ -15,9 +15,10 @@ An attempt that will be retried under the version's retry policy has not ended: 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -36,13 +37,17 @@ class HookTask(Protocol[PayloadT_contra]):
 
 
 class SleepInfo(BaseModel):
-    """The sleep an `on_sleep` hook is told about."""
+    """The sleep an `on_sleep` hook is told about: it ends `duration` after it begins.
+
+    The hook runs before the server registers the sleep, whose due time the server's
+    clock sets: it knows how long the run sleeps, not until when.
+    """
 
     model_config = ConfigDict(frozen=True)
 
     name: str
     occurrence: int
-    wake_at: AwareDatetime
+    duration: timedelta
 
 
 @dataclass(frozen=True, slots=True)

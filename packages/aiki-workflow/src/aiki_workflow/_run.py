@@ -19,7 +19,10 @@ a child, by address) and occurrence. One already over returns at once on replay;
 one still pending blocks the branch of code that asked. The run suspends when every
 branch of its code is blocked on such a wait and no task is running: the body is
 cancelled, and the worker reports every wait at once and lets the run go, so
-`asyncio.gather` over two events suspends the run once.
+`asyncio.gather` over two events suspends the run once. A branch cancelled by the
+workflow's own code (the loser of a race) withdraws its wait: it is not reported,
+and the server withdraws it too. Due times (a sleep's, a timeout's, a retry's) are
+sent as durations and set by the server's clock, never by this process's.
 """
 
 from __future__ import annotations
@@ -97,6 +100,7 @@ _SETTLE_CHECKPOINTS = 5
 
 
 def _now() -> datetime:
+    """This process's clock: for what it reports (when an attempt started), never due times."""
     return datetime.now(UTC)
 
 
@@ -110,6 +114,8 @@ def _summary(value: JsonValue) -> str:
 
 
 WaitT = TypeVar("WaitT", AwaitSleep, AwaitEvent)
+_PENDING_SLEEP = ("sleeping", "withdrawn")
+"""Statuses of a sleep that is not over (a withdrawn one is pending until reported again)."""
 
 
 def _wait(kind: type[WaitT], what: str, **fields: Any) -> WaitT:
@@ -146,8 +152,6 @@ class _Moved:
 @dataclass(frozen=True, slots=True)
 class _LongRetry:
     """A task's next attempt is too far off to wait for in process."""
-
-    retry_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +237,9 @@ class WorkflowRun:
         self._ticks = 0
         self._moved = _Moved(anyio.Event(), 0)
         self._body: anyio.CancelScope | None = None
+        # the server's clock when it handed out the claim (a claim updates the run):
+        # what a recorded due time is compared with, as this process's clock may be off
+        self._claimed_at = claim.run.updated_at
 
     @property
     def revision(self) -> int:
@@ -272,12 +279,13 @@ class WorkflowRun:
                 )
                 raise TaskFailedError(self.id, invocation.name, error)
             attempt = len(record.attempts) + 1
-            if record.next_attempt_at is not None and record.next_attempt_at > _now():
-                await self.block(AwaitRetry(retry_at=record.next_attempt_at))
+            if record.next_attempt_at is not None and record.next_attempt_at > self._claimed_at:
+                await self.block(AwaitRetry(address=address, occurrence=occurrence))
         with self._task_in_flight():
             outcome = await self._run(invocation, address, occurrence, attempt)
         if isinstance(outcome, _LongRetry):
-            await self.block(AwaitRetry(retry_at=outcome.retry_at))
+            # the server set the next attempt's due time when it recorded this one
+            await self.block(AwaitRetry(address=address, occurrence=occurrence))
         return outcome
 
     async def _run(
@@ -321,21 +329,20 @@ class WorkflowRun:
                         call, attempt, TaskStatus.FAILED, started_at=started_at, error=error
                     )
                     raise TaskFailedError(self.id, invocation.name, error) from exc
-                retry_at = _now() + delay
                 await self._record(
                     call,
                     attempt,
                     TaskStatus.AWAITING_RETRY,
                     started_at=started_at,
                     error=error,
-                    retry_at=retry_at,
+                    retry_delay=delay,
                 )
                 self.log.warn(
                     "task attempt failed; retrying",
                     {"task": invocation.name, "attempt": attempt, "error": error.message},
                 )
                 if delay > IN_PROCESS_RETRY_LIMIT:
-                    return _LongRetry(retry_at)
+                    return _LongRetry()
                 await anyio.sleep(delay.total_seconds())
                 attempt += 1
                 continue
@@ -378,50 +385,55 @@ class WorkflowRun:
 
         Sleeps are told apart by `name` and by how often the name was slept on before in
         this run, so a sleep in a loop is one sleep per turn. `handle.wake()` ends a
-        sleep early, and the result says so.
+        sleep early, and the result says so. The sleep ends `duration` after the
+        server first hears of it, by the server's clock.
         """
         occurrence = self._next("sleep", name)
         record = self._sleeps.get((name, occurrence))
-        if record is not None and record.status != "sleeping":
+        if record is not None and record.status not in _PENDING_SLEEP:
+            self._poke()
             return SleepResult(woken_early=record.status == "woken")
         if record is None and duration <= timedelta(0):
             return SleepResult(woken_early=False)
-        wake_at = record.wake_at if record is not None else _now() + duration
         if self._on_sleep is not None:
             await self._on_sleep.start(
-                self, SleepInfo(name=name, occurrence=occurrence, wake_at=wake_at)
+                self, SleepInfo(name=name, occurrence=occurrence, duration=duration)
             )
+        # a sleep on record keeps its due time, whatever `duration` says now
+        duration = max(duration, timedelta(0))
         await self.block(
-            _wait(AwaitSleep, f"sleep {name!r}", name=name, occurrence=occurrence, wake_at=wake_at)
+            _wait(
+                AwaitSleep, f"sleep {name!r}", name=name, occurrence=occurrence, duration=duration
+            )
         )
 
     async def wait_event(self, name: str, timeout: timedelta | None) -> tuple[bool, JsonValue]:
         """Wait durably for the next event called `name`: (received, its decoded data).
 
-        `received` is false when `timeout` passed first. Events sent before the wait
-        are kept for it.
+        `received` is false when `timeout` passed first (counted from when the server
+        first heard of the wait, by its clock). Events sent before the wait are kept
+        for it.
         """
         occurrence = self._next("event", name)
         record = self._event_waits.get((name, occurrence))
         if record is not None and record.status == "received":
             assert record.event_id is not None
+            self._poke()
             event = self._events[record.event_id]
             if event.origin == "webhook":  # posted in clear by a third party
                 return True, event.data
             return True, self._execution.codec.decode(event.data, CodecContext.event(self.id, name))
         if record is not None and record.status == "timed_out":
+            self._poke()
             return False, None
-        if record is not None:
-            timeout_at = record.timeout_at
-        else:
-            timeout_at = None if timeout is None else _now() + timeout
         await self.block(
             _wait(
                 AwaitEvent,
                 f"wait for event {name!r}",
                 name=name,
                 occurrence=occurrence,
-                timeout_at=timeout_at,
+                # a timeout already passed times the wait out at once
+                timeout=None if timeout is None else max(timeout, timedelta(0)),
             )
         )
 
@@ -470,6 +482,7 @@ class WorkflowRun:
         record = self._children.get((address, occurrence))
         if record is None or record.status not in RUN_TERMINAL_STATUSES:
             await self.block(AwaitChild(child_run_id=run_id))
+        self._poke()
         return record
 
     async def webhook_url(self, event: Event[Any], *, expires: timedelta) -> str:
@@ -485,23 +498,30 @@ class WorkflowRun:
 
         The run suspends (its body is cancelled) once no task is running and nothing
         moves for a few scheduler turns: the other branches, if any, are blocked too.
+        A branch cancelled by the workflow's code instead (it lost a race, say)
+        withdraws `wait`: the run no longer waits for it.
         """
         self._waits.append(wait)
         self._poke()
-        while True:
-            moved = self._moved
-            if not self._in_flight:
-                # other branches may be a step away from their own wait (asyncio.gather)
-                for _ in range(_SETTLE_CHECKPOINTS):
-                    await anyio.lowlevel.checkpoint()
-                if not self._in_flight and self._ticks == moved.ticks:
-                    assert self._body is not None, "a run blocks only inside drive()"
-                    self._body.cancel()
-                    await anyio.sleep_forever()
-            await moved.event.wait()
+        try:
+            while True:
+                moved = self._moved
+                if not self._in_flight:
+                    # other branches may be a step away from their own wait (asyncio.gather)
+                    for _ in range(_SETTLE_CHECKPOINTS):
+                        await anyio.lowlevel.checkpoint()
+                    if not self._in_flight and self._ticks == moved.ticks:
+                        assert self._body is not None, "a run blocks only inside drive()"
+                        self._body.cancel()
+                        await anyio.sleep_forever()
+                await moved.event.wait()
+        finally:
+            # the run's suspension cancels the body: then every wait is reported
+            if self._body is None or not self._body.cancel_called:
+                self._waits = [w for w in self._waits if w is not wait]
 
     def _poke(self) -> None:
-        """Note that the run moved (a task started or ended, a wait was added)."""
+        """Note that the run moved (a task started or ended, a wait was added or ended)."""
         self._ticks += 1
         if self._waits:  # only a branch blocked on a wait watches for moves
             moved, self._moved = self._moved, _Moved(anyio.Event(), self._ticks)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, get_type_hints
 
 from pydantic import TypeAdapter, ValidationError
@@ -37,6 +36,8 @@ from aiki_workflow._hooks import Hooks, HookTask, SleepInfo
 from aiki_workflow._run import Suspended, WorkflowRun
 
 if TYPE_CHECKING:
+    from datetime import datetime, timedelta
+
     from pydantic import JsonValue
 
     from aiki_core import RunAction, RunExecution, WorkflowRunHandle, WorkflowStarter
@@ -197,7 +198,7 @@ class WorkflowVersion(Generic[InT, OutT]):
                 ) from None
         except Exception as exc:
             failure = self._failure(run, exc)
-            if failure.retry_at is None:  # the run ends: a retried attempt has not
+            if not failure.retries:  # the run ends: a retried attempt has not
                 await self.hooks.run_failed(run, payload, failure.error)
             return failure
         await self.hooks.run_completed(run, payload, validated)
@@ -212,8 +213,8 @@ class WorkflowVersion(Generic[InT, OutT]):
         if self.retry is not None and error.retryable:
             delay = self.retry.delay_after(run.attempt)
         run.log.error("run failed", {"error": f"{error.type}: {error.message}"})
-        retry_at = None if delay is None else datetime.now(UTC) + delay
-        return FailRun(error=error, retry_at=retry_at)
+        # the server counts the delay on its clock: this process's may be off
+        return FailRun(error=error, retry_delay=delay)
 
     def __repr__(self) -> str:
         return f"<WorkflowVersion {self.workflow!r} {self.version}>"
