@@ -201,7 +201,7 @@ class ApiKeyAuth:
             if await self.keys.required():
                 return True  # a key protects the server, whatever name reached it
         except Exception as exc:  # the key store failed (the database is down, say)
-            await response_for(exc)(scope, receive, send)
+            await response_for(exc, scope)(scope, receive, send)
             return False
         refused = PermissionDeniedError(
             f"this server holds no API key, so it answers only requests addressed to"
