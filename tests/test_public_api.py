@@ -105,6 +105,7 @@ EXPECTED_EXPORTS: dict[str, tuple[str, ...]] = {
         "SendEventRequest",
         "SendEventResponse",
         "ServerError",
+        "ServerLimits",
         "ServerUnavailableError",
         "SleepRecord",
         "StaleRevisionError",
