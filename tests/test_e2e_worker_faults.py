@@ -18,6 +18,7 @@ import anyio
 import pytest
 
 from aiki_client import Client
+from aiki_client._client import UNCHECKED_BODY_BYTES
 from aiki_core import PayloadTooLargeError, RunStatus, TaskStatus
 from e2e_app import Batch, Big, Greeting, Job, hello_v1, oversized_v1, side_by_side_v1, twenty_v1
 from e2e_support import QUIET, Counters, start_worker
@@ -171,6 +172,9 @@ async def test_a_result_over_the_limit_fails_its_run_and_the_worker_serves_on(
             assert detail.error is not None
             assert detail.error.code == "payload_too_large", detail.error
             assert str(limit) in detail.error.message
+            if size > UNCHECKED_BODY_BYTES:  # refused before sending: the part is named
+                part = "tasks[0].result" if from_task else "action.result"
+                assert detail.error.details["field"] == part, detail.error
         greeted = await hello_v1.start(client, Greeting(name="ada"))
         assert (await greeted.result(timeout=RESULT_TIMEOUT)).message
     assert worker.returncode is None

@@ -106,9 +106,11 @@ def largest_field(body: BaseModel) -> str:
                 (f".{name}", getattr(value, name), dumped[field.alias or name])
                 for name, field in fields
             ]
-        elif isinstance(value, list) and value and isinstance(value[0], BaseModel):
+        elif isinstance(value, list) and isinstance(value[0] if value else None, BaseModel):
             parts = [(f"[{index}]", item, dumped[index]) for index, item in enumerate(value)]
         else:
+            parts = []
+        if not parts:  # a payload, not a part of the request's own structure
             return path.lstrip(".")
         step, value, dumped = max(parts, key=lambda part: len(json.dumps(part[2])))
         path += step

@@ -329,6 +329,7 @@ class Worker:
             log.warn("claim lost; stopping the run", {"error": exc.message})
         except RunInterrupt as exc:  # the run could not be written (server gone, claim lost)
             if isinstance(exc.__cause__, PayloadTooLargeError):  # no attempt can do better
+                log.error("a task result is too large; the run fails", {"error": str(exc)})
                 action = self._failure(run, exc.__cause__)
             else:
                 log.warn("run abandoned; releasing it", {"error": str(exc)})
@@ -350,7 +351,6 @@ class Worker:
 
     def _failure(self, run: RunSummary, exc: Exception) -> FailRun:
         """The run fails with `exc` (sealed like any error of the run)."""
-        self.log.error("the run fails", {"run_id": run.id, "error": f"{exc!r}"})
         error = ErrorInfo.from_exception(exc)
         return FailRun(error=error.seal(self.client.codec, CodecContext.run(run.id, "error")))
 
@@ -366,6 +366,8 @@ class Worker:
             try:
                 await self._report(held, action, tasks)
             except PayloadTooLargeError as exc:
+                log = held.execution.log
+                log.error("the report is too large; the run fails", {"error": str(exc)})
                 failure = self._failure(run, exc)
                 try:
                     await self._report(held, failure, tasks)
