@@ -165,3 +165,22 @@ async def test_a_send_cancelled_mid_way_keeps_its_records() -> None:
         await anyio.sleep(0.005)
         tg.cancel_scope.cancel()  # the worker stops while the record is on its way
     assert [r.address for r in await execution.take_deferred()] == ["t:a"]
+
+
+async def test_a_server_down_past_the_retry_window_is_raised_and_the_record_kept() -> None:
+    api = SlowApi(unavailable=1_000_000)
+    async with anyio.create_task_group() as tg:
+        execution = Execution(
+            api,  # type: ignore[arg-type]
+            claim(),
+            api.log,
+            None,
+            tg.start_soon,
+            retry_within=0.3,
+        )
+        execution.defer_task(completed("t:a"))
+        with pytest.raises(ServerUnavailableError):
+            await execution.flush_tasks()
+        # tried more than once, then given up; the report still carries the record
+        assert api.attempts > 1
+        assert [r.address for r in await execution.take_deferred()] == ["t:a"]
