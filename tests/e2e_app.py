@@ -17,6 +17,7 @@ often each body ran, across processes and crashes.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import time
 from dataclasses import dataclass
@@ -428,6 +429,64 @@ async def secrets_v1(run: WorkflowRun, secret: Secret) -> str:
     return f"{told}; {heard_from_child}; heard {got.data}"
 
 
+# -- a slow and a fast task side by side; results larger than the server takes --------
+
+
+@task("hold")
+async def hold(job: Job) -> str:
+    """Count an execution, then wait until the file `<key>.release` exists in the counters."""
+    count(f"hold-{job.key}")
+    assert SETTINGS.counters is not None
+    release = SETTINGS.counters / f"{job.key}.release"
+    while not release.exists():  # noqa: ASYNC110 - a file the test creates
+        await anyio.sleep(0.02)
+    return f"{job.key} held"
+
+
+@task("quick")
+async def quick(job: Job) -> str:
+    """Count an execution and return at once."""
+    count(f"quick-{job.key}")
+    return f"{job.key} quick"
+
+
+side_by_side = workflow("e2e-side-by-side")
+
+
+@side_by_side.v("1.0.0")
+async def side_by_side_v1(run: WorkflowRun, job: Job) -> list[str]:
+    """Run `hold` and `quick` at once (`asyncio.gather`)."""
+    both = asyncio.gather(hold.start(run, job), quick.start(run, job))  # noqa: TID251 - users do
+    return list(await both)
+
+
+class Big(BaseModel):
+    """How many characters to return, and whether a task (or the workflow) returns them."""
+
+    key: str
+    size: int
+    from_task: bool = False
+
+
+@task("big")
+async def big(job: Big) -> str:
+    """Count an execution and return `job.size` characters."""
+    count(f"big-{job.key}")
+    return "x" * job.size
+
+
+oversized = workflow("e2e-oversized")
+
+
+@oversized.v("1.0.0")
+async def oversized_v1(run: WorkflowRun, job: Big) -> str:
+    """Return `job.size` characters, made by a task or by the workflow itself."""
+    if job.from_task:
+        return f"{len(await big.start(run, job))} characters"
+    await note.start(run, Job(key=job.key))
+    return "x" * job.size
+
+
 VERSIONS: list[ExecutableVersion] = [
     hello_v1,
     flaky_v1,
@@ -442,6 +501,8 @@ VERSIONS: list[ExecutableVersion] = [
     webhook_v1,
     secret_child_v1,
     secrets_v1,
+    side_by_side_v1,
+    oversized_v1,
 ]
 
 

@@ -106,6 +106,7 @@ EXPECTED_EXPORTS: dict[str, tuple[str, ...]] = {
         "SendEventRequest",
         "SendEventResponse",
         "ServerError",
+        "ServerLimits",
         "ServerUnavailableError",
         "SleepRecord",
         "StaleRevisionError",

@@ -303,6 +303,25 @@ async def test_a_plain_text_5xx_becomes_the_fallback_error_with_its_text(
 
 
 @pytest.mark.parametrize("path", ["socket", "httpx"])
+@pytest.mark.parametrize(
+    ("status", "header", "seconds"),
+    [(429, "2", 2.0), (503, "0.5", 0.5), (408, None, None), (503, "Fri, 31 Dec 1999", None)],
+)
+async def test_a_not_now_is_unavailable_and_carries_its_retry_after(
+    path: str, status: int, header: str | None, seconds: float | None
+) -> None:
+    extra = "" if header is None else f"retry-after: {header}\r\n"
+    reply = answer(status, b"busy", "text/plain").replace(b"\r\n\r\n", f"\r\n{extra}\r\n".encode())
+    async with serve(lambda _: reply) as server:
+        transport = httpx.AsyncHTTPTransport() if path == "httpx" else None
+        async with Client(f"http://127.0.0.1:{server.port}", transport=transport) as client:
+            with pytest.raises(ServerUnavailableError) as caught:
+                await client.list_runs()
+    assert caught.value.retry_after == seconds
+    assert server.connections == 1  # the caller decides whether to try again
+
+
+@pytest.mark.parametrize("path", ["socket", "httpx"])
 async def test_a_401_becomes_authentication_error_and_is_not_retried(path: str) -> None:
     wire = AuthenticationError("the API key is not valid: malformed, unknown or revoked")
     reply = json.dumps(wire.to_wire()).encode()

@@ -39,7 +39,12 @@ async def record(
     client: httpx.AsyncClient, run_id: str, revision: int, **fields: Any
 ) -> httpx.Response:
     """Record a task attempt (task `charge`, first call, attempt 1 unless given)."""
-    body = {
+    return await client.post(f"/runs/{run_id}/tasks", json=task_body(revision, **fields))
+
+
+def task_body(revision: int, **fields: Any) -> dict[str, Any]:
+    """The body of `record`."""
+    return {
         "revision": revision,
         "name": "charge",
         "address": "charge:9f2c",
@@ -47,7 +52,6 @@ async def record(
         "attempt": 1,
         **fields,
     }
-    return await client.post(f"/runs/{run_id}/tasks", json=body)
 
 
 async def start_child(
@@ -290,6 +294,40 @@ async def test_a_task_that_fails_for_good(server: httpx.AsyncClient) -> None:
     # a failed task is over: another attempt is illegal
     r = await record(server, run_id, revision, status="completed", attempt=2, result=1)
     error_of(r, 409, "illegal_transition")
+
+
+@pytest.mark.parametrize("path", ["tasks", "transition"])
+async def test_the_same_record_again_is_taken_and_another_result_is_409(
+    server: httpx.AsyncClient, path: str
+) -> None:
+    # a worker that lost the answer to its record sends it again, alone or with its report
+    run_id, revision = await started_and_claimed(server)
+    r = await record(server, run_id, revision, status="completed", result={"n": 1})
+    assert r.status_code == 200, r.text
+    task_id = r.json()["task_id"]
+    before = await get_run(server, run_id)
+
+    async def send(result: int) -> httpx.Response:
+        fields = {"status": "completed", "result": {"n": result}}
+        if path == "tasks":
+            return await record(server, run_id, revision, **fields)
+        body = {
+            "revision": revision,
+            "action": {"kind": "release"},
+            "tasks": [task_body(revision, **fields)],
+        }
+        return await server.post(f"/runs/{run_id}/transition", json=body)
+
+    error_of(await send(2), 409, "illegal_transition")
+    assert await get_run(server, run_id) == before
+    r = await send(1)
+    assert r.status_code == 200, r.text
+    if path == "tasks":
+        assert r.json() == {"task_id": task_id, "status": "completed"}
+        assert await get_run(server, run_id) == before  # not even a history row
+    else:
+        assert r.json()["run"]["status"] == "queued"
+    assert (await get_run(server, run_id))["tasks"][0]["result"] == {"n": 1}
 
 
 async def test_an_illegal_task_transition_is_409_and_changes_nothing(

@@ -123,6 +123,18 @@ async def start_under_a_reference_id_of_a(t: Tenants) -> None:
     assert await get_run(t.a, mine["id"]) == before
 
 
+@case("GET", "/limits")
+async def read_the_limits(t: Tenants) -> None:
+    mine = await start(t.a)
+
+    # the server's settings, the same for every namespace; nothing of A's shows
+    r = await t.b.get("/limits")
+
+    assert r.status_code == 200
+    assert r.json() == (await t.a.get("/limits")).json()
+    assert mine["id"] not in r.text
+
+
 @case("GET", "/runs")
 async def list_runs(t: Tenants) -> None:
     mine = await start(t.a)

@@ -16,7 +16,7 @@ import json
 import re
 from typing import TYPE_CHECKING, Any, Self, TypeVar, overload
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from aiki_client.__about__ import __version__
 from aiki_client._handle import WorkflowRunHandle
@@ -25,6 +25,7 @@ from aiki_client._schedules import Schedules
 from aiki_client._sealing import seal_input
 from aiki_client._socket_http import SocketHttp
 from aiki_core import (
+    AikiError,
     ClaimRequest,
     ClaimResponse,
     CodecContext,
@@ -34,12 +35,17 @@ from aiki_core import (
     HeartbeatRequest,
     HeartbeatResponse,
     IdentityCodec,
+    InvalidRequestError,
     ListRunsQuery,
+    NotFoundError,
+    PayloadTooLargeError,
     PayloadValidationError,
     RecordTaskRequest,
     RecordTaskResponse,
     RunPage,
     ServerError,
+    ServerLimits,
+    ServerUnavailableError,
     StartChildRequest,
     StartRunRequest,
     StartRunResponse,
@@ -54,7 +60,7 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     import httpx
-    from pydantic import BaseModel, JsonValue
+    from pydantic import JsonValue
 
     from aiki_core import Logger, PayloadCodec, RunId
 
@@ -66,8 +72,48 @@ DEFAULT_URL = "http://127.0.0.1:9850"
 _TOKEN = re.compile(r"[\x21-\x7e]+")  # visible ASCII: nothing that could end the header
 
 
+UNCHECKED_BODY_BYTES = 64 * 1024
+"""Bodies up to this size are sent unchecked; a larger one is checked against the limit
+the server announces (a server set below it refuses such a body itself, with 413)."""
+_TRY_AGAIN = frozenset({408, 429})
+"""Statuses that say "not now" rather than "never": raised as `ServerUnavailableError`."""
+
+
 def _identity(value: JsonValue) -> JsonValue:
     return value
+
+
+def _seconds(retry_after: str | None) -> float | None:
+    """A `Retry-After` header's delay in seconds (an HTTP date counts as unknown)."""
+    if retry_after is None:
+        return None
+    try:
+        seconds = float(retry_after)
+    except ValueError:
+        return None
+    return seconds if 0 <= seconds < float("inf") else None
+
+
+def largest_field(body: BaseModel) -> str:
+    """The path of a request's largest part: `input`, `action.result`, `tasks[2].result`."""
+    dumped: Any = body.model_dump(mode="json", by_alias=True)
+    path = ""
+    value: object = body
+    while True:
+        if isinstance(value, BaseModel):
+            fields = type(value).model_fields.items()
+            parts = [
+                (f".{name}", getattr(value, name), dumped[field.alias or name])
+                for name, field in fields
+            ]
+        elif isinstance(value, list) and isinstance(value[0] if value else None, BaseModel):
+            parts = [(f"[{index}]", item, dumped[index]) for index, item in enumerate(value)]
+        else:
+            parts = []
+        if not parts:  # a payload, not a part of the request's own structure
+            return path.lstrip(".")
+        step, value, dumped = max(parts, key=lambda part: len(json.dumps(part[2])))
+        path += step
 
 
 class Client:
@@ -110,6 +156,8 @@ class Client:
             if transport is None
             else HttpxHttp(api_url, headers, transport)
         )
+        self._max_body_bytes: int | None = None
+        """The server's body limit, once read (0: the server does not say)."""
 
     async def __aenter__(self) -> Self:
         return self
@@ -218,8 +266,12 @@ class Client:
         params: Sequence[tuple[str, str]] = (),
     ) -> ModelT:
         """One API call: `body` out as JSON, the answer parsed straight into `answer`."""
-        content = None if body is None else body.model_dump_json().encode()
-        status, raw = await self._http.send(method, path, content, params)
+        content = None
+        if body is not None:
+            content = body.model_dump_json().encode()
+            if len(content) > UNCHECKED_BODY_BYTES:
+                await self._check_size(body, len(content))
+        status, raw, retry_after = await self._http.send(method, path, content, params)
         if 200 <= status < 300:
             try:
                 return answer.model_validate_json(raw)
@@ -232,7 +284,31 @@ class Client:
             error = json.loads(raw)
         except ValueError:
             error = {"text": raw[:500].decode(errors="replace")}
-        raise error_from_wire(status, error if isinstance(error, dict) else {})
+        if status in _TRY_AGAIN:  # a proxy's or gateway's "not now": worth another try
+            raised: AikiError = ServerUnavailableError(f"{method} {path} answered {status}")
+        else:
+            raised = error_from_wire(status, error if isinstance(error, dict) else {})
+        if isinstance(raised, ServerError):
+            raised.retry_after = _seconds(retry_after)
+        raise raised
+
+    async def _check_size(self, body: BaseModel, size: int) -> None:
+        """Refuse a body over the server's limit before sending it, naming its largest part.
+
+        The limit is read once from the server; a server that does not say (an older
+        one, or none reachable now) checks the body itself.
+        """
+        if self._max_body_bytes is None:
+            try:
+                limits = await self._call("GET", "/limits", ServerLimits)
+            except (NotFoundError, InvalidRequestError):  # a server without the route
+                self._max_body_bytes = 0
+            except AikiError:
+                return
+            else:
+                self._max_body_bytes = limits.max_body_bytes
+        if 0 < self._max_body_bytes < size:
+            raise PayloadTooLargeError(size, self._max_body_bytes, largest_field(body))
 
     def __repr__(self) -> str:
         return f"<Client {self.base_url}>"

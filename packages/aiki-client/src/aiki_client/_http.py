@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 import httpx
 
-from aiki_client._socket_http import CONNECT_TIMEOUT, READ_TIMEOUT, unavailable
+from aiki_client._socket_http import CONNECT_TIMEOUT, READ_TIMEOUT, Answer, unavailable
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -33,7 +33,7 @@ class Http(Protocol):
 
     async def send(
         self, method: str, path: str, body: bytes | None, params: Sequence[tuple[str, str]]
-    ) -> tuple[int, bytes]:
+    ) -> Answer:
         """Send one request and read the whole answer."""
         ...
 
@@ -58,7 +58,7 @@ class HttpxHttp:
 
     async def send(
         self, method: str, path: str, body: bytes | None, params: Sequence[tuple[str, str]]
-    ) -> tuple[int, bytes]:
+    ) -> Answer:
         """Send one request through the transport."""
         try:
             response = await self._client.request(
@@ -70,7 +70,7 @@ class HttpxHttp:
             )
         except httpx.TransportError as exc:
             raise unavailable(self.base_url, exc) from exc
-        return response.status_code, response.content
+        return Answer(response.status_code, response.content, response.headers.get("retry-after"))
 
     async def aclose(self) -> None:
         """Close the httpx client (and so its transport)."""

@@ -21,7 +21,7 @@ import asyncio
 import re
 import ssl
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import urlencode, urlsplit
 
 import anyio
@@ -42,6 +42,14 @@ KEEPALIVE_SECONDS = 4.0
 """Idle connections are closed before uvicorn's 5 s keep-alive could close them under us."""
 
 _REQUEST_TARGET = re.compile(r"/[\x21-\x7e]*")
+
+
+class Answer(NamedTuple):
+    """An HTTP answer: its status, its whole body, and its `Retry-After` header, if any."""
+
+    status: int
+    body: bytes
+    retry_after: str | None = None
 
 
 def unavailable(base_url: str, exc: BaseException) -> ServerUnavailableError:
@@ -65,7 +73,8 @@ class _Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
         self._body: list[bytes] = []
-        self._answer: asyncio.Future[tuple[int, bytes]] | None = None
+        self._retry_after: str | None = None
+        self._answer: asyncio.Future[Answer] | None = None
         self._answered = False
         self.open = False
         self.used = 0
@@ -91,13 +100,18 @@ class _Connection(asyncio.Protocol):
         self._fail(_Closed(self._answered))
 
     # httptools callbacks
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # the one header a worker needs: how long a busy server asked it to wait
+        if len(name) == 11 and name.lower() == b"retry-after":
+            self._retry_after = value.decode("latin-1")
+
     def on_body(self, body: bytes) -> None:
         self._body.append(body)
 
     def on_message_complete(self) -> None:
         if self._answer is not None and not self._answer.done():
             status = self._parser.get_status_code()
-            self._answer.set_result((status, b"".join(self._body)))
+            self._answer.set_result(Answer(status, b"".join(self._body), self._retry_after))
         if not self._parser.should_keep_alive():
             self.close()
 
@@ -105,10 +119,11 @@ class _Connection(asyncio.Protocol):
         if self._answer is not None and not self._answer.done():
             self._answer.set_exception(exc)
 
-    async def request(self, data: bytes) -> tuple[int, bytes]:
+    async def request(self, data: bytes) -> Answer:
         """Send one whole request and wait for its whole answer."""
         assert self._transport is not None
         self._body = []
+        self._retry_after = None
         self._answered = False
         self._answer = asyncio.get_running_loop().create_future()
         self._transport.write(data)
@@ -157,7 +172,7 @@ class SocketHttp:
 
     async def send(
         self, method: str, path: str, body: bytes | None, params: Sequence[tuple[str, str]]
-    ) -> tuple[int, bytes]:
+    ) -> Answer:
         """Send one request and read the whole answer."""
         target = self._prefix + path + (f"?{urlencode(params)}" if params else "")
         if not _REQUEST_TARGET.fullmatch(target):  # `api_path` encodes; this is the backstop
@@ -190,7 +205,7 @@ class SocketHttp:
 
     async def _exchange(
         self, connection: _Connection, data: bytes, *, retry_if_unanswered: bool = False
-    ) -> tuple[int, bytes]:
+    ) -> Answer:
         done = False
         try:
             answer = await connection.request(data)

@@ -103,6 +103,9 @@ from aiki_core._api import (
     SendEventResponse as SendEventResponse,
 )
 from aiki_core._api import (
+    ServerLimits as ServerLimits,
+)
+from aiki_core._api import (
     StartChildRequest as StartChildRequest,
 )
 from aiki_core._api import (
@@ -508,6 +511,7 @@ __all__ = (
     "SendEventRequest",
     "SendEventResponse",
     "ServerError",
+    "ServerLimits",
     "ServerUnavailableError",
     "SleepRecord",
     "StaleRevisionError",

@@ -265,6 +265,13 @@ class ClaimResponse(ResponseModel):
     runs: list[ClaimedRun]
 
 
+class ServerLimits(ResponseModel):
+    """Limits of the server a client checks before it sends (`GET /api/v1/limits`)."""
+
+    max_body_bytes: Count
+    """Request bodies larger than this are refused with 413."""
+
+
 class RunLease(RequestModel):
     """A run a worker holds, at the revision its claim returned."""
 

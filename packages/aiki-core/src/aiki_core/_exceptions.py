@@ -333,12 +333,18 @@ class PayloadTooLargeError(AikiError):
     status_code = 413
     retryable = False
 
-    def __init__(self, size: int, limit: int) -> None:
+    def __init__(self, size: int, limit: int, field: str | None = None) -> None:
         self.size = size
         self.limit = limit
+        self.field = field
+        """The largest part of the body (`input`, `action.result`, ...), when known."""
+        details: dict[str, JsonValue] = {"size": size, "limit": limit}
+        what = "body"
+        if field is not None:
+            details["field"] = field
+            what = f"body (mostly {field!r})"
         super().__init__(
-            f"body of {size} bytes exceeds the limit of {limit} bytes",
-            details={"size": size, "limit": limit},
+            f"{what} of {size} bytes exceeds the server's limit of {limit} bytes", details=details
         )
 
 
@@ -347,6 +353,8 @@ class ServerError(AikiError):
 
     code = ErrorCode.SERVER_ERROR
     status_code = 500
+    retry_after: float | None = None
+    """Seconds the server (or a proxy) asked to wait before trying again, if it said."""
 
 
 class ServerUnavailableError(ServerError):

@@ -235,10 +235,22 @@ class RunExecution(Protocol):
         """Record one task attempt now, fenced by the claim's revision."""
 
     def defer_task(self, request: RecordTaskRequest) -> None:
-        """Hold a task record until `flush_tasks`, or send it with the run's transition."""
+        """Hold a task record until it is on record.
+
+        It is sent now in the background, or with the run's transition if that comes first.
+        """
+
+    async def check_tasks(self) -> None:
+        """Before a task starts: wait while too many held records are on their way.
+
+        Raises the error that stopped one from being recorded, if any.
+        """
 
     async def flush_tasks(self) -> None:
-        """Record every held task record now (before anything may depend on them)."""
+        """Wait until every held task record is on record; raise the error that stopped one.
+
+        Called before anything may depend on them.
+        """
 
     async def start_child(self, request: StartChildRequest) -> StartRunResponse:
         """Start a child run of this run (idempotent by address and occurrence)."""

@@ -36,6 +36,7 @@ from aiki_core import (
     SchedulePage,
     SendEventRequest,
     SendEventResponse,
+    ServerLimits,
     StartChildRequest,
     StartRunRequest,
     StartRunResponse,
@@ -164,7 +165,9 @@ def create_app(db_url: str, settings: ServerSettings | None = None) -> FastAPI:
     app.add_middleware(
         ApiKeyAuth, keys=keys, hosts=HostCheck(settings.public_url, settings.allowed_hosts)
     )
-    app.include_router(_api_router(orch, webhooks, settings.public_url), prefix="/api/v1")
+    app.include_router(
+        _api_router(orch, webhooks, settings.public_url, settings.max_body_bytes), prefix="/api/v1"
+    )
 
     @app.get("/health", include_in_schema=False)
     async def health() -> Response:
@@ -190,7 +193,9 @@ def create_app(db_url: str, settings: ServerSettings | None = None) -> FastAPI:
     return app
 
 
-def _api_router(orch: Orchestrator, webhooks: Webhooks, public_url: str | None) -> APIRouter:
+def _api_router(
+    orch: Orchestrator, webhooks: Webhooks, public_url: str | None, max_body_bytes: int
+) -> APIRouter:
     router = APIRouter(responses=_ERRORS)
 
     async def write(operation: Callable[[], Awaitable[T]]) -> T:
@@ -209,6 +214,11 @@ def _api_router(orch: Orchestrator, webhooks: Webhooks, public_url: str | None) 
     async def transition(ns: Caller, run_id: Identifier, body: TransitionRunRequest) -> Response:
         """Complete, fail, suspend or release a claimed run."""
         return _json(await hot_path.transition(orch, ns, run_id, body))
+
+    @router.get("/limits", response_model=ServerLimits, tags=["server"])
+    async def limits(ns: Caller) -> Response:
+        """The limits a client checks before it sends (the largest request body)."""
+        return _json(ServerLimits(max_body_bytes=max_body_bytes))
 
     @router.post("/claims", response_model=ClaimResponse, tags=["workers"])
     async def claim(ns: Caller, body: ClaimRequest, request: Request) -> Response:

@@ -1094,7 +1094,7 @@ async def _write_task(tx: Tx, run: Row, req: RecordTaskRequest, now: int) -> Rec
     )
     if not inserted:
         task = await tx.fetchrow(
-            f"SELECT id, status FROM tasks WHERE run_id = $1 AND address = $2"
+            f"SELECT id, status, result, error FROM tasks WHERE run_id = $1 AND address = $2"
             f" AND occurrence = $3{tx.lock_rows}",
             run_id,
             req.address,
@@ -1103,6 +1103,13 @@ async def _write_task(tx: Tx, run: Row, req: RecordTaskRequest, now: int) -> Rec
         assert task is not None  # the insert met it; nothing deletes tasks
         task_id = task["id"]
         previous = task["status"]
+        if (
+            previous == req.status.value
+            and req.status.is_terminal
+            and (task["result"], task["error"]) == (result_json, error_json)
+        ):
+            # the same record again: a worker retrying a write whose answer it lost
+            return RecordTaskResponse(task_id=task_id, status=req.status)
         check_task_transition(task_id, TaskStatus(previous), req.status)
         await tx.execute(
             "UPDATE tasks SET status = $2, result = $3, error = $4, next_attempt_at = $5,"

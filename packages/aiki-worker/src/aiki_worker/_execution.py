@@ -1,19 +1,31 @@
 """`Execution`: what a version gets to execute one claimed run (a `RunExecution`).
 
-Task records the version defers (completed results) wait here until the version
-flushes them, before its next task starts, or until the run's transition, which
-carries them: the last task of a run costs no request of its own.
+A task's completed result is sent as soon as the task returns, in the background: the
+workflow goes on without waiting for the answer. Results that come in while a send is
+under way go together in the next one; those not yet sent when the run transitions
+ride on the transition, so the last task of a sequential run costs no request of its
+own. A task starts while at most one earlier result is on its way (else it waits for
+them): a crash re-runs the tasks that were running and at most one whose result was
+on its way, and an outage does not let a run race ahead of what is on record.
+
+A record stays held until the server acknowledges it. A failure that may pass is
+tried again while the claim can hold (`_writes`); one that cannot is kept and raised
+where the run next checks its records (before a task starts, before a child starts,
+at the transition), and the records still held go with the run's report.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 
 from aiki_core import MAX_TASKS_PER_TRANSITION, RunDirective
+from aiki_worker._writes import retried, transient
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Coroutine
+
     from aiki_core import (
         ClaimedRun,
         CreateWebhookRequest,
@@ -27,77 +39,164 @@ if TYPE_CHECKING:
         WorkerApi,
     )
 
+    Spawn = Callable[[Callable[[], Coroutine[Any, Any, None]]], object]
+    """Starts a background task (a task group's `start_soon`)."""
+
+T = TypeVar("T")
+
+MAX_RESULTS_ON_THEIR_WAY = 1
+"""Results not yet acknowledged that a task may start beside (see the module's docstring)."""
+
 
 class Execution:
     """One claimed run on this worker."""
 
-    __slots__ = ("api", "claim", "context", "log", "pause_requested", "_deferred", "_flushing")
+    __slots__ = (
+        "api",
+        "claim",
+        "context",
+        "log",
+        "pause_requested",
+        "retry_within",
+        "_spawn",
+        "_unsent",
+        "_sending",
+        "_idle",
+        "_failure",
+    )
 
-    def __init__(self, api: WorkerApi, claim: ClaimedRun, log: Logger, context: object) -> None:
+    def __init__(
+        self,
+        api: WorkerApi,
+        claim: ClaimedRun,
+        log: Logger,
+        context: object,
+        spawn: Spawn,
+        *,
+        retry_within: float = 90.0,
+    ) -> None:
         self.api = api
         self.claim = claim
         self.log = log
         self.context = context
         self.pause_requested = False
         """Set by a `pause` directive (a heartbeat's or a task record's answer)."""
-        self._deferred: list[RecordTaskRequest] = []
-        self._flushing = anyio.Lock()
+        self.retry_within = retry_within
+        """Seconds a write that may pass is tried for (the claim's idle timeout)."""
+        self._spawn = spawn
+        self._unsent: list[RecordTaskRequest] = []
+        """Held records no send has taken yet."""
+        self._sending: list[RecordTaskRequest] = []
+        """Held records of the send under way, not yet acknowledged."""
+        self._idle = anyio.Event()
+        self._idle.set()
+        """Set while no send is under way."""
+        self._failure: Exception | None = None
+        """Why the records stopped going out: the server refused one for good."""
 
     @property
     def codec(self) -> PayloadCodec:
         """The client's codec."""
         return self.api.codec
 
+    async def _write(self, write: Callable[[], Awaitable[T]], what: str) -> T:
+        return await retried(
+            write, when=transient, within=self.retry_within, log=self.log, what=what
+        )
+
     async def record_task(self, request: RecordTaskRequest) -> RecordTaskResponse:
         """Record a task attempt through the client, now."""
-        recorded = await self.api.record_task(self.claim.run.id, request)
+        run_id = self.claim.run.id
+        recorded = await self._write(
+            lambda: self.api.record_task(run_id, request), "a task record"
+        )
         if recorded.directive is RunDirective.PAUSE:
             self.pause_requested = True
         return recorded
 
     async def start_child(self, request: StartChildRequest) -> StartRunResponse:
         """Start a child run of this run through the client."""
-        return await self.api.start_child(self.claim.run.id, request)
+        run_id = self.claim.run.id
+        return await self._write(lambda: self.api.start_child(run_id, request), "a child's start")
 
     async def create_webhook(self, request: CreateWebhookRequest) -> CreateWebhookResponse:
         """Mint a signed webhook URL for this run through the client."""
-        return await self.api.create_webhook(self.claim.run.id, request)
+        run_id = self.claim.run.id
+        return await self._write(
+            lambda: self.api.create_webhook(run_id, request), "a webhook's minting"
+        )
 
     def defer_task(self, request: RecordTaskRequest) -> None:
-        """Hold a task record for `flush_tasks` or the run's transition."""
-        self._deferred.append(request)
+        """Hold a task record and send it now, in the background (or with the next send)."""
+        self._unsent.append(request)
+        if self._idle.is_set() and self._failure is None:
+            self._idle = anyio.Event()
+            self._spawn(self._send_held)
+
+    async def check_tasks(self) -> None:
+        """Before a task starts: wait while more than one result is held; raise a refusal."""
+        if len(self._unsent) + len(self._sending) > MAX_RESULTS_ON_THEIR_WAY:
+            await self.flush_tasks()
+        elif self._failure is not None:
+            raise self._failure
 
     async def flush_tasks(self) -> None:
-        """Record the held task records now, side by side; the first failure is raised.
+        """Wait until every held record is acknowledged; raise what stopped one."""
+        while True:
+            await self._idle.wait()
+            if self._failure is not None:
+                raise self._failure
+            if not self._unsent:
+                return
+            self._idle = anyio.Event()  # left unsent by a cancelled send: send them now
+            await self._send_held()
 
-        A flush already under way is waited for: whatever asked for this one may
-        depend on the records it writes.
+    async def take_deferred(self) -> list[RecordTaskRequest]:
+        """The held records, for the transition to carry (once the send under way is over).
+
+        Records refused before go too: the transition is their last chance, and it is
+        the report's to give up on them.
         """
-        async with self._flushing:
-            await self._flush()
+        taken, self._unsent = self._unsent, []
+        await self._idle.wait()
+        taken, self._unsent = self._unsent + taken, []
+        if len(taken) > MAX_TASKS_PER_TRANSITION:
+            self._unsent = taken
+            await self.flush_tasks()
+            return []
+        return taken
 
-    async def _flush(self) -> None:
-        held, self._deferred = self._deferred, []
-        if len(held) == 1:
-            await self.record_task(held[0])
-            return
+    async def _send_held(self) -> None:
+        """Send the held records, side by side, until none is left or one is refused."""
+        try:
+            while self._unsent and self._failure is None:
+                self._sending, self._unsent = self._unsent, []
+                self._failure = await self._send(self._sending)
+                self._unsent[:0] = self._sending  # what was not acknowledged
+                self._sending = []
+        finally:  # cancelled (the worker stops): nothing held is lost
+            self._unsent[:0] = self._sending
+            self._sending = []
+            self._idle.set()
+
+    async def _send(self, records: list[RecordTaskRequest]) -> Exception | None:
+        """Send `records`, dropping each acknowledged one from the list; the first refusal."""
         failures: list[Exception] = []
 
         async def record(request: RecordTaskRequest) -> None:
             try:
                 await self.record_task(request)
-            except Exception as exc:  # raised below, as a single record's failure would be
+            except Exception as exc:  # kept for the run's next check, as the send's failure
                 failures.append(exc)
+            else:
+                records.remove(request)
 
-        async with anyio.create_task_group() as tg:
-            for request in held:
-                tg.start_soon(record, request)
+        if len(records) == 1:
+            await record(records[0])
+        else:
+            async with anyio.create_task_group() as tg:
+                for request in list(records):
+                    tg.start_soon(record, request)
         if failures:
-            raise failures[0]
-
-    async def take_deferred(self) -> list[RecordTaskRequest]:
-        """The held task records, for the transition to carry (flushed first if too many)."""
-        if len(self._deferred) > MAX_TASKS_PER_TRANSITION:
-            await self.flush_tasks()
-        held, self._deferred = self._deferred, []
-        return held
+            self.log.warn("a task record was refused", {"error": str(failures[0])})
+        return failures[0] if failures else None

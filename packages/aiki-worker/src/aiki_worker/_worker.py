@@ -6,8 +6,13 @@ or claim lost), and so can a 409 on a write. A paused run is let go at its next 
 boundary: the task in flight finishes and is recorded. A run that suspends (a sleep, an
 event, a long retry) is reported and let go: the worker never holds a waiting run.
 
-When the server cannot be reached, claims back off exponentially (up to
-`max_backoff`) and recover when it returns. `stop()` (or SIGINT/SIGTERM under
+No answer of the server stops the worker but a refused API key: when the server
+cannot be reached or answers an error, claims and heartbeats back off (up to
+`max_backoff`, or as long as a `Retry-After` asks) and recover when it returns. A
+run's writes are tried again while its claim can hold (`write_retry_timeout`); then
+the run is given up, with the task results not yet on record, and another worker
+resumes it. A run whose result is larger than the server takes fails with
+`PayloadTooLargeError` in its detail. `stop()` (or SIGINT/SIGTERM under
 `run()`) stops claiming, lets running runs finish for up to
 `graceful_shutdown_timeout`, then cancels the rest and gives them back to the queue.
 
@@ -31,7 +36,6 @@ import anyio
 
 from aiki_core import (
     DEFAULT_POOL,
-    AikiError,
     AuthenticationError,
     ClaimRequest,
     CodecContext,
@@ -39,22 +43,31 @@ from aiki_core import (
     ErrorInfo,
     FailRun,
     HeartbeatRequest,
+    PayloadTooLargeError,
     ReleaseRun,
     RunDirective,
     RunInterrupt,
     RunLease,
-    ServerError,
     TransitionRunRequest,
     WorkflowCapability,
 )
 from aiki_worker._execution import Execution
+from aiki_worker._writes import asked_wait, not_final, retried
 
 if TYPE_CHECKING:
     from types import TracebackType
 
     from anyio.abc import TaskGroup
 
-    from aiki_core import ClaimedRun, ExecutableVersion, Logger, RunAction, WorkerApi
+    from aiki_core import (
+        ClaimedRun,
+        ExecutableVersion,
+        Logger,
+        RecordTaskRequest,
+        RunAction,
+        RunSummary,
+        WorkerApi,
+    )
 
 ContextFactory = Callable[["ClaimedRun"], object]
 
@@ -86,6 +99,7 @@ class Worker:
         logger: Logger | None = None,
         claim_wait: timedelta = timedelta(seconds=30),
         max_backoff: timedelta = timedelta(seconds=5),
+        write_retry_timeout: timedelta = timedelta(seconds=90),
     ) -> None:
         if not workflows:
             raise ValueError("a worker needs at least one workflow version")
@@ -101,6 +115,8 @@ class Worker:
         self.create_context = create_context
         self.claim_wait = claim_wait
         self.max_backoff = max_backoff
+        self.write_retry_timeout = write_retry_timeout
+        """How long a run's failing write is tried again: the server's claim idle timeout."""
         self.log = (logger or client.log).child({"worker_id": self.id})
         self._held: dict[str, _Held] = {}
         self._slot_freed = anyio.Event()
@@ -214,10 +230,11 @@ class Worker:
             except AuthenticationError as exc:
                 self._refuse(exc)
                 return
-            except (ServerError, OSError) as exc:
+            except Exception as exc:  # any other answer: try again later, never stop
                 backoff = min(max(backoff * 2, 0.1), self.max_backoff.total_seconds())
-                self.log.warn("cannot claim; backing off", {"error": str(exc), "seconds": backoff})
-                await anyio.sleep(backoff)
+                wait = max(backoff, asked_wait(exc) or 0.0)
+                self.log.warn("cannot claim; backing off", {"error": str(exc), "seconds": wait})
+                await anyio.sleep(wait)
                 continue
             backoff = 0.0
             for claim in response.runs:
@@ -225,7 +242,15 @@ class Worker:
                 log = self.log.child(
                     {"workflow": run.workflow, "version": run.version, "run_id": run.id}
                 )
-                held = _Held(claim, Execution(self.client, claim, log, None))
+                execution = Execution(
+                    self.client,
+                    claim,
+                    log,
+                    None,
+                    runs.start_soon,
+                    retry_within=self.write_retry_timeout.total_seconds(),
+                )
+                held = _Held(claim, execution)
                 self._held[claim.run.id] = held
                 runs.start_soon(self._execute, held)
 
@@ -246,7 +271,7 @@ class Worker:
             except AuthenticationError as exc:
                 self._refuse(exc)
                 return
-            except (AikiError, OSError) as exc:
+            except Exception as exc:  # the next beat may pass; the claims idle out if none does
                 self.log.warn("heartbeat failed", {"error": str(exc)})
                 continue
             for status in answer.runs:
@@ -280,10 +305,12 @@ class Worker:
             while self._held:
                 await self._slot_freed.wait()
                 self._slot_freed = anyio.Event()
-        for held in list(self._held.values()):
-            held.directive = RunDirective.LOST
-            held.scope.cancel()
-            await self._send(held, ReleaseRun())
+        with anyio.move_on_after(self.graceful_shutdown_timeout.total_seconds()):
+            async with anyio.create_task_group() as releases:
+                for held in list(self._held.values()):
+                    held.directive = RunDirective.LOST
+                    held.scope.cancel()
+                    releases.start_soon(self._send, held, ReleaseRun())
 
     # -- one run -------------------------------------------------------------------------
 
@@ -304,13 +331,15 @@ class Worker:
         except ConflictError as exc:
             log.warn("claim lost; stopping the run", {"error": exc.message})
         except RunInterrupt as exc:  # the run could not be written (server gone, claim lost)
-            log.warn("run abandoned; releasing it", {"error": str(exc)})
-            action = ReleaseRun()
+            if isinstance(exc.__cause__, PayloadTooLargeError):  # no attempt can do better
+                log.error("a task result is too large; the run fails", {"error": str(exc)})
+                action = self._failure(run, exc.__cause__)
+            else:
+                log.warn("run abandoned; releasing it", {"error": str(exc)})
+                action = ReleaseRun()
         except Exception as exc:  # a bug outside user code: fail the run, keep the worker
             log.error("run crashed the engine", {"error": repr(exc)})
-            error = ErrorInfo.from_exception(exc)
-            context = CodecContext.run(run.id, "error")
-            action = FailRun(error=error.seal(self.client.codec, context))
+            action = self._failure(run, exc)
         finally:
             if held.scope.cancel_called and held.directive is not None:
                 log.info("run stopped", {"directive": held.directive.value})
@@ -323,21 +352,47 @@ class Worker:
                 del self._held[run.id]
             self._slot_freed.set()
 
+    def _failure(self, run: RunSummary, exc: Exception) -> FailRun:
+        """The run fails with `exc` (sealed like any error of the run)."""
+        error = ErrorInfo.from_exception(exc)
+        return FailRun(error=error.seal(self.client.codec, CodecContext.run(run.id, "error")))
+
     async def _send(self, held: _Held, action: RunAction) -> None:
-        """Report the run, with the task records its execution still holds."""
+        """Report the run, with the task records its execution still holds; never raises.
+
+        A report larger than the server takes (the run's result, or a task's) fails
+        the run instead, with the records that fit beside the error.
+        """
         run = held.claim.run
         try:
             tasks = await held.execution.take_deferred()
-            await self.client.transition(
-                run.id, TransitionRunRequest(revision=run.revision, action=action, tasks=tasks)
-            )
+            try:
+                await self._report(held, action, tasks)
+            except PayloadTooLargeError as exc:
+                log = held.execution.log
+                log.error("the report is too large; the run fails", {"error": str(exc)})
+                failure = self._failure(run, exc)
+                try:
+                    await self._report(held, failure, tasks)
+                except PayloadTooLargeError:
+                    await self._report(held, failure, [])
         except ConflictError as exc:
             self.log.warn("run was taken away before it was reported", {"error": exc.message})
         except AuthenticationError as exc:
             self._refuse(exc)
-        except (ServerError, OSError) as exc:
-            # the claim will go idle and another worker will replay the run
+        except Exception as exc:  # given up: the claim goes idle, another worker replays it
             self.log.error("cannot report the run", {"run_id": run.id, "error": str(exc)})
+
+    async def _report(self, held: _Held, action: RunAction, tasks: list[RecordTaskRequest]) -> None:
+        run = held.claim.run
+        request = TransitionRunRequest(revision=run.revision, action=action, tasks=tasks)
+        await retried(
+            lambda: self.client.transition(run.id, request),
+            when=not_final,
+            within=self.write_retry_timeout.total_seconds(),
+            log=held.execution.log,
+            what="the run's report",
+        )
 
 
 def id_suffix() -> str:

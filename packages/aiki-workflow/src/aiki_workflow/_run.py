@@ -8,11 +8,12 @@ replay; a changed input simply runs the task.
 
 A call with no recorded result runs now: each attempt that fails is recorded with its
 error; a short back-off is waited out in process, a long one suspends the run
-(`awaiting_retry`) and frees the worker. A result is recorded lazily: it is held
-until the next task is about to run (which may depend on it) and written then, or
-carried by the run's transition, so a run's last task costs no request of its own.
-Only results produced since the last task started can be unwritten, so a crash
-re-runs only those tasks (in sequential code, at most one).
+(`awaiting_retry`) and frees the worker. A result is handed to the worker, which
+sends it at once in the background (the code goes on without waiting for the answer),
+or with the run's transition if that comes first, so a run's last task costs no
+request of its own. A task starts beside at most one earlier result still on its way,
+so a crash re-runs only the tasks that were running and at most that one. The code
+waits for the results on record before a child starts (its input may come from them).
 
 Sleeps, event waits and child results are durable waits, identified by name (or, for
 a child, by address) and occurrence. One already over returns at once on replay;
@@ -40,6 +41,7 @@ from pydantic import ValidationError
 from aiki_core import (
     RUN_TERMINAL_STATUSES,
     TASK_TERMINAL_STATUSES,
+    AikiError,
     AuthenticationError,
     AwaitChild,
     AwaitEvent,
@@ -93,6 +95,13 @@ T = TypeVar("T")
 
 IN_PROCESS_RETRY_LIMIT = timedelta(seconds=30)
 """Back-offs up to this long are waited out in process; longer ones suspend the run."""
+
+_LOST: tuple[type[AikiError], ...] = (ServerError, ConflictError, AuthenticationError)
+"""Write failures that abandon the run: the server is gone (after the worker's retries),
+the claim was lost, or the API key refused."""
+_REFUSED: tuple[type[AikiError], ...] = (AikiError,)
+"""Any failure of a held task record: the workflow's code did not cause it (a result over
+the server's limit fails the run; anything else gives it up with its records)."""
 
 _DEFAULT_TASK_RETRY = RetryPolicy.never()
 _SETTLE_CHECKPOINTS = 5
@@ -291,11 +300,13 @@ class WorkflowRun:
     async def _run(
         self, invocation: TaskInvocation, address: TaskAddress, occurrence: int, attempt: int
     ) -> JsonValue | _LongRetry:
-        # what this task may depend on must be on record before it runs
-        await self._write(self._execution.flush_tasks())
+        # earlier results are on their way (this waits only if more than one is): stop if
+        # one was refused
+        await self._write(self._execution.check_tasks(), abandon=_REFUSED)
         if self._execution.pause_requested and self._in_flight == 1:
-            # a task boundary: nothing else runs, and what finished is on record; a task
-            # started beside others runs, and the run stops at the boundary after it
+            # a task boundary: nothing else runs; what finished is on record or on its
+            # way, and rides on the release; a task started beside others runs, and the
+            # run stops at the boundary after it
             raise PauseAtBoundary(self.id)
         codec = self._execution.codec
         policy = invocation.retry or self._task_retry
@@ -349,7 +360,7 @@ class WorkflowRun:
             encoded = codec.encode(
                 result, CodecContext.task(self.id, address, occurrence, "result")
             )
-            # recorded before the next task runs, or with the run's transition
+            # sent now in the background, or with the run's transition
             self._execution.defer_task(
                 self._request(
                     call, attempt, TaskStatus.COMPLETED, started_at=started_at, result=encoded
@@ -459,7 +470,8 @@ class WorkflowRun:
             return record.run_id, address, occurrence
         # writes in flight: the run must not suspend under them (see `block`)
         with self._task_in_flight():
-            await self._write(self._execution.flush_tasks())
+            # the child's input may come from earlier results: on record before it starts
+            await self._write(self._execution.flush_tasks(), abandon=_REFUSED)
             child_id = new_run_id()
             request = StartChildRequest(
                 revision=self._execution.claim.run.revision,
@@ -565,10 +577,9 @@ class WorkflowRun:
         )
 
     @staticmethod
-    async def _write(write: Awaitable[T]) -> T:
+    async def _write(write: Awaitable[T], abandon: tuple[type[AikiError], ...] = _LOST) -> T:
         try:
             return await write
-        except (ServerError, ConflictError, AuthenticationError) as exc:
-            # the server is gone, the claim was lost or the API key refused: no failure of
-            # the workflow's, and not for its `except Exception` to see
+        except abandon as exc:
+            # no failure of the workflow's, and not for its `except Exception` to see
             raise Abandon(exc) from exc
