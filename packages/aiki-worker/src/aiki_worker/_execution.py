@@ -107,9 +107,7 @@ class Execution:
     async def record_task(self, request: RecordTaskRequest) -> RecordTaskResponse:
         """Record a task attempt through the client, now."""
         run_id = self.claim.run.id
-        recorded = await self._write(
-            lambda: self.api.record_task(run_id, request), "a task record"
-        )
+        recorded = await self._write(lambda: self.api.record_task(run_id, request), "a task record")
         if recorded.directive is RunDirective.PAUSE:
             self.pause_requested = True
         return recorded
