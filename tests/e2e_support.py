@@ -190,19 +190,18 @@ def _index(step_input: object) -> int:
 def check_exactly_once(
     final: dict[str, int], steps: int, completed_at_crash: set[str], started_at_crash: set[str]
 ) -> None:
-    """The promise of a crash: recorded work never runs again; at most two steps do.
+    """The promise of a crash: recorded work never runs again; at most the one in flight does.
 
-    Those are the step running, and the one before it if its result was still on its
-    way (a step starts while its predecessor's result is being sent). `final` maps
-    each step counter to its executions once the run completed; the sets say which
-    steps were recorded as completed, and which had started, at the crash.
+    `final` maps each step counter to its executions once the run completed; the
+    sets say which steps were recorded as completed, and which had started, at the
+    crash.
     """
     everything = {step_counter(i) for i in range(1, steps + 1)}
     assert set(final) == everything, f"steps that never ran: {everything - set(final)}"
     ran_again = {name for name in completed_at_crash if final[name] != 1}
     assert not ran_again, f"steps recorded before the crash ran again: {final}"
     in_flight = started_at_crash - completed_at_crash
-    assert len(in_flight) <= 2, f"more than two steps in flight at the crash: {in_flight}"
+    assert len(in_flight) <= 1, f"more than one step in flight at the crash: {in_flight}"
     twice = {name for name, n in final.items() if n == 2}
-    assert twice <= in_flight, f"only the steps in flight may run twice: {twice}, {final}"
+    assert twice <= in_flight, f"only the step in flight may run twice: {twice}, {final}"
     assert max(final.values()) <= 2, final

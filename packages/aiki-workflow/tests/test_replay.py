@@ -94,10 +94,6 @@ class Execution:
         for request in held:
             await self.record_task(request)
 
-    async def check_tasks(self) -> None:
-        # held records go out as soon as the run looks (a worker sends them in the background)
-        await self.flush_tasks()
-
 
 def recorded(name: str, value: Any, result: Any, occurrence: int = 0, **extra: Any) -> TaskRecord:
     fields: dict[str, Any] = {

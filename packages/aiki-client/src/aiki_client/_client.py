@@ -288,8 +288,9 @@ class Client:
             raised: AikiError = ServerUnavailableError(f"{method} {path} answered {status}")
         else:
             raised = error_from_wire(status, error if isinstance(error, dict) else {})
-        if isinstance(raised, ServerError):
-            raised.retry_after = _seconds(retry_after)
+        seconds = _seconds(retry_after)
+        if isinstance(raised, ServerError) and seconds is not None:  # else the body's, if any
+            raised.retry_after = seconds
         raise raised
 
     async def _check_size(self, body: BaseModel, size: int) -> None:

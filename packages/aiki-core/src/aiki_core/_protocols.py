@@ -240,16 +240,11 @@ class RunExecution(Protocol):
         It is sent now in the background, or with the run's transition if that comes first.
         """
 
-    async def check_tasks(self) -> None:
-        """Before a task starts: wait while too many held records are on their way.
-
-        Raises the error that stopped one from being recorded, if any.
-        """
-
     async def flush_tasks(self) -> None:
         """Wait until every held task record is on record; raise the error that stopped one.
 
-        Called before anything may depend on them.
+        Called before a task or a child starts: what it does may depend on them, and
+        their answers may tell the run to pause.
         """
 
     async def start_child(self, request: StartChildRequest) -> StartRunResponse:

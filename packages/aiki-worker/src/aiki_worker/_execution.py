@@ -4,9 +4,11 @@ A task's completed result is sent as soon as the task returns, in the background
 workflow goes on without waiting for the answer. Results that come in while a send is
 under way go together in the next one; those not yet sent when the run transitions
 ride on the transition, so the last task of a sequential run costs no request of its
-own. A task starts while at most one earlier result is on its way (else it waits for
-them): a crash re-runs the tasks that were running and at most one whose result was
-on its way, and an outage does not let a run race ahead of what is on record.
+own. A task starts once every earlier result is acknowledged: a crash re-runs only the
+tasks that were running, an outage does not let a run race ahead of what is on
+record, and the answer to the last record (a `pause` directive, a refusal after a
+cancel) is known before the next side effect starts. Tasks running side by side
+(`asyncio.gather`) do not wait for each other's records.
 
 A record stays held until the server acknowledges it. A failure that may pass is
 tried again while the claim can hold (`_writes`); one that cannot is kept and raised
@@ -43,9 +45,6 @@ if TYPE_CHECKING:
     """Starts a background task (a task group's `start_soon`)."""
 
 T = TypeVar("T")
-
-MAX_RESULTS_ON_THEIR_WAY = 1
-"""Results not yet acknowledged that a task may start beside (see the module's docstring)."""
 
 
 class Execution:
@@ -130,13 +129,6 @@ class Execution:
         if self._idle.is_set() and self._failure is None:
             self._idle = anyio.Event()
             self._spawn(self._send_held)
-
-    async def check_tasks(self) -> None:
-        """Before a task starts: wait while more than one result is held; raise a refusal."""
-        if len(self._unsent) + len(self._sending) > MAX_RESULTS_ON_THEIR_WAY:
-            await self.flush_tasks()
-        elif self._failure is not None:
-            raise self._failure
 
     async def flush_tasks(self) -> None:
         """Wait until every held record is acknowledged; raise what stopped one."""

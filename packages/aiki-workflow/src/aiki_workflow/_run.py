@@ -11,9 +11,10 @@ error; a short back-off is waited out in process, a long one suspends the run
 (`awaiting_retry`) and frees the worker. A result is handed to the worker, which
 sends it at once in the background (the code goes on without waiting for the answer),
 or with the run's transition if that comes first, so a run's last task costs no
-request of its own. A task starts beside at most one earlier result still on its way,
-so a crash re-runs only the tasks that were running and at most that one. The code
-waits for the results on record before a child starts (its input may come from them).
+request of its own. A task starts once the earlier results are acknowledged, so a
+crash re-runs only the tasks that were running, and a pause or a cancel is seen at the
+next task boundary. The code waits for the results on record before a child starts
+(its input may come from them).
 
 Sleeps, event waits and child results are durable waits, identified by name (or, for
 a child, by address) and occurrence. One already over returns at once on replay;
@@ -300,9 +301,9 @@ class WorkflowRun:
     async def _run(
         self, invocation: TaskInvocation, address: TaskAddress, occurrence: int, attempt: int
     ) -> JsonValue | _LongRetry:
-        # earlier results are on their way (this waits only if more than one is): stop if
-        # one was refused
-        await self._write(self._execution.check_tasks(), abandon=_REFUSED)
+        # earlier results must be on record (a crash then re-runs only this task, and
+        # their answers tell of a pause); stop if one was refused
+        await self._write(self._execution.flush_tasks(), abandon=_REFUSED)
         if self._execution.pause_requested and self._in_flight == 1:
             # a task boundary: nothing else runs; what finished is on record or on its
             # way, and rides on the release; a task started beside others runs, and the
