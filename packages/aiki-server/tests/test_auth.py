@@ -356,7 +356,7 @@ async def test_migrate_applies_every_version_up_to_api_keys(db_url: str) -> None
     status, _, err = await aiki_server("migrate", "--db", db_url)
 
     assert status == 0, err
-    assert "[1, 2, 3, 4, 5]" in err
+    assert "[1, 2, 3, 4, 5, 6]" in err
 
 
 # -- the bind rule ----------------------------------------------------------------------------

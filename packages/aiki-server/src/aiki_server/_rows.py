@@ -11,6 +11,7 @@ from aiki_core import (
     EventRecord,
     EventWaitRecord,
     RunDetail,
+    RunNotice,
     RunOutcome,
     RunSummary,
     SleepRecord,
@@ -27,7 +28,8 @@ if TYPE_CHECKING:
 
 RUN_COLUMNS = (
     "id, namespace, workflow, version, pool, status, revision, attempt, reference_id,"
-    " parent_run_id, schedule_id, created_at, updated_at, start_at, deadline_at, finished_at"
+    " parent_run_id, schedule_id, created_at, updated_at, start_at, deadline_at, finished_at,"
+    " continued_as, continued_from"
 )
 
 
@@ -65,6 +67,8 @@ def _summary_fields(row: Row) -> dict[str, Any]:
         "start_at": from_ms(row["start_at"]),
         "deadline_at": from_ms(row["deadline_at"]),
         "finished_at": from_ms(row["finished_at"]),
+        "continued_as": row["continued_as"],
+        "continued_from": row["continued_from"],
     }
 
 
@@ -95,6 +99,7 @@ def task_record(row: Row, attempts: list[Row]) -> TaskRecord:
             TaskAttemptRecord(
                 attempt=a["attempt"],
                 status=a["status"],
+                run_attempt=a["run_attempt"],
                 started_at=from_ms(a["started_at"]),
                 finished_at=from_ms(a["finished_at"]),
                 error=load_error(a["error"]),
@@ -104,6 +109,8 @@ def task_record(row: Row, attempts: list[Row]) -> TaskRecord:
         next_attempt_at=from_ms(row["next_attempt_at"]),
         created_at=from_ms(row["created_at"]),
         finished_at=from_ms(row["finished_at"]),
+        run_attempt=row["run_attempt"],
+        notice=row["notice"],
     )
 
 
@@ -175,13 +182,22 @@ def transition(row: Row, seq: int) -> StateTransition:
     )
 
 
-def run_detail(row: Row, **parts: Any) -> RunDetail:
-    """A full `runs` row plus its recorded parts as a `RunDetail`."""
+def run_detail(row: Row, *, tasks: list[TaskRecord], **parts: Any) -> RunDetail:
+    """A full `runs` row plus its recorded parts as a `RunDetail`.
+
+    The run's notices are those its task calls carry, oldest first.
+    """
     return RunDetail(
         **_summary_fields(row),
         input=load(row["input"]),
         result=load(row["result"]),
         error=load_error(row["error"]),
+        tasks=tasks,
+        notices=[
+            RunNotice(task_id=t.id, at=t.created_at, message=t.notice)
+            for t in tasks
+            if t.notice is not None
+        ],
         **parts,
     )
 
