@@ -12,6 +12,7 @@ from server_api import (
     claim_one,
     error_of,
     get_run,
+    iso,
     start,
     task_record,
     transition,
@@ -171,3 +172,41 @@ async def test_a_run_that_cannot_be_claimed_is_set_aside_then_failed(harness: Ha
             "SELECT reason FROM state_transitions WHERE run_id = $1", poison["id"]
         )
     assert sum("claim failed" in (row["reason"] or "") for row in history) == 3
+
+
+async def test_a_later_run_attempt_records_a_failed_task_again(harness: Harness) -> None:
+    run = await start(harness.client)
+    revision = (await claim_one(harness.client))["run"]["revision"]
+    failed = task_record(
+        revision, status="failed", result=None, error={"type": "OSError", "message": "down"}
+    )
+    r = await harness.client.post(f"/runs/{run['id']}/tasks", json=failed)
+    assert r.status_code == 200, r.text
+    # the same attempt of the run may not reopen it: the failure is final there
+    r = await harness.client.post(f"/runs/{run['id']}/tasks", json=task_record(revision, attempt=2))
+    error_of(r, 409, "illegal_transition")
+    retry_at = iso(harness.clock.now + 1_000)
+    r = await transition(
+        harness.client,
+        run["id"],
+        revision,
+        {"kind": "fail", "error": {"type": "OSError", "message": "down"}, "retry_at": retry_at},
+    )
+    assert r.status_code == 200, r.text
+    harness.advance(1_000)
+    await wait_status(harness.client, run["id"], "queued")
+
+    again = await claim_one(harness.client)
+    assert again["run"]["attempt"] == 2
+    (task,) = again["tasks"]
+    assert (task["status"], task["run_attempt"]) == ("failed", 1)
+    revision = again["run"]["revision"]
+    r = await harness.client.post(f"/runs/{run['id']}/tasks", json=task_record(revision, attempt=2))
+
+    assert r.status_code == 200, r.text
+    (task,) = (await get_run(harness.client, run["id"]))["tasks"]
+    assert (task["status"], task["run_attempt"], task["result"]) == ("completed", 2, 7)
+    assert [(a["attempt"], a["status"], a["run_attempt"]) for a in task["attempts"]] == [
+        (1, "failed", 1),
+        (2, "completed", 2),
+    ]
