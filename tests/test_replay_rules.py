@@ -25,6 +25,7 @@ from aiki_core import (
     RunStatus,
     WorkflowFailedError,
 )
+from aiki_crypto import AesGcmCodec, KeyRing
 from aiki_server import ServerSettings
 from aiki_server.testing import embedded_server
 from aiki_task import task
@@ -213,6 +214,25 @@ async def test_an_email_stamped_by_time_time_is_sent_again_and_noticed(
         assert "run.now()" in notice.message
         emails = [t for t in detail.tasks if t.name == "send-email"]
         assert notice.task_id == emails[1].id  # the call the replay made anew
+
+
+async def test_a_notice_under_an_encrypting_codec_leaves_the_inputs_out(
+    server: EmbeddedServer,
+) -> None:
+    codec = AesGcmCodec(KeyRing([("k1", b"k" * 32)]))
+    transport = httpx.ASGITransport(app=server.app)
+    async with (
+        Client("http://aiki.test", transport=transport, logger=QUIET, codec=codec) as sealed,
+        working(sealed),
+    ):
+        handle = await mailer_v2.start(sealed, "ada@example.com")
+        await handle.wait_for_status([RunStatus.SLEEPING], timeout=WAIT)
+        server.advance(timedelta(days=1))
+        assert await handle.result(timeout=WAIT) == "sent"
+
+        (notice,) = (await handle.detail()).notices
+    assert "'send-email'" in notice.message
+    assert "ada@example.com" not in notice.message  # the server never sees it in clear
 
 
 async def test_run_uuid_and_random_replay_the_values_they_drew(
