@@ -151,6 +151,29 @@ async def looper_v1(run: WorkflowRun, count: int) -> int:
     return count
 
 
+restless = workflow("rules-restless")
+
+
+@restless.v("1")
+async def restless_v1(run: WorkflowRun, n: int) -> int:
+    """Continue as new at once."""
+    run.continue_as_new(n + 1)
+
+
+parent = workflow("rules-parent")
+
+
+@parent.v("1")
+async def parent_v1(run: WorkflowRun, _: None) -> str:
+    """Start a run that continues as new as a child: a child may not."""
+    child = await restless_v1.start_child(run, 1)
+    try:
+        await child.result()
+    except WorkflowFailedError as exc:
+        return exc.error.message
+    return "completed"
+
+
 VERSIONS: list[ExecutableVersion] = [
     mailer_v1,
     mailer_v2,
@@ -158,6 +181,8 @@ VERSIONS: list[ExecutableVersion] = [
     retried_v1,
     counter_v1,
     looper_v1,
+    restless_v1,
+    parent_v1,
 ]
 
 
@@ -297,6 +322,15 @@ async def test_continue_as_new_chains_five_runs_to_one_result(client: Client) ->
             assert newer.continued_from == older.id
             assert newer.workflow == older.workflow and newer.version == older.version
             assert [t.name for t in newer.tasks] == ["note"]  # a fresh history
+
+
+async def test_a_child_cannot_continue_as_new(client: Client) -> None:
+    async with working(client):
+        handle = await parent_v1.start(client, None)
+
+        message = await handle.result(timeout=WAIT)
+
+    assert "a child cannot continue as new" in message
 
 
 async def test_a_run_past_the_task_limit_fails_and_the_worker_goes_on(client: Client) -> None:
