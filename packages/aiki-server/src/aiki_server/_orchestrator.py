@@ -581,9 +581,10 @@ class Orchestrator:
         except Exception as exc:
             _log.warn("claim failed; claiming its runs one by one", {"error": repr(exc)})
         # a run that cannot be claimed must not hold up the runs queued behind it: claim
-        # one at a time, in queue order, setting aside each run whose claim fails alone
+        # one at a time, in queue order
         claimed: list[ClaimedRun] = []
         tried: set[str] = set()
+        failed: list[tuple[str, Exception]] = []
         while len(claimed) < limit:
             async with self.db.reader() as reader:
                 ids = [
@@ -594,7 +595,7 @@ class Orchestrator:
                     if row["id"] not in tried
                 ]
             if not ids:
-                return claimed
+                break
             tried.add(ids[0])
             try:
                 claimed += await self._claim_rows(
@@ -605,7 +606,13 @@ class Orchestrator:
             except self.db.transient_errors:
                 raise
             except Exception as exc:
-                await self._set_aside(ids[0], exc)
+                failed.append((ids[0], exc))
+        if failed and not claimed and len(tried) > 1:
+            # no run could be claimed: the fault is not one run's (the database, say);
+            # setting runs aside would fail healthy ones
+            raise failed[0][1]
+        for run_id, exc in failed:  # each failed alone, beside a run that did not
+            await self._set_aside(run_id, exc)
         return claimed
 
     async def _claim_rows(self, worker_id: str, select: str, args: list[Any]) -> list[ClaimedRun]:
