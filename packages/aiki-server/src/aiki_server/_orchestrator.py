@@ -611,8 +611,8 @@ class Orchestrator:
             # no run could be claimed: the fault is not one run's (the database, say);
             # setting runs aside would fail healthy ones
             raise failed[0][1]
-        for run_id, exc in failed:  # each failed alone, beside a run that did not
-            await self._set_aside(run_id, exc)
+        for run_id, cause in failed:  # each failed alone, beside a run that did not
+            await self._set_aside(run_id, cause)
         return claimed
 
     async def _claim_rows(self, worker_id: str, select: str, args: list[Any]) -> list[ClaimedRun]:
