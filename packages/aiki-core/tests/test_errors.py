@@ -27,6 +27,7 @@ from aiki_core import (
     RemoteError,
     ReplayDivergenceError,
     RunInterrupt,
+    RunLimitError,
     ServerError,
     ServerUnavailableError,
     StaleRevisionError,
@@ -61,6 +62,7 @@ WITH_IDS: list[tuple[AikiError, tuple[str, ...]]] = [
         ("entity", "entity_id", "current", "requested"),
     ),
     (StaleRevisionError("r-1", 2, 5), ("run_id", "revision", "current_revision")),
+    (RunLimitError("r-1", 10_000), ("run_id", "limit")),
     (PayloadTooLargeError(2_000_000, 1_048_576), ("size", "limit")),
     (
         PayloadValidationError(

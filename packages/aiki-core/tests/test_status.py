@@ -12,6 +12,7 @@ from aiki_core import (
     RUN_TRANSITIONS,
     RUN_WAITING_STATUSES,
     TASK_INITIAL_STATUSES,
+    TASK_RERUN_STATUSES,
     TASK_TERMINAL_STATUSES,
     TASK_TRANSITIONS,
     ConflictError,
@@ -68,6 +69,17 @@ def test_task_transition_follows_table(current: TaskStatus, target: TaskStatus) 
     error = info.value
     assert (error.entity, error.entity_id) == ("task", "task-1")
     assert (error.current, error.requested) == (current.value, target.value)
+
+
+@pytest.mark.parametrize(("current", "target"), list(itertools.product(TaskStatus, repeat=2)))
+def test_a_later_run_attempt_reopens_only_a_failed_task(
+    current: TaskStatus, target: TaskStatus
+) -> None:
+    if current in TASK_RERUN_STATUSES or target in TASK_TRANSITIONS[current]:
+        check_task_transition("task-1", current, target, later_run_attempt=True)
+        return
+    with pytest.raises(IllegalTransitionError):  # a completed call stays memoized
+        check_task_transition("task-1", current, target, later_run_attempt=True)
 
 
 def test_illegal_transition_message_names_both_statuses() -> None:

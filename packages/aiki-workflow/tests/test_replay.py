@@ -312,6 +312,25 @@ async def test_strict_replay_allows_reordered_history_and_new_calls_after_it() -
     assert calls == ["double(5)"]
 
 
+async def test_a_new_call_while_calls_of_its_task_stay_unused_carries_a_notice() -> None:
+    # the history holds double(1); the code now calls double(3) (a changed input)
+    execution = Execution([3], [recorded("double", 1, 2)])
+
+    assert await sum_of_doubles.execute(execution) == CompleteRun(result=6)
+    assert calls == ["double(3)"]  # it ran, as content addressing says
+    (sent,) = execution.records + execution.deferred
+    assert sent.notice is not None
+    assert "task 'double' was called with input 3" in sent.notice
+    assert "1 recorded call(s) of it stayed unused (#0 1)" in sent.notice
+
+
+async def test_new_calls_once_the_history_is_used_up_carry_no_notice() -> None:
+    execution = Execution([1, 5], [recorded("double", 1, 2)])
+
+    assert await sum_of_doubles.execute(execution) == CompleteRun(result=2 + 10)
+    assert [r.notice for r in execution.records + execution.deferred] == [None]  # double(5)
+
+
 kid = workflow("kid")
 
 

@@ -60,19 +60,30 @@ class WorkflowRunHandle(Generic[ResultT]):
         self, statuses: Iterable[RunStatus], *, timeout: timedelta | None = None
     ) -> RunStatus:
         """Wait until the run is in one of `statuses`; `AikiTimeoutError` after `timeout`."""
-        return (await self._wait(list(statuses), timeout)).status
+        return (await self._wait(self.id, list(statuses), _deadline(timeout))).status
 
     async def result(self, *, timeout: timedelta | None = None) -> ResultT:
         """Wait for the run to end and return its result.
 
+        A run that continued as new (`run.continue_as_new`) ends without a result of
+        its own: the wait follows it to the run it continued as, and so on, and returns
+        (or raises) what the last run of the chain ended with; `timeout` covers the
+        whole chain.
+
         Raises `WorkflowFailedError` (with the remote error and its causes),
         `WorkflowCancelledError`, or `AikiTimeoutError` when `timeout` passes first.
         """
-        outcome = await self._wait(list(RUN_TERMINAL_STATUSES), timeout)
+        deadline = _deadline(timeout)
+        run_id = self.id
+        while True:
+            outcome = await self._wait(run_id, list(RUN_TERMINAL_STATUSES), deadline)
+            if outcome.continued_as is None:
+                break
+            run_id = outcome.continued_as
         codec = self._client.codec
-        error = outcome.error and outcome.error.open(codec, CodecContext.run(self.id, "error"))
-        raise_for_outcome(self.id, outcome.status, error)
-        decoded = codec.decode(outcome.result, CodecContext.run(self.id, "result"))
+        error = outcome.error and outcome.error.open(codec, CodecContext.run(run_id, "error"))
+        raise_for_outcome(run_id, outcome.status, error)
+        decoded = codec.decode(outcome.result, CodecContext.run(run_id, "result"))
         return self._decode_result(decoded)
 
     async def cancel(self, reason: str | None = None) -> None:
@@ -115,8 +126,9 @@ class WorkflowRunHandle(Generic[ResultT]):
             "POST", api_path("runs", self.id, "events"), SendEventResponse, request
         )
 
-    async def _wait(self, statuses: list[RunStatus], timeout: timedelta | None) -> RunOutcome:
-        deadline = None if timeout is None else anyio.current_time() + timeout.total_seconds()
+    async def _wait(
+        self, run_id: RunId, statuses: list[RunStatus], deadline: float | None
+    ) -> RunOutcome:
         params = [("status", s.value) for s in statuses]
         while True:
             poll_ms = _LONG_POLL_MS
@@ -124,7 +136,7 @@ class WorkflowRunHandle(Generic[ResultT]):
                 poll_ms = max(0, min(poll_ms, int((deadline - anyio.current_time()) * 1000)))
             outcome = await self._client._call(
                 "GET",
-                api_path("runs", self.id, "wait"),
+                api_path("runs", run_id, "wait"),
                 RunOutcome,
                 params=[*params, ("timeout_ms", str(poll_ms))],
             )
@@ -132,9 +144,13 @@ class WorkflowRunHandle(Generic[ResultT]):
                 return outcome
             if deadline is not None and anyio.current_time() >= deadline:
                 raise AikiTimeoutError(
-                    f"run {self.id} is {outcome.status.value} after {timeout}",
-                    details={"run_id": self.id, "status": outcome.status.value},
+                    f"run {run_id} is still {outcome.status.value}",
+                    details={"run_id": run_id, "status": outcome.status.value},
                 )
 
     def __repr__(self) -> str:
         return f"<WorkflowRunHandle {self.id}>"
+
+
+def _deadline(timeout: timedelta | None) -> float | None:
+    return None if timeout is None else anyio.current_time() + timeout.total_seconds()

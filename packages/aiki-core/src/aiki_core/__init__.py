@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from aiki_core.__about__ import __version__ as __version__
 from aiki_core._api import (
+    MAX_NOTICE_LENGTH as MAX_NOTICE_LENGTH,
+)
+from aiki_core._api import (
     MAX_TASKS_PER_TRANSITION as MAX_TASKS_PER_TRANSITION,
 )
 from aiki_core._api import (
@@ -44,6 +47,9 @@ from aiki_core._api import (
 )
 from aiki_core._api import (
     CompleteRun as CompleteRun,
+)
+from aiki_core._api import (
+    ContinueRun as ContinueRun,
 )
 from aiki_core._api import (
     CreateWebhookRequest as CreateWebhookRequest,
@@ -214,6 +220,9 @@ from aiki_core._exceptions import (
     RunInterrupt as RunInterrupt,
 )
 from aiki_core._exceptions import (
+    RunLimitError as RunLimitError,
+)
+from aiki_core._exceptions import (
     ServerError as ServerError,
 )
 from aiki_core._exceptions import (
@@ -346,6 +355,9 @@ from aiki_core._records import (
     RunDetail as RunDetail,
 )
 from aiki_core._records import (
+    RunNotice as RunNotice,
+)
+from aiki_core._records import (
     RunOutcome as RunOutcome,
 )
 from aiki_core._records import (
@@ -394,6 +406,9 @@ from aiki_core._status import (
     TASK_INITIAL_STATUSES as TASK_INITIAL_STATUSES,
 )
 from aiki_core._status import (
+    TASK_RERUN_STATUSES as TASK_RERUN_STATUSES,
+)
+from aiki_core._status import (
     TASK_TERMINAL_STATUSES as TASK_TERMINAL_STATUSES,
 )
 from aiki_core._status import (
@@ -434,6 +449,7 @@ __all__ = (
     "CodecError",
     "CompleteRun",
     "ConflictError",
+    "ContinueRun",
     "ConsoleLogger",
     "CreateScheduleRequest",
     "CreateWebhookRequest",
@@ -466,6 +482,7 @@ __all__ = (
     "Logger",
     "MAX_COUNT",
     "MAX_DURATION",
+    "MAX_NOTICE_LENGTH",
     "MAX_TASKS_PER_TRANSITION",
     "MAX_WEBHOOK_LIFETIME",
     "MAX_WEBHOOK_SCHEMA_BYTES",
@@ -499,6 +516,8 @@ __all__ = (
     "RunInterrupt",
     "RunLease",
     "RunLeaseStatus",
+    "RunLimitError",
+    "RunNotice",
     "RunOutcome",
     "RunPage",
     "RunStatus",
@@ -523,6 +542,7 @@ __all__ = (
     "StorageUnavailableError",
     "SuspendRun",
     "TASK_INITIAL_STATUSES",
+    "TASK_RERUN_STATUSES",
     "TASK_TERMINAL_STATUSES",
     "TASK_TRANSITIONS",
     "TaskAddress",

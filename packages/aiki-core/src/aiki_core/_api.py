@@ -66,6 +66,7 @@ __all__ = [
     "ClaimResponse",
     "ClaimedRun",
     "CompleteRun",
+    "ContinueRun",
     "CreateWebhookRequest",
     "CreateWebhookResponse",
     "ErrorBody",
@@ -74,6 +75,7 @@ __all__ = [
     "HeartbeatRequest",
     "HeartbeatResponse",
     "ListRunsQuery",
+    "MAX_NOTICE_LENGTH",
     "MAX_WEBHOOK_LIFETIME",
     "MAX_WEBHOOK_SCHEMA_BYTES",
     "RecordTaskRequest",
@@ -313,6 +315,12 @@ class HeartbeatResponse(ResponseModel):
 
 # -- recording tasks ---------------------------------------------------------------------
 
+MAX_NOTICE_LENGTH = 2000
+"""The longest notice a task record may carry."""
+
+NoticeText = Annotated[str, StringConstraints(max_length=MAX_NOTICE_LENGTH, pattern=NO_NUL)]
+"""A notice of a replay, as a task record carries it."""
+
 
 class RecordTaskRequest(RequestModel):
     """Record one attempt of a task call, identified by address and occurrence.
@@ -339,6 +347,11 @@ class RecordTaskRequest(RequestModel):
     worker_id: WorkerId | None = None
     started_at: Timestamp | None = Field(
         default=None, description="When the attempt began (default: when it is recorded)."
+    )
+    notice: NoticeText | None = Field(
+        default=None,
+        description="What the replay noticed when it made this call (a divergence from"
+        " the run's history); shown in the run's detail.",
     )
 
     # the rules of `_fields_match_status`, stated for the OpenAPI document
@@ -570,7 +583,24 @@ class ReleaseRun(RequestModel):
     model_config = ConfigDict(json_schema_extra=requiring("kind"))
 
 
-RunAction = Annotated[CompleteRun | FailRun | SuspendRun | ReleaseRun, Field(discriminator="kind")]
+class ContinueRun(RequestModel):
+    """End the run and start a fresh run of the same version with `input` (continue as new).
+
+    The new run (`run_id`, minted by the worker, which sealed `input` to it) starts
+    queued with an empty history; the ended run links to it (`continued_as`), it back
+    (`continued_from`).
+    """
+
+    kind: Literal["continue"] = "continue"
+
+    model_config = ConfigDict(json_schema_extra=requiring("kind"))
+    run_id: ClientId
+    input: JsonValue = None
+
+
+RunAction = Annotated[
+    CompleteRun | FailRun | SuspendRun | ReleaseRun | ContinueRun, Field(discriminator="kind")
+]
 """What a worker does with the run it holds."""
 
 

@@ -10,7 +10,8 @@ AikiError                          any error raised by an Aiki package
 ├── ConflictError (409)            the request conflicts with the current state
 │   ├── ReferenceIdConflictError   a reference id reused with another payload
 │   ├── IllegalTransitionError     a status change the state machine forbids
-│   └── StaleRevisionError         a write from a worker whose claim was superseded
+│   ├── StaleRevisionError         a write from a worker whose claim was superseded
+│   └── RunLimitError              a run recorded as many task calls as the server allows
 ├── PayloadTooLargeError (413)     a body over the server's limit
 ├── ServerError (500)              the server failed; the request may be retried
 │   └── ServerUnavailableError (503)  the server cannot be reached or is shutting down
@@ -64,6 +65,7 @@ __all__ = [
     "ReferenceIdConflictError",
     "RemoteError",
     "RunInterrupt",
+    "RunLimitError",
     "ServerError",
     "ServerUnavailableError",
     "StaleRevisionError",
@@ -90,6 +92,7 @@ class ErrorCode(StrEnum):
     REFERENCE_ID_CONFLICT = "reference_id_conflict"
     ILLEGAL_TRANSITION = "illegal_transition"
     STALE_REVISION = "stale_revision"
+    RUN_LIMIT = "run_limit_exceeded"
     PAYLOAD_TOO_LARGE = "payload_too_large"
     SERVER_ERROR = "server_error"
     SERVER_UNAVAILABLE = "server_unavailable"
@@ -323,6 +326,24 @@ class StaleRevisionError(ConflictError):
         super().__init__(
             f"run {run_id} is at revision {current_revision}; a write at {revision} is stale",
             details={"run_id": run_id, "revision": revision, "current_revision": current_revision},
+        )
+
+
+class RunLimitError(ConflictError):
+    """A run recorded as many task calls as the server allows; the server failed it.
+
+    A long-lived loop stays under the limit with `run.continue_as_new(payload)`.
+    """
+
+    code = ErrorCode.RUN_LIMIT
+
+    def __init__(self, run_id: str, limit: int) -> None:
+        self.run_id = run_id
+        self.limit = limit
+        super().__init__(
+            f"run {run_id} has recorded {limit} task calls, the most a run may record;"
+            " continue a long-lived loop as a new run (run.continue_as_new)",
+            details={"run_id": run_id, "limit": limit},
         )
 
 

@@ -24,6 +24,7 @@ __all__ = [
     "EventWaitRecord",
     "PendingWait",
     "RunDetail",
+    "RunNotice",
     "RunOutcome",
     "RunSummary",
     "SleepRecord",
@@ -62,6 +63,14 @@ class RunSummary(ResponseModel):
         description="A running run was paused: its worker stops at the next task boundary,"
         " and the run becomes `paused`.",
     )
+    continued_as: RunId | None = Field(
+        default=None,
+        description="The run this one continued as (`run.continue_as_new`): it ended as"
+        " completed without a result of its own, and its handle's `result()` follows it.",
+    )
+    continued_from: RunId | None = Field(
+        default=None, description="The run that continued as this one."
+    )
 
 
 class RunOutcome(RunSummary):
@@ -76,6 +85,7 @@ class TaskAttemptRecord(ResponseModel):
 
     attempt: Ordinal
     status: TaskStatus
+    run_attempt: Ordinal = Field(default=1, description="The run's attempt that made it.")
     started_at: AwareDatetime
     finished_at: AwareDatetime | None = None
     error: ErrorInfo | None = None
@@ -85,7 +95,9 @@ class TaskRecord(ResponseModel):
     """One task call of a run: its address, attempts and outcome.
 
     `occurrence` counts calls with the same address (0 for the first), so the n-th
-    identical call on replay takes the n-th recorded result.
+    identical call on replay takes the n-th recorded result. `run_attempt` is the
+    workflow-level attempt of the run that last wrote it: a call that failed for good
+    in an earlier attempt runs again in a later one.
     """
 
     id: TaskId
@@ -100,6 +112,10 @@ class TaskRecord(ResponseModel):
     next_attempt_at: AwareDatetime | None = None
     created_at: AwareDatetime
     finished_at: AwareDatetime | None = None
+    run_attempt: Ordinal = 1
+    notice: str | None = Field(
+        default=None, description="What the replay that made this call noticed (a divergence)."
+    )
 
 
 class SleepRecord(ResponseModel):
@@ -190,6 +206,18 @@ class StateTransition(ResponseModel):
     at: AwareDatetime
 
 
+class RunNotice(ResponseModel):
+    """Something a replay of the run noticed and reported.
+
+    Such as a divergence from its history: a task called with an input that was never
+    recorded while recorded calls of the same task stayed unused (nondeterministic code).
+    """
+
+    task_id: TaskId = Field(description="The task call the replay made when it noticed.")
+    at: AwareDatetime
+    message: str
+
+
 class RunDetail(RunSummary):
     """A run with everything it recorded and its full history."""
 
@@ -206,6 +234,7 @@ class RunDetail(RunSummary):
         description="What the run waits for while it is suspended (empty otherwise).",
     )
     history: list[StateTransition] = Field(default_factory=list)
+    notices: list[RunNotice] = Field(default_factory=list)
     pending_reason: str | None = Field(
         default=None,
         description="Why a queued run is not running, e.g. no worker serves its version.",

@@ -22,6 +22,7 @@ __all__ = [
     "RUN_TRANSITIONS",
     "RUN_WAITING_STATUSES",
     "TASK_INITIAL_STATUSES",
+    "TASK_RERUN_STATUSES",
     "TASK_TERMINAL_STATUSES",
     "TASK_TRANSITIONS",
     "RunStatus",
@@ -148,6 +149,11 @@ TASK_TRANSITIONS: Mapping[TaskStatus, frozenset[TaskStatus]] = MappingProxyType(
 )
 """For each task status, the statuses it may move to."""
 
+TASK_RERUN_STATUSES: frozenset[TaskStatus] = frozenset({_T.FAILED})
+"""Statuses a task call leaves when a later workflow-level attempt of its run calls it
+again: a call that failed for good runs again then (a completed one stays memoized).
+From one of them, a later run attempt's record may take any status."""
+
 
 def check_run_transition(run_id: str, current: RunStatus, target: RunStatus) -> None:
     """Raise `IllegalTransitionError` unless a run may move from `current` to `target`."""
@@ -155,7 +161,15 @@ def check_run_transition(run_id: str, current: RunStatus, target: RunStatus) -> 
         raise IllegalTransitionError("run", run_id, current, target)
 
 
-def check_task_transition(task_id: str, current: TaskStatus, target: TaskStatus) -> None:
-    """Raise `IllegalTransitionError` unless a task may move from `current` to `target`."""
+def check_task_transition(
+    task_id: str, current: TaskStatus, target: TaskStatus, *, later_run_attempt: bool = False
+) -> None:
+    """Raise `IllegalTransitionError` unless a task may move from `current` to `target`.
+
+    `later_run_attempt`: the record comes from a later workflow-level attempt of the run
+    than the one that wrote `current` (see `TASK_RERUN_STATUSES`).
+    """
+    if later_run_attempt and current in TASK_RERUN_STATUSES:
+        return
     if target not in TASK_TRANSITIONS[current]:
         raise IllegalTransitionError("task", task_id, current, target)

@@ -87,6 +87,8 @@ class ServerSettings:
     """Re-queue a running run whose worker has not heartbeated for this long."""
     max_body_bytes: int = 2 * 1024 * 1024
     """Larger request bodies are refused with 413."""
+    max_tasks_per_run: int = 10_000
+    """Task calls one run may record; the next one fails the run (`RunLimitError`)."""
     clock: Clock = field(default=system_clock)
     """Source of time in epoch milliseconds; tests may pass a controllable one."""
     webhook_secret: str | None = field(default=None, repr=False)
@@ -108,6 +110,8 @@ class ServerSettings:
             raise ValueError(
                 f"public_url must be an http:// or https:// URL, got {self.public_url!r}"
             )
+        if self.max_tasks_per_run < 1:
+            raise ValueError(f"max_tasks_per_run must be at least 1, got {self.max_tasks_per_run}")
 
 
 def _json(model: BaseModel, status_code: int = 200) -> Response:
@@ -120,7 +124,8 @@ def create_app(db_url: str, settings: ServerSettings | None = None) -> FastAPI:
     settings = settings or ServerSettings()
     hub = WakeHub()
     db = open_database(db_url, hub)
-    orch = Orchestrator(db, hub, settings.clock, Limits(settings.claim_idle_timeout))
+    limits = Limits(settings.claim_idle_timeout, settings.max_tasks_per_run)
+    orch = Orchestrator(db, hub, settings.clock, limits)
     webhooks = Webhooks(orch, settings.webhook_secret)
     timers = TimerDaemon(orch)
 

@@ -110,6 +110,14 @@ def _serve_options(target: argparse.ArgumentParser, *, inherit: bool) -> None:
         help="refuse larger request bodies with 413 [AIKI_MAX_BODY_BYTES]",
     )
     target.add_argument(
+        "--max-tasks-per-run",
+        type=int,
+        default=default(int(_env("AIKI_MAX_TASKS_PER_RUN", "10000"))),
+        metavar="COUNT",
+        help="task calls one run may record; a run that needs more continues as new"
+        " [AIKI_MAX_TASKS_PER_RUN]",
+    )
+    target.add_argument(
         "--webhook-secret",
         default=default(os.environ.get("AIKI_WEBHOOK_SECRET")),
         metavar="SECRET",
@@ -271,6 +279,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         settings = ServerSettings(
             claim_idle_timeout=timedelta(seconds=args.claim_idle_timeout),
             max_body_bytes=args.max_body_bytes,
+            max_tasks_per_run=args.max_tasks_per_run,
             webhook_secret=args.webhook_secret,
             public_url=args.public_url,
             require_api_key=require_api_key,

@@ -24,7 +24,10 @@ from aiki_core import (
     ClaimRequest,
     CompleteRun,
     ConflictError,
+    ConsoleLogger,
+    ContinueRun,
     CreateWebhookRequest,
+    ErrorInfo,
     FailRun,
     HeartbeatRequest,
     HeartbeatResponse,
@@ -38,6 +41,7 @@ from aiki_core import (
     RunDetail,
     RunDirective,
     RunLeaseStatus,
+    RunLimitError,
     RunOutcome,
     RunPage,
     RunStatus,
@@ -105,6 +109,10 @@ _WAIT_PRIORITY = ("child", "sleep", "event", "retry")
 A pending sleep makes a run `sleeping` (which `wake` ends) unless it awaits a child,
 whose sleep beside it is most often that wait's timeout."""
 _MAX_WORKERS_NOTED = 10_000
+_MAX_CLAIM_FAILURES = 3
+"""Claims of one run that fail in a row before the run is failed with the cause."""
+
+_log = ConsoleLogger().child({"component": "orchestrator"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +121,8 @@ class Limits:
 
     claim_idle_timeout: timedelta = timedelta(seconds=90)
     """A claim not refreshed for this long is released to the queue."""
+    max_tasks_per_run: int = 10_000
+    """Task calls one run may record; the next one fails the run with `RunLimitError`."""
 
 
 def _new_id() -> str:
@@ -120,6 +130,7 @@ def _new_id() -> str:
 
 
 def _in_list(first: int, count: int) -> str:
+    """The parameters of one row's columns (never one per row of a list: see `Tx.in_array`)."""
     return ", ".join(f"${i}" for i in range(first, first + count))
 
 
@@ -205,6 +216,7 @@ class Orchestrator:
         run_id: str | None = None,
         parent: tuple[str, str, int] | None = None,
         schedule_id: str | None = None,
+        continued_from: str | None = None,
     ) -> Row:
         delayed = start_at is not None and start_at > now
         status = RunStatus.SCHEDULED if delayed else RunStatus.QUEUED
@@ -247,6 +259,8 @@ class Orchestrator:
             "claim_expires_at": None,
             "result": None,
             "error": None,
+            "continued_as": None,
+            "continued_from": continued_from,
         }
         await tx.execute(
             f"INSERT INTO runs ({', '.join(values)}) VALUES ({_in_list(1, len(values))})",
@@ -596,10 +610,55 @@ class Orchestrator:
         )
         # most polls find nothing: look before taking the write lock
         async with self.db.reader() as reader:
-            if not await reader.fetch(f"SELECT id {queued}", *args):
-                return []
+            found = await reader.fetch(f"SELECT id {queued}", *args)
+        if not found:
+            return []
+        try:
+            return await self._claim_rows(worker_id, f"SELECT * {queued}", args)
+        except self.db.transient_errors:
+            raise
+        except Exception as exc:
+            _log.warn("claim failed; claiming its runs one by one", {"error": repr(exc)})
+        # a run that cannot be claimed must not hold up the runs queued behind it: claim
+        # one at a time, in queue order
+        claimed: list[ClaimedRun] = []
+        tried: set[str] = set()
+        failed: list[tuple[str, Exception]] = []
+        while len(claimed) < limit:
+            async with self.db.reader() as reader:
+                ids = [
+                    row["id"]
+                    for row in await reader.fetch(
+                        f"SELECT id {queued}", *args[:-1], limit + len(tried)
+                    )
+                    if row["id"] not in tried
+                ]
+            if not ids:
+                break
+            tried.add(ids[0])
+            try:
+                claimed += await self._claim_rows(
+                    worker_id,
+                    "SELECT * FROM runs WHERE id = $1 AND status = $2",
+                    [ids[0], RunStatus.QUEUED.value],
+                )
+            except self.db.transient_errors:
+                raise
+            except Exception as exc:
+                failed.append((ids[0], exc))
+        if failed and not claimed and len(tried) > 1:
+            # no run could be claimed: the fault is not one run's (the database, say);
+            # setting runs aside would fail healthy ones
+            raise failed[0][1]
+        for run_id, cause in failed:  # each failed alone, beside a run that did not
+            await self._set_aside(run_id, cause)
+        return claimed
+
+    async def _claim_rows(self, worker_id: str, select: str, args: list[Any]) -> list[ClaimedRun]:
+        """Claim the queued runs `select` finds, with everything their replays need."""
+        now = self.clock()
         async with self.db.transaction() as tx:
-            rows = await tx.fetch(f"SELECT * {queued}{tx.skip_locked}", *args)
+            rows = await tx.fetch(f"{select}{tx.skip_locked}", *args)
             if not rows:
                 return []
             now = self.clock()
@@ -615,6 +674,7 @@ class Orchestrator:
                     fence=True,
                     claimed_by=worker_id,
                     claim_expires_at=expires,
+                    claim_failures=0,
                 )
                 claimed.append(
                     {
@@ -629,10 +689,63 @@ class Orchestrator:
                 [r["id"] for r in claimed],
                 first_claims={r["id"] for r in rows if r["revision"] == 0},
             )
-        return [
-            ClaimedRun(run=run_summary(r), input=json.loads(r["input"]), **parts[r["id"]])
-            for r in claimed
-        ]
+            # built inside the transaction: a row that does not make a claim rolls it back
+            return [
+                ClaimedRun(run=run_summary(r), input=json.loads(r["input"]), **parts[r["id"]])
+                for r in claimed
+            ]
+
+    async def _set_aside(self, run_id: str, exc: Exception) -> None:
+        """Put a run whose claim failed alone at the back of its queue, the cause in its history.
+
+        After `_MAX_CLAIM_FAILURES` failed claims in a row, the run fails with that cause.
+        """
+        now = self.clock()
+        cause = f"{type(exc).__name__}: {exc}"[:500]
+        _log.error("a run cannot be claimed; set aside", {"run_id": run_id, "error": cause})
+        async with self.db.transaction() as tx:
+            run = await tx.fetchrow(f"SELECT * FROM runs WHERE id = $1{tx.lock_rows}", run_id)
+            if run is None or run["status"] != RunStatus.QUEUED:
+                return
+            failures = int(run["claim_failures"]) + 1
+            reason = f"claim failed ({failures} of {_MAX_CLAIM_FAILURES}): {cause}"
+            if failures >= _MAX_CLAIM_FAILURES:
+                error = ErrorInfo(
+                    type="aiki_core.ServerError",
+                    message=f"run {run_id} could not be claimed: {cause}",
+                    retryable=False,
+                    code="server_error",
+                    details={"run_id": run_id, "claim_failures": failures},
+                )
+                await move_run(
+                    tx,
+                    run,
+                    RunStatus.FAILED,
+                    now,
+                    reason,
+                    fence=True,
+                    error=dump(error.model_dump(mode="json")),
+                    claim_failures=failures,
+                )
+                return
+            await tx.execute(
+                "UPDATE runs SET claim_failures = $2, ready_at = $3 WHERE id = $1",
+                run_id,
+                failures,
+                now,
+            )
+            await record_history(
+                tx,
+                namespace=run["namespace"],
+                run_id=run_id,
+                entity="run",
+                entity_id=run_id,
+                from_status=run["status"],
+                to_status=run["status"],
+                reason=reason,
+                revision=run["revision"],
+                now=now,
+            )
 
     async def heartbeat(self, namespace: str, req: HeartbeatRequest) -> HeartbeatResponse:
         """Refresh the claims a worker holds; say what to do with each run."""
@@ -647,12 +760,11 @@ class Orchestrator:
             )
             if not req.runs:
                 return HeartbeatResponse(runs=[])
-            ids = [lease.run_id for lease in req.runs]
             rows = await tx.fetch(
                 "SELECT id, status, revision, claimed_by, pause_requested FROM runs"
-                f" WHERE namespace = $1 AND id IN ({_in_list(2, len(ids))})",
+                f" WHERE namespace = $1 AND id {tx.in_array(2)}",
                 namespace,
-                *ids,
+                tx.array([lease.run_id for lease in req.runs]),
             )
             by_id = {row["id"]: row for row in rows}
             keep: list[str] = []
@@ -665,10 +777,10 @@ class Orchestrator:
                 # the conditions fence a release that committed after the read above
                 await tx.execute(
                     "UPDATE runs SET claim_expires_at = $1 WHERE claimed_by = $2"
-                    f" AND status = 'running' AND id IN ({_in_list(3, len(keep))})",
+                    f" AND status = 'running' AND id {tx.in_array(3)}",
                     now + self._idle_ms,
                     req.worker_id,
-                    *keep,
+                    tx.array(keep),
                 )
         return HeartbeatResponse(runs=answers)
 
@@ -676,10 +788,14 @@ class Orchestrator:
         self, namespace: str, run_id: str, req: RecordTaskRequest
     ) -> RecordTaskResponse:
         """Record one attempt of a task call of a claimed run."""
-        async with self.db.transaction() as tx:
-            run = await self._claimed_run(tx, run_id, namespace, req.revision)
-            now = self.clock()
-            recorded = await _write_task(tx, run, req, now)
+        try:
+            async with self.db.transaction() as tx:
+                run = await self._claimed_run(tx, run_id, namespace, req.revision)
+                now = self.clock()
+                recorded = await _write_task(tx, run, req, now, self.limits.max_tasks_per_run)
+        except RunLimitError as exc:
+            await self._fail_over_limit(namespace, run_id, req.revision, exc)
+            raise
         if run["pause_requested"]:  # the worker learns it at its next record
             recorded = recorded.model_copy(update={"directive": RunDirective.PAUSE})
         return recorded
@@ -721,7 +837,14 @@ class Orchestrator:
     async def transition(
         self, namespace: str, run_id: str, req: TransitionRunRequest
     ) -> RunSummary:
-        """Complete, fail, suspend or release a claimed run."""
+        """Complete, fail, suspend, release or continue a claimed run."""
+        try:
+            return await self._transition(namespace, run_id, req)
+        except RunLimitError as exc:
+            await self._fail_over_limit(namespace, run_id, req.revision, exc)
+            raise
+
+    async def _transition(self, namespace: str, run_id: str, req: TransitionRunRequest) -> RunSummary:
         action = req.action
         async with self.db.transaction() as tx:
             run = await self._claimed_run(tx, run_id, namespace, req.revision)
@@ -730,7 +853,7 @@ class Orchestrator:
                 if task.revision != req.revision:
                     raise StaleRevisionError(run_id, task.revision, run["revision"])
             for task in req.tasks:
-                await _write_task(tx, run, task, now)
+                await _write_task(tx, run, task, now, self.limits.max_tasks_per_run)
             if isinstance(action, CompleteRun):
                 await move_run(
                     tx, run, RunStatus.COMPLETED, now, "completed", result=dump(action.result)
@@ -741,7 +864,64 @@ class Orchestrator:
                 await self._suspend(tx, run, action, now)
             elif isinstance(action, ReleaseRun):
                 await requeue(tx, run, now, "released by its worker")
+            elif isinstance(action, ContinueRun):
+                await self._continue(tx, run, action, now)
             return await self._summary(tx, run_id)
+
+    async def _fail_over_limit(
+        self, namespace: str, run_id: str, revision: int, exc: RunLimitError
+    ) -> None:
+        """Fail the run whose record was refused over the limit (the refusal wrote nothing).
+
+        The worker that holds it gets the refusal (a 409) and lets the run go.
+        """
+        async with self.db.transaction() as tx:
+            run = await lock_run(tx, run_id, namespace)
+            now = self.clock()
+            if run is None or run["revision"] != revision or run["status"] != RunStatus.RUNNING:
+                return  # another write ended the claim meanwhile
+            error = ErrorInfo.from_exception(exc, include_stack=False)
+            await move_run(
+                tx,
+                run,
+                RunStatus.FAILED,
+                now,
+                "task limit reached",
+                fence=True,
+                error=dump(error.model_dump(mode="json")),
+            )
+
+    async def _continue(self, tx: Tx, run: Row, action: ContinueRun, now: int) -> None:
+        """End `run` as completed, continued as a new run of its version with the input."""
+        if run["parent_run_id"] is not None:
+            # the parent waits for this run's own result: a chain would leave it none
+            raise ConflictError(
+                f"run {run['id']} is a child run; a child cannot continue as new",
+                details={"run_id": run["id"]},
+            )
+        await self._insert_run(
+            tx,
+            namespace=run["namespace"],
+            workflow=run["workflow"],
+            version=run["version"],
+            pool=run["pool"],
+            input_json=dump(action.input),
+            fingerprint=content_hash([run["version"], content_hash(action.input), run["pool"]]),
+            reference_id=None,
+            start_at=None,
+            timeout_ms=run["timeout_ms"],
+            now=now,
+            run_id=action.run_id,
+            continued_from=run["id"],
+        )
+        await move_run(
+            tx,
+            run,
+            RunStatus.COMPLETED,
+            now,
+            f"continued as run {action.run_id}",
+            continued_as=action.run_id,
+        )
 
     async def _fail(self, tx: Tx, run: Row, action: FailRun, now: int) -> None:
         error = dump(action.error.model_dump(mode="json"))
@@ -1025,48 +1205,56 @@ async def _replay_parts(
         run_id: {"tasks": [], "sleeps": [], "event_waits": [], "events": [], "children": []}
         for run_id in run_ids
     }
+    # every list of ids is one array parameter: a run may have any number of tasks
     for e in await tx.fetch(
-        f"SELECT * FROM events WHERE run_id IN ({_in_list(1, len(run_ids))})"
-        " ORDER BY received_at, id",
-        *run_ids,
+        f"SELECT * FROM events WHERE run_id {tx.in_array(1)} ORDER BY received_at, id",
+        tx.array(run_ids),
     ):
         parts[e["run_id"]]["events"].append(event_record(e))
     resumed = [run_id for run_id in run_ids if run_id not in first_claims]
     if not resumed:
         return parts
-    ids = _in_list(1, len(resumed))
+    ids = tx.array(resumed)
+    in_ids = tx.in_array(1)
     tasks = await tx.fetch(
-        f"SELECT * FROM tasks WHERE run_id IN ({ids}) ORDER BY created_at, id", *resumed
+        f"SELECT * FROM tasks WHERE run_id {in_ids} ORDER BY created_at, id", ids
     )
     attempts: dict[str, list[Row]] = {}
     if tasks:
-        task_ids = [t["id"] for t in tasks]
         for a in await tx.fetch(
-            f"SELECT * FROM task_attempts WHERE task_id IN ({_in_list(1, len(task_ids))})"
-            " ORDER BY task_id, attempt",
-            *task_ids,
+            "SELECT a.* FROM task_attempts a JOIN tasks t ON t.id = a.task_id"
+            f" WHERE t.run_id {in_ids} ORDER BY a.task_id, a.attempt",
+            ids,
         ):
             attempts.setdefault(a["task_id"], []).append(a)
     for t in tasks:
         parts[t["run_id"]]["tasks"].append(task_record(t, attempts.get(t["id"], [])))
     for sl in await tx.fetch(
-        f"SELECT * FROM sleeps WHERE run_id IN ({ids}) ORDER BY name, occurrence", *resumed
+        f"SELECT * FROM sleeps WHERE run_id {in_ids} ORDER BY name, occurrence", ids
     ):
         parts[sl["run_id"]]["sleeps"].append(sleep_record(sl))
     for w in await tx.fetch(
-        f"SELECT * FROM event_waits WHERE run_id IN ({ids}) ORDER BY name, occurrence", *resumed
+        f"SELECT * FROM event_waits WHERE run_id {in_ids} ORDER BY name, occurrence", ids
     ):
         parts[w["run_id"]]["event_waits"].append(event_wait_record(w))
     for c in await tx.fetch(
-        f"SELECT * FROM runs WHERE parent_run_id IN ({ids}) ORDER BY created_at, id", *resumed
+        f"SELECT * FROM runs WHERE parent_run_id {in_ids} ORDER BY created_at, id", ids
     ):
         parts[c["parent_run_id"]]["children"].append(child_record(c))
     return parts
 
 
-async def _write_task(tx: Tx, run: Row, req: RecordTaskRequest, now: int) -> RecordTaskResponse:
-    """Write one task attempt of a run its worker holds (checked by the caller)."""
+async def _write_task(
+    tx: Tx, run: Row, req: RecordTaskRequest, now: int, max_tasks: int
+) -> RecordTaskResponse:
+    """Write one task attempt of a run its worker holds (checked by the caller).
+
+    A new task call past `max_tasks` of the run raises `RunLimitError`. A call that
+    failed for good in an earlier workflow-level attempt of the run may be recorded
+    again by a later one (it runs again); its attempts keep their numbers and history.
+    """
     run_id = run["id"]
+    run_attempt = int(run["attempt"])
     error_json = None if req.error is None else dump(req.error.model_dump(mode="json"))
     finished = now if req.status in (TaskStatus.COMPLETED, TaskStatus.FAILED) else None
     next_attempt_at = _due(now, req.retry_at, req.retry_delay)
@@ -1076,8 +1264,8 @@ async def _write_task(tx: Tx, run: Row, req: RecordTaskRequest, now: int) -> Rec
     previous = None
     inserted = await tx.fetch(
         "INSERT INTO tasks (id, run_id, address, occurrence, name, status, input,"
-        " result, error, next_attempt_at, created_at, finished_at)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+        " result, error, next_attempt_at, created_at, finished_at, run_attempt, notice)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
         " ON CONFLICT (run_id, address, occurrence) DO NOTHING RETURNING id",
         task_id,
         run_id,
@@ -1091,10 +1279,22 @@ async def _write_task(tx: Tx, run: Row, req: RecordTaskRequest, now: int) -> Rec
         next_attempt_at,
         now,
         finished,
+        run_attempt,
+        req.notice,
     )
-    if not inserted:
+    if inserted:
+        # counted on the run's row: the check costs no count of the run's tasks
+        count = await tx.fetchrow(
+            "UPDATE runs SET task_count = task_count + 1 WHERE id = $1 RETURNING task_count",
+            run_id,
+        )
+        assert count is not None
+        if count["task_count"] > max_tasks:
+            raise RunLimitError(run_id, max_tasks)  # the transaction writes nothing
+    else:
         task = await tx.fetchrow(
-            f"SELECT id, status, result, error FROM tasks WHERE run_id = $1 AND address = $2"
+            f"SELECT id, status, result, error, run_attempt FROM tasks"
+            f" WHERE run_id = $1 AND address = $2"
             f" AND occurrence = $3{tx.lock_rows}",
             run_id,
             req.address,
@@ -1103,30 +1303,36 @@ async def _write_task(tx: Tx, run: Row, req: RecordTaskRequest, now: int) -> Rec
         assert task is not None  # the insert met it; nothing deletes tasks
         task_id = task["id"]
         previous = task["status"]
+        later_run_attempt = task["run_attempt"] < run_attempt
         if (
             previous == req.status.value
             and req.status.is_terminal
+            and not later_run_attempt
             and (task["result"], task["error"]) == (result_json, error_json)
         ):
             # the same record again: a worker retrying a write whose answer it lost
             return RecordTaskResponse(task_id=task_id, status=req.status)
-        check_task_transition(task_id, TaskStatus(previous), req.status)
+        check_task_transition(
+            task_id, TaskStatus(previous), req.status, later_run_attempt=later_run_attempt
+        )
         await tx.execute(
             "UPDATE tasks SET status = $2, result = $3, error = $4, next_attempt_at = $5,"
-            " finished_at = $6 WHERE id = $1",
+            " finished_at = $6, run_attempt = $7, notice = COALESCE(notice, $8) WHERE id = $1",
             task_id,
             req.status.value,
             result_json,
             error_json,
             next_attempt_at,
             finished,
+            run_attempt,
+            req.notice,
         )
     attempt_finished = None if req.status is TaskStatus.RUNNING else now
     attempt_started = now if req.started_at is None else min(to_ms(req.started_at), now)
     await tx.execute(
         "INSERT INTO task_attempts"
-        " (task_id, attempt, status, started_at, finished_at, error)"
-        " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (task_id, attempt) DO UPDATE"
+        " (task_id, attempt, status, started_at, finished_at, error, run_attempt)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (task_id, attempt) DO UPDATE"
         " SET status = excluded.status, finished_at = excluded.finished_at,"
         " error = excluded.error",
         task_id,
@@ -1135,6 +1341,7 @@ async def _write_task(tx: Tx, run: Row, req: RecordTaskRequest, now: int) -> Rec
         attempt_started,
         attempt_finished,
         error_json,
+        run_attempt,
     )
     await record_history(
         tx,

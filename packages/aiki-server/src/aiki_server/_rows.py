@@ -12,6 +12,7 @@ from aiki_core import (
     EventWaitRecord,
     PendingWait,
     RunDetail,
+    RunNotice,
     RunOutcome,
     RunSummary,
     SleepRecord,
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 RUN_COLUMNS = (
     "id, namespace, workflow, version, pool, status, revision, attempt, reference_id,"
     " parent_run_id, schedule_id, created_at, updated_at, start_at, deadline_at, finished_at,"
-    " pause_requested"
+    " pause_requested, continued_as, continued_from"
 )
 
 
@@ -68,6 +69,8 @@ def _summary_fields(row: Row) -> dict[str, Any]:
         "deadline_at": from_ms(row["deadline_at"]),
         "finished_at": from_ms(row["finished_at"]),
         "pause_requested": bool(row["pause_requested"]),
+        "continued_as": row["continued_as"],
+        "continued_from": row["continued_from"],
     }
 
 
@@ -98,6 +101,7 @@ def task_record(row: Row, attempts: list[Row]) -> TaskRecord:
             TaskAttemptRecord(
                 attempt=a["attempt"],
                 status=a["status"],
+                run_attempt=a["run_attempt"],
                 started_at=from_ms(a["started_at"]),
                 finished_at=from_ms(a["finished_at"]),
                 error=load_error(a["error"]),
@@ -107,6 +111,8 @@ def task_record(row: Row, attempts: list[Row]) -> TaskRecord:
         next_attempt_at=from_ms(row["next_attempt_at"]),
         created_at=from_ms(row["created_at"]),
         finished_at=from_ms(row["finished_at"]),
+        run_attempt=row["run_attempt"],
+        notice=row["notice"],
     )
 
 
@@ -184,8 +190,11 @@ def pending_waits(text: str | None) -> list[PendingWait]:
     return [PendingWait(**{**w, "due_at": from_ms(w.get("due_at"))}) for w in waits]
 
 
-def run_detail(row: Row, **parts: Any) -> RunDetail:
-    """A full `runs` row plus its recorded parts as a `RunDetail`."""
+def run_detail(row: Row, *, tasks: list[TaskRecord], **parts: Any) -> RunDetail:
+    """A full `runs` row plus its recorded parts as a `RunDetail`.
+
+    The run's notices are those its task calls carry, oldest first.
+    """
     return RunDetail(
         **_summary_fields(row),
         input=load(row["input"]),
@@ -194,6 +203,12 @@ def run_detail(row: Row, **parts: Any) -> RunDetail:
         timer_failures=row["timer_failures"],
         timer_error=load_error(row["timer_error"]),
         waits=pending_waits(row["waits"]),
+        tasks=tasks,
+        notices=[
+            RunNotice(task_id=t.id, at=t.created_at, message=t.notice)
+            for t in tasks
+            if t.notice is not None
+        ],
         **parts,
     )
 

@@ -1,4 +1,4 @@
-"""Control flow of a run: abandoning it, pausing it. Not errors, so not `Exception`s."""
+"""Control flow of a run: abandoning, pausing, continuing it as new. Not `Exception`s."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from typing import TYPE_CHECKING
 from aiki_core import RunInterrupt
 
 if TYPE_CHECKING:
-    from aiki_core import AikiError
+    from pydantic import JsonValue
+
+    from aiki_core import AikiError, RunId
 
 
 class Abandon(RunInterrupt):
@@ -32,3 +34,15 @@ class PauseAtBoundary(RunInterrupt):
 
     def __init__(self, run_id: str) -> None:
         super().__init__(f"run {run_id} paused: stopped before its next task")
+
+
+class ContinueAsNew(RunInterrupt):
+    """Unwinds the workflow to end the run and start a fresh one (`run.continue_as_new`).
+
+    Carries the new run's id and its input, already sealed to that id.
+    """
+
+    def __init__(self, run_id: RunId, sealed_input: JsonValue) -> None:
+        super().__init__(f"continued as run {run_id}")
+        self.run_id = run_id
+        self.sealed_input = sealed_input

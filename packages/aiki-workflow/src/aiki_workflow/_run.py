@@ -16,6 +16,18 @@ crash re-runs only the tasks that were running, and a pause or a cancel is seen 
 next task boundary. The code waits for the results on record before a child starts
 (its input may come from them).
 
+A replay must make the calls the first execution made: what the code computes
+from the clock, from randomness or from fresh ids differs on every replay, so a task
+input holding such a value misses its record and the task runs again. `run.now()`,
+`run.uuid()` and `run.random()` draw such values once and record them like task
+results. When a replay calls a task with an input not on record while recorded calls
+of the same task stay unused, the run logs a warning and the record of the new call
+carries a notice to the run's detail (under `strict_replay`, the run fails instead).
+
+A task call that failed for good in an earlier workflow-level attempt of the run
+(under the version's `retry`) runs again in a later attempt; completed calls stay
+memoized.
+
 Sleeps, event waits and child results are durable waits, identified by name (or, for
 a child, by address) and occurrence. One already over returns at once on replay;
 one still pending blocks the branch of code that asked. The run suspends when every
@@ -33,13 +45,16 @@ from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from random import random as _random
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from uuid import UUID, uuid4
 
 import anyio
 import anyio.lowlevel
 from pydantic import ValidationError
 
 from aiki_core import (
+    MAX_NOTICE_LENGTH,
     RUN_TERMINAL_STATUSES,
     TASK_TERMINAL_STATUSES,
     AikiError,
@@ -49,9 +64,11 @@ from aiki_core import (
     AwaitRetry,
     AwaitSleep,
     CodecContext,
+    CodecError,
     ConflictError,
     CreateWebhookRequest,
     ErrorInfo,
+    InvalidRequestError,
     PayloadValidationError,
     RecordTaskRequest,
     ReplayDivergenceError,
@@ -68,10 +85,10 @@ from aiki_core import (
     to_millis,
 )
 from aiki_workflow._hooks import SleepInfo
-from aiki_workflow._interrupts import Abandon, PauseAtBoundary
+from aiki_workflow._interrupts import Abandon, ContinueAsNew, PauseAtBoundary
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Iterator
+    from collections.abc import Awaitable, Callable, Iterator
 
     from pydantic import JsonValue
 
@@ -194,6 +211,20 @@ class _MintWebhook:
 
 
 @dataclass(frozen=True, slots=True)
+class _Draw:
+    """A value drawn once (a time, an id, a random number), run and recorded as a task."""
+
+    name: str
+    draw: Callable[[], JsonValue]
+    input: JsonValue = None
+    retry: RetryPolicy | None = None
+    timeout: timedelta | None = None
+
+    async def run_attempt(self, attempt: TaskAttemptInfo) -> JsonValue:
+        return self.draw()
+
+
+@dataclass(frozen=True, slots=True)
 class _Call:
     """One task call being run: what every record of its attempts repeats."""
 
@@ -201,6 +232,8 @@ class _Call:
     address: TaskAddress
     occurrence: int
     encoded_input: JsonValue
+    notice: str | None = None
+    """Sent with its records: what the replay noticed when it made this call."""
 
 
 class WorkflowRun:
@@ -213,12 +246,14 @@ class WorkflowRun:
         task_retry: RetryPolicy | None = None,
         on_sleep: HookTask[SleepInfo] | None = None,
         strict_replay: bool = False,
+        encode_payload: Callable[[Any], JsonValue] | None = None,
     ) -> None:
         claim = execution.claim
         self._execution = execution
         self._task_retry = task_retry or _DEFAULT_TASK_RETRY
         self._on_sleep = on_sleep
         self._strict_replay = strict_replay
+        self._encode_payload = encode_payload
         self._replayed: set[tuple[str, int]] = set()
         self.id: RunId = claim.run.id
         self.name: str = claim.run.workflow
@@ -231,6 +266,10 @@ class WorkflowRun:
         self._recorded: dict[tuple[str, int], TaskRecord] = {
             (t.address, t.occurrence): t for t in claim.tasks
         }
+        self._unused: Counter[str] = Counter(
+            t.name for t in claim.tasks if t.status in TASK_TERMINAL_STATUSES
+        )
+        """Ended task calls on record that this replay has not made yet, by task name."""
         self._sleeps: dict[tuple[str, int], SleepRecord] = {
             (r.name, r.occurrence): r for r in claim.sleeps
         }
@@ -274,32 +313,48 @@ class WorkflowRun:
         occurrence = self._next("task", address)
         record = self._recorded.get((address, occurrence))
         attempt = 1
-        if record is None and self._strict_replay:
-            self._check_no_divergence(invocation)
-        if record is not None:
-            self._replayed.add((address, occurrence))
+        earlier = 0
+        notice = None
+        if record is None:
+            notice = self._divergence(invocation, address)
+        else:
+            if (address, occurrence) not in self._replayed:
+                self._replayed.add((address, occurrence))
+                if record.status in TASK_TERMINAL_STATUSES:
+                    self._unused[record.name] -= 1
+            # a call that failed for good in an earlier attempt of the run runs again
+            rerun = record.status is TaskStatus.FAILED and record.run_attempt < self.attempt
             if record.status is TaskStatus.COMPLETED:
                 return codec.decode(
                     record.result, CodecContext.task(self.id, address, occurrence, "result")
                 )
-            if record.status is TaskStatus.FAILED:
+            if record.status is TaskStatus.FAILED and not rerun:
                 assert record.error is not None
                 error = record.error.open(
                     codec, CodecContext.task(self.id, address, occurrence, "error")
                 )
                 raise TaskFailedError(self.id, invocation.name, error)
+            # attempts go on counting; the retry policy counts this run attempt's only
             attempt = len(record.attempts) + 1
-            if record.next_attempt_at is not None and record.next_attempt_at > self._claimed_at:
+            earlier = sum(1 for a in record.attempts if a.run_attempt < self.attempt)
+            next_at = record.next_attempt_at
+            if not rerun and next_at is not None and next_at > self._claimed_at:
                 await self.block(AwaitRetry(address=address, occurrence=occurrence))
         with self._task_in_flight():
-            outcome = await self._run(invocation, address, occurrence, attempt)
+            outcome = await self._run(invocation, address, occurrence, attempt, earlier, notice)
         if isinstance(outcome, _LongRetry):
             # the server set the next attempt's due time when it recorded this one
             await self.block(AwaitRetry(address=address, occurrence=occurrence))
         return outcome
 
     async def _run(
-        self, invocation: TaskInvocation, address: TaskAddress, occurrence: int, attempt: int
+        self,
+        invocation: TaskInvocation,
+        address: TaskAddress,
+        occurrence: int,
+        attempt: int,
+        earlier: int,
+        notice: str | None,
     ) -> JsonValue | _LongRetry:
         # earlier results must be on record (a crash then re-runs only this task, and
         # their answers tell of a pause); stop if one was refused
@@ -318,6 +373,7 @@ class WorkflowRun:
             codec.encode(
                 invocation.input, CodecContext.task(self.id, address, occurrence, "input")
             ),
+            notice,
         )
         while True:
             info = TaskAttemptInfo(
@@ -335,7 +391,7 @@ class WorkflowRun:
                 raise
             except Exception as exc:
                 error = ErrorInfo.from_exception(exc)
-                delay = policy.delay_after(attempt) if error.retryable else None
+                delay = policy.delay_after(attempt - earlier) if error.retryable else None
                 if delay is None:
                     await self._record(
                         call, attempt, TaskStatus.FAILED, started_at=started_at, error=error
@@ -369,16 +425,59 @@ class WorkflowRun:
             )
             return result
 
-    def _check_no_divergence(self, invocation: TaskInvocation) -> None:
-        """Under strict replay, a new call while recorded outcomes are unused is an error."""
-        unused = [
-            f"{record.name}({_summary(record.input)}) #{record.occurrence}"
+    def _divergence(self, invocation: TaskInvocation, address: TaskAddress) -> str | None:
+        """A call not on record: the notice to report if the replay diverged, else `None`.
+
+        It diverged when ended calls of the same task stay unused: most likely the
+        task's input holds a value that differs on every replay (the time, a random
+        number, a fresh id), and the task runs again. Logged, and reported with the
+        new call's records; under strict replay, `ReplayDivergenceError` instead.
+        """
+        if self._strict_replay and any(n > 0 for n in self._unused.values()):
+            unused = [f"{r.name}({self._input_summary(r)}) #{r.occurrence}" for r in self._left()]
+            new_call = f"{invocation.name}({_summary(invocation.input)})"
+            raise ReplayDivergenceError(self.id, new_call, unused)
+        if not self._unused[invocation.name]:
+            return None
+        left = [r for r in self._left() if r.name == invocation.name]
+        self.log.warn(
+            "replay diverged: a task is called with an input not on record while recorded"
+            " calls of it stay unused; it runs again (is its input nondeterministic? use"
+            " run.now(), run.uuid(), run.random())",
+            {
+                "task": invocation.name,
+                "new_input": _summary(invocation.input),
+                "unused_inputs": [self._input_summary(r) for r in left],
+            },
+        )
+        # with a keyed codec, inputs are sealed: the server must not see them in clear
+        clear = self._address_key is None
+        inputs = f" with input {_summary(invocation.input)}" if clear else ""
+        listed = ", ".join(
+            f"#{r.occurrence}" + (f" {self._input_summary(r)}" if clear else "") for r in left
+        )
+        return (
+            f"replay diverged: task {invocation.name!r} was called{inputs} (address"
+            f" {address}), which is not on record, while {len(left)} recorded call(s) of it"
+            f" stayed unused ({listed}); it ran again. Is its input nondeterministic (the"
+            " time, a random number, a fresh id)? Use run.now(), run.uuid(), run.random()."
+        )[:MAX_NOTICE_LENGTH]
+
+    def _left(self) -> list[TaskRecord]:
+        """Ended task calls on record that this replay has not made (yet)."""
+        return [
+            record
             for key, record in self._recorded.items()
             if key not in self._replayed and record.status in TASK_TERMINAL_STATUSES
         ]
-        if unused:
-            new_call = f"{invocation.name}({_summary(invocation.input)})"
-            raise ReplayDivergenceError(self.id, new_call, unused)
+
+    def _input_summary(self, record: TaskRecord) -> str:
+        """A recorded call's input, opened by the codec, short; `<sealed>` if it cannot be."""
+        context = CodecContext.task(self.id, record.address, record.occurrence, "input")
+        try:
+            return _summary(self._execution.codec.decode(record.input, context))
+        except CodecError:
+            return "<sealed>"
 
     @contextmanager
     def _task_in_flight(self) -> Iterator[None]:
@@ -498,6 +597,58 @@ class WorkflowRun:
         self._poke()
         return record
 
+    # -- deterministic values ------------------------------------------------------------
+
+    async def now(self) -> datetime:
+        """The current time (aware, UTC), drawn once and recorded: a replay gets it again.
+
+        Use it instead of `datetime.now()` or `time.time()` wherever the value reaches a
+        task's input, a sleep or a branch: a value that differs on replay changes the
+        task's address, and the task runs again.
+        """
+        drawn = await self.execute_task(_Draw("aiki.now", lambda: _now().isoformat()))
+        return datetime.fromisoformat(str(drawn))
+
+    async def uuid(self) -> UUID:
+        """A random UUID (version 4), drawn once and recorded: a replay gets it again."""
+        drawn = await self.execute_task(_Draw("aiki.uuid", lambda: str(uuid4())))
+        return UUID(str(drawn))
+
+    async def random(self) -> float:
+        """A random float in [0, 1), drawn once and recorded: a replay gets it again.
+
+        Not for secrets (it is a task result like any other, and not cryptographic).
+        """
+        drawn = await self.execute_task(_Draw("aiki.random", _random))
+        assert isinstance(drawn, (int, float))
+        return float(drawn)
+
+    def continue_as_new(self, payload: Any) -> NoReturn:
+        """End this run and start a fresh run of the same version with `payload`.
+
+        For long-lived loops: a run may record only so many task calls (a server
+        setting), and every replay reads its whole history. The new run starts queued
+        with an empty history, in the same pool, with the version's timeout counted
+        anew. This run ends as `completed` without a result of its own, linked to the
+        new one (`continued_as`; the new run has `continued_from`), and its handle's
+        `result()` follows the chain to the last run's result. Its `after` and
+        `on_complete` hooks do not run: the work goes on in the new run. A child run
+        cannot continue as new (its parent waits for its own result).
+
+        Raises `PayloadValidationError` when `payload` does not match the version's
+        payload type; otherwise it does not return.
+        """
+        if self._execution.claim.run.parent_run_id is not None:
+            raise InvalidRequestError(
+                f"run {self.id} is a child run; a child cannot continue as new",
+                details={"run_id": self.id},
+            )
+        assert self._encode_payload is not None, "a version's run can continue as new"
+        encoded = self._encode_payload(payload)
+        new_id = new_run_id()
+        sealed = self.codec.encode(encoded, CodecContext.run_input(new_id))
+        raise ContinueAsNew(new_id, sealed)
+
     async def webhook_url(self, event: Event[Any], *, expires: timedelta) -> str:
         """A signed URL whose POST delivers `event` (its body checked against the type).
 
@@ -574,6 +725,7 @@ class WorkflowRun:
             input=call.encoded_input,
             retry=call.invocation.retry,
             error=error,
+            notice=call.notice,
             **fields,
         )
 

@@ -23,6 +23,7 @@ from aiki_core import (
     CodecContext,
     CodecError,
     CompleteRun,
+    ContinueRun,
     ErrorInfo,
     FailRun,
     PayloadValidationError,
@@ -33,6 +34,7 @@ from aiki_core import (
 )
 from aiki_workflow._children import ChildRun
 from aiki_workflow._hooks import Hooks, HookTask, SleepInfo
+from aiki_workflow._interrupts import ContinueAsNew
 from aiki_workflow._run import Suspended, WorkflowRun
 
 if TYPE_CHECKING:
@@ -163,6 +165,7 @@ class WorkflowVersion(Generic[InT, OutT]):
                 task_retry=self.task_retry,
                 on_sleep=self.hooks.on_sleep,
                 strict_replay=self.strict_replay,
+                encode_payload=self.encode_payload,
             )
             raw = execution.codec.decode(
                 execution.claim.input, CodecContext.run_input(run_id, claimed.schedule_id)
@@ -177,6 +180,8 @@ class WorkflowVersion(Generic[InT, OutT]):
             return FailRun(error=ErrorInfo.from_exception(error))
         try:
             outcome = await run.drive(self._body(run, payload))
+        except ContinueAsNew as cont:
+            return ContinueRun(run_id=cont.run_id, input=cont.sealed_input)
         except RunInterrupt:
             raise
         except Exception as exc:  # a failing hook

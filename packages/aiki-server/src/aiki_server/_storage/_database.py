@@ -2,7 +2,9 @@
 
 SQL is written once, with `$1`-style parameters (PostgreSQL's); the SQLite
 implementation rewrites them to `?1`. The few dialect differences are fragments on
-the transaction (`lock_rows`, `skip_locked`).
+the transaction (`lock_rows`, `skip_locked`, `in_array`). No statement takes one
+parameter per row: a list of ids is one parameter (`Tx.array`), matched with
+`in_array`, however long the list.
 
 Topics noted with `Tx.publish` are delivered only after the transaction commits:
 in process through the `WakeHub`, and to other replicas through NOTIFY.
@@ -38,6 +40,17 @@ class Tx(ABC):
 
     def __init__(self) -> None:
         self.topics: set[str] = set()
+
+    @abstractmethod
+    def in_array(self, param: int) -> str:
+        """`column {tx.in_array(2)}`: the column equals one of the texts bound at `$2`.
+
+        Bind `tx.array(values)` there: one parameter, however many values.
+        """
+
+    @abstractmethod
+    def array(self, values: Sequence[str]) -> Any:
+        """`values` as the single parameter an `in_array` fragment reads."""
 
     def publish(self, topic: str) -> None:
         """Wake the topic's waiters once this transaction has committed."""

@@ -61,6 +61,14 @@ class PostgresTx(Tx):
         super().__init__()
         self._conn = conn
 
+    def in_array(self, param: int) -> str:
+        """`= ANY($n::text[])`: one array parameter."""
+        return f"= ANY(${param}::text[])"
+
+    def array(self, values: Sequence[str]) -> Any:
+        """A list, which asyncpg sends as a PostgreSQL array."""
+        return list(values)
+
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
         """Rows of a query."""
         return [dict(record) for record in await self._conn.fetch(sql, *args)]

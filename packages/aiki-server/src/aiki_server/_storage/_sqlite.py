@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import re
 import sqlite3
 from contextlib import asynccontextmanager
@@ -50,6 +51,14 @@ class SqliteTx(Tx):
     def __init__(self, conn: sqlite3.Connection) -> None:
         super().__init__()
         self._conn = conn
+
+    def in_array(self, param: int) -> str:
+        """`IN (SELECT value FROM json_each(?n))`: one JSON array parameter."""
+        return f"IN (SELECT value FROM json_each(${param}))"
+
+    def array(self, values: Sequence[str]) -> Any:
+        """The values as a JSON array text, which `json_each` reads."""
+        return json.dumps(list(values))
 
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
         """Rows of a query."""
