@@ -844,7 +844,9 @@ class Orchestrator:
             await self._fail_over_limit(namespace, run_id, req.revision, exc)
             raise
 
-    async def _transition(self, namespace: str, run_id: str, req: TransitionRunRequest) -> RunSummary:
+    async def _transition(
+        self, namespace: str, run_id: str, req: TransitionRunRequest
+    ) -> RunSummary:
         action = req.action
         async with self.db.transaction() as tx:
             run = await self._claimed_run(tx, run_id, namespace, req.revision)
