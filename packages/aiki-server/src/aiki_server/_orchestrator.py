@@ -88,6 +88,7 @@ from aiki_server._rows import (
     transition,
 )
 from aiki_server._schedules import Schedules
+from aiki_server._storage._outage import is_outage
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Collection, Sequence
@@ -615,9 +616,9 @@ class Orchestrator:
             return []
         try:
             return await self._claim_rows(worker_id, f"SELECT * {queued}", args)
-        except self.db.transient_errors:
-            raise
         except Exception as exc:
+            if self._not_the_runs_fault(exc):
+                raise
             _log.warn("claim failed; claiming its runs one by one", {"error": repr(exc)})
         # a run that cannot be claimed must not hold up the runs queued behind it: claim
         # one at a time, in queue order
@@ -642,9 +643,9 @@ class Orchestrator:
                     "SELECT * FROM runs WHERE id = $1 AND status = $2",
                     [ids[0], RunStatus.QUEUED.value],
                 )
-            except self.db.transient_errors:
-                raise
             except Exception as exc:
+                if self._not_the_runs_fault(exc):
+                    raise
                 failed.append((ids[0], exc))
         if failed and not claimed and len(tried) > 1:
             # no run could be claimed: the fault is not one run's (the database, say);
@@ -654,9 +655,12 @@ class Orchestrator:
             await self._set_aside(run_id, cause)
         return claimed
 
+    def _not_the_runs_fault(self, exc: Exception) -> bool:
+        """Whether a failed claim says nothing about its runs: a race, or an outage."""
+        return isinstance(exc, self.db.transient_errors) or is_outage(exc)
+
     async def _claim_rows(self, worker_id: str, select: str, args: list[Any]) -> list[ClaimedRun]:
         """Claim the queued runs `select` finds, with everything their replays need."""
-        now = self.clock()
         async with self.db.transaction() as tx:
             rows = await tx.fetch(f"{select}{tx.skip_locked}", *args)
             if not rows:
@@ -700,13 +704,13 @@ class Orchestrator:
 
         After `_MAX_CLAIM_FAILURES` failed claims in a row, the run fails with that cause.
         """
-        now = self.clock()
         cause = f"{type(exc).__name__}: {exc}"[:500]
         _log.error("a run cannot be claimed; set aside", {"run_id": run_id, "error": cause})
         async with self.db.transaction() as tx:
             run = await tx.fetchrow(f"SELECT * FROM runs WHERE id = $1{tx.lock_rows}", run_id)
             if run is None or run["status"] != RunStatus.QUEUED:
                 return
+            now = self.clock()
             failures = int(run["claim_failures"]) + 1
             reason = f"claim failed ({failures} of {_MAX_CLAIM_FAILURES}): {cause}"
             if failures >= _MAX_CLAIM_FAILURES:
