@@ -51,8 +51,7 @@ class Execution:
     async def record_task(self, request: RecordTaskRequest) -> RecordTaskResponse:
         """Record a task attempt through the client, now."""
         recorded = await self.api.record_task(self.claim.run.id, request)
-        if recorded.directive is RunDirective.PAUSE:
-            self.pause_requested = True
+        self.pause_requested = recorded.directive is RunDirective.PAUSE
         return recorded
 
     async def start_child(self, request: StartChildRequest) -> StartRunResponse:
