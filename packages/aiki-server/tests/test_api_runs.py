@@ -615,6 +615,22 @@ async def test_pause_a_running_run_waits_for_its_next_task_boundary(
     assert [t["status"] for t in again["tasks"]] == ["completed"]
 
 
+async def test_resume_before_the_task_boundary_withdraws_the_pause(
+    server: httpx.AsyncClient,
+) -> None:
+    run = await pause_while_running(server)
+    r = await server.post(f"/runs/{run['id']}/resume")
+    assert r.status_code == 200, r.text
+    assert (r.json()["status"], r.json()["pause_requested"]) == ("running", False)
+    assert await heartbeat(server, run) == "continue"
+    r = await server.post(f"/runs/{run['id']}/tasks", json=task_record(run["revision"]))
+    assert r.json()["directive"] == "continue"
+    r = await transition(server, run["id"], run["revision"], {"kind": "complete", "result": 1})
+    assert r.json()["run"]["status"] == "completed"
+    reasons = [h["reason"] for h in (await get_run(server, run["id"]))["history"]]
+    assert "pause withdrawn" in reasons
+
+
 async def test_a_pausing_run_that_suspends_is_paused_with_its_wait(
     server: httpx.AsyncClient,
 ) -> None:

@@ -253,13 +253,20 @@ async def test_heartbeat_answers_cancel_for_a_cancelled_run(server: httpx.AsyncC
     assert await heartbeat(server, "a", [(run_id, run["revision"])]) == {run_id: "cancel"}
 
 
-async def test_heartbeat_answers_pause_for_a_paused_run(server: httpx.AsyncClient) -> None:
-    run_id = (await start(server))["id"]
-    run = (await claim_one(server, worker_id="a"))["run"]
-    r = await server.post(f"/runs/{run_id}/pause")
-    assert r.status_code == 200, r.text
-    assert r.json()["status"] == "paused"
-    assert await heartbeat(server, "a", [(run_id, run["revision"])]) == {run_id: "pause"}
+async def test_heartbeat_answers_pause_for_a_pausing_run_and_keeps_its_claim(
+    make_harness: HarnessFactory,
+) -> None:
+    async with make_harness(claim_idle_timeout=timedelta(seconds=10)) as h:
+        run_id = (await start(h.client))["id"]
+        run = (await claim_one(h.client, worker_id="a"))["run"]
+        r = await h.client.post(f"/runs/{run_id}/pause")
+        assert r.status_code == 200, r.text
+        assert (r.json()["status"], r.json()["pause_requested"]) == ("running", True)
+        for _ in range(2):  # each heartbeat renews the claim, so it never goes idle
+            h.clock.advance(6_000)
+            assert await heartbeat(h.client, "a", [(run_id, run["revision"])]) == {run_id: "pause"}
+            await timer_pass(h)
+        assert (await get_run(h.client, run_id))["status"] == "running"
 
 
 async def test_heartbeat_answers_each_run_on_its_own(server: httpx.AsyncClient) -> None:

@@ -404,24 +404,8 @@ class Orchestrator:
             if run["status"] != RunStatus.RUNNING:
                 await move_run(tx, run, RunStatus.PAUSED, now, "paused", fence=True)
             elif not run["pause_requested"]:
-                await tx.execute(
-                    "UPDATE runs SET pause_requested = 1, updated_at = $2 WHERE id = $1",
-                    run_id,
-                    now,
-                )
-                await record_history(
-                    tx,
-                    namespace=namespace,
-                    run_id=run_id,
-                    entity="run",
-                    entity_id=run_id,
-                    from_status=run["status"],
-                    to_status=run["status"],
-                    reason="pause requested: the run stops at its next task boundary",
-                    revision=run["revision"],
-                    now=now,
-                )
-                tx.publish(run_topic(run_id))
+                reason = "pause requested: the run stops at its next task boundary"
+                await _request_pause(tx, run, now, reason, requested=True)
             return await self._summary(tx, run_id)
 
     async def resume_run(self, namespace: str, run_id: str) -> RunSummary:
@@ -429,6 +413,10 @@ class Orchestrator:
         async with self.db.transaction() as tx:
             run = await self._locked_run(tx, run_id, namespace)
             now = self.clock()
+            if run["status"] == RunStatus.RUNNING and run["pause_requested"]:
+                # resumed before its worker reached the boundary: it goes on running
+                await _request_pause(tx, run, now, "pause withdrawn", requested=False)
+                return await self._summary(tx, run_id)
             if run["status"] != RunStatus.PAUSED:
                 # the state machine allows e.g. running -> queued, but not as a "resume"
                 raise IllegalTransitionError("run", run_id, run["status"], "resumed")
@@ -1061,6 +1049,29 @@ def _directive(run: Row | None, revision: int, worker_id: str) -> RunDirective:
     if run["pause_requested"]:
         return RunDirective.PAUSE  # stop at the next task boundary, with the claim
     return RunDirective.CONTINUE
+
+
+async def _request_pause(tx: Tx, run: Row, now: int, reason: str, *, requested: bool) -> None:
+    """Ask a running run to stop at its next task boundary, or withdraw that; in history."""
+    await tx.execute(
+        "UPDATE runs SET pause_requested = $2, updated_at = $3 WHERE id = $1",
+        run["id"],
+        int(requested),
+        now,
+    )
+    await record_history(
+        tx,
+        namespace=run["namespace"],
+        run_id=run["id"],
+        entity="run",
+        entity_id=run["id"],
+        from_status=run["status"],
+        to_status=run["status"],
+        reason=reason,
+        revision=run["revision"],
+        now=now,
+    )
+    tx.publish(run_topic(run["id"]))
 
 
 def _due(now: int, at: datetime | None, after: timedelta | None) -> int | None:

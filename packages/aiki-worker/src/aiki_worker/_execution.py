@@ -107,8 +107,8 @@ class Execution:
         """Record a task attempt through the client, now."""
         run_id = self.claim.run.id
         recorded = await self._write(lambda: self.api.record_task(run_id, request), "a task record")
-        if recorded.directive is RunDirective.PAUSE:
-            self.pause_requested = True
+        # a resume before the boundary withdraws the pause: the latest answer decides
+        self.pause_requested = recorded.directive is RunDirective.PAUSE
         return recorded
 
     async def start_child(self, request: StartChildRequest) -> StartRunResponse:

@@ -278,9 +278,10 @@ class Worker:
                 held = leased.get(status.run_id)
                 if held is None or self._held.get(status.run_id) is not held:
                     continue
-                if status.directive is RunDirective.PAUSE:
-                    held.execution.pause_requested = True  # it stops at its next task boundary
-                elif status.directive is not RunDirective.CONTINUE:
+                if status.directive in (RunDirective.CONTINUE, RunDirective.PAUSE):
+                    # paused, it stops at its next task boundary; resumed before, it goes on
+                    held.execution.pause_requested = status.directive is RunDirective.PAUSE
+                else:
                     held.directive = status.directive
                     held.scope.cancel()
 
