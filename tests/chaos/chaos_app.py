@@ -50,8 +50,9 @@ if TYPE_CHECKING:
     from aiki_core import ExecutableVersion, Logger
 
 PROBE_POOL = "probe"
-CHARGE_SECONDS = 1.5
-"""The slow task: long enough that worker kills often land while it runs."""
+CHARGE_SECONDS = 2.5
+"""The slow task: long enough that worker kills often land while it runs, well after
+the fast task beside it finished (more than `Plan.ack_grace`)."""
 QUICK_SECONDS = 0.05
 """Every other task's side effect takes this long."""
 

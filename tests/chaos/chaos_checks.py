@@ -222,6 +222,8 @@ class Reruns:
     """How the re-executions of task calls were judged."""
 
     violations: list[str] = field(default_factory=list)
+    by_live_worker: int = 0
+    """Violations whose earlier worker was still alive when the task ran again."""
     excused: int = 0
     """In flight when its own worker was killed."""
     cut_off: int = 0
@@ -303,6 +305,8 @@ def judge_reruns(
             if earlier.finished is None and killed is None:
                 judged.abandoned += 1
                 continue
+            if killed is None or killed > later.started:
+                judged.by_live_worker += 1
             fate = (
                 "its worker lived on"
                 if killed is None

@@ -139,7 +139,7 @@ class Plan:
     """The PostgreSQL crash comes at this share of the chaos."""
     outage_seconds: float = 0.5
     """A killed server, or crashed PostgreSQL, stays down this long before its restart."""
-    claim_idle_timeout: float = 4.0
+    claim_idle_timeout: float = 6.0
     heartbeat_ms: int = 1000
     workers: int = 3
     max_runs_per_worker: int = 30
@@ -307,6 +307,10 @@ class Chaos:
         self.probe_worker: LiveProcess | None = None
         self.pg: PgCluster | None = None
         self.db_url = ""
+        self.outage = anyio.Lock()
+        """Held by a server restart and by the PostgreSQL crash: they never overlap, so a
+        server never starts while its database is down, and replica B is up (with
+        connections of its own) when PostgreSQL crashes."""
 
     # -- timeline ------------------------------------------------------------------------
 
@@ -446,8 +450,8 @@ class Chaos:
     def server_kills(self) -> list[tuple[float, Replica]]:
         """(seconds after the origin, replica) of every server kill.
 
-        None within 6 s of the PostgreSQL crash (a server restarting then could not
-        reach its database), and only replica A's after it: replica B keeps the
+        None within 6 s of the PostgreSQL crash (and `outage` keeps a server's restart
+        and the crash apart), and only replica A's after it: replica B keeps the
         connections that lived through the crash, for the probes.
         """
         pg_at = self.pg_restart_time()
@@ -480,23 +484,25 @@ class Chaos:
         """SIGKILL a replica at each planned time; restart it on its port."""
         for at, replica in kills:
             await self.sleep_until(self.at(at))
-            victim = replica.process
-            if victim is None or victim.returncode is not None:
-                continue
-            await self.kill(victim)
-            self.record("server_kill", replica=replica.name, url=replica.url, pid=victim.pid)
-            await anyio.sleep(self.plan.outage_seconds)
-            await self.start_server(replica)
+            async with self.outage:
+                victim = replica.process
+                if victim is None or victim.returncode is not None:
+                    continue
+                await self.kill(victim)
+                self.record("server_kill", replica=replica.name, url=replica.url, pid=victim.pid)
+                await anyio.sleep(self.plan.outage_seconds)
+                await self.start_server(replica)
 
     async def restart_postgres(self, at: float) -> None:
         """Crash PostgreSQL at `at`, keep it down a moment, start it (crash recovery)."""
         assert self.pg is not None
         await self.sleep_until(self.at(at))
-        self.record("pg_stop")
-        await self.pg.crash()
-        await anyio.sleep(self.plan.outage_seconds)
-        await self.pg.start()
-        self.record("pg_ready")
+        async with self.outage:
+            self.record("pg_stop")
+            await self.pg.crash()
+            await anyio.sleep(self.plan.outage_seconds)
+            await self.pg.start()
+            self.record("pg_ready")
 
     async def supervise(self) -> None:
         """Replace any process that exited without being killed, and say so."""
@@ -508,7 +514,8 @@ class Chaos:
                     if process.pid not in self.killed:
                         self.killed.add(process.pid)
                         self.died.append(self._died(f"server {replica.name}", process))
-                        await self.start_server(replica)
+                        async with self.outage:
+                            await self.start_server(replica)
             for slot in self.slots:
                 process = slot.process
                 if process.returncode is not None and process.pid not in self.killed:
@@ -542,7 +549,7 @@ class Chaos:
             with deadline(PROBE_TIMEOUT if index else HEALTH_TIMEOUT, f"probe {key}"):
                 while (reached := first_starts(path).get(key)) is None:  # noqa: ASYNC110
                     await anyio.sleep(0.005)
-            await handle.result()
+                await handle.result()
             if index:
                 latencies.append(reached - answered)
             await anyio.sleep(self.rng.uniform(0.2, 0.7))
@@ -730,6 +737,7 @@ def _report(
     figure(("re-runs excused (worker cut off for a claim's life)", str(reruns.cut_off)))
     figure(("in-flight executions given up by a live worker", str(reruns.abandoned)))
     figure(("completed tasks executed twice", str(len(reruns.violations))))
+    figure(("  of them while their first worker lived", str(reruns.by_live_worker)))
     report.failures.extend(reruns.violations)
 
     http = load_http(chaos.directory)
