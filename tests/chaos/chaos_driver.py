@@ -522,6 +522,10 @@ class Chaos:
                     self.killed.add(process.pid)
                     self.died.append(self._died("worker", process))
                     slot.process = await self.start_worker(slot.replica)
+            probe = self.probe_worker
+            if probe is not None and probe.returncode is not None:
+                self.died.append(self._died("probe worker", probe))
+                self.probe_worker = await self.start_worker(self.replicas[1], probe=True)
 
     def _died(self, what: str, process: LiveProcess) -> str:
         self.record("died", pid=process.pid, what=what, exit=process.returncode)
