@@ -256,8 +256,8 @@ class RerunRules:
     ack_grace: float
     """Seconds after a finish in which the result may still be unacknowledged."""
     cut_off: float
-    """An outage this long lets a live worker's claim go idle (claim idle timeout less
-    one heartbeat interval)."""
+    """An outage this long may let a live worker's claim go idle (the claim idle timeout
+    less the longest a worker may take to heartbeat again once the server is back)."""
 
 
 def judge_reruns(

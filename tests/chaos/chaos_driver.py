@@ -139,7 +139,9 @@ class Plan:
     """The PostgreSQL crash comes at this share of the chaos."""
     outage_seconds: float = 0.5
     """A killed server, or crashed PostgreSQL, stays down this long before its restart."""
-    claim_idle_timeout: float = 6.0
+    claim_idle_timeout: float = 10.0
+    """Long enough that most server restarts on a loaded machine (2-8 s) end before a
+    cut-off worker's claim could go idle, so their re-runs are judged strictly."""
     heartbeat_ms: int = 1000
     workers: int = 3
     max_runs_per_worker: int = 30
@@ -730,8 +732,11 @@ def _report(
 
     executions, torn = load_ledger(chaos.ledger)
     windows = outage_windows(chaos.timeline, plan.grace, now)
+    # a worker's first heartbeat after an outage may come up to two heartbeats (the one
+    # that failed, the next) and a connect back-off after the outage's start
+    heartbeat = plan.heartbeat_ms / 1000
     rules = RerunRules(
-        ack_grace=plan.ack_grace, cut_off=plan.claim_idle_timeout - plan.heartbeat_ms / 1000
+        ack_grace=plan.ack_grace, cut_off=plan.claim_idle_timeout - 2 * heartbeat - 0.5
     )
     outages = outage_windows(chaos.timeline, 0.0, now)
     reruns = judge_reruns(executions, chaos.timeline, windows, outages, rules, origin=origin)
