@@ -55,6 +55,8 @@ CHARGE_SECONDS = 2.5
 the fast task beside it finished (more than `Plan.ack_grace`)."""
 QUICK_SECONDS = 0.05
 """Every other task's side effect takes this long."""
+CONTACT_GAP = 2.0
+"""Seconds without an answer that `RecordingHttp` records as a contact gap."""
 
 
 # -- the ledger --------------------------------------------------------------------------
@@ -102,7 +104,13 @@ async def side_effect(ctx: TaskContext, key: str, seconds: float) -> None:
 
 
 class RecordingHttp:
-    """Wraps a client's HTTP path; appends every 5xx answer and unreachable request to a file.
+    """Wraps a client's HTTP path; records 5xx answers, failed requests, and silences.
+
+    Appends a line to its file for every 5xx answer and every request that could not
+    be carried, and one for every *contact gap*: a span of more than `CONTACT_GAP`
+    seconds without any answer below 500 (while a worker holds runs it heartbeats
+    every second, so a gap that long means its server could not hear it: its claims
+    may have gone idle).
 
     The client has no hook for this: the chaos run reaches into its private `_http`,
     so what is counted is exactly what the real network path (not a stand-in
@@ -114,6 +122,7 @@ class RecordingHttp:
         self._base_url = base_url
         self._role = role
         self._fd = open_append(log)
+        self._last_answer = time.time()
 
     async def send(
         self, method: str, path: str, body: bytes | None, params: Sequence[tuple[str, str]]
@@ -126,6 +135,11 @@ class RecordingHttp:
             raise
         if status >= 500:
             self._record(method, path, status, raw[:300].decode(errors="replace"))
+        else:
+            now = time.time()
+            if now - self._last_answer > CONTACT_GAP:
+                self._record("-", "-", None, "contact gap", gap_from=self._last_answer)
+            self._last_answer = now
         return status, raw
 
     async def aclose(self) -> None:
@@ -133,7 +147,9 @@ class RecordingHttp:
         await self._inner.aclose()
         os.close(self._fd)
 
-    def _record(self, method: str, path: str, status: int | None, text: str) -> None:
+    def _record(
+        self, method: str, path: str, status: int | None, text: str, **extra: object
+    ) -> None:
         append_line(
             self._fd,
             {
@@ -145,6 +161,7 @@ class RecordingHttp:
                 "path": path,
                 "status": status,
                 "text": text,
+                **extra,
             },
         )
 

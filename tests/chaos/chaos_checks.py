@@ -1,13 +1,12 @@
 """The invariants of the chaos run, decided from what its processes left on disk.
 
-Pure functions over three records, so a failed run can be analysed again from its
-files (`python tests/chaos/run_chaos.py --analyse DIR`):
+Pure functions over three records (tested on made-up ones in `test_chaos_checks.py`):
 
 - the ledger (`ledger-<pid>.jsonl`, written by `chaos_app.side_effect`): a `start`
   and a `finish` line per execution of a task body;
 - the client logs (`http-*.jsonl`, written by `chaos_app.RecordingHttp`): every 5xx
-  answer and every request that could not be carried, by the driver's clients and
-  by the workers;
+  answer, every request that could not be carried and every contact gap (a span
+  without an answer), of the driver's clients and of the workers;
 - the timeline (`timeline.jsonl`, written by the driver): every process started or
   killed, every server restart, the PostgreSQL crash and its recovery.
 
@@ -20,12 +19,14 @@ yet have been acknowledged, i.e. K - finish, less any outage window of P's serve
 that overlaps [finish, K], is at most `ack_grace` (one request's round trip, with
 room for a loaded machine). Any other re-run of an execution that finished is a
 *completed task executed twice*. An execution that never finished while its worker
-lived (its run was taken from it and its body cancelled) is counted as *abandoned*:
+lived (its run was taken from it and its body cancelled) is counted as *given up*:
 it did not complete, so its re-run is not a violation, but the figure is shown.
-One more excuse: when the worker could not reach the engine at all (its server
-replica, or PostgreSQL, was down) for as long as a claim lasts, the claim went idle
-and another worker rightly took the run; such re-runs are counted as *cut off*. On a
-loaded machine a server restart can take that long, so the figure is shown too.
+One more excuse: when the worker's client got no answer from its server (replica
+down, PostgreSQL down, or the machine too busy) for about as long as a claim lasts,
+between the first execution's start and the second's, its claims may rightly have
+gone idle and another worker taken the run: such re-runs are counted as *cut off*.
+The clients record these contact gaps themselves (`RecordingHttp`), so the excuse
+rests on what the worker saw, not on how long a restart took.
 
 Outage windows, during which a 5xx is expected: a PostgreSQL restart, from the
 crash until it accepts connections again plus `grace`, for every client; a server
@@ -73,6 +74,15 @@ class HttpEvent:
     path: str
     status: int | None
     text: str
+
+
+@dataclass(frozen=True)
+class Gap:
+    """A span in which a process's client got no answer below 500 from its server."""
+
+    pid: int
+    start: float
+    end: float
 
 
 @dataclass(frozen=True)
@@ -174,11 +184,17 @@ def first_starts(path: Path) -> dict[str, float]:
     return found
 
 
-def load_http(directory: Path) -> list[HttpEvent]:
-    """Every 5xx and failed request the clients recorded, oldest first."""
+def load_http(directory: Path) -> tuple[list[HttpEvent], list[Gap]]:
+    """The 5xx and failed requests the clients recorded, and their contact gaps."""
     events = []
+    gaps = []
     for path in sorted(directory.glob("http-*.jsonl")):
         for record in read_jsonl(path)[0]:
+            if "gap_from" in record:
+                gaps.append(
+                    Gap(_int(record["pid"]), _float(record["gap_from"]), _float(record["t"]))
+                )
+                continue
             status = record["status"]
             events.append(
                 HttpEvent(
@@ -192,7 +208,7 @@ def load_http(directory: Path) -> list[HttpEvent]:
                     text=str(record["text"]),
                 )
             )
-    return sorted(events, key=lambda e: e.t)
+    return sorted(events, key=lambda e: e.t), gaps
 
 
 def outage_windows(timeline: Timeline, grace: float, end: float) -> list[Window]:
@@ -256,23 +272,22 @@ class RerunRules:
     ack_grace: float
     """Seconds after a finish in which the result may still be unacknowledged."""
     cut_off: float
-    """An outage this long may let a live worker's claim go idle (the claim idle timeout
-    less the longest a worker may take to heartbeat again once the server is back)."""
+    """A contact gap this long may have let the worker's claims go idle (the claim idle
+    timeout, less the time a heartbeat may take to reach the server)."""
 
 
 def judge_reruns(
     executions: Sequence[Execution],
     timeline: Timeline,
     windows: Sequence[Window],
-    outages: Sequence[Window],
+    gaps: Sequence[Gap],
     rules: RerunRules,
     *,
     origin: float,
 ) -> Reruns:
     """Judge every execution followed by another of the same task call (see the module doc).
 
-    `windows` are the outage windows with their grace, `outages` the bare outages
-    (from the kill or crash until the part answered again).
+    `windows` are the outage windows, `gaps` the contact gaps of the workers' clients.
     """
     kills = timeline.kill_time()
     urls = timeline.worker_url()
@@ -294,11 +309,11 @@ def judge_reruns(
                     judged.excused += 1
                     continue
             if any(
-                w.url in (None, url)
-                and w.end - w.start >= rules.cut_off
-                and w.start < later.started
-                and w.end > earlier.started
-                for w in outages
+                g.pid == earlier.pid
+                and g.end - g.start >= rules.cut_off
+                and g.start < later.started
+                and g.end > earlier.started
+                for g in gaps
             ):
                 judged.cut_off += 1
                 continue

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from chaos_checks import (
     Execution,
+    Gap,
     HttpEvent,
     RerunRules,
     Timeline,
@@ -16,7 +17,7 @@ from chaos_checks import (
 
 A = "http://127.0.0.1:1001"
 B = "http://127.0.0.1:1002"
-RULES = RerunRules(ack_grace=1.0, cut_off=3.0)
+RULES = RerunRules(ack_grace=1.0, cut_off=5.0)
 
 
 def _timeline(*entries: dict[str, object]) -> Timeline:
@@ -31,10 +32,11 @@ def _execution(pid: int, started: float, finished: float | None, task: str = "t"
     return Execution("run", "key", task, pid, f"{pid}-{started}", started, finished)
 
 
-def _judge(timeline: Timeline, *executions: Execution) -> tuple[int, int, int, int]:
+def _judge(
+    timeline: Timeline, *executions: Execution, gaps: tuple[Gap, ...] = ()
+) -> tuple[int, int, int, int]:
     windows = outage_windows(timeline, 3.0, 100.0)
-    outages = outage_windows(timeline, 0.0, 100.0)
-    judged = judge_reruns(executions, timeline, windows, outages, RULES, origin=0.0)
+    judged = judge_reruns(executions, timeline, windows, gaps, RULES, origin=0.0)
     return len(judged.violations), judged.excused, judged.cut_off, judged.abandoned
 
 
@@ -58,11 +60,11 @@ def test_a_result_held_long_before_the_kill_must_not_run_again() -> None:
     timeline = _timeline({"kind": "worker_kill", "t": 12.0, "pid": 1, "url": A})
     executions = [_execution(1, 9.0, 10.0), _execution(2, 15.0, 15.1)]
     assert _judge(timeline, *executions) == (1, 0, 0, 0)
-    judged = judge_reruns(executions, timeline, [], [], RULES, origin=0.0)
+    judged = judge_reruns(executions, timeline, [], (), RULES, origin=0.0)
     assert judged.by_live_worker == 0
     # killed only after the task ran again: the first worker was alive then
     timeline = _timeline({"kind": "worker_kill", "t": 20.0, "pid": 1, "url": A})
-    judged = judge_reruns(executions, timeline, [], [], RULES, origin=0.0)
+    judged = judge_reruns(executions, timeline, [], (), RULES, origin=0.0)
     assert (len(judged.violations), judged.by_live_worker) == (1, 1)
 
 
@@ -79,12 +81,13 @@ def test_outage_time_of_the_workers_own_server_does_not_count_against_it() -> No
 
 
 def test_a_worker_cut_off_for_a_claims_life_may_lose_its_run() -> None:
-    kill_a = {"kind": "server_kill", "t": 10.5, "replica": "A", "url": A}
-    timeline = _timeline(kill_a, {"kind": "server_up", "t": 14.0, "replica": "A", "url": A})
-    assert _judge(timeline, _execution(1, 9.0, 10.0), _execution(2, 15.0, 15.1)) == (0, 0, 1, 0)
-    # a shorter outage than a claim's life: the worker should have kept its run
-    timeline = _timeline(kill_a, {"kind": "server_up", "t": 12.0, "replica": "A", "url": A})
-    assert _judge(timeline, _execution(1, 9.0, 10.0), _execution(2, 15.0, 15.1)) == (1, 0, 0, 0)
+    executions = (_execution(1, 9.0, 10.0), _execution(2, 17.0, 17.1))
+    # no answer from 9.5 to 15.0: its claim may have gone idle
+    gaps = (Gap(1, 9.5, 15.0),)
+    assert _judge(_timeline(), *executions, gaps=gaps) == (0, 0, 1, 0)
+    # a gap shorter than a claim's life, or another worker's: it should have kept its run
+    for gap in (Gap(1, 9.5, 13.0), Gap(2, 9.5, 15.0), Gap(1, 2.0, 8.5)):
+        assert _judge(_timeline(), *executions, gaps=(gap,)) == (1, 0, 0, 0), gap
 
 
 def test_an_execution_cancelled_while_its_worker_lived_was_given_up_not_completed() -> None:
