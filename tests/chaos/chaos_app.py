@@ -132,15 +132,21 @@ class RecordingHttp:
             status, raw = await self._inner.send(method, path, body, params)
         except ServerUnavailableError as exc:
             self._record(method, path, None, str(exc)[:300])
+            self._silence()
             raise
         if status >= 500:
             self._record(method, path, status, raw[:300].decode(errors="replace"))
+            self._silence()
         else:
-            now = time.time()
-            if now - self._last_answer > CONTACT_GAP:
-                self._record("-", "-", None, "contact gap", gap_from=self._last_answer)
-            self._last_answer = now
+            self._silence()
+            self._last_answer = time.time()
         return status, raw
+
+    def _silence(self) -> None:
+        """Record the contact gap so far, if any: again at each failure, so a gap cut
+        short by a SIGKILL is on file up to the kill (give or take a heartbeat)."""
+        if time.time() - self._last_answer > CONTACT_GAP:
+            self._record("-", "-", None, "contact gap", gap_from=self._last_answer)
 
     async def aclose(self) -> None:
         """Close the wrapped path and the file."""

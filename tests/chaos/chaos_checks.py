@@ -187,13 +187,12 @@ def first_starts(path: Path) -> dict[str, float]:
 def load_http(directory: Path) -> tuple[list[HttpEvent], list[Gap]]:
     """The 5xx and failed requests the clients recorded, and their contact gaps."""
     events = []
-    gaps = []
+    gap_ends: dict[tuple[int, float], float] = {}
     for path in sorted(directory.glob("http-*.jsonl")):
         for record in read_jsonl(path)[0]:
-            if "gap_from" in record:
-                gaps.append(
-                    Gap(_int(record["pid"]), _float(record["gap_from"]), _float(record["t"]))
-                )
+            if "gap_from" in record:  # the gap so far: its last line says how long it got
+                key = (_int(record["pid"]), _float(record["gap_from"]))
+                gap_ends[key] = max(gap_ends.get(key, 0.0), _float(record["t"]))
                 continue
             status = record["status"]
             events.append(
@@ -208,6 +207,7 @@ def load_http(directory: Path) -> tuple[list[HttpEvent], list[Gap]]:
                     text=str(record["text"]),
                 )
             )
+    gaps = [Gap(pid, start, end) for (pid, start), end in sorted(gap_ends.items())]
     return sorted(events, key=lambda e: e.t), gaps
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from typing import TYPE_CHECKING
+
 from chaos_checks import (
     Execution,
     Gap,
@@ -11,9 +14,13 @@ from chaos_checks import (
     Window,
     five_xx_outside,
     judge_reruns,
+    load_http,
     outage_windows,
     worker_recoveries,
 )
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 A = "http://127.0.0.1:1001"
 B = "http://127.0.0.1:1002"
@@ -132,3 +139,19 @@ def test_recovery_after_a_worker_kill_waits_for_every_run_it_had_in_flight() -> 
     [recovery] = worker_recoveries(executions, timeline)
     assert recovery.held == 2
     assert recovery.progress == 4.5
+
+
+def test_a_contact_gap_ends_at_its_last_line(tmp_path: Path) -> None:
+    line = {"pid": 7, "role": "worker", "url": A, "method": "-", "path": "-", "status": None}
+    records = [
+        {**line, "t": 12.0, "text": "contact gap", "gap_from": 9.0},
+        {**line, "t": 13.0, "method": "POST", "path": "/heartbeats", "text": "refused"},
+        {**line, "t": 14.0, "text": "contact gap", "gap_from": 9.0},
+        {**line, "t": 30.0, "text": "contact gap", "gap_from": 25.0},
+    ]
+    (tmp_path / "http-worker-1.jsonl").write_text(
+        "".join(json.dumps(record) + "\n" for record in records) + '{"torn'
+    )
+    events, gaps = load_http(tmp_path)
+    assert gaps == [Gap(7, 9.0, 14.0), Gap(7, 25.0, 30.0)]
+    assert [(e.t, e.status) for e in events] == [(13.0, None)]
