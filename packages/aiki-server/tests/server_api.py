@@ -245,11 +245,14 @@ async def timer_pass(h: Harness) -> None:
 
 @asynccontextmanager
 async def app_client(url: str) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
-    """A live app on `url` (wall clock) and a client on it that sees 5xx answers as answers."""
+    """A live app on `url` (wall clock) and a client on it that sees 5xx answers as answers.
+
+    The client addresses the app by a loopback name, which an open server answers.
+    """
     app = create_app(url, ServerSettings())
     async with (
         serving(app),
-        httpx.AsyncClient(transport=asgi(app), base_url="http://aiki/api/v1") as client,
+        httpx.AsyncClient(transport=asgi(app), base_url="http://127.0.0.1/api/v1") as client,
     ):
         yield app, client
 

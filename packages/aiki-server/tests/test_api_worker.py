@@ -323,7 +323,7 @@ async def test_the_same_record_again_is_taken_and_another_result_is_409(
     r = await send(1)
     assert r.status_code == 200, r.text
     if path == "tasks":
-        assert r.json() == {"task_id": task_id, "status": "completed"}
+        assert r.json() == {"task_id": task_id, "status": "completed", "directive": "continue"}
         assert await get_run(server, run_id) == before  # not even a history row
     else:
         assert r.json()["run"]["status"] == "queued"

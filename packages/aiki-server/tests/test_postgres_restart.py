@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from aiki_server._storage._postgres import PostgresDatabase
 
 BIN = Path("/usr/lib/postgresql/15/bin")
-HEALTH = "http://aiki/health"
+HEALTH = "http://127.0.0.1/health"
 
 
 class Cluster:

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     import httpx
     from fastapi import FastAPI
 
-HEALTH = "http://aiki/health"
+HEALTH = "http://127.0.0.1/health"
 BIG = "x" * 20_000
 """A payload larger than a page: writing it always needs new pages."""
 START = {"workflow": "w", "version": "1", "input": BIG}
@@ -126,7 +126,7 @@ async def test_writes_fail_fast_with_a_503_while_the_database_cannot_write_and_r
             answers.append(await client.post("/runs", json=START))
             health = await client.get(HEALTH)
             # the worker's client raises the typed 503, with how long to wait
-            async with Client("http://aiki", transport=asgi(app)) as sdk:
+            async with Client("http://127.0.0.1", transport=asgi(app)) as sdk:
                 with pytest.raises(StorageUnavailableError) as raised:
                     await sdk.record_task(run_id, RecordTaskRequest.model_validate(record))
             answers.append(answers[3])  # the SDK's request was logged too
