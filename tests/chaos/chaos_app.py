@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from aiki_client._http import Http
+    from aiki_client._socket_http import Answer
     from aiki_core import ExecutableVersion, Logger
 
 PROBE_POOL = "probe"
@@ -126,21 +127,21 @@ class RecordingHttp:
 
     async def send(
         self, method: str, path: str, body: bytes | None, params: Sequence[tuple[str, str]]
-    ) -> tuple[int, bytes]:
+    ) -> Answer:
         """Send through the wrapped path; record the answer if it is a 5xx or none."""
         try:
-            status, raw = await self._inner.send(method, path, body, params)
+            answer = await self._inner.send(method, path, body, params)
         except ServerUnavailableError as exc:
             self._record(method, path, None, str(exc)[:300])
             self._silence()
             raise
-        if status >= 500:
-            self._record(method, path, status, raw[:300].decode(errors="replace"))
+        if answer.status >= 500:
+            self._record(method, path, answer.status, answer.body[:300].decode(errors="replace"))
             self._silence()
         else:
             self._silence()
             self._last_answer = time.time()
-        return status, raw
+        return answer
 
     def _silence(self) -> None:
         """Record the contact gap so far, if any: again at each failure, so a gap cut
