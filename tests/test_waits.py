@@ -249,12 +249,13 @@ async def test_an_event_wakes_a_run_that_also_awaits_a_child(client: Client) -> 
         (child,) = detail.children
         assert waits_of(detail) == [("child", None, None), ("event", "go", 0)]
         assert [w.child_run_id for w in detail.waits if w.kind == "child"] == [child.run_id]
+        kid_handle = client.run_handle(child.run_id, kid_v1.decode_result)
+        await kid_handle.wait_for_status([RunStatus.AWAITING_EVENT], timeout=WAIT)
 
         await handle.send_event(go, "ann")
 
         # at once: the child still waits for its release
         assert await handle.result(timeout=WAIT) == "go by ann"
-        kid_handle = client.run_handle(child.run_id, kid_v1.decode_result)
         assert await kid_handle.status() is RunStatus.AWAITING_EVENT
 
 

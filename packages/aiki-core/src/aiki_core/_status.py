@@ -117,8 +117,9 @@ RUN_TRANSITIONS: Mapping[RunStatus, frozenset[RunStatus]] = MappingProxyType(
         _R.AWAITING_CHILD: _FROM_WAITING,
         _R.AWAITING_RETRY: _FROM_WAITING,
         # resume re-queues the run (replay re-establishes any wait) or, for a run paused
-        # before its delayed start, returns it to `scheduled`
-        _R.PAUSED: frozenset({_R.QUEUED, _R.SCHEDULED, _R.CANCELLED, _R.FAILED}),
+        # before its delayed start, returns it to `scheduled`, and one paused during a
+        # retry back-off not yet over to `awaiting_retry`
+        _R.PAUSED: frozenset({_R.QUEUED, _R.SCHEDULED, _R.AWAITING_RETRY, _R.CANCELLED, _R.FAILED}),
         _R.COMPLETED: frozenset(),
         _R.FAILED: frozenset(),
         _R.CANCELLED: frozenset(),

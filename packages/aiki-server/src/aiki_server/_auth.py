@@ -125,7 +125,8 @@ class HostCheck:
     """Which `Host` headers an open server answers (see the module's docstring)."""
 
     def __init__(self, public_url: str | None, allowed_hosts: tuple[str, ...]) -> None:
-        names = {name.lower().rstrip(".") for name in allowed_hosts}
+        # IPv6 addresses without brackets on both sides: `urlsplit` drops them, a Host keeps them
+        names = {name.lower().rstrip(".").strip("[]") for name in allowed_hosts}
         if public_url is not None and urlsplit(public_url).hostname:
             names.add(str(urlsplit(public_url).hostname).rstrip("."))
         self._any = "*" in names
@@ -140,10 +141,10 @@ class HostCheck:
 
 
 def _host_name(host: str) -> str:
-    """The name in a `Host` header, without its port: `[::1]:9850` -> `[::1]`."""
+    """The name in a `Host` header, without its port (or brackets): `[::1]:9850` -> `::1`."""
     host = host.strip().lower()
     if host.startswith("["):
-        return host[: host.find("]") + 1] if "]" in host else host
+        return host[1 : host.find("]")] if "]" in host else host
     name, colon, port = host.rpartition(":")
     return name.rstrip(".") if colon and port.isdigit() else host.rstrip(".")
 

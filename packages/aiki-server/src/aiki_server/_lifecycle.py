@@ -8,9 +8,12 @@ revision, so the worker that held it can write nothing more.
 
 A running run whose pause was requested is paused when it leaves `running` for
 anything but an end: its worker let it go at a task boundary (released it, or
-suspended it on a wait, which stays registered for its replay), or its claim went
-idle. Any move also clears the timer daemon's failure count of the run: whatever
-made its due time fail is no longer what the run waits on.
+suspended it on a wait), or its claim went idle. A paused run waits for nothing: its
+waits are withdrawn, and its replay after resume reports again what it still waits
+for; only a retry back-off, which no replay reports, keeps its due time, and resume
+returns the run to `awaiting_retry` until then. Any move also clears the timer
+daemon's failure count of the run: whatever made its due time fail is no longer what
+the run waits on.
 
 A run's waits are live only while it is suspended on them: the suspension registers
 those the worker reported, and when the run stops waiting (re-queued, paused, ended)
@@ -83,6 +86,7 @@ async def move_run(
 ) -> int:
     """Move `run` to `target`, with extra column values; its revision afterwards."""
     current = RunStatus(run["status"])
+    intended = target
     if current is RunStatus.RUNNING and run.get("pause_requested") and target in _PAUSED_INSTEAD:
         target, reason = RunStatus.PAUSED, f"paused as requested ({reason})"
     check_run_transition(run["id"], current, target)
@@ -96,15 +100,16 @@ async def move_run(
     }
     if current is RunStatus.RUNNING:
         values |= {"claimed_by": None, "claim_expires_at": None, "pause_requested": 0}
-    if current in RUN_WAITING_STATUSES:  # never to another: no longer suspended
-        values |= {"waits": None}
+    if current in RUN_WAITING_STATUSES or target is RunStatus.PAUSED:  # no longer suspended
         await withdraw_waits(tx, run["id"])
     if target is RunStatus.QUEUED:
         values |= {"ready_at": now, "wake_at": None}
     if target.is_terminal:
         values |= {"finished_at": now, "wake_at": None, "deadline_at": None}
     values |= columns
-    if target is RunStatus.PAUSED:
+    if target is RunStatus.PAUSED or (current in RUN_WAITING_STATUSES and "waits" not in columns):
+        values["waits"] = None
+    if target is RunStatus.PAUSED and RunStatus.AWAITING_RETRY not in (current, intended):
         values["wake_at"] = None  # nothing wakes a paused run; resume replays its waits
     names = list(values)
     assignments = ", ".join(f"{name} = ${i}" for i, name in enumerate(names, start=2))

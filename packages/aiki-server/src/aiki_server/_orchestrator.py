@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from ulid import ULID
 
 from aiki_core import (
+    RUN_WAITING_STATUSES,
     AwaitChild,
     AwaitEvent,
     AwaitRetry,
@@ -104,6 +105,7 @@ _WAIT_STATUS_BY_KIND = {
     "sleep": RunStatus.SLEEPING,
     "retry": RunStatus.AWAITING_RETRY,
 }
+_WAITING = frozenset(s.value for s in RUN_WAITING_STATUSES)
 _WAIT_PRIORITY = ("child", "sleep", "event", "retry")
 """The status of a run suspended on several kinds of wait says the first kind here.
 
@@ -421,8 +423,19 @@ class Orchestrator:
                 # the state machine allows e.g. running -> queued, but not as a "resume"
                 raise IllegalTransitionError("run", run_id, run["status"], "resumed")
             start_at = run["start_at"]
+            retry_at = run["wake_at"]  # a retry back-off a pause kept (see `_lifecycle`)
             if start_at is not None and start_at > now:
                 await move_run(tx, run, RunStatus.SCHEDULED, now, "resumed", wake_at=start_at)
+            elif retry_at is not None and retry_at > now:
+                await move_run(
+                    tx,
+                    run,
+                    RunStatus.AWAITING_RETRY,
+                    now,
+                    "resumed; its retry is not due yet",
+                    wake_at=retry_at,
+                    waits=dump([{"kind": "retry", "due_at": retry_at}]),
+                )
             else:
                 await move_run(tx, run, RunStatus.QUEUED, now, "resumed")
             return await self._summary(tx, run_id)
@@ -436,7 +449,8 @@ class Orchestrator:
         async with self.db.transaction() as tx:
             run = await self._locked_run(tx, run_id, namespace)
             now = self.clock()
-            # live sleeps exist only while the run is suspended (see `_lifecycle`)
+            if run["status"] not in _WAITING:  # waits are live only while it is suspended
+                raise IllegalTransitionError("run", run_id, run["status"], "woken")
             woken = await tx.execute(
                 "UPDATE sleeps SET status = 'woken', completed_at = $2"
                 " WHERE run_id = $1 AND status = 'sleeping'",
@@ -1158,6 +1172,18 @@ async def _register_event_wait(
     timeout_at: int | None = row["timeout_at"]
     if row["status"] != "waiting":
         return f"event {wait.name!r} is there", timeout_at
+    # an event kept for it counts if it came in time, even while the wait was withdrawn
+    # (the run was busy elsewhere) and its timeout has passed since
+    event = await tx.fetchrow(
+        "SELECT id FROM events WHERE run_id = $1 AND name = $2 AND consumed = 0"
+        " AND (CAST($3 AS BIGINT) IS NULL OR received_at <= $3) ORDER BY received_at, id LIMIT 1",
+        run_id,
+        wait.name,
+        timeout_at,
+    )
+    if event is not None:
+        await _deliver_event(tx, run_id, wait.name, wait.occurrence, event["id"])
+        return f"event {wait.name!r} is there", timeout_at
     if timeout_at is not None and timeout_at <= now:
         await tx.execute(
             "UPDATE event_waits SET status = 'timed_out' WHERE run_id = $1 AND name = $2"
@@ -1167,16 +1193,7 @@ async def _register_event_wait(
             wait.occurrence,
         )
         return f"the wait for event {wait.name!r} timed out", timeout_at
-    event = await tx.fetchrow(
-        "SELECT id FROM events WHERE run_id = $1 AND name = $2 AND consumed = 0"
-        " ORDER BY received_at, id LIMIT 1",
-        run_id,
-        wait.name,
-    )
-    if event is None:
-        return None, timeout_at
-    await _deliver_event(tx, run_id, wait.name, wait.occurrence, event["id"])
-    return f"event {wait.name!r} is there", timeout_at
+    return None, timeout_at
 
 
 async def _retry_due(tx: Tx, run_id: str, wait: AwaitRetry) -> int | None:
