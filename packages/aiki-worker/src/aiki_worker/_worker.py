@@ -52,7 +52,7 @@ from aiki_core import (
     WorkflowCapability,
 )
 from aiki_worker._execution import Execution
-from aiki_worker._writes import asked_wait, not_final, retried
+from aiki_worker._writes import UNSENDABLE, asked_wait, not_final, retried
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -68,6 +68,9 @@ if TYPE_CHECKING:
         RunSummary,
         WorkerApi,
     )
+
+HEARTBEAT_RETRY = 0.125
+"""Part of the heartbeat interval after which a failed heartbeat is sent again."""
 
 ContextFactory = Callable[["ClaimedRun"], object]
 
@@ -251,12 +254,19 @@ class Worker:
                     retry_within=self.write_retry_timeout.total_seconds(),
                 )
                 held = _Held(claim, execution)
+                stale = self._held.get(claim.run.id)
+                if stale is not None:  # its claim went idle under it: it can write nothing
+                    stale.directive = RunDirective.LOST
+                    stale.scope.cancel()
                 self._held[claim.run.id] = held
                 runs.start_soon(self._execute, held)
 
     async def _heartbeats(self) -> None:
+        interval = self.heartbeat_interval.total_seconds()
+        pause = interval
         while True:
-            await anyio.sleep(self.heartbeat_interval.total_seconds())
+            await anyio.sleep(pause)
+            pause = interval
             # the answer is about these claims: by the time it comes, a run may have been
             # let go and claimed again, and the new claim must not get the old one's answer
             leased = dict(self._held)
@@ -271,8 +281,12 @@ class Worker:
             except AuthenticationError as exc:
                 self._refuse(exc)
                 return
-            except Exception as exc:  # the next beat may pass; the claims idle out if none does
-                self.log.warn("heartbeat failed", {"error": str(exc)})
+            except Exception as exc:  # the claims idle out if no beat passes for long
+                # beat again soon (or when the server asks): a blip must not cost the
+                # claims a whole interval, or two failed beats could let them go idle
+                asked = asked_wait(exc)
+                pause = min(interval, HEARTBEAT_RETRY * interval if asked is None else asked)
+                self.log.warn("heartbeat failed", {"error": str(exc), "again_in": pause})
                 continue
             for status in answer.runs:
                 held = leased.get(status.run_id)
@@ -361,21 +375,22 @@ class Worker:
     async def _send(self, held: _Held, action: RunAction) -> None:
         """Report the run, with the task records its execution still holds; never raises.
 
-        A report larger than the server takes (the run's result, or a task's) fails
-        the run instead, with the records that fit beside the error.
+        A report that cannot be sent (larger than the server takes, or not JSON: the
+        run's result, or a task's) fails the run instead, with the records that fit
+        beside the error.
         """
         run = held.claim.run
         try:
             tasks = await held.execution.take_deferred()
             try:
                 await self._report(held, action, tasks)
-            except PayloadTooLargeError as exc:
+            except UNSENDABLE as exc:
                 log = held.execution.log
-                log.error("the report is too large; the run fails", {"error": str(exc)})
+                log.error("the report cannot be sent; the run fails", {"error": str(exc)})
                 failure = self._failure(run, exc)
                 try:
                     await self._report(held, failure, tasks)
-                except PayloadTooLargeError:
+                except UNSENDABLE:
                     await self._report(held, failure, [])
         except ConflictError as exc:
             self.log.warn("run was taken away before it was reported", {"error": exc.message})

@@ -44,15 +44,19 @@ def transient(exc: BaseException) -> bool:
     return isinstance(exc, ServerError | OSError)
 
 
+UNSENDABLE = (PayloadTooLargeError, ValueError)
+"""A body no attempt can send: over the server's limit, or not JSON (a lone surrogate)."""
+
+
 def not_final(exc: BaseException) -> bool:
-    """Anything but a refused key, a lost claim or a body too large.
+    """Anything but a refused key, a lost claim or an unsendable body.
 
     What the report of a run tries again: it is the last write of the run on this
     worker and carries the task records not yet on record, so an answer the worker
     cannot place (a proxy's 403 or 404 page, say) is worth another try too.
     """
     return isinstance(exc, Exception) and not isinstance(
-        exc, AuthenticationError | ConflictError | PayloadTooLargeError
+        exc, (AuthenticationError, ConflictError, *UNSENDABLE)
     )
 
 

@@ -134,6 +134,20 @@ def _now() -> datetime:
 _SUMMARY_LENGTH = 60
 
 
+def _check_json(result: JsonValue, task_name: str) -> None:
+    """Refuse a result no JSON can carry (a lone surrogate from a file name, say).
+
+    Found now, it fails the attempt like any error of the task; found when its record
+    is sent, it could not be recorded at all, and the task would run again and again.
+    """
+    try:
+        canonical_json(result)
+    except (ValueError, InvalidRequestError) as exc:  # UnicodeEncodeError is a ValueError
+        raise PayloadValidationError(
+            f"task {task_name!r} returned a result that is not JSON: {type(exc).__name__}: {exc}"
+        ) from None
+
+
 def _summary(value: JsonValue) -> str:
     """A task input, short enough for an error message."""
     text = canonical_json(value).decode()
@@ -283,6 +297,8 @@ class WorkflowRun:
         self._occurrences: Counter[tuple[str, str]] = Counter()
         self._waits: list[RunWait] = []
         self._in_flight = 0
+        self._settled = anyio.Event()
+        """Set when the last task in flight ends (`drive` waits for it)."""
         self._ticks = 0
         self._moved = _Moved(anyio.Event(), 0)
         self._body: anyio.CancelScope | None = None
@@ -387,6 +403,7 @@ class WorkflowRun:
             started_at = _now()
             try:
                 result = await invocation.run_attempt(info)
+                _check_json(result, invocation.name)
             except (RunInterrupt, anyio.get_cancelled_exc_class()):
                 raise
             except Exception as exc:
@@ -488,6 +505,8 @@ class WorkflowRun:
         finally:
             self._in_flight -= 1
             self._poke()
+            if not self._in_flight:
+                self._settled.set()
 
     # -- durable waits ---------------------------------------------------------------
 
@@ -697,7 +716,14 @@ class WorkflowRun:
         In the last case the body is cancelled and `Suspended` lists what it waits for.
         """
         with anyio.CancelScope() as self._body:
-            return await body
+            outcome = await body
+            # tasks the body left running (the other branches of an `asyncio.gather` one
+            # of whose branches failed) belong to this attempt: their records go with its
+            # report, or a retry of the run would run them again beside themselves
+            while self._in_flight:
+                self._settled = anyio.Event()
+                await self._settled.wait()
+            return outcome
         return Suspended(list(self._waits))
 
     async def _record(self, call: _Call, attempt: int, status: TaskStatus, **fields: Any) -> None:

@@ -1,0 +1,162 @@
+"""A worker at the edges: results no JSON can carry, branches a failed gather leaves
+running, and heartbeats that meet a blip. An embedded server (SQLite and PostgreSQL),
+a client over httpx's ASGI transport and a real `Worker`, in the test's process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+import anyio
+import httpx
+import pytest
+
+from aiki_client import Client
+from aiki_core import ConsoleLogger, LogLevel, RetryPolicy, WorkflowFailedError
+from aiki_server.testing import embedded_server
+from aiki_task import task
+from aiki_worker import Worker
+from aiki_workflow import WorkflowRun, workflow
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from aiki_server.testing import EmbeddedServer
+
+QUIET = ConsoleLogger(LogLevel.ERROR)
+WAIT = timedelta(seconds=20)
+RAN: dict[str, int] = {}
+# what `os.listdir` gives for a file name that is not UTF-8: a lone surrogate
+NOT_UTF8 = b"caf\xe9.txt".decode("utf-8", "surrogateescape")
+
+
+@pytest.fixture(autouse=True)
+def _reset() -> None:
+    RAN.clear()
+
+
+def ran(name: str) -> None:
+    RAN[name] = RAN.get(name, 0) + 1
+
+
+@task("list-files")
+async def list_files(folder: str) -> list[str]:
+    ran("list-files")
+    return ["report.pdf", NOT_UTF8]
+
+
+@task("slow")
+async def slow(n: int) -> int:
+    ran("slow")
+    await anyio.sleep(0.5)
+    return n
+
+
+@task("fails-once")
+async def fails_once(n: int) -> int:
+    ran("fails-once")
+    if RAN["fails-once"] == 1:
+        raise ConnectionError("the first attempt of the run fails at once")
+    return n
+
+
+files = workflow("edge-files")
+
+
+@files.v("1")
+async def files_v1(run: WorkflowRun, folder: str) -> int:
+    return len(await list_files.start(run, folder))
+
+
+named = workflow("edge-named")
+
+
+@named.v("1")
+async def named_v1(run: WorkflowRun, folder: str) -> str:
+    return NOT_UTF8
+
+
+both = workflow("edge-both")
+
+
+@both.v("1", retry=RetryPolicy.fixed(max_attempts=2, delay=timedelta(milliseconds=10)))
+async def both_v1(run: WorkflowRun, n: int) -> list[int]:
+    pair = asyncio.gather(slow.start(run, n), fails_once.start(run, n))  # noqa: TID251 - users do
+    return list(await pair)
+
+
+@pytest.fixture
+async def server(db_url: str) -> AsyncIterator[EmbeddedServer]:
+    async with embedded_server(db_url) as embedded:
+        yield embedded
+
+
+@pytest.fixture
+async def client(server: EmbeddedServer) -> AsyncIterator[Client]:
+    transport = httpx.ASGITransport(app=server.app)
+    async with Client("http://aiki.test", transport=transport, logger=QUIET) as connected:
+        yield connected
+
+
+async def test_a_task_result_no_json_can_carry_fails_the_run_and_runs_once(
+    client: Client,
+) -> None:
+    async with Worker(client, [files_v1], logger=QUIET):
+        handle = await files_v1.start(client, "/srv")
+        with pytest.raises(WorkflowFailedError) as failed:
+            await handle.result(timeout=WAIT)
+    assert failed.value.error.code == "task_failed"
+    assert "returned a result that is not JSON" in failed.value.error.message
+    assert RAN == {"list-files": 1}
+
+
+async def test_a_run_result_no_json_can_carry_fails_the_run(client: Client) -> None:
+    async with Worker(client, [named_v1], logger=QUIET) as worker:
+        handle = await named_v1.start(client, "/srv")
+        with pytest.raises(WorkflowFailedError):
+            await handle.result(timeout=WAIT)
+        # the worker serves on
+        other = await named_v1.start(client, "/home")
+        with pytest.raises(WorkflowFailedError):
+            await other.result(timeout=WAIT)
+    assert worker.id
+
+
+async def test_a_branch_a_failed_gather_left_running_is_on_record_before_the_retry(
+    client: Client,
+) -> None:
+    async with Worker(client, [both_v1], logger=QUIET):
+        handle = await both_v1.start(client, 7)
+        assert await handle.result(timeout=WAIT) == [7, 7]
+    # `slow` finished after its attempt failed: its result went with the failure
+    assert RAN == {"slow": 1, "fails-once": 2}
+
+
+async def test_a_failed_heartbeat_is_sent_again_within_the_interval(
+    server: EmbeddedServer,
+) -> None:
+    beats: list[int] = []
+    asgi = httpx.ASGITransport(app=server.app)
+
+    async def blip(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/heartbeats"):
+            beats.append(1)
+            if len(beats) == 1:  # the first one meets a blip
+                return httpx.Response(503, json={"error": {"code": "server_unavailable"}})
+        return await asgi.handle_async_request(request)
+
+    interval = timedelta(seconds=8)
+    transport = httpx.MockTransport(blip)
+    async with (
+        Client("http://aiki.test", transport=transport, logger=QUIET) as client,
+        Worker(client, [files_v1], logger=QUIET, heartbeat_interval=interval),
+    ):
+        with anyio.fail_after(interval.total_seconds() + 4):
+            while not beats:  # noqa: ASYNC110 - the transport counts, no event to wait on
+                await anyio.sleep(0.05)
+        # the failed beat is sent again well before the next interval is over
+        with anyio.fail_after(interval.total_seconds() / 2):
+            while len(beats) < 2:  # noqa: ASYNC110
+                await anyio.sleep(0.05)
