@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -464,3 +465,42 @@ async def test_a_withdrawn_wait_is_pending_again_on_replay() -> None:
             AwaitEvent(name="rejected", occurrence=0),
         ]
     )
+
+
+gathers = workflow("gathers")
+
+
+@gathers.v("strict", strict_replay=True)
+async def gather_strict(run: WorkflowRun, n: int) -> int:
+    # `flaky` was in flight at the crash, `double` beside it was on record already
+    pair = asyncio.gather(flaky.start(run, n), double.start(run, n))  # noqa: TID251 - users do
+    a, b = await pair
+    return a + b
+
+
+@gathers.v("lax")
+async def gather_lax(run: WorkflowRun, numbers: list[int]) -> int:
+    pair = asyncio.gather(*(double.start(run, n) for n in numbers))  # noqa: TID251 - users do
+    return sum(await pair)
+
+
+async def test_a_gather_replayed_after_a_crash_does_not_diverge_under_strict_replay() -> None:
+    flaky_failures.extend([0, 0])  # flaky succeeds at once
+    action = await gather_strict.execute(Execution(3, [recorded("double", 3, 6)]))
+    assert action == CompleteRun(result=9)
+
+
+async def test_a_gather_replayed_after_a_crash_carries_no_notice() -> None:
+    # double(1) was in flight at the crash; double(2), called after it, was on record
+    execution = Execution([1, 2], [recorded("double", 2, 4)])
+    assert await gather_lax.execute(execution) == CompleteRun(result=6)
+    assert [r.notice for r in execution.records + execution.deferred] == [None]
+
+
+async def test_a_task_diverging_on_every_call_is_noticed_once_per_execution() -> None:
+    history = [recorded("double", n, 2 * n, occurrence=0) for n in range(50)]
+    execution = Execution(list(range(1000, 1050)), history)
+    await sum_of_doubles.execute(execution)
+    notices = [r.notice for r in execution.records + execution.deferred if r.notice]
+    assert len(notices) == 1
+    assert "50 recorded call(s) of it stayed unused (#0 0, #0 1, #0 2, #0 3, #0 4)" in notices[0]

@@ -122,6 +122,8 @@ _REFUSED: tuple[type[AikiError], ...] = (AikiError,)
 the server's limit fails the run; anything else gives it up with its records)."""
 
 _DEFAULT_TASK_RETRY = RetryPolicy.never()
+_LISTED_CALLS = 5
+"""Unused recorded calls a divergence notice names (it says how many there are)."""
 _SETTLE_CHECKPOINTS = 5
 """Scheduler turns a blocked run gives its other branches to reach a wait or a task."""
 
@@ -284,6 +286,8 @@ class WorkflowRun:
             t.name for t in claim.tasks if t.status in TASK_TERMINAL_STATUSES
         )
         """Ended task calls on record that this replay has not made yet, by task name."""
+        self._noticed: set[str] = set()
+        """Tasks whose divergence this execution has noticed already."""
         self._sleeps: dict[tuple[str, int], SleepRecord] = {
             (r.name, r.occurrence): r for r in claim.sleeps
         }
@@ -332,6 +336,13 @@ class WorkflowRun:
         earlier = 0
         notice = None
         if record is None:
+            if self._unused[invocation.name] or (
+                self._strict_replay and any(n > 0 for n in self._unused.values())
+            ):
+                # the other branches of a gather may be about to take their records: let
+                # them, or a call made first would seem to diverge from the history
+                for _ in range(_SETTLE_CHECKPOINTS):
+                    await anyio.lowlevel.checkpoint()
             notice = self._divergence(invocation, address)
         else:
             if (address, occurrence) not in self._replayed:
@@ -454,9 +465,10 @@ class WorkflowRun:
             unused = [f"{r.name}({self._input_summary(r)}) #{r.occurrence}" for r in self._left()]
             new_call = f"{invocation.name}({_summary(invocation.input)})"
             raise ReplayDivergenceError(self.id, new_call, unused)
-        if not self._unused[invocation.name]:
-            return None
-        left = [r for r in self._left() if r.name == invocation.name]
+        if not self._unused[invocation.name] or invocation.name in self._noticed:
+            return None  # one notice per task and execution: a loop could make thousands
+        self._noticed.add(invocation.name)
+        left = [r for r in self._left() if r.name == invocation.name][:_LISTED_CALLS]
         self.log.warn(
             "replay diverged: a task is called with an input not on record while recorded"
             " calls of it stay unused; it runs again (is its input nondeterministic? use"
@@ -475,7 +487,8 @@ class WorkflowRun:
         )
         return (
             f"replay diverged: task {invocation.name!r} was called{inputs} (address"
-            f" {address}), which is not on record, while {len(left)} recorded call(s) of it"
+            f" {address}), which is not on record, while"
+            f" {self._unused[invocation.name]} recorded call(s) of it"
             f" stayed unused ({listed}); it ran again. Is its input nondeterministic (the"
             " time, a random number, a fresh id)? Use run.now(), run.uuid(), run.random()."
         )[:MAX_NOTICE_LENGTH]
