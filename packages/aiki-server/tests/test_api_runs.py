@@ -631,15 +631,25 @@ async def test_resume_before_the_task_boundary_withdraws_the_pause(
     assert "pause withdrawn" in reasons
 
 
-async def test_a_pausing_run_that_suspends_is_paused_with_its_wait(
+async def test_a_pausing_run_that_suspends_is_paused_its_wait_kept_for_its_replay(
     server: httpx.AsyncClient,
 ) -> None:
     run = await pause_while_running(server)
     sleep = {"kind": "sleep", "name": "nap", "occurrence": 0, "wake_at": FAR_FUTURE}
     r = await transition(server, run["id"], run["revision"], {"kind": "suspend", "waits": [sleep]})
     assert r.json()["run"]["status"] == "paused"
-    detail = await get_run(server, run["id"])
-    assert [(s["name"], s["status"]) for s in detail["sleeps"]] == [("nap", "sleeping")]
+    # a paused run waits for nothing; the sleep keeps its due time for the replay
+    paused = await get_run(server, run["id"])
+    assert [(s["name"], s["status"]) for s in paused["sleeps"]] == [("nap", "withdrawn")]
+
+    await server.post(f"/runs/{run['id']}/resume")
+    again = (await claim_one(server))["run"]
+    later = {**sleep, "wake_at": "2200-01-01T00:00:00Z"}  # a replay's own idea is ignored
+    r = await transition(server, run["id"], again["revision"], {"kind": "suspend", "waits": [later]})
+
+    assert r.json()["run"]["status"] == "sleeping"
+    (nap,) = (await get_run(server, run["id"]))["sleeps"]
+    assert (nap["status"], nap["wake_at"]) == ("sleeping", "2100-01-01T00:00:00Z")
 
 
 @pytest.mark.parametrize(
