@@ -645,7 +645,8 @@ async def test_a_pausing_run_that_suspends_is_paused_its_wait_kept_for_its_repla
     await server.post(f"/runs/{run['id']}/resume")
     again = (await claim_one(server))["run"]
     later = {**sleep, "wake_at": "2200-01-01T00:00:00Z"}  # a replay's own idea is ignored
-    r = await transition(server, run["id"], again["revision"], {"kind": "suspend", "waits": [later]})
+    suspend = {"kind": "suspend", "waits": [later]}
+    r = await transition(server, run["id"], again["revision"], suspend)
 
     assert r.json()["run"]["status"] == "sleeping"
     (nap,) = (await get_run(server, run["id"]))["sleeps"]
