@@ -52,7 +52,7 @@ from aiki_core import (
     WorkflowCapability,
 )
 from aiki_worker._execution import Execution
-from aiki_worker._writes import UNSENDABLE, asked_wait, not_final, retried
+from aiki_worker._writes import asked_wait, not_final, retried, unsendable
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -384,13 +384,17 @@ class Worker:
             tasks = await held.execution.take_deferred()
             try:
                 await self._report(held, action, tasks)
-            except UNSENDABLE as exc:
+            except Exception as exc:
+                if not unsendable(exc):
+                    raise
                 log = held.execution.log
                 log.error("the report cannot be sent; the run fails", {"error": str(exc)})
                 failure = self._failure(run, exc)
                 try:
                     await self._report(held, failure, tasks)
-                except UNSENDABLE:
+                except Exception as again:
+                    if not unsendable(again):
+                        raise
                     await self._report(held, failure, [])
         except ConflictError as exc:
             self.log.warn("run was taken away before it was reported", {"error": exc.message})

@@ -22,7 +22,13 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from aiki_core import AuthenticationError, ConflictError, PayloadTooLargeError, ServerError
+from aiki_core import (
+    AikiError,
+    AuthenticationError,
+    ConflictError,
+    PayloadTooLargeError,
+    ServerError,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -44,8 +50,15 @@ def transient(exc: BaseException) -> bool:
     return isinstance(exc, ServerError | OSError)
 
 
-UNSENDABLE = (PayloadTooLargeError, ValueError)
-"""A body no attempt can send: over the server's limit, or not JSON (a lone surrogate)."""
+def unsendable(exc: BaseException) -> bool:
+    """A body no attempt can send: over the server's limit, or not JSON (a lone surrogate).
+
+    Not JSON is found before sending, as a `ValueError` of the serializer; an
+    `AikiError` that is also a `ValueError` (a 400 or 422 answer) is the server's word.
+    """
+    return isinstance(exc, PayloadTooLargeError) or (
+        isinstance(exc, ValueError) and not isinstance(exc, AikiError)
+    )
 
 
 def not_final(exc: BaseException) -> bool:
@@ -55,8 +68,10 @@ def not_final(exc: BaseException) -> bool:
     worker and carries the task records not yet on record, so an answer the worker
     cannot place (a proxy's 403 or 404 page, say) is worth another try too.
     """
-    return isinstance(exc, Exception) and not isinstance(
-        exc, (AuthenticationError, ConflictError, *UNSENDABLE)
+    return (
+        isinstance(exc, Exception)
+        and not isinstance(exc, AuthenticationError | ConflictError)
+        and not unsendable(exc)
     )
 
 
