@@ -390,5 +390,6 @@ async def test_claim_on_one_replica_is_woken_by_a_start_on_another(
 
     assert [r["run"]["id"] for r in got] == [run["id"]]
     latency = returned_at[0] - started_at
-    # well before the claim's 1 s fallback re-check (~0.75 s away): the NOTIFY woke it
-    assert latency < 0.4, f"the claim on the other replica took {latency:.2f} s"
+    # before the claim's 1 s fallback re-check (0.75 s away at the earliest): the NOTIFY
+    # woke it (0.4 s was met by 0.42 s under a loaded CI machine)
+    assert latency < 0.6, f"the claim on the other replica took {latency:.2f} s"
