@@ -112,6 +112,31 @@ def test_inventory_reader_reads_what_it_is_given(tmp_path: Path) -> None:
     assert read_inventory(inv) == {"aiki_task.task", "aiki_task"}
 
 
+def transition_tables(text: str) -> list[dict[str, set[str]]]:
+    """Each `| from | may move to |` table of a page, as {status: statuses it may move to}."""
+    tables: list[dict[str, set[str]]] = []
+    for block in text.split("| from | may move to |")[1:]:
+        table: dict[str, set[str]] = {}
+        for row in block.splitlines()[2:]:
+            if not row.startswith("| `"):
+                break
+            source, targets = (cell.strip() for cell in row.strip("|").split("|"))
+            table[source.strip("`")] = {t.strip().strip("`") for t in targets.split(",")} - {
+                "none"
+            }
+        tables.append(table)
+    return tables
+
+
+def test_the_statuses_page_shows_the_state_machine_of_the_code() -> None:
+    from aiki_core import RUN_TRANSITIONS, TASK_TRANSITIONS
+
+    page = (ROOT / "docs" / "concepts" / "statuses.md").read_text(encoding="utf-8")
+    runs, tasks = transition_tables(page)
+    assert runs == {str(s): {str(t) for t in to} for s, to in RUN_TRANSITIONS.items()}
+    assert tasks == {str(s): {str(t) for t in to} for s, to in TASK_TRANSITIONS.items()}
+
+
 # --- citations of what lies outside the repository -----------------------------------
 
 CITED_SUFFIXES = {".md", ".py", ".toml", ".yml", ".yaml"}
@@ -123,13 +148,13 @@ OUTSIDE = re.compile(
       \b(?:DESIGN|BENCHMARKING|STYLE)\.md\b    # notes kept beside the repository
     | (?<![\w-])shared[/]                      # the folder they are kept in
     | [/]work[/]                               # the workspace's absolute paths
-    | \bissues?\s+[#]?\d+                      # "issue 13", "issue #13"
+    | \bissues?\s+[#]?\d+                      # an issue cited by its number
     | \b(?:PR|pull\s+request)\s+[#]\d+
     """,
     re.IGNORECASE | re.VERBOSE,
 )
 
-# a bare issue reference (`#12`, `(#12)`): only in prose, since code and its strings
+# a bare issue reference (a hash sign and a number): only in prose, since code and its strings
 # carry numbered markers of their own (the replay's call occurrences, `double(1) #0`)
 BARE_REFERENCE = re.compile(r"(?<![\w&/#])[#][1-9]\d*\b")
 
