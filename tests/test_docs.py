@@ -121,9 +121,7 @@ def transition_tables(text: str) -> list[dict[str, set[str]]]:
             if not row.startswith("| `"):
                 break
             source, targets = (cell.strip() for cell in row.strip("|").split("|"))
-            table[source.strip("`")] = {t.strip().strip("`") for t in targets.split(",")} - {
-                "none"
-            }
+            table[source.strip("`")] = {t.strip().strip("`") for t in targets.split(",")} - {"none"}
         tables.append(table)
     return tables
 
@@ -229,14 +227,14 @@ def test_no_tracked_file_cites_outside_the_repository() -> None:
 @pytest.mark.parametrize(
     ("name", "text"),
     [
-        ("a.md", "The rules are in DESIGN" ".md."),
-        ("a.md", "See ../sha" "red/notes.md for the peers."),
+        ("a.md", "The rules are in DESIGN" + ".md."),
+        ("a.md", "See ../sha" + "red/notes.md for the peers."),
         ("a.md", "Fixed in (#12)."),
-        ("a.md", "As iss" "ue 13 asks."),
+        ("a.md", "As iss" + "ue 13 asks."),
         ("a.py", "x = 1  # see #7\n"),
-        ("a.py", '"""Closes iss' 'ue #4."""\n'),
-        ("a.toml", "# keep this as in P" "R #31\n"),
-        ("a.yml", "path: /wo" "rk/notes\n"),
+        ("a.py", '"""Closes iss' + 'ue #4."""\n'),
+        ("a.toml", "# keep this as in P" + "R #31\n"),
+        ("a.yml", "path: /wo" + "rk/notes\n"),
     ],
 )
 def test_citation_check_finds_a_citation(name: str, text: str) -> None:
