@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 
     from aiki_core import CreateWebhookRequest, SendEventResponse
     from aiki_server._orchestrator import Orchestrator
-    from aiki_server._storage._database import Database, Row
+    from aiki_server._storage._database import Database, Row, Tx
 
 MIN_SECRET_LENGTH = 32
 """The shortest configured webhook secret accepted, in characters."""
@@ -138,24 +138,21 @@ class Webhooks:
 async def stored_secret(db: Database, now: int) -> bytes:
     """The database's webhook secret; the first server to ask generates it (race-safe)."""
 
-    async def insert_then_read() -> str:
-        async with db.transaction() as tx:
-            # a concurrent replica's insert wins or waits; either way one value survives
-            await tx.execute(
-                "INSERT INTO server_secrets (name, value, created_at) VALUES ($1, $2, $3)"
-                " ON CONFLICT (name) DO NOTHING",
-                _SECRET_NAME,
-                base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
-                now,
-            )
-            row = await tx.fetchrow(
-                "SELECT value FROM server_secrets WHERE name = $1", _SECRET_NAME
-            )
+    async def insert_then_read(tx: Tx) -> str:
+        # a concurrent replica's insert wins or waits; either way one value survives
+        await tx.execute(
+            "INSERT INTO server_secrets (name, value, created_at) VALUES ($1, $2, $3)"
+            " ON CONFLICT (name) DO NOTHING",
+            _SECRET_NAME,
+            base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
+            now,
+        )
+        row = await tx.fetchrow("SELECT value FROM server_secrets WHERE name = $1", _SECRET_NAME)
         assert row is not None
         value: str = row["value"]
         return value
 
-    return base64.urlsafe_b64decode(await db.retry(insert_then_read))
+    return base64.urlsafe_b64decode(await db.write(insert_then_read))
 
 
 def check_schema(schema: dict[str, JsonValue]) -> None:

@@ -105,6 +105,25 @@ class Database(ABC):
         self.write_path = WritePath()
         """Whether writes succeed; `/health` reports it."""
 
+    async def write(self, work: Callable[[Tx], Awaitable[T]], *, attempts: int = 5) -> T:
+        """`work` in a write transaction: its answer, once the transaction has committed.
+
+        After a transient error (`transient_errors`, at commit too) the transaction is
+        rolled back and `work` runs again in a new one, up to `attempts` times in all,
+        with a doubling pause in between: every write of the server is retried here,
+        and nowhere else. `work` may thus run more than once; it must change nothing
+        but through its `Tx`.
+        """
+        for attempt in range(1, attempts + 1):
+            try:
+                async with self.transaction() as tx:
+                    return await work(tx)
+            except self.transient_errors:
+                if attempt == attempts:
+                    raise
+                await anyio.sleep(0.002 * 2**attempt)
+        raise AssertionError("unreachable")
+
     async def retry(self, operation: Callable[[], Awaitable[T]], *, attempts: int = 5) -> T:
         """Run `operation` (whole transactions), again after a transient error."""
         for attempt in range(1, attempts + 1):
@@ -133,7 +152,11 @@ class Database(ABC):
 
     @abstractmethod
     def transaction(self) -> Any:
-        """`async with db.transaction() as tx`: a read-write transaction."""
+        """`async with db.transaction() as tx`: a read-write transaction, tried once.
+
+        The server's writes use `write`, which runs a transaction again after a
+        transient error; this is the single attempt beneath it (and the migrations').
+        """
 
     @abstractmethod
     def reader(self) -> Any:
