@@ -1,4 +1,4 @@
-"""The database interface the orchestrator is written against.
+"""The database interface the server is written against.
 
 SQL is written once, with `$1`-style parameters (PostgreSQL's); the SQLite
 implementation rewrites them to `?1`. The few dialect differences are fragments on
@@ -118,17 +118,6 @@ class Database(ABC):
             try:
                 async with self.transaction() as tx:
                     return await work(tx)
-            except self.transient_errors:
-                if attempt == attempts:
-                    raise
-                await anyio.sleep(0.002 * 2**attempt)
-        raise AssertionError("unreachable")
-
-    async def retry(self, operation: Callable[[], Awaitable[T]], *, attempts: int = 5) -> T:
-        """Run `operation` (whole transactions), again after a transient error."""
-        for attempt in range(1, attempts + 1):
-            try:
-                return await operation()
             except self.transient_errors:
                 if attempt == attempts:
                     raise
