@@ -110,7 +110,7 @@ async def test_a_delayed_start_waits_for_its_time(server: EmbeddedServer, client
 
 async def test_the_default_is_a_temporary_sqlite_file() -> None:
     async with embedded_server() as server:
-        assert server.app.state.orchestrator.db.dialect == "sqlite"
-        path = server.app.state.orchestrator.db.path
+        assert server.app.state.db.dialect == "sqlite"
+        path = server.app.state.db.path
         assert path.exists()
     assert not path.exists()

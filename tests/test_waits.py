@@ -24,7 +24,6 @@ import pytest
 
 from aiki_client import Client
 from aiki_core import ConsoleLogger, LogLevel, RetryPolicy, RunStatus
-from aiki_server._timers import TimerDaemon
 from aiki_server.testing import embedded_server
 from aiki_task import task
 from aiki_worker import Worker
@@ -359,7 +358,7 @@ async def still_after_a_timer_pass(
     server: EmbeddedServer, handle: WorkflowRunHandle[Any], status: RunStatus
 ) -> bool:
     """Whether the run is still in `status` once the timers have looked at the time."""
-    await TimerDaemon(server.app.state.orchestrator).run_once()
+    await server.app.state.timers.run_once()
     return await handle.status() is status
 
 

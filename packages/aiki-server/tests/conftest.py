@@ -50,7 +50,7 @@ class Harness:
     def advance(self, ms: int) -> None:
         """Move the clock forward and let the timer daemon look at once."""
         self.clock.advance(ms)
-        self.app.state.orchestrator.hub.publish(TIMERS)
+        self.app.state.hub.publish(TIMERS)
 
 
 HarnessFactory = Callable[..., AbstractAsyncContextManager[Harness]]

@@ -104,7 +104,7 @@ def error_of(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
 
 async def new_key(app: FastAPI, namespace: str) -> ApiKey:
     """A new API key of `namespace`, written straight to the app's database."""
-    return await create_key(app.state.orchestrator.db, namespace, START_MS)
+    return await create_key(app.state.db, namespace, START_MS)
 
 
 @asynccontextmanager
@@ -237,7 +237,7 @@ async def wait_status(client: httpx.AsyncClient, run_id: str, status: str) -> di
 async def timer_pass(h: Harness) -> None:
     """One pass of the timer daemon at the manual clock's time, finished before returning."""
     timers: TimerDaemon = h.app.state.timers
-    await h.app.state.orchestrator.db.retry(timers.run_once)
+    await timers.run_once()
 
 
 # -- the server's log ---------------------------------------------------------------------

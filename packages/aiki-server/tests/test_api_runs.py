@@ -404,7 +404,7 @@ async def test_a_cancel_is_stamped_when_it_holds_the_run_not_when_it_asked(
 ) -> None:
     h = harness
     run = await start(h.client)
-    db = h.app.state.orchestrator.db
+    db = h.app.state.db
     answers: list[httpx.Response] = []
 
     async def cancel() -> None:

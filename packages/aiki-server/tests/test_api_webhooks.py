@@ -105,7 +105,7 @@ async def snapshot(client: httpx.AsyncClient, run_id: str) -> tuple[Any, ...]:
 
 
 async def stored_webhooks(h: Harness) -> int:
-    async with h.app.state.orchestrator.db.reader() as tx:
+    async with h.app.state.db.reader() as tx:
         row = await tx.fetchrow("SELECT count(*) AS n FROM webhooks")
     return int(row["n"])
 

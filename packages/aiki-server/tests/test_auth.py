@@ -167,7 +167,7 @@ async def test_a_revoked_key_is_refused_within_the_cache_ttl(harness: Harness) -
     async with client_with(harness.app, first.key) as client:
         assert (await client.get("/runs")).status_code == 200  # cached as good
 
-    await revoke_key(harness.app.state.orchestrator.db, first.id, START_MS)
+    await revoke_key(harness.app.state.db, first.id, START_MS)
 
     assert await wait_until_refused(harness.app, first.key) <= KEY_CACHE_TTL + 0.5
     async with client_with(harness.app, first.key) as client:

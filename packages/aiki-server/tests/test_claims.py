@@ -39,7 +39,7 @@ async def heartbeat(
 
 async def claim_expires_at(h: Harness, run_id: str) -> int | None:
     """The claim's expiry in epoch ms, read from the database (the API does not show it)."""
-    async with h.app.state.orchestrator.db.reader() as tx:
+    async with h.app.state.db.reader() as tx:
         row = await tx.fetchrow("SELECT claim_expires_at FROM runs WHERE id = $1", run_id)
     assert row is not None
     value = row["claim_expires_at"]
@@ -180,7 +180,7 @@ async def test_claim_with_nothing_to_do_returns_empty_after_its_wait(
 
 async def worker_row(h: Harness, worker_id: str) -> tuple[str, int]:
     """The worker's noted triples (as stored) and when it was last seen."""
-    async with h.app.state.orchestrator.db.reader() as tx:
+    async with h.app.state.db.reader() as tx:
         row = await tx.fetchrow(
             "SELECT capabilities, last_seen_at FROM workers WHERE id = $1", worker_id
         )

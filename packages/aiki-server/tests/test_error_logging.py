@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 
 async def write_sql(app: FastAPI, sql: str, *args: object) -> None:
-    async with app.state.orchestrator.db.transaction() as tx:
+    async with app.state.db.transaction() as tx:
         await tx.execute(sql, *args)
 
 

@@ -1,6 +1,6 @@
 """`HotPath`: valid task records and transitions are answered without the FastAPI app.
 
-The hot path runs on the harness's real orchestrator and database; the app behind it
+The hot path runs on the harness's real worker writes and database; the app behind it
 is replaced by a recorder, so each test sees whether a request was handed on, and
 with exactly the body the client sent.
 """
@@ -75,7 +75,7 @@ async def test_a_valid_record_and_transition_are_answered_by_the_hot_path(
     harness: Harness,
 ) -> None:
     app = Recorder()
-    hot = HotPath(app, harness.app.state.orchestrator, max_body_bytes=10_000)
+    hot = HotPath(app, harness.app.state.worker_writes, max_body_bytes=10_000)
     run_id = (await start(harness.client))["id"]
     revision = (await claim_one(harness.client))["run"]["revision"]
 
@@ -96,7 +96,7 @@ async def test_a_valid_record_and_transition_are_answered_by_the_hot_path(
 
 async def test_an_error_of_the_call_leaves_in_the_wire_shape(harness: Harness) -> None:
     app = Recorder()
-    hot = HotPath(app, harness.app.state.orchestrator, max_body_bytes=10_000)
+    hot = HotPath(app, harness.app.state.worker_writes, max_body_bytes=10_000)
     run_id = (await start(harness.client))["id"]
     revision = (await claim_one(harness.client))["run"]["revision"]
 
@@ -109,7 +109,7 @@ async def test_an_error_of_the_call_leaves_in_the_wire_shape(harness: Harness) -
 
 async def test_what_the_hot_path_does_not_take_is_handed_on_whole(harness: Harness) -> None:
     app = Recorder()
-    hot = HotPath(app, harness.app.state.orchestrator, max_body_bytes=400)
+    hot = HotPath(app, harness.app.state.worker_writes, max_body_bytes=400)
     run_id = (await start(harness.client))["id"]
     invalid = record_body(1, extra=True)
     not_json = b'{"revision": '

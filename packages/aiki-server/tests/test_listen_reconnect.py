@@ -29,7 +29,7 @@ async def test_the_listen_connection_reconnects_and_wakes_every_waiter(
         pytest.skip("LISTEN/NOTIFY is PostgreSQL's: a SQLite server has no other replica")
     app = create_app(db_url, ServerSettings())
     async with serving(app):
-        db: PostgresDatabase = app.state.orchestrator.db
+        db: PostgresDatabase = app.state.db
         hub = db.hub
         assert db._listener is not None
         pid = db._listener.get_server_pid()

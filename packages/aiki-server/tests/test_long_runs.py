@@ -40,7 +40,7 @@ async def _insert_tasks(h: Harness, run_id: str, count: int) -> None:
     """`count` completed task calls of the run, each with one attempt, straight into the
     database (recording them one request at a time would take minutes)."""
     ids = [f"{run_id}-{n:06d}" for n in range(count)]
-    async with h.app.state.orchestrator.db.transaction() as tx:
+    async with h.app.state.db.transaction() as tx:
         await tx.executemany(
             "INSERT INTO tasks (id, run_id, address, occurrence, name, status, input, result,"
             " created_at, finished_at) VALUES ($1, $2, $3, 0, 'step', 'completed', $4, $5, $6, $6)",
@@ -149,7 +149,7 @@ async def test_a_transition_past_the_task_limit_fails_the_run(
 async def test_a_run_that_cannot_be_claimed_is_set_aside_then_failed(harness: Harness) -> None:
     poison = await _claimed_then_released(harness)
     # a row no claim can read back: the run cannot be handed to any worker
-    async with harness.app.state.orchestrator.db.transaction() as tx:
+    async with harness.app.state.db.transaction() as tx:
         await tx.execute(
             "INSERT INTO tasks (id, run_id, address, occurrence, name, status, input,"
             " created_at) VALUES ('bad', $1, 'x', 0, 'x', 'no-such-status', 'null', $2)",
@@ -167,7 +167,7 @@ async def test_a_run_that_cannot_be_claimed_is_set_aside_then_failed(harness: Ha
     outcome = await wait_status(harness.client, poison["id"], "failed")
     assert "could not be claimed" in outcome["error"]["message"]
     assert "no-such-status" in outcome["error"]["message"]
-    async with harness.app.state.orchestrator.db.reader() as tx:
+    async with harness.app.state.db.reader() as tx:
         history = await tx.fetch(
             "SELECT reason FROM state_transitions WHERE run_id = $1", poison["id"]
         )

@@ -225,7 +225,7 @@ async def claim_a_run(t: Tenants) -> None:
 @case("POST", "/heartbeats")
 async def heartbeat_a_claim(t: Tenants) -> None:
     mine, revision = await held_run(t.a)
-    db = t.harness.app.state.orchestrator.db
+    db = t.harness.app.state.db
 
     async def claim_expiry() -> int:
         async with db.reader() as tx:
@@ -296,7 +296,7 @@ async def mint_a_webhook(t: Tenants) -> None:
 
     not_found(await mint(t.b, mine["id"], revision))
 
-    async with t.harness.app.state.orchestrator.db.reader() as tx:
+    async with t.harness.app.state.db.reader() as tx:
         assert await tx.fetch("SELECT id FROM webhooks") == []
     assert (await mint(t.a, mine["id"], revision)).status_code == 201
 

@@ -93,7 +93,7 @@ async def test_a_postgresql_restart_is_a_logged_503_then_everything_recovers(
 ) -> None:
     async with app_client(cluster.url) as (app, client):
         await start(client)
-        db: PostgresDatabase = app.state.orchestrator.db
+        db: PostgresDatabase = app.state.db
 
         await anyio.to_thread.run_sync(cluster.stop)
         capsys.readouterr()

@@ -47,7 +47,7 @@ class Outage:
     role: str | None
 
     async def begin(self, app: FastAPI) -> None:
-        db = app.state.orchestrator.db
+        db = app.state.db
         if self.role is None:
             conn = db._writer
             pages = conn.execute("PRAGMA page_count").fetchone()[0]
@@ -71,7 +71,7 @@ class Outage:
 
     async def end(self, app: FastAPI) -> None:
         if self.role is None:
-            app.state.orchestrator.db._writer.execute("PRAGMA max_page_count = 1073741823")
+            app.state.db._writer.execute("PRAGMA max_page_count = 1073741823")
             return
         admin = await asyncpg.connect(self.admin_url)
         try:

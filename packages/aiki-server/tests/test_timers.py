@@ -614,7 +614,7 @@ async def set_aside(h: Harness) -> int:
 
 async def test_a_row_that_always_fails_is_set_aside_and_shown(harness: Harness) -> None:
     h = harness
-    db = h.app.state.orchestrator.db
+    db = h.app.state.db
     bad_run, *good_runs = [(await start(h.client, delay=SECOND))["id"] for _ in range(3)]
     await refuse_status_changes(db, bad_run)
     schedule = await create_schedule(h.client, every=None, cron="* * * * *")

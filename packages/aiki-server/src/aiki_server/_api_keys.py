@@ -25,7 +25,7 @@ from ulid import ULID
 from aiki_core import InvalidRequestError, Name
 
 if TYPE_CHECKING:
-    from aiki_server._storage._database import Database, Row
+    from aiki_server._storage._database import Database, Row, Tx
 
 KEY_PREFIX = "aiki_"
 _WELL_FORMED = re.compile(r"^aiki_([0-9A-HJKMNP-TV-Z]{26})_[A-Za-z0-9_-]{20,128}$")
@@ -76,8 +76,8 @@ async def create_key(db: Database, namespace: str, now: int) -> ApiKey:
     namespace = checked_namespace(namespace)
     key_id = str(ULID())
     key = f"{KEY_PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
-    async with db.transaction() as tx:
-        await tx.execute(
+    await db.write(
+        lambda tx: tx.execute(
             "INSERT INTO api_keys (id, namespace, key_hash, created_at, revoked_at)"
             " VALUES ($1, $2, $3, $4, NULL)",
             key_id,
@@ -85,6 +85,7 @@ async def create_key(db: Database, namespace: str, now: int) -> ApiKey:
             hash_key(key),
             now,
         )
+    )
     return ApiKey(key_id, namespace, key)
 
 
@@ -99,15 +100,18 @@ async def list_keys(db: Database) -> list[ApiKeyRecord]:
 
 async def revoke_key(db: Database, key_id: str, now: int) -> ApiKeyRecord | None:
     """Revoke a key (a revoked one keeps its first revocation time); `None` if unknown."""
-    async with db.transaction() as tx:
+
+    async def revoke(tx: Tx) -> Row | None:
         await tx.execute(
             "UPDATE api_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
             key_id,
             now,
         )
-        row = await tx.fetchrow(
+        return await tx.fetchrow(
             "SELECT id, namespace, created_at, revoked_at FROM api_keys WHERE id = $1", key_id
         )
+
+    row = await db.write(revoke)
     return None if row is None else _record(row)
 
 

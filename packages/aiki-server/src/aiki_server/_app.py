@@ -5,7 +5,7 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING, Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated
 
 import anyio
 from fastapi import APIRouter, Body, Depends, FastAPI, Header, Query, Request
@@ -46,22 +46,23 @@ from aiki_core import (
 from aiki_server import _hot_path as hot_path
 from aiki_server.__about__ import __version__
 from aiki_server._auth import ApiKeyAuth, ApiKeys, HostCheck, caller_namespace
+from aiki_server._claims import Claims
 from aiki_server._clock import Clock, from_ms, system_clock
 from aiki_server._errors import install_error_handlers, log_failure
 from aiki_server._hot_path import HotPath
-from aiki_server._limits import BodyLimitMiddleware
+from aiki_server._limits import BodyLimitMiddleware, Limits
 from aiki_server._notify import WakeHub
-from aiki_server._orchestrator import Limits, Orchestrator
+from aiki_server._runs import Runs
+from aiki_server._schedules import Schedules
 from aiki_server._storage._open import open_database
 from aiki_server._timers import TimerDaemon
 from aiki_server._webhooks import MIN_SECRET_LENGTH, Webhooks
+from aiki_server._worker_writes import WorkerWrites
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable
+    from collections.abc import AsyncIterator
 
     from pydantic import BaseModel
-
-T = TypeVar("T")
 
 Caller = Annotated[str, Depends(caller_namespace)]
 """A route's namespace: the caller's API key's (see `_auth`)."""
@@ -124,10 +125,14 @@ def create_app(db_url: str, settings: ServerSettings | None = None) -> FastAPI:
     settings = settings or ServerSettings()
     hub = WakeHub()
     db = open_database(db_url, hub)
+    clock = settings.clock
     limits = Limits(settings.claim_idle_timeout, settings.max_tasks_per_run)
-    orch = Orchestrator(db, hub, settings.clock, limits)
-    webhooks = Webhooks(orch, settings.webhook_secret)
-    timers = TimerDaemon(orch)
+    runs = Runs(db, hub, clock, limits)
+    claims = Claims(db, hub, clock, limits)
+    writes = WorkerWrites(db, clock, limits)
+    schedules = Schedules(db, clock)
+    webhooks = Webhooks(db, clock, runs, settings.webhook_secret)
+    timers = TimerDaemon(db, hub, clock, schedules.fire)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -159,19 +164,31 @@ def create_app(db_url: str, settings: ServerSettings | None = None) -> FastAPI:
         redoc_url=None,
     )
     keys = ApiKeys(db, required=settings.require_api_key)
-    app.state.orchestrator = orch
+    # what the harnesses in `testing` (and the server's own tests) reach
+    app.state.db = db
+    app.state.hub = hub
     app.state.api_keys = keys
     app.state.timers = timers
+    app.state.worker_writes = writes
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     # a valid task record or transition skips the rest of the stack
-    app.add_middleware(HotPath, orch=orch, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(HotPath, writes=writes, max_body_bytes=settings.max_body_bytes)
     # outermost: every request but the public ones gets its namespace from its key
     app.add_middleware(
         ApiKeyAuth, keys=keys, hosts=HostCheck(settings.public_url, settings.allowed_hosts)
     )
     app.include_router(
-        _api_router(orch, webhooks, settings.public_url, settings.max_body_bytes), prefix="/api/v1"
+        _api_router(
+            runs,
+            claims,
+            writes,
+            schedules,
+            webhooks,
+            public_url=settings.public_url,
+            max_body_bytes=settings.max_body_bytes,
+        ),
+        prefix="/api/v1",
     )
 
     @app.get("/health", include_in_schema=False)
@@ -199,26 +216,30 @@ def create_app(db_url: str, settings: ServerSettings | None = None) -> FastAPI:
 
 
 def _api_router(
-    orch: Orchestrator, webhooks: Webhooks, public_url: str | None, max_body_bytes: int
+    runs: Runs,
+    claims: Claims,
+    writes: WorkerWrites,
+    schedules: Schedules,
+    webhooks: Webhooks,
+    *,
+    public_url: str | None,
+    max_body_bytes: int,
 ) -> APIRouter:
     router = APIRouter(responses=_ERRORS)
-
-    async def write(operation: Callable[[], Awaitable[T]]) -> T:
-        return await orch.db.retry(operation)
 
     # the router tries routes in order: the worker's calls, one per task, come first
     # these two are served by `HotPath` whenever their body is valid
     @router.post("/runs/{run_id}/tasks", response_model=RecordTaskResponse, tags=["workers"])
     async def record_task(ns: Caller, run_id: Identifier, body: RecordTaskRequest) -> Response:
         """Record one task attempt of a claimed run."""
-        return _json(await hot_path.record_task(orch, ns, run_id, body))
+        return _json(await hot_path.record_task(writes, ns, run_id, body))
 
     @router.post(
         "/runs/{run_id}/transition", response_model=TransitionRunResponse, tags=["workers"]
     )
     async def transition(ns: Caller, run_id: Identifier, body: TransitionRunRequest) -> Response:
         """Complete, fail, suspend or release a claimed run."""
-        return _json(await hot_path.transition(orch, ns, run_id, body))
+        return _json(await hot_path.transition(writes, ns, run_id, body))
 
     @router.get("/limits", response_model=ServerLimits, tags=["server"])
     async def limits(ns: Caller) -> Response:
@@ -228,13 +249,13 @@ def _api_router(
     @router.post("/claims", response_model=ClaimResponse, tags=["workers"])
     async def claim(ns: Caller, body: ClaimRequest, request: Request) -> Response:
         """Long-poll for runs of the declared (workflow, version, pool) triples."""
-        runs = await write(lambda: orch.claim(ns, body, gone=request.is_disconnected))
-        return _json(ClaimResponse(runs=runs))
+        claimed = await claims.claim(ns, body, gone=request.is_disconnected)
+        return _json(ClaimResponse(runs=claimed))
 
     @router.post("/heartbeats", response_model=HeartbeatResponse, tags=["workers"])
     async def heartbeat(ns: Caller, body: HeartbeatRequest) -> Response:
         """Refresh the worker's claims; answers a directive per run."""
-        return _json(await write(lambda: orch.heartbeat(ns, body)))
+        return _json(await writes.heartbeat(ns, body))
 
     @router.post(
         "/runs/{run_id}/children",
@@ -245,7 +266,7 @@ def _api_router(
     )
     async def start_child(ns: Caller, run_id: Identifier, body: StartChildRequest) -> Response:
         """Start a child run of a claimed run."""
-        started = await write(lambda: orch.start_child(ns, run_id, body))
+        started = await writes.start_child(ns, run_id, body)
         return _json(started, 201 if started.created else 200)
 
     @router.post(
@@ -279,18 +300,18 @@ def _api_router(
     )
     async def start_run(ns: Caller, body: StartRunRequest) -> Response:
         """Start a run; an existing run with the same reference id answers 200."""
-        started = await write(lambda: orch.start_run(ns, body))
+        started = await runs.start_run(ns, body)
         return _json(started, 201 if started.created else 200)
 
     @router.get("/runs", response_model=RunPage, tags=["runs"])
     async def list_runs(ns: Caller, query: Annotated[ListRunsQuery, Query()]) -> Response:
         """Runs newest first, with filters and keyset pagination."""
-        return _json(await orch.list_runs(ns, query))
+        return _json(await runs.list_runs(ns, query))
 
     @router.get("/runs/{run_id}", response_model=RunDetail, tags=["runs"])
     async def get_run(ns: Caller, run_id: Identifier) -> Response:
         """A run with its tasks, sleeps, events, children and history."""
-        return _json(await orch.get_run(ns, run_id))
+        return _json(await runs.get_run(ns, run_id))
 
     @router.get("/runs/{run_id}/wait", response_model=RunOutcome, tags=["runs"])
     async def wait_for_run(
@@ -303,7 +324,7 @@ def _api_router(
 
         Answers the run with its result or error, or as it is when `timeout_ms` ran out.
         """
-        summary = await orch.wait_for_run(
+        summary = await runs.wait_for_run(
             ns, run_id, status or [], timedelta(milliseconds=timeout_ms)
         )
         return _json(summary)
@@ -314,27 +335,27 @@ def _api_router(
     ) -> Response:
         """Cancel the run and its live descendants."""
         reason = body.reason if body is not None else None
-        return _json(await write(lambda: orch.cancel_run(ns, run_id, reason)))
+        return _json(await runs.cancel_run(ns, run_id, reason))
 
     @router.post("/runs/{run_id}/pause", response_model=RunSummary, tags=["runs"])
     async def pause_run(ns: Caller, run_id: Identifier) -> Response:
         """Hold the run where it is."""
-        return _json(await write(lambda: orch.pause_run(ns, run_id)))
+        return _json(await runs.pause_run(ns, run_id))
 
     @router.post("/runs/{run_id}/resume", response_model=RunSummary, tags=["runs"])
     async def resume_run(ns: Caller, run_id: Identifier) -> Response:
         """Release a paused run."""
-        return _json(await write(lambda: orch.resume_run(ns, run_id)))
+        return _json(await runs.resume_run(ns, run_id))
 
     @router.post("/runs/{run_id}/wake", response_model=RunSummary, tags=["runs"])
     async def wake_run(ns: Caller, run_id: Identifier) -> Response:
         """End the run's sleep early."""
-        return _json(await write(lambda: orch.wake_run(ns, run_id)))
+        return _json(await runs.wake_run(ns, run_id))
 
     @router.post("/runs/{run_id}/events", response_model=SendEventResponse, tags=["runs"])
     async def send_event(ns: Caller, run_id: Identifier, body: SendEventRequest) -> Response:
         """Deliver an event to the run (once per reference id)."""
-        return _json(await write(lambda: orch.send_event(ns, run_id, body)))
+        return _json(await runs.send_event(ns, run_id, body))
 
     @router.post(
         "/schedules",
@@ -345,7 +366,7 @@ def _api_router(
     )
     async def create_schedule(ns: Caller, body: CreateScheduleRequest) -> Response:
         """Create a schedule; the same definition under its name again answers 200."""
-        schedule, created = await write(lambda: orch.schedules.create(ns, body))
+        schedule, created = await schedules.create(ns, body)
         return _json(schedule, 201 if created else 200)
 
     @router.get("/schedules", response_model=SchedulePage, tags=["schedules"])
@@ -355,27 +376,27 @@ def _api_router(
         cursor: Cursor | None = None,
     ) -> Response:
         """Schedules newest first, with keyset pagination."""
-        return _json(await orch.schedules.list(ns, limit, cursor))
+        return _json(await schedules.list(ns, limit, cursor))
 
     @router.get("/schedules/{schedule_id}", response_model=Schedule, tags=["schedules"])
     async def get_schedule(ns: Caller, schedule_id: Identifier) -> Response:
         """One schedule, with its next fire time and last run."""
-        return _json(await orch.schedules.get(ns, schedule_id))
+        return _json(await schedules.get(ns, schedule_id))
 
     @router.post("/schedules/{schedule_id}/pause", response_model=Schedule, tags=["schedules"])
     async def pause_schedule(ns: Caller, schedule_id: Identifier) -> Response:
         """Stop firing the schedule."""
-        return _json(await write(lambda: orch.schedules.pause(ns, schedule_id)))
+        return _json(await schedules.pause(ns, schedule_id))
 
     @router.post("/schedules/{schedule_id}/resume", response_model=Schedule, tags=["schedules"])
     async def resume_schedule(ns: Caller, schedule_id: Identifier) -> Response:
         """Fire again from the first occurrence after now."""
-        return _json(await write(lambda: orch.schedules.resume(ns, schedule_id)))
+        return _json(await schedules.resume(ns, schedule_id))
 
     @router.delete("/schedules/{schedule_id}", response_model=Schedule, tags=["schedules"])
     async def delete_schedule(ns: Caller, schedule_id: Identifier) -> Response:
         """Delete the schedule (its runs stay); answers it as it was."""
-        return _json(await write(lambda: orch.schedules.delete(ns, schedule_id)))
+        return _json(await schedules.delete(ns, schedule_id))
 
     @router.post(
         "/webhooks/{webhook_id}",

@@ -2,7 +2,7 @@
 
 A task record and a run's transition are most of the requests a busy server gets:
 one per task. For them, `HotPath` (the outermost ASGI layer but `ApiKeyAuth`) parses
-the body straight into its model with pydantic's JSON parser and calls the orchestrator,
+the body straight into its model with pydantic's JSON parser and calls `WorkerWrites`,
 skipping FastAPI's routing, dependency solving and validation, which cost about as
 much CPU as the transaction itself. Everything else goes to the FastAPI app: other
 routes, and any body that is too large or does not parse or validate, so those get
@@ -24,7 +24,6 @@ from pydantic import ValidationError
 from aiki_core import (
     ID_PATTERN,
     RecordTaskRequest,
-    RecordTaskResponse,
     TransitionRunRequest,
     TransitionRunResponse,
 )
@@ -37,7 +36,7 @@ if TYPE_CHECKING:
     from pydantic import BaseModel
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-    from aiki_server._orchestrator import Orchestrator
+    from aiki_server._worker_writes import WorkerWrites
 
 # a malformed run id goes on to the app, which refuses it like any route does
 _RUN_CALL = re.compile(rf"^/api/v1/runs/({ID_PATTERN})/(tasks|transition)$")
@@ -45,21 +44,17 @@ _JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
 async def record_task(
-    orch: Orchestrator, namespace: str, run_id: str, body: RecordTaskRequest
+    writes: WorkerWrites, namespace: str, run_id: str, body: RecordTaskRequest
 ) -> BaseModel:
     """Record one task attempt of a claimed run of `namespace`."""
-    recorded: RecordTaskResponse = await orch.db.retry(
-        lambda: orch.record_task(namespace, run_id, body)
-    )
-    return recorded
+    return await writes.record_task(namespace, run_id, body)
 
 
 async def transition(
-    orch: Orchestrator, namespace: str, run_id: str, body: TransitionRunRequest
+    writes: WorkerWrites, namespace: str, run_id: str, body: TransitionRunRequest
 ) -> BaseModel:
     """Complete, fail, suspend or release a claimed run of `namespace`."""
-    run = await orch.db.retry(lambda: orch.transition(namespace, run_id, body))
-    return TransitionRunResponse(run=run)
+    return TransitionRunResponse(run=await writes.transition(namespace, run_id, body))
 
 
 _CALLS: dict[str, tuple[type[BaseModel], Callable[..., Awaitable[BaseModel]]]] = {
@@ -74,9 +69,9 @@ class HotPath:
     It sits inside `ApiKeyAuth`, which put the caller's namespace into the scope.
     """
 
-    def __init__(self, app: ASGIApp, orch: Orchestrator, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, writes: WorkerWrites, max_body_bytes: int) -> None:
         self.app = app
-        self.orch = orch
+        self.writes = writes
         self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -97,7 +92,7 @@ class HotPath:
             await self.app(scope, _replay(messages, receive), send)
             return
         try:
-            answer = await call(self.orch, scope[NAMESPACE_SCOPE_KEY], match[1], request)
+            answer = await call(self.writes, scope[NAMESPACE_SCOPE_KEY], match[1], request)
         except Exception as exc:
             await response_for(exc, scope)(scope, receive, send)
             return

@@ -26,9 +26,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from aiki_core import RUN_WAITING_STATUSES, ErrorInfo, RunStatus, check_run_transition
+from aiki_core import (
+    RUN_WAITING_STATUSES,
+    ErrorInfo,
+    IllegalTransitionError,
+    NotFoundError,
+    RunStatus,
+    RunSummary,
+    StaleRevisionError,
+    check_run_transition,
+)
 from aiki_server._notify import QUEUE, TIMERS, run_topic
-from aiki_server._rows import dump
+from aiki_server._rows import RUN_COLUMNS, dump, run_summary
 
 if TYPE_CHECKING:
     from aiki_server._storage._database import Row, Tx
@@ -72,6 +81,34 @@ async def lock_run(tx: Tx, run_id: str, namespace: str) -> Row | None:
     return await tx.fetchrow(
         f"SELECT * FROM runs WHERE id = $1 AND namespace = $2{tx.lock_rows}", run_id, namespace
     )
+
+
+async def locked_run(tx: Tx, run_id: str, namespace: str) -> Row:
+    """`lock_run`, or `NotFoundError` for a run the namespace does not hold."""
+    run = await lock_run(tx, run_id, namespace)
+    if run is None:
+        raise NotFoundError("run", run_id)
+    return run
+
+
+async def claimed_run(tx: Tx, run_id: str, namespace: str, revision: int) -> Row:
+    """The locked row of a running run its worker writes, fenced by the claim's `revision`.
+
+    A stale revision raises `StaleRevisionError`, a run not running `IllegalTransitionError`.
+    """
+    run = await locked_run(tx, run_id, namespace)
+    if run["revision"] != revision:
+        raise StaleRevisionError(run_id, revision, run["revision"])
+    if run["status"] != RunStatus.RUNNING:
+        raise IllegalTransitionError("run", run_id, run["status"], "written by its worker")
+    return run
+
+
+async def read_summary(tx: Tx, run_id: str) -> RunSummary:
+    """The run as this transaction sees it now."""
+    row = await tx.fetchrow(f"SELECT {RUN_COLUMNS} FROM runs WHERE id = $1", run_id)
+    assert row is not None
+    return run_summary(row)
 
 
 async def move_run(

@@ -1,16 +1,36 @@
-"""Request body size limit, enforced before a handler reads the body."""
+"""Limits the server enforces: of claims and runs, and the request body size.
+
+The body size is enforced before a handler reads the body.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 
-from aiki_core import PayloadTooLargeError
+from aiki_core import PayloadTooLargeError, to_millis
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Operational settings the run and claim operations enforce."""
+
+    claim_idle_timeout: timedelta = timedelta(seconds=90)
+    """A claim not refreshed for this long is released to the queue."""
+    max_tasks_per_run: int = 10_000
+    """Task calls one run may record; the next one fails the run with `RunLimitError`."""
+
+    @property
+    def claim_idle_ms(self) -> int:
+        """`claim_idle_timeout` in milliseconds."""
+        return to_millis(self.claim_idle_timeout)
 
 
 class BodyTooLarge(HTTPException):

@@ -1,9 +1,11 @@
-"""Database rows to wire models, and the JSON columns in between."""
+"""Database rows to wire models, the JSON columns in between, and new rows' ids."""
 
 from __future__ import annotations
 
 import json
 from typing import TYPE_CHECKING, Any
+
+from ulid import ULID
 
 from aiki_core import (
     ChildRecord,
@@ -32,6 +34,16 @@ RUN_COLUMNS = (
     " parent_run_id, schedule_id, created_at, updated_at, start_at, deadline_at, finished_at,"
     " pause_requested, continued_as, continued_from"
 )
+
+
+def new_id() -> str:
+    """A new row id: a ULID, in the order of creation."""
+    return str(ULID())
+
+
+def placeholders(first: int, count: int) -> str:
+    """The parameters of one row's columns (never one per row of a list: see `Tx.in_array`)."""
+    return ", ".join(f"${i}" for i in range(first, first + count))
 
 
 def dump(value: JsonValue) -> str:

@@ -4,7 +4,7 @@ A schedule's occurrences are its cron expression's times in its timezone (cronsi
 minute resolution, Vixie cron's DST behaviour), or `created_at + k * every`. The
 timer daemon fires a due schedule in its own pass: one run per occurrence, with the
 reference id `schedule:<schedule id>:<occurrence in epoch ms>`, started through
-`Orchestrator.start_in` in the same transaction that advances `next_fire_at`, so
+`_starts.start_run_in` in the same transaction that advances `next_fire_at`, so
 a restart can neither lose nor repeat an occurrence.
 
 After downtime (or any delay) a schedule fires once, for its latest missed
@@ -39,12 +39,13 @@ from aiki_server._clock import from_ms, to_ms
 from aiki_server._lifecycle import TERMINAL, cancel_run_and_descendants, lock_run
 from aiki_server._notify import TIMERS
 from aiki_server._rows import decode_cursor, dump, encode_cursor, load, load_error
+from aiki_server._starts import start_run_in
 
 if TYPE_CHECKING:
     from datetime import datetime
 
-    from aiki_server._orchestrator import Orchestrator
-    from aiki_server._storage._database import Row, Tx
+    from aiki_server._clock import Clock
+    from aiki_server._storage._database import Database, Row, Tx
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,17 +136,18 @@ def schedule_model(row: Row) -> Schedule:
 
 
 class Schedules:
-    """The schedule operations of the API, and firing, over the orchestrator's database."""
+    """The schedule operations of the API, and firing."""
 
-    def __init__(self, orchestrator: Orchestrator) -> None:
-        self._orch = orchestrator
+    def __init__(self, db: Database, clock: Clock) -> None:
+        self._db = db
+        self._clock = clock
 
     async def create(self, namespace: str, req: CreateScheduleRequest) -> tuple[Schedule, bool]:
         """Create a schedule; whether it is new (the same definition again is not).
 
         A name is unique per namespace: another definition under it is a conflict.
         """
-        now = self._orch.clock()
+        now = self._clock()
         cadence, first = _checked_cadence(req, now)
         definition = content_hash(
             [
@@ -159,7 +161,8 @@ class Schedules:
                 req.pool,
             ]
         )
-        async with self._orch.db.transaction() as tx:
+
+        async def insert(tx: Tx) -> tuple[Schedule, bool]:
             existing = await tx.fetchrow(
                 "SELECT * FROM schedules WHERE namespace = $1 AND name = $2", namespace, req.name
             )
@@ -201,7 +204,9 @@ class Schedules:
                 *values.values(),
             )
             tx.publish(TIMERS)
-        return schedule_model(values), True
+            return schedule_model(values), True
+
+        return await self._db.write(insert)
 
     async def list(self, namespace: str, limit: int, cursor: str | None) -> SchedulePage:
         """Schedules newest first, one keyset page at a time."""
@@ -212,7 +217,7 @@ class Schedules:
             args += [created_at, schedule_id]
             keyset = " AND (created_at < $2 OR (created_at = $2 AND id < $3))"
         args.append(limit + 1)
-        async with self._orch.db.reader() as tx:
+        async with self._db.reader() as tx:
             rows = await tx.fetch(
                 f"SELECT * FROM schedules WHERE namespace = $1{keyset}"
                 f" ORDER BY created_at DESC, id DESC LIMIT ${len(args)}",
@@ -226,14 +231,15 @@ class Schedules:
 
     async def get(self, namespace: str, schedule_id: str) -> Schedule:
         """One schedule."""
-        async with self._orch.db.reader() as tx:
+        async with self._db.reader() as tx:
             return schedule_model(await _schedule(tx, namespace, schedule_id))
 
     async def pause(self, namespace: str, schedule_id: str) -> Schedule:
         """Stop firing until resumed (pausing a paused schedule changes nothing)."""
-        async with self._orch.db.transaction() as tx:
+
+        async def hold(tx: Tx) -> Schedule:
             await _schedule(tx, namespace, schedule_id, lock=True)
-            now = self._orch.clock()
+            now = self._clock()
             await tx.execute(
                 "UPDATE schedules SET paused = 1, updated_at = $2 WHERE id = $1 AND paused = 0",
                 schedule_id,
@@ -241,11 +247,14 @@ class Schedules:
             )
             return schedule_model(await _schedule(tx, namespace, schedule_id))
 
+        return await self._db.write(hold)
+
     async def resume(self, namespace: str, schedule_id: str) -> Schedule:
         """Fire again, from the first occurrence after now (nothing missed while paused)."""
-        async with self._orch.db.transaction() as tx:
+
+        async def release(tx: Tx) -> Schedule:
             row = await _schedule(tx, namespace, schedule_id, lock=True)
-            now = self._orch.clock()
+            now = self._clock()
             if row["paused"]:
                 await tx.execute(
                     "UPDATE schedules SET paused = 0, next_fire_at = $2, updated_at = $3,"
@@ -257,12 +266,17 @@ class Schedules:
                 tx.publish(TIMERS)
             return schedule_model(await _schedule(tx, namespace, schedule_id))
 
+        return await self._db.write(release)
+
     async def delete(self, namespace: str, schedule_id: str) -> Schedule:
         """Delete the schedule (its runs stay); the schedule as it was."""
-        async with self._orch.db.transaction() as tx:
+
+        async def remove(tx: Tx) -> Schedule:
             row = await _schedule(tx, namespace, schedule_id, lock=True)
             await tx.execute("DELETE FROM schedules WHERE id = $1", schedule_id)
-        return schedule_model(row)
+            return schedule_model(row)
+
+        return await self._db.write(remove)
 
     async def fire(self, tx: Tx, schedule: Row, now: int) -> None:
         """Fire a due (locked) schedule: start its latest occurrence, advance `next_fire_at`."""
@@ -278,7 +292,7 @@ class Schedules:
                 reference_id=reference_id(schedule["id"], occurrence),
             )
             try:
-                started = await self._orch.start_in(
+                started = await start_run_in(
                     tx, schedule["namespace"], request, now, schedule_id=schedule["id"]
                 )
                 last_run_id = started.run.id

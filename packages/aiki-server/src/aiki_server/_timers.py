@@ -45,8 +45,9 @@ from aiki_server._rows import dump
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    from aiki_server._orchestrator import Orchestrator
-    from aiki_server._storage._database import Row, Tx
+    from aiki_server._clock import Clock
+    from aiki_server._notify import WakeHub
+    from aiki_server._storage._database import Database, Row, Tx
 
 _log = ConsoleLogger().child({"component": "timers"})
 
@@ -83,10 +84,21 @@ class _Kind:
 
 
 class TimerDaemon:
-    """Runs due timers until cancelled."""
+    """Runs due timers until cancelled; `fire_schedule` handles a due (locked) schedule."""
 
-    def __init__(self, orchestrator: Orchestrator, *, batch: int = 200, max_idle: float = 1.0):
-        self._orch = orchestrator
+    def __init__(
+        self,
+        db: Database,
+        hub: WakeHub,
+        clock: Clock,
+        fire_schedule: Callable[[Tx, Row, int], Awaitable[None]],
+        *,
+        batch: int = 200,
+        max_idle: float = 1.0,
+    ):
+        self._db = db
+        self._hub = hub
+        self._clock = clock
         self._batch = batch
         self._max_idle = max_idle
         self._kinds = (
@@ -117,7 +129,7 @@ class TimerDaemon:
                 "schedules",
                 "paused = 0 AND next_fire_at <= $1",
                 "next_fire_at",
-                self._orch.schedules.fire,
+                fire_schedule,
             ),
         )
         self._failed = 0
@@ -135,9 +147,9 @@ class TimerDaemon:
         so a failing row is tried about once per `max_idle` until it is set aside.
         """
         while True:
-            subscription = self._orch.hub.subscribe(TIMERS)
+            subscription = self._hub.subscribe(TIMERS)
             try:
-                moved = await self._orch.db.retry(self.run_once)
+                moved = await self.run_once()
                 if moved:
                     continue  # a full batch may mean more is due
                 next_due = await self._next_due()
@@ -145,7 +157,7 @@ class TimerDaemon:
                 _log.error("timer pass failed; trying again", {"error": repr(exc)})
                 await anyio.sleep(self._max_idle)
                 continue
-            now = self._orch.clock()
+            now = self._clock()
             delay = self._max_idle if next_due is None else (next_due - now) / 1000
             if self._failed:
                 delay = self._max_idle
@@ -153,13 +165,17 @@ class TimerDaemon:
 
     async def run_once(self) -> int:
         """One pass over everything due now; how many rows it moved."""
-        moved = failed = 0
-        async with self._orch.db.transaction() as tx:
-            now = self._orch.clock()
+
+        async def run_pass(tx: Tx) -> tuple[int, int]:
+            moved = failed = 0
+            now = self._clock()
             for kind in self._kinds:
                 done, errors = await self._pass(tx, kind, now)
                 moved += done
                 failed += errors
+            return moved, failed
+
+        moved, failed = await self._db.write(run_pass)
         self._failed = failed
         if failed:
             await self._count_set_aside()
@@ -211,7 +227,7 @@ class TimerDaemon:
                 )
             if current is not None:
                 # the time the row moved at: now that it is locked
-                await kind.handle(tx, current, self._orch.clock())
+                await kind.handle(tx, current, self._clock())
                 moved += 1
         return moved
 
@@ -232,7 +248,7 @@ class TimerDaemon:
             _log.error(f"{kind.what} failed; trying again in the next pass", context)
 
     async def _count_set_aside(self) -> None:
-        async with self._orch.db.reader() as tx:
+        async with self._db.reader() as tx:
             row = await tx.fetchrow(
                 f"SELECT (SELECT COUNT(*) FROM runs WHERE timer_failures >= {SET_ASIDE_AFTER})"
                 f" + (SELECT COUNT(*) FROM schedules WHERE timer_failures >= {SET_ASIDE_AFTER})"
@@ -242,7 +258,7 @@ class TimerDaemon:
 
     async def _next_due(self) -> int | None:
         await self._count_set_aside()
-        async with self._orch.db.reader() as tx:
+        async with self._db.reader() as tx:
             row = await tx.fetchrow(
                 "SELECT MIN(due) AS due FROM ("
                 f" SELECT MIN(wake_at) AS due FROM runs WHERE status IN ({_WAKEABLE_SQL})"

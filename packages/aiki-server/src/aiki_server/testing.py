@@ -73,7 +73,7 @@ class EmbeddedServer:
     def advance(self, by: timedelta) -> None:
         """Move the server's clock forward by `by`; whatever falls due runs now."""
         self.clock.advance(by)
-        self.app.state.orchestrator.hub.publish(TIMERS)  # the timer daemon looks at once
+        self.app.state.hub.publish(TIMERS)  # the timer daemon looks at once
 
     async def create_api_key(self, namespace: str) -> ApiKey:
         """A new API key of `namespace`, as `aiki-server keys create` makes one.
@@ -81,13 +81,13 @@ class EmbeddedServer:
         From now on every request needs a key (a running server would notice within
         `KEY_CACHE_TTL`; this one at once).
         """
-        created = await create_key(self.app.state.orchestrator.db, namespace, self.clock())
+        created = await create_key(self.app.state.db, namespace, self.clock())
         self.app.state.api_keys.forget()
         return created
 
     async def revoke_api_key(self, key_id: str) -> None:
         """Revoke a key by its id; the server refuses it at once."""
-        if await revoke_key(self.app.state.orchestrator.db, key_id, self.clock()) is None:
+        if await revoke_key(self.app.state.db, key_id, self.clock()) is None:
             raise LookupError(f"no API key has the id {key_id!r}")
         self.app.state.api_keys.forget()
 

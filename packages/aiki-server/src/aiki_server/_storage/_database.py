@@ -1,4 +1,4 @@
-"""The database interface the orchestrator is written against.
+"""The database interface the server is written against.
 
 SQL is written once, with `$1`-style parameters (PostgreSQL's); the SQLite
 implementation rewrites them to `?1`. The few dialect differences are fragments on
@@ -105,11 +105,19 @@ class Database(ABC):
         self.write_path = WritePath()
         """Whether writes succeed; `/health` reports it."""
 
-    async def retry(self, operation: Callable[[], Awaitable[T]], *, attempts: int = 5) -> T:
-        """Run `operation` (whole transactions), again after a transient error."""
+    async def write(self, work: Callable[[Tx], Awaitable[T]], *, attempts: int = 5) -> T:
+        """`work` in a write transaction: its answer, once the transaction has committed.
+
+        After a transient error (`transient_errors`, at commit too) the transaction is
+        rolled back and `work` runs again in a new one, up to `attempts` times in all,
+        with a doubling pause in between: every write of the server is retried here,
+        and nowhere else. `work` may thus run more than once; it must change nothing
+        but through its `Tx`.
+        """
         for attempt in range(1, attempts + 1):
             try:
-                return await operation()
+                async with self.transaction() as tx:
+                    return await work(tx)
             except self.transient_errors:
                 if attempt == attempts:
                     raise
@@ -133,7 +141,11 @@ class Database(ABC):
 
     @abstractmethod
     def transaction(self) -> Any:
-        """`async with db.transaction() as tx`: a read-write transaction."""
+        """`async with db.transaction() as tx`: a read-write transaction, tried once.
+
+        The server's writes use `write`, which runs a transaction again after a
+        transient error; this is the single attempt beneath it (and the migrations').
+        """
 
     @abstractmethod
     def reader(self) -> Any:

@@ -1,0 +1,268 @@
+"""Claims: a worker long-polls for queued runs of the triples it serves.
+
+It gets them with everything their replays need. Most polls find nothing, and look
+before they take the write lock. A run whose claim fails (a row the server cannot
+hand out, say) must not hold up the runs queued behind it: it is set aside at the
+back of its queue, and failed after a few such claims.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from aiki_core import ClaimedRun, ConsoleLogger, ErrorInfo, RunStatus, to_millis
+from aiki_server._lifecycle import move_run, record_history
+from aiki_server._notify import QUEUE
+from aiki_server._replay import replay_parts
+from aiki_server._rows import dump, run_summary
+from aiki_server._storage._outage import is_outage
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from aiki_core import ClaimRequest
+    from aiki_server._clock import Clock
+    from aiki_server._limits import Limits
+    from aiki_server._notify import WakeHub
+    from aiki_server._storage._database import Database, Row, Tx
+
+_MAX_WORKERS_NOTED = 10_000
+_MAX_CLAIM_FAILURES = 3
+"""Claims of one run that fail in a row before the run is failed with the cause."""
+
+_log = ConsoleLogger().child({"component": "claims"})
+
+
+class Claims:
+    """Hands queued runs to the workers that poll for them."""
+
+    def __init__(self, db: Database, hub: WakeHub, clock: Clock, limits: Limits) -> None:
+        self._db = db
+        self._hub = hub
+        self._clock = clock
+        self._limits = limits
+        self._workers_noted: dict[tuple[str, str], tuple[list[tuple[str, str, str]], int]] = {}
+        """(namespace, worker id) -> the triples last written for it, and when."""
+
+    async def claim(
+        self,
+        namespace: str,
+        req: ClaimRequest,
+        gone: Callable[[], Awaitable[bool]] | None = None,
+    ) -> list[ClaimedRun]:
+        """Long-poll for up to `max_runs` queued runs of the declared triples.
+
+        `gone()` says whether the worker hung up: then the poll ends without claiming,
+        for a run handed to a dead worker would wait for its claim to go idle again.
+        """
+        deadline = self._clock() + to_millis(req.wait)
+        capabilities = sorted({(c.workflow, c.version, c.pool) for c in req.capabilities})
+        await self._note_worker(namespace, req.worker_id, capabilities)
+        while True:
+            subscription = self._hub.subscribe(QUEUE)
+            if gone is not None and await gone():
+                return []
+            claimed = await self._claim_once(namespace, req.worker_id, capabilities, req.max_runs)
+            remaining = deadline - self._clock()
+            if claimed or remaining <= 0:
+                return claimed
+            await subscription.wait(min(remaining, 1000) / 1000)
+
+    async def _note_worker(
+        self, namespace: str, worker_id: str, capabilities: list[tuple[str, str, str]]
+    ) -> None:
+        """Note which triples the worker serves (a run's detail says when none does).
+
+        A worker long-polls over and over: its row is written when it is new or its
+        triples changed, and otherwise at most every quarter of the idle timeout, which
+        keeps it counted as live (heartbeats refresh it too).
+        """
+        now = self._clock()
+        key = (namespace, worker_id)
+        noted = self._workers_noted.get(key)
+        recently = now - self._limits.claim_idle_ms // 4
+        if noted is not None and noted[0] == capabilities and noted[1] > recently:
+            return
+
+        async def note(tx: Tx) -> None:
+            await tx.execute(
+                "INSERT INTO workers (id, namespace, capabilities, last_seen_at)"
+                " VALUES ($1, $2, $3, $4) ON CONFLICT (namespace, id) DO UPDATE"
+                " SET capabilities = excluded.capabilities, last_seen_at = excluded.last_seen_at",
+                worker_id,
+                namespace,
+                json.dumps([list(c) for c in capabilities]),
+                now,
+            )
+
+        await self._db.write(note)
+        if len(self._workers_noted) >= _MAX_WORKERS_NOTED:
+            self._workers_noted.clear()  # workers come and go; forget the old ones at once
+        self._workers_noted[key] = (capabilities, now)
+
+    async def _claim_once(
+        self,
+        namespace: str,
+        worker_id: str,
+        capabilities: list[tuple[str, str, str]],
+        limit: int,
+    ) -> list[ClaimedRun]:
+        args: list[Any] = [namespace, RunStatus.QUEUED.value]
+        triples = []
+        for workflow, version, pool in capabilities:
+            n = len(args)
+            triples.append(f"(workflow = ${n + 1} AND version = ${n + 2} AND pool = ${n + 3})")
+            args += [workflow, version, pool]
+        args.append(limit)
+        queued = (
+            "FROM runs WHERE namespace = $1 AND status = $2"
+            f" AND ({' OR '.join(triples)}) ORDER BY ready_at, id LIMIT ${len(args)}"
+        )
+        # most polls find nothing: look before taking the write lock
+        async with self._db.reader() as reader:
+            found = await reader.fetch(f"SELECT id {queued}", *args)
+        if not found:
+            return []
+        try:
+            return await self._claim_rows(worker_id, f"SELECT * {queued}", args)
+        except Exception as exc:
+            if self._not_the_runs_fault(exc):
+                raise
+            _log.warn("claim failed; claiming its runs one by one", {"error": repr(exc)})
+        # a run that cannot be claimed must not hold up the runs queued behind it: claim
+        # one at a time, in queue order
+        claimed: list[ClaimedRun] = []
+        tried: set[str] = set()
+        failed: list[tuple[str, Exception]] = []
+        while len(claimed) < limit:
+            async with self._db.reader() as reader:
+                ids = [
+                    row["id"]
+                    for row in await reader.fetch(
+                        f"SELECT id {queued}", *args[:-1], limit + len(tried)
+                    )
+                    if row["id"] not in tried
+                ]
+            if not ids:
+                break
+            tried.add(ids[0])
+            try:
+                claimed += await self._claim_rows(
+                    worker_id,
+                    "SELECT * FROM runs WHERE id = $1 AND status = $2",
+                    [ids[0], RunStatus.QUEUED.value],
+                )
+            except Exception as exc:
+                if self._not_the_runs_fault(exc):
+                    raise
+                failed.append((ids[0], exc))
+        if failed and not claimed and len(tried) > 1:
+            # no run could be claimed: the fault is not one run's (the database, say);
+            # setting runs aside would fail healthy ones
+            raise failed[0][1]
+        for run_id, cause in failed:  # each failed alone, beside a run that did not
+            await self._set_aside(run_id, cause)
+        return claimed
+
+    def _not_the_runs_fault(self, exc: Exception) -> bool:
+        """Whether a failed claim says nothing about its runs: a race, or an outage."""
+        return isinstance(exc, self._db.transient_errors) or is_outage(exc)
+
+    async def _claim_rows(self, worker_id: str, select: str, args: list[Any]) -> list[ClaimedRun]:
+        """Claim the queued runs `select` finds, with everything their replays need."""
+
+        async def claim(tx: Tx) -> list[ClaimedRun]:
+            rows = await tx.fetch(f"{select}{tx.skip_locked}", *args)
+            if not rows:
+                return []
+            now = self._clock()
+            expires = now + self._limits.claim_idle_ms
+            claimed: list[Row] = []
+            for row in rows:
+                revision = await move_run(
+                    tx,
+                    row,
+                    RunStatus.RUNNING,
+                    now,
+                    f"claimed by {worker_id}",
+                    fence=True,
+                    claimed_by=worker_id,
+                    claim_expires_at=expires,
+                    claim_failures=0,
+                )
+                claimed.append(
+                    {
+                        **row,
+                        "status": RunStatus.RUNNING.value,
+                        "revision": revision,
+                        "updated_at": now,
+                    }
+                )
+            parts = await replay_parts(
+                tx,
+                [r["id"] for r in claimed],
+                first_claims={r["id"] for r in rows if r["revision"] == 0},
+            )
+            # built inside the transaction: a row that does not make a claim rolls it back
+            return [
+                ClaimedRun(run=run_summary(r), input=json.loads(r["input"]), **parts[r["id"]])
+                for r in claimed
+            ]
+
+        return await self._db.write(claim)
+
+    async def _set_aside(self, run_id: str, exc: Exception) -> None:
+        """Put a run whose claim failed alone at the back of its queue, the cause in its history.
+
+        After `_MAX_CLAIM_FAILURES` failed claims in a row, the run fails with that cause.
+        """
+        cause = f"{type(exc).__name__}: {exc}"[:500]
+        _log.error("a run cannot be claimed; set aside", {"run_id": run_id, "error": cause})
+
+        async def set_aside(tx: Tx) -> None:
+            run = await tx.fetchrow(f"SELECT * FROM runs WHERE id = $1{tx.lock_rows}", run_id)
+            if run is None or run["status"] != RunStatus.QUEUED:
+                return
+            now = self._clock()
+            failures = int(run["claim_failures"]) + 1
+            reason = f"claim failed ({failures} of {_MAX_CLAIM_FAILURES}): {cause}"
+            if failures >= _MAX_CLAIM_FAILURES:
+                error = ErrorInfo(
+                    type="aiki_core.ServerError",
+                    message=f"run {run_id} could not be claimed: {cause}",
+                    retryable=False,
+                    code="server_error",
+                    details={"run_id": run_id, "claim_failures": failures},
+                )
+                await move_run(
+                    tx,
+                    run,
+                    RunStatus.FAILED,
+                    now,
+                    reason,
+                    fence=True,
+                    error=dump(error.model_dump(mode="json")),
+                    claim_failures=failures,
+                )
+                return
+            await tx.execute(
+                "UPDATE runs SET claim_failures = $2, ready_at = $3 WHERE id = $1",
+                run_id,
+                failures,
+                now,
+            )
+            await record_history(
+                tx,
+                namespace=run["namespace"],
+                run_id=run_id,
+                entity="run",
+                entity_id=run_id,
+                from_status=run["status"],
+                to_status=run["status"],
+                reason=reason,
+                revision=run["revision"],
+                now=now,
+            )
+
+        await self._db.write(set_aside)

@@ -1,0 +1,346 @@
+"""Runs as clients see them: one transaction for each operation.
+
+Start, read, list, wait for, cancel, pause, resume and wake runs, and send them events.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from aiki_core import (
+    RUN_WAITING_STATUSES,
+    ConflictError,
+    IllegalTransitionError,
+    NotFoundError,
+    RunDetail,
+    RunPage,
+    RunStatus,
+    SendEventResponse,
+    StartRunResponse,
+    to_millis,
+)
+from aiki_server._clock import to_ms
+from aiki_server._lifecycle import (
+    TERMINAL,
+    cancel_run_and_descendants,
+    end_wait,
+    locked_run,
+    move_run,
+    read_summary,
+    record_history,
+)
+from aiki_server._notify import run_topic
+from aiki_server._replay import replay_parts
+from aiki_server._rows import (
+    RUN_COLUMNS,
+    decode_cursor,
+    dump,
+    encode_cursor,
+    new_id,
+    run_detail,
+    run_outcome,
+    run_summary,
+    transition,
+)
+from aiki_server._starts import start_fingerprint, start_run_in
+from aiki_server._waits import deliver_event
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from datetime import timedelta
+
+    from aiki_core import (
+        EventOrigin,
+        ListRunsQuery,
+        RunOutcome,
+        RunSummary,
+        SendEventRequest,
+        StartRunRequest,
+    )
+    from aiki_server._clock import Clock
+    from aiki_server._limits import Limits
+    from aiki_server._notify import WakeHub
+    from aiki_server._storage._database import Database, Row, Tx
+
+_WAITING = frozenset(s.value for s in RUN_WAITING_STATUSES)
+
+
+class Runs:
+    """The client's operations on runs."""
+
+    def __init__(self, db: Database, hub: WakeHub, clock: Clock, limits: Limits) -> None:
+        self._db = db
+        self._hub = hub
+        self._clock = clock
+        self._limits = limits
+
+    async def start_run(self, namespace: str, req: StartRunRequest) -> StartRunResponse:
+        """Create a run, or return the one its reference id already started."""
+        fingerprint = start_fingerprint(req)  # hashed before the write lock is taken
+        return await self._db.write(
+            lambda tx: start_run_in(tx, namespace, req, self._clock(), fingerprint=fingerprint)
+        )
+
+    async def get_run(self, namespace: str, run_id: str) -> RunDetail:
+        """The run with everything it recorded and its history."""
+        async with self._db.reader() as tx:
+            row = await tx.fetchrow(
+                "SELECT * FROM runs WHERE id = $1 AND namespace = $2", run_id, namespace
+            )
+            if row is None:
+                raise NotFoundError("run", run_id)
+            parts = await replay_parts(tx, [run_id])
+            history = await tx.fetch(
+                "SELECT * FROM state_transitions WHERE run_id = $1 ORDER BY seq", run_id
+            )
+            pending = None
+            if row["status"] == RunStatus.QUEUED:
+                pending = await self._pending_reason(tx, row)
+        return run_detail(
+            row,
+            **parts[run_id],
+            history=[transition(h, seq) for seq, h in enumerate(history, start=1)],
+            pending_reason=pending,
+        )
+
+    async def _pending_reason(self, tx: Tx, run: Row) -> str | None:
+        live_since = self._clock() - self._limits.claim_idle_ms
+        workers = await tx.fetch(
+            "SELECT capabilities FROM workers WHERE namespace = $1 AND last_seen_at >= $2",
+            run["namespace"],
+            live_since,
+        )
+        wanted = [run["workflow"], run["version"], run["pool"]]
+        for worker in workers:
+            if wanted in json.loads(worker["capabilities"]):
+                return None
+        return (
+            f"no connected worker serves workflow {run['workflow']!r} version"
+            f" {run['version']!r} in pool {run['pool']!r}; the run stays queued until one does"
+        )
+
+    async def list_runs(self, namespace: str, query: ListRunsQuery) -> RunPage:
+        """Runs newest first, filtered, one keyset page at a time."""
+        clauses = ["namespace = $1"]
+        args: list[Any] = [namespace]
+
+        def arg(value: Any) -> str:
+            args.append(value)
+            return f"${len(args)}"
+
+        if query.workflow is not None:
+            clauses.append(f"workflow = {arg(query.workflow)}")
+        if query.version is not None:
+            clauses.append(f"version = {arg(query.version)}")
+        if query.status:
+            clauses.append(f"status IN ({', '.join(arg(s.value) for s in query.status)})")
+        if query.created_after is not None:
+            clauses.append(f"created_at >= {arg(to_ms(query.created_after))}")
+        if query.created_before is not None:
+            clauses.append(f"created_at < {arg(to_ms(query.created_before))}")
+        if query.cursor is not None:
+            created_at, run_id = decode_cursor(query.cursor)
+            clauses.append(
+                f"(created_at < {arg(created_at)} OR (created_at = {arg(created_at)}"
+                f" AND id < {arg(run_id)}))"
+            )
+        sql = (
+            f"SELECT {RUN_COLUMNS} FROM runs WHERE {' AND '.join(clauses)}"
+            f" ORDER BY created_at DESC, id DESC LIMIT {arg(query.limit + 1)}"
+        )
+        async with self._db.reader() as tx:
+            rows = await tx.fetch(sql, *args)
+        page = rows[: query.limit]
+        next_cursor = None
+        if len(rows) > query.limit:
+            last = page[-1]
+            next_cursor = encode_cursor(last["created_at"], last["id"])
+        return RunPage(runs=[run_summary(r) for r in page], next_cursor=next_cursor)
+
+    async def wait_for_run(
+        self, namespace: str, run_id: str, statuses: Sequence[RunStatus], timeout: timedelta
+    ) -> RunOutcome:
+        """Long-poll until the run is in one of `statuses` or `timeout` passes; the run then."""
+        wanted = {s.value for s in statuses} or set(TERMINAL)
+        deadline = self._clock() + to_millis(timeout)
+        while True:
+            subscription = self._hub.subscribe(run_topic(run_id))
+            async with self._db.reader() as tx:
+                row = await tx.fetchrow(
+                    f"SELECT {RUN_COLUMNS}, result, error FROM runs"
+                    " WHERE id = $1 AND namespace = $2",
+                    run_id,
+                    namespace,
+                )
+            if row is None:
+                raise NotFoundError("run", run_id)
+            remaining = deadline - self._clock()
+            if row["status"] in wanted or remaining <= 0:
+                return run_outcome(row)
+            # re-check at least every second: a replica's NOTIFY may be lost on reconnect
+            await subscription.wait(min(remaining, 1000) / 1000)
+
+    async def cancel_run(self, namespace: str, run_id: str, reason: str | None) -> RunSummary:
+        """End the run as cancelled, with every live descendant."""
+
+        async def cancel(tx: Tx) -> RunSummary:
+            run = await locked_run(tx, run_id, namespace)
+            now = self._clock()
+            await cancel_run_and_descendants(tx, run, now, reason)
+            return await read_summary(tx, run_id)
+
+        return await self._db.write(cancel)
+
+    async def pause_run(self, namespace: str, run_id: str) -> RunSummary:
+        """Hold the run; a running one at its next task boundary.
+
+        A running run keeps its claim: its worker lets the task in flight finish and
+        be recorded, and stops before the next task starts (or when the run would
+        suspend); the run becomes `paused` as its worker lets it go (`move_run`).
+        """
+
+        async def pause(tx: Tx) -> RunSummary:
+            run = await locked_run(tx, run_id, namespace)
+            now = self._clock()
+            if run["status"] != RunStatus.RUNNING:
+                await move_run(tx, run, RunStatus.PAUSED, now, "paused", fence=True)
+            elif not run["pause_requested"]:
+                reason = "pause requested: the run stops at its next task boundary"
+                await _request_pause(tx, run, now, reason, requested=True)
+            return await read_summary(tx, run_id)
+
+        return await self._db.write(pause)
+
+    async def resume_run(self, namespace: str, run_id: str) -> RunSummary:
+        """Release a paused run: back to its delayed start, or to the queue to replay."""
+
+        async def resume(tx: Tx) -> RunSummary:
+            run = await locked_run(tx, run_id, namespace)
+            now = self._clock()
+            if run["status"] == RunStatus.RUNNING and run["pause_requested"]:
+                # resumed before its worker reached the boundary: it goes on running
+                await _request_pause(tx, run, now, "pause withdrawn", requested=False)
+                return await read_summary(tx, run_id)
+            if run["status"] != RunStatus.PAUSED:
+                # the state machine allows e.g. running -> queued, but not as a "resume"
+                raise IllegalTransitionError("run", run_id, run["status"], "resumed")
+            start_at = run["start_at"]
+            retry_at = run["wake_at"]  # a retry back-off a pause kept (see `_lifecycle`)
+            if start_at is not None and start_at > now:
+                await move_run(tx, run, RunStatus.SCHEDULED, now, "resumed", wake_at=start_at)
+            elif retry_at is not None and retry_at > now:
+                await move_run(
+                    tx,
+                    run,
+                    RunStatus.AWAITING_RETRY,
+                    now,
+                    "resumed; its retry is not due yet",
+                    wake_at=retry_at,
+                    waits=dump([{"kind": "retry", "due_at": retry_at}]),
+                )
+            else:
+                await move_run(tx, run, RunStatus.QUEUED, now, "resumed")
+            return await read_summary(tx, run_id)
+
+        return await self._db.write(resume)
+
+    async def wake_run(self, namespace: str, run_id: str) -> RunSummary:
+        """End the pending sleeps of a suspended run early and queue it.
+
+        Whatever its status says: a run racing a sleep against an event is woken too.
+        A run with no pending sleep cannot be woken (`IllegalTransitionError`).
+        """
+
+        async def wake(tx: Tx) -> RunSummary:
+            run = await locked_run(tx, run_id, namespace)
+            now = self._clock()
+            if run["status"] not in _WAITING:  # waits are live only while it is suspended
+                raise IllegalTransitionError("run", run_id, run["status"], "woken")
+            woken = await tx.execute(
+                "UPDATE sleeps SET status = 'woken', completed_at = $2"
+                " WHERE run_id = $1 AND status = 'sleeping'",
+                run_id,
+                now,
+            )
+            if not woken:
+                raise IllegalTransitionError("run", run_id, run["status"], "woken")
+            await end_wait(tx, run, now, "woken")
+            return await read_summary(tx, run_id)
+
+        return await self._db.write(wake)
+
+    async def send_event(
+        self,
+        namespace: str,
+        run_id: str,
+        req: SendEventRequest,
+        origin: EventOrigin = "api",
+    ) -> SendEventResponse:
+        """Store an event for the run (once per reference id) and hand it to a waiting wait."""
+
+        async def send(tx: Tx) -> SendEventResponse:
+            run = await locked_run(tx, run_id, namespace)
+            now = self._clock()
+            if run["status"] in TERMINAL:
+                raise ConflictError(
+                    f"run {run_id} has ended ({run['status']}); it takes no more events",
+                    details={"run_id": run_id, "status": run["status"]},
+                )
+            if req.reference_id is not None:
+                seen = await tx.fetchrow(
+                    "SELECT id FROM events WHERE run_id = $1 AND name = $2 AND reference_id = $3",
+                    run_id,
+                    req.name,
+                    req.reference_id,
+                )
+                if seen is not None:
+                    return SendEventResponse(event_id=seen["id"], duplicate=True)
+            event_id = new_id()
+            await tx.execute(
+                "INSERT INTO events"
+                " (id, run_id, name, reference_id, data, origin, received_at, consumed)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, 0)",
+                event_id,
+                run_id,
+                req.name,
+                req.reference_id,
+                dump(req.data),
+                origin,
+                now,
+            )
+            wait = await tx.fetchrow(
+                "SELECT occurrence FROM event_waits WHERE run_id = $1 AND name = $2"
+                " AND status = 'waiting' ORDER BY occurrence LIMIT 1",
+                run_id,
+                req.name,
+            )
+            if wait is not None:  # a live wait: the run is suspended on it
+                await deliver_event(tx, run_id, req.name, wait["occurrence"], event_id)
+                await end_wait(tx, run, now, f"event {req.name!r} received")
+            return SendEventResponse(event_id=event_id, duplicate=False)
+
+        return await self._db.write(send)
+
+
+async def _request_pause(tx: Tx, run: Row, now: int, reason: str, *, requested: bool) -> None:
+    """Ask a running run to stop at its next task boundary, or withdraw that; in history."""
+    await tx.execute(
+        "UPDATE runs SET pause_requested = $2, updated_at = $3 WHERE id = $1",
+        run["id"],
+        int(requested),
+        now,
+    )
+    await record_history(
+        tx,
+        namespace=run["namespace"],
+        run_id=run["id"],
+        entity="run",
+        entity_id=run["id"],
+        from_status=run["status"],
+        to_status=run["status"],
+        reason=reason,
+        revision=run["revision"],
+        now=now,
+    )
+    tx.publish(run_topic(run["id"]))

@@ -1,0 +1,407 @@
+"""The writes of a worker to the runs it holds.
+
+Heartbeats, task records, children and transitions (complete, fail, suspend,
+release, continue as new): one transaction each.
+Each carries the revision its claim returned, and a stale one is rejected before
+anything is written (`claimed_run`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiki_core import (
+    CompleteRun,
+    ConflictError,
+    ContinueRun,
+    ErrorInfo,
+    FailRun,
+    HeartbeatResponse,
+    RecordTaskResponse,
+    ReleaseRun,
+    RunDirective,
+    RunLeaseStatus,
+    RunLimitError,
+    RunStatus,
+    StaleRevisionError,
+    StartRunResponse,
+    SuspendRun,
+    TaskStatus,
+    check_task_transition,
+    content_hash,
+    to_millis,
+)
+from aiki_server._clock import to_ms
+from aiki_server._lifecycle import (
+    claimed_run,
+    lock_run,
+    move_run,
+    read_summary,
+    record_history,
+    requeue,
+)
+from aiki_server._rows import dump, new_id, run_summary
+from aiki_server._starts import insert_run
+from aiki_server._waits import due_at, suspend
+
+if TYPE_CHECKING:
+    from aiki_core import (
+        HeartbeatRequest,
+        RecordTaskRequest,
+        RunSummary,
+        StartChildRequest,
+        TransitionRunRequest,
+    )
+    from aiki_server._clock import Clock
+    from aiki_server._limits import Limits
+    from aiki_server._storage._database import Database, Row, Tx
+
+
+class WorkerWrites:
+    """What a worker writes to the runs it holds."""
+
+    def __init__(self, db: Database, clock: Clock, limits: Limits) -> None:
+        self._db = db
+        self._clock = clock
+        self._limits = limits
+
+    async def heartbeat(self, namespace: str, req: HeartbeatRequest) -> HeartbeatResponse:
+        """Refresh the claims a worker holds; say what to do with each run."""
+
+        async def refresh(tx: Tx) -> HeartbeatResponse:
+            now = self._clock()
+            await tx.execute(
+                "UPDATE workers SET last_seen_at = $3 WHERE namespace = $1 AND id = $2",
+                namespace,
+                req.worker_id,
+                now,
+            )
+            if not req.runs:
+                return HeartbeatResponse(runs=[])
+            rows = await tx.fetch(
+                "SELECT id, status, revision, claimed_by, pause_requested FROM runs"
+                f" WHERE namespace = $1 AND id {tx.in_array(2)}",
+                namespace,
+                tx.array([lease.run_id for lease in req.runs]),
+            )
+            by_id = {row["id"]: row for row in rows}
+            answers: list[RunLeaseStatus] = []
+            keep: list[str] = []
+            for lease in req.runs:
+                directive = _directive(by_id.get(lease.run_id), lease.revision, req.worker_id)
+                if directive in (RunDirective.CONTINUE, RunDirective.PAUSE):
+                    keep.append(lease.run_id)  # a pausing run keeps its claim to the boundary
+                answers.append(RunLeaseStatus(run_id=lease.run_id, directive=directive))
+            if keep:
+                # the conditions fence a release that committed after the read above
+                await tx.execute(
+                    "UPDATE runs SET claim_expires_at = $1 WHERE claimed_by = $2"
+                    f" AND status = 'running' AND id {tx.in_array(3)}",
+                    now + self._limits.claim_idle_ms,
+                    req.worker_id,
+                    tx.array(keep),
+                )
+            return HeartbeatResponse(runs=answers)
+
+        return await self._db.write(refresh)
+
+    async def record_task(
+        self, namespace: str, run_id: str, req: RecordTaskRequest
+    ) -> RecordTaskResponse:
+        """Record one attempt of a task call of a claimed run."""
+
+        async def record(tx: Tx) -> RecordTaskResponse:
+            run = await claimed_run(tx, run_id, namespace, req.revision)
+            now = self._clock()
+            recorded = await _write_task(tx, run, req, now, self._limits.max_tasks_per_run)
+            if run["pause_requested"]:  # the worker learns it at its next record
+                recorded = recorded.model_copy(update={"directive": RunDirective.PAUSE})
+            return recorded
+
+        try:
+            return await self._db.write(record)
+        except RunLimitError as exc:
+            await self._fail_over_limit(namespace, run_id, req.revision, exc)
+            raise
+
+    async def start_child(
+        self, namespace: str, parent_id: str, req: StartChildRequest
+    ) -> StartRunResponse:
+        """Start a child of a claimed run, once per (address, occurrence)."""
+
+        async def start(tx: Tx) -> StartRunResponse:
+            parent = await claimed_run(tx, parent_id, namespace, req.revision)
+            now = self._clock()
+            existing = await tx.fetchrow(
+                "SELECT * FROM runs WHERE parent_run_id = $1 AND child_address = $2"
+                " AND child_occurrence = $3",
+                parent_id,
+                req.address,
+                req.occurrence,
+            )
+            if existing is not None:
+                return StartRunResponse(run=run_summary(existing), created=False)
+            pool = req.pool or parent["pool"]
+            row = await insert_run(
+                tx,
+                namespace=namespace,
+                workflow=req.workflow,
+                version=req.version,
+                pool=pool,
+                input_json=dump(req.input),
+                fingerprint=content_hash([req.version, content_hash(req.input), pool]),
+                reference_id=None,
+                start_at=None,
+                timeout_ms=None if req.timeout is None else to_millis(req.timeout),
+                now=now,
+                run_id=req.run_id,
+                parent=(parent_id, req.address, req.occurrence),
+            )
+            return StartRunResponse(run=run_summary(row), created=True)
+
+        return await self._db.write(start)
+
+    async def transition(
+        self, namespace: str, run_id: str, req: TransitionRunRequest
+    ) -> RunSummary:
+        """Complete, fail, suspend, release or continue a claimed run."""
+        try:
+            return await self._transition(namespace, run_id, req)
+        except RunLimitError as exc:
+            await self._fail_over_limit(namespace, run_id, req.revision, exc)
+            raise
+
+    async def _transition(
+        self, namespace: str, run_id: str, req: TransitionRunRequest
+    ) -> RunSummary:
+        action = req.action
+
+        async def move(tx: Tx) -> RunSummary:
+            run = await claimed_run(tx, run_id, namespace, req.revision)
+            now = self._clock()
+            for task in req.tasks:  # each record is fenced like the transition
+                if task.revision != req.revision:
+                    raise StaleRevisionError(run_id, task.revision, run["revision"])
+            for task in req.tasks:
+                await _write_task(tx, run, task, now, self._limits.max_tasks_per_run)
+            if isinstance(action, CompleteRun):
+                await move_run(
+                    tx, run, RunStatus.COMPLETED, now, "completed", result=dump(action.result)
+                )
+            elif isinstance(action, FailRun):
+                await _fail(tx, run, action, now)
+            elif isinstance(action, SuspendRun):
+                await suspend(tx, run, action.waits, now)
+            elif isinstance(action, ReleaseRun):
+                await requeue(tx, run, now, "released by its worker")
+            elif isinstance(action, ContinueRun):
+                await _continue(tx, run, action, now)
+            return await read_summary(tx, run_id)
+
+        return await self._db.write(move)
+
+    async def _fail_over_limit(
+        self, namespace: str, run_id: str, revision: int, exc: RunLimitError
+    ) -> None:
+        """Fail the run whose record was refused over the limit (the refusal wrote nothing).
+
+        The worker that holds it gets the refusal (a 409) and lets the run go.
+        """
+
+        async def fail(tx: Tx) -> None:
+            run = await lock_run(tx, run_id, namespace)
+            now = self._clock()
+            if run is None or run["revision"] != revision or run["status"] != RunStatus.RUNNING:
+                return  # another write ended the claim meanwhile
+            error = ErrorInfo.from_exception(exc, include_stack=False)
+            await move_run(
+                tx,
+                run,
+                RunStatus.FAILED,
+                now,
+                "task limit reached",
+                fence=True,
+                error=dump(error.model_dump(mode="json")),
+            )
+
+        await self._db.write(fail)
+
+
+async def _continue(tx: Tx, run: Row, action: ContinueRun, now: int) -> None:
+    """End `run` as completed, continued as a new run of its version with the input."""
+    if run["parent_run_id"] is not None:
+        # the parent waits for this run's own result: a chain would leave it none
+        raise ConflictError(
+            f"run {run['id']} is a child run; a child cannot continue as new",
+            details={"run_id": run["id"]},
+        )
+    await insert_run(
+        tx,
+        namespace=run["namespace"],
+        workflow=run["workflow"],
+        version=run["version"],
+        pool=run["pool"],
+        input_json=dump(action.input),
+        fingerprint=content_hash([run["version"], content_hash(action.input), run["pool"]]),
+        reference_id=None,
+        start_at=None,
+        timeout_ms=run["timeout_ms"],
+        now=now,
+        run_id=action.run_id,
+        continued_from=run["id"],
+    )
+    await move_run(
+        tx,
+        run,
+        RunStatus.COMPLETED,
+        now,
+        f"continued as run {action.run_id}",
+        continued_as=action.run_id,
+    )
+
+
+async def _fail(tx: Tx, run: Row, action: FailRun, now: int) -> None:
+    error = dump(action.error.model_dump(mode="json"))
+    if not action.retries:
+        await move_run(tx, run, RunStatus.FAILED, now, "failed", error=error)
+        return
+    retry_at = due_at(now, action.retry_at, action.retry_delay)
+    await move_run(
+        tx,
+        run,
+        RunStatus.AWAITING_RETRY,
+        now,
+        "failed; the workflow retries",
+        error=error,
+        attempt=int(run["attempt"]) + 1,
+        wake_at=retry_at,
+        waits=dump([{"kind": "retry", "due_at": retry_at}]),
+    )
+
+
+def _directive(run: Row | None, revision: int, worker_id: str) -> RunDirective:
+    if run is None:
+        return RunDirective.LOST
+    if run["status"] == RunStatus.CANCELLED:
+        return RunDirective.CANCEL
+    if run["revision"] != revision or run["claimed_by"] != worker_id:
+        return RunDirective.LOST
+    if run["status"] != RunStatus.RUNNING:
+        return RunDirective.LOST
+    if run["pause_requested"]:
+        return RunDirective.PAUSE  # stop at the next task boundary, with the claim
+    return RunDirective.CONTINUE
+
+
+async def _write_task(
+    tx: Tx, run: Row, req: RecordTaskRequest, now: int, max_tasks: int
+) -> RecordTaskResponse:
+    """Write one task attempt of a run its worker holds (checked by the caller).
+
+    A new task call past `max_tasks` of the run raises `RunLimitError`. A call that
+    failed for good in an earlier workflow-level attempt of the run may be recorded
+    again by a later one (it runs again); its attempts keep their numbers and history.
+    """
+    run_id = run["id"]
+    run_attempt = int(run["attempt"])
+    error_json = None if req.error is None else dump(req.error.model_dump(mode="json"))
+    finished = now if req.status in (TaskStatus.COMPLETED, TaskStatus.FAILED) else None
+    next_attempt_at = due_at(now, req.retry_at, req.retry_delay)
+    result_json = None if req.status is not TaskStatus.COMPLETED else dump(req.result)
+    # most calls are recorded once, completed: try the insert first
+    task_id = new_id()
+    previous = None
+    inserted = await tx.fetch(
+        "INSERT INTO tasks (id, run_id, address, occurrence, name, status, input,"
+        " result, error, next_attempt_at, created_at, finished_at, run_attempt, notice)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+        " ON CONFLICT (run_id, address, occurrence) DO NOTHING RETURNING id",
+        task_id,
+        run_id,
+        req.address,
+        req.occurrence,
+        req.name,
+        req.status.value,
+        dump(req.input),
+        result_json,
+        error_json,
+        next_attempt_at,
+        now,
+        finished,
+        run_attempt,
+        req.notice,
+    )
+    if inserted:
+        # counted on the run's row: the check costs no count of the run's tasks
+        count = await tx.fetchrow(
+            "UPDATE runs SET task_count = task_count + 1 WHERE id = $1 RETURNING task_count",
+            run_id,
+        )
+        assert count is not None
+        if count["task_count"] > max_tasks:
+            raise RunLimitError(run_id, max_tasks)  # the transaction writes nothing
+    else:
+        task = await tx.fetchrow(
+            f"SELECT id, status, result, error, run_attempt FROM tasks"
+            f" WHERE run_id = $1 AND address = $2"
+            f" AND occurrence = $3{tx.lock_rows}",
+            run_id,
+            req.address,
+            req.occurrence,
+        )
+        assert task is not None  # the insert met it; nothing deletes tasks
+        task_id = task["id"]
+        previous = task["status"]
+        later_run_attempt = task["run_attempt"] < run_attempt
+        if (
+            previous == req.status.value
+            and req.status.is_terminal
+            and not later_run_attempt
+            and (task["result"], task["error"]) == (result_json, error_json)
+        ):
+            # the same record again: a worker retrying a write whose answer it lost
+            return RecordTaskResponse(task_id=task_id, status=req.status)
+        check_task_transition(
+            task_id, TaskStatus(previous), req.status, later_run_attempt=later_run_attempt
+        )
+        await tx.execute(
+            "UPDATE tasks SET status = $2, result = $3, error = $4, next_attempt_at = $5,"
+            " finished_at = $6, run_attempt = $7, notice = COALESCE(notice, $8) WHERE id = $1",
+            task_id,
+            req.status.value,
+            result_json,
+            error_json,
+            next_attempt_at,
+            finished,
+            run_attempt,
+            req.notice,
+        )
+    attempt_finished = None if req.status is TaskStatus.RUNNING else now
+    attempt_started = now if req.started_at is None else min(to_ms(req.started_at), now)
+    await tx.execute(
+        "INSERT INTO task_attempts"
+        " (task_id, attempt, status, started_at, finished_at, error, run_attempt)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (task_id, attempt) DO UPDATE"
+        " SET status = excluded.status, finished_at = excluded.finished_at,"
+        " error = excluded.error",
+        task_id,
+        req.attempt,
+        req.status.value,
+        attempt_started,
+        attempt_finished,
+        error_json,
+        run_attempt,
+    )
+    await record_history(
+        tx,
+        namespace=run["namespace"],
+        run_id=run_id,
+        entity="task",
+        entity_id=task_id,
+        from_status=previous,
+        to_status=req.status.value,
+        reason=f"{req.name} attempt {req.attempt}",
+        revision=run["revision"],
+        now=now,
+    )
+    return RecordTaskResponse(task_id=task_id, status=req.status)
