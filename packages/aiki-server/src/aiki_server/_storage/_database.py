@@ -159,6 +159,7 @@ class Database(ABC):
         """Apply the pending migrations of this dialect, in order; the versions applied."""
         applied: list[int] = []
         async with self.transaction() as tx:
+            await self._lock_migrations(tx)
             await tx.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations "
                 "(version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
@@ -176,6 +177,10 @@ class Database(ABC):
                 )
                 applied.append(version)
         return applied
+
+    @abstractmethod
+    async def _lock_migrations(self, tx: Tx) -> None:
+        """Hold, until `tx` ends, the lock that lets one migrating replica at a time in."""
 
     @abstractmethod
     async def _run_script(self, tx: Tx, sql: str) -> None:

@@ -197,6 +197,13 @@ class PostgresDatabase(Database):
         async with self._pool.acquire() as conn:
             yield PostgresTx(conn)
 
+    async def _lock_migrations(self, tx: Tx) -> None:
+        # a lock per schema: replicas starting together on one new schema would otherwise
+        # both create `schema_migrations` and its row type, and one would fail
+        await tx.execute(
+            "SELECT pg_advisory_xact_lock(hashtext('aiki-migrations:' || current_schema()))"
+        )
+
     async def _run_script(self, tx: Tx, sql: str) -> None:
         # a simple-query-protocol execute runs a whole script
         await tx.execute(sql)

@@ -261,6 +261,9 @@ class SqliteDatabase(Database):
         assert self._reader is not None, "database is not open"
         yield SqliteTx(self._reader)
 
+    async def _lock_migrations(self, tx: Tx) -> None:
+        """Nothing more: the write transaction (BEGIN IMMEDIATE) already lets one in."""
+
     async def _run_script(self, tx: Tx, sql: str) -> None:
         # executescript would COMMIT the open transaction; run statement by statement
         for statement in sql.split(";"):
