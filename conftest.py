@@ -89,9 +89,7 @@ async def client(server: EmbeddedServer) -> AsyncIterator[Client]:
 
 
 @pytest.fixture
-async def worker(
-    client: Client, workflows: Sequence[ExecutableVersion]
-) -> AsyncIterator[Worker]:
+async def worker(client: Client, workflows: Sequence[ExecutableVersion]) -> AsyncIterator[Worker]:
     """A worker of `workflows` (a fixture of the test module) on `client`, until the test ends."""
     async with Worker(client, workflows, logger=QUIET) as running:
         yield running

@@ -2,11 +2,12 @@
 
 An embedded server (on SQLite and on PostgreSQL), a client over httpx's ASGI
 transport and a worker, all in the test's process; the harness's clock skips a
-day-long sleep.
+day-long sleep. And a real server process, for a test that needs one.
 """
 
 from __future__ import annotations
 
+import signal
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
@@ -15,7 +16,7 @@ import pytest
 
 from aiki_client import Client
 from aiki_core import ConsoleLogger, LogLevel, RunStatus
-from aiki_server.testing import TestClock, embedded_server
+from aiki_server.testing import ServerStartError, TestClock, embedded_server, server_process
 from aiki_worker import Worker
 from aiki_workflow import WorkflowRun, workflow
 
@@ -108,3 +109,22 @@ async def test_the_default_is_a_temporary_sqlite_file() -> None:
         path = server.app.state.orchestrator.db.path
         assert path.exists()
     assert not path.exists()
+
+
+async def test_a_server_process_serves_until_its_block_ends(db_url: str) -> None:
+    async with server_process(db_url) as server:
+        async with (
+            Client(server.base_url, logger=QUIET) as client,
+            Worker(client, [napper_v1], logger=QUIET),
+        ):
+            handle = await napper_v1.start(client, 0)
+            assert await handle.result(timeout=timedelta(seconds=10)) == "slept 0 h"
+        assert f"serving on {server.base_url}" in server.log_text()
+        assert server.returncode is None
+    assert server.returncode == -signal.SIGTERM  # stopped, not killed
+
+
+async def test_a_server_process_that_cannot_start_says_why() -> None:
+    with pytest.raises(ServerStartError, match="unrecognized arguments: --no-such-option"):
+        async with server_process("sqlite:///:memory:", "--no-such-option"):
+            pytest.fail("the server started")

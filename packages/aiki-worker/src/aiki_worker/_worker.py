@@ -29,9 +29,9 @@ import os
 import signal
 import socket
 import threading
+from asyncio import CancelledError
 from collections.abc import Callable, Sequence
 from datetime import timedelta
-from asyncio import CancelledError
 from typing import TYPE_CHECKING, Any, Self
 
 import anyio
@@ -201,9 +201,10 @@ class Worker:
         if failure is None:
             return
         ours = False
-        if self._cancelled_host and self._host is asyncio.current_task():
+        host = asyncio.current_task()
+        if self._cancelled_host and host is not None and host is self._host:
             # the block's cancellation was ours (as `asyncio.timeout` does it): take it back
-            ours = self._host.uncancel() <= self._host_cancelling
+            ours = host.uncancel() <= self._host_cancelling
         if exc is None or (ours and isinstance(exc, CancelledError)):
             raise failure from None
         # else the block's own error, or a cancellation from outside, goes on
