@@ -13,7 +13,7 @@ For SQLite and for PostgreSQL, this script
 5. counts the rows in the database: a figure is printed only if its check passes.
 
 With `--api-key`, the scratch database gets an API key (`aiki-server keys create`)
-before the server starts, and every request carries it: the figures with
+once the server is up, and every request carries it: the figures with
 authentication on.
 
 Run it with `hatch run bench:server` (`--quick` for a smaller run, `--help` for more).
