@@ -4,6 +4,10 @@
   parametrized, so a test that takes it runs on both). The PostgreSQL half needs
   `AIKI_TEST_POSTGRES_URL`; without it those tests skip, unless
   `AIKI_REQUIRE_POSTGRES=1` (as CI sets), which turns the skip into a failure.
+- `server`, `client`, `worker`: an embedded server (`aiki_server.testing`) on `db_url`,
+  a `Client` on it through httpx's ASGI transport, and a `Worker` of the versions the
+  test module's `workflows` fixture names, running until the test ends. A module
+  overrides `server_settings` for other settings of the server.
 - `processes`: starts real processes for a test (`python -m aiki_server` on a free
   port, a worker program, ...) and SIGKILLs whatever still runs when the test ends.
   The classes live in `tests/live_processes.py`, so tests can annotate with them.
@@ -16,16 +20,27 @@ import uuid
 from typing import TYPE_CHECKING
 
 import asyncpg
+import httpx
 import pytest
 
+from aiki_client import Client
+from aiki_core import ConsoleLogger, LogLevel
+from aiki_server import ServerSettings
+from aiki_server.testing import embedded_server
+from aiki_worker import Worker
 from live_processes import LiveProcesses
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Sequence
     from pathlib import Path
+
+    from aiki_core import ExecutableVersion
+    from aiki_server.testing import EmbeddedServer
 
 POSTGRES_URL = os.environ.get("AIKI_TEST_POSTGRES_URL")
 REQUIRE_POSTGRES = os.environ.get("AIKI_REQUIRE_POSTGRES") == "1"
+QUIET = ConsoleLogger(LogLevel.ERROR)
+"""The logger of the `client` and `worker` fixtures: errors only."""
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -50,6 +65,34 @@ async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
     finally:
         await admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
         await admin.close()
+
+
+@pytest.fixture
+def server_settings() -> ServerSettings:
+    """The settings of the `server` fixture: the defaults, unless a test module overrides."""
+    return ServerSettings()
+
+
+@pytest.fixture
+async def server(db_url: str, server_settings: ServerSettings) -> AsyncIterator[EmbeddedServer]:
+    """An embedded server on `db_url`, whose clock the test moves (`server.advance`)."""
+    async with embedded_server(db_url, server_settings) as embedded:
+        yield embedded
+
+
+@pytest.fixture
+async def client(server: EmbeddedServer) -> AsyncIterator[Client]:
+    """A client of `server`, in process (httpx's ASGI transport), logging errors only."""
+    transport = httpx.ASGITransport(app=server.app)
+    async with Client("http://aiki.test", transport=transport, logger=QUIET) as connected:
+        yield connected
+
+
+@pytest.fixture
+async def worker(client: Client, workflows: Sequence[ExecutableVersion]) -> AsyncIterator[Worker]:
+    """A worker of `workflows` (a fixture of the test module) on `client`, until the test ends."""
+    async with Worker(client, workflows, logger=QUIET) as running:
+        yield running
 
 
 @pytest.fixture

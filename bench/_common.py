@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import socket
 import sqlite3
 import sys
 import uuid
@@ -19,17 +18,17 @@ from typing import TYPE_CHECKING, NoReturn
 
 import anyio
 import asyncpg
-import httpx
+
+from aiki_server.testing import ServerStartError, start_process, start_server
 
 if TYPE_CHECKING:
     import argparse
     from collections.abc import AsyncIterator, Callable, Sequence
     from pathlib import Path
 
-    from anyio.abc import Process
+    from aiki_server.testing import LoggedProcess, ServerProcess
 
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
-STARTUP_TIMEOUT = 30.0
 
 
 class BenchError(Exception):
@@ -59,76 +58,27 @@ def add_database_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def free_port() -> int:
-    """A TCP port on the loopback interface that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@dataclass(frozen=True)
-class Server:
-    """A running server process."""
-
-    base_url: str
-    pid: int
-
-
 @asynccontextmanager
-async def server_process(db_url: str, log: Path) -> AsyncIterator[Server]:
+async def server_process(db_url: str, log: Path) -> AsyncIterator[ServerProcess]:
     """A live `python -m aiki_server` on `db_url`; stopped (SIGTERM, then SIGKILL) on exit."""
-    port = free_port()
-    base_url = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "aiki_server", "--db", db_url, "--port", str(port)]
-    async with logged_process(command, log) as process:
-        await _wait_healthy(process, base_url, log)
-        yield Server(base_url, process.pid)
-
-
-async def create_api_key(db_url: str) -> str:
-    """A new API key (namespace `bench`) in the database, by `aiki-server keys create`."""
-    done = await anyio.run_process(
-        [
-            sys.executable,
-            "-m",
-            "aiki_server",
-            "keys",
-            "create",
-            "--db",
-            db_url,
-            "--namespace",
-            "bench",
-        ]
-    )
-    return done.stdout.decode().strip()
+    try:
+        server = await start_server(db_url, log=log)
+    except ServerStartError as exc:
+        raise BenchError(str(exc)) from None
+    try:
+        yield server
+    finally:
+        await server.aclose()
 
 
 @asynccontextmanager
-async def logged_process(command: Sequence[str], log: Path) -> AsyncIterator[Process]:
+async def logged_process(command: Sequence[str], log: Path) -> AsyncIterator[LoggedProcess]:
     """A child process writing stdout and stderr to `log`; stopped on exit."""
-    with log.open("ab") as log_file:
-        process = await anyio.open_process(
-            list(command), stdin=None, stdout=log_file, stderr=log_file
-        )
+    process = await start_process(command, log)
     try:
         yield process
     finally:
-        await stop_process(process)
-
-
-async def _wait_healthy(process: Process, base_url: str, log: Path) -> None:
-    with anyio.fail_after(STARTUP_TIMEOUT):
-        async with httpx.AsyncClient(base_url=base_url, timeout=2.0) as client:
-            while True:
-                if process.returncode is not None:
-                    raise BenchError(f"the server exited at start:\n{read_log(log)}")
-                try:
-                    if (await client.get("/health")).status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                await anyio.sleep(0.05)
+        await process.aclose()
 
 
 def read_log(log: Path, tail: int | None = None) -> str:
@@ -138,20 +88,6 @@ def read_log(log: Path, tail: int | None = None) -> str:
     except OSError:
         return ""
     return text if tail is None else text[-tail:]
-
-
-async def stop_process(process: Process) -> None:
-    """SIGTERM, up to 10 s to exit, then SIGKILL."""
-    with anyio.CancelScope(shield=True):
-        if process.returncode is None:
-            process.terminate()
-            with anyio.move_on_after(10):
-                await process.wait()
-        if process.returncode is None:
-            process.kill()
-            with anyio.move_on_after(10):
-                await process.wait()
-        await process.aclose()
 
 
 def cpu_seconds(pid: int) -> float:

@@ -13,7 +13,7 @@ For SQLite and for PostgreSQL, this script
 5. counts the rows in the database: a figure is printed only if its check passes.
 
 With `--api-key`, the scratch database gets an API key (`aiki-server keys create`)
-before the server starts, and every request carries it: the figures with
+once the server is up, and every request carries it: the figures with
 authentication on.
 
 Run it with `hatch run bench:server` (`--quick` for a smaller run, `--help` for more).
@@ -43,7 +43,6 @@ from _common import (
     aiki_counts,
     check_counts,
     cpu_seconds,
-    create_api_key,
     exit_with_status,
     fresh_schema,
     pg_unreachable,
@@ -357,13 +356,15 @@ class Report:
 async def bench_server(db_url: str, opts: Options, log: Path, report: Report) -> None:
     """Start a server on `db_url`, measure both figures, and check the rows they wrote."""
     limits = httpx.Limits(max_connections=128, max_keepalive_connections=128)
-    headers = {"authorization": f"Bearer {await create_api_key(db_url)}"} if opts.api_key else {}
     async with (
         server_process(db_url, log) as server,
         httpx.AsyncClient(
-            base_url=server.base_url, timeout=REQUEST_TIMEOUT, limits=limits, headers=headers
+            base_url=server.base_url, timeout=REQUEST_TIMEOUT, limits=limits
         ) as client,
     ):
+        if opts.api_key:
+            key = await server.create_api_key("bench")
+            client.headers["authorization"] = f"Bearer {key.key}"
         with anyio.fail_after(PHASE_TIMEOUT):
             await _warm_up(client, max(opts.clients, opts.workers))
             with CpuMeter(server.pid) as cpu:

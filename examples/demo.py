@@ -1,36 +1,27 @@
-"""The demo: an order-processing workflow on the embedded default server.
+"""The demo: an order-processing workflow on the default server, SQLite.
 
-It starts the server on a temporary SQLite file (real HTTP on a free loopback port),
-a worker, and one run of `examples/order_processing.py`, whose card charge fails once
-and is retried; then it prints the run's task timeline.
+It starts `aiki-server` on a temporary SQLite file (a process of its own, on a free
+loopback port), a worker, and one run of `examples/order_processing.py`, whose card
+charge fails once and is retried; then it prints the run's task timeline.
 """
 
 from __future__ import annotations
 
-import socket
 import sys
 import tempfile
 from datetime import timedelta
 from pathlib import Path
 
 import anyio
-import uvicorn
 
 from aiki_client import Client
 from aiki_core import ConsoleLogger, LogLevel
-from aiki_server import create_app
+from aiki_server.testing import server_process
 from aiki_worker import Worker
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 from order_processing import Order, orders_v1
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def say(text: str) -> None:
@@ -41,18 +32,11 @@ def say(text: str) -> None:
 async def main() -> None:
     """Run the demo."""
     db = Path(tempfile.mkdtemp(prefix="aiki-demo-")) / "aiki.db"
-    port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(f"sqlite:///{db}"), port=port, log_level="warning")
-    )
     logger = ConsoleLogger(LogLevel.WARN)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(server.serve)
-        while not server.started:  # noqa: ASYNC110 - uvicorn offers a flag, not an event
-            await anyio.sleep(0.01)
-        say(f"server: embedded, SQLite at {db}, http://127.0.0.1:{port}")
+    async with server_process(f"sqlite:///{db}") as server:
+        say(f"server: aiki-server (pid {server.pid}), SQLite at {db}, {server.base_url}")
         async with (
-            Client(f"http://127.0.0.1:{port}", logger=logger) as client,
+            Client(server.base_url, logger=logger) as client,
             Worker(client, [orders_v1], max_concurrent_runs=4),
         ):
             order = Order(order_id="o-1001", amount=4200, items=["book", "lamp"])
@@ -76,7 +60,6 @@ async def main() -> None:
             for step in detail.history:
                 if step.entity == "run":
                     say(f"  {step.from_status or '-':>9} -> {step.to_status:<10} {step.reason}")
-        server.should_exit = True
 
 
 if __name__ == "__main__":

@@ -15,15 +15,16 @@ from aiki_client import Client
 from aiki_core import ConsoleLogger, LogLevel, TaskStatus
 from aiki_server._notify import WakeHub
 from aiki_server._storage._open import open_database
+from aiki_server.testing import free_port
 from e2e_app import step_counter
-from live_processes import free_port
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Mapping
 
     from aiki_core import PayloadCodec, RunDetail, RunId
     from aiki_server._storage._database import Database
-    from live_processes import LiveProcess, LiveProcesses, ServerProcess
+    from aiki_server.testing import LoggedProcess, ServerProcess
+    from live_processes import LiveProcesses
 
 E2E_APP = Path(__file__).with_name("e2e_app.py")
 
@@ -84,7 +85,7 @@ async def start_worker(
     max_backoff_ms: int = 200,
     api_key: str | None = None,
     env: Mapping[str, str] | None = None,
-) -> LiveProcess:
+) -> LoggedProcess:
     """A worker process running every version of `e2e_app.py` against `server_url`.
 
     It need not wait for the server: until the server answers, it backs off for up
@@ -119,7 +120,7 @@ class Stack:
     """A server process, a worker process on it, and a client of the test."""
 
     server: ServerProcess
-    worker: LiveProcess
+    worker: LoggedProcess
     client: Client
     counters: Counters
 

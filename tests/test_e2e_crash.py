@@ -24,6 +24,7 @@ import pytest
 
 from aiki_client import Client
 from aiki_core import RunStatus, TaskStatus
+from aiki_server.testing import free_port
 from e2e_app import Batch, step_counter, twenty_v1
 from e2e_support import (
     QUIET,
@@ -33,7 +34,6 @@ from e2e_support import (
     completed_steps_in_database,
     start_worker,
 )
-from live_processes import free_port
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -25,7 +25,8 @@ from e2e_support import QUIET, Counters, database, open_stack, start_worker
 
 if TYPE_CHECKING:
     from aiki_core import RunId, WorkflowRunHandle
-    from live_processes import LiveProcess, LiveProcesses, ServerProcess
+    from aiki_server.testing import LoggedProcess, ServerProcess
+    from live_processes import LiveProcesses
 
 RESULT_TIMEOUT = timedelta(seconds=30)
 
@@ -108,9 +109,9 @@ async def _swap_worker(
     processes: LiveProcesses,
     server: ServerProcess,
     counters: Counters,
-    old: LiveProcess | None,
+    old: LoggedProcess | None,
     *keys: tuple[str, bytes],
-) -> LiveProcess:
+) -> LoggedProcess:
     """Stop `old` (if any) and start a worker whose ring is `keys`."""
     if old is not None:
         await old.stop()

@@ -25,9 +25,9 @@ from aiki_core import (
     RunSummary,
     Schedule,
 )
+from aiki_server.testing import free_port
 from e2e_app import Greeting, hello_v1
 from e2e_support import QUIET, Counters, start_worker
-from live_processes import free_port
 
 if TYPE_CHECKING:
     from pathlib import Path

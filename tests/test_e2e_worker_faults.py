@@ -20,10 +20,10 @@ import pytest
 from aiki_client import Client
 from aiki_client._client import UNCHECKED_BODY_BYTES
 from aiki_core import PayloadTooLargeError, RunStatus, TaskStatus
+from aiki_server.testing import free_port
 from e2e_app import Batch, Big, Greeting, Job, hello_v1, oversized_v1, side_by_side_v1, twenty_v1
 from e2e_support import QUIET, Counters, start_worker
 from fault_proxy import Fault, FaultProxy
-from live_processes import free_port
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -2,27 +2,26 @@
 
 An embedded server (on SQLite and on PostgreSQL), a client over httpx's ASGI
 transport and a worker, all in the test's process; the harness's clock skips a
-day-long sleep.
+day-long sleep. And a real server process, for a test that needs one.
 """
 
 from __future__ import annotations
 
+import signal
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
 import anyio
-import httpx
 import pytest
 
 from aiki_client import Client
 from aiki_core import ConsoleLogger, LogLevel, RunStatus
-from aiki_server.testing import TestClock, embedded_server
+from aiki_server.testing import ServerStartError, TestClock, embedded_server, server_process
 from aiki_worker import Worker
 from aiki_workflow import WorkflowRun, workflow
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
-
+    from aiki_core import ExecutableVersion
     from aiki_server.testing import EmbeddedServer
 
 QUIET = ConsoleLogger(LogLevel.ERROR)
@@ -38,44 +37,40 @@ async def napper_v1(run: WorkflowRun, hours: int) -> str:
 
 
 @pytest.fixture
-async def server(db_url: str) -> AsyncIterator[EmbeddedServer]:
-    # a user's test would take the default, a temporary SQLite file; these run on both
-    async with embedded_server(db_url) as embedded:
-        yield embedded
+def workflows() -> list[ExecutableVersion]:
+    """What the root conftest's `worker` fixture runs.
+
+    That fixture is a plain `async with Worker(...): yield`, as a user's would be:
+    pytest-asyncio enters it in the fixture's setup task and leaves it in its teardown
+    task, and the worker runs in a task of its own.
+    """
+    return [napper_v1]
 
 
-@pytest.fixture
-async def client(server: EmbeddedServer) -> AsyncIterator[Client]:
-    transport = httpx.ASGITransport(app=server.app)
-    async with Client("http://aiki.test", transport=transport, logger=QUIET) as connected:
-        yield connected
-
-
+@pytest.mark.usefixtures("worker")
 async def test_a_day_long_sleep_is_over_as_soon_as_the_clock_skips_the_day(
     server: EmbeddedServer, client: Client
 ) -> None:
-    async with Worker(client, [napper_v1], logger=QUIET):
-        handle = await napper_v1.start(client, 24)
-        await handle.wait_for_status([RunStatus.SLEEPING], timeout=timedelta(seconds=5))
+    handle = await napper_v1.start(client, 24)
+    await handle.wait_for_status([RunStatus.SLEEPING], timeout=timedelta(seconds=5))
 
-        server.advance(timedelta(days=1))
-        # the day is skipped: the run ends within the second the test gives it
-        assert await handle.result(timeout=timedelta(seconds=1)) == "slept 24 h"
-
+    server.advance(timedelta(days=1))
+    # the day is skipped: the run ends within the second the test gives it
+    assert await handle.result(timeout=timedelta(seconds=1)) == "slept 24 h"
     (sleep,) = (await handle.detail()).sleeps
     assert sleep.status == "completed"
 
 
+@pytest.mark.usefixtures("worker")
 async def test_a_sleep_is_not_over_before_its_time(server: EmbeddedServer, client: Client) -> None:
-    async with Worker(client, [napper_v1], logger=QUIET):
-        handle = await napper_v1.start(client, 24)
-        await handle.wait_for_status([RunStatus.SLEEPING], timeout=timedelta(seconds=5))
-        server.advance(timedelta(hours=23))
-        with anyio.move_on_after(0.3):
-            await handle.wait_for_status([RunStatus.COMPLETED])
-        assert await handle.status() is RunStatus.SLEEPING
-        server.advance(timedelta(hours=1))
-        assert await handle.result(timeout=timedelta(seconds=5)) == "slept 24 h"
+    handle = await napper_v1.start(client, 24)
+    await handle.wait_for_status([RunStatus.SLEEPING], timeout=timedelta(seconds=5))
+    server.advance(timedelta(hours=23))
+    with anyio.move_on_after(0.3):
+        await handle.wait_for_status([RunStatus.COMPLETED])
+    assert await handle.status() is RunStatus.SLEEPING
+    server.advance(timedelta(hours=1))
+    assert await handle.result(timeout=timedelta(seconds=5)) == "slept 24 h"
 
 
 def test_the_clock_only_moves_forward() -> None:
@@ -100,12 +95,12 @@ async def test_a_thousand_sleeping_runs_hold_no_worker_slot(
             assert await handle.result(timeout=timedelta(seconds=60)) == "slept 1 h"
 
 
+@pytest.mark.usefixtures("worker")
 async def test_a_delayed_start_waits_for_its_time(server: EmbeddedServer, client: Client) -> None:
-    async with Worker(client, [napper_v1], logger=QUIET):
-        handle = await napper_v1.start(client, 0, delay=timedelta(hours=2))
-        assert await handle.status() is RunStatus.SCHEDULED
-        server.advance(timedelta(hours=2))
-        assert await handle.result(timeout=timedelta(seconds=5)) == "slept 0 h"
+    handle = await napper_v1.start(client, 0, delay=timedelta(hours=2))
+    assert await handle.status() is RunStatus.SCHEDULED
+    server.advance(timedelta(hours=2))
+    assert await handle.result(timeout=timedelta(seconds=5)) == "slept 0 h"
 
 
 async def test_the_default_is_a_temporary_sqlite_file() -> None:
@@ -114,3 +109,22 @@ async def test_the_default_is_a_temporary_sqlite_file() -> None:
         path = server.app.state.db.path
         assert path.exists()
     assert not path.exists()
+
+
+async def test_a_server_process_serves_until_its_block_ends(db_url: str) -> None:
+    async with server_process(db_url) as server:
+        async with (
+            Client(server.base_url, logger=QUIET) as client,
+            Worker(client, [napper_v1], logger=QUIET),
+        ):
+            handle = await napper_v1.start(client, 0)
+            assert await handle.result(timeout=timedelta(seconds=10)) == "slept 0 h"
+        assert f"serving on {server.base_url}" in server.log_text()
+        assert server.returncode is None
+    assert server.returncode == -signal.SIGTERM  # stopped, not killed
+
+
+async def test_a_server_process_that_cannot_start_says_why() -> None:
+    with pytest.raises(ServerStartError, match="unrecognized arguments: --no-such-option"):
+        async with server_process("sqlite:///:memory:", "--no-such-option"):
+            pytest.fail("the server started")

@@ -11,30 +11,22 @@ import asyncio
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-import httpx
 import pytest
 
-from aiki_client import Client
 from aiki_core import (
-    ConsoleLogger,
     ErrorInfo,
     ExecutableVersion,
-    LogLevel,
     RetryPolicy,
     RunStatus,
     WorkflowFailedError,
 )
-from aiki_server.testing import embedded_server
 from aiki_task import task
-from aiki_worker import Worker
 from aiki_workflow import Saga, SleepInfo, WorkflowRun, event, workflow
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
-
+    from aiki_client import Client
     from aiki_server.testing import EmbeddedServer
 
-QUIET = ConsoleLogger(LogLevel.ERROR)
 WAIT = timedelta(seconds=10)
 CALLS: list[str] = []
 
@@ -160,93 +152,80 @@ VERSIONS: list[ExecutableVersion] = [hooked_v1, trip_v1, slow_v1, pair_v1]
 
 
 @pytest.fixture
-async def server(db_url: str) -> AsyncIterator[EmbeddedServer]:
-    async with embedded_server(db_url) as embedded:
-        yield embedded
+def workflows() -> list[ExecutableVersion]:
+    """What the root conftest's `worker` fixture runs: every version here."""
+    return VERSIONS
 
 
-@pytest.fixture
-async def client(server: EmbeddedServer) -> AsyncIterator[Client]:
-    transport = httpx.ASGITransport(app=server.app)
-    async with Client("http://aiki.test", transport=transport, logger=QUIET) as connected:
-        yield connected
-
-
-def working(client: Client) -> Worker:
-    """A worker for every version here (enter it in the test: a fixture would set it up
-    and tear it down in different tasks, and its task group must stay in one)."""
-    return Worker(client, VERSIONS, logger=QUIET)
-
-
+@pytest.mark.usefixtures("worker")
 async def test_hooks_run_once_around_a_completed_run(client: Client) -> None:
-    async with working(client):
-        handle = await hooked_v1.start(client, "a")
+    handle = await hooked_v1.start(client, "a")
 
-        assert await handle.result(timeout=WAIT) == "ok a"
-        # three executions (two sleeps), yet every hook and task ran once, in order
-        assert CALLS == [
-            "before: a",
-            "body a",
-            "sleep: pause 0",
-            "sleep: pause 1",
-            "complete: ok a",
-            "after: a",
-        ]
+    assert await handle.result(timeout=WAIT) == "ok a"
+    # three executions (two sleeps), yet every hook and task ran once, in order
+    assert CALLS == [
+        "before: a",
+        "body a",
+        "sleep: pause 0",
+        "sleep: pause 1",
+        "complete: ok a",
+        "after: a",
+    ]
 
 
+@pytest.mark.usefixtures("worker")
 async def test_error_hooks_wait_for_the_last_attempt(client: Client) -> None:
-    async with working(client):
-        handle = await hooked_v1.start(client, "fail")
+    handle = await hooked_v1.start(client, "fail")
 
-        with pytest.raises(WorkflowFailedError) as failed:
-            await handle.result(timeout=WAIT)
-        assert failed.value.error.message == "told to fail"
-        # a retried attempt replays its tasks; on_error and after wait for the last one
-        assert CALLS == [
-            "before: fail",
-            "body fail",
-            "sleep: pause 0",
-            "sleep: pause 1",
-            "error: told to fail",
-            "after: fail",
-        ]
-        assert (await handle.detail()).attempt == 2
+    with pytest.raises(WorkflowFailedError) as failed:
+        await handle.result(timeout=WAIT)
+    assert failed.value.error.message == "told to fail"
+    # a retried attempt replays its tasks; on_error and after wait for the last one
+    assert CALLS == [
+        "before: fail",
+        "body fail",
+        "sleep: pause 0",
+        "sleep: pause 1",
+        "error: told to fail",
+        "after: fail",
+    ]
+    assert (await handle.detail()).attempt == 2
 
 
+@pytest.mark.usefixtures("worker")
 async def test_a_saga_undoes_its_steps_newest_first(client: Client) -> None:
-    async with working(client):
-        handle = await trip_v1.start(client, ["car", "hotel", "boat"])
+    handle = await trip_v1.start(client, ["car", "hotel", "boat"])
 
-        with pytest.raises(WorkflowFailedError) as failed:
-            await handle.result(timeout=WAIT)
-        assert "no boats today" in str(failed.value.error.message) + str(
-            [cause.message for cause in failed.value.error.causes()]
-        )
-        assert CALLS == ["book car", "book hotel", "unbook hotel", "unbook car"]
+    with pytest.raises(WorkflowFailedError) as failed:
+        await handle.result(timeout=WAIT)
+    assert "no boats today" in str(failed.value.error.message) + str(
+        [cause.message for cause in failed.value.error.causes()]
+    )
+    assert CALLS == ["book car", "book hotel", "unbook hotel", "unbook car"]
 
 
+@pytest.mark.usefixtures("worker")
 async def test_a_workflow_timeout_fails_a_run_that_sleeps_past_it(
     server: EmbeddedServer, client: Client
 ) -> None:
-    async with working(client):
-        handle = await slow_v1.start(client, 2)
-        await handle.wait_for_status([RunStatus.SLEEPING], timeout=WAIT)
+    handle = await slow_v1.start(client, 2)
+    await handle.wait_for_status([RunStatus.SLEEPING], timeout=WAIT)
 
-        server.advance(timedelta(hours=1))
+    server.advance(timedelta(hours=1))
 
-        with pytest.raises(WorkflowFailedError) as failed:
-            await handle.result(timeout=WAIT)
-        assert failed.value.error.type.endswith("WorkflowTimeoutError")
+    with pytest.raises(WorkflowFailedError) as failed:
+        await handle.result(timeout=WAIT)
+    assert failed.value.error.type.endswith("WorkflowTimeoutError")
 
 
+@pytest.mark.usefixtures("worker")
 async def test_asyncio_gather_over_two_events_suspends_once(client: Client) -> None:
-    async with working(client):
-        handle = await pair_v1.start(client, "p")
-        await handle.wait_for_status([RunStatus.AWAITING_EVENT], timeout=WAIT)
-        waiting = await handle.detail()
-        assert sorted(w.name for w in waiting.event_waits) == ["ping", "pong"]
+    handle = await pair_v1.start(client, "p")
+    await handle.wait_for_status([RunStatus.AWAITING_EVENT], timeout=WAIT)
+    waiting = await handle.detail()
+    assert sorted(w.name for w in waiting.event_waits) == ["ping", "pong"]
 
-        await handle.send_event(pong, 2)
-        await handle.send_event(ping, 40)
+    await handle.send_event(pong, 2)
+    await handle.send_event(ping, 40)
 
-        assert await handle.result(timeout=WAIT) == 42
+    assert await handle.result(timeout=WAIT) == 42

@@ -206,9 +206,16 @@ def test_the_test_harness_module_is_pinned() -> None:
     assert aiki_server.testing.__all__ == (
         "ApiKey",
         "EmbeddedServer",
+        "LoggedProcess",
+        "ServerProcess",
+        "ServerStartError",
         "TestClock",
         "embedded_server",
+        "free_port",
+        "server_process",
         "serving",
+        "start_process",
+        "start_server",
     )
 
 

@@ -27,14 +27,11 @@ from aiki_core import (
 )
 from aiki_crypto import AesGcmCodec, KeyRing
 from aiki_server import ServerSettings
-from aiki_server.testing import embedded_server
 from aiki_task import task
 from aiki_worker import Worker
 from aiki_workflow import WorkflowRun, workflow
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
-
     from aiki_server.testing import EmbeddedServer
 
 QUIET = ConsoleLogger(LogLevel.ERROR)
@@ -187,58 +184,52 @@ VERSIONS: list[ExecutableVersion] = [
 
 
 @pytest.fixture
-async def server(db_url: str) -> AsyncIterator[EmbeddedServer]:
-    async with embedded_server(db_url, ServerSettings(max_tasks_per_run=10)) as embedded:
-        yield embedded
+def server_settings() -> ServerSettings:
+    """The root conftest's `server` runs with a small task limit."""
+    return ServerSettings(max_tasks_per_run=10)
 
 
 @pytest.fixture
-async def client(server: EmbeddedServer) -> AsyncIterator[Client]:
-    transport = httpx.ASGITransport(app=server.app)
-    async with Client("http://aiki.test", transport=transport, logger=QUIET) as connected:
-        yield connected
+def workflows() -> list[ExecutableVersion]:
+    """What the root conftest's `worker` fixture runs: every version here."""
+    return VERSIONS
 
 
-def working(client: Client) -> Worker:
-    """A worker for every version here (entered in the test, see test_lifecycle.py)."""
-    return Worker(client, VERSIONS, logger=QUIET)
-
-
+@pytest.mark.usefixtures("worker")
 async def test_an_email_stamped_by_run_now_is_sent_once_across_a_sleep(
     server: EmbeddedServer, client: Client
 ) -> None:
-    async with working(client):
-        handle = await mailer_v1.start(client, "ada@example.com")
-        await handle.wait_for_status([RunStatus.SLEEPING], timeout=WAIT)
-        server.advance(timedelta(days=1))
+    handle = await mailer_v1.start(client, "ada@example.com")
+    await handle.wait_for_status([RunStatus.SLEEPING], timeout=WAIT)
+    server.advance(timedelta(days=1))
 
-        sent_at = await handle.result(timeout=WAIT)
+    sent_at = await handle.result(timeout=WAIT)
 
-        assert CALLS == [f"email ada@example.com at {sent_at}"]
-        detail = await handle.detail()
-        assert detail.notices == []
-        assert [t.name for t in detail.tasks] == ["aiki.now", "send-email"]
+    assert CALLS == [f"email ada@example.com at {sent_at}"]
+    detail = await handle.detail()
+    assert detail.notices == []
+    assert [t.name for t in detail.tasks] == ["aiki.now", "send-email"]
 
 
+@pytest.mark.usefixtures("worker")
 async def test_an_email_stamped_by_time_time_is_sent_again_and_noticed(
     server: EmbeddedServer, client: Client
 ) -> None:
-    async with working(client):
-        handle = await mailer_v2.start(client, "ada@example.com")
-        await handle.wait_for_status([RunStatus.SLEEPING], timeout=WAIT)
-        server.advance(timedelta(days=1))
+    handle = await mailer_v2.start(client, "ada@example.com")
+    await handle.wait_for_status([RunStatus.SLEEPING], timeout=WAIT)
+    server.advance(timedelta(days=1))
 
-        assert await handle.result(timeout=WAIT) == "sent"
+    assert await handle.result(timeout=WAIT) == "sent"
 
-        assert len(CALLS) == 2  # the replay's timestamp missed the record
-        detail = await handle.detail()
-        assert len(detail.notices) == 1
-        notice = detail.notices[0]
-        assert "replay diverged" in notice.message
-        assert "'send-email'" in notice.message
-        assert "run.now()" in notice.message
-        emails = [t for t in detail.tasks if t.name == "send-email"]
-        assert notice.task_id == emails[1].id  # the call the replay made anew
+    assert len(CALLS) == 2  # the replay's timestamp missed the record
+    detail = await handle.detail()
+    assert len(detail.notices) == 1
+    notice = detail.notices[0]
+    assert "replay diverged" in notice.message
+    assert "'send-email'" in notice.message
+    assert "run.now()" in notice.message
+    emails = [t for t in detail.tasks if t.name == "send-email"]
+    assert notice.task_id == emails[1].id  # the call the replay made anew
 
 
 async def test_a_notice_under_an_encrypting_codec_leaves_the_inputs_out(
@@ -248,7 +239,7 @@ async def test_a_notice_under_an_encrypting_codec_leaves_the_inputs_out(
     transport = httpx.ASGITransport(app=server.app)
     async with (
         Client("http://aiki.test", transport=transport, logger=QUIET, codec=codec) as sealed,
-        working(sealed),
+        Worker(sealed, VERSIONS, logger=QUIET),
     ):
         handle = await mailer_v2.start(sealed, "ada@example.com")
         await handle.wait_for_status([RunStatus.SLEEPING], timeout=WAIT)
@@ -260,87 +251,87 @@ async def test_a_notice_under_an_encrypting_codec_leaves_the_inputs_out(
     assert "ada@example.com" not in notice.message  # the server never sees it in clear
 
 
+@pytest.mark.usefixtures("worker")
 async def test_run_uuid_and_random_replay_the_values_they_drew(
     server: EmbeddedServer, client: Client
 ) -> None:
-    async with working(client):
-        handle = await drawer_v1.start(client, None)
-        await handle.wait_for_status([RunStatus.SLEEPING], timeout=WAIT)
-        server.advance(timedelta(hours=1))
+    handle = await drawer_v1.start(client, None)
+    await handle.wait_for_status([RunStatus.SLEEPING], timeout=WAIT)
+    server.advance(timedelta(hours=1))
 
-        drawn_id, number = await handle.result(timeout=WAIT)
+    drawn_id, number = await handle.result(timeout=WAIT)
 
     # the replay after the sleep (a new claim) drew nothing new: it got the recorded values,
     # so the task noting them was not called again
     assert CALLS == [f"{drawn_id} {number}"]
 
 
+@pytest.mark.usefixtures("worker")
 async def test_a_workflow_retry_runs_the_failed_task_again(client: Client) -> None:
     FLAKY_FAILS[0] = 1
-    async with working(client):
-        handle = await retried_v1.start(client, "x")
+    handle = await retried_v1.start(client, "x")
 
-        assert await handle.result(timeout=WAIT) == "ok x"
+    assert await handle.result(timeout=WAIT) == "ok x"
 
-        assert CALLS == ["before x", "flaky x", "flaky x"]  # `note` stayed memoized
-        detail = await handle.detail()
-        assert detail.attempt == 2
-        (flaky_call,) = [t for t in detail.tasks if t.name == "flaky"]
-        assert flaky_call.status == "completed"
-        assert flaky_call.run_attempt == 2
-        assert [(a.attempt, a.status, a.run_attempt) for a in flaky_call.attempts] == [
-            (1, "failed", 1),
-            (2, "completed", 2),
-        ]
+    assert CALLS == ["before x", "flaky x", "flaky x"]  # `note` stayed memoized
+    detail = await handle.detail()
+    assert detail.attempt == 2
+    (flaky_call,) = [t for t in detail.tasks if t.name == "flaky"]
+    assert flaky_call.status == "completed"
+    assert flaky_call.run_attempt == 2
+    assert [(a.attempt, a.status, a.run_attempt) for a in flaky_call.attempts] == [
+        (1, "failed", 1),
+        (2, "completed", 2),
+    ]
 
 
+@pytest.mark.usefixtures("worker")
 async def test_a_workflow_retry_still_fails_when_the_task_fails_again(client: Client) -> None:
     FLAKY_FAILS[0] = 2
-    async with working(client):
-        handle = await retried_v1.start(client, "y")
+    handle = await retried_v1.start(client, "y")
 
-        with pytest.raises(WorkflowFailedError):
-            await handle.result(timeout=WAIT)
+    with pytest.raises(WorkflowFailedError):
+        await handle.result(timeout=WAIT)
 
-        assert CALLS == ["before y", "flaky y", "flaky y"]
+    assert CALLS == ["before y", "flaky y", "flaky y"]
 
 
+@pytest.mark.usefixtures("worker")
 async def test_continue_as_new_chains_five_runs_to_one_result(client: Client) -> None:
-    async with working(client):
-        first = await counter_v1.start(client, [1, 0])
+    first = await counter_v1.start(client, [1, 0])
 
-        assert await first.result(timeout=WAIT) == 1 + 2 + 3 + 4 + 5
+    assert await first.result(timeout=WAIT) == 1 + 2 + 3 + 4 + 5
 
-        assert CALLS == [f"generation {n}" for n in range(1, 6)]  # nothing swallowed it
-        chain = [await first.detail()]
-        while chain[-1].continued_as is not None:
-            chain.append(await client.run_handle(chain[-1].continued_as).detail())
-        assert len(chain) == 5
-        assert [run.status for run in chain] == [RunStatus.COMPLETED] * 5
-        assert chain[0].continued_from is None
-        for older, newer in pairwise(chain):
-            assert newer.continued_from == older.id
-            assert newer.workflow == older.workflow and newer.version == older.version
-            assert [t.name for t in newer.tasks] == ["note"]  # a fresh history
+    assert CALLS == [f"generation {n}" for n in range(1, 6)]  # nothing swallowed it
+    chain = [await first.detail()]
+    while chain[-1].continued_as is not None:
+        chain.append(await client.run_handle(chain[-1].continued_as).detail())
+    assert len(chain) == 5
+    assert [run.status for run in chain] == [RunStatus.COMPLETED] * 5
+    assert chain[0].continued_from is None
+    for older, newer in pairwise(chain):
+        assert newer.continued_from == older.id
+        assert newer.workflow == older.workflow and newer.version == older.version
+        assert [t.name for t in newer.tasks] == ["note"]  # a fresh history
 
 
+@pytest.mark.usefixtures("worker")
 async def test_a_child_cannot_continue_as_new(client: Client) -> None:
-    async with working(client):
-        handle = await parent_v1.start(client, None)
+    handle = await parent_v1.start(client, None)
 
-        message = await handle.result(timeout=WAIT)
+    message = await handle.result(timeout=WAIT)
 
     assert "a child cannot continue as new" in message
 
 
+@pytest.mark.usefixtures("worker")
 async def test_a_run_past_the_task_limit_fails_and_the_worker_goes_on(client: Client) -> None:
-    async with working(client):
-        too_long = await looper_v1.start(client, 11)
+    too_long = await looper_v1.start(client, 11)
 
-        with pytest.raises(WorkflowFailedError) as failed:
-            await too_long.result(timeout=WAIT)
-        assert failed.value.error.code == "run_limit_exceeded"
-        assert "continue_as_new" in failed.value.error.message
+    with pytest.raises(WorkflowFailedError) as failed:
+        await too_long.result(timeout=WAIT)
+    assert failed.value.error.code == "run_limit_exceeded"
+    assert "continue_as_new" in failed.value.error.message
 
-        within = await looper_v1.start(client, 10)
-        assert await within.result(timeout=WAIT) == 10
+    within = await looper_v1.start(client, 10)
+    assert await within.result(timeout=WAIT) == 10

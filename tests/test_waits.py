@@ -19,23 +19,19 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
-import httpx
 import pytest
 
-from aiki_client import Client
-from aiki_core import ConsoleLogger, LogLevel, RetryPolicy, RunStatus
-from aiki_server.testing import embedded_server
+from aiki_core import RetryPolicy, RunStatus
 from aiki_task import task
-from aiki_worker import Worker
 from aiki_workflow import WorkflowRun, event, workflow
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+    from collections.abc import Awaitable, Callable, Coroutine
 
-    from aiki_core import RunDetail, WorkflowRunHandle
+    from aiki_client import Client
+    from aiki_core import ExecutableVersion, RunDetail, WorkflowRunHandle
     from aiki_server.testing import EmbeddedServer
 
-QUIET = ConsoleLogger(LogLevel.ERROR)
 WAIT = timedelta(seconds=15)
 T = TypeVar("T")
 
@@ -197,7 +193,7 @@ async def retries_after_an_hour(run: WorkflowRun, key: str) -> str:
     return await down_for_an_hour.start(run, key)
 
 
-VERSIONS = [
+VERSIONS: list[ExecutableVersion] = [
     kid_v1,
     child_or_event_v1,
     child_or_sleep_v1,
@@ -211,21 +207,9 @@ VERSIONS = [
 
 
 @pytest.fixture
-async def server(db_url: str) -> AsyncIterator[EmbeddedServer]:
-    async with embedded_server(db_url) as embedded:
-        yield embedded
-
-
-@pytest.fixture
-async def client(server: EmbeddedServer) -> AsyncIterator[Client]:
-    transport = httpx.ASGITransport(app=server.app)
-    async with Client("http://aiki.test", transport=transport, logger=QUIET) as connected:
-        yield connected
-
-
-def working(client: Client) -> Worker:
-    """A worker for every version here (entered in the test, whose task must leave it)."""
-    return Worker(client, VERSIONS, logger=QUIET)
+def workflows() -> list[ExecutableVersion]:
+    """What the root conftest's `worker` fixture runs: every version here."""
+    return VERSIONS
 
 
 async def suspended(handle: WorkflowRunHandle[Any], status: RunStatus) -> RunDetail:
@@ -241,107 +225,107 @@ def waits_of(detail: RunDetail) -> list[tuple[str, str | None, int | None]]:
 # -- any wait that ends wakes the run ------------------------------------------------------
 
 
+@pytest.mark.usefixtures("worker")
 async def test_an_event_wakes_a_run_that_also_awaits_a_child(client: Client) -> None:
-    async with working(client):
-        handle = await child_or_event_v1.start(client, "e")
-        detail = await suspended(handle, RunStatus.AWAITING_CHILD)
-        (child,) = detail.children
-        assert waits_of(detail) == [("child", None, None), ("event", "go", 0)]
-        assert [w.child_run_id for w in detail.waits if w.kind == "child"] == [child.run_id]
-        kid_handle = client.run_handle(child.run_id, kid_v1.decode_result)
-        await kid_handle.wait_for_status([RunStatus.AWAITING_EVENT], timeout=WAIT)
+    handle = await child_or_event_v1.start(client, "e")
+    detail = await suspended(handle, RunStatus.AWAITING_CHILD)
+    (child,) = detail.children
+    assert waits_of(detail) == [("child", None, None), ("event", "go", 0)]
+    assert [w.child_run_id for w in detail.waits if w.kind == "child"] == [child.run_id]
+    kid_handle = client.run_handle(child.run_id, kid_v1.decode_result)
+    await kid_handle.wait_for_status([RunStatus.AWAITING_EVENT], timeout=WAIT)
 
-        await handle.send_event(go, "ann")
+    await handle.send_event(go, "ann")
 
-        # at once: the child still waits for its release
-        assert await handle.result(timeout=WAIT) == "go by ann"
-        assert await kid_handle.status() is RunStatus.AWAITING_EVENT
+    # at once: the child still waits for its release
+    assert await handle.result(timeout=WAIT) == "go by ann"
+    assert await kid_handle.status() is RunStatus.AWAITING_EVENT
 
 
+@pytest.mark.usefixtures("worker")
 async def test_a_child_ending_wakes_a_run_that_also_awaits_an_event(client: Client) -> None:
-    async with working(client):
-        handle = await child_or_event_v1.start(client, "c")
-        detail = await suspended(handle, RunStatus.AWAITING_CHILD)
-        kid_handle = client.run_handle(detail.children[0].run_id, kid_v1.decode_result)
-        await kid_handle.wait_for_status([RunStatus.AWAITING_EVENT], timeout=WAIT)
+    handle = await child_or_event_v1.start(client, "c")
+    detail = await suspended(handle, RunStatus.AWAITING_CHILD)
+    kid_handle = client.run_handle(detail.children[0].run_id, kid_v1.decode_result)
+    await kid_handle.wait_for_status([RunStatus.AWAITING_EVENT], timeout=WAIT)
 
-        await kid_handle.send_event(release, "bo")
+    await kid_handle.send_event(release, "bo")
 
-        assert await handle.result(timeout=WAIT) == "released by bo"
-        (wait,) = (await handle.detail()).event_waits
-        assert (wait.name, wait.status) == ("go", "withdrawn")
+    assert await handle.result(timeout=WAIT) == "released by bo"
+    (wait,) = (await handle.detail()).event_waits
+    assert (wait.name, wait.status) == ("go", "withdrawn")
 
 
+@pytest.mark.usefixtures("worker")
 async def test_a_sleep_falling_due_wakes_a_run_that_also_awaits_a_child(
     server: EmbeddedServer, client: Client
 ) -> None:
-    async with working(client):
-        handle = await child_or_sleep_v1.start(client, "s")
-        detail = await suspended(handle, RunStatus.AWAITING_CHILD)
-        assert waits_of(detail) == [("child", None, None), ("sleep", "give-up", 0)]
+    handle = await child_or_sleep_v1.start(client, "s")
+    detail = await suspended(handle, RunStatus.AWAITING_CHILD)
+    assert waits_of(detail) == [("child", None, None), ("sleep", "give-up", 0)]
 
-        server.advance(timedelta(hours=1))
+    server.advance(timedelta(hours=1))
 
-        assert await handle.result(timeout=WAIT) == "gave up"
+    assert await handle.result(timeout=WAIT) == "gave up"
 
 
+@pytest.mark.usefixtures("worker")
 async def test_an_event_wakes_a_run_that_also_sleeps(client: Client) -> None:
-    async with working(client):
-        handle = await nap_or_event_v1.start(client, "e")
-        # a run with a pending sleep says so, whatever else it waits for
-        detail = await suspended(handle, RunStatus.SLEEPING)
-        assert waits_of(detail) == [("event", "go", 0), ("sleep", "nap", 0)]
+    handle = await nap_or_event_v1.start(client, "e")
+    # a run with a pending sleep says so, whatever else it waits for
+    detail = await suspended(handle, RunStatus.SLEEPING)
+    assert waits_of(detail) == [("event", "go", 0), ("sleep", "nap", 0)]
 
-        await handle.send_event(go, "cy")
+    await handle.send_event(go, "cy")
 
-        assert await handle.result(timeout=WAIT) == "go by cy"
-        (sleep,) = (await handle.detail()).sleeps
-        assert sleep.status == "withdrawn"
+    assert await handle.result(timeout=WAIT) == "go by cy"
+    (sleep,) = (await handle.detail()).sleeps
+    assert sleep.status == "withdrawn"
 
 
+@pytest.mark.usefixtures("worker")
 async def test_wake_ends_the_sleep_of_a_run_racing_it_against_an_event(
     server: EmbeddedServer, client: Client
 ) -> None:
-    async with working(client):
-        handle = await nap_or_event_v1.start(client, "w")
-        detail = await suspended(handle, RunStatus.SLEEPING)
-        (nap,) = [w for w in detail.waits if w.kind == "sleep"]
-        server_now = datetime.fromtimestamp(server.clock() / 1000, UTC)
-        assert nap.due_at is not None
-        assert server_now < nap.due_at <= server_now + timedelta(days=1)
+    handle = await nap_or_event_v1.start(client, "w")
+    detail = await suspended(handle, RunStatus.SLEEPING)
+    (nap,) = [w for w in detail.waits if w.kind == "sleep"]
+    server_now = datetime.fromtimestamp(server.clock() / 1000, UTC)
+    assert nap.due_at is not None
+    assert server_now < nap.due_at <= server_now + timedelta(days=1)
 
-        await handle.wake()
+    await handle.wake()
 
-        assert await handle.result(timeout=WAIT) == "woken"
-        detail = await handle.detail()
-        assert [(s.name, s.status) for s in detail.sleeps] == [("nap", "woken")]
-        assert [(w.name, w.status) for w in detail.event_waits] == [("go", "withdrawn")]
-        assert detail.waits == []
+    assert await handle.result(timeout=WAIT) == "woken"
+    detail = await handle.detail()
+    assert [(s.name, s.status) for s in detail.sleeps] == [("nap", "woken")]
+    assert [(w.name, w.status) for w in detail.event_waits] == [("go", "withdrawn")]
+    assert detail.waits == []
 
 
 # -- a lost race withdraws its wait ----------------------------------------------------------
 
 
+@pytest.mark.usefixtures("worker")
 @pytest.mark.parametrize("version", [decision_v1, decision_v2], ids=["anyio", "asyncio"])
 async def test_the_losing_wait_of_a_race_takes_no_later_event(client: Client, version: Any) -> None:
-    async with working(client):
-        handle = await version.start(client, "d")
-        await suspended(handle, RunStatus.AWAITING_EVENT)
+    handle = await version.start(client, "d")
+    await suspended(handle, RunStatus.AWAITING_EVENT)
 
-        await handle.send_event(rejected, "rex")
-        # replayed: `rejected` won the race, and the run waits for a new approval
-        detail = await suspended(handle, RunStatus.AWAITING_EVENT)
-        assert waits_of(detail) == [("event", "approved", 1)]
+    await handle.send_event(rejected, "rex")
+    # replayed: `rejected` won the race, and the run waits for a new approval
+    detail = await suspended(handle, RunStatus.AWAITING_EVENT)
+    assert waits_of(detail) == [("event", "approved", 1)]
 
-        await handle.send_event(approved, "ann")
+    await handle.send_event(approved, "ann")
 
-        assert await handle.result(timeout=WAIT) == "rejected by rex, then approved by ann"
-        detail = await handle.detail()
-        assert sorted((w.name, w.occurrence, w.status) for w in detail.event_waits) == [
-            ("approved", 0, "withdrawn"),
-            ("approved", 1, "received"),
-            ("rejected", 0, "received"),
-        ]
+    assert await handle.result(timeout=WAIT) == "rejected by rex, then approved by ann"
+    detail = await handle.detail()
+    assert sorted((w.name, w.occurrence, w.status) for w in detail.event_waits) == [
+        ("approved", 0, "withdrawn"),
+        ("approved", 1, "received"),
+        ("rejected", 0, "received"),
+    ]
 
 
 # -- due times are the server's ----------------------------------------------------------------
@@ -372,16 +356,16 @@ async def still_after_a_timer_pass(
     ],
     ids=["sleep", "event-timeout", "task-retry"],
 )
+@pytest.mark.usefixtures("worker")
 async def test_an_hour_is_an_hour_of_the_servers_clock(
     server: EmbeddedServer, client: Client, version: Any, status: RunStatus, result: str
 ) -> None:
     ATTEMPTS.clear()
-    async with working(client):
-        handle = await version.start(client, "h")
-        await suspended(handle, status)
+    handle = await version.start(client, "h")
+    await suspended(handle, status)
 
-        server.advance(timedelta(minutes=59))
-        assert await still_after_a_timer_pass(server, handle, status)
+    server.advance(timedelta(minutes=59))
+    assert await still_after_a_timer_pass(server, handle, status)
 
-        server.advance(timedelta(minutes=1))
-        assert await handle.result(timeout=WAIT) == result
+    server.advance(timedelta(minutes=1))
+    assert await handle.result(timeout=WAIT) == result

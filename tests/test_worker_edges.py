@@ -14,27 +14,28 @@ import httpx
 import pytest
 
 from aiki_client import Client
-from aiki_core import ConsoleLogger, LogLevel, RetryPolicy, WorkflowFailedError
-from aiki_server.testing import embedded_server
+from aiki_core import ConsoleLogger, LogLevel, RetryPolicy, RunStatus, WorkflowFailedError
 from aiki_task import task
 from aiki_worker import Worker
 from aiki_workflow import WorkflowRun, workflow
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
-
     from aiki_server.testing import EmbeddedServer
 
 QUIET = ConsoleLogger(LogLevel.ERROR)
 WAIT = timedelta(seconds=20)
 RAN: dict[str, int] = {}
+GATE = anyio.Event()
+"""Holds the `gated` task until the test sets it."""
 # what `os.listdir` gives for a file name that is not UTF-8: a lone surrogate
 NOT_UTF8 = b"caf\xe9.txt".decode("utf-8", "surrogateescape")
 
 
 @pytest.fixture(autouse=True)
 def _reset() -> None:
+    global GATE
     RAN.clear()
+    GATE = anyio.Event()
 
 
 def ran(name: str) -> None:
@@ -62,6 +63,13 @@ async def fails_once(n: int) -> int:
     return n
 
 
+@task("gated")
+async def gated(n: int) -> int:
+    ran("gated")
+    await GATE.wait()
+    return n
+
+
 files = workflow("edge-files")
 
 
@@ -78,6 +86,14 @@ async def named_v1(run: WorkflowRun, folder: str) -> str:
     return NOT_UTF8
 
 
+held = workflow("edge-held")
+
+
+@held.v("1")
+async def held_v1(run: WorkflowRun, n: int) -> int:
+    return await gated.start(run, n)
+
+
 both = workflow("edge-both")
 
 
@@ -85,19 +101,6 @@ both = workflow("edge-both")
 async def both_v1(run: WorkflowRun, n: int) -> list[int]:
     pair = asyncio.gather(slow.start(run, n), fails_once.start(run, n))  # noqa: TID251 - users do
     return list(await pair)
-
-
-@pytest.fixture
-async def server(db_url: str) -> AsyncIterator[EmbeddedServer]:
-    async with embedded_server(db_url) as embedded:
-        yield embedded
-
-
-@pytest.fixture
-async def client(server: EmbeddedServer) -> AsyncIterator[Client]:
-    transport = httpx.ASGITransport(app=server.app)
-    async with Client("http://aiki.test", transport=transport, logger=QUIET) as connected:
-        yield connected
 
 
 async def test_a_task_result_no_json_can_carry_fails_the_run_and_runs_once(
@@ -160,3 +163,23 @@ async def test_a_failed_heartbeat_is_sent_again_within_the_interval(
         with anyio.fail_after(interval.total_seconds() / 2):
             while len(beats) < 2:  # noqa: ASYNC110
                 await anyio.sleep(0.05)
+
+
+async def test_a_worker_left_in_another_task_first_lets_its_run_finish(client: Client) -> None:
+    # as pytest-asyncio does with a fixture: entered in one task, left in another
+    worker = Worker(client, [held_v1], logger=QUIET)
+    await asyncio.create_task(worker.__aenter__())  # noqa: TID251 - a task of its own
+    handle = await held_v1.start(client, 7)
+    with anyio.fail_after(WAIT.total_seconds()):
+        while "gated" not in RAN:  # noqa: ASYNC110 - the task notes it, no event to wait on
+            await anyio.sleep(0.01)
+
+    leaving = asyncio.create_task(worker.__aexit__(None, None, None))  # noqa: TID251
+    done, _ = await asyncio.wait([leaving], timeout=0.3)
+    assert not done  # leaving waits for the run in flight
+    GATE.set()
+    await leaving
+    # the run finished and was reported before the worker was gone
+    assert await handle.status() is RunStatus.COMPLETED
+    assert await handle.result(timeout=WAIT) == 7
+    assert RAN == {"gated": 1}

@@ -43,7 +43,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 import anyio
-import httpx
 from chaos_app import (
     PROBE_POOL,
     Order,
@@ -81,7 +80,8 @@ from aiki_core import (
     WorkflowCancelledError,
     WorkflowFailedError,
 )
-from live_processes import LiveProcess, LiveProcesses, free_port
+from aiki_server.testing import LoggedProcess, ServerStartError, free_port
+from live_processes import LiveProcesses
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterator
@@ -267,7 +267,7 @@ class Replica:
     name: str
     port: int
     client: Client
-    process: LiveProcess | None = None
+    process: LoggedProcess | None = None
 
     @property
     def url(self) -> str:
@@ -280,7 +280,7 @@ class WorkerSlot:
     """One of the workload's workers: its replica stays, its process is replaced."""
 
     replica: Replica
-    process: LiveProcess
+    process: LoggedProcess
 
 
 class Chaos:
@@ -306,7 +306,7 @@ class Chaos:
         """Run key -> (its input, its run id), once a start was answered."""
         self.replicas: list[Replica] = []
         self.slots: list[WorkerSlot] = []
-        self.probe_worker: LiveProcess | None = None
+        self.probe_worker: LoggedProcess | None = None
         self.pg: PgCluster | None = None
         self.db_url = ""
         self.outage = anyio.Lock()
@@ -334,28 +334,21 @@ class Chaos:
 
     async def start_server(self, replica: Replica) -> None:
         """Start (or restart) `replica` on its port; return once `/health` answers."""
-        argv = [
-            sys.executable, "-m", "aiki_server", "--db", self.db_url, "--port",
-            str(replica.port), "--claim-idle-timeout", str(self.plan.claim_idle_timeout),
-        ]  # fmt: skip
-        process = await self.processes.spawn(f"server-{replica.name}", argv)
+        try:
+            process = await self.processes.start_server(
+                self.db_url,
+                "--claim-idle-timeout",
+                str(self.plan.claim_idle_timeout),
+                port=replica.port,
+                name=f"server-{replica.name}",
+                startup_timeout=HEALTH_TIMEOUT,
+            )
+        except ServerStartError as exc:
+            raise ChaosError(f"server {replica.name}: {exc}") from None
         replica.process = process
-        with deadline(HEALTH_TIMEOUT, f"the start of server {replica.name}"):
-            async with httpx.AsyncClient(base_url=replica.url, timeout=2.0) as http:
-                while True:
-                    if process.returncode is not None:
-                        raise ChaosError(
-                            f"server {replica.name} exited at start:\n{process.log_text()}"
-                        )
-                    try:
-                        if (await http.get("/health")).status_code == 200:
-                            break
-                    except httpx.TransportError:
-                        pass
-                    await anyio.sleep(0.05)
         self.record("server_up", replica=replica.name, url=replica.url, pid=process.pid)
 
-    async def start_worker(self, replica: Replica, *, probe: bool = False) -> LiveProcess:
+    async def start_worker(self, replica: Replica, *, probe: bool = False) -> LoggedProcess:
         """A worker process of `chaos_app.py` attached to `replica`."""
         argv = [
             sys.executable, str(APP), "--url", replica.url, "--ledger", str(self.ledger),
@@ -370,7 +363,7 @@ class Chaos:
         self.record(kind, pid=process.pid, url=replica.url, replica=replica.name)
         return process
 
-    async def wait_ready(self, process: LiveProcess) -> None:
+    async def wait_ready(self, process: LoggedProcess) -> None:
         """Wait until a worker process got through its imports (its ledger file exists)."""
         with deadline(HEALTH_TIMEOUT, f"the start of worker {process.pid}"):
             while not (self.ledger / f"ledger-{process.pid}.jsonl").exists():
@@ -378,7 +371,7 @@ class Chaos:
                     raise ChaosError(f"worker exited at start:\n{process.log_text()}")
                 await anyio.sleep(0.05)
 
-    async def kill(self, process: LiveProcess) -> None:
+    async def kill(self, process: LoggedProcess) -> None:
         """SIGKILL a process on purpose and reap it."""
         self.killed.add(process.pid)
         process.kill()
@@ -529,7 +522,7 @@ class Chaos:
                 self.died.append(self._died("probe worker", probe))
                 self.probe_worker = await self.start_worker(self.replicas[1], probe=True)
 
-    def _died(self, what: str, process: LiveProcess) -> str:
+    def _died(self, what: str, process: LoggedProcess) -> str:
         self.record("died", pid=process.pid, what=what, exit=process.returncode)
         tail = "\n      ".join(process.log_text().splitlines()[-15:])
         return (

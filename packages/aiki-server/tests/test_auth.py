@@ -25,7 +25,7 @@ from aiki_server._auth import KEY_CACHE_TTL, ApiKeys
 from aiki_server._notify import WakeHub
 from aiki_server._storage._database import _migrations
 from aiki_server._storage._open import open_database
-from live_processes import free_port
+from aiki_server.testing import free_port
 from server_api import (
     START_MS,
     claim_one,

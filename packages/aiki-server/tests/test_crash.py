@@ -22,7 +22,8 @@ import pytest
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    from live_processes import LiveProcesses, ServerProcess
+    from aiki_server.testing import ServerProcess
+    from live_processes import LiveProcesses
 
 pytestmark = pytest.mark.slow
 

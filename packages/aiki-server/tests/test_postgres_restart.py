@@ -21,7 +21,7 @@ import asyncpg
 import pytest
 
 from aiki_server._storage._postgres import CHANNEL
-from live_processes import free_port
+from aiki_server.testing import free_port
 from server_api import app_client, failed_requests, start
 
 if TYPE_CHECKING:

@@ -17,6 +17,18 @@ while everything else keeps real time.
 Like any server, it is open (every request in the namespace `default`) until it holds
 an API key: `server.create_api_key("billing")` creates one, and from then on every
 request needs a key (`Client(..., api_key=created.key)`).
+
+A test that needs a real server (HTTP on a port, a process to kill) starts one:
+
+    async with server_process(db_url, "--claim-idle-timeout", "2") as server:
+        async with Client(server.base_url) as client:
+            ...
+        server.kill()  # SIGKILL, like a power cut; `await server.stop()` is graceful
+
+`server_process` returns once `/health` answers (`ServerStartError`, with the end of
+the server's log, if it does not) and stops the server when the block ends.
+`start_server` and `start_process` start one (or any program) without a block, for
+a test that tears down on its own.
 """
 
 from __future__ import annotations
@@ -34,6 +46,15 @@ from aiki_server._api_keys import ApiKey, create_key, revoke_key
 from aiki_server._app import ServerSettings, create_app
 from aiki_server._clock import system_clock
 from aiki_server._notify import TIMERS
+from aiki_server._subprocess import (
+    LoggedProcess,
+    ServerProcess,
+    ServerStartError,
+    free_port,
+    server_process,
+    start_process,
+    start_server,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -41,7 +62,20 @@ if TYPE_CHECKING:
 
     from fastapi import FastAPI
 
-__all__ = ("ApiKey", "EmbeddedServer", "TestClock", "embedded_server", "serving")
+__all__ = (
+    "ApiKey",
+    "EmbeddedServer",
+    "LoggedProcess",
+    "ServerProcess",
+    "ServerStartError",
+    "TestClock",
+    "embedded_server",
+    "free_port",
+    "server_process",
+    "serving",
+    "start_process",
+    "start_server",
+)
 
 
 class TestClock:

@@ -24,13 +24,15 @@ their claims go idle, and `run()` (or the `async with` block) raises the
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
 import threading
+from asyncio import CancelledError
 from collections.abc import Callable, Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import anyio
 
@@ -86,7 +88,18 @@ class _Held:
 
 
 class Worker:
-    """Executes runs of `workflows` (workflow versions) claimed from the server."""
+    """Executes runs of `workflows` (workflow versions) claimed from the server.
+
+    `await worker.run()` works until `stop()` (or a signal); `async with worker:` works
+    while the block runs, and leaving the block stops it as `stop()` does. The block may
+    be entered in one task and left in another, so a pytest-asyncio fixture can hold a
+    worker:
+
+        @pytest.fixture
+        async def worker(client):
+            async with Worker(client, [orders_v1]) as worker:
+                yield worker
+    """
 
     def __init__(
         self,
@@ -129,6 +142,12 @@ class Worker:
         self._claims_scope = anyio.CancelScope()
         self._refused: AuthenticationError | None = None
         """Why the server refused this worker, which then stopped."""
+        self._crash: Exception | None = None
+        """What ended the loops of an `async with` block, but a refusal."""
+        self._host: asyncio.Task[Any] | None = None
+        self._host_cancelling = 0
+        self._cancelled_host = False
+        self._leaving = False
 
     @property
     def capabilities(self) -> list[WorkflowCapability]:
@@ -160,9 +179,12 @@ class Worker:
             await self._stopped.wait()
 
     async def __aenter__(self) -> Self:
-        self._tg = anyio.create_task_group()
-        await self._tg.__aenter__()
-        self._tg.start_soon(self._serve_in_background)
+        # the loops run in a task of their own, so the block may be left in another task
+        # than the one that entered it (pytest-asyncio sets a fixture up and tears it down
+        # in two tasks; a task group must be left in the task that entered it)
+        self._host = asyncio.current_task()
+        self._host_cancelling = 0 if self._host is None else self._host.cancelling()
+        self._loops = asyncio.create_task(self._serve_in_background())  # noqa: TID251
         return self
 
     async def __aexit__(
@@ -171,19 +193,32 @@ class Worker:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self.stop()
-        try:
-            await self._tg.__aexit__(exc_type, exc, tb)
-        except BaseExceptionGroup as group:
-            _, others = group.split(AuthenticationError)
-            if self._refused is None or others is not None:
-                raise
-            raise self._refused from None
+        self._leaving = True
+        self._stopping.set()
+        self._claims_scope.cancel()
+        await self._loops  # cancelled here, the loops are cancelled too
+        failure = self._refused or self._crash
+        if failure is None:
+            return
+        ours = False
+        host = asyncio.current_task()
+        if self._cancelled_host and host is not None and host is self._host:
+            # the block's cancellation was ours (as `asyncio.timeout` does it): take it back
+            ours = host.uncancel() <= self._host_cancelling
+        if exc is None or (ours and isinstance(exc, CancelledError)):
+            raise failure from None
+        # else the block's own error, or a cancellation from outside, goes on
 
     async def _serve_in_background(self) -> None:
-        await self._serve()
-        if self._refused is not None:
-            raise self._refused  # cancels the `async with` block; __aexit__ raises it
+        try:
+            await self._serve()
+        except Exception as exc:  # a bug of the loops: the block ends with it
+            self._crash = exc
+        if (self._refused or self._crash) and not self._leaving:
+            # end the `async with` block, if its task is still in it
+            if self._host is not None and not self._host.done():
+                self._cancelled_host = True
+                self._host.cancel()
 
     # -- the loops -----------------------------------------------------------------------
 
