@@ -14,10 +14,8 @@ from pathlib import Path
 
 import anyio
 
-from aiki_client import Client
-from aiki_core import ConsoleLogger, LogLevel
+from aiki import Client, ConsoleLogger, LogLevel, Worker
 from aiki_server.testing import server_process
-from aiki_worker import Worker
 
 sys.path.insert(0, str(Path(__file__).parent))
 

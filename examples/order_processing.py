@@ -6,9 +6,7 @@ from datetime import timedelta
 
 from pydantic import BaseModel
 
-from aiki_core import RetryPolicy
-from aiki_task import TaskContext, task
-from aiki_workflow import WorkflowRun, workflow
+from aiki import RetryPolicy, TaskContext, WorkflowRun, task, workflow
 
 
 class Order(BaseModel):

@@ -13,6 +13,7 @@ still running when the fixture ends is SIGKILLed and reaped, and the logs are pr
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -53,17 +54,19 @@ class LiveProcesses:
         port: int | None = None,
         name: str = "server",
         startup_timeout: float = STARTUP_TIMEOUT,
+        python: str = sys.executable,
     ) -> ServerProcess:
         """`python -m aiki_server --db db_url --port port *args`, once `/health` answers.
 
         `port` defaults to a free one; pass a dead server's port to restart it where
         its clients expect it. Extra `args` go to the command line, e.g.
         `"--claim-idle-timeout", "2"`. A server that does not start raises
-        `ServerStartError` (with the end of its log) and is killed.
+        `ServerStartError` (with the end of its log) and is killed. `python` is the
+        interpreter that runs it.
         """
         log = self._log(name)
         server = await start_server(
-            db_url, *args, log=log, port=port, startup_timeout=startup_timeout
+            db_url, *args, log=log, port=port, startup_timeout=startup_timeout, python=python
         )
         self.started.append(server)
         return server

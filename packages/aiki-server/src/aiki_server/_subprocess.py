@@ -148,15 +148,17 @@ async def start_server(
     port: int | None = None,
     env: Mapping[str, str] | None = None,
     startup_timeout: float = STARTUP_TIMEOUT,
+    python: str = sys.executable,
 ) -> ServerProcess:
     """`python -m aiki_server --db db_url --port port *args`, once `/health` answers 200.
 
     `port` defaults to a free one; pass a dead server's port to start it again where
-    its clients expect it. Raises `ServerStartError`, with the end of the log, if the
+    its clients expect it. `python` is the interpreter (another virtualenv's, say) that
+    runs the server. Raises `ServerStartError`, with the end of the log, if the
     server exits or does not answer within `startup_timeout` seconds (it is killed).
     """
     port = free_port() if port is None else port
-    argv = [sys.executable, "-m", "aiki_server", "--db", db_url, "--port", str(port), *args]
+    argv = [python, "-m", "aiki_server", "--db", db_url, "--port", str(port), *args]
     started = await start_process(argv, log, env=env)
     server = ServerProcess(started.process, log, db_url=db_url, port=port)
     try:
@@ -176,6 +178,7 @@ async def server_process(
     log: Path | None = None,
     env: Mapping[str, str] | None = None,
     startup_timeout: float = STARTUP_TIMEOUT,
+    python: str = sys.executable,
 ) -> AsyncIterator[ServerProcess]:
     """A live `aiki-server` on `db_url` for the block; stopped (SIGTERM, then SIGKILL) after.
 
@@ -184,7 +187,13 @@ async def server_process(
     with tempfile.TemporaryDirectory(prefix="aiki-server-") as folder:
         log = log or Path(folder) / "server.log"
         server = await start_server(
-            db_url, *args, log=log, port=port, env=env, startup_timeout=startup_timeout
+            db_url,
+            *args,
+            log=log,
+            port=port,
+            env=env,
+            startup_timeout=startup_timeout,
+            python=python,
         )
         try:
             yield server
