@@ -290,3 +290,10 @@ def test_python_blocks_are_found() -> None:
     text = "x\n\n```python\nimport a\n```\n\n- item\n\n    ```python\n    b = 1\n    ```\n"
     assert python_blocks(text) == [(4, "import a"), (10, "b = 1")]
     assert any(python_blocks((ROOT / "README.md").read_text(encoding="utf-8")))
+
+
+def test_the_facade_page_lists_exactly_what_aiki_exports() -> None:
+    aiki = importlib.import_module("aiki")
+    page = (ROOT / "docs" / "reference" / "aiki.md").read_text()
+    listed = set(re.findall(r"^\| `aiki\.(\w+)` \|", page, flags=re.MULTILINE))
+    assert listed == set(aiki.__all__) - {"__version__"}
