@@ -54,6 +54,7 @@ def test_contracts_hold_on_the_tree(tmp_path: Path) -> None:
         ("aiki_core", "aiki_task"),
         ("aiki_client", "aiki"),
         ("aiki", "aiki_server"),
+        ("aiki_server", "aiki_core.sdk"),
     ],
 )
 def test_a_sibling_import_breaks_a_contract(tmp_path: Path, importer: str, imported: str) -> None:

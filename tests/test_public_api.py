@@ -8,6 +8,7 @@ from __future__ import annotations
 import __future__
 
 import importlib
+from pathlib import Path
 
 import pytest
 
@@ -70,150 +71,50 @@ EXPECTED_EXPORTS: dict[str, tuple[str, ...]] = {
         "workflow",
     ),
     "aiki_core": (
+        # statuses and policies
+        "OverlapPolicy",
+        "RetryPolicy",
+        "RunId",
+        "RunStatus",
+        "TaskStatus",
+        # errors
         "AikiError",
         "AikiTimeoutError",
         "AuthenticationError",
-        "AwaitChild",
-        "AwaitEvent",
-        "AwaitRetry",
-        "AwaitSleep",
-        "CancelRunRequest",
-        "ChildRecord",
-        "ClaimRequest",
-        "ClaimResponse",
-        "ClaimedRun",
-        "CodecContext",
         "CodecError",
-        "CompleteRun",
         "ConflictError",
-        "ContinueRun",
-        "ConsoleLogger",
-        "CreateScheduleRequest",
-        "CreateWebhookRequest",
-        "CreateWebhookResponse",
-        "Cursor",
-        "DEFAULT_NAMESPACE",
-        "DEFAULT_POOL",
         "DecryptionError",
-        "Duration",
-        "ErrorBody",
-        "ErrorCode",
         "ErrorInfo",
-        "ErrorResponse",
-        "EventId",
-        "EventOrigin",
-        "EventRecord",
-        "EventWaitRecord",
-        "EventDefinition",
-        "ExecutableVersion",
-        "FailRun",
-        "HeartbeatRequest",
-        "HeartbeatResponse",
-        "ID_PATTERN",
-        "Identifier",
-        "IdentityCodec",
         "IllegalTransitionError",
         "InvalidRequestError",
-        "ListRunsQuery",
-        "LogLevel",
-        "Logger",
-        "MAX_COUNT",
-        "MAX_DURATION",
-        "MAX_NOTICE_LENGTH",
-        "MAX_TASKS_PER_TRANSITION",
-        "MAX_WEBHOOK_LIFETIME",
-        "MAX_WEBHOOK_SCHEMA_BYTES",
-        "Name",
-        "Namespace",
         "NonRetryableError",
         "NotFoundError",
-        "OverlapPolicy",
-        "PayloadCodec",
         "PayloadTooLargeError",
         "PayloadValidationError",
-        "PendingWait",
         "PermissionDeniedError",
-        "PoolName",
-        "RUN_INITIAL_STATUSES",
-        "RUN_TERMINAL_STATUSES",
-        "RUN_TRANSITIONS",
-        "RUN_WAITING_STATUSES",
-        "RecordTaskRequest",
-        "RecordTaskResponse",
         "ReferenceIdConflictError",
-        "ReleaseRun",
         "RemoteError",
         "ReplayDivergenceError",
-        "RetryPolicy",
-        "RunAction",
-        "RunDetail",
-        "RunDirective",
-        "RunExecution",
-        "RunId",
         "RunInterrupt",
-        "RunLease",
-        "RunLeaseStatus",
         "RunLimitError",
-        "RunNotice",
-        "RunOutcome",
-        "RunPage",
-        "RunStatus",
-        "RunSummary",
-        "RunWait",
-        "SchedulableVersion",
-        "Schedule",
-        "ScheduleId",
-        "SchedulePage",
-        "SendEventRequest",
-        "SendEventResponse",
         "ServerError",
-        "ServerLimits",
         "ServerUnavailableError",
-        "SleepRecord",
         "StaleRevisionError",
-        "StartChildRequest",
-        "StartRunRequest",
-        "StartRunResponse",
-        "StateTransition",
-        "StdlibLogger",
         "StorageUnavailableError",
-        "SuspendRun",
-        "TASK_INITIAL_STATUSES",
-        "TASK_RERUN_STATUSES",
-        "TASK_TERMINAL_STATUSES",
-        "TASK_TRANSITIONS",
-        "TaskAddress",
-        "TaskAttemptInfo",
-        "TaskAttemptRecord",
         "TaskFailedError",
-        "TaskId",
-        "TaskInvocation",
-        "TaskRecord",
-        "TaskRunContext",
-        "TaskStatus",
         "TaskTimeoutError",
-        "TransitionRunRequest",
-        "TransitionRunResponse",
-        "WebhookId",
-        "WorkerApi",
-        "WorkerId",
         "WorkflowCancelledError",
-        "WorkflowCapability",
         "WorkflowFailedError",
-        "WorkflowRunHandle",
-        "WorkflowStarter",
         "WorkflowTimeoutError",
-        "canonical_json",
-        "check_run_transition",
-        "check_task_transition",
-        "content_hash",
-        "error_from_wire",
-        "from_millis",
-        "new_run_id",
-        "new_schedule_id",
-        "raise_for_outcome",
-        "task_address",
-        "to_millis",
+        # payload codecs
+        "CodecContext",
+        "IdentityCodec",
+        "PayloadCodec",
+        # logging
+        "ConsoleLogger",
+        "LogLevel",
+        "Logger",
+        "StdlibLogger",
         "__version__",
     ),
     "aiki_task": ("Task", "TaskContext", "__version__", "task"),
@@ -284,10 +185,224 @@ def test_version_matches_distribution_metadata(package: str) -> None:
     assert module.__version__ == version(package.replace("_", "-"))
 
 
-def test_core_classes_show_their_public_path() -> None:
+# aiki_core's public submodules: what the server and the SDK exchange over HTTP, and
+# what the SDK packages share among themselves
+EXPECTED_CORE_SUBMODULES: dict[str, tuple[str, ...]] = {
+    "aiki_core.wire": (
+        # starting, listing and steering runs
+        "CancelRunRequest",
+        "ListRunsQuery",
+        "RunPage",
+        "SendEventRequest",
+        "SendEventResponse",
+        "StartChildRequest",
+        "StartRunRequest",
+        "StartRunResponse",
+        # what a run's summary and detail show
+        "ChildRecord",
+        "EventOrigin",
+        "EventRecord",
+        "EventWaitRecord",
+        "PendingWait",
+        "RunDetail",
+        "RunNotice",
+        "RunOutcome",
+        "RunSummary",
+        "SleepRecord",
+        "StateTransition",
+        "TaskAttemptRecord",
+        "TaskRecord",
+        # a worker's claims, heartbeats, task records and transitions
+        "AwaitChild",
+        "AwaitEvent",
+        "AwaitRetry",
+        "AwaitSleep",
+        "ClaimRequest",
+        "ClaimResponse",
+        "ClaimedRun",
+        "CompleteRun",
+        "ContinueRun",
+        "FailRun",
+        "HeartbeatRequest",
+        "HeartbeatResponse",
+        "RecordTaskRequest",
+        "RecordTaskResponse",
+        "ReleaseRun",
+        "RunAction",
+        "RunDirective",
+        "RunLease",
+        "RunLeaseStatus",
+        "RunWait",
+        "SuspendRun",
+        "TransitionRunRequest",
+        "TransitionRunResponse",
+        "WorkflowCapability",
+        # webhooks and schedules
+        "CreateScheduleRequest",
+        "CreateWebhookRequest",
+        "CreateWebhookResponse",
+        "Schedule",
+        "SchedulePage",
+        # limits
+        "MAX_COUNT",
+        "MAX_DURATION",
+        "MAX_LONG_POLL",
+        "MAX_NOTICE_LENGTH",
+        "MAX_TASKS_PER_TRANSITION",
+        "MAX_WEBHOOK_LIFETIME",
+        "MAX_WEBHOOK_SCHEMA_BYTES",
+        "ServerLimits",
+        # field types and ids
+        "Cursor",
+        "DEFAULT_NAMESPACE",
+        "DEFAULT_POOL",
+        "Duration",
+        "EventId",
+        "ID_PATTERN",
+        "Identifier",
+        "Name",
+        "Namespace",
+        "PoolName",
+        "ScheduleId",
+        "TaskAddress",
+        "TaskId",
+        "WebhookId",
+        "WorkerId",
+        "from_millis",
+        "to_millis",
+        # the state machine
+        "RUN_INITIAL_STATUSES",
+        "RUN_TERMINAL_STATUSES",
+        "RUN_TRANSITIONS",
+        "RUN_WAITING_STATUSES",
+        "TASK_INITIAL_STATUSES",
+        "TASK_RERUN_STATUSES",
+        "TASK_TERMINAL_STATUSES",
+        "TASK_TRANSITIONS",
+        # errors on the wire
+        "ErrorBody",
+        "ErrorCode",
+        "ErrorResponse",
+        "error_from_wire",
+        # canonical JSON and content hashes
+        "canonical_json",
+        "content_hash",
+        "task_address",
+    ),
+    "aiki_core.sdk": (
+        # seams between the packages
+        "EventDefinition",
+        "ExecutableVersion",
+        "RunExecution",
+        "SchedulableVersion",
+        "TaskAttemptInfo",
+        "TaskInvocation",
+        "TaskRunContext",
+        "WorkerApi",
+        "WorkflowRunHandle",
+        "WorkflowStarter",
+        # helpers
+        "new_run_id",
+        "raise_for_outcome",
+    ),
+}
+
+# what the private modules of aiki_core export to each other and to no one else: the
+# building blocks of the wire models
+CORE_INTERNALS = {
+    "aiki_core._duration.DurationRange",
+    "aiki_core._duration.duration_field",
+    "aiki_core._public.show_public_path",
+    "aiki_core._wire.Boolean",
+    "aiki_core._wire.ClientId",
+    "aiki_core._wire.Count",
+    "aiki_core._wire.Fingerprint",
+    "aiki_core._wire.ID",
+    "aiki_core._wire.Integer",
+    "aiki_core._wire.NO_NUL",
+    "aiki_core._wire.Number",
+    "aiki_core._wire.Ordinal",
+    "aiki_core._wire.ReferenceId",
+    "aiki_core._wire.RequestModel",
+    "aiki_core._wire.ResponseModel",
+    "aiki_core._wire.Timestamp",
+    "aiki_core._wire.VersionName",
+    "aiki_core._wire.given",
+    "aiki_core._wire.requiring",
+    "aiki_core._wire.whole_number",
+}
+
+
+@pytest.mark.parametrize("module", sorted(EXPECTED_CORE_SUBMODULES))
+def test_core_submodule_is_pinned_and_resolves(module: str) -> None:
+    public = importlib.import_module(module)
+    assert public.__all__ == EXPECTED_CORE_SUBMODULES[module]
+    for name in public.__all__:
+        assert getattr(public, name) is not None, name
+    defined = {
+        name
+        for name in vars(public)
+        if not name.startswith("_") and name not in {"annotations", "aiki_core"}
+    }
+    assert defined <= set(public.__all__), f"not exported: {defined - set(public.__all__)}"
+
+
+def test_each_core_name_has_one_public_home() -> None:
     import aiki_core
 
-    for name in aiki_core.__all__:
-        value = getattr(aiki_core, name)
+    homes = {"aiki_core": aiki_core.__all__, **EXPECTED_CORE_SUBMODULES}
+    seen: dict[str, str] = {}
+    for module, names in homes.items():
+        for name in names:
+            assert name not in seen, f"{name} is in both {seen[name]} and {module}"
+            seen[name] = module
+
+
+def test_the_private_modules_export_nothing_without_a_public_home() -> None:
+    import aiki_core
+
+    public = [aiki_core, *map(importlib.import_module, EXPECTED_CORE_SUBMODULES)]
+    exported = {id(getattr(module, name)) for module in public for name in module.__all__}
+    private = [
+        importlib.import_module(f"aiki_core.{path.stem}")
+        for path in sorted(Path(aiki_core.__file__).parent.glob("_*.py"))
+        if path.stem not in {"__init__", "__about__"}
+    ]
+    homeless = {
+        f"{module.__name__}.{name}"
+        for module in private
+        for name in module.__all__
+        if id(getattr(module, name)) not in exported
+    }
+    assert homeless == CORE_INTERNALS
+
+
+def test_wire_models_are_not_at_the_top_level() -> None:
+    import aiki_core
+    import aiki_core.wire
+    from aiki_core._wire import RequestModel, ResponseModel
+
+    def models(base: type) -> set[type]:
+        found: set[type] = set(base.__subclasses__())
+        for cls in list(found):
+            found |= models(cls)
+        return found
+
+    every_model = {
+        model
+        for model in models(RequestModel) | models(ResponseModel)
+        if model.__module__.startswith("aiki_core")
+    }
+    wire = [getattr(aiki_core.wire, name) for name in aiki_core.wire.__all__]
+    top = [getattr(aiki_core, name) for name in aiki_core.__all__]
+    assert [model for model in every_model if model not in wire] == []
+    assert [model for model in every_model if model in top] == []
+
+
+@pytest.mark.parametrize("module", ["aiki_core", *sorted(EXPECTED_CORE_SUBMODULES)])
+def test_core_classes_show_their_public_path(module: str) -> None:
+    public = importlib.import_module(module)
+    for name in public.__all__:
+        value = getattr(public, name)
         if isinstance(value, type):
-            assert value.__module__ == "aiki_core", name
+            assert value.__module__ == module, name

@@ -5,30 +5,28 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Literal, TypeVar
 
 from pydantic import ValidationError
+from ulid import ULID
 
 from aiki_client._http import api_path
 from aiki_client._sealing import open_schedule, seal_input
-from aiki_core import (
-    DEFAULT_POOL,
-    CodecContext,
-    CreateScheduleRequest,
-    OverlapPolicy,
-    PayloadValidationError,
-    Schedule,
-    SchedulePage,
-    new_schedule_id,
-)
+from aiki_core import CodecContext, OverlapPolicy, PayloadValidationError
+from aiki_core.wire import DEFAULT_POOL, CreateScheduleRequest, Schedule, ScheduleId, SchedulePage
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable
     from datetime import timedelta
 
     from aiki_client._client import Client
-    from aiki_core import SchedulableVersion
+    from aiki_core.sdk import SchedulableVersion
 
 InT = TypeVar("InT")
 
 Overlap = OverlapPolicy | Literal["skip", "allow", "cancel_previous"]
+
+
+def new_schedule_id() -> ScheduleId:
+    """A fresh schedule id (a ULID), minted here so the input is sealed to it before it exists."""
+    return ScheduleId(str(ULID()))
 
 
 class Schedules:

@@ -2,9 +2,9 @@
 
 Every id travels as a plain string on the wire; `NewType` keeps a `RunId` from being
 passed where a `ScheduleId` is expected, at no runtime cost. Ids are ULIDs. The
-server mints most of them; a client mints the id of a run or schedule it creates
-(`new_run_id`, `new_schedule_id`), so a payload can be sealed to the run before the
-server has seen it.
+server mints most of them; a client mints the id of a run or schedule it creates (a
+run's with `new_run_id`), so a payload can be sealed to the run before the server has
+seen it.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ __all__ = [
     "WebhookId",
     "WorkerId",
     "new_run_id",
-    "new_schedule_id",
 ]
 
 RunId = NewType("RunId", str)
@@ -66,8 +65,3 @@ DEFAULT_POOL = PoolName("default")
 def new_run_id() -> RunId:
     """A fresh run id (a ULID), for a run the caller is about to start."""
     return RunId(str(ULID()))
-
-
-def new_schedule_id() -> ScheduleId:
-    """A fresh schedule id (a ULID), for a schedule the caller is about to create."""
-    return ScheduleId(str(ULID()))

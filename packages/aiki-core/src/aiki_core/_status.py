@@ -1,8 +1,8 @@
 """Run and task statuses and the state machine that governs them.
 
 The allowed transitions are plain data (`RUN_TRANSITIONS`, `TASK_TRANSITIONS`), so the
-server, the tests and the docs all read the same table. `check_run_transition` and
-`check_task_transition` raise `IllegalTransitionError` for anything else.
+server, the tests and the docs all read the same table. The server, the one side that
+moves a status, refuses anything else with `IllegalTransitionError`.
 """
 
 from __future__ import annotations
@@ -10,8 +10,6 @@ from __future__ import annotations
 from enum import StrEnum
 from types import MappingProxyType
 from typing import TYPE_CHECKING
-
-from aiki_core._exceptions import IllegalTransitionError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -27,8 +25,6 @@ __all__ = [
     "TASK_TRANSITIONS",
     "RunStatus",
     "TaskStatus",
-    "check_run_transition",
-    "check_task_transition",
 ]
 
 
@@ -154,23 +150,3 @@ TASK_RERUN_STATUSES: frozenset[TaskStatus] = frozenset({_T.FAILED})
 """Statuses a task call leaves when a later workflow-level attempt of its run calls it
 again: a call that failed for good runs again then (a completed one stays memoized).
 From one of them, a later run attempt's record may take any status."""
-
-
-def check_run_transition(run_id: str, current: RunStatus, target: RunStatus) -> None:
-    """Raise `IllegalTransitionError` unless a run may move from `current` to `target`."""
-    if target not in RUN_TRANSITIONS[current]:
-        raise IllegalTransitionError("run", run_id, current, target)
-
-
-def check_task_transition(
-    task_id: str, current: TaskStatus, target: TaskStatus, *, later_run_attempt: bool = False
-) -> None:
-    """Raise `IllegalTransitionError` unless a task may move from `current` to `target`.
-
-    `later_run_attempt`: the record comes from a later workflow-level attempt of the run
-    than the one that wrote `current` (see `TASK_RERUN_STATUSES`).
-    """
-    if later_run_attempt and current in TASK_RERUN_STATUSES:
-        return
-    if target not in TASK_TRANSITIONS[current]:
-        raise IllegalTransitionError("task", task_id, current, target)
