@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
     from pathlib import Path
 
-    from aiki_core import ExecutableVersion
+    from aiki_core.sdk import ExecutableVersion
     from aiki_server.testing import EmbeddedServer
 
 POSTGRES_URL = os.environ.get("AIKI_TEST_POSTGRES_URL")

@@ -63,7 +63,7 @@ from aiki_core import AikiError, ConsoleLogger, LogLevel
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
 
-    from aiki_core import WorkflowRunHandle
+    from aiki_core.sdk import WorkflowRunHandle
     from aiki_workflow import WorkflowVersion
 
 HERE = Path(__file__).resolve().parent

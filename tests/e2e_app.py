@@ -23,22 +23,20 @@ import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 from pydantic import BaseModel
 
 from aiki_client import Client
-from aiki_core import (
-    ConsoleLogger,
-    ExecutableVersion,
-    LogLevel,
-    RetryPolicy,
-    WorkflowFailedError,
-)
+from aiki_core import ConsoleLogger, LogLevel, RetryPolicy, WorkflowFailedError
 from aiki_crypto import AesGcmCodec, KeyRing
 from aiki_task import TaskContext, task
 from aiki_worker import Worker
 from aiki_workflow import WorkflowRun, event, workflow
+
+if TYPE_CHECKING:
+    from aiki_core.sdk import ExecutableVersion
 
 FLAKY_FAILURES = 2
 """The flaky task fails this many times, then succeeds."""

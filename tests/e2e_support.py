@@ -21,7 +21,8 @@ from e2e_app import step_counter
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Mapping
 
-    from aiki_core import PayloadCodec, RunDetail, RunId
+    from aiki_core import PayloadCodec, RunId
+    from aiki_core.wire import RunDetail
     from aiki_server._storage._database import Database
     from aiki_server.testing import LoggedProcess, ServerProcess
     from live_processes import LiveProcesses

@@ -73,6 +73,8 @@ def inventory(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
 def test_every_public_module_is_found() -> None:
     expected = {
         "aiki_core",
+        "aiki_core.wire",
+        "aiki_core.sdk",
         "aiki_task",
         "aiki_workflow",
         "aiki_client",
@@ -127,7 +129,7 @@ def transition_tables(text: str) -> list[dict[str, set[str]]]:
 
 
 def test_the_statuses_page_shows_the_state_machine_of_the_code() -> None:
-    from aiki_core import RUN_TRANSITIONS, TASK_TRANSITIONS
+    from aiki_core.wire import RUN_TRANSITIONS, TASK_TRANSITIONS
 
     page = (ROOT / "docs" / "concepts" / "statuses.md").read_text(encoding="utf-8")
     runs, tasks = transition_tables(page)

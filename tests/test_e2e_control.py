@@ -36,7 +36,8 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from pathlib import Path
 
-    from aiki_core import RunDetail, WorkflowRunHandle
+    from aiki_core.sdk import WorkflowRunHandle
+    from aiki_core.wire import RunDetail
     from live_processes import LiveProcesses
 
 RESULT_TIMEOUT = timedelta(seconds=30)

@@ -38,7 +38,7 @@ from e2e_support import (
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from aiki_core import RunDetail
+    from aiki_core.wire import RunDetail
     from live_processes import LiveProcesses
 
 pytestmark = pytest.mark.slow

@@ -24,7 +24,8 @@ from e2e_app import Greeting, Secret, confided, hello_v1, secrets_v1
 from e2e_support import QUIET, Counters, database, open_stack, start_worker
 
 if TYPE_CHECKING:
-    from aiki_core import RunId, WorkflowRunHandle
+    from aiki_core import RunId
+    from aiki_core.sdk import WorkflowRunHandle
     from aiki_server.testing import LoggedProcess, ServerProcess
     from live_processes import LiveProcesses
 

@@ -17,14 +17,7 @@ import anyio
 import pytest
 
 from aiki_client import Client
-from aiki_core import (
-    NotFoundError,
-    OverlapPolicy,
-    PayloadValidationError,
-    RunStatus,
-    RunSummary,
-    Schedule,
-)
+from aiki_core import NotFoundError, OverlapPolicy, PayloadValidationError, RunStatus
 from aiki_server.testing import free_port
 from e2e_app import Greeting, hello_v1
 from e2e_support import QUIET, Counters, start_worker
@@ -32,6 +25,7 @@ from e2e_support import QUIET, Counters, start_worker
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from aiki_core.wire import RunSummary, Schedule
     from live_processes import LiveProcesses
 
 pytestmark = pytest.mark.slow

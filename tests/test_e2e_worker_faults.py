@@ -28,7 +28,7 @@ from fault_proxy import Fault, FaultProxy
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from aiki_core import WorkflowRunHandle
+    from aiki_core.sdk import WorkflowRunHandle
     from live_processes import LiveProcesses
 
 pytestmark = pytest.mark.slow

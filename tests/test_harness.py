@@ -21,7 +21,7 @@ from aiki_worker import Worker
 from aiki_workflow import WorkflowRun, workflow
 
 if TYPE_CHECKING:
-    from aiki_core import ExecutableVersion
+    from aiki_core.sdk import ExecutableVersion
     from aiki_server.testing import EmbeddedServer
 
 QUIET = ConsoleLogger(LogLevel.ERROR)

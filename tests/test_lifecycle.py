@@ -13,18 +13,13 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from aiki_core import (
-    ErrorInfo,
-    ExecutableVersion,
-    RetryPolicy,
-    RunStatus,
-    WorkflowFailedError,
-)
+from aiki_core import ErrorInfo, RetryPolicy, RunStatus, WorkflowFailedError
 from aiki_task import task
 from aiki_workflow import Saga, SleepInfo, WorkflowRun, event, workflow
 
 if TYPE_CHECKING:
     from aiki_client import Client
+    from aiki_core.sdk import ExecutableVersion
     from aiki_server.testing import EmbeddedServer
 
 WAIT = timedelta(seconds=10)

@@ -17,14 +17,7 @@ import httpx
 import pytest
 
 from aiki_client import Client
-from aiki_core import (
-    ConsoleLogger,
-    ExecutableVersion,
-    LogLevel,
-    RetryPolicy,
-    RunStatus,
-    WorkflowFailedError,
-)
+from aiki_core import ConsoleLogger, LogLevel, RetryPolicy, RunStatus, WorkflowFailedError
 from aiki_crypto import AesGcmCodec, KeyRing
 from aiki_server import ServerSettings
 from aiki_task import task
@@ -32,6 +25,7 @@ from aiki_worker import Worker
 from aiki_workflow import WorkflowRun, workflow
 
 if TYPE_CHECKING:
+    from aiki_core.sdk import ExecutableVersion
     from aiki_server.testing import EmbeddedServer
 
 QUIET = ConsoleLogger(LogLevel.ERROR)

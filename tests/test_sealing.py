@@ -31,8 +31,8 @@ from aiki_core import (
     RunId,
     RunStatus,
     WorkflowFailedError,
-    content_hash,
 )
+from aiki_core.wire import content_hash
 from aiki_server.testing import embedded_server
 from aiki_task import task
 from aiki_worker import Worker
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
     from pydantic import JsonValue
 
-    from aiki_core import WorkflowRunHandle
+    from aiki_core.sdk import WorkflowRunHandle
     from aiki_server.testing import EmbeddedServer
 
 QUIET = ConsoleLogger(LogLevel.ERROR)

@@ -29,7 +29,8 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine
 
     from aiki_client import Client
-    from aiki_core import ExecutableVersion, RunDetail, WorkflowRunHandle
+    from aiki_core.sdk import ExecutableVersion, WorkflowRunHandle
+    from aiki_core.wire import RunDetail
     from aiki_server.testing import EmbeddedServer
 
 WAIT = timedelta(seconds=15)

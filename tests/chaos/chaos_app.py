@@ -38,7 +38,8 @@ import anyio
 from pydantic import BaseModel
 
 from aiki_client import Client
-from aiki_core import DEFAULT_POOL, ConsoleLogger, LogLevel, ServerUnavailableError
+from aiki_core import ConsoleLogger, LogLevel, ServerUnavailableError
+from aiki_core.wire import DEFAULT_POOL
 from aiki_task import TaskContext, task
 from aiki_worker import Worker
 from aiki_workflow import WorkflowRun, event, workflow
@@ -48,7 +49,8 @@ if TYPE_CHECKING:
 
     from aiki_client._http import Http
     from aiki_client._socket_http import Answer
-    from aiki_core import ExecutableVersion, Logger
+    from aiki_core import Logger
+    from aiki_core.sdk import ExecutableVersion
 
 PROBE_POOL = "probe"
 CHARGE_SECONDS = 2.5

@@ -72,7 +72,6 @@ from chaos_checks import (
 )
 
 from aiki_core import (
-    RUN_TERMINAL_STATUSES,
     ConsoleLogger,
     LogLevel,
     RunStatus,
@@ -80,6 +79,7 @@ from aiki_core import (
     WorkflowCancelledError,
     WorkflowFailedError,
 )
+from aiki_core.wire import RUN_TERMINAL_STATUSES
 from aiki_server.testing import LoggedProcess, ServerStartError, free_port
 from live_processes import LiveProcesses
 
@@ -89,7 +89,8 @@ if TYPE_CHECKING:
     from chaos_checks import HttpEvent
 
     from aiki_client import Client
-    from aiki_core import RunId, RunPage
+    from aiki_core import RunId
+    from aiki_core.wire import RunPage
 
 T = TypeVar("T")
 

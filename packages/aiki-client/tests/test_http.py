@@ -25,17 +25,14 @@ from aiki_client import Client
 from aiki_core import (
     AikiError,
     AuthenticationError,
-    Namespace,
     NotFoundError,
     PayloadValidationError,
-    PoolName,
     RunId,
-    RunPage,
     RunStatus,
-    RunSummary,
     ServerError,
     ServerUnavailableError,
 )
+from aiki_core.wire import Namespace, PoolName, RunPage, RunSummary
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable

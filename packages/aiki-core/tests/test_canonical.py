@@ -12,7 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from aiki_core import InvalidRequestError, canonical_json, content_hash, task_address
+from aiki_core import InvalidRequestError
+from aiki_core.wire import canonical_json, content_hash, task_address
 
 if TYPE_CHECKING:
     import random

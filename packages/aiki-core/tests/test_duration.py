@@ -6,7 +6,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from aiki_core import MAX_DURATION, Duration, from_millis, to_millis
+from aiki_core.wire import MAX_DURATION, Duration, from_millis, to_millis
 
 DURATION: TypeAdapter[timedelta] = TypeAdapter(Duration)
 

@@ -14,7 +14,6 @@ from aiki_core import (
     CodecError,
     ConflictError,
     DecryptionError,
-    ErrorCode,
     ErrorInfo,
     IllegalTransitionError,
     InvalidRequestError,
@@ -37,8 +36,8 @@ from aiki_core import (
     WorkflowCancelledError,
     WorkflowFailedError,
     WorkflowTimeoutError,
-    error_from_wire,
 )
+from aiki_core.wire import ErrorCode, error_from_wire
 
 if TYPE_CHECKING:
     from collections.abc import Callable

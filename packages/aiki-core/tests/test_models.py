@@ -9,7 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
-from aiki_core import (
+from aiki_core import ErrorInfo, OverlapPolicy, RetryPolicy, RunId, RunStatus, TaskStatus
+from aiki_core.wire import (
     AwaitChild,
     AwaitEvent,
     AwaitRetry,
@@ -23,7 +24,6 @@ from aiki_core import (
     CreateScheduleRequest,
     ErrorBody,
     ErrorCode,
-    ErrorInfo,
     ErrorResponse,
     EventId,
     EventRecord,
@@ -33,19 +33,15 @@ from aiki_core import (
     HeartbeatResponse,
     ListRunsQuery,
     Namespace,
-    OverlapPolicy,
     PoolName,
     RecordTaskRequest,
     RecordTaskResponse,
     ReleaseRun,
-    RetryPolicy,
     RunDetail,
     RunDirective,
-    RunId,
     RunLease,
     RunLeaseStatus,
     RunPage,
-    RunStatus,
     RunSummary,
     Schedule,
     ScheduleId,
@@ -61,7 +57,6 @@ from aiki_core import (
     TaskAttemptRecord,
     TaskId,
     TaskRecord,
-    TaskStatus,
     TransitionRunRequest,
     TransitionRunResponse,
     WorkerId,

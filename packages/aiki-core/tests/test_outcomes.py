@@ -4,13 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from aiki_core import (
-    ErrorInfo,
-    RunStatus,
-    WorkflowCancelledError,
-    WorkflowFailedError,
-    raise_for_outcome,
-)
+from aiki_core import ErrorInfo, RunStatus, WorkflowCancelledError, WorkflowFailedError
+from aiki_core.sdk import raise_for_outcome
 
 
 def test_a_completed_run_raises_nothing() -> None:

@@ -9,7 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from aiki_core import MAX_COUNT, MAX_DURATION, RetryPolicy
+from aiki_core import RetryPolicy
+from aiki_core.wire import MAX_COUNT, MAX_DURATION
 
 MS = timedelta(milliseconds=1)
 SECOND = timedelta(seconds=1)

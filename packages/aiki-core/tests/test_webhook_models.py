@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
-from aiki_core import MAX_WEBHOOK_LIFETIME, MAX_WEBHOOK_SCHEMA_BYTES, CreateWebhookRequest
+from aiki_core.wire import MAX_WEBHOOK_LIFETIME, MAX_WEBHOOK_SCHEMA_BYTES, CreateWebhookRequest
 
 
 def test_schema_travels_under_its_wire_name() -> None:

@@ -12,7 +12,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aiki_core import CodecContext, CodecError, DecryptionError, PayloadCodec, task_address
+from aiki_core import CodecContext, CodecError, DecryptionError, PayloadCodec
+from aiki_core.wire import task_address
 from aiki_crypto import AesGcmCodec, KeyRing
 
 if TYPE_CHECKING:

@@ -25,8 +25,7 @@ from hypothesis import strategies as st
 from pydantic import TypeAdapter, ValidationError
 from schemathesis.engine import events, from_schema
 
-from aiki_core import to_millis
-from aiki_core._api import MAX_LONG_POLL
+from aiki_core.wire import MAX_LONG_POLL, to_millis
 from server_api import claim_one, start
 
 if TYPE_CHECKING:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import pytest
 
-from aiki_core import content_hash
+from aiki_core.wire import content_hash
 from aiki_server._lifecycle import lock_run
 from aiki_server._storage._sqlite import SqliteDatabase
 from server_api import (

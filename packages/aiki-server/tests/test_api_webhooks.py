@@ -13,7 +13,8 @@ import pytest
 from pydantic import BaseModel, TypeAdapter
 
 from aiki_client import Client
-from aiki_core import CreateWebhookRequest, RunId
+from aiki_core import RunId
+from aiki_core.wire import CreateWebhookRequest
 from aiki_server import ServerSettings
 from aiki_server._cli import _parser
 from aiki_server._notify import WakeHub

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from ulid import ULID
 
-from aiki_core import DEFAULT_NAMESPACE
+from aiki_core.wire import DEFAULT_NAMESPACE
 from aiki_server import _auth
 from aiki_server._api_keys import create_key, revoke_key
 from aiki_server._auth import KEY_CACHE_TTL, ApiKeys

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from aiki_core import DEFAULT_NAMESPACE
+from aiki_core.wire import DEFAULT_NAMESPACE
 from aiki_server._auth import NAMESPACE_SCOPE_KEY
 from aiki_server._hot_path import HotPath
 from server_api import claim_one, get_run, start, task_record

@@ -22,7 +22,8 @@ import asyncpg
 import pytest
 
 from aiki_client import Client
-from aiki_core import RecordTaskRequest, ServerUnavailableError, StorageUnavailableError
+from aiki_core import ServerUnavailableError, StorageUnavailableError
+from aiki_core.wire import RecordTaskRequest
 from aiki_server._storage._outage import RETRY_AFTER_SECONDS
 from server_api import app_client, asgi, claim_one, failed_requests, start, task_record
 

@@ -10,21 +10,16 @@ import anyio
 import pytest
 from pydantic import BaseModel
 
-from aiki_core import (
-    ConsoleLogger,
-    PayloadValidationError,
-    RetryPolicy,
-    RunId,
-    TaskAddress,
-    TaskAttemptInfo,
-    TaskTimeoutError,
-)
+from aiki_core import ConsoleLogger, PayloadValidationError, RetryPolicy, RunId, TaskTimeoutError
+from aiki_core.sdk import TaskAttemptInfo
+from aiki_core.wire import TaskAddress
 from aiki_task import Task, TaskContext, task
 
 if TYPE_CHECKING:
     from pydantic import JsonValue
 
-    from aiki_core import Logger, TaskInvocation
+    from aiki_core import Logger
+    from aiki_core.sdk import TaskInvocation
 
 
 class Order(BaseModel):

@@ -10,18 +10,14 @@ import pytest
 
 from aiki_core import (
     AikiError,
-    ClaimedRun,
     ConsoleLogger,
     IdentityCodec,
     InvalidRequestError,
     LogLevel,
-    RecordTaskRequest,
-    RecordTaskResponse,
-    RunSummary,
     ServerUnavailableError,
-    TaskId,
     TaskStatus,
 )
+from aiki_core.wire import ClaimedRun, RecordTaskRequest, RecordTaskResponse, RunSummary, TaskId
 from aiki_worker._execution import Execution
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)

@@ -26,33 +26,35 @@ from aiki_client._sealing import seal_input
 from aiki_client._socket_http import SocketHttp
 from aiki_core import (
     AikiError,
-    ClaimRequest,
-    ClaimResponse,
     CodecContext,
     ConsoleLogger,
+    IdentityCodec,
+    InvalidRequestError,
+    NotFoundError,
+    PayloadTooLargeError,
+    PayloadValidationError,
+    ServerError,
+    ServerUnavailableError,
+)
+from aiki_core.sdk import new_run_id
+from aiki_core.wire import (
+    ClaimRequest,
+    ClaimResponse,
     CreateWebhookRequest,
     CreateWebhookResponse,
     HeartbeatRequest,
     HeartbeatResponse,
-    IdentityCodec,
-    InvalidRequestError,
     ListRunsQuery,
-    NotFoundError,
-    PayloadTooLargeError,
-    PayloadValidationError,
     RecordTaskRequest,
     RecordTaskResponse,
     RunPage,
-    ServerError,
     ServerLimits,
-    ServerUnavailableError,
     StartChildRequest,
     StartRunRequest,
     StartRunResponse,
     TransitionRunRequest,
     TransitionRunResponse,
     error_from_wire,
-    new_run_id,
 )
 
 if TYPE_CHECKING:

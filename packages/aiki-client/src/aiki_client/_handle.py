@@ -8,18 +8,16 @@ import anyio
 
 from aiki_client._http import api_path
 from aiki_client._sealing import open_detail
-from aiki_core import (
+from aiki_core import AikiTimeoutError, CodecContext, RunStatus
+from aiki_core.sdk import raise_for_outcome
+from aiki_core.wire import (
     RUN_TERMINAL_STATUSES,
-    AikiTimeoutError,
     CancelRunRequest,
-    CodecContext,
     RunDetail,
     RunOutcome,
-    RunStatus,
     RunSummary,
     SendEventRequest,
     SendEventResponse,
-    raise_for_outcome,
 )
 
 if TYPE_CHECKING:
@@ -29,7 +27,8 @@ if TYPE_CHECKING:
     from pydantic import JsonValue
 
     from aiki_client._client import Client
-    from aiki_core import EventDefinition, RunId
+    from aiki_core import RunId
+    from aiki_core.sdk import EventDefinition
 
 ResultT = TypeVar("ResultT")
 DataT = TypeVar("DataT")

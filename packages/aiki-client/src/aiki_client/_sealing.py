@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
-from aiki_core import CodecContext, content_hash
+from aiki_core import CodecContext
+from aiki_core.wire import content_hash
 
 if TYPE_CHECKING:
     from pydantic import JsonValue
 
-    from aiki_core import ErrorInfo, PayloadCodec, RunDetail, Schedule, TaskRecord
+    from aiki_core import ErrorInfo, PayloadCodec
+    from aiki_core.wire import RunDetail, Schedule, TaskRecord
 
 
 def seal_input(

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING
 from pydantic import TypeAdapter, ValidationError
 from ulid import ULID
 
-from aiki_core import InvalidRequestError, Name
+from aiki_core import InvalidRequestError
+from aiki_core.wire import Name
 
 if TYPE_CHECKING:
     from aiki_server._storage._database import Database, Row, Tx

@@ -12,7 +12,8 @@ from fastapi import APIRouter, Body, Depends, FastAPI, Header, Query, Request
 from pydantic import JsonValue  # noqa: TC002 - FastAPI reads the route's annotations at runtime
 from starlette.responses import JSONResponse, Response
 
-from aiki_core import (
+from aiki_core import RunStatus  # noqa: TC001 - FastAPI reads the route's annotations at runtime
+from aiki_core.wire import (
     CancelRunRequest,
     ClaimRequest,
     ClaimResponse,
@@ -30,7 +31,6 @@ from aiki_core import (
     RunDetail,
     RunOutcome,
     RunPage,
-    RunStatus,
     RunSummary,
     Schedule,
     SchedulePage,

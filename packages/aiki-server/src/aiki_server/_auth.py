@@ -35,7 +35,8 @@ from urllib.parse import urlsplit
 from fastapi import Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from aiki_core import DEFAULT_NAMESPACE, AuthenticationError, PermissionDeniedError
+from aiki_core import AuthenticationError, PermissionDeniedError
+from aiki_core.wire import DEFAULT_NAMESPACE
 from aiki_server._api_keys import any_key, hash_key, is_well_formed, namespace_of
 from aiki_server._errors import error_response, response_for
 

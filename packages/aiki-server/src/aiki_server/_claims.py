@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from aiki_core import ClaimedRun, ConsoleLogger, ErrorInfo, RunStatus, to_millis
+from aiki_core import ConsoleLogger, ErrorInfo, RunStatus
+from aiki_core.wire import ClaimedRun, to_millis
 from aiki_server._lifecycle import move_run, record_history
 from aiki_server._notify import QUEUE
 from aiki_server._replay import replay_parts
@@ -21,7 +22,7 @@ from aiki_server._storage._outage import is_outage
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    from aiki_core import ClaimRequest
+    from aiki_core.wire import ClaimRequest
     from aiki_server._clock import Clock
     from aiki_server._limits import Limits
     from aiki_server._notify import WakeHub

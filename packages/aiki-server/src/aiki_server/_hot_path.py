@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from aiki_core import (
+from aiki_core.wire import (
     ID_PATTERN,
     RecordTaskRequest,
     TransitionRunRequest,

@@ -27,17 +27,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from aiki_core import (
-    RUN_WAITING_STATUSES,
     ErrorInfo,
     IllegalTransitionError,
     NotFoundError,
     RunStatus,
-    RunSummary,
     StaleRevisionError,
-    check_run_transition,
 )
+from aiki_core.wire import RUN_WAITING_STATUSES, RunSummary
 from aiki_server._notify import QUEUE, TIMERS, run_topic
 from aiki_server._rows import RUN_COLUMNS, dump, run_summary
+from aiki_server._transitions import check_run_transition
 
 if TYPE_CHECKING:
     from aiki_server._storage._database import Row, Tx

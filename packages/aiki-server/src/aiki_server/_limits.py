@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 
-from aiki_core import PayloadTooLargeError, to_millis
+from aiki_core import PayloadTooLargeError
+from aiki_core.wire import to_millis
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send

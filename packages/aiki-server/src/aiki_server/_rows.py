@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING, Any
 
 from ulid import ULID
 
-from aiki_core import (
+from aiki_core import ErrorInfo
+from aiki_core.wire import (
     ChildRecord,
-    ErrorInfo,
     EventRecord,
     EventWaitRecord,
     PendingWait,

@@ -8,14 +8,11 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from aiki_core import (
+from aiki_core import ConflictError, IllegalTransitionError, NotFoundError, RunStatus
+from aiki_core.wire import (
     RUN_WAITING_STATUSES,
-    ConflictError,
-    IllegalTransitionError,
-    NotFoundError,
     RunDetail,
     RunPage,
-    RunStatus,
     SendEventResponse,
     StartRunResponse,
     to_millis,
@@ -50,7 +47,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from datetime import timedelta
 
-    from aiki_core import (
+    from aiki_core.wire import (
         EventOrigin,
         ListRunsQuery,
         RunOutcome,

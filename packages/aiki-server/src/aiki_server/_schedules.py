@@ -23,11 +23,13 @@ from ulid import ULID
 
 from aiki_core import (
     ConflictError,
-    CreateScheduleRequest,
     NotFoundError,
     OverlapPolicy,
     PayloadValidationError,
     ReferenceIdConflictError,
+)
+from aiki_core.wire import (
+    CreateScheduleRequest,
     Schedule,
     SchedulePage,
     StartRunRequest,

@@ -9,21 +9,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from aiki_core import (
-    ConflictError,
-    ReferenceIdConflictError,
-    RunStatus,
-    StartRunResponse,
-    content_hash,
-    to_millis,
-)
+from aiki_core import ConflictError, ReferenceIdConflictError, RunStatus
+from aiki_core.wire import StartRunResponse, content_hash, to_millis
 from aiki_server._clock import MAX_MS, to_ms
 from aiki_server._lifecycle import record_history
 from aiki_server._notify import QUEUE, TIMERS
 from aiki_server._rows import dump, new_id, placeholders, run_summary
 
 if TYPE_CHECKING:
-    from aiki_core import StartRunRequest
+    from aiki_core.wire import StartRunRequest
     from aiki_server._storage._database import Row, Tx
 
 

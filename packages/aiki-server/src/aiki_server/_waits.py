@@ -10,15 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from aiki_core import (
-    AwaitChild,
-    AwaitEvent,
-    AwaitSleep,
-    NotFoundError,
-    RunStatus,
-    TaskStatus,
-    to_millis,
-)
+from aiki_core import NotFoundError, RunStatus, TaskStatus
+from aiki_core.wire import AwaitChild, AwaitEvent, AwaitSleep, to_millis
 from aiki_server._clock import to_ms
 from aiki_server._lifecycle import TERMINAL, move_run, requeue, withdraw_waits
 from aiki_server._rows import dump
@@ -29,7 +22,7 @@ if TYPE_CHECKING:
 
     from pydantic import JsonValue
 
-    from aiki_core import AwaitRetry, RunWait
+    from aiki_core.wire import AwaitRetry, RunWait
     from aiki_server._storage._database import Row, Tx
 
 _WAIT_STATUS_BY_KIND = {

@@ -35,13 +35,8 @@ from typing import TYPE_CHECKING, Any
 from jsonschema import Draft202012Validator, SchemaError
 from referencing.exceptions import Unresolvable
 
-from aiki_core import (
-    AuthenticationError,
-    PayloadValidationError,
-    PermissionDeniedError,
-    SendEventRequest,
-    to_millis,
-)
+from aiki_core import AuthenticationError, PayloadValidationError, PermissionDeniedError
+from aiki_core.wire import SendEventRequest, to_millis
 from aiki_server._lifecycle import claimed_run
 from aiki_server._rows import dump, new_id, placeholders
 
@@ -50,7 +45,7 @@ if TYPE_CHECKING:
 
     from pydantic import JsonValue
 
-    from aiki_core import CreateWebhookRequest, SendEventResponse
+    from aiki_core.wire import CreateWebhookRequest, SendEventResponse
     from aiki_server._clock import Clock
     from aiki_server._runs import Runs
     from aiki_server._storage._database import Database, Row, Tx

@@ -11,23 +11,24 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from aiki_core import (
-    CompleteRun,
     ConflictError,
-    ContinueRun,
     ErrorInfo,
+    RunLimitError,
+    RunStatus,
+    StaleRevisionError,
+    TaskStatus,
+)
+from aiki_core.wire import (
+    CompleteRun,
+    ContinueRun,
     FailRun,
     HeartbeatResponse,
     RecordTaskResponse,
     ReleaseRun,
     RunDirective,
     RunLeaseStatus,
-    RunLimitError,
-    RunStatus,
-    StaleRevisionError,
     StartRunResponse,
     SuspendRun,
-    TaskStatus,
-    check_task_transition,
     content_hash,
     to_millis,
 )
@@ -42,10 +43,11 @@ from aiki_server._lifecycle import (
 )
 from aiki_server._rows import dump, new_id, run_summary
 from aiki_server._starts import insert_run
+from aiki_server._transitions import check_task_transition
 from aiki_server._waits import due_at, suspend
 
 if TYPE_CHECKING:
-    from aiki_core import (
+    from aiki_core.wire import (
         HeartbeatRequest,
         RecordTaskRequest,
         RunSummary,

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from aiki_core import to_millis
+from aiki_core.wire import to_millis
 from aiki_server._api_keys import ApiKey, create_key, revoke_key
 from aiki_server._app import ServerSettings, create_app
 from aiki_server._clock import system_clock

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from aiki_core import Logger, RunId, TaskAttemptInfo
+    from aiki_core import Logger, RunId
+    from aiki_core.sdk import TaskAttemptInfo
 
 
 @dataclass(frozen=True, slots=True)

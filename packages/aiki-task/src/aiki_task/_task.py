@@ -17,7 +17,8 @@ import anyio
 import anyio.to_thread
 from pydantic import TypeAdapter, ValidationError
 
-from aiki_core import PayloadValidationError, RetryPolicy, TaskTimeoutError, to_millis
+from aiki_core import PayloadValidationError, RetryPolicy, TaskTimeoutError
+from aiki_core.wire import to_millis
 from aiki_task._context import TaskContext
 
 if TYPE_CHECKING:
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 
     from pydantic import JsonValue
 
-    from aiki_core import TaskAttemptInfo, TaskRunContext
+    from aiki_core.sdk import TaskAttemptInfo, TaskRunContext
 
 InT = TypeVar("InT")
 OutT = TypeVar("OutT")

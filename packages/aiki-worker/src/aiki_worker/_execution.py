@@ -22,23 +22,22 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 
-from aiki_core import MAX_TASKS_PER_TRANSITION, RunDirective
+from aiki_core.wire import MAX_TASKS_PER_TRANSITION, RunDirective
 from aiki_worker._writes import retried, transient
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine
 
-    from aiki_core import (
+    from aiki_core import Logger, PayloadCodec
+    from aiki_core.sdk import WorkerApi
+    from aiki_core.wire import (
         ClaimedRun,
         CreateWebhookRequest,
         CreateWebhookResponse,
-        Logger,
-        PayloadCodec,
         RecordTaskRequest,
         RecordTaskResponse,
         StartChildRequest,
         StartRunResponse,
-        WorkerApi,
     )
 
     Spawn = Callable[[Callable[[], Coroutine[Any, Any, None]]], object]

@@ -37,18 +37,20 @@ from typing import TYPE_CHECKING, Any, Self
 import anyio
 
 from aiki_core import (
-    DEFAULT_POOL,
     AuthenticationError,
-    ClaimRequest,
     CodecContext,
     ConflictError,
     ErrorInfo,
+    PayloadTooLargeError,
+    RunInterrupt,
+)
+from aiki_core.wire import (
+    DEFAULT_POOL,
+    ClaimRequest,
     FailRun,
     HeartbeatRequest,
-    PayloadTooLargeError,
     ReleaseRun,
     RunDirective,
-    RunInterrupt,
     RunLease,
     TransitionRunRequest,
     WorkflowCapability,
@@ -61,15 +63,9 @@ if TYPE_CHECKING:
 
     from anyio.abc import TaskGroup
 
-    from aiki_core import (
-        ClaimedRun,
-        ExecutableVersion,
-        Logger,
-        RecordTaskRequest,
-        RunAction,
-        RunSummary,
-        WorkerApi,
-    )
+    from aiki_core import Logger
+    from aiki_core.sdk import ExecutableVersion, WorkerApi
+    from aiki_core.wire import ClaimedRun, RecordTaskRequest, RunAction, RunSummary
 
 HEARTBEAT_RETRY = 0.125
 """Part of the heartbeat interval after which a failed heartbeat is sent again."""

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Generic, TypeVar
 
-from aiki_core import CodecContext, raise_for_outcome
+from aiki_core import CodecContext
+from aiki_core.sdk import raise_for_outcome
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from pydantic import JsonValue
 
-    from aiki_core import RunId, TaskAddress
+    from aiki_core import RunId
+    from aiki_core.wire import TaskAddress
     from aiki_workflow._run import WorkflowRun
 
 OutT = TypeVar("OutT")

@@ -23,7 +23,8 @@ from pydantic import BaseModel, ConfigDict
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from aiki_core import ErrorInfo, TaskRunContext
+    from aiki_core import ErrorInfo
+    from aiki_core.sdk import TaskRunContext
 
 PayloadT_contra = TypeVar("PayloadT_contra", contravariant=True)
 

@@ -54,33 +54,34 @@ import anyio.lowlevel
 from pydantic import ValidationError
 
 from aiki_core import (
-    MAX_NOTICE_LENGTH,
-    RUN_TERMINAL_STATUSES,
-    TASK_TERMINAL_STATUSES,
     AikiError,
     AuthenticationError,
-    AwaitChild,
-    AwaitEvent,
-    AwaitRetry,
-    AwaitSleep,
     CodecContext,
     CodecError,
     ConflictError,
-    CreateWebhookRequest,
     ErrorInfo,
     InvalidRequestError,
     PayloadValidationError,
-    RecordTaskRequest,
     ReplayDivergenceError,
     RetryPolicy,
     RunInterrupt,
     ServerError,
-    StartChildRequest,
-    TaskAttemptInfo,
     TaskFailedError,
     TaskStatus,
+)
+from aiki_core.sdk import TaskAttemptInfo, new_run_id
+from aiki_core.wire import (
+    MAX_NOTICE_LENGTH,
+    RUN_TERMINAL_STATUSES,
+    TASK_TERMINAL_STATUSES,
+    AwaitChild,
+    AwaitEvent,
+    AwaitRetry,
+    AwaitSleep,
+    CreateWebhookRequest,
+    RecordTaskRequest,
+    StartChildRequest,
     canonical_json,
-    new_run_id,
     task_address,
     to_millis,
 )
@@ -92,18 +93,15 @@ if TYPE_CHECKING:
 
     from pydantic import JsonValue
 
-    from aiki_core import (
+    from aiki_core import Logger, PayloadCodec, RunId
+    from aiki_core.sdk import RunExecution, TaskInvocation
+    from aiki_core.wire import (
         ChildRecord,
         EventRecord,
         EventWaitRecord,
-        Logger,
-        PayloadCodec,
-        RunExecution,
-        RunId,
         RunWait,
         SleepRecord,
         TaskAddress,
-        TaskInvocation,
         TaskRecord,
     )
     from aiki_workflow._events import Event

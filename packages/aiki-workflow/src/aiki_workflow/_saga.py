@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 if TYPE_CHECKING:
     from types import TracebackType
 
-    from aiki_core import TaskRunContext
+    from aiki_core.sdk import TaskRunContext
     from aiki_workflow._hooks import HookTask
 
 PayloadT = TypeVar("PayloadT")

@@ -22,16 +22,12 @@ from pydantic import TypeAdapter, ValidationError
 from aiki_core import (
     CodecContext,
     CodecError,
-    CompleteRun,
-    ContinueRun,
     ErrorInfo,
-    FailRun,
     PayloadValidationError,
     RetryPolicy,
     RunInterrupt,
-    StartRunRequest,
-    SuspendRun,
 )
+from aiki_core.wire import CompleteRun, ContinueRun, FailRun, StartRunRequest, SuspendRun
 from aiki_workflow._children import ChildRun
 from aiki_workflow._hooks import Hooks, HookTask, SleepInfo
 from aiki_workflow._interrupts import ContinueAsNew
@@ -42,7 +38,8 @@ if TYPE_CHECKING:
 
     from pydantic import JsonValue
 
-    from aiki_core import RunAction, RunExecution, WorkflowRunHandle, WorkflowStarter
+    from aiki_core.sdk import RunExecution, WorkflowRunHandle, WorkflowStarter
+    from aiki_core.wire import RunAction
 
 InT = TypeVar("InT")
 OutT = TypeVar("OutT")
