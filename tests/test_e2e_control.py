@@ -199,6 +199,9 @@ async def test_pause_during_a_task_takes_effect_at_the_next_task_boundary(stack:
     (stack.counters.directory / "gate-p").touch()  # the task finishes now
 
     await wait_status(handle, RunStatus.PAUSED)
+    # a pause is no fault of the run: the worker says so, and warns of nothing
+    assert "run paused at a task boundary" in stack.worker.log_text()
+    assert "run abandoned" not in stack.worker.log_text()
     paused = await handle.detail()
     # the finished task is on record; the next one never started
     assert [t.status for t in paused.tasks if t.name == "long-step"] == [TaskStatus.COMPLETED]

@@ -27,10 +27,17 @@ from aiki_core import (
     RetryPolicy,
     RunInterrupt,
 )
-from aiki_core.wire import CompleteRun, ContinueRun, FailRun, StartRunRequest, SuspendRun
+from aiki_core.wire import (
+    CompleteRun,
+    ContinueRun,
+    FailRun,
+    ReleaseRun,
+    StartRunRequest,
+    SuspendRun,
+)
 from aiki_workflow._children import ChildRun
 from aiki_workflow._hooks import Hooks, HookTask, SleepInfo
-from aiki_workflow._interrupts import ContinueAsNew
+from aiki_workflow._interrupts import ContinueAsNew, PauseAtBoundary
 from aiki_workflow._run import Suspended, WorkflowRun
 
 if TYPE_CHECKING:
@@ -179,6 +186,9 @@ class WorkflowVersion(Generic[InT, OutT]):
             outcome = await run.drive(self._body(run, payload))
         except ContinueAsNew as cont:
             return ContinueRun(run_id=cont.run_id, input=cont.sealed_input)
+        except PauseAtBoundary:  # what it did is on record; the server pauses it on release
+            execution.log.info("run paused at a task boundary; releasing it")
+            return ReleaseRun()
         except RunInterrupt:
             raise
         except Exception as exc:  # a failing hook
