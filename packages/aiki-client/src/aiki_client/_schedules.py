@@ -46,14 +46,17 @@ class Schedules:
         timezone: str = "UTC",
         overlap: Overlap = OverlapPolicy.SKIP,
         pool: str = DEFAULT_POOL,
+        timeout: timedelta | None = None,
     ) -> Schedule:
         """Start a run of `version` with `payload` at each occurrence of `cron` or `every`.
 
         Give exactly one of `cron` (five fields, read in `timezone`) and `every` (at
         least a second). Each occurrence starts one run, with the reference id
         `schedule:<id>:<occurrence ms>`; `overlap` says what happens while the
-        previous run is still going. Creating the same definition under `name` again
-        returns the existing schedule; another definition is a `ConflictError`.
+        previous run is still going. Each run's deadline is its start plus `timeout`,
+        the version's `timeout` unless given (as `version.start` does). Creating the
+        same definition under `name` again returns the existing schedule; another
+        definition (the timeout included) is a `ConflictError`.
         """
         schedule_id = new_schedule_id()
         sealed, fingerprint = seal_input(
@@ -75,6 +78,7 @@ class Schedules:
                     "timezone": timezone,
                     "overlap": overlap,
                     "pool": pool,
+                    "timeout": timeout if timeout is not None else version.timeout,
                 }
             )
         except ValidationError as exc:

@@ -204,6 +204,10 @@ class SchedulableVersion(Protocol[InT_contra]):
     def version(self) -> str:
         """The version's name."""
 
+    @property
+    def timeout(self) -> timedelta | None:
+        """The deadline of each run, from its start; `None` for none."""
+
     def encode_payload(self, payload: InT_contra) -> JsonValue:
         """Validate a payload and return it as JSON values (before any codec)."""
 

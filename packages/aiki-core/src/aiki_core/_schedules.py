@@ -106,6 +106,11 @@ class CreateScheduleRequest(RequestModel):
     timezone: Timezone = "UTC"
     overlap: OverlapPolicy = OverlapPolicy.SKIP
     pool: Name = DEFAULT_POOL
+    timeout: Duration | None = Field(
+        default=None,
+        description="Each run's deadline, counted from when the occurrence starts it, as "
+        "a run started by hand with this `timeout`; none when left out.",
+    )
 
     model_config = ConfigDict(json_schema_extra={"oneOf": [given("cron"), given("every")]})
 
@@ -130,6 +135,9 @@ class Schedule(ResponseModel):
     timezone: str
     overlap: OverlapPolicy
     pool: PoolName
+    timeout: Duration | None = Field(
+        default=None, description="The deadline of each run it starts, from that run's start."
+    )
     paused: bool
     next_fire_at: AwareDatetime | None = None
     last_run_id: RunId | None = None

@@ -3,9 +3,10 @@
 A schedule's occurrences are its cron expression's times in its timezone (cronsim,
 minute resolution, Vixie cron's DST behaviour), or `created_at + k * every`. The
 timer daemon fires a due schedule in its own pass: one run per occurrence, with the
-reference id `schedule:<schedule id>:<occurrence in epoch ms>`, started through
-`_starts.start_run_in` in the same transaction that advances `next_fire_at`, so
-a restart can neither lose nor repeat an occurrence.
+reference id `schedule:<schedule id>:<occurrence in epoch ms>` and the schedule's
+`timeout` (the run's deadline is its start plus it, as for a run started by hand),
+started through `_starts.start_run_in` in the same transaction that advances
+`next_fire_at`, so a restart can neither lose nor repeat an occurrence.
 
 After downtime (or any delay) a schedule fires once, for its latest missed
 occurrence, and then continues with the first occurrence after now: a backlog of
@@ -44,7 +45,7 @@ from aiki_server._rows import decode_cursor, dump, encode_cursor, load, load_err
 from aiki_server._starts import start_run_in
 
 if TYPE_CHECKING:
-    from datetime import datetime
+    from datetime import datetime, timedelta
 
     from aiki_server._clock import Clock
     from aiki_server._storage._database import Database, Row, Tx
@@ -113,6 +114,11 @@ def reference_id(schedule_id: str, occurrence: int) -> str:
     return f"schedule:{schedule_id}:{occurrence}"
 
 
+def _run_timeout(row: Row) -> timedelta | None:
+    """The timeout of the runs a `schedules` row starts."""
+    return None if row["timeout_ms"] is None else from_millis(row["timeout_ms"])
+
+
 def schedule_model(row: Row) -> Schedule:
     """A `schedules` row as a `Schedule`."""
     return Schedule(
@@ -127,6 +133,7 @@ def schedule_model(row: Row) -> Schedule:
         timezone=row["timezone"],
         overlap=row["overlap"],
         pool=row["pool"],
+        timeout=_run_timeout(row),
         paused=bool(row["paused"]),
         next_fire_at=from_ms(row["next_fire_at"]),
         last_run_id=row["last_run_id"],
@@ -151,18 +158,20 @@ class Schedules:
         """
         now = self._clock()
         cadence, first = _checked_cadence(req, now)
-        definition = content_hash(
-            [
-                req.workflow,
-                req.version,
-                req.input_hash or content_hash(req.input),
-                req.cron,
-                cadence.every_ms,
-                req.timezone,
-                req.overlap.value,
-                req.pool,
-            ]
-        )
+        timeout_ms = None if req.timeout is None else to_millis(req.timeout)
+        defined: list[object] = [
+            req.workflow,
+            req.version,
+            req.input_hash or content_hash(req.input),
+            req.cron,
+            cadence.every_ms,
+            req.timezone,
+            req.overlap.value,
+            req.pool,
+        ]
+        if timeout_ms is not None:  # without one, the hash schedules had before timeouts
+            defined.append(timeout_ms)
+        definition = content_hash(defined)
 
         async def insert(tx: Tx) -> tuple[Schedule, bool]:
             existing = await tx.fetchrow(
@@ -193,6 +202,7 @@ class Schedules:
                 "timezone": req.timezone,
                 "overlap": req.overlap.value,
                 "pool": req.pool,
+                "timeout_ms": timeout_ms,
                 "definition_hash": definition,
                 "paused": 0,
                 "next_fire_at": first,
@@ -292,6 +302,7 @@ class Schedules:
                 input=load(schedule["input"]),
                 pool=schedule["pool"],
                 reference_id=reference_id(schedule["id"], occurrence),
+                timeout=_run_timeout(schedule),
             )
             try:
                 started = await start_run_in(
