@@ -5,6 +5,9 @@ database: every occurrence starts at most one run (distinct reference ids, disti
 occurrences on the schedule's grid), the downtime costs one catch-up run, not a
 backlog, and every run the schedule started completes, its task run once (at most a
 task in flight at the kill runs twice: its result could not be recorded).
+
+On an embedded server, whose clock the test moves: a schedule's runs get the version's
+timeout as their deadline, as runs started by hand do, and time out when they overrun.
 """
 
 from __future__ import annotations
@@ -17,26 +20,52 @@ import anyio
 import pytest
 
 from aiki_client import Client
-from aiki_core import NotFoundError, OverlapPolicy, PayloadValidationError, RunStatus
+from aiki_core import (
+    NotFoundError,
+    OverlapPolicy,
+    PayloadValidationError,
+    RunStatus,
+    WorkflowFailedError,
+)
 from aiki_server.testing import free_port
+from aiki_workflow import WorkflowRun, workflow
 from e2e_app import Greeting, hello_v1
 from e2e_support import QUIET, Counters, start_worker
 
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from aiki_core.sdk import ExecutableVersion
     from aiki_core.wire import RunSummary, Schedule
+    from aiki_server.testing import EmbeddedServer
     from live_processes import LiveProcesses
-
-pytestmark = pytest.mark.slow
 
 EVERY = timedelta(seconds=1)
 DOWNTIME = 3.0  # seconds the server stays dead
+WAIT = timedelta(seconds=10)
+
+napper = workflow("e2e-scheduled-napper")
+
+
+async def nap(run: WorkflowRun, hours: int) -> str:
+    """Sleep for `hours`, durably."""
+    await run.sleep("nap", timedelta(hours=hours))
+    return f"slept {hours} h"
+
+
+timed_nap = napper.v("timed", timeout=timedelta(hours=1))(nap)
+untimed_nap = napper.v("untimed")(nap)
+
+
+@pytest.fixture
+def workflows() -> list[ExecutableVersion]:
+    """What the root conftest's `worker` fixture runs."""
+    return [timed_nap, untimed_nap]
 
 
 async def _runs_of(client: Client, schedule: Schedule) -> list[RunSummary]:
     """The runs the schedule started, oldest occurrence first."""
-    page = await client.list_runs(workflow=hello_v1.workflow, limit=500)
+    page = await client.list_runs(workflow=schedule.workflow, limit=500)
     prefix = f"schedule:{schedule.id}:"
     mine = [r for r in page.runs if (r.reference_id or "").startswith(prefix)]
     return sorted(mine, key=lambda r: _occurrence(schedule, r))
@@ -54,6 +83,7 @@ async def _wait_for_runs(client: Client, schedule: Schedule, count: int) -> list
     return runs
 
 
+@pytest.mark.slow
 async def test_a_schedule_every_second_survives_a_server_restart_without_duplicates(
     db_url: str, processes: LiveProcesses, tmp_path: Path
 ) -> None:
@@ -116,6 +146,7 @@ async def test_a_schedule_every_second_survives_a_server_restart_without_duplica
         assert (await client.run_handle(runs[0].id).status()) is RunStatus.COMPLETED
 
 
+@pytest.mark.slow
 async def test_create_checks_the_schedule_before_sending_it(
     db_url: str, processes: LiveProcesses
 ) -> None:
@@ -129,3 +160,38 @@ async def test_create_checks_the_schedule_before_sending_it(
             await client.schedules.create("bad", hello_v1, Greeting(name="x"), cron="61 * * * *")
         assert bad_cron.value.errors[0]["loc"] == ["body", "cron"]
         assert (await client.schedules.list()).schedules == []
+
+
+@pytest.mark.usefixtures("worker")
+async def test_a_scheduled_run_gets_the_versions_timeout_and_times_out(
+    server: EmbeddedServer, client: Client
+) -> None:
+    daily = timedelta(days=1)
+    timed = await client.schedules.create("timed", timed_nap, 2, every=daily)
+    untimed = await client.schedules.create("untimed", untimed_nap, 2, every=daily)
+    assert timed.timeout == timedelta(hours=1)
+    assert untimed.timeout is None
+    assert (await client.schedules.get(timed.id)).timeout == timedelta(hours=1)
+    given = await client.schedules.create(
+        "given", untimed_nap, 2, every=daily, timeout=timedelta(minutes=5)
+    )
+    assert given.timeout == timedelta(minutes=5)  # `timeout=` stands in for the version's
+    await client.schedules.delete(given.id)
+
+    server.advance(daily)
+    (overrun,) = await _wait_for_runs(client, timed, 1)
+    (free,) = await _wait_for_runs(client, untimed, 1)
+    assert overrun.deadline_at == overrun.created_at + timedelta(hours=1)
+    assert free.deadline_at is None
+    overrun_handle = client.run_handle(overrun.id, timed_nap.decode_result)
+    free_handle = client.run_handle(free.id, untimed_nap.decode_result)
+    for handle in (overrun_handle, free_handle):
+        await handle.wait_for_status([RunStatus.SLEEPING], timeout=WAIT)
+
+    server.advance(timedelta(hours=1))
+    with pytest.raises(WorkflowFailedError) as failed:
+        await overrun_handle.result(timeout=WAIT)
+    assert failed.value.error.type.endswith("WorkflowTimeoutError")
+    assert await free_handle.status() is RunStatus.SLEEPING
+    server.advance(timedelta(hours=1))
+    assert await free_handle.result(timeout=WAIT) == "slept 2 h"

@@ -1,6 +1,7 @@
 """Schedules: the API (create, list, read, pause, resume, delete, validation, conflicts)
 and firing under the manual clock (occurrences and their reference ids, overlap
-policies, pauses, catch-up after a gap); cron times across DST changes.
+policies, pauses, catch-up after a gap, the runs' deadlines); cron times across DST
+changes.
 
 Every test runs on SQLite and on PostgreSQL (the `db_url` fixture is parametrized).
 """
@@ -24,6 +25,7 @@ from server_api import (
     iso,
     timer_pass,
     transition,
+    wait_status,
 )
 
 if TYPE_CHECKING:
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
 
 SECOND = 1_000
 MINUTE = 60 * SECOND
+HOUR = 60 * MINUTE
 
 
 def _matches(actual: str | None, ms: int) -> bool:
@@ -113,6 +116,24 @@ async def test_create_get_and_idempotent_create(harness: Harness) -> None:
     assert other["id"] != schedule["id"]
 
 
+async def test_a_timeout_is_stored_and_part_of_the_definition(harness: Harness) -> None:
+    h = harness
+    timed = await create_schedule(h.client, timeout=HOUR)
+    assert timed["timeout"] == HOUR
+    assert await get_schedule(h.client, timed["id"]) == timed
+    assert await create_schedule(h.client, timeout=HOUR, status=200) == timed
+    for other in ({"timeout": 2 * HOUR}, {}):  # another timeout, or none, is another definition
+        r = await h.client.post(
+            "/schedules",
+            json={"name": "nightly", "workflow": "w", "version": "1", "every": 10_000, **other},
+        )
+        assert error_of(r, 409, "conflict")["schedule_id"] == timed["id"]
+    untimed = await create_schedule(h.client, "hourly")
+    assert untimed["timeout"] is None
+    r = await h.client.get("/schedules")
+    assert [s["timeout"] for s in r.json()["schedules"]] == [None, HOUR]
+
+
 async def test_list_is_newest_first_and_keyset_paginated(harness: Harness) -> None:
     h = harness
     ids = []
@@ -176,6 +197,7 @@ async def test_pause_resume_and_delete(harness: Harness) -> None:
         ({"timezone": "Mars/Olympus"}, "timezone"),
         ({"overlap": "sometimes"}, "overlap"),
         ({"name": ""}, "name"),
+        ({"timeout": -1}, "timeout"),
     ],
 )
 async def test_invalid_schedules_are_422_naming_the_field(
@@ -278,6 +300,24 @@ async def test_cancel_previous_cancels_it_then_starts(harness: Harness) -> None:
     assert cancelled["error"]["code"] == "workflow_cancelled"
     assert "nightly" in cancelled["error"]["message"]
     assert (await get_schedule(h.client, schedule["id"]))["last_run_id"] == runs[1]["id"]
+
+
+async def test_each_run_gets_the_schedules_timeout_as_its_deadline(harness: Harness) -> None:
+    h = harness
+    timed = await create_schedule(h.client, "timed", timeout=MINUTE)
+    untimed = await create_schedule(h.client, "untimed")
+    runs = {r["reference_id"]: r for r in await tick(h, 10 * SECOND)}
+    first = START_MS + 10 * SECOND
+    overrun = await get_run(h.client, runs[ref(timed, first)]["id"])
+    assert overrun["deadline_at"] == iso(first + MINUTE)  # from its start, like a start by hand
+    free = await get_run(h.client, runs[ref(untimed, first)]["id"])
+    assert free["deadline_at"] is None
+
+    h.advance(MINUTE)
+    await wait_status(h.client, overrun["id"], "failed")
+    assert (await get_run(h.client, overrun["id"]))["error"]["code"] == "workflow_timeout"
+    await timer_pass(h)
+    assert (await get_run(h.client, free["id"]))["status"] == "queued"
 
 
 async def test_a_paused_schedule_fires_nothing(harness: Harness) -> None:
