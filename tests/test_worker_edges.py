@@ -183,3 +183,17 @@ async def test_a_worker_left_in_another_task_first_lets_its_run_finish(client: C
     assert await handle.status() is RunStatus.COMPLETED
     assert await handle.result(timeout=WAIT) == 7
     assert RAN == {"gated": 1}
+
+
+async def test_a_worker_runs_once(client: Client) -> None:
+    worker = Worker(client, [held_v1], logger=QUIET)
+    with pytest.raises(RuntimeError, match="never entered"):
+        await worker.__aexit__(None, None, None)
+    async with worker:
+        with pytest.raises(RuntimeError, match="runs once"):
+            await worker.__aenter__()
+        with pytest.raises(RuntimeError, match="runs once"):
+            await worker.run()
+    with pytest.raises(RuntimeError, match="runs once"):
+        async with worker:
+            pass

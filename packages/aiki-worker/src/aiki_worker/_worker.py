@@ -136,10 +136,12 @@ class Worker:
         self._stopped = anyio.Event()
         self._runs_scope = anyio.CancelScope()
         self._claims_scope = anyio.CancelScope()
+        self._started = False
         self._refused: AuthenticationError | None = None
         """Why the server refused this worker, which then stopped."""
         self._crash: Exception | None = None
         """What ended the loops of an `async with` block, but a refusal."""
+        self._loops: asyncio.Task[None] | None = None
         self._host: asyncio.Task[Any] | None = None
         self._host_cancelling = 0
         self._cancelled_host = False
@@ -159,6 +161,7 @@ class Worker:
 
         Raises `AuthenticationError` if the server refused the API key.
         """
+        self._start()
         async with anyio.create_task_group() as tg:
             if threading.current_thread() is threading.main_thread():
                 tg.start_soon(self._stop_on_signal)
@@ -178,6 +181,7 @@ class Worker:
         # the loops run in a task of their own, so the block may be left in another task
         # than the one that entered it (pytest-asyncio sets a fixture up and tears it down
         # in two tasks; a task group must be left in the task that entered it)
+        self._start()
         self._host = asyncio.current_task()
         self._host_cancelling = 0 if self._host is None else self._host.cancelling()
         self._loops = asyncio.create_task(self._serve_in_background())  # noqa: TID251
@@ -189,6 +193,8 @@ class Worker:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if self._loops is None:
+            raise RuntimeError("the worker's `async with` block was left but never entered")
         self._leaving = True
         self._stopping.set()
         self._claims_scope.cancel()
@@ -204,6 +210,11 @@ class Worker:
         if exc is None or (ours and isinstance(exc, CancelledError)):
             raise failure from None
         # else the block's own error, or a cancellation from outside, goes on
+
+    def _start(self) -> None:
+        if self._started:
+            raise RuntimeError("a Worker runs once; create another to run again")
+        self._started = True
 
     async def _serve_in_background(self) -> None:
         try:
