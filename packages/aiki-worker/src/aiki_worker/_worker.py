@@ -14,7 +14,9 @@ the run is given up, with the task results not yet on record, and another worker
 resumes it. A run whose result is larger than the server takes fails with
 `PayloadTooLargeError` in its detail. `stop()` (or SIGINT/SIGTERM under
 `run()`) stops claiming, lets running runs finish for up to
-`graceful_shutdown_timeout`, then cancels the rest and gives them back to the queue.
+`graceful_shutdown_timeout`, then cancels the rest and gives them back to the queue;
+when leaving the `async with` block is cancelled (a timeout around it, say), the runs
+are cancelled and given back at once.
 
 When the server refuses the client's API key (a 401: missing, unknown or revoked),
 waiting does not help: the worker stops at once, its runs go back to the queue when
@@ -136,6 +138,8 @@ class Worker:
         self._stopped = anyio.Event()
         self._runs_scope = anyio.CancelScope()
         self._claims_scope = anyio.CancelScope()
+        self._grace = anyio.CancelScope()
+        """The wait for running runs to finish; cancelled, they are given back at once."""
         self._started = False
         self._refused: AuthenticationError | None = None
         """Why the server refused this worker, which then stopped."""
@@ -198,7 +202,15 @@ class Worker:
         self._leaving = True
         self._stopping.set()
         self._claims_scope.cancel()
-        await self._loops  # cancelled here, the loops are cancelled too
+        try:
+            await asyncio.shield(self._loops)
+        except CancelledError:
+            # cancelled while its runs finish (a timeout around the block, say): give them
+            # back to the queue now, rather than leave them claimed until the claims go idle
+            self._grace.cancel()
+            with anyio.CancelScope(shield=True):
+                await asyncio.shield(self._loops)
+            raise
         failure = self._refused or self._crash
         if failure is None:
             return
@@ -358,7 +370,8 @@ class Worker:
 
     async def _drain(self) -> None:
         """After claiming stopped: wait for the grace period, then cancel and release."""
-        with anyio.move_on_after(self.graceful_shutdown_timeout.total_seconds()):
+        self._grace.deadline = anyio.current_time() + self.graceful_shutdown_timeout.total_seconds()
+        with self._grace:
             while self._held:
                 await self._slot_freed.wait()
                 self._slot_freed = anyio.Event()
