@@ -177,10 +177,16 @@ def prepare(root: Path, name: str, new_text: str, today: str) -> list[Path]:
         changelog.head,
         [(UNRELEASED, "\n\n"), (f"## {new_text} ({today})", notes), *changelog.sections[1:]],
     )
+    before = {path: path.read_bytes() for path in (package.changelog, package.about)}
     package.changelog.write_text(fresh.render())
     about = package.about.read_text()
     package.about.write_text(_ABOUT_VERSION.sub(f'__version__ = "{new_text}"', about, count=1))
-    return build(root, package, new_text)
+    try:
+        return build(root, package, new_text)
+    except BaseException:  # no half release: the package is left as it was, to try again
+        for path, content in before.items():
+            path.write_bytes(content)
+        raise
 
 
 def build(root: Path, package: Package, version: str) -> list[Path]:

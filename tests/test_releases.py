@@ -174,3 +174,17 @@ def test_prepare_refuses_a_changelog_without_unreleased(repo: Path) -> None:
     assert done.returncode == 1
     assert "no `## Unreleased` section on top to release" in done.stderr
     assert _git(repo, "status", "--porcelain", "--untracked-files=all") == ""
+
+
+@pytest.mark.slow
+def test_a_failed_build_leaves_the_package_as_it_was(repo: Path) -> None:
+    pyproject = repo / "packages" / "aiki-task" / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text() + "\n[this is not toml\n")
+    _git(repo, "commit", "-qam", "a package that does not build")
+
+    done = _release(repo, "prepare", "aiki-task", "0.2.0")
+
+    assert done.returncode == 1
+    assert done.stderr.startswith("release refused: building aiki-task failed"), done.stderr
+    # nothing half-released: fixed, the same release can simply be run again
+    assert _git(repo, "status", "--porcelain") == ""
