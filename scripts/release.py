@@ -31,8 +31,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 UNRELEASED = "## Unreleased"
 INITIAL_VERSION = (0, 1, 0)
-_VERSION = re.compile(r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)")
-_RELEASED = re.compile(rf"## ({_VERSION.pattern}) \((\d{{4}}-\d{{2}}-\d{{2}})\)")
+# ASCII digits only: `\d` alone takes any script's digits, which `int()` reads too
+_VERSION = re.compile(r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)", re.ASCII)
+_RELEASED = re.compile(rf"## ({_VERSION.pattern}) \((\d{{4}}-\d{{2}}-\d{{2}})\)", re.ASCII)
 _ABOUT_VERSION = re.compile(r'^__version__ = "([^"]*)"$', re.MULTILINE)
 
 Version = tuple[int, int, int]

@@ -155,6 +155,9 @@ def test_prepare_releases_one_package_and_touches_no_other(repo: Path) -> None:
         (("aiki-task", "0.2"), "version '0.2' is not MAJOR.MINOR.PATCH"),
         (("aiki-task", "v0.2.0"), "version 'v0.2.0' is not MAJOR.MINOR.PATCH"),
         (("aiki-task", "0.0.9"), "aiki-task was never released: its first version must be 0.1.0"),
+        # digits of another script: `int()` reads "1\u0660" as 10, the tag would not
+        (("aiki-task", "0.2.1\u0660"), "version '0.2.1\u0660' is not MAJOR.MINOR.PATCH"),
+        (("aiki-task", "0.2.0\n"), "version '0.2.0\\n' is not MAJOR.MINOR.PATCH"),
     ],
 )
 def test_prepare_refuses_bad_input_and_changes_nothing(
