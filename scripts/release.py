@@ -31,8 +31,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 UNRELEASED = "## Unreleased"
 INITIAL_VERSION = (0, 1, 0)
-_VERSION = re.compile(r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)")
-_RELEASED = re.compile(rf"## ({_VERSION.pattern}) \((\d{{4}}-\d{{2}}-\d{{2}})\)")
+# ASCII digits only: `\d` alone takes any script's digits, which `int()` reads too
+_VERSION = re.compile(r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)", re.ASCII)
+_RELEASED = re.compile(rf"## ({_VERSION.pattern}) \((\d{{4}}-\d{{2}}-\d{{2}})\)", re.ASCII)
 _ABOUT_VERSION = re.compile(r'^__version__ = "([^"]*)"$', re.MULTILINE)
 
 Version = tuple[int, int, int]
@@ -177,10 +178,16 @@ def prepare(root: Path, name: str, new_text: str, today: str) -> list[Path]:
         changelog.head,
         [(UNRELEASED, "\n\n"), (f"## {new_text} ({today})", notes), *changelog.sections[1:]],
     )
+    before = {path: path.read_bytes() for path in (package.changelog, package.about)}
     package.changelog.write_text(fresh.render())
     about = package.about.read_text()
     package.about.write_text(_ABOUT_VERSION.sub(f'__version__ = "{new_text}"', about, count=1))
-    return build(root, package, new_text)
+    try:
+        return build(root, package, new_text)
+    except BaseException:  # no half release: the package is left as it was, to try again
+        for path, content in before.items():
+            path.write_bytes(content)
+        raise
 
 
 def build(root: Path, package: Package, version: str) -> list[Path]:

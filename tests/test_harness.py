@@ -21,6 +21,8 @@ from aiki_worker import Worker
 from aiki_workflow import WorkflowRun, workflow
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from aiki_core.sdk import ExecutableVersion
     from aiki_server.testing import EmbeddedServer
 
@@ -128,3 +130,14 @@ async def test_a_server_process_that_cannot_start_says_why() -> None:
     with pytest.raises(ServerStartError, match="unrecognized arguments: --no-such-option"):
         async with server_process("sqlite:///:memory:", "--no-such-option"):
             pytest.fail("the server started")
+
+
+async def test_a_server_process_on_a_taken_port_does_not_start(tmp_path: Path) -> None:
+    async with server_process(f"sqlite:///{tmp_path / 'first.db'}") as first:
+        # the second would exit at once, unable to bind, while the first answers /health
+        with pytest.raises(ServerStartError, match=f"port {first.port} is taken"):
+            async with server_process(f"sqlite:///{tmp_path / 'second.db'}", port=first.port):
+                pytest.fail("a server started on a taken port")
+    # once the first has stopped, its port is free again at once
+    async with server_process(f"sqlite:///{tmp_path / 'second.db'}", port=first.port) as again:
+        assert again.port == first.port

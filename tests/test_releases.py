@@ -155,6 +155,9 @@ def test_prepare_releases_one_package_and_touches_no_other(repo: Path) -> None:
         (("aiki-task", "0.2"), "version '0.2' is not MAJOR.MINOR.PATCH"),
         (("aiki-task", "v0.2.0"), "version 'v0.2.0' is not MAJOR.MINOR.PATCH"),
         (("aiki-task", "0.0.9"), "aiki-task was never released: its first version must be 0.1.0"),
+        # digits of another script: `int()` reads "1\u0660" as 10, the tag would not
+        (("aiki-task", "0.2.1\u0660"), "version '0.2.1\u0660' is not MAJOR.MINOR.PATCH"),
+        (("aiki-task", "0.2.0\n"), "version '0.2.0\\n' is not MAJOR.MINOR.PATCH"),
     ],
 )
 def test_prepare_refuses_bad_input_and_changes_nothing(
@@ -174,3 +177,17 @@ def test_prepare_refuses_a_changelog_without_unreleased(repo: Path) -> None:
     assert done.returncode == 1
     assert "no `## Unreleased` section on top to release" in done.stderr
     assert _git(repo, "status", "--porcelain", "--untracked-files=all") == ""
+
+
+@pytest.mark.slow
+def test_a_failed_build_leaves_the_package_as_it_was(repo: Path) -> None:
+    pyproject = repo / "packages" / "aiki-task" / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text() + "\n[this is not toml\n")
+    _git(repo, "commit", "-qam", "a package that does not build")
+
+    done = _release(repo, "prepare", "aiki-task", "0.2.0")
+
+    assert done.returncode == 1
+    assert done.stderr.startswith("release refused: building aiki-task failed"), done.stderr
+    # nothing half-released: fixed, the same release can simply be run again
+    assert _git(repo, "status", "--porcelain") == ""

@@ -183,3 +183,35 @@ async def test_a_worker_left_in_another_task_first_lets_its_run_finish(client: C
     assert await handle.status() is RunStatus.COMPLETED
     assert await handle.result(timeout=WAIT) == 7
     assert RAN == {"gated": 1}
+
+
+async def test_a_timeout_around_the_block_gives_its_run_back_at_once(client: Client) -> None:
+    handle = await held_v1.start(client, 7)
+    worker = Worker(client, [held_v1], logger=QUIET)
+    with anyio.move_on_after(WAIT.total_seconds()) as timeout:
+        async with worker:
+            with anyio.fail_after(WAIT.total_seconds()):
+                while "gated" not in RAN:  # noqa: ASYNC110 - the task notes it
+                    await anyio.sleep(0.01)
+            timeout.cancel()  # as the deadline would: leaving the block is cancelled too
+            await anyio.sleep_forever()
+
+    # the run was given back as it was cancelled, not left claimed until the claim idles
+    assert await handle.status() is RunStatus.QUEUED
+    GATE.set()
+    async with Worker(client, [held_v1], logger=QUIET):
+        assert await handle.result(timeout=WAIT) == 7
+
+
+async def test_a_worker_runs_once(client: Client) -> None:
+    worker = Worker(client, [held_v1], logger=QUIET)
+    with pytest.raises(RuntimeError, match="never entered"):
+        await worker.__aexit__(None, None, None)
+    async with worker:
+        with pytest.raises(RuntimeError, match="runs once"):
+            await worker.__aenter__()
+        with pytest.raises(RuntimeError, match="runs once"):
+            await worker.run()
+    with pytest.raises(RuntimeError, match="runs once"):
+        async with worker:
+            pass

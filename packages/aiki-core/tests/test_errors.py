@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import copy
 import itertools
 import json
+import pickle
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -121,6 +123,17 @@ def test_error_with_ids_survives_the_wire(error: AikiError, attributes: tuple[st
     assert rebuilt.retryable == error.retryable
     for attribute in attributes:
         assert getattr(rebuilt, attribute) == getattr(error, attribute), attribute
+
+
+@pytest.mark.parametrize(
+    "error", [error for error, _ in WITH_IDS] + PLAIN, ids=lambda v: type(v).__name__
+)
+def test_an_error_survives_pickle_and_copy(error: AikiError) -> None:
+    # a process pool, a multiprocessing queue or a deepcopy of a test's state does both
+    for again in (pickle.loads(pickle.dumps(error)), copy.copy(error), copy.deepcopy(error)):
+        assert type(again) is type(error)
+        assert (str(again), again.args, again.details) == (str(error), error.args, error.details)
+        assert vars(again) == vars(error)
 
 
 @pytest.mark.parametrize("error", PLAIN, ids=_name)

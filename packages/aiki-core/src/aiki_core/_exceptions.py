@@ -150,6 +150,12 @@ class AikiError(Exception):
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.message!r}, details={self.details!r})"
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # pickle and copy call the class with `args` (the message) by default, which the
+        # subclasses that take ids refuse: make the instance without `__init__`, as
+        # pickle does for other classes, then set its attributes back
+        return _unpickle, (type(self), self.args), self.__dict__
+
 
 _BY_CODE[ErrorCode.AIKI_ERROR] = AikiError
 
@@ -186,6 +192,12 @@ def _build(cls: type[AikiError], message: str, details: dict[str, JsonValue]) ->
     exc = cls.__new__(cls)
     AikiError.__init__(exc, message, details=details)
     exc._restore(details)
+    return exc
+
+
+def _unpickle(cls: type[AikiError], args: tuple[Any, ...]) -> AikiError:
+    exc = cls.__new__(cls)
+    exc.args = args  # set apart: `OSError.__new__` (`AikiTimeoutError`'s) leaves them out
     return exc
 
 

@@ -154,10 +154,13 @@ async def start_server(
 
     `port` defaults to a free one; pass a dead server's port to start it again where
     its clients expect it. `python` is the interpreter (another virtualenv's, say) that
-    runs the server. Raises `ServerStartError`, with the end of the log, if the
-    server exits or does not answer within `startup_timeout` seconds (it is killed).
+    runs the server. Raises `ServerStartError` if something listens on the port
+    already, and, with the end of the log, if the server exits or does not answer
+    within `startup_timeout` seconds (it is killed).
     """
     port = free_port() if port is None else port
+    if _taken(port):  # the server would fail to bind, and the other one answer `/health`
+        raise ServerStartError(f"port {port} is taken: something on 127.0.0.1 listens on it")
     argv = [python, "-m", "aiki_server", "--db", db_url, "--port", str(port), *args]
     started = await start_process(argv, log, env=env)
     server = ServerProcess(started.process, log, db_url=db_url, port=port)
@@ -199,6 +202,17 @@ async def server_process(
             yield server
         finally:
             await server.aclose()
+
+
+def _taken(port: int) -> bool:
+    """Whether something listens on the loopback `port` (a closed one, in TIME_WAIT, is free)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+        return False
 
 
 async def _wait_healthy(server: ServerProcess, timeout: float) -> None:

@@ -14,7 +14,9 @@ the run is given up, with the task results not yet on record, and another worker
 resumes it. A run whose result is larger than the server takes fails with
 `PayloadTooLargeError` in its detail. `stop()` (or SIGINT/SIGTERM under
 `run()`) stops claiming, lets running runs finish for up to
-`graceful_shutdown_timeout`, then cancels the rest and gives them back to the queue.
+`graceful_shutdown_timeout`, then cancels the rest and gives them back to the queue;
+when leaving the `async with` block is cancelled (a timeout around it, say), the runs
+are cancelled and given back at once.
 
 When the server refuses the client's API key (a 401: missing, unknown or revoked),
 waiting does not help: the worker stops at once, its runs go back to the queue when
@@ -136,10 +138,14 @@ class Worker:
         self._stopped = anyio.Event()
         self._runs_scope = anyio.CancelScope()
         self._claims_scope = anyio.CancelScope()
+        self._grace = anyio.CancelScope()
+        """The wait for running runs to finish; cancelled, they are given back at once."""
+        self._started = False
         self._refused: AuthenticationError | None = None
         """Why the server refused this worker, which then stopped."""
         self._crash: Exception | None = None
         """What ended the loops of an `async with` block, but a refusal."""
+        self._loops: asyncio.Task[None] | None = None
         self._host: asyncio.Task[Any] | None = None
         self._host_cancelling = 0
         self._cancelled_host = False
@@ -159,6 +165,7 @@ class Worker:
 
         Raises `AuthenticationError` if the server refused the API key.
         """
+        self._start()
         async with anyio.create_task_group() as tg:
             if threading.current_thread() is threading.main_thread():
                 tg.start_soon(self._stop_on_signal)
@@ -178,6 +185,7 @@ class Worker:
         # the loops run in a task of their own, so the block may be left in another task
         # than the one that entered it (pytest-asyncio sets a fixture up and tears it down
         # in two tasks; a task group must be left in the task that entered it)
+        self._start()
         self._host = asyncio.current_task()
         self._host_cancelling = 0 if self._host is None else self._host.cancelling()
         self._loops = asyncio.create_task(self._serve_in_background())  # noqa: TID251
@@ -189,10 +197,20 @@ class Worker:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if self._loops is None:
+            raise RuntimeError("the worker's `async with` block was left but never entered")
         self._leaving = True
         self._stopping.set()
         self._claims_scope.cancel()
-        await self._loops  # cancelled here, the loops are cancelled too
+        try:
+            await asyncio.shield(self._loops)
+        except CancelledError:
+            # cancelled while its runs finish (a timeout around the block, say): give them
+            # back to the queue now, rather than leave them claimed until the claims go idle
+            self._grace.cancel()
+            with anyio.CancelScope(shield=True):
+                await asyncio.shield(self._loops)
+            raise
         failure = self._refused or self._crash
         if failure is None:
             return
@@ -204,6 +222,11 @@ class Worker:
         if exc is None or (ours and isinstance(exc, CancelledError)):
             raise failure from None
         # else the block's own error, or a cancellation from outside, goes on
+
+    def _start(self) -> None:
+        if self._started:
+            raise RuntimeError("a Worker runs once; create another to run again")
+        self._started = True
 
     async def _serve_in_background(self) -> None:
         try:
@@ -347,7 +370,8 @@ class Worker:
 
     async def _drain(self) -> None:
         """After claiming stopped: wait for the grace period, then cancel and release."""
-        with anyio.move_on_after(self.graceful_shutdown_timeout.total_seconds()):
+        self._grace.deadline = anyio.current_time() + self.graceful_shutdown_timeout.total_seconds()
+        with self._grace:
             while self._held:
                 await self._slot_freed.wait()
                 self._slot_freed = anyio.Event()
