@@ -14,12 +14,23 @@ import httpx
 import pytest
 
 from aiki_client import Client
-from aiki_core import ConsoleLogger, LogLevel, RetryPolicy, RunStatus, WorkflowFailedError
+from aiki_core import (
+    CodecContext,
+    CodecError,
+    ConsoleLogger,
+    LogLevel,
+    RetryPolicy,
+    RunStatus,
+    WorkflowFailedError,
+)
 from aiki_task import task
 from aiki_worker import Worker
 from aiki_workflow import WorkflowRun, workflow
 
 if TYPE_CHECKING:
+    from pydantic import JsonValue
+
+    from aiki_core.wire import ClaimedRun
     from aiki_server.testing import EmbeddedServer
 
 QUIET = ConsoleLogger(LogLevel.ERROR)
@@ -92,6 +103,14 @@ held = workflow("edge-held")
 @held.v("1")
 async def held_v1(run: WorkflowRun, n: int) -> int:
     return await gated.start(run, n)
+
+
+plain = workflow("edge-plain")
+
+
+@plain.v("1")
+async def plain_v1(run: WorkflowRun, n: int) -> int:
+    return n
 
 
 both = workflow("edge-both")
@@ -215,3 +234,61 @@ async def test_a_worker_runs_once(client: Client) -> None:
     with pytest.raises(RuntimeError, match="runs once"):
         async with worker:
             pass
+
+
+class Unprintable(Exception):
+    def __str__(self) -> str:
+        raise ValueError("no words for it")
+
+
+class CannotSealErrors:
+    """Payloads as they are; a run's error is the one thing it cannot seal."""
+
+    def address_key(self, run_input: JsonValue) -> bytes | None:
+        return None
+
+    def encode(self, value: JsonValue, context: CodecContext) -> JsonValue:
+        if context.field == "error":
+            raise CodecError("the error key is gone")
+        return value
+
+    def decode(self, value: JsonValue, context: CodecContext) -> JsonValue:
+        return value
+
+
+def broken_context(claim: ClaimedRun) -> object:
+    raise Unprintable
+
+
+async def test_an_engine_error_that_cannot_be_described_fails_the_run_not_the_worker(
+    client: Client,
+) -> None:
+    async with Worker(client, [plain_v1], logger=QUIET, create_context=broken_context):
+        for n in (1, 2):  # the worker serves on after the first
+            handle = await plain_v1.start(client, n)
+            with pytest.raises(WorkflowFailedError) as failed:
+                await handle.result(timeout=WAIT)
+            assert failed.value.error.type.endswith("Unprintable")
+            assert failed.value.error.message == "<Unprintable: str() failed>"
+
+
+async def test_an_engine_error_the_codec_cannot_seal_fails_the_run_not_the_worker(
+    server: EmbeddedServer,
+) -> None:
+    transport = httpx.ASGITransport(app=server.app)
+    async with (
+        Client(
+            "http://aiki.test", transport=transport, logger=QUIET, codec=CannotSealErrors()
+        ) as client,
+        Worker(client, [plain_v1], logger=QUIET, create_context=broken_context),
+    ):
+        for n in (1, 2):
+            handle = await plain_v1.start(client, n)
+            with pytest.raises(WorkflowFailedError) as failed:
+                await handle.result(timeout=WAIT)
+            # only the type travels in clear: the message the codec would hide does not
+            assert failed.value.error.type.endswith("Unprintable")
+            assert failed.value.error.message == (
+                "the error could not be sealed by the worker's codec"
+            )
+            assert failed.value.error.sealed is None

@@ -78,7 +78,7 @@ class ErrorInfo(BaseModel):
         code, details = (exc.code.value, exc.details) if isinstance(exc, AikiError) else (None, {})
         return cls(
             type=_qualified_name(type(exc)),
-            message=str(exc),
+            message=_message_of(exc),
             stack=stack,
             retryable=bool(getattr(exc, "retryable", True)),
             code=code,
@@ -125,3 +125,11 @@ class ErrorInfo(BaseModel):
 def _qualified_name(cls: type) -> str:
     module = cls.__module__
     return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
+
+
+def _message_of(exc: BaseException) -> str:
+    """`str(exc)`, or a stand-in when the exception cannot say what it is."""
+    try:
+        return str(exc)
+    except Exception:
+        return f"<{type(exc).__name__}: str() failed>"

@@ -423,9 +423,27 @@ class Worker:
             self._slot_freed.set()
 
     def _failure(self, run: RunSummary, exc: Exception) -> FailRun:
-        """The run fails with `exc` (sealed like any error of the run)."""
+        """The run fails with `exc` (sealed like any error of the run).
+
+        An error the codec cannot seal fails the run all the same, with only its type
+        in clear: the worker serves on, and nothing the codec should hide leaks.
+        """
         error = ErrorInfo.from_exception(exc)
-        return FailRun(error=error.seal(self.client.codec, CodecContext.run(run.id, "error")))
+        try:
+            return FailRun(error=error.seal(self.client.codec, CodecContext.run(run.id, "error")))
+        except Exception as unsealable:
+            self.log.error(
+                "the run's error cannot be sealed; it fails with its type alone",
+                {"run_id": run.id, "type": error.type, "codec_error": repr(unsealable)},
+            )
+            return FailRun(
+                error=ErrorInfo(
+                    type=error.type,
+                    message="the error could not be sealed by the worker's codec",
+                    retryable=False,
+                    code=error.code,
+                )
+            )
 
     async def _send(self, held: _Held, action: RunAction) -> None:
         """Report the run, with the task records its execution still holds; never raises.
