@@ -102,6 +102,8 @@ class ServerProcess(LoggedProcess):
 
     db_url: str
     port: int
+    python: str = sys.executable
+    """The interpreter that runs the server, and its `keys` commands."""
 
     @property
     def base_url(self) -> str:
@@ -114,13 +116,14 @@ class ServerProcess(LoggedProcess):
         The server requires keys from then on (within `KEY_CACHE_TTL` for requests
         without one); the new key itself works at once.
         """
-        key = (await _keys("create", "--db", self.db_url, "--namespace", namespace)).strip()
+        created = await _keys(self.python, "create", "--db", self.db_url, "--namespace", namespace)
+        key = created.strip()
         # a key is `aiki_<id>_<secret>`, its id a 26-character ULID
         return ApiKey(key.removeprefix(KEY_PREFIX)[:26], namespace, key)
 
     async def revoke_api_key(self, key_id: str) -> None:
         """Revoke a key by `aiki-server keys revoke`; the server refuses it within the TTL."""
-        await _keys("revoke", "--db", self.db_url, key_id)
+        await _keys(self.python, "revoke", "--db", self.db_url, key_id)
 
 
 async def start_process(
@@ -163,7 +166,7 @@ async def start_server(
         raise ServerStartError(f"port {port} is taken: something on 127.0.0.1 listens on it")
     argv = [python, "-m", "aiki_server", "--db", db_url, "--port", str(port), *args]
     started = await start_process(argv, log, env=env)
-    server = ServerProcess(started.process, log, db_url=db_url, port=port)
+    server = ServerProcess(started.process, log, db_url=db_url, port=port, python=python)
     try:
         await _wait_healthy(server, startup_timeout)
     except BaseException:
@@ -246,11 +249,9 @@ async def _answers_health(port: int) -> bool:
     return head.startswith((b"HTTP/1.1 200 ", b"HTTP/1.0 200 "))
 
 
-async def _keys(*args: str) -> str:
+async def _keys(python: str, *args: str) -> str:
     """Run `python -m aiki_server keys *args`; its stdout."""
-    done = await anyio.run_process(
-        [sys.executable, "-m", "aiki_server", "keys", *args], check=False
-    )
+    done = await anyio.run_process([python, "-m", "aiki_server", "keys", *args], check=False)
     if done.returncode != 0:
         command = " ".join(args)
         problem = done.stderr.decode(errors="replace")
