@@ -6,6 +6,7 @@ a client over httpx's ASGI transport and a real `Worker`, in the test's process.
 from __future__ import annotations
 
 import asyncio
+import io
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
@@ -292,3 +293,21 @@ async def test_an_engine_error_the_codec_cannot_seal_fails_the_run_not_the_worke
                 "the error could not be sealed by the worker's codec"
             )
             assert failed.value.error.sealed is None
+
+
+async def test_a_crash_of_the_workers_loops_is_logged_and_ends_the_block(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lines = io.StringIO()
+    worker = Worker(client, [plain_v1], logger=ConsoleLogger(LogLevel.ERROR, stream=lines))
+
+    async def crash() -> None:
+        raise RuntimeError("a bug in the heartbeat loop")
+
+    monkeypatch.setattr(worker, "_heartbeats", crash)
+    with pytest.raises(ExceptionGroup) as ended:  # the loops' task group's error, as it is
+        async with worker:
+            await anyio.sleep(WAIT.total_seconds())  # the crash ends the block long before
+    assert ended.group_contains(RuntimeError, match="a bug in the heartbeat loop")
+    assert "the worker's loops crashed; it stops" in lines.getvalue()
+    assert "a bug in the heartbeat loop" in lines.getvalue()

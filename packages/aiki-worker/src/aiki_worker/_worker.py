@@ -232,6 +232,7 @@ class Worker:
         try:
             await self._serve()
         except Exception as exc:  # a bug of the loops: the block ends with it
+            self.log.error("the worker's loops crashed; it stops", {"error": repr(exc)})
             self._crash = exc
         if (self._refused or self._crash) and not self._leaving:
             # end the `async with` block, if its task is still in it
