@@ -243,6 +243,9 @@ EXPECTED_CORE_SUBMODULES: dict[str, tuple[str, ...]] = {
         "CreateWebhookResponse",
         "Schedule",
         "SchedulePage",
+        # the workers a namespace has
+        "WorkerPage",
+        "WorkerSummary",
         # limits
         "MAX_COUNT",
         "MAX_DURATION",

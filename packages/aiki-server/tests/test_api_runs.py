@@ -867,3 +867,26 @@ async def test_a_run_no_worker_serves_says_why_it_waits(server: httpx.AsyncClien
     assert got["pending_reason"] is None
     # a running run has no pending reason either
     assert (await get_run(server, claimed["run"]["id"]))["pending_reason"] is None
+
+
+# -- workers -------------------------------------------------------------------------------
+
+
+async def test_workers_list_their_triples_held_runs_and_liveness(
+    server: httpx.AsyncClient,
+) -> None:
+    assert (await server.get("/workers")).json() == {"workers": []}
+    await start(server, workflow="billing", version="7")
+    await claim_one(server, "billing", "7", worker_id="new")
+    both = [{"workflow": "billing", "version": "6", "pool": "eu"}, {"workflow": "w", "version": "1", "pool": "default"}]
+    assert await claim(server, worker_id="old", capabilities=both) == []
+
+    r = await server.get("/workers")
+    assert r.status_code == 200, r.text
+    workers = {w["id"]: w for w in r.json()["workers"]}
+    assert workers["new"]["capabilities"] == [
+        {"workflow": "billing", "version": "7", "pool": "default"}
+    ]
+    assert workers["old"]["capabilities"] == both
+    assert (workers["new"]["running"], workers["old"]["running"]) == (1, 0)
+    assert workers["new"]["live"] and workers["old"]["live"]

@@ -222,6 +222,19 @@ async def claim_a_run(t: Tenants) -> None:
     assert (await claim_one(t.a))["run"]["id"] == mine["id"]
 
 
+@case("GET", "/workers")
+async def list_the_workers(t: Tenants) -> None:
+    await held_run(t.a)  # worker-1 of A holds a run
+
+    assert (await t.b.get("/workers")).json() == {"workers": []}
+    await claim(t.b, worker_id="worker-1")  # B's worker-1 is its own
+    (theirs,) = (await t.b.get("/workers")).json()["workers"]
+    (mine,) = (await t.a.get("/workers")).json()["workers"]
+
+    assert (theirs["id"], theirs["running"]) == ("worker-1", 0)
+    assert (mine["id"], mine["running"]) == ("worker-1", 1)
+
+
 @case("POST", "/heartbeats")
 async def heartbeat_a_claim(t: Tenants) -> None:
     mine, revision = await held_run(t.a)

@@ -54,6 +54,7 @@ from aiki_core.wire import (
     StartRunResponse,
     TransitionRunRequest,
     TransitionRunResponse,
+    WorkerPage,
     error_from_wire,
 )
 
@@ -217,6 +218,10 @@ class Client:
             for item in (value if isinstance(value, list) else [value])
         ]
         return await self._call("GET", "/runs", RunPage, params=params)
+
+    async def list_workers(self) -> WorkerPage:
+        """The workers of the key's namespace: their triples, the runs they hold, when seen."""
+        return await self._call("GET", "/workers", WorkerPage)
 
     # -- the worker's calls --------------------------------------------------------------
 

@@ -274,6 +274,26 @@ class ServerLimits(ResponseModel):
     """Request bodies larger than this are refused with 413."""
 
 
+class WorkerSummary(ResponseModel):
+    """A worker the server has heard from (`GET /api/v1/workers`)."""
+
+    id: WorkerId
+    capabilities: list[WorkflowCapability]
+    """The (workflow, version, pool) triples it declared on its last claim."""
+    running: Count
+    """Runs it holds now."""
+    last_seen_at: Timestamp
+    """Its last claim or heartbeat."""
+    live: bool
+    """Seen within the claim idle timeout: runs of its triples do not wait for a worker."""
+
+
+class WorkerPage(ResponseModel):
+    """The workers of the caller's namespace, the most recently seen first."""
+
+    workers: list[WorkerSummary]
+
+
 class RunLease(RequestModel):
     """A run a worker holds, at the revision its claim returned."""
 

@@ -56,6 +56,8 @@ from aiki_core._api import (
     SuspendRun,
     TransitionRunRequest,
     TransitionRunResponse,
+    WorkerPage,
+    WorkerSummary,
     WorkflowCapability,
 )
 from aiki_core._canonical import canonical_json, content_hash, task_address
@@ -157,6 +159,9 @@ __all__ = (
     "CreateWebhookResponse",
     "Schedule",
     "SchedulePage",
+    # the workers a namespace has
+    "WorkerPage",
+    "WorkerSummary",
     # limits
     "MAX_COUNT",
     "MAX_DURATION",

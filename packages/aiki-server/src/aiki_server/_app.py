@@ -42,6 +42,7 @@ from aiki_core.wire import (
     StartRunResponse,
     TransitionRunRequest,
     TransitionRunResponse,
+    WorkerPage,
 )
 from aiki_server import _hot_path as hot_path
 from aiki_server.__about__ import __version__
@@ -251,6 +252,11 @@ def _api_router(
         """Long-poll for runs of the declared (workflow, version, pool) triples."""
         claimed = await claims.claim(ns, body, gone=request.is_disconnected)
         return _json(ClaimResponse(runs=claimed))
+
+    @router.get("/workers", response_model=WorkerPage, tags=["workers"])
+    async def list_workers(ns: Caller) -> Response:
+        """The workers of the namespace: their triples, the runs they hold, when last seen."""
+        return _json(await claims.list_workers(ns))
 
     @router.post("/heartbeats", response_model=HeartbeatResponse, tags=["workers"])
     async def heartbeat(ns: Caller, body: HeartbeatRequest) -> Response:

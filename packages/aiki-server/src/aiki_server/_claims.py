@@ -12,7 +12,14 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from aiki_core import ConsoleLogger, ErrorInfo, RunStatus
-from aiki_core.wire import ClaimedRun, to_millis
+from aiki_core.wire import (
+    ClaimedRun,
+    WorkerPage,
+    WorkerSummary,
+    WorkflowCapability,
+    to_millis,
+)
+from aiki_server._clock import from_ms
 from aiki_server._lifecycle import move_run, record_history
 from aiki_server._notify import QUEUE
 from aiki_server._replay import replay_parts
@@ -69,6 +76,38 @@ class Claims:
             if claimed or remaining <= 0:
                 return claimed
             await subscription.wait(min(remaining, 1000) / 1000)
+
+    async def list_workers(self, namespace: str) -> WorkerPage:
+        """The workers the namespace has heard from, with the runs each holds now."""
+        async with self._db.reader() as tx:
+            rows = await tx.fetch(
+                "SELECT id, capabilities, last_seen_at FROM workers WHERE namespace = $1"
+                " ORDER BY last_seen_at DESC, id",
+                namespace,
+            )
+            held = await tx.fetch(
+                "SELECT claimed_by, COUNT(*) AS n FROM runs WHERE namespace = $1"
+                " AND claim_expires_at IS NOT NULL AND status = $2 GROUP BY claimed_by",
+                namespace,
+                RunStatus.RUNNING.value,
+            )
+        running = {row["claimed_by"]: row["n"] for row in held}
+        live_since = self._clock() - self._limits.claim_idle_ms
+        return WorkerPage(
+            workers=[
+                WorkerSummary(
+                    id=row["id"],
+                    capabilities=[
+                        WorkflowCapability(workflow=w, version=v, pool=p)
+                        for w, v, p in json.loads(row["capabilities"])
+                    ],
+                    running=running.get(row["id"], 0),
+                    last_seen_at=from_ms(row["last_seen_at"]),
+                    live=row["last_seen_at"] >= live_since,
+                )
+                for row in rows
+            ]
+        )
 
     async def _note_worker(
         self, namespace: str, worker_id: str, capabilities: list[tuple[str, str, str]]
