@@ -130,6 +130,8 @@ class Runs:
             clauses.append(f"workflow = {arg(query.workflow)}")
         if query.version is not None:
             clauses.append(f"version = {arg(query.version)}")
+        if query.reference_id is not None:
+            clauses.append(f"reference_id = {arg(query.reference_id)}")
         if query.status:
             clauses.append(f"status IN ({', '.join(arg(s.value) for s in query.status)})")
         if query.created_after is not None:
