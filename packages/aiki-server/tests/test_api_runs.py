@@ -880,7 +880,10 @@ async def test_workers_list_their_triples_held_runs_and_liveness(
     assert (await server.get("/workers")).json() == {"workers": []}
     await start(server, workflow="billing", version="7")
     await claim_one(server, "billing", "7", worker_id="new")
-    both = [{"workflow": "billing", "version": "6", "pool": "eu"}, {"workflow": "w", "version": "1", "pool": "default"}]
+    both = [
+        {"workflow": "billing", "version": "6", "pool": "eu"},
+        {"workflow": "w", "version": "1", "pool": "default"},
+    ]
     assert await claim(server, worker_id="old", capabilities=both) == []
 
     r = await server.get("/workers")
