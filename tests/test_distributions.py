@@ -37,6 +37,8 @@ PACKAGES = sorted(p.name for p in (ROOT / "packages").iterdir() if (p / "pyproje
 FACADE = "aiki"
 SDK = ("aiki-core", "aiki-task", "aiki-workflow", "aiki-client", "aiki-worker")
 """What `pip install aiki` brings of the monorepo."""
+CLI = "aiki-cli"
+"""The command line: an application on the client, so it installs with aiki-client too."""
 
 pytestmark = pytest.mark.slow
 
@@ -115,7 +117,11 @@ def _aiki_dists(python: Path) -> list[str]:
 
 def _declared(package: str) -> set[str]:
     """The monorepo distributions `package` installs with (itself included)."""
-    return {package, *SDK} if package == FACADE else {package, "aiki-core"}
+    if package == FACADE:
+        return {package, *SDK}
+    if package == CLI:
+        return {package, "aiki-core", "aiki-client"}
+    return {package, "aiki-core"}
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +133,7 @@ def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_every_package_is_a_distribution() -> None:
-    expected = {"core", "task", "workflow", "client", "worker", "crypto", "server"}
+    expected = {"core", "task", "workflow", "client", "worker", "crypto", "server", "cli"}
     assert PACKAGES == sorted([FACADE, *(f"aiki-{name}" for name in expected)])
 
 
@@ -207,8 +213,12 @@ async def test_the_facade_alone_runs_the_readme_example(
     assert await _run_readme_example(python, server.base_url, tmp_path) == "hello ada\n"
 
     # the extras add the rest
-    await anyio.to_thread.run_sync(_install, python, wheelhouse, f"{FACADE}[crypto,server]")
-    assert _aiki_dists(python) == sorted([*_declared(FACADE), "aiki-crypto", "aiki-server"])
+    await anyio.to_thread.run_sync(_install, python, wheelhouse, f"{FACADE}[crypto,server,cli]")
+    extras = ["aiki-crypto", "aiki-server", CLI]
+    assert _aiki_dists(python) == sorted([*_declared(FACADE), *extras])
+    # the extra `cli` installs the `aiki` command
+    done = await anyio.run_process([python.parent / "aiki", "--version"], check=False)
+    assert done.stdout.decode().strip() == "aiki, version 0.1.0", done.stderr.decode()
 
 
 @pytest.fixture(scope="module")
@@ -224,3 +234,10 @@ async def test_every_distribution_at_its_lowest_versions_runs_the_readme_example
     python = lowest_everything
     server = await processes.start_server(db_url, python=str(python))
     assert await _run_readme_example(python, server.base_url, tmp_path) == "hello ada\n"
+
+    # the command line, its click and rich at their lowest, sees the run and draws it
+    aiki = [python, "-m", "aiki_cli", "--url", server.base_url]
+    listed = await anyio.run_process([*aiki, "runs", "list", "--json"])
+    (run,) = json.loads(listed.stdout)["runs"]
+    shown = await anyio.run_process([*aiki, "runs", "show", run["id"]])
+    assert "greet" in shown.stdout.decode()

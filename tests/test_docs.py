@@ -82,6 +82,7 @@ def test_every_public_module_is_found() -> None:
         "aiki_crypto",
         "aiki_server",
         "aiki_server.testing",
+        "aiki_cli",
     }
     assert expected <= set(public_modules())
 

@@ -136,6 +136,7 @@ EXPECTED_EXPORTS: dict[str, tuple[str, ...]] = {
     "aiki_worker": ("Worker", "__version__"),
     "aiki_crypto": ("AesGcmCodec", "KeyRing", "__version__"),
     "aiki_server": ("ServerSettings", "__version__", "create_app"),
+    "aiki_cli": ("__version__",),
 }
 
 

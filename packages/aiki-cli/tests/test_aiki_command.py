@@ -1,0 +1,290 @@
+"""The `aiki` command, run as a user runs it: a subprocess against a real server process.
+
+The worker runs in the test's process; every `aiki ...` is `python -m aiki_cli ...`,
+whose output the test reads (`--json` parsed) and whose exit code it checks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import pytest
+
+from aiki_client import Client
+from aiki_core import ConsoleLogger, LogLevel, RetryPolicy, RunStatus
+from aiki_crypto import AesGcmCodec, KeyRing
+from aiki_task import TaskContext, task
+from aiki_worker import Worker
+from aiki_workflow import WorkflowRun, event, workflow
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from pathlib import Path
+
+    from aiki_core.sdk import ExecutableVersion
+    from aiki_server.testing import ServerProcess
+    from live_processes import LiveProcesses
+
+QUIET = ConsoleLogger(LogLevel.ERROR)
+WAIT = timedelta(seconds=30)
+
+
+@task("cli-charge", retry=RetryPolicy.fixed(max_attempts=3, delay=timedelta(milliseconds=50)))
+async def charge(amount: int, ctx: TaskContext) -> int:
+    """Fail the first attempt, as a flaky payment service would."""
+    if ctx.attempt == 1:
+        raise ConnectionError("the payment service is down")
+    return amount * 100
+
+
+approved = event("cli-approved", str)
+child = workflow("cli-receipt")
+
+
+@child.v("1")
+async def receipt_v1(run: WorkflowRun, cents: int) -> str:
+    """A child run: a receipt for the amount."""
+    return f"receipt for {cents}"
+
+
+order = workflow("cli-order")
+
+
+@order.v("1")
+async def order_v1(run: WorkflowRun, amount: int) -> dict[str, Any]:
+    """Charge (retried once), wait for approval, start a child for the receipt."""
+    if amount < 0:
+        raise ValueError("a negative amount")
+    cents = await charge.start(run, amount)
+    approval = await approved.wait(run)
+    receipt = await (await receipt_v1.start_child(run, cents)).result()
+    return {"cents": cents, "approved_by": approval.data, "receipt": receipt}
+
+
+napper = workflow("cli-napper")
+
+
+@napper.v("1")
+async def napper_v1(run: WorkflowRun, hours: int) -> str:
+    """Sleep for hours: a run to pause, wake and cancel."""
+    await run.sleep("nap", timedelta(hours=hours))
+    return "rested"
+
+
+VERSIONS: list[ExecutableVersion] = [order_v1, receipt_v1, napper_v1]
+
+
+@dataclass
+class Done:
+    """One `aiki` command's exit code and output."""
+
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        assert self.code == 0, self.err
+        return json.loads(self.out)
+
+
+@dataclass
+class Aiki:
+    """Runs `aiki` against one server, with one key (or none)."""
+
+    url: str
+    api_key: str | None = None
+
+    async def __call__(self, *args: str, stdin: str | None = None) -> Done:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AIKI_")}
+        env |= {"AIKI_URL": self.url, "COLUMNS": "200", "NO_COLOR": "1"}
+        if self.api_key is not None:
+            env["AIKI_API_KEY"] = self.api_key
+        done = await anyio.run_process(
+            [sys.executable, "-m", "aiki_cli", *args],
+            input=None if stdin is None else stdin.encode(),
+            env=env,
+            check=False,
+        )
+        return Done(done.returncode, done.stdout.decode(), done.stderr.decode())
+
+
+@pytest.fixture
+async def server(db_url: str, processes: LiveProcesses) -> ServerProcess:
+    return await processes.start_server(db_url)
+
+
+@pytest.fixture
+async def client(server: ServerProcess) -> AsyncIterator[Client]:
+    async with (
+        Client(server.base_url, logger=QUIET) as client,
+        Worker(client, VERSIONS, id="cli-worker", logger=QUIET),
+    ):
+        yield client
+
+
+async def test_a_run_started_followed_and_inspected_from_the_command_line(
+    server: ServerProcess, client: Client
+) -> None:
+    aiki = Aiki(server.base_url)
+    started = await aiki(
+        "runs", "start", "cli-order", "1", "--input", "7", "--reference-id", "order-7", "--json"
+    )
+    run_id = started.json()["run_id"]
+    # the event may come before the run waits for it: it is kept until then
+    sent = await aiki("events", "send", run_id, "cli-approved", "--data", '"ada"', "--json")
+    assert sent.json()["duplicate"] is False
+
+    result = (await aiki("runs", "result", run_id, "--json")).json()
+    assert result == {
+        "run_id": run_id,
+        "completed": True,
+        "result": {"cents": 700, "approved_by": "ada", "receipt": "receipt for 700"},
+    }
+
+    detail = (await aiki("runs", "show", run_id, "--json")).json()
+    assert detail["status"] == "completed"
+    (charged,) = detail["tasks"]
+    assert [a["status"] for a in charged["attempts"]] == ["awaiting_retry", "completed"]
+    assert "payment service is down" in charged["attempts"][0]["error"]["message"]
+    (kid,) = detail["children"]
+    assert [e["name"] for e in detail["events"]] == ["cli-approved"]
+
+    shown = await aiki("runs", "show", run_id)
+    assert shown.code == 0, shown.err
+    for part in ("cli-charge", "ConnectionError", kid["run_id"], "cli-receipt", "History"):
+        assert part in shown.out, part
+
+    watched = await aiki("runs", "watch", run_id)
+    assert watched.code == 0, watched.err
+    assert "completed" in watched.out
+
+    listed = (await aiki("runs", "list", "--reference-id", "order-7", "--json")).json()
+    assert [run["id"] for run in listed["runs"]] == [run_id]
+    completed = await aiki("runs", "list", "--status", "completed", "--since", "1h", "--json")
+    assert {run["id"] for run in completed.json()["runs"]} == {run_id, kid["run_id"]}
+    first = (await aiki("runs", "list", "--limit", "1", "--json")).json()
+    second = await aiki("runs", "list", "--limit", "1", "--cursor", first["next_cursor"], "--json")
+    assert {first["runs"][0]["id"], second.json()["runs"][0]["id"]} == {run_id, kid["run_id"]}
+
+    (worker,) = (await aiki("workers", "list", "--json")).json()["workers"]
+    assert worker["id"] == "cli-worker"
+    assert {c["workflow"] for c in worker["capabilities"]} == {
+        "cli-order",
+        "cli-receipt",
+        "cli-napper",
+    }
+    assert "cli-worker" in (await aiki("workers", "list")).out
+
+
+async def test_a_failed_run_exits_1_and_a_run_is_steered(
+    server: ServerProcess, client: Client
+) -> None:
+    aiki = Aiki(server.base_url)
+    failing = (await aiki("runs", "start", "cli-order", "1", "--input", "-1", "--json")).json()
+    failed = await aiki("runs", "result", failing["run_id"])
+    assert failed.code == 1
+    assert "negative amount" in failed.err
+    assert len(failed.err.strip().splitlines()) == 1  # one line, no traceback
+    assert (await aiki("runs", "watch", failing["run_id"])).code == 1
+
+    nap = await aiki("runs", "start", "cli-napper", "1", "--input", "@-", "--json", stdin="5")
+    run_id = nap.json()["run_id"]
+    await client.run_handle(run_id).wait_for_status([RunStatus.SLEEPING], timeout=WAIT)
+    paused = (await aiki("runs", "pause", run_id, "--json")).json()
+    assert paused == {"run_id": run_id, "status": "paused"}
+    assert (await aiki("runs", "resume", run_id, "--json")).json()["status"] != "paused"
+    await client.run_handle(run_id).wait_for_status([RunStatus.SLEEPING], timeout=WAIT)
+    assert (await aiki("runs", "wake", run_id)).code == 0
+    assert await client.run_handle(run_id).result(timeout=WAIT) == "rested"
+
+    again = (await aiki("runs", "start", "cli-napper", "1", "--input", "5", "--json")).json()
+    await client.run_handle(again["run_id"]).wait_for_status([RunStatus.SLEEPING], timeout=WAIT)
+    cancelled = await aiki("runs", "cancel", again["run_id"])
+    assert cancelled.code == 0, cancelled.err
+    assert "cancelled" in cancelled.out
+    assert (await aiki("runs", "result", again["run_id"])).code == 1
+
+
+async def test_schedules_from_the_command_line(server: ServerProcess, client: Client) -> None:
+    aiki = Aiki(server.base_url)
+    created = await aiki(
+        "schedules", "create", "nightly", "cli-napper", "1", "--input", "1",
+        "--cron", "0 3 * * *", "--timezone", "Europe/Paris", "--json",
+    )  # fmt: skip
+    schedule = created.json()
+    assert (schedule["name"], schedule["cron"], schedule["input"]) == ("nightly", "0 3 * * *", 1)
+    sid = schedule["id"]
+    listed = (await aiki("schedules", "list", "--json")).json()
+    assert [s["id"] for s in listed["schedules"]] == [sid]
+    assert (await aiki("schedules", "pause", sid, "--json")).json()["paused"] is True
+    assert (await aiki("schedules", "show", sid, "--json")).json()["paused"] is True
+    assert (await aiki("schedules", "resume", sid, "--json")).json()["paused"] is False
+    assert "nightly" in (await aiki("schedules", "show", sid)).out
+    assert (await aiki("schedules", "delete", sid)).code == 0
+    assert (await aiki("schedules", "show", sid)).code == 3
+
+
+async def test_bad_input_exits_with_its_code_and_one_line(
+    server: ServerProcess, client: Client, tmp_path: Path
+) -> None:
+    aiki = Aiki(server.base_url)
+    unknown = await aiki("runs", "show", "01JD00000000000000000000ZZ")
+    assert (unknown.code, unknown.out) == (3, "")
+    assert unknown.err.startswith("aiki: ") and "not found" in unknown.err
+    assert (await aiki("runs", "result", "01JD00000000000000000000ZZ")).code == 3
+    assert (await aiki("events", "send", "01JD00000000000000000000ZZ", "go")).code == 3
+
+    bad_json = await aiki("runs", "start", "cli-order", "1", "--input", "{not json")
+    assert bad_json.code == 2
+    assert "not JSON" in bad_json.err
+    assert len(bad_json.err.strip().splitlines()) == 1
+    missing = await aiki("runs", "start", "cli-order", "1", "--input", f"@{tmp_path / 'none'}")
+    assert missing.code == 2
+    assert (await aiki("runs", "list", "--status", "sleepy")).code == 2
+    assert (await aiki("runs", "start", "cli-order", "1", "--delay", "soon")).code == 2
+    both = await aiki("schedules", "create", "n", "cli-napper", "1", "--cron", "* * * * *",
+                      "--every", "1m")  # fmt: skip
+    assert both.code == 2
+    # the server refuses it: a workflow name the API does not take
+    assert (await aiki("runs", "start", "no spaces allowed", "1")).code == 2
+    assert (await client.list_runs()).runs == []  # none of them started a run
+
+    unreachable = await Aiki("http://127.0.0.1:9")("runs", "list")
+    assert unreachable.code == 1
+    assert len(unreachable.err.strip().splitlines()) == 1
+
+
+async def test_a_refused_key_exits_4(server: ServerProcess) -> None:
+    key = await server.create_api_key("team-a")
+    wrong = await Aiki(server.base_url, api_key="aiki_not_a_key")("runs", "list")
+    assert wrong.code == 4
+    assert wrong.err.startswith("aiki: ") and len(wrong.err.strip().splitlines()) == 1
+    assert (await Aiki(server.base_url)("workers", "list")).code == 4  # keys are on: none is 4
+    assert (await Aiki(server.base_url, api_key=key.key)("runs", "list", "--json")).json() == {
+        "runs": [],
+        "next_cursor": None,
+    }
+
+
+async def test_sealed_payloads_are_shown_as_sealed(server: ServerProcess) -> None:
+    codec = AesGcmCodec(KeyRing([("k1", b"k" * 32)]))
+    async with (
+        Client(server.base_url, codec=codec, logger=QUIET) as client,
+        Worker(client, VERSIONS, logger=QUIET),
+    ):
+        handle = await receipt_v1.start(client, 5)
+        assert await handle.result(timeout=WAIT) == "receipt for 5"
+
+    shown = await Aiki(server.base_url)("runs", "show", handle.id)
+    assert shown.code == 0, shown.err
+    assert shown.out.count("sealed (key k1)") == 2  # the input and the result
+    assert "aiki:v1:" not in shown.out
+    # for scripts, the payloads as stored: sealed envelopes
+    detail = (await Aiki(server.base_url)("runs", "show", handle.id, "--json")).json()
+    assert detail["input"].startswith("aiki:v1:k1:")
