@@ -236,7 +236,7 @@ async def test_every_distribution_at_its_lowest_versions_runs_the_readme_example
     assert await _run_readme_example(python, server.base_url, tmp_path) == "hello ada\n"
 
     # the command line, its click and rich at their lowest, sees the run and draws it
-    aiki = [python, "-m", "aiki_cli", "--url", server.base_url]
+    aiki: list[str | Path] = [python, "-m", "aiki_cli", "--url", server.base_url]
     listed = await anyio.run_process([*aiki, "runs", "list", "--json"])
     (run,) = json.loads(listed.stdout)["runs"]
     shown = await anyio.run_process([*aiki, "runs", "show", run["id"]])

@@ -226,7 +226,7 @@ def run_detail(detail: RunDetail, children: Tree | None) -> Group:
     history = Table(box=None, header_style="bold")
     for column in ("#", "AT", "WHAT", "FROM", "TO", "REASON"):
         history.add_column(column)
-    task_names = {task.id: task.name for task in detail.tasks}
+    task_names: dict[str, str] = {task.id: task.name for task in detail.tasks}
     for row in detail.history:
         what = "run" if row.entity == "run" else f"task {task_names.get(row.entity_id, '')}"
         history.add_row(
