@@ -895,3 +895,16 @@ async def test_workers_list_their_triples_held_runs_and_liveness(
     assert workers["old"]["capabilities"] == both
     assert (workers["new"]["running"], workers["old"]["running"]) == (1, 0)
     assert workers["new"]["live"] and workers["old"]["live"]
+
+
+async def test_a_worker_unseen_for_the_claim_idle_timeout_is_no_longer_live(
+    make_harness: HarnessFactory,
+) -> None:
+    async with make_harness(claim_idle_timeout=timedelta(seconds=5)) as h:
+        assert await claim(h.client, worker_id="w-1") == []
+        h.advance(5_001)
+        (worker,) = (await h.client.get("/workers")).json()["workers"]
+        assert (worker["id"], worker["live"]) == ("w-1", False)
+        assert await claim(h.client, worker_id="w-1") == []  # it polls again
+        (worker,) = (await h.client.get("/workers")).json()["workers"]
+        assert worker["live"] is True
