@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 Command = TypeVar("Command", bound="Callable[..., Any]")
 
-OK, RUN_DID_NOT_COMPLETE, USAGE, NOT_FOUND, AUTH = 0, 1, 2, 3, 4
+OK, FAILED, USAGE, NOT_FOUND, AUTH = 0, 1, 2, 3, 4
 
 out = Console(highlight=False, soft_wrap=False)
 err = Console(stderr=True, highlight=False)
@@ -62,6 +62,8 @@ DEFAULT_URL = "http://127.0.0.1:9850"
 
 _CHILD_DEPTH = 5
 """Generations of children `runs show` draws before it stops descending."""
+_CHILD_READS = 50
+"""Children whose detail `runs show` reads to draw their own children."""
 
 
 class Exit(Exception):
@@ -229,15 +231,25 @@ def runs_list(
         out.print(f"\nmore: aiki runs list --cursor {page.next_cursor}", style="dim")
 
 
-async def _children(client: Client, detail: RunDetail, depth: int) -> Tree | None:
-    """The run's children, theirs under them, down `depth` generations."""
+async def _children(
+    client: Client, detail: RunDetail, depth: int, budget: list[int]
+) -> Tree | None:
+    """The run's children, theirs under them, down `depth` generations.
+
+    Each child is drawn from its parent's record; a child's own detail (for its
+    children) is read while `budget` lasts, so a run with thousands of children
+    stays one screen's worth of requests.
+    """
     if not detail.children:
         return None
     tree = Tree(f"{len(detail.children)} child run(s)")
     for record in detail.children:
+        node = tree.add(render.child_label(record))
+        if depth <= 1 or budget[0] <= 0:
+            continue
+        budget[0] -= 1
         child = await client.run_handle(record.run_id).detail()
-        node = tree.add(render.child_label(child))
-        grandchildren = await _children(client, child, depth - 1) if depth > 1 else None
+        grandchildren = await _children(client, child, depth - 1, budget)
         if grandchildren is not None:
             node.children.extend(grandchildren.children)
     return tree
@@ -252,7 +264,9 @@ def runs_show(settings: Settings, run_id: str, as_json: bool) -> None:
 
     async def show(client: Client) -> tuple[RunDetail, Tree | None]:
         detail = await client.run_handle(RunId(run_id)).detail()
-        children = None if as_json else await _children(client, detail, _CHILD_DEPTH)
+        children = (
+            None if as_json else await _children(client, detail, _CHILD_DEPTH, [_CHILD_READS])
+        )
         return detail, children
 
     detail, children = settings.call(show)
@@ -266,7 +280,7 @@ def _ended(detail: RunDetail) -> None:
     """Exit 1, with a line saying how, when the run ended other than completed."""
     if detail.status != RunStatus.COMPLETED:
         reason = f": {detail.error.type}: {detail.error.message}" if detail.error else ""
-        _fail(f"run {detail.id} ended {detail.status.value}{reason}", RUN_DID_NOT_COMPLETE)
+        _fail(f"run {detail.id} ended {detail.status.value}{reason}", FAILED)
 
 
 @runs.command("watch")
@@ -359,7 +373,7 @@ def runs_result(settings: Settings, run_id: str, timeout: timedelta | None, as_j
     except (WorkflowFailedError, WorkflowCancelledError, AikiTimeoutError) as exc:
         if as_json:
             click.echo(json.dumps({"run_id": run_id, "completed": False, "error": str(exc)}))
-        _fail(str(exc), RUN_DID_NOT_COMPLETE)
+        _fail(str(exc), FAILED)
     if as_json:
         click.echo(json.dumps({"run_id": run_id, "completed": True, "result": value}, indent=2))
     else:
@@ -634,7 +648,7 @@ def exit_code(error: AikiError) -> int:
         return AUTH
     if isinstance(error, InvalidRequestError):
         return USAGE
-    return 1
+    return FAILED
 
 
 def main() -> None:

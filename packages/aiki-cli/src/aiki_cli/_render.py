@@ -25,7 +25,14 @@ if TYPE_CHECKING:
     from rich.tree import Tree
 
     from aiki_core import ErrorInfo
-    from aiki_core.wire import RunDetail, RunSummary, Schedule, TaskRecord, WorkerSummary
+    from aiki_core.wire import (
+        ChildRecord,
+        RunDetail,
+        RunSummary,
+        Schedule,
+        TaskRecord,
+        WorkerSummary,
+    )
 
 _SEALED = re.compile(r"aiki:v\d+:([^:]+):")
 """The start of an envelope of aiki-crypto's codec: its version and key id."""
@@ -236,9 +243,11 @@ def run_detail(detail: RunDetail, children: Tree | None) -> Group:
     return Group(*parts)
 
 
-def child_label(run: RunSummary) -> Text:
+def child_label(child: ChildRecord) -> Text:
     """A child run as a line of the children tree."""
-    return Text.assemble(run.id, "  ", f"{run.workflow} {run.version}", "  ", status(run.status))
+    return Text.assemble(
+        child.run_id, "  ", f"{child.workflow} {child.version}", "  ", status(child.status)
+    )
 
 
 def schedules_table(schedules: Iterable[Schedule]) -> Table:
