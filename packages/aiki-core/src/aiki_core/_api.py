@@ -193,6 +193,7 @@ class ListRunsQuery(RequestModel):
     workflow: Name | None = None
     version: VersionName | None = None
     status: list[RunStatus] | None = None
+    reference_id: ReferenceId | None = None
     created_after: Timestamp | None = None
     created_before: Timestamp | None = None
     limit: int = Field(default=50, ge=1, le=500)
