@@ -29,17 +29,18 @@ from e2e_support import QUIET
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-    from aiki_client import RunHandle
+    from aiki_core.sdk import WorkflowRunHandle
 
 CHROMIUM = Path(os.environ.get("AIKI_CHROMIUM", "/usr/bin/chromium"))
 """Debian's Chromium (`apt-get install chromium`; `.ci/run` installs it)."""
+HAS_CHROMIUM = CHROMIUM.exists()
 WAIT = timedelta(seconds=30)
 
 
 @pytest.fixture
 async def browser() -> AsyncIterator[Browser]:
     """A headless Chromium for the test."""
-    if not CHROMIUM.exists():
+    if not HAS_CHROMIUM:
         pytest.fail(f"no Chromium at {CHROMIUM}: apt-get install chromium")
     async with async_playwright() as playwright:
         launched = await playwright.chromium.launch(
@@ -51,9 +52,10 @@ async def browser() -> AsyncIterator[Browser]:
             await launched.close()
 
 
-async def sleeping_order(client: Client, order_id: str) -> RunHandle[dict[str, str]]:
+async def sleeping_order(client: Client, order_id: str) -> WorkflowRunHandle[dict[str, str]]:
     """An order run, past its retried charge, asleep for its hour of cool-off."""
-    handle = await orders_v1.start(client, Order(order_id=order_id, amount=42), reference_id=order_id)
+    order = Order(order_id=order_id, amount=42)
+    handle = await orders_v1.start(client, order, reference_id=order_id)
     await handle.wait_for_status([RunStatus.SLEEPING], timeout=WAIT)
     return handle
 
@@ -189,9 +191,11 @@ async def test_key_login_sees_its_namespace_only(db_url: str, browser: Browser) 
             # its own key's session acts on it
             await page_a.goto(f"{server.base_url}/runs/{run.id}")
             await page_a.get_by_role("button", name="Cancel", exact=True).click()
-            await page_a.locator("dialog#confirm-cancel").get_by_role(
-                "button", name="Yes, cancel it"
-            ).click()
+            await (
+                page_a.locator("dialog#confirm-cancel")
+                .get_by_role("button", name="Yes, cancel it")
+                .click()
+            )
             await expect(page_a.locator(".runhead .badge").first).to_have_text("cancelled")
 
             # logging out ends the session

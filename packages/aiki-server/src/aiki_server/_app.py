@@ -48,8 +48,8 @@ from aiki_server import _hot_path as hot_path
 from aiki_server.__about__ import __version__
 from aiki_server._auth import ApiKeyAuth, ApiKeys, HostCheck, caller_namespace
 from aiki_server._claims import Claims
-from aiki_server._dashboard import STATIC_PACKAGE, dashboard_router
 from aiki_server._clock import Clock, from_ms, system_clock
+from aiki_server._dashboard import STATIC_PACKAGE, dashboard_router
 from aiki_server._errors import install_error_handlers, log_failure
 from aiki_server._hot_path import HotPath
 from aiki_server._limits import BodyLimitMiddleware, Limits

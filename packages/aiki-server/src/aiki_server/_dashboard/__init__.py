@@ -236,11 +236,12 @@ def dashboard_router(runs: Runs, keys: ApiKeys, db: Database, clock: Clock) -> A
             )
         if action not in _ACTIONS:
             return await not_found(request, viewer, f"There is no action {action!r}.")
+        ns = viewer.namespace
         operations: dict[str, Callable[[], Awaitable[RunSummary]]] = {
-            "cancel": lambda: runs.cancel_run(viewer.namespace, run_id, "cancelled from the dashboard"),
-            "pause": lambda: runs.pause_run(viewer.namespace, run_id),
-            "resume": lambda: runs.resume_run(viewer.namespace, run_id),
-            "wake": lambda: runs.wake_run(viewer.namespace, run_id),
+            "cancel": lambda: runs.cancel_run(ns, run_id, "cancelled from the dashboard"),
+            "pause": lambda: runs.pause_run(ns, run_id),
+            "resume": lambda: runs.resume_run(ns, run_id),
+            "wake": lambda: runs.wake_run(ns, run_id),
         }
         try:
             await operations[action]()
@@ -325,4 +326,3 @@ async def _form(request: Request) -> dict[str, str]:
         return {}
     fields = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
     return {name: values[-1] for name, values in fields.items()}
-

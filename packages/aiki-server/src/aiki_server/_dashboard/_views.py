@@ -18,7 +18,8 @@ from aiki_core import RunStatus
 if TYPE_CHECKING:
     from pydantic import JsonValue
 
-    from aiki_core.wire import ErrorInfo, RunDetail
+    from aiki_core import ErrorInfo
+    from aiki_core.wire import RunDetail
 
 _ENVELOPE = re.compile(r"^aiki:v[0-9]{1,4}:[^:]+:[A-Za-z0-9_-]+$")
 """A payload sealed by a codec (aiki-crypto's envelope): the server cannot read it."""
@@ -87,7 +88,8 @@ def waiting_for(run: RunDetail) -> list[str]:
         elif wait.kind == "child":
             lines.append(f"waiting for child run {wait.child_run_id}")
         else:
-            what = f"task {wait.address}" if wait.address else "the run"
+            names = [t.name for t in run.tasks if wait.address and t.address == wait.address]
+            what = f"task {names[0]}" if names else "the run"
             lines.append(f"retrying {what}{due}")
     if run.pending_reason:
         lines.append(run.pending_reason)
