@@ -237,13 +237,15 @@ async def test_list_pages_newest_first_with_a_keyset_cursor(harness: Harness) ->
     assert len(set(seen)) == 7
 
 
-async def test_list_filters_by_workflow_version_status_reference_and_time(harness: Harness) -> None:
+async def test_list_filters_by_workflow_version_status_reference_id_and_time(
+    harness: Harness,
+) -> None:
     c = harness.client
-    a1 = (await start(c, workflow="a", version="1"))["id"]
+    a1 = (await start(c, workflow="a", version="1", reference_id="order-1"))["id"]
     harness.advance(1000)
     a2 = (await start(c, workflow="a", version="2"))["id"]
     harness.advance(1000)
-    b1 = (await start(c, workflow="b", version="1", reference_id="order-7"))["id"]
+    b1 = (await start(c, workflow="b", version="1", reference_id="order-1"))["id"]
     harness.advance(1000)
     b1_paused = (await start(c, workflow="b", version="1"))["id"]
     assert (await c.post(f"/runs/{b1_paused}/pause")).status_code == 200
@@ -256,8 +258,10 @@ async def test_list_filters_by_workflow_version_status_reference_and_time(harnes
     assert await list_ids(c, version="1") == [a1_cancelled, b1_paused, b1, a1]
     assert await list_ids(c, workflow="a", version="2") == [a2]
     assert await list_ids(c, workflow="nothing") == []
-    assert await list_ids(c, reference_id="order-7") == [b1]
-    assert await list_ids(c, reference_id="order-8") == []
+    # a reference id is unique per workflow, not across them
+    assert await list_ids(c, reference_id="order-1") == [b1, a1]
+    assert await list_ids(c, reference_id="order-1", workflow="a") == [a1]
+    assert await list_ids(c, reference_id="order-2") == []
 
     r = await c.get("/runs", params=[("status", "paused"), ("status", "cancelled")])
     assert r.status_code == 200, r.text

@@ -11,6 +11,7 @@ import anyio
 from fastapi import APIRouter, Body, Depends, FastAPI, Header, Query, Request
 from pydantic import JsonValue  # noqa: TC002 - FastAPI reads the route's annotations at runtime
 from starlette.responses import JSONResponse, Response
+from starlette.staticfiles import StaticFiles
 
 from aiki_core import RunStatus  # noqa: TC001 - FastAPI reads the route's annotations at runtime
 from aiki_core.wire import (
@@ -49,6 +50,7 @@ from aiki_server.__about__ import __version__
 from aiki_server._auth import ApiKeyAuth, ApiKeys, HostCheck, caller_namespace
 from aiki_server._claims import Claims
 from aiki_server._clock import Clock, from_ms, system_clock
+from aiki_server._dashboard import STATIC_PACKAGE, dashboard_router
 from aiki_server._errors import install_error_handlers, log_failure
 from aiki_server._hot_path import HotPath
 from aiki_server._limits import BodyLimitMiddleware, Limits
@@ -191,6 +193,8 @@ def create_app(db_url: str, settings: ServerSettings | None = None) -> FastAPI:
         ),
         prefix="/api/v1",
     )
+    app.include_router(dashboard_router(runs, keys, db, clock))
+    app.mount("/static", StaticFiles(packages=[STATIC_PACKAGE]), name="static")
 
     @app.get("/health", include_in_schema=False)
     async def health() -> Response:

@@ -11,7 +11,8 @@ that namespace only, so another namespace's run is a 404, not a 403.
 - A key that is malformed, unknown or revoked is a 401, open server or not.
 - Public without a key: `/health`, the OpenAPI document and its `/docs` page, and
   webhook deliveries, whose signed URL is their credential (the run's namespace
-  comes from the webhook).
+  comes from the webhook). The dashboard's pages take no `Authorization` header:
+  they check their own session cookie (see `_dashboard`).
 - An open server answers only requests addressed to it by a loopback name
   (`localhost`, 127.0.0.0/8, `[::1]`, any port), by its public URL's host, or by a
   name of `allowed_hosts`: any other `Host` is a 403, on every path, public or not.
@@ -55,6 +56,8 @@ _MAX_REFUSED = 10_000
 """Refused keys remembered at most: made-up keys are forgotten, live ones are not."""
 _PUBLIC_PATHS = frozenset({"/health", "/openapi.json", "/docs", "/docs/oauth2-redirect"})
 _WEBHOOK_DELIVERY = re.compile(r"^/api/v1/webhooks/[^/]+$")
+_DASHBOARD = re.compile(r"^/(?:|login|logout|runs/[^/]+(?:/[a-z]+)?|static/[^?#]+)$")
+"""The dashboard's pages, forms and files (they authenticate by their session cookie)."""
 _BEARER = re.compile(r"^[Bb][Ee][Aa][Rr][Ee][Rr] +(\S+) *$")
 
 
@@ -85,7 +88,10 @@ class ApiKeys:
         """The namespace `key` opens, or `None` for a malformed, unknown or revoked key."""
         if not is_well_formed(key):
             return None
-        key_hash = hash_key(key)
+        return await self.namespace_of_hash(hash_key(key))
+
+    async def namespace_of_hash(self, key_hash: str) -> str | None:
+        """The namespace the key of this `hash_key` opens, or `None` (unknown or revoked)."""
         now = time.monotonic()
         live = self._live.get(key_hash)
         if live is not None and now < live[1]:
@@ -217,7 +223,11 @@ class ApiKeyAuth:
 
 
 def _is_public(path: str) -> bool:
-    return path in _PUBLIC_PATHS or _WEBHOOK_DELIVERY.match(path) is not None
+    return (
+        path in _PUBLIC_PATHS
+        or _WEBHOOK_DELIVERY.match(path) is not None
+        or _DASHBOARD.match(path) is not None
+    )
 
 
 def _authorization(scope: Scope) -> str | None:

@@ -119,43 +119,40 @@ class Runs:
 
     async def list_runs(self, namespace: str, query: ListRunsQuery) -> RunPage:
         """Runs newest first, filtered, one keyset page at a time."""
-        clauses = ["namespace = $1"]
-        args: list[Any] = [namespace]
-
-        def arg(value: Any) -> str:
-            args.append(value)
-            return f"${len(args)}"
-
-        if query.workflow is not None:
-            clauses.append(f"workflow = {arg(query.workflow)}")
-        if query.version is not None:
-            clauses.append(f"version = {arg(query.version)}")
-        if query.reference_id is not None:
-            clauses.append(f"reference_id = {arg(query.reference_id)}")
-        if query.status:
-            clauses.append(f"status IN ({', '.join(arg(s.value) for s in query.status)})")
-        if query.created_after is not None:
-            clauses.append(f"created_at >= {arg(to_ms(query.created_after))}")
-        if query.created_before is not None:
-            clauses.append(f"created_at < {arg(to_ms(query.created_before))}")
+        where = _RunFilter(namespace, query)
         if query.cursor is not None:
             created_at, run_id = decode_cursor(query.cursor)
-            clauses.append(
-                f"(created_at < {arg(created_at)} OR (created_at = {arg(created_at)}"
-                f" AND id < {arg(run_id)}))"
+            where.add(
+                f"(created_at < {where.arg(created_at)} OR (created_at = {where.arg(created_at)}"
+                f" AND id < {where.arg(run_id)}))"
             )
         sql = (
-            f"SELECT {RUN_COLUMNS} FROM runs WHERE {' AND '.join(clauses)}"
-            f" ORDER BY created_at DESC, id DESC LIMIT {arg(query.limit + 1)}"
+            f"SELECT {RUN_COLUMNS} FROM runs WHERE {where.sql}"
+            f" ORDER BY created_at DESC, id DESC LIMIT {where.arg(query.limit + 1)}"
         )
         async with self._db.reader() as tx:
-            rows = await tx.fetch(sql, *args)
+            rows = await tx.fetch(sql, *where.args)
         page = rows[: query.limit]
         next_cursor = None
         if len(rows) > query.limit:
             last = page[-1]
             next_cursor = encode_cursor(last["created_at"], last["id"])
         return RunPage(runs=[run_summary(r) for r in page], next_cursor=next_cursor)
+
+    async def count_by_status(self, namespace: str, query: ListRunsQuery) -> dict[RunStatus, int]:
+        """How many runs `list_runs` finds under the query's filters, by status.
+
+        Every status is counted whatever `query.status` says (a tally to pick one
+        from); the cursor and the limit do not apply.
+        """
+        where = _RunFilter(namespace, query.model_copy(update={"status": None}))
+        sql = f"SELECT status, COUNT(*) AS n FROM runs WHERE {where.sql} GROUP BY status"
+        async with self._db.reader() as tx:
+            rows = await tx.fetch(sql, *where.args)
+        counts = dict.fromkeys(RunStatus, 0)
+        for row in rows:
+            counts[RunStatus(row["status"])] = int(row["n"])
+        return counts
 
     async def wait_for_run(
         self, namespace: str, run_id: str, statuses: Sequence[RunStatus], timeout: timedelta
@@ -343,3 +340,37 @@ async def _request_pause(tx: Tx, run: Row, now: int, reason: str, *, requested: 
         now=now,
     )
     tx.publish(run_topic(run["id"]))
+
+
+class _RunFilter:
+    """The WHERE clause of a run listing's filters, with its numbered arguments."""
+
+    def __init__(self, namespace: str, query: ListRunsQuery) -> None:
+        self.args: list[Any] = [namespace]
+        self._clauses = ["namespace = $1"]
+        if query.workflow is not None:
+            self.add(f"workflow = {self.arg(query.workflow)}")
+        if query.version is not None:
+            self.add(f"version = {self.arg(query.version)}")
+        if query.status:
+            self.add(f"status IN ({', '.join(self.arg(s.value) for s in query.status)})")
+        if query.reference_id is not None:
+            self.add(f"reference_id = {self.arg(query.reference_id)}")
+        if query.created_after is not None:
+            self.add(f"created_at >= {self.arg(to_ms(query.created_after))}")
+        if query.created_before is not None:
+            self.add(f"created_at < {self.arg(to_ms(query.created_before))}")
+
+    def arg(self, value: Any) -> str:
+        """The placeholder of one more argument."""
+        self.args.append(value)
+        return f"${len(self.args)}"
+
+    def add(self, clause: str) -> None:
+        """One more condition, ANDed with the others."""
+        self._clauses.append(clause)
+
+    @property
+    def sql(self) -> str:
+        """The conditions, for after `WHERE`."""
+        return " AND ".join(self._clauses)

@@ -158,19 +158,22 @@ class Webhooks:
         return hmac.compare_digest(expected.encode(), signature.encode())
 
 
-async def stored_secret(db: Database, now: int) -> bytes:
-    """The database's webhook secret; the first server to ask generates it (race-safe)."""
+async def stored_secret(db: Database, now: int, name: str = _SECRET_NAME) -> bytes:
+    """The database's secret `name` (by default the webhook one).
+
+    The first server to ask generates it (race-safe); every replica shares it.
+    """
 
     async def insert_then_read(tx: Tx) -> str:
         # a concurrent replica's insert wins or waits; either way one value survives
         await tx.execute(
             "INSERT INTO server_secrets (name, value, created_at) VALUES ($1, $2, $3)"
             " ON CONFLICT (name) DO NOTHING",
-            _SECRET_NAME,
+            name,
             base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
             now,
         )
-        row = await tx.fetchrow("SELECT value FROM server_secrets WHERE name = $1", _SECRET_NAME)
+        row = await tx.fetchrow("SELECT value FROM server_secrets WHERE name = $1", name)
         assert row is not None
         value: str = row["value"]
         return value

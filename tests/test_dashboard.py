@@ -1,0 +1,205 @@
+"""The dashboard in a real browser: Debian's Chromium, driven by Playwright.
+
+A real server process (`aiki_server.testing.server_process`) on SQLite and on
+PostgreSQL, a worker in the test process, and a browser that clicks through the
+pages as a person would: the runs list, a filter, a run with its task timeline,
+a cancel confirmed in its dialog; with API keys, a login, and a key of another
+namespace refused.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import httpx
+import pytest
+from playwright.async_api import Browser, Page, async_playwright, expect
+
+from aiki_client import Client
+from aiki_core import RunStatus
+from aiki_server.testing import server_process
+from aiki_worker import Worker
+from dashboard_app import Order, audit_v1, orders_v1
+from e2e_support import QUIET
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from aiki_core.sdk import WorkflowRunHandle
+
+CHROMIUM = Path(os.environ.get("AIKI_CHROMIUM", "/usr/bin/chromium"))
+"""Debian's Chromium (`apt-get install chromium`; `.ci/run` installs it)."""
+HAS_CHROMIUM = CHROMIUM.exists()
+WAIT = timedelta(seconds=30)
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    """A headless Chromium for the test."""
+    if not HAS_CHROMIUM:
+        pytest.fail(f"no Chromium at {CHROMIUM}: apt-get install chromium")
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"]
+        )
+        try:
+            yield launched
+        finally:
+            await launched.close()
+
+
+async def sleeping_order(client: Client, order_id: str) -> WorkflowRunHandle[dict[str, str]]:
+    """An order run, past its retried charge, asleep for its hour of cool-off."""
+    order = Order(order_id=order_id, amount=42)
+    handle = await orders_v1.start(client, order, reference_id=order_id)
+    await handle.wait_for_status([RunStatus.SLEEPING], timeout=WAIT)
+    return handle
+
+
+async def test_list_filter_run_and_cancel(db_url: str, browser: Browser) -> None:
+    async with (
+        server_process(db_url) as server,
+        Client(server.base_url, logger=QUIET) as client,
+        Worker(client, [orders_v1, audit_v1], logger=QUIET),
+    ):
+        first = await sleeping_order(client, "o-1001")
+        second = await sleeping_order(client, "o-1002")
+        audit = await audit_v1.start(client, "2026-12-04")
+        await audit.wait_for_status([RunStatus.FAILED], timeout=WAIT)
+
+        page = await browser.new_page()
+        await page.goto(server.base_url + "/")
+        await expect(page.locator("table.runs tbody tr")).to_have_count(3)
+        await expect(page.locator(".count.c-sleeping .n")).to_have_text("2")
+        await expect(page.locator(".count.c-failed .n")).to_have_text("1")
+
+        # a filter: the reference id of one order
+        await page.get_by_label("Reference id").fill("o-1002")
+        await page.get_by_role("button", name="Filter").click()
+        await expect(page).to_have_url(re.compile(r"reference_id=o-1002"))
+        rows = page.locator("table.runs tbody tr")
+        await expect(rows).to_have_count(1)
+        await expect(rows.first).to_contain_text(second.id)
+
+        # a status count is a filter too, and keeps the others
+        await page.goto(server.base_url + "/")
+        await page.locator(".count.c-failed").click()
+        await expect(rows).to_have_count(1)
+        await expect(rows.first).to_contain_text("nightly-audit")
+
+        # list -> run: what it waits for, and the retried charge on the timeline
+        await page.goto(server.base_url + "/?status=sleeping")
+        await page.get_by_role("link", name=first.id).click()
+        await expect(page).to_have_url(f"{server.base_url}/runs/{first.id}")
+        await expect(page.locator(".runhead .badge").first).to_have_text("sleeping")
+        await expect(page.locator(".waiting")).to_contain_text("sleeping until")
+        lane = page.locator(".lane", has_text="charge-card")
+        await expect(lane.locator(".bar")).to_have_count(2)
+        await expect(lane.locator(".bar.b-failed")).to_have_count(1)
+        await expect(lane).to_contain_text("2 attempts")
+        await expect(page.locator("pre.json").first).to_contain_text('"order_id": "o-1001"')
+
+        # cancel, confirmed in its dialog: "Keep it" changes nothing
+        await page.get_by_role("button", name="Cancel", exact=True).click()
+        dialog = page.locator("dialog#confirm-cancel")
+        await expect(dialog).to_be_visible()
+        await dialog.get_by_role("button", name="Keep it").click()
+        await expect(dialog).to_be_hidden()
+        assert await first.status() == RunStatus.SLEEPING
+
+        await page.get_by_role("button", name="Cancel", exact=True).click()
+        await dialog.get_by_role("button", name="Yes, cancel it").click()
+        await expect(page.locator(".flash.ok")).to_have_text("Run cancelled.")
+        await expect(page.locator(".runhead .badge").first).to_have_text("cancelled")
+        assert await first.status() == RunStatus.CANCELLED
+        assert await second.status() == RunStatus.SLEEPING
+
+
+async def test_action_without_its_csrf_token_is_refused(db_url: str, browser: Browser) -> None:
+    async with (
+        server_process(db_url) as server,
+        Client(server.base_url, logger=QUIET) as client,
+        Worker(client, [orders_v1], logger=QUIET),
+    ):
+        run = await sleeping_order(client, "o-2001")
+        page = await browser.new_page()
+        await page.goto(f"{server.base_url}/runs/{run.id}")  # a session, with its token
+        refused = await page.request.post(
+            f"{server.base_url}/runs/{run.id}/cancel", form={"csrf": "forged"}
+        )
+        assert refused.status == 403
+        # and no other site's form is answered without the session cookie at all
+        async with httpx.AsyncClient() as other:
+            response = await other.post(f"{server.base_url}/runs/{run.id}/cancel", data={})
+        assert response.status_code == 403
+        assert await run.status() == RunStatus.SLEEPING
+
+
+async def login(page: Page, base_url: str, key: str) -> None:
+    """Log in on the dashboard's login page with `key`."""
+    await page.goto(base_url + "/")
+    await expect(page).to_have_url(re.compile(r"/login\?next=%2F$"))
+    await page.get_by_label("API key").fill(key)
+    await page.get_by_role("button", name="Log in").click()
+
+
+async def test_key_login_sees_its_namespace_only(db_url: str, browser: Browser) -> None:
+    async with server_process(db_url) as server:
+        key_a = await server.create_api_key("team-a")
+        key_b = await server.create_api_key("team-b")
+        async with (
+            Client(server.base_url, api_key=key_a.key, logger=QUIET) as client_a,
+            Worker(client_a, [orders_v1], logger=QUIET),
+        ):
+            run = await sleeping_order(client_a, "o-3001")
+
+            page_a = await (await browser.new_context()).new_page()
+            await page_a.goto(server.base_url + "/")
+            await page_a.get_by_label("API key").fill("aiki_not_a_key")
+            await page_a.get_by_role("button", name="Log in").click()
+            await expect(page_a.locator(".flash.error")).to_contain_text("not valid")
+
+            await login(page_a, server.base_url, key_a.key)
+            await expect(page_a).to_have_url(server.base_url + "/")
+            await expect(page_a.locator(".namespace")).to_have_text("team-a")
+            await expect(page_a.locator("table.runs tbody tr")).to_have_count(1)
+            cookie = next(c for c in await page_a.context.cookies() if c["name"] == "aiki_session")
+            assert cookie["httpOnly"]
+            assert cookie["sameSite"] == "Strict"
+            assert key_a.key not in cookie["value"]
+
+            # another namespace's key sees none of it, and may not act on it
+            page_b = await (await browser.new_context()).new_page()
+            await login(page_b, server.base_url, key_b.key)
+            await expect(page_b.locator(".namespace")).to_have_text("team-b")
+            await expect(page_b.locator(".empty")).to_have_text("No runs.")
+            shown = await page_b.goto(f"{server.base_url}/runs/{run.id}")
+            assert shown is not None
+            assert shown.status == 404
+            token = await page_b.locator('meta[name="csrf-token"]').get_attribute("content")
+            assert token
+            refused = await page_b.request.post(
+                f"{server.base_url}/runs/{run.id}/cancel", form={"csrf": token}
+            )
+            assert refused.status == 404
+            assert await run.status() == RunStatus.SLEEPING
+
+            # its own key's session acts on it
+            await page_a.goto(f"{server.base_url}/runs/{run.id}")
+            await page_a.get_by_role("button", name="Cancel", exact=True).click()
+            await (
+                page_a.locator("dialog#confirm-cancel")
+                .get_by_role("button", name="Yes, cancel it")
+                .click()
+            )
+            await expect(page_a.locator(".runhead .badge").first).to_have_text("cancelled")
+
+            # logging out ends the session
+            await page_a.get_by_role("button", name="Log out").click()
+            await expect(page_a).to_have_url(server.base_url + "/login")
+            await page_a.goto(server.base_url + "/")
+            await expect(page_a).to_have_url(re.compile(r"/login"))
