@@ -37,8 +37,9 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from aiki_core import ConsoleLogger, ErrorInfo, RunStatus, WorkflowTimeoutError
+from aiki_core import ErrorInfo, RunStatus, WorkflowTimeoutError
 from aiki_server._lifecycle import TERMINAL, end_run_and_descendants, move_run, requeue
+from aiki_server._logs import component
 from aiki_server._notify import TIMERS
 from aiki_server._rows import dump
 
@@ -49,7 +50,7 @@ if TYPE_CHECKING:
     from aiki_server._notify import WakeHub
     from aiki_server._storage._database import Database, Row, Tx
 
-_log = ConsoleLogger().child({"component": "timers"})
+_log = component("timers")
 
 _WAKEABLE = tuple(
     s.value
@@ -154,6 +155,7 @@ class TimerDaemon:
                     continue  # a full batch may mean more is due
                 next_due = await self._next_due()
             except Exception as exc:
+                self._db.metrics.timer_pass_failed()
                 _log.error("timer pass failed; trying again", {"error": repr(exc)})
                 await anyio.sleep(self._max_idle)
                 continue
