@@ -258,7 +258,8 @@ class HttpMetrics:
         try:
             await self.app(scope, receive, sending)
         finally:
-            self.metrics.http_request(scope["method"], self._route(scope), status, perf_counter() - started)
+            seconds = perf_counter() - started
+            self.metrics.http_request(scope["method"], self._route(scope), status, seconds)
 
     def _route(self, scope: Scope) -> str:
         template: str | None = scope.get(ROUTE_SCOPE_KEY)
