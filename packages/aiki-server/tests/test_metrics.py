@@ -12,7 +12,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from aiki_server._starts import insert_run
 from aiki_server.testing import embedded_server
-from server_api import FAR_FUTURE, START_MS, claim_one, start, task_record, transition
+from server_api import (
+    FAR_FUTURE,
+    START_MS,
+    claim_one,
+    start,
+    task_record,
+    timer_pass,
+    transition,
+)
 
 if TYPE_CHECKING:
     import pytest
@@ -130,6 +138,16 @@ async def test_ten_runs_two_failures(harness: Harness) -> None:
     assert value(m, "aiki_db_transaction_duration_seconds_count") > 0
     assert value(m, "aiki_db_transaction_retries_total") == 0
     assert value(m, "aiki_db_transaction_errors_total") == 0
+
+
+async def test_the_timer_lag_is_how_late_a_due_row_moved(harness: Harness) -> None:
+    await start(harness.client, delay=1_000)  # scheduled: a wake-up due in 1 s
+    harness.clock.advance(3_000)
+    await timer_pass(harness)
+    m = await scrape(harness.client)
+    assert value(m, "aiki_timer_lag_seconds_count", kind="wake-up") == 1
+    assert value(m, "aiki_timer_lag_seconds_sum", kind="wake-up") == 2.0
+    assert value(m, "aiki_timer_failed_passes_total") == 0
 
 
 async def test_an_unknown_path_counts_as_unmatched(harness: Harness) -> None:

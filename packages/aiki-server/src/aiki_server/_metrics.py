@@ -82,6 +82,13 @@ class Metrics:
         self._timer_failed_passes = Counter(
             "aiki_timer_failed_passes", "Timer daemon passes that failed whole.", registry=reg
         )
+        self._timer_lag = Histogram(
+            "aiki_timer_lag_seconds",
+            "How late the timer daemon moved a due row, by kind (wake-up, deadline, ...).",
+            ["kind"],
+            buckets=_SHORT,
+            registry=reg,
+        )
         self._http_requests = Counter(
             "aiki_http_requests",
             "HTTP requests answered, by route template and status.",
@@ -138,6 +145,10 @@ class Metrics:
         """A task attempt ended with `outcome` after `seconds`."""
         self._task_attempts.labels(task, outcome).inc()
         self._task_duration.labels(task, outcome).observe(seconds)
+
+    def timer_moved(self, kind: str, late_ms: int) -> None:
+        """The timer daemon moved a row of `kind` `late_ms` after it was due."""
+        self._timer_lag.labels(kind).observe(max(late_ms, 0) / 1000)
 
     def timer_pass_failed(self) -> None:
         """A timer pass failed whole."""

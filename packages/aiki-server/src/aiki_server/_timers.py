@@ -78,6 +78,7 @@ class _Kind:
     table: str
     due: str
     order: str
+    """The column that holds when a row is due."""
     handle: Callable[[Tx, Row, int], Awaitable[None]]
     reread: bool = False
     """Whether handling one row may move another of the same kind (in the same pass):
@@ -229,7 +230,10 @@ class TimerDaemon:
                 )
             if current is not None:
                 # the time the row moved at: now that it is locked
-                await kind.handle(tx, current, self._clock())
+                moved_at = self._clock()
+                await kind.handle(tx, current, moved_at)
+                late = moved_at - current[kind.order]
+                tx.observe(lambda metrics, late=late: metrics.timer_moved(kind.what, late))
                 moved += 1
         return moved
 
