@@ -141,12 +141,14 @@ async def test_ten_runs_two_failures(harness: Harness) -> None:
 
 
 async def test_the_timer_lag_is_how_late_a_due_row_moved(harness: Harness) -> None:
-    await start(harness.client, delay=1_000)  # scheduled: a wake-up due in 1 s
+    await start(harness.client, delay=1_000)  # scheduled: wake-ups due in 1 and 2.5 s
+    await start(harness.client, delay=2_500)
     harness.clock.advance(3_000)
-    await timer_pass(harness)
+    await timer_pass(harness)  # both in one pass: 2 and 0.5 s late
     m = await scrape(harness.client)
-    assert value(m, "aiki_timer_lag_seconds_count", kind="wake-up") == 1
-    assert value(m, "aiki_timer_lag_seconds_sum", kind="wake-up") == 2.0
+    assert value(m, "aiki_timer_lag_seconds_count", kind="wake-up") == 2
+    assert value(m, "aiki_timer_lag_seconds_sum", kind="wake-up") == 2.5
+    assert value(m, "aiki_timer_lag_seconds_bucket", kind="wake-up", le="1.0") == 1
     assert value(m, "aiki_timer_failed_passes_total") == 0
 
 
