@@ -40,7 +40,7 @@ import anyio
 
 from aiki_core import ErrorInfo, RunStatus, WorkflowTimeoutError
 from aiki_server._lifecycle import TERMINAL, end_run_and_descendants, move_run, requeue
-from aiki_server._logs import component
+from aiki_server._logs import component, run_ids
 from aiki_server._notify import TIMERS
 from aiki_server._rows import dump
 
@@ -214,7 +214,7 @@ class TimerDaemon:
                     moved += await self._handle(tx, kind, [row], now)
             except Exception as exc:
                 failed += 1
-                await self._note_failure(tx, kind, row["id"], exc)
+                await self._note_failure(tx, kind, row, exc)
         return moved, failed
 
     async def _handle(self, tx: Tx, kind: _Kind, rows: list[Row], now: int) -> int:
@@ -238,8 +238,9 @@ class TimerDaemon:
                 moved += 1
         return moved
 
-    async def _note_failure(self, tx: Tx, kind: _Kind, row_id: str, exc: Exception) -> None:
+    async def _note_failure(self, tx: Tx, kind: _Kind, row: Row, exc: Exception) -> None:
         """Count the failure on the row and log it; at `SET_ASIDE_AFTER`, it is set aside."""
+        row_id = row["id"]
         error = ErrorInfo.from_exception(exc, include_stack=False)
         noted = await tx.fetchrow(
             f"UPDATE {kind.table} SET timer_failures = timer_failures + 1, timer_error = $2"
@@ -249,6 +250,8 @@ class TimerDaemon:
         )
         failures = 0 if noted is None else int(noted["timer_failures"])
         context = {"kind": kind.what, "id": row_id, "failures": failures, "error": repr(exc)}
+        if kind.table == "runs":
+            context |= run_ids(row)
         if failures >= SET_ASIDE_AFTER:
             _log.error(f"{kind.what} failed {failures} times in a row; set aside", context)
         else:
