@@ -28,6 +28,7 @@ EXPECTED_EXPORTS: dict[str, tuple[str, ...]] = {
         "EventResult",
         "IllegalTransitionError",
         "InvalidRequestError",
+        "JsonLogger",
         "LogLevel",
         "Logger",
         "NonRetryableError",
@@ -112,6 +113,7 @@ EXPECTED_EXPORTS: dict[str, tuple[str, ...]] = {
         "PayloadCodec",
         # logging
         "ConsoleLogger",
+        "JsonLogger",
         "LogLevel",
         "Logger",
         "StdlibLogger",

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 import re
 from datetime import timedelta
@@ -8,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from aiki_core import ConsoleLogger, Logger, LogLevel, StdlibLogger
+from aiki_core import ConsoleLogger, JsonLogger, Logger, LogLevel, StdlibLogger
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -111,6 +112,24 @@ def _aiki(record: logging.LogRecord) -> Mapping[str, object]:
     return metadata
 
 
+def test_json_writes_one_object_per_line(stream: io.StringIO) -> None:
+    log = JsonLogger(LogLevel.DEBUG, stream=stream).child({"worker_id": "w-1"})
+    log.trace("dropped")
+    log.debug("claimed run", {"run_id": "r-1", "delay": timedelta(seconds=1)})
+    log.error("odd keys", {"message": "not mine", "name": "Zoë"})
+    first, second = (json.loads(line) for line in _lines(stream))
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", first.pop("time"))
+    assert first == {
+        "level": "DEBUG",
+        "message": "claimed run",
+        "worker_id": "w-1",
+        "run_id": "r-1",
+        "delay": "0:00:01",
+    }
+    assert list(second) == ["time", "level", "message", "worker_id", "name"]
+    assert (second["message"], second["name"]) == ("odd keys", "Zoë")
+
+
 def test_stdlib_forwards_with_levels_and_metadata(
     caplog: pytest.LogCaptureFixture, stdlib_logger: logging.Logger
 ) -> None:
@@ -188,6 +207,7 @@ class _ListLogger:
 def test_loggers_satisfy_the_protocol(stdlib_logger: logging.Logger) -> None:
     assert isinstance(ConsoleLogger(), Logger)
     assert isinstance(ConsoleLogger().child({"a": 1}), Logger)
+    assert isinstance(JsonLogger().child({"a": 1}), JsonLogger)
     assert isinstance(StdlibLogger(stdlib_logger), Logger)
     assert isinstance(_ListLogger(), Logger)
     assert not isinstance(logging.getLogger(STDLIB_NAME), Logger)  # has no trace/child

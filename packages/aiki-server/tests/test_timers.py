@@ -29,6 +29,7 @@ from server_api import (
 
 if TYPE_CHECKING:
     import httpx
+    import pytest
 
     from aiki_server._storage._database import Database
     from server_api import Harness
@@ -612,7 +613,9 @@ async def set_aside(h: Harness) -> int:
     return count
 
 
-async def test_a_row_that_always_fails_is_set_aside_and_shown(harness: Harness) -> None:
+async def test_a_row_that_always_fails_is_set_aside_and_shown(
+    harness: Harness, capsys: pytest.CaptureFixture[str]
+) -> None:
     h = harness
     db = h.app.state.db
     bad_run, *good_runs = [(await start(h.client, delay=SECOND))["id"] for _ in range(3)]
@@ -645,6 +648,11 @@ async def test_a_row_that_always_fails_is_set_aside_and_shown(harness: Harness) 
     with anyio.fail_after(5):  # counted once the pass that set them aside committed
         while await set_aside(h) != 2:  # noqa: ASYNC110 - no event says a pass counted
             await anyio.sleep(0.02)
+
+    # the log says which run, with its ids
+    ids = f'run_id="{bad_run}" workflow="w" version="1" namespace="default"'
+    lines = [line for line in capsys.readouterr().err.splitlines() if "set aside" in line]
+    assert any(" wake-up failed 5 times in a row" in line and ids in line for line in lines)
 
     # set aside: later passes leave both alone
     await timer_pass(h)

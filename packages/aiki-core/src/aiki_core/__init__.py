@@ -49,7 +49,7 @@ from aiki_core._exceptions import (
     WorkflowTimeoutError,
 )
 from aiki_core._ids import RunId
-from aiki_core._logging import ConsoleLogger, Logger, LogLevel, StdlibLogger
+from aiki_core._logging import ConsoleLogger, JsonLogger, Logger, LogLevel, StdlibLogger
 from aiki_core._public import show_public_path as _show_public_path
 from aiki_core._retry import RetryPolicy
 from aiki_core._schedules import OverlapPolicy
@@ -97,6 +97,7 @@ __all__ = (
     "PayloadCodec",
     # logging
     "ConsoleLogger",
+    "JsonLogger",
     "LogLevel",
     "Logger",
     "StdlibLogger",

@@ -4,7 +4,8 @@ Every Aiki component logs through a `Logger`: five levels that take a message an
 metadata mapping, plus `child(metadata)` to bind ids (the client binds nothing, a
 worker binds its id, each run binds workflow, version and run id). Bring your own
 by implementing the protocol, or use `ConsoleLogger` (the default, one line per
-record on stderr) or `StdlibLogger` (forwards to a `logging.Logger`).
+record on stderr), `JsonLogger` (one JSON object per line, for log collectors) or
+`StdlibLogger` (forwards to a `logging.Logger`).
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from enum import IntEnum
-from typing import Protocol, TextIO, runtime_checkable
+from typing import Protocol, Self, TextIO, runtime_checkable
 
-__all__ = ["ConsoleLogger", "LogLevel", "Logger", "StdlibLogger"]
+__all__ = ["ConsoleLogger", "JsonLogger", "LogLevel", "Logger", "StdlibLogger"]
 
 Metadata = Mapping[str, object]
 
@@ -93,12 +94,8 @@ class _BoundLogger(ABC):
         self._emit(LogLevel.ERROR, message, self._merge(metadata))
 
 
-class ConsoleLogger(_BoundLogger):
-    """Writes one line per record: UTC time, level, message, then `key=value` pairs.
-
-    Records below `level` are dropped. Values are written as JSON, so a line can be
-    read back by a machine as well as a person.
-    """
+class _StreamLogger(_BoundLogger):
+    """Writes one line per record at or above `level` to `stream` (default: stderr)."""
 
     def __init__(
         self,
@@ -111,21 +108,50 @@ class ConsoleLogger(_BoundLogger):
         self.level = level
         self._stream = stream
 
-    def child(self, metadata: Metadata) -> ConsoleLogger:
+    def child(self, metadata: Metadata) -> Self:
         """A logger that adds `metadata` to every record."""
-        return ConsoleLogger(self.level, stream=self._stream, metadata=self._merge(metadata))
+        return type(self)(self.level, stream=self._stream, metadata=self._merge(metadata))
+
+    @abstractmethod
+    def _line(self, stamp: str, level: LogLevel, message: str, metadata: dict[str, object]) -> str:
+        """The record as one line, without its newline."""
 
     def _emit(self, level: LogLevel, message: str, metadata: dict[str, object]) -> None:
         if level < self.level:
             return
         stamp = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        # resolve stderr at write time, so capture tools that swap sys.stderr see it
+        stream = self._stream or sys.stderr
+        stream.write(self._line(stamp, level, message, metadata) + "\n")
+
+
+class ConsoleLogger(_StreamLogger):
+    """Writes one line per record: UTC time, level, message, then `key=value` pairs.
+
+    Records below `level` are dropped. Values are written as JSON, so a line can be
+    read back by a machine as well as a person.
+    """
+
+    def _line(self, stamp: str, level: LogLevel, message: str, metadata: dict[str, object]) -> str:
         pairs = "".join(
             f" {key}={json.dumps(value, default=str, ensure_ascii=False)}"
             for key, value in metadata.items()
         )
-        # resolve stderr at write time, so capture tools that swap sys.stderr see it
-        stream = self._stream or sys.stderr
-        stream.write(f"{stamp} {level.name:<5} {message}{pairs}\n")
+        return f"{stamp} {level.name:<5} {message}{pairs}"
+
+
+class JsonLogger(_StreamLogger):
+    """Writes one JSON object per line: `time`, `level`, `message`, then the metadata.
+
+    For log collectors (Loki, Elasticsearch, CloudWatch). Records below `level` are
+    dropped; a metadata key named like one of the first three is left out.
+    """
+
+    def _line(self, stamp: str, level: LogLevel, message: str, metadata: dict[str, object]) -> str:
+        record: dict[str, object] = {"time": stamp, "level": level.name, "message": message}
+        for key, value in metadata.items():
+            record.setdefault(key, value)
+        return json.dumps(record, default=str, ensure_ascii=False)
 
 
 class StdlibLogger(_BoundLogger):

@@ -54,6 +54,8 @@ from aiki_server._dashboard import STATIC_PACKAGE, dashboard_router
 from aiki_server._errors import install_error_handlers, log_failure
 from aiki_server._hot_path import HotPath
 from aiki_server._limits import BodyLimitMiddleware, Limits
+from aiki_server._metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from aiki_server._metrics import HttpMetrics, Metrics
 from aiki_server._notify import WakeHub
 from aiki_server._runs import Runs
 from aiki_server._schedules import Schedules
@@ -66,6 +68,8 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from pydantic import BaseModel
+
+API_PREFIX = "/api/v1"
 
 Caller = Annotated[str, Depends(caller_namespace)]
 """A route's namespace: the caller's API key's (see `_auth`)."""
@@ -102,6 +106,8 @@ class ServerSettings:
     """The base URL webhook URLs are given on (default: the base URL of the mint request)."""
     require_api_key: bool = False
     """Refuse requests without an API key even while the database holds no key."""
+    metrics_namespace_label: bool = False
+    """Label run and queue metrics with their namespace (one series per namespace)."""
     allowed_hosts: tuple[str, ...] = ()
     """Host names a server without API keys answers besides loopback ones and the host
     of `public_url` (any other `Host` is refused, against DNS rebinding); `"*"` answers
@@ -128,6 +134,7 @@ def create_app(db_url: str, settings: ServerSettings | None = None) -> FastAPI:
     settings = settings or ServerSettings()
     hub = WakeHub()
     db = open_database(db_url, hub)
+    metrics = db.metrics = Metrics(namespace_label=settings.metrics_namespace_label)
     clock = settings.clock
     limits = Limits(settings.claim_idle_timeout, settings.max_tasks_per_run)
     runs = Runs(db, hub, clock, limits)
@@ -173,26 +180,28 @@ def create_app(db_url: str, settings: ServerSettings | None = None) -> FastAPI:
     app.state.api_keys = keys
     app.state.timers = timers
     app.state.worker_writes = writes
+    app.state.metrics = metrics
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     # a valid task record or transition skips the rest of the stack
     app.add_middleware(HotPath, writes=writes, max_body_bytes=settings.max_body_bytes)
-    # outermost: every request but the public ones gets its namespace from its key
+    # every request but the public ones gets its namespace from its key
     app.add_middleware(
         ApiKeyAuth, keys=keys, hosts=HostCheck(settings.public_url, settings.allowed_hosts)
     )
-    app.include_router(
-        _api_router(
-            runs,
-            claims,
-            writes,
-            schedules,
-            webhooks,
-            public_url=settings.public_url,
-            max_body_bytes=settings.max_body_bytes,
-        ),
-        prefix="/api/v1",
+    api = _api_router(
+        runs,
+        claims,
+        writes,
+        schedules,
+        webhooks,
+        public_url=settings.public_url,
+        max_body_bytes=settings.max_body_bytes,
     )
+    # outermost: refused requests count too
+    prefixes = {id(route): API_PREFIX for route in api.routes}
+    app.add_middleware(HttpMetrics, metrics=metrics, prefixes=prefixes)
+    app.include_router(api, prefix=API_PREFIX)
     app.include_router(dashboard_router(runs, keys, db, clock))
     app.mount("/static", StaticFiles(packages=[STATIC_PACKAGE]), name="static")
 
@@ -216,6 +225,12 @@ def create_app(db_url: str, settings: ServerSettings | None = None) -> FastAPI:
             "timers": {"set_aside": timers.set_aside},
         }
         return JSONResponse(body, status_code=200 if failure is None else 503)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics_page() -> Response:
+        """This replica's metrics in Prometheus's text format (public, as `/health` is)."""
+        text = await metrics.exposition(db.reader(), clock(), limits.claim_idle_ms)
+        return Response(text, media_type=METRICS_CONTENT_TYPE)
 
     return app
 

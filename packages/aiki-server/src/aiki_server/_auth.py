@@ -9,7 +9,7 @@ that namespace only, so another namespace's run is a 404, not a 403.
   set); until then the server is open and every request is in `DEFAULT_NAMESPACE`.
   The `serve` command binds such an open server to loopback only.
 - A key that is malformed, unknown or revoked is a 401, open server or not.
-- Public without a key: `/health`, the OpenAPI document and its `/docs` page, and
+- Public without a key: `/health`, `/metrics`, the OpenAPI document and its `/docs` page, and
   webhook deliveries, whose signed URL is their credential (the run's namespace
   comes from the webhook). The dashboard's pages take no `Authorization` header:
   they check their own session cookie (see `_dashboard`).
@@ -54,7 +54,9 @@ NAMESPACE_SCOPE_KEY = "aiki.namespace"
 
 _MAX_REFUSED = 10_000
 """Refused keys remembered at most: made-up keys are forgotten, live ones are not."""
-_PUBLIC_PATHS = frozenset({"/health", "/openapi.json", "/docs", "/docs/oauth2-redirect"})
+_PUBLIC_PATHS = frozenset(
+    {"/health", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect"}
+)
 _WEBHOOK_DELIVERY = re.compile(r"^/api/v1/webhooks/[^/]+$")
 _DASHBOARD = re.compile(r"^/(?:|login|logout|runs/[^/]+(?:/[a-z]+)?|static/[^?#]+)$")
 """The dashboard's pages, forms and files (they authenticate by their session cookie)."""

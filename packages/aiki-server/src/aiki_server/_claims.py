@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from aiki_core import ConsoleLogger, ErrorInfo, RunStatus
+from aiki_core import ErrorInfo, RunStatus
 from aiki_core.wire import (
     ClaimedRun,
     WorkerPage,
@@ -21,6 +21,7 @@ from aiki_core.wire import (
 )
 from aiki_server._clock import from_ms
 from aiki_server._lifecycle import move_run, record_history
+from aiki_server._logs import component
 from aiki_server._notify import QUEUE
 from aiki_server._replay import replay_parts
 from aiki_server._rows import dump, run_summary
@@ -39,7 +40,7 @@ _MAX_WORKERS_NOTED = 10_000
 _MAX_CLAIM_FAILURES = 3
 """Claims of one run that fail in a row before the run is failed with the cause."""
 
-_log = ConsoleLogger().child({"component": "claims"})
+_log = component("claims")
 
 
 class Claims:

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING
 import anyio
 import uvicorn
 
-from aiki_core import AikiError, ConsoleLogger
+from aiki_core import AikiError, ConsoleLogger, JsonLogger, LogLevel
+from aiki_server import _logs
 from aiki_server.__about__ import __version__
 from aiki_server._api_keys import (
     ApiKeyRecord,
@@ -139,6 +140,33 @@ def _serve_options(target: argparse.ArgumentParser, *, inherit: bool) -> None:
         default=default(_env("AIKI_REQUIRE_API_KEY", "0")),
         help="refuse requests without an API key even while the database holds none"
         " (default: keys are required once one exists) [AIKI_REQUIRE_API_KEY=1]",
+    )
+    target.add_argument(
+        "--log-format",
+        choices=("console", "json"),
+        default=default(_env("AIKI_LOG_FORMAT", "console")),
+        help="one line per record for people, or one JSON object per line [AIKI_LOG_FORMAT]",
+    )
+    target.add_argument(
+        "--log-level",
+        choices=[level.name.lower() for level in LogLevel],
+        default=default(_env("AIKI_LOG_LEVEL", "info")),
+        help="drop records below this level [AIKI_LOG_LEVEL]",
+    )
+    target.add_argument(
+        "--access-log",
+        action="store_const",
+        const="1",
+        default=default(_env("AIKI_ACCESS_LOG", "0")),
+        help="log one line per HTTP request, at info level [AIKI_ACCESS_LOG=1]",
+    )
+    target.add_argument(
+        "--metrics-namespace-label",
+        action="store_const",
+        const="1",
+        default=default(_env("AIKI_METRICS_NAMESPACE_LABEL", "0")),
+        help="label run and queue metrics with their namespace (one series per"
+        " namespace: keep it off with many namespaces) [AIKI_METRICS_NAMESPACE_LABEL=1]",
     )
 
 
@@ -263,11 +291,24 @@ async def _revoke_key(db_url: str, key_id: str) -> int:
     return 0
 
 
+def _use_logger(parser: argparse.ArgumentParser, args: argparse.Namespace) -> LogLevel:
+    """Write the server's records as `--log-format` and `--log-level` say; the level."""
+    if args.log_format not in ("console", "json"):
+        parser.error(f"AIKI_LOG_FORMAT must be console or json, got {args.log_format!r}")
+    names = [level.name.lower() for level in LogLevel]
+    if args.log_level.lower() not in names:
+        parser.error(f"AIKI_LOG_LEVEL must be one of {', '.join(names)}, got {args.log_level!r}")
+    level = LogLevel[args.log_level.upper()]
+    _logs.use((JsonLogger if args.log_format == "json" else ConsoleLogger)(level))
+    return level
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the `aiki-server` console script."""
     parser = _parser()
     args = parser.parse_args(argv)
-    log = ConsoleLogger().child({"component": "aiki-server"})
+    level = _use_logger(parser, args)
+    log = _logs.component("aiki-server")
     if args.command == "migrate":
         applied = anyio.run(_migrate, args.db)
         log.info("migrations applied", {"db": _db_kind(args.db), "versions": applied})
@@ -275,6 +316,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.command == "keys":
         sys.exit(_keys(parser, args))
     require_api_key = _flag(parser, "AIKI_REQUIRE_API_KEY", args.require_api_key)
+    access_log = _flag(parser, "AIKI_ACCESS_LOG", args.access_log)
     try:
         settings = ServerSettings(
             claim_idle_timeout=timedelta(seconds=args.claim_idle_timeout),
@@ -283,6 +325,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             webhook_secret=args.webhook_secret,
             public_url=args.public_url,
             require_api_key=require_api_key,
+            metrics_namespace_label=_flag(
+                parser, "AIKI_METRICS_NAMESPACE_LABEL", args.metrics_namespace_label
+            ),
         )
     except ValueError as exc:
         parser.error(str(exc))
@@ -311,10 +356,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         port=args.port,
         http="httptools",
         loop="auto",  # uvloop where it is installed (every platform but Windows)
-        log_level="warning",
-        access_log=False,
+        log_config=None,  # uvicorn's records go through the server's logger
+        access_log=access_log,
         # in-flight requests finish; long-polls are cut after this many seconds
         timeout_graceful_shutdown=5,
     )
+    _logs.route_stdlib(level, access_log=access_log)
     uvicorn.Server(config).run()
     sys.exit(0)

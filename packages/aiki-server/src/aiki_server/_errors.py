@@ -27,7 +27,6 @@ from starlette.routing import Match
 
 from aiki_core import (
     AikiError,
-    ConsoleLogger,
     InvalidRequestError,
     NotFoundError,
     PayloadValidationError,
@@ -35,6 +34,7 @@ from aiki_core import (
     ServerUnavailableError,
 )
 from aiki_server._limits import BodyTooLarge
+from aiki_server._logs import component
 from aiki_server._storage._outage import OUTAGE_TYPES, is_outage, unavailable
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
     from fastapi import FastAPI, Request
 
-_log = ConsoleLogger().child({"component": "http"})
+_log = component("http")
 
 
 def error_response(

@@ -29,6 +29,7 @@ from aiki_core.wire import (
 )
 from aiki_server._auth import NAMESPACE_SCOPE_KEY
 from aiki_server._errors import response_for
+from aiki_server._metrics import ROUTE_SCOPE_KEY
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -41,6 +42,8 @@ if TYPE_CHECKING:
 # a malformed run id goes on to the app, which refuses it like any route does
 _RUN_CALL = re.compile(rf"^/api/v1/runs/({ID_PATTERN})/(tasks|transition)$")
 _JSON_HEADERS = [(b"content-type", b"application/json")]
+_ROUTES = {call: f"/api/v1/runs/{{run_id}}/{call}" for call in ("tasks", "transition")}
+"""The route template of each call, for the metrics."""
 
 
 async def record_task(
@@ -82,6 +85,7 @@ class HotPath:
         if match is None:
             await self.app(scope, receive, send)
             return
+        scope[ROUTE_SCOPE_KEY] = _ROUTES[match[2]]
         messages, body = await self._read(receive)
         model_type, call = _CALLS[match[2]]
         try:

@@ -34,12 +34,16 @@ from aiki_core import (
     StaleRevisionError,
 )
 from aiki_core.wire import RUN_WAITING_STATUSES, RunSummary
+from aiki_server._logs import component, run_ids
 from aiki_server._notify import QUEUE, TIMERS, run_topic
 from aiki_server._rows import RUN_COLUMNS, dump, run_summary
 from aiki_server._transitions import check_run_transition
 
 if TYPE_CHECKING:
+    from aiki_server._metrics import Metrics
     from aiki_server._storage._database import Row, Tx
+
+_log = component("runs")
 
 TERMINAL = tuple(s.value for s in (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED))
 _PAUSED_INSTEAD = frozenset({RunStatus.QUEUED, *RUN_WAITING_STATUSES})
@@ -167,9 +171,19 @@ async def move_run(
         tx.publish(QUEUE)
     if values.get("wake_at") is not None or values.get("deadline_at") is not None:
         tx.publish(TIMERS)
-    if target.is_terminal and run["parent_run_id"] is not None:
-        await _wake_parent(tx, run["id"], run["parent_run_id"], now)
+    if target.is_terminal:
+        tx.observe(lambda metrics: _ended(metrics, run, target, now))
+        if run["parent_run_id"] is not None:
+            await _wake_parent(tx, run["id"], run["parent_run_id"], now)
+    elif current is RunStatus.QUEUED and target is RunStatus.RUNNING:
+        tx.observe(lambda metrics: metrics.run_claimed(run, now))
     return revision
+
+
+def _ended(metrics: Metrics, run: Row, status: RunStatus, now: int) -> None:
+    """Count and log a run's end (after its transaction committed)."""
+    metrics.run_ended(run, status.value, now)
+    _log.debug("run ended", {**run_ids(run), "status": status.value})
 
 
 async def requeue(tx: Tx, run: Row, now: int, reason: str) -> None:

@@ -151,6 +151,7 @@ async def insert_run(
         now=now,
     )
     tx.publish(QUEUE if status is RunStatus.QUEUED else TIMERS)
+    tx.observe(lambda metrics: metrics.run_started(values))
     if deadline is not None:
         tx.publish(TIMERS)
     return values

@@ -33,12 +33,14 @@ on PostgreSQL; a savepoint and a re-read per row made passes 1.5 times slower.)
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING
 
 import anyio
 
-from aiki_core import ConsoleLogger, ErrorInfo, RunStatus, WorkflowTimeoutError
+from aiki_core import ErrorInfo, RunStatus, WorkflowTimeoutError
 from aiki_server._lifecycle import TERMINAL, end_run_and_descendants, move_run, requeue
+from aiki_server._logs import component, run_ids
 from aiki_server._notify import TIMERS
 from aiki_server._rows import dump
 
@@ -46,10 +48,11 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from aiki_server._clock import Clock
+    from aiki_server._metrics import Metrics
     from aiki_server._notify import WakeHub
     from aiki_server._storage._database import Database, Row, Tx
 
-_log = ConsoleLogger().child({"component": "timers"})
+_log = component("timers")
 
 _WAKEABLE = tuple(
     s.value
@@ -77,6 +80,7 @@ class _Kind:
     table: str
     due: str
     order: str
+    """The column that holds when a row is due."""
     handle: Callable[[Tx, Row, int], Awaitable[None]]
     reread: bool = False
     """Whether handling one row may move another of the same kind (in the same pass):
@@ -154,6 +158,7 @@ class TimerDaemon:
                     continue  # a full batch may mean more is due
                 next_due = await self._next_due()
             except Exception as exc:
+                self._db.metrics.timer_pass_failed()
                 _log.error("timer pass failed; trying again", {"error": repr(exc)})
                 await anyio.sleep(self._max_idle)
                 continue
@@ -209,7 +214,7 @@ class TimerDaemon:
                     moved += await self._handle(tx, kind, [row], now)
             except Exception as exc:
                 failed += 1
-                await self._note_failure(tx, kind, row["id"], exc)
+                await self._note_failure(tx, kind, row, exc)
         return moved, failed
 
     async def _handle(self, tx: Tx, kind: _Kind, rows: list[Row], now: int) -> int:
@@ -227,12 +232,15 @@ class TimerDaemon:
                 )
             if current is not None:
                 # the time the row moved at: now that it is locked
-                await kind.handle(tx, current, self._clock())
+                moved_at = self._clock()
+                await kind.handle(tx, current, moved_at)
+                tx.observe(partial(_moved, kind.what, moved_at - current[kind.order]))
                 moved += 1
         return moved
 
-    async def _note_failure(self, tx: Tx, kind: _Kind, row_id: str, exc: Exception) -> None:
+    async def _note_failure(self, tx: Tx, kind: _Kind, row: Row, exc: Exception) -> None:
         """Count the failure on the row and log it; at `SET_ASIDE_AFTER`, it is set aside."""
+        row_id = row["id"]
         error = ErrorInfo.from_exception(exc, include_stack=False)
         noted = await tx.fetchrow(
             f"UPDATE {kind.table} SET timer_failures = timer_failures + 1, timer_error = $2"
@@ -242,6 +250,8 @@ class TimerDaemon:
         )
         failures = 0 if noted is None else int(noted["timer_failures"])
         context = {"kind": kind.what, "id": row_id, "failures": failures, "error": repr(exc)}
+        if kind.table == "runs":
+            context |= run_ids(row)
         if failures >= SET_ASIDE_AFTER:
             _log.error(f"{kind.what} failed {failures} times in a row; set aside", context)
         else:
@@ -271,6 +281,11 @@ class TimerDaemon:
                 ") AS dues"
             )
         return None if row is None or row["due"] is None else int(row["due"])
+
+
+def _moved(kind: str, late_ms: int, metrics: Metrics) -> None:
+    """Count a row moved (a function, not a lambda: rows are moved in a loop)."""
+    metrics.timer_moved(kind, late_ms)
 
 
 async def _wake(tx: Tx, run: Row, now: int) -> None:

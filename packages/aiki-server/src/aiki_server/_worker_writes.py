@@ -295,6 +295,14 @@ def _directive(run: Row | None, revision: int, worker_id: str) -> RunDirective:
     return RunDirective.CONTINUE
 
 
+_OUTCOMES = {
+    TaskStatus.COMPLETED: "completed",
+    TaskStatus.AWAITING_RETRY: "retry",
+    TaskStatus.FAILED: "failed",
+}
+"""The `outcome` label of an attempt that ended with the task in this status."""
+
+
 async def _write_task(
     tx: Tx, run: Row, req: RecordTaskRequest, now: int, max_tasks: int
 ) -> RecordTaskResponse:
@@ -380,6 +388,10 @@ async def _write_task(
         )
     attempt_finished = None if req.status is TaskStatus.RUNNING else now
     attempt_started = now if req.started_at is None else min(to_ms(req.started_at), now)
+    if attempt_finished is not None:
+        outcome = _OUTCOMES[req.status]
+        seconds = (attempt_finished - attempt_started) / 1000
+        tx.observe(lambda metrics: metrics.task_attempt(req.name, outcome, seconds))
     await tx.execute(
         "INSERT INTO task_attempts"
         " (task_id, attempt, status, started_at, finished_at, error, run_attempt)"

@@ -17,11 +17,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
 from importlib import resources
+from time import perf_counter
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 
-from aiki_server._storage._outage import WritePath
+from aiki_server._metrics import Metrics
+from aiki_server._storage._outage import WritePath, is_outage
 
 if TYPE_CHECKING:
     from aiki_server._notify import WakeHub
@@ -40,6 +42,11 @@ class Tx(ABC):
 
     def __init__(self) -> None:
         self.topics: set[str] = set()
+        self.effects: list[Callable[[Metrics], None]] = []
+
+    def observe(self, effect: Callable[[Metrics], None]) -> None:
+        """Count `effect` in the metrics once this transaction has committed (`write`)."""
+        self.effects.append(effect)
 
     @abstractmethod
     def in_array(self, param: int) -> str:
@@ -80,12 +87,13 @@ class Tx(ABC):
         The error goes on up; the caller may catch it and go on with the transaction
         (the timer daemon isolates each due row this way, in one batch transaction).
         """
-        topics = set(self.topics)
+        topics, effects = set(self.topics), len(self.effects)
         try:
             async with self._savepoint():
                 yield
         except BaseException:
             self.topics = topics  # nothing it wrote is there to wake anyone about
+            del self.effects[effects:]  # nor to count
             raise
 
     @abstractmethod
@@ -104,6 +112,8 @@ class Database(ABC):
         self.hub = hub
         self.write_path = WritePath()
         """Whether writes succeed; `/health` reports it."""
+        self.metrics = Metrics()
+        """Where `write` counts transactions and what they did (the app sets its own)."""
 
     async def write(self, work: Callable[[Tx], Awaitable[T]], *, attempts: int = 5) -> T:
         """`work` in a write transaction: its answer, once the transaction has committed.
@@ -112,16 +122,32 @@ class Database(ABC):
         rolled back and `work` runs again in a new one, up to `attempts` times in all,
         with a doubling pause in between: every write of the server is retried here,
         and nowhere else. `work` may thus run more than once; it must change nothing
-        but through its `Tx`.
+        but through its `Tx`. What it noted with `Tx.observe` is counted after the
+        commit, once.
         """
+        metrics = self.metrics
         for attempt in range(1, attempts + 1):
+            started = perf_counter()
             try:
                 async with self.transaction() as tx:
-                    return await work(tx)
+                    answer = await work(tx)
             except self.transient_errors:
+                metrics.transaction(perf_counter() - started)
                 if attempt == attempts:
+                    metrics.transaction_failed()
                     raise
+                metrics.transaction_retried()
                 await anyio.sleep(0.002 * 2**attempt)
+                continue
+            except Exception as exc:
+                metrics.transaction(perf_counter() - started)
+                if is_outage(exc):
+                    metrics.transaction_failed()
+                raise
+            metrics.transaction(perf_counter() - started)
+            for effect in tx.effects:
+                effect(metrics)
+            return answer
         raise AssertionError("unreachable")
 
     @abstractmethod

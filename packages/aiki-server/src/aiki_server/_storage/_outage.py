@@ -14,12 +14,13 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from aiki_core import ConsoleLogger, StorageUnavailableError
+from aiki_core import StorageUnavailableError
+from aiki_server._logs import component
 
 RETRY_AFTER_SECONDS = 2
 """What a 503 of an outage asks the caller to wait before trying again."""
 
-_log = ConsoleLogger().child({"component": "storage"})
+_log = component("storage")
 
 # primary result codes (the low byte of an extended one) of a database that cannot serve
 # for now: locked by another process, out of memory, made read-only, failing or full disk

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import asyncpg
 
-from aiki_core import ConsoleLogger
+from aiki_server._logs import component
 from aiki_server._storage._database import Database, Row, Tx
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ loss closes no socket)."""
 RECONNECT_BACKOFF = (0.1, 5.0)
 """Seconds before the first attempt to connect the LISTEN connection again, and at most."""
 
-_log = ConsoleLogger().child({"component": "postgres"})
+_log = component("postgres")
 
 
 async def _keep_session(_conn: _Connection) -> None:

@@ -1,0 +1,283 @@
+"""The server's Prometheus metrics, served at `GET /metrics`.
+
+Each app has its own registry (not `prometheus_client`'s global one): every replica
+exports what it did, and a process that holds several apps (tests) keeps them apart.
+Labels are bounded: workflow, version, pool, task name, status, route template;
+namespace only when the operator asks for it (`namespace_label`).
+
+What a write transaction did is counted once it has committed: the code inside it
+notes an effect (`Tx.observe`), and `Database.write` applies the notes after the
+commit, so a transaction that is rolled back and run again counts once. The state
+of the queues is read at scrape time, by one grouped query (`refresh`).
+"""
+
+from __future__ import annotations
+
+from time import perf_counter
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from aiki_core.wire import RUN_WAITING_STATUSES
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Mapping, Sequence
+
+    from prometheus_client.metrics_core import Metric
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+ROUTE_SCOPE_KEY = "aiki.route"
+"""Scope key of the route template of a request answered outside the router (`HotPath`)."""
+
+_SHORT = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_LONG = (0.01, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 86400, 7 * 86400)
+_MAX_GROUPS = 1000
+"""At most this many (workflow, version, pool, status) groups are read per scrape."""
+
+
+class Metrics:
+    """The metrics of one server app, in its own registry."""
+
+    def __init__(self, *, namespace_label: bool = False) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.namespace_label = namespace_label
+        run = ["namespace", "workflow", "version"] if namespace_label else ["workflow", "version"]
+        reg = self.registry
+        self._runs_started = Counter(
+            "aiki_runs_started", "Runs started (queued or scheduled).", run, registry=reg
+        )
+        self._runs_ended = Counter(
+            "aiki_runs_ended", "Runs that ended, by final status.", [*run, "status"], registry=reg
+        )
+        self._run_duration = Histogram(
+            "aiki_run_duration_seconds",
+            "From a run's start to its end.",
+            [*run, "status"],
+            buckets=_LONG,
+            registry=reg,
+        )
+        self._task_attempts = Counter(
+            "aiki_task_attempts",
+            "Task attempts that ended: outcome completed, retry (awaiting_retry) or failed.",
+            ["task", "outcome"],
+            registry=reg,
+        )
+        self._task_duration = Histogram(
+            "aiki_task_attempt_duration_seconds",
+            "From a task attempt's start to its end.",
+            ["task", "outcome"],
+            buckets=_SHORT,
+            registry=reg,
+        )
+        self._claim_latency = Histogram(
+            "aiki_claim_latency_seconds",
+            "How long a run waited queued before a worker claimed it.",
+            run,
+            buckets=_SHORT,
+            registry=reg,
+        )
+        self._timer_failed_passes = Counter(
+            "aiki_timer_failed_passes", "Timer daemon passes that failed whole.", registry=reg
+        )
+        self._timer_lag = Histogram(
+            "aiki_timer_lag_seconds",
+            "How late the timer daemon moved a due row, by kind (wake-up, deadline, ...).",
+            ["kind"],
+            buckets=_SHORT,
+            registry=reg,
+        )
+        self._http_requests = Counter(
+            "aiki_http_requests",
+            "HTTP requests answered, by route template and status.",
+            ["method", "route", "status"],
+            registry=reg,
+        )
+        self._http_duration = Histogram(
+            "aiki_http_request_duration_seconds",
+            "HTTP request latency, long-polls included.",
+            ["method", "route"],
+            buckets=_SHORT,
+            registry=reg,
+        )
+        self._tx_duration = Histogram(
+            "aiki_db_transaction_duration_seconds",
+            "Write transactions, from BEGIN to COMMIT (each attempt).",
+            buckets=_SHORT,
+            registry=reg,
+        )
+        self._tx_retries = Counter(
+            "aiki_db_transaction_retries",
+            "Write transactions run again after a transient error.",
+            registry=reg,
+        )
+        self._tx_errors = Counter(
+            "aiki_db_transaction_errors",
+            "Write transactions that failed with a database error (after their retries).",
+            registry=reg,
+        )
+        self._state = _StateCollector(namespace_label)
+        reg.register(self._state)
+
+    def _run_labels(self, run: Mapping[str, Any]) -> tuple[str, ...]:
+        if self.namespace_label:
+            return (run["namespace"], run["workflow"], run["version"])
+        return (run["workflow"], run["version"])
+
+    def run_started(self, run: Mapping[str, Any]) -> None:
+        """A run was inserted."""
+        self._runs_started.labels(*self._run_labels(run)).inc()
+
+    def run_ended(self, run: Mapping[str, Any], status: str, now: int) -> None:
+        """A run reached the terminal `status` at `now` (epoch ms)."""
+        labels = (*self._run_labels(run), status)
+        self._runs_ended.labels(*labels).inc()
+        self._run_duration.labels(*labels).observe(max(now - run["created_at"], 0) / 1000)
+
+    def run_claimed(self, run: Mapping[str, Any], now: int) -> None:
+        """A queued run was claimed at `now`."""
+        waited = max(now - run["ready_at"], 0) / 1000
+        self._claim_latency.labels(*self._run_labels(run)).observe(waited)
+
+    def task_attempt(self, task: str, outcome: str, seconds: float) -> None:
+        """A task attempt ended with `outcome` after `seconds`."""
+        self._task_attempts.labels(task, outcome).inc()
+        self._task_duration.labels(task, outcome).observe(seconds)
+
+    def timer_moved(self, kind: str, late_ms: int) -> None:
+        """The timer daemon moved a row of `kind` `late_ms` after it was due."""
+        self._timer_lag.labels(kind).observe(max(late_ms, 0) / 1000)
+
+    def timer_pass_failed(self) -> None:
+        """A timer pass failed whole."""
+        self._timer_failed_passes.inc()
+
+    def transaction(self, seconds: float) -> None:
+        """A write transaction attempt ended (committed or not) after `seconds`."""
+        self._tx_duration.observe(seconds)
+
+    def transaction_retried(self) -> None:
+        """A write transaction is run again after a transient error."""
+        self._tx_retries.inc()
+
+    def transaction_failed(self) -> None:
+        """A write transaction failed with a database error, for good."""
+        self._tx_errors.inc()
+
+    def http_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        """An HTTP request was answered."""
+        self._http_requests.labels(method, route, str(status)).inc()
+        self._http_duration.labels(method, route).observe(seconds)
+
+    async def exposition(self, reader: Any, now: int, active_within_ms: int) -> bytes:
+        """The text exposition, with the queues as the database `reader` sees them now."""
+        async with reader as tx:
+            self._state.rows = await tx.fetch(self._state.query, _MAX_GROUPS)
+            workers = await tx.fetchrow(
+                "SELECT COUNT(*) AS n FROM workers WHERE last_seen_at >= $1",
+                now - active_within_ms,
+            )
+        self._state.now = now
+        self._state.workers = 0 if workers is None else int(workers["n"])
+        return generate_latest(self.registry)
+
+
+class _StateCollector:
+    """Queue depth, oldest queued age, runs waiting and active workers, read per scrape."""
+
+    def __init__(self, namespace_label: bool) -> None:
+        self.keys = (
+            ["namespace", "workflow", "version", "pool"]
+            if namespace_label
+            else [
+                "workflow",
+                "version",
+                "pool",
+            ]
+        )
+        waiting = ", ".join(f"'{s.value}'" for s in sorted(RUN_WAITING_STATUSES))
+        columns = ", ".join(self.keys)
+        self.query = (
+            f"SELECT {columns}, status, COUNT(*) AS n, MIN(ready_at) AS oldest FROM runs"
+            f" WHERE status IN ('queued', {waiting}) GROUP BY {columns}, status LIMIT $1"
+        )
+        self.rows: Sequence[Mapping[str, Any]] = []
+        self.now = 0
+        self.workers = 0
+
+    def collect(self) -> Iterator[Metric]:
+        depth = GaugeMetricFamily("aiki_queue_depth", "Runs queued for a worker.", labels=self.keys)
+        oldest = GaugeMetricFamily(
+            "aiki_queue_oldest_age_seconds",
+            "How long the oldest queued run has waited.",
+            labels=self.keys,
+        )
+        waiting: dict[str, int] = {s.value: 0 for s in RUN_WAITING_STATUSES}
+        for row in self.rows:
+            if row["status"] == "queued":
+                labels = [str(row[key]) for key in self.keys]
+                depth.add_metric(labels, row["n"])
+                oldest.add_metric(labels, max(self.now - int(row["oldest"]), 0) / 1000)
+            else:
+                waiting[row["status"]] += int(row["n"])
+        by_kind = GaugeMetricFamily(
+            "aiki_runs_waiting", "Runs suspended, by what they wait for.", labels=["kind"]
+        )
+        for kind, count in sorted(waiting.items()):
+            by_kind.add_metric([kind], count)
+        yield depth
+        yield oldest
+        yield by_kind
+        yield GaugeMetricFamily(
+            "aiki_workers_active",
+            "Workers seen within the claim idle timeout.",
+            value=self.workers,
+        )
+
+
+class HttpMetrics:
+    """Counts each HTTP request by method, route template and status, with its latency.
+
+    The outermost ASGI layer, so refused requests (401, 413) count too. The route is
+    the template the router matched (`/api/v1/runs/{run_id}`), never the raw path;
+    a request no route matched (an unknown path, or one refused before routing)
+    counts as `unmatched`.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, prefixes: Mapping[int, str]) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.prefixes = prefixes
+        """The prefix of the router each route (by `id`) is included under."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass the request on; count it when it has been answered."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = perf_counter()
+        status = 500
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            seconds = perf_counter() - started
+            self.metrics.http_request(scope["method"], self._route(scope), status, seconds)
+
+    def _route(self, scope: Scope) -> str:
+        template: str | None = scope.get(ROUTE_SCOPE_KEY)
+        if template is not None:
+            return template
+        route = scope.get("route")
+        if route is None:
+            return "unmatched"
+        # FastAPI may hand over the included router's own route, whose path lacks the prefix
+        return self.prefixes.get(id(route), "") + str(route.path)
