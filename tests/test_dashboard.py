@@ -3,8 +3,8 @@
 A real server process (`aiki_server.testing.server_process`) on SQLite and on
 PostgreSQL, a worker in the test process, and a browser that clicks through the
 pages as a person would: the runs list, a filter, a run with its task timeline,
-a cancel confirmed in its dialog; with API keys, a login, and a key of another
-namespace refused.
+a cancel confirmed in its dialog, an event sent from a run's page, the workers;
+with API keys, a login, and a key of another namespace refused.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from aiki_client import Client
 from aiki_core import RunStatus
 from aiki_server.testing import server_process
 from aiki_worker import Worker
-from dashboard_app import Order, audit_v1, orders_v1
+from dashboard_app import Order, audit_v1, orders_v1, refunds_v1
 from e2e_support import QUIET
 
 if TYPE_CHECKING:
@@ -117,6 +117,65 @@ async def test_list_filter_run_and_cancel(db_url: str, browser: Browser) -> None
         await expect(page.locator(".runhead .badge").first).to_have_text("cancelled")
         assert await first.status() == RunStatus.CANCELLED
         assert await second.status() == RunStatus.SLEEPING
+
+
+async def test_send_event_from_the_run_page(db_url: str, browser: Browser) -> None:
+    async with (
+        server_process(db_url) as server,
+        Client(server.base_url, logger=QUIET) as client,
+        Worker(client, [refunds_v1], logger=QUIET),
+    ):
+        run = await refunds_v1.start(client, "o-4001")
+        await run.wait_for_status([RunStatus.AWAITING_EVENT], timeout=WAIT)
+        page = await browser.new_page()
+        await page.goto(f"{server.base_url}/runs/{run.id}")
+        await expect(page.locator(".waiting")).to_contain_text("waiting for event 'approved'")
+
+        # bad JSON: the form comes back with the problem, and nothing is sent
+        await page.get_by_role("button", name="Send event").click()
+        dialog = page.locator("dialog#send-event")
+        await expect(dialog).to_be_visible()
+        await dialog.get_by_label("Event name").fill("approved")
+        await dialog.get_by_label("Data (JSON)").fill('{"by": ann}')
+        await dialog.get_by_role("button", name="Yes, send it").click()
+        await expect(dialog).to_be_visible()
+        await expect(dialog.locator(".flash.error")).to_contain_text(
+            "Nothing was sent. The data is not valid JSON"
+        )
+        await expect(dialog.get_by_label("Data (JSON)")).to_have_value('{"by": ann}')
+        async with httpx.AsyncClient() as api:
+            detail = (await api.get(f"{server.base_url}/api/v1/runs/{run.id}")).json()
+        assert detail["events"] == []
+        assert await run.status() == RunStatus.AWAITING_EVENT
+
+        # good JSON: the run gets it and completes
+        await dialog.get_by_label("Data (JSON)").fill('{"by": "ann"}')
+        await dialog.get_by_role("button", name="Yes, send it").click()
+        await expect(page.locator(".flash.ok")).to_have_text("Event sent.")
+        assert await run.result(timeout=WAIT) == "refund of o-4001 approved by ann"
+        await page.reload()
+        await expect(page.locator(".runhead .badge").first).to_have_text("completed")
+        await expect(page.locator("pre.json", has_text='"by": "ann"')).to_have_count(1)
+
+
+async def test_workers_page_shows_a_live_worker(db_url: str, browser: Browser) -> None:
+    async with (
+        server_process(db_url) as server,
+        Client(server.base_url, logger=QUIET) as client,
+        Worker(client, [orders_v1, audit_v1], logger=QUIET) as worker,
+    ):
+        await sleeping_order(client, "o-5001")  # the worker has claimed: the server knows it
+        page = await browser.new_page()
+        await page.goto(server.base_url + "/")
+        await page.get_by_role("link", name="Workers").click()
+        await expect(page).to_have_url(server.base_url + "/workers")
+        row = page.locator("table.workers tbody tr", has_text=worker.id)
+        await expect(row).to_have_count(1)
+        await expect(row.locator(".badge")).to_have_text("live")
+        await expect(row.locator("ul.serves li", has_text="order-processing")).to_contain_text(
+            "1.0.0"
+        )
+        await expect(row.locator("ul.serves li", has_text="nightly-audit")).to_contain_text("2.1.0")
 
 
 async def test_action_without_its_csrf_token_is_refused(db_url: str, browser: Browser) -> None:

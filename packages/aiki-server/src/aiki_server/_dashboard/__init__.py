@@ -12,12 +12,14 @@ of the viewer:
   `_session`); the pages then show the key's namespace only, and another
   namespace's run is a 404, as in the API.
 
-Every action (cancel, pause, resume, wake) is a POST form carrying the session's
-CSRF token, confirmed in a dialog first.
+Every action (cancel, pause, resume, wake, send an event) is a POST form carrying
+the session's CSRF token, confirmed in a dialog first. `/workers` shows what
+`Claims.list_workers` answers `GET /api/v1/workers`.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from datetime import timedelta
@@ -29,8 +31,13 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from pydantic import ValidationError
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from aiki_core import IllegalTransitionError, NotFoundError, RunStatus
-from aiki_core.wire import DEFAULT_NAMESPACE, RUN_TERMINAL_STATUSES, ListRunsQuery
+from aiki_core import ConflictError, IllegalTransitionError, NotFoundError, RunStatus
+from aiki_core.wire import (
+    DEFAULT_NAMESPACE,
+    RUN_TERMINAL_STATUSES,
+    ListRunsQuery,
+    SendEventRequest,
+)
 from aiki_server._api_keys import hash_key, is_well_formed
 from aiki_server._clock import from_ms
 from aiki_server._dashboard import _views as views
@@ -41,6 +48,7 @@ if TYPE_CHECKING:
 
     from aiki_core.wire import RunDetail, RunSummary
     from aiki_server._auth import ApiKeys
+    from aiki_server._claims import Claims
     from aiki_server._clock import Clock
     from aiki_server._runs import Runs
     from aiki_server._storage._database import Database
@@ -58,6 +66,7 @@ _DONE = {
     "pause": "Pause requested.",
     "resume": "Run resumed.",
     "wake": "Run woken.",
+    "event": "Event sent.",
 }
 _SAFE_NEXT = re.compile(r"^/(?!/)[^\s\\]*$")
 _MAX_FORM_BYTES = 16 * 1024
@@ -73,7 +82,9 @@ class _Viewer:
     new_session: bool
 
 
-def dashboard_router(runs: Runs, keys: ApiKeys, db: Database, clock: Clock) -> APIRouter:
+def dashboard_router(
+    runs: Runs, claims: Claims, keys: ApiKeys, db: Database, clock: Clock
+) -> APIRouter:
     """The dashboard's pages and forms."""
     router = APIRouter(include_in_schema=False)
     sessions = Sessions(db, clock)
@@ -190,12 +201,9 @@ def dashboard_router(runs: Runs, keys: ApiKeys, db: Database, clock: Clock) -> A
             refresh=True,
         )
 
-    @router.get("/runs/{run_id}", response_class=HTMLResponse)
-    async def run_page(request: Request, run_id: str) -> Response:
-        """One run: its status and waits, task timeline, payloads, events, children, history."""
-        viewer = await viewer_of(request)
-        if viewer is None:
-            return to_login(request)
+    async def show_run(
+        request: Request, viewer: _Viewer, run_id: str, status_code: int = 200, **ctx: Any
+    ) -> Response:
         try:
             run = await runs.get_run(viewer.namespace, run_id)
         except NotFoundError:
@@ -204,17 +212,77 @@ def dashboard_router(runs: Runs, keys: ApiKeys, db: Database, clock: Clock) -> A
         live = run.status not in RUN_TERMINAL_STATUSES
         done = request.query_params.get("done", "")
         refused = request.query_params.get("refused", "")
+        context: dict[str, Any] = {"event_error": None, "event_name": "", "event_data": ""}
         return await render(
             request,
             viewer,
             "run.html",
+            status_code,
             run=run,
             waiting=views.waiting_for(run),
             timeline=views.timeline(run, now),
             actions=_actions_for(run, live=live),
             notice=_DONE.get(done),
             refused=refused if refused in _ACTIONS else None,
-            refresh=live,
+            refresh=live and status_code == 200,
+            **(context | ctx),
+        )
+
+    def refuse_form(request: Request, viewer: _Viewer) -> Awaitable[Response]:
+        return render(
+            request,
+            viewer,
+            "error.html",
+            403,
+            title="Refused",
+            message="This form has expired or did not come from this dashboard."
+            " Reload the page and try again.",
+        )
+
+    @router.get("/runs/{run_id}", response_class=HTMLResponse)
+    async def run_page(request: Request, run_id: str) -> Response:
+        """One run: its status and waits, task timeline, payloads, events, children, history."""
+        viewer = await viewer_of(request)
+        if viewer is None:
+            return to_login(request)
+        return await show_run(request, viewer, run_id)
+
+    @router.post("/runs/{run_id}/event")
+    async def send_event(request: Request, run_id: str) -> Response:
+        """Send the run an event (name and JSON data) from a confirmed form with the CSRF token."""
+        viewer = await viewer_of(request)
+        if viewer is None:
+            return to_login(request)
+        form = await _form(request)
+        if not await sessions.csrf_ok(await sessions.read(request), form.get("csrf")):
+            return await refuse_form(request, viewer)
+        name = form.get("name", "").strip()
+        text = form.get("data", "").strip()
+        try:
+            data = json.loads(text) if text else None
+            event = SendEventRequest.model_validate({"name": name, "data": data})
+        except json.JSONDecodeError as exc:
+            where = f"line {exc.lineno}, column {exc.colno}"
+            problem = f"The data is not valid JSON: {exc.msg} ({where})."
+        except ValidationError as exc:
+            problem = "; ".join(f"{e['loc'][0]}: {e['msg']}" for e in exc.errors())
+        else:
+            try:
+                await runs.send_event(viewer.namespace, run_id, event)
+            except NotFoundError:
+                return await not_found(request, viewer, f"There is no run {run_id}.")
+            except ConflictError as exc:
+                problem = exc.message
+            else:
+                return RedirectResponse(f"/runs/{run_id}?done=event", status_code=303)
+        return await show_run(
+            request,
+            viewer,
+            run_id,
+            400,
+            event_error=f"Nothing was sent. {problem}",
+            event_name=name,
+            event_data=text,
         )
 
     @router.post("/runs/{run_id}/{action}")
@@ -225,15 +293,7 @@ def dashboard_router(runs: Runs, keys: ApiKeys, db: Database, clock: Clock) -> A
             return to_login(request)
         form = await _form(request)
         if not await sessions.csrf_ok(await sessions.read(request), form.get("csrf")):
-            return await render(
-                request,
-                viewer,
-                "error.html",
-                403,
-                title="Refused",
-                message="This form has expired or did not come from this dashboard."
-                " Reload the page and try again.",
-            )
+            return await refuse_form(request, viewer)
         if action not in _ACTIONS:
             return await not_found(request, viewer, f"There is no action {action!r}.")
         ns = viewer.namespace
@@ -250,6 +310,15 @@ def dashboard_router(runs: Runs, keys: ApiKeys, db: Database, clock: Clock) -> A
         except IllegalTransitionError:
             return RedirectResponse(f"/runs/{run_id}?refused={action}", status_code=303)
         return RedirectResponse(f"/runs/{run_id}?done={action}", status_code=303)
+
+    @router.get("/workers", response_class=HTMLResponse)
+    async def workers_page(request: Request) -> Response:
+        """The namespace's workers: what each serves, the runs it holds, when last seen."""
+        viewer = await viewer_of(request)
+        if viewer is None:
+            return to_login(request)
+        page = await claims.list_workers(viewer.namespace)
+        return await render(request, viewer, "workers.html", workers=page.workers, refresh=True)
 
     @router.get("/login", response_class=HTMLResponse)
     async def login_page(request: Request) -> Response:
