@@ -3,7 +3,7 @@
 A real server process (`aiki_server.testing.server_process`) on SQLite and on
 PostgreSQL, a worker in the test process, and a browser that clicks through the
 pages as a person would: the runs list, a filter, a run with its task timeline,
-a cancel confirmed in its dialog, an event sent from a run's page, the workers;
+a cancel confirmed in its dialog, an event sent from a run's page, the workers, the queues;
 with API keys, a login, and a key of another namespace refused.
 """
 
@@ -176,6 +176,30 @@ async def test_workers_page_shows_a_live_worker(db_url: str, browser: Browser) -
             "1.0.0"
         )
         await expect(row.locator("ul.serves li", has_text="nightly-audit")).to_contain_text("2.1.0")
+
+
+async def test_queues_page_highlights_a_version_nobody_serves(
+    db_url: str, browser: Browser
+) -> None:
+    async with (
+        server_process(db_url) as server,
+        Client(server.base_url, logger=QUIET) as client,
+        Worker(client, [orders_v1], logger=QUIET),
+    ):
+        await sleeping_order(client, "o-6001")  # served: claimed at once, not queued
+        for day in ("2026-12-03", "2026-12-04"):
+            await audit_v1.start(client, day)  # no worker serves nightly-audit 2.1.0
+        page = await browser.new_page()
+        await page.goto(server.base_url + "/")
+        await page.get_by_role("link", name="Queues").click()
+        await expect(page).to_have_url(server.base_url + "/queues")
+        rows = page.locator("table.queues tbody tr")
+        await expect(rows).to_have_count(1)
+        await expect(rows.first).to_have_class("unserved")
+        await expect(rows.first).to_contain_text("nightly-audit")
+        await expect(rows.first.locator("td.num").first).to_have_text("2")
+        await expect(rows.first.locator(".badge")).to_have_text("no live worker")
+        await expect(page.locator(".flash.warn")).to_contain_text("1 queue no live worker serves")
 
 
 async def test_action_without_its_csrf_token_is_refused(db_url: str, browser: Browser) -> None:

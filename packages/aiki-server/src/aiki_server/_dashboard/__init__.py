@@ -14,7 +14,9 @@ of the viewer:
 
 Every action (cancel, pause, resume, wake, send an event) is a POST form carrying
 the session's CSRF token, confirmed in a dialog first. `/workers` shows what
-`Claims.list_workers` answers `GET /api/v1/workers`.
+`Claims.list_workers` answers `GET /api/v1/workers`; `/queues` counts the queued
+runs with the query of the queue metrics (`Claims.list_queues`), and marks the
+triples no live worker serves.
 """
 
 from __future__ import annotations
@@ -319,6 +321,28 @@ def dashboard_router(
             return to_login(request)
         page = await claims.list_workers(viewer.namespace)
         return await render(request, viewer, "workers.html", workers=page.workers, refresh=True)
+
+    @router.get("/queues", response_class=HTMLResponse)
+    async def queues_page(request: Request) -> Response:
+        """Queued runs per workflow, version and pool; those no live worker serves stand out."""
+        viewer = await viewer_of(request)
+        if viewer is None:
+            return to_login(request)
+        queues = await claims.list_queues(viewer.namespace)
+        served = {
+            (c.workflow, c.version, c.pool)
+            for worker in (await claims.list_workers(viewer.namespace)).workers
+            if worker.live
+            for c in worker.capabilities
+        }
+        return await render(
+            request,
+            viewer,
+            "queues.html",
+            queues=queues,
+            unserved={(q.workflow, q.version, q.pool) for q in queues} - served,
+            refresh=True,
+        )
 
     @router.get("/login", response_class=HTMLResponse)
     async def login_page(request: Request) -> Response:
