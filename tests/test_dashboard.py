@@ -3,8 +3,9 @@
 A real server process (`aiki_server.testing.server_process`) on SQLite and on
 PostgreSQL, a worker in the test process, and a browser that clicks through the
 pages as a person would: the runs list, a filter, a run with its task timeline,
-a cancel confirmed in its dialog, an event sent from a run's page, the workers, the queues;
-with API keys, a login, and a key of another namespace refused.
+a cancel confirmed in its dialog, an event sent from a run's page, the workers,
+the queues, a schedule paused; with API keys, a login, and a key of another
+namespace refused.
 """
 
 from __future__ import annotations
@@ -200,6 +201,44 @@ async def test_queues_page_highlights_a_version_nobody_serves(
         await expect(rows.first.locator("td.num").first).to_have_text("2")
         await expect(rows.first.locator(".badge")).to_have_text("no live worker")
         await expect(page.locator(".flash.warn")).to_contain_text("1 queue no live worker serves")
+
+
+async def test_pause_a_schedule_from_its_page(db_url: str, browser: Browser) -> None:
+    async with server_process(db_url) as server, Client(server.base_url, logger=QUIET) as client:
+        schedule = await client.schedules.create(
+            "nightly-audit", audit_v1, "2026-12-04", cron="0 3 * * *"
+        )
+        page = await browser.new_page()
+        await page.goto(server.base_url + "/")
+        await page.get_by_role("link", name="Schedules").click()
+        await expect(page).to_have_url(server.base_url + "/schedules")
+        row = page.locator(f'tr[data-schedule="{schedule.id}"]')
+        await expect(row.locator(".badge")).to_have_text("active")
+        assert schedule.next_fire_at is not None
+        await expect(row).to_contain_text(schedule.next_fire_at.strftime("%Y-%m-%d 03:00:00"))
+        await expect(row).to_contain_text("0 3 * * *")
+
+        # pause, confirmed in its dialog: "Keep it" changes nothing
+        await row.get_by_role("button", name="Pause").click()
+        dialog = page.locator(f"dialog#pause-{schedule.id}")
+        await dialog.get_by_role("button", name="Keep it").click()
+        await expect(dialog).to_be_hidden()
+        assert not (await client.schedules.get(schedule.id)).paused
+
+        await row.get_by_role("button", name="Pause").click()
+        await dialog.get_by_role("button", name="Yes, pause it").click()
+        await expect(page.locator(".flash.ok")).to_have_text("Schedule paused.")
+        await expect(row.locator(".badge")).to_have_text("paused")
+        assert (await client.schedules.get(schedule.id)).paused
+
+        await row.get_by_role("button", name="Resume").click()
+        await (
+            page.locator(f"dialog#resume-{schedule.id}")
+            .get_by_role("button", name="Yes, resume it")
+            .click()
+        )
+        await expect(page.locator(".flash.ok")).to_have_text("Schedule resumed.")
+        assert not (await client.schedules.get(schedule.id)).paused
 
 
 async def test_action_without_its_csrf_token_is_refused(db_url: str, browser: Browser) -> None:

@@ -16,7 +16,8 @@ Every action (cancel, pause, resume, wake, send an event) is a POST form carryin
 the session's CSRF token, confirmed in a dialog first. `/workers` shows what
 `Claims.list_workers` answers `GET /api/v1/workers`; `/queues` counts the queued
 runs with the query of the queue metrics (`Claims.list_queues`), and marks the
-triples no live worker serves.
+triples no live worker serves; `/schedules` lists and pauses or resumes through
+`Schedules`, as `/api/v1/schedules` does.
 """
 
 from __future__ import annotations
@@ -30,13 +31,19 @@ from urllib.parse import parse_qs, urlencode
 
 from fastapi import APIRouter, Request
 from jinja2 import Environment, PackageLoader, select_autoescape
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from aiki_core import ConflictError, IllegalTransitionError, NotFoundError, RunStatus
+from aiki_core import (
+    ConflictError,
+    IllegalTransitionError,
+    NotFoundError,
+    RunStatus,
+)
 from aiki_core.wire import (
     DEFAULT_NAMESPACE,
     RUN_TERMINAL_STATUSES,
+    Cursor,
     ListRunsQuery,
     SendEventRequest,
 )
@@ -53,6 +60,7 @@ if TYPE_CHECKING:
     from aiki_server._claims import Claims
     from aiki_server._clock import Clock
     from aiki_server._runs import Runs
+    from aiki_server._schedules import Schedules
     from aiki_server._storage._database import Database
 
 __all__ = ["STATIC_PACKAGE", "dashboard_router"]
@@ -70,6 +78,9 @@ _DONE = {
     "wake": "Run woken.",
     "event": "Event sent.",
 }
+_SCHEDULE_ACTIONS = {"pause": "Schedule paused.", "resume": "Schedule resumed."}
+_SCHEDULES_PER_PAGE = 50
+_CURSOR: TypeAdapter[str | None] = TypeAdapter(Cursor | None)
 _SAFE_NEXT = re.compile(r"^/(?!/)[^\s\\]*$")
 _MAX_FORM_BYTES = 16 * 1024
 
@@ -85,7 +96,7 @@ class _Viewer:
 
 
 def dashboard_router(
-    runs: Runs, claims: Claims, keys: ApiKeys, db: Database, clock: Clock
+    runs: Runs, claims: Claims, schedules: Schedules, keys: ApiKeys, db: Database, clock: Clock
 ) -> APIRouter:
     """The dashboard's pages and forms."""
     router = APIRouter(include_in_schema=False)
@@ -343,6 +354,47 @@ def dashboard_router(
             unserved={(q.workflow, q.version, q.pool) for q in queues} - served,
             refresh=True,
         )
+
+    @router.get("/schedules", response_class=HTMLResponse)
+    async def schedules_page(request: Request) -> Response:
+        """The schedules, newest first: cadence, next occurrence, last run; pause or resume."""
+        viewer = await viewer_of(request)
+        if viewer is None:
+            return to_login(request)
+        cursor = request.query_params.get("cursor") or None
+        try:
+            _CURSOR.validate_python(cursor)
+        except ValidationError:
+            return await render(
+                request, viewer, "error.html", 400, title="Invalid page", message="bad cursor"
+            )
+        page = await schedules.list(viewer.namespace, _SCHEDULES_PER_PAGE, cursor)
+        return await render(
+            request,
+            viewer,
+            "schedules.html",
+            page=page,
+            cursor=cursor,
+            notice=_SCHEDULE_ACTIONS.get(request.query_params.get("done", "")),
+        )
+
+    @router.post("/schedules/{schedule_id}/{action}")
+    async def schedule_action(request: Request, schedule_id: str, action: str) -> Response:
+        """Pause or resume a schedule, from a confirmed form with the CSRF token."""
+        viewer = await viewer_of(request)
+        if viewer is None:
+            return to_login(request)
+        form = await _form(request)
+        if not await sessions.csrf_ok(await sessions.read(request), form.get("csrf")):
+            return await refuse_form(request, viewer)
+        if action not in _SCHEDULE_ACTIONS:
+            return await not_found(request, viewer, f"There is no action {action!r}.")
+        operate = schedules.pause if action == "pause" else schedules.resume
+        try:
+            await operate(viewer.namespace, schedule_id)
+        except NotFoundError:
+            return await not_found(request, viewer, f"There is no schedule {schedule_id}.")
+        return RedirectResponse(f"/schedules?done={action}", status_code=303)
 
     @router.get("/login", response_class=HTMLResponse)
     async def login_page(request: Request) -> Response:
