@@ -2,7 +2,8 @@
 
 `orders_v1` reserves stock, charges a card whose first attempt fails (so the task
 timeline has a retry), then sleeps for an hour before it ships: a run stays
-`sleeping` until the test acts on it. `audit_v1` fails for good.
+`sleeping` until the test acts on it. `audit_v1` fails for good. `refunds_v1` waits
+for an `approved` event and returns who approved.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pydantic import BaseModel
 
 from aiki_core import RetryPolicy
 from aiki_task import TaskContext, task
-from aiki_workflow import WorkflowRun, workflow
+from aiki_workflow import WorkflowRun, event, workflow
 
 
 class Order(BaseModel):
@@ -71,3 +72,21 @@ audit = workflow("nightly-audit")
 async def audit_v1(run: WorkflowRun, day: str) -> None:
     """Check the day's ledger."""
     await check_ledger.start(run, day)
+
+
+class Approval(BaseModel):
+    """Who approved a refund."""
+
+    by: str
+
+
+approved = event("approved", Approval)
+refunds = workflow("refund")
+
+
+@refunds.v("1.0.0")
+async def refunds_v1(run: WorkflowRun, order_id: str) -> str:
+    """Wait for someone to approve the refund of the order."""
+    got = await approved.wait(run)
+    assert got.data is not None
+    return f"refund of {order_id} approved by {got.data.by}"

@@ -3,7 +3,8 @@
 A real server process (`aiki_server.testing.server_process`) on SQLite and on
 PostgreSQL, a worker in the test process, and a browser that clicks through the
 pages as a person would: the runs list, a filter, a run with its task timeline,
-a cancel confirmed in its dialog; with API keys, a login, and a key of another
+a cancel confirmed in its dialog, an event sent from a run's page, the workers,
+the queues, a schedule paused; with API keys, a login, and a key of another
 namespace refused.
 """
 
@@ -23,7 +24,7 @@ from aiki_client import Client
 from aiki_core import RunStatus
 from aiki_server.testing import server_process
 from aiki_worker import Worker
-from dashboard_app import Order, audit_v1, orders_v1
+from dashboard_app import Order, audit_v1, orders_v1, refunds_v1
 from e2e_support import QUIET
 
 if TYPE_CHECKING:
@@ -117,6 +118,127 @@ async def test_list_filter_run_and_cancel(db_url: str, browser: Browser) -> None
         await expect(page.locator(".runhead .badge").first).to_have_text("cancelled")
         assert await first.status() == RunStatus.CANCELLED
         assert await second.status() == RunStatus.SLEEPING
+
+
+async def test_send_event_from_the_run_page(db_url: str, browser: Browser) -> None:
+    async with (
+        server_process(db_url) as server,
+        Client(server.base_url, logger=QUIET) as client,
+        Worker(client, [refunds_v1], logger=QUIET),
+    ):
+        run = await refunds_v1.start(client, "o-4001")
+        await run.wait_for_status([RunStatus.AWAITING_EVENT], timeout=WAIT)
+        page = await browser.new_page()
+        await page.goto(f"{server.base_url}/runs/{run.id}")
+        await expect(page.locator(".waiting")).to_contain_text("waiting for event 'approved'")
+
+        # bad JSON: the form comes back with the problem, and nothing is sent
+        await page.get_by_role("button", name="Send event").click()
+        dialog = page.locator("dialog#send-event")
+        await expect(dialog).to_be_visible()
+        await dialog.get_by_label("Event name").fill("approved")
+        await dialog.get_by_label("Data (JSON)").fill('{"by": ann}')
+        await dialog.get_by_role("button", name="Yes, send it").click()
+        await expect(dialog).to_be_visible()
+        await expect(dialog.locator(".flash.error")).to_contain_text(
+            "Nothing was sent. The data is not valid JSON"
+        )
+        await expect(dialog.get_by_label("Data (JSON)")).to_have_value('{"by": ann}')
+        async with httpx.AsyncClient() as api:
+            detail = (await api.get(f"{server.base_url}/api/v1/runs/{run.id}")).json()
+        assert detail["events"] == []
+        assert await run.status() == RunStatus.AWAITING_EVENT
+
+        # good JSON: the run gets it and completes
+        await dialog.get_by_label("Data (JSON)").fill('{"by": "ann"}')
+        await dialog.get_by_role("button", name="Yes, send it").click()
+        await expect(page.locator(".flash.ok")).to_have_text("Event sent.")
+        assert await run.result(timeout=WAIT) == "refund of o-4001 approved by ann"
+        await page.reload()
+        await expect(page.locator(".runhead .badge").first).to_have_text("completed")
+        await expect(page.locator("pre.json", has_text='"by": "ann"')).to_have_count(1)
+
+
+async def test_workers_page_shows_a_live_worker(db_url: str, browser: Browser) -> None:
+    async with (
+        server_process(db_url) as server,
+        Client(server.base_url, logger=QUIET) as client,
+        Worker(client, [orders_v1, audit_v1], logger=QUIET) as worker,
+    ):
+        await sleeping_order(client, "o-5001")  # the worker has claimed: the server knows it
+        page = await browser.new_page()
+        await page.goto(server.base_url + "/")
+        await page.get_by_role("link", name="Workers").click()
+        await expect(page).to_have_url(server.base_url + "/workers")
+        row = page.locator("table.workers tbody tr", has_text=worker.id)
+        await expect(row).to_have_count(1)
+        await expect(row.locator(".badge")).to_have_text("live")
+        await expect(row.locator("ul.serves li", has_text="order-processing")).to_contain_text(
+            "1.0.0"
+        )
+        await expect(row.locator("ul.serves li", has_text="nightly-audit")).to_contain_text("2.1.0")
+
+
+async def test_queues_page_highlights_a_version_nobody_serves(
+    db_url: str, browser: Browser
+) -> None:
+    async with (
+        server_process(db_url) as server,
+        Client(server.base_url, logger=QUIET) as client,
+        Worker(client, [orders_v1], logger=QUIET),
+    ):
+        await sleeping_order(client, "o-6001")  # served: claimed at once, not queued
+        for day in ("2026-12-03", "2026-12-04"):
+            await audit_v1.start(client, day)  # no worker serves nightly-audit 2.1.0
+        page = await browser.new_page()
+        await page.goto(server.base_url + "/")
+        await page.get_by_role("link", name="Queues").click()
+        await expect(page).to_have_url(server.base_url + "/queues")
+        rows = page.locator("table.queues tbody tr")
+        await expect(rows).to_have_count(1)
+        await expect(rows.first).to_have_class("unserved")
+        await expect(rows.first).to_contain_text("nightly-audit")
+        await expect(rows.first.locator("td.num").first).to_have_text("2")
+        await expect(rows.first.locator(".badge")).to_have_text("no live worker")
+        await expect(page.locator(".flash.warn")).to_contain_text("1 queue no live worker serves")
+
+
+async def test_pause_a_schedule_from_its_page(db_url: str, browser: Browser) -> None:
+    async with server_process(db_url) as server, Client(server.base_url, logger=QUIET) as client:
+        schedule = await client.schedules.create(
+            "nightly-audit", audit_v1, "2026-12-04", cron="0 3 * * *"
+        )
+        page = await browser.new_page()
+        await page.goto(server.base_url + "/")
+        await page.get_by_role("link", name="Schedules").click()
+        await expect(page).to_have_url(server.base_url + "/schedules")
+        row = page.locator(f'tr[data-schedule="{schedule.id}"]')
+        await expect(row.locator(".badge")).to_have_text("active")
+        assert schedule.next_fire_at is not None
+        await expect(row).to_contain_text(schedule.next_fire_at.strftime("%Y-%m-%d 03:00:00"))
+        await expect(row).to_contain_text("0 3 * * *")
+
+        # pause, confirmed in its dialog: "Keep it" changes nothing
+        await row.get_by_role("button", name="Pause").click()
+        dialog = page.locator(f"dialog#pause-{schedule.id}")
+        await dialog.get_by_role("button", name="Keep it").click()
+        await expect(dialog).to_be_hidden()
+        assert not (await client.schedules.get(schedule.id)).paused
+
+        await row.get_by_role("button", name="Pause").click()
+        await dialog.get_by_role("button", name="Yes, pause it").click()
+        await expect(page.locator(".flash.ok")).to_have_text("Schedule paused.")
+        await expect(row.locator(".badge")).to_have_text("paused")
+        assert (await client.schedules.get(schedule.id)).paused
+
+        await row.get_by_role("button", name="Resume").click()
+        await (
+            page.locator(f"dialog#resume-{schedule.id}")
+            .get_by_role("button", name="Yes, resume it")
+            .click()
+        )
+        await expect(page.locator(".flash.ok")).to_have_text("Schedule resumed.")
+        assert not (await client.schedules.get(schedule.id)).paused
 
 
 async def test_action_without_its_csrf_token_is_refused(db_url: str, browser: Browser) -> None:

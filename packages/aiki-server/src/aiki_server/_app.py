@@ -202,7 +202,7 @@ def create_app(db_url: str, settings: ServerSettings | None = None) -> FastAPI:
     prefixes = {id(route): API_PREFIX for route in api.routes}
     app.add_middleware(HttpMetrics, metrics=metrics, prefixes=prefixes)
     app.include_router(api, prefix=API_PREFIX)
-    app.include_router(dashboard_router(runs, keys, db, clock))
+    app.include_router(dashboard_router(runs, claims, schedules, keys, db, clock))
     app.mount("/static", StaticFiles(packages=[STATIC_PACKAGE]), name="static")
 
     @app.get("/health", include_in_schema=False)

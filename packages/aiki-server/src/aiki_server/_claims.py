@@ -9,6 +9,7 @@ back of its queue, and failed after a few such claims.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from aiki_core import ErrorInfo, RunStatus
@@ -22,6 +23,7 @@ from aiki_core.wire import (
 from aiki_server._clock import from_ms
 from aiki_server._lifecycle import move_run, record_history
 from aiki_server._logs import component
+from aiki_server._metrics import grouped_runs_query
 from aiki_server._notify import QUEUE
 from aiki_server._replay import replay_parts
 from aiki_server._rows import dump, run_summary
@@ -29,6 +31,7 @@ from aiki_server._storage._outage import is_outage
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
+    from datetime import datetime
 
     from aiki_core.wire import ClaimRequest
     from aiki_server._clock import Clock
@@ -40,7 +43,24 @@ _MAX_WORKERS_NOTED = 10_000
 _MAX_CLAIM_FAILURES = 3
 """Claims of one run that fail in a row before the run is failed with the cause."""
 
+_MAX_QUEUES = 1000
+_QUEUES = grouped_runs_query(
+    ["workflow", "version", "pool"], [RunStatus.QUEUED.value], in_namespace=True
+)
+
 _log = component("claims")
+
+
+@dataclass(frozen=True, slots=True)
+class Queue:
+    """The runs of one (workflow, version, pool) waiting for a worker to claim them."""
+
+    workflow: str
+    version: str
+    pool: str
+    queued: int
+    oldest_at: datetime
+    """When the run queued longest became ready."""
 
 
 class Claims:
@@ -109,6 +129,16 @@ class Claims:
                 for row in rows
             ]
         )
+
+    async def list_queues(self, namespace: str) -> list[Queue]:
+        """The namespace's queued runs per triple, the longest waiting first."""
+        async with self._db.reader() as tx:
+            rows = await tx.fetch(_QUEUES, _MAX_QUEUES, namespace)
+        queues = [
+            Queue(r["workflow"], r["version"], r["pool"], int(r["n"]), from_ms(int(r["oldest"])))
+            for r in rows
+        ]
+        return sorted(queues, key=lambda q: (q.oldest_at, q.workflow, q.version, q.pool))
 
     async def _note_worker(
         self, namespace: str, worker_id: str, capabilities: list[tuple[str, str, str]]

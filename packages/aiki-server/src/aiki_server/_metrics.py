@@ -184,6 +184,25 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+def grouped_runs_query(
+    keys: Sequence[str], statuses: Sequence[str], *, in_namespace: bool = False
+) -> str:
+    """SQL counting the runs in `statuses` per `keys` and status (`n`), oldest first ready.
+
+    The queue gauges read through it, and so do the dashboard's queues; `oldest` is
+    the group's least `ready_at`. `$1` is the most groups to return; with
+    `in_namespace`, `$2` is the namespace. `keys` and `statuses` are the server's own
+    names, never input.
+    """
+    columns = ", ".join(keys)
+    listed = ", ".join(f"'{status}'" for status in statuses)
+    where = f"status IN ({listed})" + (" AND namespace = $2" if in_namespace else "")
+    return (
+        f"SELECT {columns}, status, COUNT(*) AS n, MIN(ready_at) AS oldest FROM runs"
+        f" WHERE {where} GROUP BY {columns}, status LIMIT $1"
+    )
+
+
 class _StateCollector:
     """Queue depth, oldest queued age, runs waiting and active workers, read per scrape."""
 
@@ -197,12 +216,8 @@ class _StateCollector:
                 "pool",
             ]
         )
-        waiting = ", ".join(f"'{s.value}'" for s in sorted(RUN_WAITING_STATUSES))
-        columns = ", ".join(self.keys)
-        self.query = (
-            f"SELECT {columns}, status, COUNT(*) AS n, MIN(ready_at) AS oldest FROM runs"
-            f" WHERE status IN ('queued', {waiting}) GROUP BY {columns}, status LIMIT $1"
-        )
+        waiting = [s.value for s in sorted(RUN_WAITING_STATUSES)]
+        self.query = grouped_runs_query(self.keys, ["queued", *waiting])
         self.rows: Sequence[Mapping[str, Any]] = []
         self.now = 0
         self.workers = 0

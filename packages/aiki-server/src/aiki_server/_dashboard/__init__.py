@@ -12,12 +12,17 @@ of the viewer:
   `_session`); the pages then show the key's namespace only, and another
   namespace's run is a 404, as in the API.
 
-Every action (cancel, pause, resume, wake) is a POST form carrying the session's
-CSRF token, confirmed in a dialog first.
+Every action (cancel, pause, resume, wake, send an event) is a POST form carrying
+the session's CSRF token, confirmed in a dialog first. `/workers` shows what
+`Claims.list_workers` answers `GET /api/v1/workers`; `/queues` counts the queued
+runs with the query of the queue metrics (`Claims.list_queues`), and marks the
+triples no live worker serves; `/schedules` lists and pauses or resumes through
+`Schedules`, as `/api/v1/schedules` does.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from datetime import timedelta
@@ -26,11 +31,22 @@ from urllib.parse import parse_qs, urlencode
 
 from fastapi import APIRouter, Request
 from jinja2 import Environment, PackageLoader, select_autoescape
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from aiki_core import IllegalTransitionError, NotFoundError, RunStatus
-from aiki_core.wire import DEFAULT_NAMESPACE, RUN_TERMINAL_STATUSES, ListRunsQuery
+from aiki_core import (
+    ConflictError,
+    IllegalTransitionError,
+    NotFoundError,
+    RunStatus,
+)
+from aiki_core.wire import (
+    DEFAULT_NAMESPACE,
+    RUN_TERMINAL_STATUSES,
+    Cursor,
+    ListRunsQuery,
+    SendEventRequest,
+)
 from aiki_server._api_keys import hash_key, is_well_formed
 from aiki_server._clock import from_ms
 from aiki_server._dashboard import _views as views
@@ -41,8 +57,10 @@ if TYPE_CHECKING:
 
     from aiki_core.wire import RunDetail, RunSummary
     from aiki_server._auth import ApiKeys
+    from aiki_server._claims import Claims
     from aiki_server._clock import Clock
     from aiki_server._runs import Runs
+    from aiki_server._schedules import Schedules
     from aiki_server._storage._database import Database
 
 __all__ = ["STATIC_PACKAGE", "dashboard_router"]
@@ -58,7 +76,11 @@ _DONE = {
     "pause": "Pause requested.",
     "resume": "Run resumed.",
     "wake": "Run woken.",
+    "event": "Event sent.",
 }
+_SCHEDULE_ACTIONS = {"pause": "Schedule paused.", "resume": "Schedule resumed."}
+_SCHEDULES_PER_PAGE = 50
+_CURSOR: TypeAdapter[str | None] = TypeAdapter(Cursor | None)
 _SAFE_NEXT = re.compile(r"^/(?!/)[^\s\\]*$")
 _MAX_FORM_BYTES = 16 * 1024
 
@@ -73,7 +95,9 @@ class _Viewer:
     new_session: bool
 
 
-def dashboard_router(runs: Runs, keys: ApiKeys, db: Database, clock: Clock) -> APIRouter:
+def dashboard_router(
+    runs: Runs, claims: Claims, schedules: Schedules, keys: ApiKeys, db: Database, clock: Clock
+) -> APIRouter:
     """The dashboard's pages and forms."""
     router = APIRouter(include_in_schema=False)
     sessions = Sessions(db, clock)
@@ -190,12 +214,9 @@ def dashboard_router(runs: Runs, keys: ApiKeys, db: Database, clock: Clock) -> A
             refresh=True,
         )
 
-    @router.get("/runs/{run_id}", response_class=HTMLResponse)
-    async def run_page(request: Request, run_id: str) -> Response:
-        """One run: its status and waits, task timeline, payloads, events, children, history."""
-        viewer = await viewer_of(request)
-        if viewer is None:
-            return to_login(request)
+    async def show_run(
+        request: Request, viewer: _Viewer, run_id: str, status_code: int = 200, **ctx: Any
+    ) -> Response:
         try:
             run = await runs.get_run(viewer.namespace, run_id)
         except NotFoundError:
@@ -204,17 +225,77 @@ def dashboard_router(runs: Runs, keys: ApiKeys, db: Database, clock: Clock) -> A
         live = run.status not in RUN_TERMINAL_STATUSES
         done = request.query_params.get("done", "")
         refused = request.query_params.get("refused", "")
+        context: dict[str, Any] = {"event_error": None, "event_name": "", "event_data": ""}
         return await render(
             request,
             viewer,
             "run.html",
+            status_code,
             run=run,
             waiting=views.waiting_for(run),
             timeline=views.timeline(run, now),
             actions=_actions_for(run, live=live),
             notice=_DONE.get(done),
             refused=refused if refused in _ACTIONS else None,
-            refresh=live,
+            refresh=live and status_code == 200,
+            **(context | ctx),
+        )
+
+    def refuse_form(request: Request, viewer: _Viewer) -> Awaitable[Response]:
+        return render(
+            request,
+            viewer,
+            "error.html",
+            403,
+            title="Refused",
+            message="This form has expired or did not come from this dashboard."
+            " Reload the page and try again.",
+        )
+
+    @router.get("/runs/{run_id}", response_class=HTMLResponse)
+    async def run_page(request: Request, run_id: str) -> Response:
+        """One run: its status and waits, task timeline, payloads, events, children, history."""
+        viewer = await viewer_of(request)
+        if viewer is None:
+            return to_login(request)
+        return await show_run(request, viewer, run_id)
+
+    @router.post("/runs/{run_id}/event")
+    async def send_event(request: Request, run_id: str) -> Response:
+        """Send the run an event (name and JSON data) from a confirmed form with the CSRF token."""
+        viewer = await viewer_of(request)
+        if viewer is None:
+            return to_login(request)
+        form = await _form(request)
+        if not await sessions.csrf_ok(await sessions.read(request), form.get("csrf")):
+            return await refuse_form(request, viewer)
+        name = form.get("name", "").strip()
+        text = form.get("data", "").strip()
+        try:
+            data = json.loads(text) if text else None
+            event = SendEventRequest.model_validate({"name": name, "data": data})
+        except json.JSONDecodeError as exc:
+            where = f"line {exc.lineno}, column {exc.colno}"
+            problem = f"The data is not valid JSON: {exc.msg} ({where})."
+        except ValidationError as exc:
+            problem = "; ".join(f"{e['loc'][0]}: {e['msg']}" for e in exc.errors())
+        else:
+            try:
+                await runs.send_event(viewer.namespace, run_id, event)
+            except NotFoundError:
+                return await not_found(request, viewer, f"There is no run {run_id}.")
+            except ConflictError as exc:
+                problem = exc.message
+            else:
+                return RedirectResponse(f"/runs/{run_id}?done=event", status_code=303)
+        return await show_run(
+            request,
+            viewer,
+            run_id,
+            400,
+            event_error=f"Nothing was sent. {problem}",
+            event_name=name,
+            event_data=text,
         )
 
     @router.post("/runs/{run_id}/{action}")
@@ -225,15 +306,7 @@ def dashboard_router(runs: Runs, keys: ApiKeys, db: Database, clock: Clock) -> A
             return to_login(request)
         form = await _form(request)
         if not await sessions.csrf_ok(await sessions.read(request), form.get("csrf")):
-            return await render(
-                request,
-                viewer,
-                "error.html",
-                403,
-                title="Refused",
-                message="This form has expired or did not come from this dashboard."
-                " Reload the page and try again.",
-            )
+            return await refuse_form(request, viewer)
         if action not in _ACTIONS:
             return await not_found(request, viewer, f"There is no action {action!r}.")
         ns = viewer.namespace
@@ -250,6 +323,78 @@ def dashboard_router(runs: Runs, keys: ApiKeys, db: Database, clock: Clock) -> A
         except IllegalTransitionError:
             return RedirectResponse(f"/runs/{run_id}?refused={action}", status_code=303)
         return RedirectResponse(f"/runs/{run_id}?done={action}", status_code=303)
+
+    @router.get("/workers", response_class=HTMLResponse)
+    async def workers_page(request: Request) -> Response:
+        """The namespace's workers: what each serves, the runs it holds, when last seen."""
+        viewer = await viewer_of(request)
+        if viewer is None:
+            return to_login(request)
+        page = await claims.list_workers(viewer.namespace)
+        return await render(request, viewer, "workers.html", workers=page.workers, refresh=True)
+
+    @router.get("/queues", response_class=HTMLResponse)
+    async def queues_page(request: Request) -> Response:
+        """Queued runs per workflow, version and pool; those no live worker serves stand out."""
+        viewer = await viewer_of(request)
+        if viewer is None:
+            return to_login(request)
+        queues = await claims.list_queues(viewer.namespace)
+        served = {
+            (c.workflow, c.version, c.pool)
+            for worker in (await claims.list_workers(viewer.namespace)).workers
+            if worker.live
+            for c in worker.capabilities
+        }
+        return await render(
+            request,
+            viewer,
+            "queues.html",
+            queues=queues,
+            unserved={(q.workflow, q.version, q.pool) for q in queues} - served,
+            refresh=True,
+        )
+
+    @router.get("/schedules", response_class=HTMLResponse)
+    async def schedules_page(request: Request) -> Response:
+        """The schedules, newest first: cadence, next occurrence, last run; pause or resume."""
+        viewer = await viewer_of(request)
+        if viewer is None:
+            return to_login(request)
+        cursor = request.query_params.get("cursor") or None
+        try:
+            _CURSOR.validate_python(cursor)
+        except ValidationError:
+            return await render(
+                request, viewer, "error.html", 400, title="Invalid page", message="bad cursor"
+            )
+        page = await schedules.list(viewer.namespace, _SCHEDULES_PER_PAGE, cursor)
+        return await render(
+            request,
+            viewer,
+            "schedules.html",
+            page=page,
+            cursor=cursor,
+            notice=_SCHEDULE_ACTIONS.get(request.query_params.get("done", "")),
+        )
+
+    @router.post("/schedules/{schedule_id}/{action}")
+    async def schedule_action(request: Request, schedule_id: str, action: str) -> Response:
+        """Pause or resume a schedule, from a confirmed form with the CSRF token."""
+        viewer = await viewer_of(request)
+        if viewer is None:
+            return to_login(request)
+        form = await _form(request)
+        if not await sessions.csrf_ok(await sessions.read(request), form.get("csrf")):
+            return await refuse_form(request, viewer)
+        if action not in _SCHEDULE_ACTIONS:
+            return await not_found(request, viewer, f"There is no action {action!r}.")
+        operate = schedules.pause if action == "pause" else schedules.resume
+        try:
+            await operate(viewer.namespace, schedule_id)
+        except NotFoundError:
+            return await not_found(request, viewer, f"There is no schedule {schedule_id}.")
+        return RedirectResponse(f"/schedules?done={action}", status_code=303)
 
     @router.get("/login", response_class=HTMLResponse)
     async def login_page(request: Request) -> Response:

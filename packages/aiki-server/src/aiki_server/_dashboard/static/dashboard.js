@@ -11,6 +11,9 @@ document.addEventListener("click", (event) => {
   if (closer) closer.closest("dialog").close();
 });
 
+// a form sent back with a problem opens again, with what was typed
+document.querySelector("dialog[data-open]")?.showModal();
+
 // Every element with `data-refresh="N"` (seconds, 0: never) is fetched anew from the
 // same URL, so the filters of the page stay as they are; never while a dialog is open,
 // the tab is hidden, or the "Auto-refresh" box is unticked.
