@@ -127,7 +127,7 @@ def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_every_package_is_a_distribution() -> None:
-    expected = {"core", "task", "workflow", "client", "worker", "crypto", "server"}
+    expected = {"core", "task", "workflow", "client", "worker", "crypto", "server", "otel"}
     assert PACKAGES == sorted([FACADE, *(f"aiki-{name}" for name in expected)])
 
 
@@ -207,8 +207,9 @@ async def test_the_facade_alone_runs_the_readme_example(
     assert await _run_readme_example(python, server.base_url, tmp_path) == "hello ada\n"
 
     # the extras add the rest
-    await anyio.to_thread.run_sync(_install, python, wheelhouse, f"{FACADE}[crypto,server]")
-    assert _aiki_dists(python) == sorted([*_declared(FACADE), "aiki-crypto", "aiki-server"])
+    await anyio.to_thread.run_sync(_install, python, wheelhouse, f"{FACADE}[crypto,server,otel]")
+    extras = ["aiki-crypto", "aiki-server", "aiki-otel"]
+    assert _aiki_dists(python) == sorted([*_declared(FACADE), *extras])
 
 
 @pytest.fixture(scope="module")

@@ -107,6 +107,21 @@ WorkerName = Annotated[str, StringConstraints(min_length=1, max_length=200, patt
 StoredAddress = Annotated[TaskAddress, StringConstraints(pattern=NO_NUL)]
 """A task or child call's address, as the server stores it."""
 
+MAX_TRACE_CONTEXT_ENTRIES = 8
+TraceContext = Annotated[
+    dict[
+        Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z0-9_.-]+$")],
+        Annotated[str, StringConstraints(max_length=1024, pattern=r"^[\x20-\x7e]*$")],
+    ],
+    Field(
+        max_length=MAX_TRACE_CONTEXT_ENTRIES,
+        description="The trace context of the code that started the run, as a carrier of"
+        " header-like entries (W3C `traceparent` and `tracestate`); the run's worker"
+        " continues the trace from it.",
+    ),
+]
+"""A run's trace context: a few lowercase names to visible-ASCII values."""
+
 
 # -- errors -----------------------------------------------------------------------------
 
@@ -149,6 +164,7 @@ class StartRunRequest(RequestModel):
     delay: Duration | None = None
     pool: Name = DEFAULT_POOL
     timeout: Duration | None = None
+    trace_context: TraceContext | None = None
 
     model_config = ConfigDict(json_schema_extra={"not": given("start_at", "delay")})
 
@@ -178,6 +194,9 @@ class StartChildRequest(RequestModel):
     )
     pool: Name | None = None
     timeout: Duration | None = None
+    trace_context: TraceContext | None = Field(
+        default=None, description="The trace context of the parent's execution that starts it."
+    )
 
 
 class StartRunResponse(ResponseModel):
@@ -259,6 +278,9 @@ class ClaimedRun(ResponseModel):
     event_waits: list[EventWaitRecord] = Field(default_factory=list)
     events: list[EventRecord] = Field(default_factory=list)
     children: list[ChildRecord] = Field(default_factory=list)
+    trace_context: dict[str, str] | None = Field(
+        default=None, description="The trace context the run was started with, if any."
+    )
 
 
 class ClaimResponse(ResponseModel):
