@@ -100,6 +100,10 @@ class Worker:
         async def worker(client):
             async with Worker(client, [orders_v1]) as worker:
                 yield worker
+
+    `interceptors` (`aiki_core.Interceptor`) wrap each execution of a run, each task
+    attempt that really runs and each start of a child, e.g. to trace them
+    (`aiki_otel.TracingInterceptor`).
     """
 
     def __init__(
