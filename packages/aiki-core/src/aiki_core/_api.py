@@ -19,6 +19,7 @@ from pydantic import (
     Field,
     JsonValue,
     StringConstraints,
+    WithJsonSchema,
     model_validator,
 )
 
@@ -107,17 +108,26 @@ WorkerName = Annotated[str, StringConstraints(min_length=1, max_length=200, patt
 StoredAddress = Annotated[TaskAddress, StringConstraints(pattern=NO_NUL)]
 """A task or child call's address, as the server stores it."""
 
-MAX_TRACE_CONTEXT_ENTRIES = 8
+_TRACE_KEY = r"^[a-z0-9_.-]+$"
+_TRACE_VALUE = r"^[\x20-\x7e]*$"
 TraceContext = Annotated[
     dict[
-        Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z0-9_.-]+$")],
-        Annotated[str, StringConstraints(max_length=1024, pattern=r"^[\x20-\x7e]*$")],
+        Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=_TRACE_KEY)],
+        Annotated[str, StringConstraints(max_length=1024, pattern=_TRACE_VALUE)],
     ],
-    Field(
-        max_length=MAX_TRACE_CONTEXT_ENTRIES,
-        description="The trace context of the code that started the run, as a carrier of"
-        " header-like entries (W3C `traceparent` and `tracestate`); the run's worker"
-        " continues the trace from it.",
+    Field(max_length=8),
+    # the keys' pattern as `propertyNames`: pydantic's `patternProperties` would let
+    # any value through under a key that does not match
+    WithJsonSchema(
+        {
+            "type": "object",
+            "maxProperties": 8,
+            "propertyNames": {"minLength": 1, "maxLength": 64, "pattern": _TRACE_KEY},
+            "additionalProperties": {"type": "string", "maxLength": 1024, "pattern": _TRACE_VALUE},
+            "description": "The trace context of the code that started the run, as a carrier"
+            " of header-like entries (W3C `traceparent` and `tracestate`); the run's worker"
+            " continues the trace from it.",
+        }
     ),
 ]
 """A run's trace context: a few lowercase names to visible-ASCII values."""
