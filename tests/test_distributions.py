@@ -133,7 +133,7 @@ def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_every_package_is_a_distribution() -> None:
-    expected = {"core", "task", "workflow", "client", "worker", "crypto", "server", "cli"}
+    expected = {"core", "task", "workflow", "client", "worker", "crypto", "server", "otel", "cli"}
     assert PACKAGES == sorted([FACADE, *(f"aiki-{name}" for name in expected)])
 
 
@@ -213,8 +213,9 @@ async def test_the_facade_alone_runs_the_readme_example(
     assert await _run_readme_example(python, server.base_url, tmp_path) == "hello ada\n"
 
     # the extras add the rest
-    await anyio.to_thread.run_sync(_install, python, wheelhouse, f"{FACADE}[crypto,server,cli]")
-    extras = ["aiki-crypto", "aiki-server", CLI]
+    every_extra = f"{FACADE}[crypto,server,otel,cli]"
+    await anyio.to_thread.run_sync(_install, python, wheelhouse, every_extra)
+    extras = ["aiki-crypto", "aiki-server", "aiki-otel", CLI]
     assert _aiki_dists(python) == sorted([*_declared(FACADE), *extras])
     # the extra `cli` installs the `aiki` command
     done = await anyio.run_process([python.parent / "aiki", "--version"], check=False)

@@ -80,6 +80,7 @@ def test_every_public_module_is_found() -> None:
         "aiki_client",
         "aiki_worker",
         "aiki_crypto",
+        "aiki_otel",
         "aiki_server",
         "aiki_server.testing",
         "aiki_cli",

@@ -117,6 +117,11 @@ EXPECTED_EXPORTS: dict[str, tuple[str, ...]] = {
         "LogLevel",
         "Logger",
         "StdlibLogger",
+        # interceptors (tracing)
+        "Interceptor",
+        "RunExecutionInfo",
+        "StartRunInfo",
+        "TaskExecutionInfo",
         "__version__",
     ),
     "aiki_task": ("Task", "TaskContext", "__version__", "task"),
@@ -137,6 +142,7 @@ EXPECTED_EXPORTS: dict[str, tuple[str, ...]] = {
     "aiki_client": ("Client", "Schedules", "WorkflowRunHandle", "__version__"),
     "aiki_worker": ("Worker", "__version__"),
     "aiki_crypto": ("AesGcmCodec", "KeyRing", "__version__"),
+    "aiki_otel": ("TracingInterceptor", "__version__"),
     "aiki_server": ("ServerSettings", "__version__", "create_app"),
     "aiki_cli": ("__version__",),
 }
@@ -308,6 +314,7 @@ EXPECTED_CORE_SUBMODULES: dict[str, tuple[str, ...]] = {
         "WorkflowRunHandle",
         "WorkflowStarter",
         # helpers
+        "intercepted",
         "new_run_id",
         "raise_for_outcome",
     ),

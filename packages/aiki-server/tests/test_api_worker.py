@@ -149,6 +149,55 @@ async def test_one_claim_replays_first_claims_and_reclaims_alike(
         assert claimed[new["id"]][key] == []
 
 
+TRACE = {
+    "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    "tracestate": "vendor=opaque",
+}
+
+
+async def test_a_trace_context_goes_with_the_run_its_children_and_its_continuation(
+    server: httpx.AsyncClient,
+) -> None:
+    """Each claim hands the worker the trace context its run was started with."""
+    await start(server, workflow="plain")
+    assert (await claim_one(server, "plain"))["trace_context"] is None
+
+    run_id, revision = await started_and_claimed(server, trace_context=TRACE)
+    child = await start_child(server, run_id, revision, trace_context={"traceparent": "00-c"})
+    assert child.status_code == 201, child.text
+    assert (await claim_one(server, "child"))["trace_context"] == {"traceparent": "00-c"}
+
+    # a claim after the run was let go hands it out again; a continuation keeps it
+    assert (await transition(server, run_id, revision, {"kind": "release"})).status_code == 200
+    again = await claim_one(server)
+    assert again["trace_context"] == TRACE
+    follow_on = "01ARZ3NDEKTSV4RRFFQ69G5FAV"
+    action = {"kind": "continue", "run_id": follow_on, "input": 2}
+    answer = await transition(server, run_id, again["run"]["revision"], action)
+    assert answer.status_code == 200, answer.text
+    continued = await claim_one(server)
+    assert continued["run"]["id"] == follow_on
+    assert continued["trace_context"] == TRACE
+
+
+@pytest.mark.parametrize(
+    "trace_context",
+    [
+        {"Traceparent": "00-a"},  # an upper-case name
+        {"traceparent": "00-\u00e9"},  # not visible ASCII
+        {"traceparent": "x" * 1025},
+        {f"k{i}": "v" for i in range(9)},
+        {"traceparent": 1},
+    ],
+)
+async def test_a_malformed_trace_context_is_refused(
+    server: httpx.AsyncClient, trace_context: dict[str, Any]
+) -> None:
+    body = {"workflow": "w", "version": "1", "trace_context": trace_context}
+    r = await server.post("/runs", json=body)
+    error_of(r, 422, "payload_validation")
+
+
 async def test_claim_hands_out_only_declared_triples(server: httpx.AsyncClient) -> None:
     await start(server, workflow="w", version="2")
     await start(server, workflow="w", version="1", pool="gpu")

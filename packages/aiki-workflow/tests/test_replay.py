@@ -13,6 +13,7 @@ from aiki_core import (
     AikiError,
     ConsoleLogger,
     IdentityCodec,
+    Interceptor,
     LogLevel,
     RetryPolicy,
     RunInterrupt,
@@ -71,6 +72,7 @@ class Execution:
         self.codec = IdentityCodec()
         self.context: object = None
         self.pause_requested = False
+        self.interceptors: tuple[Interceptor, ...] = ()
         self.records: list[RecordTaskRequest] = []
         """Written to the server, in order."""
         self.deferred: list[RecordTaskRequest] = []

@@ -33,10 +33,12 @@ from aiki_core import (
     NotFoundError,
     PayloadTooLargeError,
     PayloadValidationError,
+    RunId,
     ServerError,
     ServerUnavailableError,
+    StartRunInfo,
 )
-from aiki_core.sdk import new_run_id
+from aiki_core.sdk import intercepted, new_run_id
 from aiki_core.wire import (
     ClaimRequest,
     ClaimResponse,
@@ -65,7 +67,7 @@ if TYPE_CHECKING:
     import httpx
     from pydantic import JsonValue
 
-    from aiki_core import Logger, PayloadCodec, RunId
+    from aiki_core import Interceptor, Logger, PayloadCodec
 
 ResultT = TypeVar("ResultT")
 ModelT = TypeVar("ModelT", bound="BaseModel")
@@ -128,7 +130,9 @@ class Client:
     server that holds none answers. `transport` (an httpx transport) replaces the
     network, e.g. `httpx.ASGITransport(app)` to reach an embedded server in process;
     it then owns its own connection retries, and `connect_retries` (for the network
-    path) is unused. `codec` encodes every payload (default: none).
+    path) is unused. `codec` encodes every payload (default: none). `interceptors`
+    wrap each start of a run (`Interceptor.start_run`): a tracing one stores the
+    caller's trace context with the run.
     """
 
     def __init__(
@@ -140,6 +144,7 @@ class Client:
         logger: Logger | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         connect_retries: int = 3,
+        interceptors: Sequence[Interceptor] = (),
     ) -> None:
         if connect_retries < 0:
             raise ValueError("connect_retries must be 0 or more")
@@ -148,6 +153,7 @@ class Client:
         self.base_url = base_url.rstrip("/")
         self.codec: PayloadCodec = codec or IdentityCodec()
         self.log: Logger = logger or ConsoleLogger()
+        self.interceptors = tuple(interceptors)
         self.schedules = Schedules(self)
         """Create, list, pause, resume and delete schedules."""
         headers = {"user-agent": f"aiki-client/{__version__}"}
@@ -185,10 +191,16 @@ class Client:
         """Start (or find, by reference id) a run; prefer `version.start(client, payload)`."""
         run_id = request.run_id or new_run_id()
         sealed, fingerprint = seal_input(self.codec, request.input, CodecContext.run_input(run_id))
-        outgoing = request.model_copy(
-            update={"run_id": run_id, "input": sealed, "input_hash": fingerprint}
-        )
-        started = await self._call("POST", "/runs", StartRunResponse, outgoing)
+        info = StartRunInfo(request.workflow, request.version, RunId(run_id))
+
+        async def start() -> StartRunResponse:
+            update: dict[str, Any] = {"run_id": run_id, "input": sealed, "input_hash": fingerprint}
+            if info.trace_context:
+                update["trace_context"] = info.trace_context
+            outgoing = request.model_copy(update=update)
+            return await self._call("POST", "/runs", StartRunResponse, outgoing)
+
+        started = await intercepted(self.interceptors, lambda i: i.start_run, info, start)
         return WorkflowRunHandle(self, started.run.id, decode_result)
 
     @overload

@@ -3,7 +3,8 @@
 This top level holds what application code imports: the run and task statuses,
 `RetryPolicy` and `OverlapPolicy`, the `AikiError` tree with `ErrorInfo`, `RunId`,
 the `PayloadCodec` protocol with `CodecContext` and `IdentityCodec`, and the `Logger`
-protocol with its implementations.
+protocol with its implementations, and the `Interceptor` whose hooks wrap starts, run
+executions and task attempts (tracing).
 
 The rest has a public home of its own:
 
@@ -49,6 +50,7 @@ from aiki_core._exceptions import (
     WorkflowTimeoutError,
 )
 from aiki_core._ids import RunId
+from aiki_core._interceptors import Interceptor, RunExecutionInfo, StartRunInfo, TaskExecutionInfo
 from aiki_core._logging import ConsoleLogger, JsonLogger, Logger, LogLevel, StdlibLogger
 from aiki_core._public import show_public_path as _show_public_path
 from aiki_core._retry import RetryPolicy
@@ -101,6 +103,11 @@ __all__ = (
     "LogLevel",
     "Logger",
     "StdlibLogger",
+    # interceptors (tracing)
+    "Interceptor",
+    "RunExecutionInfo",
+    "StartRunInfo",
+    "TaskExecutionInfo",
     "__version__",
 )
 

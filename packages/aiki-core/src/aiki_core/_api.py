@@ -19,6 +19,7 @@ from pydantic import (
     Field,
     JsonValue,
     StringConstraints,
+    WithJsonSchema,
     model_validator,
 )
 
@@ -107,6 +108,30 @@ WorkerName = Annotated[str, StringConstraints(min_length=1, max_length=200, patt
 StoredAddress = Annotated[TaskAddress, StringConstraints(pattern=NO_NUL)]
 """A task or child call's address, as the server stores it."""
 
+_TRACE_KEY = r"^[a-z0-9_.-]+$"
+_TRACE_VALUE = r"^[\x20-\x7e]*$"
+TraceContext = Annotated[
+    dict[
+        Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=_TRACE_KEY)],
+        Annotated[str, StringConstraints(max_length=1024, pattern=_TRACE_VALUE)],
+    ],
+    Field(max_length=8),
+    # the keys' pattern as `propertyNames`: pydantic's `patternProperties` would let
+    # any value through under a key that does not match
+    WithJsonSchema(
+        {
+            "type": "object",
+            "maxProperties": 8,
+            "propertyNames": {"minLength": 1, "maxLength": 64, "pattern": _TRACE_KEY},
+            "additionalProperties": {"type": "string", "maxLength": 1024, "pattern": _TRACE_VALUE},
+            "description": "The trace context of the code that started the run, as a carrier"
+            " of header-like entries (W3C `traceparent` and `tracestate`); the run's worker"
+            " continues the trace from it.",
+        }
+    ),
+]
+"""A run's trace context: a few lowercase names to visible-ASCII values."""
+
 
 # -- errors -----------------------------------------------------------------------------
 
@@ -149,6 +174,7 @@ class StartRunRequest(RequestModel):
     delay: Duration | None = None
     pool: Name = DEFAULT_POOL
     timeout: Duration | None = None
+    trace_context: TraceContext | None = None
 
     model_config = ConfigDict(json_schema_extra={"not": given("start_at", "delay")})
 
@@ -178,6 +204,9 @@ class StartChildRequest(RequestModel):
     )
     pool: Name | None = None
     timeout: Duration | None = None
+    trace_context: TraceContext | None = Field(
+        default=None, description="The trace context of the parent's execution that starts it."
+    )
 
 
 class StartRunResponse(ResponseModel):
@@ -260,6 +289,9 @@ class ClaimedRun(ResponseModel):
     event_waits: list[EventWaitRecord] = Field(default_factory=list)
     events: list[EventRecord] = Field(default_factory=list)
     children: list[ChildRecord] = Field(default_factory=list)
+    trace_context: dict[str, str] | None = Field(
+        default=None, description="The trace context the run was started with, if any."
+    )
 
 
 class ClaimResponse(ResponseModel):

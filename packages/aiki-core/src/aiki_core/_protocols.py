@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, TypeVar, runtime_checkable
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable, Iterable, Sequence
     from datetime import timedelta
 
     from pydantic import JsonValue
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     )
     from aiki_core._codec import PayloadCodec
     from aiki_core._ids import RunId, TaskAddress
+    from aiki_core._interceptors import Interceptor
     from aiki_core._logging import Logger
     from aiki_core._records import RunDetail, RunSummary
     from aiki_core._retry import RetryPolicy
@@ -234,6 +235,10 @@ class RunExecution(Protocol):
     @property
     def pause_requested(self) -> bool:
         """Whether the run was paused: it stops before its next task starts."""
+
+    @property
+    def interceptors(self) -> Sequence[Interceptor]:
+        """The worker's interceptors: the run calls their `execute_task` around each attempt."""
 
     async def record_task(self, request: RecordTaskRequest) -> RecordTaskResponse:
         """Record one task attempt now, fenced by the claim's revision."""

@@ -12,13 +12,15 @@ no sibling but `aiki_core`, so each seam between them is a protocol here:
   to the server through `WorkerApi`, which the client implements.
 
 With them come the helpers more than one SDK package uses: `new_run_id` (the client
-and a parent run mint the ids of the runs they start) and `raise_for_outcome` (a run
-handle and a parent run waiting on a child read a run's end alike).
+and a parent run mint the ids of the runs they start), `raise_for_outcome` (a run
+handle and a parent run waiting on a child read a run's end alike) and `intercepted`
+(the client, the worker and a run call an `Interceptor`'s hooks alike).
 """
 
 from __future__ import annotations
 
 from aiki_core._ids import new_run_id
+from aiki_core._interceptors import intercepted
 from aiki_core._outcomes import raise_for_outcome
 from aiki_core._protocols import (
     EventDefinition,
@@ -47,6 +49,7 @@ __all__ = (
     "WorkflowRunHandle",
     "WorkflowStarter",
     # helpers
+    "intercepted",
     "new_run_id",
     "raise_for_outcome",
 )

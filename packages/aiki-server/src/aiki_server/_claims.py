@@ -277,7 +277,12 @@ class Claims:
             )
             # built inside the transaction: a row that does not make a claim rolls it back
             return [
-                ClaimedRun(run=run_summary(r), input=json.loads(r["input"]), **parts[r["id"]])
+                ClaimedRun(
+                    run=run_summary(r),
+                    input=json.loads(r["input"]),
+                    trace_context=r["trace_context"] and json.loads(r["trace_context"]),
+                    **parts[r["id"]],
+                )
                 for r in claimed
             ]
 

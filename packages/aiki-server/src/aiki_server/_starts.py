@@ -7,6 +7,7 @@ version match (`fingerprint`).
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any
 
 from aiki_core import ConflictError, ReferenceIdConflictError, RunStatus
@@ -69,6 +70,7 @@ async def start_run_in(
         now=now,
         run_id=req.run_id,
         schedule_id=schedule_id,
+        trace_context=req.trace_context,
     )
     return StartRunResponse(run=run_summary(row), created=True)
 
@@ -90,8 +92,12 @@ async def insert_run(
     parent: tuple[str, str, int] | None = None,
     schedule_id: str | None = None,
     continued_from: str | None = None,
+    trace_context: dict[str, str] | None = None,
 ) -> Row:
-    """Insert a run (queued, or scheduled to start later) and its first history entry."""
+    """Insert a run (queued, or scheduled to start later) and its first history entry.
+
+    `trace_context` is its starter's, continued by each worker that claims it.
+    """
     delayed = start_at is not None and start_at > now
     status = RunStatus.SCHEDULED if delayed else RunStatus.QUEUED
     # a deadline past the year 9999 (a late start plus a long timeout) is never in
@@ -133,6 +139,7 @@ async def insert_run(
         "error": None,
         "continued_as": None,
         "continued_from": continued_from,
+        "trace_context": None if trace_context is None else json.dumps(trace_context),
     }
     await tx.execute(
         f"INSERT INTO runs ({', '.join(values)}) VALUES ({placeholders(1, len(values))})",

@@ -8,6 +8,7 @@ anything is written (`claimed_run`).
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING
 
 from aiki_core import (
@@ -158,6 +159,7 @@ class WorkerWrites:
                 now=now,
                 run_id=req.run_id,
                 parent=(parent_id, req.address, req.occurrence),
+                trace_context=req.trace_context,
             )
             return StartRunResponse(run=run_summary(row), created=True)
 
@@ -251,6 +253,8 @@ async def _continue(tx: Tx, run: Row, action: ContinueRun, now: int) -> None:
         now=now,
         run_id=action.run_id,
         continued_from=run["id"],
+        # the new run goes on with the work, in the trace it was part of
+        trace_context=run["trace_context"] and json.loads(run["trace_context"]),
     )
     await move_run(
         tx,

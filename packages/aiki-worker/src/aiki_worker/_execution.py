@@ -22,13 +22,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 
+from aiki_core import RunId, StartRunInfo
+from aiki_core.sdk import intercepted
 from aiki_core.wire import MAX_TASKS_PER_TRANSITION, RunDirective
 from aiki_worker._writes import retried, transient
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Coroutine
+    from collections.abc import Awaitable, Callable, Coroutine, Sequence
 
-    from aiki_core import Logger, PayloadCodec
+    from aiki_core import Interceptor, Logger, PayloadCodec
     from aiki_core.sdk import WorkerApi
     from aiki_core.wire import (
         ClaimedRun,
@@ -53,6 +55,7 @@ class Execution:
         "api",
         "claim",
         "context",
+        "interceptors",
         "log",
         "pause_requested",
         "retry_within",
@@ -72,6 +75,7 @@ class Execution:
         spawn: Spawn,
         *,
         retry_within: float = 90.0,
+        interceptors: Sequence[Interceptor] = (),
     ) -> None:
         self.api = api
         self.claim = claim
@@ -81,6 +85,7 @@ class Execution:
         """Set by a `pause` directive (a heartbeat's or a task record's answer)."""
         self.retry_within = retry_within
         """Seconds a write that may pass is tried for (the claim's idle timeout)."""
+        self.interceptors = interceptors
         self._spawn = spawn
         self._unsent: list[RecordTaskRequest] = []
         """Held records no send has taken yet."""
@@ -111,9 +116,18 @@ class Execution:
         return recorded
 
     async def start_child(self, request: StartChildRequest) -> StartRunResponse:
-        """Start a child run of this run through the client."""
+        """Start a child run of this run through the client, through the interceptors."""
         run_id = self.claim.run.id
-        return await self._write(lambda: self.api.start_child(run_id, request), "a child's start")
+        assert request.run_id is not None, "a parent mints its child's id"
+        info = StartRunInfo(request.workflow, request.version, RunId(request.run_id), run_id)
+
+        async def start() -> StartRunResponse:
+            outgoing = request.model_copy(update={"trace_context": info.trace_context or None})
+            return await self._write(
+                lambda: self.api.start_child(run_id, outgoing), "a child's start"
+            )
+
+        return await intercepted(self.interceptors, lambda i: i.start_run, info, start)
 
     async def create_webhook(self, request: CreateWebhookRequest) -> CreateWebhookResponse:
         """Mint a signed webhook URL for this run through the client."""

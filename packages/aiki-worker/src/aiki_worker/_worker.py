@@ -34,6 +34,7 @@ import threading
 from asyncio import CancelledError
 from collections.abc import Callable, Sequence
 from datetime import timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any, Self
 
 import anyio
@@ -44,8 +45,10 @@ from aiki_core import (
     ConflictError,
     ErrorInfo,
     PayloadTooLargeError,
+    RunExecutionInfo,
     RunInterrupt,
 )
+from aiki_core.sdk import intercepted
 from aiki_core.wire import (
     DEFAULT_POOL,
     ClaimRequest,
@@ -65,7 +68,7 @@ if TYPE_CHECKING:
 
     from anyio.abc import TaskGroup
 
-    from aiki_core import Logger
+    from aiki_core import Interceptor, Logger
     from aiki_core.sdk import ExecutableVersion, WorkerApi
     from aiki_core.wire import ClaimedRun, RecordTaskRequest, RunAction, RunSummary
 
@@ -97,6 +100,10 @@ class Worker:
         async def worker(client):
             async with Worker(client, [orders_v1]) as worker:
                 yield worker
+
+    `interceptors` (`aiki_core.Interceptor`) wrap each execution of a run, each task
+    attempt that really runs and each start of a child, e.g. to trace them
+    (`aiki_otel.TracingInterceptor`).
     """
 
     def __init__(
@@ -114,6 +121,7 @@ class Worker:
         claim_wait: timedelta = timedelta(seconds=30),
         max_backoff: timedelta = timedelta(seconds=5),
         write_retry_timeout: timedelta = timedelta(seconds=90),
+        interceptors: Sequence[Interceptor] = (),
     ) -> None:
         if not workflows:
             raise ValueError("a worker needs at least one workflow version")
@@ -131,6 +139,8 @@ class Worker:
         self.max_backoff = max_backoff
         self.write_retry_timeout = write_retry_timeout
         """How long a run's failing write is tried again: the server's claim idle timeout."""
+        self.interceptors = tuple(interceptors)
+        """Their hooks wrap each execution of a run, each task attempt and each child's start."""
         self.log = (logger or client.log).child({"worker_id": self.id})
         self._held: dict[str, _Held] = {}
         self._slot_freed = anyio.Event()
@@ -307,6 +317,7 @@ class Worker:
                     None,
                     runs.start_soon,
                     retry_within=self.write_retry_timeout.total_seconds(),
+                    interceptors=self.interceptors,
                 )
                 held = _Held(claim, execution)
                 stale = self._held.get(claim.run.id)
@@ -398,7 +409,13 @@ class Worker:
                 if self.create_context is not None:
                     execution.context = self.create_context(held.claim)
                 log.debug("run claimed", {"attempt": run.attempt, "revision": run.revision})
-                action = await version.execute(execution)
+                info = RunExecutionInfo(run, held.claim.trace_context)
+                action = await intercepted(
+                    self.interceptors,
+                    lambda i: i.execute_run,
+                    info,
+                    partial(version.execute, execution),
+                )
         except ConflictError as exc:
             log.warn("claim lost; stopping the run", {"error": exc.message})
         except RunInterrupt as exc:  # the run could not be written (server gone, claim lost)

@@ -45,6 +45,7 @@ from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from random import random as _random
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 from uuid import UUID, uuid4
@@ -66,10 +67,11 @@ from aiki_core import (
     RetryPolicy,
     RunInterrupt,
     ServerError,
+    TaskExecutionInfo,
     TaskFailedError,
     TaskStatus,
 )
-from aiki_core.sdk import TaskAttemptInfo, new_run_id
+from aiki_core.sdk import TaskAttemptInfo, intercepted, new_run_id
 from aiki_core.wire import (
     MAX_NOTICE_LENGTH,
     RUN_TERMINAL_STATUSES,
@@ -411,7 +413,12 @@ class WorkflowRun:
             )
             started_at = _now()
             try:
-                result = await invocation.run_attempt(info)
+                result = await intercepted(
+                    self._execution.interceptors,
+                    lambda i: i.execute_task,
+                    TaskExecutionInfo(self._execution.claim.run, info),
+                    partial(invocation.run_attempt, info),
+                )
                 _check_json(result, invocation.name)
             except (RunInterrupt, anyio.get_cancelled_exc_class()):
                 raise
