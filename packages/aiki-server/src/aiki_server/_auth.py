@@ -58,7 +58,10 @@ _PUBLIC_PATHS = frozenset(
     {"/health", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect"}
 )
 _WEBHOOK_DELIVERY = re.compile(r"^/api/v1/webhooks/[^/]+$")
-_DASHBOARD = re.compile(r"^/(?:|login|logout|runs/[^/]+(?:/[a-z]+)?|static/[^?#]+)$")
+_DASHBOARD = re.compile(
+    r"^/(?:|login|logout|workers|queues|schedules|(?:runs|schedules)/[^/]+(?:/[a-z]+)?"
+    r"|static/[^?#]+)$"
+)
 """The dashboard's pages, forms and files (they authenticate by their session cookie)."""
 _BEARER = re.compile(r"^[Bb][Ee][Aa][Rr][Ee][Rr] +(\S+) *$")
 
