@@ -44,9 +44,7 @@ def csrf_of(page: httpx.Response) -> str:
 async def log_in(client: httpx.AsyncClient, key: str, next_: str = "/") -> httpx.Response:
     form = await client.get("/login")
     assert form.status_code == 200, form.text
-    return await client.post(
-        "/login", data={"csrf": csrf_of(form), "key": key, "next": next_}
-    )
+    return await client.post("/login", data={"csrf": csrf_of(form), "key": key, "next": next_})
 
 
 async def test_a_logged_in_key_sees_every_page_of_its_namespace(harness: Harness) -> None:
@@ -155,8 +153,7 @@ async def test_login_goes_back_to_this_server_only(harness: Harness) -> None:
 async def test_what_users_wrote_is_escaped(harness: Harness) -> None:
     hostile = '<script>alert("x")</script>'
     async with client_with(harness.app, None) as api:
-        run = await start(
-api, reference_id=hostile, input={"k": hostile})
+        run = await start(api, reference_id=hostile, input={"k": hostile})
         r = await api.post(f"/runs/{run['id']}/events", json={"name": "go", "data": hostile})
         assert r.status_code < 300, r.text
     async with browser(harness.app) as page:
