@@ -164,6 +164,16 @@ async def test_an_unknown_path_counts_as_unmatched(harness: Harness) -> None:
     assert value(m, "aiki_http_requests_total", route="unmatched", status="404") == 1
 
 
+async def test_made_up_methods_add_no_series(harness: Harness) -> None:
+    for n in range(20):
+        r = await harness.client.request(f"X{n}", "/runs")
+        assert r.status_code == 405
+    m = await scrape(harness.client)
+    methods = {got["method"] for got, _ in m["aiki_http_requests_total"]}
+    assert methods <= {"GET", "POST", "other"}, methods
+    assert value(m, "aiki_http_requests_total", method="other", status="405") == 20
+
+
 class _Flaky(Exception):
     """Stands for the dialect's transient error (a serialization failure, say)."""
 

@@ -34,6 +34,8 @@ ROUTE_SCOPE_KEY = "aiki.route"
 
 _SHORT = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _LONG = (0.01, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 86400, 7 * 86400)
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+"""Methods counted by name; any other (a client may send any token) counts as `other`."""
 _MAX_GROUPS = 1000
 """At most this many (workflow, version, pool, status) groups are read per scrape."""
 
@@ -168,6 +170,7 @@ class Metrics:
 
     def http_request(self, method: str, route: str, status: int, seconds: float) -> None:
         """An HTTP request was answered."""
+        method = method if method in _METHODS else "other"
         self._http_requests.labels(method, route, str(status)).inc()
         self._http_duration.labels(method, route).observe(seconds)
 
@@ -258,7 +261,7 @@ class HttpMetrics:
     The outermost ASGI layer, so refused requests (401, 413) count too. The route is
     the template the router matched (`/api/v1/runs/{run_id}`), never the raw path;
     a request no route matched (an unknown path, or one refused before routing)
-    counts as `unmatched`.
+    counts as `unmatched`, and a method outside the standard ones as `other`.
     """
 
     def __init__(self, app: ASGIApp, metrics: Metrics, prefixes: Mapping[int, str]) -> None:
