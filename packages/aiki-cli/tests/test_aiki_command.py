@@ -14,6 +14,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.abc
 import pytest
 
 from aiki_client import Client
@@ -258,6 +259,38 @@ async def test_bad_input_exits_with_its_code_and_one_line(
     unreachable = await Aiki("http://127.0.0.1:9")("runs", "list")
     assert unreachable.code == 1
     assert len(unreachable.err.strip().splitlines()) == 1
+
+
+async def test_unreadable_input_files_exit_2_with_one_line(tmp_path: Path) -> None:
+    binary = tmp_path / "binary"
+    binary.write_bytes(b"\xa4\xff\x00")
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    aiki = Aiki("http://127.0.0.1:9")
+    for path in (binary, deep):
+        done = await aiki("runs", "start", "cli-order", "1", "--input", f"@{path}")
+        assert done.code == 2, done.err
+        assert done.err.startswith("aiki: ") and len(done.err.strip().splitlines()) == 1
+
+
+async def test_a_garbled_answer_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    async def garbled(stream: anyio.abc.SocketStream) -> None:
+        async with stream:
+            await stream.receive()
+            body = b"not json{"
+            await stream.send(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n"
+                b"content-length: %d\r\n\r\n%s" % (len(body), body)
+            )
+
+    async with await anyio.create_tcp_listener(local_host="127.0.0.1") as listener:
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(listener.serve, garbled)
+            done = await Aiki(f"http://127.0.0.1:{port}")("runs", "list", "--json")
+            tg.cancel_scope.cancel()
+    assert (done.code, done.out) == (1, "")
+    assert done.err.startswith("aiki: ") and len(done.err.strip().splitlines()) == 1
 
 
 async def test_a_refused_key_exits_4(server: ServerProcess) -> None:

@@ -108,10 +108,14 @@ def _json_value(ctx: click.Context, param: click.Parameter, value: str | None) -
             text = sys.stdin.read() if value == "@-" else Path(value[1:]).read_text()
         except OSError as exc:
             raise click.BadParameter(f"cannot read {value[1:]}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise click.BadParameter(f"{value[1:]} is not UTF-8 text") from None
     try:
         return json.loads(text)
     except ValueError as exc:
         raise click.BadParameter(f"not JSON ({exc})") from None
+    except RecursionError:
+        raise click.BadParameter("not JSON this CLI takes (nested too deeply)") from None
 
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)?")
@@ -667,6 +671,7 @@ def main() -> None:
     except (click.Abort, KeyboardInterrupt):
         code = 130
     except AikiError as exc:
-        err.print(f"aiki: {exc}", markup=False, soft_wrap=True)
+        # one line: a garbled answer's message goes on with the validation's details
+        err.print(f"aiki: {str(exc).splitlines()[0]}", markup=False, soft_wrap=True)
         code = exit_code(exc)
     sys.exit(code if isinstance(code, int) else OK)
