@@ -152,6 +152,16 @@ def dashboard_router(
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         return RedirectResponse("/login?" + urlencode({"next": target}), status_code=303)
 
+    async def confirmed_form(request: Request) -> tuple[_Viewer, dict[str, str]] | Response:
+        """The viewer and the fields of a form whose CSRF token holds; else the answer."""
+        viewer = await viewer_of(request)
+        if viewer is None:
+            return to_login(request)
+        form = await _form(request)
+        if not await sessions.csrf_ok(await sessions.read(request), form.get("csrf")):
+            return await refuse_form(request, viewer)
+        return viewer, form
+
     def not_found(request: Request, viewer: _Viewer, what: str) -> Awaitable[Response]:
         return render(request, viewer, "error.html", 404, title="Not found", message=what)
 
@@ -263,12 +273,10 @@ def dashboard_router(
     @router.post("/runs/{run_id}/event")
     async def send_event(request: Request, run_id: str) -> Response:
         """Send the run an event (name and JSON data) from a confirmed form with the CSRF token."""
-        viewer = await viewer_of(request)
-        if viewer is None:
-            return to_login(request)
-        form = await _form(request)
-        if not await sessions.csrf_ok(await sessions.read(request), form.get("csrf")):
-            return await refuse_form(request, viewer)
+        checked = await confirmed_form(request)
+        if isinstance(checked, Response):
+            return checked
+        viewer, form = checked
         name = form.get("name", "").strip()
         text = form.get("data", "").strip()
         try:
@@ -301,12 +309,10 @@ def dashboard_router(
     @router.post("/runs/{run_id}/{action}")
     async def run_action(request: Request, run_id: str, action: str) -> Response:
         """Cancel, pause, resume or wake the run, from a confirmed form with the CSRF token."""
-        viewer = await viewer_of(request)
-        if viewer is None:
-            return to_login(request)
-        form = await _form(request)
-        if not await sessions.csrf_ok(await sessions.read(request), form.get("csrf")):
-            return await refuse_form(request, viewer)
+        checked = await confirmed_form(request)
+        if isinstance(checked, Response):
+            return checked
+        viewer, form = checked
         if action not in _ACTIONS:
             return await not_found(request, viewer, f"There is no action {action!r}.")
         ns = viewer.namespace
@@ -381,12 +387,10 @@ def dashboard_router(
     @router.post("/schedules/{schedule_id}/{action}")
     async def schedule_action(request: Request, schedule_id: str, action: str) -> Response:
         """Pause or resume a schedule, from a confirmed form with the CSRF token."""
-        viewer = await viewer_of(request)
-        if viewer is None:
-            return to_login(request)
-        form = await _form(request)
-        if not await sessions.csrf_ok(await sessions.read(request), form.get("csrf")):
-            return await refuse_form(request, viewer)
+        checked = await confirmed_form(request)
+        if isinstance(checked, Response):
+            return checked
+        viewer, form = checked
         if action not in _SCHEDULE_ACTIONS:
             return await not_found(request, viewer, f"There is no action {action!r}.")
         operate = schedules.pause if action == "pause" else schedules.resume
