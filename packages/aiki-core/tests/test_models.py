@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
 from aiki_core import ErrorInfo, OverlapPolicy, RetryPolicy, RunId, RunStatus, TaskStatus
+from aiki_core.sdk import fit_trace_context
 from aiki_core.wire import (
     AwaitChild,
     AwaitEvent,
@@ -640,3 +641,24 @@ def test_start_run_input_survives_json(value: Any) -> None:
     again = StartRunRequest.model_validate_json(request.model_dump_json())
     assert again.input == value
     assert again == request
+
+
+def test_a_trace_carrier_is_trimmed_to_what_the_wire_holds() -> None:
+    parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    carrier = {
+        "baggage": "k=" + "v" * 5000,  # too long: left out
+        "X-Upper": "1",  # a name the wire refuses
+        "odd": "caf\u00e9",  # not visible ASCII
+        **{f"extra-{i}": str(i) for i in range(10)},
+        "tracestate": "vendor=1",
+        "traceparent": parent,
+    }
+    fitted = fit_trace_context(carrier)
+    assert fitted is not None
+    # W3C's entries first, then the others in their order, eight in all
+    assert list(fitted) == ["traceparent", "tracestate", *(f"extra-{i}" for i in range(6))]
+    assert fitted["traceparent"] == parent
+    # what is left passes the wire's own validation
+    assert StartRunRequest(workflow="w", version="1", trace_context=fitted).trace_context == fitted
+    assert fit_trace_context({"baggage": "x" * 2000}) is None
+    assert fit_trace_context({}) is None

@@ -11,10 +11,14 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import pytest
+from opentelemetry import baggage, context
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
+from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from aiki_core import (
     ConsoleLogger,
@@ -27,12 +31,21 @@ from aiki_core import (
     TaskExecutionInfo,
 )
 from aiki_core.sdk import TaskAttemptInfo, intercepted
-from aiki_core.wire import FailRun, RunSummary, StartRunResponse, TaskAddress
+from aiki_core.wire import (
+    ClaimRequest,
+    FailRun,
+    RunSummary,
+    StartRunRequest,
+    StartRunResponse,
+    TaskAddress,
+    WorkflowCapability,
+)
 from aiki_otel import TracingInterceptor
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
+    from aiki_client import Client
     from aiki_core.wire import RunAction
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
@@ -144,3 +157,30 @@ async def test_the_first_interceptor_listed_is_the_outermost(
     assert calls == ["outer sees []", "inner sees ['traceparent']", "start"]
     (span,) = exporter.get_finished_spans()
     assert info.trace_context["traceparent"].split("-")[2] == f"{span.context.span_id:016x}"
+
+
+async def test_baggage_the_wire_cannot_hold_is_left_out_not_a_failed_start(
+    client: Client, exporter: InMemorySpanExporter
+) -> None:
+    """A propagator's oversized entry must not turn a traced start into a 422."""
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    propagator = CompositePropagator([TraceContextTextMapPropagator(), W3CBaggagePropagator()])
+    tracing = TracingInterceptor(tracer_provider=provider, propagator=propagator)
+    client.interceptors = (tracing,)
+    token = context.attach(baggage.set_baggage("blob", "x" * 3000))
+    try:
+        await client.start_run(StartRunRequest(workflow="orders", version="1"), lambda v: v)
+    finally:
+        context.detach(token)
+
+    claimed = await client.claim(
+        ClaimRequest(
+            worker_id="w", capabilities=[WorkflowCapability(workflow="orders", version="1")]
+        )
+    )
+    (run,) = claimed.runs
+    assert run.trace_context is not None
+    assert set(run.trace_context) == {"traceparent"}
+    (span,) = exporter.get_finished_spans()
+    assert run.trace_context["traceparent"].split("-")[2] == f"{span.context.span_id:016x}"

@@ -38,7 +38,7 @@ from aiki_core import (
     ServerUnavailableError,
     StartRunInfo,
 )
-from aiki_core.sdk import intercepted, new_run_id
+from aiki_core.sdk import fit_trace_context, intercepted, new_run_id
 from aiki_core.wire import (
     ClaimRequest,
     ClaimResponse,
@@ -192,12 +192,17 @@ class Client:
         run_id = request.run_id or new_run_id()
         sealed, fingerprint = seal_input(self.codec, request.input, CodecContext.run_input(run_id))
         info = StartRunInfo(request.workflow, request.version, RunId(run_id))
+        info.trace_context.update(request.trace_context or {})
 
         async def start() -> StartRunResponse:
-            update: dict[str, Any] = {"run_id": run_id, "input": sealed, "input_hash": fingerprint}
-            if info.trace_context:
-                update["trace_context"] = info.trace_context
-            outgoing = request.model_copy(update=update)
+            outgoing = request.model_copy(
+                update={
+                    "run_id": run_id,
+                    "input": sealed,
+                    "input_hash": fingerprint,
+                    "trace_context": fit_trace_context(info.trace_context),
+                }
+            )
             return await self._call("POST", "/runs", StartRunResponse, outgoing)
 
         started = await intercepted(self.interceptors, lambda i: i.start_run, info, start)

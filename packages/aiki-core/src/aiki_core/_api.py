@@ -9,9 +9,10 @@ one with `StaleRevisionError`.
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from enum import StrEnum
-from typing import Annotated, Any, Literal, Self
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
 
 from pydantic import (
     AwareDatetime,
@@ -56,6 +57,9 @@ from aiki_core._wire import (
     given,
     requiring,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 __all__ = [
     "AwaitChild",
@@ -110,20 +114,34 @@ StoredAddress = Annotated[TaskAddress, StringConstraints(pattern=NO_NUL)]
 
 _TRACE_KEY = r"^[a-z0-9_.-]+$"
 _TRACE_VALUE = r"^[\x20-\x7e]*$"
+_TRACE_ENTRIES = 8
+_TRACE_KEY_CHARS = 64
+_TRACE_VALUE_CHARS = 1024
 TraceContext = Annotated[
     dict[
-        Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=_TRACE_KEY)],
-        Annotated[str, StringConstraints(max_length=1024, pattern=_TRACE_VALUE)],
+        Annotated[
+            str,
+            StringConstraints(min_length=1, max_length=_TRACE_KEY_CHARS, pattern=_TRACE_KEY),
+        ],
+        Annotated[str, StringConstraints(max_length=_TRACE_VALUE_CHARS, pattern=_TRACE_VALUE)],
     ],
-    Field(max_length=8),
+    Field(max_length=_TRACE_ENTRIES),
     # the keys' pattern as `propertyNames`: pydantic's `patternProperties` would let
     # any value through under a key that does not match
     WithJsonSchema(
         {
             "type": "object",
-            "maxProperties": 8,
-            "propertyNames": {"minLength": 1, "maxLength": 64, "pattern": _TRACE_KEY},
-            "additionalProperties": {"type": "string", "maxLength": 1024, "pattern": _TRACE_VALUE},
+            "maxProperties": _TRACE_ENTRIES,
+            "propertyNames": {
+                "minLength": 1,
+                "maxLength": _TRACE_KEY_CHARS,
+                "pattern": _TRACE_KEY,
+            },
+            "additionalProperties": {
+                "type": "string",
+                "maxLength": _TRACE_VALUE_CHARS,
+                "pattern": _TRACE_VALUE,
+            },
             "description": "The trace context of the code that started the run, as a carrier"
             " of header-like entries (W3C `traceparent` and `tracestate`); the run's worker"
             " continues the trace from it.",
@@ -131,6 +149,28 @@ TraceContext = Annotated[
     ),
 ]
 """A run's trace context: a few lowercase names to visible-ASCII values."""
+
+_TRACE_FIRST = ("traceparent", "tracestate")
+
+
+def fit_trace_context(carrier: Mapping[str, str]) -> dict[str, str] | None:
+    """The entries of a propagator's `carrier` that a `TraceContext` holds; `None` if none.
+
+    A trace must never fail a start: an entry the wire would refuse (a large
+    `baggage`, a name with capitals) is left out rather than sent, and of more than
+    eight entries `traceparent` and `tracestate` are kept first.
+    """
+    fitting = {
+        key: value
+        for key, value in carrier.items()
+        if 0 < len(key) <= _TRACE_KEY_CHARS
+        and re.fullmatch(_TRACE_KEY[1:-1], key)
+        and len(value) <= _TRACE_VALUE_CHARS
+        and re.fullmatch(_TRACE_VALUE[1:-1], value)
+    }
+    ordered = [key for key in _TRACE_FIRST if key in fitting]
+    ordered += [key for key in fitting if key not in _TRACE_FIRST]
+    return {key: fitting[key] for key in ordered[:_TRACE_ENTRIES]} or None
 
 
 # -- errors -----------------------------------------------------------------------------

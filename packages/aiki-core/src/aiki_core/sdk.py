@@ -13,12 +13,15 @@ no sibling but `aiki_core`, so each seam between them is a protocol here:
 
 With them come the helpers more than one SDK package uses: `new_run_id` (the client
 and a parent run mint the ids of the runs they start), `raise_for_outcome` (a run
-handle and a parent run waiting on a child read a run's end alike) and `intercepted`
-(the client, the worker and a run call an `Interceptor`'s hooks alike).
+handle and a parent run waiting on a child read a run's end alike) `intercepted`
+(the client, the worker and a run call an `Interceptor`'s hooks alike) and
+`fit_trace_context` (the client and a parent run send the carrier a start's hooks
+wrote, trimmed to what the wire holds).
 """
 
 from __future__ import annotations
 
+from aiki_core._api import fit_trace_context
 from aiki_core._ids import new_run_id
 from aiki_core._interceptors import intercepted
 from aiki_core._outcomes import raise_for_outcome
@@ -49,6 +52,7 @@ __all__ = (
     "WorkflowRunHandle",
     "WorkflowStarter",
     # helpers
+    "fit_trace_context",
     "intercepted",
     "new_run_id",
     "raise_for_outcome",

@@ -122,6 +122,8 @@ class Metrics:
         )
         self._state = _StateCollector(namespace_label)
         reg.register(self._state)
+        self._http: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        """(method, route, status) -> its bound request counter and latency histogram."""
 
     def _run_labels(self, run: Mapping[str, Any]) -> tuple[str, ...]:
         if self.namespace_label:
@@ -170,9 +172,19 @@ class Metrics:
 
     def http_request(self, method: str, route: str, status: int, seconds: float) -> None:
         """An HTTP request was answered."""
-        method = method if method in _METHODS else "other"
-        self._http_requests.labels(method, route, str(status)).inc()
-        self._http_duration.labels(method, route).observe(seconds)
+        bound = self._http.get((method, route, status))
+        if bound is None:
+            # bound once per label set (methods, routes and statuses are few): `labels`
+            # validates and locks on every call, a cost paid per request otherwise
+            named = method if method in _METHODS else "other"
+            bound = (
+                self._http_requests.labels(named, route, str(status)),
+                self._http_duration.labels(named, route),
+            )
+            if named == method:
+                self._http[(method, route, status)] = bound
+        bound[0].inc()
+        bound[1].observe(seconds)
 
     async def exposition(self, reader: Any, now: int, active_within_ms: int) -> bytes:
         """The text exposition, with the queues as the database `reader` sees them now."""

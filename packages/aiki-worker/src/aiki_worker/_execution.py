@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import anyio
 
 from aiki_core import RunId, StartRunInfo
-from aiki_core.sdk import intercepted
+from aiki_core.sdk import fit_trace_context, intercepted
 from aiki_core.wire import MAX_TASKS_PER_TRANSITION, RunDirective
 from aiki_worker._writes import retried, transient
 
@@ -122,7 +122,9 @@ class Execution:
         info = StartRunInfo(request.workflow, request.version, RunId(request.run_id), run_id)
 
         async def start() -> StartRunResponse:
-            outgoing = request.model_copy(update={"trace_context": info.trace_context or None})
+            outgoing = request.model_copy(
+                update={"trace_context": fit_trace_context(info.trace_context)}
+            )
             return await self._write(
                 lambda: self.api.start_child(run_id, outgoing), "a child's start"
             )
