@@ -8,6 +8,7 @@ its call in `CALLS`, so a test sees what ran, and how often.
 
 from __future__ import annotations
 
+import io
 import time
 from datetime import timedelta
 from itertools import pairwise
@@ -231,9 +232,11 @@ async def test_a_notice_under_an_encrypting_codec_leaves_the_inputs_out(
 ) -> None:
     codec = AesGcmCodec(KeyRing([("k1", b"k" * 32)]))
     transport = httpx.ASGITransport(app=server.app)
+    lines = io.StringIO()
+    logger = ConsoleLogger(LogLevel.WARN, stream=lines)
     async with (
         Client("http://aiki.test", transport=transport, logger=QUIET, codec=codec) as sealed,
-        Worker(sealed, VERSIONS, logger=QUIET),
+        Worker(sealed, VERSIONS, logger=logger),
     ):
         handle = await mailer_v2.start(sealed, "ada@example.com")
         await handle.wait_for_status([RunStatus.SLEEPING], timeout=WAIT)
@@ -243,6 +246,11 @@ async def test_a_notice_under_an_encrypting_codec_leaves_the_inputs_out(
         (notice,) = (await handle.detail()).notices
     assert "'send-email'" in notice.message
     assert "ada@example.com" not in notice.message  # the server never sees it in clear
+    # nor do the worker's logs, often shipped to a third party
+    logged = lines.getvalue()
+    assert "replay diverged" in logged
+    assert "send-email" in logged
+    assert "ada@example.com" not in logged
 
 
 @pytest.mark.usefixtures("worker")

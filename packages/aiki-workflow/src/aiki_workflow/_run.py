@@ -474,18 +474,19 @@ class WorkflowRun:
             return None  # one notice per task and execution: a loop could make thousands
         self._noticed.add(invocation.name)
         left = [r for r in self._left() if r.name == invocation.name][:_LISTED_CALLS]
+        # with a keyed codec, inputs are sealed: neither the server nor the logs (often
+        # shipped to a third party) may see them in clear
+        clear = self._address_key is None
+        fields: dict[str, object] = {"task": invocation.name, "address": address}
+        if clear:
+            fields["new_input"] = _summary(invocation.input)
+            fields["unused_inputs"] = [self._input_summary(r) for r in left]
         self.log.warn(
             "replay diverged: a task is called with an input not on record while recorded"
             " calls of it stay unused; it runs again (is its input nondeterministic? use"
             " run.now(), run.uuid(), run.random())",
-            {
-                "task": invocation.name,
-                "new_input": _summary(invocation.input),
-                "unused_inputs": [self._input_summary(r) for r in left],
-            },
+            fields,
         )
-        # with a keyed codec, inputs are sealed: the server must not see them in clear
-        clear = self._address_key is None
         inputs = f" with input {_summary(invocation.input)}" if clear else ""
         listed = ", ".join(
             f"#{r.occurrence}" + (f" {self._input_summary(r)}" if clear else "") for r in left
