@@ -223,6 +223,23 @@ async def test_a_timeout_around_the_block_gives_its_run_back_at_once(client: Cli
         assert await handle.result(timeout=WAIT) == 7
 
 
+async def test_a_cancelled_run_gives_its_run_back_at_once(client: Client) -> None:
+    handle = await held_v1.start(client, 8)
+    worker = Worker(client, [held_v1], logger=QUIET)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(worker.run)
+        with anyio.fail_after(WAIT.total_seconds()):
+            while "gated" not in RAN:  # noqa: ASYNC110 - the task notes it
+                await anyio.sleep(0.01)
+        tg.cancel_scope.cancel()  # as a deadline around `run()` would
+
+    # the run was given back as the worker was cancelled, not left claimed until it idles
+    assert await handle.status() is RunStatus.QUEUED
+    GATE.set()
+    async with Worker(client, [held_v1], logger=QUIET):
+        assert await handle.result(timeout=WAIT) == 8
+
+
 async def test_a_worker_runs_once(client: Client) -> None:
     worker = Worker(client, [held_v1], logger=QUIET)
     with pytest.raises(RuntimeError, match="never entered"):

@@ -173,16 +173,15 @@ class Worker:
     async def run(self) -> None:
         """Work until `stop()` or SIGINT/SIGTERM (signals only in the main thread).
 
-        Raises `AuthenticationError` if the server refused the API key.
+        Raises `AuthenticationError` if the server refused the API key. Cancelled (a
+        timeout around it, say), it gives the runs it holds back to the queue at once,
+        as leaving a cancelled `async with` block does.
         """
-        self._start()
-        async with anyio.create_task_group() as tg:
+        async with self, anyio.create_task_group() as tg:
             if threading.current_thread() is threading.main_thread():
                 tg.start_soon(self._stop_on_signal)
-            await self._serve()
+            await self._stopped.wait()
             tg.cancel_scope.cancel()
-        if self._refused is not None:
-            raise self._refused
 
     async def stop(self) -> None:
         """Stop claiming, let runs finish up to the grace period, then give the rest back."""
