@@ -280,6 +280,26 @@ async def test_skip_starts_nothing_while_the_previous_run_is_going(harness: Harn
     ]
 
 
+async def test_skip_follows_a_run_that_continued_as_new(harness: Harness) -> None:
+    h = harness
+    schedule = await create_schedule(h.client)  # overlap: skip
+    (first,) = await tick(h, 10 * SECOND)
+    claimed = await claim_one(h.client)
+    follow_on = "01ARZ3NDEKTSV4RRFFQ69G5FAV"
+    action = {"kind": "continue", "run_id": follow_on, "input": {"n": 2}}
+    r = await transition(h.client, first["id"], claimed["run"]["revision"], action)
+    assert r.status_code == 200, r.text
+
+    # the first run completed, but the schedule's work goes on in its continuation
+    runs = await tick(h, 10 * SECOND)
+    assert {r["id"]: r["status"] for r in runs} == {
+        first["id"]: "completed",
+        follow_on: "queued",
+    }
+    assert (await get_run(h.client, follow_on))["schedule_id"] == schedule["id"]
+    assert (await get_schedule(h.client, schedule["id"]))["last_run_id"] == follow_on
+
+
 async def test_allow_starts_beside_the_previous_run(harness: Harness) -> None:
     h = harness
     await create_schedule(h.client, overlap="allow")

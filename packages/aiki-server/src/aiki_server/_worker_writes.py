@@ -255,7 +255,16 @@ async def _continue(tx: Tx, run: Row, action: ContinueRun, now: int) -> None:
         continued_from=run["id"],
         # the new run goes on with the work, in the trace it was part of
         trace_context=run["trace_context"] and json.loads(run["trace_context"]),
+        schedule_id=run["schedule_id"],
     )
+    if run["schedule_id"] is not None:
+        # the schedule's overlap policy looks at its last run: that is now the new one
+        await tx.execute(
+            "UPDATE schedules SET last_run_id = $2 WHERE id = $1 AND last_run_id = $3",
+            run["schedule_id"],
+            action.run_id,
+            run["id"],
+        )
     await move_run(
         tx,
         run,
