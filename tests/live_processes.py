@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from aiki_server._subprocess import STARTUP_TIMEOUT
 from aiki_server.testing import start_process, start_server
 
 if TYPE_CHECKING:
@@ -53,7 +52,7 @@ class LiveProcesses:
         *args: str,
         port: int | None = None,
         name: str = "server",
-        startup_timeout: float = STARTUP_TIMEOUT,
+        startup_timeout: float | None = None,
         python: str = sys.executable,
     ) -> ServerProcess:
         """`python -m aiki_server --db db_url --port port *args`, once `/health` answers.
@@ -62,12 +61,11 @@ class LiveProcesses:
         its clients expect it. Extra `args` go to the command line, e.g.
         `"--claim-idle-timeout", "2"`. A server that does not start raises
         `ServerStartError` (with the end of its log) and is killed. `python` is the
-        interpreter that runs it.
+        interpreter that runs it; `startup_timeout` (seconds) overrides the harness's.
         """
         log = self._log(name)
-        server = await start_server(
-            db_url, *args, log=log, port=port, startup_timeout=startup_timeout, python=python
-        )
+        timeout = {} if startup_timeout is None else {"startup_timeout": startup_timeout}
+        server = await start_server(db_url, *args, log=log, port=port, python=python, **timeout)
         self.started.append(server)
         return server
 
