@@ -64,8 +64,12 @@ class LiveProcesses:
         interpreter that runs it; `startup_timeout` (seconds) overrides the harness's.
         """
         log = self._log(name)
-        timeout = {} if startup_timeout is None else {"startup_timeout": startup_timeout}
-        server = await start_server(db_url, *args, log=log, port=port, python=python, **timeout)
+        if startup_timeout is None:
+            server = await start_server(db_url, *args, log=log, port=port, python=python)
+        else:
+            server = await start_server(
+                db_url, *args, log=log, port=port, python=python, startup_timeout=startup_timeout
+            )
         self.started.append(server)
         return server
 
