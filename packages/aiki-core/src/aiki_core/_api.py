@@ -565,6 +565,13 @@ class AwaitRetry(RequestModel):
     retry_at: Timestamp | None = None
     address: StoredAddress | None = None
     occurrence: Count | None = None
+    reason: Annotated[str, StringConstraints(max_length=MAX_NOTICE_LENGTH, pattern=NO_NUL)] | None = (
+        Field(
+            default=None,
+            description="What the run waits for, as its detail shows it (a rate limit's next"
+            " unit, say).",
+        )
+    )
 
     @model_validator(mode="after")
     def _one_due_time(self) -> Self:
