@@ -189,7 +189,8 @@ async def test_no_window_sees_more_than_the_limit(harness: Harness, seed: int) -
     assert busiest_window(grants, per_ms) <= limit
     # one unit at a time is exact spacing: a full window somewhere, when asked often
     singles = [(t, u) for t, u in grants if u == 1]
-    assert all(b - a >= per_ms // limit for (a, _), (b, _) in zip(singles, singles[1:]))
+    gaps = [b - a for (a, _), (b, _) in zip(singles, singles[1:], strict=False)]
+    assert min(gaps) >= per_ms // limit
 
 
 async def test_replicas_asking_at_once_never_crowd_a_window(

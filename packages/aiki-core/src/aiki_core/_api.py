@@ -542,6 +542,10 @@ class AwaitChild(RequestModel):
     child_run_id: Annotated[RunId, ID]
 
 
+WaitReason = Annotated[str, StringConstraints(max_length=MAX_NOTICE_LENGTH, pattern=NO_NUL)]
+"""What a wait says of itself in the run's detail."""
+
+
 class AwaitRetry(RequestModel):
     """Wait out a long retry back-off: a task call's, or until `retry_at`.
 
@@ -565,12 +569,10 @@ class AwaitRetry(RequestModel):
     retry_at: Timestamp | None = None
     address: StoredAddress | None = None
     occurrence: Count | None = None
-    reason: Annotated[str, StringConstraints(max_length=MAX_NOTICE_LENGTH, pattern=NO_NUL)] | None = (
-        Field(
-            default=None,
-            description="What the run waits for, as its detail shows it (a rate limit's next"
-            " unit, say).",
-        )
+    reason: WaitReason | None = Field(
+        default=None,
+        description="What the run waits for, as its detail shows it (a rate limit's next unit,"
+        " say).",
     )
 
     @model_validator(mode="after")

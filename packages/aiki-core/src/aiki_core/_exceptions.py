@@ -289,8 +289,10 @@ class NotFoundError(AikiError):
 
 
 class RateLimitNotFoundError(NotFoundError):
-    """No rate limit of this name is defined in the namespace (define it with the client's
-    `rate_limits.set`, the CLI or the API first)."""
+    """No rate limit of this name is defined in the namespace.
+
+    Define it first, with the client's `rate_limits.set`, the CLI or the API.
+    """
 
     code = ErrorCode.RATE_LIMIT_NOT_FOUND
 

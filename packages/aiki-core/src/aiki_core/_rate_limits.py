@@ -9,10 +9,9 @@ length `per` sees more than `limit` units granted for one key.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Annotated, Generic, TypeVar
+from typing import TYPE_CHECKING, Annotated, Generic, TypeVar
 
 from pydantic import AwareDatetime, Field, StringConstraints, ValidationError
 
@@ -31,6 +30,9 @@ __all__ = [
     "RateLimitUse",
     "SetRateLimitRequest",
 ]
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 InT = TypeVar("InT")
 

@@ -481,9 +481,7 @@ def _rate_limit_router(rate_limits: RateLimits) -> APIRouter:
         return _json(await rate_limits.delete(ns, name))
 
     @router.post("/{name}/acquire", response_model=AcquireRateLimitResponse)
-    async def acquire_rate_limit(
-        ns: Caller, name: Name, body: AcquireRateLimitRequest
-    ) -> Response:
+    async def acquire_rate_limit(ns: Caller, name: Name, body: AcquireRateLimitRequest) -> Response:
         """Take `units` from the budget of `key` now, or learn when they can be had.
 
         Nothing is taken unless `granted`; a request for more units than the limit

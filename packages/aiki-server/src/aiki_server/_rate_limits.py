@@ -26,7 +26,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from aiki_core import PayloadValidationError, RateLimitNotFoundError
-from aiki_core.wire import AcquireRateLimitResponse, RateLimitInfo, RateLimitPage, from_millis, to_millis
+from aiki_core.wire import (
+    AcquireRateLimitResponse,
+    RateLimitInfo,
+    RateLimitPage,
+    from_millis,
+    to_millis,
+)
 from aiki_server._clock import from_ms
 
 if TYPE_CHECKING:
@@ -96,7 +102,9 @@ async def acquire_in(
         raise PayloadValidationError(
             f"{units} units of rate limit {name!r} asked at once; it grants at most {size}"
             f" per {per_ms} ms",
-            errors=[{"loc": ["body", "units"], "msg": f"at most {size}", "type": "less_than_equal"}],
+            errors=[
+                {"loc": ["body", "units"], "msg": f"at most {size}", "type": "less_than_equal"}
+            ],
         )
     await tx.execute(
         "INSERT INTO rate_limit_buckets (namespace, name, key, tat, updated_at)"
