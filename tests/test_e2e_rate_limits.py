@@ -27,6 +27,7 @@ from aiki_client import Client
 from aiki_core import (
     PayloadValidationError,
     RateLimit,
+    RateLimitKeyError,
     RateLimitNotFoundError,
     RetryPolicy,
     RunStatus,
@@ -314,3 +315,46 @@ async def test_bad_definitions_are_refused(client: Client) -> None:
     assert [r.name for r in await client.rate_limits.list()] == ["x"]
     assert (await client.rate_limits.delete("x")).limit == 3
     assert await client.rate_limits.list() == []
+
+
+# -- runs whose start takes units ---------------------------------------------------------------
+
+paced = workflow("rl-paced")
+
+
+@paced.v("1", rate_limit=RateLimit("starts-hourly", key=lambda job: job.user))
+async def paced_v1(run: WorkflowRun, job: Job) -> int:
+    """A run whose start takes a unit of its user's hourly budget."""
+    return await free.start(run, job.n)
+
+
+@paced.v("bad-key", rate_limit=RateLimit("starts-hourly", key=_no_user))
+async def paced_bad_key(run: WorkflowRun, job: Job) -> int:
+    """A version whose key function raises."""
+    return job.n
+
+
+async def test_a_start_that_takes_units_waits_for_them(
+    server: EmbeddedServer, client: Client
+) -> None:
+    await client.rate_limits.set("starts-hourly", limit=1, per=timedelta(hours=1))
+    async with Worker(client, [paced_v1], logger=QUIET):
+        now = await paced_v1.start(client, Job(user="u1", n=1))
+        later = await paced_v1.start(client, Job(user="u1", n=2))
+        assert await now.result(timeout=WAIT) == 1
+        detail = await later.detail()
+        assert detail.status is RunStatus.SCHEDULED
+        assert detail.start_at is not None
+        assert detail.history[0].reason == (
+            f"started; waiting for rate limit starts-hourly (key u1) until"
+            f" {detail.start_at.isoformat()}"
+        )
+        server.advance(timedelta(hours=1))
+        assert await later.result(timeout=WAIT) == 2
+
+    with pytest.raises(RateLimitKeyError, match="KeyError: 'no user'"):
+        await paced_bad_key.start(client, Job(user="u1"))
+    with pytest.raises(PayloadValidationError, match="no start_at or delay"):
+        await paced_v1.start(client, Job(user="u1"), delay=timedelta(seconds=1))
+    page = await client.list_runs(workflow="rl-paced")
+    assert {r.id for r in page.runs} == {now.id, later.id}  # the refused starts left nothing

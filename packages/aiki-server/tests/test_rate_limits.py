@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import pytest
 
-from server_api import error_of
+from server_api import error_of, get_run, start, timer_pass
 
 if TYPE_CHECKING:
     import httpx
@@ -215,3 +215,61 @@ async def test_replicas_asking_at_once_never_crowd_a_window(
                 tg.start_soon(asker, client, 4)
     assert len(grants) == 32
     assert busiest_window(grants, 1_000) <= 10
+
+
+# -- starts that take units --------------------------------------------------------------------
+
+
+async def test_a_start_reserves_its_units_and_is_scheduled_for_them(harness: Harness) -> None:
+    client, clock = harness.client, harness.clock
+    await define(client, "starts", 1, 60_000)
+    t0 = clock.now
+    use = {"name": "starts", "key": "acme"}
+    first = await start(client, rate_limit=use)
+    second = await start(client, rate_limit=use)
+    third = await start(client, rate_limit=use)
+    other_key = await start(client, rate_limit={"name": "starts", "key": "globex"})
+    assert first["status"] == other_key["status"] == "queued"
+    assert [r["status"] for r in (second, third)] == ["scheduled", "scheduled"]
+    assert [to_ms(r["start_at"]) for r in (second, third)] == [t0 + 60_000, t0 + 120_000]
+    detail = await get_run(client, second["id"])
+    assert detail["history"][0]["reason"] == (
+        "started; waiting for rate limit starts (key acme) until "
+        + datetime.fromisoformat(second["start_at"]).isoformat()
+    )
+    # the reservations count: a task asking now waits behind them
+    refused = await acquire(client, "starts", key="acme")
+    assert to_ms(refused["retry_at"]) == t0 + 180_000
+    # a start found by its reference id takes nothing
+    once = await start(client, rate_limit=use, reference_id="order-1")
+    r = await client.post(
+        "/runs", json={"workflow": "w", "version": "1", "rate_limit": use, "reference_id": "order-1"}
+    )
+    assert r.status_code == 200 and r.json()["run"]["id"] == once["id"]
+    assert to_ms(once["start_at"]) == t0 + 180_000
+    assert to_ms((await acquire(client, "starts", key="acme"))["retry_at"]) == t0 + 240_000
+
+    harness.advance(60_000)
+    await timer_pass(harness)
+    assert (await get_run(client, second["id"]))["status"] == "queued"
+    assert (await get_run(client, third["id"]))["status"] == "scheduled"
+
+
+async def test_a_bad_rate_limit_on_a_start_starts_nothing(harness: Harness) -> None:
+    client = harness.client
+    r = await client.post(
+        "/runs", json={"workflow": "w", "version": "1", "rate_limit": {"name": "nope"}}
+    )
+    error_of(r, 404, "rate_limit_not_found")
+    await define(client, "starts", 2, 1_000)
+    for bad in (
+        {"rate_limit": {"name": "starts", "units": 3}},
+        {"rate_limit": {"name": "starts", "units": 0}},
+        {"rate_limit": {"name": "starts"}, "delay": 1_000},
+        {"rate_limit": {"name": "starts"}, "start_at": "2100-01-01T00:00:00Z"},
+    ):
+        r = await client.post("/runs", json={"workflow": "w", "version": "1", **bad})
+        error_of(r, 422, "payload_validation")
+    assert (await client.get("/runs")).json()["runs"] == []
+    async with harness.app.state.db.reader() as tx:
+        assert await tx.fetch("SELECT * FROM rate_limit_buckets") == []

@@ -28,6 +28,7 @@ from aiki_core._duration import Duration, DurationRange, duration_field
 from aiki_core._error_info import ErrorInfo
 from aiki_core._exceptions import ErrorCode
 from aiki_core._ids import DEFAULT_POOL, EventId, RunId, TaskAddress, TaskId, WebhookId, WorkerId
+from aiki_core._rate_limits import RateLimitUse
 from aiki_core._records import (
     ChildRecord,
     EventRecord,
@@ -175,6 +176,12 @@ class StartRunRequest(RequestModel):
     pool: Name = DEFAULT_POOL
     timeout: Duration | None = None
     trace_context: TraceContext | None = None
+    rate_limit: RateLimitUse | None = Field(
+        default=None,
+        description="Units the start takes from a rate limit: the run is queued when they"
+        " are granted (at once, or later: it is scheduled for its slot). Not with"
+        " `start_at` or `delay`.",
+    )
 
     model_config = ConfigDict(json_schema_extra={"not": given("start_at", "delay")})
 
@@ -182,6 +189,10 @@ class StartRunRequest(RequestModel):
     def _one_start_time(self) -> Self:
         if self.start_at is not None and self.delay is not None:
             raise ValueError("give start_at or delay, not both")
+        if self.rate_limit is not None and (self.start_at or self.delay) is not None:
+            raise ValueError(
+                "a start with a rate limit starts when its units are due: give no start_at or delay"
+            )
         return self
 
 

@@ -595,21 +595,22 @@ class NonRetryableError(AikiError):
 
 
 class RateLimitKeyError(NonRetryableError):
-    """The key function of a task's `RateLimit` raised, or returned no usable key.
+    """The key function of a `RateLimit` raised, or returned no usable key.
 
-    The attempt fails without retrying (the key function sees the same input every time).
+    A task's attempt fails without retrying (the key function sees the same input every
+    time); a run's start is refused. `owner` says whose rate limit it is (a task, or a
+    workflow version).
     """
 
     code = ErrorCode.RATE_LIMIT_KEY
 
-    def __init__(self, rate_limit: str, task_name: str, problem: str) -> None:
+    def __init__(self, rate_limit: str, owner: str, problem: str) -> None:
         self.rate_limit = rate_limit
-        self.task_name = task_name
+        self.owner = owner
         AikiError.__init__(
             self,
-            f"the key function of rate limit {rate_limit!r} of task {task_name!r} failed:"
-            f" {problem}",
-            details={"rate_limit": rate_limit, "task_name": task_name},
+            f"the key function of rate limit {rate_limit!r} of {owner} failed: {problem}",
+            details={"rate_limit": rate_limit, "owner": owner},
         )
 
 

@@ -121,21 +121,22 @@ class RateLimit(Generic[InT]):
         except ValidationError as exc:
             raise PayloadValidationError.from_pydantic("invalid RateLimit", exc) from None
 
-    def use(self, payload: InT, task_name: str) -> RateLimitUse:
-        """The units an attempt with `payload` takes; `RateLimitKeyError` if `key` fails."""
+    def use(self, payload: InT, owner: str) -> RateLimitUse:
+        """The units `owner` (a task, a workflow version) takes for `payload`.
+
+        Raises `RateLimitKeyError` if `key` fails.
+        """
         key = ""
         if self.key is not None:
             try:
                 key = self.key(payload)
             except Exception as exc:  # the user's function: any failure is its own
-                raise RateLimitKeyError(
-                    self.name, task_name, f"{type(exc).__name__}: {exc}"
-                ) from exc
+                raise RateLimitKeyError(self.name, owner, f"{type(exc).__name__}: {exc}") from exc
             if not isinstance(key, str) or len(key) > MAX_RATE_LIMIT_KEY_LENGTH or "\0" in key:
                 shown = f"a string of {len(key)} characters" if isinstance(key, str) else repr(key)
                 raise RateLimitKeyError(
                     self.name,
-                    task_name,
+                    owner,
                     f"it returned {shown}, not a string of at most"
                     f" {MAX_RATE_LIMIT_KEY_LENGTH} characters without NUL",
                 )

@@ -11,6 +11,8 @@ passes, and no window of `per_ms` sees more than `limit` units granted (for one
 unit at a time it is exact spacing; a request for many units at once uses the limit
 below its full rate). A request that cannot be granted now takes nothing and says
 when it can (`retry_at`): nothing is reserved, the next request to come then wins.
+A run's start reserves instead: its units are granted at the first time they can be
+had, and the run is scheduled to start then.
 
 A grant is one transaction on the bucket's row, locked (PostgreSQL `FOR UPDATE`;
 SQLite's single writer), so the limit holds across workers and server replicas.
@@ -48,7 +50,7 @@ class Grant:
     granted: bool
     at: int
     now: int
-    """The server's time of the answer (`at` itself when granted)."""
+    """The server's time of the answer."""
 
     def wire(self) -> AcquireRateLimitResponse:
         """The answer as the API gives it."""
@@ -86,10 +88,12 @@ async def _limit(tx: Tx, namespace: str, name: str) -> Row:
 
 
 async def acquire_in(
-    tx: Tx, namespace: str, name: str, units: int, key: str, clock: Clock
+    tx: Tx, namespace: str, name: str, units: int, key: str, clock: Clock, *, reserve: bool = False
 ) -> Grant:
     """Grant `units` of the limit `name` to `key` now, or say when they can be had.
 
+    With `reserve`, the units are granted at the first time they can be had, which may
+    be later than now (a run's start takes its units so, and starts then).
     The time is read from `clock` once the bucket is locked: a request that waited for
     the lock is granted at the time it got it, not at the time it asked.
 
@@ -121,20 +125,22 @@ async def acquire_in(
         key,
     )
     assert bucket is not None  # inserted above, and a limit's delete waits for this lock
-    now = max(clock(), int(bucket["updated_at"]))
+    asked_at = clock()
+    now = max(asked_at, int(bucket["updated_at"]))
     ready = int(bucket["tat"]) + _ceil_div((units - 1) * per_ms, size)
-    if now < ready:
-        return Grant(granted=False, at=ready, now=now)
+    if now < ready and not reserve:
+        return Grant(granted=False, at=ready, now=asked_at)
+    at = max(now, ready)
     await tx.execute(
         "UPDATE rate_limit_buckets SET tat = $4, updated_at = $5"
         " WHERE namespace = $1 AND name = $2 AND key = $3",
         namespace,
         name,
         key,
-        now + _ceil_div(units * per_ms, size),
-        now,
+        at + _ceil_div(units * per_ms, size),
+        at,
     )
-    return Grant(granted=True, at=now, now=now)
+    return Grant(granted=True, at=at, now=asked_at)
 
 
 class RateLimits:

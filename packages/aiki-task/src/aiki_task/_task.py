@@ -58,7 +58,7 @@ class _Call(Generic[InT, OutT]):
 
     def rate_limit(self) -> RateLimitUse | None:
         declared = self.task.rate_limit
-        return None if declared is None else declared.use(self.payload, self.task.name)
+        return None if declared is None else declared.use(self.payload, f"task {self.name!r}")
 
     async def run_attempt(self, attempt: TaskAttemptInfo) -> JsonValue:
         return await self.task._run_attempt(self.payload, attempt)
