@@ -242,9 +242,8 @@ async def test_a_start_reserves_its_units_and_is_scheduled_for_them(harness: Har
     assert to_ms(refused["retry_at"]) == t0 + 180_000
     # a start found by its reference id takes nothing
     once = await start(client, rate_limit=use, reference_id="order-1")
-    r = await client.post(
-        "/runs", json={"workflow": "w", "version": "1", "rate_limit": use, "reference_id": "order-1"}
-    )
+    again = {"workflow": "w", "version": "1", "rate_limit": use, "reference_id": "order-1"}
+    r = await client.post("/runs", json=again)
     assert r.status_code == 200 and r.json()["run"]["id"] == once["id"]
     assert to_ms(once["start_at"]) == t0 + 180_000
     assert to_ms((await acquire(client, "starts", key="acme"))["retry_at"]) == t0 + 240_000
