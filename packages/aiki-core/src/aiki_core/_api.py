@@ -189,7 +189,8 @@ class StartRunRequest(RequestModel):
     def _one_start_time(self) -> Self:
         if self.start_at is not None and self.delay is not None:
             raise ValueError("give start_at or delay, not both")
-        if self.rate_limit is not None and (self.start_at or self.delay) is not None:
+        timed = self.start_at is not None or self.delay is not None
+        if self.rate_limit is not None and timed:
             raise ValueError(
                 "a start with a rate limit starts when its units are due: give no start_at or delay"
             )
