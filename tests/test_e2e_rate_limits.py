@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from pydantic import BaseModel
@@ -42,8 +42,10 @@ from e2e_support import QUIET
 if TYPE_CHECKING:
     from datetime import datetime
 
+    from aiki_core.sdk import WorkflowRunHandle
     from aiki_core.wire import RunDetail
     from aiki_server.testing import EmbeddedServer
+    from aiki_workflow import WorkflowVersion
 
 WAIT = timedelta(seconds=30)
 
@@ -262,11 +264,10 @@ async def broken_long_key(run: WorkflowRun, job: Job) -> str:
     return await long_key.start(run, job)
 
 
-async def failure_of(handle: object) -> RunDetail:
+async def failure_of(handle: WorkflowRunHandle[Any]) -> RunDetail:
     with pytest.raises(WorkflowFailedError):
-        await handle.result(timeout=WAIT)  # type: ignore[attr-defined]
-    detail: RunDetail = await handle.detail()  # type: ignore[attr-defined]
-    return detail
+        await handle.result(timeout=WAIT)
+    return await handle.detail()
 
 
 @pytest.mark.parametrize(
@@ -279,11 +280,11 @@ async def failure_of(handle: object) -> RunDetail:
     ],
 )
 async def test_a_bad_rate_limit_fails_the_task_at_once_and_the_worker_goes_on(
-    server: EmbeddedServer, client: Client, version: object, code: str, says: str
+    server: EmbeddedServer, client: Client, version: WorkflowVersion[Job, Any], code: str, says: str
 ) -> None:
     await client.rate_limits.set("per-user-hourly", limit=1, per=timedelta(hours=1))
-    async with Worker(client, [version, plain_v1], logger=QUIET):  # type: ignore[list-item]
-        handle = await version.start(client, Job(user="u1", n=3))  # type: ignore[attr-defined]
+    async with Worker(client, [version, plain_v1], logger=QUIET):
+        handle = await version.start(client, Job(user="u1", n=3))
         detail = await failure_of(handle)
         (record,) = detail.tasks
         assert record.status == "failed"
