@@ -183,7 +183,17 @@ class StartRunRequest(RequestModel):
         " `start_at` or `delay`.",
     )
 
-    model_config = ConfigDict(json_schema_extra={"not": given("start_at", "delay")})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "not": {
+                "anyOf": [
+                    given("start_at", "delay"),
+                    given("rate_limit", "start_at"),
+                    given("rate_limit", "delay"),
+                ]
+            }
+        }
+    )
 
     @model_validator(mode="after")
     def _one_start_time(self) -> Self:
