@@ -25,6 +25,7 @@ from pydantic import BaseModel
 
 from aiki_client import Client
 from aiki_core import (
+    ConflictError,
     PayloadValidationError,
     RateLimit,
     RateLimitKeyError,
@@ -274,7 +275,7 @@ async def failure_of(handle: WorkflowRunHandle[Any]) -> RunDetail:
     ("version", "code", "says"),
     [
         (broken_undefined, "rate_limit_not_found", "rate limit 'nobody-defined-this' is not"),
-        (broken_greedy, "payload_validation", "2 units of rate limit 'per-user-hourly'"),
+        (broken_greedy, "conflict", "2 units of rate limit 'per-user-hourly'"),
         (broken_bad_key, "rate_limit_key", "KeyError: 'no user'"),
         (broken_long_key, "rate_limit_key", "a string of 600 characters"),
     ],
@@ -311,7 +312,7 @@ async def test_bad_definitions_are_refused(client: Client) -> None:
     with pytest.raises(PayloadValidationError):
         RateLimit("not a name!")
     await client.rate_limits.set("x", limit=3, per=timedelta(seconds=1))
-    with pytest.raises(PayloadValidationError):
+    with pytest.raises(ConflictError):
         await client.rate_limits.acquire("x", units=4)
     assert [r.name for r in await client.rate_limits.list()] == ["x"]
     assert (await client.rate_limits.delete("x")).limit == 3

@@ -103,11 +103,12 @@ async def test_bad_acquisitions_are_refused_and_take_nothing(harness: Harness) -
     )
     assert details == {"resource": "rate limit", "resource_id": "nope", "name": "nope"}
     await define(client, "api", 3, 1_000)
-    error_of(
+    details = error_of(
         await client.post("/rate-limits/api/acquire", json={"units": 4, "key": "k"}),
-        422,
-        "payload_validation",
+        409,
+        "conflict",
     )
+    assert details == {"rate_limit": "api", "units": 4, "limit": 3}
     for bad in ({"units": 0}, {"units": -1}, {"key": "k" * 201}, {"key": "a\x00b"}):
         r = await client.post("/rate-limits/api/acquire", json=bad)
         error_of(r, 422, "payload_validation")
@@ -248,7 +249,7 @@ async def test_a_start_reserves_its_units_and_is_scheduled_for_them(harness: Har
     assert to_ms(once["start_at"]) == t0 + 180_000
     assert to_ms((await acquire(client, "starts", key="acme"))["retry_at"]) == t0 + 240_000
 
-    harness.advance(60_000)
+    clock.advance(60_000)  # without waking the timer daemon: this test's pass does the work
     await timer_pass(harness)
     assert (await get_run(client, second["id"]))["status"] == "queued"
     assert (await get_run(client, third["id"]))["status"] == "scheduled"
@@ -261,8 +262,9 @@ async def test_a_bad_rate_limit_on_a_start_starts_nothing(harness: Harness) -> N
     )
     error_of(r, 404, "rate_limit_not_found")
     await define(client, "starts", 2, 1_000)
+    too_many = {"workflow": "w", "version": "1", "rate_limit": {"name": "starts", "units": 3}}
+    error_of(await client.post("/runs", json=too_many), 409, "conflict")
     for bad in (
-        {"rate_limit": {"name": "starts", "units": 3}},
         {"rate_limit": {"name": "starts", "units": 0}},
         {"rate_limit": {"name": "starts"}, "delay": 1_000},
         {"rate_limit": {"name": "starts"}, "start_at": "2100-01-01T00:00:00Z"},

@@ -485,7 +485,7 @@ def _rate_limit_router(rate_limits: RateLimits) -> APIRouter:
         """Take `units` from the budget of `key` now, or learn when they can be had.
 
         Nothing is taken unless `granted`; a request for more units than the limit
-        has is a 422, an undefined limit a 404 `rate_limit_not_found`.
+        has is a 409 `conflict`, an undefined limit a 404 `rate_limit_not_found`.
         """
         grant = await rate_limits.acquire(ns, name, body.units, body.key)
         return _json(grant.wire())

@@ -27,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from aiki_core import PayloadValidationError, RateLimitNotFoundError
+from aiki_core import ConflictError, RateLimitNotFoundError
 from aiki_core.wire import (
     AcquireRateLimitResponse,
     RateLimitInfo,
@@ -97,18 +97,17 @@ async def acquire_in(
     The time is read from `clock` once the bucket is locked: a request that waited for
     the lock is granted at the time it got it, not at the time it asked.
 
-    Raises `RateLimitNotFoundError` for an unknown limit and `PayloadValidationError`
-    for more units than the limit has (neither writes anything).
+    Raises `RateLimitNotFoundError` for an unknown limit and `ConflictError` for more
+    units than the limit has (neither writes anything). A conflict, not a 422: the
+    request is well formed, and the same one is granted once the limit is raised.
     """
     limit = await _limit(tx, namespace, name)
     size, per_ms = int(limit["limit"]), int(limit["per_ms"])
     if units > size:
-        raise PayloadValidationError(
+        raise ConflictError(
             f"{units} units of rate limit {name!r} asked at once; it grants at most {size}"
             f" per {per_ms} ms",
-            errors=[
-                {"loc": ["body", "units"], "msg": f"at most {size}", "type": "less_than_equal"}
-            ],
+            details={"rate_limit": name, "units": units, "limit": size},
         )
     await tx.execute(
         "INSERT INTO rate_limit_buckets (namespace, name, key, tat, updated_at)"

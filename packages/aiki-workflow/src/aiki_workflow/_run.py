@@ -117,6 +117,9 @@ IN_PROCESS_RETRY_LIMIT = timedelta(seconds=30)
 _LOST: tuple[type[AikiError], ...] = (ServerError, ConflictError, AuthenticationError)
 """Write failures that abandon the run: the server is gone (after the worker's retries),
 the claim was lost, or the API key refused."""
+_LOST_ASKING: tuple[type[AikiError], ...] = (ServerError, AuthenticationError)
+"""Failures of a rate limit's acquisition that abandon the run; a conflict there is the
+limit's refusal (more units than it has), which fails the task, not a lost claim."""
 _REFUSED: tuple[type[AikiError], ...] = (AikiError,)
 """Any failure of a held task record: the workflow's code did not cause it (a result over
 the server's limit fails the run; anything else gives it up with its records)."""
@@ -489,7 +492,8 @@ class WorkflowRun:
             if use is None:
                 return None
             while True:
-                answer = await self._write(self._execution.acquire_rate_limit(use))
+                asked = self._execution.acquire_rate_limit(use)
+                answer = await self._write(asked, abandon=_LOST_ASKING)
                 if answer.granted:
                     return answer.granted_at
                 assert answer.retry_at is not None and answer.retry_after is not None
