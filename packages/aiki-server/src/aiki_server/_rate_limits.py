@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 from aiki_core import ConflictError, RateLimitNotFoundError
 from aiki_core.wire import (
+    MAX_DURATION,
     AcquireRateLimitResponse,
     RateLimitInfo,
     RateLimitPage,
@@ -56,9 +57,9 @@ class Grant:
         """The answer as the API gives it."""
         if self.granted:
             return AcquireRateLimitResponse(granted=True, granted_at=from_ms(self.at))
-        return AcquireRateLimitResponse(
-            granted=False, retry_at=from_ms(self.at), retry_after=from_millis(self.at - self.now)
-        )
+        # a wait past the longest duration (reservations of a century-long limit) says that
+        wait = from_millis(min(self.at - self.now, to_millis(MAX_DURATION)))
+        return AcquireRateLimitResponse(granted=False, retry_at=from_ms(self.at), retry_after=wait)
 
 
 def _ceil_div(a: int, b: int) -> int:
