@@ -231,6 +231,34 @@ async def test_schedules_from_the_command_line(server: ServerProcess, client: Cl
     assert (await aiki("schedules", "show", sid)).code == 3
 
 
+async def test_rate_limits_from_the_command_line(server: ServerProcess, client: Client) -> None:
+    aiki = Aiki(server.base_url)
+    created = await aiki("rate-limits", "set", "openai", "--limit", "60", "--per", "1m", "--json")
+    assert {k: created.json()[k] for k in ("name", "limit", "per")} == {
+        "name": "openai",
+        "limit": 60,
+        "per": 60_000,
+    }
+    changed = await aiki("rate-limits", "set", "openai", "--limit", "10", "--per", "1s")
+    assert changed.code == 0 and "openai" in changed.out
+    assert (await client.rate_limits.get("openai")).limit == 10
+    listed = (await aiki("rate-limits", "list", "--json")).json()
+    assert [(r["name"], r["limit"], r["per"]) for r in listed["rate_limits"]] == [
+        ("openai", 10, 1_000)
+    ]
+    assert "openai" in (await aiki("rate-limits", "list")).out
+    assert (await aiki("rate-limits", "delete", "openai")).code == 0
+    assert await client.rate_limits.list() == []
+    gone = await aiki("rate-limits", "delete", "openai")
+    assert gone.code == 3 and "not defined" in gone.err
+    for bad in (("--limit", "0", "--per", "1s"), ("--limit", "5", "--per", "0s")):
+        refused = await aiki("rate-limits", "set", "x", *bad)
+        assert refused.code == 2, refused.err
+        assert len(refused.err.strip().splitlines()) == 1
+    assert (await aiki("rate-limits", "set", "x", "--limit", "5")).code == 2  # no --per
+    assert await client.rate_limits.list() == []
+
+
 async def test_bad_input_exits_with_its_code_and_one_line(
     server: ServerProcess, client: Client, tmp_path: Path
 ) -> None:

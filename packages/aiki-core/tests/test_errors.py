@@ -24,6 +24,8 @@ from aiki_core import (
     PayloadTooLargeError,
     PayloadValidationError,
     PermissionDeniedError,
+    RateLimitKeyError,
+    RateLimitNotFoundError,
     ReferenceIdConflictError,
     RemoteError,
     ReplayDivergenceError,
@@ -64,6 +66,8 @@ WITH_IDS: list[tuple[AikiError, tuple[str, ...]]] = [
     ),
     (StaleRevisionError("r-1", 2, 5), ("run_id", "revision", "current_revision")),
     (RunLimitError("r-1", 10_000), ("run_id", "limit")),
+    (RateLimitNotFoundError("openai"), ("resource", "resource_id", "name")),
+    (RateLimitKeyError("openai", "task 'summarise'", "KeyError: 'u'"), ("rate_limit", "owner")),
     (PayloadTooLargeError(2_000_000, 1_048_576), ("size", "limit")),
     (
         PayloadValidationError(

@@ -401,6 +401,74 @@ async def delete_a_schedule(t: Tenants) -> None:
     await control_a_schedule(t, (await create_schedule(t.a))["id"], "DELETE", "")
 
 
+# -- rate limits ---------------------------------------------------------------------------
+
+
+async def define_a_limit(client: httpx.AsyncClient, limit: int = 1) -> dict[str, Any]:
+    r = await client.put("/rate-limits/api", json={"limit": limit, "per": 60_000})
+    assert r.status_code == 200, r.text
+    defined: dict[str, Any] = r.json()
+    return defined
+
+
+async def limit_of(client: httpx.AsyncClient) -> dict[str, Any]:
+    r = await client.get("/rate-limits/api")
+    assert r.status_code == 200, r.text
+    got: dict[str, Any] = r.json()
+    return got
+
+
+@case("PUT", "/rate-limits/{name}")
+async def set_a_limit_under_a_name_of_a(t: Tenants) -> None:
+    mine = await define_a_limit(t.a)
+
+    # names are per namespace: B's `api` is its own
+    theirs = await define_a_limit(t.b, limit=5)
+
+    assert (theirs["namespace"], theirs["limit"]) == ("team-b", 5)
+    assert await limit_of(t.a) == mine
+
+
+@case("GET", "/rate-limits")
+async def list_limits(t: Tenants) -> None:
+    mine = await define_a_limit(t.a)
+
+    r = await t.b.get("/rate-limits")
+
+    assert r.status_code == 200
+    assert r.json() == {"rate_limits": []}
+    assert (await t.a.get("/rate-limits")).json() == {"rate_limits": [mine]}
+
+
+@case("GET", "/rate-limits/{name}")
+async def read_a_limit(t: Tenants) -> None:
+    await define_a_limit(t.a)
+
+    error_of(await t.b.get("/rate-limits/api"), 404, "rate_limit_not_found")
+
+
+@case("DELETE", "/rate-limits/{name}")
+async def delete_a_limit(t: Tenants) -> None:
+    mine = await define_a_limit(t.a)
+
+    error_of(await t.b.delete("/rate-limits/api"), 404, "rate_limit_not_found")
+
+    assert await limit_of(t.a) == mine
+    assert (await t.a.delete("/rate-limits/api")).status_code == 200
+
+
+@case("POST", "/rate-limits/{name}/acquire")
+async def acquire_units_of_a(t: Tenants) -> None:
+    await define_a_limit(t.a)
+
+    error_of(await t.b.post("/rate-limits/api/acquire", json={}), 404, "rate_limit_not_found")
+
+    # A's one unit is still there, and B's own limit of the same name has its own
+    assert (await t.a.post("/rate-limits/api/acquire", json={})).json()["granted"] is True
+    await define_a_limit(t.b)
+    assert (await t.b.post("/rate-limits/api/acquire", json={})).json()["granted"] is True
+
+
 # -- the tests -----------------------------------------------------------------------------
 
 

@@ -22,6 +22,7 @@ from aiki_core import (
     TaskStatus,
 )
 from aiki_core.wire import (
+    AcquireRateLimitResponse,
     AwaitEvent,
     AwaitRetry,
     ClaimedRun,
@@ -31,6 +32,7 @@ from aiki_core.wire import (
     EventRecord,
     EventWaitRecord,
     FailRun,
+    RateLimitUse,
     RecordTaskRequest,
     RecordTaskResponse,
     RunSummary,
@@ -93,6 +95,9 @@ class Execution:
 
     async def create_webhook(self, request: CreateWebhookRequest) -> CreateWebhookResponse:
         raise AssertionError(f"no webhooks in these workflows: {request}")
+
+    async def acquire_rate_limit(self, use: RateLimitUse) -> AcquireRateLimitResponse:
+        raise AssertionError(f"no rate limit is asked on replay: {use}")
 
     async def flush_tasks(self) -> None:
         held, self.deferred = self.deferred, []

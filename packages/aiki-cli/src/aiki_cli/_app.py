@@ -39,7 +39,7 @@ from aiki_core import (
     WorkflowCancelledError,
     WorkflowFailedError,
 )
-from aiki_core.wire import DEFAULT_POOL, RUN_TERMINAL_STATUSES, StartRunRequest
+from aiki_core.wire import DEFAULT_POOL, RUN_TERMINAL_STATUSES, RateLimitPage, StartRunRequest
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -619,6 +619,56 @@ _schedule_command("show", "One schedule: its definition, next occurrence and las
 _schedule_command("pause", "Stop firing until resumed.")
 _schedule_command("resume", "Fire again, from the first occurrence after now.")
 _schedule_command("delete", "Delete a schedule (the runs it started stay).")
+
+
+# -- rate limits ------------------------------------------------------------------------
+
+
+@cli.group("rate-limits")
+def rate_limits() -> None:
+    """List, set and delete rate limits."""
+
+
+@rate_limits.command("list")
+@json_option
+@pass_settings
+def rate_limits_list(settings: Settings, as_json: bool) -> None:
+    """Rate limits, by name."""
+    limits = settings.call(lambda client: client.rate_limits.list())
+    if as_json:
+        _print_json(RateLimitPage(rate_limits=limits))
+    else:
+        out.print(render.rate_limits_table(limits))
+
+
+@rate_limits.command("set")
+@click.argument("name")
+@click.option("--limit", type=int, required=True, help="Units allowed in any window of --per.")
+@click.option("--per", callback=_duration, required=True, help="The window (1s, 1m, 1h).")
+@json_option
+@pass_settings
+def rate_limits_set(
+    settings: Settings, name: str, limit: int, per: timedelta, as_json: bool
+) -> None:
+    """Define the rate limit NAME, or change it: at most --limit units per --per, per key."""
+    info = settings.call(lambda client: client.rate_limits.set(name, limit=limit, per=per))
+    if as_json:
+        _print_json(info)
+    else:
+        out.print(render.rate_limits_table([info]))
+
+
+@rate_limits.command("delete")
+@click.argument("name")
+@json_option
+@pass_settings
+def rate_limits_delete(settings: Settings, name: str, as_json: bool) -> None:
+    """Delete the rate limit NAME and the budgets of its keys."""
+    info = settings.call(lambda client: client.rate_limits.delete(name))
+    if as_json:
+        _print_json(info)
+    else:
+        out.print(f"rate limit {info.name} deleted")
 
 
 # -- workers ----------------------------------------------------------------------------

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from aiki_core import ErrorInfo
     from aiki_core.wire import (
         ChildRecord,
+        RateLimitInfo,
         RunDetail,
         RunSummary,
         Schedule,
@@ -296,6 +297,16 @@ def schedule_detail(schedule: Schedule) -> Group:
         ),
         _section("Input", payload(schedule.input)),
     )
+
+
+def rate_limits_table(limits: Iterable[RateLimitInfo]) -> Table:
+    """One row per rate limit: its name, how many units per how long, when last set."""
+    table = Table(box=None, header_style="bold")
+    for column in ("NAME", "LIMIT", "PER", "UPDATED"):
+        table.add_column(column)
+    for info in limits:
+        table.add_row(info.name, str(info.limit), str(info.per), when(info.updated_at))
+    return table
 
 
 def workers_table(workers: Iterable[WorkerSummary]) -> Table:

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 from aiki_client.__about__ import __version__
 from aiki_client._handle import WorkflowRunHandle
 from aiki_client._http import Http, HttpxHttp, api_path
+from aiki_client._rate_limits import RateLimits
 from aiki_client._schedules import Schedules
 from aiki_client._sealing import seal_input
 from aiki_client._socket_http import SocketHttp
@@ -68,6 +69,7 @@ if TYPE_CHECKING:
     from pydantic import JsonValue
 
     from aiki_core import Interceptor, Logger, PayloadCodec
+    from aiki_core.wire import AcquireRateLimitResponse, RateLimitUse
 
 ResultT = TypeVar("ResultT")
 ModelT = TypeVar("ModelT", bound="BaseModel")
@@ -156,6 +158,8 @@ class Client:
         self.interceptors = tuple(interceptors)
         self.schedules = Schedules(self)
         """Create, list, pause, resume and delete schedules."""
+        self.rate_limits = RateLimits(self)
+        """Define, read, list, change and delete rate limits."""
         headers = {"user-agent": f"aiki-client/{__version__}"}
         if api_key is not None:
             headers["authorization"] = f"Bearer {api_key}"
@@ -277,6 +281,10 @@ class Client:
         return await self._call(
             "POST", api_path("runs", run_id, "webhooks"), CreateWebhookResponse, request
         )
+
+    async def acquire_rate_limit(self, use: RateLimitUse) -> AcquireRateLimitResponse:
+        """Take the units of one task attempt from its rate limit, or learn when they can be."""
+        return await self.rate_limits.acquire(use.name, units=use.units, key=use.key)
 
     # -- HTTP ----------------------------------------------------------------------------
 

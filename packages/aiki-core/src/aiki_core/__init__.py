@@ -1,7 +1,7 @@
 """The protocol every Aiki package shares, and the names its users touch.
 
 This top level holds what application code imports: the run and task statuses,
-`RetryPolicy` and `OverlapPolicy`, the `AikiError` tree with `ErrorInfo`, `RunId`,
+`RetryPolicy`, `RateLimit` and `OverlapPolicy`, the `AikiError` tree with `ErrorInfo`, `RunId`,
 the `PayloadCodec` protocol with `CodecContext` and `IdentityCodec`, and the `Logger`
 protocol with its implementations, and the `Interceptor` whose hooks wrap starts, run
 executions and task attempts (tracing).
@@ -34,6 +34,8 @@ from aiki_core._exceptions import (
     PayloadTooLargeError,
     PayloadValidationError,
     PermissionDeniedError,
+    RateLimitKeyError,
+    RateLimitNotFoundError,
     ReferenceIdConflictError,
     RemoteError,
     ReplayDivergenceError,
@@ -53,6 +55,7 @@ from aiki_core._ids import RunId
 from aiki_core._interceptors import Interceptor, RunExecutionInfo, StartRunInfo, TaskExecutionInfo
 from aiki_core._logging import ConsoleLogger, JsonLogger, Logger, LogLevel, StdlibLogger
 from aiki_core._public import show_public_path as _show_public_path
+from aiki_core._rate_limits import RateLimit
 from aiki_core._retry import RetryPolicy
 from aiki_core._schedules import OverlapPolicy
 from aiki_core._status import RunStatus, TaskStatus
@@ -60,6 +63,7 @@ from aiki_core._status import RunStatus, TaskStatus
 __all__ = (
     # statuses and policies
     "OverlapPolicy",
+    "RateLimit",
     "RetryPolicy",
     "RunId",
     "RunStatus",
@@ -79,6 +83,8 @@ __all__ = (
     "PayloadTooLargeError",
     "PayloadValidationError",
     "PermissionDeniedError",
+    "RateLimitKeyError",
+    "RateLimitNotFoundError",
     "ReferenceIdConflictError",
     "RemoteError",
     "ReplayDivergenceError",

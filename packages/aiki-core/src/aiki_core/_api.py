@@ -29,6 +29,7 @@ from aiki_core._duration import Duration, DurationRange, duration_field
 from aiki_core._error_info import ErrorInfo
 from aiki_core._exceptions import ErrorCode
 from aiki_core._ids import DEFAULT_POOL, EventId, RunId, TaskAddress, TaskId, WebhookId, WorkerId
+from aiki_core._rate_limits import RateLimitUse
 from aiki_core._records import (
     ChildRecord,
     EventRecord,
@@ -215,13 +216,34 @@ class StartRunRequest(RequestModel):
     pool: Name = DEFAULT_POOL
     timeout: Duration | None = None
     trace_context: TraceContext | None = None
+    rate_limit: RateLimitUse | None = Field(
+        default=None,
+        description="Units the start takes from a rate limit: the run is queued when they"
+        " are granted (at once, or later: it is scheduled for its slot). Not with"
+        " `start_at` or `delay`.",
+    )
 
-    model_config = ConfigDict(json_schema_extra={"not": given("start_at", "delay")})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "not": {
+                "anyOf": [
+                    given("start_at", "delay"),
+                    given("rate_limit", "start_at"),
+                    given("rate_limit", "delay"),
+                ]
+            }
+        }
+    )
 
     @model_validator(mode="after")
     def _one_start_time(self) -> Self:
         if self.start_at is not None and self.delay is not None:
             raise ValueError("give start_at or delay, not both")
+        timed = self.start_at is not None or self.delay is not None
+        if self.rate_limit is not None and timed:
+            raise ValueError(
+                "a start with a rate limit starts when its units are due: give no start_at or delay"
+            )
         return self
 
 
@@ -582,6 +604,10 @@ class AwaitChild(RequestModel):
     child_run_id: Annotated[RunId, ID]
 
 
+WaitReason = Annotated[str, StringConstraints(max_length=MAX_NOTICE_LENGTH, pattern=NO_NUL)]
+"""What a wait says of itself in the run's detail."""
+
+
 class AwaitRetry(RequestModel):
     """Wait out a long retry back-off: a task call's, or until `retry_at`.
 
@@ -605,6 +631,11 @@ class AwaitRetry(RequestModel):
     retry_at: Timestamp | None = None
     address: StoredAddress | None = None
     occurrence: Count | None = None
+    reason: WaitReason | None = Field(
+        default=None,
+        description="What the run waits for, as its detail shows it (a rate limit's next unit,"
+        " say).",
+    )
 
     @model_validator(mode="after")
     def _one_due_time(self) -> Self:

@@ -7,6 +7,7 @@ AikiError                          any error raised by an Aiki package
 ├── AuthenticationError (401)      no or unknown API key
 ├── PermissionDeniedError (403)    the key may not do this (or a signature is wrong)
 ├── NotFoundError (404)            an id names nothing the caller can see
+│   └── RateLimitNotFoundError     a task or start uses a rate limit nobody defined
 ├── ConflictError (409)            the request conflicts with the current state
 │   ├── ReferenceIdConflictError   a reference id reused with another payload
 │   ├── IllegalTransitionError     a status change the state machine forbids
@@ -23,6 +24,7 @@ AikiError                          any error raised by an Aiki package
 ├── WorkflowFailedError            a run ended as failed; carries the remote error
 ├── WorkflowCancelledError         a run ended as cancelled
 ├── NonRetryableError              raise it from a task to fail without retrying
+│   └── RateLimitKeyError          a rate limit's key function raised or gave no key
 ├── RemoteError                    an exception rebuilt from another process
 └── CodecError                     a payload could not be encoded or decoded
     └── DecryptionError            wrong key, missing key, or tampered ciphertext
@@ -62,6 +64,8 @@ __all__ = [
     "PayloadTooLargeError",
     "PayloadValidationError",
     "PermissionDeniedError",
+    "RateLimitKeyError",
+    "RateLimitNotFoundError",
     "ReferenceIdConflictError",
     "RemoteError",
     "RunInterrupt",
@@ -88,6 +92,7 @@ class ErrorCode(StrEnum):
     UNAUTHENTICATED = "unauthenticated"
     PERMISSION_DENIED = "permission_denied"
     NOT_FOUND = "not_found"
+    RATE_LIMIT_NOT_FOUND = "rate_limit_not_found"
     CONFLICT = "conflict"
     REFERENCE_ID_CONFLICT = "reference_id_conflict"
     ILLEGAL_TRANSITION = "illegal_transition"
@@ -104,6 +109,7 @@ class ErrorCode(StrEnum):
     WORKFLOW_FAILED = "workflow_failed"
     WORKFLOW_CANCELLED = "workflow_cancelled"
     NON_RETRYABLE = "non_retryable"
+    RATE_LIMIT_KEY = "rate_limit_key"
     REPLAY_DIVERGENCE = "replay_divergence"
     REMOTE_ERROR = "remote_error"
     CODEC_ERROR = "codec_error"
@@ -280,6 +286,24 @@ class NotFoundError(AikiError):
             message or f"{resource} {resource_id!r} not found",
             details={"resource": resource, "resource_id": resource_id},
         )
+
+
+class RateLimitNotFoundError(NotFoundError):
+    """No rate limit of this name is defined in the namespace.
+
+    Define it first, with the client's `rate_limits.set`, the CLI or the API.
+    """
+
+    code = ErrorCode.RATE_LIMIT_NOT_FOUND
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(
+            "rate limit",
+            name,
+            message=f"rate limit {name!r} is not defined in this namespace",
+        )
+        self.details["name"] = name
 
 
 class ConflictError(AikiError):
@@ -568,6 +592,26 @@ class NonRetryableError(AikiError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
+
+
+class RateLimitKeyError(NonRetryableError):
+    """The key function of a `RateLimit` raised, or returned no usable key.
+
+    A task's attempt fails without retrying (the key function sees the same input every
+    time); a run's start is refused. `owner` says whose rate limit it is (a task, or a
+    workflow version).
+    """
+
+    code = ErrorCode.RATE_LIMIT_KEY
+
+    def __init__(self, rate_limit: str, owner: str, problem: str) -> None:
+        self.rate_limit = rate_limit
+        self.owner = owner
+        AikiError.__init__(
+            self,
+            f"the key function of rate limit {rate_limit!r} of {owner} failed: {problem}",
+            details={"rate_limit": rate_limit, "owner": owner},
+        )
 
 
 class RemoteError(AikiError):

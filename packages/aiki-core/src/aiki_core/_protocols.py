@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Protocol, TypeVar, runtime_checkable
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
-    from datetime import timedelta
+    from datetime import datetime, timedelta
 
     from pydantic import JsonValue
 
@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from aiki_core._ids import RunId, TaskAddress
     from aiki_core._interceptors import Interceptor
     from aiki_core._logging import Logger
+    from aiki_core._rate_limits import AcquireRateLimitResponse, RateLimitUse
     from aiki_core._records import RunDetail, RunSummary
     from aiki_core._retry import RetryPolicy
     from aiki_core._status import RunStatus
@@ -82,6 +83,8 @@ class TaskAttemptInfo:
     occurrence: int
     attempt: int
     log: Logger
+    rate_limit_granted_at: datetime | None = None
+    """When the server granted this attempt's rate limit units (its clock), if it took any."""
 
     @property
     def idempotency_key(self) -> str:
@@ -107,6 +110,13 @@ class TaskInvocation(Protocol):
     @property
     def timeout(self) -> timedelta | None:
         """The limit on one attempt; `None` for none."""
+
+    def rate_limit(self) -> RateLimitUse | None:
+        """The units each attempt takes from a server rate limit first, if any.
+
+        Computed from the input when an attempt is about to run (never on replay);
+        raises `RateLimitKeyError` when the task's key function fails.
+        """
 
     async def run_attempt(self, attempt: TaskAttemptInfo) -> JsonValue:
         """Run the task's function once and return its validated result as JSON values."""
@@ -262,6 +272,9 @@ class RunExecution(Protocol):
     async def create_webhook(self, request: CreateWebhookRequest) -> CreateWebhookResponse:
         """Mint a signed URL that delivers an event to this run."""
 
+    async def acquire_rate_limit(self, use: RateLimitUse) -> AcquireRateLimitResponse:
+        """Take a task attempt's units from its rate limit, or learn when they can be had."""
+
 
 class ExecutableVersion(Protocol):
     """A workflow version as a worker sees it: a name, a version and a way to run it."""
@@ -310,3 +323,6 @@ class WorkerApi(Protocol):
         self, run_id: RunId, request: CreateWebhookRequest
     ) -> CreateWebhookResponse:
         """Mint a signed URL that delivers an event to a held run."""
+
+    async def acquire_rate_limit(self, use: RateLimitUse) -> AcquireRateLimitResponse:
+        """Take units from a rate limit now, or learn when they can be had."""

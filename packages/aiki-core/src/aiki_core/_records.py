@@ -190,6 +190,9 @@ class PendingWait(ResponseModel):
     address: TaskAddress | None = None
     child_run_id: RunId | None = None
     due_at: AwareDatetime | None = None
+    reason: str | None = Field(
+        default=None, description="Why, when the wait says (a rate limit's next unit, say)."
+    )
 
 
 class StateTransition(ResponseModel):

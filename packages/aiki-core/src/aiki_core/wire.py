@@ -1,7 +1,7 @@
 """What the server and the SDK exchange over the HTTP API.
 
 The requests and responses of every route (runs, claims, task records, transitions,
-events, webhooks, schedules), the records a run's detail shows, the limits the
+events, webhooks, schedules, rate limits), the records a run's detail shows, the limits the
 protocol sets, the field types and ids of the models, the run and task state
 machine, the wire form of errors (`ErrorCode`, `ErrorResponse`, `error_from_wire`),
 durations as whole milliseconds, and the canonical JSON and content hashes both
@@ -76,6 +76,15 @@ from aiki_core._ids import (
     WorkerId,
 )
 from aiki_core._public import show_public_path as _show_public_path
+from aiki_core._rate_limits import (
+    MAX_RATE_LIMIT_KEY_LENGTH,
+    AcquireRateLimitRequest,
+    AcquireRateLimitResponse,
+    RateLimitInfo,
+    RateLimitPage,
+    RateLimitUse,
+    SetRateLimitRequest,
+)
 from aiki_core._records import (
     ChildRecord,
     EventOrigin,
@@ -159,6 +168,13 @@ __all__ = (
     "CreateWebhookResponse",
     "Schedule",
     "SchedulePage",
+    # rate limits
+    "AcquireRateLimitRequest",
+    "AcquireRateLimitResponse",
+    "RateLimitInfo",
+    "RateLimitPage",
+    "RateLimitUse",
+    "SetRateLimitRequest",
     # the workers a namespace has
     "WorkerPage",
     "WorkerSummary",
@@ -167,6 +183,7 @@ __all__ = (
     "MAX_DURATION",
     "MAX_LONG_POLL",
     "MAX_NOTICE_LENGTH",
+    "MAX_RATE_LIMIT_KEY_LENGTH",
     "MAX_TASKS_PER_TRANSITION",
     "MAX_WEBHOOK_LIFETIME",
     "MAX_WEBHOOK_SCHEMA_BYTES",

@@ -15,6 +15,8 @@ from starlette.staticfiles import StaticFiles
 
 from aiki_core import RunStatus  # noqa: TC001 - FastAPI reads the route's annotations at runtime
 from aiki_core.wire import (
+    AcquireRateLimitRequest,
+    AcquireRateLimitResponse,
     CancelRunRequest,
     ClaimRequest,
     ClaimResponse,
@@ -27,6 +29,9 @@ from aiki_core.wire import (
     HeartbeatResponse,
     Identifier,
     ListRunsQuery,
+    Name,
+    RateLimitInfo,
+    RateLimitPage,
     RecordTaskRequest,
     RecordTaskResponse,
     RunDetail,
@@ -38,6 +43,7 @@ from aiki_core.wire import (
     SendEventRequest,
     SendEventResponse,
     ServerLimits,
+    SetRateLimitRequest,
     StartChildRequest,
     StartRunRequest,
     StartRunResponse,
@@ -57,6 +63,7 @@ from aiki_server._limits import BodyLimitMiddleware, Limits
 from aiki_server._metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from aiki_server._metrics import HttpMetrics, Metrics
 from aiki_server._notify import WakeHub
+from aiki_server._rate_limits import RateLimits
 from aiki_server._runs import Runs
 from aiki_server._schedules import Schedules
 from aiki_server._storage._open import open_database
@@ -141,6 +148,7 @@ def create_app(db_url: str, settings: ServerSettings | None = None) -> FastAPI:
     claims = Claims(db, hub, clock, limits)
     writes = WorkerWrites(db, clock, limits)
     schedules = Schedules(db, clock)
+    rate_limits = RateLimits(db, clock)
     webhooks = Webhooks(db, clock, runs, settings.webhook_secret)
     timers = TimerDaemon(db, hub, clock, schedules.fire)
 
@@ -198,6 +206,7 @@ def create_app(db_url: str, settings: ServerSettings | None = None) -> FastAPI:
         public_url=settings.public_url,
         max_body_bytes=settings.max_body_bytes,
     )
+    api.include_router(_rate_limit_router(rate_limits))
     # outermost: refused requests count too
     prefixes = {id(route): API_PREFIX for route in api.routes}
     app.add_middleware(HttpMetrics, metrics=metrics, prefixes=prefixes)
@@ -444,5 +453,41 @@ def _api_router(
         answered as a duplicate.
         """
         return _json(await webhooks.deliver(webhook_id, expires, signature, data, idempotency_key))
+
+    return router
+
+
+def _rate_limit_router(rate_limits: RateLimits) -> APIRouter:
+    router = APIRouter(prefix="/rate-limits", tags=["rate limits"], responses=_ERRORS)
+
+    @router.get("", response_model=RateLimitPage)
+    async def list_rate_limits(ns: Caller) -> Response:
+        """The rate limits of the namespace, by name."""
+        return _json(await rate_limits.list(ns))
+
+    @router.put("/{name}", response_model=RateLimitInfo)
+    async def set_rate_limit(ns: Caller, name: Name, body: SetRateLimitRequest) -> Response:
+        """Define the rate limit `name`, or change it (from each key's next grant on)."""
+        return _json(await rate_limits.set(ns, name, body))
+
+    @router.get("/{name}", response_model=RateLimitInfo)
+    async def get_rate_limit(ns: Caller, name: Name) -> Response:
+        """One rate limit (404 `rate_limit_not_found` if it is not defined)."""
+        return _json(await rate_limits.get(ns, name))
+
+    @router.delete("/{name}", response_model=RateLimitInfo)
+    async def delete_rate_limit(ns: Caller, name: Name) -> Response:
+        """Delete the rate limit and the budgets of its keys; the limit as it was."""
+        return _json(await rate_limits.delete(ns, name))
+
+    @router.post("/{name}/acquire", response_model=AcquireRateLimitResponse)
+    async def acquire_rate_limit(ns: Caller, name: Name, body: AcquireRateLimitRequest) -> Response:
+        """Take `units` from the budget of `key` now, or learn when they can be had.
+
+        Nothing is taken unless `granted`; a request for more units than the limit
+        has is a 409 `conflict`, an undefined limit a 404 `rate_limit_not_found`.
+        """
+        grant = await rate_limits.acquire(ns, name, body.units, body.key)
+        return _json(grant.wire())
 
     return router

@@ -2,7 +2,8 @@
 
 Each is one row inserted in the caller's transaction, with its first history entry;
 a start with a reference id returns the run that id started before, if its input and
-version match (`fingerprint`).
+version match (`fingerprint`). A start with a rate limit reserves its units in the
+same transaction, and is scheduled for when they are granted.
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 from aiki_core import ConflictError, ReferenceIdConflictError, RunStatus
 from aiki_core.wire import StartRunResponse, content_hash, to_millis
-from aiki_server._clock import MAX_MS, to_ms
+from aiki_server._clock import MAX_MS, from_ms, to_ms
 from aiki_server._lifecycle import record_history
 from aiki_server._notify import QUEUE, TIMERS
+from aiki_server._rate_limits import acquire_in
 from aiki_server._rows import dump, new_id, placeholders, run_summary
 
 if TYPE_CHECKING:
-    from aiki_core.wire import StartRunRequest
+    from aiki_core.wire import RateLimitUse, StartRunRequest
     from aiki_server._storage._database import Row, Tx
 
 
@@ -56,6 +58,9 @@ async def start_run_in(
             if existing["input_hash"] != fingerprint:
                 raise ReferenceIdConflictError(req.reference_id, existing["id"])
             return StartRunResponse(run=run_summary(existing), created=False)
+    start_at, reason = _start_time(req, now), "started"
+    if req.rate_limit is not None:
+        start_at, reason = await _rate_limited_start(tx, namespace, req.rate_limit, now)
     row = await insert_run(
         tx,
         namespace=namespace,
@@ -65,12 +70,13 @@ async def start_run_in(
         input_json=dump(req.input),
         fingerprint=fingerprint,
         reference_id=req.reference_id,
-        start_at=_start_time(req, now),
+        start_at=start_at,
         timeout_ms=None if req.timeout is None else to_millis(req.timeout),
         now=now,
         run_id=req.run_id,
         schedule_id=schedule_id,
         trace_context=req.trace_context,
+        reason=reason,
     )
     return StartRunResponse(run=run_summary(row), created=True)
 
@@ -93,10 +99,12 @@ async def insert_run(
     schedule_id: str | None = None,
     continued_from: str | None = None,
     trace_context: dict[str, str] | None = None,
+    reason: str = "started",
 ) -> Row:
     """Insert a run (queued, or scheduled to start later) and its first history entry.
 
-    `trace_context` is its starter's, continued by each worker that claims it.
+    `trace_context` is its starter's, continued by each worker that claims it;
+    `reason` is the history entry's.
     """
     delayed = start_at is not None and start_at > now
     status = RunStatus.SCHEDULED if delayed else RunStatus.QUEUED
@@ -153,7 +161,7 @@ async def insert_run(
         entity_id=run_id,
         from_status=None,
         to_status=status.value,
-        reason="started",
+        reason=reason,
         revision=0,
         now=now,
     )
@@ -162,6 +170,18 @@ async def insert_run(
     if deadline is not None:
         tx.publish(TIMERS)
     return values
+
+
+async def _rate_limited_start(
+    tx: Tx, namespace: str, use: RateLimitUse, now: int
+) -> tuple[int | None, str]:
+    """Reserve the start's units: when the run may start (`None`: now), and why then."""
+    grant = await acquire_in(tx, namespace, use.name, use.units, use.key, lambda: now, reserve=True)
+    if grant.at <= now:
+        return None, "started"
+    key = f" (key {use.key})" if use.key else ""
+    until = from_ms(grant.at).isoformat()
+    return grant.at, f"started; waiting for rate limit {use.name}{key} until {until}"
 
 
 def _start_time(req: StartRunRequest, now: int) -> int | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from aiki_core import NotFoundError, RunStatus, TaskStatus
-from aiki_core.wire import AwaitChild, AwaitEvent, AwaitSleep, to_millis
+from aiki_core.wire import AwaitChild, AwaitEvent, AwaitRetry, AwaitSleep, to_millis
 from aiki_server._clock import to_ms
 from aiki_server._lifecycle import TERMINAL, move_run, requeue, withdraw_waits
 from aiki_server._rows import dump
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from pydantic import JsonValue
 
-    from aiki_core.wire import AwaitRetry, RunWait
+    from aiki_core.wire import RunWait
     from aiki_server._storage._database import Row, Tx
 
 _WAIT_STATUS_BY_KIND = {
@@ -68,10 +68,17 @@ async def suspend(tx: Tx, run: Row, waits: Sequence[RunWait], now: int) -> None:
         run,
         _WAIT_STATUS_BY_KIND[kind],
         now,
-        f"suspended on {', '.join(sorted({w.kind for w in waits}))}",
+        _suspension_reason(waits),
         wake_at=min(due_times) if due_times else None,
         waits=dump(pending),
     )
+
+
+def _suspension_reason(waits: Sequence[RunWait]) -> str:
+    """The history entry's reason: the kinds of wait, and what a wait says of itself."""
+    said = [w.reason for w in waits if isinstance(w, AwaitRetry) and w.reason]
+    kinds = f"suspended on {', '.join(sorted({w.kind for w in waits}))}"
+    return "; ".join([kinds, *said])
 
 
 async def _register_wait(
@@ -118,7 +125,7 @@ def _registration_order(wait: RunWait) -> tuple[int, str, int]:
 def _wait_key(wait: RunWait) -> dict[str, JsonValue]:
     """What tells a wait apart, as a run's detail lists it."""
     return wait.model_dump(
-        mode="json", include={"kind", "name", "occurrence", "child_run_id", "address"}
+        mode="json", include={"kind", "name", "occurrence", "child_run_id", "address", "reason"}
     )
 
 

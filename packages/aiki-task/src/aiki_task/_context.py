@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from aiki_core import Logger, RunId
     from aiki_core.sdk import TaskAttemptInfo
 
@@ -16,6 +18,8 @@ class TaskContext:
 
     `idempotency_key` is the same for every attempt and every replay of one task
     call: pass it to external APIs so a retried side effect happens once.
+    `rate_limit_granted_at` is when the server granted the attempt's rate limit units
+    (by the server's clock), for a task that declares a `RateLimit`.
     """
 
     run_id: RunId
@@ -23,6 +27,7 @@ class TaskContext:
     attempt: int
     idempotency_key: str
     log: Logger
+    rate_limit_granted_at: datetime | None = None
 
     @classmethod
     def from_attempt(cls, info: TaskAttemptInfo) -> TaskContext:
@@ -33,4 +38,5 @@ class TaskContext:
             attempt=info.attempt,
             idempotency_key=info.idempotency_key,
             log=info.log,
+            rate_limit_granted_at=info.rate_limit_granted_at,
         )

@@ -17,7 +17,7 @@ import anyio
 import anyio.to_thread
 from pydantic import TypeAdapter, ValidationError
 
-from aiki_core import PayloadValidationError, RetryPolicy, TaskTimeoutError
+from aiki_core import PayloadValidationError, RateLimit, RetryPolicy, TaskTimeoutError
 from aiki_core.wire import to_millis
 from aiki_task._context import TaskContext
 
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from pydantic import JsonValue
 
     from aiki_core.sdk import TaskAttemptInfo, TaskRunContext
+    from aiki_core.wire import RateLimitUse
 
 InT = TypeVar("InT")
 OutT = TypeVar("OutT")
@@ -55,6 +56,10 @@ class _Call(Generic[InT, OutT]):
     def timeout(self) -> timedelta | None:
         return self.task.timeout
 
+    def rate_limit(self) -> RateLimitUse | None:
+        declared = self.task.rate_limit
+        return None if declared is None else declared.use(self.payload, f"task {self.name!r}")
+
     async def run_attempt(self, attempt: TaskAttemptInfo) -> JsonValue:
         return await self.task._run_attempt(self.payload, attempt)
 
@@ -69,11 +74,13 @@ class Task(Generic[InT, OutT]):
         name: str,
         retry: RetryPolicy | None,
         timeout: timedelta | None,
+        rate_limit: RateLimit[InT] | None = None,
     ) -> None:
         self.fn = fn
         self.name = name
         self.retry = retry
         self.timeout = timeout
+        self.rate_limit = rate_limit
         hints = get_type_hints(fn)
         params = list(inspect.signature(fn).parameters.values())
         if not params or len(params) > 2:
@@ -86,14 +93,19 @@ class Task(Generic[InT, OutT]):
         self._output = TypeAdapter[OutT](hints.get("return", Any))
 
     def with_options(
-        self, *, retry: RetryPolicy | None = _UNSET, timeout: timedelta | None = _UNSET
+        self,
+        *,
+        retry: RetryPolicy | None = _UNSET,
+        timeout: timedelta | None = _UNSET,
+        rate_limit: RateLimit[InT] | None = _UNSET,
     ) -> Task[InT, OutT]:
-        """A copy of this task with another retry policy or timeout."""
+        """A copy of this task with another retry policy, timeout or rate limit."""
         return Task(
             self.fn,
             name=self.name,
             retry=self.retry if retry is _UNSET else retry,
             timeout=self.timeout if timeout is _UNSET else timeout,
+            rate_limit=self.rate_limit if rate_limit is _UNSET else rate_limit,
         )
 
     async def start(self, run: TaskRunContext, payload: InT) -> OutT:
@@ -140,10 +152,17 @@ class Task(Generic[InT, OutT]):
 
 
 class _TaskDecorator:
-    def __init__(self, name: str, retry: RetryPolicy | None, timeout: timedelta | None) -> None:
+    def __init__(
+        self,
+        name: str,
+        retry: RetryPolicy | None,
+        timeout: timedelta | None,
+        rate_limit: RateLimit[Any] | None,
+    ) -> None:
         self._name = name
         self._retry = retry
         self._timeout = timeout
+        self._rate_limit = rate_limit
 
     @overload
     def __call__(self, fn: Callable[[InT, TaskContext], Awaitable[OutT]]) -> Task[InT, OutT]: ...
@@ -154,11 +173,21 @@ class _TaskDecorator:
     @overload
     def __call__(self, fn: Callable[[InT], OutT]) -> Task[InT, OutT]: ...
     def __call__(self, fn: Callable[..., Any]) -> Task[Any, Any]:
-        return Task(fn, name=self._name, retry=self._retry, timeout=self._timeout)
+        return Task(
+            fn,
+            name=self._name,
+            retry=self._retry,
+            timeout=self._timeout,
+            rate_limit=self._rate_limit,
+        )
 
 
 def task(
-    name: str, *, retry: RetryPolicy | None = None, timeout: timedelta | None = None
+    name: str,
+    *,
+    retry: RetryPolicy | None = None,
+    timeout: timedelta | None = None,
+    rate_limit: RateLimit[Any] | None = None,
 ) -> _TaskDecorator:
     """Make a function a durable task called `name`.
 
@@ -167,6 +196,9 @@ def task(
         async def charge_card(order: Order, ctx: TaskContext) -> str: ...
 
     `retry` defaults to the run's policy; `timeout` bounds each attempt, which is
-    cancelled when it runs over and counts as a failed attempt.
+    cancelled when it runs over and counts as a failed attempt. `rate_limit` takes
+    units from a server rate limit before each attempt (not on replay): a short wait
+    for them is waited out in process, a long one suspends the run; a wait is no
+    attempt. Its `key` gets the validated payload.
     """
-    return _TaskDecorator(name, retry, timeout)
+    return _TaskDecorator(name, retry, timeout, rate_limit)

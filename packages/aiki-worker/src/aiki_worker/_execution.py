@@ -33,9 +33,11 @@ if TYPE_CHECKING:
     from aiki_core import Interceptor, Logger, PayloadCodec
     from aiki_core.sdk import WorkerApi
     from aiki_core.wire import (
+        AcquireRateLimitResponse,
         ClaimedRun,
         CreateWebhookRequest,
         CreateWebhookResponse,
+        RateLimitUse,
         RecordTaskRequest,
         RecordTaskResponse,
         StartChildRequest,
@@ -137,6 +139,10 @@ class Execution:
         return await self._write(
             lambda: self.api.create_webhook(run_id, request), "a webhook's minting"
         )
+
+    async def acquire_rate_limit(self, use: RateLimitUse) -> AcquireRateLimitResponse:
+        """Take a task attempt's units from its rate limit through the client, or learn when."""
+        return await self._write(lambda: self.api.acquire_rate_limit(use), "a rate limit's units")
 
     def defer_task(self, request: RecordTaskRequest) -> None:
         """Hold a task record and send it now, in the background (or with the next send)."""

@@ -117,6 +117,9 @@ IN_PROCESS_RETRY_LIMIT = timedelta(seconds=30)
 _LOST: tuple[type[AikiError], ...] = (ServerError, ConflictError, AuthenticationError)
 """Write failures that abandon the run: the server is gone (after the worker's retries),
 the claim was lost, or the API key refused."""
+_LOST_ASKING: tuple[type[AikiError], ...] = (ServerError, AuthenticationError)
+"""Failures of a rate limit's acquisition that abandon the run; a conflict there is the
+limit's refusal (more units than it has), which fails the task, not a lost claim."""
 _REFUSED: tuple[type[AikiError], ...] = (AikiError,)
 """Any failure of a held task record: the workflow's code did not cause it (a result over
 the server's limit fails the run; anything else gives it up with its records)."""
@@ -194,7 +197,12 @@ class _Moved:
 
 @dataclass(frozen=True, slots=True)
 class _LongRetry:
-    """A task's next attempt is too far off to wait for in process."""
+    """A task's next attempt is too far off to wait for in process: the run suspends on `wait`.
+
+    The wait of a retry back-off, or of a rate limit's next units.
+    """
+
+    wait: AwaitRetry
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +222,9 @@ class _MintWebhook:
     @property
     def input(self) -> JsonValue:
         return {"event": self.event.name, "expires_ms": to_millis(self.expires)}
+
+    def rate_limit(self) -> None:
+        return None
 
     async def run_attempt(self, attempt: TaskAttemptInfo) -> JsonValue:
         request = CreateWebhookRequest(
@@ -235,6 +246,9 @@ class _Draw:
     input: JsonValue = None
     retry: RetryPolicy | None = None
     timeout: timedelta | None = None
+
+    def rate_limit(self) -> None:
+        return None
 
     async def run_attempt(self, attempt: TaskAttemptInfo) -> JsonValue:
         return self.draw()
@@ -370,8 +384,7 @@ class WorkflowRun:
         with self._task_in_flight():
             outcome = await self._run(invocation, address, occurrence, attempt, earlier, notice)
         if isinstance(outcome, _LongRetry):
-            # the server set the next attempt's due time when it recorded this one
-            await self.block(AwaitRetry(address=address, occurrence=occurrence))
+            await self.block(outcome.wait)
         return outcome
 
     async def _run(
@@ -403,6 +416,9 @@ class WorkflowRun:
             notice,
         )
         while True:
+            granted_at = await self._take_units(invocation, call, attempt)
+            if isinstance(granted_at, _LongRetry):
+                return granted_at
             info = TaskAttemptInfo(
                 run_id=self.id,
                 task_name=invocation.name,
@@ -410,6 +426,7 @@ class WorkflowRun:
                 occurrence=occurrence,
                 attempt=attempt,
                 log=self.log.child({"task": invocation.name, "attempt": attempt}),
+                rate_limit_granted_at=granted_at,
             )
             started_at = _now()
             try:
@@ -443,7 +460,8 @@ class WorkflowRun:
                     {"task": invocation.name, "attempt": attempt, "error": error.message},
                 )
                 if delay > IN_PROCESS_RETRY_LIMIT:
-                    return _LongRetry()
+                    # the server set the next attempt's due time when it recorded this one
+                    return _LongRetry(AwaitRetry(address=address, occurrence=occurrence))
                 await anyio.sleep(delay.total_seconds())
                 attempt += 1
                 continue
@@ -457,6 +475,42 @@ class WorkflowRun:
                 )
             )
             return result
+
+    async def _take_units(
+        self, invocation: TaskInvocation, call: _Call, attempt: int
+    ) -> datetime | None | _LongRetry:
+        """Take the attempt's rate limit units; when the server granted them.
+
+        `None` when the task takes none; the wait to suspend on when they are too far off.
+
+        A short wait is waited out here, and the units asked again; waiting is no
+        attempt. A key function that fails, or a limit the server refuses (undefined,
+        or fewer units than asked), fails the call for good with that error.
+        """
+        try:
+            use = invocation.rate_limit()
+            if use is None:
+                return None
+            while True:
+                asked = self._execution.acquire_rate_limit(use)
+                answer = await self._write(asked, abandon=_LOST_ASKING)
+                if answer.granted:
+                    return answer.granted_at
+                assert answer.retry_at is not None and answer.retry_after is not None
+                reason = f"waiting for rate limit {use.name}" + (
+                    f" (key {use.key})" if use.key else ""
+                )
+                if answer.retry_after > IN_PROCESS_RETRY_LIMIT:
+                    until = f"{reason} until {answer.retry_at.isoformat()}"[:MAX_NOTICE_LENGTH]
+                    return _LongRetry(AwaitRetry(retry_at=answer.retry_at, reason=until))
+                self.log.debug(reason, {"seconds": answer.retry_after.total_seconds()})
+                await anyio.sleep(answer.retry_after.total_seconds())
+        except (RunInterrupt, anyio.get_cancelled_exc_class()):
+            raise
+        except Exception as exc:
+            error = ErrorInfo.from_exception(exc)
+            await self._record(call, attempt, TaskStatus.FAILED, started_at=_now(), error=error)
+            raise TaskFailedError(self.id, invocation.name, error) from exc
 
     def _divergence(self, invocation: TaskInvocation, address: TaskAddress) -> str | None:
         """A call not on record: the notice to report if the replay diverged, else `None`.

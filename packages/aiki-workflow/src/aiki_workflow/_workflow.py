@@ -24,6 +24,7 @@ from aiki_core import (
     CodecError,
     ErrorInfo,
     PayloadValidationError,
+    RateLimit,
     RetryPolicy,
     RunInterrupt,
 )
@@ -68,8 +69,10 @@ class WorkflowVersion(Generic[InT, OutT]):
         task_retry: RetryPolicy | None,
         hooks: Hooks | None = None,
         strict_replay: bool = False,
+        rate_limit: RateLimit[InT] | None = None,
     ) -> None:
         self.fn = fn
+        self.rate_limit = rate_limit
         self.workflow = workflow
         self.version = version
         self.retry = retry
@@ -86,14 +89,16 @@ class WorkflowVersion(Generic[InT, OutT]):
 
     def encode_payload(self, payload: InT) -> JsonValue:
         """Validate a payload and return it as JSON values; `PayloadValidationError` if wrong."""
+        value: JsonValue = self._input.dump_python(self._validate(payload), mode="json")
+        return value
+
+    def _validate(self, payload: InT) -> InT:
         try:
-            validated = self._input.validate_python(payload)
+            return self._input.validate_python(payload)
         except ValidationError as exc:
             raise PayloadValidationError.from_pydantic(
                 f"workflow {self.workflow!r} {self.version} got an invalid payload", exc
             ) from None
-        value: JsonValue = self._input.dump_python(validated, mode="json")
-        return value
 
     def decode_result(self, value: JsonValue) -> OutT:
         """Validate a run's result against the version's return annotation."""
@@ -115,19 +120,31 @@ class WorkflowVersion(Generic[InT, OutT]):
         pool: str | None = None,
         timeout: timedelta | None = None,
     ) -> WorkflowRunHandle[OutT]:
-        """Start a run of this version (or find the one `reference_id` already started)."""
-        request = StartRunRequest.model_validate(
-            {
-                "workflow": self.workflow,
-                "version": self.version,
-                "input": self.encode_payload(payload),
-                "reference_id": reference_id,
-                "start_at": start_at,
-                "delay": delay,
-                "pool": pool or "default",
-                "timeout": timeout if timeout is not None else self.timeout,
-            }
-        )
+        """Start a run of this version (or find the one `reference_id` already started).
+
+        A version with a `rate_limit` takes its units with the start: the run starts
+        when they are granted (it is scheduled for then), so give no `start_at` or
+        `delay`; a key function that fails raises `RateLimitKeyError` and starts nothing.
+        """
+        validated = self._validate(payload)
+        owner = f"workflow {self.workflow!r} version {self.version}"
+        use = None if self.rate_limit is None else self.rate_limit.use(validated, owner)
+        fields = {
+            "workflow": self.workflow,
+            "version": self.version,
+            "input": self._input.dump_python(validated, mode="json"),
+            "rate_limit": use,
+            "reference_id": reference_id,
+            "start_at": start_at,
+            "delay": delay,
+            "pool": pool or "default",
+            "timeout": timeout if timeout is not None else self.timeout,
+        }
+        try:
+            request = StartRunRequest.model_validate(fields)
+        except ValidationError as exc:
+            what = f"invalid start of workflow {self.workflow!r} {self.version}"
+            raise PayloadValidationError.from_pydantic(what, exc) from None
         return await client.start_run(request, self.decode_result)
 
     async def start_child(
@@ -252,6 +269,7 @@ class Workflow:
         on_error: HookTask[ErrorInfo] | None = None,
         on_sleep: HookTask[SleepInfo] | None = None,
         strict_replay: bool = False,
+        rate_limit: RateLimit[Any] | None = None,
     ) -> Callable[[WorkflowFunction[InT, OutT]], WorkflowVersion[InT, OutT]]:
         """Declare `version`: `retry` retries the whole run, `timeout` bounds it.
 
@@ -259,7 +277,9 @@ class Workflow:
         `before`, `after`, `on_complete`, `on_error` and `on_sleep` are lifecycle
         tasks, run durably (see `aiki_workflow._hooks`). With `strict_replay`, a replay
         that calls a task not on record while recorded calls are still unused fails
-        the run with `ReplayDivergenceError` instead of running it.
+        the run with `ReplayDivergenceError` instead of running it. `rate_limit`
+        takes units from a server rate limit with each start of a run (`start`; not
+        with a child's): the run starts when they are granted.
         """
         hooks = Hooks(before, after, on_complete, on_error, on_sleep)
 
@@ -275,6 +295,7 @@ class Workflow:
                 task_retry=task_retry,
                 hooks=hooks,
                 strict_replay=strict_replay,
+                rate_limit=rate_limit,
             )
             self.versions[version] = declared
             return declared

@@ -14,7 +14,7 @@ The extras install the rest, imported from their own packages: `aiki[crypto]`
 from __future__ import annotations
 
 from aiki.__about__ import __version__
-from aiki_client import Client, Schedules, WorkflowRunHandle
+from aiki_client import Client, RateLimits, Schedules, WorkflowRunHandle
 from aiki_core import (
     AikiError,
     AikiTimeoutError,
@@ -35,6 +35,9 @@ from aiki_core import (
     PayloadTooLargeError,
     PayloadValidationError,
     PermissionDeniedError,
+    RateLimit,
+    RateLimitKeyError,
+    RateLimitNotFoundError,
     ReferenceIdConflictError,
     RemoteError,
     ReplayDivergenceError,
@@ -94,6 +97,10 @@ __all__ = (
     "PayloadTooLargeError",
     "PayloadValidationError",
     "PermissionDeniedError",
+    "RateLimit",
+    "RateLimitKeyError",
+    "RateLimitNotFoundError",
+    "RateLimits",
     "ReferenceIdConflictError",
     "RemoteError",
     "ReplayDivergenceError",

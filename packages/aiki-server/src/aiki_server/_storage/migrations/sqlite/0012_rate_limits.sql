@@ -1,0 +1,23 @@
+-- Aiki server schema, version 12 (SQLite): rate limits. Times are epoch milliseconds (UTC).
+-- A rate limit hands out at most "limit" units in any window of per_ms, per key. Each
+-- key's state is one bucket row (GCRA: tat, the theoretical arrival time of the next
+-- unit), created on its first use. Deleting a limit deletes its buckets.
+
+CREATE TABLE rate_limits (
+    namespace   TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    "limit"     INTEGER NOT NULL CHECK ("limit" > 0),
+    per_ms      INTEGER NOT NULL CHECK (per_ms > 0),
+    updated_at  INTEGER NOT NULL,
+    PRIMARY KEY (namespace, name)
+);
+
+CREATE TABLE rate_limit_buckets (
+    namespace   TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    key         TEXT NOT NULL CHECK (length(key) <= 200),
+    tat         INTEGER NOT NULL,
+    updated_at  INTEGER NOT NULL,
+    PRIMARY KEY (namespace, name, key),
+    FOREIGN KEY (namespace, name) REFERENCES rate_limits (namespace, name) ON DELETE CASCADE
+);
