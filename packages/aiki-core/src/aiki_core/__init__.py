@@ -1,7 +1,7 @@
 """The protocol every Aiki package shares, and the names its users touch.
 
 This top level holds what application code imports: the run and task statuses,
-`RetryPolicy` and `OverlapPolicy`, the `AikiError` tree with `ErrorInfo`, `RunId`,
+`RetryPolicy`, `OverlapPolicy` and `Concurrency`, the `AikiError` tree with `ErrorInfo`, `RunId`,
 the `PayloadCodec` protocol with `CodecContext` and `IdentityCodec`, and the `Logger`
 protocol with its implementations, and the `Interceptor` whose hooks wrap starts, run
 executions and task attempts (tracing).
@@ -19,12 +19,14 @@ from __future__ import annotations
 
 from aiki_core.__about__ import __version__
 from aiki_core._codec import CodecContext, IdentityCodec, PayloadCodec
+from aiki_core._concurrency import Concurrency, ConcurrencyStrategy
 from aiki_core._error_info import ErrorInfo
 from aiki_core._exceptions import (
     AikiError,
     AikiTimeoutError,
     AuthenticationError,
     CodecError,
+    ConcurrencyKeyError,
     ConflictError,
     DecryptionError,
     IllegalTransitionError,
@@ -59,6 +61,8 @@ from aiki_core._status import RunStatus, TaskStatus
 
 __all__ = (
     # statuses and policies
+    "Concurrency",
+    "ConcurrencyStrategy",
     "OverlapPolicy",
     "RetryPolicy",
     "RunId",
@@ -69,6 +73,7 @@ __all__ = (
     "AikiTimeoutError",
     "AuthenticationError",
     "CodecError",
+    "ConcurrencyKeyError",
     "ConflictError",
     "DecryptionError",
     "ErrorInfo",

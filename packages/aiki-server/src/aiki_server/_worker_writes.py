@@ -160,6 +160,8 @@ class WorkerWrites:
                 run_id=req.run_id,
                 parent=(parent_id, req.address, req.occurrence),
                 trace_context=req.trace_context,
+                priority=req.priority or 0,
+                concurrency=req.concurrency,
             )
             return StartRunResponse(run=run_summary(row), created=True)
 
@@ -255,6 +257,9 @@ async def _continue(tx: Tx, run: Row, action: ContinueRun, now: int) -> None:
         continued_from=run["id"],
         # the new run goes on with the work, in the trace it was part of
         trace_context=run["trace_context"] and json.loads(run["trace_context"]),
+        # and keeps its place in flow control: its priority and concurrency key
+        priority=run["priority"],
+        concurrency_key=run["concurrency_key"],
     )
     await move_run(
         tx,

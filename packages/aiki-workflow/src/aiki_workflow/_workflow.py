@@ -22,12 +22,14 @@ from pydantic import TypeAdapter, ValidationError
 from aiki_core import (
     CodecContext,
     CodecError,
+    Concurrency,
     ErrorInfo,
     PayloadValidationError,
     RetryPolicy,
     RunInterrupt,
 )
 from aiki_core.wire import (
+    MAX_PRIORITY,
     CompleteRun,
     ContinueRun,
     FailRun,
@@ -68,7 +70,10 @@ class WorkflowVersion(Generic[InT, OutT]):
         task_retry: RetryPolicy | None,
         hooks: Hooks | None = None,
         strict_replay: bool = False,
+        concurrency: Concurrency[InT] | None = None,
+        priority: int = 0,
     ) -> None:
+        _check_priority(priority)
         self.fn = fn
         self.workflow = workflow
         self.version = version
@@ -77,6 +82,8 @@ class WorkflowVersion(Generic[InT, OutT]):
         self.task_retry = task_retry
         self.hooks = hooks or Hooks()
         self.strict_replay = strict_replay
+        self.concurrency = concurrency
+        self.priority = priority
         hints = get_type_hints(fn)
         params = list(inspect.signature(fn).parameters)
         if len(params) != 2:
@@ -94,6 +101,19 @@ class WorkflowVersion(Generic[InT, OutT]):
             ) from None
         value: JsonValue = self._input.dump_python(validated, mode="json")
         return value
+
+    def flow_control(self, payload: InT, priority: int | None) -> dict[str, Any]:
+        """A start's `priority` and `concurrency` fields, the key computed from `payload`.
+
+        `ConcurrencyKeyError` when the key function fails: nothing is sent.
+        """
+        if priority is not None:
+            _check_priority(priority)
+        spec = None if self.concurrency is None else self.concurrency.spec(self.workflow, payload)
+        return {
+            "priority": self.priority if priority is None else priority,
+            "concurrency": spec,
+        }
 
     def decode_result(self, value: JsonValue) -> OutT:
         """Validate a run's result against the version's return annotation."""
@@ -114,10 +134,16 @@ class WorkflowVersion(Generic[InT, OutT]):
         delay: timedelta | None = None,
         pool: str | None = None,
         timeout: timedelta | None = None,
+        priority: int | None = None,
     ) -> WorkflowRunHandle[OutT]:
-        """Start a run of this version (or find the one `reference_id` already started)."""
+        """Start a run of this version (or find the one `reference_id` already started).
+
+        `priority` (0 to 9) overrides the version's; the version's concurrency key is
+        computed from `payload` here, before anything is sent.
+        """
         request = StartRunRequest.model_validate(
             {
+                **self.flow_control(payload, priority),
                 "workflow": self.workflow,
                 "version": self.version,
                 "input": self.encode_payload(payload),
@@ -137,11 +163,13 @@ class WorkflowVersion(Generic[InT, OutT]):
         *,
         pool: str | None = None,
         timeout: timedelta | None = None,
+        priority: int | None = None,
     ) -> ChildRun[OutT]:
         """Start a run of this version as a child of `run` (once, even across replays).
 
         The child runs in the parent's pool unless `pool` is given; cancelling the
-        parent cancels it. `await child.result()` waits for it durably.
+        parent cancels it. `await child.result()` waits for it durably. `priority`
+        overrides the version's; its concurrency key is computed from `payload`.
         """
         run_id, address, occurrence = await run.start_child(
             self.workflow,
@@ -149,6 +177,7 @@ class WorkflowVersion(Generic[InT, OutT]):
             self.encode_payload(payload),
             pool=pool,
             timeout=timeout if timeout is not None else self.timeout,
+            **self.flow_control(payload, priority),
         )
         return ChildRun(run, run_id, address, occurrence, self.decode_result)
 
@@ -252,6 +281,8 @@ class Workflow:
         on_error: HookTask[ErrorInfo] | None = None,
         on_sleep: HookTask[SleepInfo] | None = None,
         strict_replay: bool = False,
+        concurrency: Concurrency[Any] | None = None,
+        priority: int = 0,
     ) -> Callable[[WorkflowFunction[InT, OutT]], WorkflowVersion[InT, OutT]]:
         """Declare `version`: `retry` retries the whole run, `timeout` bounds it.
 
@@ -260,7 +291,12 @@ class Workflow:
         tasks, run durably (see `aiki_workflow._hooks`). With `strict_replay`, a replay
         that calls a task not on record while recorded calls are still unused fails
         the run with `ReplayDivergenceError` instead of running it.
+
+        `concurrency` limits how many runs of the workflow (per key) execute at once,
+        and `priority` (0 to 9, higher first) is the default of its runs' starts; see
+        the flow control guide.
         """
+        _check_priority(priority)
         hooks = Hooks(before, after, on_complete, on_error, on_sleep)
 
         def declare(fn: WorkflowFunction[InT, OutT]) -> WorkflowVersion[InT, OutT]:
@@ -275,6 +311,8 @@ class Workflow:
                 task_retry=task_retry,
                 hooks=hooks,
                 strict_replay=strict_replay,
+                concurrency=concurrency,
+                priority=priority,
             )
             self.versions[version] = declared
             return declared
@@ -283,6 +321,13 @@ class Workflow:
 
     def __repr__(self) -> str:
         return f"<Workflow {self.name!r}>"
+
+
+def _check_priority(priority: int) -> None:
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise TypeError(f"priority must be an int from 0 to {MAX_PRIORITY}, got {priority!r}")
+    if not 0 <= priority <= MAX_PRIORITY:
+        raise ValueError(f"priority must be 0 to {MAX_PRIORITY}, got {priority}")
 
 
 def workflow(name: str) -> Workflow:

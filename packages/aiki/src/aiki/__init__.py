@@ -14,12 +14,15 @@ The extras install the rest, imported from their own packages: `aiki[crypto]`
 from __future__ import annotations
 
 from aiki.__about__ import __version__
-from aiki_client import Client, Schedules, WorkflowRunHandle
+from aiki_client import Client, ConcurrencyLimits, Schedules, WorkflowRunHandle
 from aiki_core import (
     AikiError,
     AikiTimeoutError,
     AuthenticationError,
     CodecError,
+    Concurrency,
+    ConcurrencyKeyError,
+    ConcurrencyStrategy,
     ConflictError,
     ConsoleLogger,
     DecryptionError,
@@ -77,6 +80,10 @@ __all__ = (
     "ChildRun",
     "Client",
     "CodecError",
+    "Concurrency",
+    "ConcurrencyKeyError",
+    "ConcurrencyLimits",
+    "ConcurrencyStrategy",
     "ConflictError",
     "ConsoleLogger",
     "DecryptionError",

@@ -83,6 +83,10 @@ class PostgresTx(Tx):
         """Run a statement once per parameter tuple."""
         await self._conn.executemany(sql, args)
 
+    async def lock_key(self, key: str) -> None:
+        """A transaction-scoped advisory lock on a 64-bit hash of `key`."""
+        await self._conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", key)
+
     @asynccontextmanager
     async def _savepoint(self) -> AsyncIterator[None]:
         async with self._conn.transaction():  # nested in the open one: a SAVEPOINT
