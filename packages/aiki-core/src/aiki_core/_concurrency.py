@@ -129,7 +129,14 @@ class Concurrency(Generic[InT]):
             raise TypeError(f"Concurrency limit must be an int, got {self.limit!r}")
         if not 1 <= self.limit <= _MAX_LIMIT:
             raise ValueError(f"Concurrency limit must be 1 to {_MAX_LIMIT}, got {self.limit}")
-        object.__setattr__(self, "strategy", ConcurrencyStrategy(self.strategy))
+        try:
+            strategy = ConcurrencyStrategy(self.strategy)
+        except ValueError:
+            names = ", ".join(s.value for s in ConcurrencyStrategy)
+            raise ValueError(
+                f"Concurrency strategy must be one of {names}, got {self.strategy!r}"
+            ) from None
+        object.__setattr__(self, "strategy", strategy)
 
     def spec(self, workflow: str, payload: InT) -> ConcurrencySpec:
         """The declaration a start of `payload` sends; `ConcurrencyKeyError` if no key comes."""
