@@ -423,3 +423,65 @@ async def test_a_key_of_another_namespace_cannot_see_or_touch_it(
     tenants: Tenants, route: tuple[str, str]
 ) -> None:
     await CASES[route](tenants)
+
+
+# -- concurrency limits --------------------------------------------------------------------
+
+
+async def limit_of(client: httpx.AsyncClient, workflow: str = "w") -> dict[str, Any]:
+    """The workflow's concurrency limit, which must exist."""
+    r = await client.get(f"/concurrency-limits/{workflow}")
+    assert r.status_code == 200, r.text
+    limit: dict[str, Any] = r.json()
+    return limit
+
+
+async def set_limit(client: httpx.AsyncClient, limit: int, workflow: str = "w") -> None:
+    r = await client.put(f"/concurrency-limits/{workflow}", json={"limit": limit})
+    assert r.status_code == 200, r.text
+
+
+@case("PUT", "/concurrency-limits/{workflow}")
+async def set_a_limit_of_the_same_workflow(t: Tenants) -> None:
+    await set_limit(t.a, 1)
+    before = await limit_of(t.a)
+
+    # B's workflow `w` is its own: its limit is B's, and A's limit holds none of B's runs
+    await set_limit(t.b, 5)
+    for _ in range(2):
+        await start(t.b)
+        await start(t.a)
+
+    assert await limit_of(t.a) == before
+    assert len(await claim(t.b, max_runs=10)) == 2
+    assert len(await claim(t.a, max_runs=10)) == 1
+
+
+@case("GET", "/concurrency-limits")
+async def list_limits(t: Tenants) -> None:
+    await set_limit(t.a, 1)
+
+    r = await t.b.get("/concurrency-limits")
+
+    assert r.status_code == 200
+    assert r.json() == {"limits": []}
+    mine = (await t.a.get("/concurrency-limits")).json()["limits"]
+    assert [item["workflow"] for item in mine] == ["w"]
+
+
+@case("GET", "/concurrency-limits/{workflow}")
+async def read_a_limit(t: Tenants) -> None:
+    await set_limit(t.a, 1)
+
+    not_found(await t.b.get("/concurrency-limits/w"), "concurrency limit")
+
+
+@case("DELETE", "/concurrency-limits/{workflow}")
+async def clear_a_limit(t: Tenants) -> None:
+    await set_limit(t.a, 1)
+    before = await limit_of(t.a)
+
+    not_found(await t.b.delete("/concurrency-limits/w"), "concurrency limit")
+
+    assert await limit_of(t.a) == before
+    assert (await t.a.delete("/concurrency-limits/w")).status_code == 200

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, Generic, Literal, TypeVar
 
-from pydantic import AwareDatetime, Field, StringConstraints
+from pydantic import AwareDatetime, BeforeValidator, Field, Strict, StringConstraints
 
 from aiki_core._exceptions import ConcurrencyKeyError
-from aiki_core._wire import NO_NUL, RequestModel, ResponseModel
+from aiki_core._wire import NO_NUL, Boolean, RequestModel, ResponseModel, whole_number
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -42,7 +42,10 @@ _MAX_LIMIT = 1_000_000
 
 InT = TypeVar("InT")
 
-Priority = Annotated[int, Field(ge=0, le=MAX_PRIORITY)]
+Limit = Annotated[int, Strict(), Field(ge=1, le=_MAX_LIMIT), BeforeValidator(whole_number)]
+"""A concurrency limit: runs of one key (or workflow) running at once."""
+
+Priority = Annotated[int, Strict(), Field(ge=0, le=MAX_PRIORITY), BeforeValidator(whole_number)]
 """A run's priority: 0 (default, lowest) to 9 (highest)."""
 
 ConcurrencyKey = Annotated[
@@ -73,16 +76,16 @@ class ConcurrencySpec(RequestModel):
         description="The run's concurrency key; without one, the limit counts the whole"
         " workflow's runs.",
     )
-    limit: int = Field(ge=1, le=_MAX_LIMIT, description="Runs of one key running at once.")
+    limit: Limit = Field(description="Runs of one key running at once.")
     strategy: ConcurrencyStrategy = ConcurrencyStrategy.QUEUE
 
 
 class SetConcurrencyLimitRequest(RequestModel):
     """An operator's limit for a workflow: it wins over the code's until it is cleared."""
 
-    limit: int = Field(ge=1, le=_MAX_LIMIT)
+    limit: Limit
     strategy: ConcurrencyStrategy = ConcurrencyStrategy.QUEUE
-    per_key: bool = Field(
+    per_key: Boolean = Field(
         default=True,
         description="Count each concurrency key apart (else all the workflow's runs at once).",
     )
