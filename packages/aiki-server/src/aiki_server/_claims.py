@@ -271,9 +271,18 @@ class Claims:
         """
 
         async def claim(tx: Tx) -> list[ClaimedRun]:
-            rows = await tx.fetch(f"{select}{tx.skip_locked}", *args)
-            if gated:
-                rows = await admit(tx, namespace, rows, limit)
+            if gated:  # the candidates read, only those admitted are locked
+                admitted = await admit(tx, namespace, await tx.fetch(select, *args), limit)
+                rows = []
+                if admitted:
+                    rows = await tx.fetch(
+                        f"SELECT * FROM runs WHERE id {tx.in_array(1)} AND status = $2"
+                        f" ORDER BY rank, id{tx.skip_locked}",
+                        tx.array([row["id"] for row in admitted]),
+                        RunStatus.QUEUED.value,
+                    )
+            else:
+                rows = await tx.fetch(f"{select}{tx.skip_locked}", *args)
             if not rows:
                 return []
             now = self._clock()

@@ -8,8 +8,8 @@ by an operator (`'operator'`), which wins until it is deleted. The limit counts 
 Only a running run (claimed) holds a slot of its group: a queued, sleeping, waiting
 or suspended run does not, nor one whose claim was released. A claim takes the
 groups' locks (PostgreSQL: advisory, by hash; SQLite has a single writer), counts
-their running runs and skips the candidates whose group is full, so the limit holds
-across every worker and server replica. Limits are read fresh at each claim that
+their running runs and skips the candidates whose group is full (or locked by
+another claim), so the limit holds across every worker and server replica. Limits are read fresh at each claim that
 sees a limited candidate, and not at all otherwise.
 
 Claims take queued runs by `rank`, lowest first. A start ranks its run at
@@ -209,8 +209,10 @@ async def apply_strategy(tx: Tx, run: Row, limit: Row, now: int) -> bool:
 async def admit(tx: Tx, namespace: str, rows: list[Row], max_runs: int) -> list[Row]:
     """The first `max_runs` of a claim's candidates (in rank order) whose group has room.
 
-    The groups are locked in one order (no two claims wait on each other), then
-    their running runs counted: what another claim took is counted once it commits.
+    Each group met is locked, then its running runs counted: a claim that takes a
+    run of the group commits before another one counts it. The lock is only tried:
+    a group another claim holds now is passed over (that claim is serving it), so
+    no two claims ever wait on each other.
     """
     workflows = sorted({row["workflow"] for row in rows})
     limits = {
@@ -221,24 +223,24 @@ async def admit(tx: Tx, namespace: str, rows: list[Row], max_runs: int) -> list[
             tx.array(workflows),
         )
     }
-    groups = {
-        row["id"]: Group.of(row, limits[row["workflow"]])
-        for row in rows
-        if row["workflow"] in limits
-    }
-    running: dict[Group, int] = {}
-    for group in sorted(set(groups.values()), key=lambda g: g.lock_name):
-        await tx.lock_key(group.lock_name)
-        running[group] = await group.count(tx, _RUNNING)
+    running: dict[Group, int | None] = {}
+    """Each group's runs running (with those admitted here); `None`: another claim's."""
     admitted: list[Row] = []
     for row in rows:
         if len(admitted) == max_runs:
             break
-        held = groups.get(row["id"])
-        if held is not None:
-            if running[held] >= int(limits[held.workflow]["limit"]):
-                continue
-            running[held] += 1
+        limit = limits.get(row["workflow"])
+        if limit is None:
+            admitted.append(row)
+            continue
+        group = Group.of(row, limit)
+        if group not in running:
+            mine = await tx.try_lock_key(group.lock_name)
+            running[group] = await group.count(tx, _RUNNING) if mine else None
+        taken = running[group]
+        if taken is None or taken >= int(limit["limit"]):
+            continue
+        running[group] = taken + 1
         admitted.append(row)
     return admitted
 

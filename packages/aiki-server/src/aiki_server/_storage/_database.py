@@ -82,6 +82,10 @@ class Tx(ABC):
     async def lock_key(self, key: str) -> None:
         """Hold a lock on `key` until the transaction ends (writers of one key queue)."""
 
+    @abstractmethod
+    async def try_lock_key(self, key: str) -> bool:
+        """`lock_key` if no other transaction holds it now; whether it was taken."""
+
     async def fetchrow(self, sql: str, *args: Any) -> Row | None:
         """The first row of a query, or `None`."""
         rows = await self.fetch(sql, *args)

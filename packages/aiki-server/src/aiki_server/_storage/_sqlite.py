@@ -63,6 +63,10 @@ class SqliteTx(Tx):
     async def lock_key(self, key: str) -> None:
         """Nothing to lock: SQLite has one writer at a time."""
 
+    async def try_lock_key(self, key: str) -> bool:
+        """Nothing to lock: SQLite has one writer at a time."""
+        return True
+
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
         """Rows of a query."""
         cursor = self._conn.execute(_to_sqlite(sql), args)
