@@ -9,8 +9,8 @@ Only a running run (claimed) holds a slot of its group: a queued, sleeping, wait
 or suspended run does not, nor one whose claim was released. A claim takes the
 groups' locks (PostgreSQL: advisory, by hash; SQLite has a single writer), counts
 their running runs and skips the candidates whose group is full (or locked by
-another claim), so the limit holds across every worker and server replica. Limits are read fresh at each claim that
-sees a limited candidate, and not at all otherwise.
+another claim), so the limit holds across every worker and server replica. Limits
+are read fresh at each claim that sees a limited candidate, and not at all otherwise.
 
 Claims take queued runs by `rank`, lowest first. A start ranks its run at
 `max(now, R + quantum) - priority * step`, where R is the greatest rank among its
