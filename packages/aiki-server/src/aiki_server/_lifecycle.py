@@ -168,8 +168,8 @@ async def move_run(
         now=now,
     )
     tx.publish(run_topic(run["id"]))
-    if target is RunStatus.QUEUED:
-        tx.publish(QUEUE)
+    if target is RunStatus.QUEUED or (current is RunStatus.RUNNING and run["concurrency_key"]):
+        tx.publish(QUEUE)  # a run to claim, or a slot of its concurrency key free again
     if values.get("wake_at") is not None or values.get("deadline_at") is not None:
         tx.publish(TIMERS)
     if target.is_terminal:
