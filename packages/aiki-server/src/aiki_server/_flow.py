@@ -146,12 +146,17 @@ async def declare(tx: Tx, namespace: str, workflow: str, spec: ConcurrencySpec, 
         or all(current[name] == value for name, value in declared.items())
     ):
         return current
-    return await _upsert(tx, namespace, workflow, declared, "code", now)
+    await _upsert(tx, namespace, workflow, declared, "code", now)
+    # an operator's limit set meanwhile (by another replica) was kept: read what holds
+    effective = await limit_row(tx, namespace, workflow)
+    assert effective is not None
+    return effective
 
 
 async def _upsert(
     tx: Tx, namespace: str, workflow: str, values: dict[str, Any], source: str, now: int
 ) -> Row:
+    """Write a limit; the code's never replaces an operator's."""
     row = {"namespace": namespace, "workflow": workflow, **values, "source": source}
     row["updated_at"] = now
     await tx.execute(
@@ -159,7 +164,8 @@ async def _upsert(
         " source, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7)"
         " ON CONFLICT (namespace, workflow) DO UPDATE SET"
         ' "limit" = excluded."limit", strategy = excluded.strategy,'
-        " per_key = excluded.per_key, source = excluded.source, updated_at = excluded.updated_at",
+        " per_key = excluded.per_key, source = excluded.source, updated_at = excluded.updated_at"
+        " WHERE excluded.source = 'operator' OR concurrency_limits.source = 'code'",
         *row.values(),
     )
     return row
