@@ -274,12 +274,14 @@ class Claims:
             if gated:  # the candidates read, only those admitted are locked
                 admitted = await admit(tx, namespace, await tx.fetch(select, *args), limit)
                 rows = []
-                if admitted:
-                    rows = await tx.fetch(
-                        f"SELECT * FROM runs WHERE id {tx.in_array(1)} AND status = $2"
-                        f" ORDER BY rank, id{tx.skip_locked}",
+                if admitted:  # by id alone: the ids' index, whatever the planner knows
+                    locked = await tx.fetch(
+                        f"SELECT * FROM runs WHERE id {tx.in_array(1)}{tx.skip_locked}",
                         tx.array([row["id"] for row in admitted]),
-                        RunStatus.QUEUED.value,
+                    )
+                    rows = sorted(
+                        (row for row in locked if row["status"] == RunStatus.QUEUED),
+                        key=lambda row: (row["rank"], row["id"]),
                     )
             else:
                 rows = await tx.fetch(f"{select}{tx.skip_locked}", *args)

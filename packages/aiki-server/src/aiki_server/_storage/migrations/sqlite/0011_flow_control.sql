@@ -12,7 +12,7 @@ ALTER TABLE runs ADD COLUMN rank INTEGER NOT NULL DEFAULT 0;
 UPDATE runs SET rank = ready_at;
 
 DROP INDEX runs_queue;
-CREATE INDEX runs_queue ON runs (status, workflow, version, pool, rank);
+CREATE INDEX runs_queue ON runs (status, workflow, version, pool, rank, id);
 -- a key's running runs (its slots taken) and its queued tail
 CREATE INDEX runs_concurrency ON runs (namespace, workflow, concurrency_key, status, rank)
     WHERE concurrency_key IS NOT NULL;
