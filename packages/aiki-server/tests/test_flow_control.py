@@ -10,6 +10,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import pytest
 
 from server_api import FAR_FUTURE, claim, error_of, get_run, start, transition
 
@@ -27,8 +28,10 @@ def limited(key: str | None, limit: int = 2, strategy: str = "queue") -> dict[st
     return {"key": key, "limit": limit, "strategy": strategy}
 
 
-async def start_keyed(client: httpx.AsyncClient, key: str | None, **fields: Any) -> dict[str, Any]:
-    return await start(client, concurrency=limited(key, **fields))
+async def start_keyed(
+    client: httpx.AsyncClient, key: str | None, *, priority: int = 0, **fields: Any
+) -> dict[str, Any]:
+    return await start(client, concurrency=limited(key, **fields), priority=priority)
 
 
 async def complete(client: httpx.AsyncClient, claimed: dict[str, Any]) -> None:
@@ -220,10 +223,15 @@ async def test_an_old_low_priority_run_overtakes_a_stream_of_high_ones(
         assert 15 <= len(taken) <= 21, len(taken)
 
 
-async def test_a_small_key_is_served_beside_a_large_backlog(harness: Harness) -> None:
+@pytest.mark.parametrize("priority", [0, 9])
+async def test_a_small_key_is_served_beside_a_large_backlog(
+    harness: Harness, priority: int
+) -> None:
     client = harness.client
-    big = [await start_keyed(client, "A", limit=1000) for _ in range(500)]
-    small = {(await start_keyed(client, "B", limit=1000))["id"] for _ in range(5)}
+    big = [await start_keyed(client, "A", limit=1000, priority=priority) for _ in range(500)]
+    small = {
+        (await start_keyed(client, "B", limit=1000, priority=priority))["id"] for _ in range(5)
+    }
     finished: list[str] = []
     while small - set(finished):
         (claimed,) = await claim(client)

@@ -13,10 +13,11 @@ another claim), so the limit holds across every worker and server replica. Limit
 are read fresh at each claim that sees a limited candidate, and not at all otherwise.
 
 Claims take queued runs by `rank`, lowest first. A start ranks its run at
-`max(now, R + quantum) - priority * step`, where R is the greatest rank among its
-key's queued runs (a run without a key: R is not looked up): a key's backlog is
-spread a quantum apart, so other keys' runs interleave (round robin), and a run
-waiting `9 * step` goes before any newer run whatever their priorities (aging).
+`max(now - priority * step, R + quantum)`, where R is the greatest rank among its
+key's queued runs of its priority (a run without a key: R is not looked up): a
+key's backlog is spread a quantum apart, so other keys' runs interleave (round
+robin), and a run waiting `9 * step` goes before any newer run whatever their
+priorities (aging).
 A run queued again (woken, released, retried) ranks at `now - priority * step`.
 """
 
@@ -104,20 +105,24 @@ class Group:
 async def start_rank(
     tx: Tx, namespace: str, workflow: str, key: str | None, priority: int, now: int
 ) -> int:
-    """The rank of a run a start queues: behind its key's queued runs, by its priority."""
-    base = now
+    """The rank of a run a start queues: by its priority, behind its key's queued runs.
+
+    Behind those of its priority, that is: their ranks carry the same offset.
+    """
+    rank = now - priority * tx.flow.step_ms
     if key is not None:
         row = await tx.fetchrow(
             "SELECT MAX(rank) AS r FROM runs WHERE namespace = $1 AND workflow = $2"
-            " AND concurrency_key = $3 AND status = $4",
+            " AND concurrency_key = $3 AND status = $4 AND priority = $5",
             namespace,
             workflow,
             key,
             RunStatus.QUEUED.value,
+            priority,
         )
         if row is not None and row["r"] is not None:
-            base = max(now, int(row["r"]) + tx.flow.quantum_ms)
-    return base - priority * tx.flow.step_ms
+            rank = max(rank, int(row["r"]) + tx.flow.quantum_ms)
+    return rank
 
 
 async def limit_row(tx: Tx, namespace: str, workflow: str) -> Row | None:

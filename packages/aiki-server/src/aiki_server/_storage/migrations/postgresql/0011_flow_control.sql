@@ -14,8 +14,8 @@ ALTER TABLE runs ALTER COLUMN rank DROP DEFAULT;
 
 DROP INDEX runs_queue;
 CREATE INDEX runs_queue ON runs (status, workflow, version, pool, rank, id);
--- a key's running runs (its slots taken) and its queued tail
-CREATE INDEX runs_concurrency ON runs (namespace, workflow, concurrency_key, status, rank)
+-- a key's running runs (its slots taken) and its queued tail at each priority
+CREATE INDEX runs_concurrency ON runs (namespace, workflow, concurrency_key, status, priority, rank)
     WHERE concurrency_key IS NOT NULL;
 
 -- one limit per workflow (all its versions). source 'code': declared by the last start
