@@ -203,6 +203,11 @@ async def test_a_failed_run_exits_1_and_a_run_is_steered(
     await client.run_handle(run_id).wait_for_status([RunStatus.SLEEPING], timeout=WAIT)
     assert (await aiki("runs", "wake", run_id)).code == 0
     assert await client.run_handle(run_id).result(timeout=WAIT) == "rested"
+    urgent = (await aiki("runs", "start", "cli-napper", "1", "--input", "0", "--priority", "9",
+                         "--json")).json()  # fmt: skip
+    assert (await client.run_handle(urgent["run_id"]).detail()).priority == 9
+    keyed = await aiki("runs", "list", "--concurrency-key", "nobody", "--json")
+    assert keyed.json()["runs"] == []
 
     again = (await aiki("runs", "start", "cli-napper", "1", "--input", "5", "--json")).json()
     await client.run_handle(again["run_id"]).wait_for_status([RunStatus.SLEEPING], timeout=WAIT)
@@ -277,6 +282,7 @@ async def test_bad_input_exits_with_its_code_and_one_line(
     assert missing.code == 2
     assert (await aiki("runs", "list", "--status", "sleepy")).code == 2
     assert (await aiki("runs", "start", "cli-order", "1", "--delay", "soon")).code == 2
+    assert (await aiki("runs", "start", "cli-order", "1", "--priority", "10")).code == 2
     both = await aiki("schedules", "create", "n", "cli-napper", "1", "--cron", "* * * * *",
                       "--every", "1m")  # fmt: skip
     assert both.code == 2

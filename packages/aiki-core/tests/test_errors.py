@@ -14,6 +14,7 @@ from aiki_core import (
     AikiTimeoutError,
     AuthenticationError,
     CodecError,
+    ConcurrencyKeyError,
     ConflictError,
     DecryptionError,
     ErrorInfo,
@@ -60,6 +61,7 @@ WITH_IDS: list[tuple[AikiError, tuple[str, ...]]] = [
     (NotFoundError("run", "r-1"), ("resource", "resource_id")),
     (NotFoundError("schedule", "s-1", "no such schedule"), ("resource", "resource_id")),
     (ReferenceIdConflictError("order-42", "r-1"), ("reference_id", "run_id")),
+    (ConcurrencyKeyError("orders", "ValueError: no customer"), ("workflow", "problem")),
     (
         IllegalTransitionError("run", "r-1", "completed", "queued"),
         ("entity", "entity_id", "current", "requested"),

@@ -411,7 +411,7 @@ async def define_a_limit(client: httpx.AsyncClient, limit: int = 1) -> dict[str,
     return defined
 
 
-async def limit_of(client: httpx.AsyncClient) -> dict[str, Any]:
+async def rate_limit_of(client: httpx.AsyncClient) -> dict[str, Any]:
     r = await client.get("/rate-limits/api")
     assert r.status_code == 200, r.text
     got: dict[str, Any] = r.json()
@@ -426,11 +426,11 @@ async def set_a_limit_under_a_name_of_a(t: Tenants) -> None:
     theirs = await define_a_limit(t.b, limit=5)
 
     assert (theirs["namespace"], theirs["limit"]) == ("team-b", 5)
-    assert await limit_of(t.a) == mine
+    assert await rate_limit_of(t.a) == mine
 
 
 @case("GET", "/rate-limits")
-async def list_limits(t: Tenants) -> None:
+async def list_rate_limits(t: Tenants) -> None:
     mine = await define_a_limit(t.a)
 
     r = await t.b.get("/rate-limits")
@@ -441,7 +441,7 @@ async def list_limits(t: Tenants) -> None:
 
 
 @case("GET", "/rate-limits/{name}")
-async def read_a_limit(t: Tenants) -> None:
+async def read_a_rate_limit(t: Tenants) -> None:
     await define_a_limit(t.a)
 
     error_of(await t.b.get("/rate-limits/api"), 404, "rate_limit_not_found")
@@ -453,7 +453,7 @@ async def delete_a_limit(t: Tenants) -> None:
 
     error_of(await t.b.delete("/rate-limits/api"), 404, "rate_limit_not_found")
 
-    assert await limit_of(t.a) == mine
+    assert await rate_limit_of(t.a) == mine
     assert (await t.a.delete("/rate-limits/api")).status_code == 200
 
 
@@ -467,6 +467,68 @@ async def acquire_units_of_a(t: Tenants) -> None:
     assert (await t.a.post("/rate-limits/api/acquire", json={})).json()["granted"] is True
     await define_a_limit(t.b)
     assert (await t.b.post("/rate-limits/api/acquire", json={})).json()["granted"] is True
+
+
+# -- concurrency limits --------------------------------------------------------------------
+
+
+async def concurrency_limit_of(client: httpx.AsyncClient, workflow: str = "w") -> dict[str, Any]:
+    """The workflow's concurrency limit, which must exist."""
+    r = await client.get(f"/concurrency-limits/{workflow}")
+    assert r.status_code == 200, r.text
+    limit: dict[str, Any] = r.json()
+    return limit
+
+
+async def set_concurrency_limit(client: httpx.AsyncClient, limit: int, workflow: str = "w") -> None:
+    r = await client.put(f"/concurrency-limits/{workflow}", json={"limit": limit})
+    assert r.status_code == 200, r.text
+
+
+@case("PUT", "/concurrency-limits/{workflow}")
+async def set_a_limit_of_the_same_workflow(t: Tenants) -> None:
+    await set_concurrency_limit(t.a, 1)
+    before = await concurrency_limit_of(t.a)
+
+    # B's workflow `w` is its own: its limit is B's, and A's limit holds none of B's runs
+    await set_concurrency_limit(t.b, 5)
+    for _ in range(2):
+        await start(t.b)
+        await start(t.a)
+
+    assert await concurrency_limit_of(t.a) == before
+    assert len(await claim(t.b, max_runs=10)) == 2
+    assert len(await claim(t.a, max_runs=10)) == 1
+
+
+@case("GET", "/concurrency-limits")
+async def list_concurrency_limits(t: Tenants) -> None:
+    await set_concurrency_limit(t.a, 1)
+
+    r = await t.b.get("/concurrency-limits")
+
+    assert r.status_code == 200
+    assert r.json() == {"limits": []}
+    mine = (await t.a.get("/concurrency-limits")).json()["limits"]
+    assert [item["workflow"] for item in mine] == ["w"]
+
+
+@case("GET", "/concurrency-limits/{workflow}")
+async def read_a_concurrency_limit(t: Tenants) -> None:
+    await set_concurrency_limit(t.a, 1)
+
+    not_found(await t.b.get("/concurrency-limits/w"), "concurrency limit")
+
+
+@case("DELETE", "/concurrency-limits/{workflow}")
+async def clear_a_limit(t: Tenants) -> None:
+    await set_concurrency_limit(t.a, 1)
+    before = await concurrency_limit_of(t.a)
+
+    not_found(await t.b.delete("/concurrency-limits/w"), "concurrency limit")
+
+    assert await concurrency_limit_of(t.a) == before
+    assert (await t.a.delete("/concurrency-limits/w")).status_code == 200
 
 
 # -- the tests -----------------------------------------------------------------------------

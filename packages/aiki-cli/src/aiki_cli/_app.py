@@ -199,6 +199,7 @@ def runs() -> None:
 @click.option("--workflow", help="Only runs of this workflow.")
 @click.option("--version", help="Only runs of this version.")
 @click.option("--reference-id", help="Only the run started under this reference id.")
+@click.option("--concurrency-key", help="Only runs under this concurrency key.")
 @click.option("--since", callback=_since, help="Created since: ISO 8601, or a duration ago (2h).")
 @click.option("--limit", type=click.IntRange(1, 500), default=50, show_default=True)
 @click.option("--cursor", help="The next page: the cursor the previous page printed.")
@@ -210,6 +211,7 @@ def runs_list(
     workflow: str | None,
     version: str | None,
     reference_id: str | None,
+    concurrency_key: str | None,
     since: datetime | None,
     limit: int,
     cursor: str | None,
@@ -222,6 +224,7 @@ def runs_list(
             version=version,
             status=list(statuses) or None,
             reference_id=reference_id,
+            concurrency_key=concurrency_key,
             created_after=since,
             limit=limit,
             cursor=cursor,
@@ -393,6 +396,9 @@ def runs_result(settings: Settings, run_id: str, timeout: timedelta | None, as_j
 @click.option("--reference-id", help="Start at most one run under this id (idempotent).")
 @click.option("--delay", callback=_duration, help="Start after this long (30s, 5m, 2h).")
 @click.option("--pool", default=DEFAULT_POOL, show_default=True)
+@click.option(
+    "--priority", type=click.IntRange(0, 9), help="0 (lowest) to 9; claimed higher first."
+)
 @json_option
 @pass_settings
 def runs_start(
@@ -403,6 +409,7 @@ def runs_start(
     reference_id: str | None,
     delay: timedelta | None,
     pool: str,
+    priority: int | None,
     as_json: bool,
 ) -> None:
     """Start a run of WORKFLOW at VERSION; print its id."""
@@ -415,6 +422,7 @@ def runs_start(
                 "reference_id": reference_id,
                 "delay": delay,
                 "pool": pool,
+                "priority": priority,
             }
         )
     except ValueError as exc:

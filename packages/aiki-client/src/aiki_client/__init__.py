@@ -1,14 +1,22 @@
-"""The HTTP client of Aiki: start runs, run handles, listing, schedules, and the worker's calls."""
+"""The HTTP client of Aiki: runs, handles, listing, schedules, concurrency limits, worker calls."""
 
 from __future__ import annotations
 
 from aiki_client.__about__ import __version__ as __version__
 from aiki_client._client import Client as Client
+from aiki_client._concurrency import ConcurrencyLimits as ConcurrencyLimits
 from aiki_client._handle import WorkflowRunHandle as WorkflowRunHandle
 from aiki_client._rate_limits import RateLimits as RateLimits
 from aiki_client._schedules import Schedules as Schedules
 
-__all__ = ("Client", "RateLimits", "Schedules", "WorkflowRunHandle", "__version__")
+__all__ = (
+    "Client",
+    "ConcurrencyLimits",
+    "RateLimits",
+    "Schedules",
+    "WorkflowRunHandle",
+    "__version__",
+)
 
-for _obj in (Client, RateLimits, Schedules, WorkflowRunHandle):
+for _obj in (Client, ConcurrencyLimits, RateLimits, Schedules, WorkflowRunHandle):
     _obj.__module__ = __name__

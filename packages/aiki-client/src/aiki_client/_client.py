@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar, overload
 from pydantic import BaseModel, ValidationError
 
 from aiki_client.__about__ import __version__
+from aiki_client._concurrency import ConcurrencyLimits
 from aiki_client._handle import WorkflowRunHandle
 from aiki_client._http import Http, HttpxHttp, api_path
 from aiki_client._rate_limits import RateLimits
@@ -158,6 +159,8 @@ class Client:
         self.interceptors = tuple(interceptors)
         self.schedules = Schedules(self)
         """Create, list, pause, resume and delete schedules."""
+        self.concurrency_limits = ConcurrencyLimits(self)
+        """Read, set, list and clear workflows' concurrency limits."""
         self.rate_limits = RateLimits(self)
         """Define, read, list, change and delete rate limits."""
         headers = {"user-agent": f"aiki-client/{__version__}"}

@@ -1,10 +1,10 @@
 """The protocol every Aiki package shares, and the names its users touch.
 
 This top level holds what application code imports: the run and task statuses,
-`RetryPolicy`, `RateLimit` and `OverlapPolicy`, the `AikiError` tree with `ErrorInfo`, `RunId`,
-the `PayloadCodec` protocol with `CodecContext` and `IdentityCodec`, and the `Logger`
-protocol with its implementations, and the `Interceptor` whose hooks wrap starts, run
-executions and task attempts (tracing).
+`RetryPolicy`, `RateLimit`, `OverlapPolicy` and `Concurrency`, the `AikiError` tree
+with `ErrorInfo`, `RunId`, the `PayloadCodec` protocol with `CodecContext` and
+`IdentityCodec`, and the `Logger` protocol with its implementations, and the
+`Interceptor` whose hooks wrap starts, run executions and task attempts (tracing).
 
 The rest has a public home of its own:
 
@@ -19,12 +19,14 @@ from __future__ import annotations
 
 from aiki_core.__about__ import __version__
 from aiki_core._codec import CodecContext, IdentityCodec, PayloadCodec
+from aiki_core._concurrency import Concurrency, ConcurrencyStrategy
 from aiki_core._error_info import ErrorInfo
 from aiki_core._exceptions import (
     AikiError,
     AikiTimeoutError,
     AuthenticationError,
     CodecError,
+    ConcurrencyKeyError,
     ConflictError,
     DecryptionError,
     IllegalTransitionError,
@@ -62,6 +64,8 @@ from aiki_core._status import RunStatus, TaskStatus
 
 __all__ = (
     # statuses and policies
+    "Concurrency",
+    "ConcurrencyStrategy",
     "OverlapPolicy",
     "RateLimit",
     "RetryPolicy",
@@ -73,6 +77,7 @@ __all__ = (
     "AikiTimeoutError",
     "AuthenticationError",
     "CodecError",
+    "ConcurrencyKeyError",
     "ConflictError",
     "DecryptionError",
     "ErrorInfo",

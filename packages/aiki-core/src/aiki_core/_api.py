@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from aiki_core._canonical import canonical_json
+from aiki_core._concurrency import ConcurrencyKey, ConcurrencySpec, Priority
 from aiki_core._duration import Duration, DurationRange, duration_field
 from aiki_core._error_info import ErrorInfo
 from aiki_core._exceptions import ErrorCode
@@ -216,6 +217,12 @@ class StartRunRequest(RequestModel):
     pool: Name = DEFAULT_POOL
     timeout: Duration | None = None
     trace_context: TraceContext | None = None
+    priority: Priority | None = Field(
+        default=None, description="0 (default, lowest) to 9: higher priorities are claimed first."
+    )
+    concurrency: ConcurrencySpec | None = Field(
+        default=None, description="The workflow's concurrency limit and the run's key."
+    )
     rate_limit: RateLimitUse | None = Field(
         default=None,
         description="Units the start takes from a rate limit: the run is queued when they"
@@ -269,6 +276,8 @@ class StartChildRequest(RequestModel):
     trace_context: TraceContext | None = Field(
         default=None, description="The trace context of the parent's execution that starts it."
     )
+    priority: Priority | None = None
+    concurrency: ConcurrencySpec | None = None
 
 
 class StartRunResponse(ResponseModel):
@@ -285,6 +294,7 @@ class ListRunsQuery(RequestModel):
     version: VersionName | None = None
     status: list[RunStatus] | None = None
     reference_id: ReferenceId | None = None
+    concurrency_key: ConcurrencyKey | None = None
     created_after: Timestamp | None = None
     created_before: Timestamp | None = None
     limit: int = Field(default=50, ge=1, le=500)

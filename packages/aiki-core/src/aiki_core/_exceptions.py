@@ -3,7 +3,8 @@
 ```
 AikiError                          any error raised by an Aiki package
 ├── InvalidRequestError (400)      malformed input: bad JSON, wrong shape, bad query
-│   └── PayloadValidationError (422)  a payload or result does not match its type
+│   ├── PayloadValidationError (422)  a payload or result does not match its type
+│   └── ConcurrencyKeyError        a concurrency key function raised or returned no string
 ├── AuthenticationError (401)      no or unknown API key
 ├── PermissionDeniedError (403)    the key may not do this (or a signature is wrong)
 ├── NotFoundError (404)            an id names nothing the caller can see
@@ -54,6 +55,7 @@ __all__ = [
     "AikiTimeoutError",
     "AuthenticationError",
     "CodecError",
+    "ConcurrencyKeyError",
     "ConflictError",
     "DecryptionError",
     "ErrorCode",
@@ -89,6 +91,7 @@ class ErrorCode(StrEnum):
     AIKI_ERROR = "aiki_error"
     INVALID_REQUEST = "invalid_request"
     PAYLOAD_VALIDATION = "payload_validation"
+    CONCURRENCY_KEY = "concurrency_key_invalid"
     UNAUTHENTICATED = "unauthenticated"
     PERMISSION_DENIED = "permission_denied"
     NOT_FOUND = "not_found"
@@ -254,6 +257,23 @@ class PayloadValidationError(InvalidRequestError):
             errors.append({"loc": list(path), "msg": problem["msg"], "type": problem["type"]})
             places.append(f"{'.'.join(path) or '<root>'}: {problem['msg']}")
         return cls(f"{what}: {'; '.join(places)}", errors=errors)
+
+
+class ConcurrencyKeyError(InvalidRequestError):
+    """A workflow's concurrency key function raised, or returned something not a key.
+
+    Raised where the run starts, before anything is sent: no run is created.
+    """
+
+    code = ErrorCode.CONCURRENCY_KEY
+
+    def __init__(self, workflow: str, problem: str) -> None:
+        self.workflow = workflow
+        self.problem = problem
+        super().__init__(
+            f"the concurrency key of workflow {workflow!r} could not be computed: {problem}",
+            details={"workflow": workflow, "problem": problem},
+        )
 
 
 class AuthenticationError(AikiError):

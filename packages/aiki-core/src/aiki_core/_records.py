@@ -71,6 +71,10 @@ class RunSummary(ResponseModel):
     continued_from: RunId | None = Field(
         default=None, description="The run that continued as this one."
     )
+    priority: int = Field(default=0, description="0 (lowest) to 9; higher is claimed first.")
+    concurrency_key: str | None = Field(
+        default=None, description="The key its workflow's concurrency limit counts it under."
+    )
 
 
 class RunOutcome(RunSummary):

@@ -61,6 +61,16 @@ from aiki_core._api import (
     WorkflowCapability,
 )
 from aiki_core._canonical import canonical_json, content_hash, task_address
+from aiki_core._concurrency import (
+    MAX_CONCURRENCY_KEY_LENGTH,
+    MAX_PRIORITY,
+    ConcurrencyKey,
+    ConcurrencyLimit,
+    ConcurrencyLimitPage,
+    ConcurrencySpec,
+    Priority,
+    SetConcurrencyLimitRequest,
+)
 from aiki_core._duration import MAX_DURATION, Duration, from_millis, to_millis
 from aiki_core._exceptions import ErrorCode, error_from_wire
 from aiki_core._ids import (
@@ -168,6 +178,11 @@ __all__ = (
     "CreateWebhookResponse",
     "Schedule",
     "SchedulePage",
+    # flow control: concurrency limits and priorities
+    "ConcurrencyLimit",
+    "ConcurrencyLimitPage",
+    "ConcurrencySpec",
+    "SetConcurrencyLimitRequest",
     # rate limits
     "AcquireRateLimitRequest",
     "AcquireRateLimitResponse",
@@ -179,16 +194,19 @@ __all__ = (
     "WorkerPage",
     "WorkerSummary",
     # limits
+    "MAX_CONCURRENCY_KEY_LENGTH",
     "MAX_COUNT",
     "MAX_DURATION",
     "MAX_LONG_POLL",
     "MAX_NOTICE_LENGTH",
+    "MAX_PRIORITY",
     "MAX_RATE_LIMIT_KEY_LENGTH",
     "MAX_TASKS_PER_TRANSITION",
     "MAX_WEBHOOK_LIFETIME",
     "MAX_WEBHOOK_SCHEMA_BYTES",
     "ServerLimits",
     # field types and ids
+    "ConcurrencyKey",
     "Cursor",
     "DEFAULT_NAMESPACE",
     "DEFAULT_POOL",
@@ -199,6 +217,7 @@ __all__ = (
     "Name",
     "Namespace",
     "PoolName",
+    "Priority",
     "ScheduleId",
     "TaskAddress",
     "TaskId",

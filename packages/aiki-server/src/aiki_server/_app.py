@@ -20,6 +20,8 @@ from aiki_core.wire import (
     CancelRunRequest,
     ClaimRequest,
     ClaimResponse,
+    ConcurrencyLimit,
+    ConcurrencyLimitPage,
     CreateScheduleRequest,
     CreateWebhookRequest,
     CreateWebhookResponse,
@@ -43,6 +45,7 @@ from aiki_core.wire import (
     SendEventRequest,
     SendEventResponse,
     ServerLimits,
+    SetConcurrencyLimitRequest,
     SetRateLimitRequest,
     StartChildRequest,
     StartRunRequest,
@@ -58,6 +61,8 @@ from aiki_server._claims import Claims
 from aiki_server._clock import Clock, from_ms, system_clock
 from aiki_server._dashboard import STATIC_PACKAGE, dashboard_router
 from aiki_server._errors import install_error_handlers, log_failure
+from aiki_server._flow import ConcurrencyLimits
+from aiki_server._flow_settings import FlowSettings
 from aiki_server._hot_path import HotPath
 from aiki_server._limits import BodyLimitMiddleware, Limits
 from aiki_server._metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -115,6 +120,12 @@ class ServerSettings:
     """Refuse requests without an API key even while the database holds no key."""
     metrics_namespace_label: bool = False
     """Label run and queue metrics with their namespace (one series per namespace)."""
+    fair_share_quantum: timedelta = timedelta(seconds=1)
+    """How far apart one concurrency key's queued runs are spread in the claim order,
+    so other keys' runs interleave with a long backlog (see the flow control guide)."""
+    priority_step: timedelta = timedelta(seconds=60)
+    """How much earlier in the claim order one level of priority puts a run; a run
+    waiting 9 steps goes before any newer one, whatever their priorities."""
     allowed_hosts: tuple[str, ...] = ()
     """Host names a server without API keys answers besides loopback ones and the host
     of `public_url` (any other `Host` is refused, against DNS rebinding); `"*"` answers
@@ -127,6 +138,7 @@ class ServerSettings:
             raise ValueError(
                 f"public_url must be an http:// or https:// URL, got {self.public_url!r}"
             )
+        FlowSettings(self.fair_share_quantum, self.priority_step)  # refuses negative ones
         if self.max_tasks_per_run < 1:
             raise ValueError(f"max_tasks_per_run must be at least 1, got {self.max_tasks_per_run}")
 
@@ -142,12 +154,14 @@ def create_app(db_url: str, settings: ServerSettings | None = None) -> FastAPI:
     hub = WakeHub()
     db = open_database(db_url, hub)
     metrics = db.metrics = Metrics(namespace_label=settings.metrics_namespace_label)
+    db.flow = FlowSettings(settings.fair_share_quantum, settings.priority_step)
     clock = settings.clock
     limits = Limits(settings.claim_idle_timeout, settings.max_tasks_per_run)
     runs = Runs(db, hub, clock, limits)
     claims = Claims(db, hub, clock, limits)
     writes = WorkerWrites(db, clock, limits)
     schedules = Schedules(db, clock)
+    concurrency = ConcurrencyLimits(db, clock)
     rate_limits = RateLimits(db, clock)
     webhooks = Webhooks(db, clock, runs, settings.webhook_secret)
     timers = TimerDaemon(db, hub, clock, schedules.fire)
@@ -203,6 +217,7 @@ def create_app(db_url: str, settings: ServerSettings | None = None) -> FastAPI:
         writes,
         schedules,
         webhooks,
+        concurrency,
         public_url=settings.public_url,
         max_body_bytes=settings.max_body_bytes,
     )
@@ -250,6 +265,7 @@ def _api_router(
     writes: WorkerWrites,
     schedules: Schedules,
     webhooks: Webhooks,
+    concurrency: ConcurrencyLimits,
     *,
     public_url: str | None,
     max_body_bytes: int,
@@ -431,6 +447,40 @@ def _api_router(
     async def delete_schedule(ns: Caller, schedule_id: Identifier) -> Response:
         """Delete the schedule (its runs stay); answers it as it was."""
         return _json(await schedules.delete(ns, schedule_id))
+
+    @router.get("/concurrency-limits", response_model=ConcurrencyLimitPage, tags=["concurrency"])
+    async def list_concurrency_limits(ns: Caller) -> Response:
+        """Every concurrency limit of the namespace, by workflow name."""
+        return _json(await concurrency.list(ns))
+
+    @router.get(
+        "/concurrency-limits/{workflow:path}",
+        response_model=ConcurrencyLimit,
+        tags=["concurrency"],
+    )
+    async def get_concurrency_limit(ns: Caller, workflow: Name) -> Response:
+        """The concurrency limit in effect for the workflow (all its versions)."""
+        return _json(await concurrency.get(ns, workflow))
+
+    @router.put(
+        "/concurrency-limits/{workflow:path}",
+        response_model=ConcurrencyLimit,
+        tags=["concurrency"],
+    )
+    async def set_concurrency_limit(
+        ns: Caller, workflow: Name, body: SetConcurrencyLimitRequest
+    ) -> Response:
+        """Set the operator's limit: it wins over the code's until deleted; next claim on."""
+        return _json(await concurrency.set(ns, workflow, body))
+
+    @router.delete(
+        "/concurrency-limits/{workflow:path}",
+        response_model=ConcurrencyLimit,
+        tags=["concurrency"],
+    )
+    async def clear_concurrency_limit(ns: Caller, workflow: Name) -> Response:
+        """Delete the limit (answered as it was); the next start's declaration applies."""
+        return _json(await concurrency.clear(ns, workflow))
 
     @router.post(
         "/webhooks/{webhook_id}",

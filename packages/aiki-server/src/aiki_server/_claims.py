@@ -21,6 +21,7 @@ from aiki_core.wire import (
     to_millis,
 )
 from aiki_server._clock import from_ms
+from aiki_server._flow import LIMITED, admit
 from aiki_server._lifecycle import move_run, record_history
 from aiki_server._logs import component
 from aiki_server._metrics import grouped_runs_query
@@ -42,6 +43,10 @@ if TYPE_CHECKING:
 _MAX_WORKERS_NOTED = 10_000
 _MAX_CLAIM_FAILURES = 3
 """Claims of one run that fail in a row before the run is failed with the cause."""
+
+_LOOK_AHEAD = 4
+_LOOK_AHEAD_MIN = 16
+"""A claim that may meet full concurrency groups reads `max_runs * 4 + 16` candidates."""
 
 _MAX_QUEUES = 1000
 _QUEUES = grouped_runs_query(
@@ -188,15 +193,22 @@ class Claims:
         args.append(limit)
         queued = (
             "FROM runs WHERE namespace = $1 AND status = $2"
-            f" AND ({' OR '.join(triples)}) ORDER BY ready_at, id LIMIT ${len(args)}"
+            f" AND ({' OR '.join(triples)}) ORDER BY rank, id LIMIT ${len(args)}"
         )
         # most polls find nothing: look before taking the write lock
         async with self._db.reader() as reader:
-            found = await reader.fetch(f"SELECT id {queued}", *args)
+            found = await reader.fetch(f"SELECT id, {LIMITED} AS limited {queued}", *args)
         if not found:
             return []
+        # a run whose concurrency group is full is passed over: look further down the
+        # queue for runs that may go (only when a run at the front has a limit)
+        gated = any(row["limited"] for row in found)
+        if gated:
+            args[-1] = limit * _LOOK_AHEAD + _LOOK_AHEAD_MIN
         try:
-            return await self._claim_rows(worker_id, f"SELECT * {queued}", args)
+            return await self._claim_rows(
+                namespace, worker_id, f"SELECT * {queued}", args, limit, gated=gated
+            )
         except Exception as exc:
             if self._not_the_runs_fault(exc):
                 raise
@@ -211,7 +223,7 @@ class Claims:
                 ids = [
                     row["id"]
                     for row in await reader.fetch(
-                        f"SELECT id {queued}", *args[:-1], limit + len(tried)
+                        f"SELECT id {queued}", *args[:-1], args[-1] + len(tried)
                     )
                     if row["id"] not in tried
                 ]
@@ -220,9 +232,12 @@ class Claims:
             tried.add(ids[0])
             try:
                 claimed += await self._claim_rows(
+                    namespace,
                     worker_id,
                     "SELECT * FROM runs WHERE id = $1 AND status = $2",
                     [ids[0], RunStatus.QUEUED.value],
+                    1,
+                    gated=gated,
                 )
             except Exception as exc:
                 if self._not_the_runs_fault(exc):
@@ -240,11 +255,36 @@ class Claims:
         """Whether a failed claim says nothing about its runs: a race, or an outage."""
         return isinstance(exc, self._db.transient_errors) or is_outage(exc)
 
-    async def _claim_rows(self, worker_id: str, select: str, args: list[Any]) -> list[ClaimedRun]:
-        """Claim the queued runs `select` finds, with everything their replays need."""
+    async def _claim_rows(
+        self,
+        namespace: str,
+        worker_id: str,
+        select: str,
+        args: list[Any],
+        limit: int,
+        *,
+        gated: bool,
+    ) -> list[ClaimedRun]:
+        """Claim the queued runs `select` finds, with everything their replays need.
+
+        `gated`: some may have a concurrency limit; up to `limit` of those with room go.
+        """
 
         async def claim(tx: Tx) -> list[ClaimedRun]:
-            rows = await tx.fetch(f"{select}{tx.skip_locked}", *args)
+            if gated:  # the candidates read, only those admitted are locked
+                admitted = await admit(tx, namespace, await tx.fetch(select, *args), limit)
+                rows = []
+                if admitted:  # by id alone: the ids' index, whatever the planner knows
+                    locked = await tx.fetch(
+                        f"SELECT * FROM runs WHERE id {tx.in_array(1)}{tx.skip_locked}",
+                        tx.array([row["id"] for row in admitted]),
+                    )
+                    rows = sorted(
+                        (row for row in locked if row["status"] == RunStatus.QUEUED),
+                        key=lambda row: (row["rank"], row["id"]),
+                    )
+            else:
+                rows = await tx.fetch(f"{select}{tx.skip_locked}", *args)
             if not rows:
                 return []
             now = self._clock()
@@ -323,7 +363,7 @@ class Claims:
                 )
                 return
             await tx.execute(
-                "UPDATE runs SET claim_failures = $2, ready_at = $3 WHERE id = $1",
+                "UPDATE runs SET claim_failures = $2, ready_at = $3, rank = $3 WHERE id = $1",
                 run_id,
                 failures,
                 now,

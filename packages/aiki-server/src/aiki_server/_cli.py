@@ -119,6 +119,22 @@ def _serve_options(target: argparse.ArgumentParser, *, inherit: bool) -> None:
         " [AIKI_MAX_TASKS_PER_RUN]",
     )
     target.add_argument(
+        "--fair-share-quantum",
+        type=float,
+        default=default(float(_env("AIKI_FAIR_SHARE_QUANTUM", "1"))),
+        metavar="SECONDS",
+        help="how far apart one concurrency key's queued runs are spread in the claim order"
+        " [AIKI_FAIR_SHARE_QUANTUM]",
+    )
+    target.add_argument(
+        "--priority-step",
+        type=float,
+        default=default(float(_env("AIKI_PRIORITY_STEP", "60"))),
+        metavar="SECONDS",
+        help="how much earlier one level of priority claims a run; a run waiting 9 steps"
+        " goes first whatever its priority [AIKI_PRIORITY_STEP]",
+    )
+    target.add_argument(
         "--webhook-secret",
         default=default(os.environ.get("AIKI_WEBHOOK_SECRET")),
         metavar="SECRET",
@@ -322,6 +338,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             claim_idle_timeout=timedelta(seconds=args.claim_idle_timeout),
             max_body_bytes=args.max_body_bytes,
             max_tasks_per_run=args.max_tasks_per_run,
+            fair_share_quantum=timedelta(seconds=args.fair_share_quantum),
+            priority_step=timedelta(seconds=args.priority_step),
             webhook_secret=args.webhook_secret,
             public_url=args.public_url,
             require_api_key=require_api_key,

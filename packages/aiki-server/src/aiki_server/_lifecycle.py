@@ -142,8 +142,9 @@ async def move_run(
         values |= {"claimed_by": None, "claim_expires_at": None, "pause_requested": 0}
     if current in RUN_WAITING_STATUSES or target is RunStatus.PAUSED:  # no longer suspended
         await withdraw_waits(tx, run["id"])
-    if target is RunStatus.QUEUED:
-        values |= {"ready_at": now, "wake_at": None}
+    if target is RunStatus.QUEUED:  # ranked by priority alone (see `_flow`): a cheap write
+        rank = now - int(run["priority"]) * tx.flow.step_ms
+        values |= {"ready_at": now, "rank": rank, "wake_at": None}
     if target.is_terminal:
         values |= {"finished_at": now, "wake_at": None, "deadline_at": None}
     values |= columns
@@ -167,8 +168,8 @@ async def move_run(
         now=now,
     )
     tx.publish(run_topic(run["id"]))
-    if target is RunStatus.QUEUED:
-        tx.publish(QUEUE)
+    if target is RunStatus.QUEUED or (current is RunStatus.RUNNING and run["concurrency_key"]):
+        tx.publish(QUEUE)  # a run to claim, or a slot of its concurrency key free again
     if values.get("wake_at") is not None or values.get("deadline_at") is not None:
         tx.publish(TIMERS)
     if target.is_terminal:

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 RUN_COLUMNS = (
     "id, namespace, workflow, version, pool, status, revision, attempt, reference_id,"
     " parent_run_id, schedule_id, created_at, updated_at, start_at, deadline_at, finished_at,"
-    " pause_requested, continued_as, continued_from"
+    " pause_requested, continued_as, continued_from, priority, concurrency_key"
 )
 
 
@@ -83,6 +83,8 @@ def _summary_fields(row: Row) -> dict[str, Any]:
         "pause_requested": bool(row["pause_requested"]),
         "continued_as": row["continued_as"],
         "continued_from": row["continued_from"],
+        "priority": row["priority"],
+        "concurrency_key": row["concurrency_key"],
     }
 
 

@@ -18,6 +18,7 @@ from aiki_core.wire import (
     to_millis,
 )
 from aiki_server._clock import to_ms
+from aiki_server._flow import waiting_reason
 from aiki_server._lifecycle import (
     TERMINAL,
     cancel_run_and_descendants,
@@ -102,6 +103,9 @@ class Runs:
         )
 
     async def _pending_reason(self, tx: Tx, run: Row) -> str | None:
+        held_back = await waiting_reason(tx, run)
+        if held_back is not None:
+            return held_back
         live_since = self._clock() - self._limits.claim_idle_ms
         workers = await tx.fetch(
             "SELECT capabilities FROM workers WHERE namespace = $1 AND last_seen_at >= $2",
@@ -356,6 +360,8 @@ class _RunFilter:
             self.add(f"status IN ({', '.join(self.arg(s.value) for s in query.status)})")
         if query.reference_id is not None:
             self.add(f"reference_id = {self.arg(query.reference_id)}")
+        if query.concurrency_key is not None:
+            self.add(f"concurrency_key = {self.arg(query.concurrency_key)}")
         if query.created_after is not None:
             self.add(f"created_at >= {self.arg(to_ms(query.created_after))}")
         if query.created_before is not None:

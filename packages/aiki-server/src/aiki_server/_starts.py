@@ -14,13 +14,14 @@ from typing import TYPE_CHECKING, Any
 from aiki_core import ConflictError, ReferenceIdConflictError, RunStatus
 from aiki_core.wire import StartRunResponse, content_hash, to_millis
 from aiki_server._clock import MAX_MS, from_ms, to_ms
+from aiki_server._flow import apply_strategy, declare, start_rank
 from aiki_server._lifecycle import record_history
 from aiki_server._notify import QUEUE, TIMERS
 from aiki_server._rate_limits import acquire_in
 from aiki_server._rows import dump, new_id, placeholders, run_summary
 
 if TYPE_CHECKING:
-    from aiki_core.wire import RateLimitUse, StartRunRequest
+    from aiki_core.wire import ConcurrencySpec, RateLimitUse, StartRunRequest
     from aiki_server._storage._database import Row, Tx
 
 
@@ -77,6 +78,8 @@ async def start_run_in(
         schedule_id=schedule_id,
         trace_context=req.trace_context,
         reason=reason,
+        priority=req.priority or 0,
+        concurrency=req.concurrency,
     )
     return StartRunResponse(run=run_summary(row), created=True)
 
@@ -100,12 +103,22 @@ async def insert_run(
     continued_from: str | None = None,
     trace_context: dict[str, str] | None = None,
     reason: str = "started",
+    priority: int = 0,
+    concurrency_key: str | None = None,
+    concurrency: ConcurrencySpec | None = None,
 ) -> Row:
     """Insert a run (queued, or scheduled to start later) and its first history entry.
 
     `trace_context` is its starter's, continued by each worker that claims it;
-    `reason` is the history entry's.
+    `reason` is the history entry's. A start's `concurrency` declares its workflow's
+    limit and gives the run its key (else `concurrency_key`, a continuation's); its
+    strategy may cancel the new run (it is returned cancelled) or older ones (see
+    `_flow`).
     """
+    limit = None
+    if concurrency is not None:
+        limit = await declare(tx, namespace, workflow, concurrency, now)
+        concurrency_key = concurrency.key
     delayed = start_at is not None and start_at > now
     status = RunStatus.SCHEDULED if delayed else RunStatus.QUEUED
     # a deadline past the year 9999 (a late start plus a long timeout) is never in
@@ -116,6 +129,9 @@ async def insert_run(
     elif await tx.fetchrow("SELECT id FROM runs WHERE id = $1", run_id) is not None:
         raise ConflictError(f"a run with id {run_id} exists", details={"run_id": run_id})
     parent_id, child_address, child_occurrence = parent or (None, None, None)
+    rank = now - priority * tx.flow.step_ms  # a delayed run is ranked again as it queues
+    if status is RunStatus.QUEUED:
+        rank = await start_rank(tx, namespace, workflow, concurrency_key, priority, now)
     values: dict[str, Any] = {
         "id": run_id,
         "namespace": namespace,
@@ -148,6 +164,9 @@ async def insert_run(
         "continued_as": None,
         "continued_from": continued_from,
         "trace_context": None if trace_context is None else json.dumps(trace_context),
+        "priority": priority,
+        "concurrency_key": concurrency_key,
+        "rank": rank,
     }
     await tx.execute(
         f"INSERT INTO runs ({', '.join(values)}) VALUES ({placeholders(1, len(values))})",
@@ -169,6 +188,10 @@ async def insert_run(
     tx.observe(lambda metrics: metrics.run_started(values))
     if deadline is not None:
         tx.publish(TIMERS)
+    if limit is not None and await apply_strategy(tx, values, limit, now):
+        cancelled = await tx.fetchrow("SELECT * FROM runs WHERE id = $1", run_id)
+        assert cancelled is not None
+        return cancelled
     return values
 
 

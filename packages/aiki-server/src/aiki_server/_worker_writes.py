@@ -160,6 +160,8 @@ class WorkerWrites:
                 run_id=req.run_id,
                 parent=(parent_id, req.address, req.occurrence),
                 trace_context=req.trace_context,
+                priority=req.priority or 0,
+                concurrency=req.concurrency,
             )
             return StartRunResponse(run=run_summary(row), created=True)
 
@@ -256,6 +258,9 @@ async def _continue(tx: Tx, run: Row, action: ContinueRun, now: int) -> None:
         # the new run goes on with the work, in the trace it was part of
         trace_context=run["trace_context"] and json.loads(run["trace_context"]),
         schedule_id=run["schedule_id"],
+        # and keeps its place in flow control: its priority and concurrency key
+        priority=run["priority"],
+        concurrency_key=run["concurrency_key"],
     )
     if run["schedule_id"] is not None:
         # the schedule's overlap policy looks at its last run: that is now the new one

@@ -99,6 +99,7 @@ if TYPE_CHECKING:
     from aiki_core.sdk import RunExecution, TaskInvocation
     from aiki_core.wire import (
         ChildRecord,
+        ConcurrencySpec,
         EventRecord,
         EventWaitRecord,
         RunWait,
@@ -648,6 +649,8 @@ class WorkflowRun:
         *,
         pool: str | None,
         timeout: timedelta | None,
+        priority: int | None = None,
+        concurrency: ConcurrencySpec | None = None,
     ) -> tuple[RunId, TaskAddress, int]:
         """Start a child run once per (address, occurrence); its id, address and occurrence.
 
@@ -675,6 +678,8 @@ class WorkflowRun:
                 input=codec.encode(payload, CodecContext.run_input(child_id)),
                 pool=pool,
                 timeout=timeout,
+                priority=priority,
+                concurrency=concurrency,
             )
             started = await self._write(self._execution.start_child(request))
         return started.run.id, address, occurrence

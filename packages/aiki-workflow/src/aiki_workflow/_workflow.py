@@ -22,6 +22,7 @@ from pydantic import TypeAdapter, ValidationError
 from aiki_core import (
     CodecContext,
     CodecError,
+    Concurrency,
     ErrorInfo,
     PayloadValidationError,
     RateLimit,
@@ -29,6 +30,7 @@ from aiki_core import (
     RunInterrupt,
 )
 from aiki_core.wire import (
+    MAX_PRIORITY,
     CompleteRun,
     ContinueRun,
     FailRun,
@@ -70,7 +72,10 @@ class WorkflowVersion(Generic[InT, OutT]):
         hooks: Hooks | None = None,
         strict_replay: bool = False,
         rate_limit: RateLimit[InT] | None = None,
+        concurrency: Concurrency[InT] | None = None,
+        priority: int = 0,
     ) -> None:
+        _check_priority(priority)
         self.fn = fn
         self.rate_limit = rate_limit
         self.workflow = workflow
@@ -80,6 +85,8 @@ class WorkflowVersion(Generic[InT, OutT]):
         self.task_retry = task_retry
         self.hooks = hooks or Hooks()
         self.strict_replay = strict_replay
+        self.concurrency = concurrency
+        self.priority = priority
         hints = get_type_hints(fn)
         params = list(inspect.signature(fn).parameters)
         if len(params) != 2:
@@ -100,6 +107,19 @@ class WorkflowVersion(Generic[InT, OutT]):
                 f"workflow {self.workflow!r} {self.version} got an invalid payload", exc
             ) from None
 
+    def flow_control(self, payload: InT, priority: int | None) -> dict[str, Any]:
+        """A start's `priority` and `concurrency` fields, the key computed from `payload`.
+
+        `ConcurrencyKeyError` when the key function fails: nothing is sent.
+        """
+        if priority is not None:
+            _check_priority(priority)
+        spec = None if self.concurrency is None else self.concurrency.spec(self.workflow, payload)
+        return {
+            "priority": self.priority if priority is None else priority,
+            "concurrency": spec,
+        }
+
     def decode_result(self, value: JsonValue) -> OutT:
         """Validate a run's result against the version's return annotation."""
         try:
@@ -119,17 +139,21 @@ class WorkflowVersion(Generic[InT, OutT]):
         delay: timedelta | None = None,
         pool: str | None = None,
         timeout: timedelta | None = None,
+        priority: int | None = None,
     ) -> WorkflowRunHandle[OutT]:
         """Start a run of this version (or find the one `reference_id` already started).
 
         A version with a `rate_limit` takes its units with the start: the run starts
         when they are granted (it is scheduled for then), so give no `start_at` or
         `delay`; a key function that fails raises `RateLimitKeyError` and starts nothing.
+        `priority` (0 to 9) overrides the version's; the version's concurrency key is
+        computed from `payload` here, before anything is sent.
         """
         validated = self._validate(payload)
         owner = f"workflow {self.workflow!r} version {self.version}"
         use = None if self.rate_limit is None else self.rate_limit.use(validated, owner)
         fields = {
+            **self.flow_control(validated, priority),
             "workflow": self.workflow,
             "version": self.version,
             "input": self._input.dump_python(validated, mode="json"),
@@ -154,11 +178,13 @@ class WorkflowVersion(Generic[InT, OutT]):
         *,
         pool: str | None = None,
         timeout: timedelta | None = None,
+        priority: int | None = None,
     ) -> ChildRun[OutT]:
         """Start a run of this version as a child of `run` (once, even across replays).
 
         The child runs in the parent's pool unless `pool` is given; cancelling the
-        parent cancels it. `await child.result()` waits for it durably.
+        parent cancels it. `await child.result()` waits for it durably. `priority`
+        overrides the version's; its concurrency key is computed from `payload`.
         """
         run_id, address, occurrence = await run.start_child(
             self.workflow,
@@ -166,6 +192,7 @@ class WorkflowVersion(Generic[InT, OutT]):
             self.encode_payload(payload),
             pool=pool,
             timeout=timeout if timeout is not None else self.timeout,
+            **self.flow_control(payload, priority),
         )
         return ChildRun(run, run_id, address, occurrence, self.decode_result)
 
@@ -270,6 +297,8 @@ class Workflow:
         on_sleep: HookTask[SleepInfo] | None = None,
         strict_replay: bool = False,
         rate_limit: RateLimit[Any] | None = None,
+        concurrency: Concurrency[Any] | None = None,
+        priority: int = 0,
     ) -> Callable[[WorkflowFunction[InT, OutT]], WorkflowVersion[InT, OutT]]:
         """Declare `version`: `retry` retries the whole run, `timeout` bounds it.
 
@@ -280,7 +309,12 @@ class Workflow:
         the run with `ReplayDivergenceError` instead of running it. `rate_limit`
         takes units from a server rate limit with each start of a run (`start`; not
         with a child's): the run starts when they are granted.
+
+        `concurrency` limits how many runs of the workflow (per key) execute at once,
+        and `priority` (0 to 9, higher first) is the default of its runs' starts; see
+        the flow control guide.
         """
+        _check_priority(priority)
         hooks = Hooks(before, after, on_complete, on_error, on_sleep)
 
         def declare(fn: WorkflowFunction[InT, OutT]) -> WorkflowVersion[InT, OutT]:
@@ -296,6 +330,8 @@ class Workflow:
                 hooks=hooks,
                 strict_replay=strict_replay,
                 rate_limit=rate_limit,
+                concurrency=concurrency,
+                priority=priority,
             )
             self.versions[version] = declared
             return declared
@@ -304,6 +340,13 @@ class Workflow:
 
     def __repr__(self) -> str:
         return f"<Workflow {self.name!r}>"
+
+
+def _check_priority(priority: int) -> None:
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise TypeError(f"priority must be an int from 0 to {MAX_PRIORITY}, got {priority!r}")
+    if not 0 <= priority <= MAX_PRIORITY:
+        raise ValueError(f"priority must be 0 to {MAX_PRIORITY}, got {priority}")
 
 
 def workflow(name: str) -> Workflow:

@@ -14,12 +14,15 @@ The extras install the rest, imported from their own packages: `aiki[crypto]`
 from __future__ import annotations
 
 from aiki.__about__ import __version__
-from aiki_client import Client, RateLimits, Schedules, WorkflowRunHandle
+from aiki_client import Client, ConcurrencyLimits, RateLimits, Schedules, WorkflowRunHandle
 from aiki_core import (
     AikiError,
     AikiTimeoutError,
     AuthenticationError,
     CodecError,
+    Concurrency,
+    ConcurrencyKeyError,
+    ConcurrencyStrategy,
     ConflictError,
     ConsoleLogger,
     DecryptionError,
@@ -80,6 +83,10 @@ __all__ = (
     "ChildRun",
     "Client",
     "CodecError",
+    "Concurrency",
+    "ConcurrencyKeyError",
+    "ConcurrencyLimits",
+    "ConcurrencyStrategy",
     "ConflictError",
     "ConsoleLogger",
     "DecryptionError",

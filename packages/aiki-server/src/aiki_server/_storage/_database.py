@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 
+from aiki_server._flow_settings import FlowSettings
 from aiki_server._metrics import Metrics
 from aiki_server._storage._outage import WritePath, is_outage
 
@@ -39,6 +40,8 @@ class Tx(ABC):
     """Appended to a SELECT to lock the rows it returns until commit."""
     skip_locked: str
     """Appended to a SELECT to lock its rows and skip rows another transaction holds."""
+    flow: FlowSettings = FlowSettings()
+    """How runs queued in this transaction are ranked (the database's, in `write`)."""
 
     def __init__(self) -> None:
         self.topics: set[str] = set()
@@ -74,6 +77,14 @@ class Tx(ABC):
     @abstractmethod
     async def executemany(self, sql: str, args: Sequence[Sequence[Any]]) -> None:
         """Run a statement once per parameter tuple."""
+
+    @abstractmethod
+    async def lock_key(self, key: str) -> None:
+        """Hold a lock on `key` until the transaction ends (writers of one key queue)."""
+
+    @abstractmethod
+    async def try_lock_key(self, key: str) -> bool:
+        """`lock_key` if no other transaction holds it now; whether it was taken."""
 
     async def fetchrow(self, sql: str, *args: Any) -> Row | None:
         """The first row of a query, or `None`."""
@@ -114,6 +125,8 @@ class Database(ABC):
         """Whether writes succeed; `/health` reports it."""
         self.metrics = Metrics()
         """Where `write` counts transactions and what they did (the app sets its own)."""
+        self.flow = FlowSettings()
+        """How runs queued in its write transactions are ranked (the app sets its own)."""
 
     async def write(self, work: Callable[[Tx], Awaitable[T]], *, attempts: int = 5) -> T:
         """`work` in a write transaction: its answer, once the transaction has committed.
@@ -130,6 +143,7 @@ class Database(ABC):
             started = perf_counter()
             try:
                 async with self.transaction() as tx:
+                    tx.flow = self.flow
                     answer = await work(tx)
             except self.transient_errors:
                 metrics.transaction(perf_counter() - started)

@@ -83,6 +83,17 @@ class PostgresTx(Tx):
         """Run a statement once per parameter tuple."""
         await self._conn.executemany(sql, args)
 
+    async def lock_key(self, key: str) -> None:
+        """A transaction-scoped advisory lock on a 64-bit hash of `key`."""
+        await self._conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", key)
+
+    async def try_lock_key(self, key: str) -> bool:
+        """`lock_key` without waiting: false if another transaction holds it."""
+        taken: bool = await self._conn.fetchval(
+            "SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))", key
+        )
+        return taken
+
     @asynccontextmanager
     async def _savepoint(self) -> AsyncIterator[None]:
         async with self._conn.transaction():  # nested in the open one: a SAVEPOINT

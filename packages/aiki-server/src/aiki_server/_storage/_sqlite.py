@@ -60,6 +60,13 @@ class SqliteTx(Tx):
         """The values as a JSON array text, which `json_each` reads."""
         return json.dumps(list(values))
 
+    async def lock_key(self, key: str) -> None:
+        """Nothing to lock: SQLite has one writer at a time."""
+
+    async def try_lock_key(self, key: str) -> bool:
+        """Nothing to lock: SQLite has one writer at a time."""
+        return True
+
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
         """Rows of a query."""
         cursor = self._conn.execute(_to_sqlite(sql), args)
