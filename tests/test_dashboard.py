@@ -325,3 +325,49 @@ async def test_key_login_sees_its_namespace_only(db_url: str, browser: Browser) 
             await expect(page_a).to_have_url(server.base_url + "/login")
             await page_a.goto(server.base_url + "/")
             await expect(page_a).to_have_url(re.compile(r"/login"))
+
+
+async def test_a_run_held_by_its_concurrency_key_says_so(db_url: str, browser: Browser) -> None:
+    async with (
+        server_process(db_url) as server,
+        httpx.AsyncClient(base_url=server.base_url + "/api/v1") as api,
+    ):
+        started = []
+        for tenant in ("acme", "acme", "globex"):
+            body = {
+                "workflow": "tenant-report",
+                "version": "1",
+                "priority": 7,
+                "concurrency": {"key": tenant, "limit": 1},
+            }
+            r = await api.post("/runs", json=body)
+            assert r.status_code == 201, r.text
+            started.append(r.json()["run"]["id"])
+        claim = {
+            "worker_id": "w",
+            "capabilities": [{"workflow": "tenant-report", "version": "1"}],
+            "max_runs": 10,
+            "wait": 0,
+        }
+        r = await api.post("/claims", json=claim)
+        assert r.status_code == 200, r.text
+        # one run per key: acme's second waits for the first
+        assert sorted(c["run"]["id"] for c in r.json()["runs"]) == sorted([started[0], started[2]])
+
+        page = await browser.new_page()
+        await page.goto(f"{server.base_url}/runs/{started[1]}")
+        await expect(page.locator(".runhead .badge").first).to_have_text("queued")
+        await expect(page.locator(".waiting")).to_contain_text(
+            "waiting for concurrency key acme: 1 of 1 running"
+        )
+        facts = page.locator("dl.facts")
+        await expect(facts.locator("div", has_text="Priority").locator("dd")).to_have_text("7")
+        await facts.get_by_role("link", name="acme").click()
+
+        # the key's runs, across their statuses, and none of globex's
+        await expect(page).to_have_url(re.compile(r"concurrency_key=acme"))
+        rows = page.locator("table.runs tbody tr")
+        await expect(rows).to_have_count(2)
+        await expect(rows.first).to_contain_text("priority 7")
+        await expect(rows.first).to_contain_text("key acme")
+        await expect(page.get_by_label("Concurrency key")).to_have_value("acme")
