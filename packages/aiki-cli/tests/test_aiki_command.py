@@ -236,6 +236,37 @@ async def test_schedules_from_the_command_line(server: ServerProcess, client: Cl
     assert (await aiki("schedules", "show", sid)).code == 3
 
 
+async def test_concurrency_limits_from_the_command_line(
+    server: ServerProcess, client: Client
+) -> None:
+    aiki = Aiki(server.base_url)
+    created = await aiki("concurrency-limits", "set", "reports", "--limit", "3", "--json")
+    assert {k: created.json()[k] for k in ("workflow", "limit", "per_key", "source")} == {
+        "workflow": "reports",
+        "limit": 3,
+        "per_key": True,
+        "source": "operator",
+    }
+    changed = await aiki(
+        "concurrency-limits", "set", "reports", "--limit", "1", "--whole-workflow",
+        "--strategy", "cancel_newest",
+    )  # fmt: skip
+    assert changed.code == 0 and "reports" in changed.out, changed.err
+    held = await client.concurrency_limits.get("reports")
+    assert (held.limit, held.per_key, held.strategy.value) == (1, False, "cancel_newest")
+    listed = (await aiki("concurrency-limits", "list", "--json")).json()
+    assert [(item["workflow"], item["limit"]) for item in listed["limits"]] == [("reports", 1)]
+    assert "whole workflow" in (await aiki("concurrency-limits", "list")).out
+    assert (await aiki("concurrency-limits", "clear", "reports")).code == 0
+    assert (await client.concurrency_limits.list()).limits == []
+    gone = await aiki("concurrency-limits", "clear", "reports")
+    assert gone.code == 3, gone.err
+    for bad in (("--limit", "0"), ("--limit", "2", "--strategy", "sometimes"), ()):
+        refused = await aiki("concurrency-limits", "set", "x", *bad)
+        assert refused.code == 2, refused.err
+    assert (await client.concurrency_limits.list()).limits == []
+
+
 async def test_rate_limits_from_the_command_line(server: ServerProcess, client: Client) -> None:
     aiki = Aiki(server.base_url)
     created = await aiki("rate-limits", "set", "openai", "--limit", "60", "--per", "1m", "--json")

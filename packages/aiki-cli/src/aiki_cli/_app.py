@@ -30,6 +30,7 @@ from aiki_core import (
     AikiError,
     AikiTimeoutError,
     AuthenticationError,
+    ConcurrencyStrategy,
     InvalidRequestError,
     NotFoundError,
     OverlapPolicy,
@@ -677,6 +678,72 @@ def rate_limits_delete(settings: Settings, name: str, as_json: bool) -> None:
         _print_json(info)
     else:
         out.print(f"rate limit {info.name} deleted")
+
+
+# -- concurrency limits -----------------------------------------------------------------
+
+
+@cli.group("concurrency-limits")
+def concurrency_limits() -> None:
+    """List, set and clear workflows' concurrency limits."""
+
+
+@concurrency_limits.command("list")
+@json_option
+@pass_settings
+def concurrency_limits_list(settings: Settings, as_json: bool) -> None:
+    """The limit in effect for each workflow that has one."""
+    page = settings.call(lambda client: client.concurrency_limits.list())
+    if as_json:
+        _print_json(page)
+    else:
+        out.print(render.concurrency_limits_table(page.limits))
+
+
+@concurrency_limits.command("set")
+@click.argument("workflow")
+@click.option("--limit", type=int, required=True, help="Runs executing at once.")
+@click.option(
+    "--strategy",
+    type=click.Choice([s.value for s in ConcurrencyStrategy]),
+    default=ConcurrencyStrategy.QUEUE.value,
+    show_default=True,
+    help="What a start does when the limit is reached.",
+)
+@click.option(
+    "--per-key/--whole-workflow",
+    default=True,
+    show_default=True,
+    help="Count each concurrency key apart, or all the workflow's runs together.",
+)
+@json_option
+@pass_settings
+def concurrency_limits_set(
+    settings: Settings, workflow: str, limit: int, strategy: str, per_key: bool, as_json: bool
+) -> None:
+    """Set WORKFLOW's limit as its operator: it wins over the code's until cleared."""
+    info = settings.call(
+        lambda client: client.concurrency_limits.set(
+            workflow, limit=limit, strategy=ConcurrencyStrategy(strategy), per_key=per_key
+        )
+    )
+    if as_json:
+        _print_json(info)
+    else:
+        out.print(render.concurrency_limits_table([info]))
+
+
+@concurrency_limits.command("clear")
+@click.argument("workflow")
+@json_option
+@pass_settings
+def concurrency_limits_clear(settings: Settings, workflow: str, as_json: bool) -> None:
+    """Remove WORKFLOW's limit (the code's declaration comes back with its next start)."""
+    info = settings.call(lambda client: client.concurrency_limits.clear(workflow))
+    if as_json:
+        _print_json(info)
+    else:
+        out.print(f"concurrency limit of {info.workflow} cleared")
 
 
 # -- workers ----------------------------------------------------------------------------

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from aiki_core import ErrorInfo
     from aiki_core.wire import (
         ChildRecord,
+        ConcurrencyLimit,
         RateLimitInfo,
         RunDetail,
         RunSummary,
@@ -306,6 +307,19 @@ def rate_limits_table(limits: Iterable[RateLimitInfo]) -> Table:
         table.add_column(column)
     for info in limits:
         table.add_row(info.name, str(info.limit), str(info.per), when(info.updated_at))
+    return table
+
+
+def concurrency_limits_table(limits: Iterable[ConcurrencyLimit]) -> Table:
+    """One row per workflow limit: how many runs at once, counted how, set by whom."""
+    table = Table(box=None, header_style="bold")
+    for column in ("WORKFLOW", "LIMIT", "COUNTED", "STRATEGY", "SET BY", "UPDATED"):
+        table.add_column(column)
+    for info in limits:
+        counted = "per key" if info.per_key else "whole workflow"
+        when_set = when(info.updated_at)
+        row = (info.workflow, str(info.limit), counted, info.strategy.value, info.source, when_set)
+        table.add_row(*row)
     return table
 
 
