@@ -12,7 +12,17 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import pytest
 
-from server_api import FAR_FUTURE, claim, error_of, get_run, start, transition
+from server_api import (
+    FAR_FUTURE,
+    START_MS,
+    claim,
+    error_of,
+    get_run,
+    iso,
+    start,
+    transition,
+    wait_status,
+)
 
 if TYPE_CHECKING:
     import httpx
@@ -270,3 +280,56 @@ async def test_bad_flow_control_input_is_refused_and_writes_nothing(harness: Har
     error_of(r, 422, "payload_validation")
     assert await run_count(harness) == 0
     error_of(await client.get(f"/concurrency-limits/{W}"), 404, "not_found")
+
+
+# -- adversarial review: the queue's front full of runs whose group is full ------------------------
+
+BOTH = [{"workflow": w, "version": "1", "pool": "default"} for w in (W, "other")]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a claim reads only max_runs * 4 + 16 candidates: a backlog of runs of one full"
+    " group at the queue's front hides every run behind it (head-of-line blocking)",
+)
+async def test_a_full_workflow_limit_does_not_block_other_workflows(
+    server: httpx.AsyncClient,
+) -> None:
+    # a workflow limited to one run at a time with a backlog (no key: nothing spreads it)
+    for _ in range(30):
+        await start_keyed(server, None, limit=1)
+    other = await start(server, workflow="other")  # no limit, queued after the backlog
+    (first,) = await claim(server, capabilities=BOTH)
+    assert first["run"]["workflow"] == W
+    # w's one slot is taken: the worker's next claim must reach the other workflow's run
+    claimed = await claim(server, capabilities=BOTH, worker_id="worker-2")
+    assert [c["run"]["id"] for c in claimed] == [other["id"]]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="runs queued again (woken) rank at their ready time, not spread: a key's woken"
+    " backlog fills the claim's look-ahead and blocks every other key behind it",
+)
+async def test_a_woken_backlog_of_a_full_key_does_not_block_other_keys(
+    harness: Harness,
+) -> None:
+    client = harness.client
+    for _ in range(30):
+        await start_keyed(client, "acme", limit=1)
+    # each acme run takes the slot in turn and sleeps until the same moment
+    sleep = {"kind": "suspend", "waits": [{**SLEEP, "wake_at": iso(START_MS + 1_000)}]}
+    ids = []
+    for _ in range(30):
+        (c,) = await claim(client)
+        r = await transition(client, c["run"]["id"], c["run"]["revision"], sleep)
+        assert r.status_code == 200, r.text
+        ids.append(c["run"]["id"])
+    harness.advance(2_000)
+    for run_id in ids:
+        await wait_status(client, run_id, "queued")
+    beta = await start_keyed(client, "beta", limit=1)
+    (first,) = await claim(client)
+    assert first["run"]["concurrency_key"] == "acme"
+    claimed = await claim(client, worker_id="worker-2")
+    assert [c["run"]["id"] for c in claimed] == [beta["id"]]
