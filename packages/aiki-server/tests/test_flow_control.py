@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import pytest
 
+from aiki_server._notify import QUEUE
 from server_api import (
     FAR_FUTURE,
     START_MS,
@@ -333,3 +334,28 @@ async def test_a_woken_backlog_of_a_full_key_does_not_block_other_keys(
     assert first["run"]["concurrency_key"] == "acme"
     claimed = await claim(client, worker_id="worker-2")
     assert [c["run"]["id"] for c in claimed] == [beta["id"]]
+
+
+@pytest.mark.parametrize("how", ["complete", "raise_limit"])
+async def test_a_freed_slot_of_a_workflow_wide_limit_wakes_waiting_workers(
+    harness: Harness, how: str
+) -> None:
+    """A slot freed (a run stops, or an operator raises the limit) wakes long-polls.
+
+    Runs under a limit without key carry no concurrency key: they must wake them too.
+    """
+    if harness.app.state.db.dialect == "postgresql":
+        pytest.skip("the starts' notifications arrive late there, and wake the subscription")
+    client = harness.client
+    for _ in range(2):
+        await start_keyed(client, None, limit=1)
+    (held,) = await claim(client)
+    assert await claim(client, worker_id="worker-2") == []
+    woken = harness.app.state.hub.subscribe(QUEUE)  # what a waiting worker's long-poll awaits
+    if how == "complete":
+        await complete(client, held)
+    else:
+        r = await client.put(f"/concurrency-limits/{W}", json={"limit": 2, "per_key": False})
+        assert r.status_code == 200, r.text
+    assert await woken.wait(10)
+    assert len(await claim(client, worker_id="worker-2")) == 1

@@ -30,6 +30,7 @@ from aiki_core import ConcurrencyStrategy, NotFoundError, RunStatus
 from aiki_core.wire import ConcurrencyLimit, ConcurrencyLimitPage
 from aiki_server._clock import from_ms
 from aiki_server._lifecycle import cancel_run_and_descendants
+from aiki_server._notify import QUEUE
 
 if TYPE_CHECKING:
     from aiki_core.wire import ConcurrencySpec, SetConcurrencyLimitRequest
@@ -311,6 +312,7 @@ class ConcurrencyLimits:
         values = {"limit": req.limit, "strategy": req.strategy.value, "per_key": int(req.per_key)}
 
         async def put(tx: Tx) -> Row:
+            tx.publish(QUEUE)  # a limit raised (or changed) may let waiting runs go
             return await _upsert(tx, namespace, workflow, values, "operator", self._clock())
 
         return _model(await self._db.write(put))
@@ -327,6 +329,7 @@ class ConcurrencyLimits:
                 namespace,
                 workflow,
             )
+            tx.publish(QUEUE)  # the runs it held back may go
             return row
 
         return _model(await self._db.write(delete))
