@@ -359,3 +359,25 @@ async def test_a_freed_slot_of_a_workflow_wide_limit_wakes_waiting_workers(
         assert r.status_code == 200, r.text
     assert await woken.wait(10)
     assert len(await claim(client, worker_id="worker-2")) == 1
+
+
+async def test_claimers_racing_past_unlimited_runs_never_exceed_a_limit(
+    server: httpx.AsyncClient,
+) -> None:
+    """A claim that looked only at unlimited runs, but takes others (those it saw were taken
+    by a claim meanwhile), must still gate them by their limit."""
+    for _ in range(20):
+        await start(server, workflow="other")  # no limit
+        await start_keyed(server, None, limit=1)
+    taken: list[dict[str, Any]] = []
+
+    async def claimer(worker: str) -> None:
+        for _ in range(3):
+            taken.extend(await claim(server, capabilities=BOTH, worker_id=worker))
+
+    async with anyio.create_task_group() as tg:
+        for n in range(16):
+            tg.start_soon(claimer, f"worker-{n}")
+    assert Counter(c["run"]["workflow"] for c in taken)[W] <= 1, Counter(
+        c["run"]["workflow"] for c in taken
+    )

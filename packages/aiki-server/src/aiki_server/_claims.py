@@ -207,7 +207,12 @@ class Claims:
             args[-1] = limit * _LOOK_AHEAD + _LOOK_AHEAD_MIN
         try:
             return await self._claim_rows(
-                namespace, worker_id, f"SELECT * {queued}", args, limit, gated=gated
+                namespace,
+                worker_id,
+                f"SELECT *, {LIMITED} AS limited {queued}",
+                args,
+                limit,
+                gated=gated,
             )
         except Exception as exc:
             if self._not_the_runs_fault(exc):
@@ -234,7 +239,7 @@ class Claims:
                 claimed += await self._claim_rows(
                     namespace,
                     worker_id,
-                    "SELECT * FROM runs WHERE id = $1 AND status = $2",
+                    f"SELECT *, {LIMITED} AS limited FROM runs WHERE id = $1 AND status = $2",
                     [ids[0], RunStatus.QUEUED.value],
                     1,
                     gated=gated,
@@ -268,6 +273,8 @@ class Claims:
         """Claim the queued runs `select` finds, with everything their replays need.
 
         `gated`: some may have a concurrency limit; up to `limit` of those with room go.
+        `select` says which have one (`limited`): the runs a poll saw may be gone when it
+        claims, and the ones it finds then gated all the same.
         """
 
         async def claim(tx: Tx) -> list[ClaimedRun]:
@@ -285,6 +292,8 @@ class Claims:
                     )
             else:
                 rows = await tx.fetch(f"{select}{tx.skip_locked}", *args)
+                if any(row["limited"] for row in rows):  # the runs the poll saw were taken
+                    rows = await admit(tx, namespace, rows, limit)
             if not rows:
                 return []
             now = self._clock()
