@@ -381,4 +381,3 @@ async def test_claimers_racing_past_unlimited_runs_never_exceed_a_limit(
     assert Counter(c["run"]["workflow"] for c in taken)[W] <= 1, Counter(
         c["run"]["workflow"] for c in taken
     )
-
