@@ -288,11 +288,6 @@ async def test_bad_flow_control_input_is_refused_and_writes_nothing(harness: Har
 BOTH = [{"workflow": w, "version": "1", "pool": "default"} for w in (W, "other")]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a claim reads only max_runs * 4 + 16 candidates: a backlog of runs of one full"
-    " group at the queue's front hides every run behind it (head-of-line blocking)",
-)
 async def test_a_full_workflow_limit_does_not_block_other_workflows(
     server: httpx.AsyncClient,
 ) -> None:
@@ -307,11 +302,6 @@ async def test_a_full_workflow_limit_does_not_block_other_workflows(
     assert [c["run"]["id"] for c in claimed] == [other["id"]]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runs queued again (woken) rank at their ready time, not spread: a key's woken"
-    " backlog fills the claim's look-ahead and blocks every other key behind it",
-)
 async def test_a_woken_backlog_of_a_full_key_does_not_block_other_keys(
     harness: Harness,
 ) -> None:

@@ -21,7 +21,7 @@ from aiki_core.wire import (
     to_millis,
 )
 from aiki_server._clock import from_ms
-from aiki_server._flow import LIMITED, admit
+from aiki_server._flow import LIMITED, Group, admit
 from aiki_server._lifecycle import move_run, record_history
 from aiki_server._logs import component
 from aiki_server._metrics import grouped_runs_query
@@ -279,7 +279,8 @@ class Claims:
 
         async def claim(tx: Tx) -> list[ClaimedRun]:
             if gated:  # the candidates read, only those admitted are locked
-                admitted = await admit(tx, namespace, await tx.fetch(select, *args), limit)
+                candidates = await tx.fetch(select, *args)
+                admitted = await admit(tx, namespace, candidates, limit, _past(tx, select, args))
                 rows = []
                 if admitted:  # by id alone: the ids' index, whatever the planner knows
                     locked = await tx.fetch(
@@ -391,3 +392,18 @@ class Claims:
             )
 
         await self._db.write(set_aside)
+
+
+def _past(
+    tx: Tx, select: str, args: list[Any]
+) -> Callable[[list[Group]], Awaitable[list[Row]]] | None:
+    """How a gated claim reads the queue past full groups (`None`: `select` is one run)."""
+    if " ORDER BY " not in select:
+        return None
+
+    async def past(full: list[Group]) -> list[Row]:
+        more = list(args)
+        unless = "".join(f" AND NOT ({group.where(more)})" for group in full)
+        return await tx.fetch(select.replace(" ORDER BY ", f"{unless} ORDER BY "), *more)
+
+    return past
