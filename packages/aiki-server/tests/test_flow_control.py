@@ -12,7 +12,18 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import pytest
 
-from server_api import FAR_FUTURE, claim, error_of, get_run, start, transition
+from aiki_server._notify import QUEUE
+from server_api import (
+    FAR_FUTURE,
+    START_MS,
+    claim,
+    error_of,
+    get_run,
+    iso,
+    start,
+    transition,
+    wait_status,
+)
 
 if TYPE_CHECKING:
     import httpx
@@ -270,3 +281,93 @@ async def test_bad_flow_control_input_is_refused_and_writes_nothing(harness: Har
     error_of(r, 422, "payload_validation")
     assert await run_count(harness) == 0
     error_of(await client.get(f"/concurrency-limits/{W}"), 404, "not_found")
+
+
+# -- adversarial review: the queue's front full of runs whose group is full ------------------------
+
+BOTH = [{"workflow": w, "version": "1", "pool": "default"} for w in (W, "other")]
+
+
+async def test_a_full_workflow_limit_does_not_block_other_workflows(
+    server: httpx.AsyncClient,
+) -> None:
+    # a workflow limited to one run at a time with a backlog (no key: nothing spreads it)
+    for _ in range(30):
+        await start_keyed(server, None, limit=1)
+    other = await start(server, workflow="other")  # no limit, queued after the backlog
+    (first,) = await claim(server, capabilities=BOTH)
+    assert first["run"]["workflow"] == W
+    # w's one slot is taken: the worker's next claim must reach the other workflow's run
+    claimed = await claim(server, capabilities=BOTH, worker_id="worker-2")
+    assert [c["run"]["id"] for c in claimed] == [other["id"]]
+
+
+async def test_a_woken_backlog_of_a_full_key_does_not_block_other_keys(
+    harness: Harness,
+) -> None:
+    client = harness.client
+    for _ in range(30):
+        await start_keyed(client, "acme", limit=1)
+    # each acme run takes the slot in turn and sleeps until the same moment
+    sleep = {"kind": "suspend", "waits": [{**SLEEP, "wake_at": iso(START_MS + 1_000)}]}
+    ids = []
+    for _ in range(30):
+        (c,) = await claim(client)
+        r = await transition(client, c["run"]["id"], c["run"]["revision"], sleep)
+        assert r.status_code == 200, r.text
+        ids.append(c["run"]["id"])
+    harness.advance(2_000)
+    for run_id in ids:
+        await wait_status(client, run_id, "queued")
+    beta = await start_keyed(client, "beta", limit=1)
+    (first,) = await claim(client)
+    assert first["run"]["concurrency_key"] == "acme"
+    claimed = await claim(client, worker_id="worker-2")
+    assert [c["run"]["id"] for c in claimed] == [beta["id"]]
+
+
+@pytest.mark.parametrize("how", ["complete", "raise_limit"])
+async def test_a_freed_slot_of_a_workflow_wide_limit_wakes_waiting_workers(
+    harness: Harness, how: str
+) -> None:
+    """A slot freed (a run stops, or an operator raises the limit) wakes long-polls.
+
+    Runs under a limit without key carry no concurrency key: they must wake them too.
+    """
+    if harness.app.state.db.dialect == "postgresql":
+        pytest.skip("the starts' notifications arrive late there, and wake the subscription")
+    client = harness.client
+    for _ in range(2):
+        await start_keyed(client, None, limit=1)
+    (held,) = await claim(client)
+    assert await claim(client, worker_id="worker-2") == []
+    woken = harness.app.state.hub.subscribe(QUEUE)  # what a waiting worker's long-poll awaits
+    if how == "complete":
+        await complete(client, held)
+    else:
+        r = await client.put(f"/concurrency-limits/{W}", json={"limit": 2, "per_key": False})
+        assert r.status_code == 200, r.text
+    assert await woken.wait(10)
+    assert len(await claim(client, worker_id="worker-2")) == 1
+
+
+async def test_claimers_racing_past_unlimited_runs_never_exceed_a_limit(
+    server: httpx.AsyncClient,
+) -> None:
+    """A claim that looked only at unlimited runs, but takes others (those it saw were taken
+    by a claim meanwhile), must still gate them by their limit."""
+    for _ in range(20):
+        await start(server, workflow="other")  # no limit
+        await start_keyed(server, None, limit=1)
+    taken: list[dict[str, Any]] = []
+
+    async def claimer(worker: str) -> None:
+        for _ in range(3):
+            taken.extend(await claim(server, capabilities=BOTH, worker_id=worker))
+
+    async with anyio.create_task_group() as tg:
+        for n in range(16):
+            tg.start_soon(claimer, f"worker-{n}")
+    assert Counter(c["run"]["workflow"] for c in taken)[W] <= 1, Counter(
+        c["run"]["workflow"] for c in taken
+    )

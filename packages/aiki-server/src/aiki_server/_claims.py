@@ -21,7 +21,7 @@ from aiki_core.wire import (
     to_millis,
 )
 from aiki_server._clock import from_ms
-from aiki_server._flow import LIMITED, admit
+from aiki_server._flow import LIMITED, Group, admit
 from aiki_server._lifecycle import move_run, record_history
 from aiki_server._logs import component
 from aiki_server._metrics import grouped_runs_query
@@ -207,7 +207,12 @@ class Claims:
             args[-1] = limit * _LOOK_AHEAD + _LOOK_AHEAD_MIN
         try:
             return await self._claim_rows(
-                namespace, worker_id, f"SELECT * {queued}", args, limit, gated=gated
+                namespace,
+                worker_id,
+                f"SELECT *, {LIMITED} AS limited {queued}",
+                args,
+                limit,
+                gated=gated,
             )
         except Exception as exc:
             if self._not_the_runs_fault(exc):
@@ -234,7 +239,7 @@ class Claims:
                 claimed += await self._claim_rows(
                     namespace,
                     worker_id,
-                    "SELECT * FROM runs WHERE id = $1 AND status = $2",
+                    f"SELECT *, {LIMITED} AS limited FROM runs WHERE id = $1 AND status = $2",
                     [ids[0], RunStatus.QUEUED.value],
                     1,
                     gated=gated,
@@ -268,11 +273,14 @@ class Claims:
         """Claim the queued runs `select` finds, with everything their replays need.
 
         `gated`: some may have a concurrency limit; up to `limit` of those with room go.
+        `select` says which have one (`limited`): the runs a poll saw may be gone when it
+        claims, and the ones it finds then gated all the same.
         """
 
         async def claim(tx: Tx) -> list[ClaimedRun]:
             if gated:  # the candidates read, only those admitted are locked
-                admitted = await admit(tx, namespace, await tx.fetch(select, *args), limit)
+                candidates = await tx.fetch(select, *args)
+                admitted = await admit(tx, namespace, candidates, limit, _past(tx, select, args))
                 rows = []
                 if admitted:  # by id alone: the ids' index, whatever the planner knows
                     locked = await tx.fetch(
@@ -285,6 +293,8 @@ class Claims:
                     )
             else:
                 rows = await tx.fetch(f"{select}{tx.skip_locked}", *args)
+                if any(row["limited"] for row in rows):  # the runs the poll saw were taken
+                    rows = await admit(tx, namespace, rows, limit)
             if not rows:
                 return []
             now = self._clock()
@@ -382,3 +392,18 @@ class Claims:
             )
 
         await self._db.write(set_aside)
+
+
+def _past(
+    tx: Tx, select: str, args: list[Any]
+) -> Callable[[list[Group]], Awaitable[list[Row]]] | None:
+    """How a gated claim reads the queue past full groups (`None`: `select` is one run)."""
+    if " ORDER BY " not in select:
+        return None
+
+    async def past(full: list[Group]) -> list[Row]:
+        more = list(args)
+        unless = "".join(f" AND NOT ({group.where(more)})" for group in full)
+        return await tx.fetch(select.replace(" ORDER BY ", f"{unless} ORDER BY "), *more)
+
+    return past

@@ -30,8 +30,11 @@ from aiki_core import ConcurrencyStrategy, NotFoundError, RunStatus
 from aiki_core.wire import ConcurrencyLimit, ConcurrencyLimitPage
 from aiki_server._clock import from_ms
 from aiki_server._lifecycle import cancel_run_and_descendants
+from aiki_server._notify import QUEUE
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from aiki_core.wire import ConcurrencySpec, SetConcurrencyLimitRequest
     from aiki_server._clock import Clock
     from aiki_server._storage._database import Database, Row, Tx
@@ -39,6 +42,8 @@ if TYPE_CHECKING:
 _RUNNING = [RunStatus.RUNNING.value]
 _QUEUED_OR_RUNNING = [RunStatus.QUEUED.value, RunStatus.RUNNING.value]
 _MAX_LIMITS_LISTED = 10_000
+_ROUNDS = 4
+"""How many times a claim reads further past the full groups it met (see `admit`)."""
 
 LIMITED = (
     "EXISTS (SELECT 1 FROM concurrency_limits c"
@@ -217,43 +222,69 @@ async def apply_strategy(tx: Tx, run: Row, limit: Row, now: int) -> bool:
     return False
 
 
-async def admit(tx: Tx, namespace: str, rows: list[Row], max_runs: int) -> list[Row]:
+async def admit(
+    tx: Tx,
+    namespace: str,
+    rows: list[Row],
+    max_runs: int,
+    fetch_past: Callable[[list[Group]], Awaitable[list[Row]]] | None = None,
+) -> list[Row]:
     """The first `max_runs` of a claim's candidates (in rank order) whose group has room.
 
     Each group met is locked, then its running runs counted: a claim that takes a
     run of the group commits before another one counts it. The lock is only tried:
     a group another claim holds now is passed over (that claim is serving it), so
-    no two claims ever wait on each other.
+    no two claims ever wait on each other. When the candidates run out before
+    `max_runs` are admitted, `fetch_past(groups)` reads the next ones, without the
+    groups found full (a few times at most): a backlog of full groups at the front of
+    the queue does not hide the runs behind it.
     """
-    workflows = sorted({row["workflow"] for row in rows})
-    limits = {
-        row["workflow"]: row
-        for row in await tx.fetch(
-            f"SELECT * FROM concurrency_limits WHERE namespace = $1 AND workflow {tx.in_array(2)}",
-            namespace,
-            tx.array(workflows),
-        )
-    }
+    limits: dict[str, Row] = {}
     running: dict[Group, int | None] = {}
     """Each group's runs running (with those admitted here); `None`: another claim's."""
-    admitted: list[Row] = []
-    for row in rows:
-        if len(admitted) == max_runs:
+    admitted: dict[str, Row] = {}
+    for _ in range(_ROUNDS):
+        page = len(rows)
+        workflows = sorted({row["workflow"] for row in rows} - set(limits))
+        if workflows:
+            limits |= {
+                row["workflow"]: row
+                for row in await tx.fetch(
+                    "SELECT * FROM concurrency_limits"
+                    f" WHERE namespace = $1 AND workflow {tx.in_array(2)}",
+                    namespace,
+                    tx.array(workflows),
+                )
+            }
+        for row in rows:
+            if len(admitted) == max_runs:
+                return list(admitted.values())
+            if row["id"] in admitted:
+                continue
+            limit = limits.get(row["workflow"])
+            if limit is None:
+                admitted[row["id"]] = row
+                continue
+            group = Group.of(row, limit)
+            if group not in running:
+                mine = await tx.try_lock_key(group.lock_name)
+                running[group] = await group.count(tx, _RUNNING) if mine else None
+            taken = running[group]
+            if taken is None or taken >= int(limit["limit"]):
+                continue
+            running[group] = taken + 1
+            admitted[row["id"]] = row
+        full = [
+            group
+            for group, taken in running.items()
+            if taken is None or taken >= int(limits[group.workflow]["limit"])
+        ]
+        if fetch_past is None or not full or page == 0:
             break
-        limit = limits.get(row["workflow"])
-        if limit is None:
-            admitted.append(row)
-            continue
-        group = Group.of(row, limit)
-        if group not in running:
-            mine = await tx.try_lock_key(group.lock_name)
-            running[group] = await group.count(tx, _RUNNING) if mine else None
-        taken = running[group]
-        if taken is None or taken >= int(limit["limit"]):
-            continue
-        running[group] = taken + 1
-        admitted.append(row)
-    return admitted
+        rows = await fetch_past(full)
+        if len(rows) <= len(admitted):  # nothing new past the full groups
+            break
+    return list(admitted.values())
 
 
 async def waiting_reason(tx: Tx, run: Row) -> str | None:
@@ -311,6 +342,7 @@ class ConcurrencyLimits:
         values = {"limit": req.limit, "strategy": req.strategy.value, "per_key": int(req.per_key)}
 
         async def put(tx: Tx) -> Row:
+            tx.publish(QUEUE)  # a limit raised (or changed) may let waiting runs go
             return await _upsert(tx, namespace, workflow, values, "operator", self._clock())
 
         return _model(await self._db.write(put))
@@ -327,6 +359,7 @@ class ConcurrencyLimits:
                 namespace,
                 workflow,
             )
+            tx.publish(QUEUE)  # the runs it held back may go
             return row
 
         return _model(await self._db.write(delete))
