@@ -274,3 +274,18 @@ async def test_a_bad_rate_limit_on_a_start_starts_nothing(harness: Harness) -> N
     assert (await client.get("/runs")).json()["runs"] == []
     async with harness.app.state.db.reader() as tx:
         assert await tx.fetch("SELECT * FROM rate_limit_buckets") == []
+
+
+# -- found in review ----------------------------------------------------------------------------
+
+
+async def test_raising_a_limit_applies_from_the_next_grant(harness: Harness) -> None:
+    """A key that used a slow limit is not held to it once the limit is raised."""
+    client = harness.client
+    await define(client, "api", 1, 3_600_000)  # one an hour
+    assert (await acquire(client, "api"))["granted"]
+    await define(client, "api", 100, 1_000)  # now a hundred a second
+    harness.advance(1_000)  # a full window of the new setting later
+    answer = await acquire(client, "api")
+    assert answer["granted"], answer
+

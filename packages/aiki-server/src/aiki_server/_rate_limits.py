@@ -19,7 +19,9 @@ SQLite's single writer), so the limit holds across workers and server replicas.
 The grant time never goes back for a bucket (`now` is at least the bucket's last
 grant), so replicas whose clocks differ a little still space grants as their ledger
 shows them. Changing a limit keeps the buckets: it applies from each key's next
-grant on, and during the change the window of the old and the new settings mix.
+grant on, and during the change the window of the old and the new settings mix. A
+key's last grant holds the next one back by at most `per` of the current setting, so
+raising a limit is not held up by the slower setting's spacing.
 """
 
 from __future__ import annotations
@@ -125,8 +127,12 @@ async def acquire_in(
     )
     assert bucket is not None  # inserted above, and a limit's delete waits for this lock
     asked_at = clock()
-    now = max(asked_at, int(bucket["updated_at"]))
-    ready = int(bucket["tat"]) + _ceil_div((units - 1) * per_ms, size)
+    last = int(bucket["updated_at"])
+    now = max(asked_at, last)
+    # a grant takes at most `per_ms` from its time on: the cap changes nothing while the
+    # limit stays, and frees a key held back by a slower setting once the limit is raised
+    tat = min(int(bucket["tat"]), last + per_ms)
+    ready = tat + _ceil_div((units - 1) * per_ms, size)
     if now < ready and not reserve:
         return Grant(granted=False, at=ready, now=asked_at)
     at = max(now, ready)
