@@ -289,3 +289,33 @@ async def test_raising_a_limit_applies_from_the_next_grant(harness: Harness) -> 
     answer = await acquire(client, "api")
     assert answer["granted"], answer
 
+
+async def test_an_acquisition_racing_the_limits_delete_is_not_found(
+    harness: Harness, db_url: str
+) -> None:
+    """PostgreSQL: an acquisition that read the limit just before its delete commits
+    answers 404, not a foreign key's 500."""
+    if "sqlite" in db_url:
+        pytest.skip("SQLite's single writer runs the two one after the other")
+    client, db = harness.client, harness.app.state.db
+    await define(client, "api", 10, 1_000)
+    answers: list[httpx.Response] = []
+
+    async def ask() -> None:
+        answers.append(await client.post("/rate-limits/api/acquire", json={"key": "new"}))
+
+    async with anyio.create_task_group() as tg, db.transaction() as tx:
+        # the limit's delete, not yet committed (as `RateLimits.delete` writes it)
+        await tx.execute("DELETE FROM rate_limit_buckets WHERE namespace = 'default'")
+        await tx.execute("DELETE FROM rate_limits WHERE namespace = 'default'")
+        tg.start_soon(ask)
+        while True:  # until the acquisition waits on the delete's lock; then commit
+            async with db.reader() as watcher:
+                waiting = await watcher.fetch(
+                    "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND query LIKE '%rate_limit%'"
+                )
+            if waiting:
+                break
+            await anyio.sleep(0.01)
+    error_of(answers[0], 404, "rate_limit_not_found")

@@ -77,10 +77,10 @@ def _info(row: Row) -> RateLimitInfo:
     )
 
 
-async def _limit(tx: Tx, namespace: str, name: str) -> Row:
+async def _limit(tx: Tx, namespace: str, name: str, lock: str = "") -> Row:
     row = await tx.fetchrow(
         'SELECT namespace, name, "limit", per_ms, updated_at FROM rate_limits'
-        " WHERE namespace = $1 AND name = $2",
+        f" WHERE namespace = $1 AND name = $2{lock}",
         namespace,
         name,
     )
@@ -103,7 +103,9 @@ async def acquire_in(
     units than the limit has (neither writes anything). A conflict, not a 422: the
     request is well formed, and the same one is granted once the limit is raised.
     """
-    limit = await _limit(tx, namespace, name)
+    # kept until commit: a delete of the limit waits for this grant, or this grant for
+    # the delete (and then finds no limit), never a bucket left without its limit
+    limit = await _limit(tx, namespace, name, tx.keep_rows)
     size, per_ms = int(limit["limit"]), int(limit["per_ms"])
     if units > size:
         raise ConflictError(

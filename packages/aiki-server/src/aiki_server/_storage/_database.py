@@ -2,7 +2,7 @@
 
 SQL is written once, with `$1`-style parameters (PostgreSQL's); the SQLite
 implementation rewrites them to `?1`. The few dialect differences are fragments on
-the transaction (`lock_rows`, `skip_locked`, `in_array`). No statement takes one
+the transaction (`lock_rows`, `skip_locked`, `keep_rows`, `in_array`). No statement takes one
 parameter per row: a list of ids is one parameter (`Tx.array`), matched with
 `in_array`, however long the list.
 
@@ -39,6 +39,9 @@ class Tx(ABC):
     """Appended to a SELECT to lock the rows it returns until commit."""
     skip_locked: str
     """Appended to a SELECT to lock its rows and skip rows another transaction holds."""
+    keep_rows: str
+    """Appended to a SELECT to keep its rows from being deleted (or their keys changed)
+    until commit, letting other transactions read, keep and update them meanwhile."""
 
     def __init__(self) -> None:
         self.topics: set[str] = set()
