@@ -311,6 +311,11 @@ async def test_bad_definitions_are_refused(client: Client) -> None:
         RateLimit("x", units=0)
     with pytest.raises(PayloadValidationError):
         RateLimit("not a name!")
+    # a `/` splits the routes' path: refused where it is given, not a 404 "no route"
+    with pytest.raises(PayloadValidationError):
+        RateLimit("team/openai")
+    with pytest.raises(PayloadValidationError):
+        await client.rate_limits.set("team/openai", limit=1, per=timedelta(seconds=1))
     await client.rate_limits.set("x", limit=3, per=timedelta(seconds=1))
     with pytest.raises(ConflictError):
         await client.rate_limits.acquire("x", units=4)

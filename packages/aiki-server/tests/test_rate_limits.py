@@ -319,3 +319,13 @@ async def test_an_acquisition_racing_the_limits_delete_is_not_found(
                 break
             await anyio.sleep(0.01)
     error_of(answers[0], 404, "rate_limit_not_found")
+
+
+async def test_a_rate_limit_name_with_a_slash_is_refused(harness: Harness) -> None:
+    """A `/` would split the routes' path (`/rate-limits/{name}`), so no such limit can
+    be defined: a start naming one is a 422, not a 404 for a limit nobody could define."""
+    client = harness.client
+    r = await client.post(
+        "/runs", json={"workflow": "w", "version": "1", "rate_limit": {"name": "team/openai"}}
+    )
+    error_of(r, 422, "payload_validation")

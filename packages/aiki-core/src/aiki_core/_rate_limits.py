@@ -18,7 +18,7 @@ from pydantic import AwareDatetime, Field, StringConstraints, ValidationError
 from aiki_core._duration import Duration, DurationRange
 from aiki_core._exceptions import PayloadValidationError, RateLimitKeyError
 from aiki_core._ids import Namespace
-from aiki_core._wire import NO_NUL, Name, Ordinal, RequestModel, ResponseModel
+from aiki_core._wire import NO_NUL, Ordinal, RequestModel, ResponseModel
 
 __all__ = [
     "MAX_RATE_LIMIT_KEY_LENGTH",
@@ -38,6 +38,11 @@ InT = TypeVar("InT")
 
 MAX_RATE_LIMIT_KEY_LENGTH = 200
 """The longest key a rate limit's budget is kept under."""
+
+RateLimitName = Annotated[
+    str, StringConstraints(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
+]
+"""A rate limit's name: a name without `/`, which would split its routes' path."""
 
 RateLimitKey = Annotated[
     str, StringConstraints(max_length=MAX_RATE_LIMIT_KEY_LENGTH, pattern=NO_NUL)
@@ -93,7 +98,7 @@ class AcquireRateLimitResponse(ResponseModel):
 class RateLimitUse(RequestModel):
     """The units one task attempt (or one run start) takes from a rate limit."""
 
-    name: Name
+    name: RateLimitName
     units: Ordinal = 1
     key: RateLimitKey = ""
 
