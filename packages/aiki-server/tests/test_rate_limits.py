@@ -329,3 +329,22 @@ async def test_a_rate_limit_name_with_a_slash_is_refused(harness: Harness) -> No
         "/runs", json={"workflow": "w", "version": "1", "rate_limit": {"name": "team/openai"}}
     )
     error_of(r, 422, "payload_validation")
+
+
+async def test_a_wait_longer_than_a_duration_can_say_is_answered(harness: Harness) -> None:
+    """Reserved starts can push a key's next unit past the longest duration the wire
+    carries (100 years): the refusal still answers (it failed with a 500, which a worker
+    retried for ever), and a start reserved further off than a delay may be is a 409."""
+    client = harness.client
+    century = 36_525 * 86_400_000
+    await define(client, "century", 1, century)
+    for _ in range(2):  # now, and a century on
+        await start(client, rate_limit={"name": "century"})
+    answer = await acquire(client, "century")
+    assert not answer["granted"]
+    assert to_ms(answer["retry_at"]) == harness.clock.now + 2 * century
+    assert answer["retry_after"] == century  # as long as the wire says, then ask again
+    third = {"workflow": "w", "version": "1", "rate_limit": {"name": "century"}}
+    r = await client.post("/runs", json=third)
+    error_of(r, 409, "conflict")
+    assert len((await client.get("/runs")).json()["runs"]) == 2

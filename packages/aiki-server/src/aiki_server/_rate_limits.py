@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 
 from aiki_core import ConflictError, RateLimitNotFoundError
 from aiki_core.wire import (
+    MAX_DURATION,
     AcquireRateLimitResponse,
     RateLimitInfo,
     RateLimitPage,
@@ -58,8 +59,11 @@ class Grant:
         """The answer as the API gives it."""
         if self.granted:
             return AcquireRateLimitResponse(granted=True, granted_at=from_ms(self.at))
+        # reservations may put the time past the longest duration the wire says: the
+        # client asks again then, and is told the rest
+        after = min(self.at - self.now, to_millis(MAX_DURATION))
         return AcquireRateLimitResponse(
-            granted=False, retry_at=from_ms(self.at), retry_after=from_millis(self.at - self.now)
+            granted=False, retry_at=from_ms(self.at), retry_after=from_millis(after)
         )
 
 
@@ -100,7 +104,8 @@ async def acquire_in(
     the lock is granted at the time it got it, not at the time it asked.
 
     Raises `RateLimitNotFoundError` for an unknown limit and `ConflictError` for more
-    units than the limit has (neither writes anything). A conflict, not a 422: the
+    units than the limit has, or for a reservation further off than `MAX_DURATION`, the
+    longest delay a start may have (none writes anything). A conflict, not a 422: the
     request is well formed, and the same one is granted once the limit is raised.
     """
     # kept until commit: a delete of the limit waits for this grant, or this grant for
@@ -138,6 +143,12 @@ async def acquire_in(
     if now < ready and not reserve:
         return Grant(granted=False, at=ready, now=asked_at)
     at = max(now, ready)
+    if at - asked_at > to_millis(MAX_DURATION):
+        raise ConflictError(
+            f"rate limit {name!r} has its units for key {key!r} reserved further off than"
+            f" {MAX_DURATION.days} days",
+            details={"rate_limit": name, "key": key, "reserved_until": from_ms(ready).isoformat()},
+        )
     await tx.execute(
         "UPDATE rate_limit_buckets SET tat = $4, updated_at = $5"
         " WHERE namespace = $1 AND name = $2 AND key = $3",
