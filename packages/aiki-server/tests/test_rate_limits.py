@@ -366,3 +366,38 @@ async def test_a_limit_of_more_units_than_milliseconds_is_reachable(harness: Har
             granted += 1
         harness.advance(1)
     assert granted >= 90, granted  # the limit, but for rounding
+
+
+async def test_a_delete_and_an_acquisition_lock_in_one_order(harness: Harness, db_url: str) -> None:
+    """PostgreSQL: an acquisition keeps the limit's row, then locks the bucket; a delete
+    that took the buckets first and then waited for the limit's row deadlocked with it."""
+    if "sqlite" in db_url:
+        pytest.skip("SQLite's single writer runs the two one after the other")
+    client, db = harness.client, harness.app.state.db
+    await define(client, "api", 10, 1_000)
+    assert (await acquire(client, "api", key="k"))["granted"]
+    deleted: list[httpx.Response] = []
+
+    async def delete() -> None:
+        deleted.append(await client.delete("/rate-limits/api"))
+
+    async with anyio.create_task_group() as tg, db.transaction() as tx:
+        # an acquisition's first step (as `acquire_in` takes it): the limit's row kept
+        await tx.fetch(f"SELECT 1 FROM rate_limits WHERE name = 'api'{tx.keep_rows}")
+        tg.start_soon(delete)
+        while True:  # until the delete waits for a lock
+            async with db.reader() as watcher:
+                waiting = await watcher.fetch(
+                    "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND query LIKE '%rate_limit%'"
+                )
+            if waiting:
+                break
+            await anyio.sleep(0.01)
+        # its second step: the bucket, which the delete must not be holding
+        with anyio.fail_after(30):
+            await tx.fetch(f"SELECT 1 FROM rate_limit_buckets WHERE key = 'k'{tx.lock_rows}")
+    assert deleted[0].status_code == 200, deleted[0].text
+    metrics = (await client.get("http://aiki/metrics")).text.splitlines()
+    retries = [line for line in metrics if line.startswith("aiki_db_transaction_retries_total")]
+    assert retries == ["aiki_db_transaction_retries_total 0.0"]  # no deadlock, no retry

@@ -206,7 +206,9 @@ class RateLimits:
         """Delete the limit and its buckets; the limit as it was."""
 
         async def remove(tx: Tx) -> RateLimitInfo:
-            row = await _limit(tx, namespace, name)
+            # the limit's row first, as an acquisition keeps it before its bucket: locked
+            # in the other order, the two would deadlock
+            row = await _limit(tx, namespace, name, tx.lock_rows)
             # the buckets go with it (a foreign key's cascade, said here for SQLite too)
             await tx.execute(
                 "DELETE FROM rate_limit_buckets WHERE namespace = $1 AND name = $2",
