@@ -242,6 +242,12 @@ async def long_key(job: Job) -> str:
     return job.user
 
 
+@task("rl-odd-key", rate_limit=RateLimit("per-user-hourly", key=lambda job: "\ud800" + job.user))
+async def odd_key(job: Job) -> str:
+    """Its key function returns a string no JSON can carry (a lone surrogate)."""
+    return job.user
+
+
 broken = workflow("rl-broken")
 
 
@@ -258,6 +264,11 @@ async def broken_greedy(run: WorkflowRun, job: Job) -> int:
 @broken.v("bad-key")
 async def broken_bad_key(run: WorkflowRun, job: Job) -> str:
     return await bad_key.start(run, job)
+
+
+@broken.v("odd-key")
+async def broken_odd_key(run: WorkflowRun, job: Job) -> str:
+    return await odd_key.start(run, job)
 
 
 @broken.v("long-key")
@@ -278,6 +289,7 @@ async def failure_of(handle: WorkflowRunHandle[Any]) -> RunDetail:
         (broken_greedy, "conflict", "2 units of rate limit 'per-user-hourly'"),
         (broken_bad_key, "rate_limit_key", "KeyError: 'no user'"),
         (broken_long_key, "rate_limit_key", "a string of 600 characters"),
+        (broken_odd_key, "rate_limit_key", "'\\ud800u1'"),
     ],
 )
 async def test_a_bad_rate_limit_fails_the_task_at_once_and_the_worker_goes_on(

@@ -145,4 +145,10 @@ class RateLimit(Generic[InT]):
                     f"it returned {shown}, not a string of at most"
                     f" {MAX_RATE_LIMIT_KEY_LENGTH} characters without NUL",
                 )
-        return RateLimitUse(name=self.name, units=self.units, key=key)
+        try:
+            return RateLimitUse(name=self.name, units=self.units, key=key)
+        except ValidationError as exc:  # name and units passed at declaration: the key's
+            problem = exc.errors()[0]["msg"]
+            raise RateLimitKeyError(
+                self.name, owner, f"it returned {key!r}, no key a request can carry: {problem}"
+            ) from None
