@@ -383,13 +383,6 @@ async def test_a_start_that_takes_units_waits_for_them(
 # -- faults -------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an acquisition is not idempotent: the worker sends it again after a lost answer"
-    " and the server grants (or refuses) anew, so the lost grant's units are spent for"
-    " nothing and, on a tight limit, the run waits a whole period (needs a request id the"
-    " server remembers its grant by)",
-)
 async def test_a_grant_whose_answer_is_lost_is_not_taken_twice(db_url: str) -> None:
     lost: list[str] = []
 
@@ -410,5 +403,8 @@ async def test_a_grant_whose_answer_is_lost_is_not_taken_twice(db_url: str) -> N
             status = await handle.wait_for_status(
                 [RunStatus.COMPLETED, RunStatus.AWAITING_RETRY], timeout=WAIT
             )
+        answer = await client.rate_limits.acquire("per-user-hourly", key="u1")
     assert lost
     assert status is RunStatus.COMPLETED  # not suspended for the hour its own lost grant took
+    assert len(LEDGER) == 1
+    assert answer.retry_at == LEDGER[0][0] + timedelta(hours=1)  # one unit taken, not two

@@ -401,3 +401,18 @@ async def test_a_delete_and_an_acquisition_lock_in_one_order(harness: Harness, d
     metrics = (await client.get("http://aiki/metrics")).text.splitlines()
     retries = [line for line in metrics if line.startswith("aiki_db_transaction_retries_total")]
     assert retries == ["aiki_db_transaction_retries_total 0.0"]  # no deadlock, no retry
+
+
+async def test_a_request_asked_again_gets_its_grant_back(harness: Harness) -> None:
+    """A retry of a request whose answer was lost (same `request_id`) takes nothing."""
+    client = harness.client
+    await define(client, "hourly", 1, 3_600_000)
+    ask = {"key": "k", "request_id": "01ARZ3NDEKTSV4RRFFQ69G5FAV"}
+    first = (await client.post("/rate-limits/hourly/acquire", json=ask)).json()
+    harness.advance(5)
+    again = (await client.post("/rate-limits/hourly/acquire", json=ask)).json()
+    assert first["granted"] and again == first
+    other = {"key": "k", "request_id": "01ARZ3NDEKTSV4RRFFQ69G5FAW"}
+    refused = (await client.post("/rate-limits/hourly/acquire", json=other)).json()
+    assert not refused["granted"]
+    assert to_ms(refused["retry_at"]) == to_ms(first["granted_at"]) + 3_600_000

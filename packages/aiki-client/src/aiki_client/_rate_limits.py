@@ -70,15 +70,17 @@ class RateLimits:
         return await self._client._call("DELETE", _path(name), RateLimitInfo)
 
     async def acquire(
-        self, name: str, *, units: int = 1, key: str = ""
+        self, name: str, *, units: int = 1, key: str = "", request_id: str | None = None
     ) -> AcquireRateLimitResponse:
         """Take `units` from the budget of `key` now, or learn when they can be had.
 
         Nothing is taken unless the answer says `granted`. A worker calls it before
-        each attempt of a task that declares a `RateLimit`.
+        each attempt of a task that declares a `RateLimit`. Give the same `request_id`
+        (a ULID) to each retry of one request whose answer was lost: if the key's last
+        grant was that request's, it is given back rather than taken again.
         """
         try:
-            request = AcquireRateLimitRequest(units=units, key=key)
+            request = AcquireRateLimitRequest(units=units, key=key, request_id=request_id)
         except ValidationError as exc:
             what = f"invalid acquisition of rate limit {name!r}"
             raise PayloadValidationError.from_pydantic(what, exc) from None

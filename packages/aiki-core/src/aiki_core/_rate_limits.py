@@ -18,7 +18,7 @@ from pydantic import AwareDatetime, Field, StringConstraints, ValidationError
 from aiki_core._duration import Duration, DurationRange
 from aiki_core._exceptions import PayloadValidationError, RateLimitKeyError
 from aiki_core._ids import Namespace
-from aiki_core._wire import NO_NUL, Ordinal, RequestModel, ResponseModel
+from aiki_core._wire import NO_NUL, ClientId, Ordinal, RequestModel, ResponseModel
 
 __all__ = [
     "MAX_RATE_LIMIT_KEY_LENGTH",
@@ -78,6 +78,12 @@ class AcquireRateLimitRequest(RequestModel):
 
     units: Ordinal = 1
     key: RateLimitKey = ""
+    request_id: ClientId | None = Field(
+        default=None,
+        description="A ULID the asker mints for this request and sends again with each retry"
+        " of it: asked again after the key's last grant was its own (its answer lost), the"
+        " request gets that grant back instead of taking units twice.",
+    )
 
 
 class AcquireRateLimitResponse(ResponseModel):

@@ -94,14 +94,24 @@ async def _limit(tx: Tx, namespace: str, name: str, lock: str = "") -> Row:
 
 
 async def acquire_in(
-    tx: Tx, namespace: str, name: str, units: int, key: str, clock: Clock, *, reserve: bool = False
+    tx: Tx,
+    namespace: str,
+    name: str,
+    units: int,
+    key: str,
+    clock: Clock,
+    *,
+    reserve: bool = False,
+    request_id: str | None = None,
 ) -> Grant:
     """Grant `units` of the limit `name` to `key` now, or say when they can be had.
 
     With `reserve`, the units are granted at the first time they can be had, which may
     be later than now (a run's start takes its units so, and starts then).
     The time is read from `clock` once the bucket is locked: a request that waited for
-    the lock is granted at the time it got it, not at the time it asked.
+    the lock is granted at the time it got it, not at the time it asked. A request
+    whose `request_id` made the key's last grant gets that grant back, taking nothing
+    (it is asked again because its answer was lost).
 
     Raises `RateLimitNotFoundError` for an unknown limit and `ConflictError` for more
     units than the limit has, or for a reservation further off than `MAX_DURATION`, the
@@ -126,7 +136,7 @@ async def acquire_in(
         key,
     )
     bucket = await tx.fetchrow(
-        "SELECT tat, updated_at FROM rate_limit_buckets"
+        "SELECT tat, updated_at, last_request FROM rate_limit_buckets"
         f" WHERE namespace = $1 AND name = $2 AND key = $3{tx.lock_rows}",
         namespace,
         name,
@@ -135,6 +145,8 @@ async def acquire_in(
     assert bucket is not None  # inserted above, and a limit's delete waits for this lock
     asked_at = clock()
     last = int(bucket["updated_at"])
+    if request_id is not None and bucket["last_request"] == request_id:
+        return Grant(granted=True, at=last, now=asked_at)
     now = max(asked_at, last)
     # a grant takes at most `per_ms` from its time on: the cap changes nothing while the
     # limit stays, and frees a key held back by a slower setting once the limit is raised
@@ -150,13 +162,14 @@ async def acquire_in(
             details={"rate_limit": name, "key": key, "reserved_until": from_ms(ready).isoformat()},
         )
     await tx.execute(
-        "UPDATE rate_limit_buckets SET tat = $4, updated_at = $5"
+        "UPDATE rate_limit_buckets SET tat = $4, updated_at = $5, last_request = $6"
         " WHERE namespace = $1 AND name = $2 AND key = $3",
         namespace,
         name,
         key,
         at + _ceil_div(units * per_ms, size),
         at,
+        request_id,
     )
     return Grant(granted=True, at=at, now=asked_at)
 
@@ -222,10 +235,14 @@ class RateLimits:
 
         return await self._db.write(remove)
 
-    async def acquire(self, namespace: str, name: str, units: int, key: str) -> Grant:
+    async def acquire(
+        self, namespace: str, name: str, units: int, key: str, request_id: str | None
+    ) -> Grant:
         """`acquire_in` in a transaction of its own."""
 
         async def take(tx: Tx) -> Grant:
-            return await acquire_in(tx, namespace, name, units, key, self._clock)
+            return await acquire_in(
+                tx, namespace, name, units, key, self._clock, request_id=request_id
+            )
 
         return await self._db.write(take)
