@@ -39,6 +39,7 @@ from aiki_task import TaskContext, task
 from aiki_worker import Worker
 from aiki_workflow import WorkflowRun, workflow
 from e2e_support import QUIET
+from fault_proxy import Fault, FaultProxy
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -242,6 +243,12 @@ async def long_key(job: Job) -> str:
     return job.user
 
 
+@task("rl-odd-key", rate_limit=RateLimit("per-user-hourly", key=lambda job: "\ud800" + job.user))
+async def odd_key(job: Job) -> str:
+    """Its key function returns a string no JSON can carry (a lone surrogate)."""
+    return job.user
+
+
 broken = workflow("rl-broken")
 
 
@@ -258,6 +265,11 @@ async def broken_greedy(run: WorkflowRun, job: Job) -> int:
 @broken.v("bad-key")
 async def broken_bad_key(run: WorkflowRun, job: Job) -> str:
     return await bad_key.start(run, job)
+
+
+@broken.v("odd-key")
+async def broken_odd_key(run: WorkflowRun, job: Job) -> str:
+    return await odd_key.start(run, job)
 
 
 @broken.v("long-key")
@@ -278,6 +290,7 @@ async def failure_of(handle: WorkflowRunHandle[Any]) -> RunDetail:
         (broken_greedy, "conflict", "2 units of rate limit 'per-user-hourly'"),
         (broken_bad_key, "rate_limit_key", "KeyError: 'no user'"),
         (broken_long_key, "rate_limit_key", "a string of 600 characters"),
+        (broken_odd_key, "rate_limit_key", "'\\ud800u1'"),
     ],
 )
 async def test_a_bad_rate_limit_fails_the_task_at_once_and_the_worker_goes_on(
@@ -311,6 +324,11 @@ async def test_bad_definitions_are_refused(client: Client) -> None:
         RateLimit("x", units=0)
     with pytest.raises(PayloadValidationError):
         RateLimit("not a name!")
+    # a `/` splits the routes' path: refused where it is given, not a 404 "no route"
+    with pytest.raises(PayloadValidationError):
+        RateLimit("team/openai")
+    with pytest.raises(PayloadValidationError):
+        await client.rate_limits.set("team/openai", limit=1, per=timedelta(seconds=1))
     await client.rate_limits.set("x", limit=3, per=timedelta(seconds=1))
     with pytest.raises(ConflictError):
         await client.rate_limits.acquire("x", units=4)
@@ -360,3 +378,33 @@ async def test_a_start_that_takes_units_waits_for_them(
         await paced_v1.start(client, Job(user="u1"), delay=timedelta(seconds=1))
     page = await client.list_runs(workflow="rl-paced")
     assert {r.id for r in page.runs} == {now.id, later.id}  # the refused starts left nothing
+
+
+# -- faults -------------------------------------------------------------------------------------
+
+
+async def test_a_grant_whose_answer_is_lost_is_not_taken_twice(db_url: str) -> None:
+    lost: list[str] = []
+
+    def decide(method: str, path: str) -> Fault | None:
+        if path.endswith("/acquire") and not lost:
+            lost.append(path)
+            return Fault("drop_after")  # granted by the server, the answer lost
+        return None
+
+    async with (
+        server_process(db_url) as server,
+        FaultProxy(server.base_url, decide) as proxy,
+        Client(proxy.base_url, logger=QUIET) as client,
+    ):
+        await client.rate_limits.set("per-user-hourly", limit=1, per=timedelta(hours=1))
+        async with Worker(client, [keyed_v1], logger=QUIET):
+            handle = await keyed_v1.start(client, Job(user="u1"))
+            status = await handle.wait_for_status(
+                [RunStatus.COMPLETED, RunStatus.AWAITING_RETRY], timeout=WAIT
+            )
+        answer = await client.rate_limits.acquire("per-user-hourly", key="u1")
+    assert lost
+    assert status is RunStatus.COMPLETED  # not suspended for the hour its own lost grant took
+    assert len(LEDGER) == 1
+    assert answer.retry_at == LEDGER[0][0] + timedelta(hours=1)  # one unit taken, not two

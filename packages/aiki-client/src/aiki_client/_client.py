@@ -285,9 +285,16 @@ class Client:
             "POST", api_path("runs", run_id, "webhooks"), CreateWebhookResponse, request
         )
 
-    async def acquire_rate_limit(self, use: RateLimitUse) -> AcquireRateLimitResponse:
-        """Take the units of one task attempt from its rate limit, or learn when they can be."""
-        return await self.rate_limits.acquire(use.name, units=use.units, key=use.key)
+    async def acquire_rate_limit(
+        self, use: RateLimitUse, request_id: str
+    ) -> AcquireRateLimitResponse:
+        """Take the units of one task attempt from its rate limit, or learn when they can be.
+
+        `request_id` is the same for each retry of one request (see `rate_limits.acquire`).
+        """
+        return await self.rate_limits.acquire(
+            use.name, units=use.units, key=use.key, request_id=request_id
+        )
 
     # -- HTTP ----------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from aiki_core.wire import (
     AcquireRateLimitResponse,
     RateLimitInfo,
     RateLimitPage,
+    RateLimitUse,
     SetRateLimitRequest,
 )
 
@@ -20,6 +21,16 @@ if TYPE_CHECKING:
     from datetime import timedelta
 
     from aiki_client._client import Client
+
+
+def _path(name: str, *rest: str) -> str:
+    """The route of limit `name`; `PayloadValidationError` for a name no limit can have."""
+    try:
+        RateLimitUse(name=name)  # the names a task's or a start's use may give
+    except ValidationError as exc:
+        what = f"invalid rate limit name {name!r}"
+        raise PayloadValidationError.from_pydantic(what, exc) from None
+    return api_path("rate-limits", name, *rest)
 
 
 class RateLimits:
@@ -43,13 +54,11 @@ class RateLimits:
         except ValidationError as exc:
             what = f"invalid rate limit {name!r}"
             raise PayloadValidationError.from_pydantic(what, exc) from None
-        return await self._client._call(
-            "PUT", api_path("rate-limits", name), RateLimitInfo, request
-        )
+        return await self._client._call("PUT", _path(name), RateLimitInfo, request)
 
     async def get(self, name: str) -> RateLimitInfo:
         """One limit; `RateLimitNotFoundError` if it is not defined."""
-        return await self._client._call("GET", api_path("rate-limits", name), RateLimitInfo)
+        return await self._client._call("GET", _path(name), RateLimitInfo)
 
     async def list(self) -> list[RateLimitInfo]:
         """Every limit of the namespace, by name."""
@@ -58,21 +67,23 @@ class RateLimits:
 
     async def delete(self, name: str) -> RateLimitInfo:
         """Delete the limit and the budgets of its keys; the limit as it was."""
-        return await self._client._call("DELETE", api_path("rate-limits", name), RateLimitInfo)
+        return await self._client._call("DELETE", _path(name), RateLimitInfo)
 
     async def acquire(
-        self, name: str, *, units: int = 1, key: str = ""
+        self, name: str, *, units: int = 1, key: str = "", request_id: str | None = None
     ) -> AcquireRateLimitResponse:
         """Take `units` from the budget of `key` now, or learn when they can be had.
 
         Nothing is taken unless the answer says `granted`. A worker calls it before
-        each attempt of a task that declares a `RateLimit`.
+        each attempt of a task that declares a `RateLimit`. Give the same `request_id`
+        (a ULID) to each retry of one request whose answer was lost: if the key's last
+        grant was that request's, it is given back rather than taken again.
         """
         try:
-            request = AcquireRateLimitRequest(units=units, key=key)
+            request = AcquireRateLimitRequest(units=units, key=key, request_id=request_id)
         except ValidationError as exc:
             what = f"invalid acquisition of rate limit {name!r}"
             raise PayloadValidationError.from_pydantic(what, exc) from None
         return await self._client._call(
-            "POST", api_path("rate-limits", name, "acquire"), AcquireRateLimitResponse, request
+            "POST", _path(name, "acquire"), AcquireRateLimitResponse, request
         )

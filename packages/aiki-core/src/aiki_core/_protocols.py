@@ -324,5 +324,11 @@ class WorkerApi(Protocol):
     ) -> CreateWebhookResponse:
         """Mint a signed URL that delivers an event to a held run."""
 
-    async def acquire_rate_limit(self, use: RateLimitUse) -> AcquireRateLimitResponse:
-        """Take units from a rate limit now, or learn when they can be had."""
+    async def acquire_rate_limit(
+        self, use: RateLimitUse, request_id: str
+    ) -> AcquireRateLimitResponse:
+        """Take units from a rate limit now, or learn when they can be had.
+
+        `request_id` (a ULID) is the same for each retry of one request, so that a grant
+        whose answer was lost is given back, not taken again.
+        """

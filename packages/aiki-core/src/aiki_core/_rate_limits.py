@@ -18,7 +18,7 @@ from pydantic import AwareDatetime, Field, StringConstraints, ValidationError
 from aiki_core._duration import Duration, DurationRange
 from aiki_core._exceptions import PayloadValidationError, RateLimitKeyError
 from aiki_core._ids import Namespace
-from aiki_core._wire import NO_NUL, Name, Ordinal, RequestModel, ResponseModel
+from aiki_core._wire import NO_NUL, ClientId, Ordinal, RequestModel, ResponseModel
 
 __all__ = [
     "MAX_RATE_LIMIT_KEY_LENGTH",
@@ -38,6 +38,11 @@ InT = TypeVar("InT")
 
 MAX_RATE_LIMIT_KEY_LENGTH = 200
 """The longest key a rate limit's budget is kept under."""
+
+RateLimitName = Annotated[
+    str, StringConstraints(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
+]
+"""A rate limit's name: a name without `/`, which would split its routes' path."""
 
 RateLimitKey = Annotated[
     str, StringConstraints(max_length=MAX_RATE_LIMIT_KEY_LENGTH, pattern=NO_NUL)
@@ -73,6 +78,12 @@ class AcquireRateLimitRequest(RequestModel):
 
     units: Ordinal = 1
     key: RateLimitKey = ""
+    request_id: ClientId | None = Field(
+        default=None,
+        description="A ULID the asker mints for this request and sends again with each retry"
+        " of it: asked again after the key's last grant was its own (its answer lost), the"
+        " request gets that grant back instead of taking units twice.",
+    )
 
 
 class AcquireRateLimitResponse(ResponseModel):
@@ -93,7 +104,7 @@ class AcquireRateLimitResponse(ResponseModel):
 class RateLimitUse(RequestModel):
     """The units one task attempt (or one run start) takes from a rate limit."""
 
-    name: Name
+    name: RateLimitName
     units: Ordinal = 1
     key: RateLimitKey = ""
 
@@ -140,4 +151,10 @@ class RateLimit(Generic[InT]):
                     f"it returned {shown}, not a string of at most"
                     f" {MAX_RATE_LIMIT_KEY_LENGTH} characters without NUL",
                 )
-        return RateLimitUse(name=self.name, units=self.units, key=key)
+        try:
+            return RateLimitUse(name=self.name, units=self.units, key=key)
+        except ValidationError as exc:  # name and units passed at declaration: the key's
+            problem = exc.errors()[0]["msg"]
+            raise RateLimitKeyError(
+                self.name, owner, f"it returned {key!r}, no key a request can carry: {problem}"
+            ) from None

@@ -537,7 +537,7 @@ def _rate_limit_router(rate_limits: RateLimits) -> APIRouter:
         Nothing is taken unless `granted`; a request for more units than the limit
         has is a 409 `conflict`, an undefined limit a 404 `rate_limit_not_found`.
         """
-        grant = await rate_limits.acquire(ns, name, body.units, body.key)
+        grant = await rate_limits.acquire(ns, name, body.units, body.key, body.request_id)
         return _json(grant.wire())
 
     return router

@@ -19,7 +19,9 @@ SQLite's single writer), so the limit holds across workers and server replicas.
 The grant time never goes back for a bucket (`now` is at least the bucket's last
 grant), so replicas whose clocks differ a little still space grants as their ledger
 shows them. Changing a limit keeps the buckets: it applies from each key's next
-grant on, and during the change the window of the old and the new settings mix.
+grant on, and during the change the window of the old and the new settings mix. A
+key's last grant holds the next one back by at most `per` of the current setting, so
+raising a limit is not held up by the slower setting's spacing.
 """
 
 from __future__ import annotations
@@ -57,9 +59,12 @@ class Grant:
         """The answer as the API gives it."""
         if self.granted:
             return AcquireRateLimitResponse(granted=True, granted_at=from_ms(self.at))
-        # a wait past the longest duration (reservations of a century-long limit) says that
-        wait = from_millis(min(self.at - self.now, to_millis(MAX_DURATION)))
-        return AcquireRateLimitResponse(granted=False, retry_at=from_ms(self.at), retry_after=wait)
+        # reservations may put the time past the longest duration the wire says: the
+        # client asks again then, and is told the rest
+        after = min(self.at - self.now, to_millis(MAX_DURATION))
+        return AcquireRateLimitResponse(
+            granted=False, retry_at=from_ms(self.at), retry_after=from_millis(after)
+        )
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -76,10 +81,10 @@ def _info(row: Row) -> RateLimitInfo:
     )
 
 
-async def _limit(tx: Tx, namespace: str, name: str) -> Row:
+async def _limit(tx: Tx, namespace: str, name: str, lock: str = "") -> Row:
     row = await tx.fetchrow(
         'SELECT namespace, name, "limit", per_ms, updated_at FROM rate_limits'
-        " WHERE namespace = $1 AND name = $2",
+        f" WHERE namespace = $1 AND name = $2{lock}",
         namespace,
         name,
     )
@@ -89,20 +94,33 @@ async def _limit(tx: Tx, namespace: str, name: str) -> Row:
 
 
 async def acquire_in(
-    tx: Tx, namespace: str, name: str, units: int, key: str, clock: Clock, *, reserve: bool = False
+    tx: Tx,
+    namespace: str,
+    name: str,
+    units: int,
+    key: str,
+    clock: Clock,
+    *,
+    reserve: bool = False,
+    request_id: str | None = None,
 ) -> Grant:
     """Grant `units` of the limit `name` to `key` now, or say when they can be had.
 
     With `reserve`, the units are granted at the first time they can be had, which may
     be later than now (a run's start takes its units so, and starts then).
     The time is read from `clock` once the bucket is locked: a request that waited for
-    the lock is granted at the time it got it, not at the time it asked.
+    the lock is granted at the time it got it, not at the time it asked. A request
+    whose `request_id` made the key's last grant gets that grant back, taking nothing
+    (it is asked again because its answer was lost).
 
     Raises `RateLimitNotFoundError` for an unknown limit and `ConflictError` for more
-    units than the limit has (neither writes anything). A conflict, not a 422: the
+    units than the limit has, or for a reservation further off than `MAX_DURATION`, the
+    longest delay a start may have (none writes anything). A conflict, not a 422: the
     request is well formed, and the same one is granted once the limit is raised.
     """
-    limit = await _limit(tx, namespace, name)
+    # kept until commit: a delete of the limit waits for this grant, or this grant for
+    # the delete (and then finds no limit), never a bucket left without its limit
+    limit = await _limit(tx, namespace, name, tx.keep_rows)
     size, per_ms = int(limit["limit"]), int(limit["per_ms"])
     if units > size:
         raise ConflictError(
@@ -118,7 +136,7 @@ async def acquire_in(
         key,
     )
     bucket = await tx.fetchrow(
-        "SELECT tat, updated_at FROM rate_limit_buckets"
+        "SELECT tat, updated_at, last_request FROM rate_limit_buckets"
         f" WHERE namespace = $1 AND name = $2 AND key = $3{tx.lock_rows}",
         namespace,
         name,
@@ -126,19 +144,32 @@ async def acquire_in(
     )
     assert bucket is not None  # inserted above, and a limit's delete waits for this lock
     asked_at = clock()
-    now = max(asked_at, int(bucket["updated_at"]))
-    ready = int(bucket["tat"]) + _ceil_div((units - 1) * per_ms, size)
+    last = int(bucket["updated_at"])
+    if request_id is not None and bucket["last_request"] == request_id:
+        return Grant(granted=True, at=last, now=asked_at)
+    now = max(asked_at, last)
+    # a grant takes at most `per_ms` from its time on: the cap changes nothing while the
+    # limit stays, and frees a key held back by a slower setting once the limit is raised
+    tat = min(int(bucket["tat"]), last + per_ms)
+    ready = tat + _ceil_div((units - 1) * per_ms, size)
     if now < ready and not reserve:
         return Grant(granted=False, at=ready, now=asked_at)
     at = max(now, ready)
+    if at - asked_at > to_millis(MAX_DURATION):
+        raise ConflictError(
+            f"rate limit {name!r} has its units for key {key!r} reserved further off than"
+            f" {MAX_DURATION.days} days",
+            details={"rate_limit": name, "key": key, "reserved_until": from_ms(ready).isoformat()},
+        )
     await tx.execute(
-        "UPDATE rate_limit_buckets SET tat = $4, updated_at = $5"
+        "UPDATE rate_limit_buckets SET tat = $4, updated_at = $5, last_request = $6"
         " WHERE namespace = $1 AND name = $2 AND key = $3",
         namespace,
         name,
         key,
         at + _ceil_div(units * per_ms, size),
         at,
+        request_id,
     )
     return Grant(granted=True, at=at, now=asked_at)
 
@@ -188,7 +219,9 @@ class RateLimits:
         """Delete the limit and its buckets; the limit as it was."""
 
         async def remove(tx: Tx) -> RateLimitInfo:
-            row = await _limit(tx, namespace, name)
+            # the limit's row first, as an acquisition keeps it before its bucket: locked
+            # in the other order, the two would deadlock
+            row = await _limit(tx, namespace, name, tx.lock_rows)
             # the buckets go with it (a foreign key's cascade, said here for SQLite too)
             await tx.execute(
                 "DELETE FROM rate_limit_buckets WHERE namespace = $1 AND name = $2",
@@ -202,10 +235,14 @@ class RateLimits:
 
         return await self._db.write(remove)
 
-    async def acquire(self, namespace: str, name: str, units: int, key: str) -> Grant:
+    async def acquire(
+        self, namespace: str, name: str, units: int, key: str, request_id: str | None
+    ) -> Grant:
         """`acquire_in` in a transaction of its own."""
 
         async def take(tx: Tx) -> Grant:
-            return await acquire_in(tx, namespace, name, units, key, self._clock)
+            return await acquire_in(
+                tx, namespace, name, units, key, self._clock, request_id=request_id
+            )
 
         return await self._db.write(take)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import anyio
 
 from aiki_core import RunId, StartRunInfo
-from aiki_core.sdk import fit_trace_context, intercepted
+from aiki_core.sdk import fit_trace_context, intercepted, new_run_id
 from aiki_core.wire import MAX_TASKS_PER_TRANSITION, RunDirective
 from aiki_worker._writes import retried, transient
 
@@ -141,8 +141,14 @@ class Execution:
         )
 
     async def acquire_rate_limit(self, use: RateLimitUse) -> AcquireRateLimitResponse:
-        """Take a task attempt's units from its rate limit through the client, or learn when."""
-        return await self._write(lambda: self.api.acquire_rate_limit(use), "a rate limit's units")
+        """Take a task attempt's units from its rate limit through the client, or learn when.
+
+        Each retry of the request carries its id: a grant whose answer was lost comes back.
+        """
+        request_id = new_run_id()  # a fresh ULID, as a run's id is minted
+        return await self._write(
+            lambda: self.api.acquire_rate_limit(use, request_id), "a rate limit's units"
+        )
 
     def defer_task(self, request: RecordTaskRequest) -> None:
         """Hold a task record and send it now, in the background (or with the next send)."""

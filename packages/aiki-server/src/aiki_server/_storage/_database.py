@@ -2,7 +2,7 @@
 
 SQL is written once, with `$1`-style parameters (PostgreSQL's); the SQLite
 implementation rewrites them to `?1`. The few dialect differences are fragments on
-the transaction (`lock_rows`, `skip_locked`, `in_array`). No statement takes one
+the transaction (`lock_rows`, `skip_locked`, `keep_rows`, `in_array`). No statement takes one
 parameter per row: a list of ids is one parameter (`Tx.array`), matched with
 `in_array`, however long the list.
 
@@ -42,6 +42,9 @@ class Tx(ABC):
     """Appended to a SELECT to lock its rows and skip rows another transaction holds."""
     flow: FlowSettings = FlowSettings()
     """How runs queued in this transaction are ranked (the database's, in `write`)."""
+    keep_rows: str
+    """Appended to a SELECT to keep its rows from being deleted (or their keys changed)
+    until commit, letting other transactions read, keep and update them meanwhile."""
 
     def __init__(self) -> None:
         self.topics: set[str] = set()

@@ -56,6 +56,7 @@ class PostgresTx(Tx):
 
     lock_rows = " FOR UPDATE"
     skip_locked = " FOR UPDATE SKIP LOCKED"
+    keep_rows = " FOR KEY SHARE"
 
     def __init__(self, conn: _Connection) -> None:
         super().__init__()

@@ -47,6 +47,7 @@ class SqliteTx(Tx):
 
     lock_rows = ""  # the single writer holds the database lock for the whole transaction
     skip_locked = ""
+    keep_rows = ""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         super().__init__()
