@@ -352,6 +352,7 @@ EXPECTED_CORE_SUBMODULES: dict[str, tuple[str, ...]] = {
         "WorkflowRunHandle",
         "WorkflowStarter",
         # helpers
+        "fit_trace_context",
         "intercepted",
         "new_run_id",
         "raise_for_outcome",
