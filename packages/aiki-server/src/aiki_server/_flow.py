@@ -169,6 +169,7 @@ async def _upsert(
     """Write a limit; the code's never replaces an operator's."""
     row = {"namespace": namespace, "workflow": workflow, **values, "source": source}
     row["updated_at"] = now
+    tx.limited.forget()
     await tx.execute(
         'INSERT INTO concurrency_limits (namespace, workflow, "limit", strategy, per_key,'
         " source, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7)"
@@ -359,6 +360,7 @@ class ConcurrencyLimits:
                 namespace,
                 workflow,
             )
+            tx.limited.forget()
             tx.publish(QUEUE)  # the runs it held back may go
             return row
 

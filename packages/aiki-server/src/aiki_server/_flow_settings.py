@@ -1,11 +1,25 @@
-"""How claims order queued runs: the settings of fairness and priorities (see `_flow`)."""
+"""Flow control state below `_flow`: how claims order runs, and which have a limit.
+
+The settings of fairness and priorities (see `_flow`), and the replica's view of
+which workflows have a concurrency limit.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
+from time import monotonic
+from typing import TYPE_CHECKING
 
 from aiki_core.wire import to_millis
+
+if TYPE_CHECKING:
+    from aiki_server._storage._database import Tx
+
+_LIMITS_READ_EVERY = 1.0
+"""Seconds the replica's view of the limited workflows is used before it is read again."""
+_LIMITS_KEPT = 10_000
+"""More limited workflows than this, and every workflow counts as limited."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,3 +51,33 @@ class FlowSettings:
     def step_ms(self) -> int:
         """`priority_step` in milliseconds."""
         return to_millis(self.priority_step)
+
+
+class LimitedWorkflows:
+    """Which (namespace, workflow) pairs have a concurrency limit, as this replica read them.
+
+    A hint, not a rule: when a run stops running, waiting workers are woken at once if
+    its workflow has a limit (its slot is free). The view is read again at most once a
+    second, and forgotten at once when this replica writes a limit; a limit another
+    replica just wrote may be missed for that second, in which case waiting workers
+    look again by themselves (claims recheck at least once a second). Claims never use
+    it: they read the limits as they lock runs.
+    """
+
+    def __init__(self) -> None:
+        self._known: frozenset[tuple[str, str]] | None = None
+        self._read_at = 0.0
+
+    async def includes(self, tx: Tx, namespace: str, workflow: str) -> bool:
+        """Whether `workflow` of `namespace` has a limit (read through `tx` when stale)."""
+        if self._known is None or monotonic() - self._read_at >= _LIMITS_READ_EVERY:
+            rows = await tx.fetch(
+                "SELECT namespace, workflow FROM concurrency_limits LIMIT $1", _LIMITS_KEPT + 1
+            )
+            self._known = frozenset((row["namespace"], row["workflow"]) for row in rows)
+            self._read_at = monotonic()
+        return len(self._known) > _LIMITS_KEPT or (namespace, workflow) in self._known
+
+    def forget(self) -> None:
+        """A limit was written here: read the view again at its next use."""
+        self._known = None

@@ -114,16 +114,6 @@ async def read_summary(tx: Tx, run_id: str) -> RunSummary:
     return run_summary(row)
 
 
-async def _limited(tx: Tx, run: Row) -> bool:
-    """Whether the run's workflow has a concurrency limit (with a key or not, see `_flow`)."""
-    row = await tx.fetchrow(
-        "SELECT 1 AS one FROM concurrency_limits WHERE namespace = $1 AND workflow = $2",
-        run["namespace"],
-        run["workflow"],
-    )
-    return row is not None
-
-
 async def move_run(
     tx: Tx,
     run: Row,
@@ -178,7 +168,10 @@ async def move_run(
         now=now,
     )
     tx.publish(run_topic(run["id"]))
-    if target is RunStatus.QUEUED or (current is RunStatus.RUNNING and await _limited(tx, run)):
+    freed = current is RunStatus.RUNNING
+    if target is RunStatus.QUEUED or (
+        freed and await tx.limited.includes(tx, run["namespace"], run["workflow"])
+    ):
         tx.publish(QUEUE)  # a run to claim, or a slot of its concurrency limit free again
     if values.get("wake_at") is not None or values.get("deadline_at") is not None:
         tx.publish(TIMERS)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 
-from aiki_server._flow_settings import FlowSettings
+from aiki_server._flow_settings import FlowSettings, LimitedWorkflows
 from aiki_server._metrics import Metrics
 from aiki_server._storage._outage import WritePath, is_outage
 
@@ -42,6 +42,8 @@ class Tx(ABC):
     """Appended to a SELECT to lock its rows and skip rows another transaction holds."""
     flow: FlowSettings = FlowSettings()
     """How runs queued in this transaction are ranked (the database's, in `write`)."""
+    limited: LimitedWorkflows = LimitedWorkflows()
+    """The replica's view of the workflows with a concurrency limit (the database's)."""
     keep_rows: str
     """Appended to a SELECT to keep its rows from being deleted (or their keys changed)
     until commit, letting other transactions read, keep and update them meanwhile."""
@@ -130,6 +132,8 @@ class Database(ABC):
         """Where `write` counts transactions and what they did (the app sets its own)."""
         self.flow = FlowSettings()
         """How runs queued in its write transactions are ranked (the app sets its own)."""
+        self.limited = LimitedWorkflows()
+        """Its view of the workflows with a concurrency limit (a wake-up hint)."""
 
     async def write(self, work: Callable[[Tx], Awaitable[T]], *, attempts: int = 5) -> T:
         """`work` in a write transaction: its answer, once the transaction has committed.
@@ -147,6 +151,7 @@ class Database(ABC):
             try:
                 async with self.transaction() as tx:
                     tx.flow = self.flow
+                    tx.limited = self.limited
                     answer = await work(tx)
             except self.transient_errors:
                 metrics.transaction(perf_counter() - started)
