@@ -9,12 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 from time import monotonic
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiki_core.wire import to_millis
 
 if TYPE_CHECKING:
-    from aiki_server._storage._database import Tx
+    from collections.abc import Mapping, Sequence
 
 _LIMITS_READ_EVERY = 1.0
 """Seconds the replica's view of the limited workflows is used before it is read again."""
@@ -53,6 +53,12 @@ class FlowSettings:
         return to_millis(self.priority_step)
 
 
+class _Reader(Protocol):
+    """What the view reads through: a transaction (`_storage`'s `Tx`, a layer above)."""
+
+    async def fetch(self, sql: str, *args: Any) -> Sequence[Mapping[str, Any]]: ...
+
+
 class LimitedWorkflows:
     """Which (namespace, workflow) pairs have a concurrency limit, as this replica read them.
 
@@ -68,7 +74,7 @@ class LimitedWorkflows:
         self._known: frozenset[tuple[str, str]] | None = None
         self._read_at = 0.0
 
-    async def includes(self, tx: Tx, namespace: str, workflow: str) -> bool:
+    async def includes(self, tx: _Reader, namespace: str, workflow: str) -> bool:
         """Whether `workflow` of `namespace` has a limit (read through `tx` when stale)."""
         if self._known is None or monotonic() - self._read_at >= _LIMITS_READ_EVERY:
             rows = await tx.fetch(
