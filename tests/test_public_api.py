@@ -41,6 +41,7 @@ EXPECTED_EXPORTS: dict[str, tuple[str, ...]] = {
         "PayloadTooLargeError",
         "PayloadValidationError",
         "PermissionDeniedError",
+        "PushSignatureError",
         "RateLimit",
         "RateLimitKeyError",
         "RateLimitNotFoundError",
@@ -105,6 +106,7 @@ EXPECTED_EXPORTS: dict[str, tuple[str, ...]] = {
         "PayloadTooLargeError",
         "PayloadValidationError",
         "PermissionDeniedError",
+        "PushSignatureError",
         "RateLimitKeyError",
         "RateLimitNotFoundError",
         "ReferenceIdConflictError",
@@ -285,6 +287,11 @@ EXPECTED_CORE_SUBMODULES: dict[str, tuple[str, ...]] = {
         "RateLimitPage",
         "RateLimitUse",
         "SetRateLimitRequest",
+        # push delivery to endpoints
+        "PushedRun",
+        "PushedRunAnswer",
+        "PushedTask",
+        "PushedTaskAnswer",
         # the workers a namespace has
         "WorkerPage",
         "WorkerSummary",
@@ -338,6 +345,14 @@ EXPECTED_CORE_SUBMODULES: dict[str, tuple[str, ...]] = {
         "canonical_json",
         "content_hash",
         "task_address",
+    ),
+    "aiki_core.push": (
+        "PUSH_ID_HEADER",
+        "PUSH_SIGNATURE_HEADER",
+        "PUSH_TIMESTAMP_HEADER",
+        "PushSecret",
+        "PushVerifier",
+        "sign_push",
     ),
     "aiki_core.sdk": (
         # seams between the packages

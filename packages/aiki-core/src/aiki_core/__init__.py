@@ -12,7 +12,9 @@ The rest has a public home of its own:
   responses, records, limits, field types, the state machine, error bodies, content
   hashes);
 - `aiki_core.sdk`: what the SDK packages share and the server does not (the protocols
-  through which they meet, and their common helpers).
+  through which they meet, and their common helpers);
+- `aiki_core.push`: how the server signs the work it pushes to an endpoint and how
+  the endpoint checks it, and what a push carries.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from aiki_core._exceptions import (
     PayloadTooLargeError,
     PayloadValidationError,
     PermissionDeniedError,
+    PushSignatureError,
     RateLimitKeyError,
     RateLimitNotFoundError,
     ReferenceIdConflictError,
@@ -88,6 +91,7 @@ __all__ = (
     "PayloadTooLargeError",
     "PayloadValidationError",
     "PermissionDeniedError",
+    "PushSignatureError",
     "RateLimitKeyError",
     "RateLimitNotFoundError",
     "ReferenceIdConflictError",

@@ -66,6 +66,7 @@ __all__ = [
     "PayloadTooLargeError",
     "PayloadValidationError",
     "PermissionDeniedError",
+    "PushSignatureError",
     "RateLimitKeyError",
     "RateLimitNotFoundError",
     "ReferenceIdConflictError",
@@ -94,6 +95,7 @@ class ErrorCode(StrEnum):
     CONCURRENCY_KEY = "concurrency_key_invalid"
     UNAUTHENTICATED = "unauthenticated"
     PERMISSION_DENIED = "permission_denied"
+    PUSH_SIGNATURE = "push_signature_invalid"
     NOT_FOUND = "not_found"
     RATE_LIMIT_NOT_FOUND = "rate_limit_not_found"
     CONFLICT = "conflict"
@@ -290,6 +292,12 @@ class PermissionDeniedError(AikiError):
     code = ErrorCode.PERMISSION_DENIED
     status_code = 403
     retryable = False
+
+
+class PushSignatureError(AuthenticationError):
+    """A pushed request's signature, age or delivery id does not check out; nothing ran."""
+
+    code = ErrorCode.PUSH_SIGNATURE
 
 
 class NotFoundError(AikiError):

@@ -86,6 +86,7 @@ from aiki_core._ids import (
     WorkerId,
 )
 from aiki_core._public import show_public_path as _show_public_path
+from aiki_core._push import PushedRun, PushedRunAnswer, PushedTask, PushedTaskAnswer
 from aiki_core._rate_limits import (
     MAX_RATE_LIMIT_KEY_LENGTH,
     AcquireRateLimitRequest,
@@ -190,6 +191,11 @@ __all__ = (
     "RateLimitPage",
     "RateLimitUse",
     "SetRateLimitRequest",
+    # push delivery to endpoints
+    "PushedRun",
+    "PushedRunAnswer",
+    "PushedTask",
+    "PushedTaskAnswer",
     # the workers a namespace has
     "WorkerPage",
     "WorkerSummary",
