@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
-from aiki_task import TaskContext, task
+from aiki_task import TaskContext, remote_task, task
 from aiki_workflow import WorkflowRun, workflow
 
 if TYPE_CHECKING:
@@ -40,6 +40,28 @@ async def orders_v1(run: WorkflowRun, order: Order) -> Receipt:
     wrong: int = await charge.start(run, order)  # error: a task's result type
     await charge.start(run, "not an order")  # error: a task's payload type
     return Receipt(txn=txn + str(wrong))
+
+
+class Image(BaseModel):
+    url: str
+
+
+class Thumb(BaseModel):
+    url: str
+    width: int
+
+
+resize = remote_task("resize-image", input=Image, output=Thumb, timeout=timedelta(seconds=20))
+
+
+@orders.v("2")
+async def orders_v2(run: WorkflowRun, order: Order) -> Receipt:
+    txn: str = await charge.remote().start(run, order)
+    thumb: Thumb = await resize.start(run, Image(url="u"))
+    width: str = await resize.start(run, Image(url="u"))  # error: a remote task's result type
+    await resize.start(run, order)  # error: a remote task's payload type
+    again: int = await charge.remote().start(run, order)  # error: the shared definition's result
+    return Receipt(txn=txn + thumb.url + width + str(again))
 
 
 async def misuse(client: Client) -> None:

@@ -32,9 +32,11 @@ from aiki_core.wire import (
     EventRecord,
     EventWaitRecord,
     FailRun,
+    PushedTaskAnswer,
     RateLimitUse,
     RecordTaskRequest,
     RecordTaskResponse,
+    RemoteTaskRequest,
     RunSummary,
     StartChildRequest,
     StartRunResponse,
@@ -98,6 +100,9 @@ class Execution:
 
     async def acquire_rate_limit(self, use: RateLimitUse) -> AcquireRateLimitResponse:
         raise AssertionError(f"no rate limit is asked on replay: {use}")
+
+    async def call_remote_task(self, request: RemoteTaskRequest) -> PushedTaskAnswer:
+        raise AssertionError(f"no remote tasks in these workflows: {request}")
 
     async def flush_tasks(self) -> None:
         held, self.deferred = self.deferred, []

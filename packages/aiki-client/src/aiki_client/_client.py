@@ -49,8 +49,10 @@ from aiki_core.wire import (
     HeartbeatRequest,
     HeartbeatResponse,
     ListRunsQuery,
+    PushedTaskAnswer,
     RecordTaskRequest,
     RecordTaskResponse,
+    RemoteTaskRequest,
     RunPage,
     ServerLimits,
     StartChildRequest,
@@ -261,6 +263,15 @@ class Client:
         """Record one task attempt."""
         return await self._call(
             "POST", api_path("runs", run_id, "tasks"), RecordTaskResponse, request
+        )
+
+    async def call_remote_task(self, run_id: RunId, request: RemoteTaskRequest) -> PushedTaskAnswer:
+        """Have the server push one task attempt of a held run to its task endpoint.
+
+        The server waits for the endpoint's answer; the request is sent once.
+        """
+        return await self._call(
+            "POST", api_path("runs", run_id, "remote-tasks"), PushedTaskAnswer, request
         )
 
     async def start_child(self, run_id: RunId, request: StartChildRequest) -> StartRunResponse:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, TypeVar, runtime_checkable
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Sequence
+    from collections.abc import Awaitable, Callable, Iterable, Sequence
     from datetime import datetime, timedelta
 
     from pydantic import JsonValue
@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from aiki_core._ids import RunId, TaskAddress
     from aiki_core._interceptors import Interceptor
     from aiki_core._logging import Logger
+    from aiki_core._push import PushedTaskAnswer, RemoteTaskRequest
     from aiki_core._rate_limits import AcquireRateLimitResponse, RateLimitUse
     from aiki_core._records import RunDetail, RunSummary
     from aiki_core._retry import RetryPolicy
@@ -85,6 +86,13 @@ class TaskAttemptInfo:
     log: Logger
     rate_limit_granted_at: datetime | None = None
     """When the server granted this attempt's rate limit units (its clock), if it took any."""
+    call_remote: Callable[[], Awaitable[JsonValue]] | None = None
+    """Runs this attempt on the task endpoint that serves the task, where the run can push.
+
+    Its result as JSON values (opened by the codec); a failed attempt raises the
+    endpoint's error as a `RemoteError`, retryable as it says. `None` where no server
+    stands behind the attempt (a task service running a pushed attempt).
+    """
 
     @property
     def idempotency_key(self) -> str:
@@ -275,6 +283,12 @@ class RunExecution(Protocol):
     async def acquire_rate_limit(self, use: RateLimitUse) -> AcquireRateLimitResponse:
         """Take a task attempt's units from its rate limit, or learn when they can be had."""
 
+    async def call_remote_task(self, request: RemoteTaskRequest) -> PushedTaskAnswer:
+        """Have the server push one task attempt to its task endpoint; the endpoint's answer.
+
+        Sent once: a failure fails the attempt, and the task's retry policy decides.
+        """
+
 
 class ExecutableVersion(Protocol):
     """A workflow version as a worker sees it: a name, a version and a way to run it."""
@@ -332,3 +346,6 @@ class WorkerApi(Protocol):
         `request_id` (a ULID) is the same for each retry of one request, so that a grant
         whose answer was lost is given back, not taken again.
         """
+
+    async def call_remote_task(self, run_id: RunId, request: RemoteTaskRequest) -> PushedTaskAnswer:
+        """Have the server push one task attempt of a held run to the endpoint serving it."""

@@ -9,7 +9,9 @@ Two kinds of endpoint take pushed work:
   once the run has ended, suspended or been released;
 - a *task endpoint* (`aiki_task.asgi_app`) gets a `PushedTask`: one attempt of a task
   call made by a run elsewhere. It runs the attempt and answers `PushedTaskAnswer`
-  with the result or the error; the server records it for the run.
+  with the result or the error. The run's worker asked for the push
+  (`RemoteTaskRequest`) and gets the answer back as the server's reply: it records the
+  attempt as usual, and its task's retry policy decides whether another push follows.
 
 Both are signed (`aiki_core.push.sign_push`) and must be checked by the endpoint
 before anything runs.
@@ -25,13 +27,14 @@ from aiki_core._api import ClaimedRun
 from aiki_core._duration import Duration
 from aiki_core._error_info import ErrorInfo
 from aiki_core._ids import RunId, TaskAddress, WorkerId
-from aiki_core._wire import Count, Name, Ordinal, ResponseModel
+from aiki_core._wire import Count, Name, Ordinal, RequestModel, ResponseModel
 
 __all__ = [
     "PushedRun",
     "PushedRunAnswer",
     "PushedTask",
     "PushedTaskAnswer",
+    "RemoteTaskRequest",
 ]
 
 
@@ -82,3 +85,22 @@ class PushedTaskAnswer(ResponseModel):
     result: JsonValue = None
     error: ErrorInfo | None = None
     """Set when `failed`; its `retryable` tells whether the task's retry policy applies."""
+
+
+class RemoteTaskRequest(RequestModel):
+    """A worker's request to push one attempt of a task call to the endpoint serving it.
+
+    Fenced like a task record by the claim's `revision`; the server pushes a
+    `PushedTask` of these fields and the run's id, and answers its `PushedTaskAnswer`.
+    """
+
+    revision: Count
+    worker_id: WorkerId | None = None
+    name: Name
+    address: TaskAddress
+    occurrence: Count
+    attempt: Ordinal
+    input: JsonValue = Field(default=None, description="The call's input, sealed by the codec.")
+    timeout: Duration | None = Field(
+        default=None, description="The task's limit on one attempt, if it has one."
+    )

@@ -86,7 +86,13 @@ from aiki_core._ids import (
     WorkerId,
 )
 from aiki_core._public import show_public_path as _show_public_path
-from aiki_core._push import PushedRun, PushedRunAnswer, PushedTask, PushedTaskAnswer
+from aiki_core._push import (
+    PushedRun,
+    PushedRunAnswer,
+    PushedTask,
+    PushedTaskAnswer,
+    RemoteTaskRequest,
+)
 from aiki_core._rate_limits import (
     MAX_RATE_LIMIT_KEY_LENGTH,
     AcquireRateLimitRequest,
@@ -196,6 +202,7 @@ __all__ = (
     "PushedRunAnswer",
     "PushedTask",
     "PushedTaskAnswer",
+    "RemoteTaskRequest",
     # the workers a namespace has
     "WorkerPage",
     "WorkerSummary",

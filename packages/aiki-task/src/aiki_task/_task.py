@@ -9,17 +9,18 @@ runs, the result when it returns, and a recorded result again when a replay read
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, get_type_hints, overload
+from typing import TYPE_CHECKING, Any, TypeVar, cast, get_type_hints, overload
 
 import anyio
 import anyio.to_thread
-from pydantic import TypeAdapter, ValidationError
+from pydantic import TypeAdapter
 
-from aiki_core import PayloadValidationError, RateLimit, RetryPolicy, TaskTimeoutError
+from aiki_core import RateLimit, RetryPolicy, TaskTimeoutError
 from aiki_core.wire import to_millis
+from aiki_task._call import TypedTask
 from aiki_task._context import TaskContext
+from aiki_task._remote import RemoteTask
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -27,8 +28,7 @@ if TYPE_CHECKING:
 
     from pydantic import JsonValue
 
-    from aiki_core.sdk import TaskAttemptInfo, TaskRunContext
-    from aiki_core.wire import RateLimitUse
+    from aiki_core.sdk import TaskAttemptInfo
 
 InT = TypeVar("InT")
 OutT = TypeVar("OutT")
@@ -36,35 +36,7 @@ OutT = TypeVar("OutT")
 _UNSET: Any = object()
 
 
-@dataclass(frozen=True, slots=True)
-class _Call(Generic[InT, OutT]):
-    """One call of a task with its validated input: a `TaskInvocation` for the engine."""
-
-    task: Task[InT, OutT]
-    payload: InT
-    input: JsonValue
-
-    @property
-    def name(self) -> str:
-        return self.task.name
-
-    @property
-    def retry(self) -> RetryPolicy | None:
-        return self.task.retry
-
-    @property
-    def timeout(self) -> timedelta | None:
-        return self.task.timeout
-
-    def rate_limit(self) -> RateLimitUse | None:
-        declared = self.task.rate_limit
-        return None if declared is None else declared.use(self.payload, f"task {self.name!r}")
-
-    async def run_attempt(self, attempt: TaskAttemptInfo) -> JsonValue:
-        return await self.task._run_attempt(self.payload, attempt)
-
-
-class Task(Generic[InT, OutT]):
+class Task(TypedTask[InT, OutT]):
     """A durable step of a workflow: call it with `await my_task.start(run, payload)`."""
 
     def __init__(
@@ -76,21 +48,23 @@ class Task(Generic[InT, OutT]):
         timeout: timedelta | None,
         rate_limit: RateLimit[InT] | None = None,
     ) -> None:
-        self.fn = fn
-        self.name = name
-        self.retry = retry
-        self.timeout = timeout
-        self.rate_limit = rate_limit
         hints = get_type_hints(fn)
         params = list(inspect.signature(fn).parameters.values())
         if not params or len(params) > 2:
             raise TypeError(
                 f"task {name!r}: the function takes a payload and optionally a TaskContext"
             )
+        super().__init__(
+            name,
+            input=TypeAdapter[InT](hints.get(params[0].name, Any)),
+            output=TypeAdapter[OutT](hints.get("return", Any)),
+            retry=retry,
+            timeout=timeout,
+            rate_limit=rate_limit,
+        )
+        self.fn = fn
         self._takes_context = len(params) == 2
         self._is_async = inspect.iscoroutinefunction(fn)
-        self._input = TypeAdapter[InT](hints.get(params[0].name, Any))
-        self._output = TypeAdapter[OutT](hints.get("return", Any))
 
     def with_options(
         self,
@@ -108,30 +82,35 @@ class Task(Generic[InT, OutT]):
             rate_limit=self.rate_limit if rate_limit is _UNSET else rate_limit,
         )
 
-    async def start(self, run: TaskRunContext, payload: InT) -> OutT:
-        """Run the task in `run`: its recorded result on replay, else run and record it."""
-        try:
-            validated = self._input.validate_python(payload)
-        except ValidationError as exc:
-            what = f"task {self.name!r} got an invalid payload"
-            raise PayloadValidationError.from_pydantic(what, exc) from None
-        call = _Call(self, validated, self._input.dump_python(validated, mode="json"))
-        result = await run.execute_task(call)
-        return self.decode_result(result)
+    def remote(self) -> RemoteTask[InT, OutT]:
+        """This task as served by a task endpoint: each attempt runs there, not here.
 
-    def decode_result(self, value: JsonValue) -> OutT:
-        """Validate a result (fresh or recorded) against the task's return annotation."""
-        try:
-            return self._output.validate_python(value)
-        except ValidationError as exc:
-            what = f"task {self.name!r} has a result of the wrong type"
-            raise PayloadValidationError.from_pydantic(what, exc) from None
+        Same name, types, retry policy, timeout and rate limit; the workflow replays,
+        retries and records it exactly like the local task.
+        """
+        return RemoteTask(
+            self.name,
+            input=self._input,
+            output=self._output,
+            retry=self.retry,
+            timeout=self.timeout,
+            rate_limit=self.rate_limit,
+        )
 
     async def _run_attempt(self, payload: InT, info: TaskAttemptInfo) -> JsonValue:
+        return await self.run_once(payload, info, self.timeout)
+
+    async def run_once(
+        self, payload: InT, info: TaskAttemptInfo, timeout: timedelta | None
+    ) -> JsonValue:
+        """Run the function once on a validated payload, cancelled after `timeout`.
+
+        Its validated result as JSON values; `TaskTimeoutError` when it ran over.
+        """
         args: tuple[Any, ...] = (payload,)
         if self._takes_context:
             args = (payload, TaskContext.from_attempt(info))
-        limit = None if self.timeout is None else self.timeout.total_seconds()
+        limit = None if timeout is None else timeout.total_seconds()
         result: Any = None
         with anyio.move_on_after(limit) as scope:
             if self._is_async:
@@ -142,8 +121,8 @@ class Task(Generic[InT, OutT]):
                     partial(self.fn, *args), abandon_on_cancel=True
                 )
         if scope.cancelled_caught:
-            assert self.timeout is not None
-            raise TaskTimeoutError(info.run_id, self.name, info.attempt, to_millis(self.timeout))
+            assert timeout is not None
+            raise TaskTimeoutError(info.run_id, self.name, info.attempt, to_millis(timeout))
         validated = self.decode_result(result)
         return cast("JsonValue", self._output.dump_python(validated, mode="json"))
 

@@ -37,9 +37,11 @@ if TYPE_CHECKING:
         ClaimedRun,
         CreateWebhookRequest,
         CreateWebhookResponse,
+        PushedTaskAnswer,
         RateLimitUse,
         RecordTaskRequest,
         RecordTaskResponse,
+        RemoteTaskRequest,
         StartChildRequest,
         StartRunResponse,
     )
@@ -149,6 +151,10 @@ class Execution:
         return await self._write(
             lambda: self.api.acquire_rate_limit(use, request_id), "a rate limit's units"
         )
+
+    async def call_remote_task(self, request: RemoteTaskRequest) -> PushedTaskAnswer:
+        """Have the server push a task attempt to its endpoint, once: each retry is an attempt."""
+        return await self.api.call_remote_task(self.claim.run.id, request)
 
     def defer_task(self, request: RecordTaskRequest) -> None:
         """Hold a task record and send it now, in the background (or with the next send)."""

@@ -24,6 +24,10 @@ results. When a replay calls a task with an input not on record while recorded c
 of the same task stay unused, the run logs a warning and the record of the new call
 carries a notice to the run's detail (under `strict_replay`, the run fails instead).
 
+A remote task's call (`RemoteTask`) is replayed, retried and recorded the same way;
+only its attempts run elsewhere: the server pushes each one to the task endpoint that
+serves the task, and its answer is the attempt's result or error.
+
 A task call that failed for good in an earlier workflow-level attempt of the run
 (under the version's `retry`) runs again in a later attempt; completed calls stay
 memoized.
@@ -63,6 +67,7 @@ from aiki_core import (
     ErrorInfo,
     InvalidRequestError,
     PayloadValidationError,
+    RemoteError,
     ReplayDivergenceError,
     RetryPolicy,
     RunInterrupt,
@@ -82,6 +87,7 @@ from aiki_core.wire import (
     AwaitSleep,
     CreateWebhookRequest,
     RecordTaskRequest,
+    RemoteTaskRequest,
     StartChildRequest,
     canonical_json,
     task_address,
@@ -121,6 +127,9 @@ the claim was lost, or the API key refused."""
 _LOST_ASKING: tuple[type[AikiError], ...] = (ServerError, AuthenticationError)
 """Failures of a rate limit's acquisition that abandon the run; a conflict there is the
 limit's refusal (more units than it has), which fails the task, not a lost claim."""
+_LOST_CALLING: tuple[type[AikiError], ...] = (ConflictError, AuthenticationError)
+"""Failures of a remote task's call that abandon the run; any other (no endpoint serves
+the task, it is failing, the server is out of reach) fails the attempt, to be retried."""
 _REFUSED: tuple[type[AikiError], ...] = (AikiError,)
 """Any failure of a held task record: the workflow's code did not cause it (a result over
 the server's limit fails the run; anything else gives it up with its records)."""
@@ -428,6 +437,7 @@ class WorkflowRun:
                 attempt=attempt,
                 log=self.log.child({"task": invocation.name, "attempt": attempt}),
                 rate_limit_granted_at=granted_at,
+                call_remote=partial(self._call_remote, call, attempt),
             )
             started_at = _now()
             try:
@@ -476,6 +486,32 @@ class WorkflowRun:
                 )
             )
             return result
+
+    async def _call_remote(self, call: _Call, attempt: int) -> JsonValue:
+        """Have the server push this attempt to the task's endpoint; its opened result.
+
+        Sent once, whatever fails: the attempt fails with it (a `RemoteError` for the
+        task's own error), and the task's retry policy decides. Only a lost claim or a
+        refused key gives the run up.
+        """
+        request = RemoteTaskRequest(
+            revision=self.revision,
+            name=call.invocation.name,
+            address=call.address,
+            occurrence=call.occurrence,
+            attempt=attempt,
+            input=call.encoded_input,
+            timeout=call.invocation.timeout,
+        )
+        answer = await self._write(self._execution.call_remote_task(request), abandon=_LOST_CALLING)
+        codec = self._execution.codec
+        if answer.status == "completed":
+            context = CodecContext.task(self.id, call.address, call.occurrence, "result")
+            return codec.decode(answer.result, context)
+        if answer.error is None:
+            raise RemoteError(ErrorInfo(type="AikiError", message="failed without an error"))
+        context = CodecContext.task(self.id, call.address, call.occurrence, "error")
+        raise answer.error.open(codec, context).to_exception()
 
     async def _take_units(
         self, invocation: TaskInvocation, call: _Call, attempt: int

@@ -61,7 +61,7 @@ from aiki_core import (
     WorkflowFailedError,
     WorkflowTimeoutError,
 )
-from aiki_task import Task, TaskContext, task
+from aiki_task import RemoteTask, Task, TaskContext, remote_task, task
 from aiki_worker import Worker
 from aiki_workflow import (
     ChildRun,
@@ -112,6 +112,7 @@ __all__ = (
     "RateLimits",
     "ReferenceIdConflictError",
     "RemoteError",
+    "RemoteTask",
     "ReplayDivergenceError",
     "RetryPolicy",
     "RunId",
@@ -141,6 +142,7 @@ __all__ = (
     "WorkflowVersion",
     "__version__",
     "event",
+    "remote_task",
     "task",
     "workflow",
 )
