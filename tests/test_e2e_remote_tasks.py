@@ -100,7 +100,8 @@ async def start_service(
 
 @pytest.fixture
 async def service(processes: LiveProcesses, service_python: Path, tmp_path: Path) -> TaskService:
-    return await start_service(processes, service_python, tmp_path / "ledger", PushSecret.generate())
+    secret = PushSecret.generate()
+    return await start_service(processes, service_python, tmp_path / "ledger", secret)
 
 
 def pushed(name: str, payload: Any, attempt: int = 1) -> bytes:
@@ -196,6 +197,6 @@ async def test_a_signed_push_that_is_not_a_task_attempt_is_refused(service: Task
         status, answer = await post(service, body, sign_push(body, [service.secret]))
         assert (status, answer["error"]["code"]) == expected
     async with httpx.AsyncClient() as http:
-        answer = await http.get(service.url)
-    assert (answer.status_code, answer.headers["allow"]) == (405, "POST")
+        got = await http.get(service.url)
+    assert (got.status_code, got.headers["allow"]) == (405, "POST")
     assert service.ran() == []
