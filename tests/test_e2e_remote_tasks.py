@@ -12,21 +12,40 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import httpx
 import pytest
+from pydantic import BaseModel
 
+from aiki_client import Client
+from aiki_core import RetryPolicy, RunStatus, TaskStatus, WorkflowFailedError
 from aiki_core.push import PushSecret, sign_push
+from aiki_core.sdk import new_run_id
 from aiki_core.wire import PushedTask, PushedTaskAnswer, task_address
 from aiki_server.testing import free_port
-from task_service_app import LEDGER_VARIABLE, SECRET_VARIABLE
+from aiki_task import remote_task
+from aiki_worker import Worker
+from aiki_workflow import WorkflowRun, workflow
+from e2e_support import QUIET
+from task_service_app import (
+    LEDGER_VARIABLE,
+    SECRET_VARIABLE,
+    Image,
+    Thumb,
+    flaky_resize,
+    resize_image,
+)
 from test_distributions import ROOT, _uv, _venv, _wheel
 
 if TYPE_CHECKING:
-    from aiki_server.testing import LoggedProcess
+    from collections.abc import AsyncIterator
+
+    from aiki_core.wire import TaskRecord
+    from aiki_server.testing import LoggedProcess, ServerProcess
     from live_processes import LiveProcesses
 
 pytestmark = pytest.mark.slow
@@ -200,3 +219,207 @@ async def test_a_signed_push_that_is_not_a_task_attempt_is_refused(service: Task
         got = await http.get(service.url)
     assert (got.status_code, got.headers["allow"]) == (405, "POST")
     assert service.ran() == []
+
+
+# -- runs that call the service's tasks -------------------------------------------------
+
+
+class WrongImage(BaseModel):
+    """What a caller with an outdated idea of the task's input sends: width as text."""
+
+    url: str
+    width: str
+
+
+thumbnails = workflow("thumbnails")
+by_types = remote_task("resize-image", input=Image, output=Thumb)
+outdated = remote_task(
+    "resize-image",
+    input=WrongImage,
+    output=Thumb,
+    retry=RetryPolicy.fixed(max_attempts=3, delay=timedelta(milliseconds=100)),
+)
+unserved = remote_task("nobody-serves-this", input=Image, output=Thumb)
+patient = resize_image.with_options(
+    retry=RetryPolicy.fixed(max_attempts=60, delay=timedelta(milliseconds=500))
+).remote()
+
+
+@thumbnails.v("shared")
+async def shared_v1(run: WorkflowRun, image: Image) -> list[Thumb]:
+    """Two calls (a shared definition, and one by types), a sleep, a replay, a third."""
+    first = await resize_image.remote().start(run, image)
+    second = await by_types.start(run, Image(url=image.url + "#2", width=image.width))
+    await run.sleep("between", timedelta(seconds=1))  # the run resumes by replay
+    third = await by_types.start(run, Image(url=image.url + "#3", width=image.width))
+    return [first, second, third]
+
+
+@thumbnails.v("flaky")
+async def flaky_v1(run: WorkflowRun, image: Image) -> Thumb:
+    return await flaky_resize.remote().start(run, image)
+
+
+@thumbnails.v("outdated")
+async def outdated_v1(run: WorkflowRun, image: Image) -> Thumb:
+    return await outdated.start(run, WrongImage(url=image.url, width=str(image.width)))
+
+
+@thumbnails.v("unserved")
+async def unserved_v1(run: WorkflowRun, image: Image) -> Thumb:
+    return await unserved.start(run, image)
+
+
+@thumbnails.v("patient")
+async def patient_v1(run: WorkflowRun, image: Image) -> Thumb:
+    return await patient.start(run, image)
+
+
+VERSIONS = [shared_v1, flaky_v1, outdated_v1, unserved_v1, patient_v1]
+RESULT_TIMEOUT = timedelta(seconds=60)
+
+
+@dataclass
+class Deployment:
+    """A server, a worker of `VERSIONS` on it, and a task endpoint registered there."""
+
+    server: ServerProcess
+    client: Client
+    endpoint_url: str
+    secret: PushSecret
+
+    async def serve(self, processes: LiveProcesses, python: Path, ledger: Path) -> TaskService:
+        """Start the task service where the endpoint points."""
+        port = int(self.endpoint_url.rsplit(":", 1)[1].rstrip("/"))
+        return await start_service(processes, python, ledger, self.secret, port=port)
+
+
+@pytest.fixture
+async def deployment(db_url: str, processes: LiveProcesses) -> AsyncIterator[Deployment]:
+    server = await processes.start_server(db_url)
+    endpoint_url = f"http://127.0.0.1:{free_port()}/"
+    async with httpx.AsyncClient(base_url=server.base_url) as http:
+        created = await http.post(
+            "/api/v1/endpoints",
+            json={"url": endpoint_url, "tasks": ["resize-image", "flaky-resize"], "timeout": 20000},
+        )
+    assert created.status_code == 201, created.text
+    secret = PushSecret.parse(created.json()["secret"])
+    async with (
+        Client(server.base_url, logger=QUIET) as client,
+        Worker(client, VERSIONS, logger=QUIET),
+    ):
+        yield Deployment(server, client, endpoint_url, secret)
+
+
+def picture(name: str) -> Image:
+    return Image(url=f"https://img.test/{name}.png", width=100)
+
+
+def task_records(records: list[TaskRecord], name: str) -> list[TaskRecord]:
+    return [r for r in records if r.name == name]
+
+
+async def test_runs_get_typed_results_and_a_replay_does_not_call_the_service_again(
+    deployment: Deployment, processes: LiveProcesses, service_python: Path, tmp_path: Path
+) -> None:
+    service = await deployment.serve(processes, service_python, tmp_path / "ledger")
+    image = Image(url="https://img.test/cat.png", width=800)
+    handle = await shared_v1.start(deployment.client, image)
+    thumbs = await handle.result(timeout=RESULT_TIMEOUT)
+    assert thumbs == [
+        Thumb(url="https://img.test/cat.png?w=64", width=64),
+        Thumb(url="https://img.test/cat.png#2?w=64", width=64),
+        Thumb(url="https://img.test/cat.png#3?w=64", width=64),
+    ]
+    assert all(isinstance(thumb, Thumb) for thumb in thumbs)
+    # the sleep made the run replay its first two calls from the record: three attempts ran
+    assert len(service.ran("resize-image")) == 3
+    detail = await handle.detail()
+    calls = task_records(detail.tasks, "resize-image")
+    assert [(r.status, len(r.attempts)) for r in calls] == [(TaskStatus.COMPLETED, 1)] * 3
+
+
+async def test_a_failing_remote_task_is_retried_under_its_policy(
+    deployment: Deployment, processes: LiveProcesses, service_python: Path, tmp_path: Path
+) -> None:
+    service = await deployment.serve(processes, service_python, tmp_path / "ledger")
+    handle = await flaky_v1.start(deployment.client, picture("a"))
+    thumb = await handle.result(timeout=RESULT_TIMEOUT)
+    assert thumb == Thumb(url="https://img.test/a.png?w=32", width=32)
+    assert [attempt for _, _, attempt in service.ran("flaky-resize")] == [1, 2, 3]
+    (record,) = task_records((await handle.detail()).tasks, "flaky-resize")
+    assert [a.status for a in record.attempts] == [
+        TaskStatus.AWAITING_RETRY,
+        TaskStatus.AWAITING_RETRY,
+        TaskStatus.COMPLETED,
+    ]
+    first_error = record.attempts[0].error
+    assert first_error is not None and first_error.type == "ConnectionError"
+
+
+async def test_a_payload_the_service_refuses_fails_the_task_without_retry(
+    deployment: Deployment, processes: LiveProcesses, service_python: Path, tmp_path: Path
+) -> None:
+    service = await deployment.serve(processes, service_python, tmp_path / "ledger")
+    handle = await outdated_v1.start(deployment.client, picture("b"))
+    with pytest.raises(WorkflowFailedError) as failed:
+        await handle.result(timeout=RESULT_TIMEOUT)
+    assert failed.value.error.code == "task_failed"
+    (record,) = task_records((await handle.detail()).tasks, "resize-image")
+    assert (record.status, len(record.attempts)) == (TaskStatus.FAILED, 1)
+    assert record.error is not None
+    assert (record.error.code, record.error.retryable) == ("payload_validation", False)
+    assert service.ran() == []
+
+
+async def test_a_task_no_endpoint_serves_fails_with_an_error_naming_it(
+    deployment: Deployment,
+) -> None:
+    handle = await unserved_v1.start(deployment.client, picture("c"))
+    with pytest.raises(WorkflowFailedError):
+        await handle.result(timeout=RESULT_TIMEOUT)
+    (record,) = task_records((await handle.detail()).tasks, "nobody-serves-this")
+    assert record.error is not None and record.error.code == "server_unavailable"
+    assert "no task endpoint" in record.error.message
+    assert "'nobody-serves-this'" in record.error.message
+
+
+async def test_a_call_while_the_endpoint_is_down_is_retried_until_it_is_back(
+    deployment: Deployment, processes: LiveProcesses, service_python: Path, tmp_path: Path
+) -> None:
+    handle = await patient_v1.start(deployment.client, picture("d"))
+    with anyio.fail_after(30):  # the service is down: attempts fail, and are retried
+        while True:
+            records = task_records((await handle.detail()).tasks, "resize-image")
+            if records and len(records[0].attempts) >= 3:
+                break
+            await anyio.sleep(0.2)
+    error = records[0].attempts[0].error
+    assert error is not None and error.code == "server_unavailable"
+    assert deployment.endpoint_url.rstrip("/") in error.message
+    service = await deployment.serve(processes, service_python, tmp_path / "ledger")
+    thumb = await handle.result(timeout=RESULT_TIMEOUT)
+    assert thumb == Thumb(url="https://img.test/d.png?w=64", width=64)
+    assert len(service.ran("resize-image")) == 1
+    assert await handle.status() is RunStatus.COMPLETED
+
+
+async def test_a_push_for_a_run_its_caller_does_not_hold_is_refused(
+    deployment: Deployment,
+) -> None:
+    handle = await shared_v1.start(deployment.client, picture("e"))
+    await handle.cancel()
+    request = {
+        "revision": 0,
+        "name": "resize-image",
+        "address": task_address("resize-image", IMAGE),
+        "occurrence": 0,
+        "attempt": 1,
+        "input": IMAGE,
+    }
+    async with httpx.AsyncClient(base_url=deployment.server.base_url) as http:
+        refused = await http.post(f"/api/v1/runs/{handle.id}/remote-tasks", json=request)
+        missing = await http.post(f"/api/v1/runs/{new_run_id()}/remote-tasks", json=request)
+    assert refused.status_code == 409, refused.text
+    assert missing.status_code == 404, missing.text

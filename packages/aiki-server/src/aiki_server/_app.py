@@ -32,10 +32,12 @@ from aiki_core.wire import (
     Identifier,
     ListRunsQuery,
     Name,
+    PushedTaskAnswer,
     RateLimitInfo,
     RateLimitPage,
     RecordTaskRequest,
     RecordTaskResponse,
+    RemoteTaskRequest,
     RunDetail,
     RunOutcome,
     RunPage,
@@ -69,6 +71,7 @@ from aiki_server._metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from aiki_server._metrics import HttpMetrics, Metrics
 from aiki_server._notify import WakeHub
 from aiki_server._rate_limits import RateLimits
+from aiki_server._remote_tasks import RemoteTasks
 from aiki_server._runs import Runs
 from aiki_server._schedules import Schedules
 from aiki_server._storage._open import open_database
@@ -165,6 +168,7 @@ def create_app(db_url: str, settings: ServerSettings | None = None) -> FastAPI:
     rate_limits = RateLimits(db, clock)
     webhooks = Webhooks(db, clock, runs, settings.webhook_secret)
     timers = TimerDaemon(db, hub, clock, schedules.fire)
+    remote_tasks = RemoteTasks(db, clock)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -185,6 +189,7 @@ def create_app(db_url: str, settings: ServerSettings | None = None) -> FastAPI:
             log_failure("the server's lifespan failed", exc)
             raise
         finally:
+            await remote_tasks.aclose()
             await db.close()
 
     app = FastAPI(
@@ -222,6 +227,7 @@ def create_app(db_url: str, settings: ServerSettings | None = None) -> FastAPI:
         max_body_bytes=settings.max_body_bytes,
     )
     api.include_router(_rate_limit_router(rate_limits))
+    api.include_router(_remote_task_router(remote_tasks))
     # outermost: refused requests count too
     prefixes = {id(route): API_PREFIX for route in api.routes}
     app.add_middleware(HttpMetrics, metrics=metrics, prefixes=prefixes)
@@ -539,5 +545,22 @@ def _rate_limit_router(rate_limits: RateLimits) -> APIRouter:
         """
         grant = await rate_limits.acquire(ns, name, body.units, body.key, body.request_id)
         return _json(grant.wire())
+
+    return router
+
+
+def _remote_task_router(remote_tasks: RemoteTasks) -> APIRouter:
+    router = APIRouter(tags=["workers"], responses=_ERRORS)
+
+    @router.post("/runs/{run_id}/remote-tasks", response_model=PushedTaskAnswer)
+    async def call_remote_task(ns: Caller, run_id: Identifier, body: RemoteTaskRequest) -> Response:
+        """Push one task attempt of a claimed run to a task endpoint serving the task.
+
+        The answer is the endpoint's: the attempt's result or error, for the worker to
+        record. A 503 `server_unavailable` when no endpoint could take it (none serves
+        the task, each is failing or busy, or the push failed): the attempt failed,
+        and the task's retry policy decides.
+        """
+        return _json(await remote_tasks.call(ns, run_id, body))
 
     return router

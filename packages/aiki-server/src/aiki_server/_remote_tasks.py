@@ -1,0 +1,186 @@
+"""Remote task calls: a run's worker asks, the server pushes the attempt to a task endpoint.
+
+`POST /runs/{run_id}/remote-tasks` carries one attempt of a task call of a claimed
+run (fenced by the claim's revision, as a task record is). The server finds a task
+endpoint of the run's namespace whose `serves` lists the task, pushes it a signed
+`PushedTask` through the push client the dispatcher uses, and answers the endpoint's
+`PushedTaskAnswer` as it came: the worker records the attempt as usual, and its retry
+policy decides whether another push follows. Nothing of the call is stored here.
+
+A push obeys the endpoint's health like the dispatcher's: not before its `retry_at`
+(a back-off, or an open circuit's cool-off, whose single trial push one call takes),
+at most `max_in_flight` at a time from this replica, and a failed one counts on its
+row. Every way the call cannot reach a task (no endpoint serves it, each one is
+resting or busy, the push failed) is a `ServerUnavailableError` that names the task
+and the endpoint: the attempt fails with it, retryably, and is tried again under the
+task's policy.
+
+The server waits for the answer for the task's timeout and a margin (the endpoint's
+timeout when the task has none), and never longer than `MAX_WAIT`: the worker's own
+request gives up after 75 seconds.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import TYPE_CHECKING
+
+from pydantic import ValidationError
+
+from aiki_core import ServerUnavailableError
+from aiki_core.wire import PushedTask, PushedTaskAnswer, to_millis
+from aiki_server._clock import from_ms
+from aiki_server._endpoints import list_endpoints
+from aiki_server._lifecycle import claimed_run
+from aiki_server._logs import component
+from aiki_server._push_client import PushClient
+from aiki_server._push_health import (
+    OPEN_AFTER,
+    PushBackoff,
+    record_failure,
+    record_success,
+    take_trial,
+)
+
+if TYPE_CHECKING:
+    from aiki_core.wire import RemoteTaskRequest
+    from aiki_server._clock import Clock
+    from aiki_server._endpoints import Endpoint
+    from aiki_server._storage._database import Database, Tx
+
+_log = component("remote-tasks")
+
+KIND = "tasks"
+"""The endpoint kind task attempts are pushed to (the `kind` label of the push metrics)."""
+MAX_WAIT_MS = 60_000
+"""The longest the server waits for a task endpoint's answer."""
+_MARGIN_MS = 5_000
+"""Added to a task's timeout: the endpoint answers a timed-out attempt itself, then."""
+
+
+class RemoteTasks:
+    """Pushes the task attempts of claimed runs to the task endpoints serving them."""
+
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock,
+        *,
+        backoff: PushBackoff | None = None,
+        client: PushClient | None = None,
+    ) -> None:
+        self._db = db
+        self._clock = clock
+        self._backoff = backoff or PushBackoff()
+        self._client = client or PushClient()
+        self._in_flight: Counter[str] = Counter()
+        """Endpoint id -> this replica's task pushes to it in flight."""
+
+    async def aclose(self) -> None:
+        """Close the push client's connections."""
+        await self._client.aclose()
+
+    async def call(self, namespace: str, run_id: str, req: RemoteTaskRequest) -> PushedTaskAnswer:
+        """Push one attempt to an endpoint serving the task; the endpoint's answer."""
+
+        async def serving(tx: Tx) -> list[Endpoint]:
+            await claimed_run(tx, run_id, namespace, req.revision)
+            endpoints = await list_endpoints(tx, KIND, namespace)
+            return [e for e in endpoints if req.name in e.tasks]
+
+        endpoints = await self._db.write(serving)
+        if not endpoints:
+            raise ServerUnavailableError(
+                f"task {req.name!r}: no task endpoint of namespace {namespace!r} serves it"
+            )
+        endpoint = await self._choose(req.name, endpoints)
+        self._in_flight[endpoint.id] += 1
+        try:
+            return await self._push(endpoint, run_id, req)
+        finally:
+            self._in_flight[endpoint.id] -= 1
+            if not self._in_flight[endpoint.id]:
+                del self._in_flight[endpoint.id]
+
+    async def _choose(self, task: str, endpoints: list[Endpoint]) -> Endpoint:
+        """The least busy endpoint that may take a push now; else why none may."""
+        now = self._clock()
+        ready = [e for e in endpoints if e.retry_at is None or e.retry_at <= now]
+        closed = [e for e in ready if e.failures < OPEN_AFTER]
+        for endpoint in sorted(closed, key=lambda e: self._in_flight[e.id]):
+            if self._in_flight[endpoint.id] < endpoint.max_in_flight:
+                return endpoint
+        for endpoint in ready:  # an open circuit whose cool-off is over: one trial push
+            if endpoint.failures >= OPEN_AFTER and not self._in_flight[endpoint.id]:
+                lease = endpoint.timeout_ms + self._backoff.cool_off_ms
+                if await take_trial(self._db, endpoint.id, now, lease) is not None:
+                    return endpoint
+        if closed:
+            names = ", ".join(f"{e.id} ({e.url})" for e in closed)
+            raise ServerUnavailableError(
+                f"task {task!r}: its task endpoints are busy, each with as many pushes in"
+                f" flight as it takes: {names}",
+                retry_after=1,
+            )
+        resting = min(endpoints, key=lambda e: e.retry_at or now)
+        failing_since = from_ms(resting.failing_since)
+        since = "" if failing_since is None else f" since {failing_since.isoformat()}"
+        raise ServerUnavailableError(
+            f"task {task!r}: task endpoint {resting.id} ({resting.url}) failing:"
+            f" {resting.last_error or 'its pushes fail'}{since}",
+            retry_after=max((resting.retry_at or now) - now, 0) / 1000,
+        )
+
+    async def _push(
+        self, endpoint: Endpoint, run_id: str, req: RemoteTaskRequest
+    ) -> PushedTaskAnswer:
+        now = self._clock()
+        what = f"task {req.name!r}: the push to task endpoint {endpoint.id} ({endpoint.url})"
+        secrets = endpoint.active_secrets(now)
+        if not secrets:
+            await self._failed(endpoint, "no unexpired secret to sign with", None)
+            raise ServerUnavailableError(f"{what} has no unexpired secret to sign with")
+        pushed = PushedTask(
+            run_id=run_id,
+            task_name=req.name,
+            address=req.address,
+            occurrence=req.occurrence,
+            attempt=req.attempt,
+            input=req.input,
+            timeout=req.timeout,
+        )
+        wait_ms = endpoint.timeout_ms
+        if req.timeout is not None:
+            wait_ms = to_millis(req.timeout) + _MARGIN_MS
+        result = await self._client.push(
+            endpoint.url,
+            pushed.model_dump_json().encode(),
+            secrets,
+            min(wait_ms, MAX_WAIT_MS) / 1000,
+        )
+        outcome: str = result.outcome
+        error = result.error
+        answer = None
+        if result.ok:
+            try:
+                answer = PushedTaskAnswer.model_validate_json(result.answer)
+            except ValidationError:
+                outcome, error = "invalid", "HTTP 2xx without a pushed task answer"
+        self._db.metrics.pushed(KIND, outcome, result.seconds)
+        if answer is None:
+            assert error is not None
+            await self._failed(endpoint, error, result.retry_after)
+            raise ServerUnavailableError(f"{what} failed: {error}", retry_after=result.retry_after)
+        if endpoint.failures or endpoint.retry_at is not None:
+            await record_success(self._db, endpoint.id)
+        return answer
+
+    async def _failed(self, endpoint: Endpoint, error: str, retry_after: float | None) -> None:
+        retry_after_ms = None if retry_after is None else int(retry_after * 1000)
+        failures = await record_failure(
+            self._db, endpoint.id, self._clock(), error, retry_after_ms, self._backoff
+        )
+        _log.warn(
+            "a task push failed",
+            {"endpoint_id": endpoint.id, "error": error, "failures": failures},
+        )
