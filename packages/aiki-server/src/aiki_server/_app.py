@@ -55,6 +55,7 @@ from aiki_core.wire import (
     TransitionRunRequest,
     TransitionRunResponse,
     WorkerPage,
+    to_millis,
 )
 from aiki_server import _hot_path as hot_path
 from aiki_server.__about__ import __version__
@@ -62,6 +63,7 @@ from aiki_server._auth import ApiKeyAuth, ApiKeys, HostCheck, caller_namespace
 from aiki_server._claims import Claims
 from aiki_server._clock import Clock, from_ms, system_clock
 from aiki_server._dashboard import STATIC_PACKAGE, dashboard_router
+from aiki_server._dispatcher import Dispatcher
 from aiki_server._errors import install_error_handlers, log_failure
 from aiki_server._flow import ConcurrencyLimits
 from aiki_server._flow_settings import FlowSettings
@@ -70,6 +72,7 @@ from aiki_server._limits import BodyLimitMiddleware, Limits
 from aiki_server._metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from aiki_server._metrics import HttpMetrics, Metrics
 from aiki_server._notify import WakeHub
+from aiki_server._push_health import COOL_OFF_MS, PushBackoff
 from aiki_server._rate_limits import RateLimits
 from aiki_server._remote_tasks import RemoteTasks
 from aiki_server._runs import Runs
@@ -129,6 +132,12 @@ class ServerSettings:
     priority_step: timedelta = timedelta(seconds=60)
     """How much earlier in the claim order one level of priority puts a run; a run
     waiting 9 steps goes before any newer one, whatever their priorities."""
+    push_delivery: bool = True
+    """Push queued runs to the registered workflow endpoints (the dispatcher); off, the
+    endpoints' runs wait for a pulling worker."""
+    push_cool_off: timedelta = timedelta(seconds=COOL_OFF_MS / 1000)
+    """How long an endpoint's open circuit (5 failed pushes in a row) is left alone
+    before one trial push; it doubles per further failure, up to ten times this."""
     allowed_hosts: tuple[str, ...] = ()
     """Host names a server without API keys answers besides loopback ones and the host
     of `public_url` (any other `Host` is refused, against DNS rebinding); `"*"` answers
@@ -142,6 +151,8 @@ class ServerSettings:
                 f"public_url must be an http:// or https:// URL, got {self.public_url!r}"
             )
         FlowSettings(self.fair_share_quantum, self.priority_step)  # refuses negative ones
+        if self.push_cool_off <= timedelta(0):
+            raise ValueError(f"push_cool_off must be positive, got {self.push_cool_off}")
         if self.max_tasks_per_run < 1:
             raise ValueError(f"max_tasks_per_run must be at least 1, got {self.max_tasks_per_run}")
 
@@ -168,7 +179,9 @@ def create_app(db_url: str, settings: ServerSettings | None = None) -> FastAPI:
     rate_limits = RateLimits(db, clock)
     webhooks = Webhooks(db, clock, runs, settings.webhook_secret)
     timers = TimerDaemon(db, hub, clock, schedules.fire)
-    remote_tasks = RemoteTasks(db, clock)
+    backoff = PushBackoff(cool_off_ms=to_millis(settings.push_cool_off))
+    dispatcher = Dispatcher(db, hub, clock, claims, writes, backoff=backoff)
+    remote_tasks = RemoteTasks(db, clock, backoff=backoff)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -183,6 +196,8 @@ def create_app(db_url: str, settings: ServerSettings | None = None) -> FastAPI:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(timers.run_forever)
                 tg.start_soon(db.maintain)
+                if settings.push_delivery:
+                    tg.start_soon(dispatcher.run_forever)
                 yield
                 tg.cancel_scope.cancel()
         except Exception as exc:
