@@ -44,6 +44,7 @@ from test_distributions import ROOT, _uv, _venv, _wheel
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
+    from aiki_core.sdk import ExecutableVersion
     from aiki_core.wire import TaskRecord
     from aiki_server.testing import LoggedProcess, ServerProcess
     from live_processes import LiveProcesses
@@ -262,7 +263,7 @@ async def flaky_v1(run: WorkflowRun, image: Image) -> Thumb:
 
 @thumbnails.v("outdated")
 async def outdated_v1(run: WorkflowRun, image: Image) -> Thumb:
-    return await outdated.start(run, WrongImage(url=image.url, width=str(image.width)))
+    return await outdated.start(run, WrongImage(url=image.url, width="wide"))
 
 
 @thumbnails.v("unserved")
@@ -275,7 +276,7 @@ async def patient_v1(run: WorkflowRun, image: Image) -> Thumb:
     return await patient.start(run, image)
 
 
-VERSIONS = [shared_v1, flaky_v1, outdated_v1, unserved_v1, patient_v1]
+VERSIONS: list[ExecutableVersion] = [shared_v1, flaky_v1, outdated_v1, unserved_v1, patient_v1]
 RESULT_TIMEOUT = timedelta(seconds=60)
 
 

@@ -45,12 +45,12 @@ from aiki_server._push_health import (
 if TYPE_CHECKING:
     from aiki_core.wire import RemoteTaskRequest
     from aiki_server._clock import Clock
-    from aiki_server._endpoints import Endpoint
+    from aiki_server._endpoints import Endpoint, EndpointKind
     from aiki_server._storage._database import Database, Tx
 
 _log = component("remote-tasks")
 
-KIND = "tasks"
+KIND: EndpointKind = "tasks"
 """The endpoint kind task attempts are pushed to (the `kind` label of the push metrics)."""
 MAX_WAIT_MS = 60_000
 """The longest the server waits for a task endpoint's answer."""
