@@ -43,9 +43,9 @@ from aiki_server._push_health import (
 )
 
 if TYPE_CHECKING:
-    from aiki_core.wire import RemoteTaskRequest
+    from aiki_core.wire import EndpointKind, RemoteTaskRequest
     from aiki_server._clock import Clock
-    from aiki_server._endpoints import Endpoint, EndpointKind
+    from aiki_server._endpoints import Endpoint
     from aiki_server._storage._database import Database, Tx
 
 _log = component("remote-tasks")
