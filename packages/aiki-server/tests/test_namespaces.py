@@ -314,6 +314,30 @@ async def mint_a_webhook(t: Tenants) -> None:
     assert (await mint(t.a, mine["id"], revision)).status_code == 201
 
 
+@case("POST", "/runs/{run_id}/remote-tasks")
+async def call_a_remote_task(t: Tenants) -> None:
+    mine, revision = await held_run(t.a)
+    # B's task endpoint serves the task, and is not A's to push to
+    endpoint = {"url": "http://127.0.0.1:9/aiki/", "tasks": ["resize"]}
+    assert (await t.b.post("/endpoints", json=endpoint)).status_code == 201
+    call = {
+        "revision": revision,
+        "name": "resize",
+        "address": "resize:1",
+        "occurrence": 0,
+        "attempt": 1,
+        "input": {"url": "cat.png"},
+    }
+
+    not_found(await t.b.post(f"/runs/{mine['id']}/remote-tasks", json=call))
+
+    answered = await t.a.post(f"/runs/{mine['id']}/remote-tasks", json=call)
+    assert answered.status_code == 200, answered.text
+    failed = answered.json()
+    assert (failed["status"], failed["error"]["code"]) == ("failed", "server_unavailable")
+    assert "no task endpoint of namespace 'team-a' serves it" in failed["error"]["message"]
+
+
 @case("POST", "/webhooks/{webhook_id}")
 async def deliver_through_a_webhook(t: Tenants) -> None:
     # no key here: the signed URL is the credential, and it names one run of one namespace

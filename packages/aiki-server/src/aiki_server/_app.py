@@ -581,9 +581,10 @@ def _remote_task_router(remote_tasks: RemoteTasks) -> APIRouter:
         """Push one task attempt of a claimed run to a task endpoint serving the task.
 
         The answer is the endpoint's: the attempt's result or error, for the worker to
-        record. A 503 `server_unavailable` when no endpoint could take it (none serves
-        the task, each is failing or busy, or the push failed): the attempt failed,
-        and the task's retry policy decides.
+        record. When no endpoint could take it (none serves the task, each is failing
+        or busy, or the push failed), a failed answer whose retryable error is a
+        `server_unavailable` naming the task and the endpoint: the task's retry policy
+        decides.
         """
         return _json(await remote_tasks.call(ns, run_id, body))
 

@@ -11,9 +11,10 @@ A push obeys the endpoint's health like the dispatcher's: not before its `retry_
 (a back-off, or an open circuit's cool-off, whose single trial push one call takes),
 at most `max_in_flight` at a time from this replica, and a failed one counts on its
 row. Every way the call cannot reach a task (no endpoint serves it, each one is
-resting or busy, the push failed) is a `ServerUnavailableError` that names the task
-and the endpoint: the attempt fails with it, retryably, and is tried again under the
-task's policy.
+resting or busy, the push failed) is answered as a failed attempt whose error is a
+`ServerUnavailableError` naming the task and the endpoint: retryable, so the task's
+policy tries it again. It is no error of the server's own (no 5xx: this server is
+fine, and a worker reading a 503 would take it for its server being down).
 
 The server waits for the answer for the task's timeout and a margin (the endpoint's
 timeout when the task has none), and never longer than `MAX_WAIT`: the worker's own
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from aiki_core import ServerUnavailableError
+from aiki_core import ErrorInfo, ServerUnavailableError
 from aiki_core.wire import PushedTask, PushedTaskAnswer, to_millis
 from aiki_server._clock import from_ms
 from aiki_server._endpoints import list_endpoints
@@ -58,6 +59,15 @@ _MARGIN_MS = 5_000
 """Added to a task's timeout: the endpoint answers a timed-out attempt itself, then."""
 
 
+class _Unreachable(Exception):
+    """The attempt cannot reach its task now; `retry_after` seconds may change that."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+
+
 class RemoteTasks:
     """Pushes the task attempts of claimed runs to the task endpoints serving them."""
 
@@ -81,7 +91,18 @@ class RemoteTasks:
         await self._client.aclose()
 
     async def call(self, namespace: str, run_id: str, req: RemoteTaskRequest) -> PushedTaskAnswer:
-        """Push one attempt to an endpoint serving the task; the endpoint's answer."""
+        """Push one attempt to an endpoint serving the task; the endpoint's answer.
+
+        A failed answer of this server's own when the attempt could not reach the task.
+        """
+        try:
+            return await self._call(namespace, run_id, req)
+        except _Unreachable as exc:
+            error = ServerUnavailableError(exc.message, retry_after=exc.retry_after)
+            info = ErrorInfo.from_exception(error, include_stack=False)
+            return PushedTaskAnswer(status="failed", error=info)
+
+    async def _call(self, namespace: str, run_id: str, req: RemoteTaskRequest) -> PushedTaskAnswer:
 
         async def serving(tx: Tx) -> list[Endpoint]:
             await claimed_run(tx, run_id, namespace, req.revision)
@@ -90,7 +111,7 @@ class RemoteTasks:
 
         endpoints = await self._db.write(serving)
         if not endpoints:
-            raise ServerUnavailableError(
+            raise _Unreachable(
                 f"task {req.name!r}: no task endpoint of namespace {namespace!r} serves it"
             )
         endpoint = await self._choose(req.name, endpoints)
@@ -117,7 +138,7 @@ class RemoteTasks:
                     return endpoint
         if closed:
             names = ", ".join(f"{e.id} ({e.url})" for e in closed)
-            raise ServerUnavailableError(
+            raise _Unreachable(
                 f"task {task!r}: its task endpoints are busy, each with as many pushes in"
                 f" flight as it takes: {names}",
                 retry_after=1,
@@ -125,7 +146,7 @@ class RemoteTasks:
         resting = min(endpoints, key=lambda e: e.retry_at or now)
         failing_since = from_ms(resting.failing_since)
         since = "" if failing_since is None else f" since {failing_since.isoformat()}"
-        raise ServerUnavailableError(
+        raise _Unreachable(
             f"task {task!r}: task endpoint {resting.id} ({resting.url}) failing:"
             f" {resting.last_error or 'its pushes fail'}{since}",
             retry_after=max((resting.retry_at or now) - now, 0) / 1000,
@@ -139,7 +160,7 @@ class RemoteTasks:
         secrets = endpoint.active_secrets(now)
         if not secrets:
             await self._failed(endpoint, "no unexpired secret to sign with", None)
-            raise ServerUnavailableError(f"{what} has no unexpired secret to sign with")
+            raise _Unreachable(f"{what} has no unexpired secret to sign with")
         pushed = PushedTask(
             run_id=run_id,
             task_name=req.name,
@@ -170,7 +191,7 @@ class RemoteTasks:
         if answer is None:
             assert error is not None
             await self._failed(endpoint, error, result.retry_after)
-            raise ServerUnavailableError(f"{what} failed: {error}", retry_after=result.retry_after)
+            raise _Unreachable(f"{what} failed: {error}", retry_after=result.retry_after)
         if endpoint.failures or endpoint.retry_at is not None:
             await record_success(self._db, endpoint.id)
         return answer
