@@ -12,11 +12,13 @@ import pytest
 from aiki_core import (
     AikiError,
     ConsoleLogger,
+    ErrorInfo,
     IdentityCodec,
     Interceptor,
     LogLevel,
     RetryPolicy,
     RunInterrupt,
+    ServerUnavailableError,
     StaleRevisionError,
     TaskFailedError,
     TaskStatus,
@@ -82,6 +84,9 @@ class Execution:
         self.deferred: list[RecordTaskRequest] = []
         """Held for the run's transition."""
         self.refuse_writes: AikiError | None = None
+        self.remote_answers: list[PushedTaskAnswer | AikiError] = []
+        """What the server answers each remote task call, in turn."""
+        self.remote_calls: list[RemoteTaskRequest] = []
 
     async def record_task(self, request: RecordTaskRequest) -> RecordTaskResponse:
         if self.refuse_writes is not None:
@@ -102,7 +107,11 @@ class Execution:
         raise AssertionError(f"no rate limit is asked on replay: {use}")
 
     async def call_remote_task(self, request: RemoteTaskRequest) -> PushedTaskAnswer:
-        raise AssertionError(f"no remote tasks in these workflows: {request}")
+        self.remote_calls.append(request)
+        answer = self.remote_answers.pop(0)
+        if isinstance(answer, AikiError):
+            raise answer
+        return answer
 
     async def flush_tasks(self) -> None:
         held, self.deferred = self.deferred, []
@@ -175,6 +184,21 @@ async def fails(run: WorkflowRun, n: int) -> int:
     return n
 
 
+remote_double = double.with_options(
+    retry=RetryPolicy.fixed(max_attempts=3, delay=timedelta(milliseconds=1))
+).remote()
+
+
+@wf.v("remote")
+async def with_remote(run: WorkflowRun, n: int) -> int:
+    return await remote_double.start(run, n)
+
+
+def failed_answer(error_type: str, *, retryable: bool) -> PushedTaskAnswer:
+    error = ErrorInfo(type=error_type, message="it broke", retryable=retryable)
+    return PushedTaskAnswer(status="failed", error=error)
+
+
 @pytest.fixture(autouse=True)
 def _reset() -> None:
     calls.clear()
@@ -202,6 +226,57 @@ async def test_a_refused_write_abandons_the_run_before_the_next_task() -> None:
         await sum_of_doubles.execute(execution)
     # the first result could not be written, so the second task never ran
     assert calls == ["double(1)"]
+
+
+async def test_a_remote_task_is_pushed_attempt_by_attempt_under_its_retry_policy() -> None:
+    execution = Execution(7)
+    execution.remote_answers = [
+        failed_answer("ConnectionError", retryable=True),
+        PushedTaskAnswer(status="completed", result=14),
+    ]
+    action = await with_remote.execute(execution)
+    assert action == CompleteRun(result=14)
+    assert calls == []  # the function ran elsewhere
+    address = task_address("double", 7)
+    assert [(c.name, c.address, c.attempt, c.input) for c in execution.remote_calls] == [
+        ("double", address, 1, 7),
+        ("double", address, 2, 7),
+    ]
+    records = [*execution.records, *execution.deferred]
+    assert [(r.attempt, r.status) for r in records] == [
+        (1, TaskStatus.AWAITING_RETRY),
+        (2, TaskStatus.COMPLETED),
+    ]
+    assert records[0].error is not None and records[0].error.type == "ConnectionError"
+
+
+async def test_a_remote_task_that_cannot_be_reached_or_is_final_fails_as_the_answer_says() -> None:
+    execution = Execution(7)
+    execution.remote_answers = [
+        ServerUnavailableError("cannot reach the server"),
+        failed_answer("aiki_core.PayloadValidationError", retryable=False),
+    ]
+    action = await with_remote.execute(execution)
+    assert isinstance(action, FailRun)
+    assert len(execution.remote_calls) == 2  # the second answer was final
+    assert [r.status for r in execution.records] == [
+        TaskStatus.AWAITING_RETRY,
+        TaskStatus.FAILED,
+    ]
+
+
+async def test_a_remote_call_on_a_lost_claim_abandons_the_run() -> None:
+    execution = Execution(7)
+    execution.remote_answers = [StaleRevisionError("run-1", 1, 2)]
+    with pytest.raises(RunInterrupt):
+        await with_remote.execute(execution)
+    assert execution.records == []
+
+
+async def test_a_remote_result_on_record_is_replayed_without_a_call() -> None:
+    execution = Execution(7, [recorded("double", 7, 14)])
+    assert await with_remote.execute(execution) == CompleteRun(result=14)
+    assert execution.remote_calls == []
 
 
 async def test_replay_takes_recorded_results_by_content_and_occurrence() -> None:

@@ -4,7 +4,9 @@ No package imports a sibling other than `aiki_core`, so each seam between them i
 protocol here:
 
 - a task (`aiki_task`) runs inside a run through `TaskRunContext`, which the
-  workflow package's run object implements, and hands it a `TaskInvocation`;
+  workflow package's run object implements, and hands it a `TaskInvocation`; a remote
+  task's attempt calls `TaskAttemptInfo.call_remote`, which the run implements with
+  `RunExecution.call_remote_task` (the worker's, over `WorkerApi.call_remote_task`);
 - a workflow version (`aiki_workflow`) starts itself through `WorkflowStarter`,
   which the client implements, and gets back a `WorkflowRunHandle`; the client's
   schedules take a version as a `SchedulableVersion`;
