@@ -103,7 +103,6 @@ class RemoteTasks:
             return PushedTaskAnswer(status="failed", error=info)
 
     async def _call(self, namespace: str, run_id: str, req: RemoteTaskRequest) -> PushedTaskAnswer:
-
         async def serving(tx: Tx) -> list[Endpoint]:
             await claimed_run(tx, run_id, namespace, req.revision)
             endpoints = await list_endpoints(tx, KIND, namespace)
