@@ -8,7 +8,8 @@ then "executes" the pushed run the way a worker does, through `aiki_client`: it
 records one task (`echo`) and completes the run with the input as its result, both
 fenced by the claim's revision, and answers `PushedRunAnswer`. `--fail-first N`
 answers 503 (with `Retry-After: 0`) to the first N pushes; `--hang-first` never
-answers the first push (a test SIGKILLs the process meanwhile).
+answers the first push (a test SIGKILLs the process meanwhile). Other routes answer
+badly whatever is pushed (`/answer/<status>`, `/big`, `/slow`), for the push client.
 
 Every push and what came of it is appended to the ledger, one line each:
 `push <run id>`, `completed <run id>`, `lost <run id>` (the server refused the
@@ -109,7 +110,35 @@ def endpoint_app(
             clients.append(client)
             yield
 
-    return Starlette(routes=[Route("/push", push, methods=["POST"])], lifespan=lifespan)
+    routes = [Route("/push", push, methods=["POST"]), *_misbehaving]
+    return Starlette(routes=routes, lifespan=lifespan)
+
+
+async def _answer(request: Request) -> Response:
+    """Answers the status in the path, with `?retry_after=` and `Location: /push`."""
+    headers = {"location": "/push"}
+    if "retry_after" in request.query_params:
+        headers["retry-after"] = request.query_params["retry_after"]
+    return Response(b"{}", status_code=int(request.path_params["status"]), headers=headers)
+
+
+async def _big(_request: Request) -> Response:
+    """A 2xx answer of 2 MiB."""
+    return Response(b" " * (2 * 1024 * 1024), media_type="application/json")
+
+
+async def _slow(_request: Request) -> Response:
+    """No answer for a minute."""
+    await anyio.sleep(60)
+    return Response(b"{}")
+
+
+_misbehaving = [
+    Route("/answer/{status:int}", _answer, methods=["POST"]),
+    Route("/big", _big, methods=["POST"]),
+    Route("/slow", _slow, methods=["POST"]),
+]
+"""Routes that answer any push badly, for the push client's tests (no signature check)."""
 
 
 def main() -> None:

@@ -22,6 +22,7 @@ from aiki_client import Client
 from aiki_core import RunStatus
 from aiki_core.push import PushSecret
 from aiki_core.wire import StartRunRequest
+from aiki_server._push_client import PushClient
 from aiki_server.testing import free_port
 from e2e_support import QUIET, database
 
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 
     from aiki_client import WorkflowRunHandle
     from aiki_core.wire import RunDetail
+    from aiki_server._push_client import PushResult
     from aiki_server.testing import LoggedProcess
     from live_processes import LiveProcesses
 
@@ -86,22 +88,9 @@ class Endpoint:
         self, db_url: str, *, max_in_flight: int = 4, timeout_ms: int = 10_000
     ) -> None:
         """Insert the endpoint's row, serving `push-echo` 1 in the default pool."""
-        serves = f'[["{WORKFLOW}","1","default"]]'
         secrets = f'[{{"secret":"{self.secret}","expires_at":null}}]'
-        async with database(db_url) as db:
-            await db.write(
-                lambda tx: tx.execute(
-                    "INSERT INTO endpoints (id, namespace, url, kind, serves, max_in_flight,"
-                    " timeout_ms, secrets, created_at) VALUES"
-                    " ($1, 'default', $2, 'workflows', $3, $4, $5, $6, 0)",
-                    self.id,
-                    self.url,
-                    serves,
-                    max_in_flight,
-                    timeout_ms,
-                    secrets,
-                )
-            )
+        serves = f'[["{WORKFLOW}","1","default"]]'
+        await insert_endpoint(db_url, self.id, self.url, serves, secrets, max_in_flight, timeout_ms)
 
     async def row(self, db_url: str) -> Mapping[str, Any]:
         """The endpoint's health columns, as the database has them now."""
@@ -127,6 +116,32 @@ class Endpoint:
         with anyio.fail_after(timeout):
             while len(self.lines(what)) < count:  # noqa: ASYNC110 - a file, no event
                 await anyio.sleep(0.05)
+
+
+async def insert_endpoint(
+    db_url: str,
+    endpoint_id: str,
+    url: str,
+    serves: str,
+    secrets: str,
+    max_in_flight: int = 4,
+    timeout_ms: int = 10_000,
+) -> None:
+    """Register a workflow endpoint of the default namespace with a row of its own."""
+    async with database(db_url) as db:
+        await db.write(
+            lambda tx: tx.execute(
+                "INSERT INTO endpoints (id, namespace, url, kind, serves, max_in_flight,"
+                " timeout_ms, secrets, created_at) VALUES"
+                " ($1, 'default', $2, 'workflows', $3, $4, $5, $6, 0)",
+                endpoint_id,
+                url,
+                serves,
+                max_in_flight,
+                timeout_ms,
+                secrets,
+            )
+        )
 
 
 async def start_runs(client: Client, count: int) -> list[WorkflowRunHandle[JsonValue]]:
@@ -162,6 +177,8 @@ async def test_twenty_runs_are_pushed_and_completed(
     server = await processes.start_server(db_url)
     endpoint = Endpoint(processes, server.base_url, tmp_path)
     await endpoint.start()
+    # a row the dispatcher cannot read stops only itself
+    await insert_endpoint(db_url, str(ULID()), endpoint.url, "not json", "[]")
     await endpoint.register(db_url)
     async with Client(server.base_url, logger=QUIET) as client:
         handles = await start_runs(client, 20)
@@ -173,6 +190,7 @@ async def test_twenty_runs_are_pushed_and_completed(
     assert moves(detail, RunStatus.RUNNING) == [f"claimed by endpoint:{endpoint.id}"]
     assert sorted(endpoint.lines("completed")) == sorted(h.id for h in handles)
     assert await pushes_counted(server.base_url, "ok") == 20
+    assert await pushes_counted(server.base_url, "error") > 0  # the unreadable row's
 
 
 async def test_an_endpoint_that_answers_503_five_times_then_200_completes_the_run(
@@ -278,3 +296,63 @@ async def test_two_replicas_push_each_run_to_one_endpoint_and_complete_it_once(
     for detail in details:
         assert len(moves(detail, RunStatus.COMPLETED)) == 1
     assert sum([await pushes_counted(replica.base_url, "ok") for replica in (first, second)]) == 20
+
+
+async def test_a_push_in_flight_at_shutdown_gives_its_run_back(
+    db_url: str, processes: LiveProcesses, tmp_path: Path
+) -> None:
+    server = await processes.start_server(db_url)
+    endpoint = Endpoint(processes, server.base_url, tmp_path)
+    await endpoint.start("--hang-first")
+    await endpoint.register(db_url)
+    async with Client(server.base_url, logger=QUIET) as client:
+        (handle,) = await start_runs(client, 1)
+        await endpoint.wait_for("hanging", 1)
+    await server.stop()  # SIGTERM: a graceful shutdown
+    async with database(db_url) as db, db.reader() as tx:
+        run = await tx.fetchrow("SELECT status, claimed_by FROM runs WHERE id = $1", handle.id)
+        last = await tx.fetchrow(
+            "SELECT reason FROM state_transitions WHERE run_id = $1 ORDER BY seq DESC", handle.id
+        )
+    assert run is not None and last is not None
+    assert (run["status"], run["claimed_by"]) == ("queued", None)
+    assert last["reason"] == f"push to endpoint {endpoint.id} cut by a shutdown"
+    # the next server pushes it again, to the same endpoint, which now answers
+    again = await processes.start_server(db_url, port=server.port)
+    async with Client(again.base_url, logger=QUIET) as client:
+        result = await client.run_handle(handle.id).result(timeout=RESULT_TIMEOUT)
+    assert result == {"echo": {"n": 0}}
+
+
+async def test_the_push_client_says_what_an_endpoint_did(
+    processes: LiveProcesses, tmp_path: Path
+) -> None:
+    endpoint = Endpoint(processes, "http://127.0.0.1:9", tmp_path)  # it calls no server
+    await endpoint.start()
+    base = f"http://127.0.0.1:{endpoint.port}"
+    secrets = [PushSecret.parse(endpoint.secret)]
+    client = PushClient()
+    try:
+
+        async def push(path: str, timeout: float = 10) -> PushResult:
+            return await client.push(f"{base}{path}", b"{}", secrets, timeout)
+
+        ok = await push("/answer/200")
+        assert (ok.ok, ok.answer, ok.error) == (True, b"{}", None)
+        busy = await push("/answer/503?retry_after=7")
+        assert (busy.outcome, busy.error, busy.retry_after) == ("refused", "HTTP 503", 7.0)
+        dated = await push("/answer/429?retry_after=Wed, 21 Oct 2015 07:28:00 GMT")
+        assert (dated.error, dated.retry_after) == ("HTTP 429", 0.0)
+        moved = await push("/answer/302")  # not followed: the server signs for one URL
+        assert (moved.outcome, moved.error) == ("refused", "HTTP 302")
+        big = await push("/big")
+        assert (big.outcome, big.error) == ("too_large", "answer over 1048576 bytes")
+        slow = await push("/slow", timeout=0.5)
+        assert (slow.outcome, slow.error) == ("timeout", "timed out after 0.5 s")
+        unsigned = await client.push(endpoint.url, b"{}", [PushSecret.generate()], 10)
+        assert (unsigned.outcome, unsigned.error) == ("refused", "HTTP 401")
+        nobody = await client.push(f"http://127.0.0.1:{free_port()}/push", b"{}", secrets, 10)
+        assert (nobody.outcome, nobody.error) == ("connection", "connection refused")
+    finally:
+        await client.aclose()
+    assert endpoint.lines("push") == []  # the unsigned push ran nothing
