@@ -27,6 +27,7 @@ EXPECTED_EXPORTS: dict[str, tuple[str, ...]] = {
         "ConflictError",
         "ConsoleLogger",
         "DecryptionError",
+        "Endpoints",
         "ErrorInfo",
         "Event",
         "EventResult",
@@ -158,6 +159,7 @@ EXPECTED_EXPORTS: dict[str, tuple[str, ...]] = {
     "aiki_client": (
         "Client",
         "ConcurrencyLimits",
+        "Endpoints",
         "RateLimits",
         "Schedules",
         "WorkflowRunHandle",

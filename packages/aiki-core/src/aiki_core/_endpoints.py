@@ -28,10 +28,6 @@ from aiki_core._duration import Duration, DurationRange, duration_field
 from aiki_core._wire import Integer, Name, RequestModel, ResponseModel, given
 
 __all__ = [
-    "MAX_ENDPOINT_ENTRIES",
-    "MAX_ENDPOINT_URL_LENGTH",
-    "MAX_PREVIOUS_SECRET_LIFETIME",
-    "URL_PATTERN",
     "CreateEndpointRequest",
     "CreateEndpointResponse",
     "EndpointInfo",
@@ -197,16 +193,11 @@ class EndpointInfo(ResponseModel):
     )
 
 
-class _NewSecret(ResponseModel):
-    endpoint: EndpointInfo
-    secret: str = Field(
-        description="The new signing secret (`aiki_push_...`): shown this once, give it to"
-        " the endpoint's app."
-    )
-
-
-class CreateEndpointResponse(_NewSecret):
+class CreateEndpointResponse(ResponseModel):
     """The endpoint created, and its secret, shown this once."""
+
+    endpoint: EndpointInfo
+    secret: str = Field(description="The signing secret (`aiki_push_...`) for the endpoint's app.")
 
 
 class RotateEndpointSecretRequest(RequestModel):
@@ -221,8 +212,11 @@ class RotateEndpointSecretRequest(RequestModel):
     )
 
 
-class RotateEndpointSecretResponse(_NewSecret):
+class RotateEndpointSecretResponse(ResponseModel):
     """The endpoint with its new secret first, and that secret, shown this once."""
+
+    endpoint: EndpointInfo
+    secret: str = Field(description="The new signing secret, for the endpoint's app.")
 
 
 class EndpointPage(ResponseModel):
