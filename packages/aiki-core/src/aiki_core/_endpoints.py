@@ -107,9 +107,6 @@ EndpointUrl = Annotated[
 ]
 """An absolute `http://` or `https://` URL with a host, no user info and no fragment."""
 
-MaxInFlight = Annotated[Integer, Field(ge=1, le=1000)]
-"""Pushes to one endpoint waiting for their answer at once, per server replica."""
-
 PushTimeout = Annotated[
     Duration, DurationRange(at_least=timedelta(seconds=1), at_most=timedelta(minutes=15))
 ]
@@ -135,7 +132,12 @@ class CreateEndpointRequest(RequestModel):
         description="The task names whose attempts it runs (a task endpoint).",
         json_schema_extra={"uniqueItems": True},
     )
-    max_in_flight: MaxInFlight = 10
+    max_in_flight: Integer = Field(
+        default=10,
+        ge=1,
+        le=1000,
+        description="Pushes to it waiting for their answer at once, per server replica.",
+    )
     timeout: PushTimeout = duration_field(timedelta(seconds=60))
 
     model_config = ConfigDict(json_schema_extra={"oneOf": [given("workflows"), given("tasks")]})
