@@ -10,16 +10,35 @@ not do. A rotation puts a new secret first and gives the previous one an expiry.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
+from aiki_core import NotFoundError
 from aiki_core.push import PushSecret
+from aiki_core.wire import (
+    CreateEndpointResponse,
+    EndpointInfo,
+    EndpointPage,
+    EndpointSecretInfo,
+    EndpointStatus,
+    RotateEndpointSecretResponse,
+    WorkflowCapability,
+    from_millis,
+    to_millis,
+)
+from aiki_core.wire import (
+    EndpointKind as EndpointKind,  # the dispatcher's too
+)
+from aiki_server._clock import from_ms
+from aiki_server._rows import new_id
 
 if TYPE_CHECKING:
-    from aiki_server._storage._database import Row, Tx
+    from aiki_core.wire import CreateEndpointRequest, RotateEndpointSecretRequest
+    from aiki_server._clock import Clock
+    from aiki_server._storage._database import Database, Row, Tx
 
-EndpointKind = Literal["workflows", "tasks"]
-"""What an endpoint serves: runs of workflow versions, or task attempts."""
+CIRCUIT_OPENS_AFTER = 5
+"""Consecutive failed pushes after which an endpoint's circuit is open."""
 
 ENDPOINT_COLUMNS = (
     "id, namespace, url, kind, serves, max_in_flight, timeout_ms, secrets, created_at,"
@@ -132,3 +151,125 @@ async def list_endpoints(
     where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
     rows = await tx.fetch(f"SELECT {ENDPOINT_COLUMNS} FROM endpoints{where} ORDER BY id", *args)
     return [endpoint(row) for row in rows]
+
+
+def endpoint_info(found: Endpoint) -> EndpointInfo:
+    """An endpoint as the API shows it: its secrets' key ids, never the secrets."""
+    status: EndpointStatus = "healthy"
+    if found.failures >= CIRCUIT_OPENS_AFTER:
+        status = "open"
+    elif found.failures:
+        status = "failing"
+    return EndpointInfo(
+        id=found.id,
+        namespace=found.namespace,
+        url=found.url,
+        kind=found.kind,
+        workflows=[
+            WorkflowCapability(workflow=w, version=v, pool=p) for w, v, p in found.workflows
+        ],
+        tasks=list(found.tasks),
+        max_in_flight=found.max_in_flight,
+        timeout=from_millis(found.timeout_ms),
+        secrets=[
+            EndpointSecretInfo(
+                key_id=PushSecret.parse(s.secret).key_id, expires_at=from_ms(s.expires_at)
+            )
+            for s in found.secrets
+        ],
+        created_at=from_ms(found.created_at),
+        status=status,
+        failures=found.failures,
+        failing_since=from_ms(found.failing_since),
+        last_error=found.last_error,
+        retry_at=from_ms(found.retry_at),
+    )
+
+
+async def _endpoint_of(tx: Tx, namespace: str, endpoint_id: str, lock: str = "") -> Endpoint:
+    found = await load_endpoint(tx, endpoint_id, namespace, lock)
+    if found is None:  # another namespace's endpoint is as unknown as a missing one
+        raise NotFoundError("endpoint", endpoint_id)
+    return found
+
+
+class Endpoints:
+    """The endpoint operations of the API."""
+
+    def __init__(self, db: Database, clock: Clock) -> None:
+        self._db = db
+        self._clock = clock
+
+    async def create(self, namespace: str, req: CreateEndpointRequest) -> CreateEndpointResponse:
+        """Register the endpoint, with a new secret (shown in the answer alone)."""
+        secret = str(PushSecret.generate())
+        kind = req.kind
+        serves = dump_serves(
+            [(w.workflow, w.version, w.pool) for w in req.workflows or ()]
+            if kind == "workflows"
+            else list(req.tasks or ())
+        )
+        endpoint_id = new_id()
+
+        async def insert(tx: Tx) -> Endpoint:
+            await tx.execute(
+                f"INSERT INTO endpoints ({ENDPOINT_COLUMNS})"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, NULL, NULL, NULL)",
+                endpoint_id,
+                namespace,
+                req.url,
+                kind,
+                serves,
+                req.max_in_flight,
+                to_millis(req.timeout),
+                dump_secrets([StoredSecret(secret, None)]),
+                self._clock(),
+            )
+            return await _endpoint_of(tx, namespace, endpoint_id)
+
+        created = await self._db.write(insert)
+        return CreateEndpointResponse(endpoint=endpoint_info(created), secret=secret)
+
+    async def get(self, namespace: str, endpoint_id: str) -> EndpointInfo:
+        """One endpoint of the namespace."""
+        async with self._db.reader() as tx:
+            return endpoint_info(await _endpoint_of(tx, namespace, endpoint_id))
+
+    async def list(self, namespace: str) -> EndpointPage:
+        """Every endpoint of the namespace, oldest first."""
+        async with self._db.reader() as tx:
+            found = await list_endpoints(tx, namespace=namespace)
+        return EndpointPage(endpoints=[endpoint_info(e) for e in found])
+
+    async def delete(self, namespace: str, endpoint_id: str) -> EndpointInfo:
+        """Delete the endpoint (nothing more is pushed to it); the endpoint as it was."""
+
+        async def remove(tx: Tx) -> Endpoint:
+            found = await _endpoint_of(tx, namespace, endpoint_id, tx.lock_rows)
+            await tx.execute("DELETE FROM endpoints WHERE id = $1", endpoint_id)
+            return found
+
+        return endpoint_info(await self._db.write(remove))
+
+    async def rotate_secret(
+        self, namespace: str, endpoint_id: str, req: RotateEndpointSecretRequest
+    ) -> RotateEndpointSecretResponse:
+        """Put a new secret first; the current one signs on for `previous_expires_in`.
+
+        An endpoint keeps two secrets at most: one rotated out before is dropped now.
+        """
+        secret = str(PushSecret.generate())
+
+        async def rotate(tx: Tx) -> Endpoint:
+            found = await _endpoint_of(tx, namespace, endpoint_id, tx.lock_rows)
+            keep_ms = to_millis(req.previous_expires_in)
+            kept = [StoredSecret(secret, None)]
+            if keep_ms and found.secrets:
+                kept.append(replace(found.secrets[0], expires_at=self._clock() + keep_ms))
+            await tx.execute(
+                "UPDATE endpoints SET secrets = $2 WHERE id = $1", endpoint_id, dump_secrets(kept)
+            )
+            return await _endpoint_of(tx, namespace, endpoint_id)
+
+        rotated = await self._db.write(rotate)
+        return RotateEndpointSecretResponse(endpoint=endpoint_info(rotated), secret=secret)
