@@ -2,7 +2,7 @@
 
 The endpoint is `tests/push_endpoint_app.py` under uvicorn: it checks each push's
 signature, records a task and completes the run through `aiki_client`, and notes
-every push in a ledger. Endpoints are registered with a row in the database.
+every push in a ledger. Endpoints are registered through the API.
 """
 
 from __future__ import annotations
@@ -27,13 +27,10 @@ from aiki_server.testing import free_port
 from e2e_support import QUIET, database
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
-    from typing import Any
-
     from pydantic import JsonValue
 
     from aiki_client import WorkflowRunHandle
-    from aiki_core.wire import RunDetail
+    from aiki_core.wire import EndpointInfo, RunDetail
     from aiki_server._push_client import PushResult
     from aiki_server.testing import LoggedProcess
     from live_processes import LiveProcesses
@@ -54,7 +51,7 @@ class Endpoint:
         self.secret = str(PushSecret.generate())
         self.ledger = tmp_path / "ledger.txt"
         self.ledger.touch()
-        self.id = str(ULID())
+        self.id = ""
         self.process: LoggedProcess | None = None
 
     async def start(self, *args: str) -> None:
@@ -84,23 +81,19 @@ class Endpoint:
                 except httpx.TransportError:
                     await anyio.sleep(0.05)
 
-    async def register(
-        self, db_url: str, *, max_in_flight: int = 4, timeout_ms: int = 10_000
-    ) -> None:
-        """Insert the endpoint's row, serving `push-echo` 1 in the default pool."""
-        secrets = f'[{{"secret":"{self.secret}","expires_at":null}}]'
-        serves = f'[["{WORKFLOW}","1","default"]]'
-        await insert_endpoint(db_url, self.id, self.url, serves, secrets, max_in_flight, timeout_ms)
+    async def register(self, client: Client, *, max_in_flight: int = 4) -> None:
+        """Register the endpoint for `push-echo` 1 through the API; it signs with its secret."""
+        created = await client.endpoints.create(
+            self.url,
+            workflows=[(WORKFLOW, "1")],
+            max_in_flight=max_in_flight,
+            timeout=timedelta(seconds=10),
+        )
+        self.id, self.secret = created.endpoint.id, created.secret
 
-    async def row(self, db_url: str) -> Mapping[str, Any]:
-        """The endpoint's health columns, as the database has them now."""
-        async with database(db_url) as db, db.reader() as tx:
-            row = await tx.fetchrow(
-                "SELECT failures, failing_since, last_error, retry_at FROM endpoints WHERE id = $1",
-                self.id,
-            )
-        assert row is not None
-        return dict(row)
+    async def info(self, client: Client) -> EndpointInfo:
+        """The endpoint as the API shows it, with the health of its pushes."""
+        return await client.endpoints.get(self.id)
 
     def lines(self, what: str) -> list[str]:
         """The run ids of the ledger's lines of kind `what` (`push`, `completed`, ...)."""
@@ -176,11 +169,11 @@ async def test_twenty_runs_are_pushed_and_completed(
 ) -> None:
     server = await processes.start_server(db_url)
     endpoint = Endpoint(processes, server.base_url, tmp_path)
-    await endpoint.start()
     # a row the dispatcher cannot read stops only itself
     await insert_endpoint(db_url, str(ULID()), endpoint.url, "not json", "[]")
-    await endpoint.register(db_url)
     async with Client(server.base_url, logger=QUIET) as client:
+        await endpoint.register(client)
+        await endpoint.start()
         handles = await start_runs(client, 20)
         results = [await handle.result(timeout=RESULT_TIMEOUT) for handle in handles]
         assert results == [{"echo": {"n": n}} for n in range(20)]
@@ -198,24 +191,28 @@ async def test_an_endpoint_that_answers_503_five_times_then_200_completes_the_ru
 ) -> None:
     server = await processes.start_server(db_url, "--push-cool-off", "1")
     endpoint = Endpoint(processes, server.base_url, tmp_path)
-    await endpoint.start("--fail-first", "5")
-    await endpoint.register(db_url)
     async with Client(server.base_url, logger=QUIET) as client:
+        await endpoint.register(client)
+        await endpoint.start("--fail-first", "5")
         (handle,) = await start_runs(client, 1)
         assert await handle.result(timeout=RESULT_TIMEOUT) == {"echo": {"n": 0}}
         detail = await handle.detail()
-    await endpoint.wait_for("completed", 1)
-    assert len(endpoint.lines("refused")) == 5
-    assert endpoint.lines("completed") == [handle.id]
-    released = moves(detail, RunStatus.QUEUED)[1:]  # after its start
-    assert len(released) == 5
-    assert all(reason.endswith("failed: HTTP 503") for reason in released), released
-    # the success closes the circuit (once the server has its answer): the row is healthy
-    with anyio.fail_after(10):
-        while (await endpoint.row(db_url))["failures"]:  # noqa: ASYNC110 - a row
-            await anyio.sleep(0.05)
-    row = await endpoint.row(db_url)
-    assert (row["failing_since"], row["last_error"], row["retry_at"]) == (None, None, None)
+        await endpoint.wait_for("completed", 1)
+        assert len(endpoint.lines("refused")) == 5
+        assert endpoint.lines("completed") == [handle.id]
+        released = moves(detail, RunStatus.QUEUED)[1:]  # after its start
+        assert len(released) == 5
+        assert all(reason.endswith("failed: HTTP 503") for reason in released), released
+        # the success closes the circuit (once the server has its answer)
+        with anyio.fail_after(10):
+            while (info := await endpoint.info(client)).failures:  # noqa: ASYNC110 - polls
+                await anyio.sleep(0.05)
+        assert (info.status, info.failing_since, info.last_error, info.retry_at) == (
+            "healthy",
+            None,
+            None,
+            None,
+        )
     assert await pushes_counted(server.base_url, "refused") == 5
 
 
@@ -224,28 +221,28 @@ async def test_an_endpoint_that_always_fails_opens_its_circuit_and_the_run_says_
 ) -> None:
     server = await processes.start_server(db_url)  # a cool-off of 30 s
     endpoint = Endpoint(processes, server.base_url, tmp_path)
-    await endpoint.start("--fail-first", "1000000")
-    await endpoint.register(db_url)
     async with Client(server.base_url, logger=QUIET) as client:
+        await endpoint.register(client)
+        await endpoint.start("--fail-first", "1000000")
         (handle,) = await start_runs(client, 1)
         await endpoint.wait_for("refused", 5)
         with anyio.fail_after(10):
-            while (await endpoint.row(db_url))["failures"] < 5:  # noqa: ASYNC110 - a row
+            while (await endpoint.info(client)).failures < 5:  # noqa: ASYNC110 - polls
                 await anyio.sleep(0.05)
         detail = await handle.detail()
         # the open circuit holds every push back for its cool-off
         await anyio.sleep(3)
         assert len(endpoint.lines("push")) == 5
-        row = await endpoint.row(db_url)
-        assert row["failures"] == 5
-        assert row["last_error"] == "HTTP 503"
+        info = await endpoint.info(client)
+        assert (info.status, info.failures, info.last_error) == ("open", 5, "HTTP 503")
         # five failed pushes are not claim failures: the run is still queued, and says why
         assert detail.status is RunStatus.QUEUED
         assert detail.pending_reason is not None
-        assert detail.pending_reason.startswith(f"endpoint {endpoint.url} failing: HTTP 503 since ")
+        failing = f"endpoint {endpoint.url} failing: HTTP 503 since "
+        assert detail.pending_reason.startswith(failing)
         async with httpx.AsyncClient() as http:
             page = await http.get(f"{server.base_url}/runs/{handle.id}")
-        assert f"endpoint {endpoint.url} failing: HTTP 503 since " in page.text
+        assert failing in page.text
 
 
 async def test_a_run_pushed_to_an_endpoint_killed_mid_push_is_pushed_again(
@@ -253,9 +250,9 @@ async def test_a_run_pushed_to_an_endpoint_killed_mid_push_is_pushed_again(
 ) -> None:
     server = await processes.start_server(db_url)
     endpoint = Endpoint(processes, server.base_url, tmp_path)
-    await endpoint.start("--hang-first")
-    await endpoint.register(db_url)
     async with Client(server.base_url, logger=QUIET) as client:
+        await endpoint.register(client)
+        await endpoint.start("--hang-first")
         (handle,) = await start_runs(client, 1)
         await endpoint.wait_for("hanging", 1)
         assert (await handle.detail()).status is RunStatus.RUNNING
@@ -280,12 +277,12 @@ async def test_two_replicas_push_each_run_to_one_endpoint_and_complete_it_once(
     first = await processes.start_server(db_url)
     second = await processes.start_server(db_url)
     endpoint = Endpoint(processes, first.base_url, tmp_path)
-    await endpoint.start()
-    await endpoint.register(db_url, max_in_flight=2)
     async with (
         Client(first.base_url, logger=QUIET) as one,
         Client(second.base_url, logger=QUIET) as two,
     ):
+        await endpoint.register(two, max_in_flight=2)
+        await endpoint.start()
         handles = await start_runs(one, 10) + await start_runs(two, 10)
         for handle in handles:
             await handle.result(timeout=RESULT_TIMEOUT)
@@ -303,9 +300,9 @@ async def test_a_push_in_flight_at_shutdown_gives_its_run_back(
 ) -> None:
     server = await processes.start_server(db_url)
     endpoint = Endpoint(processes, server.base_url, tmp_path)
-    await endpoint.start("--hang-first")
-    await endpoint.register(db_url)
     async with Client(server.base_url, logger=QUIET) as client:
+        await endpoint.register(client)
+        await endpoint.start("--hang-first")
         (handle,) = await start_runs(client, 1)
         await endpoint.wait_for("hanging", 1)
     await server.stop()  # SIGTERM: a graceful shutdown
