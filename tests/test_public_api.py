@@ -27,6 +27,7 @@ EXPECTED_EXPORTS: dict[str, tuple[str, ...]] = {
         "ConflictError",
         "ConsoleLogger",
         "DecryptionError",
+        "Endpoints",
         "ErrorInfo",
         "Event",
         "EventResult",
@@ -168,6 +169,7 @@ EXPECTED_EXPORTS: dict[str, tuple[str, ...]] = {
     "aiki_client": (
         "Client",
         "ConcurrencyLimits",
+        "Endpoints",
         "RateLimits",
         "Schedules",
         "WorkflowRunHandle",

@@ -28,10 +28,6 @@ from aiki_core._duration import Duration, DurationRange, duration_field
 from aiki_core._wire import Integer, Name, RequestModel, ResponseModel, given
 
 __all__ = [
-    "MAX_ENDPOINT_ENTRIES",
-    "MAX_ENDPOINT_URL_LENGTH",
-    "MAX_PREVIOUS_SECRET_LIFETIME",
-    "URL_PATTERN",
     "CreateEndpointRequest",
     "CreateEndpointResponse",
     "EndpointInfo",
@@ -111,9 +107,6 @@ EndpointUrl = Annotated[
 ]
 """An absolute `http://` or `https://` URL with a host, no user info and no fragment."""
 
-MaxInFlight = Annotated[Integer, Field(ge=1, le=1000)]
-"""Pushes to one endpoint waiting for their answer at once, per server replica."""
-
 PushTimeout = Annotated[
     Duration, DurationRange(at_least=timedelta(seconds=1), at_most=timedelta(minutes=15))
 ]
@@ -139,7 +132,12 @@ class CreateEndpointRequest(RequestModel):
         description="The task names whose attempts it runs (a task endpoint).",
         json_schema_extra={"uniqueItems": True},
     )
-    max_in_flight: MaxInFlight = 10
+    max_in_flight: Integer = Field(
+        default=10,
+        ge=1,
+        le=1000,
+        description="Pushes to it waiting for their answer at once, per server replica.",
+    )
     timeout: PushTimeout = duration_field(timedelta(seconds=60))
 
     model_config = ConfigDict(json_schema_extra={"oneOf": [given("workflows"), given("tasks")]})
@@ -197,16 +195,11 @@ class EndpointInfo(ResponseModel):
     )
 
 
-class _NewSecret(ResponseModel):
-    endpoint: EndpointInfo
-    secret: str = Field(
-        description="The new signing secret (`aiki_push_...`): shown this once, give it to"
-        " the endpoint's app."
-    )
-
-
-class CreateEndpointResponse(_NewSecret):
+class CreateEndpointResponse(ResponseModel):
     """The endpoint created, and its secret, shown this once."""
+
+    endpoint: EndpointInfo
+    secret: str = Field(description="The signing secret (`aiki_push_...`) for the endpoint's app.")
 
 
 class RotateEndpointSecretRequest(RequestModel):
@@ -221,8 +214,11 @@ class RotateEndpointSecretRequest(RequestModel):
     )
 
 
-class RotateEndpointSecretResponse(_NewSecret):
+class RotateEndpointSecretResponse(ResponseModel):
     """The endpoint with its new secret first, and that secret, shown this once."""
+
+    endpoint: EndpointInfo
+    secret: str = Field(description="The new signing secret, for the endpoint's app.")
 
 
 class EndpointPage(ResponseModel):

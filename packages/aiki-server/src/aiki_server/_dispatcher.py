@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 import anyio
 from pydantic import ValidationError
 
+from aiki_core import RunStatus
 from aiki_core.wire import PushedRun, PushedRunAnswer
 from aiki_server._endpoints import ENDPOINT_COLUMNS
 from aiki_server._endpoints import endpoint as parsed_endpoint
@@ -104,6 +105,9 @@ class Dispatcher:
         self._client = client
         self._in_flight: Counter[str] = Counter()
         """Endpoint id -> this replica's pushes to it in flight."""
+        self._held: dict[str, int] = {}
+        """Endpoint id -> the `retry_at` this replica last wrote on its row: a pass that
+        read the row before that write holds back all the same."""
         self._wake = anyio.Event()
 
     async def run_forever(self) -> None:
@@ -138,6 +142,9 @@ class Dispatcher:
             rows = await tx.fetch(
                 f"SELECT {ENDPOINT_COLUMNS} FROM endpoints WHERE kind = $1 ORDER BY id", KIND
             )
+        now = self._clock()
+        ids = {row["id"] for row in rows}
+        self._held = {key: at for key, at in self._held.items() if key in ids and at > now}
         for row in rows:
             try:
                 await self._dispatch(parsed_endpoint(row), pushes, client)
@@ -151,7 +158,8 @@ class Dispatcher:
     async def _dispatch(self, endpoint: Endpoint, pushes: TaskGroup, client: PushClient) -> None:
         """Claim and push as many runs as the endpoint may take now."""
         now = self._clock()
-        if not endpoint.workflows or (endpoint.retry_at is not None and endpoint.retry_at > now):
+        retry_at = max(endpoint.retry_at or 0, self._held.get(endpoint.id, 0))
+        if not endpoint.workflows or retry_at > now:
             return
         in_flight = self._in_flight[endpoint.id]
         trial: int | None = None
@@ -170,9 +178,7 @@ class Dispatcher:
                 return
         secrets = endpoint.active_secrets(now)
         if not secrets:
-            await record_failure(
-                self._db, endpoint.id, now, "no unexpired secret to sign with", None, self._backoff
-            )
+            await self._failed(endpoint.id, "no unexpired secret to sign with", None)
             return
         claimed = await self._claims.claim_now(
             endpoint.namespace, endpoint_worker_id(endpoint.id), endpoint.workflows, room
@@ -207,21 +213,15 @@ class Dispatcher:
                 outcome, error = "invalid", "HTTP 2xx without a pushed run answer"
             self._db.metrics.pushed(KIND, outcome, result.seconds)
             if error is None:
-                held = f"endpoint {endpoint.id} answered its push but still held the run"
-                if await self._writes.release(endpoint.namespace, run.id, run.revision, held):
-                    _log.warn("the endpoint answered but still held the run; released", ids)
                 settled = True
-                if endpoint.failures or endpoint.retry_at is not None:
-                    await record_success(self._db, endpoint.id)
+                await self._pushed(endpoint, run)
                 return
+            # the back-off is written first: the released run wakes every dispatcher
+            failures = await self._failed(endpoint.id, error, result.retry_after)
             released = await self._writes.release(
                 endpoint.namespace, run.id, run.revision, f"{pushing} failed: {error}"
             )
             settled = True
-            retry_after = None if result.retry_after is None else int(result.retry_after * 1000)
-            failures = await record_failure(
-                self._db, endpoint.id, self._clock(), error, retry_after, self._backoff
-            )
             _log.warn(
                 "push failed; the run is back in the queue",
                 {**ids, "error": error, "failures": failures, "released": released},
@@ -240,6 +240,37 @@ class Dispatcher:
             if not self._in_flight[endpoint.id]:
                 del self._in_flight[endpoint.id]
             self._wake.set()
+
+    async def _pushed(self, endpoint: Endpoint, run: RunSummary) -> None:
+        """After a push the endpoint took: its row healthy, the run not held by the claim."""
+        self._held.pop(endpoint.id, None)
+        async with self._db.reader() as tx:
+            health = await tx.fetchrow(
+                "SELECT failures, retry_at FROM endpoints WHERE id = $1", endpoint.id
+            )
+            held = await tx.fetchrow(
+                "SELECT 1 FROM runs WHERE id = $1 AND status = $2 AND revision = $3",
+                run.id,
+                RunStatus.RUNNING.value,
+                run.revision,
+            )
+        if health is not None and (health["failures"] or health["retry_at"] is not None):
+            await record_success(self._db, endpoint.id)
+        reason = f"endpoint {endpoint.id} answered its push but still held the run"
+        if held and await self._writes.release(endpoint.namespace, run.id, run.revision, reason):
+            _log.warn(
+                "the endpoint answered but still held the run; released",
+                {"endpoint_id": endpoint.id, "run_id": run.id, "namespace": endpoint.namespace},
+            )
+
+    async def _failed(self, endpoint_id: str, error: str, retry_after: float | None) -> int:
+        """Count a failed push on the endpoint's row; its failures in a row now."""
+        after_ms = None if retry_after is None else int(retry_after * 1000)
+        failures, retry_at = await record_failure(
+            self._db, endpoint_id, self._clock(), error, after_ms, self._backoff
+        )
+        self._held[endpoint_id] = retry_at
+        return failures
 
     async def _release_shielded(self, endpoint: Endpoint, run: RunSummary, reason: str) -> None:
         """Release the run's claim, even while cancelled; left to its idle timeout on failure."""

@@ -26,15 +26,14 @@ from aiki_core.wire import (
     from_millis,
     to_millis,
 )
+from aiki_core.wire import (
+    EndpointKind as EndpointKind,  # the dispatcher's too
+)
 from aiki_server._clock import from_ms
 from aiki_server._rows import new_id
 
 if TYPE_CHECKING:
-    from aiki_core.wire import (
-        CreateEndpointRequest,
-        EndpointKind,
-        RotateEndpointSecretRequest,
-    )
+    from aiki_core.wire import CreateEndpointRequest, RotateEndpointSecretRequest
     from aiki_server._clock import Clock
     from aiki_server._storage._database import Database, Row, Tx
 

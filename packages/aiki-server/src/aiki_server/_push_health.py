@@ -22,13 +22,15 @@ import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from aiki_server._endpoints import CIRCUIT_OPENS_AFTER
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from aiki_server._storage._database import Database, Tx
 
-OPEN_AFTER = 5
-"""Failed pushes in a row that open an endpoint's circuit."""
+OPEN_AFTER = CIRCUIT_OPENS_AFTER
+"""Failed pushes in a row that open an endpoint's circuit (its detail says `open`)."""
 BACKOFF_BASE_MS = 1_000
 BACKOFF_CAP_MS = 60_000
 COOL_OFF_MS = 30_000
@@ -65,16 +67,18 @@ async def record_failure(
     error: str,
     retry_after_ms: int | None,
     backoff: PushBackoff,
-) -> int:
-    """Count a failed push on the endpoint's row; its failures in a row now (0: it is gone)."""
+) -> tuple[int, int]:
+    """Count a failed push on the endpoint's row; (failures in a row, `retry_at`) now.
 
-    async def note(tx: Tx) -> int:
+    Failures are 0 when the endpoint is gone (nothing is written then).
+    """
+
+    async def note(tx: Tx) -> tuple[int, int]:
         row = await tx.fetchrow(
             f"SELECT failures FROM endpoints WHERE id = $1{tx.lock_rows}", endpoint_id
         )
-        if row is None:
-            return 0
-        failures = int(row["failures"]) + 1
+        failures = 0 if row is None else int(row["failures"]) + 1
+        retry_at = now + backoff.delay_ms(max(failures, 1), retry_after_ms)
         await tx.execute(
             "UPDATE endpoints SET failures = $2, failing_since = COALESCE(failing_since, $3),"
             " last_error = $4, retry_at = $5 WHERE id = $1",
@@ -82,9 +86,9 @@ async def record_failure(
             failures,
             now,
             error[:500],
-            now + backoff.delay_ms(failures, retry_after_ms),
+            retry_at,
         )
-        return failures
+        return failures, retry_at
 
     return await db.write(note)
 
