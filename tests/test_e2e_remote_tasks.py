@@ -299,17 +299,14 @@ class Deployment:
 async def deployment(db_url: str, processes: LiveProcesses) -> AsyncIterator[Deployment]:
     server = await processes.start_server(db_url)
     endpoint_url = f"http://127.0.0.1:{free_port()}/"
-    async with httpx.AsyncClient(base_url=server.base_url) as http:
-        created = await http.post(
-            "/api/v1/endpoints",
-            json={"url": endpoint_url, "tasks": ["resize-image", "flaky-resize"], "timeout": 20000},
-        )
-    assert created.status_code == 201, created.text
-    secret = PushSecret.parse(created.json()["secret"])
     async with (
         Client(server.base_url, logger=QUIET) as client,
         Worker(client, VERSIONS, logger=QUIET),
     ):
+        created = await client.endpoints.create(
+            endpoint_url, tasks=[resize_image, flaky_resize], timeout=timedelta(seconds=20)
+        )
+        secret = PushSecret.parse(created.secret)
         yield Deployment(server, client, endpoint_url, secret)
 
 
