@@ -233,9 +233,8 @@ class Runner:
                         raise
                     await self._report(held, action, [])
         except ConflictError as exc:
-            self.log.warn(
-                "run was taken away before it was reported", {"run_id": run.id, "error": exc.message}
-            )
+            details = {"run_id": run.id, "error": exc.message}
+            self.log.warn("run was taken away before it was reported", details)
             return "lost"
         except AuthenticationError as exc:
             self.on_refused(exc)
