@@ -33,7 +33,7 @@ from aiki_core import (
     PushSignatureError,
     ServerUnavailableError,
 )
-from aiki_core.push import PushSecret, PushVerifier
+from aiki_core.push import PUSH_ID_HEADER, PushSecret, PushVerifier
 from aiki_core.wire import PushedRun, PushedRunAnswer
 from aiki_worker._running import ContextFactory, Outcome, Runner, heartbeats
 
@@ -131,8 +131,10 @@ class PushedRunApp:
         if scope["type"] == "lifespan":
             await _lifespan(receive, send)
             return
-        if scope["type"] != "http":  # a websocket, say: refused at once
+        if scope["type"] == "websocket":  # refused at once
             await send({"type": "websocket.close", "code": 1003})
+            return
+        if scope["type"] != "http":
             return
         runner = self._runner()
         try:
@@ -143,7 +145,7 @@ class PushedRunApp:
                 {
                     "status": refused.status,
                     "error": refused.error.message,
-                    "delivery_id": _headers(scope).get("aiki-push-id", ""),
+                    "delivery_id": _headers(scope).get(PUSH_ID_HEADER, ""),
                 },
             )
             await _respond(send, refused.status, refused.error.to_wire(), refused.headers)
@@ -208,7 +210,7 @@ class PushedRunApp:
 
             async def give_back() -> None:
                 await anyio.sleep(give_back_in)
-                held.execution.log.warn("no answer soon enough; giving the run back", {})
+                held.execution.log.warn("the answer is due soon; giving the run back")
                 held.give_back()
 
             async def beat() -> None:
@@ -259,6 +261,7 @@ def asgi_app(
     heartbeat_interval: timedelta = timedelta(seconds=5),
     answer_margin: timedelta = timedelta(seconds=5),
     write_retry_timeout: timedelta = timedelta(seconds=90),
+    signature_tolerance: timedelta = timedelta(minutes=5),
 ) -> PushedRunApp:
     """A plain ASGI app that executes the runs of `workflows` the server pushes to it.
 
@@ -274,7 +277,8 @@ def asgi_app(
     record; a run still executing `answer_margin` before the push's `answer_within`
     passes (a quarter of it at most) is released, to resume on a later push. While a
     run executes it is heartbeaten every `heartbeat_interval`; `interceptors`,
-    `create_context` and `write_retry_timeout` are `Worker`'s.
+    `create_context` and `write_retry_timeout` are `Worker`'s. A push signed more than
+    `signature_tolerance` away from this clock, or delivered here before, is refused.
     """
     return PushedRunApp(
         client,
@@ -288,6 +292,7 @@ def asgi_app(
         heartbeat_interval=heartbeat_interval,
         answer_margin=answer_margin,
         write_retry_timeout=write_retry_timeout,
+        signature_tolerance=signature_tolerance,
     )
 
 

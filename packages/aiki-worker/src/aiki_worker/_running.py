@@ -175,10 +175,10 @@ class Runner:
                 return "lost"
             if not held.given_back:  # stopped for good: nothing can be written
                 return None
-            log.info("run given back; releasing it", {})
-            action = ReleaseRun()
-        if action is None:  # pragma: no cover - the version returns an action or raises
-            return None
+            if action is None:  # stopped before it was done (else its action goes)
+                log.info("run given back; releasing it")
+                action = ReleaseRun()
+        assert action is not None, "a version's execution returns an action or raises"
         outcome = await self.send(held, action)
         log.debug("run reported", {"action": action.kind, "outcome": outcome})
         return outcome
