@@ -31,6 +31,7 @@ from aiki_core.wire import ClaimRequest, PushedRun, PushedRunAnswer, WorkflowCap
 from aiki_server.testing import free_port
 from aiki_worker import lambda_handler
 from e2e_support import QUIET, Counters
+from fault_proxy import Fault, FaultProxy
 from push_app import Steps, steps_v1
 
 if TYPE_CHECKING:
@@ -38,7 +39,6 @@ if TYPE_CHECKING:
 
     from aiki_core.sdk import WorkflowRunHandle
     from aiki_core.wire import ClaimedRun
-    from aiki_server.testing import ServerProcess
     from live_processes import LiveProcesses
 
 pytestmark = pytest.mark.slow
@@ -52,8 +52,8 @@ IDLE_TIMEOUT = ("--claim-idle-timeout", "2")
 """A killed endpoint's claim goes idle soon (its heartbeats every second keep it alive)."""
 
 
-async def _start_endpoint(processes: LiveProcesses, server: ServerProcess, counters: Path) -> str:
-    """An endpoint process on `server`; its URL, once it answers."""
+async def _start_endpoint(processes: LiveProcesses, server: str, counters: Path) -> str:
+    """An endpoint process whose client writes to `server`; its URL, once it answers."""
     await anyio.Path(counters).mkdir(parents=True, exist_ok=True)
     port = free_port()
     await processes.spawn(
@@ -62,7 +62,7 @@ async def _start_endpoint(processes: LiveProcesses, server: ServerProcess, count
             sys.executable,
             str(PUSH_APP),
             "--url",
-            server.base_url,
+            server,
             "--secret",
             str(SECRET),
             "--counters",
@@ -144,7 +144,7 @@ async def test_pushed_runs_complete_with_each_task_run_once(
 ) -> None:
     server = await processes.start_server(db_url)
     counters = Counters(tmp_path / "counters")
-    url = await _start_endpoint(processes, server, counters.directory)
+    url = await _start_endpoint(processes, server.base_url, counters.directory)
     async with Client(server.base_url, logger=QUIET) as client:
         handles = [await steps_v1.start(client, Steps(key=f"r{i}")) for i in range(50)]
         claims = await _claim(client, 50)
@@ -168,7 +168,7 @@ async def test_a_killed_endpoint_s_run_resumes_on_the_next_push_without_redoing_
 ) -> None:
     server = await processes.start_server(db_url, *IDLE_TIMEOUT)
     counters = Counters(tmp_path / "counters")
-    url = await _start_endpoint(processes, server, counters.directory)
+    url = await _start_endpoint(processes, server.base_url, counters.directory)
     async with Client(server.base_url, logger=QUIET) as client:
         handle = await steps_v1.start(client, Steps(key="k", size=4, block_at=2))
         [claim] = await _claim(client, 1)
@@ -179,7 +179,7 @@ async def test_a_killed_endpoint_s_run_resumes_on_the_next_push_without_redoing_
             endpoint.kill()
             assert await endpoint.wait() == -signal.SIGKILL
         assert await _completed_steps(handle) == [0, 1]
-        url = await _start_endpoint(processes, server, counters.directory)
+        url = await _start_endpoint(processes, server.base_url, counters.directory)
         [again] = await _claim(client, 1)  # once the dead claim went idle
         assert again.run.id == handle.id
         assert (await _push(url, again)).outcome == "completed"
@@ -200,7 +200,7 @@ async def test_a_run_not_done_before_answer_within_is_released_and_resumed_later
 ) -> None:
     server = await processes.start_server(db_url)
     counters = Counters(tmp_path / "counters")
-    url = await _start_endpoint(processes, server, counters.directory)
+    url = await _start_endpoint(processes, server.base_url, counters.directory)
     async with Client(server.base_url, logger=QUIET) as client:
         handle = await steps_v1.start(client, Steps(key="s", size=3, block_at=1))
         [claim] = await _claim(client, 1)
@@ -214,12 +214,67 @@ async def test_a_run_not_done_before_answer_within_is_released_and_resumed_later
     assert counters.counts("s-") == {"s-0": 1, "s-1": 2, "s-2": 1}
 
 
+async def test_a_run_cancelled_while_pushed_stops_and_is_answered_lost(
+    db_url: str, processes: LiveProcesses, tmp_path: Path
+) -> None:
+    server = await processes.start_server(db_url)
+    counters = Counters(tmp_path / "counters")
+    url = await _start_endpoint(processes, server.base_url, counters.directory)
+    async with Client(server.base_url, logger=QUIET) as client:
+        handle = await steps_v1.start(client, Steps(key="c", block_at=1))
+        [claim] = await _claim(client, 1)
+        answers: list[PushedRunAnswer] = []
+
+        async def push() -> None:
+            answers.append(await _push(url, claim))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(push)
+            await counters.wait_for_total("c-1", 1, timeout=30)  # step 1 blocks now
+            await handle.cancel("no longer wanted")
+        # the next heartbeat's directive stopped it: it wrote nothing more
+        assert [(a.run_id, a.outcome) for a in answers] == [(handle.id, "lost")]
+        assert await handle.status() is RunStatus.CANCELLED
+        assert await _completed_steps(handle) == [0]
+    assert counters.counts("c-") == {"c-0": 1, "c-1": 1}
+
+
+async def test_server_errors_on_the_endpoint_s_writes_are_tried_again(
+    db_url: str, processes: LiveProcesses, tmp_path: Path
+) -> None:
+    server = await processes.start_server(db_url)
+    counters = Counters(tmp_path / "counters")
+    faults = iter(
+        [
+            Fault("status", 503, retry_after=0.2),  # a task record
+            Fault("drop"),  # a task record
+            Fault("status", 502),  # the transition
+            Fault("drop_after"),  # the transition, on record but its answer lost
+        ]
+    )
+
+    def decide(method: str, path: str) -> Fault | None:
+        return next(faults, None) if path.endswith(("/tasks", "/transition")) else None
+
+    async with (
+        FaultProxy(server.base_url, decide) as proxy,
+        Client(server.base_url, logger=QUIET) as client,
+    ):
+        url = await _start_endpoint(processes, proxy.base_url, counters.directory)
+        handle = await steps_v1.start(client, Steps(key="f"))
+        [claim] = await _claim(client, 1)
+        assert (await _push(url, claim)).outcome == "completed"
+        assert next(faults, None) is None, "not every fault was met"
+        assert await handle.result(timeout=RESULT_TIMEOUT) == 5
+    assert counters.counts("f-") == {"f-0": 1, "f-1": 1, "f-2": 1}
+
+
 async def test_pushes_that_fail_the_signature_check_run_nothing(
     db_url: str, processes: LiveProcesses, tmp_path: Path
 ) -> None:
     server = await processes.start_server(db_url)
     counters = Counters(tmp_path / "counters")
-    url = await _start_endpoint(processes, server, counters.directory)
+    url = await _start_endpoint(processes, server.base_url, counters.directory)
     async with Client(server.base_url, logger=QUIET) as client, httpx.AsyncClient() as http:
         handle = await steps_v1.start(client, Steps(key="t"))
         [claim] = await _claim(client, 1)
@@ -257,7 +312,7 @@ async def test_bad_requests_get_clear_errors_and_the_endpoint_serves_on(
 ) -> None:
     server = await processes.start_server(db_url)
     counters = Counters(tmp_path / "counters")
-    url = await _start_endpoint(processes, server, counters.directory)
+    url = await _start_endpoint(processes, server.base_url, counters.directory)
     async with Client(server.base_url, logger=QUIET) as client, httpx.AsyncClient() as http:
         handle = await steps_v1.start(client, Steps(key="b"))
         [claim] = await _claim(client, 1)
