@@ -22,10 +22,14 @@ from aiki_core.wire import (
     ClaimResponse,
     ConcurrencyLimit,
     ConcurrencyLimitPage,
+    CreateEndpointRequest,
+    CreateEndpointResponse,
     CreateScheduleRequest,
     CreateWebhookRequest,
     CreateWebhookResponse,
     Cursor,
+    EndpointInfo,
+    EndpointPage,
     ErrorResponse,
     HeartbeatRequest,
     HeartbeatResponse,
@@ -36,6 +40,8 @@ from aiki_core.wire import (
     RateLimitPage,
     RecordTaskRequest,
     RecordTaskResponse,
+    RotateEndpointSecretRequest,
+    RotateEndpointSecretResponse,
     RunDetail,
     RunOutcome,
     RunPage,
@@ -60,6 +66,7 @@ from aiki_server._auth import ApiKeyAuth, ApiKeys, HostCheck, caller_namespace
 from aiki_server._claims import Claims
 from aiki_server._clock import Clock, from_ms, system_clock
 from aiki_server._dashboard import STATIC_PACKAGE, dashboard_router
+from aiki_server._endpoints import Endpoints
 from aiki_server._errors import install_error_handlers, log_failure
 from aiki_server._flow import ConcurrencyLimits
 from aiki_server._flow_settings import FlowSettings
@@ -163,6 +170,7 @@ def create_app(db_url: str, settings: ServerSettings | None = None) -> FastAPI:
     schedules = Schedules(db, clock)
     concurrency = ConcurrencyLimits(db, clock)
     rate_limits = RateLimits(db, clock)
+    endpoints = Endpoints(db, clock)
     webhooks = Webhooks(db, clock, runs, settings.webhook_secret)
     timers = TimerDaemon(db, hub, clock, schedules.fire)
 
@@ -222,6 +230,7 @@ def create_app(db_url: str, settings: ServerSettings | None = None) -> FastAPI:
         max_body_bytes=settings.max_body_bytes,
     )
     api.include_router(_rate_limit_router(rate_limits))
+    api.include_router(_endpoint_router(endpoints))
     # outermost: refused requests count too
     prefixes = {id(route): API_PREFIX for route in api.routes}
     app.add_middleware(HttpMetrics, metrics=metrics, prefixes=prefixes)
@@ -539,5 +548,48 @@ def _rate_limit_router(rate_limits: RateLimits) -> APIRouter:
         """
         grant = await rate_limits.acquire(ns, name, body.units, body.key, body.request_id)
         return _json(grant.wire())
+
+    return router
+
+
+def _endpoint_router(endpoints: Endpoints) -> APIRouter:
+    router = APIRouter(prefix="/endpoints", tags=["endpoints"], responses=_ERRORS)
+
+    @router.post("", response_model=CreateEndpointResponse, status_code=201)
+    async def create_endpoint(ns: Caller, body: CreateEndpointRequest) -> Response:
+        """Register a URL the server pushes runs or task attempts to.
+
+        The answer holds the endpoint's signing secret: it is shown this once.
+        """
+        return _json(await endpoints.create(ns, body), 201)
+
+    @router.get("", response_model=EndpointPage)
+    async def list_endpoints(ns: Caller) -> Response:
+        """The endpoints of the namespace, oldest first, with the health of their pushes."""
+        return _json(await endpoints.list(ns))
+
+    @router.get("/{endpoint_id}", response_model=EndpointInfo)
+    async def get_endpoint(ns: Caller, endpoint_id: Identifier) -> Response:
+        """One endpoint (its secrets' key ids, never the secrets)."""
+        return _json(await endpoints.get(ns, endpoint_id))
+
+    @router.delete("/{endpoint_id}", response_model=EndpointInfo)
+    async def delete_endpoint(ns: Caller, endpoint_id: Identifier) -> Response:
+        """Delete the endpoint: nothing more is pushed to it. The endpoint as it was."""
+        return _json(await endpoints.delete(ns, endpoint_id))
+
+    @router.post(
+        "/{endpoint_id}/secrets", response_model=RotateEndpointSecretResponse, status_code=201
+    )
+    async def rotate_endpoint_secret(
+        ns: Caller, endpoint_id: Identifier, body: RotateEndpointSecretRequest | None = None
+    ) -> Response:
+        """Sign pushes with a new secret, shown this once.
+
+        The previous secret signs too until `previous_expires_in` has passed (0: it
+        stops now); one rotated out before is dropped.
+        """
+        rotation = body if body is not None else RotateEndpointSecretRequest()
+        return _json(await endpoints.rotate_secret(ns, endpoint_id, rotation), 201)
 
     return router
