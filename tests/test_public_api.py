@@ -175,7 +175,7 @@ EXPECTED_EXPORTS: dict[str, tuple[str, ...]] = {
         "WorkflowRunHandle",
         "__version__",
     ),
-    "aiki_worker": ("Worker", "__version__"),
+    "aiki_worker": ("PushedRunApp", "Worker", "__version__", "asgi_app", "lambda_handler"),
     "aiki_crypto": ("AesGcmCodec", "KeyRing", "__version__"),
     "aiki_otel": ("TracingInterceptor", "__version__"),
     "aiki_server": ("ServerSettings", "__version__", "create_app"),

@@ -240,6 +240,23 @@ async def test_a_cancelled_run_gives_its_run_back_at_once(client: Client) -> Non
         assert await handle.result(timeout=WAIT) == 8
 
 
+async def test_a_run_still_running_after_the_grace_period_is_given_back(client: Client) -> None:
+    handle = await held_v1.start(client, 9)
+    grace = timedelta(milliseconds=200)
+    async with Worker(client, [held_v1], logger=QUIET, graceful_shutdown_timeout=grace) as worker:
+        with anyio.fail_after(WAIT.total_seconds()):
+            while "gated" not in RAN:  # noqa: ASYNC110 - the task notes it
+                await anyio.sleep(0.01)
+        await worker.stop()
+
+    # the grace period passed with the run still in its task: it went back to the queue
+    assert await handle.status() is RunStatus.QUEUED
+    GATE.set()
+    async with Worker(client, [held_v1], logger=QUIET):
+        assert await handle.result(timeout=WAIT) == 9
+    assert RAN == {"gated": 2}
+
+
 async def test_a_worker_runs_once(client: Client) -> None:
     worker = Worker(client, [held_v1], logger=QUIET)
     with pytest.raises(RuntimeError, match="never entered"):

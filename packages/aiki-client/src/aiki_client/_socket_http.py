@@ -21,7 +21,7 @@ import asyncio
 import re
 import ssl
 import time
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, cast
 from urllib.parse import urlencode, urlsplit
 
 import anyio
@@ -83,8 +83,9 @@ class _Connection(asyncio.Protocol):
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # a stream transport, though not always an `asyncio.Transport` by class:
+        # uvloop's (the loop uvicorn picks when installed) is not
+        self._transport = cast("asyncio.Transport", transport)
         self.open = True
 
     def data_received(self, data: bytes) -> None:

@@ -14,12 +14,15 @@ of the queues is read at scrape time, by one grouped query (`refresh`).
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from itertools import accumulate
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.utils import floatToGoString
 
 from aiki_core.wire import RUN_WAITING_STATUSES
 
@@ -47,99 +50,86 @@ class Metrics:
     def __init__(self, *, namespace_label: bool = False) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.namespace_label = namespace_label
-        run = ["namespace", "workflow", "version"] if namespace_label else ["workflow", "version"]
-        reg = self.registry
-        self._runs_started = Counter(
-            "aiki_runs_started", "Runs started (queued or scheduled).", run, registry=reg
+        run = ("namespace", "workflow", "version") if namespace_label else ("workflow", "version")
+        tally = _Tallies()
+        self._runs_started = tally.counter(
+            "aiki_runs_started", "Runs started (queued or scheduled).", run
         )
-        self._runs_ended = Counter(
-            "aiki_runs_ended", "Runs that ended, by final status.", [*run, "status"], registry=reg
+        self._runs_ended = tally.counter(
+            "aiki_runs_ended", "Runs that ended, by final status.", (*run, "status")
         )
-        self._run_duration = Histogram(
-            "aiki_run_duration_seconds",
-            "From a run's start to its end.",
-            [*run, "status"],
-            buckets=_LONG,
-            registry=reg,
+        self._run_duration = tally.histogram(
+            "aiki_run_duration_seconds", "From a run's start to its end.", (*run, "status"), _LONG
         )
-        self._task_attempts = Counter(
+        self._task_attempts = tally.counter(
             "aiki_task_attempts",
             "Task attempts that ended: outcome completed, retry (awaiting_retry) or failed.",
-            ["task", "outcome"],
-            registry=reg,
+            ("task", "outcome"),
         )
-        self._task_duration = Histogram(
+        self._task_duration = tally.histogram(
             "aiki_task_attempt_duration_seconds",
             "From a task attempt's start to its end.",
-            ["task", "outcome"],
-            buckets=_SHORT,
-            registry=reg,
+            ("task", "outcome"),
+            _SHORT,
         )
-        self._claim_latency = Histogram(
+        self._claim_latency = tally.histogram(
             "aiki_claim_latency_seconds",
             "How long a run waited queued before a worker claimed it.",
             run,
-            buckets=_SHORT,
-            registry=reg,
+            _SHORT,
         )
-        self._timer_failed_passes = Counter(
-            "aiki_timer_failed_passes", "Timer daemon passes that failed whole.", registry=reg
+        self._timer_failed_passes = tally.counter(
+            "aiki_timer_failed_passes", "Timer daemon passes that failed whole.", ()
         )
-        self._timer_lag = Histogram(
+        self._timer_lag = tally.histogram(
             "aiki_timer_lag_seconds",
             "How late the timer daemon moved a due row, by kind (wake-up, deadline, ...).",
-            ["kind"],
-            buckets=_SHORT,
-            registry=reg,
+            ("kind",),
+            _SHORT,
         )
-        self._pushes = Counter(
+        self._pushes = tally.counter(
             "aiki_pushes",
             "Pushes to endpoints, by endpoint kind and outcome (ok, refused: a non-2xx"
             " answer, timeout, connection, too_large, invalid: a 2xx answer that is not one,"
             " error: the server's own failure).",
-            ["kind", "outcome"],
-            registry=reg,
+            ("kind", "outcome"),
         )
-        self._push_duration = Histogram(
+        self._push_duration = tally.histogram(
             "aiki_push_duration_seconds",
             "From a push's request to its answer (or failure), by endpoint kind and outcome.",
-            ["kind", "outcome"],
-            buckets=_SHORT,
-            registry=reg,
+            ("kind", "outcome"),
+            _SHORT,
         )
-        self._http_requests = Counter(
+        self._http_requests = tally.counter(
             "aiki_http_requests",
             "HTTP requests answered, by route template and status.",
-            ["method", "route", "status"],
-            registry=reg,
+            ("method", "route", "status"),
         )
-        self._http_duration = Histogram(
+        self._http_duration = tally.histogram(
             "aiki_http_request_duration_seconds",
             "HTTP request latency, long-polls included.",
-            ["method", "route"],
-            buckets=_SHORT,
-            registry=reg,
+            ("method", "route"),
+            _SHORT,
         )
-        self._tx_duration = Histogram(
+        self._tx_duration = tally.histogram(
             "aiki_db_transaction_duration_seconds",
             "Write transactions, from BEGIN to COMMIT (each attempt).",
-            buckets=_SHORT,
-            registry=reg,
+            (),
+            _SHORT,
         )
-        self._tx_retries = Counter(
+        self._tx_retries = tally.counter(
             "aiki_db_transaction_retries",
             "Write transactions run again after a transient error.",
-            registry=reg,
+            (),
         )
-        self._tx_errors = Counter(
+        self._tx_errors = tally.counter(
             "aiki_db_transaction_errors",
             "Write transactions that failed with a database error (after their retries).",
-            registry=reg,
+            (),
         )
+        self.registry.register(tally)
         self._state = _StateCollector(namespace_label)
-        reg.register(self._state)
-        self._http: dict[tuple[str, str, int], tuple[Any, Any]] = {}
-        """(method, route, status) -> its bound request counter and latency histogram."""
+        self.registry.register(self._state)
 
     def _run_labels(self, run: Mapping[str, Any]) -> tuple[str, ...]:
         if self.namespace_label:
@@ -148,68 +138,58 @@ class Metrics:
 
     def run_started(self, run: Mapping[str, Any]) -> None:
         """A run was inserted."""
-        self._runs_started.labels(*self._run_labels(run)).inc()
+        self._runs_started.inc(self._run_labels(run))
 
     def run_ended(self, run: Mapping[str, Any], status: str, now: int) -> None:
         """A run reached the terminal `status` at `now` (epoch ms)."""
         labels = (*self._run_labels(run), status)
-        self._runs_ended.labels(*labels).inc()
-        self._run_duration.labels(*labels).observe(max(now - run["created_at"], 0) / 1000)
+        self._runs_ended.inc(labels)
+        self._run_duration.observe(labels, max(now - run["created_at"], 0) / 1000)
 
     def run_claimed(self, run: Mapping[str, Any], now: int) -> None:
         """A queued run was claimed at `now`."""
         waited = max(now - run["ready_at"], 0) / 1000
-        self._claim_latency.labels(*self._run_labels(run)).observe(waited)
+        self._claim_latency.observe(self._run_labels(run), waited)
 
     def task_attempt(self, task: str, outcome: str, seconds: float) -> None:
         """A task attempt ended with `outcome` after `seconds`."""
-        self._task_attempts.labels(task, outcome).inc()
-        self._task_duration.labels(task, outcome).observe(seconds)
+        self._task_attempts.inc((task, outcome))
+        self._task_duration.observe((task, outcome), seconds)
 
     def timer_moved(self, kind: str, late_ms: int) -> None:
         """The timer daemon moved a row of `kind` `late_ms` after it was due."""
-        self._timer_lag.labels(kind).observe(max(late_ms, 0) / 1000)
+        self._timer_lag.observe((kind,), max(late_ms, 0) / 1000)
 
     def timer_pass_failed(self) -> None:
         """A timer pass failed whole."""
-        self._timer_failed_passes.inc()
+        self._timer_failed_passes.inc(())
 
     def pushed(self, kind: str, outcome: str, seconds: float | None = None) -> None:
         """A push to an endpoint of `kind` ended with `outcome` after `seconds`.
 
         `seconds` is `None` for a push that failed in the server before its request.
         """
-        self._pushes.labels(kind, outcome).inc()
+        self._pushes.inc((kind, outcome))
         if seconds is not None:
-            self._push_duration.labels(kind, outcome).observe(seconds)
+            self._push_duration.observe((kind, outcome), seconds)
 
     def transaction(self, seconds: float) -> None:
         """A write transaction attempt ended (committed or not) after `seconds`."""
-        self._tx_duration.observe(seconds)
+        self._tx_duration.observe((), seconds)
 
     def transaction_retried(self) -> None:
         """A write transaction is run again after a transient error."""
-        self._tx_retries.inc()
+        self._tx_retries.inc(())
 
     def transaction_failed(self) -> None:
         """A write transaction failed with a database error, for good."""
-        self._tx_errors.inc()
+        self._tx_errors.inc(())
 
     def http_request(self, method: str, route: str, status: int, seconds: float) -> None:
         """An HTTP request was answered."""
-        bound = self._http.get((method, route, status))
-        if bound is None:
-            # bound once per label set (methods, routes and statuses are few): `labels`
-            # validates and locks on every call, a cost paid per request otherwise
-            named = method if method in _METHODS else "other"
-            bound = (
-                self._http_requests.labels(named, route, str(status)),
-                self._http_duration.labels(named, route),
-            )
-            if named == method:
-                self._http[(method, route, status)] = bound
-        bound[0].inc()
-        bound[1].observe(seconds)
+        named = method if method in _METHODS else "other"
+        self._http_requests.inc((named, route, str(status)))
+        self._http_duration.observe((named, route), seconds)
 
     async def exposition(self, reader: Any, now: int, active_within_ms: int) -> bytes:
         """The text exposition, with the queues as the database `reader` sees them now."""
@@ -222,6 +202,79 @@ class Metrics:
         self._state.now = now
         self._state.workers = 0 if workers is None else int(workers["n"])
         return generate_latest(self.registry)
+
+
+class _Counter:
+    """A counter family: a running total per tuple of label values."""
+
+    def __init__(self, name: str, documentation: str, labels: tuple[str, ...]) -> None:
+        self.name, self.documentation, self.labels = name, documentation, labels
+        self.totals: dict[tuple[str, ...], float] = {}
+
+    def inc(self, labels: tuple[str, ...]) -> None:
+        self.totals[labels] = self.totals.get(labels, 0) + 1
+
+    def family(self) -> Metric:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labels)
+        for labels, total in self.totals.items():
+            family.add_metric(labels, total)
+        return family
+
+
+class _Histogram:
+    """A histogram family: per tuple of label values, a count per bucket and a sum."""
+
+    def __init__(
+        self, name: str, documentation: str, labels: tuple[str, ...], bounds: tuple[float, ...]
+    ) -> None:
+        self.name, self.documentation, self.labels = name, documentation, labels
+        self.bounds = bounds
+        self.rows: dict[tuple[str, ...], list[float]] = {}
+        """Label values -> the count of each bucket (`+Inf` last), then the sum."""
+
+    def observe(self, labels: tuple[str, ...], value: float) -> None:
+        row = self.rows.get(labels)
+        if row is None:
+            row = self.rows[labels] = [0.0] * (len(self.bounds) + 2)
+        row[bisect_left(self.bounds, value)] += 1  # buckets are `le`: a bound holds its value
+        row[-1] += value
+
+    def family(self) -> Metric:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labels)
+        les = [*map(floatToGoString, self.bounds), "+Inf"]
+        for labels, row in self.rows.items():
+            buckets = list(zip(les, accumulate(row[:-1]), strict=True))
+            family.add_metric(labels, buckets, sum_value=row[-1])
+        return family
+
+
+class _Tallies:
+    """The counters and histograms the server updates as it works, exported per scrape.
+
+    Kept in plain dictionaries rather than `prometheus_client`'s metric objects:
+    every task record and transition updates several of them, and those objects
+    validate labels and take a lock on each update, a cost the hot path would pay
+    per request. The server updates them from its one event loop thread.
+    """
+
+    def __init__(self) -> None:
+        self._families: list[_Counter | _Histogram] = []
+
+    def counter(self, name: str, documentation: str, labels: tuple[str, ...]) -> _Counter:
+        counter = _Counter(name, documentation, labels)
+        self._families.append(counter)
+        return counter
+
+    def histogram(
+        self, name: str, documentation: str, labels: tuple[str, ...], bounds: tuple[float, ...]
+    ) -> _Histogram:
+        histogram = _Histogram(name, documentation, labels, bounds)
+        self._families.append(histogram)
+        return histogram
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self._families:
+            yield family.family()
 
 
 def grouped_runs_query(

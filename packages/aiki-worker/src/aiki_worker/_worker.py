@@ -32,60 +32,24 @@ import signal
 import socket
 import threading
 from asyncio import CancelledError
-from collections.abc import Callable, Sequence
 from datetime import timedelta
-from functools import partial
 from typing import TYPE_CHECKING, Any, Self
 
 import anyio
 
-from aiki_core import (
-    AuthenticationError,
-    CodecContext,
-    ConflictError,
-    ErrorInfo,
-    PayloadTooLargeError,
-    RunExecutionInfo,
-    RunInterrupt,
-)
-from aiki_core.sdk import intercepted
-from aiki_core.wire import (
-    DEFAULT_POOL,
-    ClaimRequest,
-    FailRun,
-    HeartbeatRequest,
-    ReleaseRun,
-    RunDirective,
-    RunLease,
-    TransitionRunRequest,
-    WorkflowCapability,
-)
-from aiki_worker._execution import Execution
-from aiki_worker._writes import asked_wait, not_final, retried, unsendable
+from aiki_core import AuthenticationError
+from aiki_core.wire import DEFAULT_POOL, ClaimRequest, RunDirective, WorkflowCapability
+from aiki_worker._running import ContextFactory, Held, Runner, heartbeats
+from aiki_worker._writes import asked_wait
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from types import TracebackType
 
     from anyio.abc import TaskGroup
 
     from aiki_core import Interceptor, Logger
     from aiki_core.sdk import ExecutableVersion, WorkerApi
-    from aiki_core.wire import ClaimedRun, RecordTaskRequest, RunAction, RunSummary
-
-HEARTBEAT_RETRY = 0.125
-"""Part of the heartbeat interval after which a failed heartbeat is sent again."""
-
-ContextFactory = Callable[["ClaimedRun"], object]
-
-
-class _Held:
-    """A run this worker executes: its claim, its execution and the scope that cancels it."""
-
-    def __init__(self, claim: ClaimedRun, execution: Execution) -> None:
-        self.claim = claim
-        self.execution = execution
-        self.scope = anyio.CancelScope()
-        self.directive: RunDirective | None = None
 
 
 class Worker:
@@ -142,7 +106,16 @@ class Worker:
         self.interceptors = tuple(interceptors)
         """Their hooks wrap each execution of a run, each task attempt and each child's start."""
         self.log = (logger or client.log).child({"worker_id": self.id})
-        self._held: dict[str, _Held] = {}
+        self.runner = Runner(
+            client,
+            workflows,
+            log=self.log,
+            on_refused=self._refuse,
+            create_context=create_context,
+            write_retry_timeout=write_retry_timeout.total_seconds(),
+            interceptors=self.interceptors,
+        )
+        self._held: dict[str, Held] = {}
         self._slot_freed = anyio.Event()
         self._stopping = anyio.Event()
         self._stopped = anyio.Event()
@@ -305,64 +278,22 @@ class Worker:
                 continue
             backoff = 0.0
             for claim in response.runs:
-                run = claim.run
-                log = self.log.child(
-                    {"workflow": run.workflow, "version": run.version, "run_id": run.id}
-                )
-                execution = Execution(
-                    self.client,
-                    claim,
-                    log,
-                    None,
-                    runs.start_soon,
-                    retry_within=self.write_retry_timeout.total_seconds(),
-                    interceptors=self.interceptors,
-                )
-                held = _Held(claim, execution)
+                held = self.runner.hold(claim, runs.start_soon)
                 stale = self._held.get(claim.run.id)
                 if stale is not None:  # its claim went idle under it: it can write nothing
-                    stale.directive = RunDirective.LOST
-                    stale.scope.cancel()
+                    stale.direct(RunDirective.LOST)
                 self._held[claim.run.id] = held
                 runs.start_soon(self._execute, held)
 
     async def _heartbeats(self) -> None:
-        interval = self.heartbeat_interval.total_seconds()
-        pause = interval
-        while True:
-            await anyio.sleep(pause)
-            pause = interval
-            # the answer is about these claims: by the time it comes, a run may have been
-            # let go and claimed again, and the new claim must not get the old one's answer
-            leased = dict(self._held)
-            leases = [
-                RunLease(run_id=h.claim.run.id, revision=h.claim.run.revision)
-                for h in leased.values()
-            ]
-            try:
-                answer = await self.client.heartbeat(
-                    HeartbeatRequest(worker_id=self.id, runs=leases)
-                )
-            except AuthenticationError as exc:
-                self._refuse(exc)
-                return
-            except Exception as exc:  # the claims idle out if no beat passes for long
-                # beat again soon (or when the server asks): a blip must not cost the
-                # claims a whole interval, or two failed beats could let them go idle
-                asked = asked_wait(exc)
-                pause = min(interval, HEARTBEAT_RETRY * interval if asked is None else asked)
-                self.log.warn("heartbeat failed", {"error": str(exc), "again_in": pause})
-                continue
-            for status in answer.runs:
-                held = leased.get(status.run_id)
-                if held is None or self._held.get(status.run_id) is not held:
-                    continue
-                if status.directive in (RunDirective.CONTINUE, RunDirective.PAUSE):
-                    # paused, it stops at its next task boundary; resumed before, it goes on
-                    held.execution.pause_requested = status.directive is RunDirective.PAUSE
-                else:
-                    held.directive = status.directive
-                    held.scope.cancel()
+        await heartbeats(
+            self.client,
+            self.id,
+            self._held,
+            interval=self.heartbeat_interval.total_seconds(),
+            log=self.log,
+            on_refused=self._refuse,
+        )
 
     def _refuse(self, exc: AuthenticationError) -> None:
         """The server refused the API key: stop claiming and running (nothing can be written).
@@ -380,129 +311,33 @@ class Worker:
         self._runs_scope.cancel()
 
     async def _drain(self) -> None:
-        """After claiming stopped: wait for the grace period, then cancel and release."""
-        self._grace.deadline = anyio.current_time() + self.graceful_shutdown_timeout.total_seconds()
+        """After claiming stopped: wait for the grace period, then give the rest back."""
+        grace = self.graceful_shutdown_timeout.total_seconds()
+        self._grace.deadline = anyio.current_time() + grace
         with self._grace:
-            while self._held:
-                await self._slot_freed.wait()
-                self._slot_freed = anyio.Event()
-        with anyio.move_on_after(self.graceful_shutdown_timeout.total_seconds()):
-            async with anyio.create_task_group() as releases:
-                for held in list(self._held.values()):
-                    held.directive = RunDirective.LOST
-                    held.scope.cancel()
-                    releases.start_soon(self._send, held, ReleaseRun())
+            await self._all_let_go()
+        for held in self._held.values():
+            held.give_back()
+        with anyio.move_on_after(grace):
+            await self._all_let_go()
+        if self._held:  # releases not sent by then are given up
+            self._runs_scope.cancel()
+
+    async def _all_let_go(self) -> None:
+        while self._held:
+            await self._slot_freed.wait()
+            self._slot_freed = anyio.Event()
 
     # -- one run -------------------------------------------------------------------------
 
-    async def _execute(self, held: _Held) -> None:
-        run = held.claim.run
-        execution = held.execution
-        log = execution.log
-        version = self.versions.get((run.workflow, run.version))
-        action: RunAction | None = None
+    async def _execute(self, held: Held) -> None:
         try:
-            with held.scope:
-                if version is None:  # the server never does this; defend anyway
-                    raise LookupError(f"no version {run.workflow} {run.version} here")
-                if self.create_context is not None:
-                    execution.context = self.create_context(held.claim)
-                log.debug("run claimed", {"attempt": run.attempt, "revision": run.revision})
-                info = RunExecutionInfo(run, held.claim.trace_context)
-                action = await intercepted(
-                    self.interceptors,
-                    lambda i: i.execute_run,
-                    info,
-                    partial(version.execute, execution),
-                )
-        except ConflictError as exc:
-            log.warn("claim lost; stopping the run", {"error": exc.message})
-        except RunInterrupt as exc:  # the run could not be written (server gone, claim lost)
-            if isinstance(exc.__cause__, PayloadTooLargeError):  # no attempt can do better
-                log.error("a task result is too large; the run fails", {"error": str(exc)})
-                action = self._failure(run, exc.__cause__)
-            else:
-                log.warn("run abandoned; releasing it", {"error": str(exc)})
-                action = ReleaseRun()
-        except Exception as exc:  # a bug outside user code: fail the run, keep the worker
-            log.error("run crashed the engine", {"error": repr(exc)})
-            action = self._failure(run, exc)
+            await self.runner.execute(held)
         finally:
-            if held.scope.cancel_called and held.directive is not None:
-                log.info("run stopped", {"directive": held.directive.value})
-        try:
-            if action is not None and not held.scope.cancel_called:
-                await self._send(held, action)
-                log.debug("run reported", {"action": action.kind})
-        finally:
-            if self._held.get(run.id) is held:  # not a newer claim of the same run
-                del self._held[run.id]
+            run_id = held.claim.run.id
+            if self._held.get(run_id) is held:  # not a newer claim of the same run
+                del self._held[run_id]
             self._slot_freed.set()
-
-    def _failure(self, run: RunSummary, exc: Exception) -> FailRun:
-        """The run fails with `exc` (sealed like any error of the run).
-
-        An error the codec cannot seal fails the run all the same, with only its type
-        in clear: the worker serves on, and nothing the codec should hide leaks.
-        """
-        error = ErrorInfo.from_exception(exc)
-        try:
-            return FailRun(error=error.seal(self.client.codec, CodecContext.run(run.id, "error")))
-        except Exception as unsealable:
-            self.log.error(
-                "the run's error cannot be sealed; it fails with its type alone",
-                {"run_id": run.id, "type": error.type, "codec_error": repr(unsealable)},
-            )
-            return FailRun(
-                error=ErrorInfo(
-                    type=error.type,
-                    message="the error could not be sealed by the worker's codec",
-                    retryable=False,
-                    code=error.code,
-                )
-            )
-
-    async def _send(self, held: _Held, action: RunAction) -> None:
-        """Report the run, with the task records its execution still holds; never raises.
-
-        A report that cannot be sent (larger than the server takes, or not JSON: the
-        run's result, or a task's) fails the run instead, with the records that fit
-        beside the error.
-        """
-        run = held.claim.run
-        try:
-            tasks = await held.execution.take_deferred()
-            try:
-                await self._report(held, action, tasks)
-            except Exception as exc:
-                if not unsendable(exc):
-                    raise
-                log = held.execution.log
-                log.error("the report cannot be sent; the run fails", {"error": str(exc)})
-                failure = self._failure(run, exc)
-                try:
-                    await self._report(held, failure, tasks)
-                except Exception as again:
-                    if not unsendable(again):
-                        raise
-                    await self._report(held, failure, [])
-        except ConflictError as exc:
-            self.log.warn("run was taken away before it was reported", {"error": exc.message})
-        except AuthenticationError as exc:
-            self._refuse(exc)
-        except Exception as exc:  # given up: the claim goes idle, another worker replays it
-            self.log.error("cannot report the run", {"run_id": run.id, "error": str(exc)})
-
-    async def _report(self, held: _Held, action: RunAction, tasks: list[RecordTaskRequest]) -> None:
-        run = held.claim.run
-        request = TransitionRunRequest(revision=run.revision, action=action, tasks=tasks)
-        await retried(
-            lambda: self.client.transition(run.id, request),
-            when=not_final,
-            within=self.write_retry_timeout.total_seconds(),
-            log=held.execution.log,
-            what="the run's report",
-        )
 
 
 def id_suffix() -> str:
