@@ -9,6 +9,7 @@ server and call its tasks from runs on a normal `Worker`.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from dataclasses import dataclass
@@ -256,6 +257,13 @@ async def shared_v1(run: WorkflowRun, image: Image) -> list[Thumb]:
     return [first, second, third]
 
 
+@thumbnails.v("side-by-side")
+async def side_by_side_v1(run: WorkflowRun, image: Image) -> list[Thumb]:
+    """Four calls at once, more than the endpoint takes at a time (no retries)."""
+    calls = [by_types.start(run, Image(url=f"{image.url}#{n}", width=1)) for n in range(4)]
+    return list(await asyncio.gather(*calls))  # noqa: TID251 - users do
+
+
 @thumbnails.v("flaky")
 async def flaky_v1(run: WorkflowRun, image: Image) -> Thumb:
     return await flaky_resize.remote().start(run, image)
@@ -276,7 +284,14 @@ async def patient_v1(run: WorkflowRun, image: Image) -> Thumb:
     return await patient.start(run, image)
 
 
-VERSIONS: list[ExecutableVersion] = [shared_v1, flaky_v1, outdated_v1, unserved_v1, patient_v1]
+VERSIONS: list[ExecutableVersion] = [
+    side_by_side_v1,
+    shared_v1,
+    flaky_v1,
+    outdated_v1,
+    unserved_v1,
+    patient_v1,
+]
 RESULT_TIMEOUT = timedelta(seconds=60)
 
 
@@ -304,7 +319,10 @@ async def deployment(db_url: str, processes: LiveProcesses) -> AsyncIterator[Dep
         Worker(client, VERSIONS, logger=QUIET),
     ):
         created = await client.endpoints.create(
-            endpoint_url, tasks=[resize_image, flaky_resize], timeout=timedelta(seconds=20)
+            endpoint_url,
+            tasks=[resize_image, flaky_resize],
+            timeout=timedelta(seconds=20),
+            max_in_flight=1,  # side-by-side calls wait for each other's push
         )
         secret = PushSecret.parse(created.secret)
         yield Deployment(server, client, endpoint_url, secret)
@@ -336,6 +354,16 @@ async def test_runs_get_typed_results_and_a_replay_does_not_call_the_service_aga
     detail = await handle.detail()
     calls = task_records(detail.tasks, "resize-image")
     assert [(r.status, len(r.attempts)) for r in calls] == [(TaskStatus.COMPLETED, 1)] * 3
+
+
+async def test_calls_beyond_the_endpoints_in_flight_bound_wait_for_their_turn(
+    deployment: Deployment, processes: LiveProcesses, service_python: Path, tmp_path: Path
+) -> None:
+    service = await deployment.serve(processes, service_python, tmp_path / "ledger")
+    handle = await side_by_side_v1.start(deployment.client, picture("f"))
+    thumbs = await handle.result(timeout=RESULT_TIMEOUT)
+    assert [t.url for t in thumbs] == [f"https://img.test/f.png#{n}?w=64" for n in range(4)]
+    assert len(service.ran("resize-image")) == 4
 
 
 async def test_a_failing_remote_task_is_retried_under_its_policy(

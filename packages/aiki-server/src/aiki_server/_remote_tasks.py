@@ -9,15 +9,17 @@ policy decides whether another push follows. Nothing of the call is stored here.
 
 A push obeys the endpoint's health like the dispatcher's: not before its `retry_at`
 (a back-off, or an open circuit's cool-off, whose single trial push one call takes),
-at most `max_in_flight` at a time from this replica, and a failed one counts on its
-row. Every way the call cannot reach a task (no endpoint serves it, each one is
-resting or busy, the push failed) is answered as a failed attempt whose error is a
+at most `max_in_flight` at a time from this replica (a call waits up to `BUSY_WAIT`
+seconds for one of them to end), and a failed one counts on its row.
+
+Every way the call cannot reach a task (no endpoint serves it, each one is resting or
+busy, the push failed) is answered as a failed attempt whose error is a
 `ServerUnavailableError` naming the task and the endpoint: retryable, so the task's
 policy tries it again. It is no error of the server's own (no 5xx: this server is
 fine, and a worker reading a 503 would take it for its server being down).
 
 The server waits for the answer for the task's timeout and a margin (the endpoint's
-timeout when the task has none), and never longer than `MAX_WAIT`: the worker's own
+timeout when the task has none), and never longer than `MAX_WAIT_MS`: the worker's own
 request gives up after 75 seconds.
 """
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import TYPE_CHECKING
 
+import anyio
 from pydantic import ValidationError
 
 from aiki_core import ErrorInfo, ServerUnavailableError
@@ -57,6 +60,9 @@ MAX_WAIT_MS = 60_000
 """The longest the server waits for a task endpoint's answer."""
 _MARGIN_MS = 5_000
 """Added to a task's timeout: the endpoint answers a timed-out attempt itself, then."""
+BUSY_WAIT = 10.0
+"""Seconds a call waits for a push in flight to end when every endpoint has its fill;
+with `MAX_WAIT_MS`, still within the worker's 75 s."""
 
 
 class _Unreachable(Exception):
@@ -66,6 +72,10 @@ class _Unreachable(Exception):
         super().__init__(message)
         self.message = message
         self.retry_after = retry_after
+
+
+class _Busy(_Unreachable):
+    """Every endpoint that may take a push has as many in flight as it takes."""
 
 
 class RemoteTasks:
@@ -85,6 +95,8 @@ class RemoteTasks:
         self._client = client or PushClient()
         self._in_flight: Counter[str] = Counter()
         """Endpoint id -> this replica's task pushes to it in flight."""
+        self._freed = anyio.Event()
+        """Set (and replaced) whenever one of those pushes ends."""
 
     async def aclose(self) -> None:
         """Close the push client's connections."""
@@ -113,7 +125,7 @@ class RemoteTasks:
             raise _Unreachable(
                 f"task {req.name!r}: no task endpoint of namespace {namespace!r} serves it"
             )
-        endpoint = await self._choose(req.name, endpoints)
+        endpoint = await self._slot(req.name, endpoints)
         self._in_flight[endpoint.id] += 1
         try:
             return await self._push(endpoint, run_id, req)
@@ -121,6 +133,22 @@ class RemoteTasks:
             self._in_flight[endpoint.id] -= 1
             if not self._in_flight[endpoint.id]:
                 del self._in_flight[endpoint.id]
+            self._freed.set()
+            self._freed = anyio.Event()
+
+    async def _slot(self, task: str, endpoints: list[Endpoint]) -> Endpoint:
+        """`_choose`, waiting up to `BUSY_WAIT` for a push to end while all are busy."""
+        deadline = anyio.current_time() + BUSY_WAIT
+        while True:
+            freed = self._freed
+            try:
+                return await self._choose(task, endpoints)
+            except _Busy:
+                remaining = deadline - anyio.current_time()
+                if remaining <= 0:
+                    raise
+                with anyio.move_on_after(remaining):
+                    await freed.wait()
 
     async def _choose(self, task: str, endpoints: list[Endpoint]) -> Endpoint:
         """The least busy endpoint that may take a push now; else why none may."""
@@ -137,7 +165,7 @@ class RemoteTasks:
                     return endpoint
         if closed:
             names = ", ".join(f"{e.id} ({e.url})" for e in closed)
-            raise _Unreachable(
+            raise _Busy(
                 f"task {task!r}: its task endpoints are busy, each with as many pushes in"
                 f" flight as it takes: {names}",
                 retry_after=1,
