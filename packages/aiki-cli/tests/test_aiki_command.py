@@ -295,6 +295,58 @@ async def test_rate_limits_from_the_command_line(server: ServerProcess, client: 
     assert await client.rate_limits.list() == []
 
 
+async def test_push_endpoints_from_the_command_line(server: ServerProcess) -> None:
+    aiki = Aiki(server.base_url)
+    url = "https://orders.example/aiki"
+    created = await aiki(
+        "endpoints", "create", url, "--workflow", "cli-order", "1", "--workflow", "cli-receipt",
+        "1", "--pool", "blue", "--max-in-flight", "3", "--timeout", "30s", "--json",
+    )  # fmt: skip
+    endpoint, secret = created.json()["endpoint"], created.json()["secret"]
+    assert secret.startswith("aiki_push_")
+    assert [(w["workflow"], w["pool"]) for w in endpoint["workflows"]] == [
+        ("cli-order", "blue"),
+        ("cli-receipt", "blue"),
+    ]
+    assert (endpoint["max_in_flight"], endpoint["timeout"]) == (3, 30_000)
+    tasks = await aiki("endpoints", "create", "http://tasks.example/", "--task", "cli-charge")
+    assert tasks.code == 0, tasks.err
+    assert "secret: aiki_push_" in tasks.out and "shown this once" in tasks.out
+
+    shown = await aiki("endpoints", "show", endpoint["id"])
+    assert shown.code == 0, shown.err
+    for part in (url, "cli-order 1 (pool blue)", endpoint["secrets"][0]["key_id"], "healthy"):
+        assert part in shown.out, part
+    assert secret not in shown.out
+    assert (await aiki("endpoints", "show", endpoint["id"], "--json")).json() == endpoint
+    listed = (await aiki("endpoints", "list", "--json")).json()["endpoints"]
+    assert [e["kind"] for e in listed] == ["workflows", "tasks"]
+    table = await aiki("endpoints", "list")
+    assert url in table.out and "cli-charge" in table.out and "aiki_push_" not in table.out
+
+    rotated = await aiki(
+        "endpoints", "rotate-secret", endpoint["id"], "--previous-expires-in", "1h", "--json"
+    )
+    assert [s["expires_at"] is None for s in rotated.json()["endpoint"]["secrets"]] == [True, False]
+    assert rotated.json()["secret"] != secret
+    assert (await aiki("endpoints", "delete", endpoint["id"])).code == 0
+    gone = await aiki("endpoints", "show", endpoint["id"])
+    assert gone.code == 3 and "not found" in gone.err
+
+    for bad in (
+        ("https://user@orders.example", "--task", "t"),
+        ("ftp://orders.example", "--task", "t"),
+        ("https://orders.example", "--task", "t", "--max-in-flight", "0"),
+        ("https://orders.example",),
+        ("https://orders.example", "--task", "t", "--workflow", "cli-order", "1"),
+        ("https://orders.example", "--task", "t", "--timeout", "soon"),
+    ):
+        refused = await aiki("endpoints", "create", *bad)
+        assert refused.code == 2, (bad, refused.err)
+        assert len(refused.err.strip().splitlines()) == 1, refused.err
+    assert len((await aiki("endpoints", "list", "--json")).json()["endpoints"]) == 1
+
+
 async def test_bad_input_exits_with_its_code_and_one_line(
     server: ServerProcess, client: Client, tmp_path: Path
 ) -> None:

@@ -531,6 +531,73 @@ async def clear_a_limit(t: Tenants) -> None:
     assert (await t.a.delete("/concurrency-limits/w")).status_code == 200
 
 
+# -- push endpoints ------------------------------------------------------------------------
+
+
+async def create_endpoint(client: httpx.AsyncClient) -> dict[str, Any]:
+    """A task endpoint of the client's namespace, as created (without its secret)."""
+    r = await client.post("/endpoints", json={"url": "https://tasks.example/aiki", "tasks": ["t"]})
+    assert r.status_code == 201, r.text
+    created: dict[str, Any] = r.json()["endpoint"]
+    return created
+
+
+async def endpoint_of(client: httpx.AsyncClient, endpoint_id: str) -> dict[str, Any]:
+    r = await client.get(f"/endpoints/{endpoint_id}")
+    assert r.status_code == 200, r.text
+    got: dict[str, Any] = r.json()
+    return got
+
+
+@case("POST", "/endpoints")
+async def create_an_endpoint_beside_a(t: Tenants) -> None:
+    mine = await create_endpoint(t.a)
+
+    theirs = await create_endpoint(t.b)
+
+    assert theirs["namespace"] == "team-b"
+    assert theirs["id"] != mine["id"]
+    assert await endpoint_of(t.a, mine["id"]) == mine
+
+
+@case("GET", "/endpoints")
+async def list_endpoints(t: Tenants) -> None:
+    mine = await create_endpoint(t.a)
+
+    r = await t.b.get("/endpoints")
+
+    assert r.status_code == 200
+    assert r.json() == {"endpoints": []}
+    assert (await t.a.get("/endpoints")).json() == {"endpoints": [mine]}
+
+
+@case("GET", "/endpoints/{endpoint_id}")
+async def read_an_endpoint(t: Tenants) -> None:
+    mine = await create_endpoint(t.a)
+
+    not_found(await t.b.get(f"/endpoints/{mine['id']}"), "endpoint")
+
+
+@case("DELETE", "/endpoints/{endpoint_id}")
+async def delete_an_endpoint(t: Tenants) -> None:
+    mine = await create_endpoint(t.a)
+
+    not_found(await t.b.delete(f"/endpoints/{mine['id']}"), "endpoint")
+
+    assert await endpoint_of(t.a, mine["id"]) == mine
+    assert (await t.a.delete(f"/endpoints/{mine['id']}")).status_code == 200
+
+
+@case("POST", "/endpoints/{endpoint_id}/secrets")
+async def rotate_an_endpoints_secret(t: Tenants) -> None:
+    mine = await create_endpoint(t.a)
+
+    not_found(await t.b.post(f"/endpoints/{mine['id']}/secrets", json={}), "endpoint")
+
+    assert await endpoint_of(t.a, mine["id"]) == mine
+    assert (await t.a.post(f"/endpoints/{mine['id']}/secrets", json={})).status_code == 201
+
+
 # -- the tests -----------------------------------------------------------------------------
 
 

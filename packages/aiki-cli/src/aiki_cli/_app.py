@@ -40,7 +40,13 @@ from aiki_core import (
     WorkflowCancelledError,
     WorkflowFailedError,
 )
-from aiki_core.wire import DEFAULT_POOL, RUN_TERMINAL_STATUSES, RateLimitPage, StartRunRequest
+from aiki_core.wire import (
+    DEFAULT_POOL,
+    RUN_TERMINAL_STATUSES,
+    EndpointPage,
+    RateLimitPage,
+    StartRunRequest,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -48,7 +54,11 @@ if TYPE_CHECKING:
     from pydantic import BaseModel
 
     from aiki_client import WorkflowRunHandle
-    from aiki_core.wire import RunDetail
+    from aiki_core.wire import (
+        CreateEndpointResponse,
+        RotateEndpointSecretResponse,
+        RunDetail,
+    )
 
 T = TypeVar("T")
 Command = TypeVar("Command", bound="Callable[..., Any]")
@@ -744,6 +754,143 @@ def concurrency_limits_clear(settings: Settings, workflow: str, as_json: bool) -
         _print_json(info)
     else:
         out.print(f"concurrency limit of {info.workflow} cleared")
+
+
+# -- push endpoints ---------------------------------------------------------------------
+
+
+@cli.group()
+def endpoints() -> None:
+    """List, show, create and delete push endpoints; rotate their secrets."""
+
+
+def _shown_with_secret(
+    answer: CreateEndpointResponse | RotateEndpointSecretResponse, as_json: bool
+) -> None:
+    """Print an endpoint and its new secret, which the server shows this once."""
+    if as_json:
+        _print_json(answer)
+        return
+    out.print(render.endpoint_detail(answer.endpoint))
+    out.print(f"\nsecret: {answer.secret}")
+    out.print("shown this once: give it to the endpoint's app", style="dim")
+
+
+@endpoints.command("list")
+@json_option
+@pass_settings
+def endpoints_list(settings: Settings, as_json: bool) -> None:
+    """Push endpoints, oldest first, with how their pushes fare."""
+    found = settings.call(lambda client: client.endpoints.list())
+    if as_json:
+        _print_json(EndpointPage(endpoints=found))
+    else:
+        out.print(render.endpoints_table(found))
+
+
+@endpoints.command("show")
+@click.argument("endpoint_id")
+@json_option
+@pass_settings
+def endpoints_show(settings: Settings, endpoint_id: str, as_json: bool) -> None:
+    """One push endpoint: what it serves, its secrets' key ids, its failures."""
+    endpoint = settings.call(lambda client: client.endpoints.get(endpoint_id))
+    if as_json:
+        _print_json(endpoint)
+    else:
+        out.print(render.endpoint_detail(endpoint))
+
+
+@endpoints.command("create")
+@click.argument("url")
+@click.option(
+    "--workflow",
+    "workflows",
+    nargs=2,
+    multiple=True,
+    metavar="WORKFLOW VERSION",
+    help="A version whose runs are pushed to URL (repeat for several).",
+)
+@click.option(
+    "--task", "tasks", multiple=True, help="A task whose attempts are pushed (repeat for several)."
+)
+@click.option("--pool", default=DEFAULT_POOL, show_default=True, help="The versions' pool.")
+@click.option(
+    "--max-in-flight",
+    type=int,
+    default=10,
+    show_default=True,
+    help="Pushes awaiting their answer at once, per server replica.",
+)
+@click.option(
+    "--timeout",
+    callback=_duration,
+    default="60s",
+    show_default=True,
+    help="How long one push may take.",
+)
+@json_option
+@pass_settings
+def endpoints_create(
+    settings: Settings,
+    url: str,
+    workflows: tuple[tuple[str, str], ...],
+    tasks: tuple[str, ...],
+    pool: str,
+    max_in_flight: int,
+    timeout: timedelta,
+    as_json: bool,
+) -> None:
+    """Push the runs of --workflow versions, or the attempts of --task tasks, to URL."""
+    if bool(workflows) == bool(tasks):
+        raise click.UsageError("give --workflow or --task (either repeated), not both")
+    created = settings.call(
+        lambda client: client.endpoints.create(
+            url,
+            workflows=list(workflows) or None,
+            tasks=list(tasks) or None,
+            pool=pool,
+            max_in_flight=max_in_flight,
+            timeout=timeout,
+        )
+    )
+    _shown_with_secret(created, as_json)
+
+
+@endpoints.command("delete")
+@click.argument("endpoint_id")
+@json_option
+@pass_settings
+def endpoints_delete(settings: Settings, endpoint_id: str, as_json: bool) -> None:
+    """Delete a push endpoint: nothing more is pushed to it."""
+    endpoint = settings.call(lambda client: client.endpoints.delete(endpoint_id))
+    if as_json:
+        _print_json(endpoint)
+    else:
+        out.print(f"endpoint {endpoint.id} ({endpoint.url}) deleted")
+
+
+@endpoints.command("rotate-secret")
+@click.argument("endpoint_id")
+@click.option(
+    "--previous-expires-in",
+    callback=_duration,
+    default="24h",
+    show_default=True,
+    help="How long the previous secret still signs (0: stop now).",
+)
+@json_option
+@pass_settings
+def endpoints_rotate_secret(
+    settings: Settings, endpoint_id: str, previous_expires_in: timedelta, as_json: bool
+) -> None:
+    """Sign the endpoint's pushes with a new secret, shown this once."""
+    rotated = settings.call(
+        lambda client: client.endpoints.rotate_secret(
+            endpoint_id, previous_expires_in=previous_expires_in
+        )
+    )
+    _shown_with_secret(rotated, as_json)
 
 
 # -- workers ----------------------------------------------------------------------------

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from aiki_core.wire import (
         ChildRecord,
         ConcurrencyLimit,
+        EndpointInfo,
         RateLimitInfo,
         RunDetail,
         RunSummary,
@@ -46,8 +47,11 @@ _STYLES = {
     "cancelled": "yellow",
     "paused": "yellow",
     "running": "cyan",
+    "healthy": "green",
+    "failing": "yellow",
+    "open": "red",
 }
-"""Colours of run and task statuses; the others (waiting, queued, ...) are blue."""
+"""Colours of run, task and endpoint statuses; the others (waiting, queued, ...) are blue."""
 _INLINE = 60
 """Characters of a payload shown in a table cell."""
 
@@ -340,3 +344,54 @@ def workers_table(workers: Iterable[WorkerSummary]) -> Table:
             Text("live", style="green") if worker.live else Text("gone", style="dim"),
         )
     return table
+
+
+def _serves(endpoint: EndpointInfo) -> list[str]:
+    if endpoint.kind == "tasks":
+        return list(endpoint.tasks)
+    return [f"{w.workflow} {w.version} (pool {w.pool})" for w in endpoint.workflows]
+
+
+def endpoints_table(endpoints: Iterable[EndpointInfo]) -> Table:
+    """One row per push endpoint: id, URL, what it serves, how its pushes fare."""
+    table = Table(box=None, header_style="bold")
+    for column in ("ENDPOINT", "KIND", "URL", "SERVES", "STATUS", "CREATED"):
+        table.add_column(column)
+    for endpoint in endpoints:
+        table.add_row(
+            endpoint.id,
+            endpoint.kind,
+            endpoint.url,
+            "\n".join(_serves(endpoint)),
+            status(endpoint.status),
+            when(endpoint.created_at),
+        )
+    return table
+
+
+def endpoint_detail(endpoint: EndpointInfo) -> Group:
+    """One push endpoint: what it serves, its limits, its secrets' key ids, its health."""
+    secrets = [
+        s.key_id if s.expires_at is None else f"{s.key_id} (until {when(s.expires_at)})"
+        for s in endpoint.secrets
+    ]
+    failing = endpoint.failing_since is not None
+    return Group(
+        Text.assemble(("Endpoint ", "bold"), (endpoint.id, "bold")),
+        _fields(
+            [
+                ("url", endpoint.url),
+                ("kind", endpoint.kind),
+                ("serves", "\n".join(_serves(endpoint))),
+                ("in flight", f"at most {endpoint.max_in_flight} per server replica"),
+                ("timeout", str(endpoint.timeout)),
+                ("secrets", ", ".join(secrets)),
+                ("status", status(endpoint.status)),
+                ("failures", str(endpoint.failures) if endpoint.failures else None),
+                ("failing since", when(endpoint.failing_since) if failing else None),
+                ("last error", endpoint.last_error),
+                ("next push", when(endpoint.retry_at) if endpoint.retry_at else None),
+                ("created", when(endpoint.created_at)),
+            ]
+        ),
+    )

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ValidationError
 
 from aiki_client.__about__ import __version__
 from aiki_client._concurrency import ConcurrencyLimits
+from aiki_client._endpoints import Endpoints
 from aiki_client._handle import WorkflowRunHandle
 from aiki_client._http import Http, HttpxHttp, api_path
 from aiki_client._rate_limits import RateLimits
@@ -163,6 +164,8 @@ class Client:
         """Read, set, list and clear workflows' concurrency limits."""
         self.rate_limits = RateLimits(self)
         """Define, read, list, change and delete rate limits."""
+        self.endpoints = Endpoints(self)
+        """Register, list and delete push endpoints; rotate their secrets."""
         headers = {"user-agent": f"aiki-client/{__version__}"}
         if api_key is not None:
             headers["authorization"] = f"Bearer {api_key}"

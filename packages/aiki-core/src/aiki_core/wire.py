@@ -72,6 +72,17 @@ from aiki_core._concurrency import (
     SetConcurrencyLimitRequest,
 )
 from aiki_core._duration import MAX_DURATION, Duration, from_millis, to_millis
+from aiki_core._endpoints import (
+    CreateEndpointRequest,
+    CreateEndpointResponse,
+    EndpointInfo,
+    EndpointKind,
+    EndpointPage,
+    EndpointSecretInfo,
+    EndpointStatus,
+    RotateEndpointSecretRequest,
+    RotateEndpointSecretResponse,
+)
 from aiki_core._exceptions import ErrorCode, error_from_wire
 from aiki_core._ids import (
     DEFAULT_NAMESPACE,
@@ -192,6 +203,15 @@ __all__ = (
     "RateLimitUse",
     "SetRateLimitRequest",
     # push delivery to endpoints
+    "CreateEndpointRequest",
+    "CreateEndpointResponse",
+    "EndpointInfo",
+    "EndpointKind",
+    "EndpointPage",
+    "EndpointSecretInfo",
+    "EndpointStatus",
+    "RotateEndpointSecretRequest",
+    "RotateEndpointSecretResponse",
     "PushedRun",
     "PushedRunAnswer",
     "PushedTask",

@@ -22,10 +22,14 @@ from aiki_core.wire import (
     ClaimResponse,
     ConcurrencyLimit,
     ConcurrencyLimitPage,
+    CreateEndpointRequest,
+    CreateEndpointResponse,
     CreateScheduleRequest,
     CreateWebhookRequest,
     CreateWebhookResponse,
     Cursor,
+    EndpointInfo,
+    EndpointPage,
     ErrorResponse,
     HeartbeatRequest,
     HeartbeatResponse,
@@ -36,6 +40,8 @@ from aiki_core.wire import (
     RateLimitPage,
     RecordTaskRequest,
     RecordTaskResponse,
+    RotateEndpointSecretRequest,
+    RotateEndpointSecretResponse,
     RunDetail,
     RunOutcome,
     RunPage,
@@ -53,6 +59,7 @@ from aiki_core.wire import (
     TransitionRunRequest,
     TransitionRunResponse,
     WorkerPage,
+    to_millis,
 )
 from aiki_server import _hot_path as hot_path
 from aiki_server.__about__ import __version__
@@ -60,6 +67,8 @@ from aiki_server._auth import ApiKeyAuth, ApiKeys, HostCheck, caller_namespace
 from aiki_server._claims import Claims
 from aiki_server._clock import Clock, from_ms, system_clock
 from aiki_server._dashboard import STATIC_PACKAGE, dashboard_router
+from aiki_server._dispatcher import Dispatcher
+from aiki_server._endpoints import Endpoints
 from aiki_server._errors import install_error_handlers, log_failure
 from aiki_server._flow import ConcurrencyLimits
 from aiki_server._flow_settings import FlowSettings
@@ -68,6 +77,7 @@ from aiki_server._limits import BodyLimitMiddleware, Limits
 from aiki_server._metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from aiki_server._metrics import HttpMetrics, Metrics
 from aiki_server._notify import WakeHub
+from aiki_server._push_health import COOL_OFF_MS, PushBackoff
 from aiki_server._rate_limits import RateLimits
 from aiki_server._runs import Runs
 from aiki_server._schedules import Schedules
@@ -126,6 +136,12 @@ class ServerSettings:
     priority_step: timedelta = timedelta(seconds=60)
     """How much earlier in the claim order one level of priority puts a run; a run
     waiting 9 steps goes before any newer one, whatever their priorities."""
+    push_delivery: bool = True
+    """Push queued runs to the registered workflow endpoints (the dispatcher); off, the
+    endpoints' runs wait for a pulling worker."""
+    push_cool_off: timedelta = timedelta(seconds=COOL_OFF_MS / 1000)
+    """How long an endpoint's open circuit (5 failed pushes in a row) is left alone
+    before one trial push; it doubles per further failure, up to ten times this."""
     allowed_hosts: tuple[str, ...] = ()
     """Host names a server without API keys answers besides loopback ones and the host
     of `public_url` (any other `Host` is refused, against DNS rebinding); `"*"` answers
@@ -139,6 +155,8 @@ class ServerSettings:
                 f"public_url must be an http:// or https:// URL, got {self.public_url!r}"
             )
         FlowSettings(self.fair_share_quantum, self.priority_step)  # refuses negative ones
+        if self.push_cool_off <= timedelta(0):
+            raise ValueError(f"push_cool_off must be positive, got {self.push_cool_off}")
         if self.max_tasks_per_run < 1:
             raise ValueError(f"max_tasks_per_run must be at least 1, got {self.max_tasks_per_run}")
 
@@ -163,8 +181,11 @@ def create_app(db_url: str, settings: ServerSettings | None = None) -> FastAPI:
     schedules = Schedules(db, clock)
     concurrency = ConcurrencyLimits(db, clock)
     rate_limits = RateLimits(db, clock)
+    endpoints = Endpoints(db, clock)
     webhooks = Webhooks(db, clock, runs, settings.webhook_secret)
     timers = TimerDaemon(db, hub, clock, schedules.fire)
+    backoff = PushBackoff(cool_off_ms=to_millis(settings.push_cool_off))
+    dispatcher = Dispatcher(db, hub, clock, claims, writes, backoff=backoff)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -179,6 +200,8 @@ def create_app(db_url: str, settings: ServerSettings | None = None) -> FastAPI:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(timers.run_forever)
                 tg.start_soon(db.maintain)
+                if settings.push_delivery:
+                    tg.start_soon(dispatcher.run_forever)
                 yield
                 tg.cancel_scope.cancel()
         except Exception as exc:
@@ -222,6 +245,7 @@ def create_app(db_url: str, settings: ServerSettings | None = None) -> FastAPI:
         max_body_bytes=settings.max_body_bytes,
     )
     api.include_router(_rate_limit_router(rate_limits))
+    api.include_router(_endpoint_router(endpoints))
     # outermost: refused requests count too
     prefixes = {id(route): API_PREFIX for route in api.routes}
     app.add_middleware(HttpMetrics, metrics=metrics, prefixes=prefixes)
@@ -539,5 +563,48 @@ def _rate_limit_router(rate_limits: RateLimits) -> APIRouter:
         """
         grant = await rate_limits.acquire(ns, name, body.units, body.key, body.request_id)
         return _json(grant.wire())
+
+    return router
+
+
+def _endpoint_router(endpoints: Endpoints) -> APIRouter:
+    router = APIRouter(prefix="/endpoints", tags=["endpoints"], responses=_ERRORS)
+
+    @router.post("", response_model=CreateEndpointResponse, status_code=201)
+    async def create_endpoint(ns: Caller, body: CreateEndpointRequest) -> Response:
+        """Register a URL the server pushes runs or task attempts to.
+
+        The answer holds the endpoint's signing secret: it is shown this once.
+        """
+        return _json(await endpoints.create(ns, body), 201)
+
+    @router.get("", response_model=EndpointPage)
+    async def list_endpoints(ns: Caller) -> Response:
+        """The endpoints of the namespace, oldest first, with the health of their pushes."""
+        return _json(await endpoints.list(ns))
+
+    @router.get("/{endpoint_id}", response_model=EndpointInfo)
+    async def get_endpoint(ns: Caller, endpoint_id: Identifier) -> Response:
+        """One endpoint (its secrets' key ids, never the secrets)."""
+        return _json(await endpoints.get(ns, endpoint_id))
+
+    @router.delete("/{endpoint_id}", response_model=EndpointInfo)
+    async def delete_endpoint(ns: Caller, endpoint_id: Identifier) -> Response:
+        """Delete the endpoint: nothing more is pushed to it. The endpoint as it was."""
+        return _json(await endpoints.delete(ns, endpoint_id))
+
+    @router.post(
+        "/{endpoint_id}/secrets", response_model=RotateEndpointSecretResponse, status_code=201
+    )
+    async def rotate_endpoint_secret(
+        ns: Caller, endpoint_id: Identifier, body: RotateEndpointSecretRequest | None = None
+    ) -> Response:
+        """Sign pushes with a new secret, shown this once.
+
+        The previous secret signs too until `previous_expires_in` has passed (0: it
+        stops now); one rotated out before is dropped.
+        """
+        rotation = body if body is not None else RotateEndpointSecretRequest()
+        return _json(await endpoints.rotate_secret(ns, endpoint_id, rotation), 201)
 
     return router

@@ -31,7 +31,7 @@ from aiki_server._rows import dump, run_summary
 from aiki_server._storage._outage import is_outage
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Iterable
     from datetime import datetime
 
     from aiki_core.wire import ClaimRequest
@@ -91,17 +91,32 @@ class Claims:
         for a run handed to a dead worker would wait for its claim to go idle again.
         """
         deadline = self._clock() + to_millis(req.wait)
-        capabilities = sorted({(c.workflow, c.version, c.pool) for c in req.capabilities})
-        await self._note_worker(namespace, req.worker_id, capabilities)
+        triples = [(c.workflow, c.version, c.pool) for c in req.capabilities]
         while True:
             subscription = self._hub.subscribe(QUEUE)
             if gone is not None and await gone():
                 return []
-            claimed = await self._claim_once(namespace, req.worker_id, capabilities, req.max_runs)
+            claimed = await self.claim_now(namespace, req.worker_id, triples, req.max_runs)
             remaining = deadline - self._clock()
             if claimed or remaining <= 0:
                 return claimed
             await subscription.wait(min(remaining, 1000) / 1000)
+
+    async def claim_now(
+        self,
+        namespace: str,
+        worker_id: str,
+        capabilities: Iterable[tuple[str, str, str]],
+        max_runs: int,
+    ) -> list[ClaimedRun]:
+        """Claim up to `max_runs` queued runs of the (workflow, version, pool) triples now.
+
+        One look at the queue, no waiting: a long-poll's step, and the push
+        dispatcher's claim for an endpoint (`worker_id` `endpoint:<id>`).
+        """
+        triples = sorted(set(capabilities))
+        await self._note_worker(namespace, worker_id, triples)
+        return await self._claim_once(namespace, worker_id, triples, max_runs)
 
     async def list_workers(self, namespace: str) -> WorkerPage:
         """The workers the namespace has heard from, with the runs each holds now."""

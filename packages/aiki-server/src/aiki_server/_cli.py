@@ -177,6 +177,23 @@ def _serve_options(target: argparse.ArgumentParser, *, inherit: bool) -> None:
         help="log one line per HTTP request, at info level [AIKI_ACCESS_LOG=1]",
     )
     target.add_argument(
+        "--no-push-delivery",
+        dest="push_delivery",
+        action="store_const",
+        const="0",
+        default=default(_env("AIKI_PUSH_DELIVERY", "1")),
+        help="push no runs to registered endpoints: their runs wait for pulling workers"
+        " [AIKI_PUSH_DELIVERY=0]",
+    )
+    target.add_argument(
+        "--push-cool-off",
+        type=float,
+        default=default(float(_env("AIKI_PUSH_COOL_OFF", "30"))),
+        metavar="SECONDS",
+        help="how long an endpoint that failed 5 pushes in a row is left alone before one"
+        " trial push; doubles per further failure, up to ten times this [AIKI_PUSH_COOL_OFF]",
+    )
+    target.add_argument(
         "--metrics-namespace-label",
         action="store_const",
         const="1",
@@ -343,6 +360,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             webhook_secret=args.webhook_secret,
             public_url=args.public_url,
             require_api_key=require_api_key,
+            push_delivery=_flag(parser, "AIKI_PUSH_DELIVERY", args.push_delivery),
+            push_cool_off=timedelta(seconds=args.push_cool_off),
             metrics_namespace_label=_flag(
                 parser, "AIKI_METRICS_NAMESPACE_LABEL", args.metrics_namespace_label
             ),

@@ -2,8 +2,9 @@
 
 Each app has its own registry (not `prometheus_client`'s global one): every replica
 exports what it did, and a process that holds several apps (tests) keeps them apart.
-Labels are bounded: workflow, version, pool, task name, status, route template;
-namespace only when the operator asks for it (`namespace_label`).
+Labels are bounded: workflow, version, pool, task name, status, route template,
+endpoint kind and push outcome (never an endpoint's URL); namespace only when the
+operator asks for it (`namespace_label`).
 
 What a write transaction did is counted once it has committed: the code inside it
 notes an effect (`Tx.observe`), and `Database.write` applies the notes after the
@@ -86,6 +87,19 @@ class Metrics:
             ("kind",),
             _SHORT,
         )
+        self._pushes = tally.counter(
+            "aiki_pushes",
+            "Pushes to endpoints, by endpoint kind and outcome (ok, refused: a non-2xx"
+            " answer, timeout, connection, too_large, invalid: a 2xx answer that is not one,"
+            " error: the server's own failure).",
+            ("kind", "outcome"),
+        )
+        self._push_duration = tally.histogram(
+            "aiki_push_duration_seconds",
+            "From a push's request to its answer (or failure), by endpoint kind and outcome.",
+            ("kind", "outcome"),
+            _SHORT,
+        )
         self._http_requests = tally.counter(
             "aiki_http_requests",
             "HTTP requests answered, by route template and status.",
@@ -149,6 +163,15 @@ class Metrics:
     def timer_pass_failed(self) -> None:
         """A timer pass failed whole."""
         self._timer_failed_passes.inc(())
+
+    def pushed(self, kind: str, outcome: str, seconds: float | None = None) -> None:
+        """A push to an endpoint of `kind` ended with `outcome` after `seconds`.
+
+        `seconds` is `None` for a push that failed in the server before its request.
+        """
+        self._pushes.inc((kind, outcome))
+        if seconds is not None:
+            self._push_duration.observe((kind, outcome), seconds)
 
     def transaction(self, seconds: float) -> None:
         """A write transaction attempt ended (committed or not) after `seconds`."""

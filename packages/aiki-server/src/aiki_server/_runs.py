@@ -17,7 +17,8 @@ from aiki_core.wire import (
     StartRunResponse,
     to_millis,
 )
-from aiki_server._clock import to_ms
+from aiki_server._clock import from_ms, to_ms
+from aiki_server._endpoints import list_endpoints
 from aiki_server._flow import waiting_reason
 from aiki_server._lifecycle import (
     TERMINAL,
@@ -57,6 +58,7 @@ if TYPE_CHECKING:
         StartRunRequest,
     )
     from aiki_server._clock import Clock
+    from aiki_server._endpoints import Endpoint
     from aiki_server._limits import Limits
     from aiki_server._notify import WakeHub
     from aiki_server._storage._database import Database, Row, Tx
@@ -106,6 +108,12 @@ class Runs:
         held_back = await waiting_reason(tx, run)
         if held_back is not None:
             return held_back
+        triple = (run["workflow"], run["version"], run["pool"])
+        endpoints = await list_endpoints(tx, "workflows", run["namespace"])
+        serving = [e for e in endpoints if triple in e.workflows]
+        if serving:  # pushed to one that is not failing, else waits for one to recover
+            failing = [e for e in serving if e.failures]
+            return None if len(failing) < len(serving) else _failing(failing[0])
         live_since = self._clock() - self._limits.claim_idle_ms
         workers = await tx.fetch(
             "SELECT capabilities FROM workers WHERE namespace = $1 AND last_seen_at >= $2",
@@ -344,6 +352,17 @@ async def _request_pause(tx: Tx, run: Row, now: int, reason: str, *, requested: 
         now=now,
     )
     tx.publish(run_topic(run["id"]))
+
+
+def _failing(endpoint: Endpoint) -> str:
+    """Why a run only a failing endpoint serves waits."""
+    since = ""
+    if endpoint.failing_since is not None:
+        since = f" since {from_ms(endpoint.failing_since):%Y-%m-%d %H:%M:%S} UTC"
+    return (
+        f"endpoint {endpoint.url} failing: {endpoint.last_error}{since}; the run stays"
+        " queued until a push to it succeeds"
+    )
 
 
 class _RunFilter:

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 from aiki_core import (
     ConflictError,
     ErrorInfo,
+    IllegalTransitionError,
+    NotFoundError,
     RunLimitError,
     RunStatus,
     StaleRevisionError,
@@ -58,6 +60,9 @@ if TYPE_CHECKING:
     from aiki_server._clock import Clock
     from aiki_server._limits import Limits
     from aiki_server._storage._database import Database, Row, Tx
+
+
+_RELEASED = "released by its worker"
 
 
 class WorkerWrites:
@@ -199,12 +204,31 @@ class WorkerWrites:
             elif isinstance(action, SuspendRun):
                 await suspend(tx, run, action.waits, now)
             elif isinstance(action, ReleaseRun):
-                await requeue(tx, run, now, "released by its worker")
+                await requeue(tx, run, now, _RELEASED)
             elif isinstance(action, ContinueRun):
                 await _continue(tx, run, action, now)
             return await read_summary(tx, run_id)
 
         return await self._db.write(move)
+
+    async def release(
+        self, namespace: str, run_id: str, revision: int, reason: str = _RELEASED
+    ) -> bool:
+        """Give a claimed run back to the queue, fenced by its claim's `revision`.
+
+        The `ReleaseRun` transition without a request: whether the claim still held
+        the run (a run that moved on, ended, or was claimed again, is left alone).
+        """
+
+        async def move(tx: Tx) -> None:
+            run = await claimed_run(tx, run_id, namespace, revision)
+            await requeue(tx, run, self._clock(), reason)
+
+        try:
+            await self._db.write(move)
+        except (NotFoundError, StaleRevisionError, IllegalTransitionError):
+            return False
+        return True
 
     async def _fail_over_limit(
         self, namespace: str, run_id: str, revision: int, exc: RunLimitError

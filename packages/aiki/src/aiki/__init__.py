@@ -14,7 +14,14 @@ The extras install the rest, imported from their own packages: `aiki[crypto]`
 from __future__ import annotations
 
 from aiki.__about__ import __version__
-from aiki_client import Client, ConcurrencyLimits, RateLimits, Schedules, WorkflowRunHandle
+from aiki_client import (
+    Client,
+    ConcurrencyLimits,
+    Endpoints,
+    RateLimits,
+    Schedules,
+    WorkflowRunHandle,
+)
 from aiki_core import (
     AikiError,
     AikiTimeoutError,
@@ -91,6 +98,7 @@ __all__ = (
     "ConflictError",
     "ConsoleLogger",
     "DecryptionError",
+    "Endpoints",
     "ErrorInfo",
     "Event",
     "EventResult",
