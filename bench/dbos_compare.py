@@ -32,7 +32,6 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import timedelta
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,8 +45,8 @@ from _common import (
     Latencies,
     add_database_options,
     aiki_counts,
-    check_counts,
     all_at_once,
+    check_counts,
     cpu_snapshot,
     exit_with_status,
     fresh_schema,

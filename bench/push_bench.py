@@ -92,9 +92,7 @@ def _options(argv: list[str]) -> Options:
         help="the worker's max_concurrent_runs and the endpoint's max_in_flight (32)",
     )
     parser.add_argument("--starters", type=int, default=8, help="starts in flight (8)")
-    parser.add_argument(
-        "--quick", action="store_true", help="200 throughput runs, 30 latency runs"
-    )
+    parser.add_argument("--quick", action="store_true", help="200 throughput runs, 30 latency runs")
     args = parser.parse_args(argv)
     databases = ["sqlite", "postgresql"] if args.db == "both" else [args.db]
     runs, latency_runs = (200, 30) if args.quick else (args.runs, args.latency_runs)
@@ -168,7 +166,9 @@ async def _workloads(client: Client, opts: Options, pids: tuple[int, int]) -> Fi
     before = cpu_snapshot(pids)
     _, seconds = await all_at_once(client, throughput, 1, opts.runs, opts.starters)
     after = cpu_snapshot(pids)
-    server, executor, bench = ((b - a) / opts.runs * 1e3 for a, b in zip(before, after, strict=True))
+    server, executor, bench = (
+        (b - a) / opts.runs * 1e3 for a, b in zip(before, after, strict=True)
+    )
     figures.runs_per_second = opts.runs / seconds
     figures.cpu_ms = (server, executor, bench)
     return figures
@@ -245,7 +245,8 @@ def _report(kind: str, opts: Options, figures: dict[str, Figures | None]) -> Non
         f"\n{kind}: {opts.runs} one-task runs at once ({opts.starters} starts in flight),"
         f" {opts.latency_runs} sequential; concurrency {opts.concurrency}"
     )
-    print(f"  {'':<8}{'runs/s':>10}{'p50 ms':>10}{'p99 ms':>10}   CPU ms/run server, executor, bench")
+    heading = f"{'':<8}{'runs/s':>10}{'p50 ms':>10}{'p99 ms':>10}"
+    print(f"  {heading}   CPU ms/run server, executor, bench")
     for delivery, got in figures.items():
         if got is None:
             print(f"  {delivery:<8}{'FAILED':>10}")
