@@ -186,11 +186,14 @@ class Dispatcher:
         if not secrets:
             await self._failed(endpoint.id, "no unexpired secret to sign with", None)
             return
-        claimed = await self._claims.claim_now(
-            endpoint.namespace, endpoint_worker_id(endpoint.id), endpoint.workflows, room
-        )
-        if not claimed and trial is not None:
-            await give_back_trial(self._db, endpoint.id, trial, now)
+        claimed: list[ClaimedRun] = []
+        try:
+            claimed = await self._claims.claim_now(
+                endpoint.namespace, endpoint_worker_id(endpoint.id), endpoint.workflows, room
+            )
+        finally:
+            if not claimed and trial is not None:  # nothing to try it with
+                await give_back_trial(self._db, endpoint.id, trial, now)
         for run in claimed:
             self._in_flight[endpoint.id] += 1
             pushes.start_soon(self._push, endpoint, run, client)
