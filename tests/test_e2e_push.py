@@ -4,7 +4,7 @@ The endpoint is `tests/push_app.py` under uvicorn: `aiki_worker.asgi_app` servin
 the `push-steps` workflow, behind `push_app.Front`, which counts every push in a file
 and can answer 503 to the first ones. Task bodies count each execution in a file of
 their own, so a test sees what ran across pushes and kills. Endpoints are registered
-through the endpoints API, as an operator would.
+through the endpoints API, as an operator would, and their health read there.
 """
 
 from __future__ import annotations
@@ -29,11 +29,9 @@ from e2e_support import QUIET, Counters, database
 from push_app import Steps, steps_v1
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
     from pathlib import Path
-    from typing import Any
 
-    from aiki_core.wire import RunDetail
+    from aiki_core.wire import EndpointInfo, RunDetail
     from aiki_server._push_client import PushResult
     from aiki_server.testing import LoggedProcess
     from live_processes import LiveProcesses
@@ -82,15 +80,9 @@ class Endpoint:
         """How many pushes reached the process (refused ones included)."""
         return len(self.pushes.read_text().splitlines())
 
-    async def row(self, db_url: str) -> Mapping[str, Any]:
-        """The endpoint's health columns, as the database has them now."""
-        async with database(db_url) as db, db.reader() as tx:
-            row = await tx.fetchrow(
-                "SELECT failures, failing_since, last_error, retry_at FROM endpoints WHERE id = $1",
-                self.id,
-            )
-        assert row is not None
-        return dict(row)
+    async def info(self, client: Client) -> EndpointInfo:
+        """The endpoint as the API shows it, with the health of its pushes."""
+        return await client.endpoints.get(self.id)
 
 
 def moves(detail: RunDetail, status: RunStatus) -> list[str]:
@@ -183,17 +175,17 @@ async def test_an_endpoint_that_answers_503_five_times_then_200_completes_the_ru
         handle = await steps_v1.start(client, Steps(key="f"))
         assert await handle.result(timeout=RESULT_TIMEOUT) == 0 + 1 + 4
         detail = await handle.detail()
+        # the success closes the circuit (once the server has its answer)
+        with anyio.fail_after(10):
+            while (info := await endpoint.info(client)).failures:  # noqa: ASYNC110 - polls
+                await anyio.sleep(0.05)
+        health = (info.status, info.failing_since, info.last_error, info.retry_at)
+        assert health == ("healthy", None, None, None)
     assert endpoint.pushed() == 6
     assert endpoint.counters.counts() == {"f-0": 1, "f-1": 1, "f-2": 1}
     released = moves(detail, RunStatus.QUEUED)[1:]  # after its start
     assert len(released) == 5
     assert all(reason.endswith("failed: HTTP 503") for reason in released), released
-    # the success closes the circuit (once the server has its answer): the row is healthy
-    with anyio.fail_after(10):
-        while (await endpoint.row(db_url))["failures"]:  # noqa: ASYNC110 - a row
-            await anyio.sleep(0.05)
-    row = await endpoint.row(db_url)
-    assert (row["failing_since"], row["last_error"], row["retry_at"]) == (None, None, None)
     assert await pushes_counted(server.base_url, "refused") == 5
 
 
@@ -207,21 +199,22 @@ async def test_an_endpoint_that_always_fails_opens_its_circuit_and_the_run_says_
         await endpoint.start("--fail-first", "1000000")
         handle = await steps_v1.start(client, Steps(key="n"))
         with anyio.fail_after(60):  # the back-off before the circuit opens: 1 s, 2 s, 4 s, 8 s
-            while (await endpoint.row(db_url))["failures"] < 5:  # noqa: ASYNC110 - a row
+            while (await endpoint.info(client)).failures < 5:  # noqa: ASYNC110 - polls
                 await anyio.sleep(0.05)
         # the open circuit holds every push back for its cool-off
         await anyio.sleep(10)
         assert endpoint.pushed() == 5
-        row = await endpoint.row(db_url)
-        assert (row["failures"], row["last_error"]) == (5, "HTTP 503")
+        info = await endpoint.info(client)
+        assert (info.status, info.failures, info.last_error) == ("open", 5, "HTTP 503")
         # failed pushes are not claim failures: the run is still queued, and says why
         detail = await handle.detail()
         assert detail.status is RunStatus.QUEUED
         assert detail.pending_reason is not None
-        assert detail.pending_reason.startswith(f"endpoint {endpoint.url} failing: HTTP 503 since ")
+        failing = f"endpoint {endpoint.url} failing: HTTP 503 since "
+        assert detail.pending_reason.startswith(failing)
         async with httpx.AsyncClient() as http:
             page = await http.get(f"{server.base_url}/runs/{handle.id}")
-        assert f"endpoint {endpoint.url} failing: HTTP 503 since " in page.text
+        assert failing in page.text
     assert endpoint.counters.counts() == {}
 
 

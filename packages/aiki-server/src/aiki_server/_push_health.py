@@ -22,13 +22,15 @@ import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from aiki_server._endpoints import CIRCUIT_OPENS_AFTER
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from aiki_server._storage._database import Database, Tx
 
-OPEN_AFTER = 5
-"""Failed pushes in a row that open an endpoint's circuit."""
+OPEN_AFTER = CIRCUIT_OPENS_AFTER
+"""Failed pushes in a row that open an endpoint's circuit (its detail says `open`)."""
 BACKOFF_BASE_MS = 1_000
 BACKOFF_CAP_MS = 60_000
 COOL_OFF_MS = 30_000
