@@ -1,19 +1,22 @@
 """A minimal workflow endpoint for the push dispatcher's tests, served by uvicorn.
 
     python push_endpoint_app.py --port 8123 --server http://127.0.0.1:9850 \\
-        --secret aiki_push_... --ledger ledger.txt [--fail-first N] [--hang-first]
+        --secret aiki_push_... --ledger ledger.txt [--fail-first N] [--first hang|keep|garble]
 
 It checks each push's signature (`PushVerifier`: 401 and nothing else on a bad one),
 then "executes" the pushed run the way a worker does, through `aiki_client`: it
 records one task (`echo`) and completes the run with the input as its result, both
 fenced by the claim's revision, and answers `PushedRunAnswer`. `--fail-first N`
-answers 503 (with `Retry-After: 0`) to the first N pushes; `--hang-first` never
-answers the first push (a test SIGKILLs the process meanwhile). Other routes answer
+answers 503 (with `Retry-After: 0`) to the first N pushes. `--first` mishandles the
+first push: `hang` never answers it (a test SIGKILLs the process meanwhile), `keep`
+answers without letting the run go, `garble` answers 200 with a body that is no
+`PushedRunAnswer`. Other routes answer
 badly whatever is pushed (`/answer/<status>`, `/big`, `/slow`), for the push client.
 
 Every push and what came of it is appended to the ledger, one line each:
 `push <run id>`, `completed <run id>`, `lost <run id>` (the server refused the
-completion: the run had moved on), `refused <run id>` (answered 503), `hanging <run id>`.
+completion: the run had moved on), `refused <run id>` (answered 503), and
+`hang`, `keep` or `garble <run id>` for the first push's fault.
 The real endpoint app is `aiki_worker.asgi_app`; this stands in for it until the
 dispatcher's tests move to it.
 """
@@ -50,7 +53,7 @@ if TYPE_CHECKING:
 
 
 def endpoint_app(
-    server_url: str, secret: str, ledger: Path, *, fail_first: int = 0, hang_first: bool = False
+    server_url: str, secret: str, ledger: Path, *, fail_first: int = 0, first: str | None = None
 ) -> Starlette:
     """The endpoint as an ASGI app (its client to the server opens in its lifespan)."""
     verifier = PushVerifier([secret])
@@ -75,9 +78,14 @@ def endpoint_app(
         if pushes <= fail_first:
             note("refused", run.id)
             return JSONResponse({"error": "not now"}, status_code=503, headers={"retry-after": "0"})
-        if hang_first and pushes == 1:
-            note("hanging", run.id)
-            await anyio.sleep_forever()
+        if first is not None and pushes == 1:
+            note(first, run.id)
+            if first == "hang":
+                await anyio.sleep_forever()
+            if first == "keep":
+                kept = PushedRunAnswer(run_id=run.id, outcome="released")
+                return Response(kept.model_dump_json(), media_type="application/json")
+            return Response(b"ok", media_type="text/plain")  # garbled
         client = clients[0]
         record = RecordTaskRequest(
             revision=run.revision,
@@ -149,14 +157,14 @@ def main() -> None:
     parser.add_argument("--secret", required=True)
     parser.add_argument("--ledger", type=Path, required=True)
     parser.add_argument("--fail-first", type=int, default=0)
-    parser.add_argument("--hang-first", action="store_true")
+    parser.add_argument("--first", choices=("hang", "keep", "garble"))
     args = parser.parse_args()
     app = endpoint_app(
         args.server,
         args.secret,
         args.ledger,
         fail_first=args.fail_first,
-        hang_first=args.hang_first,
+        first=args.first,
     )
     # asyncio's loop, not uvloop: aiki_client's socket transport asserts an
     # `asyncio.Transport`, which uvloop's transports are not

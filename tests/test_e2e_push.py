@@ -252,9 +252,9 @@ async def test_a_run_pushed_to_an_endpoint_killed_mid_push_is_pushed_again(
     endpoint = Endpoint(processes, server.base_url, tmp_path)
     async with Client(server.base_url, logger=QUIET) as client:
         await endpoint.register(client)
-        await endpoint.start("--hang-first")
+        await endpoint.start("--first", "hang")
         (handle,) = await start_runs(client, 1)
-        await endpoint.wait_for("hanging", 1)
+        await endpoint.wait_for("hang", 1)
         assert (await handle.detail()).status is RunStatus.RUNNING
         assert endpoint.process is not None
         endpoint.process.kill()
@@ -263,10 +263,34 @@ async def test_a_run_pushed_to_an_endpoint_killed_mid_push_is_pushed_again(
         assert await handle.result(timeout=RESULT_TIMEOUT) == {"echo": {"n": 0}}
         detail = await handle.detail()
     await endpoint.wait_for("completed", 1)
-    assert endpoint.lines("hanging") == [handle.id]
+    assert endpoint.lines("hang") == [handle.id]
     assert endpoint.lines("completed") == [handle.id]
     reasons = moves(detail, RunStatus.QUEUED)[1:]
     assert reasons and all(r.startswith(f"push to endpoint {endpoint.id} failed") for r in reasons)
+
+
+@pytest.mark.parametrize(
+    ("fault", "reason"),
+    [
+        ("keep", "endpoint {id} answered its push but still held the run"),
+        ("garble", "push to endpoint {id} failed: HTTP 2xx without a pushed run answer"),
+    ],
+)
+async def test_a_run_an_endpoint_answered_for_but_did_not_let_go_is_pushed_again(
+    db_url: str, processes: LiveProcesses, tmp_path: Path, fault: str, reason: str
+) -> None:
+    server = await processes.start_server(db_url)
+    endpoint = Endpoint(processes, server.base_url, tmp_path)
+    async with Client(server.base_url, logger=QUIET) as client:
+        await endpoint.register(client)
+        await endpoint.start("--first", fault)
+        (handle,) = await start_runs(client, 1)
+        assert await handle.result(timeout=RESULT_TIMEOUT) == {"echo": {"n": 0}}
+        detail = await handle.detail()
+    assert endpoint.lines(fault) == [handle.id]
+    assert moves(detail, RunStatus.QUEUED)[1:] == [reason.format(id=endpoint.id)]
+    outcome = "ok" if fault == "keep" else "invalid"
+    assert await pushes_counted(server.base_url, outcome) >= 1
 
 
 async def test_two_replicas_push_each_run_to_one_endpoint_and_complete_it_once(
@@ -302,9 +326,9 @@ async def test_a_push_in_flight_at_shutdown_gives_its_run_back(
     endpoint = Endpoint(processes, server.base_url, tmp_path)
     async with Client(server.base_url, logger=QUIET) as client:
         await endpoint.register(client)
-        await endpoint.start("--hang-first")
+        await endpoint.start("--first", "hang")
         (handle,) = await start_runs(client, 1)
-        await endpoint.wait_for("hanging", 1)
+        await endpoint.wait_for("hang", 1)
     await server.stop()  # SIGTERM: a graceful shutdown
     async with database(db_url) as db, db.reader() as tx:
         run = await tx.fetchrow("SELECT status, claimed_by FROM runs WHERE id = $1", handle.id)
