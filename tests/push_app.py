@@ -1,7 +1,7 @@
 """A workflow endpoint of the push tests: `aiki_worker.asgi_app` under uvicorn.
 
     python tests/push_app.py --url http://127.0.0.1:PORT --secret aiki_push_... \\
-        --counters DIR --port N [--pushes FILE] [--fail-first N]
+        --counters DIR --port N [--pushes FILE] [--fail-first N] [--then keep|garble]
 
 Its workflow runs `size` steps in a row. Every execution of a step's body appends a
 line to its counter file in DIR (`<key>-<index>.count`), so the tests count how often
@@ -11,9 +11,11 @@ next.
 
 In front of the app sits `Front`, a small ASGI app of its own: it counts every push
 (a POST to `/`) with a line in the `--pushes` file, answers 503 to the first
-`--fail-first` of them instead of passing them on, and answers badly whatever is
-posted to its own routes (`/answer/<status>`, `/big`, `/slow`), for the server's
-push client.
+`--fail-first` of them instead of passing them on, then mishandles the next one if
+asked (`--then keep`: answers `released` without running it, so the run stays held;
+`--then garble`: answers 200 with a body that is no `PushedRunAnswer`), and answers
+badly whatever is posted to its own routes (`/answer/<status>`, `/big`, `/slow`),
+for the server's push client.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from pydantic import BaseModel
 
 from aiki_client import Client
 from aiki_core import ConsoleLogger, LogLevel
+from aiki_core.wire import PushedRun, PushedRunAnswer
 from aiki_server.testing import free_port
 from aiki_task import task
 from aiki_worker import PushedRunApp, asgi_app
@@ -155,11 +158,16 @@ async def start(
 
 
 class Front:
-    """Counts the pushes to `app`, refuses the first `fail_first`, serves the bad routes."""
+    """Counts the pushes to `app`, refuses or mishandles the first ones, serves the bad routes.
 
-    def __init__(self, app: ASGIApp, fail_first: int) -> None:
+    The first `fail_first` pushes are answered 503; the next one is answered as `then`
+    says (`keep` or `garble`), if given; the others go to `app`.
+    """
+
+    def __init__(self, app: ASGIApp, fail_first: int, then: str | None = None) -> None:
         self.app = app
         self.fail_first = fail_first
+        self.then = then
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
@@ -168,8 +176,19 @@ class Front:
         path: str = scope["path"]
         if path != "/":
             await _misbehave(path, scope["query_string"].decode(), send)
-        elif SETTINGS.pushes is not None and _append(SETTINGS.pushes) <= self.fail_first:
+            return
+        if SETTINGS.pushes is None:  # nothing counted: nothing refused
+            await self.app(scope, receive, send)
+            return
+        pushes = _append(SETTINGS.pushes)
+        if pushes <= self.fail_first:
             await _answer(send, 503, b"{}", [(b"retry-after", b"0")])
+        elif pushes == self.fail_first + 1 and self.then == "keep":
+            run = PushedRun.model_validate_json(await _body(receive)).claim.run
+            kept = PushedRunAnswer(run_id=run.id, outcome="released")
+            await _answer(send, 200, kept.model_dump_json().encode(), [])
+        elif pushes == self.fail_first + 1 and self.then == "garble":
+            await _answer(send, 200, b"ok", [])
         else:
             await self.app(scope, receive, send)
 
@@ -190,6 +209,17 @@ async def _misbehave(path: str, query: str, send: Send) -> None:
         await _answer(send, 404, b"{}", [])
 
 
+async def _body(receive: Receive) -> bytes:
+    """The request's body, read whole."""
+    body = b""
+    while True:
+        message = await receive()
+        chunk: bytes = message.get("body", b"")
+        body += chunk
+        if not message.get("more_body", False):
+            return body
+
+
 async def _answer(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
     content = [(b"content-type", b"application/json"), *headers]
     await send({"type": "http.response.start", "status": status, "headers": content})
@@ -205,12 +235,13 @@ def main() -> None:
     parser.add_argument("--port", required=True, type=int)
     parser.add_argument("--pushes", type=Path, help="a line per push goes here")
     parser.add_argument("--fail-first", type=int, default=0, help="answer 503 to N pushes")
+    parser.add_argument("--then", choices=("keep", "garble"), help="mishandle the next push")
     args = parser.parse_args()
-    if args.fail_first and args.pushes is None:
-        parser.error("--fail-first counts pushes in the --pushes file")
+    if (args.fail_first or args.then) and args.pushes is None:
+        parser.error("--fail-first and --then count pushes in the --pushes file")
     SETTINGS.counters = args.counters
     SETTINGS.pushes = args.pushes
-    front = Front(app(args.url, args.secret), args.fail_first)
+    front = Front(app(args.url, args.secret), args.fail_first, args.then)
     uvicorn.run(front, host="127.0.0.1", port=args.port, log_level="warning")
 
 

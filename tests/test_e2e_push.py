@@ -218,6 +218,34 @@ async def test_an_endpoint_that_always_fails_opens_its_circuit_and_the_run_says_
     assert endpoint.counters.counts() == {}
 
 
+@pytest.mark.parametrize(
+    ("fault", "reason", "outcome"),
+    [
+        ("keep", "endpoint {id} answered its push but still held the run", "ok"),
+        (
+            "garble",
+            "push to endpoint {id} failed: HTTP 2xx without a pushed run answer",
+            "invalid",
+        ),
+    ],
+)
+async def test_a_run_an_endpoint_answered_for_but_did_not_let_go_is_pushed_again(
+    db_url: str, processes: LiveProcesses, tmp_path: Path, fault: str, reason: str, outcome: str
+) -> None:
+    server = await processes.start_server(db_url)
+    endpoint = Endpoint(processes, server.base_url, tmp_path)
+    async with Client(server.base_url, logger=QUIET) as client:
+        await endpoint.register(client)
+        await endpoint.start("--then", fault)  # the first push is answered without running it
+        handle = await steps_v1.start(client, Steps(key="h"))
+        assert await handle.result(timeout=RESULT_TIMEOUT) == 0 + 1 + 4
+        detail = await handle.detail()
+    assert endpoint.pushed() == 2
+    assert endpoint.counters.counts() == {"h-0": 1, "h-1": 1, "h-2": 1}
+    assert moves(detail, RunStatus.QUEUED)[1:] == [reason.format(id=endpoint.id)]
+    assert await pushes_counted(server.base_url, outcome) >= 1
+
+
 async def test_two_replicas_push_each_run_to_one_endpoint_and_complete_it_once(
     db_url: str, processes: LiveProcesses, tmp_path: Path
 ) -> None:
