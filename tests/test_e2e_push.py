@@ -2,9 +2,10 @@
 
 The endpoint is `tests/push_app.py` under uvicorn: `aiki_worker.asgi_app` serving
 the `push-steps` workflow, behind `push_app.Front`, which counts every push in a file
-and can answer 503 to the first ones. Task bodies count each execution in a file of
-their own, so a test sees what ran across pushes and kills. Endpoints are registered
-through the endpoints API, as an operator would, and their health read there.
+and can refuse (503) or mishandle the first ones. Task bodies count each execution in
+a file of their own, so a test sees what ran across pushes and kills. Endpoints are
+registered through the endpoints API, as an operator would, and their health read
+there.
 """
 
 from __future__ import annotations
