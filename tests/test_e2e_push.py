@@ -229,9 +229,9 @@ async def test_an_endpoint_that_always_fails_opens_its_circuit_and_the_run_says_
         with anyio.fail_after(10):
             while (await endpoint.info(client)).failures < 5:  # noqa: ASYNC110 - polls
                 await anyio.sleep(0.05)
-        detail = await handle.detail()
         # the open circuit holds every push back for its cool-off
         await anyio.sleep(3)
+        detail = await handle.detail()
         assert len(endpoint.lines("push")) == 5
         info = await endpoint.info(client)
         assert (info.status, info.failures, info.last_error) == ("open", 5, "HTTP 503")
