@@ -14,7 +14,7 @@ import anyio
 
 from aiki_server._push_health import COOL_OFF_MS
 from aiki_server.testing import free_port
-from server_api import get_run, start
+from server_api import get_run, start, wait_status
 
 if TYPE_CHECKING:
     import httpx
@@ -77,9 +77,10 @@ async def test_failed_pushes_back_off_open_the_circuit_and_send_one_trial(
         h.advance(1)  # it has: one trial, which fails and doubles the cool-off
         trial = await endpoint_after(h, endpoint["id"], 6)
         assert trial["status"] == "open"
+        # six failed pushes gave the run back six times (each once its failure was
+        # counted); none counted against it
+        await wait_status(h.client, run["id"], "queued")
         detail = await get_run(h.client, run["id"])
-        # six failed pushes gave the run back six times; none counted against it
-        assert detail["status"] == "queued"
         assert (
             pushes_of(detail)
             == [f"push to endpoint {endpoint['id']} failed: connection refused"] * 6
