@@ -11,9 +11,11 @@ import os
 import re
 import sqlite3
 import sys
+import time
 import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import TYPE_CHECKING, NoReturn
 
 import anyio
@@ -26,9 +28,13 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Sequence
     from pathlib import Path
 
+    from aiki_client import Client
+    from aiki_core.sdk import WorkflowRunHandle
     from aiki_server.testing import LoggedProcess, ServerProcess
+    from aiki_workflow import WorkflowVersion
 
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
+RESULT_TIMEOUT = timedelta(seconds=120)
 
 
 class BenchError(Exception):
@@ -90,6 +96,11 @@ def read_log(log: Path, tail: int | None = None) -> str:
     return text if tail is None else text[-tail:]
 
 
+def cpu_snapshot(pids: Sequence[int]) -> list[float]:
+    """CPU seconds so far of each process in `pids`, then of this one."""
+    return [*(cpu_seconds(pid) for pid in pids), time.process_time()]
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a process so far (Linux `/proc`; NaN elsewhere)."""
     try:
@@ -120,6 +131,50 @@ class Latencies:
         if not self.samples:
             return "-"
         return f"{self.percentile(0.5) * 1e3:.1f} / {self.percentile(0.99) * 1e3:.1f} ms"
+
+
+# -- runs through the client -------------------------------------------------------------
+
+
+async def sequential(
+    client: Client, version: WorkflowVersion[int, int], steps: int, runs: int
+) -> Latencies:
+    """Start → result of `runs` runs of `steps` tasks (`_aiki_workload`'s), one after another."""
+    latency = Latencies()
+    expected = steps * (steps - 1) // 2
+    for _ in range(runs):
+        began = time.perf_counter()
+        handle = await version.start(client, steps)
+        result = await handle.result(timeout=RESULT_TIMEOUT)
+        latency.samples.append(time.perf_counter() - began)
+        if result != expected:
+            raise BenchError(f"{version!r} returned {result}, expected {expected}")
+    return latency
+
+
+async def all_at_once(
+    client: Client, version: WorkflowVersion[int, int], steps: int, runs: int, starters: int
+) -> tuple[float, float]:
+    """Start `runs` runs with `starters` senders, then wait for each result.
+
+    Seconds from the first start to the last one sent, and to the last result.
+    """
+    handles: list[WorkflowRunHandle[int] | None] = [None] * runs
+    counter = iter(range(runs))
+
+    async def sender() -> None:
+        for i in counter:
+            handles[i] = await version.start(client, steps)
+
+    began = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        for _ in range(starters):
+            tg.start_soon(sender)
+    started = time.perf_counter() - began
+    for handle in handles:
+        assert handle is not None
+        await handle.result(timeout=RESULT_TIMEOUT)
+    return started, time.perf_counter() - began
 
 
 # -- PostgreSQL --------------------------------------------------------------------------
@@ -159,6 +214,10 @@ _COUNTS = {
         "SELECT count(*) FROM tasks t JOIN runs r ON r.id = t.run_id"
         " WHERE r.workflow = $1 AND t.status = 'completed'"
     ),
+    "run claims": (
+        "SELECT count(*) FROM state_transitions s JOIN runs r ON r.id = s.run_id"
+        " WHERE r.workflow = $1 AND s.entity = 'run' AND s.to_status = 'running'"
+    ),
     "history rows": (
         "SELECT count(*) FROM state_transitions s JOIN runs r ON r.id = s.run_id"
         " WHERE r.workflow = $1"
@@ -167,7 +226,10 @@ _COUNTS = {
 
 
 async def aiki_counts(db_url: str, workflow: str) -> dict[str, int]:
-    """Runs, completed runs, completed tasks and history rows of `workflow` in Aiki's tables."""
+    """Runs, completed runs, completed tasks, claims and history rows of `workflow`.
+
+    A run's claims are its moves to `running`: one per delivery to a worker or endpoint.
+    """
     if db_url.startswith("sqlite:///"):
         conn = sqlite3.connect(db_url.removeprefix("sqlite:///"))
         try:

@@ -32,7 +32,6 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import timedelta
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,14 +45,16 @@ from _common import (
     Latencies,
     add_database_options,
     aiki_counts,
+    all_at_once,
     check_counts,
-    cpu_seconds,
+    cpu_snapshot,
     exit_with_status,
     fresh_schema,
     leaves,
     logged_process,
     pg_unreachable,
     read_log,
+    sequential,
     server_process,
 )
 
@@ -63,8 +64,6 @@ from aiki_core import AikiError, ConsoleLogger, LogLevel
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
 
-    from aiki_core.sdk import WorkflowRunHandle
-    from aiki_workflow import WorkflowVersion
 
 HERE = Path(__file__).resolve().parent
 DBOS_WORKLOAD = HERE / "_dbos_workload.py"
@@ -72,7 +71,6 @@ AIKI_WORKLOAD = HERE / "_aiki_workload.py"
 DBOS_REQUIREMENT = "dbos==3.4.*"
 DBOS_SERIES = "3.4."
 PHASE_TIMEOUT = 300.0
-RESULT_TIMEOUT = timedelta(seconds=120)
 LATENCY_STEPS = (1, 10)
 TARGETS = {"10-task p50": 1.0, "throughput": 1.5}
 
@@ -364,60 +362,22 @@ class _AikiRun:
         )
 
 
-async def _sequential(
-    client: Client, version: WorkflowVersion[int, int], steps: int, runs: int
-) -> Latencies:
-    latency = Latencies()
-    expected = steps * (steps - 1) // 2
-    for _ in range(runs):
-        began = time.perf_counter()
-        handle = await version.start(client, steps)
-        result = await handle.result(timeout=RESULT_TIMEOUT)
-        latency.samples.append(time.perf_counter() - began)
-        if result != expected:
-            raise BenchError(f"{version!r} returned {result}, expected {expected}")
-    return latency
-
-
-async def _run_throughput(client: Client, opts: Options) -> tuple[float, float]:
-    """Start every run with `opts.starters` senders, then wait for each result; seconds."""
-    handles: list[WorkflowRunHandle[int] | None] = [None] * opts.throughput_runs
-    counter = iter(range(opts.throughput_runs))
-
-    async def sender() -> None:
-        for i in counter:
-            handles[i] = await throughput.start(client, opts.throughput_steps)
-
-    began = time.perf_counter()
-    async with anyio.create_task_group() as tg:
-        for _ in range(opts.starters):
-            tg.start_soon(sender)
-    started = time.perf_counter() - began
-    for handle in handles:
-        assert handle is not None
-        await handle.result(timeout=RESULT_TIMEOUT)
-    return started, time.perf_counter() - began
-
-
-def _cpu_snapshot(pids: tuple[int, ...]) -> list[float]:
-    """CPU seconds so far of each process in `pids`, then of this one."""
-    return [*(cpu_seconds(pid) for pid in pids), time.process_time()]
-
-
 async def _aiki_workloads(
     client: Client, opts: Options, pids: tuple[int, int], state: _AikiRun
 ) -> Figures:
     figures = Figures()
     state.phase = "warm-up"
-    await _sequential(client, warmup, 1, opts.warmup)
+    await sequential(client, warmup, 1, opts.warmup)
     for steps, version in zip(LATENCY_STEPS, (latency_1, latency_10), strict=True):
         state.phase = f"{steps}-task latency"
-        figures.latency[steps] = await _sequential(client, version, steps, opts.latency_runs)
+        figures.latency[steps] = await sequential(client, version, steps, opts.latency_runs)
     state.phase = "throughput"
     runs = opts.throughput_runs
-    before = _cpu_snapshot(pids)
-    figures.start_seconds, seconds = await _run_throughput(client, opts)
-    after = _cpu_snapshot(pids)
+    before = cpu_snapshot(pids)
+    figures.start_seconds, seconds = await all_at_once(
+        client, throughput, opts.throughput_steps, runs, opts.starters
+    )
+    after = cpu_snapshot(pids)
     server, worker, bench = ((b - a) / runs * 1e3 for a, b in zip(before, after, strict=True))
     figures.throughput = runs / seconds
     figures.cpu_ms_per_run = server + worker + bench

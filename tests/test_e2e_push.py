@@ -1,16 +1,18 @@
 """Push delivery end to end: server processes push runs to a real endpoint process.
 
-The endpoint is `tests/push_endpoint_app.py` under uvicorn: it checks each push's
-signature, records a task and completes the run through `aiki_client`, and notes
-every push in a ledger. Endpoints are registered through the API.
+The endpoint is `tests/push_app.py` under uvicorn: `aiki_worker.asgi_app` serving
+the `push-steps` workflow, behind `push_app.Front`, which counts every push in a file
+and can refuse (503) or mishandle the first ones. Task bodies count each execution in
+a file of their own, so a test sees what ran across pushes and kills. Endpoints are
+registered through the endpoints API, as an operator would, and their health read
+there.
 """
 
 from __future__ import annotations
 
-import sys
+import signal
 from collections import Counter
 from datetime import timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anyio
@@ -18,132 +20,70 @@ import httpx
 import pytest
 from ulid import ULID
 
+import push_app
 from aiki_client import Client
 from aiki_core import RunStatus
 from aiki_core.push import PushSecret
-from aiki_core.wire import StartRunRequest
 from aiki_server._push_client import PushClient
 from aiki_server.testing import free_port
-from e2e_support import QUIET, database
+from e2e_support import QUIET, Counters, database
+from push_app import Steps, steps_v1
 
 if TYPE_CHECKING:
-    from pydantic import JsonValue
+    from pathlib import Path
 
-    from aiki_client import WorkflowRunHandle
     from aiki_core.wire import EndpointInfo, RunDetail
     from aiki_server._push_client import PushResult
     from aiki_server.testing import LoggedProcess
     from live_processes import LiveProcesses
 
-PUSH_APP = Path(__file__).with_name("push_endpoint_app.py")
-WORKFLOW = "push-echo"
+pytestmark = pytest.mark.slow
+
 RESULT_TIMEOUT = timedelta(seconds=90)
 
 
 class Endpoint:
-    """An endpoint process of `push_endpoint_app.py`, its row, and its ledger."""
+    """A `push_app.py` process registered as a workflow endpoint, and its files."""
 
     def __init__(self, processes: LiveProcesses, server_url: str, tmp_path: Path) -> None:
         self.processes = processes
         self.server_url = server_url
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/push"
-        self.secret = str(PushSecret.generate())
-        self.ledger = tmp_path / "ledger.txt"
-        self.ledger.touch()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.counters = Counters(tmp_path / "counters")
+        self.pushes = tmp_path / "pushes.count"
+        self.pushes.touch()
         self.id = ""
-        self.process: LoggedProcess | None = None
-
-    async def start(self, *args: str) -> None:
-        """Start the process (extra `args` choose its faults); return once it listens."""
-        self.process = await self.processes.spawn(
-            "endpoint",
-            [
-                sys.executable,
-                str(PUSH_APP),
-                "--port",
-                str(self.port),
-                "--server",
-                self.server_url,
-                "--secret",
-                self.secret,
-                "--ledger",
-                str(self.ledger),
-                *args,
-            ],
-        )
-        with anyio.fail_after(30):
-            while True:
-                try:
-                    async with httpx.AsyncClient() as http:
-                        await http.get(f"http://127.0.0.1:{self.port}/")
-                    return
-                except httpx.TransportError:
-                    await anyio.sleep(0.05)
+        self.secret = str(PushSecret.generate())
 
     async def register(self, client: Client, *, max_in_flight: int = 4) -> None:
-        """Register the endpoint for `push-echo` 1 through the API; it signs with its secret."""
+        """Register the endpoint for `push-steps` through the API; keep its id and secret."""
         created = await client.endpoints.create(
-            self.url,
-            workflows=[(WORKFLOW, "1")],
-            max_in_flight=max_in_flight,
-            timeout=timedelta(seconds=10),
+            self.url, workflows=[steps_v1], max_in_flight=max_in_flight
         )
         self.id, self.secret = created.endpoint.id, created.secret
+
+    async def start(self, *args: str) -> LoggedProcess:
+        """Start the process (`args`: `--fail-first N`); return it once it answers."""
+        await push_app.start(
+            self.processes,
+            self.server_url,
+            self.secret,
+            self.counters.directory,
+            "--pushes",
+            str(self.pushes),
+            *args,
+            port=self.port,
+        )
+        return self.processes.started[-1]
+
+    def pushed(self) -> int:
+        """How many pushes reached the process (refused ones included)."""
+        return len(self.pushes.read_text().splitlines())
 
     async def info(self, client: Client) -> EndpointInfo:
         """The endpoint as the API shows it, with the health of its pushes."""
         return await client.endpoints.get(self.id)
-
-    def lines(self, what: str) -> list[str]:
-        """The run ids of the ledger's lines of kind `what` (`push`, `completed`, ...)."""
-        out = []
-        for line in self.ledger.read_text().splitlines():
-            kind, run_id, _pid = line.split()
-            if kind == what:
-                out.append(run_id)
-        return out
-
-    async def wait_for(self, what: str, count: int, timeout: float = 60) -> None:
-        """Wait until the ledger holds `count` lines of kind `what`."""
-        with anyio.fail_after(timeout):
-            while len(self.lines(what)) < count:  # noqa: ASYNC110 - a file, no event
-                await anyio.sleep(0.05)
-
-
-async def insert_endpoint(
-    db_url: str,
-    endpoint_id: str,
-    url: str,
-    serves: str,
-    secrets: str,
-    max_in_flight: int = 4,
-    timeout_ms: int = 10_000,
-) -> None:
-    """Register a workflow endpoint of the default namespace with a row of its own."""
-    async with database(db_url) as db:
-        await db.write(
-            lambda tx: tx.execute(
-                "INSERT INTO endpoints (id, namespace, url, kind, serves, max_in_flight,"
-                " timeout_ms, secrets, created_at) VALUES"
-                " ($1, 'default', $2, 'workflows', $3, $4, $5, $6, 0)",
-                endpoint_id,
-                url,
-                serves,
-                max_in_flight,
-                timeout_ms,
-                secrets,
-            )
-        )
-
-
-async def start_runs(client: Client, count: int) -> list[WorkflowRunHandle[JsonValue]]:
-    return [
-        await client.start_run(
-            StartRunRequest(workflow=WORKFLOW, version="1", input={"n": n}), lambda value: value
-        )
-        for n in range(count)
-    ]
 
 
 def moves(detail: RunDetail, status: RunStatus) -> list[str]:
@@ -164,26 +104,65 @@ async def pushes_counted(server_url: str, outcome: str) -> float:
     return 0.0
 
 
-async def test_twenty_runs_are_pushed_and_completed(
+async def insert_unreadable_endpoint(db_url: str, url: str) -> None:
+    """A workflow endpoint row whose `serves` is not JSON (no API writes one)."""
+    async with database(db_url) as db:
+        await db.write(
+            lambda tx: tx.execute(
+                "INSERT INTO endpoints (id, namespace, url, kind, serves, max_in_flight,"
+                " timeout_ms, secrets, created_at)"
+                " VALUES ($1, 'default', $2, 'workflows', 'not json', 4, 10000, '[]', 0)",
+                str(ULID()),
+                url,
+            )
+        )
+
+
+async def test_fifty_runs_are_pushed_and_completed_with_each_task_run_once(
     db_url: str, processes: LiveProcesses, tmp_path: Path
 ) -> None:
     server = await processes.start_server(db_url)
     endpoint = Endpoint(processes, server.base_url, tmp_path)
-    # a row the dispatcher cannot read stops only itself
-    await insert_endpoint(db_url, str(ULID()), endpoint.url, "not json", "[]")
+    async with Client(server.base_url, logger=QUIET) as client:
+        await endpoint.register(client, max_in_flight=8)
+        # a row the dispatcher cannot read stops only itself
+        await insert_unreadable_endpoint(db_url, endpoint.url)
+        await endpoint.start()
+        handles = [await steps_v1.start(client, Steps(key=f"r{i}", size=2)) for i in range(50)]
+        for handle in handles:
+            assert await handle.result(timeout=RESULT_TIMEOUT) == 0 + 1
+        detail = await handles[0].detail()
+    assert moves(detail, RunStatus.RUNNING) == [f"claimed by endpoint:{endpoint.id}"]
+    assert endpoint.counters.counts() == {f"r{i}-{s}": 1 for i in range(50) for s in range(2)}
+    assert endpoint.pushed() == 50
+    assert await pushes_counted(server.base_url, "ok") == 50
+    assert await pushes_counted(server.base_url, "error") > 0  # the unreadable row's
+
+
+async def test_a_run_on_an_endpoint_killed_mid_run_is_pushed_again_without_redoing_tasks(
+    db_url: str, processes: LiveProcesses, tmp_path: Path
+) -> None:
+    # a run whose claim the dead endpoint still holds goes back once idle for 2 s
+    server = await processes.start_server(
+        db_url, "--claim-idle-timeout", "2", "--push-cool-off", "1"
+    )
+    endpoint = Endpoint(processes, server.base_url, tmp_path)
     async with Client(server.base_url, logger=QUIET) as client:
         await endpoint.register(client)
-        await endpoint.start()
-        handles = await start_runs(client, 20)
-        results = [await handle.result(timeout=RESULT_TIMEOUT) for handle in handles]
-        assert results == [{"echo": {"n": n}} for n in range(20)]
-        detail = await handles[0].detail()
-    await endpoint.wait_for("completed", 20)  # noted once the completion is answered
-    assert [task.name for task in detail.tasks] == ["echo"]
-    assert moves(detail, RunStatus.RUNNING) == [f"claimed by endpoint:{endpoint.id}"]
-    assert sorted(endpoint.lines("completed")) == sorted(h.id for h in handles)
-    assert await pushes_counted(server.base_url, "ok") == 20
-    assert await pushes_counted(server.base_url, "error") > 0  # the unreadable row's
+        process = await endpoint.start()
+        handle = await steps_v1.start(client, Steps(key="k", size=4, block_at=2))
+        await endpoint.counters.wait_for_total("k-2", 1, timeout=60)  # step 2 blocks now
+        assert (await handle.detail()).status is RunStatus.RUNNING
+        process.kill()
+        assert await process.wait() == -signal.SIGKILL
+        await endpoint.start()  # the same port; step 2 returns on its next execution
+        assert await handle.result(timeout=RESULT_TIMEOUT) == 0 + 1 + 4 + 9
+        detail = await handle.detail()
+    # the steps on record were replayed; only the one in flight at the kill ran again
+    assert endpoint.counters.counts("k-") == {"k-0": 1, "k-1": 1, "k-2": 2, "k-3": 1}
+    claims = moves(detail, RunStatus.RUNNING)
+    assert len(claims) >= 2
+    assert set(claims) == {f"claimed by endpoint:{endpoint.id}"}
 
 
 async def test_an_endpoint_that_answers_503_five_times_then_200_completes_the_run(
@@ -194,25 +173,20 @@ async def test_an_endpoint_that_answers_503_five_times_then_200_completes_the_ru
     async with Client(server.base_url, logger=QUIET) as client:
         await endpoint.register(client)
         await endpoint.start("--fail-first", "5")
-        (handle,) = await start_runs(client, 1)
-        assert await handle.result(timeout=RESULT_TIMEOUT) == {"echo": {"n": 0}}
+        handle = await steps_v1.start(client, Steps(key="f"))
+        assert await handle.result(timeout=RESULT_TIMEOUT) == 0 + 1 + 4
         detail = await handle.detail()
-        await endpoint.wait_for("completed", 1)
-        assert len(endpoint.lines("refused")) == 5
-        assert endpoint.lines("completed") == [handle.id]
-        released = moves(detail, RunStatus.QUEUED)[1:]  # after its start
-        assert len(released) == 5
-        assert all(reason.endswith("failed: HTTP 503") for reason in released), released
         # the success closes the circuit (once the server has its answer)
         with anyio.fail_after(10):
             while (info := await endpoint.info(client)).failures:  # noqa: ASYNC110 - polls
                 await anyio.sleep(0.05)
-        assert (info.status, info.failing_since, info.last_error, info.retry_at) == (
-            "healthy",
-            None,
-            None,
-            None,
-        )
+        health = (info.status, info.failing_since, info.last_error, info.retry_at)
+        assert health == ("healthy", None, None, None)
+    assert endpoint.pushed() == 6
+    assert endpoint.counters.counts() == {"f-0": 1, "f-1": 1, "f-2": 1}
+    released = moves(detail, RunStatus.QUEUED)[1:]  # after its start
+    assert len(released) == 5
+    assert all(reason.endswith("failed: HTTP 503") for reason in released), released
     assert await pushes_counted(server.base_url, "refused") == 5
 
 
@@ -224,18 +198,17 @@ async def test_an_endpoint_that_always_fails_opens_its_circuit_and_the_run_says_
     async with Client(server.base_url, logger=QUIET) as client:
         await endpoint.register(client)
         await endpoint.start("--fail-first", "1000000")
-        (handle,) = await start_runs(client, 1)
-        await endpoint.wait_for("refused", 5)
-        with anyio.fail_after(10):
+        handle = await steps_v1.start(client, Steps(key="n"))
+        with anyio.fail_after(60):  # the back-off before the circuit opens: 1 s, 2 s, 4 s, 8 s
             while (await endpoint.info(client)).failures < 5:  # noqa: ASYNC110 - polls
                 await anyio.sleep(0.05)
-        detail = await handle.detail()
         # the open circuit holds every push back for its cool-off
-        await anyio.sleep(3)
-        assert len(endpoint.lines("push")) == 5
+        await anyio.sleep(10)
+        assert endpoint.pushed() == 5
         info = await endpoint.info(client)
         assert (info.status, info.failures, info.last_error) == ("open", 5, "HTTP 503")
-        # five failed pushes are not claim failures: the run is still queued, and says why
+        # failed pushes are not claim failures: the run is still queued, and says why
+        detail = await handle.detail()
         assert detail.status is RunStatus.QUEUED
         assert detail.pending_reason is not None
         failing = f"endpoint {endpoint.url} failing: HTTP 503 since "
@@ -243,30 +216,35 @@ async def test_an_endpoint_that_always_fails_opens_its_circuit_and_the_run_says_
         async with httpx.AsyncClient() as http:
             page = await http.get(f"{server.base_url}/runs/{handle.id}")
         assert failing in page.text
+    assert endpoint.counters.counts() == {}
 
 
-async def test_a_run_pushed_to_an_endpoint_killed_mid_push_is_pushed_again(
-    db_url: str, processes: LiveProcesses, tmp_path: Path
+@pytest.mark.parametrize(
+    ("fault", "reason", "outcome"),
+    [
+        ("keep", "endpoint {id} answered its push but still held the run", "ok"),
+        (
+            "garble",
+            "push to endpoint {id} failed: HTTP 2xx without a pushed run answer",
+            "invalid",
+        ),
+    ],
+)
+async def test_a_run_an_endpoint_answered_for_but_did_not_let_go_is_pushed_again(
+    db_url: str, processes: LiveProcesses, tmp_path: Path, fault: str, reason: str, outcome: str
 ) -> None:
     server = await processes.start_server(db_url)
     endpoint = Endpoint(processes, server.base_url, tmp_path)
     async with Client(server.base_url, logger=QUIET) as client:
         await endpoint.register(client)
-        await endpoint.start("--hang-first")
-        (handle,) = await start_runs(client, 1)
-        await endpoint.wait_for("hanging", 1)
-        assert (await handle.detail()).status is RunStatus.RUNNING
-        assert endpoint.process is not None
-        endpoint.process.kill()
-        await endpoint.process.wait()
-        await endpoint.start()  # the same port, without the fault
-        assert await handle.result(timeout=RESULT_TIMEOUT) == {"echo": {"n": 0}}
+        await endpoint.start("--then", fault)  # the first push is answered without running it
+        handle = await steps_v1.start(client, Steps(key="h"))
+        assert await handle.result(timeout=RESULT_TIMEOUT) == 0 + 1 + 4
         detail = await handle.detail()
-    await endpoint.wait_for("completed", 1)
-    assert endpoint.lines("hanging") == [handle.id]
-    assert endpoint.lines("completed") == [handle.id]
-    reasons = moves(detail, RunStatus.QUEUED)[1:]
-    assert reasons and all(r.startswith(f"push to endpoint {endpoint.id} failed") for r in reasons)
+    assert endpoint.pushed() == 2
+    assert endpoint.counters.counts() == {"h-0": 1, "h-1": 1, "h-2": 1}
+    assert moves(detail, RunStatus.QUEUED)[1:] == [reason.format(id=endpoint.id)]
+    assert await pushes_counted(server.base_url, outcome) >= 1
 
 
 async def test_two_replicas_push_each_run_to_one_endpoint_and_complete_it_once(
@@ -281,17 +259,19 @@ async def test_two_replicas_push_each_run_to_one_endpoint_and_complete_it_once(
         Client(first.base_url, logger=QUIET) as one,
         Client(second.base_url, logger=QUIET) as two,
     ):
-        await endpoint.register(two, max_in_flight=2)
+        await endpoint.register(one, max_in_flight=2)
         await endpoint.start()
-        handles = await start_runs(one, 10) + await start_runs(two, 10)
+        handles = [await steps_v1.start(one, Steps(key=f"a{i}", size=1)) for i in range(10)]
+        handles += [await steps_v1.start(two, Steps(key=f"b{i}", size=1)) for i in range(10)]
         for handle in handles:
             await handle.result(timeout=RESULT_TIMEOUT)
         details = [await handle.detail() for handle in handles]
-    await endpoint.wait_for("completed", 20)
-    completed = Counter(endpoint.lines("completed"))
-    assert completed == Counter(h.id for h in handles)
     for detail in details:
+        assert len(moves(detail, RunStatus.RUNNING)) == 1
         assert len(moves(detail, RunStatus.COMPLETED)) == 1
+    assert Counter(endpoint.counters.counts()) == Counter(
+        {f"{side}{i}-0": 1 for side in "ab" for i in range(10)}
+    )
     assert sum([await pushes_counted(replica.base_url, "ok") for replica in (first, second)]) == 20
 
 
@@ -302,9 +282,9 @@ async def test_a_push_in_flight_at_shutdown_gives_its_run_back(
     endpoint = Endpoint(processes, server.base_url, tmp_path)
     async with Client(server.base_url, logger=QUIET) as client:
         await endpoint.register(client)
-        await endpoint.start("--hang-first")
-        (handle,) = await start_runs(client, 1)
-        await endpoint.wait_for("hanging", 1)
+        await endpoint.start()
+        handle = await steps_v1.start(client, Steps(key="s", size=2, block_at=0))
+        await endpoint.counters.wait_for_total("s-0", 1, timeout=60)  # step 0 blocks now
     await server.stop()  # SIGTERM: a graceful shutdown
     async with database(db_url) as db, db.reader() as tx:
         run = await tx.fetchrow("SELECT status, claimed_by FROM runs WHERE id = $1", handle.id)
@@ -314,11 +294,12 @@ async def test_a_push_in_flight_at_shutdown_gives_its_run_back(
     assert run is not None and last is not None
     assert (run["status"], run["claimed_by"]) == ("queued", None)
     assert last["reason"] == f"push to endpoint {endpoint.id} cut by a shutdown"
-    # the next server pushes it again, to the same endpoint, which now answers
+    # the next server pushes it again, to the same endpoint, where step 0 now returns
     again = await processes.start_server(db_url, port=server.port)
     async with Client(again.base_url, logger=QUIET) as client:
         result = await client.run_handle(handle.id).result(timeout=RESULT_TIMEOUT)
-    assert result == {"echo": {"n": 0}}
+    assert result == 0 + 1
+    assert endpoint.counters.counts("s-") == {"s-0": 2, "s-1": 1}
 
 
 async def test_the_push_client_says_what_an_endpoint_did(
@@ -348,8 +329,9 @@ async def test_the_push_client_says_what_an_endpoint_did(
         assert (slow.outcome, slow.error) == ("timeout", "timed out after 0.5 s")
         unsigned = await client.push(endpoint.url, b"{}", [PushSecret.generate()], 10)
         assert (unsigned.outcome, unsigned.error) == ("refused", "HTTP 401")
-        nobody = await client.push(f"http://127.0.0.1:{free_port()}/push", b"{}", secrets, 10)
+        nobody = await client.push(f"http://127.0.0.1:{free_port()}/", b"{}", secrets, 10)
         assert (nobody.outcome, nobody.error) == ("connection", "connection refused")
     finally:
         await client.aclose()
-    assert endpoint.lines("push") == []  # the unsigned push ran nothing
+    assert endpoint.pushed() == 1  # the unsigned push, which ran nothing
+    assert endpoint.counters.counts() == {}

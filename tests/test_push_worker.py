@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import signal
-import sys
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -28,7 +27,6 @@ from aiki_client import Client
 from aiki_core import RunStatus, TaskStatus
 from aiki_core.push import PushSecret, sign_push
 from aiki_core.wire import ClaimRequest, PushedRun, PushedRunAnswer, WorkflowCapability
-from aiki_server.testing import free_port
 from aiki_worker import lambda_handler
 from e2e_support import QUIET, Counters
 from fault_proxy import Fault, FaultProxy
@@ -54,34 +52,7 @@ IDLE_TIMEOUT = ("--claim-idle-timeout", "2")
 
 async def _start_endpoint(processes: LiveProcesses, server: str, counters: Path) -> str:
     """An endpoint process whose client writes to `server`; its URL, once it answers."""
-    await anyio.Path(counters).mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    await processes.spawn(
-        "endpoint",
-        [
-            sys.executable,
-            str(PUSH_APP),
-            "--url",
-            server,
-            "--secret",
-            str(SECRET),
-            "--counters",
-            str(counters),
-            "--port",
-            str(port),
-        ],
-    )
-    url = f"http://127.0.0.1:{port}/"
-    async with httpx.AsyncClient() as http:
-        with anyio.fail_after(30):
-            while True:
-                try:
-                    answer = await http.get(url)
-                except httpx.TransportError:
-                    await anyio.sleep(0.05)
-                    continue
-                assert answer.status_code == 405, answer.text
-                return url
+    return await push_app.start(processes, server, str(SECRET), counters)
 
 
 async def _claim(client: Client, count: int) -> list[ClaimedRun]:

@@ -91,7 +91,8 @@ class Claims:
         for a run handed to a dead worker would wait for its claim to go idle again.
         """
         deadline = self._clock() + to_millis(req.wait)
-        triples = [(c.workflow, c.version, c.pool) for c in req.capabilities]
+        triples = sorted({(c.workflow, c.version, c.pool) for c in req.capabilities})
+        await self._note_worker(namespace, req.worker_id, triples)
         while True:
             subscription = self._hub.subscribe(QUEUE)
             if gone is not None and await gone():
@@ -112,11 +113,10 @@ class Claims:
         """Claim up to `max_runs` queued runs of the (workflow, version, pool) triples now.
 
         One look at the queue, no waiting: a long-poll's step, and the push
-        dispatcher's claim for an endpoint (`worker_id` `endpoint:<id>`).
+        dispatcher's claim for an endpoint (`worker_id` `endpoint:<id>`, which is not
+        noted as a worker: the endpoint's own row says how it fares).
         """
-        triples = sorted(set(capabilities))
-        await self._note_worker(namespace, worker_id, triples)
-        return await self._claim_once(namespace, worker_id, triples, max_runs)
+        return await self._claim_once(namespace, worker_id, sorted(set(capabilities)), max_runs)
 
     async def list_workers(self, namespace: str) -> WorkerPage:
         """The workers the namespace has heard from, with the runs each holds now."""

@@ -18,7 +18,8 @@ the run has its claim released the same way, so the run does not wait for its cl
 to go idle.
 
 The dispatcher looks again when runs are queued (the `QUEUE` topic), when one of its
-pushes ends, and every `tick` seconds (a back-off that passed, a new endpoint). One
+pushes ends, and every `tick` seconds (a back-off that passed, a new endpoint); while
+there is no workflow endpoint at all, only every `tick`. One
 endpoint's failure (a bad row, a claim that fails) is logged with its id, counted
 (`aiki_pushes{outcome="error"}`) and confined to it; a failed pass is tried again at
 the next tick. At shutdown the pushes in flight are cancelled and their runs released.
@@ -118,13 +119,16 @@ class Dispatcher:
                 pushes.start_soon(self._watch_queue)
                 while True:
                     self._wake = anyio.Event()
+                    endpoints = 1  # after a failed pass: look again at the next wake-up
                     try:
-                        await self._pass(pushes, client)
+                        endpoints = await self._pass(pushes, client)
                     except Exception as exc:
                         self._db.metrics.pushed(KIND, "error")
                         _log.error("dispatcher pass failed; trying again", {"error": repr(exc)})
                     with anyio.move_on_after(self._tick):
-                        await self._wake.wait()
+                        # without endpoints a queued run concerns no dispatcher: a server
+                        # that pushes nothing reads one row set a tick, not one a queued run
+                        await (self._wake.wait() if endpoints else anyio.sleep_forever())
         finally:
             if self._client is None:
                 with anyio.CancelScope(shield=True):
@@ -136,7 +140,8 @@ class Dispatcher:
             await self._hub.subscribe(QUEUE).wait(3600)
             self._wake.set()
 
-    async def _pass(self, pushes: TaskGroup, client: PushClient) -> None:
+    async def _pass(self, pushes: TaskGroup, client: PushClient) -> int:
+        """Dispatch to each workflow endpoint; how many there are."""
         # rows, each parsed on its own: a row that does not parse stops only itself
         async with self._db.reader() as tx:
             rows = await tx.fetch(
@@ -154,6 +159,7 @@ class Dispatcher:
                     "dispatching to an endpoint failed; trying again",
                     {"endpoint_id": row["id"], "error": repr(exc)},
                 )
+        return len(rows)
 
     async def _dispatch(self, endpoint: Endpoint, pushes: TaskGroup, client: PushClient) -> None:
         """Claim and push as many runs as the endpoint may take now."""
@@ -180,11 +186,14 @@ class Dispatcher:
         if not secrets:
             await self._failed(endpoint.id, "no unexpired secret to sign with", None)
             return
-        claimed = await self._claims.claim_now(
-            endpoint.namespace, endpoint_worker_id(endpoint.id), endpoint.workflows, room
-        )
-        if not claimed and trial is not None:
-            await give_back_trial(self._db, endpoint.id, trial, now)
+        claimed: list[ClaimedRun] = []
+        try:
+            claimed = await self._claims.claim_now(
+                endpoint.namespace, endpoint_worker_id(endpoint.id), endpoint.workflows, room
+            )
+        finally:
+            if not claimed and trial is not None:  # nothing to try it with
+                await give_back_trial(self._db, endpoint.id, trial, now)
         for run in claimed:
             self._in_flight[endpoint.id] += 1
             pushes.start_soon(self._push, endpoint, run, client)
