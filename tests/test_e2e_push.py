@@ -331,6 +331,8 @@ async def test_the_push_client_says_what_an_endpoint_did(
         assert (unsigned.outcome, unsigned.error) == ("refused", "HTTP 401")
         nobody = await client.push(f"http://127.0.0.1:{free_port()}/", b"{}", secrets, 10)
         assert (nobody.outcome, nobody.error) == ("connection", "connection refused")
+        for url in ("http://[::1/push", "ftp://127.0.0.1/push"):  # rows the API refuses
+            assert (await client.push(url, b"{}", secrets, 10)).outcome == "connection"
     finally:
         await client.aclose()
     assert endpoint.pushed() == 1  # the unsigned push, which ran nothing

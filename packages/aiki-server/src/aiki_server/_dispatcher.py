@@ -28,6 +28,7 @@ the next tick. At shutdown the pushes in flight are cancelled and their runs rel
 from __future__ import annotations
 
 from collections import Counter
+from contextlib import suppress
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
@@ -239,6 +240,10 @@ class Dispatcher:
             self._db.metrics.pushed(KIND, "error")
             _log.error("push failed in the server", {**ids, "error": repr(exc)})
             if not settled:
+                # counted on the endpoint too: its back-off keeps a push that fails at
+                # once, again and again, from claiming the run in a tight loop
+                with suppress(Exception):
+                    await self._failed(endpoint.id, f"server error: {type(exc).__name__}", None)
                 await self._release_shielded(endpoint, run, f"{pushing} failed in the server")
         except BaseException:  # cancelled: the server is shutting down
             if not settled:

@@ -85,7 +85,12 @@ class PushClient:
         self, url: str, body: bytes, secrets: Sequence[PushSecret], timeout: float
     ) -> PushResult:
         """`POST` `body` (JSON) to `url`, signed with each of `secrets`, within `timeout` s."""
-        headers = {"content-type": "application/json", **sign_push(body, secrets)}
+        headers = {
+            "content-type": "application/json",
+            # the limit applies to what is read: no compressed answer that inflates past it
+            "accept-encoding": "identity",
+            **sign_push(body, secrets),
+        }
         started = perf_counter()
         try:
             # httpx's timeout bounds each step (connect, each read); this one the whole
@@ -103,6 +108,8 @@ class PushClient:
             return _failed("timeout", f"timed out after {timeout:g} s", started)
         except httpx.TransportError as exc:
             return _failed("connection", _connection_error(exc), started)
+        except httpx.InvalidURL as exc:
+            return _failed("connection", f"invalid URL: {exc}"[:200], started)
 
     async def _read(self, response: httpx.Response, started: float) -> PushResult:
         """The push's result from its answer: a 2xx body is read, up to the limit."""
@@ -133,6 +140,8 @@ def _connection_error(exc: httpx.TransportError) -> str:
         ):
             return "connection refused"
         cause = cause.__cause__ or cause.__context__
+    if isinstance(exc, httpx.UnsupportedProtocol):
+        return "not an http:// or https:// URL"
     if isinstance(exc, httpx.ConnectError):
         return f"connection failed: {exc}"[:200] if str(exc) else "connection failed"
     if isinstance(exc, httpx.RemoteProtocolError):
