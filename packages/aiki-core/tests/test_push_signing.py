@@ -103,3 +103,25 @@ def test_delivery_ids_are_forgotten_after_the_window_and_bounded() -> None:
 def test_a_verifier_needs_a_secret() -> None:
     with pytest.raises(ValueError, match="at least one secret"):
         PushVerifier([])
+
+
+def test_a_future_dated_push_is_remembered_while_its_timestamp_is_accepted() -> None:
+    # signed by a clock ahead of this one: its timestamp stays acceptable until
+    # stamp + tolerance, so its id must be remembered that long, not now + tolerance
+    secret = PushSecret.generate()
+    clock = [NOW]
+    check = PushVerifier([secret], clock=lambda: clock[0])
+    ahead = sign_push(BODY, [secret], now=NOW + 290)
+    check.verify(ahead, BODY)
+    clock[0] = NOW + 301
+    with pytest.raises(PushSignatureError, match="replay"):
+        check.verify(ahead, BODY)
+
+
+@pytest.mark.parametrize("stamp", ["\xb2", "\xb9\xb2\xb3", "١٢٣", "+12", " 12"])
+def test_a_timestamp_of_other_digits_is_refused_as_malformed(stamp: str) -> None:
+    # headers decode as latin-1, where "²" is a digit to str.isdigit but not to int()
+    secret = PushSecret.generate()
+    headers = {**sign_push(BODY, [secret], now=NOW), PUSH_TIMESTAMP_HEADER: stamp}
+    with pytest.raises(PushSignatureError, match="malformed"):
+        verifier(secret).verify(headers, BODY)

@@ -50,6 +50,8 @@ PUSH_SIGNATURE_HEADER = "aiki-push-signature"
 
 _SECRET = re.compile(r"^aiki_push_([0-9a-z]{8})_([A-Za-z0-9_-]{43})$")
 _SIGNATURE = re.compile(r"^([0-9a-z]{8})=([0-9a-f]{64})$")
+_DIGITS = re.compile(r"[0-9]{1,12}")
+"""A timestamp: ASCII digits (`str.isdigit` takes "²", which `int` does not)."""
 _MAX_SIGNATURES = 4
 """A header with more signatures than this is refused unread."""
 
@@ -131,24 +133,27 @@ class PushVerifier:
         self._remember = remember
         self._clock = clock
         self._seen: OrderedDict[str, float] = OrderedDict()
-        """Delivery id -> when it may be forgotten, oldest first."""
+        """Delivery id -> when it may be forgotten, in the order received."""
 
     def verify(self, headers: Mapping[str, str], body: bytes) -> str:
         """Check one request (`headers` by lower-case name); its delivery id, or raise."""
         delivery_id = headers.get(PUSH_ID_HEADER, "")
         stamp = headers.get(PUSH_TIMESTAMP_HEADER, "")
         signatures = headers.get(PUSH_SIGNATURE_HEADER, "")
-        if not delivery_id or len(delivery_id) > 64 or not stamp.isdigit() or len(stamp) > 12:
+        if not delivery_id or len(delivery_id) > 64 or _DIGITS.fullmatch(stamp) is None:
             raise PushSignatureError("the push headers are missing or malformed")
         now = self._clock()
-        if abs(now - int(stamp)) > self._tolerance:
+        signed_at = int(stamp)
+        if abs(now - signed_at) > self._tolerance:
             raise PushSignatureError("the push is too old, or this clock is off")
-        if not self._matches(delivery_id, int(stamp), signatures, body):
+        if not self._matches(delivery_id, signed_at, signatures, body):
             raise PushSignatureError("no signature of a known secret matches the push")
         self._forget(now)
         if delivery_id in self._seen:
             raise PushSignatureError("this push was delivered before (a replay)")
-        self._seen[delivery_id] = now + self._tolerance
+        # accepted until signed_at + tolerance (later than now + tolerance when the
+        # signer's clock is ahead): remembered as long as that
+        self._seen[delivery_id] = signed_at + self._tolerance
         while len(self._seen) > self._remember:
             self._seen.popitem(last=False)
         return delivery_id
