@@ -199,7 +199,9 @@ class CreateEndpointResponse(ResponseModel):
     """The endpoint created, and its secret, shown this once."""
 
     endpoint: EndpointInfo
-    secret: str = Field(description="The signing secret (`aiki_push_...`) for the endpoint's app.")
+    secret: str = Field(
+        repr=False, description="The signing secret (`aiki_push_...`) for the endpoint's app."
+    )
 
 
 class RotateEndpointSecretRequest(RequestModel):
@@ -218,7 +220,7 @@ class RotateEndpointSecretResponse(ResponseModel):
     """The endpoint with its new secret first, and that secret, shown this once."""
 
     endpoint: EndpointInfo
-    secret: str = Field(description="The new signing secret, for the endpoint's app.")
+    secret: str = Field(repr=False, description="The new signing secret, for the endpoint's app.")
 
 
 class EndpointPage(ResponseModel):
