@@ -1,7 +1,7 @@
 """`asgi_app`: a workflow endpoint, the serverless worker the server pushes runs to.
 
 The server claims a run for the endpoint (as worker `endpoint:<id>`) and POSTs it, a
-signed `PushedRun`. The app checks the signature before it reads anything else, then
+signed `PushedRun`. The app checks the signature before it parses the body, then
 executes the run with the `Runner` a pulling `Worker` uses: it heartbeats the claim
 while the run executes and follows the server's directives, writes task records and
 the run's transition through its client, and answers `PushedRunAnswer` once the
