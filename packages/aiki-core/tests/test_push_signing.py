@@ -125,3 +125,24 @@ def test_a_timestamp_of_other_digits_is_refused_as_malformed(stamp: str) -> None
     headers = {**sign_push(BODY, [secret], now=NOW), PUSH_TIMESTAMP_HEADER: stamp}
     with pytest.raises(PushSignatureError, match="malformed"):
         verifier(secret).verify(headers, BODY)
+
+
+def test_a_body_is_signed_once_per_secret_however_often_the_header_names_it() -> None:
+    # an unsigned caller repeating a known key id must not multiply the HMACs over a
+    # body of up to the endpoint's limit
+    signed: list[str] = []
+
+    class Counting(PushSecret):
+        def sign(self, delivery_id: str, timestamp: int, body: bytes) -> str:
+            signed.append(self.key_id)
+            return super().sign(delivery_id, timestamp, body)
+
+    real = PushSecret.generate()
+    secret = Counting(real.key_id, real.key)
+    check = PushVerifier([secret], clock=lambda: NOW)
+    headers = sign_push(BODY, [real], now=NOW)
+    forged = ",".join([f"{real.key_id}={'0' * 64}"] * 4)
+    with pytest.raises(PushSignatureError, match="no signature"):
+        check.verify({**headers, PUSH_SIGNATURE_HEADER: forged}, BODY)
+    assert signed == [real.key_id]
+    assert secret.sign("d", 1, BODY) == real.sign("d", 1, BODY)

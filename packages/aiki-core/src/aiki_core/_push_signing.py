@@ -85,8 +85,9 @@ class PushSecret:
 
     def sign(self, delivery_id: str, timestamp: int, body: bytes) -> str:
         """The hex signature of one delivery."""
-        message = f"v1:{delivery_id}:{timestamp}:".encode() + body
-        return hmac.new(self.key, message, hashlib.sha256).hexdigest()
+        mac = hmac.new(self.key, f"v1:{delivery_id}:{timestamp}:".encode(), hashlib.sha256)
+        mac.update(body)  # not concatenated: no copy of a large body
+        return mac.hexdigest()
 
 
 def sign_push(
@@ -162,12 +163,15 @@ class PushVerifier:
         parts = header.split(",")
         if len(parts) > _MAX_SIGNATURES:
             return False
+        # key id -> the body's signature: one HMAC per secret, however often it is named
+        expected: dict[str, str] = {}
         for part in parts:
             match = _SIGNATURE.match(part.strip())
             secret = None if match is None else self._secrets.get(match[1])
             if match is not None and secret is not None:
-                expected = secret.sign(delivery_id, timestamp, body)
-                if hmac.compare_digest(expected, match[2]):
+                if secret.key_id not in expected:
+                    expected[secret.key_id] = secret.sign(delivery_id, timestamp, body)
+                if hmac.compare_digest(expected[secret.key_id], match[2]):
                     return True
         return False
 
