@@ -146,3 +146,11 @@ def test_a_body_is_signed_once_per_secret_however_often_the_header_names_it() ->
         check.verify({**headers, PUSH_SIGNATURE_HEADER: forged}, BODY)
     assert signed == [real.key_id]
     assert secret.sign("d", 1, BODY) == real.sign("d", 1, BODY)
+
+
+def test_one_secret_string_given_for_the_list_is_refused_as_such() -> None:
+    # a str is an Iterable[str]: its characters were parsed as secrets, and the error
+    # said the (valid) secret was not one
+    secret = str(PushSecret.generate())
+    with pytest.raises(TypeError, match=r"a list of secrets"):
+        PushVerifier(secret)

@@ -126,6 +126,8 @@ class PushVerifier:
         remember: int = 100_000,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        if isinstance(secrets, str):  # an Iterable[str] too: of its characters
+            raise TypeError("secrets is a list of secrets: give [secret], not secret")
         parsed = [s if isinstance(s, PushSecret) else PushSecret.parse(s) for s in secrets]
         if not parsed:
             raise ValueError("a push verifier needs at least one secret")
