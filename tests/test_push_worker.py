@@ -5,7 +5,7 @@ a process of its own. The test plays the dispatcher: it claims runs through the
 server's API as worker `endpoint:test`, wraps each in a `PushedRun`, signs it with
 `sign_push` and POSTs it to the endpoint. Task bodies count each execution in a file,
 so a test sees what ran, across pushes and kills. One test drives the endpoint
-through `lambda_handler` with a synthetic API Gateway event, in this process; another
+through `lambda_handler` with a synthetic API Gateway event, in this process; others
 calls the app in this process with hostile requests it must refuse before running.
 """
 
@@ -462,3 +462,17 @@ async def test_hostile_requests_are_refused_with_a_4xx_before_anything_runs() ->
         status, answer = await _call(app, headers, chunks, method)
         assert status == expected, answer
         assert "error" in answer
+
+
+async def test_a_refused_push_logs_no_more_of_its_headers_than_a_delivery_id_holds(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # nobody is verified yet: a caller must not make each refusal a 60 kB log line
+    app = push_app.app("http://127.0.0.1:9", str(SECRET))
+    huge_id = "d" * 60_000
+    headers = [(b"aiki-push-id", huge_id.encode()), (b"aiki-push-timestamp", b"1")]
+    status, _ = await _call(app, headers, [b"{}"])
+    assert status == 401
+    logged = capsys.readouterr().err
+    assert "push refused" in logged
+    assert "d" * 65 not in logged

@@ -145,7 +145,8 @@ class PushedRunApp:
                 {
                     "status": refused.status,
                     "error": refused.error.message,
-                    "delivery_id": _headers(scope).get(PUSH_ID_HEADER, ""),
+                    # unverified: no longer than a delivery id may be
+                    "delivery_id": _headers(scope).get(PUSH_ID_HEADER, "")[:64],
                 },
             )
             await _respond(send, refused.status, refused.error.to_wire(), refused.headers)
