@@ -1,12 +1,12 @@
 """A workflow endpoint (`aiki_worker.asgi_app`) driven as the server's dispatcher drives it.
 
-Each test runs a real server process and the endpoint (`push_app.py`) under uvicorn in
+Most tests run a real server process and the endpoint (`push_app.py`) under uvicorn in
 a process of its own. The test plays the dispatcher: it claims runs through the
 server's API as worker `endpoint:test`, wraps each in a `PushedRun`, signs it with
 `sign_push` and POSTs it to the endpoint. Task bodies count each execution in a file,
 so a test sees what ran, across pushes and kills. One test drives the endpoint
 through `lambda_handler` with a synthetic API Gateway event, in this process; others
-calls the app in this process with hostile requests it must refuse before running.
+call the app in this process with hostile requests it must refuse before running.
 """
 
 from __future__ import annotations
