@@ -118,6 +118,14 @@ async def test_bad_input_is_refused_before_anything_is_sent(
         {"url": "https://tasks.example", "tasks": ["t", "t"]},
         {"url": "https://tasks.example", "tasks": ["t"], "max_in_flight": 0},
         {"url": "https://tasks.example", "tasks": ["t"], "timeout": timedelta(hours=1)},
+        # a str is an iterable too: its letters were taken for task names
+        {"url": "https://tasks.example", "tasks": "sendmail"},
+        {"url": "https://tasks.example", "workflows": "hello"},
+        # a version given alone, and items that are no version (not an AttributeError)
+        {"url": "https://tasks.example", "workflows": ("hello", "1")},
+        {"url": "https://tasks.example", "workflows": [("hello",)]},
+        {"url": "https://tasks.example", "workflows": [42]},
+        {"url": "https://tasks.example", "tasks": [42]},
     ]
     for create in bad_creates:
         with pytest.raises(PayloadValidationError):

@@ -1,17 +1,19 @@
 """A workflow endpoint (`aiki_worker.asgi_app`) driven as the server's dispatcher drives it.
 
-Each test runs a real server process and the endpoint (`push_app.py`) under uvicorn in
+Most tests run a real server process and the endpoint (`push_app.py`) under uvicorn in
 a process of its own. The test plays the dispatcher: it claims runs through the
 server's API as worker `endpoint:test`, wraps each in a `PushedRun`, signs it with
 `sign_push` and POSTs it to the endpoint. Task bodies count each execution in a file,
-so a test sees what ran, across pushes and kills. The last test drives the endpoint
-through `lambda_handler` with a synthetic API Gateway event, in this process.
+so a test sees what ran, across pushes and kills. One test drives the endpoint
+through `lambda_handler` with a synthetic API Gateway event, in this process; others
+call the app in this process with hostile requests it must refuse before running.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import signal
 import time
 from datetime import timedelta
@@ -380,3 +382,68 @@ async def test_a_lambda_invocation_runs_a_pushed_run_to_completion(
             assert (answer.run_id, answer.outcome) == (handle.id, "completed")
             assert await handle.result(timeout=RESULT_TIMEOUT) == 5
     assert counters.counts() == {f"l{i}-{s}": 1 for i in range(2) for s in range(3)}
+
+
+async def _call(
+    app: Any,
+    headers: list[tuple[bytes, bytes]],
+    chunks: Sequence[bytes | None],
+    method: str = "POST",
+) -> tuple[int, dict[str, Any]]:
+    """One request to `app` in this process, its body in `chunks`; a `None` last goes away."""
+    messages = [
+        {"type": "http.request", "body": c, "more_body": i < len(chunks) - 1 or None in chunks}
+        for i, c in enumerate(chunks)
+        if c is not None
+    ]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": method, "path": "/", "headers": headers}
+    await app(scope, receive, send)
+    return sent[0]["status"], json.loads(sent[1]["body"])
+
+
+async def test_hostile_requests_are_refused_with_a_4xx_before_anything_runs() -> None:
+    # in this process: the refusals happen before the app's client is ever used
+    app = push_app.app("http://127.0.0.1:9", str(SECRET))
+    body = b"not a run"
+    signed = [(k.encode(), v.encode()) for k, v in sign_push(body, [SECRET]).items()]
+    unsigned = [(k, v) for k, v in signed if k != b"aiki-push-signature"]
+    odd_stamp = [(k, b"\xb2" if k == b"aiki-push-timestamp" else v) for k, v in signed]
+    cases: list[tuple[list[tuple[bytes, bytes]], Sequence[bytes | None], str, int]] = [
+        # "²" is a digit to str.isdigit (latin-1 header bytes) but not to int()
+        ([*signed, (b"content-length", b"\xb2")], [body], "POST", 422),
+        (odd_stamp, [body], "POST", 401),
+        ([*unsigned, (b"aiki-push-signature", b"a" * 1_000_000)], [body], "POST", 401),
+        ([*unsigned, (b"aiki-push-signature", b"\xff,=;,,\x00=" * 10)], [body], "POST", 401),
+        ([*[(b"x-h", b"v")] * 10_000, *signed], [body], "POST", 401),  # replayed by now
+        (signed, [body[:3], b"", body[3:]], "POST", 401),
+        (signed, [body[:3], None], "POST", 400),  # the client went away mid-body
+        (signed, [body], "HEAD", 405),
+    ]
+    fresh = [(k.encode(), v.encode()) for k, v in sign_push(body, [SECRET]).items()]
+    cases.append((fresh, [body[:3], b"", body[3:]], "POST", 422))  # a chunked body, whole
+    for headers, chunks, method, expected in cases:
+        status, answer = await _call(app, headers, chunks, method)
+        assert status == expected, answer
+        assert "error" in answer
+
+
+async def test_a_refused_push_logs_no_more_of_its_headers_than_a_delivery_id_holds(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # nobody is verified yet: a caller must not make each refusal a 60 kB log line
+    app = push_app.app("http://127.0.0.1:9", str(SECRET))
+    huge_id = "d" * 60_000
+    headers = [(b"aiki-push-id", huge_id.encode()), (b"aiki-push-timestamp", b"1")]
+    status, _ = await _call(app, headers, [b"{}"])
+    assert status == 401
+    logged = capsys.readouterr().err
+    assert "push refused" in logged
+    assert "d" * 65 not in logged

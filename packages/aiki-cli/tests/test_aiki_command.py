@@ -347,6 +347,21 @@ async def test_push_endpoints_from_the_command_line(server: ServerProcess) -> No
     assert len((await aiki("endpoints", "list", "--json")).json()["endpoints"]) == 1
 
 
+async def test_an_endpoint_url_is_shown_as_text_not_as_markup(server: ServerProcess) -> None:
+    # brackets are legal in a URL's path and query, and Rich reads them as markup: a
+    # stray closing tag crashed list, show and delete, and an opening one restyled
+    aiki = Aiki(server.base_url)
+    url = "https://orders.example/a[/b]?x=[red]y"
+    created = await aiki("endpoints", "create", url, "--task", "cli-charge")
+    assert created.code == 0, created.err
+    assert url in created.out
+    endpoint_id = (await aiki("endpoints", "list", "--json")).json()["endpoints"][0]["id"]
+    for command in (("list",), ("show", endpoint_id), ("delete", endpoint_id)):
+        shown = await aiki("endpoints", *command)
+        assert shown.code == 0, (command, shown.err)
+        assert url in shown.out, (command, shown.out)
+
+
 async def test_bad_input_exits_with_its_code_and_one_line(
     server: ServerProcess, client: Client, tmp_path: Path
 ) -> None:

@@ -103,3 +103,54 @@ def test_delivery_ids_are_forgotten_after_the_window_and_bounded() -> None:
 def test_a_verifier_needs_a_secret() -> None:
     with pytest.raises(ValueError, match="at least one secret"):
         PushVerifier([])
+
+
+def test_a_future_dated_push_is_remembered_while_its_timestamp_is_accepted() -> None:
+    # signed by a clock ahead of this one: its timestamp stays acceptable until
+    # stamp + tolerance, so its id must be remembered that long, not now + tolerance
+    secret = PushSecret.generate()
+    clock = [NOW]
+    check = PushVerifier([secret], clock=lambda: clock[0])
+    ahead = sign_push(BODY, [secret], now=NOW + 290)
+    check.verify(ahead, BODY)
+    clock[0] = NOW + 301
+    with pytest.raises(PushSignatureError, match="replay"):
+        check.verify(ahead, BODY)
+
+
+@pytest.mark.parametrize("stamp", ["\xb2", "\xb9\xb2\xb3", "١٢٣", "+12", " 12"])
+def test_a_timestamp_of_other_digits_is_refused_as_malformed(stamp: str) -> None:
+    # headers decode as latin-1, where "²" is a digit to str.isdigit but not to int()
+    secret = PushSecret.generate()
+    headers = {**sign_push(BODY, [secret], now=NOW), PUSH_TIMESTAMP_HEADER: stamp}
+    with pytest.raises(PushSignatureError, match="malformed"):
+        verifier(secret).verify(headers, BODY)
+
+
+def test_a_body_is_signed_once_per_secret_however_often_the_header_names_it() -> None:
+    # an unsigned caller repeating a known key id must not multiply the HMACs over a
+    # body of up to the endpoint's limit
+    signed: list[str] = []
+
+    class Counting(PushSecret):
+        def sign(self, delivery_id: str, timestamp: int, body: bytes) -> str:
+            signed.append(self.key_id)
+            return super().sign(delivery_id, timestamp, body)
+
+    real = PushSecret.generate()
+    secret = Counting(real.key_id, real.key)
+    check = PushVerifier([secret], clock=lambda: NOW)
+    headers = sign_push(BODY, [real], now=NOW)
+    forged = ",".join([f"{real.key_id}={'0' * 64}"] * 4)
+    with pytest.raises(PushSignatureError, match="no signature"):
+        check.verify({**headers, PUSH_SIGNATURE_HEADER: forged}, BODY)
+    assert signed == [real.key_id]
+    assert secret.sign("d", 1, BODY) == real.sign("d", 1, BODY)
+
+
+def test_one_secret_string_given_for_the_list_is_refused_as_such() -> None:
+    # a str is an Iterable[str]: its characters were parsed as secrets, and the error
+    # said the (valid) secret was not one
+    secret = str(PushSecret.generate())
+    with pytest.raises(TypeError, match=r"a list of secrets"):
+        PushVerifier(secret)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from aiki_core.push import PushSecret
+from aiki_core.wire import CreateEndpointResponse, RotateEndpointSecretResponse
 from aiki_server._endpoints import (
     StoredSecret,
     dump_secrets,
@@ -191,6 +192,9 @@ async def test_the_status_shows_the_failures_the_dispatcher_records(harness: Har
         ("ftp://files.example/x", "http:// or https://"),
         ("files.example/x", "http:// or https://"),
         ("https:///path", "must name a host"),
+        ("https://./path", "must name a host"),
+        ("https://-:8080/", "must name a host"),
+        ("https://...?q", "must name a host"),
         ("https://user:pw@host.example/", "user name or password"),
         ("https://host.example/#frag", "fragment"),
         ("https://host.example:99999/", "not a valid URL"),
@@ -299,3 +303,18 @@ async def test_rows_parse_and_sign_with_their_unexpired_secrets_newest_first(
     assert elsewhere is None
     assert [(e.id, e.tasks) for e in tasks] == [("01B", ("send-mail",))]
     assert [e.id for e in every_task] == ["01B", "01C"]
+
+
+async def test_no_repr_shows_a_secret(harness: Harness) -> None:
+    # the dispatcher logs endpoints, apps log answers: a repr must not carry the key
+    created = await create(harness.client, WORKFLOWS)
+    secret = created["secret"]
+    async with harness.app.state.db.reader() as tx:
+        row = await load_endpoint(tx, created["endpoint"]["id"])
+    assert row is not None
+    answer = CreateEndpointResponse.model_validate(created)
+    rotated = RotateEndpointSecretResponse.model_validate(created)
+    for shown in (row, row.secrets[0], answer, rotated):
+        assert secret not in repr(shown)
+        assert secret not in str(shown)
+    assert answer.secret == secret

@@ -867,7 +867,7 @@ def endpoints_delete(settings: Settings, endpoint_id: str, as_json: bool) -> Non
     if as_json:
         _print_json(endpoint)
     else:
-        out.print(f"endpoint {endpoint.id} ({endpoint.url}) deleted")
+        out.print(f"endpoint {endpoint.id} ({endpoint.url}) deleted", markup=False)
 
 
 @endpoints.command("rotate-secret")

@@ -361,8 +361,8 @@ def endpoints_table(endpoints: Iterable[EndpointInfo]) -> Table:
         table.add_row(
             endpoint.id,
             endpoint.kind,
-            endpoint.url,
-            "\n".join(_serves(endpoint)),
+            Text(endpoint.url),  # not markup: a URL may hold brackets
+            Text("\n".join(_serves(endpoint))),
             status(endpoint.status),
             when(endpoint.created_at),
         )
@@ -380,16 +380,16 @@ def endpoint_detail(endpoint: EndpointInfo) -> Group:
         Text.assemble(("Endpoint ", "bold"), (endpoint.id, "bold")),
         _fields(
             [
-                ("url", endpoint.url),
+                ("url", Text(endpoint.url)),  # not markup: a URL may hold brackets
                 ("kind", endpoint.kind),
-                ("serves", "\n".join(_serves(endpoint))),
+                ("serves", Text("\n".join(_serves(endpoint)))),
                 ("in flight", f"at most {endpoint.max_in_flight} per server replica"),
                 ("timeout", str(endpoint.timeout)),
                 ("secrets", ", ".join(secrets)),
                 ("status", status(endpoint.status)),
                 ("failures", str(endpoint.failures) if endpoint.failures else None),
                 ("failing since", when(endpoint.failing_since) if failing else None),
-                ("last error", endpoint.last_error),
+                ("last error", Text(endpoint.last_error) if endpoint.last_error else None),
                 ("next push", when(endpoint.retry_at) if endpoint.retry_at else None),
                 ("created", when(endpoint.created_at)),
             ]

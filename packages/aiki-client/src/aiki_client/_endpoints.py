@@ -50,12 +50,31 @@ ServedTask: TypeAlias = _Task | str
 """A task a task endpoint serves: a task, or its name."""
 
 
-def _triple(served: ServedVersion, pool: str) -> dict[str, str]:
-    if isinstance(served, tuple):
-        if len(served) == 3:
-            return {"workflow": served[0], "version": served[1], "pool": served[2]}
-        return {"workflow": served[0], "version": served[1], "pool": pool}
-    return {"workflow": served.workflow, "version": served.version, "pool": pool}
+def _triples(served: Iterable[ServedVersion] | None, pool: str) -> object:
+    """The wire's triples; what is none (a str, a short tuple) goes as it is, to be refused."""
+    given: object = served
+    if served is None or isinstance(given, str):  # a str is an iterable, of its letters
+        return given
+    triples: list[object] = []
+    for one in served:
+        item: object = one
+        workflow, version = getattr(item, "workflow", None), getattr(item, "version", None)
+        if isinstance(item, tuple) and len(item) in (2, 3):
+            in_pool = item[2] if len(item) == 3 else pool
+            triples.append({"workflow": item[0], "version": item[1], "pool": in_pool})
+        elif workflow is not None and version is not None:
+            triples.append({"workflow": workflow, "version": version, "pool": pool})
+        else:
+            triples.append(item)
+    return triples
+
+
+def _names(served: Iterable[ServedTask] | None) -> object:
+    """The wire's task names; what is none (a str for the list, a number) goes as it is."""
+    given: object = served
+    if served is None or isinstance(given, str):  # a str is an iterable, of its letters
+        return given
+    return [one if isinstance(one, str) else getattr(one, "name", one) for one in served]
 
 
 def _checked(model: type[ModelT], what: str, **fields: object) -> ModelT:
@@ -105,8 +124,8 @@ class Endpoints:
             CreateEndpointRequest,
             f"invalid endpoint {url!r}",
             url=url,
-            workflows=None if workflows is None else [_triple(w, in_pool) for w in workflows],
-            tasks=None if tasks is None else [t if isinstance(t, str) else t.name for t in tasks],
+            workflows=_triples(workflows, in_pool),
+            tasks=_names(tasks),
             max_in_flight=max_in_flight,
             timeout=timeout,
         )

@@ -66,12 +66,14 @@ _IPV6 = "|".join(
 )
 _PORT = "6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4}"
 URL_PATTERN = (
-    rf"^[Hh][Tt][Tt][Pp][Ss]?://(?:[A-Za-z0-9._-]+|\[(?:{_IPV6})\])(?::(?:{_PORT})?)?"
+    rf"^[Hh][Tt][Tt][Pp][Ss]?://(?:(?=[._-]*[A-Za-z0-9])[A-Za-z0-9._-]+|\[(?:{_IPV6})\])"
+    rf"(?::(?:{_PORT})?)?"
     r'(?:[/?][!-"$-~]*)?$'
 )
-"""What an endpoint URL is: `http://` or `https://`, a host name or IP address, an
-optional port, then an optional path and query of printable ASCII; no user info, no
-fragment, nothing a request line could not carry (non-ASCII is percent-encoded)."""
+"""What an endpoint URL is: `http://` or `https://`, a host name (not dots and dashes
+alone) or IP address, an optional port, then an optional path and query of printable
+ASCII; no user info, no fragment, nothing a request line could not carry (non-ASCII is
+percent-encoded)."""
 _URL = re.compile(URL_PATTERN)
 
 
@@ -83,7 +85,8 @@ def _check_url(url: str) -> str:
     authority = url.split("://", 1)[1].split("/", 1)[0].split("?", 1)[0]
     if "@" in authority:
         raise ValueError("the URL must not carry a user name or password")
-    if authority in ("", "#") or authority.startswith(":"):
+    host = authority if authority.startswith("[") else authority.split(":", 1)[0]
+    if not host.strip("._-#"):  # not a name: empty, or dots and dashes alone
         raise ValueError("the URL must name a host")
     if "#" in url:
         raise ValueError("the URL must not have a fragment")
@@ -199,7 +202,9 @@ class CreateEndpointResponse(ResponseModel):
     """The endpoint created, and its secret, shown this once."""
 
     endpoint: EndpointInfo
-    secret: str = Field(description="The signing secret (`aiki_push_...`) for the endpoint's app.")
+    secret: str = Field(
+        repr=False, description="The signing secret (`aiki_push_...`) for the endpoint's app."
+    )
 
 
 class RotateEndpointSecretRequest(RequestModel):
@@ -218,7 +223,7 @@ class RotateEndpointSecretResponse(ResponseModel):
     """The endpoint with its new secret first, and that secret, shown this once."""
 
     endpoint: EndpointInfo
-    secret: str = Field(description="The new signing secret, for the endpoint's app.")
+    secret: str = Field(repr=False, description="The new signing secret, for the endpoint's app.")
 
 
 class EndpointPage(ResponseModel):

@@ -50,6 +50,8 @@ PUSH_SIGNATURE_HEADER = "aiki-push-signature"
 
 _SECRET = re.compile(r"^aiki_push_([0-9a-z]{8})_([A-Za-z0-9_-]{43})$")
 _SIGNATURE = re.compile(r"^([0-9a-z]{8})=([0-9a-f]{64})$")
+_DIGITS = re.compile(r"[0-9]{1,12}")
+"""A timestamp: ASCII digits (`str.isdigit` takes "²", which `int` does not)."""
 _MAX_SIGNATURES = 4
 """A header with more signatures than this is refused unread."""
 
@@ -83,8 +85,9 @@ class PushSecret:
 
     def sign(self, delivery_id: str, timestamp: int, body: bytes) -> str:
         """The hex signature of one delivery."""
-        message = f"v1:{delivery_id}:{timestamp}:".encode() + body
-        return hmac.new(self.key, message, hashlib.sha256).hexdigest()
+        mac = hmac.new(self.key, f"v1:{delivery_id}:{timestamp}:".encode(), hashlib.sha256)
+        mac.update(body)  # not concatenated: no copy of a large body
+        return mac.hexdigest()
 
 
 def sign_push(
@@ -123,6 +126,8 @@ class PushVerifier:
         remember: int = 100_000,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        if isinstance(secrets, str):  # an Iterable[str] too: of its characters
+            raise TypeError("secrets is a list of secrets: give [secret], not secret")
         parsed = [s if isinstance(s, PushSecret) else PushSecret.parse(s) for s in secrets]
         if not parsed:
             raise ValueError("a push verifier needs at least one secret")
@@ -131,24 +136,27 @@ class PushVerifier:
         self._remember = remember
         self._clock = clock
         self._seen: OrderedDict[str, float] = OrderedDict()
-        """Delivery id -> when it may be forgotten, oldest first."""
+        """Delivery id -> when it may be forgotten, in the order received."""
 
     def verify(self, headers: Mapping[str, str], body: bytes) -> str:
         """Check one request (`headers` by lower-case name); its delivery id, or raise."""
         delivery_id = headers.get(PUSH_ID_HEADER, "")
         stamp = headers.get(PUSH_TIMESTAMP_HEADER, "")
         signatures = headers.get(PUSH_SIGNATURE_HEADER, "")
-        if not delivery_id or len(delivery_id) > 64 or not stamp.isdigit() or len(stamp) > 12:
+        if not delivery_id or len(delivery_id) > 64 or _DIGITS.fullmatch(stamp) is None:
             raise PushSignatureError("the push headers are missing or malformed")
         now = self._clock()
-        if abs(now - int(stamp)) > self._tolerance:
+        signed_at = int(stamp)
+        if abs(now - signed_at) > self._tolerance:
             raise PushSignatureError("the push is too old, or this clock is off")
-        if not self._matches(delivery_id, int(stamp), signatures, body):
+        if not self._matches(delivery_id, signed_at, signatures, body):
             raise PushSignatureError("no signature of a known secret matches the push")
         self._forget(now)
         if delivery_id in self._seen:
             raise PushSignatureError("this push was delivered before (a replay)")
-        self._seen[delivery_id] = now + self._tolerance
+        # accepted until signed_at + tolerance (later than now + tolerance when the
+        # signer's clock is ahead): remembered as long as that
+        self._seen[delivery_id] = signed_at + self._tolerance
         while len(self._seen) > self._remember:
             self._seen.popitem(last=False)
         return delivery_id
@@ -157,12 +165,15 @@ class PushVerifier:
         parts = header.split(",")
         if len(parts) > _MAX_SIGNATURES:
             return False
+        # key id -> the body's signature: one HMAC per secret, however often it is named
+        expected: dict[str, str] = {}
         for part in parts:
             match = _SIGNATURE.match(part.strip())
             secret = None if match is None else self._secrets.get(match[1])
             if match is not None and secret is not None:
-                expected = secret.sign(delivery_id, timestamp, body)
-                if hmac.compare_digest(expected, match[2]):
+                if secret.key_id not in expected:
+                    expected[secret.key_id] = secret.sign(delivery_id, timestamp, body)
+                if hmac.compare_digest(expected[secret.key_id], match[2]):
                     return True
         return False
 

@@ -10,7 +10,7 @@ not do. A rotation puts a new secret first and gives the previous one an expiry.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from aiki_core import NotFoundError
@@ -50,7 +50,7 @@ ENDPOINT_COLUMNS = (
 class StoredSecret:
     """One secret of an endpoint as stored: `expires_at` (epoch ms) `None` while current."""
 
-    secret: str
+    secret: str = field(repr=False)
     expires_at: int | None
 
     def active(self, now: int) -> bool:

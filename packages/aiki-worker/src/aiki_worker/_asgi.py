@@ -1,7 +1,7 @@
 """`asgi_app`: a workflow endpoint, the serverless worker the server pushes runs to.
 
 The server claims a run for the endpoint (as worker `endpoint:<id>`) and POSTs it, a
-signed `PushedRun`. The app checks the signature before it reads anything else, then
+signed `PushedRun`. The app checks the signature before it parses the body, then
 executes the run with the `Runner` a pulling `Worker` uses: it heartbeats the claim
 while the run executes and follows the server's directives, writes task records and
 the run's transition through its client, and answers `PushedRunAnswer` once the
@@ -145,7 +145,8 @@ class PushedRunApp:
                 {
                     "status": refused.status,
                     "error": refused.error.message,
-                    "delivery_id": _headers(scope).get(PUSH_ID_HEADER, ""),
+                    # unverified: no longer than a delivery id may be
+                    "delivery_id": _headers(scope).get(PUSH_ID_HEADER, "")[:64],
                 },
             )
             await _respond(send, refused.status, refused.error.to_wire(), refused.headers)
@@ -231,7 +232,8 @@ class PushedRunApp:
 
     async def _body(self, headers: dict[str, str], receive: Receive) -> bytes:
         declared = headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self.max_body_bytes:
+        # ASCII digits alone: "²" (a latin-1 header byte) is a digit to isdigit, not to int
+        if declared.isascii() and declared.isdigit() and int(declared) > self.max_body_bytes:
             raise _Refused(413, PayloadTooLargeError(int(declared), self.max_body_bytes))
         chunks: list[bytes] = []
         size = 0
