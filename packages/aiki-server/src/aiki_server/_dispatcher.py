@@ -27,6 +27,7 @@ the next tick. At shutdown the pushes in flight are cancelled and their runs rel
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from datetime import timedelta
 from typing import TYPE_CHECKING
@@ -204,6 +205,7 @@ class Dispatcher:
         ids = {"endpoint_id": endpoint.id, "run_id": run.id, "namespace": endpoint.namespace}
         pushing = f"push to endpoint {endpoint.id}"
         settled = False  # the run's fate is written: released, or left to the endpoint
+        counted = False  # the failure is on the endpoint's row
         try:
             pushed = PushedRun(
                 claim=claimed,
@@ -227,6 +229,7 @@ class Dispatcher:
                 return
             # the back-off is written first: the released run wakes every dispatcher
             failures = await self._failed(endpoint.id, error, result.retry_after)
+            counted = True
             released = await self._writes.release(
                 endpoint.namespace, run.id, run.revision, f"{pushing} failed: {error}"
             )
@@ -239,6 +242,9 @@ class Dispatcher:
             self._db.metrics.pushed(KIND, "error")
             _log.error("push failed in the server", {**ids, "error": repr(exc)})
             if not settled:
+                if not counted:  # else the release wakes this dispatcher to push at once
+                    with contextlib.suppress(Exception):
+                        await self._failed(endpoint.id, "the push failed in the server", None)
                 await self._release_shielded(endpoint, run, f"{pushing} failed in the server")
         except BaseException:  # cancelled: the server is shutting down
             if not settled:

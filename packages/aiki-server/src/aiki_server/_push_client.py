@@ -103,6 +103,8 @@ class PushClient:
             return _failed("timeout", f"timed out after {timeout:g} s", started)
         except httpx.TransportError as exc:
             return _failed("connection", _connection_error(exc), started)
+        except httpx.InvalidURL as exc:  # one the URL check let through: no request to send
+            return _failed("connection", f"invalid URL: {exc}"[:200], started)
 
     async def _read(self, response: httpx.Response, started: float) -> PushResult:
         """The push's result from its answer: a 2xx body is read, up to the limit."""
