@@ -35,6 +35,8 @@ another status; no answer in time; no connection (or it broke); an answer too la
 
 MAX_ANSWER_BYTES = 1024 * 1024
 """The most of an endpoint's answer the server reads (1 MiB)."""
+MAX_RETRY_AFTER = 86_400.0
+"""The longest `Retry-After` read, in seconds (a day; the back-off caps it further)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,15 +145,18 @@ def _connection_error(exc: httpx.TransportError) -> str:
 
 
 def parse_retry_after(value: str | None) -> float | None:
-    """A `Retry-After` header in seconds from now: delay-seconds or an HTTP date."""
+    """A `Retry-After` header in seconds from now: delay-seconds or an HTTP date.
+
+    At most `MAX_RETRY_AFTER`; `None` when it is neither (an endpoint's header is
+    untrusted: no value of it may raise).
+    """
     if value is None:
         return None
     text = value.strip()
-    if text.isdigit():
-        return float(text)
+    if text.isascii() and text.isdigit():  # str.isdigit alone takes "²", which float refuses
+        return min(float(text), MAX_RETRY_AFTER)
     try:
-        at = parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
+        seconds = parsedate_to_datetime(text).timestamp() - time()
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    seconds = at.timestamp() - time()
-    return max(seconds, 0.0) if math.isfinite(seconds) else None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER) if math.isfinite(seconds) else None
