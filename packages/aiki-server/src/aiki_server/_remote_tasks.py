@@ -117,15 +117,9 @@ class RemoteTasks:
     async def _call(self, namespace: str, run_id: str, req: RemoteTaskRequest) -> PushedTaskAnswer:
         async def serving(tx: Tx) -> list[Endpoint]:
             await claimed_run(tx, run_id, namespace, req.revision)
-            endpoints = await list_endpoints(tx, KIND, namespace)
-            return [e for e in endpoints if req.name in e.tasks]
+            return await _serving(tx, namespace, req.name)
 
-        endpoints = await self._db.write(serving)
-        if not endpoints:
-            raise _Unreachable(
-                f"task {req.name!r}: no task endpoint of namespace {namespace!r} serves it"
-            )
-        endpoint = await self._slot(req.name, endpoints)
+        endpoint = await self._slot(namespace, req.name, await self._db.write(serving))
         self._in_flight[endpoint.id] += 1
         try:
             return await self._push(endpoint, run_id, req)
@@ -136,10 +130,18 @@ class RemoteTasks:
             self._freed.set()
             self._freed = anyio.Event()
 
-    async def _slot(self, task: str, endpoints: list[Endpoint]) -> Endpoint:
-        """`_choose`, waiting up to `BUSY_WAIT` for a push to end while all are busy."""
+    async def _slot(self, namespace: str, task: str, endpoints: list[Endpoint]) -> Endpoint:
+        """`_choose`, waiting up to `BUSY_WAIT` for a push to end while all are busy.
+
+        After each wait the endpoints are read again: the push that ended may have
+        backed its endpoint off, or opened its circuit, and the rows say so.
+        """
         deadline = anyio.current_time() + BUSY_WAIT
         while True:
+            if not endpoints:
+                raise _Unreachable(
+                    f"task {task!r}: no task endpoint of namespace {namespace!r} serves it"
+                )
             freed = self._freed
             try:
                 return await self._choose(task, endpoints)
@@ -149,6 +151,8 @@ class RemoteTasks:
                     raise
                 with anyio.move_on_after(remaining):
                     await freed.wait()
+            async with self._db.reader() as tx:
+                endpoints = await _serving(tx, namespace, task)
 
     async def _choose(self, task: str, endpoints: list[Endpoint]) -> Endpoint:
         """The least busy endpoint that may take a push now; else why none may."""
@@ -232,3 +236,8 @@ class RemoteTasks:
             "a task push failed",
             {"endpoint_id": endpoint.id, "error": error, "failures": failures},
         )
+
+
+async def _serving(tx: Tx, namespace: str, task: str) -> list[Endpoint]:
+    """The namespace's task endpoints that serve `task`, as their rows are now."""
+    return [e for e in await list_endpoints(tx, KIND, namespace) if task in e.tasks]
