@@ -123,8 +123,7 @@ class Task(TypedTask[InT, OutT]):
         if scope.cancelled_caught:
             assert timeout is not None
             raise TaskTimeoutError(info.run_id, self.name, info.attempt, to_millis(timeout))
-        validated = self.decode_result(result)
-        return cast("JsonValue", self._output.dump_python(validated, mode="json"))
+        return self._checked_result(result)
 
     def __repr__(self) -> str:
         return f"<Task {self.name!r}>"
