@@ -10,12 +10,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import anyio
-from anyio.abc import SocketStream
 
 from aiki_server.testing import free_port
 from server_api import claim_one, start
 
 if TYPE_CHECKING:
+    from anyio.abc import SocketStream, TaskStatus
+
     from conftest import HarnessFactory
 
 
@@ -27,7 +28,7 @@ class SlowFailingEndpoint:
         self.pushes = 0
         self.port = free_port()
 
-    async def serve(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+    async def serve(self, *, task_status: TaskStatus[None]) -> None:
         listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=self.port)
         async with listener:
             task_status.started()

@@ -9,6 +9,7 @@ from typing import Any
 import anyio
 import pytest
 
+import aiki_task._remote
 from aiki_core import (
     AikiError,
     ConsoleLogger,
@@ -47,7 +48,6 @@ from aiki_core.wire import (
     TaskRecord,
     task_address,
 )
-import aiki_task._remote
 from aiki_task import task
 from aiki_workflow import WorkflowRun, event, workflow
 

@@ -138,8 +138,7 @@ def _check_host(authority: str) -> None:
         return
     if address.is_link_local:
         raise ValueError(
-            "the URL must not point at a link-local address (where cloud metadata services"
-            " answer)"
+            "the URL must not point at a link-local address (where cloud metadata services answer)"
         )
     if address in _METADATA_ADDRESSES:
         raise ValueError("the URL must not point at a cloud metadata service")

@@ -102,8 +102,10 @@ class TypedTask(ABC, Generic[InT, OutT]):
             raise PayloadValidationError.from_pydantic(what, exc) from None
 
     def _checked_result(self, value: Any) -> JsonValue:
-        """An attempt's result validated against the output type, as JSON values: what
-        is recorded, so a result of the wrong type fails its attempt instead."""
+        """An attempt's result checked against the output type, as JSON values.
+
+        What is recorded: a result of the wrong type fails its attempt instead.
+        """
         return cast("JsonValue", self._output.dump_python(self.decode_result(value), mode="json"))
 
     @abstractmethod
