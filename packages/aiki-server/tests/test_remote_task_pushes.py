@@ -1,12 +1,13 @@
-"""Remote task calls side by side, against a real (slow, failing) task endpoint.
+"""Remote task calls against real task endpoints that misbehave.
 
-The endpoint is a socket of the test's: it reads each push whole, waits a little and
-answers 503, counting what it got. The server's clock is the test's, so a back-off
-written on the endpoint's row holds for the whole test.
+Each endpoint is a socket of the test's: it reads each push whole, waits a little and
+sends the answer it was given, counting what it got. The server's clock is the
+test's, so a back-off written on an endpoint's row holds for the whole test.
 """
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -17,16 +18,27 @@ from server_api import claim_one, start
 if TYPE_CHECKING:
     from anyio.abc import SocketStream, TaskStatus
 
-    from conftest import HarnessFactory
+    from conftest import Harness, HarnessFactory
 
 
-class SlowFailingEndpoint:
-    """Answers every push `503` after `delay` seconds; `pushes` counts them."""
+UNAVAILABLE = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n"
 
-    def __init__(self, delay: float) -> None:
+
+def ok(body: bytes) -> bytes:
+    """A `200` answer of `body` (JSON)."""
+    head = f"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {len(body)}"
+    return head.encode() + b"\r\n\r\n" + body
+
+
+class SocketEndpoint:
+    """Sends `answer` to every push after `delay` seconds; `pushes` counts them."""
+
+    def __init__(self, answer: bytes, delay: float = 0.0) -> None:
+        self.answer = answer
         self.delay = delay
         self.pushes = 0
         self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
 
     async def serve(self, *, task_status: TaskStatus[None]) -> None:
         listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=self.port)
@@ -49,27 +61,17 @@ class SlowFailingEndpoint:
                 body += await stream.receive()
             self.pushes += 1
             await anyio.sleep(self.delay)
-            await stream.send(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n")
+            await stream.send(self.answer)
 
 
-async def test_calls_waiting_for_a_busy_endpoint_honour_the_back_off_its_failure_wrote(
-    make_harness: HarnessFactory,
-) -> None:
-    # five calls for an endpoint that takes one push at a time: the first push fails and
-    # backs the endpoint off. Before, the four waiting calls chose from the endpoints
-    # they read before waiting, and pushed one after another to the failing endpoint
-    # regardless of its back-off (and of its circuit once five had failed)
-    endpoint = SlowFailingEndpoint(delay=0.3)
-    async with make_harness() as h, anyio.create_task_group() as tg:
+async def call_task(
+    h: Harness, endpoint: SocketEndpoint, calls: int, **options: Any
+) -> list[dict[str, Any]]:
+    """Register `endpoint` for task `resize`, make `calls` side by side; their answers."""
+    async with anyio.create_task_group() as tg:
         await tg.start(endpoint.serve)
-        created = await h.client.post(
-            "/endpoints",
-            json={
-                "url": f"http://127.0.0.1:{endpoint.port}/",
-                "tasks": ["resize"],
-                "max_in_flight": 1,
-            },
-        )
+        body = {"url": endpoint.url, "tasks": ["resize"], **options}
+        created = await h.client.post("/endpoints", json=body)
         assert created.status_code == 201, created.text
         run = await start(h.client)
         held = await claim_one(h.client)
@@ -88,9 +90,60 @@ async def test_calls_waiting_for_a_busy_endpoint_honour_the_back_off_its_failure
             assert r.status_code == 200, r.text
             answers.append(r.json())
 
-        async with anyio.create_task_group() as calls:
-            for _ in range(5):
-                calls.start_soon(call_once)
+        async with anyio.create_task_group() as side_by_side:
+            for _ in range(calls):
+                side_by_side.start_soon(call_once)
         tg.cancel_scope.cancel()
+    return answers
+
+
+async def failures_of(h: Harness) -> int:
+    """The failed pushes counted on the one endpoint."""
+    r = await h.client.get("/endpoints")
+    (endpoint,) = r.json()["endpoints"]
+    failures: int = endpoint["failures"]
+    return failures
+
+
+async def test_calls_waiting_for_a_busy_endpoint_honour_the_back_off_its_failure_wrote(
+    make_harness: HarnessFactory,
+) -> None:
+    # five calls for an endpoint that takes one push at a time: the first push fails and
+    # backs the endpoint off. Before, the four waiting calls chose from the endpoints
+    # they read before waiting, and pushed one after another to the failing endpoint
+    # regardless of its back-off (and of its circuit once five had failed)
+    endpoint = SocketEndpoint(UNAVAILABLE, delay=0.3)
+    async with make_harness() as h:
+        answers = await call_task(h, endpoint, 5, max_in_flight=1)
     assert endpoint.pushes == 1
     assert [a["error"]["code"] for a in answers] == ["server_unavailable"] * 5
+
+
+async def test_a_result_a_worker_could_record_comes_back_however_large(
+    make_harness: HarnessFactory,
+) -> None:
+    # 1.5 MB is within the server's request limit (2 MiB), so a worker records it from
+    # a local task; the push client read at most 1 MiB of an answer, so the same
+    # result from a task endpoint was a failed push: retried (the task ran again) and
+    # counted against the endpoint, whose circuit then held back its other tasks
+    result = "x" * 1_500_000
+    endpoint = SocketEndpoint(ok(json.dumps({"status": "completed", "result": result}).encode()))
+    async with make_harness() as h:
+        (answer,) = await call_task(h, endpoint, 1)
+        assert (answer["status"], answer["result"] == result) == ("completed", True)
+        assert await failures_of(h) == 0
+
+
+async def test_an_answer_too_large_to_record_fails_the_attempt_for_good_not_the_endpoint(
+    make_harness: HarnessFactory,
+) -> None:
+    # the endpoint answered: the task's result is what is too large, as it would be
+    # from a local task, and trying again would run the task again for the same result
+    result = "x" * 3_000_000
+    endpoint = SocketEndpoint(ok(json.dumps({"status": "completed", "result": result}).encode()))
+    async with make_harness() as h:
+        (answer,) = await call_task(h, endpoint, 1)
+        assert answer["status"] == "failed"
+        error = answer["error"]
+        assert (error["code"], error["retryable"]) == ("payload_too_large", False)
+        assert await failures_of(h) == 0

@@ -52,6 +52,8 @@ class PushResult:
     """The endpoint's `Retry-After`, in seconds from now, when it sent one."""
     seconds: float
     """How long the push took."""
+    size: int = 0
+    """The bytes of the answer read: all of a 2xx one, or more than the limit."""
 
     @property
     def ok(self) -> bool:
@@ -118,8 +120,9 @@ class PushClient:
             answer += chunk
             if len(answer) > self._max_answer_bytes:
                 error = f"answer over {self._max_answer_bytes} bytes"
-                return _failed("too_large", error, started, retry_after)
-        return PushResult("ok", bytes(answer), None, None, perf_counter() - started)
+                seconds = perf_counter() - started
+                return PushResult("too_large", b"", error, retry_after, seconds, len(answer))
+        return PushResult("ok", bytes(answer), None, None, perf_counter() - started, len(answer))
 
 
 def _failed(

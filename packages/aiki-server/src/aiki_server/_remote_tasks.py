@@ -16,7 +16,9 @@ Every way the call cannot reach a task (no endpoint serves it, each one is resti
 busy, the push failed) is answered as a failed attempt whose error is a
 `ServerUnavailableError` naming the task and the endpoint: retryable, so the task's
 policy tries it again. It is no error of the server's own (no 5xx: this server is
-fine, and a worker reading a 503 would take it for its server being down).
+fine, and a worker reading a 503 would take it for its server being down). An answer
+larger than a worker may send (the server's request limit) is the task's failure, not
+the endpoint's: a final `PayloadTooLargeError`, as a local task's result would be.
 
 The server waits for the answer for the task's timeout and a margin (the endpoint's
 timeout when the task has none), and never longer than `MAX_WAIT_MS`: the worker's own
@@ -31,13 +33,13 @@ from typing import TYPE_CHECKING
 import anyio
 from pydantic import ValidationError
 
-from aiki_core import ErrorInfo, ServerUnavailableError
+from aiki_core import ErrorInfo, PayloadTooLargeError, ServerUnavailableError
 from aiki_core.wire import PushedTask, PushedTaskAnswer, to_millis
 from aiki_server._clock import from_ms
 from aiki_server._endpoints import list_endpoints
 from aiki_server._lifecycle import claimed_run
 from aiki_server._logs import component
-from aiki_server._push_client import PushClient
+from aiki_server._push_client import MAX_ANSWER_BYTES, PushClient
 from aiki_server._push_health import (
     OPEN_AFTER,
     PushBackoff,
@@ -88,11 +90,13 @@ class RemoteTasks:
         *,
         backoff: PushBackoff | None = None,
         client: PushClient | None = None,
+        max_answer_bytes: int = MAX_ANSWER_BYTES,
     ) -> None:
         self._db = db
         self._clock = clock
         self._backoff = backoff or PushBackoff()
-        self._client = client or PushClient()
+        self._max_answer_bytes = max_answer_bytes
+        self._client = client or PushClient(max_answer_bytes=max_answer_bytes)
         self._in_flight: Counter[str] = Counter()
         """Endpoint id -> this replica's task pushes to it in flight."""
         self._freed = anyio.Event()
@@ -219,6 +223,10 @@ class RemoteTasks:
             except ValidationError:
                 outcome, error = "invalid", "HTTP 2xx without a pushed task answer"
         self._db.metrics.pushed(KIND, outcome, result.seconds)
+        if result.outcome == "too_large":  # the endpoint answered: the result is too large
+            too_large = PayloadTooLargeError(result.size, self._max_answer_bytes, "result")
+            info = ErrorInfo.from_exception(too_large, include_stack=False)
+            return PushedTaskAnswer(status="failed", error=info)
         if answer is None:
             assert error is not None
             await self._failed(endpoint, error, result.retry_after)
@@ -229,7 +237,7 @@ class RemoteTasks:
 
     async def _failed(self, endpoint: Endpoint, error: str, retry_after: float | None) -> None:
         retry_after_ms = None if retry_after is None else int(retry_after * 1000)
-        failures = await record_failure(
+        failures, _ = await record_failure(
             self._db, endpoint.id, self._clock(), error, retry_after_ms, self._backoff
         )
         _log.warn(
