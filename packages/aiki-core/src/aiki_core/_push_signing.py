@@ -138,7 +138,9 @@ class PushVerifier:
         delivery_id = headers.get(PUSH_ID_HEADER, "")
         stamp = headers.get(PUSH_TIMESTAMP_HEADER, "")
         signatures = headers.get(PUSH_SIGNATURE_HEADER, "")
-        if not delivery_id or len(delivery_id) > 64 or not stamp.isdigit() or len(stamp) > 12:
+        # ASCII digits only: headers read as latin-1 give "²", which isdigit takes, not int
+        digits = stamp.isascii() and stamp.isdigit()
+        if not delivery_id or len(delivery_id) > 64 or not digits or len(stamp) > 12:
             raise PushSignatureError("the push headers are missing or malformed")
         now = self._clock()
         if abs(now - int(stamp)) > self._tolerance:
