@@ -25,9 +25,10 @@ if TYPE_CHECKING:
     from aiki_core import RateLimit, RetryPolicy
     from aiki_core.sdk import TaskAttemptInfo
 
-ANSWER_MARGIN = 15.0
-"""Seconds past a remote attempt's timeout the run waits for the server's answer (the
-server gives the endpoint 5 s past it, then answers itself)."""
+ANSWER_MARGIN = 20.0
+"""Seconds past a remote attempt's timeout the run waits for the server's answer: the
+server may wait 10 s for a busy endpoint's push slot, then gives the endpoint 5 s
+past the timeout before it answers itself."""
 
 InT = TypeVar("InT")
 OutT = TypeVar("OutT")
