@@ -127,3 +127,25 @@ async def test_a_push_with_a_non_ascii_digit_timestamp_is_refused_401_not_a_cras
     answered = await http.post("/aiki/", content=body, headers=headers)
     assert answered.status_code == 401
     assert answered.json()["error"]["code"] == "push_signature_invalid"
+
+
+async def test_a_content_length_of_non_ascii_digits_is_no_crash() -> None:
+    # "\xb2" passes str.isdigit and int() refused it; an ASGI server that hands the
+    # header on unchecked (a Lambda adapter, say) made the app raise before any check
+    app = asgi_app([shout], secrets=[SECRET], codec=CODEC)
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/",
+        "headers": [(b"content-length", b"\xb2")],
+    }
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    assert sent[0]["status"] == 401  # unsigned: refused, nothing run

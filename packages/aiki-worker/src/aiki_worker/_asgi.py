@@ -231,7 +231,7 @@ class PushedRunApp:
 
     async def _body(self, headers: dict[str, str], receive: Receive) -> bytes:
         declared = headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self.max_body_bytes:
+        if declared.isascii() and declared.isdigit() and int(declared) > self.max_body_bytes:
             raise _Refused(413, PayloadTooLargeError(int(declared), self.max_body_bytes))
         chunks: list[bytes] = []
         size = 0
