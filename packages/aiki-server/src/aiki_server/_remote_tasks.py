@@ -101,6 +101,9 @@ class RemoteTasks:
         """Endpoint id -> this replica's task pushes to it in flight."""
         self._freed = anyio.Event()
         """Set (and replaced) whenever one of those pushes ends."""
+        self._health_writes = 0
+        """How many times this replica wrote an endpoint's health: a waiting call reads
+        its endpoints again only when it changed."""
 
     async def aclose(self) -> None:
         """Close the push client's connections."""
@@ -137,10 +140,11 @@ class RemoteTasks:
     async def _slot(self, namespace: str, task: str, endpoints: list[Endpoint]) -> Endpoint:
         """`_choose`, waiting up to `BUSY_WAIT` for a push to end while all are busy.
 
-        After each wait the endpoints are read again: the push that ended may have
-        backed its endpoint off, or opened its circuit, and the rows say so.
+        After a wait the endpoints are read again when a push wrote their health
+        meanwhile: it may have backed its endpoint off, or opened its circuit.
         """
         deadline = anyio.current_time() + BUSY_WAIT
+        read_at = self._health_writes
         while True:
             if not endpoints:
                 raise _Unreachable(
@@ -155,8 +159,10 @@ class RemoteTasks:
                     raise
                 with anyio.move_on_after(remaining):
                     await freed.wait()
-            async with self._db.reader() as tx:
-                endpoints = await _serving(tx, namespace, task)
+            if read_at != self._health_writes:
+                read_at = self._health_writes
+                async with self._db.reader() as tx:
+                    endpoints = await _serving(tx, namespace, task)
 
     async def _choose(self, task: str, endpoints: list[Endpoint]) -> Endpoint:
         """The least busy endpoint that may take a push now; else why none may."""
@@ -233,6 +239,7 @@ class RemoteTasks:
             raise _Unreachable(f"{what} failed: {error}", retry_after=result.retry_after)
         if endpoint.failures or endpoint.retry_at is not None:
             await record_success(self._db, endpoint.id)
+            self._health_writes += 1
         return answer
 
     async def _failed(self, endpoint: Endpoint, error: str, retry_after: float | None) -> None:
@@ -240,6 +247,7 @@ class RemoteTasks:
         failures, _ = await record_failure(
             self._db, endpoint.id, self._clock(), error, retry_after_ms, self._backoff
         )
+        self._health_writes += 1
         _log.warn(
             "a task push failed",
             {"endpoint_id": endpoint.id, "error": error, "failures": failures},
