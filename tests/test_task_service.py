@@ -6,7 +6,7 @@ makes, without a port. The pushes are signed here, as the server signs them.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 import pytest
@@ -19,7 +19,7 @@ from aiki_crypto import AesGcmCodec, KeyRing
 from aiki_task import asgi_app, task
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, MutableMapping
 
     from pydantic import JsonValue
 
@@ -139,12 +139,12 @@ async def test_a_content_length_of_non_ascii_digits_is_no_crash() -> None:
         "path": "/",
         "headers": [(b"content-length", b"\xb2")],
     }
-    sent: list[dict[str, object]] = []
+    sent: list[MutableMapping[str, Any]] = []
 
-    async def receive() -> dict[str, object]:
+    async def receive() -> MutableMapping[str, Any]:
         return {"type": "http.request", "body": b"{}", "more_body": False}
 
-    async def send(message: dict[str, object]) -> None:
+    async def send(message: MutableMapping[str, Any]) -> None:
         sent.append(message)
 
     await app(scope, receive, send)

@@ -242,9 +242,12 @@ class Dispatcher:
             self._db.metrics.pushed(KIND, "error")
             _log.error("push failed in the server", {**ids, "error": repr(exc)})
             if not settled:
-                if not counted:  # else the release wakes this dispatcher to push at once
-                    with contextlib.suppress(Exception):
-                        await self._failed(endpoint.id, "the push failed in the server", None)
+                # counted first, else the release wakes this dispatcher to push at once;
+                # shielded as the release is, which a shutdown must not skip
+                with anyio.move_on_after(_RELEASE_WITHIN, shield=True):
+                    if not counted:
+                        with contextlib.suppress(Exception):
+                            await self._failed(endpoint.id, "the push failed in the server", None)
                 await self._release_shielded(endpoint, run, f"{pushing} failed in the server")
         except BaseException:  # cancelled: the server is shutting down
             if not settled:
