@@ -6,20 +6,20 @@ makes, without a port. The pushes are signed here, as the server signs them.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 import pytest
 from fastapi import FastAPI
 
 from aiki_core import CodecContext, NonRetryableError
-from aiki_core.push import PushSecret, sign_push
+from aiki_core.push import PUSH_TIMESTAMP_HEADER, PushSecret, sign_push
 from aiki_core.wire import PushedTask, PushedTaskAnswer, task_address
 from aiki_crypto import AesGcmCodec, KeyRing
 from aiki_task import asgi_app, task
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, MutableMapping
 
     from pydantic import JsonValue
 
@@ -113,3 +113,39 @@ async def test_a_body_over_the_limit_is_refused_unread(http: httpx.AsyncClient) 
     answered = await push(http, body)
     assert answered.status_code == 413
     assert answered.json()["error"]["code"] == "payload_too_large"
+
+
+async def test_a_push_with_a_non_ascii_digit_timestamp_is_refused_401_not_a_crash(
+    http: httpx.AsyncClient,
+) -> None:
+    # headers are read as latin-1: "\xb2" (superscript two) passed str.isdigit, and
+    # int() raised a ValueError out of the app, before any signature was checked
+    body = pushed("shout", CODEC.encode("hello", context("shout", "hello", "input")))
+    signed = {**sign_push(body, [SECRET]), PUSH_TIMESTAMP_HEADER: "-"}
+    headers = [(k.encode(), v.encode()) for k, v in signed.items()]
+    headers[-1] = (PUSH_TIMESTAMP_HEADER.encode(), b"\xb2")
+    answered = await http.post("/aiki/", content=body, headers=headers)
+    assert answered.status_code == 401
+    assert answered.json()["error"]["code"] == "push_signature_invalid"
+
+
+async def test_a_content_length_of_non_ascii_digits_is_no_crash() -> None:
+    # "\xb2" passes str.isdigit and int() refused it; an ASGI server that hands the
+    # header on unchecked (a Lambda adapter, say) made the app raise before any check
+    app = asgi_app([shout], secrets=[SECRET], codec=CODEC)
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/",
+        "headers": [(b"content-length", b"\xb2")],
+    }
+    sent: list[MutableMapping[str, Any]] = []
+
+    async def receive() -> MutableMapping[str, Any]:
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    assert sent[0]["status"] == 401  # unsigned: refused, nothing run

@@ -205,6 +205,18 @@ async def test_the_status_shows_the_failures_the_dispatcher_records(harness: Har
         ("https://ho%st.example/", "not a valid URL"),
         ("https://host.example/\n", "spaces or control characters"),
         ("https://host.example/" + "a" * 2000, "at most 2000 characters"),
+        # the HTTP client cannot send there: each push failed in the server
+        ("http://999.1.1.1/", "not a valid IP address"),
+        # where cloud metadata services answer: a key holder's endpoint must not make
+        # the server post to them
+        ("http://169.254.169.254/latest/meta-data/", "link-local"),
+        ("http://169.254.169.254./", "link-local"),
+        ("http://[fe80::1]/", "link-local"),
+        ("http://[::ffff:a9fe:a9fe]/", "link-local"),  # 169.254.169.254, IPv4-mapped
+        ("http://2852039166/", "link-local"),  # 169.254.169.254, as a resolver reads it
+        ("http://0xa9.0xfe.0xa9.0xfe/", "link-local"),
+        ("http://[fd00:ec2::254]/", "metadata service"),
+        ("http://Metadata.Google.Internal/", "metadata service"),
     ],
 )
 async def test_bad_urls_are_refused(server: httpx.AsyncClient, url: str, problem: str) -> None:

@@ -105,3 +105,25 @@ async def test_with_push_delivery_off_an_endpoints_runs_wait_for_a_pulling_worke
         assert (detail["status"], pushes_of(detail)) == ("queued", [])
         # a healthy endpoint serves it: no "no worker serves" reason
         assert detail["pending_reason"] is None
+
+
+async def test_an_endpoint_url_the_http_client_refuses_is_a_failed_push_not_a_hot_loop(
+    make_harness: HarnessFactory,
+) -> None:
+    # a row from before the URL check refused such hosts: the HTTP client refuses it
+    # when it builds the request. Before, that escaped the push client: the run was
+    # given back with no failure on the endpoint, which woke the dispatcher to push it
+    # again at once, forever (a history row per push, no back-off, no circuit)
+    async with make_harness(push_delivery=False) as before:
+        endpoint = await create_endpoint(before.client, f"http://127.0.0.1:{free_port()}/")
+        await before.app.state.db.write(
+            lambda tx: tx.execute("UPDATE endpoints SET url = 'http://999.1.1.1/push'")
+        )
+    async with make_harness() as h:
+        run = await start(h.client)
+        failed = await endpoint_after(h, endpoint["id"], 1)
+        assert failed["last_error"].startswith("invalid URL")
+        await anyio.sleep(1.5)  # the back-off holds on the server's clock
+        assert (await endpoint_after(h, endpoint["id"], 1))["failures"] == 1
+        detail = await get_run(h.client, run["id"])
+        assert len(pushes_of(detail)) == 1

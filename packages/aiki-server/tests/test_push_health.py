@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from aiki_server._push_client import MAX_RETRY_AFTER, parse_retry_after
 from aiki_server._push_health import PushBackoff
 
 
@@ -24,3 +25,13 @@ def test_retry_after_is_honoured_up_to_the_longest_cool_off() -> None:
     assert backoff.delay_ms(1, 10_000) == 10_000
     assert backoff.delay_ms(1, 0) == 500  # never sooner than the back-off
     assert backoff.delay_ms(1, 10**12) == 300_000
+
+
+def test_a_hostile_retry_after_is_read_as_a_bounded_delay_or_none() -> None:
+    # before: 400 digits read as infinity (int(inf * 1000) raised when the failure was
+    # counted), and a latin-1 superscript two passed str.isdigit and raised in float()
+    assert parse_retry_after("1" * 400) == MAX_RETRY_AFTER
+    assert parse_retry_after("\xb2") is None
+    assert parse_retry_after("\u0663") is None  # an Arabic-Indic three: not delay-seconds
+    assert parse_retry_after(" 7 ") == 7.0
+    assert parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT") == MAX_RETRY_AFTER

@@ -9,6 +9,7 @@ from typing import Any
 import anyio
 import pytest
 
+import aiki_task._remote
 from aiki_core import (
     AikiError,
     ConsoleLogger,
@@ -84,7 +85,7 @@ class Execution:
         self.deferred: list[RecordTaskRequest] = []
         """Held for the run's transition."""
         self.refuse_writes: AikiError | None = None
-        self.remote_answers: list[PushedTaskAnswer | AikiError] = []
+        self.remote_answers: list[PushedTaskAnswer | AikiError | object] = []
         """What the server answers each remote task call, in turn."""
         self.remote_calls: list[RemoteTaskRequest] = []
 
@@ -109,14 +110,21 @@ class Execution:
     async def call_remote_task(self, request: RemoteTaskRequest) -> PushedTaskAnswer:
         self.remote_calls.append(request)
         answer = self.remote_answers.pop(0)
+        if answer is HANGS:
+            await anyio.sleep_forever()
         if isinstance(answer, AikiError):
             raise answer
+        assert isinstance(answer, PushedTaskAnswer)
         return answer
 
     async def flush_tasks(self) -> None:
         held, self.deferred = self.deferred, []
         for request in held:
             await self.record_task(request)
+
+
+HANGS = object()
+"""A remote answer that never comes."""
 
 
 def recorded(name: str, value: Any, result: Any, occurrence: int = 0, **extra: Any) -> TaskRecord:
@@ -271,6 +279,44 @@ async def test_a_remote_call_on_a_lost_claim_abandons_the_run() -> None:
     with pytest.raises(RunInterrupt):
         await with_remote.execute(execution)
     assert execution.records == []
+
+
+async def test_a_remote_result_of_the_wrong_type_fails_its_attempt_and_is_not_recorded() -> None:
+    # before, the answer was recorded as the call's completed result and only `start`
+    # checked its type: the run failed, and every later attempt of it replayed the
+    # same bad result from the record without calling the service again
+    execution = Execution(7)
+    execution.remote_answers = [PushedTaskAnswer(status="completed", result="fourteen")]
+    action = await with_remote.execute(execution)
+    assert isinstance(action, FailRun)
+    records = [*execution.records, *execution.deferred]
+    assert [r.status for r in records] == [TaskStatus.FAILED]
+    assert records[0].result is None
+    assert records[0].error is not None and "wrong type" in records[0].error.message
+
+
+remote_hasty = double.with_options(timeout=timedelta(milliseconds=50)).remote()
+
+
+@wf.v("remote-hasty")
+async def with_hasty_remote(run: WorkflowRun, n: int) -> int:
+    return await remote_hasty.start(run, n)
+
+
+async def test_a_remote_attempt_whose_answer_never_comes_times_out_on_the_worker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # the server answers an attempt within its timeout and a margin; a server that
+    # never answers left the attempt waiting for the HTTP client's 75 s instead
+    monkeypatch.setattr(aiki_task._remote, "ANSWER_MARGIN", 0.05)
+    execution = Execution(7)
+    execution.remote_answers = [HANGS]
+    with anyio.fail_after(5):
+        action = await with_hasty_remote.execute(execution)
+    assert isinstance(action, FailRun)
+    records = [*execution.records, *execution.deferred]
+    assert records[0].error is not None
+    assert records[0].error.code == "task_timeout"
 
 
 async def test_a_remote_result_on_record_is_replayed_without_a_call() -> None:

@@ -9,7 +9,9 @@ once, when the endpoint is created or its secret rotated.
 
 from __future__ import annotations
 
+import ipaddress
 import re
+import socket
 from datetime import timedelta
 from typing import Annotated, Literal, Self
 
@@ -97,7 +99,52 @@ def _check_url(url: str) -> str:
             "not a valid URL: a host name or IP address, a port up to 65535, and a path and"
             " query of printable ASCII (percent-encode the rest)"
         )
+    _check_host(authority)
     return url
+
+
+_METADATA_HOSTS = frozenset({"metadata.google.internal", "metadata.goog"})
+"""Cloud metadata services' names (GCP's); most answer at a link-local address."""
+_METADATA_ADDRESSES = frozenset(
+    {ipaddress.ip_address("fd00:ec2::254"), ipaddress.ip_address("100.100.100.200")}
+)
+"""Cloud metadata services' addresses outside link-local ones (AWS IPv6, Alibaba)."""
+_NUMERIC_PART = "(?:0[xX][0-9A-Fa-f]*|[0-9]+)"
+_NUMERIC_HOST = re.compile(rf"{_NUMERIC_PART}(?:\.{_NUMERIC_PART})*")
+"""A host a resolver reads as an IPv4 address (`2852039166`, `0xa9.0xfe.0xa9.0xfe`)."""
+
+
+def _check_host(authority: str) -> None:
+    """Refuse a host the server must not push to: a cloud metadata service's.
+
+    Pushes are requests the server makes on an API key holder's behalf; link-local
+    addresses (169.254.0.0/16, fe80::/10), where metadata services hand out the
+    machine's credentials, and the known metadata names and addresses are refused.
+    A name that resolves to one is not seen here.
+    """
+    if authority.startswith("["):
+        host = authority[1 : authority.index("]")]
+    else:
+        host = authority.rsplit(":", 1)[0].rstrip(".")
+    if host.lower() in _METADATA_HOSTS:
+        raise ValueError("the URL must not point at a cloud metadata service")
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address
+    if authority.startswith("["):
+        address = ipaddress.IPv6Address(host)
+        address = address.ipv4_mapped or address
+    elif _NUMERIC_HOST.fullmatch(host):
+        try:
+            address = ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
+            raise ValueError(f"not a valid IP address: {host}") from None
+    else:
+        return
+    if address.is_link_local:
+        raise ValueError(
+            "the URL must not point at a link-local address (where cloud metadata services answer)"
+        )
+    if address in _METADATA_ADDRESSES:
+        raise ValueError("the URL must not point at a cloud metadata service")
 
 
 EndpointUrl = Annotated[

@@ -189,7 +189,8 @@ def create_app(db_url: str, settings: ServerSettings | None = None) -> FastAPI:
     timers = TimerDaemon(db, hub, clock, schedules.fire)
     backoff = PushBackoff(cool_off_ms=to_millis(settings.push_cool_off))
     dispatcher = Dispatcher(db, hub, clock, claims, writes, backoff=backoff)
-    remote_tasks = RemoteTasks(db, clock, backoff=backoff)
+    # an answer of any size a worker could record (its request limit) comes back to it
+    remote_tasks = RemoteTasks(db, clock, backoff=backoff, max_answer_bytes=settings.max_body_bytes)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

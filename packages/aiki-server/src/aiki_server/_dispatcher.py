@@ -27,8 +27,8 @@ the next tick. At shutdown the pushes in flight are cancelled and their runs rel
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
-from contextlib import suppress
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
@@ -205,6 +205,7 @@ class Dispatcher:
         ids = {"endpoint_id": endpoint.id, "run_id": run.id, "namespace": endpoint.namespace}
         pushing = f"push to endpoint {endpoint.id}"
         settled = False  # the run's fate is written: released, or left to the endpoint
+        counted = False  # the failure is on the endpoint's row
         try:
             pushed = PushedRun(
                 claim=claimed,
@@ -228,6 +229,7 @@ class Dispatcher:
                 return
             # the back-off is written first: the released run wakes every dispatcher
             failures = await self._failed(endpoint.id, error, result.retry_after)
+            counted = True
             released = await self._writes.release(
                 endpoint.namespace, run.id, run.revision, f"{pushing} failed: {error}"
             )
@@ -240,10 +242,12 @@ class Dispatcher:
             self._db.metrics.pushed(KIND, "error")
             _log.error("push failed in the server", {**ids, "error": repr(exc)})
             if not settled:
-                # counted on the endpoint too: its back-off keeps a push that fails at
-                # once, again and again, from claiming the run in a tight loop
-                with suppress(Exception):
-                    await self._failed(endpoint.id, f"server error: {type(exc).__name__}", None)
+                # counted first, else the release wakes this dispatcher to push at once;
+                # shielded as the release is, which a shutdown must not skip
+                with anyio.move_on_after(_RELEASE_WITHIN, shield=True):
+                    if not counted:
+                        with contextlib.suppress(Exception):
+                            await self._failed(endpoint.id, "the push failed in the server", None)
                 await self._release_shielded(endpoint, run, f"{pushing} failed in the server")
         except BaseException:  # cancelled: the server is shutting down
             if not settled:

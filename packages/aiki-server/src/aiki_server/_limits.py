@@ -54,7 +54,7 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         declared = dict(scope["headers"]).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.max_bytes:
+        if declared.isascii() and declared.isdigit() and int(declared) > self.max_bytes:
             error = PayloadTooLargeError(int(declared), self.max_bytes)
             await JSONResponse(error.to_wire(), status_code=413)(scope, receive, send)
             return

@@ -35,6 +35,8 @@ another status; no answer in time; no connection (or it broke); an answer too la
 
 MAX_ANSWER_BYTES = 1024 * 1024
 """The most of an endpoint's answer the server reads (1 MiB)."""
+MAX_RETRY_AFTER = 86_400.0
+"""The longest `Retry-After` read, in seconds (a day; the back-off caps it further)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +52,8 @@ class PushResult:
     """The endpoint's `Retry-After`, in seconds from now, when it sent one."""
     seconds: float
     """How long the push took."""
+    size: int = 0
+    """The bytes of the answer read: all of a 2xx one, or more than the limit."""
 
     @property
     def ok(self) -> bool:
@@ -108,7 +112,7 @@ class PushClient:
             return _failed("timeout", f"timed out after {timeout:g} s", started)
         except httpx.TransportError as exc:
             return _failed("connection", _connection_error(exc), started)
-        except httpx.InvalidURL as exc:
+        except httpx.InvalidURL as exc:  # one the URL check let through: no request to send
             return _failed("connection", f"invalid URL: {exc}"[:200], started)
 
     async def _read(self, response: httpx.Response, started: float) -> PushResult:
@@ -121,8 +125,9 @@ class PushClient:
             answer += chunk
             if len(answer) > self._max_answer_bytes:
                 error = f"answer over {self._max_answer_bytes} bytes"
-                return _failed("too_large", error, started, retry_after)
-        return PushResult("ok", bytes(answer), None, None, perf_counter() - started)
+                seconds = perf_counter() - started
+                return PushResult("too_large", b"", error, retry_after, seconds, len(answer))
+        return PushResult("ok", bytes(answer), None, None, perf_counter() - started, len(answer))
 
 
 def _failed(
@@ -150,15 +155,18 @@ def _connection_error(exc: httpx.TransportError) -> str:
 
 
 def parse_retry_after(value: str | None) -> float | None:
-    """A `Retry-After` header in seconds from now: delay-seconds or an HTTP date."""
+    """A `Retry-After` header in seconds from now: delay-seconds or an HTTP date.
+
+    At most `MAX_RETRY_AFTER`; `None` when it is neither (an endpoint's header is
+    untrusted: no value of it may raise).
+    """
     if value is None:
         return None
     text = value.strip()
-    if text.isdigit():
-        return float(text)
+    if text.isascii() and text.isdigit():  # str.isdigit alone takes "²", which float refuses
+        return min(float(text), MAX_RETRY_AFTER)
     try:
-        at = parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
+        seconds = parsedate_to_datetime(text).timestamp() - time()
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    seconds = at.timestamp() - time()
-    return max(seconds, 0.0) if math.isfinite(seconds) else None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER) if math.isfinite(seconds) else None

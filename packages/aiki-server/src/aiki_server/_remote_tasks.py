@@ -16,7 +16,9 @@ Every way the call cannot reach a task (no endpoint serves it, each one is resti
 busy, the push failed) is answered as a failed attempt whose error is a
 `ServerUnavailableError` naming the task and the endpoint: retryable, so the task's
 policy tries it again. It is no error of the server's own (no 5xx: this server is
-fine, and a worker reading a 503 would take it for its server being down).
+fine, and a worker reading a 503 would take it for its server being down). An answer
+larger than a worker may send (the server's request limit) is the task's failure, not
+the endpoint's: a final `PayloadTooLargeError`, as a local task's result would be.
 
 The server waits for the answer for the task's timeout and a margin (the endpoint's
 timeout when the task has none), and never longer than `MAX_WAIT_MS`: the worker's own
@@ -31,13 +33,13 @@ from typing import TYPE_CHECKING
 import anyio
 from pydantic import ValidationError
 
-from aiki_core import ErrorInfo, ServerUnavailableError
+from aiki_core import ErrorInfo, PayloadTooLargeError, ServerUnavailableError
 from aiki_core.wire import PushedTask, PushedTaskAnswer, to_millis
 from aiki_server._clock import from_ms
 from aiki_server._endpoints import list_endpoints
 from aiki_server._lifecycle import claimed_run
 from aiki_server._logs import component
-from aiki_server._push_client import PushClient
+from aiki_server._push_client import MAX_ANSWER_BYTES, PushClient
 from aiki_server._push_health import (
     OPEN_AFTER,
     PushBackoff,
@@ -88,15 +90,20 @@ class RemoteTasks:
         *,
         backoff: PushBackoff | None = None,
         client: PushClient | None = None,
+        max_answer_bytes: int = MAX_ANSWER_BYTES,
     ) -> None:
         self._db = db
         self._clock = clock
         self._backoff = backoff or PushBackoff()
-        self._client = client or PushClient()
+        self._max_answer_bytes = max_answer_bytes
+        self._client = client or PushClient(max_answer_bytes=max_answer_bytes)
         self._in_flight: Counter[str] = Counter()
         """Endpoint id -> this replica's task pushes to it in flight."""
         self._freed = anyio.Event()
         """Set (and replaced) whenever one of those pushes ends."""
+        self._health_writes = 0
+        """How many times this replica wrote an endpoint's health: a waiting call reads
+        its endpoints again only when it changed."""
 
     async def aclose(self) -> None:
         """Close the push client's connections."""
@@ -117,15 +124,9 @@ class RemoteTasks:
     async def _call(self, namespace: str, run_id: str, req: RemoteTaskRequest) -> PushedTaskAnswer:
         async def serving(tx: Tx) -> list[Endpoint]:
             await claimed_run(tx, run_id, namespace, req.revision)
-            endpoints = await list_endpoints(tx, KIND, namespace)
-            return [e for e in endpoints if req.name in e.tasks]
+            return await _serving(tx, namespace, req.name)
 
-        endpoints = await self._db.write(serving)
-        if not endpoints:
-            raise _Unreachable(
-                f"task {req.name!r}: no task endpoint of namespace {namespace!r} serves it"
-            )
-        endpoint = await self._slot(req.name, endpoints)
+        endpoint = await self._slot(namespace, req.name, await self._db.write(serving))
         self._in_flight[endpoint.id] += 1
         try:
             return await self._push(endpoint, run_id, req)
@@ -136,10 +137,19 @@ class RemoteTasks:
             self._freed.set()
             self._freed = anyio.Event()
 
-    async def _slot(self, task: str, endpoints: list[Endpoint]) -> Endpoint:
-        """`_choose`, waiting up to `BUSY_WAIT` for a push to end while all are busy."""
+    async def _slot(self, namespace: str, task: str, endpoints: list[Endpoint]) -> Endpoint:
+        """`_choose`, waiting up to `BUSY_WAIT` for a push to end while all are busy.
+
+        After a wait the endpoints are read again when a push wrote their health
+        meanwhile: it may have backed its endpoint off, or opened its circuit.
+        """
         deadline = anyio.current_time() + BUSY_WAIT
+        read_at = self._health_writes
         while True:
+            if not endpoints:
+                raise _Unreachable(
+                    f"task {task!r}: no task endpoint of namespace {namespace!r} serves it"
+                )
             freed = self._freed
             try:
                 return await self._choose(task, endpoints)
@@ -149,6 +159,10 @@ class RemoteTasks:
                     raise
                 with anyio.move_on_after(remaining):
                     await freed.wait()
+            if read_at != self._health_writes:
+                read_at = self._health_writes
+                async with self._db.reader() as tx:
+                    endpoints = await _serving(tx, namespace, task)
 
     async def _choose(self, task: str, endpoints: list[Endpoint]) -> Endpoint:
         """The least busy endpoint that may take a push now; else why none may."""
@@ -215,20 +229,31 @@ class RemoteTasks:
             except ValidationError:
                 outcome, error = "invalid", "HTTP 2xx without a pushed task answer"
         self._db.metrics.pushed(KIND, outcome, result.seconds)
+        if result.outcome == "too_large":  # the endpoint answered: the result is too large
+            too_large = PayloadTooLargeError(result.size, self._max_answer_bytes, "result")
+            info = ErrorInfo.from_exception(too_large, include_stack=False)
+            return PushedTaskAnswer(status="failed", error=info)
         if answer is None:
             assert error is not None
             await self._failed(endpoint, error, result.retry_after)
             raise _Unreachable(f"{what} failed: {error}", retry_after=result.retry_after)
         if endpoint.failures or endpoint.retry_at is not None:
             await record_success(self._db, endpoint.id)
+            self._health_writes += 1
         return answer
 
     async def _failed(self, endpoint: Endpoint, error: str, retry_after: float | None) -> None:
         retry_after_ms = None if retry_after is None else int(retry_after * 1000)
-        failures = await record_failure(
+        failures, _ = await record_failure(
             self._db, endpoint.id, self._clock(), error, retry_after_ms, self._backoff
         )
+        self._health_writes += 1
         _log.warn(
             "a task push failed",
             {"endpoint_id": endpoint.id, "error": error, "failures": failures},
         )
+
+
+async def _serving(tx: Tx, namespace: str, task: str) -> list[Endpoint]:
+    """The namespace's task endpoints that serve `task`, as their rows are now."""
+    return [e for e in await list_endpoints(tx, KIND, namespace) if task in e.tasks]

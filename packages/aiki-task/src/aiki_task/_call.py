@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -100,6 +100,13 @@ class TypedTask(ABC, Generic[InT, OutT]):
         except ValidationError as exc:
             what = f"task {self.name!r} has a result of the wrong type"
             raise PayloadValidationError.from_pydantic(what, exc) from None
+
+    def _checked_result(self, value: Any) -> JsonValue:
+        """An attempt's result checked against the output type, as JSON values.
+
+        What is recorded: a result of the wrong type fails its attempt instead.
+        """
+        return cast("JsonValue", self._output.dump_python(self.decode_result(value), mode="json"))
 
     @abstractmethod
     async def _run_attempt(self, payload: InT, info: TaskAttemptInfo) -> JsonValue:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, TypeVar
 
+import anyio
 from pydantic import TypeAdapter
 
-from aiki_core import NonRetryableError
+from aiki_core import NonRetryableError, TaskTimeoutError
+from aiki_core.wire import to_millis
 from aiki_task._call import TypedTask
 
 if TYPE_CHECKING:
@@ -22,6 +24,11 @@ if TYPE_CHECKING:
 
     from aiki_core import RateLimit, RetryPolicy
     from aiki_core.sdk import TaskAttemptInfo
+
+ANSWER_MARGIN = 20.0
+"""Seconds past a remote attempt's timeout the run waits for the server's answer: the
+server may wait 10 s for a busy endpoint's push slot, then gives the endpoint 5 s
+past the timeout before it answers itself."""
 
 InT = TypeVar("InT")
 OutT = TypeVar("OutT")
@@ -39,7 +46,15 @@ class RemoteTask(TypedTask[InT, OutT]):
             raise NonRetryableError(
                 f"task {self.name!r} is remote: only a workflow run can call it"
             )
-        return await info.call_remote()
+        # the server answers within the timeout and its margin; one that does not answer
+        # (gone, or its answer lost) does not hold the attempt past that
+        limit = None if self.timeout is None else self.timeout.total_seconds() + ANSWER_MARGIN
+        with anyio.move_on_after(limit) as scope:
+            result = await info.call_remote()
+        if scope.cancelled_caught:
+            assert self.timeout is not None
+            raise TaskTimeoutError(info.run_id, self.name, info.attempt, to_millis(self.timeout))
+        return self._checked_result(result)
 
     def __repr__(self) -> str:
         return f"<RemoteTask {self.name!r}>"

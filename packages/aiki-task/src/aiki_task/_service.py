@@ -163,7 +163,7 @@ class _TaskService:
 
     async def _body(self, headers: dict[str, str], receive: Receive) -> bytes:
         declared = headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self._max_body_bytes:
+        if declared.isascii() and declared.isdigit() and int(declared) > self._max_body_bytes:
             raise _Refused(PayloadTooLargeError(int(declared), self._max_body_bytes))
         chunks: list[bytes] = []
         size = 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 from functools import partial
-from typing import TYPE_CHECKING, Any, TypeVar, cast, get_type_hints, overload
+from typing import TYPE_CHECKING, Any, TypeVar, get_type_hints, overload
 
 import anyio
 import anyio.to_thread
@@ -123,8 +123,7 @@ class Task(TypedTask[InT, OutT]):
         if scope.cancelled_caught:
             assert timeout is not None
             raise TaskTimeoutError(info.run_id, self.name, info.attempt, to_millis(timeout))
-        validated = self.decode_result(result)
-        return cast("JsonValue", self._output.dump_python(validated, mode="json"))
+        return self._checked_result(result)
 
     def __repr__(self) -> str:
         return f"<Task {self.name!r}>"

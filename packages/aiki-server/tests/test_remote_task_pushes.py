@@ -1,0 +1,149 @@
+"""Remote task calls against real task endpoints that misbehave.
+
+Each endpoint is a socket of the test's: it reads each push whole, waits a little and
+sends the answer it was given, counting what it got. The server's clock is the
+test's, so a back-off written on an endpoint's row holds for the whole test.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from aiki_server.testing import free_port
+from server_api import claim_one, start
+
+if TYPE_CHECKING:
+    from anyio.abc import SocketStream, TaskStatus
+
+    from conftest import Harness, HarnessFactory
+
+
+UNAVAILABLE = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n"
+
+
+def ok(body: bytes) -> bytes:
+    """A `200` answer of `body` (JSON)."""
+    head = f"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {len(body)}"
+    return head.encode() + b"\r\n\r\n" + body
+
+
+class SocketEndpoint:
+    """Sends `answer` to every push after `delay` seconds; `pushes` counts them."""
+
+    def __init__(self, answer: bytes, delay: float = 0.0) -> None:
+        self.answer = answer
+        self.delay = delay
+        self.pushes = 0
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+
+    async def serve(self, *, task_status: TaskStatus[None]) -> None:
+        listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=self.port)
+        async with listener:
+            task_status.started()
+            await listener.serve(self._answer)
+
+    async def _answer(self, stream: SocketStream) -> None:
+        async with stream:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += await stream.receive()
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = next(
+                int(line.split(b":", 1)[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            )
+            while len(body) < length:
+                body += await stream.receive()
+            self.pushes += 1
+            await anyio.sleep(self.delay)
+            await stream.send(self.answer)
+
+
+async def call_task(
+    h: Harness, endpoint: SocketEndpoint, calls: int, **options: Any
+) -> list[dict[str, Any]]:
+    """Register `endpoint` for task `resize`, make `calls` side by side; their answers."""
+    async with anyio.create_task_group() as tg:
+        await tg.start(endpoint.serve)
+        body = {"url": endpoint.url, "tasks": ["resize"], **options}
+        created = await h.client.post("/endpoints", json=body)
+        assert created.status_code == 201, created.text
+        run = await start(h.client)
+        held = await claim_one(h.client)
+        call = {
+            "revision": held["run"]["revision"],
+            "name": "resize",
+            "address": "resize:1",
+            "occurrence": 0,
+            "attempt": 1,
+            "input": None,
+        }
+        answers: list[dict[str, Any]] = []
+
+        async def call_once() -> None:
+            r = await h.client.post(f"/runs/{run['id']}/remote-tasks", json=call)
+            assert r.status_code == 200, r.text
+            answers.append(r.json())
+
+        async with anyio.create_task_group() as side_by_side:
+            for _ in range(calls):
+                side_by_side.start_soon(call_once)
+        tg.cancel_scope.cancel()
+    return answers
+
+
+async def failures_of(h: Harness) -> int:
+    """The failed pushes counted on the one endpoint."""
+    r = await h.client.get("/endpoints")
+    (endpoint,) = r.json()["endpoints"]
+    failures: int = endpoint["failures"]
+    return failures
+
+
+async def test_calls_waiting_for_a_busy_endpoint_honour_the_back_off_its_failure_wrote(
+    make_harness: HarnessFactory,
+) -> None:
+    # five calls for an endpoint that takes one push at a time: the first push fails and
+    # backs the endpoint off. Before, the four waiting calls chose from the endpoints
+    # they read before waiting, and pushed one after another to the failing endpoint
+    # regardless of its back-off (and of its circuit once five had failed)
+    endpoint = SocketEndpoint(UNAVAILABLE, delay=0.3)
+    async with make_harness() as h:
+        answers = await call_task(h, endpoint, 5, max_in_flight=1)
+    assert endpoint.pushes == 1
+    assert [a["error"]["code"] for a in answers] == ["server_unavailable"] * 5
+
+
+async def test_a_result_a_worker_could_record_comes_back_however_large(
+    make_harness: HarnessFactory,
+) -> None:
+    # 1.5 MB is within the server's request limit (2 MiB), so a worker records it from
+    # a local task; the push client read at most 1 MiB of an answer, so the same
+    # result from a task endpoint was a failed push: retried (the task ran again) and
+    # counted against the endpoint, whose circuit then held back its other tasks
+    result = "x" * 1_500_000
+    endpoint = SocketEndpoint(ok(json.dumps({"status": "completed", "result": result}).encode()))
+    async with make_harness() as h:
+        (answer,) = await call_task(h, endpoint, 1)
+        assert (answer["status"], answer["result"] == result) == ("completed", True)
+        assert await failures_of(h) == 0
+
+
+async def test_an_answer_too_large_to_record_fails_the_attempt_for_good_not_the_endpoint(
+    make_harness: HarnessFactory,
+) -> None:
+    # the endpoint answered: the task's result is what is too large, as it would be
+    # from a local task, and trying again would run the task again for the same result
+    result = "x" * 3_000_000
+    endpoint = SocketEndpoint(ok(json.dumps({"status": "completed", "result": result}).encode()))
+    async with make_harness() as h:
+        (answer,) = await call_task(h, endpoint, 1)
+        assert answer["status"] == "failed"
+        error = answer["error"]
+        assert (error["code"], error["retryable"]) == ("payload_too_large", False)
+        assert await failures_of(h) == 0
