@@ -554,3 +554,23 @@ async def test_a_cancel_while_a_long_task_runs_drops_its_answer(
     (record,) = task_records(detail.tasks, "slow-resize")
     assert record.status is TaskStatus.RUNNING  # its answer was not recorded
     assert len(service.ran("slow-resize")) == 1
+
+
+async def test_a_run_paused_while_a_long_task_runs_gets_its_result_on_resume(
+    deployment: Deployment, processes: LiveProcesses, service_python: Path, tmp_path: Path
+) -> None:
+    service = await deployment.serve(processes, service_python, tmp_path / "ledger")
+    handle = await slow_v1.start(deployment.client, picture("k"))
+    await handle.wait_for_status([RunStatus.AWAITING_TASK], timeout=RESULT_TIMEOUT)
+    await handle.pause()
+    with anyio.fail_after(30):  # the answer is recorded while the run is paused
+        while True:
+            (record,) = task_records((await handle.detail()).tasks, "slow-resize")
+            if record.status is TaskStatus.COMPLETED:
+                break
+            await anyio.sleep(0.2)
+    assert await handle.status() is RunStatus.PAUSED
+    await handle.resume()
+    thumb = await handle.result(timeout=RESULT_TIMEOUT)
+    assert thumb == Thumb(url="https://img.test/k.png?w=16", width=16)
+    assert len(service.ran("slow-resize")) == 1
