@@ -38,7 +38,6 @@ never more than `MAX_WAIT_MS`: the worker's own request gives up after 75 second
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -69,6 +68,7 @@ from aiki_server._push_health import (
     record_success,
     take_trial,
 )
+from aiki_server._rows import dump, load
 from aiki_server._worker_writes import write_task
 
 if TYPE_CHECKING:
@@ -154,7 +154,7 @@ class _Attempt:
             address=row["address"],
             occurrence=int(row["occurrence"]),
             attempt=int(row["attempt"]),
-            input=json.loads(row["input"]),
+            input=load(row["input"]),
             timeout_ms=row["timeout_ms"],
             retry=None if retry is None else RetryPolicy.model_validate_json(retry),
             retry_attempt=int(row["retry_attempt"]),
@@ -247,8 +247,7 @@ class RemoteTasks:
         except _Unreachable as exc:
             return _unreachable(exc)
         flight = _InFlight()
-        assert self._pushes is not None, "pushes run in the app's lifespan"
-        self._pushes.start_soon(self._push_attempt, endpoint, attempt, flight)
+        self._start(endpoint, attempt, flight)
         with anyio.move_on_after(self._wait):
             await flight.done.wait()
         if flight.answer is not None:
@@ -297,7 +296,7 @@ class RemoteTasks:
             *attempt.key,
             attempt.namespace,
             attempt.name,
-            json.dumps(attempt.input),
+            dump(attempt.input),
             attempt.timeout_ms,
             None if attempt.retry is None else attempt.retry.model_dump_json(),
             attempt.retry_attempt,
@@ -316,9 +315,14 @@ class RemoteTasks:
         """How long a replica holds a row it pushes: the push, and a margin."""
         return self._push_ms(attempt, endpoint) + _MARGIN_MS
 
+    def _start(self, endpoint: Endpoint, attempt: _Attempt, flight: _InFlight) -> None:
+        """Start pushing the attempt, counted in flight at once (a slot `_choose` sees)."""
+        assert self._pushes is not None, "pushes run in the app's lifespan"
+        self._in_flight[endpoint.id] += 1
+        self._pushes.start_soon(self._push_attempt, endpoint, attempt, flight)
+
     async def _push_attempt(self, endpoint: Endpoint, attempt: _Attempt, flight: _InFlight) -> None:
         """Push the attempt; hand its answer to the waiting request, or record it."""
-        self._in_flight[endpoint.id] += 1
         try:
             answer = await self._push(endpoint, attempt)
         except _TimedOut as exc:
@@ -400,8 +404,7 @@ class RemoteTasks:
                 )
                 flight = _InFlight(detached=True, row=True)
                 flight.handed.set()
-                assert self._pushes is not None
-                self._pushes.start_soon(self._push_attempt, endpoint, attempt, flight)
+                self._start(endpoint, attempt, flight)
 
     async def _take(self, row: Row, now: int, lease_ms: int) -> bool:
         """Take a lapsed row for this replica; whether no other took it first."""
