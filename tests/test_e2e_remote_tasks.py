@@ -4,13 +4,16 @@ The service (`task_service_app.py`) runs under uvicorn from a venv holding only
 aiki-core, aiki-task and uvicorn, built once for the module. The first tests sign
 pushes themselves and post them to it: only a push signed with the endpoint's secret,
 fresh and seen once, runs a task. The others register it as a task endpoint of a real
-server and call its tasks from runs on a normal `Worker`.
+server and call its tasks from runs on a normal `Worker`. The server waits 1 s for an
+answer in the worker's request: the slow tasks' attempts go on without the worker,
+their runs suspended (`awaiting_task`) until the server records the outcome.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -35,10 +38,13 @@ from e2e_support import QUIET
 from task_service_app import (
     LEDGER_VARIABLE,
     SECRET_VARIABLE,
+    TASKS,
     Image,
     Thumb,
     flaky_resize,
     resize_image,
+    slow_flaky,
+    slow_resize,
 )
 from test_distributions import ROOT, _uv, _venv, _wheel
 
@@ -284,6 +290,16 @@ async def patient_v1(run: WorkflowRun, image: Image) -> Thumb:
     return await patient.start(run, image)
 
 
+@thumbnails.v("slow")
+async def slow_v1(run: WorkflowRun, image: Image) -> Thumb:
+    return await slow_resize.remote().start(run, image)
+
+
+@thumbnails.v("slow-flaky")
+async def slow_flaky_v1(run: WorkflowRun, image: Image) -> Thumb:
+    return await slow_flaky.remote().start(run, image)
+
+
 VERSIONS: list[ExecutableVersion] = [
     side_by_side_v1,
     shared_v1,
@@ -291,8 +307,12 @@ VERSIONS: list[ExecutableVersion] = [
     outdated_v1,
     unserved_v1,
     patient_v1,
+    slow_v1,
+    slow_flaky_v1,
 ]
 RESULT_TIMEOUT = timedelta(seconds=60)
+SHORT_WAIT = ("--remote-task-wait", "1")
+"""The server's wait for an answer in the worker's request: the slow tasks outlast it."""
 
 
 @dataclass
@@ -312,7 +332,7 @@ class Deployment:
 
 @pytest.fixture
 async def deployment(db_url: str, processes: LiveProcesses) -> AsyncIterator[Deployment]:
-    server = await processes.start_server(db_url)
+    server = await processes.start_server(db_url, *SHORT_WAIT)
     endpoint_url = f"http://127.0.0.1:{free_port()}/"
     async with (
         Client(server.base_url, logger=QUIET) as client,
@@ -320,7 +340,7 @@ async def deployment(db_url: str, processes: LiveProcesses) -> AsyncIterator[Dep
     ):
         created = await client.endpoints.create(
             endpoint_url,
-            tasks=[resize_image, flaky_resize],
+            tasks=TASKS,
             timeout=timedelta(seconds=20),
             max_in_flight=1,  # side-by-side calls wait for each other's push
         )
@@ -449,3 +469,108 @@ async def test_a_push_for_a_run_its_caller_does_not_hold_is_refused(
         missing = await http.post(f"/api/v1/runs/{new_run_id()}/remote-tasks", json=request)
     assert refused.status_code == 409, refused.text
     assert missing.status_code == 404, missing.text
+
+
+# -- long remote tasks: the run suspends, the worker is freed ----------------------------
+
+
+async def test_a_long_remote_task_suspends_its_run_and_frees_the_worker(
+    deployment: Deployment, processes: LiveProcesses, service_python: Path, tmp_path: Path
+) -> None:
+    service = await deployment.serve(processes, service_python, tmp_path / "ledger")
+    handle = await slow_v1.start(deployment.client, picture("g"))
+    await handle.wait_for_status([RunStatus.AWAITING_TASK], timeout=RESULT_TIMEOUT)
+    detail = await handle.detail()
+    assert [w.kind for w in detail.waits] == ["task"]
+    assert detail.pending_reason is not None
+    assert "waiting for task 'slow-resize' (attempt 1)" in detail.pending_reason
+    assert deployment.endpoint_url.rstrip("/") in detail.pending_reason
+    workers = (await deployment.client.list_workers()).workers
+    assert workers and sum(w.running for w in workers) == 0  # no worker holds the run
+    thumb = await handle.result(timeout=RESULT_TIMEOUT)
+    assert thumb == Thumb(url="https://img.test/g.png?w=16", width=16)
+    assert len(service.ran("slow-resize")) == 1  # the replay took the recorded result
+    (record,) = task_records((await handle.detail()).tasks, "slow-resize")
+    assert [a.status for a in record.attempts] == [TaskStatus.COMPLETED]
+
+
+async def test_a_long_remote_task_that_fails_is_retried_under_its_policy(
+    deployment: Deployment, processes: LiveProcesses, service_python: Path, tmp_path: Path
+) -> None:
+    service = await deployment.serve(processes, service_python, tmp_path / "ledger")
+    handle = await slow_flaky_v1.start(deployment.client, picture("h"))
+    thumb = await handle.result(timeout=RESULT_TIMEOUT)
+    assert thumb == Thumb(url="https://img.test/h.png?w=8", width=8)
+    assert [attempt for _, _, attempt in service.ran("slow-flaky")] == [1, 2]
+    detail = await handle.detail()
+    (record,) = task_records(detail.tasks, "slow-flaky")
+    assert [a.status for a in record.attempts] == [
+        TaskStatus.AWAITING_RETRY,
+        TaskStatus.COMPLETED,
+    ]
+    first_error = record.attempts[0].error
+    assert first_error is not None and first_error.type == "ConnectionError"
+    assert RunStatus.AWAITING_TASK in {h.to_status for h in detail.history}
+
+
+async def test_a_long_push_whose_server_dies_is_pushed_again_after_its_restart(
+    deployment: Deployment,
+    processes: LiveProcesses,
+    service_python: Path,
+    tmp_path: Path,
+    db_url: str,
+) -> None:
+    service = await deployment.serve(processes, service_python, tmp_path / "ledger")
+    handle = await slow_v1.start(deployment.client, picture("i"))
+    await handle.wait_for_status([RunStatus.AWAITING_TASK], timeout=RESULT_TIMEOUT)
+    server = deployment.server
+    server.kill()
+    assert await server.wait() == -signal.SIGKILL
+    port = int(server.base_url.rsplit(":", 1)[1])
+    await processes.start_server(db_url, *SHORT_WAIT, port=port)
+    # the push's row outlives its replica: once its lease runs out, it is pushed again
+    thumb = await handle.result(timeout=RESULT_TIMEOUT)
+    assert thumb == Thumb(url="https://img.test/i.png?w=16", width=16)
+    (key,) = {key for _, key, _ in service.ran("slow-resize")}
+    assert len(service.ran("slow-resize")) == 2  # at least once, under one idempotency key
+    assert key.startswith(handle.id)
+
+
+async def test_a_cancel_while_a_long_task_runs_drops_its_answer(
+    deployment: Deployment, processes: LiveProcesses, service_python: Path, tmp_path: Path
+) -> None:
+    service = await deployment.serve(processes, service_python, tmp_path / "ledger")
+    handle = await slow_v1.start(deployment.client, picture("j"))
+    await handle.wait_for_status([RunStatus.AWAITING_TASK], timeout=RESULT_TIMEOUT)
+    await handle.cancel()
+    with anyio.fail_after(30):
+        while True:
+            if service.ran("slow-resize-done"):
+                break
+            await anyio.sleep(0.1)
+    await anyio.sleep(1.0)  # the answer reaches the server, which finds no row for it
+    detail = await handle.detail()
+    assert detail.status is RunStatus.CANCELLED
+    (record,) = task_records(detail.tasks, "slow-resize")
+    assert record.status is TaskStatus.RUNNING  # its answer was not recorded
+    assert len(service.ran("slow-resize")) == 1
+
+
+async def test_a_run_paused_while_a_long_task_runs_gets_its_result_on_resume(
+    deployment: Deployment, processes: LiveProcesses, service_python: Path, tmp_path: Path
+) -> None:
+    service = await deployment.serve(processes, service_python, tmp_path / "ledger")
+    handle = await slow_v1.start(deployment.client, picture("k"))
+    await handle.wait_for_status([RunStatus.AWAITING_TASK], timeout=RESULT_TIMEOUT)
+    await handle.pause()
+    with anyio.fail_after(30):  # the answer is recorded while the run is paused
+        while True:
+            (record,) = task_records((await handle.detail()).tasks, "slow-resize")
+            if record.status is TaskStatus.COMPLETED:
+                break
+            await anyio.sleep(0.2)
+    assert await handle.status() is RunStatus.PAUSED
+    await handle.resume()
+    thumb = await handle.result(timeout=RESULT_TIMEOUT)
+    assert thumb == Thumb(url="https://img.test/k.png?w=16", width=16)
+    assert len(service.ran("slow-resize")) == 1

@@ -261,6 +261,7 @@ EXPECTED_CORE_SUBMODULES: dict[str, tuple[str, ...]] = {
         "AwaitEvent",
         "AwaitRetry",
         "AwaitSleep",
+        "AwaitTask",
         "ClaimRequest",
         "ClaimResponse",
         "ClaimedRun",

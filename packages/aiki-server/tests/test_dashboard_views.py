@@ -48,6 +48,10 @@ def test_waits_are_said_in_words() -> None:
     assert waiting_for(awaiting) == ["waiting for event 'approved'"]
     reason = "no connected worker serves workflow 'orders' version '1.2.0' in pool 'default'"
     assert waiting_for(run(status=RunStatus.QUEUED, pending_reason=reason)) == [reason]
+    remote = "waiting for task 'resize' (attempt 1) on endpoint https://thumbs.test/aiki/"
+    task = PendingWait(kind="task", address="a" * 64, occurrence=0)
+    long_task = run(status=RunStatus.AWAITING_TASK, waits=[task], pending_reason=remote)
+    assert waiting_for(long_task) == [remote]  # said once: the reason names the endpoint
     assert waiting_for(run()) == []
 
 

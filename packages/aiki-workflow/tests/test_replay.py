@@ -28,6 +28,7 @@ from aiki_core.wire import (
     AcquireRateLimitResponse,
     AwaitEvent,
     AwaitRetry,
+    AwaitTask,
     ClaimedRun,
     CompleteRun,
     CreateWebhookRequest,
@@ -317,6 +318,26 @@ async def test_a_remote_attempt_whose_answer_never_comes_times_out_on_the_worker
     records = [*execution.records, *execution.deferred]
     assert records[0].error is not None
     assert records[0].error.code == "task_timeout"
+
+
+async def test_a_pending_remote_attempt_suspends_the_run_on_it() -> None:
+    execution = Execution(7)
+    execution.remote_answers = [PushedTaskAnswer(status="pending")]
+    action = await with_remote.execute(execution)
+    address = task_address("double", 7)
+    assert action == SuspendRun(waits=[AwaitTask(address=address, occurrence=0)])
+    (call,) = execution.remote_calls
+    # the server records the outcome by the policy the call sent, counted as it counts
+    assert (call.retry, call.retry_attempt) == (remote_double.retry, 1)
+    assert [*execution.records, *execution.deferred] == []  # the server records it
+
+
+async def test_a_remote_attempt_the_server_runs_on_is_awaited_again_on_replay() -> None:
+    running = recorded("double", 7, None, status=TaskStatus.RUNNING)
+    execution = Execution(7, [running])
+    action = await with_remote.execute(execution)
+    assert action == SuspendRun(waits=[AwaitTask(address=running.address, occurrence=0)])
+    assert execution.remote_calls == []
 
 
 async def test_a_remote_result_on_record_is_replayed_without_a_call() -> None:

@@ -68,6 +68,7 @@ __all__ = [
     "AwaitEvent",
     "AwaitRetry",
     "AwaitSleep",
+    "AwaitTask",
     "CancelRunRequest",
     "ClaimRequest",
     "ClaimResponse",
@@ -657,7 +658,23 @@ class AwaitRetry(RequestModel):
         return self
 
 
-RunWait = Annotated[AwaitSleep | AwaitEvent | AwaitChild | AwaitRetry, Field(discriminator="kind")]
+class AwaitTask(RequestModel):
+    """Wait for the answer of a remote task attempt the server pushes without the worker.
+
+    The server answered the attempt's `RemoteTaskRequest` with `pending`: it records
+    the attempt's outcome when the task endpoint answers, and that re-queues the run.
+    """
+
+    kind: Literal["task"] = "task"
+
+    model_config = ConfigDict(json_schema_extra=requiring("kind"))
+    address: StoredAddress
+    occurrence: Count
+
+
+RunWait = Annotated[
+    AwaitSleep | AwaitEvent | AwaitChild | AwaitRetry | AwaitTask, Field(discriminator="kind")
+]
 """One thing a suspended run waits for."""
 
 

@@ -12,6 +12,9 @@ Two kinds of endpoint take pushed work:
   with the result or the error. The run's worker asked for the push
   (`RemoteTaskRequest`) and gets the answer back as the server's reply: it records the
   attempt as usual, and its task's retry policy decides whether another push follows.
+  An answer not back within the server's wait is `pending`: the server goes on
+  pushing without the worker, records the attempt's outcome itself (by the policy the
+  request carried) and re-queues the run, which suspends meanwhile (`AwaitTask`).
 
 Both are signed (`aiki_core.push.sign_push`) and must be checked by the endpoint
 before anything runs.
@@ -27,6 +30,7 @@ from aiki_core._api import ClaimedRun
 from aiki_core._duration import Duration
 from aiki_core._error_info import ErrorInfo
 from aiki_core._ids import RunId, TaskAddress, WorkerId
+from aiki_core._retry import RetryPolicy
 from aiki_core._wire import Count, Name, Ordinal, RequestModel, ResponseModel
 
 __all__ = [
@@ -79,9 +83,14 @@ class PushedTask(ResponseModel):
 
 
 class PushedTaskAnswer(ResponseModel):
-    """How one pushed task attempt ended: its encoded result, or its error."""
+    """How one pushed task attempt ended: its encoded result, or its error.
 
-    status: Literal["completed", "failed"]
+    `pending` only in the server's answer to a `RemoteTaskRequest`: the attempt was not
+    over within the server's wait, and the run suspends on it (`AwaitTask`) while the
+    server records its outcome. A task endpoint answers `completed` or `failed`.
+    """
+
+    status: Literal["completed", "failed", "pending"]
     result: JsonValue = None
     error: ErrorInfo | None = None
     """Set when `failed`; its `retryable` tells whether the task's retry policy applies."""
@@ -103,4 +112,14 @@ class RemoteTaskRequest(RequestModel):
     input: JsonValue = Field(default=None, description="The call's input, sealed by the codec.")
     timeout: Duration | None = Field(
         default=None, description="The task's limit on one attempt, if it has one."
+    )
+    retry: RetryPolicy | None = Field(
+        default=None,
+        description="The retry policy that decides after a failed attempt (none: never"
+        " retried): the server applies it when it records a long attempt's outcome.",
+    )
+    retry_attempt: Ordinal | None = Field(
+        default=None,
+        description="The attempt's number as the policy counts it (this run attempt's"
+        " own); `attempt` when not given.",
     )

@@ -183,12 +183,13 @@ class PendingWait(ResponseModel):
     """One thing a suspended run waits for; the first that ends re-queues the run.
 
     `name` and `occurrence` tell a sleep or an event wait; a retry of a task call
-    has its `address` and `occurrence`, and a retry of the whole run neither;
+    and a remote task attempt still running (`task`) have its `address` and
+    `occurrence`, and a retry of the whole run neither;
     `child_run_id` tells the child awaited. `due_at` is when the wait ends by itself
     (a sleep's time, an event's timeout, a retry's back-off), on the server's clock.
     """
 
-    kind: Literal["sleep", "event", "child", "retry"]
+    kind: Literal["sleep", "event", "child", "retry", "task"]
     name: str | None = None
     occurrence: Count | None = None
     address: TaskAddress | None = None
@@ -244,7 +245,8 @@ class RunDetail(RunSummary):
     notices: list[RunNotice] = Field(default_factory=list)
     pending_reason: str | None = Field(
         default=None,
-        description="Why a queued run is not running, e.g. no worker serves its version.",
+        description="Why a queued run is not running (no worker serves its version, say), or"
+        " what a run `awaiting_task` waits for (the task and its endpoint).",
     )
     timer_failures: Count = Field(
         default=0,

@@ -45,6 +45,8 @@ class RunStatus(StrEnum):
     """Suspended until a child run ends."""
     AWAITING_RETRY = "awaiting_retry"
     """Suspended during a long retry back-off of a task or of the workflow."""
+    AWAITING_TASK = "awaiting_task"
+    """Suspended while a task endpoint runs a long remote task attempt."""
     PAUSED = "paused"
     """Held by an operator; keeps its state until resumed."""
     COMPLETED = "completed"
@@ -83,7 +85,7 @@ RUN_TERMINAL_STATUSES: frozenset[RunStatus] = frozenset({_R.COMPLETED, _R.FAILED
 """Statuses a run never leaves."""
 
 RUN_WAITING_STATUSES: frozenset[RunStatus] = frozenset(
-    {_R.SLEEPING, _R.AWAITING_EVENT, _R.AWAITING_CHILD, _R.AWAITING_RETRY}
+    {_R.SLEEPING, _R.AWAITING_EVENT, _R.AWAITING_CHILD, _R.AWAITING_RETRY, _R.AWAITING_TASK}
 )
 """Statuses of a suspended run: no worker holds it; the server re-queues it when due."""
 
@@ -112,6 +114,7 @@ RUN_TRANSITIONS: Mapping[RunStatus, frozenset[RunStatus]] = MappingProxyType(
         _R.AWAITING_EVENT: _FROM_WAITING,
         _R.AWAITING_CHILD: _FROM_WAITING,
         _R.AWAITING_RETRY: _FROM_WAITING,
+        _R.AWAITING_TASK: _FROM_WAITING,
         # resume re-queues the run (replay re-establishes any wait) or, for a run paused
         # before its delayed start, returns it to `scheduled`, and one paused during a
         # retry back-off not yet over to `awaiting_retry`

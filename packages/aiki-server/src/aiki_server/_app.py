@@ -81,7 +81,7 @@ from aiki_server._metrics import HttpMetrics, Metrics
 from aiki_server._notify import WakeHub
 from aiki_server._push_health import COOL_OFF_MS, PushBackoff
 from aiki_server._rate_limits import RateLimits
-from aiki_server._remote_tasks import RemoteTasks
+from aiki_server._remote_tasks import MAX_WAIT_MS, RemoteTasks
 from aiki_server._runs import Runs
 from aiki_server._schedules import Schedules
 from aiki_server._storage._open import open_database
@@ -145,6 +145,10 @@ class ServerSettings:
     push_cool_off: timedelta = timedelta(seconds=COOL_OFF_MS / 1000)
     """How long an endpoint's open circuit (5 failed pushes in a row) is left alone
     before one trial push; it doubles per further failure, up to ten times this."""
+    remote_task_wait: timedelta = timedelta(seconds=20)
+    """How long a remote task attempt's request waits for the endpoint's answer; an
+    attempt not over by then goes on without the worker, and its run suspends
+    (`awaiting_task`) until the server records the outcome."""
     allowed_hosts: tuple[str, ...] = ()
     """Host names a server without API keys answers besides loopback ones and the host
     of `public_url` (any other `Host` is refused, against DNS rebinding); `"*"` answers
@@ -160,6 +164,11 @@ class ServerSettings:
         FlowSettings(self.fair_share_quantum, self.priority_step)  # refuses negative ones
         if self.push_cool_off <= timedelta(0):
             raise ValueError(f"push_cool_off must be positive, got {self.push_cool_off}")
+        if not timedelta(0) < self.remote_task_wait <= timedelta(milliseconds=MAX_WAIT_MS):
+            raise ValueError(
+                f"remote_task_wait must be positive and at most {MAX_WAIT_MS // 1000} s,"
+                f" got {self.remote_task_wait}"
+            )
         if self.max_tasks_per_run < 1:
             raise ValueError(f"max_tasks_per_run must be at least 1, got {self.max_tasks_per_run}")
 
@@ -190,7 +199,14 @@ def create_app(db_url: str, settings: ServerSettings | None = None) -> FastAPI:
     backoff = PushBackoff(cool_off_ms=to_millis(settings.push_cool_off))
     dispatcher = Dispatcher(db, hub, clock, claims, writes, backoff=backoff)
     # an answer of any size a worker could record (its request limit) comes back to it
-    remote_tasks = RemoteTasks(db, clock, backoff=backoff, max_answer_bytes=settings.max_body_bytes)
+    remote_tasks = RemoteTasks(
+        db,
+        clock,
+        limits,
+        wait=settings.remote_task_wait.total_seconds(),
+        backoff=backoff,
+        max_answer_bytes=settings.max_body_bytes,
+    )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -205,6 +221,7 @@ def create_app(db_url: str, settings: ServerSettings | None = None) -> FastAPI:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(timers.run_forever)
                 tg.start_soon(db.maintain)
+                await tg.start(remote_tasks.run_forever)
                 if settings.push_delivery:
                     tg.start_soon(dispatcher.run_forever)
                 yield
@@ -582,8 +599,11 @@ def _remote_task_router(remote_tasks: RemoteTasks) -> APIRouter:
         """Push one task attempt of a claimed run to a task endpoint serving the task.
 
         The answer is the endpoint's: the attempt's result or error, for the worker to
-        record. When no endpoint could take it (none serves the task, each is failing
-        or busy, or the push failed), a failed answer whose retryable error is a
+        record. One not back within the server's wait (`remote_task_wait`) is
+        `pending`: the attempt is recorded as running, the server keeps pushing it and
+        records its outcome, and the worker suspends the run on it (`AwaitTask`).
+        When no endpoint could take it (none serves the task, each is failing or busy,
+        or the push failed), a failed answer whose retryable error is a
         `server_unavailable` naming the task and the endpoint: the task's retry policy
         decides.
         """

@@ -194,6 +194,14 @@ def _serve_options(target: argparse.ArgumentParser, *, inherit: bool) -> None:
         " trial push; doubles per further failure, up to ten times this [AIKI_PUSH_COOL_OFF]",
     )
     target.add_argument(
+        "--remote-task-wait",
+        type=float,
+        default=default(float(_env("AIKI_REMOTE_TASK_WAIT", "20"))),
+        metavar="SECONDS",
+        help="how long a remote task attempt is waited for in the worker's request; a longer"
+        " one goes on without it, its run suspended [AIKI_REMOTE_TASK_WAIT]",
+    )
+    target.add_argument(
         "--metrics-namespace-label",
         action="store_const",
         const="1",
@@ -362,6 +370,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             require_api_key=require_api_key,
             push_delivery=_flag(parser, "AIKI_PUSH_DELIVERY", args.push_delivery),
             push_cool_off=timedelta(seconds=args.push_cool_off),
+            remote_task_wait=timedelta(seconds=args.remote_task_wait),
             metrics_namespace_label=_flag(
                 parser, "AIKI_METRICS_NAMESPACE_LABEL", args.metrics_namespace_label
             ),

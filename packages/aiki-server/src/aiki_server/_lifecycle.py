@@ -147,6 +147,8 @@ async def move_run(
         values |= {"ready_at": now, "rank": rank, "wake_at": None}
     if target.is_terminal:
         values |= {"finished_at": now, "wake_at": None, "deadline_at": None}
+        # long remote attempts of an ended run are dropped: their answers find no row
+        await tx.execute("DELETE FROM task_pushes WHERE run_id = $1", run["id"])
     values |= columns
     if target is RunStatus.PAUSED or (current in RUN_WAITING_STATUSES and "waits" not in columns):
         values["waits"] = None

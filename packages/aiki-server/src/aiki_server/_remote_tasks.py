@@ -4,8 +4,21 @@
 run (fenced by the claim's revision, as a task record is). The server finds a task
 endpoint of the run's namespace whose `serves` lists the task, pushes it a signed
 `PushedTask` through the push client the dispatcher uses, and answers the endpoint's
-`PushedTaskAnswer` as it came: the worker records the attempt as usual, and its retry
-policy decides whether another push follows. Nothing of the call is stored here.
+`PushedTaskAnswer` as it came when it comes within `wait` seconds (short attempts, in
+process): the worker records the attempt as usual, and its retry policy decides
+whether another push follows. Nothing of such a call is stored here.
+
+A long attempt goes on without the worker: when `wait` passes, the attempt is
+recorded as running and gets a `task_pushes` row (one transaction, fenced by the
+claim), and the answer is `pending` (the worker suspends the run on it,
+`awaiting_task`). The replica keeps its push going; when it ends, the attempt's
+outcome is recorded by `write_task`, as a worker's record is (a failure by the retry
+policy the request carried: `awaiting_retry` or `failed`), the row is deleted, and the
+run, if it waits, is re-queued. A push that timed out is the task's timeout
+(`TaskTimeoutError`). The row's lease covers the push; a row whose lease ran out (its
+replica died) is pushed again by whichever replica sees it first (at least once: the
+idempotency key is the same). A row deleted meanwhile (the run ended: a cancel) drops
+the answer.
 
 A push obeys the endpoint's health like the dispatcher's: not before its `retry_at`
 (a back-off, or an open circuit's cool-off, whose single trial push one call takes),
@@ -20,24 +33,35 @@ fine, and a worker reading a 503 would take it for its server being down). An an
 larger than a worker may send (the server's request limit) is the task's failure, not
 the endpoint's: a final `PayloadTooLargeError`, as a local task's result would be.
 
-The server waits for the answer for the task's timeout and a margin (the endpoint's
-timeout when the task has none), and never longer than `MAX_WAIT_MS`: the worker's own
-request gives up after 75 seconds.
+A push waits for the answer for the task's timeout and a margin (the endpoint's
+timeout when the task has none); the worker's request waits at most `wait` seconds,
+never more than `MAX_WAIT_MS`: the worker's own request gives up after 75 seconds.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass, field
+from datetime import timedelta
+from functools import partial
 from typing import TYPE_CHECKING
 
 import anyio
+import anyio.abc
 from pydantic import ValidationError
 
-from aiki_core import ErrorInfo, PayloadTooLargeError, ServerUnavailableError
-from aiki_core.wire import PushedTask, PushedTaskAnswer, to_millis
+from aiki_core import (
+    ErrorInfo,
+    PayloadTooLargeError,
+    RetryPolicy,
+    ServerUnavailableError,
+    TaskStatus,
+    TaskTimeoutError,
+)
+from aiki_core.wire import PushedTask, PushedTaskAnswer, RecordTaskRequest, to_millis
 from aiki_server._clock import from_ms
 from aiki_server._endpoints import list_endpoints
-from aiki_server._lifecycle import claimed_run
+from aiki_server._lifecycle import TERMINAL, claimed_run, end_wait, lock_run
 from aiki_server._logs import component
 from aiki_server._push_client import MAX_ANSWER_BYTES, PushClient
 from aiki_server._push_health import (
@@ -47,19 +71,24 @@ from aiki_server._push_health import (
     record_success,
     take_trial,
 )
+from aiki_server._rows import dump, load
+from aiki_server._worker_writes import write_task
 
 if TYPE_CHECKING:
+    from pydantic import JsonValue
+
     from aiki_core.wire import EndpointKind, RemoteTaskRequest
     from aiki_server._clock import Clock
     from aiki_server._endpoints import Endpoint
-    from aiki_server._storage._database import Database, Tx
+    from aiki_server._limits import Limits
+    from aiki_server._storage._database import Database, Row, Tx
 
 _log = component("remote-tasks")
 
 KIND: EndpointKind = "tasks"
 """The endpoint kind task attempts are pushed to (the `kind` label of the push metrics)."""
 MAX_WAIT_MS = 60_000
-"""The longest the server waits for a task endpoint's answer."""
+"""The longest a worker's request waits for a task endpoint's answer (`wait`'s bound)."""
 _MARGIN_MS = 5_000
 """Added to a task's timeout: the endpoint answers a timed-out attempt itself, then."""
 BUSY_WAIT = 10.0
@@ -80,6 +109,86 @@ class _Busy(_Unreachable):
     """Every endpoint that may take a push has as many in flight as it takes."""
 
 
+class _TimedOut(_Unreachable):
+    """The endpoint did not answer within the push's wait: the attempt's timeout."""
+
+
+_LEASE_CHECK = 1.0
+"""Seconds between two looks for pushes whose replica's lease ran out."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Attempt:
+    """One attempt to push: the call's fields, as the request or its row holds them."""
+
+    run_id: str
+    namespace: str
+    name: str
+    address: str
+    occurrence: int
+    attempt: int
+    input: JsonValue
+    timeout_ms: int | None
+    retry: RetryPolicy | None
+    retry_attempt: int
+
+    @classmethod
+    def of(cls, namespace: str, run_id: str, req: RemoteTaskRequest) -> _Attempt:
+        return cls(
+            run_id=run_id,
+            namespace=namespace,
+            name=req.name,
+            address=req.address,
+            occurrence=req.occurrence,
+            attempt=req.attempt,
+            input=req.input,
+            timeout_ms=None if req.timeout is None else to_millis(req.timeout),
+            retry=req.retry,
+            retry_attempt=req.retry_attempt or req.attempt,
+        )
+
+    @classmethod
+    def from_row(cls, row: Row) -> _Attempt:
+        retry = row["retry"]
+        return cls(
+            run_id=row["run_id"],
+            namespace=row["namespace"],
+            name=row["task_name"],
+            address=row["address"],
+            occurrence=int(row["occurrence"]),
+            attempt=int(row["attempt"]),
+            input=load(row["input"]),
+            timeout_ms=row["timeout_ms"],
+            retry=None if retry is None else RetryPolicy.model_validate_json(retry),
+            retry_attempt=int(row["retry_attempt"]),
+        )
+
+    @property
+    def key(self) -> tuple[str, str, int, int]:
+        """The row's primary key."""
+        return self.run_id, self.address, self.occurrence, self.attempt
+
+
+@dataclass(slots=True)
+class _InFlight:
+    """A push the worker's request waits for, until it is handed to its row."""
+
+    answer: PushedTaskAnswer | None = None
+    done: anyio.Event = field(default_factory=anyio.Event)
+    detached: bool = False
+    """The wait passed: the outcome goes to the row, not to the request."""
+    handed: anyio.Event = field(default_factory=anyio.Event)
+    """Set once the row is written (or could not be: `row` stays false)."""
+    row: bool = False
+
+
+def _unreachable(exc: _Unreachable) -> PushedTaskAnswer:
+    """The failed answer of this server's own for an attempt that could not reach its task."""
+    error = ServerUnavailableError(exc.message, retry_after=exc.retry_after)
+    info = ErrorInfo.from_exception(error, include_stack=False)
+    return PushedTaskAnswer(status="failed", error=info)
+
+
 class RemoteTasks:
     """Pushes the task attempts of claimed runs to the task endpoints serving them."""
 
@@ -87,13 +196,17 @@ class RemoteTasks:
         self,
         db: Database,
         clock: Clock,
+        limits: Limits,
         *,
+        wait: float = 20.0,
         backoff: PushBackoff | None = None,
         client: PushClient | None = None,
         max_answer_bytes: int = MAX_ANSWER_BYTES,
     ) -> None:
         self._db = db
         self._clock = clock
+        self._limits = limits
+        self._wait = wait
         self._backoff = backoff or PushBackoff()
         self._max_answer_bytes = max_answer_bytes
         self._client = client or PushClient(max_answer_bytes=max_answer_bytes)
@@ -104,38 +217,216 @@ class RemoteTasks:
         self._health_writes = 0
         """How many times this replica wrote an endpoint's health: a waiting call reads
         its endpoints again only when it changed."""
+        self._pushes: anyio.abc.TaskGroup | None = None
+        """Where pushes run, so that a long one outlives the request that started it."""
 
     async def aclose(self) -> None:
         """Close the push client's connections."""
         await self._client.aclose()
 
+    async def run_forever(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Host the pushes, and push again those whose replica's lease ran out."""
+        async with anyio.create_task_group() as self._pushes:
+            task_status.started()
+            while True:
+                try:
+                    await self._retake()
+                except Exception as exc:
+                    _log.error("a look for lapsed task pushes failed", {"error": repr(exc)})
+                await anyio.sleep(_LEASE_CHECK)
+
     async def call(self, namespace: str, run_id: str, req: RemoteTaskRequest) -> PushedTaskAnswer:
         """Push one attempt to an endpoint serving the task; the endpoint's answer.
 
-        A failed answer of this server's own when the attempt could not reach the task.
+        A failed answer of this server's own when the attempt could not reach the task;
+        `pending` when the answer is not back within the wait (the attempt goes on).
         """
-        try:
-            return await self._call(namespace, run_id, req)
-        except _Unreachable as exc:
-            error = ServerUnavailableError(exc.message, retry_after=exc.retry_after)
-            info = ErrorInfo.from_exception(error, include_stack=False)
-            return PushedTaskAnswer(status="failed", error=info)
+        attempt = _Attempt.of(namespace, run_id, req)
 
-    async def _call(self, namespace: str, run_id: str, req: RemoteTaskRequest) -> PushedTaskAnswer:
         async def serving(tx: Tx) -> list[Endpoint]:
             await claimed_run(tx, run_id, namespace, req.revision)
-            return await _serving(tx, namespace, req.name)
+            return await self._serving(tx, attempt)
 
-        endpoint = await self._slot(namespace, req.name, await self._db.write(serving))
-        self._in_flight[endpoint.id] += 1
         try:
-            return await self._push(endpoint, run_id, req)
+            endpoints = await self._db.write(serving)
+            endpoint = await self._slot(attempt.namespace, req.name, endpoints)
+        except _Unreachable as exc:
+            return _unreachable(exc)
+        flight = _InFlight()
+        self._start(endpoint, attempt, flight)
+        with anyio.move_on_after(self._wait):
+            await flight.done.wait()
+        if flight.answer is not None:
+            return flight.answer
+        flight.detached = True
+        try:
+            await self._db.write(lambda tx: self._detach(tx, req, attempt, endpoint))
+            flight.row = True
+        finally:
+            flight.handed.set()
+        return PushedTaskAnswer(status="pending")
+
+    async def _serving(self, tx: Tx, attempt: _Attempt) -> list[Endpoint]:
+        """The task endpoints that serve the attempt's task; `_Unreachable` for none."""
+        serving = await _serving(tx, attempt.namespace, attempt.name)
+        if not serving:
+            raise _none_serves(attempt.namespace, attempt.name)
+        return serving
+
+    async def _detach(
+        self, tx: Tx, req: RemoteTaskRequest, attempt: _Attempt, endpoint: Endpoint
+    ) -> None:
+        """Record the attempt as running and give it its row: it goes on without the worker."""
+        run = await claimed_run(tx, attempt.run_id, attempt.namespace, req.revision)
+        now = self._clock()
+        running = RecordTaskRequest(
+            revision=req.revision,
+            name=req.name,
+            address=req.address,
+            occurrence=req.occurrence,
+            attempt=req.attempt,
+            status=TaskStatus.RUNNING,
+            input=req.input,
+            retry=req.retry,
+        )
+        await write_task(tx, run, running, now, self._limits.max_tasks_per_run)
+        await tx.execute(
+            "INSERT INTO task_pushes (run_id, address, occurrence, attempt, namespace,"
+            " task_name, input, timeout_ms, retry, retry_attempt, endpoint_id, lease_until,"
+            " created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+            " ON CONFLICT DO NOTHING",
+            *attempt.key,
+            attempt.namespace,
+            attempt.name,
+            dump(attempt.input),
+            attempt.timeout_ms,
+            None if attempt.retry is None else attempt.retry.model_dump_json(),
+            attempt.retry_attempt,
+            endpoint.id,
+            now + self._lease_ms(attempt, endpoint),
+            now,
+        )
+
+    def _push_ms(self, attempt: _Attempt, endpoint: Endpoint) -> int:
+        """How long a push of the attempt waits for its answer."""
+        if attempt.timeout_ms is None:
+            return endpoint.timeout_ms
+        return attempt.timeout_ms + _MARGIN_MS
+
+    def _lease_ms(self, attempt: _Attempt, endpoint: Endpoint) -> int:
+        """How long a replica holds a row it pushes: the push, and a margin."""
+        return self._push_ms(attempt, endpoint) + _MARGIN_MS
+
+    def _start(self, endpoint: Endpoint, attempt: _Attempt, flight: _InFlight) -> None:
+        """Start pushing the attempt, counted in flight at once (a slot `_choose` sees)."""
+        assert self._pushes is not None, "pushes run in the app's lifespan"
+        self._in_flight[endpoint.id] += 1
+        self._pushes.start_soon(self._push_attempt, endpoint, attempt, flight)
+
+    async def _push_attempt(self, endpoint: Endpoint, attempt: _Attempt, flight: _InFlight) -> None:
+        """Push the attempt; hand its answer to the waiting request, or record it."""
+        try:
+            answer = await self._push(endpoint, attempt)
+        except _TimedOut as exc:
+            answer = _unreachable(exc)
+            if flight.detached:  # no answer within the task's timeout (and a margin)
+                timeout_ms = attempt.timeout_ms or endpoint.timeout_ms
+                error = TaskTimeoutError(attempt.run_id, attempt.name, attempt.attempt, timeout_ms)
+                info = ErrorInfo.from_exception(error, include_stack=False)
+                answer = PushedTaskAnswer(status="failed", error=info)
+        except _Unreachable as exc:
+            answer = _unreachable(exc)
+        except Exception as exc:  # the push's own writes failed: a lapsed lease retakes it
+            _log.error("a task push failed unexpectedly", {"error": repr(exc)})
+            return
         finally:
             self._in_flight[endpoint.id] -= 1
             if not self._in_flight[endpoint.id]:
                 del self._in_flight[endpoint.id]
             self._freed.set()
             self._freed = anyio.Event()
+        if not flight.detached:
+            flight.answer = answer
+            flight.done.set()
+            return
+        await flight.handed.wait()
+        if flight.row:
+            await self._settle(attempt, answer)
+
+    async def _settle(self, attempt: _Attempt, answer: PushedTaskAnswer) -> None:
+        """Record a long attempt's outcome, as its worker would have; re-queue its run.
+
+        A failure to write it is logged: the row stays, and its lapsed lease retakes it.
+        """
+
+        async def record(tx: Tx) -> None:
+            deleted = await tx.fetch(
+                "DELETE FROM task_pushes WHERE run_id = $1 AND address = $2"
+                " AND occurrence = $3 AND attempt = $4 RETURNING run_id",
+                *attempt.key,
+            )
+            run = await lock_run(tx, attempt.run_id, attempt.namespace)
+            if not deleted or run is None or run["status"] in TERMINAL:
+                return  # the run ended (a cancel deletes its rows): the answer is dropped
+            now = self._clock()
+            await write_task(
+                tx, run, _outcome(attempt, answer, run), now, self._limits.max_tasks_per_run
+            )
+            await end_wait(tx, run, now, f"task {attempt.name!r} answered")
+
+        try:
+            await self._db.write(record)
+        except Exception as exc:
+            _log.error("recording a task push's answer failed", {"error": repr(exc)})
+
+    async def _retake(self) -> None:
+        """Push again every row whose lease ran out (its replica died), once per lapse."""
+        now = self._clock()
+        async with self._db.reader() as tx:
+            rows = await tx.fetch(
+                "SELECT * FROM task_pushes WHERE lease_until < $1 ORDER BY lease_until LIMIT 100",
+                now,
+            )
+        for row in rows:
+            attempt = _Attempt.from_row(row)
+            try:
+                endpoints = await self._db.write(partial(self._serving, attempt=attempt))
+                preferred = [e for e in endpoints if e.id == row["endpoint_id"]]
+                endpoint = await self._choose(attempt.name, preferred or endpoints)
+            except _Busy:
+                continue  # the next look tries it again
+            except _Unreachable as exc:
+                if await self._take(row, now, _MARGIN_MS):
+                    await self._settle(attempt, _unreachable(exc))
+                continue
+            if await self._take(row, now, self._lease_ms(attempt, endpoint)):
+                _log.info(
+                    "pushing a task attempt again: its replica's lease ran out",
+                    {"run_id": attempt.run_id, "task": attempt.name, "attempt": attempt.attempt},
+                )
+                flight = _InFlight(detached=True, row=True)
+                flight.handed.set()
+                self._start(endpoint, attempt, flight)
+
+    async def _take(self, row: Row, now: int, lease_ms: int) -> bool:
+        """Take a lapsed row for this replica; whether no other took it first."""
+
+        async def take(tx: Tx) -> bool:
+            taken = await tx.fetch(
+                "UPDATE task_pushes SET lease_until = $5 WHERE run_id = $1 AND address = $2"
+                " AND occurrence = $3 AND attempt = $4 AND lease_until = $6 RETURNING run_id",
+                row["run_id"],
+                row["address"],
+                row["occurrence"],
+                row["attempt"],
+                now + lease_ms,
+                row["lease_until"],
+            )
+            return bool(taken)
+
+        return await self._db.write(take)
 
     async def _slot(self, namespace: str, task: str, endpoints: list[Endpoint]) -> Endpoint:
         """`_choose`, waiting up to `BUSY_WAIT` for a push to end while all are busy.
@@ -147,9 +438,7 @@ class RemoteTasks:
         read_at = self._health_writes
         while True:
             if not endpoints:
-                raise _Unreachable(
-                    f"task {task!r}: no task endpoint of namespace {namespace!r} serves it"
-                )
+                raise _none_serves(namespace, task)
             freed = self._freed
             try:
                 return await self._choose(task, endpoints)
@@ -193,32 +482,28 @@ class RemoteTasks:
             retry_after=max((resting.retry_at or now) - now, 0) / 1000,
         )
 
-    async def _push(
-        self, endpoint: Endpoint, run_id: str, req: RemoteTaskRequest
-    ) -> PushedTaskAnswer:
+    async def _push(self, endpoint: Endpoint, attempt: _Attempt) -> PushedTaskAnswer:
         now = self._clock()
-        what = f"task {req.name!r}: the push to task endpoint {endpoint.id} ({endpoint.url})"
+        what = f"task {attempt.name!r}: the push to task endpoint {endpoint.id} ({endpoint.url})"
         secrets = endpoint.active_secrets(now)
         if not secrets:
             await self._failed(endpoint, "no unexpired secret to sign with", None)
             raise _Unreachable(f"{what} has no unexpired secret to sign with")
+        timeout = attempt.timeout_ms
         pushed = PushedTask(
-            run_id=run_id,
-            task_name=req.name,
-            address=req.address,
-            occurrence=req.occurrence,
-            attempt=req.attempt,
-            input=req.input,
-            timeout=req.timeout,
+            run_id=attempt.run_id,
+            task_name=attempt.name,
+            address=attempt.address,
+            occurrence=attempt.occurrence,
+            attempt=attempt.attempt,
+            input=attempt.input,
+            timeout=None if timeout is None else timedelta(milliseconds=timeout),
         )
-        wait_ms = endpoint.timeout_ms
-        if req.timeout is not None:
-            wait_ms = to_millis(req.timeout) + _MARGIN_MS
         result = await self._client.push(
             endpoint.url,
             pushed.model_dump_json().encode(),
             secrets,
-            min(wait_ms, MAX_WAIT_MS) / 1000,
+            self._push_ms(attempt, endpoint) / 1000,
         )
         outcome: str = result.outcome
         error = result.error
@@ -227,7 +512,9 @@ class RemoteTasks:
             try:
                 answer = PushedTaskAnswer.model_validate_json(result.answer)
             except ValidationError:
-                outcome, error = "invalid", "HTTP 2xx without a pushed task answer"
+                answer = None
+            if answer is None or answer.status == "pending":  # pending is no endpoint's answer
+                outcome, error, answer = "invalid", "HTTP 2xx without a pushed task answer", None
         self._db.metrics.pushed(KIND, outcome, result.seconds)
         if result.outcome == "too_large":  # the endpoint answered: the result is too large
             too_large = PayloadTooLargeError(result.size, self._max_answer_bytes, "result")
@@ -236,7 +523,8 @@ class RemoteTasks:
         if answer is None:
             assert error is not None
             await self._failed(endpoint, error, result.retry_after)
-            raise _Unreachable(f"{what} failed: {error}", retry_after=result.retry_after)
+            unreachable = _TimedOut if result.outcome == "timeout" else _Unreachable
+            raise unreachable(f"{what} failed: {error}", retry_after=result.retry_after)
         if endpoint.failures or endpoint.retry_at is not None:
             await record_success(self._db, endpoint.id)
             self._health_writes += 1
@@ -254,6 +542,33 @@ class RemoteTasks:
         )
 
 
+def _none_serves(namespace: str, task: str) -> _Unreachable:
+    return _Unreachable(f"task {task!r}: no task endpoint of namespace {namespace!r} serves it")
+
+
 async def _serving(tx: Tx, namespace: str, task: str) -> list[Endpoint]:
     """The namespace's task endpoints that serve `task`, as their rows are now."""
     return [e for e in await list_endpoints(tx, KIND, namespace) if task in e.tasks]
+
+
+def _outcome(attempt: _Attempt, answer: PushedTaskAnswer, run: Row) -> RecordTaskRequest:
+    """The record of a long attempt's answer: a failure by the policy the call sent."""
+    status, error, delay = TaskStatus.COMPLETED, None, None
+    if answer.status != "completed":
+        error = answer.error or ErrorInfo(type="AikiError", message="failed without an error")
+        policy = attempt.retry or RetryPolicy.never()
+        delay = policy.delay_after(attempt.retry_attempt) if error.retryable else None
+        status = TaskStatus.FAILED if delay is None else TaskStatus.AWAITING_RETRY
+    return RecordTaskRequest(
+        revision=run["revision"],
+        name=attempt.name,
+        address=attempt.address,
+        occurrence=attempt.occurrence,
+        attempt=attempt.attempt,
+        status=status,
+        input=attempt.input,
+        retry=attempt.retry,
+        result=answer.result if error is None else None,
+        error=error,
+        retry_delay=delay,
+    )

@@ -66,6 +66,22 @@ if TYPE_CHECKING:
 _WAITING = frozenset(s.value for s in RUN_WAITING_STATUSES)
 
 
+async def _awaited_tasks(tx: Tx, run_id: str) -> str | None:
+    """What a run `awaiting_task` waits for: each long remote attempt, and where it runs."""
+    rows = await tx.fetch(
+        "SELECT p.task_name, p.attempt, e.url FROM task_pushes p"
+        " LEFT JOIN endpoints e ON e.id = p.endpoint_id WHERE p.run_id = $1"
+        " ORDER BY p.created_at",
+        run_id,
+    )
+    said = [
+        f"waiting for task {r['task_name']!r} (attempt {r['attempt']}) on endpoint"
+        f" {r['url'] or 'deleted'}"
+        for r in rows
+    ]
+    return "; ".join(said) or None
+
+
 class Runs:
     """The client's operations on runs."""
 
@@ -97,6 +113,8 @@ class Runs:
             pending = None
             if row["status"] == RunStatus.QUEUED:
                 pending = await self._pending_reason(tx, row)
+            elif row["status"] == RunStatus.AWAITING_TASK:
+                pending = await _awaited_tasks(tx, run_id)
         return run_detail(
             row,
             **parts[run_id],

@@ -62,6 +62,7 @@ _WAKEABLE = tuple(
         RunStatus.AWAITING_EVENT,
         RunStatus.AWAITING_CHILD,  # its `wake_at` is set only by a sleep awaited beside it
         RunStatus.AWAITING_RETRY,
+        RunStatus.AWAITING_TASK,  # its `wake_at` is set only by a retry awaited beside it
     )
 )
 _WAKEABLE_SQL = ", ".join(f"'{s}'" for s in _WAKEABLE)

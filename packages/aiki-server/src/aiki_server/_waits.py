@@ -1,9 +1,10 @@
 """Suspension: the waits a worker reports for its run, registered and checked.
 
 A run suspends on the waits its replay reported (sleeps, events, children, a retry
-back-off). Each is registered the first time it is reported, with its due time on
-this server's clock; one reported again keeps its registration. A wait already over
-(its event came, its child ended, its time passed) re-queues the run instead.
+back-off, a long remote task attempt). Each is registered the first time it is
+reported, with its due time on this server's clock; one reported again keeps its
+registration. A wait already over (its event came, its child ended, its time passed,
+its task answered) re-queues the run instead.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from aiki_core import NotFoundError, RunStatus, TaskStatus
-from aiki_core.wire import AwaitChild, AwaitEvent, AwaitRetry, AwaitSleep, to_millis
+from aiki_core.wire import AwaitChild, AwaitEvent, AwaitRetry, AwaitSleep, AwaitTask, to_millis
 from aiki_server._clock import to_ms
 from aiki_server._lifecycle import TERMINAL, move_run, requeue, withdraw_waits
 from aiki_server._rows import dump
@@ -30,8 +31,9 @@ _WAIT_STATUS_BY_KIND = {
     "event": RunStatus.AWAITING_EVENT,
     "sleep": RunStatus.SLEEPING,
     "retry": RunStatus.AWAITING_RETRY,
+    "task": RunStatus.AWAITING_TASK,
 }
-_WAIT_PRIORITY = ("child", "sleep", "event", "retry")
+_WAIT_PRIORITY = ("child", "sleep", "event", "task", "retry")
 """The status of a run suspended on several kinds of wait says the first kind here.
 
 A pending sleep makes a run `sleeping` (which `wake` ends) unless it awaits a child,
@@ -105,6 +107,8 @@ async def _register_wait(
             wait.child_run_id,
         )
         return None, None
+    if isinstance(wait, AwaitTask):
+        return await _task_answered(tx, run_id, wait), None
     retry_at = await _retry_due(tx, run_id, wait)
     return ("the retry is due" if retry_at is None or retry_at <= now else None), retry_at
 
@@ -234,6 +238,21 @@ async def _retry_due(tx: Tx, run_id: str, wait: AwaitRetry) -> int | None:
         return None  # its next attempt was recorded meanwhile: nothing to wait for
     due: int | None = task["next_attempt_at"]
     return due
+
+
+async def _task_answered(tx: Tx, run_id: str, wait: AwaitTask) -> str | None:
+    """Why the wait for a long remote attempt is over already (its outcome is recorded)."""
+    task = await tx.fetchrow(
+        "SELECT name, status FROM tasks WHERE run_id = $1 AND address = $2 AND occurrence = $3",
+        run_id,
+        wait.address,
+        wait.occurrence,
+    )
+    if task is None:
+        raise NotFoundError("task call", f"{wait.address}#{wait.occurrence}")
+    if task["status"] == TaskStatus.RUNNING:
+        return None
+    return f"task {task['name']!r} answered"
 
 
 async def deliver_event(tx: Tx, run_id: str, name: str, occurrence: int, event_id: str) -> None:

@@ -121,7 +121,7 @@ class WorkerWrites:
         async def record(tx: Tx) -> RecordTaskResponse:
             run = await claimed_run(tx, run_id, namespace, req.revision)
             now = self._clock()
-            recorded = await _write_task(tx, run, req, now, self._limits.max_tasks_per_run)
+            recorded = await write_task(tx, run, req, now, self._limits.max_tasks_per_run)
             if run["pause_requested"]:  # the worker learns it at its next record
                 recorded = recorded.model_copy(update={"directive": RunDirective.PAUSE})
             return recorded
@@ -194,7 +194,7 @@ class WorkerWrites:
                 if task.revision != req.revision:
                     raise StaleRevisionError(run_id, task.revision, run["revision"])
             for task in req.tasks:
-                await _write_task(tx, run, task, now, self._limits.max_tasks_per_run)
+                await write_task(tx, run, task, now, self._limits.max_tasks_per_run)
             if isinstance(action, CompleteRun):
                 await move_run(
                     tx, run, RunStatus.COMPLETED, now, "completed", result=dump(action.result)
@@ -345,7 +345,7 @@ _OUTCOMES = {
 """The `outcome` label of an attempt that ended with the task in this status."""
 
 
-async def _write_task(
+async def write_task(
     tx: Tx, run: Row, req: RecordTaskRequest, now: int, max_tasks: int
 ) -> RecordTaskResponse:
     """Write one task attempt of a run its worker holds (checked by the caller).

@@ -26,7 +26,10 @@ carries a notice to the run's detail (under `strict_replay`, the run fails inste
 
 A remote task's call (`RemoteTask`) is replayed, retried and recorded the same way;
 only its attempts run elsewhere: the server pushes each one to the task endpoint that
-serves the task, and its answer is the attempt's result or error.
+serves the task, and its answer is the attempt's result or error. An attempt not over
+within the server's wait is `pending`: the server records it as running and then its
+outcome (by the retry policy the call sent), and the run suspends on it meanwhile
+(`awaiting_task`), freeing the worker; the recorded outcome replays like any other.
 
 A task call that failed for good in an earlier workflow-level attempt of the run
 (under the version's `retry`) runs again in a later attempt; completed calls stay
@@ -85,6 +88,7 @@ from aiki_core.wire import (
     AwaitEvent,
     AwaitRetry,
     AwaitSleep,
+    AwaitTask,
     CreateWebhookRequest,
     RecordTaskRequest,
     RemoteTaskRequest,
@@ -213,6 +217,18 @@ class _LongRetry:
     """
 
     wait: AwaitRetry
+
+
+class _TaskPending(BaseException):
+    """The server pushes the remote attempt on without the worker: the run waits for it.
+
+    Raised out of the attempt (past the interceptors and the retry loop, which must
+    not count it) to the call, which blocks on `wait` once it is no longer in flight.
+    """
+
+    def __init__(self, wait: AwaitTask) -> None:
+        super().__init__(wait)
+        self.wait = wait
 
 
 @dataclass(frozen=True, slots=True)
@@ -385,14 +401,20 @@ class WorkflowRun:
                     codec, CodecContext.task(self.id, address, occurrence, "error")
                 )
                 raise TaskFailedError(self.id, invocation.name, error)
+            if record.status is TaskStatus.RUNNING:
+                # a long remote attempt the server pushes on: its outcome re-queues the run
+                await self.block(AwaitTask(address=address, occurrence=occurrence))
             # attempts go on counting; the retry policy counts this run attempt's only
             attempt = len(record.attempts) + 1
             earlier = sum(1 for a in record.attempts if a.run_attempt < self.attempt)
             next_at = record.next_attempt_at
             if not rerun and next_at is not None and next_at > self._claimed_at:
                 await self.block(AwaitRetry(address=address, occurrence=occurrence))
-        with self._task_in_flight():
-            outcome = await self._run(invocation, address, occurrence, attempt, earlier, notice)
+        try:
+            with self._task_in_flight():
+                outcome = await self._run(invocation, address, occurrence, attempt, earlier, notice)
+        except _TaskPending as pending:
+            await self.block(pending.wait)
         if isinstance(outcome, _LongRetry):
             await self.block(outcome.wait)
         return outcome
@@ -437,7 +459,7 @@ class WorkflowRun:
                 attempt=attempt,
                 log=self.log.child({"task": invocation.name, "attempt": attempt}),
                 rate_limit_granted_at=granted_at,
-                call_remote=partial(self._call_remote, call, attempt),
+                call_remote=partial(self._call_remote, call, attempt, policy, attempt - earlier),
             )
             started_at = _now()
             try:
@@ -487,12 +509,15 @@ class WorkflowRun:
             )
             return result
 
-    async def _call_remote(self, call: _Call, attempt: int) -> JsonValue:
+    async def _call_remote(
+        self, call: _Call, attempt: int, policy: RetryPolicy, retry_attempt: int
+    ) -> JsonValue:
         """Have the server push this attempt to the task's endpoint; its opened result.
 
         Sent once, whatever fails: the attempt fails with it (a `RemoteError` for the
         task's own error), and the task's retry policy decides. Only a lost claim or a
-        refused key gives the run up.
+        refused key gives the run up. A `pending` answer suspends the run on the
+        attempt (`_TaskPending`): the server records its outcome by `policy`.
         """
         request = RemoteTaskRequest(
             revision=self.revision,
@@ -502,9 +527,13 @@ class WorkflowRun:
             attempt=attempt,
             input=call.encoded_input,
             timeout=call.invocation.timeout,
+            retry=policy,
+            retry_attempt=retry_attempt,
         )
         answer = await self._write(self._execution.call_remote_task(request), abandon=_LOST_CALLING)
         codec = self._execution.codec
+        if answer.status == "pending":
+            raise _TaskPending(AwaitTask(address=call.address, occurrence=call.occurrence))
         if answer.status == "completed":
             context = CodecContext.task(self.id, call.address, call.occurrence, "result")
             return codec.decode(answer.result, context)

@@ -87,6 +87,8 @@ def waiting_for(run: RunDetail) -> list[str]:
             lines.append(f"waiting for event {wait.name!r}{timeout}")
         elif wait.kind == "child":
             lines.append(f"waiting for child run {wait.child_run_id}")
+        elif wait.kind == "task":
+            continue  # the pending reason names the task and its endpoint
         else:
             names = [t.name for t in run.tasks if wait.address and t.address == wait.address]
             what = f"task {names[0]}" if names else "the run"
