@@ -8,12 +8,13 @@ test's, so a back-off written on an endpoint's row holds for the whole test.
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from aiki_server.testing import free_port
-from server_api import claim_one, start
+from server_api import claim, claim_one, get_run, start, transition
 
 if TYPE_CHECKING:
     from anyio.abc import SocketStream, TaskStatus
@@ -147,3 +148,45 @@ async def test_an_answer_too_large_to_record_fails_the_attempt_for_good_not_the_
         error = answer["error"]
         assert (error["code"], error["retryable"]) == ("payload_too_large", False)
         assert await failures_of(h) == 0
+
+
+async def answered(h: Harness, run_id: str) -> dict[str, Any]:
+    """The run once its long remote attempt's outcome is recorded (bounded in wall time)."""
+    with anyio.fail_after(10):
+        while True:
+            run = await get_run(h.client, run_id)
+            if run["tasks"] and run["tasks"][0]["status"] != "running":
+                return run
+            await anyio.sleep(0.05)
+
+
+async def test_a_late_answer_leaves_a_workflow_retry_back_off_alone(
+    make_harness: HarnessFactory,
+) -> None:
+    # the run failed (another branch raised) while its long remote attempt was out, and
+    # its workflow retries in an hour; the attempt's answer then re-queued the run, as
+    # if the run waited for it: the back-off was skipped and the retry ran at once
+    endpoint = SocketEndpoint(ok(b'{"status": "completed", "result": 3}'), delay=0.5)
+    async with anyio.create_task_group() as tg, make_harness(
+        remote_task_wait=timedelta(milliseconds=100)
+    ) as h:
+        await tg.start(endpoint.serve)
+        body = {"url": endpoint.url, "tasks": ["resize"]}
+        assert (await h.client.post("/endpoints", json=body)).status_code == 201
+        run = await start(h.client)
+        revision = (await claim_one(h.client))["run"]["revision"]
+        call = {"revision": revision, "name": "resize", "address": "resize:1"}
+        call |= {"occurrence": 0, "attempt": 1, "input": None}
+        r = await h.client.post(f"/runs/{run['id']}/remote-tasks", json=call)
+        assert r.json()["status"] == "pending"
+        fail = {"kind": "fail", "error": {"type": "OSError", "message": "down"}}
+        fail |= {"retry_delay": 3_600_000}
+        r = await transition(h.client, run["id"], revision, fail)
+        assert r.json()["run"]["status"] == "awaiting_retry"
+
+        detail = await answered(h, run["id"])
+
+        assert detail["tasks"][0]["status"] == "completed"
+        assert detail["status"] == "awaiting_retry"
+        assert await claim(h.client) == []
+        tg.cancel_scope.cancel()
