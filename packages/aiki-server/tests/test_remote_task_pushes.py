@@ -160,6 +160,25 @@ async def answered(h: Harness, run_id: str) -> dict[str, Any]:
             await anyio.sleep(0.05)
 
 
+async def long_call(h: Harness, endpoint: SocketEndpoint) -> tuple[str, int]:
+    """Register `endpoint` for `resize`, call it from a claimed run: a long attempt.
+
+    The run's id and revision (the harness waits 0.1 s for the endpoint's answer).
+    """
+    body = {"url": endpoint.url, "tasks": ["resize"]}
+    assert (await h.client.post("/endpoints", json=body)).status_code == 201
+    run = await start(h.client)
+    revision: int = (await claim_one(h.client))["run"]["revision"]
+    call = {"revision": revision, "name": "resize", "address": "resize:1"}
+    call |= {"occurrence": 0, "attempt": 1, "input": None}
+    r = await h.client.post(f"/runs/{run['id']}/remote-tasks", json=call)
+    assert r.json()["status"] == "pending"
+    return run["id"], revision
+
+
+SHORT_WAIT = {"remote_task_wait": timedelta(milliseconds=100)}
+
+
 async def test_a_late_answer_leaves_a_workflow_retry_back_off_alone(
     make_harness: HarnessFactory,
 ) -> None:
@@ -167,18 +186,10 @@ async def test_a_late_answer_leaves_a_workflow_retry_back_off_alone(
     # its workflow retries in an hour; the attempt's answer then re-queued the run, as
     # if the run waited for it: the back-off was skipped and the retry ran at once
     endpoint = SocketEndpoint(ok(b'{"status": "completed", "result": 3}'), delay=0.5)
-    async with anyio.create_task_group() as tg, make_harness(
-        remote_task_wait=timedelta(milliseconds=100)
-    ) as h:
+    async with anyio.create_task_group() as tg, make_harness(**SHORT_WAIT) as h:
         await tg.start(endpoint.serve)
-        body = {"url": endpoint.url, "tasks": ["resize"]}
-        assert (await h.client.post("/endpoints", json=body)).status_code == 201
-        run = await start(h.client)
-        revision = (await claim_one(h.client))["run"]["revision"]
-        call = {"revision": revision, "name": "resize", "address": "resize:1"}
-        call |= {"occurrence": 0, "attempt": 1, "input": None}
-        r = await h.client.post(f"/runs/{run['id']}/remote-tasks", json=call)
-        assert r.json()["status"] == "pending"
+        run_id, revision = await long_call(h, endpoint)
+        run = {"id": run_id}
         fail = {"kind": "fail", "error": {"type": "OSError", "message": "down"}}
         fail |= {"retry_delay": 3_600_000}
         r = await transition(h.client, run["id"], revision, fail)
@@ -189,4 +200,28 @@ async def test_a_late_answer_leaves_a_workflow_retry_back_off_alone(
         assert detail["tasks"][0]["status"] == "completed"
         assert detail["status"] == "awaiting_retry"
         assert await claim(h.client) == []
+        tg.cancel_scope.cancel()
+
+
+async def test_a_run_sleeping_beside_a_long_task_says_it_waits_for_the_task(
+    make_harness: HarnessFactory,
+) -> None:
+    # a long task raced against a timeout (a sleep): the run is `sleeping`, and its
+    # detail said only that, as the task's endpoint was named for `awaiting_task` alone
+    endpoint = SocketEndpoint(ok(b'{"status": "completed", "result": 3}'), delay=30)
+    async with anyio.create_task_group() as tg, make_harness(**SHORT_WAIT) as h:
+        await tg.start(endpoint.serve)
+        run_id, revision = await long_call(h, endpoint)
+        waits = [
+            {"kind": "task", "address": "resize:1", "occurrence": 0},
+            {"kind": "sleep", "name": "timeout", "occurrence": 0, "duration": 60_000},
+        ]
+        r = await transition(h.client, run_id, revision, {"kind": "suspend", "waits": waits})
+        assert r.json()["run"]["status"] == "sleeping"
+
+        detail = await get_run(h.client, run_id)
+
+        assert detail["pending_reason"] == (
+            f"waiting for task 'resize' (attempt 1) on endpoint {endpoint.url}"
+        )
         tg.cancel_scope.cancel()

@@ -246,7 +246,8 @@ class RunDetail(RunSummary):
     pending_reason: str | None = Field(
         default=None,
         description="Why a queued run is not running (no worker serves its version, say), or"
-        " what a run `awaiting_task` waits for (the task and its endpoint).",
+        " which long remote task attempts a suspended run waits for (each task and its"
+        " endpoint), whatever its status says (`sleeping` beside one, say).",
     )
     timer_failures: Count = Field(
         default=0,

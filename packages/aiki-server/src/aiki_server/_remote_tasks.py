@@ -72,6 +72,7 @@ from aiki_server._push_health import (
     take_trial,
 )
 from aiki_server._rows import dump, load
+from aiki_server._waits import task_waits
 from aiki_server._worker_writes import write_task
 
 if TYPE_CHECKING:
@@ -374,7 +375,8 @@ class RemoteTasks:
             await write_task(
                 tx, run, _outcome(attempt, answer, run), now, self._limits.max_tasks_per_run
             )
-            if _awaits(run, attempt):  # not a run that went on to wait for something else
+            # a run that failed meanwhile (its workflow's retry back-off) does not wait for it
+            if (attempt.address, attempt.occurrence) in task_waits(run):
                 await end_wait(tx, run, now, f"task {attempt.name!r} answered")
 
         try:
@@ -550,19 +552,6 @@ def _none_serves(namespace: str, task: str) -> _Unreachable:
 async def _serving(tx: Tx, namespace: str, task: str) -> list[Endpoint]:
     """The namespace's task endpoints that serve `task`, as their rows are now."""
     return [e for e in await list_endpoints(tx, KIND, namespace) if task in e.tasks]
-
-
-def _awaits(run: Row, attempt: _Attempt) -> bool:
-    """Whether the run is suspended on the attempt's call (among other waits, maybe).
-
-    A run that failed meanwhile and waits for its workflow's retry back-off does not:
-    the answer must not re-queue it before its time.
-    """
-    wanted = {"kind": "task", "address": attempt.address, "occurrence": attempt.occurrence}
-    waits = load(run["waits"])
-    return isinstance(waits, list) and any(
-        isinstance(wait, dict) and wanted.items() <= wait.items() for wait in waits
-    )
 
 
 def _outcome(attempt: _Attempt, answer: PushedTaskAnswer, run: Row) -> RecordTaskRequest:

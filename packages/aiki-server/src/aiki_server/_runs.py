@@ -43,7 +43,7 @@ from aiki_server._rows import (
     transition,
 )
 from aiki_server._starts import start_fingerprint, start_run_in
-from aiki_server._waits import deliver_event
+from aiki_server._waits import deliver_event, task_waits
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -113,7 +113,7 @@ class Runs:
             pending = None
             if row["status"] == RunStatus.QUEUED:
                 pending = await self._pending_reason(tx, row)
-            elif row["status"] == RunStatus.AWAITING_TASK:
+            elif task_waits(row):  # `awaiting_task`, or a sleep (say) beside the task
                 pending = await _awaited_tasks(tx, run_id)
         return run_detail(
             row,

@@ -15,7 +15,7 @@ from aiki_core import NotFoundError, RunStatus, TaskStatus
 from aiki_core.wire import AwaitChild, AwaitEvent, AwaitRetry, AwaitSleep, AwaitTask, to_millis
 from aiki_server._clock import to_ms
 from aiki_server._lifecycle import TERMINAL, move_run, requeue, withdraw_waits
-from aiki_server._rows import dump
+from aiki_server._rows import dump, load
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -253,6 +253,18 @@ async def _task_answered(tx: Tx, run_id: str, wait: AwaitTask) -> str | None:
     if task["status"] == TaskStatus.RUNNING:
         return None
     return f"task {task['name']!r} answered"
+
+
+def task_waits(run: Row) -> list[tuple[JsonValue, JsonValue]]:
+    """The (address, occurrence) of each remote task attempt a suspended run waits for."""
+    waits = load(run["waits"])
+    if not isinstance(waits, list):
+        return []
+    return [
+        (wait.get("address"), wait.get("occurrence"))
+        for wait in waits
+        if isinstance(wait, dict) and wait.get("kind") == "task"
+    ]
 
 
 async def deliver_event(tx: Tx, run_id: str, name: str, occurrence: int, event_id: str) -> None:
