@@ -225,3 +225,28 @@ async def test_a_run_sleeping_beside_a_long_task_says_it_waits_for_the_task(
             f"waiting for task 'resize' (attempt 1) on endpoint {endpoint.url}"
         )
         tg.cancel_scope.cancel()
+
+
+async def test_a_late_failure_counts_in_the_run_attempt_that_made_the_call(
+    make_harness: HarnessFactory,
+) -> None:
+    # the answer came after the run failed and went on to its next workflow attempt:
+    # recorded under that attempt, the call's failure was that attempt's own, and the
+    # next attempt raised it without running the task again, as it does for a call
+    # that failed in an earlier attempt (and would have, had the answer come earlier)
+    error = {"type": "ValueError", "message": "bad image", "retryable": False}
+    answer = json.dumps({"status": "failed", "error": error}).encode()
+    endpoint = SocketEndpoint(ok(answer), delay=0.5)
+    async with anyio.create_task_group() as tg, make_harness(**SHORT_WAIT) as h:
+        await tg.start(endpoint.serve)
+        run_id, revision = await long_call(h, endpoint)
+        fail = {"kind": "fail", "error": {"type": "OSError", "message": "down"}}
+        fail |= {"retry_delay": 3_600_000}
+        r = await transition(h.client, run_id, revision, fail)
+        assert r.json()["run"]["attempt"] == 2
+
+        detail = await answered(h, run_id)
+
+        (task,) = detail["tasks"]
+        assert (task["status"], task["run_attempt"]) == ("failed", 1)
+        tg.cancel_scope.cancel()

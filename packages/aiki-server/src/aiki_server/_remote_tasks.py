@@ -372,8 +372,19 @@ class RemoteTasks:
             if not deleted or run is None or run["status"] in TERMINAL:
                 return  # the run ended (a cancel deletes its rows): the answer is dropped
             now = self._clock()
+            task = await tx.fetchrow(
+                "SELECT run_attempt FROM tasks WHERE run_id = $1 AND address = $2"
+                " AND occurrence = $3",
+                attempt.run_id,
+                attempt.address,
+                attempt.occurrence,
+            )
+            assert task is not None  # written with the row
+            # it counts in the run attempt that made it, though the run failed and went
+            # on to its next one meanwhile: that one runs a call failed before again
+            made_in = {**run, "attempt": task["run_attempt"]}
             await write_task(
-                tx, run, _outcome(attempt, answer, run), now, self._limits.max_tasks_per_run
+                tx, made_in, _outcome(attempt, answer, run), now, self._limits.max_tasks_per_run
             )
             # a run that failed meanwhile (its workflow's retry back-off) does not wait for it
             if (attempt.address, attempt.occurrence) in task_waits(run):
