@@ -250,3 +250,41 @@ async def test_a_late_failure_counts_in_the_run_attempt_that_made_the_call(
         (task,) = detail["tasks"]
         assert (task["status"], task["run_attempt"]) == ("failed", 1)
         tg.cancel_scope.cancel()
+
+
+async def pushes_left(h: Harness) -> int:
+    """The long remote attempts the server still pushes (rows of `task_pushes`)."""
+    async with h.app.state.db.reader() as tx:
+        rows = await tx.fetch("SELECT run_id FROM task_pushes")
+    return len(rows)
+
+
+async def test_a_late_answer_to_an_attempt_its_worker_recorded_is_dropped_not_pushed_again(
+    make_harness: HarnessFactory,
+) -> None:
+    # the worker lost the `pending` answer (a proxy's idle timeout, say): it recorded the
+    # attempt as failed and its next attempt completed. The first attempt's answer then
+    # could not be recorded (a completed call does not fail), its row stayed, and its
+    # lease running out pushed the attempt again, and again, for as long as the run lived
+    error = {"type": "ValueError", "message": "bad image", "retryable": False}
+    answer = json.dumps({"status": "failed", "error": error}).encode()
+    endpoint = SocketEndpoint(ok(answer), delay=0.5)
+    async with anyio.create_task_group() as tg, make_harness(**SHORT_WAIT) as h:
+        await tg.start(endpoint.serve)
+        run_id, revision = await long_call(h, endpoint)
+        lost = {"type": "aiki_core.ServerUnavailableError", "message": "lost", "retryable": True}
+        call = {"revision": revision, "name": "resize", "address": "resize:1", "occurrence": 0}
+        for record in (
+            {"attempt": 1, "status": "awaiting_retry", "error": lost, "retry_delay": 0},
+            {"attempt": 2, "status": "completed", "result": 7},
+        ):
+            r = await h.client.post(f"/runs/{run_id}/tasks", json=call | record)
+            assert r.status_code == 200, r.text
+
+        with anyio.fail_after(10):
+            while await pushes_left(h):
+                await anyio.sleep(0.05)
+
+        (task,) = (await get_run(h.client, run_id))["tasks"]
+        assert (task["status"], task["result"]) == ("completed", 7)
+        tg.cancel_scope.cancel()

@@ -371,15 +371,18 @@ class RemoteTasks:
             run = await lock_run(tx, attempt.run_id, attempt.namespace)
             if not deleted or run is None or run["status"] in TERMINAL:
                 return  # the run ended (a cancel deletes its rows): the answer is dropped
-            now = self._clock()
             task = await tx.fetchrow(
-                "SELECT run_attempt FROM tasks WHERE run_id = $1 AND address = $2"
-                " AND occurrence = $3",
-                attempt.run_id,
-                attempt.address,
-                attempt.occurrence,
+                "SELECT t.run_attempt, a.status FROM tasks t JOIN task_attempts a"
+                " ON a.task_id = t.id AND a.attempt = $4"
+                " WHERE t.run_id = $1 AND t.address = $2 AND t.occurrence = $3",
+                *attempt.key,
             )
             assert task is not None  # written with the row
+            if task["status"] != TaskStatus.RUNNING:
+                # its worker recorded it (it lost the `pending` answer): the answer is
+                # dropped, or it fails to record for good and the row is pushed forever
+                return
+            now = self._clock()
             # it counts in the run attempt that made it, though the run failed and went
             # on to its next one meanwhile: that one runs a call failed before again
             made_in = {**run, "attempt": task["run_attempt"]}
