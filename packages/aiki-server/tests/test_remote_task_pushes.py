@@ -12,6 +12,8 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import asyncpg
+import pytest
 
 from aiki_server.testing import free_port
 from server_api import claim, claim_one, get_run, start, transition
@@ -189,13 +191,12 @@ async def test_a_late_answer_leaves_a_workflow_retry_back_off_alone(
     async with anyio.create_task_group() as tg, make_harness(**SHORT_WAIT) as h:
         await tg.start(endpoint.serve)
         run_id, revision = await long_call(h, endpoint)
-        run = {"id": run_id}
-        fail = {"kind": "fail", "error": {"type": "OSError", "message": "down"}}
+        fail: dict[str, Any] = {"kind": "fail", "error": {"type": "OSError", "message": "down"}}
         fail |= {"retry_delay": 3_600_000}
-        r = await transition(h.client, run["id"], revision, fail)
+        r = await transition(h.client, run_id, revision, fail)
         assert r.json()["run"]["status"] == "awaiting_retry"
 
-        detail = await answered(h, run["id"])
+        detail = await answered(h, run_id)
 
         assert detail["tasks"][0]["status"] == "completed"
         assert detail["status"] == "awaiting_retry"
@@ -240,7 +241,7 @@ async def test_a_late_failure_counts_in_the_run_attempt_that_made_the_call(
     async with anyio.create_task_group() as tg, make_harness(**SHORT_WAIT) as h:
         await tg.start(endpoint.serve)
         run_id, revision = await long_call(h, endpoint)
-        fail = {"kind": "fail", "error": {"type": "OSError", "message": "down"}}
+        fail: dict[str, Any] = {"kind": "fail", "error": {"type": "OSError", "message": "down"}}
         fail |= {"retry_delay": 3_600_000}
         r = await transition(h.client, run_id, revision, fail)
         assert r.json()["run"]["attempt"] == 2
@@ -281,10 +282,45 @@ async def test_a_late_answer_to_an_attempt_its_worker_recorded_is_dropped_not_pu
             r = await h.client.post(f"/runs/{run_id}/tasks", json=call | record)
             assert r.status_code == 200, r.text
 
-        with anyio.fail_after(10):
-            while await pushes_left(h):
+        with anyio.fail_after(10):  # its answer comes
+            while True:
+                if not await pushes_left(h):
+                    break
                 await anyio.sleep(0.05)
 
         (task,) = (await get_run(h.client, run_id))["tasks"]
         assert (task["status"], task["result"]) == ("completed", 7)
+        tg.cancel_scope.cancel()
+
+
+async def test_an_answer_locks_its_run_before_its_row_as_a_cancel_does(
+    make_harness: HarnessFactory, db_url: str
+) -> None:
+    # recording the answer took its row's lock, then the run's; a cancel holds the run's
+    # and then deletes the run's rows: each waited for the other (PostgreSQL broke the
+    # deadlock after a second by failing one of them). Here the cancel's side is a
+    # session of the test's, which gives up at once when it meets a lock
+    if "sqlite" in db_url:
+        pytest.skip("SQLite runs one write transaction at a time: no lock order")
+    base, _, schema = db_url.partition("?search_path=")
+    endpoint = SocketEndpoint(ok(b'{"status": "completed", "result": 3}'), delay=0.5)
+    async with anyio.create_task_group() as tg, make_harness(**SHORT_WAIT) as h:
+        await tg.start(endpoint.serve)
+        run_id, _ = await long_call(h, endpoint)
+        cancel = await asyncpg.connect(base, server_settings={"search_path": schema})
+        try:
+            async with cancel.transaction():
+                await cancel.execute("SELECT 1 FROM runs WHERE id = $1 FOR UPDATE", run_id)
+                blocked = (
+                    "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))"
+                )
+                with anyio.fail_after(10):  # the answer comes, and waits for the run
+                    while True:
+                        if await cancel.fetchval(blocked, cancel.get_server_pid()):
+                            break
+                        await anyio.sleep(0.02)
+                await cancel.execute("SET LOCAL lock_timeout = '300ms'")
+                await cancel.execute("DELETE FROM task_pushes WHERE run_id = $1", run_id)
+        finally:
+            await cancel.close()
         tg.cancel_scope.cancel()

@@ -363,12 +363,14 @@ class RemoteTasks:
         """
 
         async def record(tx: Tx) -> None:
+            # the run first, then its row, as a cancel takes them: else each waits for
+            # the other (PostgreSQL)
+            run = await lock_run(tx, attempt.run_id, attempt.namespace)
             deleted = await tx.fetch(
                 "DELETE FROM task_pushes WHERE run_id = $1 AND address = $2"
                 " AND occurrence = $3 AND attempt = $4 RETURNING run_id",
                 *attempt.key,
             )
-            run = await lock_run(tx, attempt.run_id, attempt.namespace)
             if not deleted or run is None or run["status"] in TERMINAL:
                 return  # the run ended (a cancel deletes its rows): the answer is dropped
             task = await tx.fetchrow(
