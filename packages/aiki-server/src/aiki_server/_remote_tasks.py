@@ -43,7 +43,6 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import timedelta
-from functools import partial
 from typing import TYPE_CHECKING
 
 import anyio
@@ -339,9 +338,12 @@ class RemoteTasks:
                 answer = PushedTaskAnswer(status="failed", error=info)
         except _Unreachable as exc:
             answer = _unreachable(exc)
-        except Exception as exc:  # the push's own writes failed: a lapsed lease retakes it
+        except Exception as exc:  # the push's own writes failed
             _log.error("a task push failed unexpectedly", {"error": repr(exc)})
-            return
+            if flight.detached:
+                return  # its row's lapsed lease retakes it
+            # the waiting request answers now, with a failure its policy retries
+            answer = _unreachable(_Unreachable(f"task {attempt.name!r}: the push failed here"))
         finally:
             self._in_flight[endpoint.id] -= 1
             if not self._in_flight[endpoint.id]:
@@ -411,16 +413,17 @@ class RemoteTasks:
         for row in rows:
             attempt = _Attempt.from_row(row)
             try:
-                endpoints = await self._db.write(partial(self._serving, attempt=attempt))
+                async with self._db.reader() as tx:
+                    endpoints = await self._serving(tx, attempt)
                 preferred = [e for e in endpoints if e.id == row["endpoint_id"]]
                 endpoint = await self._choose(attempt.name, preferred or endpoints)
             except _Busy:
                 continue  # the next look tries it again
             except _Unreachable as exc:
-                if await self._take(row, now, _MARGIN_MS):
+                if await self._take(row, _MARGIN_MS):
                     await self._settle(attempt, _unreachable(exc))
                 continue
-            if await self._take(row, now, self._lease_ms(attempt, endpoint)):
+            if await self._take(row, self._lease_ms(attempt, endpoint)):
                 _log.info(
                     "pushing a task attempt again: its replica's lease ran out",
                     {"run_id": attempt.run_id, "task": attempt.name, "attempt": attempt.attempt},
@@ -429,8 +432,8 @@ class RemoteTasks:
                 flight.handed.set()
                 self._start(endpoint, attempt, flight)
 
-    async def _take(self, row: Row, now: int, lease_ms: int) -> bool:
-        """Take a lapsed row for this replica; whether no other took it first."""
+    async def _take(self, row: Row, lease_ms: int) -> bool:
+        """Take a lapsed row for this replica (leased from now); whether no other took it first."""
 
         async def take(tx: Tx) -> bool:
             taken = await tx.fetch(
@@ -440,7 +443,7 @@ class RemoteTasks:
                 row["address"],
                 row["occurrence"],
                 row["attempt"],
-                now + lease_ms,
+                self._clock() + lease_ms,
                 row["lease_until"],
             )
             return bool(taken)
