@@ -373,8 +373,10 @@ EXPECTED_CORE_SUBMODULES: dict[str, tuple[str, ...]] = {
         "PUSH_ID_HEADER",
         "PUSH_SIGNATURE_HEADER",
         "PUSH_TIMESTAMP_HEADER",
+        "PushRefused",
         "PushSecret",
         "PushVerifier",
+        "SignedPushApp",
         "sign_push",
     ),
     "aiki_core.sdk": (

@@ -13,31 +13,19 @@ any ASGI server). Each request is one attempt of a task call made by a run elsew
 
 Retries are not run here: the calling run's retry policy decides, and each retry is
 a new push. A failure of the task is an answer, not an HTTP error, so the server can
-tell "the task failed" from "the endpoint is failing".
+tell "the task failed" from "the endpoint is failing". Steps 1 and 2, and the
+answers to what they refuse, are those of `aiki_core.push.SignedPushApp`, the base
+of every endpoint the server pushes to.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 import anyio
-from pydantic import ValidationError
 
-from aiki_core import (
-    AikiError,
-    CodecContext,
-    ConsoleLogger,
-    ErrorInfo,
-    IdentityCodec,
-    InvalidRequestError,
-    NotFoundError,
-    PayloadTooLargeError,
-    PayloadValidationError,
-    PushSignatureError,
-)
-from aiki_core.push import PushVerifier
+from aiki_core import CodecContext, ConsoleLogger, ErrorInfo, IdentityCodec, NotFoundError
+from aiki_core.push import PushRefused, SignedPushApp
 from aiki_core.sdk import TaskAttemptInfo
 from aiki_core.wire import PushedTask, PushedTaskAnswer
 
@@ -49,14 +37,7 @@ if TYPE_CHECKING:
     from aiki_core.push import PushSecret
     from aiki_task._task import Task
 
-__all__ = ["ASGIApp", "asgi_app"]
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-"""An ASGI 3 application, as Starlette's `mount` and every ASGI server take it."""
+__all__ = ["asgi_app"]
 
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 """Twice the server's default request limit: a pushed input is one the server accepted."""
@@ -70,7 +51,7 @@ def asgi_app(
     path: str = "/",
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     log: Logger | None = None,
-) -> ASGIApp:
+) -> SignedPushApp:
     """An ASGI app that runs pushed attempts of `tasks`, for a task endpoint.
 
         app = FastAPI()
@@ -88,96 +69,39 @@ def asgi_app(
         by_name[task.name] = task
     return _TaskService(
         by_name,
-        PushVerifier(secrets),
+        secrets,
         codec or IdentityCodec(),
-        path=path.rstrip("/") or "/",
+        path=path,
         max_body_bytes=max_body_bytes,
         log=log or ConsoleLogger(),
     )
 
 
-class _Refused(Exception):
-    """A request answered with an error, and nothing run."""
-
-    def __init__(
-        self, error: AikiError, status: int | None = None, allow: bytes | None = None
-    ) -> None:
-        self.error = error
-        self.status = error.status_code if status is None else status
-        self.headers = [] if allow is None else [(b"allow", allow)]
-
-
-class _TaskService:
+class _TaskService(SignedPushApp):
     def __init__(
         self,
         tasks: dict[str, Task[Any, Any]],
-        verifier: PushVerifier,
+        secrets: Iterable[str | PushSecret],
         codec: PayloadCodec,
         *,
         path: str,
         max_body_bytes: int,
         log: Logger,
     ) -> None:
+        super().__init__(secrets, path=path, max_body_bytes=max_body_bytes)
         self._tasks = tasks
-        self._verifier = verifier
         self._codec = codec
-        self._path = path
-        self._max_body_bytes = max_body_bytes
         self._log = log
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
-            return
-        if scope["type"] != "http":
-            raise ValueError(f"a task service speaks HTTP, not {scope['type']}")
-        try:
-            answer = await self._handle(scope, receive)
-        except _Refused as refused:
-            body = json.dumps(refused.error.to_wire(), separators=(",", ":")).encode()
-            await _respond(send, refused.status, body, refused.headers)
-            return
-        await _respond(send, 200, answer.model_dump_json().encode(), [])
+    def request_log(self) -> Logger:
+        return self._log
 
-    async def _handle(self, scope: Scope, receive: Receive) -> PushedTaskAnswer:
-        if _route_path(scope) != self._path:
-            raise _Refused(NotFoundError("path", str(scope["path"])))
-        if scope["method"] != "POST":
-            refusal = InvalidRequestError(f"a task service takes POST, not {scope['method']}")
-            raise _Refused(refusal, status=405, allow=b"POST")
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        body = await self._body(headers, receive)
-        try:
-            self._verifier.verify(headers, body)
-        except PushSignatureError as exc:
-            self._log.warn("refused a push", {"reason": exc.message})
-            raise _Refused(exc) from None
-        try:
-            pushed = PushedTask.model_validate_json(body)
-        except ValidationError as exc:
-            raise _Refused(PayloadValidationError.from_pydantic("not a pushed task", exc)) from None
+    async def handle(self, body: bytes, delivery_id: str, log: Logger) -> PushedTaskAnswer:
+        pushed = self.parse(PushedTask, body, "not a pushed task")
         task = self._tasks.get(pushed.task_name)
         if task is None:
-            raise _Refused(NotFoundError("task", pushed.task_name))
+            raise PushRefused(NotFoundError("task", pushed.task_name))
         return await self._attempt(task, pushed)
-
-    async def _body(self, headers: dict[str, str], receive: Receive) -> bytes:
-        declared = headers.get("content-length", "")
-        if declared.isascii() and declared.isdigit() and int(declared) > self._max_body_bytes:
-            raise _Refused(PayloadTooLargeError(int(declared), self._max_body_bytes))
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise _Refused(InvalidRequestError("the caller went away"))
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self._max_body_bytes:
-                raise _Refused(PayloadTooLargeError(size, self._max_body_bytes))
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
 
     async def _attempt(self, task: Task[Any, Any], pushed: PushedTask) -> PushedTaskAnswer:
         """Run one attempt; its answer: the sealed result, or the (sealed) error."""
@@ -214,40 +138,3 @@ class _TaskService:
 def _shorter(a: timedelta | None, b: timedelta | None) -> timedelta | None:
     """The shorter of two limits, where `None` is no limit."""
     return b if a is None else a if b is None else min(a, b)
-
-
-def _route_path(scope: Scope) -> str:
-    """The request's path below where the app is mounted (Starlette keeps the full path)."""
-    path = str(scope["path"])
-    root = str(scope.get("root_path", ""))
-    if root and path.startswith(root):
-        path = path[len(root) :]
-    return path.rstrip("/") or "/"
-
-
-async def _respond(
-    send: Send, status: int, content: bytes, headers: list[tuple[bytes, bytes]]
-) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(content)).encode()),
-                *headers,
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": content})
-
-
-async def _lifespan(receive: Receive, send: Send) -> None:
-    """Served alone (not mounted), the app has nothing to start or stop."""
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return

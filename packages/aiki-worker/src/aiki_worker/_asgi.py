@@ -15,59 +15,32 @@ ASGI framework, or run on AWS Lambda through `lambda_handler`.
 
 from __future__ import annotations
 
-import json
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 from anyio.lowlevel import RunVar
-from pydantic import ValidationError
 
-from aiki_core import (
-    AikiError,
-    AuthenticationError,
-    InvalidRequestError,
-    NotFoundError,
-    PayloadTooLargeError,
-    PayloadValidationError,
-    PushSignatureError,
-    ServerUnavailableError,
-)
-from aiki_core.push import PUSH_ID_HEADER, PushSecret, PushVerifier
+from aiki_core import AuthenticationError, NotFoundError, ServerUnavailableError
+from aiki_core.push import PushRefused, SignedPushApp
 from aiki_core.wire import PushedRun, PushedRunAnswer
 from aiki_worker._running import ContextFactory, Outcome, Runner, heartbeats
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+    from collections.abc import Callable, Sequence
 
     from aiki_core import Interceptor, Logger
+    from aiki_core.push import PushSecret
     from aiki_core.sdk import ExecutableVersion, WorkerApi
-
-    Scope = MutableMapping[str, Any]
-    Message = MutableMapping[str, Any]
-    Receive = Callable[[], Awaitable[Message]]
-    Send = Callable[[Message], Awaitable[None]]
 
 __all__ = ["PushedRunApp", "asgi_app"]
 
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
 """The largest pushed run read: a run's whole history (task results included) rides in it."""
 
-_JSON = [(b"content-type", b"application/json")]
 
-
-class _Refused(Exception):
-    """A request answered with an error before any run starts."""
-
-    def __init__(self, status: int, error: AikiError, headers: Sequence[tuple[bytes, bytes]] = ()):
-        super().__init__(error.message)
-        self.status = status
-        self.error = error
-        self.headers = list(headers)
-
-
-class PushedRunApp:
-    """The ASGI app `asgi_app` returns: executes the runs the server pushes to it."""
+class PushedRunApp(SignedPushApp):
+    """The ASGI app `asgi_app` returns: a `SignedPushApp` executing the runs pushed to it."""
 
     def __init__(
         self,
@@ -87,15 +60,16 @@ class PushedRunApp:
     ) -> None:
         if not workflows:
             raise ValueError("a workflow endpoint needs at least one workflow version")
-        if max_body_bytes < 1:
-            raise ValueError("max_body_bytes must be at least 1")
-        self.path = "/" + path.strip("/")
+        super().__init__(
+            secrets,
+            path=path,
+            max_body_bytes=max_body_bytes,
+            signature_tolerance=signature_tolerance,
+        )
         self.workflows = tuple(workflows)
         self.served = {(v.workflow, v.version) for v in workflows}
-        self.max_body_bytes = max_body_bytes
         self.heartbeat_interval = heartbeat_interval.total_seconds()
         self.answer_margin = answer_margin.total_seconds()
-        self.verifier = PushVerifier(secrets, tolerance=signature_tolerance)
         self._client = client
         self._logger = logger
         self._interceptors = tuple(interceptors)
@@ -126,55 +100,13 @@ class PushedRunApp:
         self._runners.set(runner)
         return runner
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Serve one ASGI connection: pushed runs over HTTP; lifespan events are acknowledged."""
-        if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
-            return
-        if scope["type"] == "websocket":  # refused at once
-            await send({"type": "websocket.close", "code": 1003})
-            return
-        if scope["type"] != "http":
-            return
-        runner = self._runner()
-        try:
-            answer = await self._serve(runner, scope, receive)
-        except _Refused as refused:
-            runner.log.warn(
-                "push refused",
-                {
-                    "status": refused.status,
-                    "error": refused.error.message,
-                    # unverified: no longer than a delivery id may be
-                    "delivery_id": _headers(scope).get(PUSH_ID_HEADER, "")[:64],
-                },
-            )
-            await _respond(send, refused.status, refused.error.to_wire(), refused.headers)
-            return
-        except Exception as exc:  # a bug of the app: the request ends, the app serves on
-            runner.log.error("the push crashed the endpoint", {"error": repr(exc)})
-            await _respond(send, 500, AikiError("the endpoint failed").to_wire())
-            return
-        await _respond(send, 200, answer.model_dump(mode="json"))
+    def request_log(self) -> Logger:
+        """The log of this event loop's runner."""
+        return self._runner().log
 
-    async def _serve(self, runner: Runner, scope: Scope, receive: Receive) -> PushedRunAnswer:
-        path = _route(scope)
-        if path != self.path:
-            raise _Refused(404, NotFoundError("path", path))
-        if scope.get("method") != "POST":
-            error = InvalidRequestError(f"{scope.get('method')} is not served here; POST a run")
-            raise _Refused(405, error, [(b"allow", b"POST")])
-        headers = _headers(scope)
-        body = await self._body(headers, receive)
-        try:
-            delivery_id = self.verifier.verify(headers, body)
-        except PushSignatureError as exc:  # nothing is read, nothing runs
-            raise _Refused(401, exc) from None
-        try:
-            pushed = PushedRun.model_validate_json(body)
-        except ValidationError as exc:
-            error = PayloadValidationError.from_pydantic("the pushed run is not valid", exc)
-            raise _Refused(422, error) from None
+    async def handle(self, body: bytes, delivery_id: str, log: Logger) -> PushedRunAnswer:
+        """Execute the pushed run; its answer once its transition is on record."""
+        pushed = self.parse(PushedRun, body, "the pushed run is not valid")
         run = pushed.claim.run
         if (run.workflow, run.version) not in self.served:
             unknown = NotFoundError(
@@ -182,17 +114,16 @@ class PushedRunApp:
                 f"{run.workflow} {run.version}",
                 f"this endpoint does not serve {run.workflow} version {run.version}",
             )
-            raise _Refused(404, unknown)
-        log = runner.log.child({"delivery_id": delivery_id, "run_id": run.id})
+            raise PushRefused(unknown)
+        log = log.child({"delivery_id": delivery_id, "run_id": run.id})
         log.info("run pushed", {"revision": run.revision, "worker_id": pushed.worker_id})
-        outcome = await self._execute(runner, pushed)
+        outcome = await self._execute(self._runner(), pushed)
         if outcome is None:
-            raise _Refused(
-                503,
+            raise PushRefused(
                 ServerUnavailableError(
                     "the run's transition could not be put on record; it goes back to the"
                     " queue when its claim goes idle"
-                ),
+                )
             )
         log.info("run answered", {"outcome": outcome})
         return PushedRunAnswer(run_id=run.id, outcome=outcome)
@@ -229,25 +160,6 @@ class PushedRunApp:
             outcome = await runner.execute(held)
             tg.cancel_scope.cancel()
         return outcome
-
-    async def _body(self, headers: dict[str, str], receive: Receive) -> bytes:
-        declared = headers.get("content-length", "")
-        # ASCII digits alone: "²" (a latin-1 header byte) is a digit to isdigit, not to int
-        if declared.isascii() and declared.isdigit() and int(declared) > self.max_body_bytes:
-            raise _Refused(413, PayloadTooLargeError(int(declared), self.max_body_bytes))
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise _Refused(400, InvalidRequestError("the request ended before its body"))
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body_bytes:
-                raise _Refused(413, PayloadTooLargeError(size, self.max_body_bytes))
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
 
 
 def asgi_app(
@@ -296,43 +208,3 @@ def asgi_app(
         write_retry_timeout=write_retry_timeout,
         signature_tolerance=signature_tolerance,
     )
-
-
-def _route(scope: Scope) -> str:
-    """The request's path below the app's mount point (`root_path`)."""
-    path: str = scope.get("path", "/")
-    root: str = scope.get("root_path", "")
-    if root and path.startswith(root):
-        path = path[len(root) :]
-    return "/" + path.strip("/")
-
-
-def _headers(scope: Scope) -> dict[str, str]:
-    return {
-        name.decode("latin-1").lower(): value.decode("latin-1")
-        for name, value in scope.get("headers", ())
-    }
-
-
-async def _respond(
-    send: Send, status: int, body: object, headers: Sequence[tuple[bytes, bytes]] = ()
-) -> None:
-    data = json.dumps(body, separators=(",", ":")).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [*_JSON, (b"content-length", str(len(data)).encode()), *headers],
-        }
-    )
-    await send({"type": "http.response.body", "body": data})
-
-
-async def _lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
