@@ -264,3 +264,13 @@ _SUFFIXES = {
 
 def _metric_names(expr: str) -> set[str]:
     return set(re.findall(r"\baiki_[a-z_]+", expr))
+
+
+async def test_families_without_labels_are_exported_at_zero_from_the_start(
+    harness: Harness,
+) -> None:
+    m = await scrape(harness.client)
+    assert m["aiki_db_transaction_retries_total"] == [({}, 0.0)]
+    assert m["aiki_db_transaction_errors_total"] == [({}, 0.0)]
+    assert m["aiki_timer_failed_passes_total"] == [({}, 0.0)]
+    assert len(m["aiki_db_transaction_duration_seconds_count"]) == 1

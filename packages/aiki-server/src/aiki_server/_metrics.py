@@ -209,7 +209,8 @@ class _Counter:
 
     def __init__(self, name: str, documentation: str, labels: tuple[str, ...]) -> None:
         self.name, self.documentation, self.labels = name, documentation, labels
-        self.totals: dict[tuple[str, ...], float] = {}
+        # a family without labels has its one sample from the start, at 0
+        self.totals: dict[tuple[str, ...], float] = {} if labels else {(): 0}
 
     def inc(self, labels: tuple[str, ...]) -> None:
         self.totals[labels] = self.totals.get(labels, 0) + 1
@@ -231,6 +232,8 @@ class _Histogram:
         self.bounds = bounds
         self.rows: dict[tuple[str, ...], list[float]] = {}
         """Label values -> the count of each bucket (`+Inf` last), then the sum."""
+        if not labels:  # its one sample from the start, empty
+            self.rows[()] = [0.0] * (len(bounds) + 2)
 
     def observe(self, labels: tuple[str, ...], value: float) -> None:
         row = self.rows.get(labels)
