@@ -188,7 +188,7 @@ async def test_a_late_answer_leaves_a_workflow_retry_back_off_alone(
     # its workflow retries in an hour; the attempt's answer then re-queued the run, as
     # if the run waited for it: the back-off was skipped and the retry ran at once
     endpoint = SocketEndpoint(ok(b'{"status": "completed", "result": 3}'), delay=0.5)
-    async with anyio.create_task_group() as tg, make_harness(**SHORT_WAIT) as h:
+    async with make_harness(**SHORT_WAIT) as h, anyio.create_task_group() as tg:
         await tg.start(endpoint.serve)
         run_id, revision = await long_call(h, endpoint)
         fail: dict[str, Any] = {"kind": "fail", "error": {"type": "OSError", "message": "down"}}
@@ -210,7 +210,7 @@ async def test_a_run_sleeping_beside_a_long_task_says_it_waits_for_the_task(
     # a long task raced against a timeout (a sleep): the run is `sleeping`, and its
     # detail said only that, as the task's endpoint was named for `awaiting_task` alone
     endpoint = SocketEndpoint(ok(b'{"status": "completed", "result": 3}'), delay=30)
-    async with anyio.create_task_group() as tg, make_harness(**SHORT_WAIT) as h:
+    async with make_harness(**SHORT_WAIT) as h, anyio.create_task_group() as tg:
         await tg.start(endpoint.serve)
         run_id, revision = await long_call(h, endpoint)
         waits = [
@@ -238,7 +238,7 @@ async def test_a_late_failure_counts_in_the_run_attempt_that_made_the_call(
     error = {"type": "ValueError", "message": "bad image", "retryable": False}
     answer = json.dumps({"status": "failed", "error": error}).encode()
     endpoint = SocketEndpoint(ok(answer), delay=0.5)
-    async with anyio.create_task_group() as tg, make_harness(**SHORT_WAIT) as h:
+    async with make_harness(**SHORT_WAIT) as h, anyio.create_task_group() as tg:
         await tg.start(endpoint.serve)
         run_id, revision = await long_call(h, endpoint)
         fail: dict[str, Any] = {"kind": "fail", "error": {"type": "OSError", "message": "down"}}
@@ -270,7 +270,7 @@ async def test_a_late_answer_to_an_attempt_its_worker_recorded_is_dropped_not_pu
     error = {"type": "ValueError", "message": "bad image", "retryable": False}
     answer = json.dumps({"status": "failed", "error": error}).encode()
     endpoint = SocketEndpoint(ok(answer), delay=0.5)
-    async with anyio.create_task_group() as tg, make_harness(**SHORT_WAIT) as h:
+    async with make_harness(**SHORT_WAIT) as h, anyio.create_task_group() as tg:
         await tg.start(endpoint.serve)
         run_id, revision = await long_call(h, endpoint)
         lost = {"type": "aiki_core.ServerUnavailableError", "message": "lost", "retryable": True}
@@ -304,7 +304,7 @@ async def test_an_answer_locks_its_run_before_its_row_as_a_cancel_does(
         pytest.skip("SQLite runs one write transaction at a time: no lock order")
     base, _, schema = db_url.partition("?search_path=")
     endpoint = SocketEndpoint(ok(b'{"status": "completed", "result": 3}'), delay=0.5)
-    async with anyio.create_task_group() as tg, make_harness(**SHORT_WAIT) as h:
+    async with make_harness(**SHORT_WAIT) as h, anyio.create_task_group() as tg:
         await tg.start(endpoint.serve)
         run_id, _ = await long_call(h, endpoint)
         cancel = await asyncpg.connect(base, server_settings={"search_path": schema})
