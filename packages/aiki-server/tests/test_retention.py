@@ -217,7 +217,7 @@ async def test_a_schedules_last_run_is_kept(harness: Harness) -> None:
     schedule_id = r.json()["id"]
     h.advance(3_600_000)
     with anyio.fail_after(5):  # the timer daemon fires it
-        while (last := (await get_schedule(h.client, schedule_id))["last_run_id"]) is None:
+        while (last := (await get_schedule(h.client, schedule_id))["last_run_id"]) is None:  # noqa: ASYNC110 - the state is in the database
             await anyio.sleep(0.01)
     claimed = await claim_one(h.client)
     r = await transition(h.client, last, claimed["run"]["revision"], {"kind": "complete"})
