@@ -125,10 +125,11 @@ class ServerSettings:
     """Larger request bodies are refused with 413."""
     max_tasks_per_run: int = 10_000
     """Task calls one run may record; the next one fails the run (`RunLimitError`)."""
-    max_payload_bytes: int = 1024 * 1024
+    max_payload_bytes: int = 2 * 1024 * 1024
     """The largest payload stored (a run's input or result, a task's input or result,
     an event's data), in UTF-8 bytes of its JSON; larger ones are refused with 413
-    (`PayloadTooLargeError`, naming the field)."""
+    (`PayloadTooLargeError`, naming the field). The body limit bounds what one request
+    carries (a transition may carry several task results); this bounds each payload."""
     max_events_per_run: int = 10_000
     """Events one run may hold; the next send is refused with 409 (`RunRecordLimitError`)."""
     webhook_rate_limit: int = 60
@@ -230,14 +231,15 @@ def create_app(db_url: str, settings: ServerSettings | None = None) -> FastAPI:
     timers = TimerDaemon(db, hub, clock, schedules.fire)
     backoff = PushBackoff(cool_off_ms=to_millis(settings.push_cool_off))
     dispatcher = Dispatcher(db, hub, clock, claims, writes, backoff=backoff)
-    # an answer of any size a worker could record (its request limit) comes back to it
+    # an answer of any size a worker could record (its request and payload limits)
+    # comes back to it
     remote_tasks = RemoteTasks(
         db,
         clock,
         limits,
         wait=settings.remote_task_wait.total_seconds(),
         backoff=backoff,
-        max_answer_bytes=settings.max_body_bytes,
+        max_answer_bytes=min(settings.max_body_bytes, settings.max_payload_bytes),
     )
 
     @asynccontextmanager

@@ -31,7 +31,7 @@ class Limits:
     """A claim not refreshed for this long is released to the queue."""
     max_tasks_per_run: int = 10_000
     """Task calls one run may record; the next one fails the run with `RunLimitError`."""
-    max_payload_bytes: int = 1024 * 1024
+    max_payload_bytes: int = 2 * 1024 * 1024
     """The largest payload (input, result, event data) stored, in UTF-8 bytes of its
     JSON; a larger one is refused with `PayloadTooLargeError`."""
     max_events_per_run: int = 10_000
