@@ -15,8 +15,10 @@ Which runs go, and in which order:
 - the last run of a schedule is kept until the schedule starts another (its overlap
   policy reads it).
 
-The daemon deletes in batches, each one short transaction of at most `batch` runs
-taken oldest end first through the `runs_finished` index. On PostgreSQL the batch's
+The daemon deletes in batches, each one short transaction of at most `batch` runs of
+one namespace (fewer when they hold many task calls), taken oldest end first through
+the `runs_finished` index, which also lists the namespaces that have ended runs
+(without reading their runs). On PostgreSQL the batch's
 runs are taken with `FOR UPDATE SKIP LOCKED`, so replicas deleting at once share the
 work; on SQLite, whose statements run on the event loop, batches are smaller. Between
 batches the daemon pauses, so claims and task records are never held up for long.
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from typing import TYPE_CHECKING
 
 import anyio
@@ -46,10 +49,10 @@ _log = component("retention")
 
 _BATCH = {"postgresql": 500, "sqlite": 100}
 """Runs per deleting transaction: SQLite's run on the event loop, so fewer."""
+_TASK_BUDGET = {"postgresql": 20_000, "sqlite": 5_000}
+"""Task calls of the runs one transaction deletes (their history rows go with them)."""
 _PAUSE = 0.01
 """Seconds between two batches, for the server's other writes."""
-_FOREVER = -1
-"""A cutoff no end time is before: nothing is deleted."""
 
 _RUN_TABLES = ("tasks", "sleeps", "events", "webhooks", "task_pushes", "state_transitions")
 """Tables whose rows belong to one run by their `run_id` (besides those deleted first)."""
@@ -85,6 +88,7 @@ class Retention:
         self._settings = settings
         self._default_ms = None if settings.retention is None else to_millis(settings.retention)
         self._batch = _BATCH.get(db.dialect, _BATCH["sqlite"])
+        self._task_budget = _TASK_BUDGET.get(db.dialect, _TASK_BUDGET["sqlite"])
 
     async def get(self, namespace: str) -> RetentionInfo:
         """The retention in effect for `namespace`, and where it comes from."""
@@ -140,48 +144,72 @@ class Retention:
     async def sweep(self) -> int:
         """Delete, batch after batch, what has outlived its retention now; the runs deleted."""
         await self._in_batches(self._delete_workers)
-        return await self._in_batches(self._delete_runs)
+        deleted = 0
+        for namespace, cutoff in await self._cutoffs():
+            deleted += await self._in_batches(partial(self._delete_runs, namespace, cutoff))
+        return deleted
 
-    async def _in_batches(self, batch: Callable[[Tx], Awaitable[int]]) -> int:
-        """`batch` in transaction after transaction, while each deletes a full batch."""
+    async def _cutoffs(self) -> list[tuple[str, int]]:
+        """Each namespace with ended runs, and the end before which its runs go now.
+
+        The namespaces are found by a loose index scan (one index probe each), so a
+        batch then reads only its namespace's runs past their cutoff, however many
+        runs other namespaces keep.
+        """
+        now = self._clock()
+        async with self._db.reader() as tx:
+            found = await tx.fetch(
+                "WITH RECURSIVE ns (name) AS ("
+                " SELECT min(namespace) FROM runs WHERE finished_at IS NOT NULL"
+                " UNION ALL SELECT (SELECT min(namespace) FROM runs"
+                "   WHERE finished_at IS NOT NULL AND namespace > ns.name)"
+                " FROM ns WHERE ns.name IS NOT NULL"
+                ") SELECT name FROM ns WHERE name IS NOT NULL"
+            )
+            rows = await tx.fetch("SELECT namespace, retention_ms FROM namespace_retention")
+        own = {row["namespace"]: row["retention_ms"] for row in rows}
+        periods = ((row["name"], own.get(row["name"], self._default_ms)) for row in found)
+        return [(name, now - period) for name, period in periods if period is not None]
+
+    async def _in_batches(self, batch: Callable[[Tx], Awaitable[tuple[int, bool]]]) -> int:
+        """`batch` in transaction after transaction, while each says more is due; the count."""
         total = 0
         while True:
-            count = await self._db.write(batch)
+            count, more = await self._db.write(batch)
             total += count
-            if count < self._batch:
+            if not more:
                 return total
             await anyio.sleep(_PAUSE)
 
-    async def _delete_runs(self, tx: Tx) -> int:
-        """One batch: the oldest ended runs past their retention, with what they hold."""
-        now = self._clock()
-        overrides = await tx.fetch("SELECT retention_ms FROM namespace_retention")
-        periods = [row["retention_ms"] for row in overrides if row["retention_ms"] is not None]
-        if self._default_ms is not None:
-            periods.append(self._default_ms)
-        if not periods:
-            return 0  # every namespace keeps its runs forever
-        default_cutoff = _FOREVER if self._default_ms is None else now - self._default_ms
+    async def _delete_runs(self, namespace: str, cutoff: int, tx: Tx) -> tuple[int, bool]:
+        """One batch of the namespace's runs ended before `cutoff`: (deleted, more due).
+
+        The oldest go first, with all they hold. A batch holds at most `batch` runs, and runs of at most `_TASK_BUDGET` task
+        calls in all (one run at least, of at most the server's task calls per run),
+        so one transaction deletes a bounded number of rows.
+        """
         rows = await tx.fetch(
-            "SELECT r.id FROM runs r"
-            " WHERE r.finished_at IS NOT NULL AND r.finished_at < $1"
-            " AND r.finished_at < COALESCE("
-            "   (SELECT CASE WHEN n.retention_ms IS NULL THEN $4 ELSE $2 - n.retention_ms END"
-            "    FROM namespace_retention n WHERE n.namespace = r.namespace), $3)"
+            "SELECT r.id, r.task_count FROM runs r"
+            " WHERE r.namespace = $1 AND r.finished_at IS NOT NULL AND r.finished_at < $2"
             " AND NOT EXISTS (SELECT 1 FROM runs c WHERE c.parent_run_id = r.id)"
             " AND NOT EXISTS (SELECT 1 FROM runs p"
             "   WHERE p.id = r.parent_run_id AND p.finished_at IS NULL)"
             " AND NOT EXISTS (SELECT 1 FROM schedules s WHERE s.last_run_id = r.id)"
-            f" ORDER BY r.finished_at, r.id LIMIT $5{tx.skip_locked}",
-            now - min(periods),
-            now,
-            default_cutoff,
-            _FOREVER,
+            f" ORDER BY r.finished_at, r.id LIMIT $3{tx.skip_locked}",
+            namespace,
+            cutoff,
             self._batch,
         )
-        if not rows:
-            return 0
-        ids = tx.array([row["id"] for row in rows])
+        chosen: list[str] = []
+        calls = 0
+        for row in rows:
+            calls += int(row["task_count"])
+            if chosen and calls > self._task_budget:
+                break
+            chosen.append(row["id"])
+        if not chosen:
+            return 0, False
+        ids = tx.array(chosen)
         ours = tx.in_array(1)
         await tx.execute(
             "DELETE FROM task_attempts WHERE task_id IN"
@@ -196,9 +224,10 @@ class Retention:
             await tx.execute(f"DELETE FROM {table} WHERE run_id {ours}", ids)
         count = await tx.execute(f"DELETE FROM runs WHERE id {ours}", ids)
         tx.observe(lambda metrics: metrics.retention_deleted("runs", count))
-        return count
+        # a run taken by another replica meanwhile is skipped, not counted: look again
+        return count, len(rows) == self._batch or len(chosen) < len(rows)
 
-    async def _delete_workers(self, tx: Tx) -> int:
+    async def _delete_workers(self, tx: Tx) -> tuple[int, bool]:
         """One batch of workers not heard from for `worker_retention`."""
         cutoff = self._clock() - to_millis(self._settings.worker_retention)
         count = await tx.execute(
@@ -208,7 +237,7 @@ class Retention:
             self._batch,
         )
         tx.observe(lambda metrics: metrics.retention_deleted("workers", count))
-        return count
+        return count, count == self._batch
 
 
 def _namespace_info(namespace: str, retention_ms: int | None, updated_at: int) -> RetentionInfo:

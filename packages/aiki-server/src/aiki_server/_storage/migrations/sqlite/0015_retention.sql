@@ -1,7 +1,8 @@
 -- Aiki server schema, version 15 (SQLite): retention. Times are epoch milliseconds (UTC).
 
--- the retention daemon takes ended runs oldest first, past their namespace's period
-CREATE INDEX runs_finished ON runs (finished_at, id) WHERE finished_at IS NOT NULL;
+-- the retention daemon finds the namespaces with ended runs, and takes each one's
+-- oldest first, past its period
+CREATE INDEX runs_finished ON runs (namespace, finished_at, id) WHERE finished_at IS NOT NULL;
 -- and workers not seen for a while
 CREATE INDEX workers_last_seen ON workers (last_seen_at);
 
