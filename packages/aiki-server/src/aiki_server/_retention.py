@@ -184,9 +184,10 @@ class Retention:
     async def _delete_runs(self, namespace: str, cutoff: int, tx: Tx) -> tuple[int, bool]:
         """One batch of the namespace's runs ended before `cutoff`: (deleted, more due).
 
-        The oldest go first, with all they hold. A batch holds at most `batch` runs, and runs of at most `_TASK_BUDGET` task
-        calls in all (one run at least, of at most the server's task calls per run),
-        so one transaction deletes a bounded number of rows.
+        The oldest go first, with all they hold. A batch holds at most `batch` runs,
+        of at most `_TASK_BUDGET` task calls in all (one run at least, of at most the
+        server's task calls per run), so one transaction deletes a bounded number of
+        rows.
         """
         rows = await tx.fetch(
             "SELECT r.id, r.task_count FROM runs r"
