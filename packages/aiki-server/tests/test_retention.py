@@ -265,3 +265,27 @@ def test_negative_settings_are_refused() -> None:
         ServerSettings(retention=timedelta(days=-1))
     with pytest.raises(ValueError, match="max_events_per_run"):
         ServerSettings(max_events_per_run=0)
+
+
+async def test_sweeps_at_once_share_the_work(make_harness: HarnessFactory) -> None:
+    # on PostgreSQL each sweep has its own connection, as two replicas would: they take
+    # different runs (SKIP LOCKED), and neither fails on what the other deleted
+    async with make_harness(retention=timedelta(days=1)) as h:
+        ids = []
+        for _ in range(30):
+            run_id, revision = await held(h.client)
+            r = await transition(h.client, run_id, revision, {"kind": "complete"})
+            assert r.status_code == 200, r.text
+            ids.append(run_id)
+        h.advance(2 * DAY_MS)
+        counts: list[int] = []
+
+        async def one() -> None:
+            counts.append(await sweep(h))
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(3):
+                tg.start_soon(one)
+        assert sum(counts) == 30
+        for run_id in ids:
+            assert not await exists(h, run_id)
