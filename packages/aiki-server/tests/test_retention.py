@@ -9,6 +9,7 @@ import anyio
 import pytest
 
 from aiki_server import ServerSettings
+from aiki_server._cli import _parser
 from server_api import (
     claim_one,
     client_with,
@@ -289,3 +290,16 @@ async def test_sweeps_at_once_share_the_work(make_harness: HarnessFactory) -> No
         assert sum(counts) == 30
         for run_id in ids:
             assert not await exists(h, run_id)
+
+
+def test_server_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    args = _parser().parse_args([])
+    assert (args.retention, args.worker_retention) == (timedelta(days=30), timedelta(days=1))
+    args = _parser().parse_args(["--retention", "forever", "--worker-retention", "12h"])
+    assert (args.retention, args.worker_retention) == (None, timedelta(hours=12))
+    monkeypatch.setenv("AIKI_RETENTION", "90m")
+    assert _parser().parse_args([]).retention == timedelta(minutes=90)
+    assert _parser().parse_args(["serve", "--retention", "3600"]).retention == timedelta(hours=1)
+    for bad in (["--retention", "soon"], ["--worker-retention", "forever"]):
+        with pytest.raises(SystemExit):
+            _parser().parse_args(bad)
