@@ -156,3 +156,25 @@ async def test_a_webhook_url_delivers_at_its_rate(make_harness: HarnessFactory) 
 def test_bounds_must_be_positive(setting: str, value: Any) -> None:
     with pytest.raises(ValueError, match=setting):
         ServerSettings(**{setting: value})
+
+
+async def test_a_run_at_its_history_bound_fails_at_its_workers_next_write(
+    make_harness: HarnessFactory,
+) -> None:
+    async with make_harness(max_history_per_run=6) as h:
+        run_id, revision = await held(h.client)
+        accepted = 0
+        for n in range(10):
+            body = task_record(revision, address=f"charge:{n}")
+            r = await h.client.post(f"/runs/{run_id}/tasks", json=body)
+            if r.status_code != 200:
+                break
+            accepted += 1
+        details = error_of(r, 409, "run_record_limit_exceeded")
+        assert (details["kind"], details["limit"]) == ("history", 6)
+        run = await get_run(h.client, run_id)
+        assert run["status"] == "failed"
+        assert run["error"]["type"] == "aiki_core.RunRecordLimitError"
+        assert len(run["tasks"]) == accepted < 6  # the refused record wrote nothing
+        r = await transition(h.client, run_id, revision, {"kind": "complete"})
+        assert r.status_code == 409  # the worker's claim is gone with the run

@@ -132,6 +132,9 @@ class ServerSettings:
     carries (a transition may carry several task results); this bounds each payload."""
     max_events_per_run: int = 10_000
     """Events one run may hold; the next send is refused with 409 (`RunRecordLimitError`)."""
+    max_history_per_run: int = 100_000
+    """History rows one run may write (its status moves and new task calls); a worker's
+    next write to it is refused with 409 and the run fails (`RunRecordLimitError`)."""
     webhook_rate_limit: int = 60
     """Deliveries one webhook URL may make a minute (in bursts of as many), per replica;
     more are refused with 429 (`TooManyRequestsError`)."""
@@ -187,7 +190,12 @@ class ServerSettings:
                 f"remote_task_wait must be positive and at most {MAX_WAIT_MS // 1000} s,"
                 f" got {self.remote_task_wait}"
             )
-        for name in ("max_tasks_per_run", "max_payload_bytes", "max_events_per_run"):
+        for name in (
+            "max_tasks_per_run",
+            "max_payload_bytes",
+            "max_events_per_run",
+            "max_history_per_run",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.webhook_rate_limit < 1:
@@ -215,6 +223,7 @@ def create_app(db_url: str, settings: ServerSettings | None = None) -> FastAPI:
         settings.max_tasks_per_run,
         settings.max_payload_bytes,
         settings.max_events_per_run,
+        settings.max_history_per_run,
     )
     runs = Runs(db, hub, clock, limits)
     claims = Claims(db, hub, clock, limits)

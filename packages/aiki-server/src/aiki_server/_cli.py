@@ -153,6 +153,14 @@ def _serve_options(target: argparse.ArgumentParser, *, inherit: bool) -> None:
         help="events one run may hold; more are refused with 409 [AIKI_MAX_EVENTS_PER_RUN]",
     )
     target.add_argument(
+        "--max-history-per-run",
+        type=int,
+        default=default(int(_env("AIKI_MAX_HISTORY_PER_RUN", "100000"))),
+        metavar="COUNT",
+        help="history one run may write (status moves, new task calls); the run then fails"
+        " [AIKI_MAX_HISTORY_PER_RUN]",
+    )
+    target.add_argument(
         "--webhook-rate-limit",
         type=int,
         default=default(int(_env("AIKI_WEBHOOK_RATE_LIMIT", "60"))),
@@ -422,6 +430,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             max_tasks_per_run=args.max_tasks_per_run,
             max_payload_bytes=args.max_payload_bytes,
             max_events_per_run=args.max_events_per_run,
+            max_history_per_run=args.max_history_per_run,
             webhook_rate_limit=args.webhook_rate_limit,
             retention=args.retention,
             worker_retention=args.worker_retention,

@@ -36,6 +36,9 @@ class Limits:
     JSON; a larger one is refused with `PayloadTooLargeError`."""
     max_events_per_run: int = 10_000
     """Events one run may hold; the next is refused with `RunRecordLimitError`."""
+    max_history_per_run: int = 100_000
+    """History a run may write (its status moves and new task calls); a worker's next
+    write to it fails the run with `RunRecordLimitError`."""
 
     def dump_payload(self, value: JsonValue, field: str) -> str:
         """`value` as stored (compact JSON); `PayloadTooLargeError` naming `field` if too large."""

@@ -17,6 +17,7 @@ from aiki_core import (
     IllegalTransitionError,
     NotFoundError,
     RunLimitError,
+    RunRecordLimitError,
     RunStatus,
     StaleRevisionError,
     TaskStatus,
@@ -120,6 +121,7 @@ class WorkerWrites:
 
         async def record(tx: Tx) -> RecordTaskResponse:
             run = await claimed_run(tx, run_id, namespace, req.revision)
+            self._check_history(run)
             now = self._clock()
             recorded = await write_task(tx, run, req, now, self._limits)
             if run["pause_requested"]:  # the worker learns it at its next record
@@ -128,7 +130,7 @@ class WorkerWrites:
 
         try:
             return await self._db.write(record)
-        except RunLimitError as exc:
+        except (RunLimitError, RunRecordLimitError) as exc:
             await self._fail_over_limit(namespace, run_id, req.revision, exc)
             raise
 
@@ -178,7 +180,7 @@ class WorkerWrites:
         """Complete, fail, suspend, release or continue a claimed run."""
         try:
             return await self._transition(namespace, run_id, req)
-        except RunLimitError as exc:
+        except (RunLimitError, RunRecordLimitError) as exc:
             await self._fail_over_limit(namespace, run_id, req.revision, exc)
             raise
 
@@ -189,6 +191,7 @@ class WorkerWrites:
 
         async def move(tx: Tx) -> RunSummary:
             run = await claimed_run(tx, run_id, namespace, req.revision)
+            self._check_history(run)
             now = self._clock()
             for task in req.tasks:  # each record is fenced like the transition
                 if task.revision != req.revision:
@@ -235,8 +238,20 @@ class WorkerWrites:
             return False
         return True
 
+    def _check_history(self, run: Row) -> None:
+        """`RunRecordLimitError` when the run's history reached `max_history_per_run`.
+
+        The count is kept on the run's row by the writes that change it anyway: each
+        status move of the run and each new task call. A worker's next write to a run
+        at the bound is refused, and the run fails (a loop of sleeps or waits that
+        never ends, say, which no task call limit would catch).
+        """
+        limit = self._limits.max_history_per_run
+        if int(run["history_count"]) >= limit:
+            raise RunRecordLimitError(run["id"], "history", limit)
+
     async def _fail_over_limit(
-        self, namespace: str, run_id: str, revision: int, exc: RunLimitError
+        self, namespace: str, run_id: str, revision: int, exc: RunLimitError | RunRecordLimitError
     ) -> None:
         """Fail the run whose record was refused over the limit (the refusal wrote nothing).
 
@@ -254,7 +269,7 @@ class WorkerWrites:
                 run,
                 RunStatus.FAILED,
                 now,
-                "task limit reached",
+                f"{'task' if isinstance(exc, RunLimitError) else exc.kind} limit reached",
                 fence=True,
                 error=dump(error.model_dump(mode="json")),
             )
@@ -396,7 +411,8 @@ async def write_task(
     if inserted:
         # counted on the run's row: the check costs no count of the run's tasks
         count = await tx.fetchrow(
-            "UPDATE runs SET task_count = task_count + 1 WHERE id = $1 RETURNING task_count",
+            "UPDATE runs SET task_count = task_count + 1, history_count = history_count + 1"
+            " WHERE id = $1 RETURNING task_count",
             run_id,
         )
         assert count is not None

@@ -16,3 +16,8 @@ CREATE TABLE namespace_retention (
 
 -- the last run of a schedule is kept (its overlap policy reads it): found by this index
 CREATE INDEX schedules_by_last_run ON schedules (last_run_id) WHERE last_run_id IS NOT NULL;
+
+-- history rows a run wrote (its status moves and new task calls), counted by the
+-- writes that update its row anyway, for the per-run history bound, counted from
+-- this version on (a run started before counts only what it writes from now)
+ALTER TABLE runs ADD COLUMN history_count INTEGER NOT NULL DEFAULT 0;
