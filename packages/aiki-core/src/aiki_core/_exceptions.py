@@ -427,7 +427,9 @@ class RunLimitError(ConflictError):
 class RunRecordLimitError(ConflictError):
     """A run holds as many rows of one kind (`events`, `history`) as the server allows.
 
-    The write that would have added one more is refused whole; the run is unchanged.
+    The write that would have added more is refused whole. An event refused leaves the
+    run as it was; a run at its history bound fails with this error (a long-lived loop
+    stays under it with `run.continue_as_new(payload)`).
     """
 
     code = ErrorCode.RUN_RECORD_LIMIT
