@@ -267,6 +267,26 @@ async def test_concurrency_limits_from_the_command_line(
     assert (await client.concurrency_limits.list()).limits == []
 
 
+async def test_retention_from_the_command_line(server: ServerProcess, client: Client) -> None:
+    aiki = Aiki(server.base_url)
+    shown = await aiki("retention", "get")
+    assert shown.code == 0 and "30d" in shown.out and "server" in shown.out, shown.err
+    week = await aiki("retention", "set", "7d", "--json")
+    assert {k: week.json()[k] for k in ("retention", "source")} == {
+        "retention": 7 * 86_400_000,
+        "source": "namespace",
+    }
+    assert (await client.retention.get()).retention == timedelta(days=7)
+    kept = await aiki("retention", "set", "forever")
+    assert kept.code == 0 and "forever" in kept.out, kept.err
+    assert (await client.retention.get()).retention is None
+    assert (await aiki("retention", "clear")).code == 0
+    assert (await client.retention.get()).source == "server"
+    refused = await aiki("retention", "set", "soon")
+    assert refused.code == 2, refused.err
+    assert (await client.retention.get()).source == "server"
+
+
 async def test_rate_limits_from_the_command_line(server: ServerProcess, client: Client) -> None:
     aiki = Aiki(server.base_url)
     created = await aiki("rate-limits", "set", "openai", "--limit", "60", "--per", "1m", "--json")

@@ -756,6 +756,52 @@ def concurrency_limits_clear(settings: Settings, workflow: str, as_json: bool) -
         out.print(f"concurrency limit of {info.workflow} cleared")
 
 
+# -- retention --------------------------------------------------------------------------
+
+
+@cli.group("retention")
+def retention() -> None:
+    """Read, set and clear how long the namespace keeps its ended runs."""
+
+
+@retention.command("get")
+@json_option
+@pass_settings
+def retention_get(settings: Settings, as_json: bool) -> None:
+    """The retention in effect for the namespace, and where it comes from."""
+    info = settings.call(lambda client: client.retention.get())
+    if as_json:
+        _print_json(info)
+    else:
+        out.print(render.retention_line(info))
+
+
+@retention.command("set")
+@click.argument("period")
+@json_option
+@pass_settings
+def retention_set(settings: Settings, period: str, as_json: bool) -> None:
+    """Keep ended runs PERIOD from their end (30d, 12h, ...; `forever`), until cleared."""
+    kept = None if period.strip().lower() == "forever" else _to_duration(period)
+    info = settings.call(lambda client: client.retention.set(kept))
+    if as_json:
+        _print_json(info)
+    else:
+        out.print(render.retention_line(info))
+
+
+@retention.command("clear")
+@json_option
+@pass_settings
+def retention_clear(settings: Settings, as_json: bool) -> None:
+    """Drop the namespace's own retention: the server's applies again."""
+    info = settings.call(lambda client: client.retention.clear())
+    if as_json:
+        _print_json(info)
+    else:
+        out.print(render.retention_line(info))
+
+
 # -- push endpoints ---------------------------------------------------------------------
 
 

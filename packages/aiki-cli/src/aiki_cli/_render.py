@@ -19,7 +19,7 @@ from aiki_core import RunStatus
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
-    from datetime import datetime
+    from datetime import datetime, timedelta
 
     from rich.console import RenderableType
     from rich.tree import Tree
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
         ConcurrencyLimit,
         EndpointInfo,
         RateLimitInfo,
+        RetentionInfo,
         RunDetail,
         RunSummary,
         Schedule,
@@ -325,6 +326,23 @@ def concurrency_limits_table(limits: Iterable[ConcurrencyLimit]) -> Table:
         row = (info.workflow, str(info.limit), counted, info.strategy.value, info.source, when_set)
         table.add_row(*row)
     return table
+
+
+def retention_line(info: RetentionInfo) -> str:
+    """`namespace billing keeps ended runs 30d (its own, set 2026-...)`."""
+    kept = "forever" if info.retention is None else f"{_span(info.retention)} after they end"
+    source = "the server's setting" if info.source == "server" else "its own setting"
+    since = f", since {when(info.updated_at)}" if info.updated_at is not None else ""
+    return f"namespace {info.namespace} keeps ended runs {kept} ({source}{since})"
+
+
+def _span(span: timedelta) -> str:
+    """`30d`, `12h`, `90m`, `45s`: the largest whole unit."""
+    seconds = int(span.total_seconds())
+    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60)):
+        if seconds and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{span.total_seconds():g}s"
 
 
 def workers_table(workers: Iterable[WorkerSummary]) -> Table:

@@ -24,6 +24,7 @@ from aiki_client._endpoints import Endpoints
 from aiki_client._handle import WorkflowRunHandle
 from aiki_client._http import Http, HttpxHttp, api_path
 from aiki_client._rate_limits import RateLimits
+from aiki_client._retention import Retention
 from aiki_client._schedules import Schedules
 from aiki_client._sealing import seal_input
 from aiki_client._socket_http import SocketHttp
@@ -168,6 +169,8 @@ class Client:
         """Define, read, list, change and delete rate limits."""
         self.endpoints = Endpoints(self)
         """Register, list and delete push endpoints; rotate their secrets."""
+        self.retention = Retention(self)
+        """Read, set and clear how long the namespace keeps its ended runs."""
         headers = {"user-agent": f"aiki-client/{__version__}"}
         if api_key is not None:
             headers["authorization"] = f"Bearer {api_key}"

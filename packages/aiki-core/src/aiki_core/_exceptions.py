@@ -13,8 +13,10 @@ AikiError                          any error raised by an Aiki package
 │   ├── ReferenceIdConflictError   a reference id reused with another payload
 │   ├── IllegalTransitionError     a status change the state machine forbids
 │   ├── StaleRevisionError         a write from a worker whose claim was superseded
-│   └── RunLimitError              a run recorded as many task calls as the server allows
-├── PayloadTooLargeError (413)     a body over the server's limit
+│   ├── RunLimitError              a run recorded as many task calls as the server allows
+│   └── RunRecordLimitError        a run holds as many events (or history rows) as allowed
+├── PayloadTooLargeError (413)     a body, or one payload in it, over the server's limit
+├── TooManyRequestsError (429)     a sender over its rate (a webhook URL's, say)
 ├── ServerError (500)              the server failed; the request may be retried
 │   └── ServerUnavailableError (503)  the server cannot be reached or is shutting down
 │       └── StorageUnavailableError   its database is down, restarting or out of disk
@@ -73,11 +75,13 @@ __all__ = [
     "RemoteError",
     "RunInterrupt",
     "RunLimitError",
+    "RunRecordLimitError",
     "ServerError",
     "ServerUnavailableError",
     "StaleRevisionError",
     "StorageUnavailableError",
     "TaskTimeoutError",
+    "TooManyRequestsError",
     "WorkflowCancelledError",
     "TaskFailedError",
     "WorkflowFailedError",
@@ -103,7 +107,9 @@ class ErrorCode(StrEnum):
     ILLEGAL_TRANSITION = "illegal_transition"
     STALE_REVISION = "stale_revision"
     RUN_LIMIT = "run_limit_exceeded"
+    RUN_RECORD_LIMIT = "run_record_limit_exceeded"
     PAYLOAD_TOO_LARGE = "payload_too_large"
+    TOO_MANY_REQUESTS = "too_many_requests"
     SERVER_ERROR = "server_error"
     SERVER_UNAVAILABLE = "server_unavailable"
     STORAGE_UNAVAILABLE = "storage_unavailable"
@@ -195,6 +201,13 @@ def error_from_wire(status_code: int, body: Mapping[str, Any]) -> AikiError:
         # details that break the protocol (a workflow_failed without a valid error,
         # say): keep the category, which the fallback classes restore without parsing
         return _build(_fallback_class(status_code), message, details)
+
+
+def _retry_after(details: Mapping[str, JsonValue]) -> float | None:
+    """The `retry_after` of wire details: seconds, or `None` when absent or not a number."""
+    value = details.get("retry_after")
+    valid = isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
+    return float(value) if valid else None  # type: ignore[arg-type]
 
 
 def _build(cls: type[AikiError], message: str, details: dict[str, JsonValue]) -> AikiError:
@@ -411,8 +424,28 @@ class RunLimitError(ConflictError):
         )
 
 
+class RunRecordLimitError(ConflictError):
+    """A run holds as many rows of one kind (`events`, `history`) as the server allows.
+
+    The write that would have added more is refused whole. An event refused leaves the
+    run as it was; a run at its history bound fails with this error (a long-lived loop
+    stays under it with `run.continue_as_new(payload)`).
+    """
+
+    code = ErrorCode.RUN_RECORD_LIMIT
+
+    def __init__(self, run_id: str, kind: str, limit: int) -> None:
+        self.run_id = run_id
+        self.kind = kind
+        self.limit = limit
+        super().__init__(
+            f"run {run_id} holds {limit} {kind} rows, the most a run may hold",
+            details={"run_id": run_id, "kind": kind, "limit": limit},
+        )
+
+
 class PayloadTooLargeError(AikiError):
-    """A request body exceeds the server's limit."""
+    """A request body, or one payload in it (`field`), exceeds the server's limit."""
 
     code = ErrorCode.PAYLOAD_TOO_LARGE
     status_code = 413
@@ -431,6 +464,24 @@ class PayloadTooLargeError(AikiError):
         super().__init__(
             f"{what} of {size} bytes exceeds the server's limit of {limit} bytes", details=details
         )
+
+
+class TooManyRequestsError(AikiError):
+    """The sender went over its rate; `retry_after` seconds from now it may send again."""
+
+    code = ErrorCode.TOO_MANY_REQUESTS
+    status_code = 429
+    retryable = True
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        self.retry_after = retry_after
+        super().__init__(
+            message, details=None if retry_after is None else {"retry_after": retry_after}
+        )
+
+    def _restore(self, details: Mapping[str, JsonValue]) -> None:
+        super()._restore(details)
+        self.retry_after = _retry_after(details)
 
 
 class ServerError(AikiError):
@@ -460,9 +511,7 @@ class ServerUnavailableError(ServerError):
 
     def _restore(self, details: Mapping[str, JsonValue]) -> None:
         super()._restore(details)
-        value = details.get("retry_after")
-        valid = isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
-        self.retry_after = float(value) if valid else None  # type: ignore[arg-type]
+        self.retry_after = _retry_after(details)
 
 
 class StorageUnavailableError(ServerUnavailableError):

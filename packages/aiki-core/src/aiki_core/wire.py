@@ -129,6 +129,7 @@ from aiki_core._records import (
     TaskAttemptRecord,
     TaskRecord,
 )
+from aiki_core._retention import RetentionInfo, SetRetentionRequest
 from aiki_core._schedules import CreateScheduleRequest, Schedule, SchedulePage
 from aiki_core._status import (
     RUN_INITIAL_STATUSES,
@@ -203,6 +204,9 @@ __all__ = (
     "ConcurrencyLimitPage",
     "ConcurrencySpec",
     "SetConcurrencyLimitRequest",
+    # retention
+    "RetentionInfo",
+    "SetRetentionRequest",
     # rate limits
     "AcquireRateLimitRequest",
     "AcquireRateLimitResponse",

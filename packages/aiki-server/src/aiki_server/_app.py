@@ -42,6 +42,7 @@ from aiki_core.wire import (
     RecordTaskRequest,
     RecordTaskResponse,
     RemoteTaskRequest,
+    RetentionInfo,
     RotateEndpointSecretRequest,
     RotateEndpointSecretResponse,
     RunDetail,
@@ -55,6 +56,7 @@ from aiki_core.wire import (
     ServerLimits,
     SetConcurrencyLimitRequest,
     SetRateLimitRequest,
+    SetRetentionRequest,
     StartChildRequest,
     StartRunRequest,
     StartRunResponse,
@@ -82,11 +84,12 @@ from aiki_server._notify import WakeHub
 from aiki_server._push_health import COOL_OFF_MS, PushBackoff
 from aiki_server._rate_limits import RateLimits
 from aiki_server._remote_tasks import MAX_WAIT_MS, RemoteTasks
+from aiki_server._retention import Retention, RetentionSettings
 from aiki_server._runs import Runs
 from aiki_server._schedules import Schedules
 from aiki_server._storage._open import open_database
 from aiki_server._timers import TimerDaemon
-from aiki_server._webhooks import MIN_SECRET_LENGTH, Webhooks
+from aiki_server._webhooks import MIN_SECRET_LENGTH, DeliveryRate, Webhooks
 from aiki_server._worker_writes import WorkerWrites
 
 if TYPE_CHECKING:
@@ -103,7 +106,7 @@ _ERRORS: dict[int | str, dict[str, object]] = {
     status: {"model": ErrorResponse} for status in (400, 401, 404, 409, 413, 422, 500, 503)
 }
 _WEBHOOK_ERRORS: dict[int | str, dict[str, object]] = {
-    status: {"model": ErrorResponse} for status in (401, 403)
+    status: {"model": ErrorResponse} for status in (401, 403, 409, 413, 429)
 }
 
 
@@ -122,6 +125,24 @@ class ServerSettings:
     """Larger request bodies are refused with 413."""
     max_tasks_per_run: int = 10_000
     """Task calls one run may record; the next one fails the run (`RunLimitError`)."""
+    max_payload_bytes: int = 2 * 1024 * 1024
+    """The largest payload stored (a run's input or result, a task's input or result,
+    an event's data), in UTF-8 bytes of its JSON; larger ones are refused with 413
+    (`PayloadTooLargeError`, naming the field). The body limit bounds what one request
+    carries (a transition may carry several task results); this bounds each payload."""
+    max_events_per_run: int = 10_000
+    """Events one run may hold; the next send is refused with 409 (`RunRecordLimitError`)."""
+    max_history_per_run: int = 100_000
+    """History rows one run may write (its status moves and new task calls); a worker's
+    next write to it is refused with 409 and the run fails (`RunRecordLimitError`)."""
+    webhook_rate_limit: int = 60
+    """Deliveries one webhook URL may make a minute (in bursts of as many), per replica;
+    more are refused with 429 (`TooManyRequestsError`)."""
+    retention: timedelta | None = timedelta(days=30)
+    """How long an ended run (with everything it holds) is kept from its end, unless its
+    namespace sets its own; `None` keeps runs forever."""
+    worker_retention: timedelta = timedelta(days=1)
+    """How long a worker not heard from stays listed."""
     clock: Clock = field(default=system_clock)
     """Source of time in epoch milliseconds; tests may pass a controllable one."""
     webhook_secret: str | None = field(default=None, repr=False)
@@ -169,8 +190,19 @@ class ServerSettings:
                 f"remote_task_wait must be positive and at most {MAX_WAIT_MS // 1000} s,"
                 f" got {self.remote_task_wait}"
             )
-        if self.max_tasks_per_run < 1:
-            raise ValueError(f"max_tasks_per_run must be at least 1, got {self.max_tasks_per_run}")
+        for name in (
+            "max_tasks_per_run",
+            "max_payload_bytes",
+            "max_events_per_run",
+            "max_history_per_run",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.webhook_rate_limit < 1:
+            raise ValueError(
+                f"webhook_rate_limit must be at least 1, got {self.webhook_rate_limit}"
+            )
+        RetentionSettings(self.retention, self.worker_retention)  # refuses negative ones
 
 
 def _json(model: BaseModel, status_code: int = 200) -> Response:
@@ -186,7 +218,13 @@ def create_app(db_url: str, settings: ServerSettings | None = None) -> FastAPI:
     metrics = db.metrics = Metrics(namespace_label=settings.metrics_namespace_label)
     db.flow = FlowSettings(settings.fair_share_quantum, settings.priority_step)
     clock = settings.clock
-    limits = Limits(settings.claim_idle_timeout, settings.max_tasks_per_run)
+    limits = Limits(
+        settings.claim_idle_timeout,
+        settings.max_tasks_per_run,
+        settings.max_payload_bytes,
+        settings.max_events_per_run,
+        settings.max_history_per_run,
+    )
     runs = Runs(db, hub, clock, limits)
     claims = Claims(db, hub, clock, limits)
     writes = WorkerWrites(db, clock, limits)
@@ -194,18 +232,23 @@ def create_app(db_url: str, settings: ServerSettings | None = None) -> FastAPI:
     concurrency = ConcurrencyLimits(db, clock)
     rate_limits = RateLimits(db, clock)
     endpoints = Endpoints(db, clock)
-    webhooks = Webhooks(db, clock, runs, settings.webhook_secret)
+    rate = DeliveryRate(settings.webhook_rate_limit, clock)
+    webhooks = Webhooks(db, clock, runs, settings.webhook_secret, rate)
+    retention = Retention(
+        db, clock, RetentionSettings(settings.retention, settings.worker_retention)
+    )
     timers = TimerDaemon(db, hub, clock, schedules.fire)
     backoff = PushBackoff(cool_off_ms=to_millis(settings.push_cool_off))
     dispatcher = Dispatcher(db, hub, clock, claims, writes, backoff=backoff)
-    # an answer of any size a worker could record (its request limit) comes back to it
+    # an answer of any size a worker could record (its request and payload limits)
+    # comes back to it
     remote_tasks = RemoteTasks(
         db,
         clock,
         limits,
         wait=settings.remote_task_wait.total_seconds(),
         backoff=backoff,
-        max_answer_bytes=settings.max_body_bytes,
+        max_answer_bytes=min(settings.max_body_bytes, settings.max_payload_bytes),
     )
 
     @asynccontextmanager
@@ -220,6 +263,7 @@ def create_app(db_url: str, settings: ServerSettings | None = None) -> FastAPI:
             await webhooks.open()
             async with anyio.create_task_group() as tg:
                 tg.start_soon(timers.run_forever)
+                tg.start_soon(retention.run_forever)
                 tg.start_soon(db.maintain)
                 await tg.start(remote_tasks.run_forever)
                 if settings.push_delivery:
@@ -247,6 +291,7 @@ def create_app(db_url: str, settings: ServerSettings | None = None) -> FastAPI:
     app.state.hub = hub
     app.state.api_keys = keys
     app.state.timers = timers
+    app.state.retention = retention
     app.state.worker_writes = writes
     app.state.metrics = metrics
     install_error_handlers(app)
@@ -268,6 +313,7 @@ def create_app(db_url: str, settings: ServerSettings | None = None) -> FastAPI:
         max_body_bytes=settings.max_body_bytes,
     )
     api.include_router(_rate_limit_router(rate_limits))
+    api.include_router(_retention_router(retention))
     api.include_router(_remote_task_router(remote_tasks))
     api.include_router(_endpoint_router(endpoints))
     # outermost: refused requests count too
@@ -587,6 +633,30 @@ def _rate_limit_router(rate_limits: RateLimits) -> APIRouter:
         """
         grant = await rate_limits.acquire(ns, name, body.units, body.key, body.request_id)
         return _json(grant.wire())
+
+    return router
+
+
+def _retention_router(retention: Retention) -> APIRouter:
+    router = APIRouter(prefix="/retention", tags=["retention"], responses=_ERRORS)
+
+    @router.get("", response_model=RetentionInfo)
+    async def get_retention(ns: Caller) -> Response:
+        """How long the namespace keeps its ended runs, and whether that is its own setting."""
+        return _json(await retention.get(ns))
+
+    @router.put("", response_model=RetentionInfo)
+    async def set_retention(ns: Caller, body: SetRetentionRequest) -> Response:
+        """Keep the namespace's ended runs this long from their end (`null`: forever).
+
+        It wins over the server's setting until cleared, from the next sweep on.
+        """
+        return _json(await retention.set(ns, body))
+
+    @router.delete("", response_model=RetentionInfo)
+    async def clear_retention(ns: Caller) -> Response:
+        """Drop the namespace's own retention: the server's applies again."""
+        return _json(await retention.clear(ns))
 
     return router
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -82,6 +83,25 @@ def _db_option(target: argparse.ArgumentParser, default: str) -> None:
     )
 
 
+_DURATION = re.compile(r"(\d+)(s|m|h|d)?")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(text: str) -> timedelta:
+    """`30d`, `12h`, `90m`, `3600s`: a bare number is seconds."""
+    match = _DURATION.fullmatch(text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration (such as 30d, 12h, 90m, 3600s)"
+        )
+    return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2) or "s"])
+
+
+def _retention(text: str) -> timedelta | None:
+    """A `_duration`, or `forever` (`None`)."""
+    return None if text.strip().lower() == "forever" else _duration(text)
+
+
 def _serve_options(target: argparse.ArgumentParser, *, inherit: bool) -> None:
     """The options of `serve`; with `inherit`, their defaults are the top level's."""
 
@@ -117,6 +137,51 @@ def _serve_options(target: argparse.ArgumentParser, *, inherit: bool) -> None:
         metavar="COUNT",
         help="task calls one run may record; a run that needs more continues as new"
         " [AIKI_MAX_TASKS_PER_RUN]",
+    )
+    target.add_argument(
+        "--max-payload-bytes",
+        type=int,
+        default=default(int(_env("AIKI_MAX_PAYLOAD_BYTES", str(2 * 1024 * 1024)))),
+        metavar="BYTES",
+        help="refuse a larger input, result or event data with 413 [AIKI_MAX_PAYLOAD_BYTES]",
+    )
+    target.add_argument(
+        "--max-events-per-run",
+        type=int,
+        default=default(int(_env("AIKI_MAX_EVENTS_PER_RUN", "10000"))),
+        metavar="COUNT",
+        help="events one run may hold; more are refused with 409 [AIKI_MAX_EVENTS_PER_RUN]",
+    )
+    target.add_argument(
+        "--max-history-per-run",
+        type=int,
+        default=default(int(_env("AIKI_MAX_HISTORY_PER_RUN", "100000"))),
+        metavar="COUNT",
+        help="history one run may write (status moves, new task calls); the run then fails"
+        " [AIKI_MAX_HISTORY_PER_RUN]",
+    )
+    target.add_argument(
+        "--webhook-rate-limit",
+        type=int,
+        default=default(int(_env("AIKI_WEBHOOK_RATE_LIMIT", "60"))),
+        metavar="PER_MINUTE",
+        help="deliveries one webhook URL may make a minute, per replica; more are refused"
+        " with 429 [AIKI_WEBHOOK_RATE_LIMIT]",
+    )
+    target.add_argument(
+        "--retention",
+        type=_retention,
+        default=default(_env("AIKI_RETENTION", "30d")),
+        metavar="DURATION",
+        help="delete an ended run this long after its end (30d, 12h, 90m, 3600s, or"
+        " 'forever'); a namespace may set its own [AIKI_RETENTION]",
+    )
+    target.add_argument(
+        "--worker-retention",
+        type=_duration,
+        default=default(_env("AIKI_WORKER_RETENTION", "1d")),
+        metavar="DURATION",
+        help="forget a worker not heard from for this long [AIKI_WORKER_RETENTION]",
     )
     target.add_argument(
         "--fair-share-quantum",
@@ -363,6 +428,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             claim_idle_timeout=timedelta(seconds=args.claim_idle_timeout),
             max_body_bytes=args.max_body_bytes,
             max_tasks_per_run=args.max_tasks_per_run,
+            max_payload_bytes=args.max_payload_bytes,
+            max_events_per_run=args.max_events_per_run,
+            max_history_per_run=args.max_history_per_run,
+            webhook_rate_limit=args.webhook_rate_limit,
+            retention=args.retention,
+            worker_retention=args.worker_retention,
             fair_share_quantum=timedelta(seconds=args.fair_share_quantum),
             priority_step=timedelta(seconds=args.priority_step),
             webhook_secret=args.webhook_secret,

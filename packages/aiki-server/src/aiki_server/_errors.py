@@ -32,6 +32,7 @@ from aiki_core import (
     PayloadValidationError,
     ServerError,
     ServerUnavailableError,
+    TooManyRequestsError,
 )
 from aiki_server._limits import BodyTooLarge
 from aiki_server._logs import component
@@ -49,7 +50,10 @@ def error_response(
     error: AikiError, status_code: int | None = None, headers: dict[str, str] | None = None
 ) -> JSONResponse:
     """The JSON response of an error; one that says when to try again has `Retry-After`."""
-    if isinstance(error, ServerUnavailableError) and error.retry_after is not None:
+    if (
+        isinstance(error, ServerUnavailableError | TooManyRequestsError)
+        and error.retry_after is not None
+    ):
         headers = {**(headers or {}), "Retry-After": str(max(round(error.retry_after), 1))}
     return JSONResponse(
         error.to_wire(), status_code=status_code or error.status_code, headers=headers

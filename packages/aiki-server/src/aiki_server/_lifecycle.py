@@ -156,7 +156,12 @@ async def move_run(
         values["wake_at"] = None  # nothing wakes a paused run; resume replays its waits
     names = list(values)
     assignments = ", ".join(f"{name} = ${i}" for i, name in enumerate(names, start=2))
-    await tx.execute(f"UPDATE runs SET {assignments} WHERE id = $1", run["id"], *values.values())
+    # counted where the row is written anyway: the per-run history bound (`_worker_writes`)
+    await tx.execute(
+        f"UPDATE runs SET {assignments}, history_count = history_count + 1 WHERE id = $1",
+        run["id"],
+        *values.values(),
+    )
     await record_history(
         tx,
         namespace=run["namespace"],

@@ -1,6 +1,8 @@
-"""Limits the server enforces: of claims and runs, and the request body size.
+"""Limits the server enforces: of claims and runs, of payloads, and the request body size.
 
-The body size is enforced before a handler reads the body.
+The body size is enforced before a handler reads the body; a payload's (an input, a
+result, an event's data) as it is stored, inside the transaction that would store it,
+so a refused write leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ from starlette.responses import JSONResponse
 
 from aiki_core import PayloadTooLargeError
 from aiki_core.wire import to_millis
+from aiki_server._rows import dump
 
 if TYPE_CHECKING:
+    from pydantic import JsonValue
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
@@ -27,6 +31,23 @@ class Limits:
     """A claim not refreshed for this long is released to the queue."""
     max_tasks_per_run: int = 10_000
     """Task calls one run may record; the next one fails the run with `RunLimitError`."""
+    max_payload_bytes: int = 2 * 1024 * 1024
+    """The largest payload (input, result, event data) stored, in UTF-8 bytes of its
+    JSON; a larger one is refused with `PayloadTooLargeError`."""
+    max_events_per_run: int = 10_000
+    """Events one run may hold; the next is refused with `RunRecordLimitError`."""
+    max_history_per_run: int = 100_000
+    """History a run may write (its status moves and new task calls); a worker's next
+    write to it fails the run with `RunRecordLimitError`."""
+
+    def dump_payload(self, value: JsonValue, field: str) -> str:
+        """`value` as stored (compact JSON); `PayloadTooLargeError` naming `field` if too large."""
+        text = dump(value)
+        if len(text) * 4 > self.max_payload_bytes:  # else no character count could exceed it
+            size = len(text.encode())
+            if size > self.max_payload_bytes:
+                raise PayloadTooLargeError(size, self.max_payload_bytes, field)
+        return text
 
     @property
     def claim_idle_ms(self) -> int:

@@ -111,6 +111,12 @@ class Metrics:
             ("method", "route"),
             _SHORT,
         )
+        self._deleted = tally.counter(
+            "aiki_retention_deleted",
+            "Rows the retention daemon deleted: ended runs past their retention (with"
+            " everything they held), and workers not seen for a while.",
+            ("kind",),
+        )
         self._tx_duration = tally.histogram(
             "aiki_db_transaction_duration_seconds",
             "Write transactions, from BEGIN to COMMIT (each attempt).",
@@ -173,6 +179,11 @@ class Metrics:
         if seconds is not None:
             self._push_duration.observe((kind, outcome), seconds)
 
+    def retention_deleted(self, kind: str, count: int) -> None:
+        """The retention daemon deleted `count` rows of `kind` (`runs`, `workers`)."""
+        if count:
+            self._deleted.inc((kind,), count)
+
     def transaction(self, seconds: float) -> None:
         """A write transaction attempt ended (committed or not) after `seconds`."""
         self._tx_duration.observe((), seconds)
@@ -212,8 +223,8 @@ class _Counter:
         # a family without labels has its one sample from the start, at 0
         self.totals: dict[tuple[str, ...], float] = {} if labels else {(): 0}
 
-    def inc(self, labels: tuple[str, ...]) -> None:
-        self.totals[labels] = self.totals.get(labels, 0) + 1
+    def inc(self, labels: tuple[str, ...], amount: int = 1) -> None:
+        self.totals[labels] = self.totals.get(labels, 0) + amount
 
     def family(self) -> Metric:
         family = CounterMetricFamily(self.name, self.documentation, labels=self.labels)

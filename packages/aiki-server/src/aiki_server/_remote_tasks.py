@@ -291,7 +291,7 @@ class RemoteTasks:
             input=req.input,
             retry=req.retry,
         )
-        await write_task(tx, run, running, now, self._limits.max_tasks_per_run)
+        await write_task(tx, run, running, now, self._limits)
         await tx.execute(
             "INSERT INTO task_pushes (run_id, address, occurrence, attempt, namespace,"
             " task_name, input, timeout_ms, retry, retry_attempt, endpoint_id, lease_until,"
@@ -390,9 +390,7 @@ class RemoteTasks:
             # it counts in the run attempt that made it, though the run failed and went
             # on to its next one meanwhile: that one runs a call failed before again
             made_in = {**run, "attempt": task["run_attempt"]}
-            await write_task(
-                tx, made_in, _outcome(attempt, answer, run), now, self._limits.max_tasks_per_run
-            )
+            await write_task(tx, made_in, _outcome(attempt, answer, run), now, self._limits)
             # a run that failed meanwhile (its workflow's retry back-off) does not wait for it
             if (attempt.address, attempt.occurrence) in task_waits(run):
                 await end_wait(tx, run, now, f"task {attempt.name!r} answered")

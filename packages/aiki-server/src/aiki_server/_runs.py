@@ -8,7 +8,13 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from aiki_core import ConflictError, IllegalTransitionError, NotFoundError, RunStatus
+from aiki_core import (
+    ConflictError,
+    IllegalTransitionError,
+    NotFoundError,
+    RunRecordLimitError,
+    RunStatus,
+)
 from aiki_core.wire import (
     RUN_WAITING_STATUSES,
     RunDetail,
@@ -94,6 +100,7 @@ class Runs:
     async def start_run(self, namespace: str, req: StartRunRequest) -> StartRunResponse:
         """Create a run, or return the one its reference id already started."""
         fingerprint = start_fingerprint(req)  # hashed before the write lock is taken
+        self._limits.dump_payload(req.input, "input")  # refused before any write
         return await self._db.write(
             lambda tx: start_run_in(tx, namespace, req, self._clock(), fingerprint=fingerprint)
         )
@@ -322,6 +329,7 @@ class Runs:
                 )
                 if seen is not None:
                     return SendEventResponse(event_id=seen["id"], duplicate=True)
+            await self._check_event_room(tx, run_id)
             event_id = new_id()
             await tx.execute(
                 "INSERT INTO events"
@@ -331,7 +339,7 @@ class Runs:
                 run_id,
                 req.name,
                 req.reference_id,
-                dump(req.data),
+                self._limits.dump_payload(req.data, "data"),
                 origin,
                 now,
             )
@@ -347,6 +355,21 @@ class Runs:
             return SendEventResponse(event_id=event_id, duplicate=False)
 
         return await self._db.write(send)
+
+    async def _check_event_room(self, tx: Tx, run_id: str) -> None:
+        """`RunRecordLimitError` when the run holds `max_events_per_run` events already.
+
+        Counted through the run's events index, and no further than the limit. The run
+        is locked, so two sends cannot both take the last place.
+        """
+        limit = self._limits.max_events_per_run
+        held = await tx.fetchrow(
+            "SELECT count(*) AS n FROM (SELECT 1 FROM events WHERE run_id = $1 LIMIT $2) AS e",
+            run_id,
+            limit,
+        )
+        if held is not None and held["n"] >= limit:
+            raise RunRecordLimitError(run_id, "events", limit)
 
 
 async def _request_pause(tx: Tx, run: Row, now: int, reason: str, *, requested: bool) -> None:

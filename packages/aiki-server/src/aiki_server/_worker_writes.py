@@ -17,6 +17,7 @@ from aiki_core import (
     IllegalTransitionError,
     NotFoundError,
     RunLimitError,
+    RunRecordLimitError,
     RunStatus,
     StaleRevisionError,
     TaskStatus,
@@ -120,15 +121,16 @@ class WorkerWrites:
 
         async def record(tx: Tx) -> RecordTaskResponse:
             run = await claimed_run(tx, run_id, namespace, req.revision)
+            self._check_history(run)
             now = self._clock()
-            recorded = await write_task(tx, run, req, now, self._limits.max_tasks_per_run)
+            recorded = await write_task(tx, run, req, now, self._limits)
             if run["pause_requested"]:  # the worker learns it at its next record
                 recorded = recorded.model_copy(update={"directive": RunDirective.PAUSE})
             return recorded
 
         try:
             return await self._db.write(record)
-        except RunLimitError as exc:
+        except (RunLimitError, RunRecordLimitError) as exc:
             await self._fail_over_limit(namespace, run_id, req.revision, exc)
             raise
 
@@ -156,7 +158,7 @@ class WorkerWrites:
                 workflow=req.workflow,
                 version=req.version,
                 pool=pool,
-                input_json=dump(req.input),
+                input_json=self._limits.dump_payload(req.input, "input"),
                 fingerprint=content_hash([req.version, content_hash(req.input), pool]),
                 reference_id=None,
                 start_at=None,
@@ -178,7 +180,7 @@ class WorkerWrites:
         """Complete, fail, suspend, release or continue a claimed run."""
         try:
             return await self._transition(namespace, run_id, req)
-        except RunLimitError as exc:
+        except (RunLimitError, RunRecordLimitError) as exc:
             await self._fail_over_limit(namespace, run_id, req.revision, exc)
             raise
 
@@ -189,15 +191,21 @@ class WorkerWrites:
 
         async def move(tx: Tx) -> RunSummary:
             run = await claimed_run(tx, run_id, namespace, req.revision)
+            self._check_history(run)
             now = self._clock()
             for task in req.tasks:  # each record is fenced like the transition
                 if task.revision != req.revision:
                     raise StaleRevisionError(run_id, task.revision, run["revision"])
             for task in req.tasks:
-                await write_task(tx, run, task, now, self._limits.max_tasks_per_run)
+                await write_task(tx, run, task, now, self._limits)
             if isinstance(action, CompleteRun):
                 await move_run(
-                    tx, run, RunStatus.COMPLETED, now, "completed", result=dump(action.result)
+                    tx,
+                    run,
+                    RunStatus.COMPLETED,
+                    now,
+                    "completed",
+                    result=self._limits.dump_payload(action.result, "result"),
                 )
             elif isinstance(action, FailRun):
                 await _fail(tx, run, action, now)
@@ -206,7 +214,7 @@ class WorkerWrites:
             elif isinstance(action, ReleaseRun):
                 await requeue(tx, run, now, _RELEASED)
             elif isinstance(action, ContinueRun):
-                await _continue(tx, run, action, now)
+                await _continue(tx, run, action, now, self._limits)
             return await read_summary(tx, run_id)
 
         return await self._db.write(move)
@@ -230,8 +238,20 @@ class WorkerWrites:
             return False
         return True
 
+    def _check_history(self, run: Row) -> None:
+        """`RunRecordLimitError` when the run's history reached `max_history_per_run`.
+
+        The count is kept on the run's row by the writes that change it anyway: each
+        status move of the run and each new task call. A worker's next write to a run
+        at the bound is refused, and the run fails (a loop of sleeps or waits that
+        never ends, say, which no task call limit would catch).
+        """
+        limit = self._limits.max_history_per_run
+        if int(run["history_count"]) >= limit:
+            raise RunRecordLimitError(run["id"], "history", limit)
+
     async def _fail_over_limit(
-        self, namespace: str, run_id: str, revision: int, exc: RunLimitError
+        self, namespace: str, run_id: str, revision: int, exc: RunLimitError | RunRecordLimitError
     ) -> None:
         """Fail the run whose record was refused over the limit (the refusal wrote nothing).
 
@@ -249,7 +269,7 @@ class WorkerWrites:
                 run,
                 RunStatus.FAILED,
                 now,
-                "task limit reached",
+                f"{'task' if isinstance(exc, RunLimitError) else exc.kind} limit reached",
                 fence=True,
                 error=dump(error.model_dump(mode="json")),
             )
@@ -257,7 +277,7 @@ class WorkerWrites:
         await self._db.write(fail)
 
 
-async def _continue(tx: Tx, run: Row, action: ContinueRun, now: int) -> None:
+async def _continue(tx: Tx, run: Row, action: ContinueRun, now: int, limits: Limits) -> None:
     """End `run` as completed, continued as a new run of its version with the input."""
     if run["parent_run_id"] is not None:
         # the parent waits for this run's own result: a chain would leave it none
@@ -271,7 +291,7 @@ async def _continue(tx: Tx, run: Row, action: ContinueRun, now: int) -> None:
         workflow=run["workflow"],
         version=run["version"],
         pool=run["pool"],
-        input_json=dump(action.input),
+        input_json=limits.dump_payload(action.input, "input"),
         fingerprint=content_hash([run["version"], content_hash(action.input), run["pool"]]),
         reference_id=None,
         start_at=None,
@@ -346,11 +366,12 @@ _OUTCOMES = {
 
 
 async def write_task(
-    tx: Tx, run: Row, req: RecordTaskRequest, now: int, max_tasks: int
+    tx: Tx, run: Row, req: RecordTaskRequest, now: int, limits: Limits
 ) -> RecordTaskResponse:
     """Write one task attempt of a run its worker holds (checked by the caller).
 
-    A new task call past `max_tasks` of the run raises `RunLimitError`. A call that
+    A new task call past `limits.max_tasks_per_run` of the run raises `RunLimitError`,
+    an input or result over `limits.max_payload_bytes` `PayloadTooLargeError`. A call that
     failed for good in an earlier workflow-level attempt of the run may be recorded
     again by a later one (it runs again); its attempts keep their numbers and history.
     """
@@ -359,7 +380,11 @@ async def write_task(
     error_json = None if req.error is None else dump(req.error.model_dump(mode="json"))
     finished = now if req.status in (TaskStatus.COMPLETED, TaskStatus.FAILED) else None
     next_attempt_at = due_at(now, req.retry_at, req.retry_delay)
-    result_json = None if req.status is not TaskStatus.COMPLETED else dump(req.result)
+    result_json = (
+        None
+        if req.status is not TaskStatus.COMPLETED
+        else limits.dump_payload(req.result, "result")
+    )
     # most calls are recorded once, completed: try the insert first
     task_id = new_id()
     previous = None
@@ -374,7 +399,7 @@ async def write_task(
         req.occurrence,
         req.name,
         req.status.value,
-        dump(req.input),
+        limits.dump_payload(req.input, "input"),
         result_json,
         error_json,
         next_attempt_at,
@@ -386,12 +411,13 @@ async def write_task(
     if inserted:
         # counted on the run's row: the check costs no count of the run's tasks
         count = await tx.fetchrow(
-            "UPDATE runs SET task_count = task_count + 1 WHERE id = $1 RETURNING task_count",
+            "UPDATE runs SET task_count = task_count + 1, history_count = history_count + 1"
+            " WHERE id = $1 RETURNING task_count",
             run_id,
         )
         assert count is not None
-        if count["task_count"] > max_tasks:
-            raise RunLimitError(run_id, max_tasks)  # the transaction writes nothing
+        if count["task_count"] > limits.max_tasks_per_run:
+            raise RunLimitError(run_id, limits.max_tasks_per_run)  # the transaction writes nothing
     else:
         task = await tx.fetchrow(
             f"SELECT id, status, result, error, run_attempt FROM tasks"
