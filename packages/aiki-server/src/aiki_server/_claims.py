@@ -120,7 +120,7 @@ class Claims:
 
     async def list_workers(self, namespace: str) -> WorkerPage:
         """The workers the namespace has heard from, with the runs each holds now."""
-        async with self._db.reader() as tx:
+        async with self._db.reader(off_loop=True) as tx:
             rows = await tx.fetch(
                 "SELECT id, capabilities, last_seen_at FROM workers WHERE namespace = $1"
                 " ORDER BY last_seen_at DESC, id",
@@ -152,7 +152,7 @@ class Claims:
 
     async def list_queues(self, namespace: str) -> list[Queue]:
         """The namespace's queued runs per triple, the longest waiting first."""
-        async with self._db.reader() as tx:
+        async with self._db.reader(off_loop=True) as tx:
             rows = await tx.fetch(_QUEUES, _MAX_QUEUES, namespace)
         queues = [
             Queue(r["workflow"], r["version"], r["pool"], int(r["n"]), from_ms(int(r["oldest"])))
@@ -203,15 +203,19 @@ class Claims:
         triples = []
         for workflow, version, pool in capabilities:
             n = len(args)
-            triples.append(f"(workflow = ${n + 1} AND version = ${n + 2} AND pool = ${n + 3})")
+            triples.append(
+                f"(status = $2 AND workflow = ${n + 1} AND version = ${n + 2} AND pool = ${n + 3})"
+            )
             args += [workflow, version, pool]
         args.append(limit)
-        queued = (
-            "FROM runs WHERE namespace = $1 AND status = $2"
-            f" AND ({' OR '.join(triples)}) ORDER BY rank, id LIMIT ${len(args)}"
-        )
         # most polls find nothing: look before taking the write lock
         async with self._db.reader() as reader:
+            # each triple is a range of the queue's index (`runs_queue`), which holds the
+            # status first: the namespace's index would walk every run it ever had
+            queued = (
+                f"FROM runs WHERE {reader.unindexed}namespace = $1"
+                f" AND ({' OR '.join(triples)}) ORDER BY rank, id LIMIT ${len(args)}"
+            )
             found = await reader.fetch(f"SELECT id, {LIMITED} AS limited {queued}", *args)
         if not found:
             return []

@@ -328,7 +328,7 @@ class ConcurrencyLimits:
 
     async def list(self, namespace: str) -> ConcurrencyLimitPage:
         """Every limit of the namespace, by workflow name."""
-        async with self._db.reader() as tx:
+        async with self._db.reader(off_loop=True) as tx:
             rows = await tx.fetch(
                 "SELECT * FROM concurrency_limits WHERE namespace = $1 ORDER BY workflow LIMIT $2",
                 namespace,

@@ -100,7 +100,7 @@ class Runs:
 
     async def get_run(self, namespace: str, run_id: str) -> RunDetail:
         """The run with everything it recorded and its history."""
-        async with self._db.reader() as tx:
+        async with self._db.reader(off_loop=True) as tx:
             row = await tx.fetchrow(
                 "SELECT * FROM runs WHERE id = $1 AND namespace = $2", run_id, namespace
             )
@@ -160,7 +160,7 @@ class Runs:
             f"SELECT {RUN_COLUMNS} FROM runs WHERE {where.sql}"
             f" ORDER BY created_at DESC, id DESC LIMIT {where.arg(query.limit + 1)}"
         )
-        async with self._db.reader() as tx:
+        async with self._db.reader(off_loop=True) as tx:
             rows = await tx.fetch(sql, *where.args)
         page = rows[: query.limit]
         next_cursor = None
@@ -177,7 +177,7 @@ class Runs:
         """
         where = _RunFilter(namespace, query.model_copy(update={"status": None}))
         sql = f"SELECT status, COUNT(*) AS n FROM runs WHERE {where.sql} GROUP BY status"
-        async with self._db.reader() as tx:
+        async with self._db.reader(off_loop=True) as tx:
             rows = await tx.fetch(sql, *where.args)
         counts = dict.fromkeys(RunStatus, 0)
         for row in rows:

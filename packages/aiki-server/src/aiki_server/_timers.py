@@ -72,6 +72,23 @@ SET_ASIDE_AFTER = 5
 """Failures in a row after which the daemon leaves a due row alone."""
 _LIVE = f"timer_failures < {SET_ASIDE_AFTER}"
 
+_NEXT_DUE = " UNION ALL ".join(
+    [
+        # one status at a time: the earliest of each is the first of its range of
+        # `runs_wake_due` (an `IN` would read every waiting run to find the least)
+        *(
+            f"SELECT MIN(wake_at) AS due FROM runs WHERE status = '{status}'"
+            f" AND wake_at IS NOT NULL AND {_LIVE}"
+            for status in _WAKEABLE
+        ),
+        f"SELECT MIN(deadline_at) FROM runs WHERE deadline_at IS NOT NULL AND {_LIVE}",
+        "SELECT MIN(claim_expires_at) FROM runs WHERE status = 'running'"
+        f" AND claim_expires_at IS NOT NULL AND {_LIVE}",
+        f"SELECT MIN(next_fire_at) FROM schedules WHERE paused = 0 AND {_LIVE}",
+    ]
+)
+"""The earliest due time of each kind (the timer daemon sleeps until the least)."""
+
 
 @dataclass(frozen=True, slots=True)
 class _Kind:
@@ -259,27 +276,20 @@ class TimerDaemon:
             _log.error(f"{kind.what} failed; trying again in the next pass", context)
 
     async def _count_set_aside(self) -> None:
-        async with self._db.reader() as tx:
+        # `timer_failures > 0` lets SQLite count in the partial index of failing rows
+        failing = f"timer_failures > 0 AND timer_failures >= {SET_ASIDE_AFTER}"
+        async with self._db.reader(off_loop=True) as tx:
             row = await tx.fetchrow(
-                f"SELECT (SELECT COUNT(*) FROM runs WHERE timer_failures >= {SET_ASIDE_AFTER})"
-                f" + (SELECT COUNT(*) FROM schedules WHERE timer_failures >= {SET_ASIDE_AFTER})"
-                " AS n"
+                f"SELECT (SELECT COUNT(*) FROM runs WHERE {failing})"
+                f" + (SELECT COUNT(*) FROM schedules WHERE {failing}) AS n"
             )
         self.set_aside = 0 if row is None else int(row["n"])
 
     async def _next_due(self) -> int | None:
         await self._count_set_aside()
-        async with self._db.reader() as tx:
+        async with self._db.reader(off_loop=True) as tx:
             row = await tx.fetchrow(
-                "SELECT MIN(due) AS due FROM ("
-                f" SELECT MIN(wake_at) AS due FROM runs WHERE status IN ({_WAKEABLE_SQL})"
-                f" AND {_LIVE}"
-                f" UNION ALL SELECT MIN(deadline_at) FROM runs WHERE deadline_at IS NOT NULL"
-                f" AND {_LIVE}"
-                f" UNION ALL SELECT MIN(claim_expires_at) FROM runs WHERE status = 'running'"
-                f" AND {_LIVE}"
-                f" UNION ALL SELECT MIN(next_fire_at) FROM schedules WHERE paused = 0 AND {_LIVE}"
-                ") AS dues"
+                f"SELECT MIN(due) AS due FROM ({_NEXT_DUE}) AS dues"
             )
         return None if row is None or row["due"] is None else int(row["due"])
 
