@@ -133,11 +133,19 @@ async def _templates(client: httpx.AsyncClient) -> tuple[str, str]:
     templates = []
     for action in (
         {"kind": "complete", "result": 1},
-        {"kind": "suspend", "waits": [{"kind": "sleep", "name": "nap", "occurrence": 1,
-                                       "duration": SLEEP.total_seconds()}]},
+        {
+            "kind": "suspend",
+            "waits": [
+                {"kind": "sleep", "name": "nap", "occurrence": 1, "duration": SLEEP.total_seconds()}
+            ],
+        },
     ):
-        await _call(client, "POST", "/runs", json={"workflow": WORKFLOW, "version": "1",
-                                                   "input": 1, "timeout": 86_400 * 60})
+        await _call(
+            client,
+            "POST",
+            "/runs",
+            json={"workflow": WORKFLOW, "version": "1", "input": 1, "timeout": 86_400 * 60},
+        )
         claimed = await _claim(client, ["1"])
         if len(claimed) != 1:
             raise BenchError("the template run was not claimed")
@@ -249,7 +257,7 @@ async def _measure(
     async def timer_pass(_: int) -> None:
         if await timers.run_once():
             raise BenchError("a timer pass found something due")
-        await timers._next_due()  # noqa: SLF001 - what the daemon does after an idle pass
+        await timers._next_due()
 
     async def detail(_: int) -> None:
         run = await _call(client, "GET", f"/runs/{finished_id}")

@@ -25,7 +25,7 @@ from aiki_server._flow import LIMITED, Group, admit
 from aiki_server._lifecycle import move_run, record_history
 from aiki_server._logs import component
 from aiki_server._metrics import grouped_runs_query
-from aiki_server._notify import QUEUE
+from aiki_server._notify import queue_topic, slots_topic
 from aiki_server._replay import replay_parts
 from aiki_server._rows import dump, run_summary
 from aiki_server._storage._outage import is_outage
@@ -93,15 +93,19 @@ class Claims:
         deadline = self._clock() + to_millis(req.wait)
         triples = sorted({(c.workflow, c.version, c.pool) for c in req.capabilities})
         await self._note_worker(namespace, req.worker_id, triples)
+        # woken by a run queued for one of its triples, or a slot freed in one of their
+        # workflows, and by nothing else: it reads the database only then
+        topics = [queue_topic(namespace, *triple) for triple in triples]
+        topics += [slots_topic(namespace, workflow) for workflow in {t[0] for t in triples}]
         while True:
-            subscription = self._hub.subscribe(QUEUE)
-            if gone is not None and await gone():
-                return []
-            claimed = await self.claim_now(namespace, req.worker_id, triples, req.max_runs)
-            remaining = deadline - self._clock()
-            if claimed or remaining <= 0:
-                return claimed
-            await subscription.wait(min(remaining, 1000) / 1000)
+            with self._hub.subscribe(*topics) as subscription:
+                if gone is not None and await gone():
+                    return []
+                claimed = await self.claim_now(namespace, req.worker_id, triples, req.max_runs)
+                remaining = deadline - self._clock()
+                if claimed or remaining <= 0:
+                    return claimed
+                await subscription.wait(remaining / 1000)
 
     async def claim_now(
         self,

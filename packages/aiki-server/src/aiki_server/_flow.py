@@ -30,7 +30,7 @@ from aiki_core import ConcurrencyStrategy, NotFoundError, RunStatus
 from aiki_core.wire import ConcurrencyLimit, ConcurrencyLimitPage
 from aiki_server._clock import from_ms
 from aiki_server._lifecycle import cancel_run_and_descendants
-from aiki_server._notify import QUEUE
+from aiki_server._notify import slots_topics
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -343,7 +343,7 @@ class ConcurrencyLimits:
         values = {"limit": req.limit, "strategy": req.strategy.value, "per_key": int(req.per_key)}
 
         async def put(tx: Tx) -> Row:
-            tx.publish(QUEUE)  # a limit raised (or changed) may let waiting runs go
+            tx.publish(*slots_topics(namespace, workflow))  # a limit raised may let runs go
             return await _upsert(tx, namespace, workflow, values, "operator", self._clock())
 
         return _model(await self._db.write(put))
@@ -361,7 +361,7 @@ class ConcurrencyLimits:
                 workflow,
             )
             tx.limited.forget()
-            tx.publish(QUEUE)  # the runs it held back may go
+            tx.publish(*slots_topics(namespace, workflow))  # the runs it held back may go
             return row
 
         return _model(await self._db.write(delete))

@@ -169,22 +169,22 @@ class TimerDaemon:
         so a failing row is tried about once per `max_idle` until it is set aside.
         """
         while True:
-            subscription = self._hub.subscribe(TIMERS)
-            try:
-                moved = await self.run_once()
-                if moved:
-                    continue  # a full batch may mean more is due
-                next_due = await self._next_due()
-            except Exception as exc:
-                self._db.metrics.timer_pass_failed()
-                _log.error("timer pass failed; trying again", {"error": repr(exc)})
-                await anyio.sleep(self._max_idle)
-                continue
-            now = self._clock()
-            delay = self._max_idle if next_due is None else (next_due - now) / 1000
-            if self._failed:
-                delay = self._max_idle
-            await subscription.wait(min(max(delay, 0.0), self._max_idle))
+            with self._hub.subscribe(TIMERS) as subscription:
+                try:
+                    moved = await self.run_once()
+                    if moved:
+                        continue  # a full batch may mean more is due
+                    next_due = await self._next_due()
+                except Exception as exc:
+                    self._db.metrics.timer_pass_failed()
+                    _log.error("timer pass failed; trying again", {"error": repr(exc)})
+                    await anyio.sleep(self._max_idle)
+                    continue
+                now = self._clock()
+                delay = self._max_idle if next_due is None else (next_due - now) / 1000
+                if self._failed:
+                    delay = self._max_idle
+                await subscription.wait(min(max(delay, 0.0), self._max_idle))
 
     async def run_once(self) -> int:
         """One pass over everything due now; how many rows it moved."""
@@ -288,9 +288,7 @@ class TimerDaemon:
     async def _next_due(self) -> int | None:
         await self._count_set_aside()
         async with self._db.reader(off_loop=True) as tx:
-            row = await tx.fetchrow(
-                f"SELECT MIN(due) AS due FROM ({_NEXT_DUE}) AS dues"
-            )
+            row = await tx.fetchrow(f"SELECT MIN(due) AS due FROM ({_NEXT_DUE}) AS dues")
         return None if row is None or row["due"] is None else int(row["due"])
 
 

@@ -71,9 +71,9 @@ class Tx(ABC):
     def array(self, values: Sequence[str]) -> Any:
         """`values` as the single parameter an `in_array` fragment reads."""
 
-    def publish(self, topic: str) -> None:
-        """Wake the topic's waiters once this transaction has committed."""
-        self.topics.add(topic)
+    def publish(self, *topics: str) -> None:
+        """Wake the topics' waiters once this transaction has committed."""
+        self.topics.update(topics)
 
     @abstractmethod
     async def fetch(self, sql: str, *args: Any) -> list[Row]:

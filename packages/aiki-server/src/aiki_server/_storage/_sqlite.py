@@ -312,7 +312,7 @@ class SqliteDatabase(Database):
             try:
                 yield _ThreadedSqliteTx(conn)
             finally:
-                if self._reader is None:  # closed meanwhile
+                if self._writer is None:  # closed meanwhile
                     conn.close()
                 else:
                     self._scanners.append(conn)
