@@ -130,8 +130,8 @@ class Claims:
                 " ORDER BY last_seen_at DESC, id",
                 namespace,
             )
-            held = await tx.fetch(
-                "SELECT claimed_by, COUNT(*) AS n FROM runs WHERE namespace = $1"
+            held = await tx.fetch(  # the running runs alone (`runs_claim_due`)
+                f"SELECT claimed_by, COUNT(*) AS n FROM runs WHERE {tx.unindexed}namespace = $1"
                 " AND claim_expires_at IS NOT NULL AND status = $2 GROUP BY claimed_by",
                 namespace,
                 RunStatus.RUNNING.value,

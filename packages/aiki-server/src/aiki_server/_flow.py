@@ -68,10 +68,17 @@ class Group:
         key = run["concurrency_key"] if per_key else None
         return cls(run["namespace"], run["workflow"], key, per_key)
 
-    def where(self, args: list[Any]) -> str:
-        """The group's condition on `runs`; its values are appended to `args`."""
+    def where(self, args: list[Any], unindexed: str = "") -> str:
+        """The group's condition on `runs`; its values are appended to `args`.
+
+        `unindexed`: the transaction's (`Tx.unindexed`), when the condition picks the
+        rows to read. A group with a key reads its key's range of `runs_concurrency`;
+        one without reads the runs of its statuses (`runs_queue`), never every run its
+        workflow ever had.
+        """
         args += [self.namespace, self.workflow]
-        sql = f"namespace = ${len(args) - 1} AND workflow = ${len(args)}"
+        namespace = "namespace" if self.key is not None else f"{unindexed}namespace"
+        sql = f"{namespace} = ${len(args) - 1} AND workflow = ${len(args)}"
         if not self.per_key:
             return sql
         if self.key is None:
@@ -97,7 +104,7 @@ class Group:
     async def count(self, tx: Tx, statuses: list[str], *, besides: str | None = None) -> int:
         """The group's runs in one of `statuses` (but the run `besides`)."""
         args: list[Any] = []
-        sql = f"SELECT COUNT(*) AS n FROM runs WHERE {self.where(args)}"
+        sql = f"SELECT COUNT(*) AS n FROM runs WHERE {self.where(args, tx.unindexed)}"
         args.append(tx.array(statuses))
         sql += f" AND status {tx.in_array(len(args))}"
         if besides is not None:
@@ -207,7 +214,7 @@ async def apply_strategy(tx: Tx, run: Row, limit: Row, now: int) -> bool:
         await cancel_run_and_descendants(tx, run, now, reason)
         return True
     args: list[Any] = []
-    where = group.where(args)
+    where = group.where(args, tx.unindexed)
     args += [tx.array(_QUEUED_OR_RUNNING), run["id"]]
     others = await tx.fetch(
         f"SELECT * FROM runs WHERE {where} AND status {tx.in_array(len(args) - 1)}"
