@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 import time
+import uuid
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -194,28 +195,33 @@ async def start_in(h: Harness, namespace: str, workflow: str, version: str = "1"
 
 async def test_a_queued_run_wakes_only_the_long_polls_of_its_triple(harness: Harness) -> None:
     """A run queued in another namespace, workflow, version or pool wakes no long-poll of
-    `w`/`1`/`default`; a run of that triple wakes it, and it claims the run."""
+    its triple; a run of that triple wakes it, and it claims the run.
+
+    The workflow's name is the test's own: on PostgreSQL, other servers on the database
+    (other tests) NOTIFY the same channel.
+    """
     h = harness
+    w = f"w-{uuid.uuid4().hex}"
     hub = h.app.state.hub
     got: list[dict[str, Any]] = []
 
     async def poll() -> None:
-        got.extend(await claim(h.client, worker_id="a", wait_ms=600_000))
+        got.extend(await claim(h.client, w, worker_id="a", wait_ms=60_000))
 
     idle = hub.waiting  # the daemons' subscriptions
     async with anyio.create_task_group() as tg:
         tg.start_soon(poll)
         await until_waiting(h, idle + 1)
-        await start_in(h, "elsewhere", W)
-        await start(h.client, workflow="x")
-        await start(h.client, version="2")
-        await start(h.client, pool="other")
+        await start_in(h, "elsewhere", w)
+        await start(h.client, workflow=f"{w}-x")
+        await start(h.client, workflow=w, version="2")
+        await start(h.client, workflow=w, pool="other")
         # each start published its topics after its commit, before it answered
         assert not [t for t in hub.wakeups if t.startswith(("queue:", "slots:"))]
-        assert hub.waiting == idle + 1 and not got
-        run = await start(h.client)
+        assert not got
+        run = await start(h.client, workflow=w)
     assert [r["run"]["id"] for r in got] == [run["id"]]
-    assert hub.wakeups[queue_topic("default", W, "1", "default")] == 1
+    assert hub.wakeups[queue_topic("default", w, "1", "default")] == 1
 
 
 # -- heartbeats --------------------------------------------------------------------------

@@ -5,6 +5,7 @@ Every test runs on SQLite and on PostgreSQL (the `db_url` fixture is parametrize
 
 from __future__ import annotations
 
+import uuid
 from collections import Counter
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -379,14 +380,15 @@ async def test_a_freed_slot_wakes_only_the_long_polls_of_its_workflow(harness: H
     """A slot of another workflow's limit wakes nothing; one of the polled workflow's does."""
     h = harness
     hub = h.app.state.hub
-    for workflow in ("x", W, W):
+    w = f"w-{uuid.uuid4().hex}"  # the test's own: other servers NOTIFY on PostgreSQL
+    for workflow in (f"{w}-x", w, w):
         await start(h.client, workflow=workflow, concurrency=limited(None, limit=1))
-    (other,) = await claim(h.client, "x", worker_id="b")
-    (held,) = await claim(h.client, worker_id="b")
+    (other,) = await claim(h.client, f"{w}-x", worker_id="b")
+    (held,) = await claim(h.client, w, worker_id="b")
     got: list[dict[str, Any]] = []
 
     async def poll() -> None:
-        got.extend(await claim(h.client, worker_id="a", wait_ms=600_000))
+        got.extend(await claim(h.client, w, worker_id="a", wait_ms=60_000))
 
     idle = hub.waiting
     async with anyio.create_task_group() as tg:
@@ -397,4 +399,4 @@ async def test_a_freed_slot_wakes_only_the_long_polls_of_its_workflow(harness: H
         assert not got
         await complete(h.client, held)
     assert len(got) == 1
-    assert hub.wakeups[slots_topic("default", W)] == 1
+    assert hub.wakeups[slots_topic("default", w)] == 1
