@@ -15,7 +15,6 @@ import httpx
 import pytest
 
 from aiki_server import ServerSettings, create_app
-from aiki_server._notify import TIMERS
 from aiki_server.testing import serving
 
 if TYPE_CHECKING:
@@ -48,9 +47,9 @@ class Harness:
     clock: ManualClock
 
     def advance(self, ms: int) -> None:
-        """Move the clock forward and let the timer daemon look at once."""
+        """Move the clock forward; the timer daemon and each long-poll look at once."""
         self.clock.advance(ms)
-        self.app.state.hub.publish(TIMERS)
+        self.app.state.hub.publish_all()
 
 
 HarnessFactory = Callable[..., AbstractAsyncContextManager[Harness]]

@@ -287,3 +287,10 @@ def _pairs(text: str) -> list[str]:
 def asgi(app: FastAPI) -> httpx.ASGITransport:
     """A transport into `app`: a 5xx is an answer, never an exception raised into the test."""
     return httpx.ASGITransport(app=app, raise_app_exceptions=False)
+
+
+async def until_waiting(h: Harness, count: int) -> None:
+    """Until `count` subscriptions wait on the app's wake-up hub (a long-poll is waiting)."""
+    with anyio.fail_after(10):
+        while h.app.state.hub.waiting < count:  # noqa: ASYNC110 - the hub has no event for it
+            await anyio.sleep(0.01)

@@ -5,6 +5,7 @@ Every test runs on SQLite and on PostgreSQL (the `db_url` fixture is parametrize
 
 from __future__ import annotations
 
+import uuid
 from collections import Counter
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import pytest
 
-from aiki_server._notify import QUEUE
+from aiki_server._notify import slots_topic
 from server_api import (
     FAR_FUTURE,
     START_MS,
@@ -22,6 +23,7 @@ from server_api import (
     iso,
     start,
     transition,
+    until_waiting,
     wait_status,
 )
 
@@ -341,7 +343,8 @@ async def test_a_freed_slot_of_a_workflow_wide_limit_wakes_waiting_workers(
         await start_keyed(client, None, limit=1)
     (held,) = await claim(client)
     assert await claim(client, worker_id="worker-2") == []
-    woken = harness.app.state.hub.subscribe(QUEUE)  # what a waiting worker's long-poll awaits
+    # what a waiting worker's long-poll for the workflow awaits
+    woken = harness.app.state.hub.subscribe(slots_topic("default", W))
     if how == "complete":
         await complete(client, held)
     else:
@@ -371,3 +374,29 @@ async def test_claimers_racing_past_unlimited_runs_never_exceed_a_limit(
     assert Counter(c["run"]["workflow"] for c in taken)[W] <= 1, Counter(
         c["run"]["workflow"] for c in taken
     )
+
+
+async def test_a_freed_slot_wakes_only_the_long_polls_of_its_workflow(harness: Harness) -> None:
+    """A slot of another workflow's limit wakes nothing; one of the polled workflow's does."""
+    h = harness
+    hub = h.app.state.hub
+    w = f"w-{uuid.uuid4().hex}"  # the test's own: other servers NOTIFY on PostgreSQL
+    for workflow in (f"{w}-x", w, w):
+        await start(h.client, workflow=workflow, concurrency=limited(None, limit=1))
+    (other,) = await claim(h.client, f"{w}-x", worker_id="b")
+    (held,) = await claim(h.client, w, worker_id="b")
+    got: list[dict[str, Any]] = []
+
+    async def poll() -> None:
+        got.extend(await claim(h.client, w, worker_id="a", wait_ms=60_000))
+
+    idle = hub.waiting
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(poll)
+        await until_waiting(h, idle + 1)
+        await complete(h.client, other)
+        assert not [t for t in hub.wakeups if t.startswith(("queue:", "slots:"))]
+        assert not got
+        await complete(h.client, held)
+    assert len(got) == 1
+    assert hub.wakeups[slots_topic("default", w)] == 1

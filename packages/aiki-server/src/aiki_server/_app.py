@@ -347,7 +347,7 @@ def create_app(db_url: str, settings: ServerSettings | None = None) -> FastAPI:
     @app.get("/metrics", include_in_schema=False)
     async def metrics_page() -> Response:
         """This replica's metrics in Prometheus's text format (public, as `/health` is)."""
-        text = await metrics.exposition(db.reader(), clock(), limits.claim_idle_ms)
+        text = await metrics.exposition(db.reader(off_loop=True), clock(), limits.claim_idle_ms)
         return Response(text, media_type=METRICS_CONTENT_TYPE)
 
     return app

@@ -25,7 +25,7 @@ from aiki_server._flow import LIMITED, Group, admit
 from aiki_server._lifecycle import move_run, record_history
 from aiki_server._logs import component
 from aiki_server._metrics import grouped_runs_query
-from aiki_server._notify import QUEUE
+from aiki_server._notify import queue_topic, slots_topic
 from aiki_server._replay import replay_parts
 from aiki_server._rows import dump, run_summary
 from aiki_server._storage._outage import is_outage
@@ -93,15 +93,19 @@ class Claims:
         deadline = self._clock() + to_millis(req.wait)
         triples = sorted({(c.workflow, c.version, c.pool) for c in req.capabilities})
         await self._note_worker(namespace, req.worker_id, triples)
+        # woken by a run queued for one of its triples, or a slot freed in one of their
+        # workflows, and by nothing else: it reads the database only then
+        topics = [queue_topic(namespace, *triple) for triple in triples]
+        topics += [slots_topic(namespace, workflow) for workflow in {t[0] for t in triples}]
         while True:
-            subscription = self._hub.subscribe(QUEUE)
-            if gone is not None and await gone():
-                return []
-            claimed = await self.claim_now(namespace, req.worker_id, triples, req.max_runs)
-            remaining = deadline - self._clock()
-            if claimed or remaining <= 0:
-                return claimed
-            await subscription.wait(min(remaining, 1000) / 1000)
+            with self._hub.subscribe(*topics) as subscription:
+                if gone is not None and await gone():
+                    return []
+                claimed = await self.claim_now(namespace, req.worker_id, triples, req.max_runs)
+                remaining = deadline - self._clock()
+                if claimed or remaining <= 0:
+                    return claimed
+                await subscription.wait(remaining / 1000)
 
     async def claim_now(
         self,
@@ -120,14 +124,14 @@ class Claims:
 
     async def list_workers(self, namespace: str) -> WorkerPage:
         """The workers the namespace has heard from, with the runs each holds now."""
-        async with self._db.reader() as tx:
+        async with self._db.reader(off_loop=True) as tx:
             rows = await tx.fetch(
                 "SELECT id, capabilities, last_seen_at FROM workers WHERE namespace = $1"
                 " ORDER BY last_seen_at DESC, id",
                 namespace,
             )
-            held = await tx.fetch(
-                "SELECT claimed_by, COUNT(*) AS n FROM runs WHERE namespace = $1"
+            held = await tx.fetch(  # the running runs alone (`runs_claim_due`)
+                f"SELECT claimed_by, COUNT(*) AS n FROM runs WHERE {tx.unindexed}namespace = $1"
                 " AND claim_expires_at IS NOT NULL AND status = $2 GROUP BY claimed_by",
                 namespace,
                 RunStatus.RUNNING.value,
@@ -152,7 +156,7 @@ class Claims:
 
     async def list_queues(self, namespace: str) -> list[Queue]:
         """The namespace's queued runs per triple, the longest waiting first."""
-        async with self._db.reader() as tx:
+        async with self._db.reader(off_loop=True) as tx:
             rows = await tx.fetch(_QUEUES, _MAX_QUEUES, namespace)
         queues = [
             Queue(r["workflow"], r["version"], r["pool"], int(r["n"]), from_ms(int(r["oldest"])))
@@ -203,15 +207,19 @@ class Claims:
         triples = []
         for workflow, version, pool in capabilities:
             n = len(args)
-            triples.append(f"(workflow = ${n + 1} AND version = ${n + 2} AND pool = ${n + 3})")
+            triples.append(
+                f"(status = $2 AND workflow = ${n + 1} AND version = ${n + 2} AND pool = ${n + 3})"
+            )
             args += [workflow, version, pool]
         args.append(limit)
-        queued = (
-            "FROM runs WHERE namespace = $1 AND status = $2"
-            f" AND ({' OR '.join(triples)}) ORDER BY rank, id LIMIT ${len(args)}"
-        )
         # most polls find nothing: look before taking the write lock
         async with self._db.reader() as reader:
+            # each triple is a range of the queue's index (`runs_queue`), which holds the
+            # status first: the namespace's index would walk every run it ever had
+            queued = (
+                f"FROM runs WHERE {reader.unindexed}namespace = $1"
+                f" AND ({' OR '.join(triples)}) ORDER BY rank, id LIMIT ${len(args)}"
+            )
             found = await reader.fetch(f"SELECT id, {LIMITED} AS limited {queued}", *args)
         if not found:
             return []

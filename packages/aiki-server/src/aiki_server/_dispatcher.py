@@ -138,7 +138,8 @@ class Dispatcher:
     async def _watch_queue(self) -> None:
         """Wake the dispatcher whenever runs may have been queued."""
         while True:
-            await self._hub.subscribe(QUEUE).wait(3600)
+            with self._hub.subscribe(QUEUE) as subscription:
+                await subscription.wait(3600)
             self._wake.set()
 
     async def _pass(self, pushes: TaskGroup, client: PushClient) -> int:

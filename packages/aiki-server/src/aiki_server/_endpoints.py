@@ -237,7 +237,7 @@ class Endpoints:
 
     async def list(self, namespace: str) -> EndpointPage:
         """Every endpoint of the namespace, oldest first."""
-        async with self._db.reader() as tx:
+        async with self._db.reader(off_loop=True) as tx:
             found = await list_endpoints(tx, namespace=namespace)
         return EndpointPage(endpoints=[endpoint_info(e) for e in found])
 

@@ -30,7 +30,7 @@ from aiki_core import ConcurrencyStrategy, NotFoundError, RunStatus
 from aiki_core.wire import ConcurrencyLimit, ConcurrencyLimitPage
 from aiki_server._clock import from_ms
 from aiki_server._lifecycle import cancel_run_and_descendants
-from aiki_server._notify import QUEUE
+from aiki_server._notify import slots_topics
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -68,10 +68,17 @@ class Group:
         key = run["concurrency_key"] if per_key else None
         return cls(run["namespace"], run["workflow"], key, per_key)
 
-    def where(self, args: list[Any]) -> str:
-        """The group's condition on `runs`; its values are appended to `args`."""
+    def where(self, args: list[Any], unindexed: str = "") -> str:
+        """The group's condition on `runs`; its values are appended to `args`.
+
+        `unindexed`: the transaction's (`Tx.unindexed`), when the condition picks the
+        rows to read. A group with a key reads its key's range of `runs_concurrency`;
+        one without reads the runs of its statuses (`runs_queue`), never every run its
+        workflow ever had.
+        """
         args += [self.namespace, self.workflow]
-        sql = f"namespace = ${len(args) - 1} AND workflow = ${len(args)}"
+        namespace = "namespace" if self.key is not None else f"{unindexed}namespace"
+        sql = f"{namespace} = ${len(args) - 1} AND workflow = ${len(args)}"
         if not self.per_key:
             return sql
         if self.key is None:
@@ -97,7 +104,7 @@ class Group:
     async def count(self, tx: Tx, statuses: list[str], *, besides: str | None = None) -> int:
         """The group's runs in one of `statuses` (but the run `besides`)."""
         args: list[Any] = []
-        sql = f"SELECT COUNT(*) AS n FROM runs WHERE {self.where(args)}"
+        sql = f"SELECT COUNT(*) AS n FROM runs WHERE {self.where(args, tx.unindexed)}"
         args.append(tx.array(statuses))
         sql += f" AND status {tx.in_array(len(args))}"
         if besides is not None:
@@ -207,7 +214,7 @@ async def apply_strategy(tx: Tx, run: Row, limit: Row, now: int) -> bool:
         await cancel_run_and_descendants(tx, run, now, reason)
         return True
     args: list[Any] = []
-    where = group.where(args)
+    where = group.where(args, tx.unindexed)
     args += [tx.array(_QUEUED_OR_RUNNING), run["id"]]
     others = await tx.fetch(
         f"SELECT * FROM runs WHERE {where} AND status {tx.in_array(len(args) - 1)}"
@@ -328,7 +335,7 @@ class ConcurrencyLimits:
 
     async def list(self, namespace: str) -> ConcurrencyLimitPage:
         """Every limit of the namespace, by workflow name."""
-        async with self._db.reader() as tx:
+        async with self._db.reader(off_loop=True) as tx:
             rows = await tx.fetch(
                 "SELECT * FROM concurrency_limits WHERE namespace = $1 ORDER BY workflow LIMIT $2",
                 namespace,
@@ -343,7 +350,7 @@ class ConcurrencyLimits:
         values = {"limit": req.limit, "strategy": req.strategy.value, "per_key": int(req.per_key)}
 
         async def put(tx: Tx) -> Row:
-            tx.publish(QUEUE)  # a limit raised (or changed) may let waiting runs go
+            tx.publish(*slots_topics(namespace, workflow))  # a limit raised may let runs go
             return await _upsert(tx, namespace, workflow, values, "operator", self._clock())
 
         return _model(await self._db.write(put))
@@ -361,7 +368,7 @@ class ConcurrencyLimits:
                 workflow,
             )
             tx.limited.forget()
-            tx.publish(QUEUE)  # the runs it held back may go
+            tx.publish(*slots_topics(namespace, workflow))  # the runs it held back may go
             return row
 
         return _model(await self._db.write(delete))

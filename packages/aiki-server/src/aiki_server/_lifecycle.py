@@ -35,7 +35,7 @@ from aiki_core import (
 )
 from aiki_core.wire import RUN_WAITING_STATUSES, RunSummary
 from aiki_server._logs import component, run_ids
-from aiki_server._notify import QUEUE, TIMERS, run_topic
+from aiki_server._notify import TIMERS, queued_topics, run_topic, slots_topics
 from aiki_server._rows import RUN_COLUMNS, dump, run_summary
 from aiki_server._transitions import check_run_transition
 
@@ -175,11 +175,12 @@ async def move_run(
         now=now,
     )
     tx.publish(run_topic(run["id"]))
+    if target is RunStatus.QUEUED:  # a run to claim
+        tx.publish(*queued_topics(run["namespace"], run["workflow"], run["version"], run["pool"]))
     freed = current is RunStatus.RUNNING
-    if target is RunStatus.QUEUED or (
-        freed and await tx.limited.includes(tx, run["namespace"], run["workflow"])
-    ):
-        tx.publish(QUEUE)  # a run to claim, or a slot of its concurrency limit free again
+    if freed and await tx.limited.includes(tx, run["namespace"], run["workflow"]):
+        # a slot of its concurrency limit free again: for a run of any of its triples
+        tx.publish(*slots_topics(run["namespace"], run["workflow"]))
     if values.get("wake_at") is not None or values.get("deadline_at") is not None:
         tx.publish(TIMERS)
     if target.is_terminal:

@@ -1,16 +1,31 @@
-"""In-process wake-ups for long-polls and the timer daemon.
+"""In-process wake-ups for long-polls and the server's daemons.
 
-A waiter subscribes to a topic *before* it checks the database, then waits on the
-subscription; whoever changes the state publishes the topic after the commit. So a
-change between the check and the wait is never missed. Topics: `QUEUE` (a run may
-have become claimable), `TIMERS` (a new due time was set) and `run_topic(id)` (the
-run's status changed). Across server replicas, PostgreSQL LISTEN/NOTIFY feeds the
-same hub.
+A waiter subscribes to its topics *before* it checks the database, then waits on the
+subscription; whoever changes the state publishes the topics after the commit. So a
+change between the check and the wait is never missed. Topics are scoped, so that a
+change wakes only the waiters it concerns:
+
+- `queue_topic(namespace, workflow, version, pool)`: a run of the triple was queued
+  (a claim long-poll subscribes to the topic of each triple it serves);
+- `slots_topic(namespace, workflow)`: a slot of the workflow's concurrency limit was
+  freed, or the limit changed (a run of any of its triples may now be claimed);
+- `run_topic(id)`: the run's status changed (result waits);
+- `QUEUE`: any run may have become claimable, in any namespace (the push dispatcher,
+  one per server, looks at every endpoint then); `TIMERS`: a new due time was set.
+
+Across server replicas, PostgreSQL LISTEN/NOTIFY feeds the same hub (and wakes every
+waiter after its connection was lost); SQLite has one server process.
 """
 
 from __future__ import annotations
 
+from collections import Counter
+from typing import TYPE_CHECKING
+
 import anyio
+
+if TYPE_CHECKING:
+    from types import TracebackType
 
 QUEUE = "queue"
 TIMERS = "timers"
@@ -21,40 +36,103 @@ def run_topic(run_id: str) -> str:
     return f"run:{run_id}"
 
 
-class Subscription:
-    """One pending wake-up; `wait` returns when its topic is published or time runs out."""
+def queue_topic(namespace: str, workflow: str, version: str, pool: str) -> str:
+    """The topic published when a run of the triple is queued."""
+    return _scoped("queue", namespace, workflow, version, pool)
 
-    def __init__(self, event: anyio.Event) -> None:
-        self._event = event
+
+def slots_topic(namespace: str, workflow: str) -> str:
+    """The topic published when the workflow's concurrency limit may let more runs go."""
+    return _scoped("slots", namespace, workflow)
+
+
+def queued_topics(namespace: str, workflow: str, version: str, pool: str) -> tuple[str, str]:
+    """What a run queued publishes: its triple's claims, and the push dispatcher."""
+    return queue_topic(namespace, workflow, version, pool), QUEUE
+
+
+def slots_topics(namespace: str, workflow: str) -> tuple[str, str]:
+    """What a slot freed (or a limit changed) publishes: the workflow's claims, the dispatcher."""
+    return slots_topic(namespace, workflow), QUEUE
+
+
+def _scoped(kind: str, *names: str) -> str:
+    # lengths first: names may hold any character, the separator too
+    return f"{kind}:{','.join(str(len(n)) for n in names)}:{''.join(names)}"
+
+
+class Subscription:
+    """Pending wake-ups on some topics; `wait` returns when one is published or time runs out.
+
+    Use it as a context manager: leaving it unsubscribes.
+    """
+
+    def __init__(self, hub: WakeHub, topics: frozenset[str]) -> None:
+        self._hub = hub
+        self.topics = topics
+        self._event = anyio.Event()
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._hub.unsubscribe(self)
+
+    def wake(self, topic: str) -> None:
+        """Wake the waiter (once: later publications find it awake), counted under `topic`."""
+        if not self._event.is_set():
+            self._hub.wakeups[topic] += 1
+            self._event.set()
 
     async def wait(self, timeout: float) -> bool:
-        """Wait up to `timeout` seconds; whether the topic was published."""
+        """Wait up to `timeout` seconds; whether a topic was published (since subscribing)."""
         with anyio.move_on_after(max(timeout, 0.0)):
             await self._event.wait()
         return self._event.is_set()
 
 
 class WakeHub:
-    """Topic → event; publishing sets the event and forgets it."""
+    """Topic → the subscriptions waiting on it; publishing wakes them."""
 
     def __init__(self) -> None:
-        self._events: dict[str, anyio.Event] = {}
+        self._waiting: dict[str, set[Subscription]] = {}
+        self.wakeups: Counter[str] = Counter()
+        """Subscriptions woken so far, by the topic that woke them (what the tests of
+        scoped wake-ups observe)."""
 
-    def subscribe(self, topic: str) -> Subscription:
-        """Subscribe to the next publication of `topic`."""
-        event = self._events.get(topic)
-        if event is None:
-            event = self._events[topic] = anyio.Event()
-        return Subscription(event)
+    def subscribe(self, *topics: str) -> Subscription:
+        """Subscribe to the next publication of any of `topics` (until the subscription is left)."""
+        subscription = Subscription(self, frozenset(topics))
+        for topic in subscription.topics:
+            self._waiting.setdefault(topic, set()).add(subscription)
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        """Forget `subscription` on each of its topics."""
+        for topic in subscription.topics:
+            waiting = self._waiting.get(topic)
+            if waiting is not None:
+                waiting.discard(subscription)
+                if not waiting:
+                    del self._waiting[topic]
+
+    @property
+    def waiting(self) -> int:
+        """How many subscriptions wait now."""
+        return len({s for subscriptions in self._waiting.values() for s in subscriptions})
 
     def publish(self, topic: str) -> None:
         """Wake everyone subscribed to `topic`."""
-        event = self._events.pop(topic, None)
-        if event is not None:
-            event.set()
+        for subscription in self._waiting.pop(topic, ()):
+            self.unsubscribe(subscription)  # woken: its other topics need it no more
+            subscription.wake(topic)
 
     def publish_all(self) -> None:
         """Wake every waiter of every topic (after wake-ups may have been missed)."""
-        events, self._events = self._events, {}
-        for event in events.values():
-            event.set()
+        for topic in list(self._waiting):
+            self.publish(topic)

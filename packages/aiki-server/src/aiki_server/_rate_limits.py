@@ -207,7 +207,7 @@ class RateLimits:
 
     async def list(self, namespace: str) -> RateLimitPage:
         """Every limit of the namespace, by name."""
-        async with self._db.reader() as tx:
+        async with self._db.reader(off_loop=True) as tx:
             rows = await tx.fetch(
                 'SELECT namespace, name, "limit", per_ms, updated_at FROM rate_limits'
                 " WHERE namespace = $1 ORDER BY name",

@@ -107,7 +107,7 @@ class Runs:
 
     async def get_run(self, namespace: str, run_id: str) -> RunDetail:
         """The run with everything it recorded and its history."""
-        async with self._db.reader() as tx:
+        async with self._db.reader(off_loop=True) as tx:
             row = await tx.fetchrow(
                 "SELECT * FROM runs WHERE id = $1 AND namespace = $2", run_id, namespace
             )
@@ -167,7 +167,7 @@ class Runs:
             f"SELECT {RUN_COLUMNS} FROM runs WHERE {where.sql}"
             f" ORDER BY created_at DESC, id DESC LIMIT {where.arg(query.limit + 1)}"
         )
-        async with self._db.reader() as tx:
+        async with self._db.reader(off_loop=True) as tx:
             rows = await tx.fetch(sql, *where.args)
         page = rows[: query.limit]
         next_cursor = None
@@ -184,7 +184,7 @@ class Runs:
         """
         where = _RunFilter(namespace, query.model_copy(update={"status": None}))
         sql = f"SELECT status, COUNT(*) AS n FROM runs WHERE {where.sql} GROUP BY status"
-        async with self._db.reader() as tx:
+        async with self._db.reader(off_loop=True) as tx:
             rows = await tx.fetch(sql, *where.args)
         counts = dict.fromkeys(RunStatus, 0)
         for row in rows:
@@ -198,21 +198,22 @@ class Runs:
         wanted = {s.value for s in statuses} or set(TERMINAL)
         deadline = self._clock() + to_millis(timeout)
         while True:
-            subscription = self._hub.subscribe(run_topic(run_id))
-            async with self._db.reader() as tx:
-                row = await tx.fetchrow(
-                    f"SELECT {RUN_COLUMNS}, result, error FROM runs"
-                    " WHERE id = $1 AND namespace = $2",
-                    run_id,
-                    namespace,
-                )
-            if row is None:
-                raise NotFoundError("run", run_id)
-            remaining = deadline - self._clock()
-            if row["status"] in wanted or remaining <= 0:
-                return run_outcome(row)
-            # re-check at least every second: a replica's NOTIFY may be lost on reconnect
-            await subscription.wait(min(remaining, 1000) / 1000)
+            # the run's own topic alone: a replica's NOTIFY lost while its LISTEN
+            # connection was down is made up for by waking every waiter on reconnect
+            with self._hub.subscribe(run_topic(run_id)) as subscription:
+                async with self._db.reader() as tx:
+                    row = await tx.fetchrow(
+                        f"SELECT {RUN_COLUMNS}, result, error FROM runs"
+                        " WHERE id = $1 AND namespace = $2",
+                        run_id,
+                        namespace,
+                    )
+                if row is None:
+                    raise NotFoundError("run", run_id)
+                remaining = deadline - self._clock()
+                if row["status"] in wanted or remaining <= 0:
+                    return run_outcome(row)
+                await subscription.wait(remaining / 1000)
 
     async def cancel_run(self, namespace: str, run_id: str, reason: str | None) -> RunSummary:
         """End the run as cancelled, with every live descendant."""

@@ -229,7 +229,7 @@ class Schedules:
             args += [created_at, schedule_id]
             keyset = " AND (created_at < $2 OR (created_at = $2 AND id < $3))"
         args.append(limit + 1)
-        async with self._db.reader() as tx:
+        async with self._db.reader(off_loop=True) as tx:
             rows = await tx.fetch(
                 f"SELECT * FROM schedules WHERE namespace = $1{keyset}"
                 f" ORDER BY created_at DESC, id DESC LIMIT ${len(args)}",

@@ -16,7 +16,7 @@ from aiki_core.wire import StartRunResponse, content_hash, to_millis
 from aiki_server._clock import MAX_MS, from_ms, to_ms
 from aiki_server._flow import apply_strategy, declare, start_rank
 from aiki_server._lifecycle import record_history
-from aiki_server._notify import QUEUE, TIMERS
+from aiki_server._notify import TIMERS, queued_topics
 from aiki_server._rate_limits import acquire_in
 from aiki_server._rows import dump, new_id, placeholders, run_summary
 
@@ -184,7 +184,10 @@ async def insert_run(
         revision=0,
         now=now,
     )
-    tx.publish(QUEUE if status is RunStatus.QUEUED else TIMERS)
+    if status is RunStatus.QUEUED:
+        tx.publish(*queued_topics(namespace, workflow, version, pool))
+    else:
+        tx.publish(TIMERS)
     tx.observe(lambda metrics: metrics.run_started(values))
     if deadline is not None:
         tx.publish(TIMERS)

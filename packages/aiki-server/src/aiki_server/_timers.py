@@ -72,6 +72,23 @@ SET_ASIDE_AFTER = 5
 """Failures in a row after which the daemon leaves a due row alone."""
 _LIVE = f"timer_failures < {SET_ASIDE_AFTER}"
 
+_NEXT_DUE = " UNION ALL ".join(
+    [
+        # one status at a time: the earliest of each is the first of its range of
+        # `runs_wake_due` (an `IN` would read every waiting run to find the least)
+        *(
+            f"SELECT MIN(wake_at) AS due FROM runs WHERE status = '{status}'"
+            f" AND wake_at IS NOT NULL AND {_LIVE}"
+            for status in _WAKEABLE
+        ),
+        f"SELECT MIN(deadline_at) FROM runs WHERE deadline_at IS NOT NULL AND {_LIVE}",
+        "SELECT MIN(claim_expires_at) FROM runs WHERE status = 'running'"
+        f" AND claim_expires_at IS NOT NULL AND {_LIVE}",
+        f"SELECT MIN(next_fire_at) FROM schedules WHERE paused = 0 AND {_LIVE}",
+    ]
+)
+"""The earliest due time of each kind (the timer daemon sleeps until the least)."""
+
 
 @dataclass(frozen=True, slots=True)
 class _Kind:
@@ -152,22 +169,22 @@ class TimerDaemon:
         so a failing row is tried about once per `max_idle` until it is set aside.
         """
         while True:
-            subscription = self._hub.subscribe(TIMERS)
-            try:
-                moved = await self.run_once()
-                if moved:
-                    continue  # a full batch may mean more is due
-                next_due = await self._next_due()
-            except Exception as exc:
-                self._db.metrics.timer_pass_failed()
-                _log.error("timer pass failed; trying again", {"error": repr(exc)})
-                await anyio.sleep(self._max_idle)
-                continue
-            now = self._clock()
-            delay = self._max_idle if next_due is None else (next_due - now) / 1000
-            if self._failed:
-                delay = self._max_idle
-            await subscription.wait(min(max(delay, 0.0), self._max_idle))
+            with self._hub.subscribe(TIMERS) as subscription:
+                try:
+                    moved = await self.run_once()
+                    if moved:
+                        continue  # a full batch may mean more is due
+                    next_due = await self._next_due()
+                except Exception as exc:
+                    self._db.metrics.timer_pass_failed()
+                    _log.error("timer pass failed; trying again", {"error": repr(exc)})
+                    await anyio.sleep(self._max_idle)
+                    continue
+                now = self._clock()
+                delay = self._max_idle if next_due is None else (next_due - now) / 1000
+                if self._failed:
+                    delay = self._max_idle
+                await subscription.wait(min(max(delay, 0.0), self._max_idle))
 
     async def run_once(self) -> int:
         """One pass over everything due now; how many rows it moved."""
@@ -259,28 +276,19 @@ class TimerDaemon:
             _log.error(f"{kind.what} failed; trying again in the next pass", context)
 
     async def _count_set_aside(self) -> None:
-        async with self._db.reader() as tx:
+        # `timer_failures > 0` lets SQLite count in the partial index of failing rows
+        failing = f"timer_failures > 0 AND timer_failures >= {SET_ASIDE_AFTER}"
+        async with self._db.reader(off_loop=True) as tx:
             row = await tx.fetchrow(
-                f"SELECT (SELECT COUNT(*) FROM runs WHERE timer_failures >= {SET_ASIDE_AFTER})"
-                f" + (SELECT COUNT(*) FROM schedules WHERE timer_failures >= {SET_ASIDE_AFTER})"
-                " AS n"
+                f"SELECT (SELECT COUNT(*) FROM runs WHERE {failing})"
+                f" + (SELECT COUNT(*) FROM schedules WHERE {failing}) AS n"
             )
         self.set_aside = 0 if row is None else int(row["n"])
 
     async def _next_due(self) -> int | None:
         await self._count_set_aside()
-        async with self._db.reader() as tx:
-            row = await tx.fetchrow(
-                "SELECT MIN(due) AS due FROM ("
-                f" SELECT MIN(wake_at) AS due FROM runs WHERE status IN ({_WAKEABLE_SQL})"
-                f" AND {_LIVE}"
-                f" UNION ALL SELECT MIN(deadline_at) FROM runs WHERE deadline_at IS NOT NULL"
-                f" AND {_LIVE}"
-                f" UNION ALL SELECT MIN(claim_expires_at) FROM runs WHERE status = 'running'"
-                f" AND {_LIVE}"
-                f" UNION ALL SELECT MIN(next_fire_at) FROM schedules WHERE paused = 0 AND {_LIVE}"
-                ") AS dues"
-            )
+        async with self._db.reader(off_loop=True) as tx:
+            row = await tx.fetchrow(f"SELECT MIN(due) AS due FROM ({_NEXT_DUE}) AS dues")
         return None if row is None or row["due"] is None else int(row["due"])
 
 

@@ -45,7 +45,6 @@ from aiki_core.wire import to_millis
 from aiki_server._api_keys import ApiKey, create_key, revoke_key
 from aiki_server._app import ServerSettings, create_app
 from aiki_server._clock import system_clock
-from aiki_server._notify import TIMERS
 from aiki_server._subprocess import (
     LoggedProcess,
     ServerProcess,
@@ -107,7 +106,8 @@ class EmbeddedServer:
     def advance(self, by: timedelta) -> None:
         """Move the server's clock forward by `by`; whatever falls due runs now."""
         self.clock.advance(by)
-        self.app.state.hub.publish(TIMERS)  # the timer daemon looks at once
+        # the timer daemon looks at once, and each long-poll at its deadline
+        self.app.state.hub.publish_all()
 
     async def create_api_key(self, namespace: str) -> ApiKey:
         """A new API key of `namespace`, as `aiki-server keys create` makes one.

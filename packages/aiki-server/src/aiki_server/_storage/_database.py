@@ -44,6 +44,10 @@ class Tx(ABC):
     """How runs queued in this transaction are ranked (the database's, in `write`)."""
     limited: LimitedWorkflows = LimitedWorkflows()
     """The replica's view of the workflows with a concurrency limit (the database's)."""
+    unindexed: str
+    """Put before a column in a condition that must not choose an index: SQLite's planner,
+    without statistics, prefers any index whose first column a condition fixes (say the
+    namespace's, for runs), however many rows share the value."""
     keep_rows: str
     """Appended to a SELECT to keep its rows from being deleted (or their keys changed)
     until commit, letting other transactions read, keep and update them meanwhile."""
@@ -67,9 +71,9 @@ class Tx(ABC):
     def array(self, values: Sequence[str]) -> Any:
         """`values` as the single parameter an `in_array` fragment reads."""
 
-    def publish(self, topic: str) -> None:
-        """Wake the topic's waiters once this transaction has committed."""
-        self.topics.add(topic)
+    def publish(self, *topics: str) -> None:
+        """Wake the topics' waiters once this transaction has committed."""
+        self.topics.update(topics)
 
     @abstractmethod
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
@@ -196,8 +200,12 @@ class Database(ABC):
         """
 
     @abstractmethod
-    def reader(self) -> Any:
-        """`async with db.reader() as tx`: a read-only session on committed data."""
+    def reader(self, *, off_loop: bool = False) -> Any:
+        """`async with db.reader() as tx`: a read-only session on committed data.
+
+        `off_loop=True` for a read that may walk many rows (a listing, a count, the
+        timer daemon's looks): its statements never run on the event loop.
+        """
 
     def _deliver(self, topics: set[str]) -> None:
         for topic in topics:

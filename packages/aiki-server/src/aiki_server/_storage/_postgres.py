@@ -57,6 +57,7 @@ class PostgresTx(Tx):
     lock_rows = " FOR UPDATE"
     skip_locked = " FOR UPDATE SKIP LOCKED"
     keep_rows = " FOR KEY SHARE"
+    unindexed = ""  # the planner weighs indexes by the table's statistics
 
     def __init__(self, conn: _Connection) -> None:
         super().__init__()
@@ -203,8 +204,11 @@ class PostgresDatabase(Database):
         self._deliver(tx.topics)
 
     @asynccontextmanager
-    async def reader(self) -> AsyncIterator[PostgresTx]:
-        """A session on one pooled connection, outside any explicit transaction."""
+    async def reader(self, *, off_loop: bool = False) -> AsyncIterator[PostgresTx]:
+        """A session on one pooled connection, outside any explicit transaction.
+
+        Every read is off the event loop already (`off_loop` is for SQLite).
+        """
         assert self._pool is not None, "database is not open"
         async with self._pool.acquire() as conn:
             yield PostgresTx(conn)

@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     from aiki_server._notify import WakeHub
 
 _PARAM = re.compile(r"\$(\d+)")
+_SCANNERS = 4
+"""Off-loop reads at a time (each on its own connection); more wait for one to end."""
 
 
 @functools.lru_cache(maxsize=1024)
@@ -48,6 +50,7 @@ class SqliteTx(Tx):
     lock_rows = ""  # the single writer holds the database lock for the whole transaction
     skip_locked = ""
     keep_rows = ""
+    unindexed = "+"  # a unary plus: the column's value, never its index
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         super().__init__()
@@ -94,6 +97,27 @@ class SqliteTx(Tx):
             self._conn.execute("RELEASE unit")
 
 
+class _ThreadedSqliteTx(SqliteTx):
+    """A read session whose statements run in a worker thread, off the event loop."""
+
+    async def fetch(self, sql: str, *args: Any) -> list[Row]:
+        """Rows of a query, read in a worker thread."""
+        return await anyio.to_thread.run_sync(self._fetch, _to_sqlite(sql), args)
+
+    def _fetch(self, sql: str, args: tuple[Any, ...]) -> list[Row]:
+        cursor = self._conn.execute(sql, args)
+        names = [column[0] for column in cursor.description or ()]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        """Not for a read session."""
+        raise TypeError("a read session does not write")
+
+    async def executemany(self, sql: str, args: Sequence[Sequence[Any]]) -> None:
+        """Not for a read session."""
+        raise TypeError("a read session does not write")
+
+
 class _Group:
     """Transactions sharing one SQLite transaction and its COMMIT."""
 
@@ -120,6 +144,9 @@ class SqliteDatabase(Database):
         self._reader: sqlite3.Connection | None = None
         self._lock = anyio.Lock()
         self._group: _Group | None = None
+        self._scanners: list[sqlite3.Connection] = []
+        """Idle connections of the off-loop readers (`reader(off_loop=True)`)."""
+        self._scanning = anyio.Semaphore(_SCANNERS)
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -142,10 +169,11 @@ class SqliteDatabase(Database):
     async def close(self) -> None:
         """Close both connections."""
         async with self._lock:
-            for conn in (self._writer, self._reader):
+            for conn in (self._writer, self._reader, *self._scanners):
                 if conn is not None:
                     conn.close()
             self._writer = self._reader = None
+            self._scanners.clear()
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[SqliteTx]:
@@ -264,10 +292,30 @@ class SqliteDatabase(Database):
             self._deliver(group.topics)
 
     @asynccontextmanager
-    async def reader(self) -> AsyncIterator[SqliteTx]:
-        """A read session on the reader connection (sees committed data only)."""
+    async def reader(self, *, off_loop: bool = False) -> AsyncIterator[SqliteTx]:
+        """A read session on committed data.
+
+        On the reader connection, on the event loop: an index lookup takes microseconds,
+        less than a hop to a thread. `off_loop`, for a read that may walk many rows (a
+        listing, a count): on a connection of its own (one of `_SCANNERS`), each
+        statement in a worker thread, so the loop serves everyone else meanwhile.
+        """
         assert self._reader is not None, "database is not open"
-        yield SqliteTx(self._reader)
+        if not off_loop:
+            yield SqliteTx(self._reader)
+            return
+        async with self._scanning:
+            if self._scanners:
+                conn = self._scanners.pop()
+            else:
+                conn = await anyio.to_thread.run_sync(self._connect)
+            try:
+                yield _ThreadedSqliteTx(conn)
+            finally:
+                if self._writer is None:  # closed meanwhile
+                    conn.close()
+                else:
+                    self._scanners.append(conn)
 
     async def _lock_migrations(self, tx: Tx) -> None:
         """Nothing more: the write transaction (BEGIN IMMEDIATE) already lets one in."""
