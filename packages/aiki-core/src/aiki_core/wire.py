@@ -97,6 +97,14 @@ from aiki_core._ids import (
     WebhookId,
     WorkerId,
 )
+from aiki_core._migration import (
+    MAX_MIGRATED_PER_CALL,
+    MIGRATABLE_STATUSES,
+    MigrateRunsRequest,
+    MigrateRunsResponse,
+    MigrationFilter,
+    SkippedRun,
+)
 from aiki_core._public import show_public_path as _show_public_path
 from aiki_core._push import (
     PushedRun,
@@ -146,6 +154,12 @@ __all__ = (
     # starting, listing and steering runs
     "CancelRunRequest",
     "ListRunsQuery",
+    "MAX_MIGRATED_PER_CALL",
+    "MIGRATABLE_STATUSES",
+    "MigrateRunsRequest",
+    "MigrateRunsResponse",
+    "MigrationFilter",
+    "SkippedRun",
     "RunPage",
     "SendEventRequest",
     "SendEventResponse",

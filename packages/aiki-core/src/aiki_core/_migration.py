@@ -1,0 +1,88 @@
+"""Moving in-flight runs of a workflow from one version to another (`POST /runs/migrate`).
+
+A migrated run keeps everything it recorded: its next execution, on the new version,
+replays from the top and reuses each recorded call the new code still makes (same task
+name, same input); what changed runs anew.
+"""
+
+from __future__ import annotations
+
+from typing import Self
+
+from pydantic import Field, model_validator
+
+from aiki_core._ids import RunId
+from aiki_core._records import RunSummary
+from aiki_core._status import RunStatus
+from aiki_core._wire import Name, ReferenceId, RequestModel, ResponseModel, VersionName
+
+MIGRATABLE_STATUSES = frozenset(
+    {
+        RunStatus.SCHEDULED,
+        RunStatus.QUEUED,
+        RunStatus.SLEEPING,
+        RunStatus.AWAITING_EVENT,
+        RunStatus.AWAITING_CHILD,
+        RunStatus.AWAITING_RETRY,
+        RunStatus.PAUSED,
+    }
+)
+"""Statuses a run may be migrated in: not ended, and no attempt of it in flight (neither
+`running` on a worker nor `awaiting_task` on a task endpoint)."""
+
+MAX_MIGRATED_PER_CALL = 1000
+"""The most runs one migration moves; call again for the rest (`has_more`)."""
+
+
+class MigrationFilter(RequestModel):
+    """Which runs of the old version to migrate: all by default, or those matching every field.
+
+    `run_ids` names runs outright: each must be a migratable run of the old version, else
+    the whole migration is refused. Without it, runs that cannot move now (running, say)
+    are left alone and listed as `skipped`.
+    """
+
+    run_ids: list[RunId] | None = Field(
+        default=None, min_length=1, max_length=MAX_MIGRATED_PER_CALL
+    )
+    status: list[RunStatus] | None = Field(default=None, min_length=1)
+    reference_id: ReferenceId | None = None
+
+
+class MigrateRunsRequest(RequestModel):
+    """Move runs of `workflow` from `from_version` to `to_version`."""
+
+    workflow: Name
+    from_version: VersionName
+    to_version: VersionName
+    filter: MigrationFilter = Field(default_factory=MigrationFilter)
+    limit: int = Field(default=MAX_MIGRATED_PER_CALL, ge=1, le=MAX_MIGRATED_PER_CALL)
+
+    @model_validator(mode="after")
+    def _two_versions(self) -> Self:
+        if self.from_version == self.to_version:
+            raise ValueError("from_version and to_version are the same version")
+        return self
+
+
+class SkippedRun(ResponseModel):
+    """A run the filter matched that was left on its version, and why."""
+
+    run_id: RunId
+    status: RunStatus
+    reason: str
+
+
+class MigrateRunsResponse(ResponseModel):
+    """What a migration moved; each migrated run as it is now (on `to_version`)."""
+
+    migrated: list[RunSummary]
+    skipped: list[SkippedRun] = Field(default_factory=list)
+    has_more: bool = Field(
+        default=False, description="More runs matched than `limit`: call again for the rest."
+    )
+    to_version_served: bool = Field(
+        description="Whether a live worker or endpoint serves the new version now; if not,"
+        " migrated runs wait (queued ones stay queued) until one does."
+    )
+    warning: str | None = None
