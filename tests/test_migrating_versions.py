@@ -31,12 +31,16 @@ if TYPE_CHECKING:
 
 WAIT = timedelta(seconds=20)
 CALLS: list[str] = []
+HELD: list[anyio.Event] = []
+"""Set by `hold` once it runs."""
 RELEASE: list[anyio.Event] = []
+"""`hold` returns once the test sets it."""
 
 
 @pytest.fixture(autouse=True)
 def _reset() -> None:
     CALLS.clear()
+    HELD[:] = [anyio.Event()]
     RELEASE[:] = [anyio.Event()]
 
 
@@ -57,6 +61,7 @@ async def ship(label: str) -> str:
 @task("mv-hold")
 async def hold(_: None) -> None:
     """Block until the test releases it: the run stays `running`."""
+    HELD[0].set()
     await RELEASE[0].wait()
 
 
@@ -187,9 +192,7 @@ async def test_bad_migrations_are_refused_whole(server: EmbeddedServer, client: 
     with pytest.raises(NotFoundError):
         await client.migrate_runs("mv-shipping", "0.1.0", "1.1.0")
     with pytest.raises(IllegalTransitionError):
-        await client.migrate_runs(
-            "mv-shipping", "1.0.0", "1.1.0", run_ids=[waiting.id, ended.id]
-        )
+        await client.migrate_runs("mv-shipping", "1.0.0", "1.1.0", run_ids=[waiting.id, ended.id])
     with pytest.raises(PayloadValidationError):
         await client.migrate_runs("mv-shipping", "1.0.0", "1.0.0")
     transport = httpx.ASGITransport(app=server.app)
@@ -210,9 +213,8 @@ async def test_bad_migrations_are_refused_whole(server: EmbeddedServer, client: 
 @pytest.mark.usefixtures("worker")
 async def test_a_running_run_is_skipped_or_refused(client: Client) -> None:
     running = await holding_v1.start(client, None)
-    await running.wait_for_status([RunStatus.RUNNING], timeout=WAIT)
-    while not (await running.detail()).tasks:  # its task is under way
-        await anyio.sleep(0.01)
+    with anyio.fail_after(WAIT.total_seconds()):
+        await HELD[0].wait()  # its task is under way
 
     skipped = await client.migrate_runs("mv-holding", "1.0.0", "1.1.0")
     assert skipped.migrated == []
