@@ -3,7 +3,8 @@
 An embedded server (`aiki_server.testing`) on SQLite and on PostgreSQL, a client over
 httpx's ASGI transport and a worker of versions 1.0.0 and 1.1.0 in the test's
 process: each task body notes its call in `CALLS`, so a test sees what ran, and how
-often. Version 2.0.0 is never served.
+often. Version 2.0.0 is never served. A dry run replays on the test's own copy of
+the new version's code.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from aiki_core import (
     RunStatus,
 )
 from aiki_task import task
+from aiki_worker import dry_run
 from aiki_workflow import WorkflowRun, workflow
 
 if TYPE_CHECKING:
@@ -120,6 +122,19 @@ async def test_a_sleeping_run_migrated_to_a_new_version_reuses_what_it_still_cal
     handle = await shipping_v1.start(client, "o-1")
     await handle.wait_for_status([RunStatus.SLEEPING], timeout=WAIT)
     sleeping = await handle.detail()
+
+    # a dry run first: 1.1.0 reuses the reservation, and would ship anew
+    report = await dry_run(shipping_v1_1, sleeping)
+    assert report.outcome == "runs_a_task"
+    assert report.would_run is not None
+    assert report.would_run.name == "mv-ship"
+    assert [c.name for c in report.reused] == ["mv-reserve"]
+    assert [c.name for c in report.not_reused] == ["mv-ship"]
+    same = await dry_run(shipping_v1, sleeping)  # its own version: all reused, then the sleep
+    assert (same.outcome, same.would_run, same.not_reused) == ("waits", None, [])
+    assert [c.name for c in same.reused] == ["mv-reserve", "mv-ship"]
+    assert CALLS == ["reserve o-1", "ship O-1"]  # nothing ran
+    assert (await handle.detail()).history == sleeping.history  # nothing was written
 
     migrated = await client.migrate_runs("mv-shipping", "1.0.0", "1.1.0")
 

@@ -7,7 +7,7 @@ name, same input); what changed runs anew.
 
 from __future__ import annotations
 
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import Field, model_validator
 
@@ -86,3 +86,35 @@ class MigrateRunsResponse(ResponseModel):
         " migrated runs wait (queued ones stay queued) until one does."
     )
     warning: str | None = None
+
+
+class RecordedCall(ResponseModel):
+    """One task call of a run: its name, content address and occurrence."""
+
+    name: str
+    address: str
+    occurrence: int
+
+
+DryRunOutcome = Literal["runs_a_task", "waits", "completes", "fails", "writes"]
+"""Where a dry run stopped: at the first task call it would run, at a wait (a sleep not
+yet due, an event, a child), at the run's end (completed or failed), or at another write
+(a child started, a webhook minted) it may not make."""
+
+
+class DryRunReport(ResponseModel):
+    """How a run would replay on another version, found without running anything.
+
+    The replay runs the new version's code against the run's records and stops at the
+    first call that has none (it cannot go past it without running it), so `would_run`
+    is that first call only, and `not_reused` lists each recorded call the replay did
+    not take up to there: changed away, or not reached before the stop.
+    """
+
+    run_id: RunId
+    version: str = Field(description="The version replayed.")
+    outcome: DryRunOutcome
+    reused: list[RecordedCall] = Field(default_factory=list)
+    would_run: RecordedCall | None = None
+    not_reused: list[RecordedCall] = Field(default_factory=list)
+    stopped_at: str = Field(description="Where the replay stopped, in words.")

@@ -100,9 +100,12 @@ from aiki_core._ids import (
 from aiki_core._migration import (
     MAX_MIGRATED_PER_CALL,
     MIGRATABLE_STATUSES,
+    DryRunOutcome,
+    DryRunReport,
     MigrateRunsRequest,
     MigrateRunsResponse,
     MigrationFilter,
+    RecordedCall,
     SkippedRun,
 )
 from aiki_core._public import show_public_path as _show_public_path
@@ -160,6 +163,9 @@ __all__ = (
     "MigrateRunsResponse",
     "MigrationFilter",
     "SkippedRun",
+    "DryRunOutcome",
+    "DryRunReport",
+    "RecordedCall",
     "RunPage",
     "SendEventRequest",
     "SendEventResponse",
