@@ -16,6 +16,18 @@ from aiki_core._records import RunSummary
 from aiki_core._status import RunStatus
 from aiki_core._wire import Name, ReferenceId, RequestModel, ResponseModel, VersionName
 
+__all__ = [
+    "MAX_MIGRATED_PER_CALL",
+    "MIGRATABLE_STATUSES",
+    "DryRunOutcome",
+    "DryRunReport",
+    "MigrateRunsRequest",
+    "MigrateRunsResponse",
+    "MigrationFilter",
+    "RecordedCall",
+    "SkippedRun",
+]
+
 MIGRATABLE_STATUSES = frozenset(
     {
         RunStatus.SCHEDULED,
