@@ -248,7 +248,8 @@ class Client:
                 raise PayloadValidationError.from_pydantic("invalid run filters", exc) from None
         params = [
             (key, str(item))
-            for key, value in query.model_dump(mode="json", exclude_none=True).items()
+            # defaults are the server's too: a filter left unset is not sent
+            for key, value in query.model_dump(mode="json", exclude_defaults=True).items()
             for item in (value if isinstance(value, list) else [value])
         ]
         return await self._call("GET", "/runs", RunPage, params=params)
