@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from aiki_core import (
+    ConflictError,
     IllegalTransitionError,
     NotFoundError,
     PayloadValidationError,
@@ -208,15 +209,17 @@ async def test_bad_migrations_are_refused_whole(server: EmbeddedServer, client: 
         await client.migrate_runs("mv-shipping", "0.1.0", "1.1.0")
     with pytest.raises(IllegalTransitionError):
         await client.migrate_runs("mv-shipping", "1.0.0", "1.1.0", run_ids=[waiting.id, ended.id])
-    with pytest.raises(PayloadValidationError):
+    with pytest.raises(ConflictError):
         await client.migrate_runs("mv-shipping", "1.0.0", "1.0.0")
+    with pytest.raises(PayloadValidationError):
+        await client.migrate_runs("mv-shipping", "1.0.0", "1.1.0", limit=0)
     transport = httpx.ASGITransport(app=server.app)
     async with httpx.AsyncClient(transport=transport, base_url="http://aiki.test") as raw:
         same = await raw.post(
-            "/api/v1/runs/migrate",
+            "/api/v1/migrations",
             json={"workflow": "mv-shipping", "from_version": "1.0.0", "to_version": "1.0.0"},
         )
-    assert same.status_code == 422, same.text
+    assert same.status_code == 409, same.text
 
     # nothing moved: the waiting run named beside the ended one is still on 1.0.0
     assert (await waiting.detail()).version == "1.0.0"

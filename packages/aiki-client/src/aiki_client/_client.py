@@ -286,7 +286,7 @@ class Client:
             )
         except ValidationError as exc:
             raise PayloadValidationError.from_pydantic("invalid migration", exc) from None
-        return await self._call("POST", "/runs/migrate", MigrateRunsResponse, request)
+        return await self._call("POST", "/migrations", MigrateRunsResponse, request)
 
     async def list_workers(self) -> WorkerPage:
         """The workers of the key's namespace: their triples, the runs they hold, when seen."""

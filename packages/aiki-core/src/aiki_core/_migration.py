@@ -1,4 +1,4 @@
-"""Moving in-flight runs of a workflow from one version to another (`POST /runs/migrate`).
+"""Moving in-flight runs of a workflow from one version to another (`POST /migrations`).
 
 A migrated run keeps everything it recorded: its next execution, on the new version,
 replays from the top and reuses each recorded call the new code still makes (same task
@@ -7,9 +7,9 @@ name, same input); what changed runs anew.
 
 from __future__ import annotations
 
-from typing import Literal, Self
+from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from aiki_core._ids import RunId
 from aiki_core._records import RunSummary
@@ -62,19 +62,13 @@ class MigrationFilter(RequestModel):
 
 
 class MigrateRunsRequest(RequestModel):
-    """Move runs of `workflow` from `from_version` to `to_version`."""
+    """Move runs of `workflow` from `from_version` to `to_version` (another version)."""
 
     workflow: Name
     from_version: VersionName
     to_version: VersionName
     filter: MigrationFilter = Field(default_factory=MigrationFilter)
     limit: int = Field(default=MAX_MIGRATED_PER_CALL, ge=1, le=MAX_MIGRATED_PER_CALL)
-
-    @model_validator(mode="after")
-    def _two_versions(self) -> Self:
-        if self.from_version == self.to_version:
-            raise ValueError("from_version and to_version are the same version")
-        return self
 
 
 class SkippedRun(ResponseModel):

@@ -408,7 +408,7 @@ def _api_router(
         """Runs newest first, with filters and keyset pagination."""
         return _json(await runs.list_runs(ns, query))
 
-    @router.post("/runs/migrate", response_model=MigrateRunsResponse, tags=["runs"])
+    @router.post("/migrations", response_model=MigrateRunsResponse, tags=["runs"])
     async def migrate_runs(ns: Caller, body: MigrateRunsRequest) -> Response:
         """Move in-flight runs of a workflow to another version; they keep their records."""
         return _json(await runs.migrate_runs(ns, body))

@@ -156,7 +156,12 @@ def _why_not(status: str) -> str:
 
 
 async def _check_versions(tx: Tx, namespace: str, req: MigrateRunsRequest) -> None:
-    """Refuse a version the server has never seen (a typo would strand the runs)."""
+    """Refuse a move to the same version, or to one never seen (a typo strands runs)."""
+    if req.from_version == req.to_version:
+        raise ConflictError(
+            f"runs of version {req.from_version!r} are on it already: name another version",
+            details={"from_version": req.from_version, "to_version": req.to_version},
+        )
     for version in (req.from_version, req.to_version):
         if not await _known(tx, namespace, req.workflow, version):
             raise NotFoundError("workflow version", f"{req.workflow} {version}")
