@@ -202,6 +202,15 @@ async def test_queues_page_highlights_a_version_nobody_serves(
         await expect(rows.first.locator(".badge")).to_have_text("no live worker")
         await expect(page.locator(".flash.warn")).to_contain_text("1 queue no live worker serves")
 
+        # the runs page finds the unserved runs themselves, not the served sleeping one
+        await page.goto(server.base_url + "/")
+        await page.get_by_label("Unserved only").check()
+        await page.get_by_role("button", name="Filter").click()
+        listed = page.locator("table.runs tbody tr")
+        await expect(listed).to_have_count(2)
+        for n in range(2):
+            await expect(listed.nth(n)).to_contain_text("nightly-audit")
+
 
 async def test_pause_a_schedule_from_its_page(db_url: str, browser: Browser) -> None:
     async with server_process(db_url) as server, Client(server.base_url, logger=QUIET) as client:

@@ -217,6 +217,34 @@ async def test_a_failed_run_exits_1_and_a_run_is_steered(
     assert (await aiki("runs", "result", again["run_id"])).code == 1
 
 
+async def test_unserved_runs_are_listed_and_migrated_from_the_command_line(
+    server: ServerProcess, client: Client
+) -> None:
+    aiki = Aiki(server.base_url)
+    stranded = (await aiki("runs", "start", "cli-napper", "2", "--input", "0", "--json")).json()
+    napping = (await aiki("runs", "start", "cli-napper", "1", "--input", "5", "--json")).json()
+    await client.run_handle(napping["run_id"]).wait_for_status([RunStatus.SLEEPING], timeout=WAIT)
+
+    unserved = (await aiki("runs", "list", "--unserved", "--json")).json()
+    assert [r["id"] for r in unserved["runs"]] == [stranded["run_id"]]
+    shown = await aiki("runs", "show", stranded["run_id"])
+    assert "no connected worker serves workflow 'cli-napper' version '2'" in shown.out
+
+    # the sleeping run may go to version 2 too: it is moved, with a warning
+    moved = await aiki("runs", "migrate", "cli-napper", "1", "2", "--status", "sleeping")
+    assert moved.code == 0, moved.err
+    assert "migrated 1 run(s) to 2" in moved.out
+    assert "warning: no connected worker serves" in moved.out
+
+    back = (await aiki("runs", "migrate", "cli-napper", "2", "1", "--json")).json()
+    assert {r["id"] for r in back["migrated"]} == {stranded["run_id"], napping["run_id"]}
+    assert back["to_version_served"] is True
+    assert await client.run_handle(stranded["run_id"]).result(timeout=WAIT) == "rested"
+    refused = await aiki("runs", "migrate", "cli-napper", "1", "7")
+    assert refused.code == 3, refused.err  # version 7 was never seen
+    assert len(refused.err.strip().splitlines()) == 1
+
+
 async def test_schedules_from_the_command_line(server: ServerProcess, client: Client) -> None:
     aiki = Aiki(server.base_url)
     created = await aiki(

@@ -875,6 +875,36 @@ async def test_a_run_no_worker_serves_says_why_it_waits(server: httpx.AsyncClien
     assert (await get_run(server, claimed["run"]["id"]))["pending_reason"] is None
 
 
+async def unserved_ids(server: httpx.AsyncClient) -> set[str]:
+    r = await server.get("/runs", params={"unserved": "true"})
+    assert r.status_code == 200, r.text
+    return {run["id"] for run in r.json()["runs"]}
+
+
+async def test_unserved_runs_are_those_no_live_worker_or_endpoint_serves(
+    server: httpx.AsyncClient,
+) -> None:
+    billing = await start(server, workflow="billing", version="7")
+    audit = await start(server, workflow="audit", version="1")
+    assert await unserved_ids(server) == {billing["id"], audit["id"]}
+
+    # a worker of another version serves neither; an endpoint of billing 7 serves it
+    assert await claim(server, "billing", "8", worker_id="old") == []
+    r = await server.post(
+        "/endpoints",
+        json={
+            "url": "https://billing.example.com/aiki",
+            "workflows": [{"workflow": "billing", "version": "7", "pool": "default"}],
+        },
+    )
+    assert r.status_code == 201, r.text
+    assert await unserved_ids(server) == {audit["id"]}
+
+    # a live worker of audit 1 claims its run: running runs are never unserved
+    await claim_one(server, "audit", "1", worker_id="auditor")
+    assert await unserved_ids(server) == set()
+
+
 # -- workers -------------------------------------------------------------------------------
 
 

@@ -42,6 +42,7 @@ from aiki_core import (
 )
 from aiki_core.wire import (
     DEFAULT_POOL,
+    MIGRATABLE_STATUSES,
     RUN_TERMINAL_STATUSES,
     EndpointPage,
     RateLimitPage,
@@ -212,6 +213,9 @@ def runs() -> None:
 @click.option("--reference-id", help="Only the run started under this reference id.")
 @click.option("--concurrency-key", help="Only runs under this concurrency key.")
 @click.option("--since", callback=_since, help="Created since: ISO 8601, or a duration ago (2h).")
+@click.option(
+    "--unserved", is_flag=True, help="Only runs not ended whose version no live worker serves."
+)
 @click.option("--limit", type=click.IntRange(1, 500), default=50, show_default=True)
 @click.option("--cursor", help="The next page: the cursor the previous page printed.")
 @json_option
@@ -224,6 +228,7 @@ def runs_list(
     reference_id: str | None,
     concurrency_key: str | None,
     since: datetime | None,
+    unserved: bool,
     limit: int,
     cursor: str | None,
     as_json: bool,
@@ -237,6 +242,7 @@ def runs_list(
             reference_id=reference_id,
             concurrency_key=concurrency_key,
             created_after=since,
+            unserved=unserved,
             limit=limit,
             cursor=cursor,
         )
@@ -447,6 +453,58 @@ def runs_start(
         click.echo(json.dumps({"run_id": run_id}))
     else:
         out.print(run_id)
+
+
+@runs.command("migrate")
+@click.argument("workflow")
+@click.argument("from_version")
+@click.argument("to_version")
+@click.option("--run", "run_ids", multiple=True, help="Only this run (repeat for several).")
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice(sorted(s.value for s in MIGRATABLE_STATUSES)),
+    help="Only runs in this status (repeat for several).",
+)
+@click.option("--reference-id", help="Only the run started under this reference id.")
+@json_option
+@pass_settings
+def runs_migrate(
+    settings: Settings,
+    workflow: str,
+    from_version: str,
+    to_version: str,
+    run_ids: tuple[str, ...],
+    statuses: tuple[str, ...],
+    reference_id: str | None,
+    as_json: bool,
+) -> None:
+    """Move in-flight runs of WORKFLOW from FROM_VERSION to TO_VERSION.
+
+    Each keeps what it recorded: on TO_VERSION, every recorded task call the new code
+    still makes with the same input is reused; what changed runs.
+    """
+    moved = settings.call(
+        lambda client: client.migrate_runs(
+            workflow,
+            from_version,
+            to_version,
+            run_ids=[RunId(r) for r in run_ids] or None,
+            status=[RunStatus(s) for s in statuses] or None,
+            reference_id=reference_id,
+        )
+    )
+    if as_json:
+        _print_json(moved)
+        return
+    out.print(f"migrated {len(moved.migrated)} run(s) to {to_version}")
+    for skipped in moved.skipped:
+        out.print(f"skipped {skipped.run_id} ({skipped.status.value}): {skipped.reason}")
+    if moved.warning is not None:
+        out.print(f"warning: {moved.warning}", style="yellow")
+    if moved.has_more:
+        out.print("more runs match: run the same command again", style="dim")
 
 
 def _first_line(exc: Exception) -> str:

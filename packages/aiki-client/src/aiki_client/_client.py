@@ -38,12 +38,14 @@ from aiki_core import (
     PayloadTooLargeError,
     PayloadValidationError,
     RunId,
+    RunStatus,
     ServerError,
     ServerUnavailableError,
     StartRunInfo,
 )
 from aiki_core.sdk import fit_trace_context, intercepted, new_run_id
 from aiki_core.wire import (
+    MAX_MIGRATED_PER_CALL,
     ClaimRequest,
     ClaimResponse,
     CreateWebhookRequest,
@@ -51,6 +53,9 @@ from aiki_core.wire import (
     HeartbeatRequest,
     HeartbeatResponse,
     ListRunsQuery,
+    MigrateRunsRequest,
+    MigrateRunsResponse,
+    MigrationFilter,
     PushedTaskAnswer,
     RecordTaskRequest,
     RecordTaskResponse,
@@ -246,10 +251,45 @@ class Client:
                 raise PayloadValidationError.from_pydantic("invalid run filters", exc) from None
         params = [
             (key, str(item))
-            for key, value in query.model_dump(mode="json", exclude_none=True).items()
+            # defaults are the server's too: a filter left unset is not sent
+            for key, value in query.model_dump(mode="json", exclude_defaults=True).items()
             for item in (value if isinstance(value, list) else [value])
         ]
         return await self._call("GET", "/runs", RunPage, params=params)
+
+    async def migrate_runs(
+        self,
+        workflow: str,
+        from_version: str,
+        to_version: str,
+        *,
+        run_ids: Sequence[RunId] | None = None,
+        status: Sequence[RunStatus] | None = None,
+        reference_id: str | None = None,
+        limit: int = MAX_MIGRATED_PER_CALL,
+    ) -> MigrateRunsResponse:
+        """Move in-flight runs of `workflow` from one version to another.
+
+        All runs of `from_version` that can move (not ended, none running), or only those
+        the filters name. Each keeps what it recorded: its next execution replays on
+        `to_version`, reusing every recorded call the new code still makes with the same
+        input. Named `run_ids` that cannot move refuse the whole migration.
+        """
+        try:
+            request = MigrateRunsRequest(
+                workflow=workflow,
+                from_version=from_version,
+                to_version=to_version,
+                filter=MigrationFilter(
+                    run_ids=None if run_ids is None else list(run_ids),
+                    status=None if status is None else list(status),
+                    reference_id=reference_id,
+                ),
+                limit=limit,
+            )
+        except ValidationError as exc:
+            raise PayloadValidationError.from_pydantic("invalid migration", exc) from None
+        return await self._call("POST", "/migrations", MigrateRunsResponse, request)
 
     async def list_workers(self) -> WorkerPage:
         """The workers of the key's namespace: their triples, the runs they hold, when seen."""

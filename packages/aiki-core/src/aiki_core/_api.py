@@ -298,6 +298,11 @@ class ListRunsQuery(RequestModel):
     concurrency_key: ConcurrencyKey | None = None
     created_after: Timestamp | None = None
     created_before: Timestamp | None = None
+    unserved: bool = Field(
+        default=False,
+        description="Only runs not yet ended whose (workflow, version, pool) no live worker"
+        " or endpoint serves.",
+    )
     limit: int = Field(default=50, ge=1, le=500)
     cursor: Cursor | None = None
 

@@ -247,7 +247,8 @@ class RunDetail(RunSummary):
         default=None,
         description="Why a queued run is not running (no worker serves its version, say), or"
         " which long remote task attempts a suspended run waits for (each task and its"
-        " endpoint), whatever its status says (`sleeping` beside one, say).",
+        " endpoint), whatever its status says (`sleeping` beside one, say); for a run"
+        " suspended or paused, also that no live worker serves its version.",
     )
     timer_failures: Count = Field(
         default=0,

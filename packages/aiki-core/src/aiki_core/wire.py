@@ -97,6 +97,17 @@ from aiki_core._ids import (
     WebhookId,
     WorkerId,
 )
+from aiki_core._migration import (
+    MAX_MIGRATED_PER_CALL,
+    MIGRATABLE_STATUSES,
+    DryRunOutcome,
+    DryRunReport,
+    MigrateRunsRequest,
+    MigrateRunsResponse,
+    MigrationFilter,
+    RecordedCall,
+    SkippedRun,
+)
 from aiki_core._public import show_public_path as _show_public_path
 from aiki_core._push import (
     PushedRun,
@@ -153,6 +164,16 @@ __all__ = (
     "StartChildRequest",
     "StartRunRequest",
     "StartRunResponse",
+    # moving runs between versions
+    "MAX_MIGRATED_PER_CALL",
+    "MIGRATABLE_STATUSES",
+    "DryRunOutcome",
+    "DryRunReport",
+    "MigrateRunsRequest",
+    "MigrateRunsResponse",
+    "MigrationFilter",
+    "RecordedCall",
+    "SkippedRun",
     # what a run's summary and detail show
     "ChildRecord",
     "EventOrigin",

@@ -35,6 +35,8 @@ from aiki_core.wire import (
     HeartbeatResponse,
     Identifier,
     ListRunsQuery,
+    MigrateRunsRequest,
+    MigrateRunsResponse,
     Name,
     PushedTaskAnswer,
     RateLimitInfo,
@@ -451,6 +453,11 @@ def _api_router(
     async def list_runs(ns: Caller, query: Annotated[ListRunsQuery, Query()]) -> Response:
         """Runs newest first, with filters and keyset pagination."""
         return _json(await runs.list_runs(ns, query))
+
+    @router.post("/migrations", response_model=MigrateRunsResponse, tags=["runs"])
+    async def migrate_runs(ns: Caller, body: MigrateRunsRequest) -> Response:
+        """Move in-flight runs of a workflow to another version; they keep their records."""
+        return _json(await runs.migrate_runs(ns, body))
 
     @router.get("/runs/{run_id}", response_model=RunDetail, tags=["runs"])
     async def get_run(ns: Caller, run_id: Identifier) -> Response:

@@ -1,11 +1,11 @@
 """Runs as clients see them: one transaction for each operation.
 
-Start, read, list, wait for, cancel, pause, resume and wake runs, and send them events.
+Start, read, list, wait for, cancel, pause, resume, wake and migrate runs, and send them
+events.
 """
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 
 from aiki_core import (
@@ -49,6 +49,15 @@ from aiki_server._rows import (
     transition,
 )
 from aiki_server._starts import start_fingerprint, start_run_in
+from aiki_server._versions import (
+    TRIPLE_KEY_SQL,
+    UNSERVED_STATUSES,
+    migrate_runs,
+    served_triples,
+    triple_key,
+    unserved_reason,
+    worker_triples,
+)
 from aiki_server._waits import deliver_event, task_waits
 
 if TYPE_CHECKING:
@@ -58,6 +67,8 @@ if TYPE_CHECKING:
     from aiki_core.wire import (
         EventOrigin,
         ListRunsQuery,
+        MigrateRunsRequest,
+        MigrateRunsResponse,
         RunOutcome,
         RunSummary,
         SendEventRequest,
@@ -120,8 +131,11 @@ class Runs:
             pending = None
             if row["status"] == RunStatus.QUEUED:
                 pending = await self._pending_reason(tx, row)
-            elif task_waits(row):  # `awaiting_task`, or a sleep (say) beside the task
-                pending = await _awaited_tasks(tx, run_id)
+            elif row["status"] in UNSERVED_STATUSES:
+                said = [await _awaited_tasks(tx, run_id)] if task_waits(row) else []
+                # `awaiting_task`, or a sleep (say) beside the task; then who runs it next
+                said.append(await self._unserved(tx, row))
+                pending = "; ".join(s for s in said if s) or None
         return run_detail(
             row,
             **parts[run_id],
@@ -139,35 +153,41 @@ class Runs:
         if serving:  # pushed to one that is not failing, else waits for one to recover
             failing = [e for e in serving if e.failures]
             return None if len(failing) < len(serving) else _failing(failing[0])
-        live_since = self._clock() - self._limits.claim_idle_ms
-        workers = await tx.fetch(
-            "SELECT capabilities FROM workers WHERE namespace = $1 AND last_seen_at >= $2",
-            run["namespace"],
-            live_since,
-        )
-        wanted = [run["workflow"], run["version"], run["pool"]]
-        for worker in workers:
-            if wanted in json.loads(worker["capabilities"]):
-                return None
-        return (
-            f"no connected worker serves workflow {run['workflow']!r} version"
-            f" {run['version']!r} in pool {run['pool']!r}; the run stays queued until one does"
+        if triple in await worker_triples(tx, run["namespace"], self._live_since()):
+            return None
+        return unserved_reason(run)
+
+    async def _unserved(self, tx: Tx, run: Row) -> str | None:
+        """Why a suspended (or paused) run will find no worker when it is next due."""
+        triple = (run["workflow"], run["version"], run["pool"])
+        if triple in await served_triples(tx, run["namespace"], self._live_since()):
+            return None
+        return unserved_reason(run)
+
+    def _live_since(self) -> int:
+        """Workers seen since then are live (within one claim idle timeout)."""
+        return self._clock() - self._limits.claim_idle_ms
+
+    async def migrate_runs(self, namespace: str, req: MigrateRunsRequest) -> MigrateRunsResponse:
+        """Move in-flight runs of a workflow to another version (see `_versions`)."""
+        return await self._db.write(
+            lambda tx: migrate_runs(tx, namespace, req, self._clock(), self._live_since())
         )
 
     async def list_runs(self, namespace: str, query: ListRunsQuery) -> RunPage:
         """Runs newest first, filtered, one keyset page at a time."""
-        where = _RunFilter(namespace, query)
-        if query.cursor is not None:
-            created_at, run_id = decode_cursor(query.cursor)
-            where.add(
-                f"(created_at < {where.arg(created_at)} OR (created_at = {where.arg(created_at)}"
-                f" AND id < {where.arg(run_id)}))"
-            )
-        sql = (
-            f"SELECT {RUN_COLUMNS} FROM runs WHERE {where.sql}"
-            f" ORDER BY created_at DESC, id DESC LIMIT {where.arg(query.limit + 1)}"
-        )
         async with self._db.reader(off_loop=True) as tx:
+            where = await self._filter(tx, namespace, query)
+            if query.cursor is not None:
+                created_at, run_id = decode_cursor(query.cursor)
+                where.add(
+                    f"(created_at < {where.arg(created_at)} OR (created_at ="
+                    f" {where.arg(created_at)} AND id < {where.arg(run_id)}))"
+                )
+            sql = (
+                f"SELECT {RUN_COLUMNS} FROM runs WHERE {where.sql}"
+                f" ORDER BY created_at DESC, id DESC LIMIT {where.arg(query.limit + 1)}"
+            )
             rows = await tx.fetch(sql, *where.args)
         page = rows[: query.limit]
         next_cursor = None
@@ -182,14 +202,27 @@ class Runs:
         Every status is counted whatever `query.status` says (a tally to pick one
         from); the cursor and the limit do not apply.
         """
-        where = _RunFilter(namespace, query.model_copy(update={"status": None}))
-        sql = f"SELECT status, COUNT(*) AS n FROM runs WHERE {where.sql} GROUP BY status"
         async with self._db.reader(off_loop=True) as tx:
+            where = await self._filter(tx, namespace, query.model_copy(update={"status": None}))
+            sql = f"SELECT status, COUNT(*) AS n FROM runs WHERE {where.sql} GROUP BY status"
             rows = await tx.fetch(sql, *where.args)
         counts = dict.fromkeys(RunStatus, 0)
         for row in rows:
             counts[RunStatus(row["status"])] = int(row["n"])
         return counts
+
+    async def _filter(self, tx: Tx, namespace: str, query: ListRunsQuery) -> _RunFilter:
+        """The query's filters; `unserved` reads what is served now, in `tx`."""
+        where = _RunFilter(namespace, query)
+        if query.unserved:
+            statuses = tx.array(sorted(s.value for s in UNSERVED_STATUSES))
+            where.add(f"status {tx.in_array(len(where.args) + 1)}")
+            where.args.append(statuses)
+            served = await served_triples(tx, namespace, self._live_since())
+            keys = tx.array(sorted(triple_key(*t) for t in served))
+            where.add(f"NOT ({TRIPLE_KEY_SQL} {tx.in_array(len(where.args) + 1)})")
+            where.args.append(keys)
+        return where
 
     async def wait_for_run(
         self, namespace: str, run_id: str, statuses: Sequence[RunStatus], timeout: timedelta

@@ -173,7 +173,14 @@ def dashboard_router(
             return to_login(request)
         filters = {
             name: value
-            for name in ("workflow", "version", "reference_id", "concurrency_key", "since")
+            for name in (
+                "workflow",
+                "version",
+                "reference_id",
+                "concurrency_key",
+                "since",
+                "unserved",
+            )
             if (value := request.query_params.get(name, "").strip())
         }
         statuses = [s for s in request.query_params.getlist("status") if s]
@@ -186,6 +193,7 @@ def dashboard_router(
                     "version": filters.get("version"),
                     "reference_id": filters.get("reference_id"),
                     "concurrency_key": filters.get("concurrency_key"),
+                    "unserved": filters.get("unserved") == "1",
                     "status": statuses or None,
                     "created_after": None if since is None else from_ms(clock()) - since,
                     "cursor": cursor,

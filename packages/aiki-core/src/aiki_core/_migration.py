@@ -1,0 +1,126 @@
+"""Moving in-flight runs of a workflow from one version to another (`POST /migrations`).
+
+A migrated run keeps everything it recorded: its next execution, on the new version,
+replays from the top and reuses each recorded call the new code still makes (same task
+name, same input); what changed runs anew.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from aiki_core._ids import RunId
+from aiki_core._records import RunSummary
+from aiki_core._status import RunStatus
+from aiki_core._wire import Name, ReferenceId, RequestModel, ResponseModel, VersionName
+
+__all__ = [
+    "MAX_MIGRATED_PER_CALL",
+    "MIGRATABLE_STATUSES",
+    "DryRunOutcome",
+    "DryRunReport",
+    "MigrateRunsRequest",
+    "MigrateRunsResponse",
+    "MigrationFilter",
+    "RecordedCall",
+    "SkippedRun",
+]
+
+MIGRATABLE_STATUSES = frozenset(
+    {
+        RunStatus.SCHEDULED,
+        RunStatus.QUEUED,
+        RunStatus.SLEEPING,
+        RunStatus.AWAITING_EVENT,
+        RunStatus.AWAITING_CHILD,
+        RunStatus.AWAITING_RETRY,
+        RunStatus.PAUSED,
+    }
+)
+"""Statuses a run may be migrated in: not ended, and no attempt of it in flight (neither
+`running` on a worker nor `awaiting_task` on a task endpoint)."""
+
+MAX_MIGRATED_PER_CALL = 1000
+"""The most runs one migration moves; call again for the rest (`has_more`)."""
+
+
+class MigrationFilter(RequestModel):
+    """Which runs of the old version to migrate: all by default, or those matching every field.
+
+    `run_ids` names runs outright: each must be a migratable run of the old version, else
+    the whole migration is refused. Without it, runs that cannot move now (running, say)
+    are left alone and listed as `skipped`.
+    """
+
+    run_ids: list[RunId] | None = Field(
+        default=None, min_length=1, max_length=MAX_MIGRATED_PER_CALL
+    )
+    status: list[RunStatus] | None = Field(default=None, min_length=1)
+    reference_id: ReferenceId | None = None
+
+
+class MigrateRunsRequest(RequestModel):
+    """Move runs of `workflow` from `from_version` to `to_version` (another version)."""
+
+    workflow: Name
+    from_version: VersionName
+    to_version: VersionName
+    filter: MigrationFilter = Field(default_factory=MigrationFilter)
+    limit: int = Field(default=MAX_MIGRATED_PER_CALL, ge=1, le=MAX_MIGRATED_PER_CALL)
+
+
+class SkippedRun(ResponseModel):
+    """A run the filter matched that was left on its version, and why."""
+
+    run_id: RunId
+    status: RunStatus
+    reason: str
+
+
+class MigrateRunsResponse(ResponseModel):
+    """What a migration moved; each migrated run as it is now (on `to_version`)."""
+
+    migrated: list[RunSummary]
+    skipped: list[SkippedRun] = Field(default_factory=list)
+    has_more: bool = Field(
+        default=False, description="More runs matched than `limit`: call again for the rest."
+    )
+    to_version_served: bool = Field(
+        description="Whether a live worker or endpoint serves the new version now; if not,"
+        " migrated runs wait (queued ones stay queued) until one does."
+    )
+    warning: str | None = None
+
+
+class RecordedCall(ResponseModel):
+    """One task call of a run: its name, content address and occurrence."""
+
+    name: str
+    address: str
+    occurrence: int
+
+
+DryRunOutcome = Literal["runs_a_task", "waits", "completes", "fails", "writes"]
+"""Where a dry run stopped: at the first task call it would run, at a wait (a sleep not
+yet due, an event, a child), at the run's end (completed or failed), or at another write
+(a child started, a webhook minted) it may not make."""
+
+
+class DryRunReport(ResponseModel):
+    """How a run would replay on another version, found without running anything.
+
+    The replay runs the new version's code against the run's records and stops at the
+    first call that has none (it cannot go past it without running it), so `would_run`
+    is that first call only, and `not_reused` lists each recorded call the replay did
+    not take up to there: changed away, or not reached before the stop.
+    """
+
+    run_id: RunId
+    version: str = Field(description="The version replayed.")
+    outcome: DryRunOutcome
+    reused: list[RecordedCall] = Field(default_factory=list)
+    would_run: RecordedCall | None = None
+    not_reused: list[RecordedCall] = Field(default_factory=list)
+    stopped_at: str = Field(description="Where the replay stopped, in words.")
