@@ -365,6 +365,13 @@ class ClaimedRun(ResponseModel):
     trace_context: dict[str, str] | None = Field(
         default=None, description="The trace context the run was started with, if any."
     )
+    cleanup: ErrorInfo | None = Field(
+        default=None,
+        description=(
+            "Set when the run is claimed for its cleanup (`cleaning_up`): the cancellation or"
+            " timeout its code sees where the run was, before it ends."
+        ),
+    )
 
 
 class ClaimResponse(ResponseModel):

@@ -118,6 +118,8 @@ class ServerSettings:
 
     claim_idle_timeout: timedelta = timedelta(seconds=90)
     """Re-queue a running run whose worker has not heartbeated for this long."""
+    cleanup_timeout: timedelta = timedelta(seconds=60)
+    """How long a cancelled or timed-out run's cleanup may take before the run ends anyway."""
     max_body_bytes: int = 2 * 1024 * 1024
     """Larger request bodies are refused with 413."""
     max_tasks_per_run: int = 10_000
@@ -186,7 +188,9 @@ def create_app(db_url: str, settings: ServerSettings | None = None) -> FastAPI:
     metrics = db.metrics = Metrics(namespace_label=settings.metrics_namespace_label)
     db.flow = FlowSettings(settings.fair_share_quantum, settings.priority_step)
     clock = settings.clock
-    limits = Limits(settings.claim_idle_timeout, settings.max_tasks_per_run)
+    limits = Limits(
+        settings.claim_idle_timeout, settings.max_tasks_per_run, settings.cleanup_timeout
+    )
     runs = Runs(db, hub, clock, limits)
     claims = Claims(db, hub, clock, limits)
     writes = WorkerWrites(db, clock, limits)
@@ -195,7 +199,7 @@ def create_app(db_url: str, settings: ServerSettings | None = None) -> FastAPI:
     rate_limits = RateLimits(db, clock)
     endpoints = Endpoints(db, clock)
     webhooks = Webhooks(db, clock, runs, settings.webhook_secret)
-    timers = TimerDaemon(db, hub, clock, schedules.fire)
+    timers = TimerDaemon(db, hub, clock, schedules.fire, cleanup_ms=limits.cleanup_ms)
     backoff = PushBackoff(cool_off_ms=to_millis(settings.push_cool_off))
     dispatcher = Dispatcher(db, hub, clock, claims, writes, backoff=backoff)
     # an answer of any size a worker could record (its request limit) comes back to it

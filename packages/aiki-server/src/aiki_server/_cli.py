@@ -105,6 +105,13 @@ def _serve_options(target: argparse.ArgumentParser, *, inherit: bool) -> None:
         help="re-queue a run whose worker stopped heartbeating [AIKI_CLAIM_IDLE_TIMEOUT]",
     )
     target.add_argument(
+        "--cleanup-timeout",
+        type=float,
+        default=default(float(_env("AIKI_CLEANUP_TIMEOUT", "60"))),
+        metavar="SECONDS",
+        help="how long a cancelled or timed-out run's cleanup may take [AIKI_CLEANUP_TIMEOUT]",
+    )
+    target.add_argument(
         "--max-body-bytes",
         type=int,
         default=default(int(_env("AIKI_MAX_BODY_BYTES", str(2 * 1024 * 1024)))),
@@ -361,6 +368,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         settings = ServerSettings(
             claim_idle_timeout=timedelta(seconds=args.claim_idle_timeout),
+            cleanup_timeout=timedelta(seconds=args.cleanup_timeout),
             max_body_bytes=args.max_body_bytes,
             max_tasks_per_run=args.max_tasks_per_run,
             fair_share_quantum=timedelta(seconds=args.fair_share_quantum),

@@ -27,11 +27,18 @@ class Limits:
     """A claim not refreshed for this long is released to the queue."""
     max_tasks_per_run: int = 10_000
     """Task calls one run may record; the next one fails the run with `RunLimitError`."""
+    cleanup_timeout: timedelta = timedelta(seconds=60)
+    """How long a cancelled or timed-out run's cleanup may take; then the run ends anyway."""
 
     @property
     def claim_idle_ms(self) -> int:
         """`claim_idle_timeout` in milliseconds."""
         return to_millis(self.claim_idle_timeout)
+
+    @property
+    def cleanup_ms(self) -> int:
+        """`cleanup_timeout` in milliseconds."""
+        return to_millis(self.cleanup_timeout)
 
 
 class BodyTooLarge(HTTPException):
