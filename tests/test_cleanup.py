@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from aiki_core.sdk import ExecutableVersion
     from aiki_core.wire import RunDetail
     from aiki_server.testing import EmbeddedServer
+    from aiki_worker import Worker
 
 WAIT = timedelta(seconds=10)
 CALLS: list[str] = []
@@ -37,11 +38,16 @@ GATE: list[asyncio.Event] = []
 
 
 @pytest.fixture(autouse=True)
-def _reset() -> Iterator[None]:
+def _reset() -> None:
     CALLS.clear()
+
+
+@pytest.fixture
+def gate(worker: Worker) -> Iterator[None]:
+    """A closed gate for stuck compensations, opened before `worker` stops."""
     GATE[:] = [asyncio.Event()]
     yield
-    GATE[0].set()  # let a stuck compensation go as the worker stops
+    GATE[0].set()
 
 
 @task("cleanup-book")
@@ -210,7 +216,7 @@ async def test_a_timed_out_run_compensates_runs_on_error_and_fails(
     assert moves(detail)[-3:] == ["sleeping", "cleaning_up", "failed"]
 
 
-@pytest.mark.usefixtures("worker")
+@pytest.mark.usefixtures("gate")
 async def test_a_cancel_during_the_cleanup_ends_the_run_at_once(client: Client) -> None:
     handle = await stuck_v1.start(client, "van")
     await cleaning_up(handle, "stuck unbook van")
@@ -226,7 +232,7 @@ async def test_a_cancel_during_the_cleanup_ends_the_run_at_once(client: Client) 
     assert detail.error.details["reason"] == "really"
 
 
-@pytest.mark.usefixtures("worker")
+@pytest.mark.usefixtures("gate")
 async def test_a_cleanup_past_its_deadline_ends_the_run_anyway(
     server: EmbeddedServer, client: Client
 ) -> None:
