@@ -93,7 +93,7 @@ class WorkerWrites:
             if not req.runs:
                 return HeartbeatResponse(runs=[])
             rows = await tx.fetch(
-                "SELECT id, status, revision, claimed_by, pause_requested FROM runs"
+                "SELECT id, status, revision, claimed_by, pause_requested, cleanup_status FROM runs"
                 f" WHERE namespace = $1 AND id {tx.in_array(2)}",
                 namespace,
                 tx.array([lease.run_id for lease in req.runs]),
@@ -358,6 +358,10 @@ def _directive(run: Row | None, revision: int, worker_id: str) -> RunDirective:
     if run["status"] == RunStatus.CANCELLED:
         return RunDirective.CANCEL
     if run["revision"] != revision or run["claimed_by"] != worker_id:
+        # the worker that held a run cancelled into its cleanup is told it was cancelled
+        cancelled = run["cleanup_status"] == RunStatus.CANCELLED
+        if run["status"] == RunStatus.CLEANING_UP and cancelled:
+            return RunDirective.CANCEL
         return RunDirective.LOST
     if run["status"] not in HELD:
         return RunDirective.LOST
