@@ -7,10 +7,10 @@ sees what ran, in which order, and how often.
 
 from __future__ import annotations
 
-import asyncio
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
+import anyio
 import pytest
 
 from aiki_core import (
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 WAIT = timedelta(seconds=10)
 CALLS: list[str] = []
-GATE: list[asyncio.Event] = []
+GATE: list[anyio.Event] = []
 """The gate a stuck compensation waits on (one per test)."""
 
 
@@ -45,7 +45,7 @@ def _reset() -> None:
 @pytest.fixture
 def gate(worker: Worker) -> Iterator[None]:
     """A closed gate for stuck compensations, opened before `worker` stops."""
-    GATE[:] = [asyncio.Event()]
+    GATE[:] = [anyio.Event()]
     yield
     GATE[0].set()
 
@@ -153,9 +153,9 @@ def moves(detail: RunDetail) -> list[str]:
 
 async def until_called(what: str) -> None:
     """Wait until a task body has noted `what`."""
-    async with asyncio.timeout(WAIT.total_seconds()):
+    with anyio.fail_after(WAIT.total_seconds()):
         while what not in CALLS:  # noqa: ASYNC110 - a list, no event
-            await asyncio.sleep(0.01)
+            await anyio.sleep(0.01)
 
 
 async def cleaning_up(handle: WorkflowRunHandle[str], first: str) -> None:
