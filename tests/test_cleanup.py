@@ -25,8 +25,8 @@ from aiki_workflow import Saga, WorkflowRun, workflow
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from aiki_client import Client, WorkflowRunHandle
-    from aiki_core.sdk import ExecutableVersion
+    from aiki_client import Client
+    from aiki_core.sdk import ExecutableVersion, WorkflowRunHandle
     from aiki_core.wire import RunDetail
     from aiki_server.testing import EmbeddedServer
     from aiki_worker import Worker
