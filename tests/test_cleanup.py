@@ -261,3 +261,23 @@ async def test_a_run_never_started_is_cancelled_at_once(client: Client) -> None:
         assert await handle.status() is RunStatus.CANCELLED
         assert moves(await handle.detail()) == [status.value, "cancelled"]
     assert CALLS == []
+
+
+@pytest.mark.usefixtures("worker")
+async def test_a_paused_run_that_ran_cleans_up_when_cancelled(client: Client) -> None:
+    handle = await trip_v1.start(client, ["car"])
+    await handle.wait_for_status([RunStatus.SLEEPING], timeout=WAIT)
+    await handle.pause()
+
+    await handle.cancel("plans changed")
+
+    with pytest.raises(WorkflowCancelledError):
+        await handle.result(timeout=WAIT)
+    assert CALLS == [
+        "book car",
+        "book finally",
+        "unbook car",
+        "cancel: plans changed",
+        "after: car",
+    ]
+    assert moves(await handle.detail())[-3:] == ["paused", "cleaning_up", "cancelled"]

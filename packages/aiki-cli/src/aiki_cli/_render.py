@@ -46,6 +46,7 @@ _STYLES = {
     "timed_out": "red",
     "cancelled": "yellow",
     "paused": "yellow",
+    "cleaning_up": "yellow",
     "running": "cyan",
     "healthy": "green",
     "failing": "yellow",

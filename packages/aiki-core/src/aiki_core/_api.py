@@ -394,7 +394,7 @@ class WorkerSummary(ResponseModel):
     capabilities: list[WorkflowCapability]
     """The (workflow, version, pool) triples it declared on its last claim."""
     running: Count
-    """Runs it holds now."""
+    """Runs it holds now (running, or claimed for their cleanup)."""
     last_seen_at: Timestamp
     """Its last claim or heartbeat."""
     live: bool

@@ -27,7 +27,7 @@ from aiki_core.wire import (
 )
 from aiki_server._clock import from_ms
 from aiki_server._flow import LIMITED, Group, admit
-from aiki_server._lifecycle import hand_cleanup, move_run, record_history
+from aiki_server._lifecycle import HELD, hand_cleanup, move_run, record_history
 from aiki_server._logs import component
 from aiki_server._metrics import grouped_runs_query
 from aiki_server._notify import QUEUE
@@ -133,9 +133,10 @@ class Claims:
             )
             held = await tx.fetch(
                 "SELECT claimed_by, COUNT(*) AS n FROM runs WHERE namespace = $1"
-                " AND claim_expires_at IS NOT NULL AND status = $2 GROUP BY claimed_by",
+                f" AND claim_expires_at IS NOT NULL AND status {tx.in_array(2)}"
+                " GROUP BY claimed_by",
                 namespace,
-                RunStatus.RUNNING.value,
+                tx.array(list(HELD)),
             )
         running = {row["claimed_by"]: row["n"] for row in held}
         live_since = self._clock() - self._limits.claim_idle_ms
