@@ -63,10 +63,10 @@ async def unbook(item: str) -> None:
     CALLS.append(f"unbook {item}")
 
 
-@task("cleanup-stuck-unbook")
-async def stuck_unbook(item: str) -> None:
-    """Undo a booking, once the test opens the gate."""
-    CALLS.append(f"stuck unbook {item}")
+@task("cleanup-gated")
+async def gated(what: str) -> None:
+    """Note the call, then wait until the test opens the gate."""
+    CALLS.append(f"gated {what}")
     await GATE[0].wait()
 
 
@@ -119,9 +119,22 @@ async def stuck_v1(run: WorkflowRun, item: str) -> str:
     """Book, then sleep; a cancel's compensation waits for the test's gate."""
     async with Saga(run) as saga:
         await book.start(run, item)
-        saga.add(stuck_unbook, item)
+        saga.add(gated, f"unbook {item}")
         await run.sleep("hold", timedelta(hours=2))
     return "held"
+
+
+busy = workflow("cleanup-busy")
+
+
+@busy.v("1", on_cancel=on_cancel)
+async def busy_v1(run: WorkflowRun, item: str) -> str:
+    """Book, then run a task that waits for the test's gate."""
+    async with Saga(run) as saga:
+        await book.start(run, item)
+        saga.add(unbook, item)
+        await gated.start(run, "in flight")
+    return "done"
 
 
 unserved = workflow("cleanup-unserved")
@@ -133,7 +146,7 @@ async def unserved_v1(run: WorkflowRun, item: str) -> str:
     return item
 
 
-VERSIONS: list[ExecutableVersion] = [trip_v1, stuck_v1]
+VERSIONS: list[ExecutableVersion] = [trip_v1, stuck_v1, busy_v1]
 
 
 @pytest.fixture
@@ -219,7 +232,7 @@ async def test_a_timed_out_run_compensates_runs_on_error_and_fails(
 @pytest.mark.usefixtures("gate")
 async def test_a_cancel_during_the_cleanup_ends_the_run_at_once(client: Client) -> None:
     handle = await stuck_v1.start(client, "van")
-    await cleaning_up(handle, "stuck unbook van")
+    await cleaning_up(handle, "gated unbook van")
     assert await handle.status() is RunStatus.CLEANING_UP
 
     await handle.cancel("really")
@@ -237,7 +250,7 @@ async def test_a_cleanup_past_its_deadline_ends_the_run_anyway(
     server: EmbeddedServer, client: Client
 ) -> None:
     handle = await stuck_v1.start(client, "van")
-    await cleaning_up(handle, "stuck unbook van")
+    await cleaning_up(handle, "gated unbook van")
 
     server.advance(timedelta(seconds=61))  # the default cleanup timeout is 60 s
 
@@ -281,3 +294,20 @@ async def test_a_paused_run_that_ran_cleans_up_when_cancelled(client: Client) ->
         "after: car",
     ]
     assert moves(await handle.detail())[-3:] == ["paused", "cleaning_up", "cancelled"]
+
+
+@pytest.mark.usefixtures("gate")
+async def test_a_run_cancelled_during_a_task_cleans_up_where_it_was(client: Client) -> None:
+    handle = await busy_v1.start(client, "car")
+    await until_called("gated in flight")
+
+    await handle.cancel("plans changed")
+
+    # the worker running it is fenced; the cleanup's replay raises the cancellation at
+    # the task that was in flight, which does not run again
+    with pytest.raises(WorkflowCancelledError):
+        await handle.result(timeout=WAIT)
+    assert CALLS == ["book car", "gated in flight", "unbook car", "cancel: plans changed"]
+    detail = await handle.detail()
+    assert moves(detail)[-3:] == ["running", "cleaning_up", "cancelled"]
+    assert "cleanup-gated" not in [t.name for t in detail.tasks]
