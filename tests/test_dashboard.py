@@ -115,8 +115,12 @@ async def test_list_filter_run_and_cancel(db_url: str, browser: Browser) -> None
         await page.get_by_role("button", name="Cancel", exact=True).click()
         await dialog.get_by_role("button", name="Yes, cancel it").click()
         await expect(page.locator(".flash.ok")).to_have_text("Run cancelled.")
+        # it ran: the worker runs its cleanup, then it ends
+        assert await first.wait_for_status([RunStatus.CANCELLED], timeout=WAIT) is (
+            RunStatus.CANCELLED
+        )
+        await page.reload()
         await expect(page.locator(".runhead .badge").first).to_have_text("cancelled")
-        assert await first.status() == RunStatus.CANCELLED
         assert await second.status() == RunStatus.SLEEPING
 
 

@@ -469,18 +469,16 @@ async def test_cancel_cascades_to_children_and_grandchildren(server: httpx.Async
 
     r = await server.post(f"/runs/{parent['id']}/cancel")
     assert r.status_code == 200, r.text
-    for run_id, was in (
-        (parent["id"], "running"),
-        (child_id, "running"),
-        (grandchild_id, "queued"),
+    # the parent ran: it cleans up first; its descendants are cancelled at once
+    for run_id, was, now in (
+        (parent["id"], "running", "cleaning_up"),
+        (child_id, "running", "cancelled"),
+        (grandchild_id, "queued", "cancelled"),
     ):
         got = await get_run(server, run_id)
-        assert got["status"] == "cancelled", run_id
-        assert got["finished_at"] is not None
-        assert (got["history"][-1]["from_status"], got["history"][-1]["to_status"]) == (
-            was,
-            "cancelled",
-        )
+        assert got["status"] == now, run_id
+        assert (got["finished_at"] is not None) == (now == "cancelled")
+        assert (got["history"][-1]["from_status"], got["history"][-1]["to_status"]) == (was, now)
     parent_detail = await get_run(server, parent["id"])
     assert [(ch["run_id"], ch["status"]) for ch in parent_detail["children"]] == [
         (child_id, "cancelled")
@@ -674,7 +672,7 @@ async def test_a_pausing_run_that_ends_just_ends(
 
 async def test_cancel_a_pausing_run_fences_its_worker_at_once(server: httpx.AsyncClient) -> None:
     run = await pause_while_running(server)
-    assert (await server.post(f"/runs/{run['id']}/cancel")).json()["status"] == "cancelled"
+    assert (await server.post(f"/runs/{run['id']}/cancel")).json()["status"] == "cleaning_up"
     assert await heartbeat(server, run) == "cancel"
     r = await server.post(f"/runs/{run['id']}/tasks", json=task_record(run["revision"]))
     error_of(r, 409, "stale_revision")

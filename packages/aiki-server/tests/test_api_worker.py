@@ -666,6 +666,10 @@ async def test_a_parent_awaiting_a_child_is_requeued_when_it_ends(
     assert await claim(server, "parent") == []
 
     if ending == "cancel":
+        # the running child cleans up first; a second cancel ends it at once
+        r = await server.post(f"/runs/{child_id}/cancel")
+        assert r.json()["status"] == "cleaning_up"
+        assert (await get_run(server, parent_id))["status"] == "awaiting_child"
         r = await server.post(f"/runs/{child_id}/cancel")
     elif ending == "fail":
         r = await transition(

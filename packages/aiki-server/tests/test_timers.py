@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     import pytest
 
     from aiki_server._storage._database import Database
-    from server_api import Harness
+    from server_api import Harness, HarnessFactory
 
 W = "w"
 SECOND = 1_000
@@ -266,12 +266,13 @@ async def test_run_deadline_fails_the_run_and_fences_its_worker(harness: Harness
     assert await status_after_pass(h, run["id"]) == "running"
 
     h.advance(2 * SECOND)
-    await wait_status(h.client, run["id"], "failed")
+    # it ran: it cleans up first, with the error it will end with
+    await wait_status(h.client, run["id"], "cleaning_up")
     detail = await get_run(h.client, run["id"])
     assert "WorkflowTimeoutError" in detail["error"]["type"]
     assert detail["error"]["code"] == "workflow_timeout"
     assert detail["error"]["retryable"] is False
-    assert detail["finished_at"] is not None
+    assert detail["finished_at"] is None
     assert detail["revision"] > run["revision"]
 
     # the former claimant can write nothing more
@@ -298,6 +299,70 @@ async def test_run_deadline_fails_the_run_and_fences_its_worker(harness: Harness
     )
     assert directives.json()["runs"] == [{"run_id": run["id"], "directive": "lost"}]
 
+    # no worker claims the cleanup: its own deadline ends the run anyway
+    h.advance(61 * SECOND)
+    ended = await wait_status(h.client, run["id"], "failed")
+    assert ended["finished_at"] is not None
+    history = (await get_run(h.client, run["id"]))["history"]
+    assert history[-1]["reason"] == "cleanup deadline passed: ended without its cleanup finished"
+
+
+async def test_a_cleanup_is_claimed_fenced_and_ended_by_its_worker(
+    make_harness: HarnessFactory,
+) -> None:
+    async with make_harness(claim_idle_timeout=timedelta(seconds=10)) as h:
+        await cleanup_claimed_fenced_and_ended(h)
+
+
+async def cleanup_claimed_fenced_and_ended(h: Harness) -> None:
+    run = await start_and_claim(h, timeout=10_000)
+    h.advance(11 * SECOND)
+    await wait_status(h.client, run["id"], "cleaning_up")
+
+    cleanup = await claim_one(h.client, worker_id="cleaner", capabilities=CAPS)
+    assert cleanup["run"]["id"] == run["id"]
+    assert cleanup["run"]["status"] == "cleaning_up"
+    assert cleanup["cleanup"]["code"] == "workflow_timeout"
+    revision = cleanup["run"]["revision"]
+    # nothing more to claim: the cleanup is held
+    assert (await claim(h.client, worker_id="other", capabilities=CAPS)) == []
+    beat = await h.client.post(
+        "/heartbeats",
+        json={"worker_id": "cleaner", "runs": [{"run_id": run["id"], "revision": revision}]},
+    )
+    assert beat.json()["runs"] == [{"run_id": run["id"], "directive": "continue"}]
+    record = task_record(revision, name="undo", address="undo", status="completed", result=1)
+    r = await h.client.post(f"/runs/{run['id']}/tasks", json=record)
+    assert r.status_code == 200, r.text
+
+    # its claim goes idle: the cleanup waits for a worker again, still cleaning up
+    h.advance(11 * SECOND)
+    await timer_pass(h)
+    assert (await get_run(h.client, run["id"]))["status"] == "cleaning_up"
+    stale = await transition(h.client, run["id"], revision, {"kind": "complete", "result": 1})
+    assert stale.status_code == 409, stale.text
+    again = await claim_one(h.client, worker_id="cleaner-2", capabilities=CAPS)
+    assert [t["name"] for t in again["tasks"]] == ["undo"]
+
+    # whatever the worker reports, the run ends as its cleanup says, with its error
+    r = await transition(
+        h.client, run["id"], again["run"]["revision"], {"kind": "complete", "result": 1}
+    )
+    assert r.status_code == 200, r.text
+    ended = await get_run(h.client, run["id"])
+    assert ended["status"] == "failed"
+    assert ended["result"] is None
+    assert ended["error"]["code"] == "workflow_timeout"
+    assert [(s["to_status"], s["reason"]) for s in ended["history"] if s["entity"] == "run"][
+        -5:
+    ] == [
+        ("cleaning_up", "timed out; cleaning up"),
+        ("cleaning_up", "cleanup claimed by cleaner"),
+        ("cleaning_up", "claim of cleaner went idle"),
+        ("cleaning_up", "cleanup claimed by cleaner-2"),
+        ("failed", "cleaned up (complete reported)"),
+    ]
+
 
 async def test_run_deadline_cancels_a_running_child(harness: Harness) -> None:
     h = harness
@@ -307,7 +372,7 @@ async def test_run_deadline_cancels_a_running_child(harness: Harness) -> None:
     assert child_claim["run"]["id"] == child["id"]
 
     h.advance(11 * SECOND)
-    await wait_status(h.client, parent["id"], "failed")
+    await wait_status(h.client, parent["id"], "cleaning_up")
     cancelled = await wait_status(h.client, child["id"], "cancelled")
     assert cancelled["finished_at"] is not None
     detail = await get_run(h.client, child["id"])
@@ -578,7 +643,7 @@ async def test_a_child_cancelled_by_its_parents_deadline_stays_cancelled(
     # both deadlines pass: the parent's, first, cancels the child; the child's own
     # deadline, met in the same pass, must not end it a second time
     h.advance(20 * SECOND)
-    await wait_status(h.client, parent["id"], "failed")
+    await wait_status(h.client, parent["id"], "cleaning_up")  # it ran: it cleans up first
     await timer_pass(h)  # a pass that looks once more finds nothing due
 
     detail = await get_run(h.client, child["id"])

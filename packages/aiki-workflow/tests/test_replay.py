@@ -23,6 +23,8 @@ from aiki_core import (
     StaleRevisionError,
     TaskFailedError,
     TaskStatus,
+    WorkflowCancelledError,
+    WorkflowTimeoutError,
 )
 from aiki_core.wire import (
     AcquireRateLimitResponse,
@@ -59,7 +61,12 @@ calls: list[str] = []
 class Execution:
     """A claimed run whose task records are kept in memory."""
 
-    def __init__(self, payload: Any, tasks: list[TaskRecord] | None = None) -> None:
+    def __init__(
+        self,
+        payload: Any,
+        tasks: list[TaskRecord] | None = None,
+        cleanup: ErrorInfo | None = None,
+    ) -> None:
         self.claim = ClaimedRun(
             run=RunSummary(
                 id="run-1",
@@ -75,6 +82,7 @@ class Execution:
             ),
             input=payload,
             tasks=tasks or [],
+            cleanup=cleanup,
         )
         self.log = ConsoleLogger(LogLevel.ERROR)
         self.codec = IdentityCodec()
@@ -201,6 +209,18 @@ remote_double = double.with_options(
 @wf.v("remote")
 async def with_remote(run: WorkflowRun, n: int) -> int:
     return await remote_double.start(run, n)
+
+
+@wf.v("cleans-up")
+async def cleans_up(run: WorkflowRun, n: int) -> int:
+    try:
+        return await double.start(run, n)
+    finally:
+        await double.start(run, n + 1)  # cleanup code: runs as usual
+        await run.sleep("rest", timedelta(hours=1))  # a cleanup cannot wait
+
+
+CANCELLED = ErrorInfo.from_exception(WorkflowCancelledError("run-1", "enough"))
 
 
 def failed_answer(error_type: str, *, retryable: bool) -> PushedTaskAnswer:
@@ -660,3 +680,24 @@ async def test_a_task_diverging_on_every_call_is_noticed_once_per_execution() ->
     notices = [r.notice for r in execution.records + execution.deferred if r.notice]
     assert len(notices) == 1
     assert "50 recorded call(s) of it stayed unused (#0 0, #0 1, #0 2, #0 3, #0 4)" in notices[0]
+
+
+async def test_a_cleanup_raises_its_error_at_the_first_call_not_on_record() -> None:
+    tasks = [recorded("double", 1, 2)]
+    action = await sum_of_doubles.execute(Execution([1, 2, 3], tasks, cleanup=CANCELLED))
+    # the recorded call replays; the next one, where the run was, is not run
+    assert isinstance(action, FailRun)
+    assert action.error.code == "workflow_cancelled"
+    assert action.error.details["reason"] == "enough"
+    assert calls == []
+
+
+async def test_cleanup_code_runs_tasks_but_a_wait_raises_again() -> None:
+    timed_out = ErrorInfo.from_exception(WorkflowTimeoutError("run-1", 5000))
+    execution = Execution(5, cleanup=timed_out)
+    action = await cleans_up.execute(execution)
+    # the `finally` task ran and is recorded; its sleep did not suspend the run
+    assert calls == ["double(6)"]
+    assert [r.name for r in [*execution.records, *execution.deferred]] == ["double"]
+    assert isinstance(action, FailRun)
+    assert action.error.code == "workflow_timeout"

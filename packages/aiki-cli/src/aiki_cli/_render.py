@@ -47,6 +47,7 @@ _STYLES = {
     "timed_out": "red",
     "cancelled": "yellow",
     "paused": "yellow",
+    "cleaning_up": "yellow",
     "running": "cyan",
     "healthy": "green",
     "failing": "yellow",

@@ -370,6 +370,13 @@ class ClaimedRun(ResponseModel):
     trace_context: dict[str, str] | None = Field(
         default=None, description="The trace context the run was started with, if any."
     )
+    cleanup: ErrorInfo | None = Field(
+        default=None,
+        description=(
+            "Set when the run is claimed for its cleanup (`cleaning_up`): the cancellation or"
+            " timeout its code sees where the run was, before it ends."
+        ),
+    )
 
 
 class ClaimResponse(ResponseModel):
@@ -392,7 +399,7 @@ class WorkerSummary(ResponseModel):
     capabilities: list[WorkflowCapability]
     """The (workflow, version, pool) triples it declared on its last claim."""
     running: Count
-    """Runs it holds now."""
+    """Runs it holds now (running, or claimed for their cleanup)."""
     last_seen_at: Timestamp
     """Its last claim or heartbeat."""
     live: bool

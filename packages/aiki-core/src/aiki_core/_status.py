@@ -49,6 +49,9 @@ class RunStatus(StrEnum):
     """Suspended while a task endpoint runs a long remote task attempt."""
     PAUSED = "paused"
     """Held by an operator; keeps its state until resumed."""
+    CLEANING_UP = "cleaning_up"
+    """Cancelled or timed out: a worker runs its cleanup code (hooks, compensations,
+    `finally` blocks) before it ends as `cancelled` or `failed`, within a deadline."""
     COMPLETED = "completed"
     """Ended with a result."""
     FAILED = "failed"
@@ -93,20 +96,23 @@ RUN_INITIAL_STATUSES: frozenset[RunStatus] = frozenset({_R.SCHEDULED, _R.QUEUED}
 """Statuses a run may be created in (`scheduled` for a delayed start)."""
 
 # Every waiting status may be re-queued (the wait ended), paused, cancelled, or failed
-# (the run's deadline passed while it waited).
-_FROM_WAITING = frozenset({_R.QUEUED, _R.PAUSED, _R.CANCELLED, _R.FAILED})
+# (the run's deadline passed while it waited), or go to its cleanup (cancelled or timed
+# out after it ran).
+_FROM_WAITING = frozenset({_R.QUEUED, _R.PAUSED, _R.CLEANING_UP, _R.CANCELLED, _R.FAILED})
 
 RUN_TRANSITIONS: Mapping[RunStatus, frozenset[RunStatus]] = MappingProxyType(
     {
         # failed: its deadline (start time plus timeout) passed before it was started
         _R.SCHEDULED: frozenset({_R.QUEUED, _R.PAUSED, _R.CANCELLED, _R.FAILED}),
-        _R.QUEUED: frozenset({_R.RUNNING, _R.PAUSED, _R.CANCELLED, _R.FAILED}),
+        # cleaning_up: a run queued again after it ran (woken, released) has code to clean up
+        _R.QUEUED: frozenset({_R.RUNNING, _R.PAUSED, _R.CLEANING_UP, _R.CANCELLED, _R.FAILED}),
         _R.RUNNING: frozenset(
             {
                 # a worker released the run, or its claim went idle
                 _R.QUEUED,
                 *RUN_WAITING_STATUSES,
                 _R.PAUSED,
+                _R.CLEANING_UP,
                 *RUN_TERMINAL_STATUSES,
             }
         ),
@@ -118,7 +124,12 @@ RUN_TRANSITIONS: Mapping[RunStatus, frozenset[RunStatus]] = MappingProxyType(
         # resume re-queues the run (replay re-establishes any wait) or, for a run paused
         # before its delayed start, returns it to `scheduled`, and one paused during a
         # retry back-off not yet over to `awaiting_retry`
-        _R.PAUSED: frozenset({_R.QUEUED, _R.SCHEDULED, _R.AWAITING_RETRY, _R.CANCELLED, _R.FAILED}),
+        _R.PAUSED: frozenset(
+            {_R.QUEUED, _R.SCHEDULED, _R.AWAITING_RETRY, _R.CLEANING_UP, _R.CANCELLED, _R.FAILED}
+        ),
+        # the cleanup ends the run, whether its worker finished it or its deadline passed;
+        # a cleanup is claimed and released without a change of status
+        _R.CLEANING_UP: frozenset({_R.CANCELLED, _R.FAILED}),
         _R.COMPLETED: frozenset(),
         _R.FAILED: frozenset(),
         _R.CANCELLED: frozenset(),

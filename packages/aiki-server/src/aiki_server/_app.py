@@ -123,6 +123,8 @@ class ServerSettings:
 
     claim_idle_timeout: timedelta = timedelta(seconds=90)
     """Re-queue a running run whose worker has not heartbeated for this long."""
+    cleanup_timeout: timedelta = timedelta(seconds=60)
+    """How long a cancelled or timed-out run's cleanup may take before the run ends anyway."""
     max_body_bytes: int = 2 * 1024 * 1024
     """Larger request bodies are refused with 413."""
     max_tasks_per_run: int = 10_000
@@ -226,6 +228,7 @@ def create_app(db_url: str, settings: ServerSettings | None = None) -> FastAPI:
         settings.max_payload_bytes,
         settings.max_events_per_run,
         settings.max_history_per_run,
+        settings.cleanup_timeout,
     )
     runs = Runs(db, hub, clock, limits)
     claims = Claims(db, hub, clock, limits)
@@ -239,7 +242,7 @@ def create_app(db_url: str, settings: ServerSettings | None = None) -> FastAPI:
     retention = Retention(
         db, clock, RetentionSettings(settings.retention, settings.worker_retention)
     )
-    timers = TimerDaemon(db, hub, clock, schedules.fire)
+    timers = TimerDaemon(db, hub, clock, schedules.fire, cleanup_ms=limits.cleanup_ms)
     backoff = PushBackoff(cool_off_ms=to_millis(settings.push_cool_off))
     dispatcher = Dispatcher(db, hub, clock, claims, writes, backoff=backoff)
     # an answer of any size a worker could record (its request and payload limits)

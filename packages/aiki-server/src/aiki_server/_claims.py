@@ -4,6 +4,11 @@ It gets them with everything their replays need. Most polls find nothing, and lo
 before they take the write lock. A run whose claim fails (a row the server cannot
 hand out, say) must not hold up the runs queued behind it: it is set aside at the
 back of its queue, and failed after a few such claims.
+
+Cleanups go first: a cancelled or timed-out run waiting in `cleaning_up` for a worker
+is claimed before the queued runs of the same triples, without a change of status
+and without flow control (its deadline is short, and it ends the run). A cleanup
+whose claim fails is left to its deadline, which ends the run all the same.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from aiki_core.wire import (
 )
 from aiki_server._clock import from_ms
 from aiki_server._flow import LIMITED, Group, admit
-from aiki_server._lifecycle import move_run, record_history
+from aiki_server._lifecycle import HELD, hand_cleanup, move_run, record_history
 from aiki_server._logs import component
 from aiki_server._metrics import grouped_runs_query
 from aiki_server._notify import queue_topic, slots_topic
@@ -130,11 +135,12 @@ class Claims:
                 " ORDER BY last_seen_at DESC, id",
                 namespace,
             )
-            held = await tx.fetch(  # the running runs alone (`runs_claim_due`)
+            held = await tx.fetch(  # the held runs alone (`runs_claim_due`)
                 f"SELECT claimed_by, COUNT(*) AS n FROM runs WHERE {tx.unindexed}namespace = $1"
-                " AND claim_expires_at IS NOT NULL AND status = $2 GROUP BY claimed_by",
+                f" AND claim_expires_at IS NOT NULL AND status {tx.in_array(2)}"
+                " GROUP BY claimed_by",
                 namespace,
-                RunStatus.RUNNING.value,
+                tx.array(list(HELD)),
             )
         running = {row["claimed_by"]: row["n"] for row in held}
         live_since = self._clock() - self._limits.claim_idle_ms
@@ -203,14 +209,60 @@ class Claims:
         capabilities: list[tuple[str, str, str]],
         limit: int,
     ) -> list[ClaimedRun]:
-        args: list[Any] = [namespace, RunStatus.QUEUED.value]
-        triples = []
-        for workflow, version, pool in capabilities:
-            n = len(args)
-            triples.append(
-                f"(status = $2 AND workflow = ${n + 1} AND version = ${n + 2} AND pool = ${n + 3})"
+        claimed = await self._claim_cleanups(namespace, worker_id, capabilities, limit)
+        if len(claimed) < limit:
+            claimed += await self._claim_queued(
+                namespace, worker_id, capabilities, limit - len(claimed)
             )
-            args += [workflow, version, pool]
+        return claimed
+
+    async def _claim_cleanups(
+        self,
+        namespace: str,
+        worker_id: str,
+        capabilities: list[tuple[str, str, str]],
+        limit: int,
+    ) -> list[ClaimedRun]:
+        """Claim up to `limit` runs waiting in `cleaning_up` for a worker."""
+        args: list[Any] = [namespace, RunStatus.CLEANING_UP.value]
+        waiting = (
+            f"FROM runs WHERE namespace = $1 AND status = $2 AND claimed_by IS NULL"
+            f" AND ({_triples(capabilities, args)}) ORDER BY rank, id LIMIT {int(limit)}"
+        )
+        async with self._db.reader() as reader:  # almost always none: look first
+            if not await reader.fetch(f"SELECT id {waiting}", *args):
+                return []
+
+        async def claim(tx: Tx) -> list[ClaimedRun]:
+            rows = await tx.fetch(f"SELECT * {waiting}{tx.skip_locked}", *args)
+            now = self._clock()
+            expires = now + self._limits.claim_idle_ms
+            claimed: list[Row] = []
+            for row in rows:
+                reason = f"cleanup claimed by {worker_id}"
+                revision = await hand_cleanup(
+                    tx, row, now, reason, worker_id=worker_id, expires=expires
+                )
+                claimed.append({**row, "revision": revision, "updated_at": now})
+            return await _handed_out(tx, claimed, first_claims=set())
+
+        try:
+            return await self._db.write(claim)
+        except Exception as exc:
+            if self._not_the_runs_fault(exc):
+                raise
+            _log.error("a cleanup cannot be claimed; left to its deadline", {"error": repr(exc)})
+            return []
+
+    async def _claim_queued(
+        self,
+        namespace: str,
+        worker_id: str,
+        capabilities: list[tuple[str, str, str]],
+        limit: int,
+    ) -> list[ClaimedRun]:
+        args: list[Any] = [namespace, RunStatus.QUEUED.value]
+        triples = _triples(capabilities, args)
         args.append(limit)
         # most polls find nothing: look before taking the write lock
         async with self._db.reader() as reader:
@@ -218,7 +270,7 @@ class Claims:
             # status first: the namespace's index would walk every run it ever had
             queued = (
                 f"FROM runs WHERE {reader.unindexed}namespace = $1"
-                f" AND ({' OR '.join(triples)}) ORDER BY rank, id LIMIT ${len(args)}"
+                f" AND ({triples}) ORDER BY rank, id LIMIT ${len(args)}"
             )
             found = await reader.fetch(f"SELECT id, {LIMITED} AS limited {queued}", *args)
         if not found:
@@ -343,21 +395,8 @@ class Claims:
                         "updated_at": now,
                     }
                 )
-            parts = await replay_parts(
-                tx,
-                [r["id"] for r in claimed],
-                first_claims={r["id"] for r in rows if r["revision"] == 0},
-            )
-            # built inside the transaction: a row that does not make a claim rolls it back
-            return [
-                ClaimedRun(
-                    run=run_summary(r),
-                    input=json.loads(r["input"]),
-                    trace_context=r["trace_context"] and json.loads(r["trace_context"]),
-                    **parts[r["id"]],
-                )
-                for r in claimed
-            ]
+            first_claims = {r["id"] for r in rows if r["revision"] == 0}
+            return await _handed_out(tx, claimed, first_claims=first_claims)
 
         return await self._db.write(claim)
 
@@ -415,6 +454,44 @@ class Claims:
             )
 
         await self._db.write(set_aside)
+
+
+def _triples(capabilities: list[tuple[str, str, str]], args: list[Any]) -> str:
+    """The condition that a run in status `$2` is of one of the triples, their values added
+    to `args`: each triple is a range of the queue's index (`runs_queue`), status first."""
+    triples = []
+    for workflow, version, pool in capabilities:
+        n = len(args)
+        triples.append(
+            f"(status = $2 AND workflow = ${n + 1} AND version = ${n + 2} AND pool = ${n + 3})"
+        )
+        args += [workflow, version, pool]
+    return " OR ".join(triples)
+
+
+async def _handed_out(tx: Tx, claimed: list[Row], *, first_claims: set[str]) -> list[ClaimedRun]:
+    """The claims of the rows just claimed, with everything their replays need.
+
+    Built inside the transaction: a row that does not make a claim rolls it back.
+    """
+    parts = await replay_parts(tx, [r["id"] for r in claimed], first_claims=first_claims)
+    return [
+        ClaimedRun(
+            run=run_summary(r),
+            input=json.loads(r["input"]),
+            trace_context=r["trace_context"] and json.loads(r["trace_context"]),
+            cleanup=_cleanup(r),
+            **parts[r["id"]],
+        )
+        for r in claimed
+    ]
+
+
+def _cleanup(run: Row) -> ErrorInfo | None:
+    """What a run claimed for its cleanup ends with (its error), or None."""
+    if run["status"] != RunStatus.CLEANING_UP or run["error"] is None:
+        return None
+    return ErrorInfo.model_validate(json.loads(run["error"]))
 
 
 def _past(

@@ -125,6 +125,13 @@ def _serve_options(target: argparse.ArgumentParser, *, inherit: bool) -> None:
         help="re-queue a run whose worker stopped heartbeating [AIKI_CLAIM_IDLE_TIMEOUT]",
     )
     target.add_argument(
+        "--cleanup-timeout",
+        type=float,
+        default=default(float(_env("AIKI_CLEANUP_TIMEOUT", "60"))),
+        metavar="SECONDS",
+        help="how long a cancelled or timed-out run's cleanup may take [AIKI_CLEANUP_TIMEOUT]",
+    )
+    target.add_argument(
         "--max-body-bytes",
         type=int,
         default=default(int(_env("AIKI_MAX_BODY_BYTES", str(2 * 1024 * 1024)))),
@@ -426,6 +433,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         settings = ServerSettings(
             claim_idle_timeout=timedelta(seconds=args.claim_idle_timeout),
+            cleanup_timeout=timedelta(seconds=args.cleanup_timeout),
             max_body_bytes=args.max_body_bytes,
             max_tasks_per_run=args.max_tasks_per_run,
             max_payload_bytes=args.max_payload_bytes,

@@ -20,6 +20,14 @@ those the worker reported, and when the run stops waiting (re-queued, paused, en
 the ones still pending are withdrawn; its next execution reports again whatever it
 still waits for. So `end_wait`, the one rule of every wake-up, needs no status of
 its own: a wait that ends re-queues the run, whatever else it waits for.
+
+A run that ran (it is running or waiting, or has anything on record) and is then
+cancelled or times out does not end at once: it goes to `cleaning_up` (fenced), with
+the status it ends in (`cleanup_status`), its error, and a deadline of its own. A
+worker claims it there (`hand_cleanup`: the status stays, the revision moves) and
+replays it to run its cleanup code; whatever it reports then ends the run
+(`end_cleanup`), as does the deadline, or a second cancel. Descendants are
+cancelled at once, as before.
 """
 
 from __future__ import annotations
@@ -46,6 +54,8 @@ if TYPE_CHECKING:
 _log = component("runs")
 
 TERMINAL = tuple(s.value for s in (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED))
+HELD = (RunStatus.RUNNING.value, RunStatus.CLEANING_UP.value)
+"""Statuses in which a worker may hold the run (a `cleaning_up` one once claimed)."""
 _PAUSED_INSTEAD = frozenset({RunStatus.QUEUED, *RUN_WAITING_STATUSES})
 """Where a running run may go that a requested pause turns into `paused`."""
 
@@ -95,14 +105,15 @@ async def locked_run(tx: Tx, run_id: str, namespace: str) -> Row:
 
 
 async def claimed_run(tx: Tx, run_id: str, namespace: str, revision: int) -> Row:
-    """The locked row of a running run its worker writes, fenced by the claim's `revision`.
+    """The locked row of a claimed run its worker writes, fenced by the claim's `revision`.
 
-    A stale revision raises `StaleRevisionError`, a run not running `IllegalTransitionError`.
+    A stale revision raises `StaleRevisionError`, a run no worker holds (neither running
+    nor claimed for its cleanup) `IllegalTransitionError`.
     """
     run = await locked_run(tx, run_id, namespace)
     if run["revision"] != revision:
         raise StaleRevisionError(run_id, revision, run["revision"])
-    if run["status"] != RunStatus.RUNNING:
+    if run["status"] not in HELD or run["claimed_by"] is None:
         raise IllegalTransitionError("run", run_id, run["status"], "written by its worker")
     return run
 
@@ -138,17 +149,23 @@ async def move_run(
         "timer_failures": 0,
         "timer_error": None,
     }
-    if current is RunStatus.RUNNING:
+    freed = current is RunStatus.RUNNING or (
+        current is RunStatus.CLEANING_UP and run["claimed_by"] is not None
+    )
+    if freed:
         values |= {"claimed_by": None, "claim_expires_at": None, "pause_requested": 0}
     if current in RUN_WAITING_STATUSES or target is RunStatus.PAUSED:  # no longer suspended
         await withdraw_waits(tx, run["id"])
-    if target is RunStatus.QUEUED:  # ranked by priority alone (see `_flow`): a cheap write
+    if target in (RunStatus.QUEUED, RunStatus.CLEANING_UP):
+        # ranked by priority alone (see `_flow`): a cheap write
         rank = now - int(run["priority"]) * tx.flow.step_ms
         values |= {"ready_at": now, "rank": rank, "wake_at": None}
+    if target.is_terminal or target is RunStatus.CLEANING_UP:
+        # long remote attempts of an ended run are dropped: their answers find no row (a
+        # cleanup sees the cancellation where the run waited for one)
+        await tx.execute("DELETE FROM task_pushes WHERE run_id = $1", run["id"])
     if target.is_terminal:
         values |= {"finished_at": now, "wake_at": None, "deadline_at": None}
-        # long remote attempts of an ended run are dropped: their answers find no row
-        await tx.execute("DELETE FROM task_pushes WHERE run_id = $1", run["id"])
     values |= columns
     if target is RunStatus.PAUSED or (current in RUN_WAITING_STATUSES and "waits" not in columns):
         values["waits"] = None
@@ -175,9 +192,8 @@ async def move_run(
         now=now,
     )
     tx.publish(run_topic(run["id"]))
-    if target is RunStatus.QUEUED:  # a run to claim
+    if target in (RunStatus.QUEUED, RunStatus.CLEANING_UP):  # a run (or a cleanup) to claim
         tx.publish(*queued_topics(run["namespace"], run["workflow"], run["version"], run["pool"]))
-    freed = current is RunStatus.RUNNING
     if freed and await tx.limited.includes(tx, run["namespace"], run["workflow"]):
         # a slot of its concurrency limit free again: for a run of any of its triples
         tx.publish(*slots_topics(run["namespace"], run["workflow"]))
@@ -247,12 +263,106 @@ async def _wake_parent(tx: Tx, child_run_id: str, parent_run_id: str, now: int) 
         await end_wait(tx, parent, now, f"child {child_run_id} ended")
 
 
+async def ran(tx: Tx, run: Row) -> bool:
+    """Whether `run` has code to clean up: it is running or waiting, or has a record.
+
+    A run never claimed (scheduled, queued or paused with nothing on record) has none.
+    """
+    status = RunStatus(run["status"])
+    if status is RunStatus.RUNNING or status in RUN_WAITING_STATUSES:
+        return True
+    if status not in (RunStatus.QUEUED, RunStatus.PAUSED):
+        return False
+    row = await tx.fetchrow(
+        "SELECT CASE WHEN EXISTS (SELECT 1 FROM tasks WHERE run_id = $1)"
+        " OR EXISTS (SELECT 1 FROM sleeps WHERE run_id = $1)"
+        " OR EXISTS (SELECT 1 FROM event_waits WHERE run_id = $1)"
+        " OR EXISTS (SELECT 1 FROM runs WHERE parent_run_id = $1) THEN 1 ELSE 0 END AS ran",
+        run["id"],
+    )
+    return row is not None and bool(row["ran"])
+
+
+async def hand_cleanup(
+    tx: Tx, run: Row, now: int, reason: str, *, worker_id: str | None, expires: int | None
+) -> int:
+    """Hand a `cleaning_up` run to `worker_id` (None: back to the queue); its new revision.
+
+    The status stays; the revision moves, so the worker that held it can write no more.
+    """
+    revision = int(run["revision"]) + 1
+    values: dict[str, Any] = {
+        "claimed_by": worker_id,
+        "claim_expires_at": expires,
+        "revision": revision,
+        "updated_at": now,
+    }
+    if worker_id is None:
+        values |= {"ready_at": now, "rank": now - int(run["priority"]) * tx.flow.step_ms}
+    names = list(values)
+    assignments = ", ".join(f"{name} = ${i}" for i, name in enumerate(names, start=2))
+    await tx.execute(f"UPDATE runs SET {assignments} WHERE id = $1", run["id"], *values.values())
+    status = RunStatus.CLEANING_UP.value
+    await record_history(
+        tx,
+        namespace=run["namespace"],
+        run_id=run["id"],
+        entity="run",
+        entity_id=run["id"],
+        from_status=status,
+        to_status=status,
+        reason=reason,
+        revision=revision,
+        now=now,
+    )
+    tx.publish(run_topic(run["id"]))
+    if worker_id is None:  # a cleanup to claim
+        tx.publish(*queued_topics(run["namespace"], run["workflow"], run["version"], run["pool"]))
+    return revision
+
+
+async def end_cleanup(tx: Tx, run: Row, now: int, reason: str) -> None:
+    """End a `cleaning_up` run as its cleanup says, with the error it has; live children too."""
+    target = RunStatus(run["cleanup_status"])
+    await move_run(tx, run, target, now, reason, fence=True)
+    await _cancel_descendants(tx, run, target, now, reason)
+
+
 async def end_run_and_descendants(
-    tx: Tx, run: Row, target: RunStatus, now: int, reason: str, error: ErrorInfo
+    tx: Tx,
+    run: Row,
+    target: RunStatus,
+    now: int,
+    reason: str,
+    error: ErrorInfo,
+    *,
+    cleanup_ms: int | None = None,
 ) -> None:
-    """End `run` as `target` (fenced), and cancel every live descendant, depth first."""
+    """End `run` as `target` (fenced), and cancel every live descendant, depth first.
+
+    With `cleanup_ms`, a run that `ran` goes to `cleaning_up` first, for that long at
+    most; a run already cleaning up ends at once.
+    """
     error_json = dump(error.model_dump(mode="json"))
-    await move_run(tx, run, target, now, reason, fence=True, error=error_json)
+    if cleanup_ms is not None and run["status"] != RunStatus.CLEANING_UP and await ran(tx, run):
+        await move_run(
+            tx,
+            run,
+            RunStatus.CLEANING_UP,
+            now,
+            f"{reason}; cleaning up",
+            fence=True,
+            error=error_json,
+            cleanup_status=target.value,
+            deadline_at=now + cleanup_ms,
+        )
+    else:
+        await move_run(tx, run, target, now, reason, fence=True, error=error_json)
+    await _cancel_descendants(tx, run, target, now, reason)
+
+
+async def _cancel_descendants(tx: Tx, run: Row, target: RunStatus, now: int, reason: str) -> None:
+    """Cancel every live descendant of `run` at once, depth first."""
     children = await tx.fetch(
         f"SELECT * FROM runs WHERE parent_run_id = $1 AND status NOT IN ($2, $3, $4){tx.lock_rows}",
         run["id"],
@@ -271,8 +381,13 @@ async def end_run_and_descendants(
         )
 
 
-async def cancel_run_and_descendants(tx: Tx, run: Row, now: int, reason: str | None) -> None:
-    """Cancel `run` (fenced) with every live descendant; `reason` goes into its error."""
+async def cancel_run_and_descendants(
+    tx: Tx, run: Row, now: int, reason: str | None, *, cleanup_ms: int | None = None
+) -> None:
+    """Cancel `run` (fenced) with every live descendant; `reason` goes into its error.
+
+    With `cleanup_ms`, a run that ran cleans up first (see `end_run_and_descendants`).
+    """
     run_id = run["id"]
     error = ErrorInfo(
         type="aiki_core.WorkflowCancelledError",
@@ -281,4 +396,6 @@ async def cancel_run_and_descendants(tx: Tx, run: Row, now: int, reason: str | N
         code="workflow_cancelled",
         details={"run_id": run_id, "reason": reason},
     )
-    await end_run_and_descendants(tx, run, RunStatus.CANCELLED, now, reason or "cancelled", error)
+    await end_run_and_descendants(
+        tx, run, RunStatus.CANCELLED, now, reason or "cancelled", error, cleanup_ms=cleanup_ms
+    )

@@ -39,6 +39,8 @@ class Limits:
     max_history_per_run: int = 100_000
     """History a run may write (its status moves and new task calls); a worker's next
     write to it fails the run with `RunRecordLimitError`."""
+    cleanup_timeout: timedelta = timedelta(seconds=60)
+    """How long a cancelled or timed-out run's cleanup may take; then the run ends anyway."""
 
     def dump_payload(self, value: JsonValue, field: str) -> str:
         """`value` as stored (compact JSON); `PayloadTooLargeError` naming `field` if too large."""
@@ -53,6 +55,11 @@ class Limits:
     def claim_idle_ms(self) -> int:
         """`claim_idle_timeout` in milliseconds."""
         return to_millis(self.claim_idle_timeout)
+
+    @property
+    def cleanup_ms(self) -> int:
+        """`cleanup_timeout` in milliseconds."""
+        return to_millis(self.cleanup_timeout)
 
 
 class BodyTooLarge(HTTPException):

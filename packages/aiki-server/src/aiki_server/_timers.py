@@ -5,9 +5,11 @@ One pass handles, for at most `batch` runs each:
   sleep awaited together with a child, which is that child wait's timeout): the run
   goes back to the queue, its due sleeps complete and due waits time out;
 - passed deadlines: the run fails with `WorkflowTimeoutError`, its children are
-  cancelled, and a worker holding it is fenced off;
+  cancelled, and a worker holding it is fenced off; a run that ran cleans up first
+  (`cleaning_up`, until `cleanup_ms` more have passed), and a cleanup's own deadline
+  ends the run as its cleanup would have;
 - idle claims: a running run whose worker stopped heartbeating is re-queued
-  (fenced), so another worker resumes it;
+  (fenced), so another worker resumes it (a cleanup goes back to be claimed again);
 - due schedules: each starts the run of its latest occurrence (as its overlap
   policy allows) and moves on to its next one (see `_schedules`).
 
@@ -39,7 +41,15 @@ from typing import TYPE_CHECKING
 import anyio
 
 from aiki_core import ErrorInfo, RunStatus, WorkflowTimeoutError
-from aiki_server._lifecycle import TERMINAL, end_run_and_descendants, move_run, requeue
+from aiki_server._lifecycle import (
+    HELD,
+    TERMINAL,
+    end_cleanup,
+    end_run_and_descendants,
+    hand_cleanup,
+    move_run,
+    requeue,
+)
 from aiki_server._logs import component, run_ids
 from aiki_server._notify import TIMERS
 from aiki_server._rows import dump
@@ -67,6 +77,7 @@ _WAKEABLE = tuple(
 )
 _WAKEABLE_SQL = ", ".join(f"'{s}'" for s in _WAKEABLE)
 _TERMINAL_SQL = ", ".join(f"'{s}'" for s in TERMINAL)
+_HELD_SQL = ", ".join(f"'{s}'" for s in HELD)
 
 SET_ASIDE_AFTER = 5
 """Failures in a row after which the daemon leaves a due row alone."""
@@ -82,8 +93,11 @@ _NEXT_DUE = " UNION ALL ".join(
             for status in _WAKEABLE
         ),
         f"SELECT MIN(deadline_at) FROM runs WHERE deadline_at IS NOT NULL AND {_LIVE}",
-        "SELECT MIN(claim_expires_at) FROM runs WHERE status = 'running'"
-        f" AND claim_expires_at IS NOT NULL AND {_LIVE}",
+        *(
+            f"SELECT MIN(claim_expires_at) FROM runs WHERE status = '{status}'"
+            f" AND claim_expires_at IS NOT NULL AND {_LIVE}"
+            for status in sorted(HELD)
+        ),
         f"SELECT MIN(next_fire_at) FROM schedules WHERE paused = 0 AND {_LIVE}",
     ]
 )
@@ -106,7 +120,10 @@ class _Kind:
 
 
 class TimerDaemon:
-    """Runs due timers until cancelled; `fire_schedule` handles a due (locked) schedule."""
+    """Runs due timers until cancelled; `fire_schedule` handles a due (locked) schedule.
+
+    `cleanup_ms` bounds the cleanup of a run whose deadline passes after it ran.
+    """
 
     def __init__(
         self,
@@ -117,6 +134,7 @@ class TimerDaemon:
         *,
         batch: int = 200,
         max_idle: float = 1.0,
+        cleanup_ms: int = 60_000,
     ):
         self._db = db
         self._hub = hub
@@ -136,13 +154,13 @@ class TimerDaemon:
                 "runs",
                 f"deadline_at <= $1 AND status NOT IN ({_TERMINAL_SQL})",
                 "deadline_at",
-                _expire,
+                partial(_expire, cleanup_ms=cleanup_ms),
                 reread=True,
             ),
             _Kind(
                 "idle claim",
                 "runs",
-                "claim_expires_at <= $1 AND status = 'running'",
+                f"claim_expires_at <= $1 AND status IN ({_HELD_SQL})",
                 "claim_expires_at",
                 _release_idle_claim,
             ),
@@ -315,16 +333,26 @@ async def _wake(tx: Tx, run: Row, now: int) -> None:
     await requeue(tx, run, now, reason)
 
 
-async def _expire(tx: Tx, run: Row, now: int) -> None:
-    """A passed deadline: the run fails as timed out (a delayed start too), children cancelled."""
+async def _expire(tx: Tx, run: Row, now: int, *, cleanup_ms: int) -> None:
+    """A passed deadline: the run fails as timed out (a delayed start too), children cancelled.
+
+    A run that ran cleans up first; a cleanup past its own deadline ends the run.
+    """
+    if run["status"] == RunStatus.CLEANING_UP:
+        reason = "cleanup deadline passed: ended without its cleanup finished"
+        await end_cleanup(tx, run, now, reason)
+        return
     timeout = WorkflowTimeoutError(run["id"], int(run["timeout_ms"] or 0))
+    error = ErrorInfo.from_exception(timeout)
     await end_run_and_descendants(
-        tx, run, RunStatus.FAILED, now, "timed out", ErrorInfo.from_exception(timeout)
+        tx, run, RunStatus.FAILED, now, "timed out", error, cleanup_ms=cleanup_ms
     )
 
 
 async def _release_idle_claim(tx: Tx, run: Row, now: int) -> None:
     """An idle claim: the run goes back to the queue (fenced), for another worker."""
-    await move_run(
-        tx, run, RunStatus.QUEUED, now, f"claim of {run['claimed_by']} went idle", fence=True
-    )
+    reason = f"claim of {run['claimed_by']} went idle"
+    if run["status"] == RunStatus.CLEANING_UP:
+        await hand_cleanup(tx, run, now, reason, worker_id=None, expires=None)
+        return
+    await move_run(tx, run, RunStatus.QUEUED, now, reason, fence=True)

@@ -3,7 +3,9 @@
 Heartbeats, task records, children and transitions (complete, fail, suspend,
 release, continue as new): one transaction each.
 Each carries the revision its claim returned, and a stale one is rejected before
-anything is written (`claimed_run`).
+anything is written (`claimed_run`). A run claimed for its cleanup (`cleaning_up`) is
+written the same way; whatever its worker reports then ends the run as its cleanup
+says (a release gives the cleanup back to be claimed again).
 """
 
 from __future__ import annotations
@@ -38,7 +40,10 @@ from aiki_core.wire import (
 )
 from aiki_server._clock import to_ms
 from aiki_server._lifecycle import (
+    HELD,
     claimed_run,
+    end_cleanup,
+    hand_cleanup,
     lock_run,
     move_run,
     read_summary,
@@ -54,6 +59,7 @@ if TYPE_CHECKING:
     from aiki_core.wire import (
         HeartbeatRequest,
         RecordTaskRequest,
+        RunAction,
         RunSummary,
         StartChildRequest,
         TransitionRunRequest,
@@ -88,7 +94,7 @@ class WorkerWrites:
             if not req.runs:
                 return HeartbeatResponse(runs=[])
             rows = await tx.fetch(
-                "SELECT id, status, revision, claimed_by, pause_requested FROM runs"
+                "SELECT id, status, revision, claimed_by, pause_requested, cleanup_status FROM runs"
                 f" WHERE namespace = $1 AND id {tx.in_array(2)}",
                 namespace,
                 tx.array([lease.run_id for lease in req.runs]),
@@ -105,10 +111,11 @@ class WorkerWrites:
                 # the conditions fence a release that committed after the read above
                 await tx.execute(
                     "UPDATE runs SET claim_expires_at = $1 WHERE claimed_by = $2"
-                    f" AND status = 'running' AND id {tx.in_array(3)}",
+                    f" AND status {tx.in_array(4)} AND id {tx.in_array(3)}",
                     now + self._limits.claim_idle_ms,
                     req.worker_id,
                     tx.array(keep),
+                    tx.array(list(HELD)),
                 )
             return HeartbeatResponse(runs=answers)
 
@@ -198,7 +205,9 @@ class WorkerWrites:
                     raise StaleRevisionError(run_id, task.revision, run["revision"])
             for task in req.tasks:
                 await write_task(tx, run, task, now, self._limits)
-            if isinstance(action, CompleteRun):
+            if run["status"] == RunStatus.CLEANING_UP:
+                await _after_cleanup(tx, run, action, now)
+            elif isinstance(action, CompleteRun):
                 await move_run(
                     tx,
                     run,
@@ -230,7 +239,7 @@ class WorkerWrites:
 
         async def move(tx: Tx) -> None:
             run = await claimed_run(tx, run_id, namespace, revision)
-            await requeue(tx, run, self._clock(), reason)
+            await _release(tx, run, self._clock(), reason)
 
         try:
             await self._db.write(move)
@@ -275,6 +284,26 @@ class WorkerWrites:
             )
 
         await self._db.write(fail)
+
+
+async def _release(tx: Tx, run: Row, now: int, reason: str) -> None:
+    """Give a claimed run back: to the queue, or a cleanup to be claimed again."""
+    if run["status"] == RunStatus.CLEANING_UP:
+        await hand_cleanup(tx, run, now, reason, worker_id=None, expires=None)
+    else:
+        await requeue(tx, run, now, reason)
+
+
+async def _after_cleanup(tx: Tx, run: Row, action: RunAction, now: int) -> None:
+    """A cleanup's report: the run ends as its cleanup says, unless it was given back.
+
+    The code's own outcome (a result, an error, a wait) does not change how the run
+    ends: it was cancelled or timed out, with the error it already has.
+    """
+    if isinstance(action, ReleaseRun):
+        await _release(tx, run, now, _RELEASED)
+    else:
+        await end_cleanup(tx, run, now, f"cleaned up ({action.kind} reported)")
 
 
 async def _continue(tx: Tx, run: Row, action: ContinueRun, now: int, limits: Limits) -> None:
@@ -349,8 +378,12 @@ def _directive(run: Row | None, revision: int, worker_id: str) -> RunDirective:
     if run["status"] == RunStatus.CANCELLED:
         return RunDirective.CANCEL
     if run["revision"] != revision or run["claimed_by"] != worker_id:
+        # the worker that held a run cancelled into its cleanup is told it was cancelled
+        cancelled = run["cleanup_status"] == RunStatus.CANCELLED
+        if run["status"] == RunStatus.CLEANING_UP and cancelled:
+            return RunDirective.CANCEL
         return RunDirective.LOST
-    if run["status"] != RunStatus.RUNNING:
+    if run["status"] not in HELD:
         return RunDirective.LOST
     if run["pause_requested"]:
         return RunDirective.PAUSE  # stop at the next task boundary, with the claim

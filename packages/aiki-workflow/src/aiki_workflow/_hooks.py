@@ -10,6 +10,10 @@ and run before the body; `after` tasks take it too and run once the run ends, af
 An attempt that will be retried under the version's retry policy has not ended: its
 `on_error` and `after` tasks wait for the last attempt. `on_sleep` takes a
 `SleepInfo` and runs each time the run is about to sleep.
+
+A run cancelled or timed out after it ran runs its hooks in its cleanup: `on_cancel`
+(which takes the cancellation's `ErrorInfo`) or, for a timeout, `on_error`, then the
+`after` tasks; `on_complete` does not run, whatever the code returned.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict
+
+from aiki_core import WorkflowCancelledError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -60,6 +66,7 @@ class Hooks:
     on_complete: HookTask[Any] | None = None
     on_error: HookTask[ErrorInfo] | None = None
     on_sleep: HookTask[SleepInfo] | None = field(default=None)
+    on_cancel: HookTask[ErrorInfo] | None = None
 
     async def run_before(self, run: TaskRunContext, payload: object) -> None:
         """The `before` tasks, in order."""
@@ -77,6 +84,15 @@ class Hooks:
         if self.on_error is not None:
             await self.on_error.start(run, _without_stacks(error))
         await self._run_after(run, payload)
+
+    async def run_cleanup(self, run: TaskRunContext, payload: object, error: ErrorInfo) -> None:
+        """A cancelled run's `on_cancel`, a timed-out one's `on_error`; then the `after` tasks."""
+        if error.code == WorkflowCancelledError.code:
+            if self.on_cancel is not None:
+                await self.on_cancel.start(run, _without_stacks(error))
+            await self._run_after(run, payload)
+        else:
+            await self.run_failed(run, payload, error)
 
     async def _run_after(self, run: TaskRunContext, payload: object) -> None:
         for hook in self.after:

@@ -44,6 +44,14 @@ cancelled, and the worker reports every wait at once and lets the run go, so
 workflow's own code (the loser of a race) withdraws its wait: it is not reported,
 and the server withdraws it too. Due times (a sleep's, a timeout's, a retry's) are
 sent as durations and set by the server's clock, never by this process's.
+
+A run claimed for its cleanup (cancelled or timed out after it ran) replays the same
+way up to the point where it was: the first call that is not on record (a task, a
+child's start) or that would wait raises the cancellation (`WorkflowCancelledError`)
+or the timeout (`WorkflowTimeoutError`) into the code there. From then on its
+cleanup code (`except`, `finally`, a `Saga`'s compensations, the hooks) runs tasks
+as usual, recorded as usual; only a wait raises the error again, as a cleanup cannot
+suspend.
 """
 
 from __future__ import annotations
@@ -78,6 +86,8 @@ from aiki_core import (
     TaskExecutionInfo,
     TaskFailedError,
     TaskStatus,
+    WorkflowCancelledError,
+    WorkflowTimeoutError,
 )
 from aiki_core.sdk import TaskAttemptInfo, intercepted, new_run_id
 from aiki_core.wire import (
@@ -349,6 +359,25 @@ class WorkflowRun:
         # the server's clock when it handed out the claim (a claim updates the run):
         # what a recorded due time is compared with, as this process's clock may be off
         self._claimed_at = claim.run.updated_at
+        self.cleanup: ErrorInfo | None = claim.cleanup
+        """Set when the run is claimed for its cleanup: how it ends (cancelled, timed out)."""
+        self._interrupted = False
+        """Whether this cleanup raised its error where the run was."""
+
+    def _reached(self, *, waits: bool = False) -> None:
+        """New work (or, with `waits`, a wait) begins: in a cleanup, raise its error here.
+
+        Only the first new step raises (where the run was); every wait does.
+        """
+        if self.cleanup is None or (self._interrupted and not waits):
+            return
+        self._interrupted = True
+        details = self.cleanup.details
+        if self.cleanup.code == WorkflowTimeoutError.code:
+            timeout_ms = details.get("timeout_ms")
+            raise WorkflowTimeoutError(self.id, timeout_ms if isinstance(timeout_ms, int) else 0)
+        reason = details.get("reason")
+        raise WorkflowCancelledError(self.id, reason if isinstance(reason, str) else None)
 
     @property
     def revision(self) -> int:
@@ -376,6 +405,7 @@ class WorkflowRun:
         earlier = 0
         notice = None
         if record is None:
+            self._reached()
             if self._unused[invocation.name] or (
                 self._strict_replay and any(n > 0 for n in self._unused.values())
             ):
@@ -401,6 +431,7 @@ class WorkflowRun:
                     codec, CodecContext.task(self.id, address, occurrence, "error")
                 )
                 raise TaskFailedError(self.id, invocation.name, error)
+            self._reached()
             if record.status is TaskStatus.RUNNING:
                 # a long remote attempt the server pushes on: its outcome re-queues the run
                 await self.block(AwaitTask(address=address, occurrence=occurrence))
@@ -728,6 +759,7 @@ class WorkflowRun:
         record = self._children.get((address, occurrence))
         if record is not None:
             return record.run_id, address, occurrence
+        self._reached()
         # writes in flight: the run must not suspend under them (see `block`)
         with self._task_in_flight():
             # the child's input may come from earlier results: on record before it starts
@@ -825,8 +857,10 @@ class WorkflowRun:
         The run suspends (its body is cancelled) once no task is running and nothing
         moves for a few scheduler turns: the other branches, if any, are blocked too.
         A branch cancelled by the workflow's code instead (it lost a race, say)
-        withdraws `wait`: the run no longer waits for it.
+        withdraws `wait`: the run no longer waits for it. In a cleanup, it raises the
+        cleanup's error instead: a cleanup cannot suspend.
         """
+        self._reached(waits=True)
         self._waits.append(wait)
         self._poke()
         try:

@@ -242,7 +242,10 @@ class WorkflowVersion(Generic[InT, OutT]):
         return outcome
 
     async def _body(self, run: WorkflowRun, payload: InT) -> CompleteRun | FailRun:
-        """The hooks around the workflow's function; how the run (or this attempt) ends."""
+        """The hooks around the workflow's function; how the run (or this attempt) ends.
+
+        In a cleanup the run ends with the cleanup's error, whatever the function did.
+        """
         await self.hooks.run_before(run, payload)
         try:
             result = await self.fn(run, payload)
@@ -254,9 +257,14 @@ class WorkflowVersion(Generic[InT, OutT]):
                 ) from None
         except Exception as exc:
             failure = self._failure(run, exc)
-            if not failure.retries:  # the run ends: a retried attempt has not
+            if run.cleanup is not None:
+                await self.hooks.run_cleanup(run, payload, run.cleanup)
+            elif not failure.retries:  # the run ends: a retried attempt has not
                 await self.hooks.run_failed(run, payload, failure.error)
             return failure
+        if run.cleanup is not None:
+            await self.hooks.run_cleanup(run, payload, run.cleanup)
+            return FailRun(error=run.cleanup)
         await self.hooks.run_completed(run, payload, validated)
         encoded = run.codec.encode(
             self._output.dump_python(validated, mode="json"), CodecContext.run(run.id, "result")
@@ -295,6 +303,7 @@ class Workflow:
         on_complete: HookTask[Any] | None = None,
         on_error: HookTask[ErrorInfo] | None = None,
         on_sleep: HookTask[SleepInfo] | None = None,
+        on_cancel: HookTask[ErrorInfo] | None = None,
         strict_replay: bool = False,
         rate_limit: RateLimit[Any] | None = None,
         concurrency: Concurrency[Any] | None = None,
@@ -303,8 +312,10 @@ class Workflow:
         """Declare `version`: `retry` retries the whole run, `timeout` bounds it.
 
         `task_retry` is the policy of tasks that declare none (default: no retries).
-        `before`, `after`, `on_complete`, `on_error` and `on_sleep` are lifecycle
-        tasks, run durably (see `aiki_workflow._hooks`). With `strict_replay`, a replay
+        `before`, `after`, `on_complete`, `on_error`, `on_sleep` and `on_cancel` are
+        lifecycle tasks, run durably (see `aiki_workflow._hooks`); a run cancelled or
+        timed out after it ran runs `on_cancel` (or `on_error`) and `after` in its
+        cleanup. With `strict_replay`, a replay
         that calls a task not on record while recorded calls are still unused fails
         the run with `ReplayDivergenceError` instead of running it. `rate_limit`
         takes units from a server rate limit with each start of a run (`start`; not
@@ -315,7 +326,7 @@ class Workflow:
         the flow control guide.
         """
         _check_priority(priority)
-        hooks = Hooks(before, after, on_complete, on_error, on_sleep)
+        hooks = Hooks(before, after, on_complete, on_error, on_sleep, on_cancel)
 
         def declare(fn: WorkflowFunction[InT, OutT]) -> WorkflowVersion[InT, OutT]:
             if version in self.versions:

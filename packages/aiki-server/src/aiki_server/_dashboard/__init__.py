@@ -457,6 +457,8 @@ def _actions_for(run: RunDetail, *, live: bool) -> list[str]:
     """The actions that make sense for the run as it is."""
     if not live:
         return []
+    if run.status == RunStatus.CLEANING_UP:  # only a second cancel: it ends the run now
+        return ["cancel"]
     actions = []
     if run.status == RunStatus.PAUSED or run.pause_requested:
         actions.append("resume")
