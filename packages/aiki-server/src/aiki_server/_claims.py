@@ -457,8 +457,10 @@ class Claims:
 
 
 def _triples(capabilities: list[tuple[str, str, str]], args: list[Any]) -> str:
-    """The condition that a run in status `$2` is of one of the triples, their values added
-    to `args`: each triple is a range of the queue's index (`runs_queue`), status first."""
+    """The condition that a run in status `$2` is of one of the triples; values to `args`.
+
+    Each triple is a range of the queue's index (`runs_queue`), which holds the status first.
+    """
     triples = []
     for workflow, version, pool in capabilities:
         n = len(args)

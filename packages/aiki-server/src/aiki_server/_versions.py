@@ -26,7 +26,7 @@ from aiki_core.wire import (
 )
 from aiki_server._endpoints import list_endpoints
 from aiki_server._lifecycle import TERMINAL, record_history
-from aiki_server._notify import QUEUE, run_topic
+from aiki_server._notify import queued_topics, run_topic
 from aiki_server._rows import run_summary
 
 if TYPE_CHECKING:
@@ -117,8 +117,9 @@ async def migrate_runs(
             now=now,
         )
         tx.publish(run_topic(run["id"]))
-    if any(r["status"] == RunStatus.QUEUED for r in movable):
-        tx.publish(QUEUE)  # workers of the new version may claim them at once
+    # workers of the new version may claim the queued ones at once
+    for pool in sorted({r["pool"] for r in movable if r["status"] == RunStatus.QUEUED}):
+        tx.publish(*queued_topics(namespace, req.workflow, req.to_version, pool))
     served = await served_triples(tx, namespace, live_since)
     unserved_pools = sorted(
         {r["pool"] for r in movable} - {p for w, v, p in served if (w, v) == _to(req)}
