@@ -24,6 +24,7 @@ from server_api import (
     task_record,
     timer_pass,
     transition,
+    until_waiting,
 )
 
 if TYPE_CHECKING:
@@ -334,6 +335,30 @@ async def test_wait_for_a_given_status_returns_when_it_is_reached(
     )
     assert r.status_code == 200, r.text
     assert r.json()["status"] == "queued"
+
+
+async def test_a_wait_is_woken_by_its_own_run_alone(harness: Harness) -> None:
+    """Another run's moves wake no wait on this run, nor does time: its own move does."""
+    h = harness
+    hub = h.app.state.hub
+    mine, other = await start(h.client), await start(h.client)
+    answers: list[dict[str, Any]] = []
+
+    async def wait() -> None:
+        r = await h.client.get(f"/runs/{mine['id']}/wait", params={"timeout_ms": 60_000})
+        assert r.status_code == 200, r.text
+        answers.append(r.json())
+
+    idle = hub.waiting  # the daemons' subscriptions
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(wait)
+        await until_waiting(h, idle + 1)
+        assert (await h.client.post(f"/runs/{other['id']}/cancel")).status_code == 200
+        assert hub.wakeups["run"] == 0
+        assert not answers
+        assert (await h.client.post(f"/runs/{mine['id']}/cancel")).status_code == 200
+    assert [a["status"] for a in answers] == ["cancelled"]
+    assert hub.wakeups["run"] == 1
 
 
 async def test_wait_is_woken_when_the_run_completes(server: httpx.AsyncClient) -> None:

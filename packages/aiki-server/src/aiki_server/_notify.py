@@ -38,7 +38,7 @@ def run_topic(run_id: str) -> str:
 
 def queue_topic(namespace: str, workflow: str, version: str, pool: str) -> str:
     """The topic published when a run of the triple is queued."""
-    return _scoped("queue", namespace, workflow, version, pool)
+    return _scoped("claim", namespace, workflow, version, pool)
 
 
 def slots_topic(namespace: str, workflow: str) -> str:
@@ -84,9 +84,9 @@ class Subscription:
         self._hub.unsubscribe(self)
 
     def wake(self, topic: str) -> None:
-        """Wake the waiter (once: later publications find it awake), counted under `topic`."""
+        """Wake the waiter (once: later publications find it awake), counted by `topic`'s kind."""
         if not self._event.is_set():
-            self._hub.wakeups[topic] += 1
+            self._hub.wakeups[topic.partition(":")[0]] += 1
             self._event.set()
 
     async def wait(self, timeout: float) -> bool:
@@ -102,8 +102,8 @@ class WakeHub:
     def __init__(self) -> None:
         self._waiting: dict[str, set[Subscription]] = {}
         self.wakeups: Counter[str] = Counter()
-        """Subscriptions woken so far, by the topic that woke them (what the tests of
-        scoped wake-ups observe)."""
+        """Subscriptions woken so far, by the kind of topic that woke them: `claim`,
+        `slots`, `run`, `queue`, `timers` (what the tests of scoped wake-ups observe)."""
 
     def subscribe(self, *topics: str) -> Subscription:
         """Subscribe to the next publication of any of `topics` (until the subscription is left)."""
