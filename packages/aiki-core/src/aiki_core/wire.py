@@ -204,9 +204,6 @@ __all__ = (
     "ConcurrencyLimitPage",
     "ConcurrencySpec",
     "SetConcurrencyLimitRequest",
-    # retention
-    "RetentionInfo",
-    "SetRetentionRequest",
     # rate limits
     "AcquireRateLimitRequest",
     "AcquireRateLimitResponse",
@@ -214,6 +211,9 @@ __all__ = (
     "RateLimitPage",
     "RateLimitUse",
     "SetRateLimitRequest",
+    # retention
+    "RetentionInfo",
+    "SetRetentionRequest",
     # push delivery to endpoints
     "CreateEndpointRequest",
     "CreateEndpointResponse",
