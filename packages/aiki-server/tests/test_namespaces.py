@@ -555,6 +555,51 @@ async def clear_a_limit(t: Tenants) -> None:
     assert (await t.a.delete("/concurrency-limits/w")).status_code == 200
 
 
+# -- retention -----------------------------------------------------------------------------
+
+
+async def retention_of(client: httpx.AsyncClient) -> dict[str, Any]:
+    r = await client.get("/retention")
+    assert r.status_code == 200, r.text
+    info: dict[str, Any] = r.json()
+    return info
+
+
+@case("PUT", "/retention")
+async def set_a_retention(t: Tenants) -> None:
+    r = await t.a.put("/retention", json={"retention": 1000})
+    assert r.status_code == 200, r.text
+    before = await retention_of(t.a)
+
+    r = await t.b.put("/retention", json={"retention": None})
+
+    assert r.status_code == 200, r.text
+    assert await retention_of(t.a) == before
+    assert (await retention_of(t.b))["namespace"] == "team-b"
+
+
+@case("GET", "/retention")
+async def read_a_retention(t: Tenants) -> None:
+    r = await t.a.put("/retention", json={"retention": 1000})
+    assert r.status_code == 200, r.text
+
+    theirs = await retention_of(t.b)
+
+    assert (theirs["namespace"], theirs["source"]) == ("team-b", "server")
+
+
+@case("DELETE", "/retention")
+async def clear_a_retention(t: Tenants) -> None:
+    r = await t.a.put("/retention", json={"retention": 1000})
+    assert r.status_code == 200, r.text
+    before = await retention_of(t.a)
+
+    r = await t.b.delete("/retention")
+
+    assert r.status_code == 200, r.text
+    assert await retention_of(t.a) == before
+
+
 # -- push endpoints ------------------------------------------------------------------------
 
 

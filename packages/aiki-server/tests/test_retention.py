@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
@@ -303,3 +303,26 @@ def test_server_options(monkeypatch: pytest.MonkeyPatch) -> None:
     for bad in (["--retention", "soon"], ["--worker-retention", "forever"]):
         with pytest.raises(SystemExit):
             _parser().parse_args(bad)
+
+
+async def test_a_run_that_cannot_be_deleted_is_left_alone(harness: Harness) -> None:
+    h = harness
+    stuck, other = await completed(h.client), await completed(h.client)
+
+    async def pin(tx: Any) -> None:  # a row the sweep does not know keeps `stuck`
+        await tx.execute("CREATE TABLE pins (run_id TEXT NOT NULL REFERENCES runs (id))")
+        await tx.execute("INSERT INTO pins (run_id) VALUES ($1)", stuck)
+
+    await h.app.state.db.write(pin)
+    h.advance(31 * DAY_MS)
+    assert await sweep(h) == 1
+    assert await exists(h, stuck)
+    assert not await exists(h, other)
+    assert (await rows_of(h, stuck))["tasks"] == 1  # nothing of it went
+
+    async def unpin(tx: Any) -> None:
+        await tx.execute("DELETE FROM pins")
+
+    await h.app.state.db.write(unpin)
+    assert await sweep(h) == 1
+    assert not await exists(h, stuck)

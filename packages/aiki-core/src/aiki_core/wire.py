@@ -225,9 +225,6 @@ __all__ = (
     "ConcurrencyLimitPage",
     "ConcurrencySpec",
     "SetConcurrencyLimitRequest",
-    # retention
-    "RetentionInfo",
-    "SetRetentionRequest",
     # rate limits
     "AcquireRateLimitRequest",
     "AcquireRateLimitResponse",
@@ -235,6 +232,9 @@ __all__ = (
     "RateLimitPage",
     "RateLimitUse",
     "SetRateLimitRequest",
+    # retention
+    "RetentionInfo",
+    "SetRetentionRequest",
     # push delivery to endpoints
     "CreateEndpointRequest",
     "CreateEndpointResponse",

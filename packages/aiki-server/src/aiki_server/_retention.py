@@ -187,7 +187,8 @@ class Retention:
         The oldest go first, with all they hold. A batch holds at most `batch` runs,
         of at most `_TASK_BUDGET` task calls in all (one run at least, of at most the
         server's task calls per run), so one transaction deletes a bounded number of
-        rows.
+        rows. A batch that fails is undone and deleted again run by run, each in its
+        own savepoint: a run that cannot be deleted is logged and left, alone.
         """
         rows = await tx.fetch(
             "SELECT r.id, r.task_count FROM runs r"
@@ -210,23 +211,25 @@ class Retention:
             chosen.append(row["id"])
         if not chosen:
             return 0, False
-        ids = tx.array(chosen)
-        ours = tx.in_array(1)
-        await tx.execute(
-            "DELETE FROM task_attempts WHERE task_id IN"
-            f" (SELECT id FROM tasks WHERE run_id {ours})",
-            ids,
-        )
-        # event waits point at events, and child waits of a parent at its children
-        await tx.execute(f"DELETE FROM event_waits WHERE run_id {ours}", ids)
-        await tx.execute(f"DELETE FROM child_waits WHERE run_id {ours}", ids)
-        await tx.execute(f"DELETE FROM child_waits WHERE child_run_id {ours}", ids)
-        for table in _RUN_TABLES:
-            await tx.execute(f"DELETE FROM {table} WHERE run_id {ours}", ids)
-        count = await tx.execute(f"DELETE FROM runs WHERE id {ours}", ids)
+        try:
+            async with tx.savepoint():
+                count = await _purge(tx, chosen)
+        except Exception:  # found and logged below, run by run
+            count = 0
+            for run_id in chosen:
+                try:
+                    async with tx.savepoint():
+                        count += await _purge(tx, [run_id])
+                except Exception as exc:
+                    _log.error(
+                        "ended run could not be deleted; tried again at the next sweep",
+                        {"run_id": run_id, "error": repr(exc)},
+                    )
         tx.observe(lambda metrics: metrics.retention_deleted("runs", count))
-        # a run taken by another replica meanwhile is skipped, not counted: look again
-        return count, len(rows) == self._batch or len(chosen) < len(rows)
+        # a run taken by another replica meanwhile is skipped, not counted: look again,
+        # unless nothing could be deleted (runs that fail stay at the head of the order)
+        full = len(rows) == self._batch or len(chosen) < len(rows)
+        return count, count > 0 and full
 
     async def _delete_workers(self, tx: Tx) -> tuple[int, bool]:
         """One batch of workers not heard from for `worker_retention`."""
@@ -239,6 +242,23 @@ class Retention:
         )
         tx.observe(lambda metrics: metrics.retention_deleted("workers", count))
         return count, count == self._batch
+
+
+async def _purge(tx: Tx, run_ids: list[str]) -> int:
+    """Delete the runs and every row they hold; how many runs there were."""
+    ids = tx.array(run_ids)
+    ours = tx.in_array(1)
+    await tx.execute(
+        f"DELETE FROM task_attempts WHERE task_id IN (SELECT id FROM tasks WHERE run_id {ours})",
+        ids,
+    )
+    # event waits point at events, and child waits of a parent at its children
+    await tx.execute(f"DELETE FROM event_waits WHERE run_id {ours}", ids)
+    await tx.execute(f"DELETE FROM child_waits WHERE run_id {ours}", ids)
+    await tx.execute(f"DELETE FROM child_waits WHERE child_run_id {ours}", ids)
+    for table in _RUN_TABLES:
+        await tx.execute(f"DELETE FROM {table} WHERE run_id {ours}", ids)
+    return await tx.execute(f"DELETE FROM runs WHERE id {ours}", ids)
 
 
 def _namespace_info(namespace: str, retention_ms: int | None, updated_at: int) -> RetentionInfo:
