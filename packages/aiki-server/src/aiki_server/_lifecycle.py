@@ -30,6 +30,7 @@ from aiki_core import (
     ErrorInfo,
     IllegalTransitionError,
     NotFoundError,
+    ParentClosePolicy,
     RunStatus,
     StaleRevisionError,
 )
@@ -181,6 +182,7 @@ async def move_run(
         tx.observe(lambda metrics: _ended(metrics, run, target, now))
         if run["parent_run_id"] is not None:
             await _wake_parent(tx, run["id"], run["parent_run_id"], now)
+        await _close_children(tx, run["id"], target, now, reason)
     elif current is RunStatus.QUEUED and target is RunStatus.RUNNING:
         tx.observe(lambda metrics: metrics.run_claimed(run, now))
     return revision
@@ -244,29 +246,50 @@ async def _wake_parent(tx: Tx, child_run_id: str, parent_run_id: str, now: int) 
 async def end_run_and_descendants(
     tx: Tx, run: Row, target: RunStatus, now: int, reason: str, error: ErrorInfo
 ) -> None:
-    """End `run` as `target` (fenced), and cancel every live descendant, depth first."""
+    """End `run` as `target` (fenced); its live children go by their parent-close policies."""
     error_json = dump(error.model_dump(mode="json"))
     await move_run(tx, run, target, now, reason, fence=True, error=error_json)
+
+
+async def _close_children(
+    tx: Tx, parent_id: str, target: RunStatus, now: int, parent_reason: str
+) -> None:
+    """Apply the parent-close policy of each live child of a parent that just ended.
+
+    `terminate` ends the child cancelled at once, `request_cancel` cancels it as a
+    client's cancel does, `abandon` leaves it be. Either way the child's own live
+    children then go by their own policies, as it ends.
+    """
     children = await tx.fetch(
-        f"SELECT * FROM runs WHERE parent_run_id = $1 AND status NOT IN ($2, $3, $4){tx.lock_rows}",
-        run["id"],
+        f"SELECT * FROM runs WHERE parent_run_id = $1 AND status NOT IN ($2, $3, $4)"
+        " AND (parent_close_policy IS NULL OR parent_close_policy <> $5)"
+        f" ORDER BY id{tx.lock_rows}",
+        parent_id,
         *TERMINAL,
+        ParentClosePolicy.ABANDON.value,
     )
+    ended = f"parent run {parent_id} ended as {target.value}"
     for child in children:
+        if child["parent_close_policy"] == ParentClosePolicy.REQUEST_CANCEL:
+            await cancel_run_and_descendants(tx, child, now, ended)
+            continue
         cancelled = ErrorInfo(
             type="aiki_core.WorkflowCancelledError",
-            message=f"parent run {run['id']} ended as {target.value}",
+            message=ended,
             retryable=False,
             code="workflow_cancelled",
-            details={"run_id": child["id"], "reason": reason},
+            details={"run_id": child["id"], "reason": parent_reason},
         )
         await end_run_and_descendants(
-            tx, child, RunStatus.CANCELLED, now, f"parent {run['id']} {target.value}", cancelled
+            tx, child, RunStatus.CANCELLED, now, f"parent {parent_id} {target.value}", cancelled
         )
 
 
 async def cancel_run_and_descendants(tx: Tx, run: Row, now: int, reason: str | None) -> None:
-    """Cancel `run` (fenced) with every live descendant; `reason` goes into its error."""
+    """Cancel `run` (fenced); `reason` goes into its error.
+
+    Its live children go by their parent-close policies (`_close_children`).
+    """
     run_id = run["id"]
     error = ErrorInfo(
         type="aiki_core.WorkflowCancelledError",

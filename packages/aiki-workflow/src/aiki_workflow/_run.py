@@ -69,6 +69,7 @@ from aiki_core import (
     ConflictError,
     ErrorInfo,
     InvalidRequestError,
+    ParentClosePolicy,
     PayloadValidationError,
     RemoteError,
     ReplayDivergenceError,
@@ -716,6 +717,7 @@ class WorkflowRun:
         timeout: timedelta | None,
         priority: int | None = None,
         concurrency: ConcurrencySpec | None = None,
+        parent_close_policy: ParentClosePolicy = ParentClosePolicy.TERMINATE,
     ) -> tuple[RunId, TaskAddress, int]:
         """Start a child run once per (address, occurrence); its id, address and occurrence.
 
@@ -745,6 +747,7 @@ class WorkflowRun:
                 timeout=timeout,
                 priority=priority,
                 concurrency=concurrency,
+                parent_close_policy=parent_close_policy,
             )
             started = await self._write(self._execution.start_child(request))
         return started.run.id, address, occurrence

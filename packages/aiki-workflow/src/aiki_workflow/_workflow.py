@@ -24,6 +24,7 @@ from aiki_core import (
     CodecError,
     Concurrency,
     ErrorInfo,
+    ParentClosePolicy,
     PayloadValidationError,
     RateLimit,
     RetryPolicy,
@@ -179,12 +180,15 @@ class WorkflowVersion(Generic[InT, OutT]):
         pool: str | None = None,
         timeout: timedelta | None = None,
         priority: int | None = None,
+        parent_close_policy: ParentClosePolicy = ParentClosePolicy.TERMINATE,
     ) -> ChildRun[OutT]:
         """Start a run of this version as a child of `run` (once, even across replays).
 
-        The child runs in the parent's pool unless `pool` is given; cancelling the
-        parent cancels it. `await child.result()` waits for it durably. `priority`
-        overrides the version's; its concurrency key is computed from `payload`.
+        The child runs in the parent's pool unless `pool` is given. When the parent
+        ends, however it ends, the server applies `parent_close_policy`: `TERMINATE`
+        cancels the child at once, `REQUEST_CANCEL` cancels it as a client would,
+        `ABANDON` lets it run on. `await child.result()` waits for it durably.
+        `priority` overrides the version's; its concurrency key is computed from `payload`.
         """
         run_id, address, occurrence = await run.start_child(
             self.workflow,
@@ -192,6 +196,7 @@ class WorkflowVersion(Generic[InT, OutT]):
             self.encode_payload(payload),
             pool=pool,
             timeout=timeout if timeout is not None else self.timeout,
+            parent_close_policy=parent_close_policy,
             **self.flow_control(payload, priority),
         )
         return ChildRun(run, run_id, address, occurrence, self.decode_result)
