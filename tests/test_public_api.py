@@ -17,6 +17,7 @@ EXPECTED_EXPORTS: dict[str, tuple[str, ...]] = {
         "AikiError",
         "AikiTimeoutError",
         "AuthenticationError",
+        "CatchUpPolicy",
         "ChildRun",
         "Client",
         "CodecError",
@@ -86,6 +87,7 @@ EXPECTED_EXPORTS: dict[str, tuple[str, ...]] = {
     ),
     "aiki_core": (
         # statuses and policies
+        "CatchUpPolicy",
         "Concurrency",
         "ConcurrencyStrategy",
         "OverlapPolicy",
@@ -285,7 +287,11 @@ EXPECTED_CORE_SUBMODULES: dict[str, tuple[str, ...]] = {
         "TransitionRunResponse",
         "WorkflowCapability",
         # webhooks and schedules
+        "MAX_BACKFILL",
+        "BackfillRequest",
+        "BackfillResponse",
         "CreateScheduleRequest",
+        "UpdateScheduleRequest",
         "CreateWebhookRequest",
         "CreateWebhookResponse",
         "Schedule",

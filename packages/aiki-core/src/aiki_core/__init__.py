@@ -63,11 +63,12 @@ from aiki_core._parent_close import ParentClosePolicy
 from aiki_core._public import show_public_path as _show_public_path
 from aiki_core._rate_limits import RateLimit
 from aiki_core._retry import RetryPolicy
-from aiki_core._schedules import OverlapPolicy
+from aiki_core._schedules import CatchUpPolicy, OverlapPolicy
 from aiki_core._status import RunStatus, TaskStatus
 
 __all__ = (
     # statuses and policies
+    "CatchUpPolicy",
     "Concurrency",
     "ConcurrencyStrategy",
     "OverlapPolicy",

@@ -129,7 +129,15 @@ from aiki_core._records import (
     TaskAttemptRecord,
     TaskRecord,
 )
-from aiki_core._schedules import CreateScheduleRequest, Schedule, SchedulePage
+from aiki_core._schedules import (
+    MAX_BACKFILL,
+    BackfillRequest,
+    BackfillResponse,
+    CreateScheduleRequest,
+    Schedule,
+    SchedulePage,
+    UpdateScheduleRequest,
+)
 from aiki_core._status import (
     RUN_INITIAL_STATUSES,
     RUN_TERMINAL_STATUSES,
@@ -193,7 +201,11 @@ __all__ = (
     "TransitionRunResponse",
     "WorkflowCapability",
     # webhooks and schedules
+    "MAX_BACKFILL",
+    "BackfillRequest",
+    "BackfillResponse",
     "CreateScheduleRequest",
+    "UpdateScheduleRequest",
     "CreateWebhookRequest",
     "CreateWebhookResponse",
     "Schedule",
