@@ -143,3 +143,22 @@ async def test_an_unknown_policy_is_refused(harness: Harness) -> None:
     )
     error_of(r, 422, "payload_validation")
     assert (await get_run(h.client, parent["id"]))["children"] == []
+
+
+@pytest.mark.parametrize("how", ["completed", "cancelled"])
+async def test_a_chain_deeper_than_the_stack_closes(harness: Harness, how: str) -> None:
+    """Each level a child of the one before: closed by a loop, whatever the depth."""
+    h = harness
+    depth = 400  # several frames a level: recursion would pass Python's limit of 1000
+    await start(h.client, workflow="level0")
+    top = (await claim_one(h.client, "level0"))["run"]
+    holder = top
+    chain = []
+    for level in range(1, depth + 1):
+        child = await start_child(h, holder, f"level{level}", "terminate")
+        chain.append(child["id"])
+        holder = (await claim_one(h.client, f"level{level}"))["run"]
+    await end_parent(h, top, how)
+    r = await h.client.get("/runs", params={"status": "cancelled", "limit": 500})
+    cancelled = {run["id"] for run in r.json()["runs"]}
+    assert set(chain) <= cancelled

@@ -24,6 +24,7 @@ its own: a wait that ends re-queues the run, whatever else it waits for.
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from aiki_core import (
@@ -251,6 +252,10 @@ async def end_run_and_descendants(
     await move_run(tx, run, target, now, reason, fence=True, error=error_json)
 
 
+_CLOSING: ContextVar[list[tuple[str, RunStatus, str]] | None] = ContextVar("_CLOSING", default=None)
+"""The parents whose children are still to close, while a transaction's task closes some."""
+
+
 async def _close_children(
     tx: Tx, parent_id: str, target: RunStatus, now: int, parent_reason: str
 ) -> None:
@@ -258,8 +263,27 @@ async def _close_children(
 
     `terminate` ends the child cancelled at once, `request_cancel` cancels it as a
     client's cancel does, `abandon` leaves it be. Either way the child's own live
-    children then go by their own policies, as it ends.
+    children then go by their own policies, as it ends. A tree of any depth is closed
+    by one loop, level after level, not by recursion (a deep chain of children would
+    exhaust the stack, and the parent could never end).
     """
+    pending = _CLOSING.get()
+    if pending is not None:  # a closing further up takes this parent in its loop
+        pending.append((parent_id, target, parent_reason))
+        return
+    pending = [(parent_id, target, parent_reason)]
+    token = _CLOSING.set(pending)
+    try:
+        while pending:
+            await _apply_policies(tx, *pending.pop(), now)
+    finally:
+        _CLOSING.reset(token)
+
+
+async def _apply_policies(
+    tx: Tx, parent_id: str, target: RunStatus, parent_reason: str, now: int
+) -> None:
+    """End or cancel the live children of one ended parent, as their policies say."""
     children = await tx.fetch(
         f"SELECT * FROM runs WHERE parent_run_id = $1 AND status NOT IN ($2, $3, $4)"
         " AND (parent_close_policy IS NULL OR parent_close_policy <> $5)"
