@@ -11,7 +11,14 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from aiki_core import ConsoleLogger, LogLevel, ParentClosePolicy, RunStatus, WorkflowFailedError
+from aiki_core import (
+    ConsoleLogger,
+    LogLevel,
+    ParentClosePolicy,
+    RunId,
+    RunStatus,
+    WorkflowFailedError,
+)
 from aiki_worker import Worker
 from aiki_workflow import WorkflowRun, event, workflow
 
@@ -56,7 +63,7 @@ async def test_each_policy_applies_when_the_parent_ends(client: Client, fail: bo
             ids = failed.value.error.message.split()
         else:
             ids = await handle.result(timeout=WAIT)
-        terminated, requested, abandoned = (client.run_handle(i) for i in ids)
+        terminated, requested, abandoned = (client.run_handle(RunId(i)) for i in ids)
         for cancelled in (terminated, requested):
             detail = await cancelled.detail()
             assert detail.status is RunStatus.CANCELLED
