@@ -235,3 +235,14 @@ async def test_a_too_long_or_reversed_backfill_is_422_and_starts_nothing(
     await backfill(h.client, schedule["id"], START_MS + MINUTE, START_MS, status=422)
     r = await h.client.get("/runs", params={"workflow": "w"})
     assert r.json()["runs"] == []
+
+
+async def test_a_backfill_from_the_first_moments_of_the_calendar(harness: Harness) -> None:
+    h = harness
+    schedule = await create_schedule(h.client, cron="0 * * * *", every=None, timezone="Asia/Tokyo")
+    r = await h.client.post(
+        f"/schedules/{schedule['id']}/backfill",
+        json={"start": "0001-01-01T00:00:00Z", "end": "0001-01-02T00:00:00Z"},
+    )
+    assert r.status_code == 200, r.text
+    assert r.json() == {"run_ids": [], "started": 0}

@@ -407,15 +407,17 @@ class Schedules:
     ) -> BackfillResponse:
         """Start the run of each past occurrence in [`start`, `end`), once per occurrence.
 
-        Occurrences after now are left to the schedule. A span of more than
+        Occurrences after now (or before 1970) are left out. A span of more than
         `MAX_BACKFILL` occurrences is refused (422) before anything starts.
         """
 
         async def start(tx: Tx) -> BackfillResponse:
             schedule = await _schedule(tx, namespace, schedule_id, lock=True)
             now = self._clock()
-            end = min(to_ms(req.end), now + 1)
-            occurrences = Cadence.of(schedule).between(to_ms(req.start), end, MAX_BACKFILL + 1)
+            # past occurrences only, and none before 1970 (cron times are local times,
+            # which the first moments of the calendar have none of)
+            start, end = max(to_ms(req.start), 0), min(to_ms(req.end), now + 1)
+            occurrences = Cadence.of(schedule).between(start, end, MAX_BACKFILL + 1)
             if len(occurrences) > MAX_BACKFILL:
                 raise PayloadValidationError(
                     f"invalid request: the span has more than {MAX_BACKFILL} occurrences;"
