@@ -112,6 +112,7 @@ async def test_the_updated_definition_is_what_create_finds_again(harness: Harnes
         ({"every": 10}, "every"),
         ({"catch_up": "some"}, "catch_up"),
         ({"timezone": "Mars/Olympus"}, "timezone"),
+        ({"paused": 0}, "paused"),
     ],
 )
 async def test_an_invalid_update_is_422_and_changes_nothing(
@@ -223,7 +224,7 @@ async def test_backfill_leaves_future_occurrences_to_the_schedule(harness: Harne
     assert len(fired) == 6
 
 
-async def test_a_too_long_or_reversed_backfill_is_422_and_starts_nothing(
+async def test_a_too_long_backfill_is_422_and_a_reversed_one_empty(
     harness: Harness,
 ) -> None:
     h = harness
@@ -232,7 +233,10 @@ async def test_a_too_long_or_reversed_backfill_is_422_and_starts_nothing(
     h.clock.advance(HOUR)
     body = await backfill(h.client, schedule["id"], START_MS, START_MS + HOUR, status=422)
     assert "1000" in body["error"]["message"]
-    await backfill(h.client, schedule["id"], START_MS + MINUTE, START_MS, status=422)
+    assert await backfill(h.client, schedule["id"], START_MS + MINUTE, START_MS) == {
+        "run_ids": [],
+        "started": 0,
+    }
     r = await h.client.get("/runs", params={"workflow": "w"})
     assert r.json()["runs"] == []
 

@@ -28,6 +28,7 @@ from aiki_core._error_info import ErrorInfo
 from aiki_core._ids import DEFAULT_POOL, Namespace, PoolName, RunId, ScheduleId
 from aiki_core._wire import (
     NO_NUL,
+    Boolean,
     ClientId,
     Count,
     Fingerprint,
@@ -178,7 +179,7 @@ class UpdateScheduleRequest(RequestModel):
     timezone: Timezone | None = None
     overlap: OverlapPolicy | None = None
     timeout: Duration | None = None
-    paused: bool | None = None
+    paused: Boolean | None = None
     catch_up: CatchUpPolicy | None = None
     catch_up_window: CatchUpWindow | None = None
 
@@ -200,17 +201,12 @@ class BackfillRequest(RequestModel):
 
     Each starts with the occurrence's reference id, so a backfill given twice (or
     overlapping what the schedule fired) starts nothing twice. The overlap policy
-    does not apply: every occurrence of the span gets its run.
+    does not apply: every occurrence of the span gets its run. An `end` not after
+    `start` is an empty span.
     """
 
     start: Timestamp
     end: Timestamp
-
-    @model_validator(mode="after")
-    def _ordered(self) -> Self:
-        if self.end <= self.start:
-            raise ValueError("end must be after start")
-        return self
 
 
 class BackfillResponse(ResponseModel):
