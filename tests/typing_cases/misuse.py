@@ -16,6 +16,7 @@ from aiki_workflow import WorkflowRun, workflow
 
 if TYPE_CHECKING:
     from aiki_client import Client
+    from aiki_core.wire import ClaimedRun
 
 
 class Order(BaseModel):
@@ -62,6 +63,35 @@ async def orders_v2(run: WorkflowRun, order: Order) -> Receipt:
     await resize.start(run, order)  # error: a remote task's payload type
     again: int = await charge.remote().start(run, order)  # error: the shared definition's result
     return Receipt(txn=txn + thumb.url + width + str(again))
+
+
+class Db:
+    name = "orders-db"
+
+
+def open_db(claim: ClaimedRun) -> Db:
+    return Db()
+
+
+async def open_db_async(claim: ClaimedRun) -> Db:
+    return Db()
+
+
+@orders.v("3", create_context=open_db)
+async def orders_v3(run: WorkflowRun[Db], order: Order) -> str:
+    name: str = run.ctx.name
+    wrong: int = run.ctx.name  # error: run.ctx is typed by the version's factory
+    return name + str(wrong)
+
+
+@orders.v("4", create_context=open_db_async)
+async def orders_v4(run: WorkflowRun[Db], order: Order) -> str:
+    return run.ctx.name
+
+
+@orders.v("5", create_context=open_db_async)  # error: the run's context type is not the factory's
+async def orders_v5(run: WorkflowRun[int], order: Order) -> str:
+    return str(run.ctx)
 
 
 async def misuse(client: Client) -> None:

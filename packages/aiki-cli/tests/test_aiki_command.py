@@ -260,6 +260,29 @@ async def test_schedules_from_the_command_line(server: ServerProcess, client: Cl
     assert (await aiki("schedules", "show", sid, "--json")).json()["paused"] is True
     assert (await aiki("schedules", "resume", sid, "--json")).json()["paused"] is False
     assert "nightly" in (await aiki("schedules", "show", sid)).out
+    updated = (await aiki(
+        "schedules", "update", sid, "--every", "1h", "--input", "2", "--timeout", "10m",
+        "--catch-up", "all", "--catch-up-window", "2h", "--pause", "--json",
+    )).json()  # fmt: skip
+    assert (updated["id"], updated["cron"], updated["every"], updated["input"]) == (
+        sid,
+        None,
+        3_600_000,
+        2,
+    )
+    assert (updated["timeout"], updated["catch_up"], updated["paused"]) == (600_000, "all", True)
+    assert "all, within 2:00:00" in (await aiki("schedules", "show", sid)).out
+    untimed = (await aiki("schedules", "update", sid, "--no-timeout", "--json")).json()
+    assert (untimed["timeout"], untimed["input"]) == (None, 2)
+    # the hourly occurrences of the last five and a half hours, on the creation's grid
+    filled = (await aiki("schedules", "backfill", sid, "330m", "0m", "--json")).json()
+    assert (len(filled["run_ids"]), filled["started"]) == (6, 6)
+    again = (await aiki("schedules", "backfill", sid, "330m", "0m", "--json")).json()
+    assert (again["run_ids"], again["started"]) == (filled["run_ids"], 0)
+    for run_id in filled["run_ids"]:
+        assert (await client.run_handle(run_id).detail()).schedule_id == sid
+    bad = await aiki("schedules", "update", sid, "--cron", "* * * * *", "--every", "1m")
+    assert bad.code == 2
     assert (await aiki("schedules", "delete", sid)).code == 0
     assert (await aiki("schedules", "show", sid)).code == 3
 

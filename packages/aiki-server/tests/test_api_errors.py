@@ -302,7 +302,7 @@ async def test_an_unknown_route_is_404(server: httpx.AsyncClient, url: str) -> N
         ("GET", "/runs/x/cancel", "POST"),
         ("GET", "/runs/x/tasks", "POST"),
         ("OPTIONS", "/schedules", "GET, POST"),
-        ("POST", "/schedules/x", "DELETE, GET"),
+        ("POST", "/schedules/x", "DELETE, GET, PATCH"),
     ],
 )
 async def test_a_wrong_method_is_405_allowing_every_method_of_the_path(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
@@ -54,6 +54,9 @@ from aiki_core.wire import (
 from aiki_task import task
 from aiki_workflow import WorkflowRun, event, workflow
 
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 calls: list[str] = []
 
@@ -86,7 +89,7 @@ class Execution:
         )
         self.log = ConsoleLogger(LogLevel.ERROR)
         self.codec = IdentityCodec()
-        self.context: object = None
+        self.create_context: Callable[[ClaimedRun], object] | None = None
         self.pause_requested = False
         self.interceptors: tuple[Interceptor, ...] = ()
         self.records: list[RecordTaskRequest] = []

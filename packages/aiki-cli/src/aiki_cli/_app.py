@@ -30,6 +30,7 @@ from aiki_core import (
     AikiError,
     AikiTimeoutError,
     AuthenticationError,
+    CatchUpPolicy,
     ConcurrencyStrategy,
     InvalidRequestError,
     NotFoundError,
@@ -59,6 +60,7 @@ if TYPE_CHECKING:
         CreateEndpointResponse,
         RotateEndpointSecretResponse,
         RunDetail,
+        Schedule,
     )
 
 T = TypeVar("T")
@@ -599,9 +601,21 @@ class _RawVersion:
         return payload
 
 
+def _catch_up_options(command: Command) -> Command:
+    """`--catch-up` and `--catch-up-window`: which missed occurrences start after downtime."""
+    command = click.option(
+        "--catch-up-window", callback=_duration, help="How far back --catch-up all looks (1d)."
+    )(command)
+    return click.option(
+        "--catch-up",
+        type=click.Choice([p.value for p in CatchUpPolicy]),
+        help="Missed occurrences after downtime: latest (default), all or none.",
+    )(command)
+
+
 @cli.group()
 def schedules() -> None:
-    """List, create, pause, resume and delete schedules."""
+    """List, create, update, pause, resume, backfill and delete schedules."""
 
 
 @schedules.command("list")
@@ -637,6 +651,7 @@ def schedules_list(settings: Settings, limit: int, cursor: str | None, as_json: 
 )
 @click.option("--pool", default=DEFAULT_POOL, show_default=True)
 @click.option("--timeout", callback=_duration, help="Each run's deadline from its start.")
+@_catch_up_options
 @json_option
 @pass_settings
 def schedules_create(
@@ -651,6 +666,8 @@ def schedules_create(
     overlap: str,
     pool: str,
     timeout: timedelta | None,
+    catch_up: str | None,
+    catch_up_window: timedelta | None,
     as_json: bool,
 ) -> None:
     """Start a run of WORKFLOW at VERSION at each occurrence of --cron or --every."""
@@ -667,8 +684,88 @@ def schedules_create(
             overlap=OverlapPolicy(overlap),
             pool=pool,
             timeout=timeout,
+            catch_up=CatchUpPolicy(catch_up or CatchUpPolicy.LATEST),
+            catch_up_window=catch_up_window,
         )
     )
+    _print_schedule(schedule, as_json=as_json)
+
+
+@schedules.command("update")
+@click.argument("schedule_id")
+@click.option("--input", "input_", callback=_json_value, help="Each run's input: JSON or @file.")
+@click.option("--cron", help="A new cadence: five cron fields (clears --every).")
+@click.option("--every", callback=_duration, help="A new cadence: an interval (clears --cron).")
+@click.option("--timezone")
+@click.option("--overlap", type=click.Choice([p.value for p in OverlapPolicy]))
+@click.option("--timeout", callback=_duration, help="Each run's deadline from its start.")
+@click.option("--no-timeout", is_flag=True, help="Runs from now on have no deadline.")
+@click.option("--pause/--resume", "paused", default=None, help="Pause or resume it.")
+@_catch_up_options
+@json_option
+@pass_settings
+def schedules_update(
+    settings: Settings,
+    schedule_id: str,
+    input_: object,
+    cron: str | None,
+    every: timedelta | None,
+    timezone: str | None,
+    overlap: str | None,
+    timeout: timedelta | None,
+    no_timeout: bool,
+    paused: bool | None,
+    catch_up: str | None,
+    catch_up_window: timedelta | None,
+    as_json: bool,
+) -> None:
+    """Change a schedule in place (its runs stay linked); what is not given stays."""
+    if cron is not None and every is not None:
+        raise click.UsageError("give at most one of --cron and --every")
+    if timeout is not None and no_timeout:
+        raise click.UsageError("give at most one of --timeout and --no-timeout")
+    changes: dict[str, Any] = {}
+    if input_ is not None:
+        changes["payload"] = input_
+    if timeout is not None or no_timeout:
+        changes["timeout"] = timeout
+    if catch_up_window is not None:
+        changes["catch_up_window"] = catch_up_window
+    schedule = settings.call(
+        lambda client: client.schedules.update(
+            schedule_id,
+            cron=cron,
+            every=every,
+            timezone=timezone,
+            overlap=None if overlap is None else OverlapPolicy(overlap),
+            paused=paused,
+            catch_up=None if catch_up is None else CatchUpPolicy(catch_up),
+            **changes,
+        )
+    )
+    _print_schedule(schedule, as_json=as_json)
+
+
+@schedules.command("backfill")
+@click.argument("schedule_id")
+@click.argument("start", callback=_since)
+@click.argument("end", callback=_since)
+@json_option
+@pass_settings
+def schedules_backfill(
+    settings: Settings, schedule_id: str, start: datetime, end: datetime, as_json: bool
+) -> None:
+    """Start the run of each past occurrence in [START, END) (ISO 8601, or 2h ago), once."""
+    answer = settings.call(lambda client: client.schedules.backfill(schedule_id, start, end))
+    if as_json:
+        _print_json(answer)
+        return
+    out.print(f"{len(answer.run_ids)} occurrences, {answer.started} runs started")
+    for run_id in answer.run_ids:
+        out.print(run_id)
+
+
+def _print_schedule(schedule: Schedule, *, as_json: bool) -> None:
     if as_json:
         _print_json(schedule)
     else:
@@ -686,10 +783,7 @@ def _schedule_command(name: str, summary: str) -> None:
         schedule = settings.call(
             lambda client: getattr(client.schedules, "get" if name == "show" else name)(schedule_id)
         )
-        if as_json:
-            _print_json(schedule)
-        else:
-            out.print(render.schedule_detail(schedule))
+        _print_schedule(schedule, as_json=as_json)
 
 
 _schedule_command("show", "One schedule: its definition, next occurrence and last run.")

@@ -292,6 +292,7 @@ def schedule_detail(schedule: Schedule) -> Group:
                 ("starts", f"{schedule.workflow} {schedule.version}"),
                 ("when", _cadence(schedule)),
                 ("overlap", schedule.overlap.value),
+                ("catch up", _catch_up(schedule)),
                 ("pool", schedule.pool),
                 ("timeout", None if schedule.timeout is None else str(schedule.timeout)),
                 ("state", "paused" if schedule.paused else "active"),
@@ -304,6 +305,12 @@ def schedule_detail(schedule: Schedule) -> Group:
         ),
         _section("Input", payload(schedule.input)),
     )
+
+
+def _catch_up(schedule: Schedule) -> str:
+    if schedule.catch_up != "all":
+        return schedule.catch_up.value
+    return f"all, within {schedule.catch_up_window or '1 day'}"
 
 
 def rate_limits_table(limits: Iterable[RateLimitInfo]) -> Table:

@@ -1,20 +1,32 @@
-"""`client.schedules`: create, list, read, pause, resume and delete schedules."""
+"""`client.schedules`: create, list, read, update, pause, resume, backfill and delete schedules."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal, TypeVar
+from enum import Enum
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 from pydantic import ValidationError
 from ulid import ULID
 
 from aiki_client._http import api_path
 from aiki_client._sealing import open_schedule, seal_input
-from aiki_core import CodecContext, OverlapPolicy, PayloadValidationError
-from aiki_core.wire import DEFAULT_POOL, CreateScheduleRequest, Schedule, ScheduleId, SchedulePage
+from aiki_core import CatchUpPolicy, CodecContext, OverlapPolicy, PayloadValidationError
+from aiki_core.wire import (
+    DEFAULT_POOL,
+    BackfillRequest,
+    BackfillResponse,
+    CreateScheduleRequest,
+    Schedule,
+    ScheduleId,
+    SchedulePage,
+    UpdateScheduleRequest,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable
-    from datetime import timedelta
+    from datetime import datetime, timedelta
+
+    from pydantic import JsonValue
 
     from aiki_client._client import Client
     from aiki_core.sdk import SchedulableVersion
@@ -22,6 +34,15 @@ if TYPE_CHECKING:
 InT = TypeVar("InT")
 
 Overlap = OverlapPolicy | Literal["skip", "allow", "cancel_previous"]
+CatchUp = CatchUpPolicy | Literal["latest", "all", "none"]
+
+
+class _Keep(Enum):
+    KEEP = "keep"
+
+
+KEEP = _Keep.KEEP
+"""An `update` argument left as it is on the server."""
 
 
 def new_schedule_id() -> ScheduleId:
@@ -47,13 +68,17 @@ class Schedules:
         overlap: Overlap = OverlapPolicy.SKIP,
         pool: str = DEFAULT_POOL,
         timeout: timedelta | None = None,
+        catch_up: CatchUp = CatchUpPolicy.LATEST,
+        catch_up_window: timedelta | None = None,
     ) -> Schedule:
         """Start a run of `version` with `payload` at each occurrence of `cron` or `every`.
 
         Give exactly one of `cron` (five fields, read in `timezone`) and `every` (at
         least a second). Each occurrence starts one run, with the reference id
         `schedule:<id>:<occurrence ms>`; `overlap` says what happens while the
-        previous run is still going. Each run's deadline is its start plus `timeout`,
+        previous run is still going; `catch_up` which missed occurrences start after
+        downtime (`all`: those within `catch_up_window`, a day by default). Each
+        run's deadline is its start plus `timeout`,
         the version's `timeout` unless given (as `version.start` does). Creating the
         same definition under `name` again returns the existing schedule; another
         definition (the timeout included) is a `ConflictError`.
@@ -79,6 +104,8 @@ class Schedules:
                     "overlap": overlap,
                     "pool": pool,
                     "timeout": timeout if timeout is not None else version.timeout,
+                    "catch_up": catch_up,
+                    "catch_up_window": catch_up_window,
                 }
             )
         except ValidationError as exc:
@@ -102,6 +129,78 @@ class Schedules:
         return await self._open(
             self._client._call("GET", api_path("schedules", schedule_id), Schedule)
         )
+
+    async def update(
+        self,
+        schedule_id: str,
+        *,
+        version: SchedulableVersion[InT] | None = None,
+        payload: InT | _Keep = KEEP,
+        cron: str | None = None,
+        every: timedelta | None = None,
+        timezone: str | None = None,
+        overlap: Overlap | None = None,
+        timeout: timedelta | None | _Keep = KEEP,
+        paused: bool | None = None,
+        catch_up: CatchUp | None = None,
+        catch_up_window: timedelta | None | _Keep = KEEP,
+    ) -> Schedule:
+        """Change the schedule in place: its id, name and past runs stay.
+
+        Only what is given changes. `cron` or `every` replaces the cadence (give at
+        most one), which goes on from its first occurrence after now; `paused`
+        pauses or resumes it. A new `payload` is encoded by `version` (the
+        schedule's; as JSON without it) and sealed as at creation. `timeout=None`
+        or `catch_up_window=None` clears it.
+        """
+        fields: dict[str, Any] = {
+            name: value
+            for name, value in (
+                ("cron", cron),
+                ("every", every),
+                ("timezone", timezone),
+                ("overlap", overlap),
+                ("paused", paused),
+                ("catch_up", catch_up),
+            )
+            if value is not None
+        }
+        fields |= {
+            name: value
+            for name, value in (("timeout", timeout), ("catch_up_window", catch_up_window))
+            if value is not KEEP
+        }
+        if not isinstance(payload, _Keep):
+            encoded = (
+                cast("JsonValue", payload) if version is None else version.encode_payload(payload)
+            )
+            fields["input"], fields["input_hash"] = seal_input(
+                self._client.codec, encoded, CodecContext.schedule_input(schedule_id)
+            )
+        try:
+            request = UpdateScheduleRequest.model_validate(fields)
+        except ValidationError as exc:
+            raise PayloadValidationError.from_pydantic(
+                f"invalid update of schedule {schedule_id}", exc
+            ) from None
+        path = api_path("schedules", schedule_id)
+        return await self._open(self._client._call("PATCH", path, Schedule, request))
+
+    async def backfill(self, schedule_id: str, start: datetime, end: datetime) -> BackfillResponse:
+        """Start the run of each past occurrence in [`start`, `end`), once per occurrence.
+
+        Idempotent: each run has its occurrence's reference id, so a second backfill
+        (or the schedule's own firing) starts nothing twice. At most `MAX_BACKFILL`
+        occurrences at a time; the overlap policy does not apply.
+        """
+        try:
+            request = BackfillRequest(start=start, end=end)
+        except ValidationError as exc:
+            raise PayloadValidationError.from_pydantic(
+                f"invalid backfill of schedule {schedule_id}", exc
+            ) from None
+        path = api_path("schedules", schedule_id, "backfill")
+        return await self._client._call("POST", path, BackfillResponse, request)
 
     async def pause(self, schedule_id: str) -> Schedule:
         """Stop firing until resumed."""

@@ -1,9 +1,9 @@
 """The protocol every Aiki package shares, and the names its users touch.
 
 This top level holds what application code imports: the run and task statuses,
-`RetryPolicy`, `RateLimit`, `OverlapPolicy` and `Concurrency`, the `AikiError` tree
-with `ErrorInfo`, `RunId`, the `PayloadCodec` protocol with `CodecContext` and
-`IdentityCodec`, and the `Logger` protocol with its implementations, and the
+`RetryPolicy`, `RateLimit`, `OverlapPolicy`, `ParentClosePolicy` and `Concurrency`,
+the `AikiError` tree with `ErrorInfo`, `RunId`, the `PayloadCodec` protocol with
+`CodecContext` and `IdentityCodec`, and the `Logger` protocol with its implementations, and the
 `Interceptor` whose hooks wrap starts, run executions and task attempts (tracing).
 
 The rest has a public home of its own:
@@ -61,17 +61,20 @@ from aiki_core._exceptions import (
 from aiki_core._ids import RunId
 from aiki_core._interceptors import Interceptor, RunExecutionInfo, StartRunInfo, TaskExecutionInfo
 from aiki_core._logging import ConsoleLogger, JsonLogger, Logger, LogLevel, StdlibLogger
+from aiki_core._parent_close import ParentClosePolicy
 from aiki_core._public import show_public_path as _show_public_path
 from aiki_core._rate_limits import RateLimit
 from aiki_core._retry import RetryPolicy
-from aiki_core._schedules import OverlapPolicy
+from aiki_core._schedules import CatchUpPolicy, OverlapPolicy
 from aiki_core._status import RunStatus, TaskStatus
 
 __all__ = (
     # statuses and policies
+    "CatchUpPolicy",
     "Concurrency",
     "ConcurrencyStrategy",
     "OverlapPolicy",
+    "ParentClosePolicy",
     "RateLimit",
     "RetryPolicy",
     "RunId",

@@ -30,6 +30,7 @@ from aiki_core._duration import Duration, DurationRange, duration_field
 from aiki_core._error_info import ErrorInfo
 from aiki_core._exceptions import ErrorCode
 from aiki_core._ids import DEFAULT_POOL, EventId, RunId, TaskAddress, TaskId, WebhookId, WorkerId
+from aiki_core._parent_close import ParentClosePolicy
 from aiki_core._rate_limits import RateLimitUse
 from aiki_core._records import (
     ChildRecord,
@@ -279,6 +280,10 @@ class StartChildRequest(RequestModel):
     )
     priority: Priority | None = None
     concurrency: ConcurrencySpec | None = None
+    parent_close_policy: ParentClosePolicy = Field(
+        default=ParentClosePolicy.TERMINATE,
+        description="What the server does with the child when its parent ends.",
+    )
 
 
 class StartRunResponse(ResponseModel):

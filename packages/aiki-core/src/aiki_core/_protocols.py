@@ -249,8 +249,12 @@ class RunExecution(Protocol):
         """The codec of the payloads in `claim` and of what is recorded."""
 
     @property
-    def context(self) -> object:
-        """The worker's per-run context (`create_context`), or `None`."""
+    def create_context(self) -> Callable[[ClaimedRun], object] | None:
+        """The worker's per-run context factory (`create_context`), or `None`.
+
+        The version calls it for each execution (its own factory, if it has one,
+        instead), and awaits what it returns if that is awaitable.
+        """
 
     @property
     def pause_requested(self) -> bool:

@@ -14,6 +14,7 @@ from pydantic import AwareDatetime, Field, JsonValue
 
 from aiki_core._error_info import ErrorInfo
 from aiki_core._ids import EventId, Namespace, PoolName, RunId, ScheduleId, TaskAddress, TaskId
+from aiki_core._parent_close import ParentClosePolicy
 from aiki_core._status import RunStatus, TaskStatus
 from aiki_core._wire import Count, Ordinal, ResponseModel
 
@@ -249,6 +250,10 @@ class RunDetail(RunSummary):
         " which long remote task attempts a suspended run waits for (each task and its"
         " endpoint), whatever its status says (`sleeping` beside one, say); for a run"
         " suspended or paused, also that no live worker serves its version.",
+    )
+    parent_close_policy: ParentClosePolicy | None = Field(
+        default=None,
+        description="A child's: what the server does with it when its parent ends.",
     )
     timer_failures: Count = Field(
         default=0,

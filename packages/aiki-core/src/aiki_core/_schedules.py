@@ -11,7 +11,7 @@ from __future__ import annotations
 import zoneinfo
 from datetime import timedelta
 from enum import StrEnum
-from typing import Annotated, Self
+from typing import Annotated, Any, Self
 
 from pydantic import (
     AfterValidator,
@@ -28,20 +28,36 @@ from aiki_core._error_info import ErrorInfo
 from aiki_core._ids import DEFAULT_POOL, Namespace, PoolName, RunId, ScheduleId
 from aiki_core._wire import (
     NO_NUL,
+    Boolean,
     ClientId,
     Count,
     Fingerprint,
     Name,
     RequestModel,
     ResponseModel,
+    Timestamp,
     VersionName,
     given,
 )
 
-__all__ = ["CreateScheduleRequest", "OverlapPolicy", "Schedule", "SchedulePage"]
+__all__ = [
+    "MAX_BACKFILL",
+    "BackfillRequest",
+    "BackfillResponse",
+    "CatchUpPolicy",
+    "CreateScheduleRequest",
+    "OverlapPolicy",
+    "Schedule",
+    "SchedulePage",
+    "UpdateScheduleRequest",
+]
 
 MIN_INTERVAL = timedelta(seconds=1)
 """The shortest `every` a schedule accepts."""
+MAX_BACKFILL = 1000
+"""The most occurrences one backfill starts (a longer span is refused: split it)."""
+DEFAULT_CATCH_UP_WINDOW = timedelta(days=1)
+"""How far back `CatchUpPolicy.ALL` looks when the schedule does not say."""
 
 
 class OverlapPolicy(StrEnum):
@@ -53,6 +69,21 @@ class OverlapPolicy(StrEnum):
     """Start another run beside it."""
     CANCEL_PREVIOUS = "cancel_previous"
     """Cancel the previous run, then start the new one."""
+
+
+class CatchUpPolicy(StrEnum):
+    """Which missed occurrences a schedule starts once the server fires it again.
+
+    An occurrence is missed when it fired more than a minute late (the server was
+    down, say) or while a long outage kept it from firing at all.
+    """
+
+    LATEST = "latest"
+    """Start one run, for the most recent missed occurrence."""
+    ALL = "all"
+    """Start a run for every missed occurrence within `catch_up_window`, in order."""
+    NONE = "none"
+    """Start nothing for missed occurrences; go on with the next one."""
 
 
 _TIMEZONES = frozenset(zoneinfo.available_timezones())
@@ -71,6 +102,9 @@ Timezone = Annotated[
 ]
 """An IANA timezone this machine's tz database knows, such as `Europe/Paris`."""
 
+
+CatchUpWindow = Annotated[Duration, DurationRange(at_least=MIN_INTERVAL)]
+"""How far back a schedule starts missed occurrences."""
 
 Cron = Annotated[
     str,
@@ -111,6 +145,11 @@ class CreateScheduleRequest(RequestModel):
         description="Each run's deadline, counted from when the occurrence starts it, as "
         "a run started by hand with this `timeout`; none when left out.",
     )
+    catch_up: CatchUpPolicy = CatchUpPolicy.LATEST
+    catch_up_window: CatchUpWindow | None = Field(
+        default=None,
+        description="How far back `catch_up: all` starts missed occurrences (a day when left out).",
+    )
 
     model_config = ConfigDict(json_schema_extra={"oneOf": [given("cron"), given("every")]})
 
@@ -119,6 +158,62 @@ class CreateScheduleRequest(RequestModel):
         if (self.cron is None) == (self.every is None):
             raise ValueError("give exactly one of cron and every")
         return self
+
+
+class UpdateScheduleRequest(RequestModel):
+    """Change a schedule in place; a field left out keeps its value.
+
+    The schedule keeps its id, name, workflow and the runs it started. Giving `cron`
+    or `every` replaces the cadence (the other is cleared; give at most one), and the
+    schedule goes on from the first occurrence after now. `paused` pauses or resumes
+    it as `pause` and `resume` do. `timeout` and `catch_up_window` given as `null`
+    clear them.
+    """
+
+    input: JsonValue = None
+    input_hash: Fingerprint | None = Field(
+        default=None, description="The new input's fingerprint (see `CreateScheduleRequest`)."
+    )
+    cron: Cron | None = None
+    every: Annotated[Duration, DurationRange(at_least=MIN_INTERVAL)] | None = None
+    timezone: Timezone | None = None
+    overlap: OverlapPolicy | None = None
+    timeout: Duration | None = None
+    paused: Boolean | None = None
+    catch_up: CatchUpPolicy | None = None
+    catch_up_window: CatchUpWindow | None = None
+
+    model_config = ConfigDict(json_schema_extra={"not": given("cron", "every")})
+
+    @model_validator(mode="after")
+    def _one_cadence(self) -> Self:
+        if self.cron is not None and self.every is not None:
+            raise ValueError("give at most one of cron and every")
+        return self
+
+    def model_dump_json(self, **options: Any) -> str:
+        """The JSON of the fields given only: one left out keeps its value on the server."""
+        return super().model_dump_json(**{"exclude_unset": True, **options})
+
+
+class BackfillRequest(RequestModel):
+    """Start the runs of the schedule's occurrences in [`start`, `end`).
+
+    Each starts with the occurrence's reference id, so a backfill given twice (or
+    overlapping what the schedule fired) starts nothing twice. The overlap policy
+    does not apply: every occurrence of the span gets its run. An `end` not after
+    `start` is an empty span.
+    """
+
+    start: Timestamp
+    end: Timestamp
+
+
+class BackfillResponse(ResponseModel):
+    """The runs of a backfill's occurrences, oldest first."""
+
+    run_ids: list[RunId]
+    started: Count = Field(description="How many of them this backfill started.")
 
 
 class Schedule(ResponseModel):
@@ -137,6 +232,10 @@ class Schedule(ResponseModel):
     pool: PoolName
     timeout: Duration | None = Field(
         default=None, description="The deadline of each run it starts, from that run's start."
+    )
+    catch_up: CatchUpPolicy = CatchUpPolicy.LATEST
+    catch_up_window: Duration | None = Field(
+        default=None, description="How far back `catch_up: all` looks (a day when `null`)."
     )
     paused: bool
     next_fire_at: AwareDatetime | None = None

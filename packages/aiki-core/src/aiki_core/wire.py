@@ -141,7 +141,15 @@ from aiki_core._records import (
     TaskRecord,
 )
 from aiki_core._retention import RetentionInfo, SetRetentionRequest
-from aiki_core._schedules import CreateScheduleRequest, Schedule, SchedulePage
+from aiki_core._schedules import (
+    MAX_BACKFILL,
+    BackfillRequest,
+    BackfillResponse,
+    CreateScheduleRequest,
+    Schedule,
+    SchedulePage,
+    UpdateScheduleRequest,
+)
 from aiki_core._status import (
     RUN_INITIAL_STATUSES,
     RUN_TERMINAL_STATUSES,
@@ -215,7 +223,11 @@ __all__ = (
     "TransitionRunResponse",
     "WorkflowCapability",
     # webhooks and schedules
+    "MAX_BACKFILL",
+    "BackfillRequest",
+    "BackfillResponse",
     "CreateScheduleRequest",
+    "UpdateScheduleRequest",
     "CreateWebhookRequest",
     "CreateWebhookResponse",
     "Schedule",

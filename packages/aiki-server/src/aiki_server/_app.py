@@ -17,6 +17,8 @@ from aiki_core import RunStatus  # noqa: TC001 - FastAPI reads the route's annot
 from aiki_core.wire import (
     AcquireRateLimitRequest,
     AcquireRateLimitResponse,
+    BackfillRequest,
+    BackfillResponse,
     CancelRunRequest,
     ClaimRequest,
     ClaimResponse,
@@ -64,6 +66,7 @@ from aiki_core.wire import (
     StartRunResponse,
     TransitionRunRequest,
     TransitionRunResponse,
+    UpdateScheduleRequest,
     WorkerPage,
     to_millis,
 )
@@ -242,7 +245,8 @@ def create_app(db_url: str, settings: ServerSettings | None = None) -> FastAPI:
     retention = Retention(
         db, clock, RetentionSettings(settings.retention, settings.worker_retention)
     )
-    timers = TimerDaemon(db, hub, clock, schedules.fire, cleanup_ms=limits.cleanup_ms)
+    db.cleanup_ms = limits.cleanup_ms
+    timers = TimerDaemon(db, hub, clock, schedules.fire)
     backoff = PushBackoff(cool_off_ms=to_millis(settings.push_cool_off))
     dispatcher = Dispatcher(db, hub, clock, claims, writes, backoff=backoff)
     # an answer of any size a worker could record (its request and payload limits)
@@ -546,6 +550,22 @@ def _api_router(
     async def resume_schedule(ns: Caller, schedule_id: Identifier) -> Response:
         """Fire again from the first occurrence after now."""
         return _json(await schedules.resume(ns, schedule_id))
+
+    @router.patch("/schedules/{schedule_id}", response_model=Schedule, tags=["schedules"])
+    async def update_schedule(
+        ns: Caller, schedule_id: Identifier, body: UpdateScheduleRequest
+    ) -> Response:
+        """Change the schedule in place (a field left out keeps its value); its runs stay."""
+        return _json(await schedules.update(ns, schedule_id, body))
+
+    @router.post(
+        "/schedules/{schedule_id}/backfill", response_model=BackfillResponse, tags=["schedules"]
+    )
+    async def backfill_schedule(
+        ns: Caller, schedule_id: Identifier, body: BackfillRequest
+    ) -> Response:
+        """Start the run of each past occurrence in [start, end), once per occurrence."""
+        return _json(await schedules.backfill(ns, schedule_id, body))
 
     @router.delete("/schedules/{schedule_id}", response_model=Schedule, tags=["schedules"])
     async def delete_schedule(ns: Caller, schedule_id: Identifier) -> Response:

@@ -32,12 +32,14 @@ cancelled at once, as before.
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from aiki_core import (
     ErrorInfo,
     IllegalTransitionError,
     NotFoundError,
+    ParentClosePolicy,
     RunStatus,
     StaleRevisionError,
 )
@@ -203,6 +205,7 @@ async def move_run(
         tx.observe(lambda metrics: _ended(metrics, run, target, now))
         if run["parent_run_id"] is not None:
             await _wake_parent(tx, run["id"], run["parent_run_id"], now)
+        await _close_children(tx, run["id"], target, now, reason)
     elif current is RunStatus.QUEUED and target is RunStatus.RUNNING:
         tx.observe(lambda metrics: metrics.run_claimed(run, now))
     return revision
@@ -322,10 +325,11 @@ async def hand_cleanup(
 
 
 async def end_cleanup(tx: Tx, run: Row, now: int, reason: str) -> None:
-    """End a `cleaning_up` run as its cleanup says, with the error it has; live children too."""
-    target = RunStatus(run["cleanup_status"])
-    await move_run(tx, run, target, now, reason, fence=True)
-    await _cancel_descendants(tx, run, target, now, reason)
+    """End a `cleaning_up` run as its cleanup says, with the error it has.
+
+    Its live children go by their parent-close policies then (`_close_children`).
+    """
+    await move_run(tx, run, RunStatus(run["cleanup_status"]), now, reason, fence=True)
 
 
 async def end_run_and_descendants(
@@ -336,15 +340,16 @@ async def end_run_and_descendants(
     reason: str,
     error: ErrorInfo,
     *,
-    cleanup_ms: int | None = None,
+    cleanup: bool = False,
 ) -> None:
-    """End `run` as `target` (fenced), and cancel every live descendant, depth first.
+    """End `run` as `target` (fenced); its live children go by their parent-close policies.
 
-    With `cleanup_ms`, a run that `ran` goes to `cleaning_up` first, for that long at
-    most; a run already cleaning up ends at once.
+    With `cleanup`, a run that `ran` goes to `cleaning_up` first, for the database's
+    `cleanup_ms` at most, and its children are closed when it ends; a run already
+    cleaning up ends at once.
     """
     error_json = dump(error.model_dump(mode="json"))
-    if cleanup_ms is not None and run["status"] != RunStatus.CLEANING_UP and await ran(tx, run):
+    if cleanup and run["status"] != RunStatus.CLEANING_UP and await ran(tx, run):
         await move_run(
             tx,
             run,
@@ -354,39 +359,76 @@ async def end_run_and_descendants(
             fence=True,
             error=error_json,
             cleanup_status=target.value,
-            deadline_at=now + cleanup_ms,
+            deadline_at=now + tx.cleanup_ms,
         )
     else:
         await move_run(tx, run, target, now, reason, fence=True, error=error_json)
-    await _cancel_descendants(tx, run, target, now, reason)
 
 
-async def _cancel_descendants(tx: Tx, run: Row, target: RunStatus, now: int, reason: str) -> None:
-    """Cancel every live descendant of `run` at once, depth first."""
+_CLOSING: ContextVar[list[tuple[str, RunStatus, str]] | None] = ContextVar("_CLOSING", default=None)
+"""The parents whose children are still to close, while a transaction's task closes some."""
+
+
+async def _close_children(
+    tx: Tx, parent_id: str, target: RunStatus, now: int, parent_reason: str
+) -> None:
+    """Apply the parent-close policy of each live child of a parent that just ended.
+
+    `terminate` ends the child cancelled at once, `request_cancel` cancels it as a
+    client's cancel does, `abandon` leaves it be. Either way the child's own live
+    children then go by their own policies, as it ends. A tree of any depth is closed
+    by one loop, level after level, not by recursion (a deep chain of children would
+    exhaust the stack, and the parent could never end).
+    """
+    pending = _CLOSING.get()
+    if pending is not None:  # a closing further up takes this parent in its loop
+        pending.append((parent_id, target, parent_reason))
+        return
+    pending = [(parent_id, target, parent_reason)]
+    token = _CLOSING.set(pending)
+    try:
+        while pending:
+            await _apply_policies(tx, *pending.pop(), now)
+    finally:
+        _CLOSING.reset(token)
+
+
+async def _apply_policies(
+    tx: Tx, parent_id: str, target: RunStatus, parent_reason: str, now: int
+) -> None:
+    """End or cancel the live children of one ended parent, as their policies say."""
     children = await tx.fetch(
-        f"SELECT * FROM runs WHERE parent_run_id = $1 AND status NOT IN ($2, $3, $4){tx.lock_rows}",
-        run["id"],
+        f"SELECT * FROM runs WHERE parent_run_id = $1 AND status NOT IN ($2, $3, $4)"
+        " AND (parent_close_policy IS NULL OR parent_close_policy <> $5)"
+        f" ORDER BY id{tx.lock_rows}",
+        parent_id,
         *TERMINAL,
+        ParentClosePolicy.ABANDON.value,
     )
+    ended = f"parent run {parent_id} ended as {target.value}"
     for child in children:
+        if child["parent_close_policy"] == ParentClosePolicy.REQUEST_CANCEL:
+            await cancel_run_and_descendants(tx, child, now, ended, cleanup=True)
+            continue
         cancelled = ErrorInfo(
             type="aiki_core.WorkflowCancelledError",
-            message=f"parent run {run['id']} ended as {target.value}",
+            message=ended,
             retryable=False,
             code="workflow_cancelled",
-            details={"run_id": child["id"], "reason": reason},
+            details={"run_id": child["id"], "reason": parent_reason},
         )
         await end_run_and_descendants(
-            tx, child, RunStatus.CANCELLED, now, f"parent {run['id']} {target.value}", cancelled
+            tx, child, RunStatus.CANCELLED, now, f"parent {parent_id} {target.value}", cancelled
         )
 
 
 async def cancel_run_and_descendants(
-    tx: Tx, run: Row, now: int, reason: str | None, *, cleanup_ms: int | None = None
+    tx: Tx, run: Row, now: int, reason: str | None, *, cleanup: bool = False
 ) -> None:
-    """Cancel `run` (fenced) with every live descendant; `reason` goes into its error.
+    """Cancel `run` (fenced); `reason` goes into its error.
 
-    With `cleanup_ms`, a run that ran cleans up first (see `end_run_and_descendants`).
+    With `cleanup`, a run that ran cleans up first (see `end_run_and_descendants`). Its
+    live children go by their parent-close policies (`_close_children`).
     """
     run_id = run["id"]
     error = ErrorInfo(
@@ -397,5 +439,5 @@ async def cancel_run_and_descendants(
         details={"run_id": run_id, "reason": reason},
     )
     await end_run_and_descendants(
-        tx, run, RunStatus.CANCELLED, now, reason or "cancelled", error, cleanup_ms=cleanup_ms
+        tx, run, RunStatus.CANCELLED, now, reason or "cancelled", error, cleanup=cleanup
     )

@@ -215,6 +215,7 @@ def run_detail(row: Row, *, tasks: list[TaskRecord], **parts: Any) -> RunDetail:
         result=load(row["result"]),
         error=load_error(row["error"]),
         timer_failures=row["timer_failures"],
+        parent_close_policy=row["parent_close_policy"],
         timer_error=load_error(row["timer_error"]),
         waits=pending_waits(row["waits"]),
         tasks=tasks,

@@ -249,7 +249,7 @@ class Runs:
                 await subscription.wait(remaining / 1000)
 
     async def cancel_run(self, namespace: str, run_id: str, reason: str | None) -> RunSummary:
-        """End the run as cancelled, with every live descendant.
+        """End the run as cancelled; its live children go by their parent-close policies.
 
         A run that ran cleans up first (`cleaning_up`); one cleaning up ends at once.
         """
@@ -257,9 +257,7 @@ class Runs:
         async def cancel(tx: Tx) -> RunSummary:
             run = await locked_run(tx, run_id, namespace)
             now = self._clock()
-            await cancel_run_and_descendants(
-                tx, run, now, reason, cleanup_ms=self._limits.cleanup_ms
-            )
+            await cancel_run_and_descendants(tx, run, now, reason, cleanup=True)
             return await read_summary(tx, run_id)
 
         return await self._db.write(cancel)

@@ -8,9 +8,15 @@ reference id `schedule:<schedule id>:<occurrence in epoch ms>` and the schedule'
 started through `_starts.start_run_in` in the same transaction that advances
 `next_fire_at`, so a restart can neither lose nor repeat an occurrence.
 
-After downtime (or any delay) a schedule fires once, for its latest missed
-occurrence, and then continues with the first occurrence after now: a backlog of
-missed runs all starting at once is rarely what an hourly job wants.
+After downtime (or any delay) a schedule's catch-up policy says which missed
+occurrences start: `latest` (the default) starts the most recent one, `all` every one
+within its window (oldest first, at most `CATCH_UP_BATCH` a pass, the rest in the next
+passes), `none` only one that is at most `ON_TIME_MS` late. It then continues with the
+first occurrence after now.
+
+A schedule is updated in place (its id and runs stay), and a backfill starts the runs
+of the past occurrences of a span, with the same reference ids as firing uses: neither
+a second backfill nor the schedule's own firing starts an occurrence twice.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from cronsim import CronSim, CronSimError
 from ulid import ULID
 
 from aiki_core import (
+    CatchUpPolicy,
     ConflictError,
     NotFoundError,
     OverlapPolicy,
@@ -30,10 +37,14 @@ from aiki_core import (
     ReferenceIdConflictError,
 )
 from aiki_core.wire import (
+    MAX_BACKFILL,
+    BackfillRequest,
+    BackfillResponse,
     CreateScheduleRequest,
     Schedule,
     SchedulePage,
     StartRunRequest,
+    UpdateScheduleRequest,
     content_hash,
     from_millis,
     to_millis,
@@ -46,9 +57,18 @@ from aiki_server._starts import start_run_in
 
 if TYPE_CHECKING:
     from datetime import datetime, timedelta
+    from typing import Any
 
     from aiki_server._clock import Clock
     from aiki_server._storage._database import Database, Row, Tx
+
+
+ON_TIME_MS = 60_000
+"""How late an occurrence may fire and not count as missed (`catch_up: none`)."""
+CATCH_UP_BATCH = 100
+"""The most missed occurrences one pass starts for `catch_up: all`."""
+DEFAULT_WINDOW_MS = 24 * 3600 * 1000
+"""How far back `catch_up: all` looks when the schedule does not say."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,18 +108,64 @@ class Cadence:
         before = next(CronSim(self.cron, self._local(now + 1), reverse=True), None)
         return since if before is None else max(to_ms(before), since)
 
+    def between(self, start: int, end: int, limit: int) -> list[int]:
+        """The occurrences in [`start`, `end`), oldest first, at most `limit` of them.
 
-def _checked_cadence(req: CreateScheduleRequest, now: int) -> tuple[Cadence, int]:
-    """The request's cadence and its first occurrence; a 422 naming `cron` if it has none."""
-    every_ms = None if req.every is None else to_millis(req.every)
-    cadence = Cadence(req.cron, every_ms, req.timezone, now)
+        `every` occurrences are the anchor's grid on both sides of it.
+        """
+        found: list[int] = []
+        if self.every_ms is not None:
+            at = self.anchor - (self.anchor - start) // self.every_ms * self.every_ms
+            while at < end and len(found) < limit:
+                found.append(at)
+                at += self.every_ms
+            return found
+        assert self.cron is not None
+        # cronsim starts after the minute it is given: from just before `start`
+        for moment in CronSim(self.cron, self._local(start - 1)):
+            at = to_ms(moment)
+            if at >= end or len(found) >= limit:
+                break
+            found.append(at)
+        return found
+
+
+def _checked_cadence(
+    cron: str | None, every: timedelta | None, timezone: str, anchor: int, now: int
+) -> tuple[Cadence, int]:
+    """The cadence and its first occurrence after `now`; a 422 naming `cron` if it has none."""
+    every_ms = None if every is None else to_millis(every)
+    cadence = Cadence(cron, every_ms, timezone, anchor)
     try:
         first = cadence.next_after(now)
     except CronSimError as exc:
-        raise _bad_cron(req.cron, str(exc)) from None
+        raise _bad_cron(cron, str(exc)) from None
     if first is None:
-        raise _bad_cron(req.cron, "it matches no time in the next 50 years")
+        raise _bad_cron(cron, "it matches no time in the next 50 years")
     return cadence, first
+
+
+def _definition(values: dict[str, Any]) -> str:
+    """The fingerprint of a schedule's definition (its `schedules` column values).
+
+    What came after the first schedules counts only when set, so a definition
+    without it keeps the hash it had before.
+    """
+    defined: list[object] = [
+        values["workflow"],
+        values["version"],
+        values["input_hash"] or content_hash(load(values["input"])),
+        values["cron"],
+        values["every_ms"],
+        values["timezone"],
+        values["overlap"],
+        values["pool"],
+    ]
+    if values["timeout_ms"] is not None:
+        defined.append(values["timeout_ms"])
+    if values["catch_up"] != CatchUpPolicy.LATEST or values["catch_up_window_ms"] is not None:
+        defined += [values["catch_up"], values["catch_up_window_ms"]]
+    return content_hash(defined)
 
 
 def _bad_cron(cron: str | None, problem: str) -> PayloadValidationError:
@@ -114,9 +180,17 @@ def reference_id(schedule_id: str, occurrence: int) -> str:
     return f"schedule:{schedule_id}:{occurrence}"
 
 
+def _ms(duration: timedelta | None) -> int | None:
+    return None if duration is None else to_millis(duration)
+
+
 def _run_timeout(row: Row) -> timedelta | None:
     """The timeout of the runs a `schedules` row starts."""
     return None if row["timeout_ms"] is None else from_millis(row["timeout_ms"])
+
+
+def _window(row: Row) -> timedelta | None:
+    return None if row["catch_up_window_ms"] is None else from_millis(row["catch_up_window_ms"])
 
 
 def schedule_model(row: Row) -> Schedule:
@@ -134,6 +208,8 @@ def schedule_model(row: Row) -> Schedule:
         overlap=row["overlap"],
         pool=row["pool"],
         timeout=_run_timeout(row),
+        catch_up=row["catch_up"],
+        catch_up_window=_window(row),
         paused=bool(row["paused"]),
         next_fire_at=from_ms(row["next_fire_at"]),
         last_run_id=row["last_run_id"],
@@ -157,21 +233,30 @@ class Schedules:
         A name is unique per namespace: another definition under it is a conflict.
         """
         now = self._clock()
-        cadence, first = _checked_cadence(req, now)
-        timeout_ms = None if req.timeout is None else to_millis(req.timeout)
-        defined: list[object] = [
-            req.workflow,
-            req.version,
-            req.input_hash or content_hash(req.input),
-            req.cron,
-            cadence.every_ms,
-            req.timezone,
-            req.overlap.value,
-            req.pool,
-        ]
-        if timeout_ms is not None:  # without one, the hash schedules had before timeouts
-            defined.append(timeout_ms)
-        definition = content_hash(defined)
+        cadence, first = _checked_cadence(req.cron, req.every, req.timezone, now, now)
+        values = {
+            "id": req.id or str(ULID()),
+            "namespace": namespace,
+            "name": req.name,
+            "workflow": req.workflow,
+            "version": req.version,
+            "input": dump(req.input),
+            "input_hash": req.input_hash,
+            "cron": req.cron,
+            "every_ms": cadence.every_ms,
+            "timezone": req.timezone,
+            "overlap": req.overlap.value,
+            "pool": req.pool,
+            "timeout_ms": None if req.timeout is None else to_millis(req.timeout),
+            "catch_up": req.catch_up.value,
+            "catch_up_window_ms": _ms(req.catch_up_window),
+            "paused": 0,
+            "next_fire_at": first,
+            "last_run_id": None,
+            "created_at": now,
+            "updated_at": now,
+        }
+        values["definition_hash"] = definition = _definition(values)
 
         async def insert(tx: Tx) -> tuple[Schedule, bool]:
             existing = await tx.fetchrow(
@@ -190,26 +275,6 @@ class Schedules:
                 raise ConflictError(
                     f"a schedule with id {req.id} exists", details={"schedule_id": req.id}
                 )
-            values = {
-                "id": req.id or str(ULID()),
-                "namespace": namespace,
-                "name": req.name,
-                "workflow": req.workflow,
-                "version": req.version,
-                "input": dump(req.input),
-                "cron": req.cron,
-                "every_ms": cadence.every_ms,
-                "timezone": req.timezone,
-                "overlap": req.overlap.value,
-                "pool": req.pool,
-                "timeout_ms": timeout_ms,
-                "definition_hash": definition,
-                "paused": 0,
-                "next_fire_at": first,
-                "last_run_id": None,
-                "created_at": now,
-                "updated_at": now,
-            }
             placeholders = ", ".join(f"${i}" for i in range(1, len(values) + 1))
             await tx.execute(
                 f"INSERT INTO schedules ({', '.join(values)}) VALUES ({placeholders})",
@@ -290,37 +355,107 @@ class Schedules:
 
         return await self._db.write(remove)
 
-    async def fire(self, tx: Tx, schedule: Row, now: int) -> None:
-        """Fire a due (locked) schedule: start its latest occurrence, advance `next_fire_at`."""
-        cadence = Cadence.of(schedule)
-        occurrence = cadence.latest(now, since=schedule["next_fire_at"])
-        last_run_id = schedule["last_run_id"]
-        if await self._previous_allows(tx, schedule, now):
-            request = StartRunRequest(
-                workflow=schedule["workflow"],
-                version=schedule["version"],
-                input=load(schedule["input"]),
-                pool=schedule["pool"],
-                reference_id=reference_id(schedule["id"], occurrence),
-                timeout=_run_timeout(schedule),
+    async def update(
+        self, namespace: str, schedule_id: str, req: UpdateScheduleRequest
+    ) -> Schedule:
+        """Change the schedule in place (see `UpdateScheduleRequest`); it as it is now."""
+        given = req.model_fields_set
+
+        async def change(tx: Tx) -> Schedule:
+            row = await _schedule(tx, namespace, schedule_id, lock=True)
+            now = self._clock()
+            values = {name: row[name] for name in _UPDATED}
+            recadenced = bool({"cron", "every", "timezone"} & given)
+            if req.cron is not None or req.every is not None:
+                values["cron"] = req.cron
+                values["every_ms"] = _ms(req.every)
+            if req.timezone is not None:
+                values["timezone"] = req.timezone
+            if "input" in given:
+                values["input"] = dump(req.input)
+                values["input_hash"] = req.input_hash
+            if req.overlap is not None:
+                values["overlap"] = req.overlap.value
+            if req.catch_up is not None:
+                values["catch_up"] = req.catch_up.value
+            if "timeout" in given:
+                values["timeout_ms"] = _ms(req.timeout)
+            if "catch_up_window" in given:
+                values["catch_up_window_ms"] = _ms(req.catch_up_window)
+            every = None if values["every_ms"] is None else from_millis(values["every_ms"])
+            _, first = _checked_cadence(
+                values["cron"], every, values["timezone"], row["created_at"], now
             )
-            try:
-                started = await start_run_in(
-                    tx, schedule["namespace"], request, now, schedule_id=schedule["id"]
+            resumed = row["paused"] and req.paused is False
+            if req.paused is not None:
+                values["paused"] = int(req.paused)
+            if recadenced or resumed:  # nothing missed before: on from the next occurrence
+                values |= {"next_fire_at": first, "timer_failures": 0, "timer_error": None}
+            values["definition_hash"] = _definition({**row, **values})
+            values["updated_at"] = now
+            assignments = ", ".join(f"{name} = ${i}" for i, name in enumerate(values, start=2))
+            await tx.execute(
+                f"UPDATE schedules SET {assignments} WHERE id = $1", schedule_id, *values.values()
+            )
+            tx.publish(TIMERS)
+            return schedule_model(await _schedule(tx, namespace, schedule_id))
+
+        return await self._db.write(change)
+
+    async def backfill(
+        self, namespace: str, schedule_id: str, req: BackfillRequest
+    ) -> BackfillResponse:
+        """Start the run of each past occurrence in [`start`, `end`), once per occurrence.
+
+        Occurrences after now (or before 1970) are left out. A span of more than
+        `MAX_BACKFILL` occurrences is refused (422) before anything starts.
+        """
+
+        async def start(tx: Tx) -> BackfillResponse:
+            schedule = await _schedule(tx, namespace, schedule_id, lock=True)
+            now = self._clock()
+            # past occurrences only, and none before 1970 (cron times are local times,
+            # which the first moments of the calendar have none of)
+            start, end = max(to_ms(req.start), 0), min(to_ms(req.end), now + 1)
+            occurrences = Cadence.of(schedule).between(start, end, MAX_BACKFILL + 1)
+            if len(occurrences) > MAX_BACKFILL:
+                raise PayloadValidationError(
+                    f"invalid request: the span has more than {MAX_BACKFILL} occurrences;"
+                    " backfill it in parts",
+                    errors=[{"loc": ["body", "end"], "msg": "too long", "type": "value_error"}],
                 )
-                last_run_id = started.run.id
-            except ReferenceIdConflictError as exc:
-                # a run started by hand under this reference id holds the occurrence;
-                # raising would fail every timer pass from now on
-                last_run_id = exc.run_id
+            run_ids: list[str] = []
+            started = 0
+            for occurrence in occurrences:
+                run_id, created = await _start_occurrence(tx, schedule, occurrence, now)
+                run_ids.append(run_id)
+                started += created
+            return BackfillResponse(run_ids=run_ids, started=started)
+
+        return await self._db.write(start)
+
+    async def fire(self, tx: Tx, schedule: Row, now: int) -> None:
+        """Fire a due (locked) schedule: start what its catch-up policy says is due.
+
+        `next_fire_at` moves to the first occurrence after now, or, for `catch_up: all`
+        with missed occurrences left over, to the next of those (due at once).
+        """
+        cadence = Cadence.of(schedule)
+        occurrences, next_fire_at = _due(schedule, cadence, now)
+        last_run_id = schedule["last_run_id"]
+        for occurrence in occurrences:
+            if await self._previous_allows(tx, {**schedule, "last_run_id": last_run_id}, now):
+                last_run_id, _ = await _start_occurrence(tx, schedule, occurrence, now)
         await tx.execute(
             "UPDATE schedules SET next_fire_at = $2, last_run_id = $3, updated_at = $4,"
             " timer_failures = 0, timer_error = NULL WHERE id = $1",
             schedule["id"],
-            cadence.next_after(now),
+            next_fire_at,
             last_run_id,
             now,
         )
+        if next_fire_at is not None and next_fire_at <= now:
+            tx.publish(TIMERS)
 
     async def _previous_allows(self, tx: Tx, schedule: Row, now: int) -> bool:
         """Whether an occurrence may start, given the schedule's last run and overlap policy.
@@ -337,6 +472,58 @@ class Schedules:
             reason = f"schedule {schedule['name']!r} started its next occurrence"
             await cancel_run_and_descendants(tx, previous, now, reason)
         return policy is not OverlapPolicy.SKIP
+
+
+_UPDATED = (
+    "input",
+    "input_hash",
+    "cron",
+    "every_ms",
+    "timezone",
+    "overlap",
+    "timeout_ms",
+    "catch_up",
+    "catch_up_window_ms",
+    "paused",
+)
+"""The columns an update may change (beside its times and definition)."""
+
+
+def _due(schedule: Row, cadence: Cadence, now: int) -> tuple[list[int], int | None]:
+    """The occurrences a due schedule starts now, by its catch-up policy; its next fire time."""
+    due = schedule["next_fire_at"]
+    latest = cadence.latest(now, since=due)
+    policy = CatchUpPolicy(schedule["catch_up"])
+    if policy is CatchUpPolicy.LATEST:
+        return [latest], cadence.next_after(now)
+    if policy is CatchUpPolicy.NONE:
+        return ([latest] if now - latest <= ON_TIME_MS else []), cadence.next_after(now)
+    window = schedule["catch_up_window_ms"] or DEFAULT_WINDOW_MS
+    missed = cadence.between(max(due, now - window), now + 1, CATCH_UP_BATCH + 1)
+    if len(missed) > CATCH_UP_BATCH:  # the rest in the next passes, oldest first
+        return missed[:CATCH_UP_BATCH], missed[CATCH_UP_BATCH]
+    return missed, cadence.next_after(now)
+
+
+async def _start_occurrence(tx: Tx, schedule: Row, occurrence: int, now: int) -> tuple[str, bool]:
+    """Start the run of one occurrence (once: by its reference id); its id, whether new."""
+    request = StartRunRequest(
+        workflow=schedule["workflow"],
+        version=schedule["version"],
+        input=load(schedule["input"]),
+        pool=schedule["pool"],
+        reference_id=reference_id(schedule["id"], occurrence),
+        timeout=_run_timeout(schedule),
+    )
+    try:
+        started = await start_run_in(
+            tx, schedule["namespace"], request, now, schedule_id=schedule["id"]
+        )
+    except ReferenceIdConflictError as exc:
+        # a run started by hand under this reference id (or before the schedule's input
+        # changed) holds the occurrence; raising would fail every timer pass from now on
+        return exc.run_id, False
+    return started.run.id, started.created
 
 
 async def _schedule(tx: Tx, namespace: str, schedule_id: str, *, lock: bool = False) -> Row:

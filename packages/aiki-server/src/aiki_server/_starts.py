@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from aiki_core import ConflictError, ReferenceIdConflictError, RunStatus
+from aiki_core import ConflictError, ParentClosePolicy, ReferenceIdConflictError, RunStatus
 from aiki_core.wire import StartRunResponse, content_hash, to_millis
 from aiki_server._clock import MAX_MS, from_ms, to_ms
 from aiki_server._flow import apply_strategy, declare, start_rank
@@ -99,6 +99,7 @@ async def insert_run(
     now: int,
     run_id: str | None = None,
     parent: tuple[str, str, int] | None = None,
+    parent_close_policy: ParentClosePolicy = ParentClosePolicy.TERMINATE,
     schedule_id: str | None = None,
     continued_from: str | None = None,
     trace_context: dict[str, str] | None = None,
@@ -109,11 +110,12 @@ async def insert_run(
 ) -> Row:
     """Insert a run (queued, or scheduled to start later) and its first history entry.
 
-    `trace_context` is its starter's, continued by each worker that claims it;
-    `reason` is the history entry's. A start's `concurrency` declares its workflow's
-    limit and gives the run its key (else `concurrency_key`, a continuation's); its
-    strategy may cancel the new run (it is returned cancelled) or older ones (see
-    `_flow`).
+    A child (`parent`: its parent's id, its address and occurrence) keeps its
+    `parent_close_policy`. `trace_context` is its starter's, continued by each worker
+    that claims it; `reason` is the history entry's. A start's `concurrency` declares
+    its workflow's limit and gives the run its key (else `concurrency_key`, a
+    continuation's); its strategy may cancel the new run (it is returned cancelled) or
+    older ones (see `_flow`).
     """
     limit = None
     if concurrency is not None:
@@ -146,6 +148,7 @@ async def insert_run(
         "parent_run_id": parent_id,
         "child_address": child_address,
         "child_occurrence": child_occurrence,
+        "parent_close_policy": None if parent_id is None else parent_close_policy.value,
         "schedule_id": schedule_id,
         "input": input_json,
         "timeout_ms": timeout_ms,

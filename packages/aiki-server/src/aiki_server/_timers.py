@@ -120,10 +120,7 @@ class _Kind:
 
 
 class TimerDaemon:
-    """Runs due timers until cancelled; `fire_schedule` handles a due (locked) schedule.
-
-    `cleanup_ms` bounds the cleanup of a run whose deadline passes after it ran.
-    """
+    """Runs due timers until cancelled; `fire_schedule` handles a due (locked) schedule."""
 
     def __init__(
         self,
@@ -134,7 +131,6 @@ class TimerDaemon:
         *,
         batch: int = 200,
         max_idle: float = 1.0,
-        cleanup_ms: int = 60_000,
     ):
         self._db = db
         self._hub = hub
@@ -154,7 +150,7 @@ class TimerDaemon:
                 "runs",
                 f"deadline_at <= $1 AND status NOT IN ({_TERMINAL_SQL})",
                 "deadline_at",
-                partial(_expire, cleanup_ms=cleanup_ms),
+                _expire,
                 reread=True,
             ),
             _Kind(
@@ -333,10 +329,11 @@ async def _wake(tx: Tx, run: Row, now: int) -> None:
     await requeue(tx, run, now, reason)
 
 
-async def _expire(tx: Tx, run: Row, now: int, *, cleanup_ms: int) -> None:
-    """A passed deadline: the run fails as timed out (a delayed start too), children cancelled.
+async def _expire(tx: Tx, run: Row, now: int) -> None:
+    """A passed deadline: the run fails as timed out (a delayed start too).
 
-    A run that ran cleans up first; a cleanup past its own deadline ends the run.
+    A run that ran cleans up first (for `Tx.cleanup_ms`); a cleanup past its own deadline
+    ends the run. Either way its children go by their parent-close policies as it ends.
     """
     if run["status"] == RunStatus.CLEANING_UP:
         reason = "cleanup deadline passed: ended without its cleanup finished"
@@ -344,9 +341,7 @@ async def _expire(tx: Tx, run: Row, now: int, *, cleanup_ms: int) -> None:
         return
     timeout = WorkflowTimeoutError(run["id"], int(run["timeout_ms"] or 0))
     error = ErrorInfo.from_exception(timeout)
-    await end_run_and_descendants(
-        tx, run, RunStatus.FAILED, now, "timed out", error, cleanup_ms=cleanup_ms
-    )
+    await end_run_and_descendants(tx, run, RunStatus.FAILED, now, "timed out", error, cleanup=True)
 
 
 async def _release_idle_claim(tx: Tx, run: Row, now: int) -> None:

@@ -173,6 +173,7 @@ class WorkerWrites:
                 now=now,
                 run_id=req.run_id,
                 parent=(parent_id, req.address, req.occurrence),
+                parent_close_policy=req.parent_close_policy,
                 trace_context=req.trace_context,
                 priority=req.priority or 0,
                 concurrency=req.concurrency,

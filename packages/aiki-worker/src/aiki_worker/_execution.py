@@ -58,7 +58,7 @@ class Execution:
     __slots__ = (
         "api",
         "claim",
-        "context",
+        "create_context",
         "interceptors",
         "log",
         "pause_requested",
@@ -75,7 +75,7 @@ class Execution:
         api: WorkerApi,
         claim: ClaimedRun,
         log: Logger,
-        context: object,
+        create_context: Callable[[ClaimedRun], object] | None,
         spawn: Spawn,
         *,
         retry_within: float = 90.0,
@@ -84,7 +84,7 @@ class Execution:
         self.api = api
         self.claim = claim
         self.log = log
-        self.context = context
+        self.create_context = create_context
         self.pause_requested = False
         """Set by a `pause` directive (a heartbeat's or a task record's answer)."""
         self.retry_within = retry_within

@@ -49,7 +49,7 @@ HEARTBEAT_RETRY = 0.125
 """Part of the heartbeat interval after which a failed heartbeat is sent again."""
 
 ContextFactory = Callable[["ClaimedRun"], object]
-"""Makes the per-run object a version sees as `run.ctx`."""
+"""Makes the per-run object a version sees as `run.ctx` (or an awaitable of it)."""
 
 Outcome = Literal["completed", "failed", "suspended", "released", "continued", "lost"]
 """What became of a run on record: the action it was transitioned by, or `lost`."""
@@ -124,7 +124,7 @@ class Runner:
             self.client,
             claim,
             log,
-            None,
+            self.create_context,
             spawn,
             retry_within=self.write_retry_timeout,
             interceptors=self.interceptors,
@@ -146,8 +146,6 @@ class Runner:
             with held.scope:
                 if version is None:  # the server never does this; defend anyway
                     raise LookupError(f"no version {run.workflow} {run.version} here")
-                if self.create_context is not None:
-                    execution.context = self.create_context(held.claim)
                 log.debug("run claimed", {"attempt": run.attempt, "revision": run.revision})
                 info = RunExecutionInfo(run, held.claim.trace_context)
                 action = await intercepted(

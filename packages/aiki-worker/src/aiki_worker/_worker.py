@@ -68,6 +68,9 @@ class Worker:
     `interceptors` (`aiki_core.Interceptor`) wrap each execution of a run, each task
     attempt that really runs and each start of a child, e.g. to trace them
     (`aiki_otel.TracingInterceptor`).
+
+    `create_context` makes `run.ctx` for each execution of a run (sync or async) whose
+    version has no factory of its own; one that raises fails that attempt.
     """
 
     def __init__(

@@ -62,12 +62,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from random import random as _random
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, cast
 from uuid import UUID, uuid4
 
 import anyio
 import anyio.lowlevel
 from pydantic import ValidationError
+from typing_extensions import TypeVar
 
 from aiki_core import (
     AikiError,
@@ -77,6 +78,7 @@ from aiki_core import (
     ConflictError,
     ErrorInfo,
     InvalidRequestError,
+    ParentClosePolicy,
     PayloadValidationError,
     RemoteError,
     ReplayDivergenceError,
@@ -302,8 +304,16 @@ class _Call:
     """Sent with its records: what the replay noticed when it made this call."""
 
 
-class WorkflowRun:
-    """The run a workflow version executes: its identity, logger, context, and replay."""
+CtxT = TypeVar("CtxT", default=Any)
+"""The type of `run.ctx`: what the version's (or worker's) `create_context` makes."""
+
+
+class WorkflowRun(Generic[CtxT]):
+    """The run a workflow version executes: its identity, logger, context, and replay.
+
+    `ctx` is what the version's `create_context` made for this execution (else the
+    worker's, else `None`); `WorkflowRun[Db]` types it.
+    """
 
     def __init__(
         self,
@@ -326,7 +336,7 @@ class WorkflowRun:
         self.version: str = claim.run.version
         self.attempt: int = claim.run.attempt
         self.log: Logger = execution.log
-        self.ctx: Any = execution.context
+        self.ctx: CtxT = cast("CtxT", None)  # the version sets it before the run goes on
         # raises CodecError when the key that sealed the run's input is gone
         self._address_key = execution.codec.address_key(claim.input)
         self._recorded: dict[tuple[str, int], TaskRecord] = {
@@ -747,6 +757,7 @@ class WorkflowRun:
         timeout: timedelta | None,
         priority: int | None = None,
         concurrency: ConcurrencySpec | None = None,
+        parent_close_policy: ParentClosePolicy = ParentClosePolicy.TERMINATE,
     ) -> tuple[RunId, TaskAddress, int]:
         """Start a child run once per (address, occurrence); its id, address and occurrence.
 
@@ -777,6 +788,7 @@ class WorkflowRun:
                 timeout=timeout,
                 priority=priority,
                 concurrency=concurrency,
+                parent_close_policy=parent_close_policy,
             )
             started = await self._write(self._execution.start_child(request))
         return started.run.id, address, occurrence

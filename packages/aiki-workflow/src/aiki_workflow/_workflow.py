@@ -15,15 +15,17 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, get_type_hints
+from typing import TYPE_CHECKING, Any, Generic, get_type_hints, overload
 
 from pydantic import TypeAdapter, ValidationError
+from typing_extensions import TypeVar
 
 from aiki_core import (
     CodecContext,
     CodecError,
     Concurrency,
     ErrorInfo,
+    ParentClosePolicy,
     PayloadValidationError,
     RateLimit,
     RetryPolicy,
@@ -49,12 +51,16 @@ if TYPE_CHECKING:
     from pydantic import JsonValue
 
     from aiki_core.sdk import RunExecution, WorkflowRunHandle, WorkflowStarter
-    from aiki_core.wire import RunAction
+    from aiki_core.wire import ClaimedRun, RunAction
 
 InT = TypeVar("InT")
 OutT = TypeVar("OutT")
+CtxT = TypeVar("CtxT", default=Any)
 
-WorkflowFunction = Callable[[WorkflowRun, InT], Awaitable[OutT]]
+_Ctx = TypeVar("_Ctx")
+WorkflowFunction = Callable[[WorkflowRun[_Ctx], InT], Awaitable[OutT]]
+ContextFactory = Callable[["ClaimedRun"], CtxT | Awaitable[CtxT]]
+"""Makes `run.ctx` for each execution of a run, from its claim; it may be async."""
 
 
 class WorkflowVersion(Generic[InT, OutT]):
@@ -62,7 +68,7 @@ class WorkflowVersion(Generic[InT, OutT]):
 
     def __init__(
         self,
-        fn: WorkflowFunction[InT, OutT],
+        fn: WorkflowFunction[Any, InT, OutT],
         *,
         workflow: str,
         version: str,
@@ -74,9 +80,11 @@ class WorkflowVersion(Generic[InT, OutT]):
         rate_limit: RateLimit[InT] | None = None,
         concurrency: Concurrency[InT] | None = None,
         priority: int = 0,
+        create_context: ContextFactory[Any] | None = None,
     ) -> None:
         _check_priority(priority)
         self.fn = fn
+        self.create_context = create_context
         self.rate_limit = rate_limit
         self.workflow = workflow
         self.version = version
@@ -179,12 +187,15 @@ class WorkflowVersion(Generic[InT, OutT]):
         pool: str | None = None,
         timeout: timedelta | None = None,
         priority: int | None = None,
+        parent_close_policy: ParentClosePolicy = ParentClosePolicy.TERMINATE,
     ) -> ChildRun[OutT]:
         """Start a run of this version as a child of `run` (once, even across replays).
 
-        The child runs in the parent's pool unless `pool` is given; cancelling the
-        parent cancels it. `await child.result()` waits for it durably. `priority`
-        overrides the version's; its concurrency key is computed from `payload`.
+        The child runs in the parent's pool unless `pool` is given. When the parent
+        ends, however it ends, the server applies `parent_close_policy`: `TERMINATE`
+        cancels the child at once, `REQUEST_CANCEL` cancels it as a client would,
+        `ABANDON` lets it run on. `await child.result()` waits for it durably.
+        `priority` overrides the version's; its concurrency key is computed from `payload`.
         """
         run_id, address, occurrence = await run.start_child(
             self.workflow,
@@ -192,6 +203,7 @@ class WorkflowVersion(Generic[InT, OutT]):
             self.encode_payload(payload),
             pool=pool,
             timeout=timeout if timeout is not None else self.timeout,
+            parent_close_policy=parent_close_policy,
             **self.flow_control(payload, priority),
         )
         return ChildRun(run, run_id, address, occurrence, self.decode_result)
@@ -226,6 +238,14 @@ class WorkflowVersion(Generic[InT, OutT]):
                 f"run {run_id} has an input that {self.workflow!r} {self.version} rejects", exc
             )
             return FailRun(error=ErrorInfo.from_exception(error))
+        factory = self.create_context or execution.create_context
+        if factory is not None:
+            try:
+                context = factory(execution.claim)
+                run.ctx = await context if inspect.isawaitable(context) else context
+            except Exception as exc:  # this attempt fails; the version's retry applies
+                own = "the version's" if self.create_context is not None else "the worker's"
+                return self._failure(run, exc, during=f"{own} create_context")
         try:
             outcome = await run.drive(self._body(run, payload))
         except ContinueAsNew as cont:
@@ -271,8 +291,11 @@ class WorkflowVersion(Generic[InT, OutT]):
         )
         return CompleteRun(result=encoded)
 
-    def _failure(self, run: WorkflowRun, exc: Exception) -> FailRun:
+    def _failure(self, run: WorkflowRun, exc: Exception, *, during: str | None = None) -> FailRun:
+        """The attempt fails with `exc` (raised in `during`, when not in the workflow)."""
         error = ErrorInfo.from_exception(exc)
+        if during is not None:
+            error = error.model_copy(update={"message": f"{during} failed: {error.message}"})
         delay = None
         if self.retry is not None and error.retryable:
             delay = self.retry.delay_after(run.attempt)
@@ -291,6 +314,7 @@ class Workflow:
         self.name = name
         self.versions: dict[str, WorkflowVersion[Any, Any]] = {}
 
+    @overload
     def v(
         self,
         version: str,
@@ -308,7 +332,47 @@ class Workflow:
         rate_limit: RateLimit[Any] | None = None,
         concurrency: Concurrency[Any] | None = None,
         priority: int = 0,
-    ) -> Callable[[WorkflowFunction[InT, OutT]], WorkflowVersion[InT, OutT]]:
+        create_context: Callable[[ClaimedRun], Awaitable[CtxT]],
+    ) -> Callable[[WorkflowFunction[CtxT, InT, OutT]], WorkflowVersion[InT, OutT]]: ...
+
+    @overload
+    def v(
+        self,
+        version: str,
+        *,
+        retry: RetryPolicy | None = None,
+        timeout: timedelta | None = None,
+        task_retry: RetryPolicy | None = None,
+        before: Sequence[HookTask[Any]] = (),
+        after: Sequence[HookTask[Any]] = (),
+        on_complete: HookTask[Any] | None = None,
+        on_error: HookTask[ErrorInfo] | None = None,
+        on_sleep: HookTask[SleepInfo] | None = None,
+        strict_replay: bool = False,
+        rate_limit: RateLimit[Any] | None = None,
+        concurrency: Concurrency[Any] | None = None,
+        priority: int = 0,
+        create_context: Callable[[ClaimedRun], CtxT] | None = None,
+    ) -> Callable[[WorkflowFunction[CtxT, InT, OutT]], WorkflowVersion[InT, OutT]]: ...
+
+    def v(
+        self,
+        version: str,
+        *,
+        retry: RetryPolicy | None = None,
+        timeout: timedelta | None = None,
+        task_retry: RetryPolicy | None = None,
+        before: Sequence[HookTask[Any]] = (),
+        after: Sequence[HookTask[Any]] = (),
+        on_complete: HookTask[Any] | None = None,
+        on_error: HookTask[ErrorInfo] | None = None,
+        on_sleep: HookTask[SleepInfo] | None = None,
+        strict_replay: bool = False,
+        rate_limit: RateLimit[Any] | None = None,
+        concurrency: Concurrency[Any] | None = None,
+        priority: int = 0,
+        create_context: ContextFactory[CtxT] | None = None,
+    ) -> Callable[[WorkflowFunction[CtxT, InT, OutT]], WorkflowVersion[InT, OutT]]:
         """Declare `version`: `retry` retries the whole run, `timeout` bounds it.
 
         `task_retry` is the policy of tasks that declare none (default: no retries).
@@ -324,11 +388,16 @@ class Workflow:
         `concurrency` limits how many runs of the workflow (per key) execute at once,
         and `priority` (0 to 9, higher first) is the default of its runs' starts; see
         the flow control guide.
+
+        `create_context` makes `run.ctx` for each execution of a run, from its claim
+        (it may be async), instead of the worker's; the function's
+        `run: WorkflowRun[Ctx]` is typed by it. A factory that raises fails the
+        attempt (the version's `retry` applies), its error saying so.
         """
         _check_priority(priority)
         hooks = Hooks(before, after, on_complete, on_error, on_sleep, on_cancel)
 
-        def declare(fn: WorkflowFunction[InT, OutT]) -> WorkflowVersion[InT, OutT]:
+        def declare(fn: WorkflowFunction[CtxT, InT, OutT]) -> WorkflowVersion[InT, OutT]:
             if version in self.versions:
                 raise ValueError(f"workflow {self.name!r} already has version {version!r}")
             declared = WorkflowVersion(
@@ -343,6 +412,7 @@ class Workflow:
                 rate_limit=rate_limit,
                 concurrency=concurrency,
                 priority=priority,
+                create_context=create_context,
             )
             self.versions[version] = declared
             return declared

@@ -44,6 +44,8 @@ class Tx(ABC):
     """How runs queued in this transaction are ranked (the database's, in `write`)."""
     limited: LimitedWorkflows = LimitedWorkflows()
     """The replica's view of the workflows with a concurrency limit (the database's)."""
+    cleanup_ms: int = 60_000
+    """How long a cancelled or timed-out run's cleanup may take (the database's)."""
     unindexed: str
     """Put before a column in a condition that must not choose an index: SQLite's planner,
     without statistics, prefers any index whose first column a condition fixes (say the
@@ -138,6 +140,8 @@ class Database(ABC):
         """How runs queued in its write transactions are ranked (the app sets its own)."""
         self.limited = LimitedWorkflows()
         """Its view of the workflows with a concurrency limit (a wake-up hint)."""
+        self.cleanup_ms = 60_000
+        """How long a cancelled or timed-out run's cleanup may take (the app sets its own)."""
 
     async def write(self, work: Callable[[Tx], Awaitable[T]], *, attempts: int = 5) -> T:
         """`work` in a write transaction: its answer, once the transaction has committed.
@@ -156,6 +160,7 @@ class Database(ABC):
                 async with self.transaction() as tx:
                     tx.flow = self.flow
                     tx.limited = self.limited
+                    tx.cleanup_ms = self.cleanup_ms
                     answer = await work(tx)
             except self.transient_errors:
                 metrics.transaction(perf_counter() - started)
