@@ -48,11 +48,24 @@ async def end_parent(h: Harness, parent: dict[str, Any], how: str) -> None:
     elif how == "cancelled":
         r = await h.client.post(f"/runs/{parent['id']}/cancel", json={"reason": "enough"})
         assert r.status_code == 200, r.text
+        await clean_up(h, parent)
     else:
         h.clock.advance(11_000)  # past the parent's 10 s deadline
         await timer_pass(h)
+        await clean_up(h, parent)
     status = "failed" if how == "timed_out" else how
     assert (await get_run(h.client, parent["id"]))["status"] == status
+
+
+async def clean_up(h: Harness, parent: dict[str, Any]) -> None:
+    """A parent that ran cleans up before it ends: its children close only once it has."""
+    detail = await get_run(h.client, parent["id"])
+    assert detail["status"] == "cleaning_up"
+    assert "cancelled" not in {child["status"] for child in detail["children"]}
+    cleanup = (await claim_one(h.client, parent["workflow"]))["run"]
+    assert cleanup["id"] == parent["id"]
+    r = await transition(h.client, parent["id"], cleanup["revision"], {"kind": "complete"})
+    assert r.status_code == 200, r.text
 
 
 @pytest.mark.parametrize("how", ENDS)
