@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
@@ -51,6 +51,9 @@ from aiki_core.wire import (
 )
 from aiki_task import task
 from aiki_workflow import WorkflowRun, event, workflow
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 calls: list[str] = []
@@ -122,6 +125,11 @@ class Execution:
         held, self.deferred = self.deferred, []
         for request in held:
             await self.record_task(request)
+
+    def task_abandoned(
+        self, task_name: str, attempt: int, still_running: Callable[[], bool]
+    ) -> None:
+        raise AssertionError(f"no plain task is cancelled in these workflows: {task_name}")
 
 
 HANGS = object()

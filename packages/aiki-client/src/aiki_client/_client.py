@@ -43,10 +43,13 @@ from aiki_core import (
 )
 from aiki_core.sdk import fit_trace_context, intercepted, new_run_id
 from aiki_core.wire import (
+    AbandonedTaskRequest,
     ClaimRequest,
     ClaimResponse,
     CreateWebhookRequest,
     CreateWebhookResponse,
+    DirectivesRequest,
+    DirectivesResponse,
     HeartbeatRequest,
     HeartbeatResponse,
     ListRunsQuery,
@@ -55,6 +58,7 @@ from aiki_core.wire import (
     RecordTaskResponse,
     RemoteTaskRequest,
     RunPage,
+    RunSummary,
     ServerLimits,
     StartChildRequest,
     StartRunRequest,
@@ -261,6 +265,14 @@ class Client:
     async def heartbeat(self, request: HeartbeatRequest) -> HeartbeatResponse:
         """Refresh claims; a directive per run."""
         return await self._call("POST", "/heartbeats", HeartbeatResponse, request)
+
+    async def report_abandoned_task(self, run_id: RunId, request: AbandonedTaskRequest) -> None:
+        """Note in a run's history that a task attempt's thread ignored its cancellation."""
+        await self._call("POST", api_path("runs", run_id, "abandoned-tasks"), RunSummary, request)
+
+    async def directives(self, request: DirectivesRequest) -> DirectivesResponse:
+        """Long-poll for directives on held runs (cancelled, paused, lost)."""
+        return await self._call("POST", "/directives", DirectivesResponse, request)
 
     async def record_task(self, run_id: RunId, request: RecordTaskRequest) -> RecordTaskResponse:
         """Record one task attempt."""

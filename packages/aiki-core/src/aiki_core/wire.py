@@ -20,6 +20,7 @@ from aiki_core._api import (
     MAX_TASKS_PER_TRANSITION,
     MAX_WEBHOOK_LIFETIME,
     MAX_WEBHOOK_SCHEMA_BYTES,
+    AbandonedTaskRequest,
     AwaitChild,
     AwaitEvent,
     AwaitRetry,
@@ -33,6 +34,8 @@ from aiki_core._api import (
     ContinueRun,
     CreateWebhookRequest,
     CreateWebhookResponse,
+    DirectivesRequest,
+    DirectivesResponse,
     ErrorBody,
     ErrorResponse,
     FailRun,
@@ -57,6 +60,7 @@ from aiki_core._api import (
     SuspendRun,
     TransitionRunRequest,
     TransitionRunResponse,
+    WatchedRun,
     WorkerPage,
     WorkerSummary,
     WorkflowCapability,
@@ -143,6 +147,7 @@ from aiki_core._status import (
 from aiki_core._wire import ID_PATTERN, MAX_COUNT, Cursor, Identifier, Name
 
 __all__ = (
+    "AbandonedTaskRequest",
     # starting, listing and steering runs
     "CancelRunRequest",
     "ListRunsQuery",
@@ -178,6 +183,8 @@ __all__ = (
     "CompleteRun",
     "ContinueRun",
     "FailRun",
+    "DirectivesRequest",
+    "DirectivesResponse",
     "HeartbeatRequest",
     "HeartbeatResponse",
     "RecordTaskRequest",
@@ -187,6 +194,7 @@ __all__ = (
     "RunDirective",
     "RunLease",
     "RunLeaseStatus",
+    "WatchedRun",
     "RunWait",
     "SuspendRun",
     "TransitionRunRequest",

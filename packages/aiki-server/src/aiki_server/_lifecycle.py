@@ -35,7 +35,7 @@ from aiki_core import (
 )
 from aiki_core.wire import RUN_WAITING_STATUSES, RunSummary
 from aiki_server._logs import component, run_ids
-from aiki_server._notify import QUEUE, TIMERS, run_topic
+from aiki_server._notify import QUEUE, TIMERS, run_topic, worker_topic
 from aiki_server._rows import RUN_COLUMNS, dump, run_summary
 from aiki_server._transitions import check_run_transition
 
@@ -170,6 +170,9 @@ async def move_run(
         now=now,
     )
     tx.publish(run_topic(run["id"]))
+    if fence and current is RunStatus.RUNNING and run.get("claimed_by"):
+        # taken from its worker (cancelled, timed out, claim idle): its directives poll answers
+        tx.publish(worker_topic(run["namespace"], run["claimed_by"]))
     freed = current is RunStatus.RUNNING
     if target is RunStatus.QUEUED or (
         freed and await tx.limited.includes(tx, run["namespace"], run["workflow"])

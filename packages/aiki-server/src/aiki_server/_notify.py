@@ -3,9 +3,10 @@
 A waiter subscribes to a topic *before* it checks the database, then waits on the
 subscription; whoever changes the state publishes the topic after the commit. So a
 change between the check and the wait is never missed. Topics: `QUEUE` (a run may
-have become claimable), `TIMERS` (a new due time was set) and `run_topic(id)` (the
-run's status changed). Across server replicas, PostgreSQL LISTEN/NOTIFY feeds the
-same hub.
+have become claimable), `TIMERS` (a new due time was set), `run_topic(id)` (the
+run's status changed) and `worker_topic(namespace, id)` (a run the worker holds was
+fenced, or its pause requested or withdrawn). Across server replicas, PostgreSQL
+LISTEN/NOTIFY feeds the same hub.
 """
 
 from __future__ import annotations
@@ -19,6 +20,11 @@ TIMERS = "timers"
 def run_topic(run_id: str) -> str:
     """The topic published when a run's status changes."""
     return f"run:{run_id}"
+
+
+def worker_topic(namespace: str, worker_id: str) -> str:
+    """The topic published when a run the worker holds calls for another directive."""
+    return f"worker:{namespace}:{worker_id}"
 
 
 class Subscription:
