@@ -41,7 +41,7 @@ SEED = 6
 MIN_CASES = 2500
 """A run that tries fewer cases than this did not really fuzz the API."""
 LONG_POLL_MS = 20
-"""Claims, directives polls and status waits hold a request open for this long at most while fuzzing."""
+"""Long-polls (claims, directives, status waits) hold a request this long at most."""
 CHECKS = {
     "not_a_server_error",
     "status_code_conformance",

@@ -126,9 +126,7 @@ async def test_a_poll_sees_only_its_namespace(db_url: str) -> None:
             answers = await answered_after(client, [lease(run_id, revision)], cancel)
             assert answers == [{"run_id": run_id, "directive": "cancel"}]
         async with client_with(app, None) as anonymous:
-            r = await anonymous.post(
-                "/directives", json={"worker_id": "w", "runs": [], "wait": 0}
-            )
+            r = await anonymous.post("/directives", json={"worker_id": "w", "runs": [], "wait": 0})
             error_of(r, 401, "unauthenticated")
 
 

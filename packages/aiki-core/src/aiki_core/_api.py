@@ -19,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Field,
     JsonValue,
+    StrictBool,
     StringConstraints,
     WithJsonSchema,
     model_validator,
@@ -197,7 +198,7 @@ class ErrorResponse(ResponseModel):
 
 
 class StartRunRequest(RequestModel):
-    """Start a run of `workflow` at `version` (idempotent by `reference_id`)."""
+    """Start a run of `workflow` at `version` (idempotent by `reference_id`, and by `run_id`)."""
 
     workflow: Name
     version: VersionName
@@ -205,7 +206,9 @@ class StartRunRequest(RequestModel):
     run_id: ClientId | None = Field(
         default=None,
         description="The new run's id, minted by the client (a ULID) so the input can be "
-        "sealed to the run; the server mints one when it is left out.",
+        "sealed to the run; the server mints one when it is left out. A start of an id "
+        "that exists, with the same workflow, version, input and pool (and no reference "
+        "id), answers that run: the same start sent twice.",
     )
     input_hash: Fingerprint | None = Field(
         default=None,
@@ -442,7 +445,7 @@ class HeartbeatResponse(ResponseModel):
 class WatchedRun(RunLease):
     """A held run a worker watches, with the directive it follows now."""
 
-    pausing: bool = False
+    pausing: StrictBool = False
     """Whether the worker already stops it at its next task boundary (a pause it was told of)."""
 
 
