@@ -108,7 +108,10 @@ class Task(TypedTask[InT, OutT]):
 
         Its validated result as JSON values; `TaskTimeoutError` when it ran over.
         """
-        context = TaskContext.from_attempt(info)
+        # a thread's attempt always has one: it carries the cancellation to the thread
+        context = None
+        if self._takes_context or not self._is_async:
+            context = TaskContext.from_attempt(info)
         args: tuple[Any, ...] = (payload, context) if self._takes_context else (payload,)
         limit = None if timeout is None else timeout.total_seconds()
         result: Any = None
@@ -116,6 +119,7 @@ class Task(TypedTask[InT, OutT]):
             if self._is_async:
                 result = await self.fn(*args)
             else:
+                assert context is not None
                 result = await _in_thread(partial(self.fn, *args), context, info)
         if scope.cancelled_caught:
             assert timeout is not None

@@ -67,6 +67,7 @@ class Execution:
         "cancel_grace",
         "worker_id",
         "_spawn",
+        "_watch",
         "_unsent",
         "_sending",
         "_idle",
@@ -85,6 +86,7 @@ class Execution:
         interceptors: Sequence[Interceptor] = (),
         cancel_grace: float = 10.0,
         worker_id: str | None = None,
+        watch: Spawn | None = None,
     ) -> None:
         self.api = api
         self.claim = claim
@@ -100,6 +102,8 @@ class Execution:
         self.worker_id = worker_id
         """The pulling worker's id (none for a workflow endpoint), for the abandonment note."""
         self._spawn = spawn
+        self._watch = watch or spawn
+        """Starts the watch of an abandoned thread, which may outlive the run's execution."""
         self._unsent: list[RecordTaskRequest] = []
         """Held records no send has taken yet."""
         self._sending: list[RecordTaskRequest] = []
@@ -174,12 +178,17 @@ class Execution:
         and does not leave it running silently.
         """
         run = self.claim.run
+        details = {"task": task_name, "attempt": attempt, "seconds": self.cancel_grace}
 
         async def watch() -> None:
-            await anyio.sleep(self.cancel_grace)
+            try:
+                await anyio.sleep(self.cancel_grace)
+            except anyio.get_cancelled_exc_class():  # the worker stops: say so, at least
+                if still_running():
+                    self.log.error("a cancelled task's thread still runs; abandoned", details)
+                raise
             if not still_running():
                 return
-            details = {"task": task_name, "attempt": attempt, "seconds": self.cancel_grace}
             self.log.error("a cancelled task's thread still runs; abandoned", details)
             request = AbandonedTaskRequest(
                 worker_id=self.worker_id,
@@ -195,7 +204,7 @@ class Execution:
             except Exception as exc:  # the log line stays
                 self.log.warn("cannot note the abandoned task", {"error": str(exc)})
 
-        self._spawn(watch)
+        self._watch(watch)
 
     def defer_task(self, request: RecordTaskRequest) -> None:
         """Hold a task record and send it now, in the background (or with the next send)."""

@@ -121,8 +121,12 @@ class Runner:
         self.write_retry_timeout = write_retry_timeout
         self.interceptors = tuple(interceptors)
 
-    def hold(self, claim: ClaimedRun, spawn: Spawn) -> Held:
-        """A claimed run, ready to execute; `spawn` starts its background record sends."""
+    def hold(self, claim: ClaimedRun, spawn: Spawn, watch: Spawn | None = None) -> Held:
+        """A claimed run, ready to execute; `spawn` starts its background record sends.
+
+        `watch` starts the watch of a cancelled task's thread (default: `spawn`), which
+        may outlive the run's execution.
+        """
         run = claim.run
         log = self.log.child({"workflow": run.workflow, "version": run.version, "run_id": run.id})
         execution = Execution(
@@ -135,6 +139,7 @@ class Runner:
             interceptors=self.interceptors,
             cancel_grace=self.cancel_grace,
             worker_id=self.worker_id,
+            watch=watch,
         )
         return Held(claim, execution)
 

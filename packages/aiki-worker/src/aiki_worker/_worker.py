@@ -149,6 +149,8 @@ class Worker:
         self._crash: Exception | None = None
         """What ended the loops of an `async with` block, but a refusal."""
         self._loops: asyncio.Task[None] | None = None
+        self._watchers: TaskGroup
+        """Where abandoned threads are watched: outside the runs, which need not wait."""
         self._host: asyncio.Task[Any] | None = None
         self._host_cancelling = 0
         self._cancelled_host = False
@@ -251,6 +253,7 @@ class Worker:
         )
         try:
             async with anyio.create_task_group() as tg:
+                self._watchers = tg
                 tg.start_soon(self._heartbeats)
                 tg.start_soon(self._directives.run_forever)
                 with self._runs_scope:
@@ -299,7 +302,7 @@ class Worker:
                 continue
             backoff = 0.0
             for claim in response.runs:
-                held = self.runner.hold(claim, runs.start_soon)
+                held = self.runner.hold(claim, runs.start_soon, self._watchers.start_soon)
                 stale = self._held.get(claim.run.id)
                 if stale is not None:  # its claim went idle under it: it can write nothing
                     stale.direct(RunDirective.LOST)
