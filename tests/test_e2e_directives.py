@@ -45,6 +45,12 @@ class Stack:
         """Wait until the run's long step started."""
         await self.counters.wait_for_total(f"started-{key}", 1, timeout=30)
 
+    async def logged(self, text: str) -> None:
+        """Wait (`SOON` at most) until the worker logged `text`."""
+        with anyio.fail_after(SOON):
+            while text not in self.worker.log_text():  # noqa: ASYNC110 - a log file
+                await anyio.sleep(0.05)
+
     async def soon(self, counter: str) -> None:
         """Wait (`SOON` at most) until the counter has a line."""
         await self.counters.wait_for_total(counter, 1, timeout=SOON)
@@ -71,7 +77,9 @@ async def test_cancel_reaches_a_running_async_task_at_once(stack: Stack) -> None
     with pytest.raises(WorkflowCancelledError):
         await handle.result()
     assert stack.counters.count("after-async-1") == 0
-    assert "run stopped" in stack.worker.log_text()
+    await stack.logged("run stopped")
+    stopped = next(ln for ln in stack.worker.log_text().splitlines() if "run stopped" in ln)
+    assert 'directive="cancel"' in stopped
 
 
 async def test_pause_reaches_the_run_at_its_next_task_boundary(stack: Stack) -> None:
@@ -108,9 +116,7 @@ async def test_a_plain_task_ignoring_cancellation_is_reported_abandoned(stack: S
 
     await handle.cancel()
 
-    with anyio.fail_after(SOON):
-        while "abandoned" not in stack.worker.log_text():  # noqa: ASYNC110 - a log file
-            await anyio.sleep(0.05)
+    await stack.logged("abandoned")
     line = next(ln for ln in stack.worker.log_text().splitlines() if "abandoned" in ln)
     assert handle.id in line
     assert "ignores-cancelled" in line

@@ -84,13 +84,14 @@ class DirectivesPoll:
         backoff = 0.0
         last = -RESTART_SECONDS
         while True:
-            if not self._held:
-                await self._grew.wait()
             await anyio.sleep_until(last + RESTART_SECONDS)
             last = anyio.current_time()
             self._grew = anyio.Event()
-            asked = dict(self._held)
-            if not asked:
+            # a run told to stop already may take a while to let go (its report is retried):
+            # asking about it again would be answered at once, over and over
+            asked = {run_id: one for run_id, one in self._held.items() if one.directive is None}
+            if not asked:  # until a run is claimed
+                await self._grew.wait()
                 continue
             request = DirectivesRequest(
                 worker_id=self._worker_id,
