@@ -284,6 +284,11 @@ EXPECTED_CORE_SUBMODULES: dict[str, tuple[str, ...]] = {
         "TransitionRunRequest",
         "TransitionRunResponse",
         "WorkflowCapability",
+        # the directives poll, and a task its worker abandoned
+        "AbandonedTaskRequest",
+        "DirectivesRequest",
+        "DirectivesResponse",
+        "WatchedRun",
         # webhooks and schedules
         "CreateScheduleRequest",
         "CreateWebhookRequest",

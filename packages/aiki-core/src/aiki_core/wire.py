@@ -147,7 +147,6 @@ from aiki_core._status import (
 from aiki_core._wire import ID_PATTERN, MAX_COUNT, Cursor, Identifier, Name
 
 __all__ = (
-    "AbandonedTaskRequest",
     # starting, listing and steering runs
     "CancelRunRequest",
     "ListRunsQuery",
@@ -183,8 +182,6 @@ __all__ = (
     "CompleteRun",
     "ContinueRun",
     "FailRun",
-    "DirectivesRequest",
-    "DirectivesResponse",
     "HeartbeatRequest",
     "HeartbeatResponse",
     "RecordTaskRequest",
@@ -194,12 +191,16 @@ __all__ = (
     "RunDirective",
     "RunLease",
     "RunLeaseStatus",
-    "WatchedRun",
     "RunWait",
     "SuspendRun",
     "TransitionRunRequest",
     "TransitionRunResponse",
     "WorkflowCapability",
+    # the directives poll, and a task its worker abandoned
+    "AbandonedTaskRequest",
+    "DirectivesRequest",
+    "DirectivesResponse",
+    "WatchedRun",
     # webhooks and schedules
     "CreateScheduleRequest",
     "CreateWebhookRequest",
