@@ -72,6 +72,7 @@ EXPECTED_EXPORTS: dict[str, tuple[str, ...]] = {
         "TaskContext",
         "TaskFailedError",
         "TaskStatus",
+        "TaskCancelledError",
         "TaskTimeoutError",
         "TooManyRequestsError",
         "Worker",
@@ -130,6 +131,7 @@ EXPECTED_EXPORTS: dict[str, tuple[str, ...]] = {
         "StaleRevisionError",
         "StorageUnavailableError",
         "TaskFailedError",
+        "TaskCancelledError",
         "TaskTimeoutError",
         "TooManyRequestsError",
         "WorkflowCancelledError",
@@ -309,6 +311,11 @@ EXPECTED_CORE_SUBMODULES: dict[str, tuple[str, ...]] = {
         "TransitionRunRequest",
         "TransitionRunResponse",
         "WorkflowCapability",
+        # the directives poll, and a task its worker abandoned
+        "AbandonedTaskRequest",
+        "DirectivesRequest",
+        "DirectivesResponse",
+        "WatchedRun",
         # webhooks and schedules
         "MAX_BACKFILL",
         "BackfillRequest",

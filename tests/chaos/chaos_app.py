@@ -115,9 +115,9 @@ class RecordingHttp:
     every second, so a gap that long means its server could not hear it: its claims
     may have gone idle).
 
-    The client has no hook for this: the chaos run reaches into its private `_http`,
-    so what is counted is exactly what the real network path (not a stand-in
-    transport) saw.
+    The client has no hook for this: the chaos run reaches into its private `_http`
+    (its one replica), so what is counted is exactly what the real network path (not
+    a stand-in transport) saw.
     """
 
     def __init__(self, inner: Http, base_url: str, role: str, log: Path) -> None:
@@ -178,7 +178,8 @@ class RecordingHttp:
 def recording_client(url: str, role: str, http_log: Path, logger: Logger) -> Client:
     """A `Client` of `url` whose 5xx answers and failed requests go to `http_log`."""
     client = Client(url, logger=logger)
-    client._http = RecordingHttp(client._http, url, role, http_log)
+    replicas = client._http.replicas
+    replicas[0] = RecordingHttp(replicas[0], url, role, http_log)
     return client
 
 

@@ -41,7 +41,7 @@ SEED = 6
 MIN_CASES = 2500
 """A run that tries fewer cases than this did not really fuzz the API."""
 LONG_POLL_MS = 20
-"""Claims and status waits hold a request open for this long at most while fuzzing."""
+"""Long-polls (claims, directives, status waits) hold a request this long at most."""
 CHECKS = {
     "not_a_server_error",
     "status_code_conformance",
@@ -60,6 +60,7 @@ _LONGEST_POLL_MS = to_millis(MAX_LONG_POLL)
 _QUERY_INT = TypeAdapter(int)
 _LONG_POLLS = {
     "POST /api/v1/claims": ("body", "wait"),
+    "POST /api/v1/directives": ("body", "wait"),
     "GET /api/v1/runs/{run_id}/wait": ("query", "timeout_ms"),
 }
 

@@ -101,9 +101,15 @@ async def test_a_client_minted_run_id_names_the_run(server: httpx.AsyncClient) -
     assert r.status_code == 201, r.text
     assert r.json()["run"]["id"] == run_id
     assert (await get_run(server, run_id))["status"] == "queued"
-    # the same id again, without a reference id to make it the same start: a conflict
-    again = await server.post("/runs", json={**body, "input": 2})
-    assert error_of(again, 409, "conflict") == {"run_id": run_id}
+    # the same start sent again (a client failing over): the same run, not a second one
+    same = await server.post("/runs", json=body)
+    assert same.status_code == 200, same.text
+    assert same.json()["run"]["id"] == run_id
+    assert same.json()["created"] is False
+    # the same id with another input, version or workflow is another start: a conflict
+    for other in ({"input": 2}, {"version": "2"}, {"workflow": "v"}):
+        again = await server.post("/runs", json={**body, **other})
+        assert error_of(again, 409, "conflict") == {"run_id": run_id}
     assert await list_ids(server) == [run_id]
 
 

@@ -16,6 +16,8 @@ from aiki_core.wire import TaskAddress
 from aiki_task import Task, TaskContext, task
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from pydantic import JsonValue
 
     from aiki_core import Logger
@@ -34,6 +36,8 @@ class OneShotRun:
         self.id = RunId("run-1")
         self.log: Logger = ConsoleLogger()
         self.inputs: list[JsonValue] = []
+        self.abandoned: list[Callable[[], bool]] = []
+        """`still_running` of each thread an attempt left running when cancelled."""
 
     async def execute_task(self, invocation: TaskInvocation) -> JsonValue:
         self.inputs.append(invocation.input)
@@ -44,6 +48,7 @@ class OneShotRun:
             occurrence=0,
             attempt=1,
             log=self.log,
+            abandoned=self.abandoned.append,
         )
         return await invocation.run_attempt(info)
 
@@ -116,6 +121,58 @@ async def test_a_timeout_cancels_the_attempt() -> None:
     error = caught.value
     assert (error.task_name, error.attempt, error.timeout_ms) == ("slow", 1, 50)
     assert error.run_id == "run-1"
+
+
+STEPS_DONE: list[int] = []
+
+
+@task("careful", timeout=timedelta(milliseconds=50))
+def careful(steps: int, ctx: TaskContext) -> int:
+    """Steps of 10 ms, until the attempt is cancelled."""
+    for step in range(steps):
+        ctx.raise_if_cancelled()
+        threading.Event().wait(0.01)
+        STEPS_DONE.append(step)
+    return steps
+
+
+@task("careless", timeout=timedelta(milliseconds=50))
+def careless(gate: str) -> str:
+    """Waits for `GATES[gate]`, whatever happens to its attempt."""
+    GATES[gate].wait(10)
+    return gate
+
+
+GATES: dict[str, threading.Event] = {}
+
+
+async def test_a_plain_task_sees_its_cancellation_and_stops() -> None:
+    run = OneShotRun()
+    with pytest.raises(TaskTimeoutError):
+        await careful.start(run, 1000)
+    with anyio.fail_after(5):
+        while run.abandoned and run.abandoned[0]():  # noqa: ASYNC110 - a thread: it stops at its next step
+            await anyio.sleep(0.01)
+    settled = len(STEPS_DONE)
+    await anyio.sleep(0.05)
+    assert len(STEPS_DONE) == settled < 1000
+
+
+async def test_a_plain_task_that_ignores_it_is_handed_to_the_watch() -> None:
+    GATES["g"] = threading.Event()
+    run = OneShotRun()
+    with pytest.raises(TaskTimeoutError):
+        await careless.start(run, "g")
+    [still_running] = run.abandoned
+    assert still_running()
+    GATES["g"].set()
+    with anyio.fail_after(5):
+        while still_running():  # noqa: ASYNC110 - a thread, no event to await
+            await anyio.sleep(0.01)
+
+
+async def test_a_context_is_not_cancelled_until_its_attempt_is() -> None:
+    assert await careful.start(OneShotRun(), 2) == 2
 
 
 def test_with_options_copies_and_keeps_the_rest() -> None:

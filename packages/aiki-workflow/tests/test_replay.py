@@ -134,6 +134,11 @@ class Execution:
         for request in held:
             await self.record_task(request)
 
+    def task_abandoned(
+        self, task_name: str, attempt: int, still_running: Callable[[], bool]
+    ) -> None:
+        raise AssertionError(f"no plain task is cancelled in these workflows: {task_name}")
+
 
 HANGS = object()
 """A remote answer that never comes."""

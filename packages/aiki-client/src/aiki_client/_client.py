@@ -24,6 +24,7 @@ from aiki_client._endpoints import Endpoints
 from aiki_client._handle import WorkflowRunHandle
 from aiki_client._http import Http, HttpxHttp, api_path
 from aiki_client._rate_limits import RateLimits
+from aiki_client._replicas import Replicas
 from aiki_client._retention import Retention
 from aiki_client._schedules import Schedules
 from aiki_client._sealing import seal_input
@@ -46,10 +47,13 @@ from aiki_core import (
 from aiki_core.sdk import fit_trace_context, intercepted, new_run_id
 from aiki_core.wire import (
     MAX_MIGRATED_PER_CALL,
+    AbandonedTaskRequest,
     ClaimRequest,
     ClaimResponse,
     CreateWebhookRequest,
     CreateWebhookResponse,
+    DirectivesRequest,
+    DirectivesResponse,
     HeartbeatRequest,
     HeartbeatResponse,
     ListRunsQuery,
@@ -61,6 +65,7 @@ from aiki_core.wire import (
     RecordTaskResponse,
     RemoteTaskRequest,
     RunPage,
+    RunSummary,
     ServerLimits,
     StartChildRequest,
     StartRunRequest,
@@ -136,6 +141,13 @@ def largest_field(body: BaseModel) -> str:
 class Client:
     """Talks to an Aiki server: `async with Client("http://127.0.0.1:9850") as client`.
 
+    `base_url` may list several replicas of one server (on one PostgreSQL database):
+    `Client(["http://a:9850", "http://b:9850"])`. Calls go to the one that answered
+    last; one that cannot be reached is failed over to the next, for calls that are
+    safe to repeat (see the operating guide). A start is safe to repeat: the client
+    mints the run's id, and the server takes a second start of that id, with the same
+    workflow and input, as the first.
+
     `api_key` (from `aiki-server keys create`) goes with every request as
     `Authorization: Bearer <key>`: the server scopes all the client does to the key's
     namespace, and a refused key raises `AuthenticationError`. Without a key, only a
@@ -149,7 +161,7 @@ class Client:
 
     def __init__(
         self,
-        base_url: str = DEFAULT_URL,
+        base_url: str | Sequence[str] = DEFAULT_URL,
         *,
         api_key: str | None = None,
         codec: PayloadCodec | None = None,
@@ -162,7 +174,11 @@ class Client:
             raise ValueError("connect_retries must be 0 or more")
         if api_key is not None and not _TOKEN.fullmatch(api_key):
             raise ValueError("api_key must be a non-empty string of visible ASCII characters")
-        self.base_url = base_url.rstrip("/")
+        urls = [base_url] if isinstance(base_url, str) else list(base_url)
+        if not urls:
+            raise ValueError("base_url needs at least one URL")
+        self.base_urls = tuple(url.rstrip("/") for url in urls)
+        """The server's replicas, in the order they are tried."""
         self.codec: PayloadCodec = codec or IdentityCodec()
         self.log: Logger = logger or ConsoleLogger()
         self.interceptors = tuple(interceptors)
@@ -179,14 +195,22 @@ class Client:
         headers = {"user-agent": f"aiki-client/{__version__}"}
         if api_key is not None:
             headers["authorization"] = f"Bearer {api_key}"
-        api_url = f"{self.base_url}/api/v1"
-        self._http: Http = (
-            SocketHttp(api_url, headers, connect_retries=connect_retries)
+        # one URL tries its connection again itself; several try each other in rounds
+        single = len(self.base_urls) == 1
+        replicas: list[Http] = [
+            SocketHttp(f"{url}/api/v1", headers, connect_retries=connect_retries if single else 0)
             if transport is None
-            else HttpxHttp(api_url, headers, transport)
-        )
+            else HttpxHttp(f"{url}/api/v1", headers, transport)
+            for url in self.base_urls
+        ]
+        self._http = Replicas(replicas, connect_retries=0 if single else connect_retries)
         self._max_body_bytes: int | None = None
         """The server's body limit, once read (0: the server does not say)."""
+
+    @property
+    def base_url(self) -> str:
+        """The URL of the replica calls go to now: the one that answered last."""
+        return self.base_urls[self._http.current]
 
     async def __aenter__(self) -> Self:
         return self
@@ -223,7 +247,8 @@ class Client:
                     "trace_context": fit_trace_context(info.trace_context),
                 }
             )
-            return await self._call("POST", "/runs", StartRunResponse, outgoing)
+            # a start sent twice (failover) is one start: the server knows its run id
+            return await self._call("POST", "/runs", StartRunResponse, outgoing, repeatable=True)
 
         started = await intercepted(self.interceptors, lambda i: i.start_run, info, start)
         return WorkflowRunHandle(self, started.run.id, decode_result)
@@ -303,12 +328,24 @@ class Client:
 
     async def heartbeat(self, request: HeartbeatRequest) -> HeartbeatResponse:
         """Refresh claims; a directive per run."""
-        return await self._call("POST", "/heartbeats", HeartbeatResponse, request)
+        return await self._call("POST", "/heartbeats", HeartbeatResponse, request, repeatable=True)
+
+    async def report_abandoned_task(self, run_id: RunId, request: AbandonedTaskRequest) -> None:
+        """Note in a run's history that a task attempt's thread ignored its cancellation."""
+        await self._call("POST", api_path("runs", run_id, "abandoned-tasks"), RunSummary, request)
+
+    async def directives(self, request: DirectivesRequest) -> DirectivesResponse:
+        """Long-poll for directives on held runs (cancelled, paused, lost)."""
+        return await self._call("POST", "/directives", DirectivesResponse, request, repeatable=True)
 
     async def record_task(self, run_id: RunId, request: RecordTaskRequest) -> RecordTaskResponse:
         """Record one task attempt."""
         return await self._call(
-            "POST", api_path("runs", run_id, "tasks"), RecordTaskResponse, request
+            "POST",
+            api_path("runs", run_id, "tasks"),
+            RecordTaskResponse,
+            request,
+            repeatable=True,  # the same record twice is taken as once
         )
 
     async def call_remote_task(self, run_id: RunId, request: RemoteTaskRequest) -> PushedTaskAnswer:
@@ -323,7 +360,11 @@ class Client:
     async def start_child(self, run_id: RunId, request: StartChildRequest) -> StartRunResponse:
         """Start a child of a held run (the workflow sealed its input)."""
         return await self._call(
-            "POST", api_path("runs", run_id, "children"), StartRunResponse, request
+            "POST",
+            api_path("runs", run_id, "children"),
+            StartRunResponse,
+            request,
+            repeatable=True,  # one child per address and occurrence
         )
 
     async def transition(
@@ -363,14 +404,23 @@ class Client:
         body: BaseModel | None = None,
         *,
         params: Sequence[tuple[str, str]] = (),
+        repeatable: bool | None = None,
     ) -> ModelT:
-        """One API call: `body` out as JSON, the answer parsed straight into `answer`."""
+        """One API call: `body` out as JSON, the answer parsed straight into `answer`.
+
+        `repeatable`: whether the call may go to another replica after its connection
+        dropped mid-request (by default, anything but a POST).
+        """
         content = None
         if body is not None:
             content = body.model_dump_json().encode()
             if len(content) > UNCHECKED_BODY_BYTES:
                 await self._check_size(body, len(content))
-        status, raw, retry_after = await self._http.send(method, path, content, params)
+        if repeatable is None:
+            repeatable = method != "POST"
+        status, raw, retry_after = await self._http.send(
+            method, path, content, params, repeatable=repeatable
+        )
         if 200 <= status < 300:
             try:
                 return answer.model_validate_json(raw)

@@ -3,7 +3,8 @@
 The network path (`SocketHttp`, in `_socket_http`) is the hot path of every worker.
 `transport=` keeps httpx's interface for everything else: `httpx.ASGITransport` to
 reach an embedded server in process, `httpx.MockTransport` in a test, or any custom
-transport. Both raise `ServerUnavailableError` when a request could not be carried.
+transport. Both raise `ServerUnavailableError` when a request could not be carried
+(`Unreachable` when it never left: no connection could be opened).
 """
 
 from __future__ import annotations
@@ -13,7 +14,13 @@ from urllib.parse import quote
 
 import httpx
 
-from aiki_client._socket_http import CONNECT_TIMEOUT, READ_TIMEOUT, Answer, unavailable
+from aiki_client._socket_http import (
+    CONNECT_TIMEOUT,
+    READ_TIMEOUT,
+    Answer,
+    Unreachable,
+    unavailable,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -68,6 +75,8 @@ class HttpxHttp:
                 params=list(params),
                 headers=_JSON if body is not None else None,
             )
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise Unreachable(self.base_url, exc) from exc
         except httpx.TransportError as exc:
             raise unavailable(self.base_url, exc) from exc
         return Answer(response.status_code, response.content, response.headers.get("retry-after"))

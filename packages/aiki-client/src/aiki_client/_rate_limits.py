@@ -85,5 +85,9 @@ class RateLimits:
             what = f"invalid acquisition of rate limit {name!r}"
             raise PayloadValidationError.from_pydantic(what, exc) from None
         return await self._client._call(
-            "POST", _path(name, "acquire"), AcquireRateLimitResponse, request
+            "POST",
+            _path(name, "acquire"),
+            AcquireRateLimitResponse,
+            request,
+            repeatable=request_id is not None,  # its grant comes back, not taken again
         )

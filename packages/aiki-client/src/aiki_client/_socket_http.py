@@ -57,6 +57,16 @@ def unavailable(base_url: str, exc: BaseException) -> ServerUnavailableError:
     return ServerUnavailableError(f"cannot reach the Aiki server at {base_url}: {exc!r}")
 
 
+class Unreachable(ServerUnavailableError):
+    """No connection to the server could be opened: the request never left the client.
+
+    So it is safe to send anywhere else, whatever it does (see `_replicas`).
+    """
+
+    def __init__(self, base_url: str, exc: BaseException) -> None:
+        super().__init__(f"cannot connect to the Aiki server at {base_url}: {exc!r}")
+
+
 class _Closed(ConnectionError):
     """The connection closed before the answer was complete."""
 
@@ -236,9 +246,9 @@ class SocketHttp:
                 return connection
             except ssl.SSLError as exc:  # a certificate will not mend itself
                 raise unavailable(self.base_url, exc) from exc
-            except (OSError, TimeoutError) as exc:
+            except (OSError, TimeoutError) as exc:  # refused, no route, DNS, timed out
                 if attempt == self.connect_retries:
-                    raise unavailable(self.base_url, exc) from exc
+                    raise Unreachable(self.base_url, exc) from exc
             await anyio.sleep(delay)
             delay *= 2
         raise AssertionError("unreachable")

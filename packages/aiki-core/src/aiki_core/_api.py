@@ -19,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Field,
     JsonValue,
+    StrictBool,
     StringConstraints,
     WithJsonSchema,
     model_validator,
@@ -198,7 +199,7 @@ class ErrorResponse(ResponseModel):
 
 
 class StartRunRequest(RequestModel):
-    """Start a run of `workflow` at `version` (idempotent by `reference_id`)."""
+    """Start a run of `workflow` at `version` (idempotent by `reference_id`, and by `run_id`)."""
 
     workflow: Name
     version: VersionName
@@ -206,7 +207,9 @@ class StartRunRequest(RequestModel):
     run_id: ClientId | None = Field(
         default=None,
         description="The new run's id, minted by the client (a ULID) so the input can be "
-        "sealed to the run; the server mints one when it is left out.",
+        "sealed to the run; the server mints one when it is left out. A start of an id "
+        "that exists, with the same workflow, version, input and pool (and no reference "
+        "id), answers that run: the same start sent twice.",
     )
     input_hash: Fingerprint | None = Field(
         default=None,
@@ -456,6 +459,34 @@ class HeartbeatResponse(ResponseModel):
     runs: list[RunLeaseStatus]
 
 
+class WatchedRun(RunLease):
+    """A held run a worker watches, with the directive it follows now."""
+
+    pausing: StrictBool = False
+    """Whether the worker already stops it at its next task boundary (a pause it was told of)."""
+
+
+class DirectivesRequest(RequestModel):
+    """Long-poll for directives on the runs a worker holds (`POST /api/v1/directives`).
+
+    The server answers as soon as one of them calls for another directive than the
+    one the worker follows (cancelled, claim lost, pause requested or withdrawn), or
+    when `wait` ran out.
+    """
+
+    worker_id: WorkerName
+    runs: list[WatchedRun] = Field(max_length=10_000)
+    wait: Annotated[Duration, DurationRange(at_most=MAX_LONG_POLL)] = duration_field(
+        timedelta(seconds=30)
+    )
+
+
+class DirectivesResponse(ResponseModel):
+    """The directives that changed (empty when the wait ran out)."""
+
+    runs: list[RunLeaseStatus]
+
+
 # -- recording tasks ---------------------------------------------------------------------
 
 MAX_NOTICE_LENGTH = 2000
@@ -463,6 +494,21 @@ MAX_NOTICE_LENGTH = 2000
 
 NoticeText = Annotated[str, StringConstraints(max_length=MAX_NOTICE_LENGTH, pattern=NO_NUL)]
 """A notice of a replay, as a task record carries it."""
+
+
+class AbandonedTaskRequest(RequestModel):
+    """A task attempt whose thread ignored its cancellation and still runs.
+
+    `POST /api/v1/runs/{run_id}/abandoned-tasks` notes it in the run's history. Sent
+    by the worker that held the run at `revision`, which may be fenced since.
+    """
+
+    worker_id: WorkerName | None = None
+    revision: Count
+    task_name: Name
+    attempt: Integer = Field(ge=1)
+    grace: Duration
+    """How long the attempt has run on since it was cancelled."""
 
 
 class RecordTaskRequest(RequestModel):

@@ -116,6 +116,7 @@ class ErrorCode(StrEnum):
     TIMEOUT = "timeout"
     WORKFLOW_TIMEOUT = "workflow_timeout"
     TASK_TIMEOUT = "task_timeout"
+    TASK_CANCELLED = "task_cancelled"
     TASK_FAILED = "task_failed"
     WORKFLOW_FAILED = "workflow_failed"
     WORKFLOW_CANCELLED = "workflow_cancelled"
@@ -587,6 +588,26 @@ class TaskTimeoutError(AikiTimeoutError):
                 "attempt": attempt,
                 "timeout_ms": timeout_ms,
             },
+        )
+
+
+class TaskCancelledError(AikiError):
+    """A task attempt was cancelled: what `TaskContext.raise_if_cancelled()` raises.
+
+    Its run was cancelled or taken away, the worker gave it back, or its timeout passed.
+    """
+
+    code = ErrorCode.TASK_CANCELLED
+    status_code = 409
+    retryable = False
+
+    def __init__(self, run_id: str, task_name: str, attempt: int) -> None:
+        self.run_id = run_id
+        self.task_name = task_name
+        self.attempt = attempt
+        super().__init__(
+            f"task {task_name!r} of run {run_id} was cancelled (attempt {attempt})",
+            details={"run_id": run_id, "task_name": task_name, "attempt": attempt},
         )
 
 

@@ -29,11 +29,14 @@ if TYPE_CHECKING:
     from pydantic import JsonValue
 
     from aiki_core._api import (
+        AbandonedTaskRequest,
         ClaimedRun,
         ClaimRequest,
         ClaimResponse,
         CreateWebhookRequest,
         CreateWebhookResponse,
+        DirectivesRequest,
+        DirectivesResponse,
         HeartbeatRequest,
         HeartbeatResponse,
         RecordTaskRequest,
@@ -95,6 +98,10 @@ class TaskAttemptInfo:
     endpoint's error as a `RemoteError`, retryable as it says. `None` where no server
     stands behind the attempt (a task service running a pushed attempt).
     """
+    abandoned: Callable[[Callable[[], bool]], None] | None = None
+    """Told of the thread a cancelled attempt leaves running (a plain function's); the
+    engine reports the attempt abandoned if `still_running()` after a grace period.
+    `None` where nothing watches (the thread is left alone)."""
 
     @property
     def idempotency_key(self) -> str:
@@ -295,6 +302,11 @@ class RunExecution(Protocol):
         Sent once: a failure fails the attempt, and the task's retry policy decides.
         """
 
+    def task_abandoned(
+        self, task_name: str, attempt: int, still_running: Callable[[], bool]
+    ) -> None:
+        """Watch the thread of a cancelled attempt: abandoned if `still_running()` after a grace."""
+
 
 class ExecutableVersion(Protocol):
     """A workflow version as a worker sees it: a name, a version and a way to run it."""
@@ -327,6 +339,12 @@ class WorkerApi(Protocol):
 
     async def heartbeat(self, request: HeartbeatRequest) -> HeartbeatResponse:
         """Refresh the claims on held runs; the answer says what to do with each."""
+
+    async def report_abandoned_task(self, run_id: RunId, request: AbandonedTaskRequest) -> None:
+        """Note in a run's history that a task attempt's thread ignored its cancellation."""
+
+    async def directives(self, request: DirectivesRequest) -> DirectivesResponse:
+        """Long-poll until a held run calls for another directive (cancelled, paused, lost)."""
 
     async def record_task(self, run_id: RunId, request: RecordTaskRequest) -> RecordTaskResponse:
         """Record one task attempt of a held run."""

@@ -15,6 +15,7 @@ from starlette.staticfiles import StaticFiles
 
 from aiki_core import RunStatus  # noqa: TC001 - FastAPI reads the route's annotations at runtime
 from aiki_core.wire import (
+    AbandonedTaskRequest,
     AcquireRateLimitRequest,
     AcquireRateLimitResponse,
     BackfillRequest,
@@ -30,6 +31,8 @@ from aiki_core.wire import (
     CreateWebhookRequest,
     CreateWebhookResponse,
     Cursor,
+    DirectivesRequest,
+    DirectivesResponse,
     EndpointInfo,
     EndpointPage,
     ErrorResponse,
@@ -76,6 +79,7 @@ from aiki_server._auth import ApiKeyAuth, ApiKeys, HostCheck, caller_namespace
 from aiki_server._claims import Claims
 from aiki_server._clock import Clock, from_ms, system_clock
 from aiki_server._dashboard import STATIC_PACKAGE, dashboard_router
+from aiki_server._directives import Directives
 from aiki_server._dispatcher import Dispatcher
 from aiki_server._endpoints import Endpoints
 from aiki_server._errors import install_error_handlers, log_failure
@@ -235,6 +239,7 @@ def create_app(db_url: str, settings: ServerSettings | None = None) -> FastAPI:
     )
     runs = Runs(db, hub, clock, limits)
     claims = Claims(db, hub, clock, limits)
+    directives = Directives(db, hub, clock)
     writes = WorkerWrites(db, clock, limits)
     schedules = Schedules(db, clock)
     concurrency = ConcurrencyLimits(db, clock)
@@ -314,6 +319,7 @@ def create_app(db_url: str, settings: ServerSettings | None = None) -> FastAPI:
     api = _api_router(
         runs,
         claims,
+        directives,
         writes,
         schedules,
         webhooks,
@@ -365,6 +371,7 @@ def create_app(db_url: str, settings: ServerSettings | None = None) -> FastAPI:
 def _api_router(
     runs: Runs,
     claims: Claims,
+    directives: Directives,
     writes: WorkerWrites,
     schedules: Schedules,
     webhooks: Webhooks,
@@ -409,6 +416,19 @@ def _api_router(
     async def heartbeat(ns: Caller, body: HeartbeatRequest) -> Response:
         """Refresh the worker's claims; answers a directive per run."""
         return _json(await writes.heartbeat(ns, body))
+
+    @router.post("/runs/{run_id}/abandoned-tasks", response_model=RunSummary, tags=["workers"])
+    async def note_abandoned_task(
+        ns: Caller, run_id: Identifier, body: AbandonedTaskRequest
+    ) -> Response:
+        """Note in the run's history that a task attempt's thread ignored its cancellation."""
+        return _json(await writes.note_abandoned(ns, run_id, body))
+
+    @router.post("/directives", response_model=DirectivesResponse, tags=["workers"])
+    async def poll_directives(ns: Caller, body: DirectivesRequest, request: Request) -> Response:
+        """Long-poll until a held run calls for another directive (cancel, lost, pause)."""
+        changed = await directives.poll(ns, body, gone=request.is_disconnected)
+        return _json(DirectivesResponse(runs=changed))
 
     @router.post(
         "/runs/{run_id}/children",

@@ -45,7 +45,7 @@ from aiki_core import (
 )
 from aiki_core.wire import RUN_WAITING_STATUSES, RunSummary
 from aiki_server._logs import component, run_ids
-from aiki_server._notify import TIMERS, queued_topics, run_topic, slots_topics
+from aiki_server._notify import TIMERS, queued_topics, run_topic, slots_topics, worker_topic
 from aiki_server._rows import RUN_COLUMNS, dump, run_summary
 from aiki_server._transitions import check_run_transition
 
@@ -194,6 +194,9 @@ async def move_run(
         now=now,
     )
     tx.publish(run_topic(run["id"]))
+    if fence and freed:
+        # taken from its worker (cancelled, timed out, claim idle): its directives poll answers
+        tx.publish(worker_topic(run["namespace"], run["claimed_by"]))
     if target in (RunStatus.QUEUED, RunStatus.CLEANING_UP):  # a run (or a cleanup) to claim
         tx.publish(*queued_topics(run["namespace"], run["workflow"], run["version"], run["pool"]))
     if freed and await tx.limited.includes(tx, run["namespace"], run["workflow"]):

@@ -10,6 +10,8 @@ change wakes only the waiters it concerns:
 - `slots_topic(namespace, workflow)`: a slot of the workflow's concurrency limit was
   freed, or the limit changed (a run of any of its triples may now be claimed);
 - `run_topic(id)`: the run's status changed (result waits);
+- `worker_topic(namespace, id)`: a run the worker holds was fenced, or its pause
+  requested or withdrawn (the worker's directives poll);
 - `QUEUE`: any run may have become claimable, in any namespace (the push dispatcher,
   one per server, looks at every endpoint then); `TIMERS`: a new due time was set.
 
@@ -39,6 +41,11 @@ def run_topic(run_id: str) -> str:
 def queue_topic(namespace: str, workflow: str, version: str, pool: str) -> str:
     """The topic published when a run of the triple is queued."""
     return _scoped("claim", namespace, workflow, version, pool)
+
+
+def worker_topic(namespace: str, worker_id: str) -> str:
+    """The topic published when a run the worker holds calls for another directive."""
+    return _scoped("worker", namespace, worker_id)
 
 
 def slots_topic(namespace: str, workflow: str) -> str:

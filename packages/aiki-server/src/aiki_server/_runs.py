@@ -35,7 +35,7 @@ from aiki_server._lifecycle import (
     read_summary,
     record_history,
 )
-from aiki_server._notify import run_topic
+from aiki_server._notify import run_topic, worker_topic
 from aiki_server._replay import replay_parts
 from aiki_server._rows import (
     RUN_COLUMNS,
@@ -430,6 +430,8 @@ async def _request_pause(tx: Tx, run: Row, now: int, reason: str, *, requested: 
         now=now,
     )
     tx.publish(run_topic(run["id"]))
+    if run["claimed_by"]:
+        tx.publish(worker_topic(run["namespace"], run["claimed_by"]))
 
 
 def _failing(endpoint: Endpoint) -> str:

@@ -2,7 +2,8 @@
 
 Each is one row inserted in the caller's transaction, with its first history entry;
 a start with a reference id returns the run that id started before, if its input and
-version match (`fingerprint`). A start with a rate limit reserves its units in the
+version match (`fingerprint`), and so does a start of a run id that exists (the same
+start sent twice: its client minted the id). A start with a rate limit reserves its units in the
 same transaction, and is scheduled for when they are granted.
 """
 
@@ -58,6 +59,19 @@ async def start_run_in(
         if existing is not None:
             if existing["input_hash"] != fingerprint:
                 raise ReferenceIdConflictError(req.reference_id, existing["id"])
+            return StartRunResponse(run=run_summary(existing), created=False)
+    elif req.run_id is not None:
+        # the same start sent again (a client failing over after its connection dropped)
+        existing = await tx.fetchrow(
+            "SELECT * FROM runs WHERE id = $1 AND namespace = $2", req.run_id, namespace
+        )
+        if (
+            existing is not None
+            and existing["workflow"] == req.workflow
+            and existing["reference_id"] is None
+            and existing["parent_run_id"] is None
+            and existing["input_hash"] == fingerprint
+        ):
             return StartRunResponse(run=run_summary(existing), created=False)
     start_at, reason = _start_time(req, now), "started"
     if req.rate_limit is not None:

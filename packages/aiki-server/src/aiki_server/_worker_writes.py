@@ -45,6 +45,7 @@ from aiki_server._lifecycle import (
     end_cleanup,
     hand_cleanup,
     lock_run,
+    locked_run,
     move_run,
     read_summary,
     record_history,
@@ -57,6 +58,7 @@ from aiki_server._waits import due_at, suspend
 
 if TYPE_CHECKING:
     from aiki_core.wire import (
+        AbandonedTaskRequest,
         HeartbeatRequest,
         RecordTaskRequest,
         RunAction,
@@ -103,7 +105,7 @@ class WorkerWrites:
             answers: list[RunLeaseStatus] = []
             keep: list[str] = []
             for lease in req.runs:
-                directive = _directive(by_id.get(lease.run_id), lease.revision, req.worker_id)
+                directive = lease_directive(by_id.get(lease.run_id), lease.revision, req.worker_id)
                 if directive in (RunDirective.CONTINUE, RunDirective.PAUSE):
                     keep.append(lease.run_id)  # a pausing run keeps its claim to the boundary
                 answers.append(RunLeaseStatus(run_id=lease.run_id, directive=directive))
@@ -120,6 +122,40 @@ class WorkerWrites:
             return HeartbeatResponse(runs=answers)
 
         return await self._db.write(refresh)
+
+    async def note_abandoned(
+        self, namespace: str, run_id: str, req: AbandonedTaskRequest
+    ) -> RunSummary:
+        """Note in the run's history that a task attempt's thread ignored its cancellation.
+
+        From the worker that held the run at `req.revision`: the run has been fenced
+        since, most likely (cancelled), so only a revision the run never had is refused.
+        """
+
+        async def note(tx: Tx) -> RunSummary:
+            run = await locked_run(tx, run_id, namespace)
+            if req.revision > run["revision"]:
+                raise StaleRevisionError(run_id, req.revision, run["revision"])
+            seconds = req.grace.total_seconds()
+            where = "" if req.worker_id is None else f" on worker {req.worker_id}"
+            await record_history(
+                tx,
+                namespace=namespace,
+                run_id=run_id,
+                entity="run",
+                entity_id=run_id,
+                from_status=run["status"],
+                to_status=run["status"],
+                reason=(
+                    f"task {req.task_name!r} attempt {req.attempt} abandoned: its thread"
+                    f" ignored cancellation and still ran {seconds:g} s later{where}"
+                )[:1000],
+                revision=run["revision"],
+                now=self._clock(),
+            )
+            return await read_summary(tx, run_id)
+
+        return await self._db.write(note)
 
     async def record_task(
         self, namespace: str, run_id: str, req: RecordTaskRequest
@@ -373,7 +409,8 @@ async def _fail(tx: Tx, run: Row, action: FailRun, now: int) -> None:
     )
 
 
-def _directive(run: Row | None, revision: int, worker_id: str) -> RunDirective:
+def lease_directive(run: Row | None, revision: int, worker_id: str) -> RunDirective:
+    """What the worker holding `run` at `revision` must do with it now."""
     if run is None:
         return RunDirective.LOST
     if run["status"] == RunStatus.CANCELLED:

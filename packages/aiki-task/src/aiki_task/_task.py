@@ -9,6 +9,7 @@ runs, the result when it returns, and a recorded result again when a replay read
 from __future__ import annotations
 
 import inspect
+import threading
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar, get_type_hints, overload
 
@@ -107,19 +108,19 @@ class Task(TypedTask[InT, OutT]):
 
         Its validated result as JSON values; `TaskTimeoutError` when it ran over.
         """
-        args: tuple[Any, ...] = (payload,)
-        if self._takes_context:
-            args = (payload, TaskContext.from_attempt(info))
+        # a thread's attempt always has one: it carries the cancellation to the thread
+        context = None
+        if self._takes_context or not self._is_async:
+            context = TaskContext.from_attempt(info)
+        args: tuple[Any, ...] = (payload, context) if self._takes_context else (payload,)
         limit = None if timeout is None else timeout.total_seconds()
         result: Any = None
         with anyio.move_on_after(limit) as scope:
             if self._is_async:
                 result = await self.fn(*args)
             else:
-                # a thread cannot be interrupted: on timeout it is left to finish alone
-                result = await anyio.to_thread.run_sync(
-                    partial(self.fn, *args), abandon_on_cancel=True
-                )
+                assert context is not None
+                result = await _in_thread(partial(self.fn, *args), context, info)
         if scope.cancelled_caught:
             assert timeout is not None
             raise TaskTimeoutError(info.run_id, self.name, info.attempt, to_millis(timeout))
@@ -127,6 +128,29 @@ class Task(TypedTask[InT, OutT]):
 
     def __repr__(self) -> str:
         return f"<Task {self.name!r}>"
+
+
+async def _in_thread(fn: Callable[[], Any], context: TaskContext, info: TaskAttemptInfo) -> Any:
+    """`fn()` in a worker thread, which cannot be interrupted.
+
+    Cancelled, the attempt sets `context.cancelled` and leaves the thread to finish
+    alone; the engine watches it (`info.abandoned`).
+    """
+    done = threading.Event()
+
+    def call() -> Any:
+        try:
+            return fn()
+        finally:
+            done.set()
+
+    try:
+        return await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
+    except anyio.get_cancelled_exc_class():
+        context._cancel.set()
+        if info.abandoned is not None and not done.is_set():
+            info.abandoned(lambda: not done.is_set())
+        raise
 
 
 class _TaskDecorator:

@@ -18,13 +18,14 @@ at the transition), and the records still held go with the run's report.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 
 from aiki_core import RunId, StartRunInfo
 from aiki_core.sdk import fit_trace_context, intercepted, new_run_id
-from aiki_core.wire import MAX_TASKS_PER_TRANSITION, RunDirective
+from aiki_core.wire import MAX_TASKS_PER_TRANSITION, AbandonedTaskRequest, RunDirective
 from aiki_worker._writes import retried, transient
 
 if TYPE_CHECKING:
@@ -63,7 +64,10 @@ class Execution:
         "log",
         "pause_requested",
         "retry_within",
+        "cancel_grace",
+        "worker_id",
         "_spawn",
+        "_watch",
         "_unsent",
         "_sending",
         "_idle",
@@ -80,6 +84,9 @@ class Execution:
         *,
         retry_within: float = 90.0,
         interceptors: Sequence[Interceptor] = (),
+        cancel_grace: float = 10.0,
+        worker_id: str | None = None,
+        watch: Spawn | None = None,
     ) -> None:
         self.api = api
         self.claim = claim
@@ -90,7 +97,13 @@ class Execution:
         self.retry_within = retry_within
         """Seconds a write that may pass is tried for (the claim's idle timeout)."""
         self.interceptors = interceptors
+        self.cancel_grace = cancel_grace
+        """Seconds a cancelled attempt's thread may run on before it is reported abandoned."""
+        self.worker_id = worker_id
+        """The pulling worker's id (none for a workflow endpoint), for the abandonment note."""
         self._spawn = spawn
+        self._watch = watch or spawn
+        """Starts the watch of an abandoned thread, which may outlive the run's execution."""
         self._unsent: list[RecordTaskRequest] = []
         """Held records no send has taken yet."""
         self._sending: list[RecordTaskRequest] = []
@@ -155,6 +168,43 @@ class Execution:
     async def call_remote_task(self, request: RemoteTaskRequest) -> PushedTaskAnswer:
         """Have the server push a task attempt to its endpoint, once: each retry is an attempt."""
         return await self.api.call_remote_task(self.claim.run.id, request)
+
+    def task_abandoned(
+        self, task_name: str, attempt: int, still_running: Callable[[], bool]
+    ) -> None:
+        """Report the attempt abandoned if its thread still runs `cancel_grace` seconds on.
+
+        A log line, and a note in the run's history: the worker cannot stop a thread,
+        and does not leave it running silently.
+        """
+        run = self.claim.run
+        details = {"task": task_name, "attempt": attempt, "seconds": self.cancel_grace}
+
+        async def watch() -> None:
+            try:
+                await anyio.sleep(self.cancel_grace)
+            except anyio.get_cancelled_exc_class():  # the worker stops: say so, at least
+                if still_running():
+                    self.log.error("a cancelled task's thread still runs; abandoned", details)
+                raise
+            if not still_running():
+                return
+            self.log.error("a cancelled task's thread still runs; abandoned", details)
+            request = AbandonedTaskRequest(
+                worker_id=self.worker_id,
+                revision=run.revision,
+                task_name=task_name,
+                attempt=attempt,
+                grace=timedelta(seconds=self.cancel_grace),
+            )
+            try:
+                await self._write(
+                    lambda: self.api.report_abandoned_task(run.id, request), "an abandonment note"
+                )
+            except Exception as exc:  # the log line stays
+                self.log.warn("cannot note the abandoned task", {"error": str(exc)})
+
+        self._watch(watch)
 
     def defer_task(self, request: RecordTaskRequest) -> None:
         """Hold a task record and send it now, in the background (or with the next send)."""

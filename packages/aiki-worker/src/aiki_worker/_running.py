@@ -34,6 +34,7 @@ from aiki_core.wire import (
     RunLease,
     TransitionRunRequest,
 )
+from aiki_worker._directives import follow
 from aiki_worker._execution import Execution
 from aiki_worker._writes import asked_wait, not_final, retried, unsendable
 
@@ -107,8 +108,12 @@ class Runner:
         create_context: ContextFactory | None = None,
         write_retry_timeout: float = 90.0,
         interceptors: Sequence[Interceptor] = (),
+        cancel_grace: float = 10.0,
+        worker_id: str | None = None,
     ) -> None:
         self.client = client
+        self.cancel_grace = cancel_grace
+        self.worker_id = worker_id
         self.versions = {(v.workflow, v.version): v for v in versions}
         self.log = log
         self.on_refused = on_refused
@@ -116,8 +121,12 @@ class Runner:
         self.write_retry_timeout = write_retry_timeout
         self.interceptors = tuple(interceptors)
 
-    def hold(self, claim: ClaimedRun, spawn: Spawn) -> Held:
-        """A claimed run, ready to execute; `spawn` starts its background record sends."""
+    def hold(self, claim: ClaimedRun, spawn: Spawn, watch: Spawn | None = None) -> Held:
+        """A claimed run, ready to execute; `spawn` starts its background record sends.
+
+        `watch` starts the watch of a cancelled task's thread (default: `spawn`), which
+        may outlive the run's execution.
+        """
         run = claim.run
         log = self.log.child({"workflow": run.workflow, "version": run.version, "run_id": run.id})
         execution = Execution(
@@ -128,6 +137,9 @@ class Runner:
             spawn,
             retry_within=self.write_retry_timeout,
             interceptors=self.interceptors,
+            cancel_grace=self.cancel_grace,
+            worker_id=self.worker_id,
+            watch=watch,
         )
         return Held(claim, execution)
 
@@ -273,8 +285,6 @@ async def heartbeats(
     while True:
         await anyio.sleep(pause)
         pause = interval
-        # the answer is about these claims: by the time it comes, a run may have been
-        # let go and claimed again, and the new claim must not get the old one's answer
         leased = dict(held)
         leases = [
             RunLease(run_id=h.claim.run.id, revision=h.claim.run.revision) for h in leased.values()
@@ -289,7 +299,4 @@ async def heartbeats(
             pause = min(interval, HEARTBEAT_RETRY * interval if asked is None else asked)
             log.warn("heartbeat failed", {"error": str(exc), "again_in": pause})
             continue
-        for status in answer.runs:
-            one = leased.get(status.run_id)
-            if one is not None and held.get(status.run_id) is one:
-                one.direct(status.directive)
+        follow(answer.runs, leased, held)

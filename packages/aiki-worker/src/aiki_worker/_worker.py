@@ -1,10 +1,12 @@
 """`Worker`: claims runs of the versions it registers and executes them.
 
 It long-polls the server for work, runs up to `max_concurrent_runs` at once, and
-heartbeats every run it holds; the heartbeat's answer can cancel a run (cancelled,
-or claim lost), and so can a 409 on a write. A paused run is let go at its next task
-boundary: the task in flight finishes and is recorded. A run that suspends (a sleep, an
-event, a long retry) is reported and let go: the worker never holds a waiting run.
+heartbeats every run it holds. A second long-poll (`_directives`) tells it within
+moments that a run it holds was cancelled, taken away or paused; the heartbeat's
+answer says the same (if that poll fails), and so does a 409 on a write. A paused run
+is let go at its next task boundary: the task in flight finishes and is recorded. A
+run that suspends (a sleep, an event, a long retry) is reported and let go: the
+worker never holds a waiting run.
 
 No answer of the server stops the worker but a refused API key: when the server
 cannot be reached or answers an error, claims and heartbeats back off (up to
@@ -39,6 +41,7 @@ import anyio
 
 from aiki_core import AuthenticationError
 from aiki_core.wire import DEFAULT_POOL, ClaimRequest, RunDirective, WorkflowCapability
+from aiki_worker._directives import DirectivesPoll
 from aiki_worker._running import ContextFactory, Held, Runner, heartbeats
 from aiki_worker._writes import asked_wait
 
@@ -65,6 +68,11 @@ class Worker:
             async with Worker(client, [orders_v1]) as worker:
                 yield worker
 
+    A plain (not `async`) task runs in a thread, which cannot be interrupted: when its
+    attempt is cancelled, its `TaskContext.cancelled` turns true, and if its thread
+    still runs `cancel_grace` later, the worker logs it as abandoned and notes it in
+    the run's history.
+
     `interceptors` (`aiki_core.Interceptor`) wrap each execution of a run, each task
     attempt that really runs and each start of a child, e.g. to trace them
     (`aiki_otel.TracingInterceptor`).
@@ -89,6 +97,7 @@ class Worker:
         max_backoff: timedelta = timedelta(seconds=5),
         write_retry_timeout: timedelta = timedelta(seconds=90),
         interceptors: Sequence[Interceptor] = (),
+        cancel_grace: timedelta = timedelta(seconds=10),
     ) -> None:
         if not workflows:
             raise ValueError("a worker needs at least one workflow version")
@@ -117,8 +126,19 @@ class Worker:
             create_context=create_context,
             write_retry_timeout=write_retry_timeout.total_seconds(),
             interceptors=self.interceptors,
+            cancel_grace=cancel_grace.total_seconds(),
+            worker_id=self.id,
         )
         self._held: dict[str, Held] = {}
+        self._directives = DirectivesPoll(
+            client,
+            self.id,
+            self._held,
+            wait=claim_wait,
+            max_backoff=max_backoff.total_seconds(),
+            log=self.log,
+            on_refused=self._refuse,
+        )
         self._slot_freed = anyio.Event()
         self._stopping = anyio.Event()
         self._stopped = anyio.Event()
@@ -132,6 +152,8 @@ class Worker:
         self._crash: Exception | None = None
         """What ended the loops of an `async with` block, but a refusal."""
         self._loops: asyncio.Task[None] | None = None
+        self._watchers: TaskGroup
+        """Where abandoned threads are watched: outside the runs, which need not wait."""
         self._host: asyncio.Task[Any] | None = None
         self._host_cancelling = 0
         self._cancelled_host = False
@@ -234,7 +256,9 @@ class Worker:
         )
         try:
             async with anyio.create_task_group() as tg:
+                self._watchers = tg
                 tg.start_soon(self._heartbeats)
+                tg.start_soon(self._directives.run_forever)
                 with self._runs_scope:
                     async with anyio.create_task_group() as runs:
                         with self._claims_scope:
@@ -281,12 +305,14 @@ class Worker:
                 continue
             backoff = 0.0
             for claim in response.runs:
-                held = self.runner.hold(claim, runs.start_soon)
+                held = self.runner.hold(claim, runs.start_soon, self._watchers.start_soon)
                 stale = self._held.get(claim.run.id)
                 if stale is not None:  # its claim went idle under it: it can write nothing
                     stale.direct(RunDirective.LOST)
                 self._held[claim.run.id] = held
                 runs.start_soon(self._execute, held)
+            if response.runs:
+                self._directives.held_more()
 
     async def _heartbeats(self) -> None:
         await heartbeats(

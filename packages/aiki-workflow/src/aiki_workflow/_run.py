@@ -501,6 +501,7 @@ class WorkflowRun(Generic[CtxT]):
                 log=self.log.child({"task": invocation.name, "attempt": attempt}),
                 rate_limit_granted_at=granted_at,
                 call_remote=partial(self._call_remote, call, attempt, policy, attempt - earlier),
+                abandoned=partial(self._execution.task_abandoned, invocation.name, attempt),
             )
             started_at = _now()
             try:

@@ -1,0 +1,78 @@
+"""Directives: a worker long-polls for what it must do with the runs it holds.
+
+The heartbeat tells a worker that a run was cancelled, paused or taken from it, but
+only once per heartbeat interval (30 s by default). The directives poll answers within
+moments instead: each fencing move of a running run (`move_run`) and each pause
+request or withdrawal publishes the topic of the worker that holds it
+(`worker_topic`), and that worker's poll alone wakes and reads its runs again. The
+worker sends the directive it follows for each run (`pausing`), so a pause it was
+told of does not answer again and again.
+
+The poll only reads: refreshing the claims stays the heartbeat's job.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiki_core.wire import RunDirective, RunLeaseStatus, to_millis
+from aiki_server._notify import worker_topic
+from aiki_server._worker_writes import lease_directive
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from aiki_core.wire import DirectivesRequest
+    from aiki_server._clock import Clock
+    from aiki_server._notify import WakeHub
+    from aiki_server._storage._database import Database
+
+class Directives:
+    """Answers the directives polls of workers."""
+
+    def __init__(self, db: Database, hub: WakeHub, clock: Clock) -> None:
+        self._db = db
+        self._hub = hub
+        self._clock = clock
+
+    async def poll(
+        self,
+        namespace: str,
+        req: DirectivesRequest,
+        gone: Callable[[], Awaitable[bool]] | None = None,
+    ) -> list[RunLeaseStatus]:
+        """The directives that differ from those the worker follows, once there is one.
+
+        Empty when `req.wait` ran out, or the worker hung up (`gone()`).
+        """
+        deadline = self._clock() + to_millis(req.wait)
+        topic = worker_topic(namespace, req.worker_id)
+        while True:
+            # it reads again only when woken: every change of a directive publishes the topic
+            with self._hub.subscribe(topic) as subscription:
+                if gone is not None and await gone():
+                    return []
+                changed = await self._changed(namespace, req)
+                remaining = deadline - self._clock()
+                if changed or remaining <= 0 or not req.runs:
+                    return changed
+                await subscription.wait(remaining / 1000)
+
+    async def _changed(self, namespace: str, req: DirectivesRequest) -> list[RunLeaseStatus]:
+        if not req.runs:
+            return []
+        async with self._db.reader() as tx:
+            rows = await tx.fetch(
+                "SELECT id, status, revision, claimed_by, pause_requested, cleanup_status FROM runs"
+                f" WHERE namespace = $1 AND id {tx.in_array(2)}",
+                namespace,
+                tx.array([run.run_id for run in req.runs]),
+            )
+        by_id = {row["id"]: row for row in rows}
+        changed: list[RunLeaseStatus] = []
+        for run in req.runs:
+            directive = lease_directive(by_id.get(run.run_id), run.revision, req.worker_id)
+            following = RunDirective.PAUSE if run.pausing else RunDirective.CONTINUE
+            if directive is not following:
+                changed.append(RunLeaseStatus(run_id=run.run_id, directive=directive))
+        return changed

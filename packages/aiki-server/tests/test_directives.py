@@ -1,0 +1,165 @@
+"""The directives long-poll: a worker learns at once that a run it holds was stopped."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from server_api import app_client, claim_one, client_with, error_of, new_key, start
+
+if TYPE_CHECKING:
+    import httpx
+
+GUARD = 10
+"""Seconds a test waits at most for a poll that should answer (the poll waits 30 s)."""
+
+
+async def held(client: httpx.AsyncClient, worker_id: str = "worker-1") -> tuple[str, int]:
+    """A run started and claimed by `worker_id`: its id and the claim's revision."""
+    run = await start(client)
+    claimed = await claim_one(client, worker_id=worker_id)
+    assert claimed["run"]["id"] == run["id"]
+    return run["id"], claimed["run"]["revision"]
+
+
+async def poll(
+    client: httpx.AsyncClient,
+    runs: list[dict[str, Any]],
+    *,
+    wait_ms: int = 30_000,
+    worker_id: str = "worker-1",
+) -> list[dict[str, Any]]:
+    """One directives poll; the directives that changed."""
+    r = await client.post(
+        "/directives", json={"worker_id": worker_id, "runs": runs, "wait": wait_ms}
+    )
+    assert r.status_code == 200, r.text
+    answers: list[dict[str, Any]] = r.json()["runs"]
+    return answers
+
+
+def lease(run_id: str, revision: int, *, pausing: bool = False) -> dict[str, Any]:
+    return {"run_id": run_id, "revision": revision, "pausing": pausing}
+
+
+async def answered_after(
+    client: httpx.AsyncClient, runs: list[dict[str, Any]], change: Any
+) -> list[dict[str, Any]]:
+    """Open a 30 s poll, make `change()` once it is open, and return the poll's answer."""
+    answers: list[dict[str, Any]] = []
+
+    async def polling() -> None:
+        answers.extend(await poll(client, runs))
+
+    with anyio.fail_after(GUARD):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(polling)
+            await anyio.sleep(0.2)  # the poll is open and waiting
+            await change()
+    return answers
+
+
+async def test_a_cancel_answers_the_open_poll(server: httpx.AsyncClient) -> None:
+    run_id, revision = await held(server)
+    other_id, other_revision = await held(server)
+
+    async def cancel() -> None:
+        assert (await server.post(f"/runs/{run_id}/cancel", json={})).status_code == 200
+
+    runs = [lease(run_id, revision), lease(other_id, other_revision)]
+    answers = await answered_after(server, runs, cancel)
+
+    assert answers == [{"run_id": run_id, "directive": "cancel"}]  # the other run goes on
+
+
+async def test_a_pause_answers_once_and_its_withdrawal_answers_continue(
+    server: httpx.AsyncClient,
+) -> None:
+    run_id, revision = await held(server)
+
+    async def pause() -> None:
+        assert (await server.post(f"/runs/{run_id}/pause")).status_code == 200
+
+    assert await answered_after(server, [lease(run_id, revision)], pause) == [
+        {"run_id": run_id, "directive": "pause"}
+    ]
+    # a worker that follows the pause is not told again
+    assert await poll(server, [lease(run_id, revision, pausing=True)], wait_ms=0) == []
+
+    async def resume() -> None:
+        assert (await server.post(f"/runs/{run_id}/resume")).status_code == 200
+
+    assert await answered_after(server, [lease(run_id, revision, pausing=True)], resume) == [
+        {"run_id": run_id, "directive": "continue"}
+    ]
+
+
+async def test_a_stale_claim_or_an_unknown_run_is_lost(server: httpx.AsyncClient) -> None:
+    run_id, revision = await held(server)
+    runs = [lease(run_id, revision + 1), lease("01J00000000000000000000000", 1)]
+
+    answers = await poll(server, runs, wait_ms=0)
+
+    assert [a["directive"] for a in answers] == ["lost", "lost"]
+    # another worker's claim is lost to this one
+    assert await poll(server, [lease(run_id, revision)], wait_ms=0, worker_id="other") == [
+        {"run_id": run_id, "directive": "lost"}
+    ]
+    # a poll that times out with nothing to say answers nothing
+    assert await poll(server, [lease(run_id, revision)], wait_ms=0) == []
+
+
+async def test_a_poll_sees_only_its_namespace(db_url: str) -> None:
+    async with app_client(db_url) as (app, _):
+        ours, theirs = await new_key(app, "ours"), await new_key(app, "theirs")
+        async with client_with(app, ours.key) as client, client_with(app, theirs.key) as them:
+            run_id, revision = await held(client)
+            # another namespace cannot see the run: to its worker it is lost
+            assert await poll(them, [lease(run_id, revision)], wait_ms=0) == [
+                {"run_id": run_id, "directive": "lost"}
+            ]
+
+            async def cancel() -> None:
+                assert (await client.post(f"/runs/{run_id}/cancel", json={})).status_code == 200
+
+            answers = await answered_after(client, [lease(run_id, revision)], cancel)
+            assert answers == [{"run_id": run_id, "directive": "cancel"}]
+        async with client_with(app, None) as anonymous:
+            r = await anonymous.post("/directives", json={"worker_id": "w", "runs": [], "wait": 0})
+            error_of(r, 401, "unauthenticated")
+
+
+async def test_a_cancel_on_one_replica_answers_a_poll_on_another(
+    server: httpx.AsyncClient, second_app: httpx.AsyncClient
+) -> None:
+    run_id, revision = await held(server)
+
+    async def cancel() -> None:
+        assert (await server.post(f"/runs/{run_id}/cancel", json={})).status_code == 200
+
+    answers = await answered_after(second_app, [lease(run_id, revision)], cancel)
+
+    assert answers == [{"run_id": run_id, "directive": "cancel"}]
+
+
+async def test_an_abandoned_task_is_noted_in_the_run_history(server: httpx.AsyncClient) -> None:
+    run_id, revision = await held(server)
+    assert (await server.post(f"/runs/{run_id}/cancel", json={})).status_code == 200
+    body = {"worker_id": "worker-1", "revision": revision, "task_name": "t", "attempt": 2}
+
+    r = await server.post(f"/runs/{run_id}/abandoned-tasks", json={**body, "grace": 10_000})
+
+    assert r.status_code == 200, r.text
+    history = (await server.get(f"/runs/{run_id}")).json()["history"]
+    assert history[-1]["reason"] == (
+        "task 't' attempt 2 abandoned: its thread ignored cancellation and still ran"
+        " 10 s later on worker worker-1"
+    )
+    assert history[-1]["to_status"] == "cancelled"
+    # a revision the run never had is refused, and writes nothing
+    r = await server.post(
+        f"/runs/{run_id}/abandoned-tasks", json={**body, "revision": 99, "grace": 1000}
+    )
+    error_of(r, 409, "stale_revision")
+    assert len((await server.get(f"/runs/{run_id}")).json()["history"]) == len(history)
