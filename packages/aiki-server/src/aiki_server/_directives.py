@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from aiki_server._notify import WakeHub
     from aiki_server._storage._database import Database
 
+
 class Directives:
     """Answers the directives polls of workers."""
 

@@ -98,6 +98,12 @@ class _NoWrites:
     async def heartbeat(self, *_: object) -> NoReturn:
         self._refuse("heartbeat")
 
+    async def directives(self, *_: object) -> NoReturn:
+        self._refuse("ask for directives")
+
+    async def report_abandoned_task(self, *_: object) -> NoReturn:
+        self._refuse("report an abandoned task")
+
     async def record_task(self, *_: object) -> NoReturn:
         self._refuse("record a task attempt")
 
