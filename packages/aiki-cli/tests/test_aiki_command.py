@@ -213,7 +213,7 @@ async def test_a_failed_run_exits_1_and_a_run_is_steered(
     await client.run_handle(again["run_id"]).wait_for_status([RunStatus.SLEEPING], timeout=WAIT)
     cancelled = await aiki("runs", "cancel", again["run_id"])
     assert cancelled.code == 0, cancelled.err
-    assert "cancelled" in cancelled.out
+    assert "cleaning_up" in cancelled.out  # it ran: it cleans up, then ends cancelled
     assert (await aiki("runs", "result", again["run_id"])).code == 1
 
 
