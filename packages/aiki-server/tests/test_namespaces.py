@@ -422,15 +422,32 @@ async def read_a_schedule(t: Tenants) -> None:
     not_found(await t.b.get(f"/schedules/{mine['id']}"), "schedule")
 
 
-async def control_a_schedule(t: Tenants, schedule_id: str, method: str, action: str) -> None:
+async def control_a_schedule(
+    t: Tenants, schedule_id: str, method: str, action: str, body: Any = None
+) -> None:
     """B's `action` on A's schedule is a 404 and changes nothing; A's own succeeds."""
     before = await get_schedule(t.a, schedule_id)
     path = f"/schedules/{schedule_id}{action}"
 
-    not_found(await t.b.request(method, path), "schedule")
+    not_found(await t.b.request(method, path, json=body), "schedule")
 
     assert await get_schedule(t.a, schedule_id) == before
-    assert (await t.a.request(method, path)).status_code == 200
+    assert (await t.a.request(method, path, json=body)).status_code == 200
+
+
+@case("PATCH", "/schedules/{schedule_id}")
+async def update_a_schedule(t: Tenants) -> None:
+    mine = await create_schedule(t.a)
+    await control_a_schedule(t, mine["id"], "PATCH", "", {"every": 60_000, "paused": True})
+
+
+@case("POST", "/schedules/{schedule_id}/backfill")
+async def backfill_a_schedule(t: Tenants) -> None:
+    mine = await create_schedule(t.a)
+    span = {"start": "2026-01-01T00:00:00Z", "end": "2026-01-01T00:00:30Z"}
+    await control_a_schedule(t, mine["id"], "POST", "/backfill", span)
+    # A's backfill started A's runs; B has none
+    assert (await t.b.get("/runs")).json()["runs"] == []
 
 
 @case("POST", "/schedules/{schedule_id}/pause")
@@ -449,6 +466,31 @@ async def resume_a_schedule(t: Tenants) -> None:
 @case("DELETE", "/schedules/{schedule_id}")
 async def delete_a_schedule(t: Tenants) -> None:
     await control_a_schedule(t, (await create_schedule(t.a))["id"], "DELETE", "")
+
+
+# -- migrations ----------------------------------------------------------------------------
+
+
+@case("POST", "/migrations")
+async def migrate_runs(t: Tenants) -> None:
+    mine = await sleeping_run(t.a)
+    body = {"workflow": mine["workflow"], "from_version": mine["version"], "to_version": "2"}
+    await start(t.a, version="2")  # the version A's runs may move to
+    theirs = await start(t.b)  # B knows both versions too
+    await start(t.b, version="2")
+
+    # B names A's run: not one of B's, so nothing moves; B's own migration moves only B's
+    r = await t.b.post("/migrations", json={**body, "filter": {"run_ids": [mine["id"]]}})
+    error_of(r, 409, "conflict")
+    r = await t.b.post("/migrations", json=body)
+    assert r.status_code == 200, r.text
+    assert mine["id"] not in r.text
+    assert (await get_run(t.b, theirs["id"]))["version"] == "2"
+    assert (await get_run(t.a, mine["id"]))["version"] == mine["version"]
+
+    r = await t.a.post("/migrations", json=body)
+    assert r.status_code == 200, r.text
+    assert (await get_run(t.a, mine["id"]))["version"] == "2"
 
 
 # -- rate limits ---------------------------------------------------------------------------

@@ -373,6 +373,11 @@ async def test_run_deadline_cancels_a_running_child(harness: Harness) -> None:
 
     h.advance(11 * SECOND)
     await wait_status(h.client, parent["id"], "cleaning_up")
+    # the parent cleans up first; its child is closed when the parent ends (here when
+    # the cleanup's own deadline passes, the server's default 60 s)
+    assert (await get_run(h.client, child["id"]))["status"] == "running"
+    h.advance(61 * SECOND)
+    await wait_status(h.client, parent["id"], "failed")
     cancelled = await wait_status(h.client, child["id"], "cancelled")
     assert cancelled["finished_at"] is not None
     detail = await get_run(h.client, child["id"])
@@ -636,14 +641,18 @@ async def test_a_child_cancelled_by_its_parents_deadline_stays_cancelled(
             "occurrence": 0,
             "workflow": "child",
             "version": "1",
-            "timeout": 10 * SECOND,
+            # due at 86 s: after the parent's cleanup deadline (20 s + 60 s)
+            "timeout": 85 * SECOND,
         },
     )
     child = r.json()["run"]
-    # both deadlines pass: the parent's, first, cancels the child; the child's own
-    # deadline, met in the same pass, must not end it a second time
     h.advance(20 * SECOND)
     await wait_status(h.client, parent["id"], "cleaning_up")  # it ran: it cleans up first
+    assert (await get_run(h.client, child["id"]))["status"] == "queued"
+    # both deadlines pass: the parent's cleanup deadline, first, ends it and cancels
+    # the child; the child's own deadline, met in the same pass, must not end it again
+    h.advance(80 * SECOND)
+    await wait_status(h.client, parent["id"], "failed")
     await timer_pass(h)  # a pass that looks once more finds nothing due
 
     detail = await get_run(h.client, child["id"])
