@@ -229,3 +229,21 @@ async def test_a_cleanup_over_the_task_limit_ends_the_run_as_its_cleanup_would(
         assert run["status"] == "cancelled"
         assert run["error"]["code"] == "workflow_cancelled"
         assert len(run["tasks"]) == 2  # the refused record wrote nothing
+
+
+async def test_a_schedules_input_over_the_limit_is_refused_and_nothing_written(
+    make_harness: HarnessFactory,
+) -> None:
+    async with make_harness(max_payload_bytes=LIMIT) as h:
+        body = {"name": "big", "workflow": "w", "version": "1", "every": 10_000, "input": BIG}
+        too_large(await h.client.post("/schedules", json=body), "input")
+        assert (await h.client.get("/schedules")).json()["schedules"] == []
+
+        body["input"] = "small"
+        r = await h.client.post("/schedules", json=body)
+        assert r.status_code == 201, r.text
+        schedule = r.json()
+        # each run it starts would carry that input past the bound
+        r = await h.client.patch(f"/schedules/{schedule['id']}", json={"input": BIG})
+        too_large(r, "input")
+        assert (await h.client.get(f"/schedules/{schedule['id']}")).json() == schedule
