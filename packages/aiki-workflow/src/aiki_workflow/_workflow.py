@@ -278,11 +278,13 @@ class WorkflowVersion(Generic[InT, OutT]):
         except Exception as exc:
             failure = self._failure(run, exc)
             if run.cleanup is not None:
+                run._code_over()
                 await self.hooks.run_cleanup(run, payload, run.cleanup)
             elif not failure.retries:  # the run ends: a retried attempt has not
                 await self.hooks.run_failed(run, payload, failure.error)
             return failure
         if run.cleanup is not None:
+            run._code_over()
             await self.hooks.run_cleanup(run, payload, run.cleanup)
             return FailRun(error=run.cleanup)
         await self.hooks.run_completed(run, payload, validated)
