@@ -241,6 +241,11 @@ async def hooked(run: WorkflowRun, n: int) -> int:
     return await double.start(run, n)
 
 
+@wf.v("hooked-before", before=[note_after], on_cancel=note_cancel)
+async def hooked_before(run: WorkflowRun, n: int) -> int:
+    return await double.start(run, n)
+
+
 def failed_answer(error_type: str, *, retryable: bool) -> PushedTaskAnswer:
     error = ErrorInfo(type=error_type, message="it broke", retryable=retryable)
     return PushedTaskAnswer(status="failed", error=error)
@@ -731,5 +736,14 @@ async def test_a_cleanup_whose_code_had_all_run_still_runs_its_hooks() -> None:
         "note-cancel",
         "note-after",
     ]
+    assert isinstance(action, FailRun)
+    assert action.error.code == "workflow_cancelled"
+
+
+async def test_a_cleanup_of_a_run_cancelled_in_its_before_hook_runs_on_cancel() -> None:
+    # cancelled while its `before` task ran: that is where the cancellation is raised
+    execution = Execution(1, cleanup=CANCELLED)
+    action = await hooked_before.execute(execution)
+    assert calls == ["on_cancel(workflow_cancelled)"]
     assert isinstance(action, FailRun)
     assert action.error.code == "workflow_cancelled"
