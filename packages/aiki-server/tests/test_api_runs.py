@@ -494,9 +494,16 @@ async def test_cancel_cascades_to_children_and_grandchildren(server: httpx.Async
 
     r = await server.post(f"/runs/{parent['id']}/cancel")
     assert r.status_code == 200, r.text
-    # the parent ran: it cleans up first; its descendants are cancelled at once
+    # the parent ran: it cleans up first, its descendants untouched until it ends
+    assert (await get_run(server, parent["id"]))["status"] == "cleaning_up"
+    assert (await get_run(server, child_id))["status"] == "running"
+    assert (await get_run(server, grandchild_id))["status"] == "queued"
+    cleanup = await claim_one(server, "parent")
+    r = await transition(server, parent["id"], cleanup["run"]["revision"], {"kind": "complete"})
+    assert r.status_code == 200, r.text
+    # then they are cancelled (their policy: terminate), the grandchild with its parent
     for run_id, was, now in (
-        (parent["id"], "running", "cleaning_up"),
+        (parent["id"], "cleaning_up", "cancelled"),
         (child_id, "running", "cancelled"),
         (grandchild_id, "queued", "cancelled"),
     ):
