@@ -20,6 +20,7 @@ import pytest
 from aiki_server import create_app
 from server_api import (
     FAR_FUTURE,
+    START_MS,
     claim,
     claim_one,
     client_with,
@@ -27,6 +28,7 @@ from server_api import (
     error_of,
     get_run,
     get_schedule,
+    iso,
     new_key,
     start,
     task_record,
@@ -144,6 +146,26 @@ async def list_runs(t: Tenants) -> None:
     assert r.status_code == 200
     assert r.json() == {"runs": [], "next_cursor": None}
     assert [run["id"] for run in (await t.a.get("/runs")).json()["runs"]] == [mine["id"]]
+
+
+@case("POST", "/migrations")
+async def migrate_runs(t: Tenants) -> None:
+    mine = await start(t.a)
+    theirs = await start(t.b)
+    for client in (t.a, t.b):  # each knows version 2
+        await claim(client, version="2", worker_id="worker-2")
+    body = {"workflow": "w", "from_version": "1", "to_version": "2"}
+
+    r = await t.b.post("/migrations", json=body)
+
+    assert r.status_code == 200, r.text
+    assert [run["id"] for run in r.json()["migrated"]] == [theirs["id"]]
+    assert (await get_run(t.a, mine["id"]))["version"] == "1"
+    # a run of A named by B is not one of B's runs (B still knows version 1)
+    await start(t.b, input=1)
+    r = await t.b.post("/migrations", json={**body, "filter": {"run_ids": [mine["id"]]}})
+    error_of(r, 409, "conflict")
+    assert (await get_run(t.a, mine["id"]))["version"] == "1"
 
 
 @case("GET", "/runs/{run_id}")
@@ -423,6 +445,33 @@ async def resume_a_schedule(t: Tenants) -> None:
 @case("DELETE", "/schedules/{schedule_id}")
 async def delete_a_schedule(t: Tenants) -> None:
     await control_a_schedule(t, (await create_schedule(t.a))["id"], "DELETE", "")
+
+
+@case("PATCH", "/schedules/{schedule_id}")
+async def update_a_schedule(t: Tenants) -> None:
+    mine = await create_schedule(t.a)
+    path = f"/schedules/{mine['id']}"
+
+    not_found(await t.b.patch(path, json={"every": 60_000, "paused": True}), "schedule")
+
+    assert await get_schedule(t.a, mine["id"]) == mine
+    r = await t.a.patch(path, json={"every": 60_000})
+    assert r.status_code == 200, r.text
+    assert r.json()["every"] == 60_000
+
+
+@case("POST", "/schedules/{schedule_id}/backfill")
+async def backfill_a_schedule(t: Tenants) -> None:
+    mine = await create_schedule(t.a)
+    span = {"start": iso(START_MS - 30_000), "end": iso(START_MS)}
+    path = f"/schedules/{mine['id']}/backfill"
+
+    not_found(await t.b.post(path, json=span), "schedule")
+
+    assert (await t.a.get("/runs")).json()["runs"] == []  # nothing started
+    r = await t.a.post(path, json=span)
+    assert r.status_code == 200, r.text
+    assert r.json()["started"] == 3
 
 
 # -- rate limits ---------------------------------------------------------------------------
