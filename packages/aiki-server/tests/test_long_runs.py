@@ -210,3 +210,31 @@ async def test_a_later_run_attempt_records_a_failed_task_again(harness: Harness)
         (1, "failed", 1),
         (2, "completed", 2),
     ]
+
+
+async def test_a_cleanup_that_cannot_be_claimed_holds_up_no_other_cleanup(
+    harness: Harness,
+) -> None:
+    h = harness
+    poison = await _claimed_then_released(h)
+    async with h.app.state.db.transaction() as tx:  # a row no claim can read back
+        await tx.execute(
+            "INSERT INTO tasks (id, run_id, address, occurrence, name, status, input,"
+            " created_at) VALUES ('bad', $1, 'x', 0, 'x', 'no-such-status', 'null', $2)",
+            poison["id"],
+            h.clock.now,
+        )
+    healthy = [(await start(h.client))["id"] for _ in range(2)]
+    await claim(h.client, max_runs=2)  # they run
+    r = await h.client.post(f"/runs/{poison['id']}/cancel", json={})
+    assert r.json()["status"] == "cleaning_up"  # first in line for a cleanup claim
+    for run_id in healthy:
+        h.clock.advance(1)
+        r = await h.client.post(f"/runs/{run_id}/cancel", json={})
+        assert r.json()["status"] == "cleaning_up"
+
+    served = [c["run"]["id"] for _ in range(2) for c in await claim(h.client)]
+    assert served == healthy  # each claimed for its cleanup, behind the one that fails
+    assert (await get_run(h.client, healthy[0]))["status"] == "cleaning_up"
+    outcome = await wait_status(h.client, poison["id"], "cleaning_up")
+    assert outcome["status"] == "cleaning_up"  # left to its deadline

@@ -20,6 +20,7 @@ import pytest
 from aiki_server import create_app
 from server_api import (
     FAR_FUTURE,
+    START_MS,
     claim,
     claim_one,
     client_with,
@@ -27,6 +28,7 @@ from server_api import (
     error_of,
     get_run,
     get_schedule,
+    iso,
     new_key,
     start,
     task_record,
@@ -146,6 +148,26 @@ async def list_runs(t: Tenants) -> None:
     assert [run["id"] for run in (await t.a.get("/runs")).json()["runs"]] == [mine["id"]]
 
 
+@case("POST", "/migrations")
+async def migrate_runs(t: Tenants) -> None:
+    mine = await start(t.a)
+    theirs = await start(t.b)
+    for client in (t.a, t.b):  # each knows version 2
+        await claim(client, version="2", worker_id="worker-2")
+    body = {"workflow": "w", "from_version": "1", "to_version": "2"}
+
+    r = await t.b.post("/migrations", json=body)
+
+    assert r.status_code == 200, r.text
+    assert [run["id"] for run in r.json()["migrated"]] == [theirs["id"]]
+    assert (await get_run(t.a, mine["id"]))["version"] == "1"
+    # a run of A named by B is not one of B's runs (B still knows version 1)
+    await start(t.b, input=1)
+    r = await t.b.post("/migrations", json={**body, "filter": {"run_ids": [mine["id"]]}})
+    error_of(r, 409, "conflict")
+    assert (await get_run(t.a, mine["id"]))["version"] == "1"
+
+
 @case("GET", "/runs/{run_id}")
 async def read_a_run(t: Tenants) -> None:
     mine = await start(t.a)
@@ -259,32 +281,6 @@ async def heartbeat_a_claim(t: Tenants) -> None:
     ours = await t.a.post("/heartbeats", json=lease)
     assert ours.json()["runs"] == [{"run_id": mine["id"], "directive": "continue"}]
     assert await claim_expiry() == expires + 10_000
-
-
-@case("POST", "/directives")
-async def poll_directives(t: Tenants) -> None:
-    mine, revision = await held_run(t.a)
-    lease = {"run_id": mine["id"], "revision": revision}
-    poll = {"worker_id": "worker-1", "runs": [lease], "wait": 0}
-
-    r = await t.b.post("/directives", json=poll)
-
-    assert r.status_code == 200, r.text
-    assert r.json()["runs"] == [{"run_id": mine["id"], "directive": "lost"}]
-    ours = await t.a.post("/directives", json=poll)
-    assert ours.json()["runs"] == []  # nothing changed for its own worker
-
-
-@case("POST", "/runs/{run_id}/abandoned-tasks")
-async def note_an_abandoned_task(t: Tenants) -> None:
-    mine, revision = await held_run(t.a)
-    before = (await get_run(t.a, mine["id"]))["history"]
-    note = {"revision": revision, "task_name": "t", "attempt": 1, "grace": 1000}
-
-    r = await t.b.post(f"/runs/{mine['id']}/abandoned-tasks", json=note)
-
-    not_found(r)
-    assert (await get_run(t.a, mine["id"]))["history"] == before
 
 
 @case("POST", "/runs/{run_id}/tasks")
@@ -422,32 +418,15 @@ async def read_a_schedule(t: Tenants) -> None:
     not_found(await t.b.get(f"/schedules/{mine['id']}"), "schedule")
 
 
-async def control_a_schedule(
-    t: Tenants, schedule_id: str, method: str, action: str, body: Any = None
-) -> None:
+async def control_a_schedule(t: Tenants, schedule_id: str, method: str, action: str) -> None:
     """B's `action` on A's schedule is a 404 and changes nothing; A's own succeeds."""
     before = await get_schedule(t.a, schedule_id)
     path = f"/schedules/{schedule_id}{action}"
 
-    not_found(await t.b.request(method, path, json=body), "schedule")
+    not_found(await t.b.request(method, path), "schedule")
 
     assert await get_schedule(t.a, schedule_id) == before
-    assert (await t.a.request(method, path, json=body)).status_code == 200
-
-
-@case("PATCH", "/schedules/{schedule_id}")
-async def update_a_schedule(t: Tenants) -> None:
-    mine = await create_schedule(t.a)
-    await control_a_schedule(t, mine["id"], "PATCH", "", {"every": 60_000, "paused": True})
-
-
-@case("POST", "/schedules/{schedule_id}/backfill")
-async def backfill_a_schedule(t: Tenants) -> None:
-    mine = await create_schedule(t.a)
-    span = {"start": "2026-01-01T00:00:00Z", "end": "2026-01-01T00:00:30Z"}
-    await control_a_schedule(t, mine["id"], "POST", "/backfill", span)
-    # A's backfill started A's runs; B has none
-    assert (await t.b.get("/runs")).json()["runs"] == []
+    assert (await t.a.request(method, path)).status_code == 200
 
 
 @case("POST", "/schedules/{schedule_id}/pause")
@@ -468,29 +447,31 @@ async def delete_a_schedule(t: Tenants) -> None:
     await control_a_schedule(t, (await create_schedule(t.a))["id"], "DELETE", "")
 
 
-# -- migrations ----------------------------------------------------------------------------
+@case("PATCH", "/schedules/{schedule_id}")
+async def update_a_schedule(t: Tenants) -> None:
+    mine = await create_schedule(t.a)
+    path = f"/schedules/{mine['id']}"
 
+    not_found(await t.b.patch(path, json={"every": 60_000, "paused": True}), "schedule")
 
-@case("POST", "/migrations")
-async def migrate_runs(t: Tenants) -> None:
-    mine = await sleeping_run(t.a)
-    body = {"workflow": mine["workflow"], "from_version": mine["version"], "to_version": "2"}
-    await start(t.a, version="2")  # the version A's runs may move to
-    theirs = await start(t.b)  # B knows both versions too
-    await start(t.b, version="2")
-
-    # B names A's run: not one of B's, so nothing moves; B's own migration moves only B's
-    r = await t.b.post("/migrations", json={**body, "filter": {"run_ids": [mine["id"]]}})
-    error_of(r, 409, "conflict")
-    r = await t.b.post("/migrations", json=body)
+    assert await get_schedule(t.a, mine["id"]) == mine
+    r = await t.a.patch(path, json={"every": 60_000})
     assert r.status_code == 200, r.text
-    assert mine["id"] not in r.text
-    assert (await get_run(t.b, theirs["id"]))["version"] == "2"
-    assert (await get_run(t.a, mine["id"]))["version"] == mine["version"]
+    assert r.json()["every"] == 60_000
 
-    r = await t.a.post("/migrations", json=body)
+
+@case("POST", "/schedules/{schedule_id}/backfill")
+async def backfill_a_schedule(t: Tenants) -> None:
+    mine = await create_schedule(t.a)
+    span = {"start": iso(START_MS - 30_000), "end": iso(START_MS)}
+    path = f"/schedules/{mine['id']}/backfill"
+
+    not_found(await t.b.post(path, json=span), "schedule")
+
+    assert (await t.a.get("/runs")).json()["runs"] == []  # nothing started
+    r = await t.a.post(path, json=span)
     assert r.status_code == 200, r.text
-    assert (await get_run(t.a, mine["id"]))["version"] == "2"
+    assert r.json()["started"] == 3
 
 
 # -- rate limits ---------------------------------------------------------------------------

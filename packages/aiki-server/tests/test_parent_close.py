@@ -175,3 +175,45 @@ async def test_a_chain_deeper_than_the_stack_closes(harness: Harness, how: str) 
     r = await h.client.get("/runs", params={"status": "cancelled", "limit": 500})
     cancelled = {run["id"] for run in r.json()["runs"]}
     assert set(chain) <= cancelled
+
+
+@pytest.mark.parametrize(("how", "ends"), [("cancelled", "cancelled"), ("timed_out", "failed")])
+async def test_a_request_cancel_child_cleaning_up_finishes_its_cleanup(
+    harness: Harness, how: str, ends: str
+) -> None:
+    h = harness
+    await start(h.client, workflow="parent")
+    parent = (await claim_one(h.client, "parent"))["run"]
+    body = {
+        "revision": parent["revision"],
+        "address": "request:1",
+        "occurrence": 0,
+        "workflow": "request",
+        "version": "1",
+        "parent_close_policy": "request_cancel",
+        "timeout": 5_000,
+    }
+    r = await h.client.post(f"/runs/{parent['id']}/children", json=body)
+    assert r.status_code == 201, r.text
+    child = r.json()["run"]
+    await claim_one(h.client, "request")
+    if how == "cancelled":  # cancelled on its own, as the parent goes on
+        r = await h.client.post(f"/runs/{child['id']}/cancel", json={"reason": "own"})
+        assert r.status_code == 200, r.text
+    else:
+        h.clock.advance(6_000)
+        await timer_pass(h)
+    assert (await get_run(h.client, child["id"]))["status"] == "cleaning_up"
+    own_error = (await get_run(h.client, child["id"]))["error"]
+
+    r = await transition(h.client, parent["id"], parent["revision"], {"kind": "complete"})
+    assert r.status_code == 200, r.text
+
+    # a cancel requested of a run cleaning up already lets that cleanup finish
+    assert (await get_run(h.client, child["id"]))["status"] == "cleaning_up"
+    cleanup = (await claim_one(h.client, "request"))["run"]
+    r = await transition(h.client, child["id"], cleanup["revision"], {"kind": "complete"})
+    assert r.status_code == 200, r.text
+    detail = await get_run(h.client, child["id"])
+    assert detail["status"] == ends
+    assert detail["error"] == own_error

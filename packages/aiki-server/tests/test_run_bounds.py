@@ -178,3 +178,72 @@ async def test_a_run_at_its_history_bound_fails_at_its_workers_next_write(
         assert len(run["tasks"]) == accepted < 6  # the refused record wrote nothing
         r = await transition(h.client, run_id, revision, {"kind": "complete"})
         assert r.status_code == 409  # the worker's claim is gone with the run
+
+
+async def cancelled_into_cleanup(client: httpx.AsyncClient, run_id: str) -> int:
+    """Cancel the run that ran, and claim its cleanup; the cleanup's revision."""
+    r = await client.post(f"/runs/{run_id}/cancel", json={"reason": "enough"})
+    assert r.json()["status"] == "cleaning_up", r.text
+    cleanup = await claim_one(client)
+    assert cleanup["run"]["id"] == run_id
+    revision: int = cleanup["run"]["revision"]
+    return revision
+
+
+async def test_a_cancel_that_reaches_the_history_bound_still_lets_the_run_clean_up(
+    make_harness: HarnessFactory,
+) -> None:
+    async with make_harness(max_history_per_run=6) as h:
+        run_id, revision = await held(h.client)  # its claim: 1 of 6
+        for n in range(4):  # 5 of 6
+            body = task_record(revision, address=f"charge:{n}")
+            assert (await h.client.post(f"/runs/{run_id}/tasks", json=body)).status_code == 200
+        cleanup = await cancelled_into_cleanup(h.client, run_id)  # 6 of 6
+
+        # its cleanup code runs a compensation, and reports: the run ends as cancelled
+        body = task_record(cleanup, name="refund", address="refund:1")
+        assert (await h.client.post(f"/runs/{run_id}/tasks", json=body)).status_code == 200
+        r = await transition(h.client, run_id, cleanup, {"kind": "complete"})
+        assert r.status_code == 200, r.text
+        run = await get_run(h.client, run_id)
+        assert run["status"] == "cancelled"
+        assert run["error"]["code"] == "workflow_cancelled"
+        assert "refund" in {task["name"] for task in run["tasks"]}
+
+
+async def test_a_cleanup_over_the_task_limit_ends_the_run_as_its_cleanup_would(
+    make_harness: HarnessFactory,
+) -> None:
+    async with make_harness(max_tasks_per_run=2) as h:
+        run_id, revision = await held(h.client)
+        for n in range(2):
+            body = task_record(revision, address=f"charge:{n}")
+            assert (await h.client.post(f"/runs/{run_id}/tasks", json=body)).status_code == 200
+        cleanup = await cancelled_into_cleanup(h.client, run_id)
+
+        body = task_record(cleanup, name="refund", address="refund:1")
+        r = await h.client.post(f"/runs/{run_id}/tasks", json=body)
+        error_of(r, 409, "run_limit_exceeded")
+        # not left cleaning up until its deadline: it ends at once, cancelled as it was
+        run = await get_run(h.client, run_id)
+        assert run["status"] == "cancelled"
+        assert run["error"]["code"] == "workflow_cancelled"
+        assert len(run["tasks"]) == 2  # the refused record wrote nothing
+
+
+async def test_a_schedules_input_over_the_limit_is_refused_and_nothing_written(
+    make_harness: HarnessFactory,
+) -> None:
+    async with make_harness(max_payload_bytes=LIMIT) as h:
+        body = {"name": "big", "workflow": "w", "version": "1", "every": 10_000, "input": BIG}
+        too_large(await h.client.post("/schedules", json=body), "input")
+        assert (await h.client.get("/schedules")).json()["schedules"] == []
+
+        body["input"] = "small"
+        r = await h.client.post("/schedules", json=body)
+        assert r.status_code == 201, r.text
+        schedule = r.json()
+        # each run it starts would carry that input past the bound
+        r = await h.client.patch(f"/schedules/{schedule['id']}", json={"input": BIG})
+        too_large(r, "input")
+        assert (await h.client.get(f"/schedules/{schedule['id']}")).json() == schedule

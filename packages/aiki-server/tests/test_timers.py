@@ -373,11 +373,13 @@ async def test_run_deadline_cancels_a_running_child(harness: Harness) -> None:
 
     h.advance(11 * SECOND)
     await wait_status(h.client, parent["id"], "cleaning_up")
-    # the parent cleans up first; its child is closed when the parent ends (here when
-    # the cleanup's own deadline passes, the server's default 60 s)
+    # its children close by their policies when it ends, after its cleanup
     assert (await get_run(h.client, child["id"]))["status"] == "running"
-    h.advance(61 * SECOND)
-    await wait_status(h.client, parent["id"], "failed")
+    cleanup = (await claim_one(h.client, worker_id="worker", capabilities=CAPS))["run"]
+    assert cleanup["id"] == parent["id"]
+    r = await transition(h.client, parent["id"], cleanup["revision"], {"kind": "complete"})
+    assert r.status_code == 200, r.text
+    assert (await get_run(h.client, parent["id"]))["status"] == "failed"
     cancelled = await wait_status(h.client, child["id"], "cancelled")
     assert cancelled["finished_at"] is not None
     detail = await get_run(h.client, child["id"])
@@ -627,7 +629,7 @@ async def test_a_delayed_run_past_its_deadline_fails_and_every_other_due_run_mov
     assert moves == [(None, "scheduled"), ("scheduled", "failed")]
 
 
-async def test_a_child_cancelled_by_its_parents_deadline_stays_cancelled(
+async def test_a_child_ended_by_its_own_deadline_is_not_ended_again_by_its_parents(
     harness: Harness,
 ) -> None:
     h = harness
@@ -641,25 +643,25 @@ async def test_a_child_cancelled_by_its_parents_deadline_stays_cancelled(
             "occurrence": 0,
             "workflow": "child",
             "version": "1",
-            # due at 86 s: after the parent's cleanup deadline (20 s + 60 s)
-            "timeout": 85 * SECOND,
+            "timeout": 10 * SECOND,
         },
     )
     child = r.json()["run"]
+    # both deadlines pass: the parent's, first, starts its cleanup (its children close
+    # when it ends); the child's own, met in the same pass, ends the child; the
+    # parent's cleanup deadline, in a later pass, must not end the child a second time
     h.advance(20 * SECOND)
     await wait_status(h.client, parent["id"], "cleaning_up")  # it ran: it cleans up first
-    assert (await get_run(h.client, child["id"]))["status"] == "queued"
-    # both deadlines pass: the parent's cleanup deadline, first, ends it and cancels
-    # the child; the child's own deadline, met in the same pass, must not end it again
-    h.advance(80 * SECOND)
+    await wait_status(h.client, child["id"], "failed")
+    h.advance(61 * SECOND)  # past the parent's cleanup deadline
     await wait_status(h.client, parent["id"], "failed")
     await timer_pass(h)  # a pass that looks once more finds nothing due
 
     detail = await get_run(h.client, child["id"])
-    assert detail["status"] == "cancelled"
-    assert detail["error"]["code"] == "workflow_cancelled"
+    assert detail["status"] == "failed"
+    assert detail["error"]["code"] == "workflow_timeout"
     ends = [m for m in detail["history"] if m["to_status"] in ("completed", "failed", "cancelled")]
-    assert [(m["from_status"], m["to_status"]) for m in ends] == [("queued", "cancelled")]
+    assert [(m["from_status"], m["to_status"]) for m in ends] == [("queued", "failed")]
 
 
 async def refuse_status_changes(db: Database, run_id: str) -> None:

@@ -231,6 +231,26 @@ async def cleans_up(run: WorkflowRun, n: int) -> int:
 CANCELLED = ErrorInfo.from_exception(WorkflowCancelledError("run-1", "enough"))
 
 
+@task("note-cancel")
+async def note_cancel(error: ErrorInfo) -> None:
+    calls.append(f"on_cancel({error.code})")
+
+
+@task("note-after")
+async def note_after(n: int) -> None:
+    calls.append(f"after({n})")
+
+
+@wf.v("hooked", on_cancel=note_cancel, after=[note_after])
+async def hooked(run: WorkflowRun, n: int) -> int:
+    return await double.start(run, n)
+
+
+@wf.v("hooked-before", before=[note_after], on_cancel=note_cancel)
+async def hooked_before(run: WorkflowRun, n: int) -> int:
+    return await double.start(run, n)
+
+
 def failed_answer(error_type: str, *, retryable: bool) -> PushedTaskAnswer:
     error = ErrorInfo(type=error_type, message="it broke", retryable=retryable)
     return PushedTaskAnswer(status="failed", error=error)
@@ -709,3 +729,26 @@ async def test_cleanup_code_runs_tasks_but_a_wait_raises_again() -> None:
     assert [r.name for r in [*execution.records, *execution.deferred]] == ["double"]
     assert isinstance(action, FailRun)
     assert action.error.code == "workflow_timeout"
+
+
+async def test_a_cleanup_whose_code_had_all_run_still_runs_its_hooks() -> None:
+    # the run's code finished, but the cancel won the race with its completion: its
+    # cleanup replays every call from the record and reaches no new step before the hooks
+    execution = Execution(1, [recorded("double", 1, 2)], cleanup=CANCELLED)
+    action = await hooked.execute(execution)
+    assert calls == ["on_cancel(workflow_cancelled)", "after(1)"]
+    assert [r.name for r in [*execution.records, *execution.deferred]] == [
+        "note-cancel",
+        "note-after",
+    ]
+    assert isinstance(action, FailRun)
+    assert action.error.code == "workflow_cancelled"
+
+
+async def test_a_cleanup_of_a_run_cancelled_in_its_before_hook_runs_on_cancel() -> None:
+    # cancelled while its `before` task ran: that is where the cancellation is raised
+    execution = Execution(1, cleanup=CANCELLED)
+    action = await hooked_before.execute(execution)
+    assert calls == ["on_cancel(workflow_cancelled)"]
+    assert isinstance(action, FailRun)
+    assert action.error.code == "workflow_cancelled"

@@ -8,7 +8,8 @@ back of its queue, and failed after a few such claims.
 Cleanups go first: a cancelled or timed-out run waiting in `cleaning_up` for a worker
 is claimed before the queued runs of the same triples, without a change of status
 and without flow control (its deadline is short, and it ends the run). A cleanup
-whose claim fails is left to its deadline, which ends the run all the same.
+whose claim fails is left to its deadline, which ends the run all the same; the
+cleanups behind it are then claimed one by one, so it holds up none of them.
 """
 
 from __future__ import annotations
@@ -223,36 +224,66 @@ class Claims:
         capabilities: list[tuple[str, str, str]],
         limit: int,
     ) -> list[ClaimedRun]:
-        """Claim up to `limit` runs waiting in `cleaning_up` for a worker."""
+        """Claim up to `limit` runs waiting in `cleaning_up` for a worker.
+
+        When they cannot be claimed together, each is claimed on its own, in order: one
+        that fails is left to its deadline and holds up none of those behind it.
+        """
         args: list[Any] = [namespace, RunStatus.CLEANING_UP.value]
         waiting = (
             f"FROM runs WHERE namespace = $1 AND status = $2 AND claimed_by IS NULL"
-            f" AND ({_triples(capabilities, args)}) ORDER BY rank, id LIMIT {int(limit)}"
+            f" AND ({_triples(capabilities, args)}) ORDER BY rank, id LIMIT "
         )
         async with self._db.reader() as reader:  # almost always none: look first
-            if not await reader.fetch(f"SELECT id {waiting}", *args):
+            if not await reader.fetch(f"SELECT id {waiting}{int(limit)}", *args):
                 return []
 
-        async def claim(tx: Tx) -> list[ClaimedRun]:
-            rows = await tx.fetch(f"SELECT * {waiting}{tx.skip_locked}", *args)
-            now = self._clock()
-            expires = now + self._limits.claim_idle_ms
-            claimed: list[Row] = []
-            for row in rows:
-                reason = f"cleanup claimed by {worker_id}"
-                revision = await hand_cleanup(
-                    tx, row, now, reason, worker_id=worker_id, expires=expires
-                )
-                claimed.append({**row, "revision": revision, "updated_at": now})
-            return await _handed_out(tx, claimed, first_claims=set())
+        def claiming(select: str, values: list[Any]) -> Callable[[Tx], Awaitable[list[ClaimedRun]]]:
+            """The transaction that claims the cleanups `select` finds."""
+
+            async def claim(tx: Tx) -> list[ClaimedRun]:
+                rows = await tx.fetch(f"SELECT * {select}{tx.skip_locked}", *values)
+                now = self._clock()
+                expires = now + self._limits.claim_idle_ms
+                claimed: list[Row] = []
+                for row in rows:
+                    reason = f"cleanup claimed by {worker_id}"
+                    revision = await hand_cleanup(
+                        tx, row, now, reason, worker_id=worker_id, expires=expires
+                    )
+                    claimed.append({**row, "revision": revision, "updated_at": now})
+                return await _handed_out(tx, claimed, first_claims=set())
+
+            return claim
 
         try:
-            return await self._db.write(claim)
+            return await self._db.write(claiming(f"{waiting}{int(limit)}", args))
         except Exception as exc:
             if self._not_the_runs_fault(exc):
                 raise
-            _log.error("a cleanup cannot be claimed; left to its deadline", {"error": repr(exc)})
-            return []
+            _log.warn("cleanup claim failed; claiming them one by one", {"error": repr(exc)})
+        one = "FROM runs WHERE id = $1 AND status = $2 AND claimed_by IS NULL"
+        claimed: list[ClaimedRun] = []
+        tried: set[str] = set()
+        while len(claimed) < limit and len(tried) < limit + _MAX_CLAIM_FAILURES:
+            async with self._db.reader() as reader:
+                found = await reader.fetch(f"SELECT id {waiting}{limit + len(tried)}", *args)
+            ids = [row["id"] for row in found if row["id"] not in tried]
+            if not ids:
+                break
+            tried.add(ids[0])
+            try:
+                claimed += await self._db.write(
+                    claiming(one, [ids[0], RunStatus.CLEANING_UP.value])
+                )
+            except Exception as exc:
+                if self._not_the_runs_fault(exc):
+                    raise
+                _log.error(
+                    "a cleanup cannot be claimed; left to its deadline",
+                    {"run_id": ids[0], "error": repr(exc)},
+                )
+        return claimed
 
     async def _claim_queued(
         self,

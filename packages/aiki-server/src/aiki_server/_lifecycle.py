@@ -378,10 +378,11 @@ async def _close_children(
     """Apply the parent-close policy of each live child of a parent that just ended.
 
     `terminate` ends the child cancelled at once, `request_cancel` cancels it as a
-    client's cancel does, `abandon` leaves it be. Either way the child's own live
-    children then go by their own policies, as it ends. A tree of any depth is closed
-    by one loop, level after level, not by recursion (a deep chain of children would
-    exhaust the stack, and the parent could never end).
+    client's cancel does (but lets a cleanup under way finish), `abandon` leaves it
+    be. Either way the child's own live children then go by their own policies, as
+    it ends. A tree of any depth is closed by one loop, level after level, not by
+    recursion (a deep chain of children would exhaust the stack, and the parent could
+    never end).
     """
     pending = _CLOSING.get()
     if pending is not None:  # a closing further up takes this parent in its loop
@@ -411,7 +412,10 @@ async def _apply_policies(
     ended = f"parent run {parent_id} ended as {target.value}"
     for child in children:
         if child["parent_close_policy"] == ParentClosePolicy.REQUEST_CANCEL:
-            await cancel_run_and_descendants(tx, child, now, ended, cleanup=True)
+            # one cleaning up already (cancelled or timed out) finishes that cleanup and
+            # ends as it says: a second cancel would cut it short, and end it cancelled
+            if child["status"] != RunStatus.CLEANING_UP:
+                await cancel_run_and_descendants(tx, child, now, ended, cleanup=True)
             continue
         cancelled = ErrorInfo(
             type="aiki_core.WorkflowCancelledError",

@@ -52,7 +52,7 @@ from aiki_core.wire import (
 from aiki_server._clock import from_ms, to_ms
 from aiki_server._lifecycle import TERMINAL, cancel_run_and_descendants, lock_run
 from aiki_server._notify import TIMERS
-from aiki_server._rows import decode_cursor, dump, encode_cursor, load, load_error
+from aiki_server._rows import decode_cursor, encode_cursor, load, load_error
 from aiki_server._starts import start_run_in
 
 if TYPE_CHECKING:
@@ -60,6 +60,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from aiki_server._clock import Clock
+    from aiki_server._limits import Limits
     from aiki_server._storage._database import Database, Row, Tx
 
 
@@ -223,9 +224,10 @@ def schedule_model(row: Row) -> Schedule:
 class Schedules:
     """The schedule operations of the API, and firing."""
 
-    def __init__(self, db: Database, clock: Clock) -> None:
+    def __init__(self, db: Database, clock: Clock, limits: Limits) -> None:
         self._db = db
         self._clock = clock
+        self._limits = limits
 
     async def create(self, namespace: str, req: CreateScheduleRequest) -> tuple[Schedule, bool]:
         """Create a schedule; whether it is new (the same definition again is not).
@@ -240,7 +242,8 @@ class Schedules:
             "name": req.name,
             "workflow": req.workflow,
             "version": req.version,
-            "input": dump(req.input),
+            # each run it starts carries it: held to the bound of a run's input
+            "input": self._limits.dump_payload(req.input, "input"),
             "input_hash": req.input_hash,
             "cron": req.cron,
             "every_ms": cadence.every_ms,
@@ -360,6 +363,8 @@ class Schedules:
     ) -> Schedule:
         """Change the schedule in place (see `UpdateScheduleRequest`); it as it is now."""
         given = req.model_fields_set
+        # refused before any write, as at creation
+        stored_input = self._limits.dump_payload(req.input, "input") if "input" in given else ""
 
         async def change(tx: Tx) -> Schedule:
             row = await _schedule(tx, namespace, schedule_id, lock=True)
@@ -372,7 +377,7 @@ class Schedules:
             if req.timezone is not None:
                 values["timezone"] = req.timezone
             if "input" in given:
-                values["input"] = dump(req.input)
+                values["input"] = stored_input
                 values["input_hash"] = req.input_hash
             if req.overlap is not None:
                 values["overlap"] = req.overlap.value

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from aiki_core import ConflictError, IllegalTransitionError, NotFoundError, RunStatus
 from aiki_core.wire import (
+    MAX_MIGRATED_PER_CALL,
     MIGRATABLE_STATUSES,
     MigrateRunsResponse,
     SkippedRun,
@@ -83,14 +84,10 @@ async def migrate_runs(
 ) -> MigrateRunsResponse:
     """Move the runs `req` selects from its old version to its new one (see the module)."""
     await _check_versions(tx, namespace, req)
-    rows = await _selected(tx, namespace, req)
-    movable = [r for r in rows if r["status"] in MIGRATABLE_STATUSES]
-    if req.filter.run_ids is not None:
-        _check_named(req, rows)
+    movable, unmovable = await _selected(tx, namespace, req)
     skipped = [
         SkippedRun(run_id=r["id"], status=r["status"], reason=_why_not(r["status"]))
-        for r in rows
-        if r["status"] not in MIGRATABLE_STATUSES
+        for r in unmovable
     ]
     has_more = len(movable) > req.limit
     movable = movable[: req.limit]
@@ -153,6 +150,8 @@ def _why_not(status: str) -> str:
         return "running on a worker: pause it (it stops at its next task boundary), then migrate"
     if status == RunStatus.AWAITING_TASK:
         return "a remote task attempt is in flight: migrate it once the attempt answers"
+    if status == RunStatus.CLEANING_UP:
+        return "cleaning up after its cancellation or timeout: it ends on its version"
     return f"the run has ended ({status})"
 
 
@@ -188,29 +187,47 @@ async def _known(tx: Tx, namespace: str, workflow: str, version: str) -> bool:
     )
 
 
-async def _selected(tx: Tx, namespace: str, req: MigrateRunsRequest) -> list[Row]:
-    """The locked rows the filter names: up to `limit` + 1 movable ones, and those skipped."""
+async def _selected(tx: Tx, namespace: str, req: MigrateRunsRequest) -> tuple[list[Row], list[Row]]:
+    """The rows the filter matches: the movable ones (locked), and those left where they are.
+
+    Runs named by id are all read (and all must move: `_check_named`). Otherwise the
+    movable ones are read on their own, up to `limit` + 1 (whether more are left), so
+    runs that cannot move (running, say) neither take their places in the page nor
+    hide them; up to `MAX_MIGRATED_PER_CALL` of those are listed as skipped.
+    """
     args: list[object] = [namespace, req.workflow, req.from_version]
     clauses = ["namespace = $1", "workflow = $2", "version = $3"]
     wanted = req.filter
-    if wanted.run_ids is not None:
-        args.append(tx.array(wanted.run_ids))
-        clauses.append(f"id {tx.in_array(len(args))}")
-    else:
-        args.append(tx.array(TERMINAL))
-        clauses.append(f"NOT (status {tx.in_array(len(args))})")
     if wanted.status is not None:
         args.append(tx.array([s.value for s in wanted.status]))
         clauses.append(f"status {tx.in_array(len(args))}")
     if wanted.reference_id is not None:
         args.append(wanted.reference_id)
         clauses.append(f"reference_id = ${len(args)}")
-    args.append(req.limit + 1)
-    return await tx.fetch(
-        f"SELECT * FROM runs WHERE {' AND '.join(clauses)} ORDER BY created_at, id"
-        f" LIMIT ${len(args)}{tx.lock_rows}",
-        *args,
+
+    async def matching(clause: str, values: list[object], limit: int, lock: str) -> list[Row]:
+        more = [*args, *values, limit]
+        return await tx.fetch(
+            f"SELECT * FROM runs WHERE {' AND '.join([*clauses, clause])}"
+            f" ORDER BY created_at, id LIMIT ${len(more)}{lock}",
+            *more,
+        )
+
+    n = len(args)
+    if wanted.run_ids is not None:
+        ids = [tx.array(wanted.run_ids)]
+        named = await matching(f"id {tx.in_array(n + 1)}", ids, len(wanted.run_ids), tx.lock_rows)
+        _check_named(req, named)
+        return named, []
+    migratable = sorted(s.value for s in MIGRATABLE_STATUSES)
+    movable = await matching(
+        f"status {tx.in_array(n + 1)}", [tx.array(migratable)], req.limit + 1, tx.lock_rows
     )
+    stuck = [tx.array(sorted({*TERMINAL, *migratable}))]
+    unmovable = await matching(
+        f"NOT (status {tx.in_array(n + 1)})", stuck, MAX_MIGRATED_PER_CALL, ""
+    )
+    return movable, unmovable
 
 
 def _check_named(req: MigrateRunsRequest, rows: list[Row]) -> None:

@@ -290,8 +290,12 @@ class WorkerWrites:
         The count is kept on the run's row by the writes that change it anyway: each
         status move of the run and each new task call. A worker's next write to a run
         at the bound is refused, and the run fails (a loop of sleeps or waits that
-        never ends, say, which no task call limit would catch).
+        never ends, say, which no task call limit would catch). A cleanup is not held
+        to it: its deadline bounds it, and the cancel that began it may have reached
+        the bound (a refusal would leave it no way to report).
         """
+        if run["status"] == RunStatus.CLEANING_UP:
+            return
         limit = self._limits.max_history_per_run
         if int(run["history_count"]) >= limit:
             raise RunRecordLimitError(run["id"], "history", limit)
@@ -301,21 +305,26 @@ class WorkerWrites:
     ) -> None:
         """Fail the run whose record was refused over the limit (the refusal wrote nothing).
 
-        The worker that holds it gets the refusal (a 409) and lets the run go.
+        The worker that holds it gets the refusal (a 409) and lets the run go. A run
+        cleaning up ends then as its cleanup says, rather than at its deadline.
         """
 
         async def fail(tx: Tx) -> None:
             run = await lock_run(tx, run_id, namespace)
             now = self._clock()
-            if run is None or run["revision"] != revision or run["status"] != RunStatus.RUNNING:
+            if run is None or run["revision"] != revision or run["status"] not in HELD:
                 return  # another write ended the claim meanwhile
+            reason = f"{'task' if isinstance(exc, RunLimitError) else exc.kind} limit reached"
+            if run["status"] == RunStatus.CLEANING_UP:
+                await end_cleanup(tx, run, now, f"{reason} during its cleanup")
+                return
             error = ErrorInfo.from_exception(exc, include_stack=False)
             await move_run(
                 tx,
                 run,
                 RunStatus.FAILED,
                 now,
-                f"{'task' if isinstance(exc, RunLimitError) else exc.kind} limit reached",
+                reason,
                 fence=True,
                 error=dump(error.model_dump(mode="json")),
             )

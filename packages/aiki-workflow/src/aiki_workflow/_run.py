@@ -389,6 +389,15 @@ class WorkflowRun(Generic[CtxT]):
         reason = details.get("reason")
         raise WorkflowCancelledError(self.id, reason if isinstance(reason, str) else None)
 
+    def _code_over(self) -> None:
+        """In a cleanup, the run's code is over: what runs now (the hooks) is cleanup code.
+
+        The run's code may have reached no new step (all of it was on record: the
+        cancel won the race with its completion); the hooks must not take the error
+        meant for where the run was.
+        """
+        self._interrupted = True
+
     @property
     def revision(self) -> int:
         """The revision of this worker's claim on the run (every write carries it)."""

@@ -264,9 +264,15 @@ class WorkflowVersion(Generic[InT, OutT]):
     async def _body(self, run: WorkflowRun, payload: InT) -> CompleteRun | FailRun:
         """The hooks around the workflow's function; how the run (or this attempt) ends.
 
-        In a cleanup the run ends with the cleanup's error, whatever the function did.
+        In a cleanup the run ends with the cleanup's error, whatever the function (or a
+        `before` task, where the run may have been) did.
         """
-        await self.hooks.run_before(run, payload)
+        try:
+            await self.hooks.run_before(run, payload)
+        except Exception:
+            if run.cleanup is None:
+                raise  # a failing `before` fails the attempt without hooks
+            return await self._clean_up(run, payload)
         try:
             result = await self.fn(run, payload)
             try:
@@ -276,20 +282,26 @@ class WorkflowVersion(Generic[InT, OutT]):
                     f"run {run.id} returned a result of the wrong type", exc
                 ) from None
         except Exception as exc:
-            failure = self._failure(run, exc)
             if run.cleanup is not None:
-                await self.hooks.run_cleanup(run, payload, run.cleanup)
-            elif not failure.retries:  # the run ends: a retried attempt has not
+                return await self._clean_up(run, payload)
+            failure = self._failure(run, exc)
+            if not failure.retries:  # the run ends: a retried attempt has not
                 await self.hooks.run_failed(run, payload, failure.error)
             return failure
         if run.cleanup is not None:
-            await self.hooks.run_cleanup(run, payload, run.cleanup)
-            return FailRun(error=run.cleanup)
+            return await self._clean_up(run, payload)
         await self.hooks.run_completed(run, payload, validated)
         encoded = run.codec.encode(
             self._output.dump_python(validated, mode="json"), CodecContext.run(run.id, "result")
         )
         return CompleteRun(result=encoded)
+
+    async def _clean_up(self, run: WorkflowRun, payload: InT) -> FailRun:
+        """The run's code is over in its cleanup: its hooks run, and it ends with its error."""
+        assert run.cleanup is not None
+        run._code_over()
+        await self.hooks.run_cleanup(run, payload, run.cleanup)
+        return FailRun(error=run.cleanup)
 
     def _failure(self, run: WorkflowRun, exc: Exception, *, during: str | None = None) -> FailRun:
         """The attempt fails with `exc` (raised in `during`, when not in the workflow)."""
