@@ -283,6 +283,32 @@ async def heartbeat_a_claim(t: Tenants) -> None:
     assert await claim_expiry() == expires + 10_000
 
 
+@case("POST", "/directives")
+async def poll_directives(t: Tenants) -> None:
+    mine, revision = await held_run(t.a)
+    lease = {"run_id": mine["id"], "revision": revision}
+    poll = {"worker_id": "worker-1", "runs": [lease], "wait": 0}
+
+    r = await t.b.post("/directives", json=poll)
+
+    assert r.status_code == 200, r.text
+    assert r.json()["runs"] == [{"run_id": mine["id"], "directive": "lost"}]
+    ours = await t.a.post("/directives", json=poll)
+    assert ours.json()["runs"] == []  # nothing changed for its own worker
+
+
+@case("POST", "/runs/{run_id}/abandoned-tasks")
+async def note_an_abandoned_task(t: Tenants) -> None:
+    mine, revision = await held_run(t.a)
+    before = (await get_run(t.a, mine["id"]))["history"]
+    note = {"revision": revision, "task_name": "t", "attempt": 1, "grace": 1000}
+
+    r = await t.b.post(f"/runs/{mine['id']}/abandoned-tasks", json=note)
+
+    not_found(r)
+    assert (await get_run(t.a, mine["id"]))["history"] == before
+
+
 @case("POST", "/runs/{run_id}/tasks")
 async def record_a_task(t: Tenants) -> None:
     mine, revision = await held_run(t.a)
