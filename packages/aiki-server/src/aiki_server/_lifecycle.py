@@ -92,10 +92,18 @@ async def record_history(
 
 
 async def lock_run(tx: Tx, run_id: str, namespace: str) -> Row | None:
-    """The run's row, locked for this transaction (PostgreSQL), or `None`."""
-    return await tx.fetchrow(
+    """The run's row, locked for this transaction (PostgreSQL), or `None`.
+
+    A claim skips a locked run (`Tx.skip_locked`) and waits for the next wake-up: the
+    lock of a run waiting for a worker wakes its claims again once this transaction
+    ends, whether or not it moves the run (an event sent to a queued run, say).
+    """
+    run = await tx.fetchrow(
         f"SELECT * FROM runs WHERE id = $1 AND namespace = $2{tx.lock_rows}", run_id, namespace
     )
+    if run is not None and run["status"] in (RunStatus.QUEUED, RunStatus.CLEANING_UP):
+        tx.publish(*queued_topics(run["namespace"], run["workflow"], run["version"], run["pool"]))
+    return run
 
 
 async def locked_run(tx: Tx, run_id: str, namespace: str) -> Row:

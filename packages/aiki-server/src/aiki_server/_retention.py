@@ -19,7 +19,7 @@ The daemon deletes in batches, each one short transaction of at most `batch` run
 one namespace (fewer when they hold many task calls), taken oldest end first through
 the `runs_finished` index, which also lists the namespaces that have ended runs
 (without reading their runs). On PostgreSQL the batch's
-runs are taken with `FOR UPDATE SKIP LOCKED`, so replicas deleting at once share the
+runs are taken with `FOR NO KEY UPDATE SKIP LOCKED`, so replicas deleting at once share the
 work; on SQLite, whose statements run on the event loop, batches are smaller. Between
 batches the daemon pauses, so claims and task records are never held up for long.
 Workers not seen for `worker_retention` are deleted too (they hold no claim: one idle

@@ -13,7 +13,7 @@ One pass handles, for at most `batch` runs each:
 - due schedules: each starts the run of its latest occurrence (as its overlap
   policy allows) and moves on to its next one (see `_schedules`).
 
-Rows are taken with `FOR UPDATE SKIP LOCKED` on PostgreSQL, so replicas share the
+Rows are taken with `FOR NO KEY UPDATE SKIP LOCKED` on PostgreSQL, so replicas share the
 work. Between passes the daemon sleeps until the next due time, or until a new one
 is set (the `TIMERS` topic), and at most `max_idle` seconds.
 

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Self
 import anyio
 
 from aiki_core import AuthenticationError
-from aiki_core.wire import DEFAULT_POOL, ClaimRequest, RunDirective, WorkflowCapability
+from aiki_core.wire import DEFAULT_POOL, ClaimRequest, ErrorCode, RunDirective, WorkflowCapability
 from aiki_worker._directives import DirectivesPoll
 from aiki_worker._running import ContextFactory, Held, Runner, heartbeats
 from aiki_worker._writes import asked_wait
@@ -307,8 +307,11 @@ class Worker:
             for claim in response.runs:
                 held = self.runner.hold(claim, runs.start_soon, self._watchers.start_soon)
                 stale = self._held.get(claim.run.id)
-                if stale is not None:  # its claim went idle under it: it can write nothing
-                    stale.direct(RunDirective.LOST)
+                if stale is not None:  # it can write nothing: its claim went idle, or
+                    # the run was cancelled into the cleanup this claim is for
+                    cleanup = claim.cleanup
+                    cancelled = cleanup is not None and cleanup.code == ErrorCode.WORKFLOW_CANCELLED
+                    stale.direct(RunDirective.CANCEL if cancelled else RunDirective.LOST)
                 self._held[claim.run.id] = held
                 runs.start_soon(self._execute, held)
             if response.runs:

@@ -1,7 +1,7 @@
 """PostgreSQL through an asyncpg pool.
 
 Rows a transaction changes are locked with `FOR UPDATE`; claims and the timer daemon
-take theirs with `FOR UPDATE SKIP LOCKED`, so several server replicas can share one
+take theirs with `FOR NO KEY UPDATE SKIP LOCKED`, so several server replicas can share one
 database. Wake-ups cross replicas as NOTIFY on one channel, which a dedicated
 connection LISTENs to and feeds into the local `WakeHub`; each replica wakes its own
 waiters directly and skips the echo of its own NOTIFYs. When that connection is lost
@@ -55,7 +55,10 @@ class PostgresTx(Tx):
     """A transaction on one pooled connection."""
 
     lock_rows = " FOR UPDATE"
-    skip_locked = " FOR UPDATE SKIP LOCKED"
+    # NO KEY UPDATE: a row another transaction only references (a child's wait, an
+    # event's foreign key take KEY SHARE locks) is not skipped: a claim that skipped a
+    # queued run for that would wait for the next wake-up, which may never come
+    skip_locked = " FOR NO KEY UPDATE SKIP LOCKED"
     keep_rows = " FOR KEY SHARE"
     unindexed = ""  # the planner weighs indexes by the table's statistics
 
