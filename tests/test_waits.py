@@ -238,9 +238,10 @@ async def test_an_event_wakes_a_run_that_also_awaits_a_child(client: Client) -> 
 
     await handle.send_event(go, "ann")
 
-    # at once: the child still waits for its release
+    # at once, without waiting for the child: which ends with its parent (terminate, the
+    # default parent-close policy)
     assert await handle.result(timeout=WAIT) == "go by ann"
-    assert await kid_handle.status() is RunStatus.AWAITING_EVENT
+    assert await kid_handle.status() is RunStatus.CANCELLED
 
 
 @pytest.mark.usefixtures("worker")
