@@ -3,16 +3,19 @@
 `orders_v1` reserves stock, charges a card whose first attempt fails (so the task
 timeline has a retry), then sleeps for an hour before it ships: a run stays
 `sleeping` until the test acts on it. `audit_v1` fails for good. `refunds_v1` waits
-for an `approved` event and returns who approved.
+for an `approved` event and returns who approved. `trips_v1` books, then holds the
+booking for a day; cancelled, its `on_cancel` hook takes an hour to release the
+deposit, so the run stays `cleaning_up` until the test acts on it.
 """
 
 from __future__ import annotations
 
 from datetime import timedelta
 
+import anyio
 from pydantic import BaseModel
 
-from aiki_core import RetryPolicy
+from aiki_core import ErrorInfo, RetryPolicy
 from aiki_task import TaskContext, task
 from aiki_workflow import WorkflowRun, event, workflow
 
@@ -90,3 +93,26 @@ async def refunds_v1(run: WorkflowRun, order_id: str) -> str:
     got = await approved.wait(run)
     assert got.data is not None
     return f"refund of {order_id} approved by {got.data.by}"
+
+
+@task("book-trip")
+async def book_trip(destination: str) -> str:
+    """Book the trip."""
+    return f"booked:{destination}"
+
+
+@task("release-deposit", retry=RetryPolicy.never())
+async def release_deposit(error: ErrorInfo) -> None:
+    """Release the trip's deposit: the bank takes an hour."""
+    await anyio.sleep(3600)
+
+
+trips = workflow("trip")
+
+
+@trips.v("1.0.0", on_cancel=release_deposit)
+async def trips_v1(run: WorkflowRun, destination: str) -> str:
+    """Book, then hold the booking for a day."""
+    booking = await book_trip.start(run, destination)
+    await run.sleep("hold", timedelta(days=1))
+    return booking

@@ -24,7 +24,7 @@ from aiki_client import Client
 from aiki_core import RunStatus
 from aiki_server.testing import server_process
 from aiki_worker import Worker
-from dashboard_app import Order, audit_v1, orders_v1, refunds_v1
+from dashboard_app import Order, audit_v1, orders_v1, refunds_v1, trips_v1
 from e2e_support import QUIET
 
 if TYPE_CHECKING:
@@ -122,6 +122,41 @@ async def test_list_filter_run_and_cancel(db_url: str, browser: Browser) -> None
         await page.reload()
         await expect(page.locator(".runhead .badge").first).to_have_text("cancelled")
         assert await second.status() == RunStatus.SLEEPING
+
+
+async def test_a_run_cleaning_up_says_so_and_a_second_cancel_ends_it(
+    db_url: str, browser: Browser
+) -> None:
+    async with (
+        server_process(db_url) as server,
+        Client(server.base_url, logger=QUIET) as client,
+        Worker(client, [trips_v1], logger=QUIET),
+    ):
+        trip = await trips_v1.start(client, "Lisbon")
+        await trip.wait_for_status([RunStatus.SLEEPING], timeout=WAIT)
+        await trip.cancel("plans changed")  # its on_cancel hook takes an hour
+        await trip.wait_for_status([RunStatus.CLEANING_UP], timeout=WAIT)
+
+        page = await browser.new_page()
+        await page.goto(server.base_url + "/")
+        await expect(page.locator(".count.c-cleaning_up .n")).to_have_text("1")
+        await expect(page.locator("table.runs tbody tr").first.locator(".badge")).to_have_text(
+            "cleaning up"
+        )
+        await page.get_by_role("link", name=trip.id).click()
+        await expect(page.locator(".runhead .badge").first).to_have_text("cleaning up")
+        await expect(page.locator("dt", has_text="Cleanup deadline")).to_be_visible()
+        await expect(page.locator(".history")).to_contain_text("plans changed; cleaning up")
+
+        # cancelling it again ends it at once, its cleanup unfinished: the dialog says so
+        await page.get_by_role("button", name="Cancel", exact=True).click()
+        dialog = page.locator("dialog#confirm-cancel")
+        await expect(dialog).to_contain_text("without finishing its cleanup")
+        await dialog.get_by_role("button", name="Yes, cancel it").click()
+        await expect(page.locator(".flash.ok")).to_have_text("Run cancelled.")
+        assert await trip.status() is RunStatus.CANCELLED
+        await page.reload()
+        await expect(page.locator(".runhead .badge").first).to_have_text("cancelled")
 
 
 async def test_send_event_from_the_run_page(db_url: str, browser: Browser) -> None:
