@@ -407,3 +407,39 @@ def test_cron_times_follow_vixie_cron_across_daylight_saving_changes() -> None:
     assert autumn == _utc_ms(2027, 10, 31, 0, 30)
     assert cadence.next_after(autumn) == _utc_ms(2027, 11, 1, 1, 30)
     assert cadence.latest(_utc_ms(2027, 11, 1, 1, 31), since=autumn) == _utc_ms(2027, 11, 1, 1, 30)
+
+
+# 02:45 in Paris on 31 October 2027 is 00:45 UTC (summer time); from 01:00 UTC the clocks
+# show 02:00 to 03:00 again (winter time), and cronsim, read from there, answers 00:45 UTC
+AUTUMN_0245 = _utc_ms(2027, 10, 31, 0, 45)
+SECOND_0230 = _utc_ms(2027, 10, 31, 1, 30)
+
+
+def test_cron_times_read_in_the_hour_autumn_repeats_are_after_it() -> None:
+    cadence = Cadence("45 2 * * *", None, "Europe/Paris", anchor=0)
+    assert cadence.next_after(SECOND_0230) == _utc_ms(2027, 11, 1, 1, 45)
+    # the latest is that day's 02:45 of summer time, not the day before's
+    assert cadence.latest(SECOND_0230, since=_utc_ms(2027, 10, 1, 0, 45)) == AUTUMN_0245
+    # an occurrence before the span is none of its own
+    assert cadence.between(SECOND_0230, _utc_ms(2027, 10, 31, 2), 10) == []
+
+
+async def test_a_schedule_fired_in_the_hour_autumn_repeats_waits_for_its_next_day(
+    harness: Harness,
+) -> None:
+    h = harness
+    schedule = await create_schedule(
+        h.client, cron="45 2 * * *", every=None, timezone="Europe/Paris"
+    )
+    # the server comes back in the repeated hour: the 02:45 of summer time fires, once, and
+    # the next is the next day's (its next fire time went back to 00:45 UTC: due again at
+    # once, the daemon fired it pass after pass without a pause until 01:45)
+    runs = await tick(h, SECOND_0230 - START_MS)
+    assert [r["reference_id"] for r in runs] == [ref(schedule, AUTUMN_0245)]
+    after = await get_schedule(h.client, schedule["id"])
+    assert _matches(after["next_fire_at"], _utc_ms(2027, 11, 1, 1, 45))
+    # created in that hour, a schedule's first occurrence is not one of the hour before
+    other = await create_schedule(
+        h.client, "other", cron="45 2 * * *", every=None, timezone="Europe/Paris"
+    )
+    assert _matches(other["next_fire_at"], _utc_ms(2027, 11, 1, 1, 45))

@@ -56,6 +56,7 @@ from aiki_server._rows import decode_cursor, encode_cursor, load, load_error
 from aiki_server._starts import start_run_in
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from datetime import datetime, timedelta
     from typing import Any
 
@@ -97,8 +98,10 @@ class Cadence:
         if self.every_ms is not None:
             return self.anchor + ((now - self.anchor) // self.every_ms + 1) * self.every_ms
         assert self.cron is not None
-        after = next(CronSim(self.cron, self._local(now)), None)
-        return None if after is None else to_ms(after)
+        # read in the hour an autumn DST change repeats, cronsim may answer a time of its
+        # first pass, before `now`: due again at once, the timer daemon would fire it
+        # pass after pass without a pause
+        return next((at for at in self._times(now) if at > now), None)
 
     def latest(self, now: int, *, since: int) -> int:
         """The last occurrence at or before `now`, knowing `since` <= `now` is one."""
@@ -107,7 +110,13 @@ class Cadence:
         assert self.cron is not None
         # cronsim's reverse iteration starts strictly before its start: look from now + 1 ms
         before = next(CronSim(self.cron, self._local(now + 1), reverse=True), None)
-        return since if before is None else max(to_ms(before), since)
+        latest = since if before is None else max(to_ms(before), since)
+        # read in the hour an autumn DST change repeats, it may answer one of a day before
+        for at in self._times(latest):
+            if at > now:
+                break
+            latest = max(latest, at)
+        return latest
 
     def between(self, start: int, end: int, limit: int) -> list[int]:
         """The occurrences in [`start`, `end`), oldest first, at most `limit` of them.
@@ -122,13 +131,19 @@ class Cadence:
                 at += self.every_ms
             return found
         assert self.cron is not None
-        # cronsim starts after the minute it is given: from just before `start`
-        for moment in CronSim(self.cron, self._local(start - 1)):
-            at = to_ms(moment)
+        # cronsim starts after the minute it is given: from just before `start` (and
+        # skipping the times before it that `next_after` skips)
+        for at in self._times(start - 1):
             if at >= end or len(found) >= limit:
                 break
-            found.append(at)
+            if at >= start:
+                found.append(at)
         return found
+
+    def _times(self, after: int) -> Iterator[int]:
+        """The cron's times cronsim reads from `after` on, in epoch milliseconds."""
+        assert self.cron is not None
+        return (to_ms(moment) for moment in CronSim(self.cron, self._local(after)))
 
 
 def _checked_cadence(
