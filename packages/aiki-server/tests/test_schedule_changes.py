@@ -109,6 +109,7 @@ async def test_the_updated_definition_is_what_create_finds_again(harness: Harnes
     [
         ({"cron": "0 0 1 1 *", "every": MINUTE}, "body"),
         ({"cron": "61 * * * *"}, "cron"),
+        ({"cron": "0 0 * * * *"}, "cron"),  # six fields: the first would be seconds
         ({"every": 10}, "every"),
         ({"catch_up": "some"}, "catch_up"),
         ({"timezone": "Mars/Olympus"}, "timezone"),

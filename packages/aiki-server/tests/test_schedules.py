@@ -190,6 +190,7 @@ async def test_pause_resume_and_delete(harness: Harness) -> None:
     [
         ({"cron": "61 * * * *", "every": None}, "cron"),
         ({"cron": "* * *", "every": None}, "cron"),
+        ({"cron": "* * * * * *", "every": None}, "cron"),  # six: every second
         ({"cron": "0 0 30 2 *", "every": None}, "cron"),  # February 30th never comes
         ({"cron": "0 * * * *"}, "body"),  # both cron and every
         ({"every": None}, "body"),  # neither

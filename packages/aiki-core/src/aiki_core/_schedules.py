@@ -106,11 +106,23 @@ Timezone = Annotated[
 CatchUpWindow = Annotated[Duration, DurationRange(at_least=MIN_INTERVAL)]
 """How far back a schedule starts missed occurrences."""
 
+def _five_fields(cron: str) -> str:
+    # the server's cron library reads a sixth field as leading seconds: `* * * * * *`
+    # would fire every second, and a minute read as a second another cadence
+    if len(cron.split()) != 5:
+        raise ValueError(
+            "a cron expression has five fields: minute, hour, day of month, month, day of week"
+        )
+    return cron
+
+
 Cron = Annotated[
     str,
     Field(min_length=1, max_length=200, pattern=NO_NUL, json_schema_extra={"format": "cron"}),
+    AfterValidator(_five_fields),
 ]
-"""A cron expression; `format: cron` in the JSON Schema (the server parses it with cronsim)."""
+"""A cron expression of five fields; `format: cron` in the JSON Schema (the server parses it
+with cronsim)."""
 
 
 class CreateScheduleRequest(RequestModel):
