@@ -444,3 +444,23 @@ async def test_a_schedule_fired_in_the_hour_autumn_repeats_waits_for_its_next_da
         h.client, "other", cron="45 2 * * *", every=None, timezone="Europe/Paris"
     )
     assert _matches(other["next_fire_at"], _utc_ms(2027, 11, 1, 1, 45))
+
+
+# at 03:00 in the Chatham Islands on 4 April 2027, 45 minutes before their clocks go back
+# to 02:45, cronsim's reverse read of `* 2 * * *` answers the 02:59 still to come
+CHATHAM_0300 = _utc_ms(2027, 4, 3, 13, 15)
+CHATHAM_0259 = _utc_ms(2027, 4, 3, 13, 14)
+
+
+def test_the_latest_cron_time_is_never_after_now() -> None:
+    cadence = Cadence("* 2 * * *", None, "Pacific/Chatham", anchor=0)
+    assert cadence.latest(CHATHAM_0300, since=CHATHAM_0300 - 2 * HOUR) == CHATHAM_0259
+
+
+async def test_a_late_schedule_starts_no_occurrence_still_to_come(harness: Harness) -> None:
+    h = harness
+    schedule = await create_schedule(
+        h.client, cron="* 2 * * *", every=None, timezone="Pacific/Chatham"
+    )
+    runs = await tick(h, CHATHAM_0300 - START_MS)
+    assert [r["reference_id"] for r in runs] == [ref(schedule, CHATHAM_0259)]

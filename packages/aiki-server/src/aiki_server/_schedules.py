@@ -110,7 +110,9 @@ class Cadence:
         assert self.cron is not None
         # cronsim's reverse iteration starts strictly before its start: look from now + 1 ms
         before = next(CronSim(self.cron, self._local(now + 1), reverse=True), None)
-        latest = since if before is None else max(to_ms(before), since)
+        latest = since
+        if before is not None and to_ms(before) <= now:  # in a DST gap, it may answer later
+            latest = max(to_ms(before), since)
         # read in the hour an autumn DST change repeats, it may answer one of a day before
         for at in self._times(latest):
             if at > now:
