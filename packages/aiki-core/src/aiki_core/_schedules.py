@@ -106,6 +106,7 @@ Timezone = Annotated[
 CatchUpWindow = Annotated[Duration, DurationRange(at_least=MIN_INTERVAL)]
 """How far back a schedule starts missed occurrences."""
 
+
 def _five_fields(cron: str) -> str:
     # the server's cron library reads a sixth field as leading seconds: `* * * * * *`
     # would fire every second, and a minute read as a second another cadence
