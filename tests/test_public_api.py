@@ -268,6 +268,7 @@ EXPECTED_CORE_SUBMODULES: dict[str, tuple[str, ...]] = {
         "DryRunAnswer",
         "DryRunJob",
         "DryRunOutcome",
+        "DryRunReceipt",
         "DryRunReport",
         "MigrateRunsRequest",
         "MigrateRunsResponse",

@@ -37,6 +37,7 @@ __all__ = [
     "MIGRATABLE_STATUSES",
     "DryRunAnswer",
     "DryRunOutcome",
+    "DryRunReceipt",
     "DryRunReport",
     "MigrateRunsRequest",
     "MigrateRunsResponse",
@@ -101,8 +102,8 @@ class MigrateRunsRequest(RequestModel):
     )
     wait: Annotated[Duration, DurationRange(at_most=MAX_DRY_RUN_WAIT)] = duration_field(
         timedelta(seconds=30),
-        description="How long a dry run waits for the worker's reports; runs not reported by then are"
-        " listed in `not_replayed`.",
+        description="How long a dry run waits for the worker's reports; runs not reported"
+        " by then are listed in `not_replayed`.",
     )
 
 
@@ -191,3 +192,10 @@ class DryRunAnswer(RequestModel):
         if (self.report is None) == (self.failure is None):
             raise ValueError("a dry-run answer carries a report or a failure, not both or neither")
         return self
+
+
+class DryRunReceipt(ResponseModel):
+    """The server took a worker's answer to a dry-run job."""
+
+    job_id: str
+    run_id: RunId
