@@ -280,13 +280,20 @@ class DryRunJobs:
                 report = await replay_dry(version, job.run, self._client.codec, log)
         # the version's code or the replay failed: reported, never raised into the worker
         except (Exception, RunInterrupt, BaseExceptionGroup) as exc:
-            failure = f"the replay raised {type(exc).__name__}: {exc}"
+            failure = f"the replay raised {_described(exc)}"
         else:
             if report is not None:
                 return DryRunAnswer(worker_id=self._worker_id, report=report)
             failure = f"the replay did not end within {MAX_DRY_RUN_WAIT}"
         log.warn("dry-run replay failed", {"error": failure})
         return DryRunAnswer(worker_id=self._worker_id, failure=failure[:2000])
+
+
+def _described(exc: BaseException) -> str:
+    """`Type: message` of `exc`, or of the one exception a group of one holds."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _stop_in(exc: BaseException) -> _Stop | None:
