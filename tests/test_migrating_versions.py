@@ -21,7 +21,9 @@ import pytest
 from aiki_client import Client
 from aiki_core import (
     ConflictError,
+    ConsoleLogger,
     IllegalTransitionError,
+    LogLevel,
     NoDryRunWorkerError,
     NotFoundError,
     PayloadValidationError,
@@ -31,7 +33,6 @@ from aiki_crypto import AesGcmCodec, KeyRing
 from aiki_task import task
 from aiki_worker import Worker, dry_run
 from aiki_workflow import WorkflowRun, workflow
-from conftest import QUIET
 
 if TYPE_CHECKING:
     from aiki_core.sdk import ExecutableVersion, RunExecution
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from aiki_server.testing import EmbeddedServer
 
 WAIT = timedelta(seconds=20)
+QUIET = ConsoleLogger(LogLevel.ERROR)
 CALLS: list[str] = []
 HELD: list[anyio.Event] = []
 """Set by `hold` once it runs."""

@@ -138,16 +138,17 @@ async def test_a_dry_run_is_handed_to_an_idle_worker_and_answered_with_its_repor
     async with anyio.create_task_group() as tg:
         # the worker's poll is open first, and holds no run: the dry run wakes it
         polled: list[dict[str, Any]] = []
+        heard = anyio.Event()
 
         async def poll() -> None:
             polled.append(await idle_poll(h))
+            heard.set()
 
         tg.start_soon(poll)
         await until_waiting(h, 1)
         tg.start_soon(dry_run)
         with anyio.fail_after(10):
-            while not polled:
-                await anyio.sleep(0.01)
+            await heard.wait()
         assert polled[0]["runs"] == []
         [job] = polled[0]["dry_runs"]
         # what a claim of the run carries, on the version to replay
@@ -203,8 +204,9 @@ async def test_bad_dry_run_reports_are_refused_and_change_nothing(harness: Harne
         await refused(report, {"worker_id": "worker-2"}, 422, "payload_validation")
         both = {"worker_id": "worker-2", "report": good, "failure": "x"}
         await refused(report, both, 422, "payload_validation")
-        await refused(report, {"worker_id": "worker-2", "report": {"run_id": 1}}, 422,
-                      "payload_validation")
+        await refused(
+            report, {"worker_id": "worker-2", "report": {"run_id": 1}}, 422, "payload_validation"
+        )
         await refused(report, [1, 2], 422, "payload_validation")
         # the report of another run, or of another version, than the job's
         wrong_run = {"worker_id": "worker-2", "report": report_of(other["id"])}
