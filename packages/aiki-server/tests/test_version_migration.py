@@ -304,3 +304,35 @@ async def test_the_job_rows_of_a_dry_run_that_died_expire_and_are_swept(harness:
     await h.app.state.retention.sweep()
 
     assert await db.write(jobs) == 0
+
+
+async def test_a_run_that_cannot_be_handed_out_holds_up_no_other_dry_run_job(
+    harness: Harness,
+) -> None:
+    h = harness
+    await claim(h.client, version="2", worker_id="worker-2")
+    bad = await sleeping_run(h)
+    good = await sleeping_run(h)
+
+    async def garble(tx: Tx) -> None:  # a row the server cannot make a claim of
+        await tx.execute("UPDATE runs SET input = '{not json' WHERE id = $1", bad["id"])
+
+    await h.app.state.db.write(garble)
+    answers: list[dict[str, Any]] = []
+
+    async def dry_run() -> None:
+        body = {"workflow": "w", "from_version": "1", "to_version": "2", "dry_run": True}
+        answers.append(await migrate(h, **body, wait=10_000))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(dry_run)
+        [job] = (await idle_poll(h))["dry_runs"]  # the good run's alone, and the poll serves on
+        assert job["run"]["run"]["id"] == good["id"]
+        answer = {"worker_id": "worker-2", "report": report_of(good["id"])}
+        r = await h.client.post(f"/dry-runs/{job['job_id']}/report", json=answer)
+        assert r.status_code == 200, r.text
+        h.clock.advance(20_000)  # past the wait: the bad run's job is never answered
+
+    [answered] = answers
+    assert [r["run_id"] for r in answered["dry_runs"]] == [good["id"]]
+    assert [n["run_id"] for n in answered["not_replayed"]] == [bad["id"]]
