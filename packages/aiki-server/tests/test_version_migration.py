@@ -336,3 +336,31 @@ async def test_a_run_that_cannot_be_handed_out_holds_up_no_other_dry_run_job(
     [answered] = answers
     assert [r["run_id"] for r in answered["dry_runs"]] == [good["id"]]
     assert [n["run_id"] for n in answered["not_replayed"]] == [bad["id"]]
+
+
+async def test_an_unreadable_stored_answer_lists_its_run_as_not_replayed(
+    harness: Harness,
+) -> None:
+    h = harness
+    await claim(h.client, version="2", worker_id="worker-2")
+    run = await sleeping_run(h)
+    answers: list[dict[str, Any]] = []
+
+    async def dry_run() -> None:
+        body = {"workflow": "w", "from_version": "1", "to_version": "2", "dry_run": True}
+        answers.append(await migrate(h, **body, wait=200))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(dry_run)
+        [job] = (await idle_poll(h))["dry_runs"]
+
+        async def garble(tx: Tx) -> None:  # an answer no reader of this server can parse
+            await tx.execute("UPDATE dry_run_jobs SET answer = '{' WHERE id = $1", job["job_id"])
+
+        await h.app.state.db.write(garble)
+
+    [answered] = answers
+    assert answered["dry_runs"] == []
+    [not_replayed] = answered["not_replayed"]
+    assert not_replayed["run_id"] == run["id"]
+    assert "unreadable" in not_replayed["reason"]

@@ -18,6 +18,7 @@ import json
 from typing import TYPE_CHECKING
 
 import anyio
+from pydantic import ValidationError
 
 from aiki_core import NoDryRunWorkerError, NotFoundError, PayloadValidationError
 from aiki_core.wire import (
@@ -88,7 +89,11 @@ class DryRuns:
                 reason = f"worker {worker!r} did not report its replay within {req.wait}"
                 not_replayed.append(NotReplayed(run_id=run_id, reason=reason))
                 continue
-            said = DryRunAnswer.model_validate_json(answer)
+            try:
+                said = DryRunAnswer.model_validate_json(answer)
+            except ValidationError as exc:  # stored by another version of the server, say
+                _log.error("a stored dry-run answer is unreadable", {"error": repr(exc)})
+                said = DryRunAnswer(worker_id=worker, failure="its stored answer is unreadable")
             if said.report is not None:
                 reports.append(said.report)
             else:
