@@ -14,7 +14,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated, Literal, Self
 
-from pydantic import Field, StrictBool, StringConstraints, model_validator
+from pydantic import ConfigDict, Field, StrictBool, StringConstraints, model_validator
 
 from aiki_core._api import WorkerName
 from aiki_core._duration import Duration, DurationRange, duration_field
@@ -28,6 +28,7 @@ from aiki_core._wire import (
     RequestModel,
     ResponseModel,
     VersionName,
+    given,
 )
 
 __all__ = [
@@ -186,6 +187,9 @@ class DryRunAnswer(RequestModel):
     failure: FailureText | None = Field(
         default=None, description="The replay raised (or could not start): what happened."
     )
+
+    # the rule of `_one_of`, stated for the OpenAPI document
+    model_config = ConfigDict(json_schema_extra={"oneOf": [given("report"), given("failure")]})
 
     @model_validator(mode="after")
     def _one_of(self) -> Self:
