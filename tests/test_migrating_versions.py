@@ -25,9 +25,11 @@ from aiki_core import (
     IllegalTransitionError,
     LogLevel,
     NoDryRunWorkerError,
+    NonRetryableError,
     NotFoundError,
     PayloadValidationError,
     RunStatus,
+    TaskFailedError,
 )
 from aiki_crypto import AesGcmCodec, KeyRing
 from aiki_task import task
@@ -122,6 +124,38 @@ async def shipping_v2(run: WorkflowRun, order: str) -> str:
     return order
 
 
+@task("mv-refuse")
+async def refuse(order: str) -> str:
+    """Fail for good (noted): a failed record a replay takes up as it takes a result."""
+    CALLS.append(f"refuse {order}")
+    raise NonRetryableError("out of stock")
+
+
+refusing = workflow("mv-refusing")
+
+
+@refusing.v("1.0.0")
+async def refusing_v1(run: WorkflowRun, order: str) -> str:
+    """Try a task that fails, then sleep a day."""
+    try:
+        await refuse.start(run, order)
+    except TaskFailedError:
+        pass
+    await run.sleep("later", timedelta(days=1))
+    return "gave up"
+
+
+@refusing.v("1.0.1")
+async def refusing_v1_0_1(run: WorkflowRun, order: str) -> str:
+    """1.0.0's code again."""
+    try:
+        await refuse.start(run, order)
+    except TaskFailedError:
+        pass
+    await run.sleep("later", timedelta(days=1))
+    return "gave up"
+
+
 holding = workflow("mv-holding")
 
 
@@ -140,7 +174,16 @@ async def holding_v1_1(run: WorkflowRun, _: None) -> None:
 @pytest.fixture
 def workflows() -> list[ExecutableVersion]:
     """What the root conftest's `worker` fixture runs: not 2.0.0."""
-    return [shipping_v1, shipping_v1_1, shipping_v1_0_1, Exploding(), holding_v1, holding_v1_1]
+    return [
+        shipping_v1,
+        shipping_v1_1,
+        shipping_v1_0_1,
+        Exploding(),
+        refusing_v1,
+        refusing_v1_0_1,
+        holding_v1,
+        holding_v1_1,
+    ]
 
 
 def unchanged(before: RunDetail, after: RunDetail) -> None:
@@ -370,3 +413,19 @@ async def test_a_sealed_run_is_dry_run_through_the_workers_codec(server: Embedde
         assert (report.outcome, report.would_run, report.not_reused) == ("waits", None, [])
         assert [c.name for c in report.reused] == ["mv-reserve", "mv-ship"]
         unchanged(before, await handle.detail())
+
+
+@pytest.mark.usefixtures("worker")
+async def test_a_failed_record_is_reused_by_the_workers_dry_run(client: Client) -> None:
+    handle = await refusing_v1.start(client, "o-5")
+    await handle.wait_for_status([RunStatus.SLEEPING], timeout=WAIT)
+    before = await handle.detail()
+
+    answer = await client.migrate_runs("mv-refusing", "1.0.0", "1.0.1", dry_run=True, wait=WAIT)
+
+    [report] = answer.dry_runs
+    # the failure on record is what the code saw again: reused, and nothing would run
+    assert (report.outcome, report.would_run, report.not_reused) == ("waits", None, [])
+    assert [c.name for c in report.reused] == ["mv-refuse"]
+    assert CALLS == ["refuse o-5"]
+    unchanged(before, await handle.detail())

@@ -94,11 +94,11 @@ class _NotingCodec:
 
     def decode(self, value: JsonValue, context: CodecContext) -> JsonValue:
         field = context.field
-        if context.run_id == self._run_id and field.startswith("task:"):
-            if field.endswith((":result", ":error")):
+        if context.run_id == self._run_id:
+            if field.startswith("task:") and field.endswith((":result", ":error")):
                 self.opened.add(field.rsplit(":", 1)[0])  # task:<address>:<occurrence>
-        if context.run_id == self._run_id and field in self._in_clear:
-            return value
+            if field in self._in_clear:
+                return value
         return self._inner.decode(value, context)
 
     def opened_through(self, record: TaskRecord) -> TaskRecord:
