@@ -3,8 +3,10 @@
 An embedded server (`aiki_server.testing`) on SQLite and on PostgreSQL, a client over
 httpx's ASGI transport and a worker of versions 1.0.0 and 1.1.0 in the test's
 process: each task body notes its call in `CALLS`, so a test sees what ran, and how
-often. Version 2.0.0 is never served. A dry run replays on the test's own copy of
-the new version's code.
+often. Version 2.0.0 is never served. A dry run replays either on the test's own
+copy of the new version's code (`aiki_worker.dry_run`), or, asked through the client,
+on the worker, which serves 1.0.1 (1.0.0's code again) and 1.2.0 (whose replay raises)
+too.
 """
 
 from __future__ import annotations
@@ -16,23 +18,31 @@ import anyio
 import httpx
 import pytest
 
+from aiki_client import Client
 from aiki_core import (
     ConflictError,
+    ConsoleLogger,
     IllegalTransitionError,
+    LogLevel,
+    NoDryRunWorkerError,
+    NonRetryableError,
     NotFoundError,
     PayloadValidationError,
     RunStatus,
+    TaskFailedError,
 )
+from aiki_crypto import AesGcmCodec, KeyRing
 from aiki_task import task
-from aiki_worker import dry_run
+from aiki_worker import Worker, dry_run
 from aiki_workflow import WorkflowRun, workflow
 
 if TYPE_CHECKING:
-    from aiki_client import Client
-    from aiki_core.sdk import ExecutableVersion
+    from aiki_core.sdk import ExecutableVersion, RunExecution
+    from aiki_core.wire import RunAction, RunDetail
     from aiki_server.testing import EmbeddedServer
 
 WAIT = timedelta(seconds=20)
+QUIET = ConsoleLogger(LogLevel.ERROR)
 CALLS: list[str] = []
 HELD: list[anyio.Event] = []
 """Set by `hold` once it runs."""
@@ -89,10 +99,61 @@ async def shipping_v1_1(run: WorkflowRun, order: str) -> str:
     return shipped
 
 
+@shipping.v("1.0.1")
+async def shipping_v1_0_1(run: WorkflowRun, order: str) -> str:
+    """1.0.0's code again."""
+    label = await reserve.start(run, order)
+    shipped = await ship.start(run, label)
+    await run.sleep("settle", timedelta(days=1))
+    return shipped
+
+
+class Exploding:
+    """Version 1.2.0 of `mv-shipping`, whose execution raises outside the workflow's code."""
+
+    workflow = "mv-shipping"
+    version = "1.2.0"
+
+    async def execute(self, execution: RunExecution) -> RunAction:
+        raise RuntimeError("the replay machinery broke")
+
+
 @shipping.v("2.0.0")
 async def shipping_v2(run: WorkflowRun, order: str) -> str:
     """A version no worker of this module serves."""
     return order
+
+
+@task("mv-refuse")
+async def refuse(order: str) -> str:
+    """Fail for good (noted): a failed record a replay takes up as it takes a result."""
+    CALLS.append(f"refuse {order}")
+    raise NonRetryableError("out of stock")
+
+
+refusing = workflow("mv-refusing")
+
+
+@refusing.v("1.0.0")
+async def refusing_v1(run: WorkflowRun, order: str) -> str:
+    """Try a task that fails, then sleep a day."""
+    try:
+        await refuse.start(run, order)
+    except TaskFailedError:
+        pass
+    await run.sleep("later", timedelta(days=1))
+    return "gave up"
+
+
+@refusing.v("1.0.1")
+async def refusing_v1_0_1(run: WorkflowRun, order: str) -> str:
+    """1.0.0's code again."""
+    try:
+        await refuse.start(run, order)
+    except TaskFailedError:
+        pass
+    await run.sleep("later", timedelta(days=1))
+    return "gave up"
 
 
 holding = workflow("mv-holding")
@@ -113,7 +174,26 @@ async def holding_v1_1(run: WorkflowRun, _: None) -> None:
 @pytest.fixture
 def workflows() -> list[ExecutableVersion]:
     """What the root conftest's `worker` fixture runs: not 2.0.0."""
-    return [shipping_v1, shipping_v1_1, holding_v1, holding_v1_1]
+    return [
+        shipping_v1,
+        shipping_v1_1,
+        shipping_v1_0_1,
+        Exploding(),
+        refusing_v1,
+        refusing_v1_0_1,
+        holding_v1,
+        holding_v1_1,
+    ]
+
+
+def unchanged(before: RunDetail, after: RunDetail) -> None:
+    """Nothing of the run was written: its revision, status, version and records."""
+    assert after.revision == before.revision
+    assert after.status is before.status
+    assert after.version == before.version
+    assert after.tasks == before.tasks
+    assert after.sleeps == before.sleeps
+    assert after.history == before.history
 
 
 @pytest.mark.usefixtures("worker")
@@ -244,3 +324,108 @@ async def test_a_running_run_is_skipped_or_refused(client: Client) -> None:
     RELEASE[0].set()
     await running.result(timeout=WAIT)
     assert (await running.detail()).version == "1.0.0"
+
+
+@pytest.mark.usefixtures("worker")
+async def test_a_dry_run_through_the_client_is_replayed_on_the_worker(
+    server: EmbeddedServer, client: Client
+) -> None:
+    handle = await shipping_v1.start(client, "o-1")
+    await handle.wait_for_status([RunStatus.SLEEPING], timeout=WAIT)
+    sleeping = await handle.detail()
+    [worker] = (await client.list_workers()).workers
+    assert worker.running == 0  # an idle worker: it holds no run, and is asked all the same
+
+    answer = await client.migrate_runs("mv-shipping", "1.0.0", "1.1.0", dry_run=True, wait=WAIT)
+
+    assert answer.migrated == []
+    assert answer.not_replayed == []
+    [report] = answer.dry_runs
+    assert (report.run_id, report.version, report.outcome) == (handle.id, "1.1.0", "runs_a_task")
+    assert [c.name for c in report.reused] == ["mv-reserve"]
+    assert [c.name for c in report.not_reused] == ["mv-ship"]
+    assert report.would_run is not None
+    assert report.would_run.name == "mv-ship"
+    # the same report as the local dry run of the same code
+    assert report == await dry_run(shipping_v1_1, sleeping)
+    assert CALLS == ["reserve o-1", "ship O-1"]  # nothing ran
+    unchanged(sleeping, await handle.detail())
+
+    migrated = await client.migrate_runs("mv-shipping", "1.0.0", "1.1.0")
+    assert [r.id for r in migrated.migrated] == [handle.id]
+    server.advance(timedelta(days=1))
+    assert await handle.result(timeout=WAIT) == "shipped O-1 via dhl"
+    assert CALLS == ["reserve o-1", "ship O-1", "ship O-1 via dhl"]
+
+
+@pytest.mark.usefixtures("worker")
+async def test_a_dry_run_with_no_polling_worker_of_the_version_is_refused(client: Client) -> None:
+    handle = await shipping_v1.start(client, "o-2")
+    await handle.wait_for_status([RunStatus.SLEEPING], timeout=WAIT)
+    await shipping_v2.start(client, "o-stranded")  # 2.0.0 is known, but no worker serves it
+    before = await handle.detail()
+
+    with pytest.raises(NoDryRunWorkerError) as unserved:
+        await client.migrate_runs("mv-shipping", "1.0.0", "2.0.0", dry_run=True)
+    assert isinstance(unserved.value, ConflictError)
+    assert (unserved.value.workflow, unserved.value.version) == ("mv-shipping", "2.0.0")
+    assert "aiki_worker.dry_run" in unserved.value.message
+    unchanged(before, await handle.detail())
+
+
+@pytest.mark.usefixtures("worker")
+async def test_a_replay_that_raises_is_reported_and_the_worker_goes_on(client: Client) -> None:
+    handle = await shipping_v1.start(client, "o-3")
+    await handle.wait_for_status([RunStatus.SLEEPING], timeout=WAIT)
+    sleeping = await handle.detail()
+
+    broken = await client.migrate_runs("mv-shipping", "1.0.0", "1.2.0", dry_run=True, wait=WAIT)
+
+    assert broken.dry_runs == []
+    [failed] = broken.not_replayed
+    assert failed.run_id == handle.id
+    assert "RuntimeError: the replay machinery broke" in failed.reason
+    unchanged(sleeping, await handle.detail())
+    # the worker lives on: the next dry run is answered
+    fine = await client.migrate_runs("mv-shipping", "1.0.0", "1.0.1", dry_run=True, wait=WAIT)
+    assert [(r.run_id, r.outcome) for r in fine.dry_runs] == [(handle.id, "waits")]
+    unchanged(sleeping, await handle.detail())
+
+
+async def test_a_sealed_run_is_dry_run_through_the_workers_codec(server: EmbeddedServer) -> None:
+    transport = httpx.ASGITransport(app=server.app)
+    codec = AesGcmCodec(KeyRing([("k1", KeyRing.generate_key())]))
+    async with (
+        Client("http://aiki.test", transport=transport, codec=codec, logger=QUIET) as sealing,
+        Worker(sealing, [shipping_v1, shipping_v1_0_1], logger=QUIET),
+    ):
+        handle = await shipping_v1.start(sealing, "o-4")
+        await handle.wait_for_status([RunStatus.SLEEPING], timeout=WAIT)
+        before = await handle.detail()
+        async with Client("http://aiki.test", transport=transport, logger=QUIET) as operator:
+            # the operator's client holds no key: the worker opens the records with its own
+            answer = await operator.migrate_runs(
+                "mv-shipping", "1.0.0", "1.0.1", dry_run=True, wait=WAIT
+            )
+
+        [report] = answer.dry_runs
+        # the reservation's sealed result opened as on a claim: the shipping label matches
+        assert (report.outcome, report.would_run, report.not_reused) == ("waits", None, [])
+        assert [c.name for c in report.reused] == ["mv-reserve", "mv-ship"]
+        unchanged(before, await handle.detail())
+
+
+@pytest.mark.usefixtures("worker")
+async def test_a_failed_record_is_reused_by_the_workers_dry_run(client: Client) -> None:
+    handle = await refusing_v1.start(client, "o-5")
+    await handle.wait_for_status([RunStatus.SLEEPING], timeout=WAIT)
+    before = await handle.detail()
+
+    answer = await client.migrate_runs("mv-refusing", "1.0.0", "1.0.1", dry_run=True, wait=WAIT)
+
+    [report] = answer.dry_runs
+    # the failure on record is what the code saw again: reused, and nothing would run
+    assert (report.outcome, report.would_run, report.not_reused) == ("waits", None, [])
+    assert [c.name for c in report.reused] == ["mv-refuse"]
+    assert CALLS == ["refuse o-5"]
+    unchanged(before, await handle.detail())

@@ -68,6 +68,14 @@ async def order_v1(run: WorkflowRun, amount: int) -> dict[str, Any]:
     return {"cents": cents, "approved_by": approval.data, "receipt": receipt}
 
 
+@order.v("2")
+async def order_v2(run: WorkflowRun, amount: int) -> dict[str, Any]:
+    """Charges a unit more: its charge is not the one recorded (served in one test only)."""
+    cents = await charge.start(run, amount + 1)
+    approval = await approved.wait(run)
+    return {"cents": cents, "approved_by": approval.data}
+
+
 napper = workflow("cli-napper")
 
 
@@ -243,6 +251,36 @@ async def test_unserved_runs_are_listed_and_migrated_from_the_command_line(
     refused = await aiki("runs", "migrate", "cli-napper", "1", "7")
     assert refused.code == 3, refused.err  # version 7 was never seen
     assert len(refused.err.strip().splitlines()) == 1
+
+
+async def test_a_migration_dry_run_from_the_command_line(
+    server: ServerProcess, client: Client
+) -> None:
+    aiki = Aiki(server.base_url)
+    async with Worker(client, [order_v1, order_v2], id="cli-worker-2", logger=QUIET):
+        handle = await order_v1.start(client, 5)
+        await handle.wait_for_status([RunStatus.AWAITING_EVENT], timeout=WAIT)
+        before = await handle.detail()
+
+        shown = await aiki("runs", "migrate", "cli-order", "1", "2", "--dry-run", "--wait", "20")
+        asked = await aiki("runs", "migrate", "cli-order", "1", "2", "--dry-run", "--json")
+        as_json = asked.json()
+
+    assert shown.code == 0, shown.err
+    assert "dry run on 2: 1 run(s) replayed, none moved" in shown.out
+    assert f"run {handle.id} on 2" in shown.out
+    lines = {line.split()[0]: line for line in shown.out.splitlines() if line.strip()}
+    assert "runs a task" in lines["outcome"]
+    assert "none" in lines["reused"]
+    assert "cli-charge" in shown.out.split("not reused")[1].split("would run")[0]
+    assert "cli-charge" in lines["would"]
+    [report] = as_json["dry_runs"]
+    assert (report["run_id"], report["outcome"], report["reused"]) == (handle.id, "runs_a_task", [])
+    assert [c["name"] for c in report["not_reused"]] == ["cli-charge"]
+    assert report["would_run"]["name"] == "cli-charge"
+    assert as_json["migrated"] == []
+    after = await handle.detail()
+    assert (after.version, after.revision, after.tasks) == ("1", before.revision, before.tasks)
 
 
 async def test_schedules_from_the_command_line(server: ServerProcess, client: Client) -> None:

@@ -61,6 +61,7 @@ _QUERY_INT = TypeAdapter(int)
 _LONG_POLLS = {
     "POST /api/v1/claims": ("body", "wait"),
     "POST /api/v1/directives": ("body", "wait"),
+    "POST /api/v1/migrations": ("body", "wait"),
     "GET /api/v1/runs/{run_id}/wait": ("query", "timeout_ms"),
 }
 

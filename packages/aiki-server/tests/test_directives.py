@@ -6,7 +6,16 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from server_api import app_client, claim_one, client_with, error_of, new_key, start
+from server_api import (
+    app_client,
+    claim,
+    claim_one,
+    client_with,
+    error_of,
+    new_key,
+    start,
+    transition,
+)
 
 if TYPE_CHECKING:
     import httpx
@@ -163,3 +172,38 @@ async def test_an_abandoned_task_is_noted_in_the_run_history(server: httpx.Async
     )
     error_of(r, 409, "stale_revision")
     assert len((await server.get(f"/runs/{run_id}")).json()["history"]) == len(history)
+
+
+async def test_a_dry_run_on_one_replica_is_answered_by_a_worker_on_another(
+    server: httpx.AsyncClient, second_app: httpx.AsyncClient
+) -> None:
+    await claim(server, version="2", worker_id="worker-2")  # serves version 2, holds nothing
+    run_id, revision = await held(server)
+    nap = {"kind": "sleep", "name": "nap", "occurrence": 0, "wake_at": "2100-01-01T00:00:00Z"}
+    r = await transition(server, run_id, revision, {"kind": "suspend", "waits": [nap]})
+    assert r.status_code == 200, r.text
+    body = {"workflow": "w", "from_version": "1", "to_version": "2", "dry_run": True}
+    answers: list[httpx.Response] = []
+
+    async def dry_run() -> None:  # on the first replica
+        answers.append(await server.post("/migrations", json={**body, "wait": 20_000}))
+
+    with anyio.fail_after(GUARD):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(dry_run)
+            # the worker's idle poll and its report go to the second replica
+            idle = {"worker_id": "worker-2", "runs": [], "wait": 20_000}
+            [job] = (await second_app.post("/directives", json=idle)).json()["dry_runs"]
+            report = {
+                "run_id": run_id,
+                "version": "2",
+                "outcome": "waits",
+                "stopped_at": "the run would wait (sleep), every call before on record",
+            }
+            answer = {"worker_id": "worker-2", "report": report}
+            r = await second_app.post(f"/dry-runs/{job['job_id']}/report", json=answer)
+            assert r.status_code == 200, r.text
+
+    [answered] = answers
+    assert answered.status_code == 200, answered.text
+    assert [d["run_id"] for d in answered.json()["dry_runs"]] == [run_id]

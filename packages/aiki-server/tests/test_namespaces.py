@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
+import anyio
 import pytest
 
 from aiki_server import create_app
@@ -166,6 +167,45 @@ async def migrate_runs(t: Tenants) -> None:
     r = await t.b.post("/migrations", json={**body, "filter": {"run_ids": [mine["id"]]}})
     error_of(r, 409, "conflict")
     assert (await get_run(t.a, mine["id"]))["version"] == "1"
+
+
+@case("POST", "/dry-runs/{job_id}/report")
+async def report_a_dry_run(t: Tenants) -> None:
+    mine = await start(t.a)
+    await claim(t.a, version="2", worker_id="worker-2")  # only A has a worker of version 2
+    body = {"workflow": "w", "from_version": "1", "to_version": "2", "dry_run": True}
+    await start(t.b)
+    await start(t.b, version="2")  # B knows both versions; no worker of B serves version 2
+    theirs = await t.b.post("/migrations", json=body)  # A's worker replays nothing of B's
+    error_of(theirs, 409, "no_dry_run_worker")
+    answers: list[httpx.Response] = []
+
+    async def dry_run() -> None:
+        answers.append(await t.a.post("/migrations", json={**body, "wait": 10_000}))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(dry_run)
+        poll = await t.a.post("/directives", json={"worker_id": "worker-2", "runs": []})
+        [job] = poll.json()["dry_runs"]
+        # B's worker of the same id is not handed A's job, nor can B answer it
+        seen = await t.b.post("/directives", json={"worker_id": "worker-2", "runs": [], "wait": 0})
+        assert seen.json()["dry_runs"] == []
+        call = {"name": "charge", "address": "charge:1", "occurrence": 0}
+        report = {
+            "run_id": mine["id"],
+            "version": "2",
+            "outcome": "runs_a_task",
+            "would_run": call,
+            "stopped_at": "task 'charge' has no record: it would run",
+        }
+        answer = {"worker_id": "worker-2", "report": report}
+        not_found(await t.b.post(f"/dry-runs/{job['job_id']}/report", json=answer), "dry-run job")
+        ours = await t.a.post(f"/dry-runs/{job['job_id']}/report", json=answer)
+        assert ours.status_code == 200, ours.text
+
+    [answered] = answers
+    assert answered.status_code == 200, answered.text
+    assert [r["run_id"] for r in answered.json()["dry_runs"]] == [mine["id"]]
 
 
 @case("GET", "/runs/{run_id}")

@@ -43,6 +43,8 @@ from aiki_core import (
 )
 from aiki_core.wire import (
     DEFAULT_POOL,
+    MAX_DRY_RUN_WAIT,
+    MAX_DRY_RUNS_PER_CALL,
     MIGRATABLE_STATUSES,
     RUN_TERMINAL_STATUSES,
     EndpointPage,
@@ -470,6 +472,19 @@ def runs_start(
     help="Only runs in this status (repeat for several).",
 )
 @click.option("--reference-id", help="Only the run started under this reference id.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Move nothing: a live worker of TO_VERSION replays each run and reports what it"
+    f" would reuse (at most {MAX_DRY_RUNS_PER_CALL} runs).",
+)
+@click.option(
+    "--wait",
+    type=click.FloatRange(min=0, max=MAX_DRY_RUN_WAIT.total_seconds()),
+    default=30.0,
+    show_default=True,
+    help="With --dry-run: seconds to wait for the worker's reports.",
+)
 @json_option
 @pass_settings
 def runs_migrate(
@@ -480,12 +495,17 @@ def runs_migrate(
     run_ids: tuple[str, ...],
     statuses: tuple[str, ...],
     reference_id: str | None,
+    dry_run: bool,
+    wait: float,
     as_json: bool,
 ) -> None:
     """Move in-flight runs of WORKFLOW from FROM_VERSION to TO_VERSION.
 
     Each keeps what it recorded: on TO_VERSION, every recorded task call the new code
-    still makes with the same input is reused; what changed runs.
+    still makes with the same input is reused; what changed runs. With --dry-run, a
+    live worker serving TO_VERSION replays each run without side effects, and the
+    command prints per run what would be reused, what not, and the first call that
+    would run.
     """
     moved = settings.call(
         lambda client: client.migrate_runs(
@@ -495,12 +515,21 @@ def runs_migrate(
             run_ids=[RunId(r) for r in run_ids] or None,
             status=[RunStatus(s) for s in statuses] or None,
             reference_id=reference_id,
+            dry_run=dry_run,
+            wait=timedelta(seconds=wait),
         )
     )
     if as_json:
         _print_json(moved)
         return
-    out.print(f"migrated {len(moved.migrated)} run(s) to {to_version}")
+    if dry_run:
+        out.print(f"dry run on {to_version}: {len(moved.dry_runs)} run(s) replayed, none moved")
+        for report in moved.dry_runs:
+            out.print(render.dry_run_report(report))
+        for missing in moved.not_replayed:
+            out.print(f"not replayed {missing.run_id}: {missing.reason}", style="yellow")
+    else:
+        out.print(f"migrated {len(moved.migrated)} run(s) to {to_version}")
     for skipped in moved.skipped:
         out.print(f"skipped {skipped.run_id} ({skipped.status.value}): {skipped.reason}")
     if moved.warning is not None:

@@ -28,8 +28,10 @@ if TYPE_CHECKING:
     from aiki_core.wire import (
         ChildRecord,
         ConcurrencyLimit,
+        DryRunReport,
         EndpointInfo,
         RateLimitInfo,
+        RecordedCall,
         RetentionInfo,
         RunDetail,
         RunSummary,
@@ -256,6 +258,43 @@ def child_label(child: ChildRecord) -> Text:
     return Text.assemble(
         child.run_id, "  ", f"{child.workflow} {child.version}", "  ", status(child.status)
     )
+
+
+def dry_run_report(report: DryRunReport) -> Group:
+    """One run's dry run: its outcome, the calls reused and not, the first that would run."""
+    outcome = Text(report.outcome.replace("_", " "), style=_DRY_RUN_STYLES[report.outcome])
+    return _section(
+        f"run {report.run_id} on {report.version}",
+        _fields(
+            [
+                ("outcome", outcome),
+                ("reused", _calls(report.reused, "none")),
+                ("not reused", _calls(report.not_reused, "none")),
+                ("would run", _calls([report.would_run] if report.would_run else [], "nothing")),
+                ("stopped", Text(report.stopped_at)),
+            ]
+        ),
+    )
+
+
+_DRY_RUN_STYLES = {
+    "runs_a_task": "yellow",
+    "waits": "blue",
+    "completes": "green",
+    "fails": "red",
+    "writes": "yellow",
+}
+"""Colours of dry-run outcomes: what would just wait or complete, what would run or fail."""
+
+
+def _calls(calls: list[RecordedCall], none: str) -> Text:
+    """Task calls, one a line (`name` then `#occurrence` past the first, then the address)."""
+    if not calls:
+        return Text(none, style="dim")
+    lines = [
+        f"{c.name}{'' if c.occurrence == 0 else f' #{c.occurrence}'}  ({c.address})" for c in calls
+    ]
+    return Text("\n".join(lines))
 
 
 def schedules_table(schedules: Iterable[Schedule]) -> Table:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Self, TypeVar, overload
 
 from pydantic import BaseModel, ValidationError
@@ -54,6 +55,7 @@ from aiki_core.wire import (
     CreateWebhookResponse,
     DirectivesRequest,
     DirectivesResponse,
+    DryRunReceipt,
     HeartbeatRequest,
     HeartbeatResponse,
     ListRunsQuery,
@@ -84,7 +86,7 @@ if TYPE_CHECKING:
     from pydantic import JsonValue
 
     from aiki_core import Interceptor, Logger, PayloadCodec
-    from aiki_core.wire import AcquireRateLimitResponse, RateLimitUse
+    from aiki_core.wire import AcquireRateLimitResponse, DryRunAnswer, RateLimitUse
 
 ResultT = TypeVar("ResultT")
 ModelT = TypeVar("ModelT", bound="BaseModel")
@@ -292,6 +294,8 @@ class Client:
         status: Sequence[RunStatus] | None = None,
         reference_id: str | None = None,
         limit: int = MAX_MIGRATED_PER_CALL,
+        dry_run: bool = False,
+        wait: timedelta = timedelta(seconds=30),
     ) -> MigrateRunsResponse:
         """Move in-flight runs of `workflow` from one version to another.
 
@@ -299,6 +303,12 @@ class Client:
         the filters name. Each keeps what it recorded: its next execution replays on
         `to_version`, reusing every recorded call the new code still makes with the same
         input. Named `run_ids` that cannot move refuse the whole migration.
+
+        `dry_run=True` moves nothing: a live worker that serves `to_version` replays each
+        run (up to `MAX_DRY_RUNS_PER_CALL`) without side effects, and `dry_runs` holds
+        its reports (what each would reuse, not reuse, and the first call it would run).
+        Runs not reported within `wait` are listed in `not_replayed`. With no such
+        worker it raises `NoDryRunWorkerError`.
         """
         try:
             request = MigrateRunsRequest(
@@ -311,6 +321,8 @@ class Client:
                     reference_id=reference_id,
                 ),
                 limit=limit,
+                dry_run=dry_run,
+                wait=wait,
             )
         except ValidationError as exc:
             raise PayloadValidationError.from_pydantic("invalid migration", exc) from None
@@ -337,6 +349,16 @@ class Client:
     async def directives(self, request: DirectivesRequest) -> DirectivesResponse:
         """Long-poll for directives on held runs (cancelled, paused, lost)."""
         return await self._call("POST", "/directives", DirectivesResponse, request, repeatable=True)
+
+    async def report_dry_run(self, job_id: str, answer: DryRunAnswer) -> DryRunReceipt:
+        """Report the replay of a dry-run job (or why it failed)."""
+        return await self._call(
+            "POST",
+            api_path("dry-runs", job_id, "report"),
+            DryRunReceipt,
+            answer,
+            repeatable=True,  # a second answer replaces the first
+        )
 
     async def record_task(self, run_id: RunId, request: RecordTaskRequest) -> RecordTaskResponse:
         """Record one task attempt."""

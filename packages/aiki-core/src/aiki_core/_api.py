@@ -466,6 +466,13 @@ class WatchedRun(RunLease):
     """Whether the worker already stops it at its next task boundary (a pause it was told of)."""
 
 
+MAX_DRY_RUNS_IN_HAND = 1000
+"""The most dry-run jobs a directives poll may say it replays now."""
+
+MAX_DRY_RUNS_PER_POLL = 10
+"""The most dry-run jobs one directives answer hands out."""
+
+
 class DirectivesRequest(RequestModel):
     """Long-poll for directives on the runs a worker holds (`POST /api/v1/directives`).
 
@@ -479,12 +486,33 @@ class DirectivesRequest(RequestModel):
     wait: Annotated[Duration, DurationRange(at_most=MAX_LONG_POLL)] = duration_field(
         timedelta(seconds=30)
     )
+    dry_runs: list[Annotated[str, ID]] = Field(
+        default_factory=list,
+        max_length=MAX_DRY_RUNS_IN_HAND,
+        description="The dry-run jobs the worker replays now (not handed to it again).",
+    )
+
+
+class DryRunJob(ResponseModel):
+    """A run to replay without side effects on `run.run.version`, and report (a dry run).
+
+    `run` is what a claim of the run would carry, with the version to replay; the worker
+    answers `POST /api/v1/dry-runs/{job_id}/report`.
+    """
+
+    job_id: Annotated[str, ID]
+    run: ClaimedRun
 
 
 class DirectivesResponse(ResponseModel):
-    """The directives that changed (empty when the wait ran out)."""
+    """The directives that changed (empty when the wait ran out), and dry runs to replay.
+
+    The poll stays open while the worker holds no run, so an idle worker hears of a
+    dry-run job within moments.
+    """
 
     runs: list[RunLeaseStatus]
+    dry_runs: list[DryRunJob] = Field(default_factory=list)
 
 
 # -- recording tasks ---------------------------------------------------------------------

@@ -14,7 +14,8 @@ AikiError                          any error raised by an Aiki package
 │   ├── IllegalTransitionError     a status change the state machine forbids
 │   ├── StaleRevisionError         a write from a worker whose claim was superseded
 │   ├── RunLimitError              a run recorded as many task calls as the server allows
-│   └── RunRecordLimitError        a run holds as many events (or history rows) as allowed
+│   ├── RunRecordLimitError        a run holds as many events (or history rows) as allowed
+│   └── NoDryRunWorkerError        no live polling worker serves the version to dry-run on
 ├── PayloadTooLargeError (413)     a body, or one payload in it, over the server's limit
 ├── TooManyRequestsError (429)     a sender over its rate (a webhook URL's, say)
 ├── ServerError (500)              the server failed; the request may be retried
@@ -63,6 +64,7 @@ __all__ = [
     "ErrorCode",
     "IllegalTransitionError",
     "InvalidRequestError",
+    "NoDryRunWorkerError",
     "NonRetryableError",
     "NotFoundError",
     "PayloadTooLargeError",
@@ -108,6 +110,7 @@ class ErrorCode(StrEnum):
     STALE_REVISION = "stale_revision"
     RUN_LIMIT = "run_limit_exceeded"
     RUN_RECORD_LIMIT = "run_record_limit_exceeded"
+    NO_DRY_RUN_WORKER = "no_dry_run_worker"
     PAYLOAD_TOO_LARGE = "payload_too_large"
     TOO_MANY_REQUESTS = "too_many_requests"
     SERVER_ERROR = "server_error"
@@ -442,6 +445,26 @@ class RunRecordLimitError(ConflictError):
         super().__init__(
             f"run {run_id} holds {limit} {kind} rows, the most a run may hold",
             details={"run_id": run_id, "kind": kind, "limit": limit},
+        )
+
+
+class NoDryRunWorkerError(ConflictError):
+    """A dry run found no live polling worker that serves the version to replay on.
+
+    A version served only by a push endpoint is dry-run locally instead:
+    `aiki_worker.dry_run(version, await handle.detail())`.
+    """
+
+    code = ErrorCode.NO_DRY_RUN_WORKER
+
+    def __init__(self, workflow: str, version: str) -> None:
+        self.workflow = workflow
+        self.version = version
+        super().__init__(
+            f"no live polling worker serves workflow {workflow!r} version {version!r}, so no"
+            " worker can replay the dry run; start one, or (for a version served by a push"
+            " endpoint) replay the run locally with aiki_worker.dry_run(version, run_detail)",
+            details={"workflow": workflow, "version": version},
         )
 
 

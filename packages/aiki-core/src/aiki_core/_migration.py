@@ -3,27 +3,47 @@
 A migrated run keeps everything it recorded: its next execution, on the new version,
 replays from the top and reuses each recorded call the new code still makes (same task
 name, same input); what changed runs anew.
+
+A dry run (`dry_run=True`) moves nothing: the server hands each selected run to a live
+worker that serves the new version, which replays it there without running or writing
+anything and reports a `DryRunReport` (`POST /dry-runs/{job_id}/report`).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from datetime import timedelta
+from typing import Annotated, Literal, Self
 
-from pydantic import Field
+from pydantic import ConfigDict, Field, StrictBool, StringConstraints, model_validator
 
+from aiki_core._api import WorkerName
+from aiki_core._duration import Duration, DurationRange, duration_field
 from aiki_core._ids import RunId
 from aiki_core._records import RunSummary
 from aiki_core._status import RunStatus
-from aiki_core._wire import Name, ReferenceId, RequestModel, ResponseModel, VersionName
+from aiki_core._wire import (
+    NO_NUL,
+    Name,
+    ReferenceId,
+    RequestModel,
+    ResponseModel,
+    VersionName,
+    given,
+)
 
 __all__ = [
+    "MAX_DRY_RUN_WAIT",
+    "MAX_DRY_RUNS_PER_CALL",
     "MAX_MIGRATED_PER_CALL",
     "MIGRATABLE_STATUSES",
+    "DryRunAnswer",
     "DryRunOutcome",
+    "DryRunReceipt",
     "DryRunReport",
     "MigrateRunsRequest",
     "MigrateRunsResponse",
     "MigrationFilter",
+    "NotReplayed",
     "RecordedCall",
     "SkippedRun",
 ]
@@ -44,6 +64,13 @@ MIGRATABLE_STATUSES = frozenset(
 
 MAX_MIGRATED_PER_CALL = 1000
 """The most runs one migration moves; call again for the rest (`has_more`)."""
+
+MAX_DRY_RUNS_PER_CALL = 100
+"""The most runs one dry run replays (a larger `limit` counts as this); `has_more` says
+when more matched."""
+
+MAX_DRY_RUN_WAIT = timedelta(seconds=60)
+"""The longest a dry run waits for the worker's reports."""
 
 
 class MigrationFilter(RequestModel):
@@ -69,6 +96,16 @@ class MigrateRunsRequest(RequestModel):
     to_version: VersionName
     filter: MigrationFilter = Field(default_factory=MigrationFilter)
     limit: int = Field(default=MAX_MIGRATED_PER_CALL, ge=1, le=MAX_MIGRATED_PER_CALL)
+    dry_run: StrictBool = Field(
+        default=False,
+        description="Move nothing: a live worker serving `to_version` replays each run (up to"
+        " `MAX_DRY_RUNS_PER_CALL`) without side effects and reports what it would reuse.",
+    )
+    wait: Annotated[Duration, DurationRange(at_most=MAX_DRY_RUN_WAIT)] = duration_field(
+        timedelta(seconds=30),
+        description="How long a dry run waits for the worker's reports; runs not reported"
+        " by then are listed in `not_replayed`.",
+    )
 
 
 class SkippedRun(ResponseModel):
@@ -79,8 +116,19 @@ class SkippedRun(ResponseModel):
     reason: str
 
 
+class NotReplayed(ResponseModel):
+    """A run a dry run selected but has no report of, and why."""
+
+    run_id: RunId
+    reason: str
+
+
 class MigrateRunsResponse(ResponseModel):
-    """What a migration moved; each migrated run as it is now (on `to_version`)."""
+    """What a migration moved; each migrated run as it is now (on `to_version`).
+
+    A dry run moves nothing (`migrated` is empty): `dry_runs` holds a report per run
+    replayed, `not_replayed` the runs whose replay did not report in time or failed.
+    """
 
     migrated: list[RunSummary]
     skipped: list[SkippedRun] = Field(default_factory=list)
@@ -92,6 +140,8 @@ class MigrateRunsResponse(ResponseModel):
         " migrated runs wait (queued ones stay queued) until one does."
     )
     warning: str | None = None
+    dry_runs: list[DryRunReport] = Field(default_factory=list)
+    not_replayed: list[NotReplayed] = Field(default_factory=list)
 
 
 class RecordedCall(ResponseModel):
@@ -124,3 +174,32 @@ class DryRunReport(ResponseModel):
     would_run: RecordedCall | None = None
     not_reused: list[RecordedCall] = Field(default_factory=list)
     stopped_at: str = Field(description="Where the replay stopped, in words.")
+
+
+FailureText = Annotated[str, StringConstraints(min_length=1, max_length=2000, pattern=NO_NUL)]
+
+
+class DryRunAnswer(RequestModel):
+    """What a worker reports for a dry-run job: the replay's report, or why it has none."""
+
+    worker_id: WorkerName
+    report: DryRunReport | None = None
+    failure: FailureText | None = Field(
+        default=None, description="The replay raised (or could not start): what happened."
+    )
+
+    # the rule of `_one_of`, stated for the OpenAPI document
+    model_config = ConfigDict(json_schema_extra={"oneOf": [given("report"), given("failure")]})
+
+    @model_validator(mode="after")
+    def _one_of(self) -> Self:
+        if (self.report is None) == (self.failure is None):
+            raise ValueError("a dry-run answer carries a report or a failure, not both or neither")
+        return self
+
+
+class DryRunReceipt(ResponseModel):
+    """The server took a worker's answer to a dry-run job."""
+
+    job_id: str
+    run_id: RunId

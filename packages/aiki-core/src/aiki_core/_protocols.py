@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from aiki_core._ids import RunId, TaskAddress
     from aiki_core._interceptors import Interceptor
     from aiki_core._logging import Logger
+    from aiki_core._migration import DryRunAnswer, DryRunReceipt
     from aiki_core._push import PushedTaskAnswer, RemoteTaskRequest
     from aiki_core._rate_limits import AcquireRateLimitResponse, RateLimitUse
     from aiki_core._records import RunDetail, RunSummary
@@ -345,6 +346,9 @@ class WorkerApi(Protocol):
 
     async def directives(self, request: DirectivesRequest) -> DirectivesResponse:
         """Long-poll until a held run calls for another directive (cancelled, paused, lost)."""
+
+    async def report_dry_run(self, job_id: str, answer: DryRunAnswer) -> DryRunReceipt:
+        """Report the replay of a dry-run job the directives poll handed out."""
 
     async def record_task(self, run_id: RunId, request: RecordTaskRequest) -> RecordTaskResponse:
         """Record one task attempt of a held run."""

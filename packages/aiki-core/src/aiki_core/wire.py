@@ -15,6 +15,8 @@ and tests can use them without reaching into private modules.
 from __future__ import annotations
 
 from aiki_core._api import (
+    MAX_DRY_RUNS_IN_HAND,
+    MAX_DRY_RUNS_PER_POLL,
     MAX_LONG_POLL,
     MAX_NOTICE_LENGTH,
     MAX_TASKS_PER_TRANSITION,
@@ -36,6 +38,7 @@ from aiki_core._api import (
     CreateWebhookResponse,
     DirectivesRequest,
     DirectivesResponse,
+    DryRunJob,
     ErrorBody,
     ErrorResponse,
     FailRun,
@@ -102,13 +105,18 @@ from aiki_core._ids import (
     WorkerId,
 )
 from aiki_core._migration import (
+    MAX_DRY_RUN_WAIT,
+    MAX_DRY_RUNS_PER_CALL,
     MAX_MIGRATED_PER_CALL,
     MIGRATABLE_STATUSES,
+    DryRunAnswer,
     DryRunOutcome,
+    DryRunReceipt,
     DryRunReport,
     MigrateRunsRequest,
     MigrateRunsResponse,
     MigrationFilter,
+    NotReplayed,
     RecordedCall,
     SkippedRun,
 )
@@ -179,11 +187,15 @@ __all__ = (
     # moving runs between versions
     "MAX_MIGRATED_PER_CALL",
     "MIGRATABLE_STATUSES",
+    "DryRunAnswer",
+    "DryRunJob",
     "DryRunOutcome",
+    "DryRunReceipt",
     "DryRunReport",
     "MigrateRunsRequest",
     "MigrateRunsResponse",
     "MigrationFilter",
+    "NotReplayed",
     "RecordedCall",
     "SkippedRun",
     # what a run's summary and detail show
@@ -278,6 +290,10 @@ __all__ = (
     "MAX_CONCURRENCY_KEY_LENGTH",
     "MAX_COUNT",
     "MAX_DURATION",
+    "MAX_DRY_RUNS_IN_HAND",
+    "MAX_DRY_RUNS_PER_CALL",
+    "MAX_DRY_RUNS_PER_POLL",
+    "MAX_DRY_RUN_WAIT",
     "MAX_LONG_POLL",
     "MAX_NOTICE_LENGTH",
     "MAX_PRIORITY",

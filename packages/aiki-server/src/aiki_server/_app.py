@@ -33,6 +33,8 @@ from aiki_core.wire import (
     Cursor,
     DirectivesRequest,
     DirectivesResponse,
+    DryRunAnswer,
+    DryRunReceipt,
     EndpointInfo,
     EndpointPage,
     ErrorResponse,
@@ -81,6 +83,7 @@ from aiki_server._clock import Clock, from_ms, system_clock
 from aiki_server._dashboard import STATIC_PACKAGE, dashboard_router
 from aiki_server._directives import Directives
 from aiki_server._dispatcher import Dispatcher
+from aiki_server._dry_runs import DryRuns
 from aiki_server._endpoints import Endpoints
 from aiki_server._errors import install_error_handlers, log_failure
 from aiki_server._flow import ConcurrencyLimits
@@ -240,6 +243,7 @@ def create_app(db_url: str, settings: ServerSettings | None = None) -> FastAPI:
     runs = Runs(db, hub, clock, limits)
     claims = Claims(db, hub, clock, limits)
     directives = Directives(db, hub, clock)
+    dry_runs = DryRuns(db, hub, clock, limits)
     writes = WorkerWrites(db, clock, limits)
     schedules = Schedules(db, clock, limits)
     concurrency = ConcurrencyLimits(db, clock)
@@ -320,6 +324,7 @@ def create_app(db_url: str, settings: ServerSettings | None = None) -> FastAPI:
         runs,
         claims,
         directives,
+        dry_runs,
         writes,
         schedules,
         webhooks,
@@ -372,6 +377,7 @@ def _api_router(
     runs: Runs,
     claims: Claims,
     directives: Directives,
+    dry_runs: DryRuns,
     writes: WorkerWrites,
     schedules: Schedules,
     webhooks: Webhooks,
@@ -426,9 +432,13 @@ def _api_router(
 
     @router.post("/directives", response_model=DirectivesResponse, tags=["workers"])
     async def poll_directives(ns: Caller, body: DirectivesRequest, request: Request) -> Response:
-        """Long-poll until a held run calls for another directive (cancel, lost, pause)."""
-        changed = await directives.poll(ns, body, gone=request.is_disconnected)
-        return _json(DirectivesResponse(runs=changed))
+        """Long-poll until a held run calls for another directive, or a dry run comes."""
+        return _json(await directives.poll(ns, body, gone=request.is_disconnected))
+
+    @router.post("/dry-runs/{job_id}/report", response_model=DryRunReceipt, tags=["workers"])
+    async def report_dry_run(ns: Caller, job_id: Identifier, body: DryRunAnswer) -> Response:
+        """Report the replay of a dry-run job handed to this worker (or why it failed)."""
+        return _json(await dry_runs.report(ns, job_id, body))
 
     @router.post(
         "/runs/{run_id}/children",
@@ -483,7 +493,13 @@ def _api_router(
 
     @router.post("/migrations", response_model=MigrateRunsResponse, tags=["runs"])
     async def migrate_runs(ns: Caller, body: MigrateRunsRequest) -> Response:
-        """Move in-flight runs of a workflow to another version; they keep their records."""
+        """Move in-flight runs of a workflow to another version; they keep their records.
+
+        A dry run moves nothing: a live worker of the new version replays each run and
+        reports what it would reuse.
+        """
+        if body.dry_run:
+            return _json(await dry_runs.dry_run(ns, body))
         return _json(await runs.migrate_runs(ns, body))
 
     @router.get("/runs/{run_id}", response_model=RunDetail, tags=["runs"])

@@ -252,7 +252,7 @@ class Claims:
                         tx, row, now, reason, worker_id=worker_id, expires=expires
                     )
                     claimed.append({**row, "revision": revision, "updated_at": now})
-                return await _handed_out(tx, claimed, first_claims=set())
+                return await claimed_runs(tx, claimed, first_claims=set())
 
             return claim
 
@@ -427,7 +427,7 @@ class Claims:
                     }
                 )
             first_claims = {r["id"] for r in rows if r["revision"] == 0}
-            return await _handed_out(tx, claimed, first_claims=first_claims)
+            return await claimed_runs(tx, claimed, first_claims=first_claims)
 
         return await self._db.write(claim)
 
@@ -502,7 +502,7 @@ def _triples(capabilities: list[tuple[str, str, str]], args: list[Any]) -> str:
     return " OR ".join(triples)
 
 
-async def _handed_out(tx: Tx, claimed: list[Row], *, first_claims: set[str]) -> list[ClaimedRun]:
+async def claimed_runs(tx: Tx, claimed: list[Row], *, first_claims: set[str]) -> list[ClaimedRun]:
     """The claims of the rows just claimed, with everything their replays need.
 
     Built inside the transaction: a row that does not make a claim rolls it back.

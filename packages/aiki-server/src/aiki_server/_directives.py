@@ -8,6 +8,11 @@ request or withdrawal publishes the topic of the worker that holds it
 worker sends the directive it follows for each run (`pausing`), so a pause it was
 told of does not answer again and again.
 
+The poll also hands the worker its dry-run jobs (`_dry_runs`): a dry run publishes
+the worker's topic once it wrote them. So the poll stays open while the worker holds
+no run, and an idle worker hears of a job within moments; the jobs it replays now
+(`dry_runs` of the request) are not handed to it again.
+
 The poll only reads: refreshing the claims stays the heartbeat's job.
 """
 
@@ -15,7 +20,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from aiki_core.wire import RunDirective, RunLeaseStatus, to_millis
+from aiki_core.wire import DirectivesResponse, RunDirective, RunLeaseStatus, to_millis
+from aiki_server._dry_runs import pending_jobs
 from aiki_server._notify import worker_topic
 from aiki_server._worker_writes import lease_directive
 
@@ -25,7 +31,7 @@ if TYPE_CHECKING:
     from aiki_core.wire import DirectivesRequest
     from aiki_server._clock import Clock
     from aiki_server._notify import WakeHub
-    from aiki_server._storage._database import Database
+    from aiki_server._storage._database import Database, Tx
 
 
 class Directives:
@@ -41,8 +47,10 @@ class Directives:
         namespace: str,
         req: DirectivesRequest,
         gone: Callable[[], Awaitable[bool]] | None = None,
-    ) -> list[RunLeaseStatus]:
-        """The directives that differ from those the worker follows, once there is one.
+    ) -> DirectivesResponse:
+        """The directives that differ from those the worker follows, and its new dry runs.
+
+        It answers once there is one of either (dry-run jobs not in the worker's hands).
 
         Empty when `req.wait` ran out, or the worker hung up (`gone()`).
         """
@@ -52,28 +60,32 @@ class Directives:
             # it reads again only when woken: every change of a directive publishes the topic
             with self._hub.subscribe(topic) as subscription:
                 if gone is not None and await gone():
-                    return []
-                changed = await self._changed(namespace, req)
+                    return DirectivesResponse(runs=[])
+                async with self._db.reader() as tx:
+                    changed = await _changed(tx, namespace, req)
+                    jobs = await pending_jobs(
+                        tx, namespace, req.worker_id, req.dry_runs, self._clock()
+                    )
                 remaining = deadline - self._clock()
-                if changed or remaining <= 0 or not req.runs:
-                    return changed
+                if changed or jobs or remaining <= 0:
+                    return DirectivesResponse(runs=changed, dry_runs=jobs)
                 await subscription.wait(remaining / 1000)
 
-    async def _changed(self, namespace: str, req: DirectivesRequest) -> list[RunLeaseStatus]:
-        if not req.runs:
-            return []
-        async with self._db.reader() as tx:
-            rows = await tx.fetch(
-                "SELECT id, status, revision, claimed_by, pause_requested, cleanup_status FROM runs"
-                f" WHERE namespace = $1 AND id {tx.in_array(2)}",
-                namespace,
-                tx.array([run.run_id for run in req.runs]),
-            )
-        by_id = {row["id"]: row for row in rows}
-        changed: list[RunLeaseStatus] = []
-        for run in req.runs:
-            directive = lease_directive(by_id.get(run.run_id), run.revision, req.worker_id)
-            following = RunDirective.PAUSE if run.pausing else RunDirective.CONTINUE
-            if directive is not following:
-                changed.append(RunLeaseStatus(run_id=run.run_id, directive=directive))
-        return changed
+
+async def _changed(tx: Tx, namespace: str, req: DirectivesRequest) -> list[RunLeaseStatus]:
+    if not req.runs:
+        return []
+    rows = await tx.fetch(
+        "SELECT id, status, revision, claimed_by, pause_requested, cleanup_status FROM runs"
+        f" WHERE namespace = $1 AND id {tx.in_array(2)}",
+        namespace,
+        tx.array([run.run_id for run in req.runs]),
+    )
+    by_id = {row["id"]: row for row in rows}
+    changed: list[RunLeaseStatus] = []
+    for run in req.runs:
+        directive = lease_directive(by_id.get(run.run_id), run.revision, req.worker_id)
+        following = RunDirective.PAUSE if run.pausing else RunDirective.CONTINUE
+        if directive is not following:
+            changed.append(RunLeaseStatus(run_id=run.run_id, directive=directive))
+    return changed

@@ -12,6 +12,7 @@ change wakes only the waiters it concerns:
 - `run_topic(id)`: the run's status changed (result waits);
 - `worker_topic(namespace, id)`: a run the worker holds was fenced, or its pause
   requested or withdrawn (the worker's directives poll);
+- `dry_run_topic(request)`: a worker reported a job of the dry run (the request waits);
 - `QUEUE`: any run may have become claimable, in any namespace (the push dispatcher,
   one per server, looks at every endpoint then); `TIMERS`: a new due time was set.
 
@@ -46,6 +47,11 @@ def queue_topic(namespace: str, workflow: str, version: str, pool: str) -> str:
 def worker_topic(namespace: str, worker_id: str) -> str:
     """The topic published when a run the worker holds calls for another directive."""
     return _scoped("worker", namespace, worker_id)
+
+
+def dry_run_topic(request_id: str) -> str:
+    """The topic published when a worker reports one of a dry run's jobs."""
+    return f"dry_run:{request_id}"
 
 
 def slots_topic(namespace: str, workflow: str) -> str:
@@ -110,7 +116,7 @@ class WakeHub:
         self._waiting: dict[str, set[Subscription]] = {}
         self.wakeups: Counter[str] = Counter()
         """Subscriptions woken so far, by the kind of topic that woke them: `claim`,
-        `slots`, `run`, `queue`, `timers` (what the tests of scoped wake-ups observe)."""
+        `slots`, `run`, `dry_run`, `queue`, `timers` (what the tests of scoped wake-ups observe)."""
 
     def subscribe(self, *topics: str) -> Subscription:
         """Subscribe to the next publication of any of `topics` (until the subscription is left)."""

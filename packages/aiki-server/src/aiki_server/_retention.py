@@ -37,6 +37,7 @@ import anyio
 
 from aiki_core.wire import RetentionInfo, SetRetentionRequest, from_millis, to_millis
 from aiki_server._clock import from_ms
+from aiki_server._dry_runs import delete_expired_jobs
 from aiki_server._logs import component
 
 if TYPE_CHECKING:
@@ -54,7 +55,15 @@ _TASK_BUDGET = {"postgresql": 20_000, "sqlite": 5_000}
 _PAUSE = 0.01
 """Seconds between two batches, for the server's other writes."""
 
-_RUN_TABLES = ("tasks", "sleeps", "events", "webhooks", "task_pushes", "state_transitions")
+_RUN_TABLES = (
+    "tasks",
+    "sleeps",
+    "events",
+    "webhooks",
+    "task_pushes",
+    "state_transitions",
+    "dry_run_jobs",
+)
 """Tables whose rows belong to one run by their `run_id` (besides those deleted first)."""
 
 
@@ -144,6 +153,7 @@ class Retention:
     async def sweep(self) -> int:
         """Delete, batch after batch, what has outlived its retention now; the runs deleted."""
         await self._in_batches(self._delete_workers)
+        await self._in_batches(self._delete_expired_dry_runs)
         deleted = 0
         for namespace, cutoff in await self._cutoffs():
             deleted += await self._in_batches(partial(self._delete_runs, namespace, cutoff))
@@ -241,6 +251,11 @@ class Retention:
             self._batch,
         )
         tx.observe(lambda metrics: metrics.retention_deleted("workers", count))
+        return count, count == self._batch
+
+    async def _delete_expired_dry_runs(self, tx: Tx) -> tuple[int, bool]:
+        """One batch of dry-run jobs whose request died before it answered (and deleted them)."""
+        count = await delete_expired_jobs(tx, self._clock(), self._batch)
         return count, count == self._batch
 
 

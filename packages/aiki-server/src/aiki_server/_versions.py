@@ -83,14 +83,8 @@ async def migrate_runs(
     tx: Tx, namespace: str, req: MigrateRunsRequest, now: int, live_since: int
 ) -> MigrateRunsResponse:
     """Move the runs `req` selects from its old version to its new one (see the module)."""
-    await _check_versions(tx, namespace, req)
-    movable, unmovable = await _selected(tx, namespace, req)
-    skipped = [
-        SkippedRun(run_id=r["id"], status=r["status"], reason=_why_not(r["status"]))
-        for r in unmovable
-    ]
-    has_more = len(movable) > req.limit
-    movable = movable[: req.limit]
+    await check_versions(tx, namespace, req)
+    movable, skipped, has_more = await selected_runs(tx, namespace, req, req.limit, lock=True)
     reason = f"migrated from version {req.from_version!r} to {req.to_version!r}"
     for run in movable:
         revision = int(run["revision"]) + 1
@@ -155,7 +149,7 @@ def _why_not(status: str) -> str:
     return f"the run has ended ({status})"
 
 
-async def _check_versions(tx: Tx, namespace: str, req: MigrateRunsRequest) -> None:
+async def check_versions(tx: Tx, namespace: str, req: MigrateRunsRequest) -> None:
     """Refuse a move to the same version, or to one never seen (a typo strands runs)."""
     if req.from_version == req.to_version:
         raise ConflictError(
@@ -187,14 +181,29 @@ async def _known(tx: Tx, namespace: str, workflow: str, version: str) -> bool:
     )
 
 
-async def _selected(tx: Tx, namespace: str, req: MigrateRunsRequest) -> tuple[list[Row], list[Row]]:
-    """The rows the filter matches: the movable ones (locked), and those left where they are.
+async def selected_runs(
+    tx: Tx, namespace: str, req: MigrateRunsRequest, limit: int, *, lock: bool
+) -> tuple[list[Row], list[SkippedRun], bool]:
+    """The runs the filter matches: movable ones, those left alone, and whether more move.
+
+    The movable rows come up to `limit` (locked if `lock`), the others as skipped runs.
 
     Runs named by id are all read (and all must move: `_check_named`). Otherwise the
     movable ones are read on their own, up to `limit` + 1 (whether more are left), so
     runs that cannot move (running, say) neither take their places in the page nor
     hide them; up to `MAX_MIGRATED_PER_CALL` of those are listed as skipped.
     """
+    movable, unmovable = await _selected(tx, namespace, req, limit, tx.lock_rows if lock else "")
+    skipped = [
+        SkippedRun(run_id=r["id"], status=r["status"], reason=_why_not(r["status"]))
+        for r in unmovable
+    ]
+    return movable[:limit], skipped, len(movable) > limit
+
+
+async def _selected(
+    tx: Tx, namespace: str, req: MigrateRunsRequest, limit: int, lock: str
+) -> tuple[list[Row], list[Row]]:
     args: list[object] = [namespace, req.workflow, req.from_version]
     clauses = ["namespace = $1", "workflow = $2", "version = $3"]
     wanted = req.filter
@@ -216,12 +225,12 @@ async def _selected(tx: Tx, namespace: str, req: MigrateRunsRequest) -> tuple[li
     n = len(args)
     if wanted.run_ids is not None:
         ids = [tx.array(wanted.run_ids)]
-        named = await matching(f"id {tx.in_array(n + 1)}", ids, len(wanted.run_ids), tx.lock_rows)
+        named = await matching(f"id {tx.in_array(n + 1)}", ids, len(wanted.run_ids), lock)
         _check_named(req, named)
         return named, []
     migratable = sorted(s.value for s in MIGRATABLE_STATUSES)
     movable = await matching(
-        f"status {tx.in_array(n + 1)}", [tx.array(migratable)], req.limit + 1, tx.lock_rows
+        f"status {tx.in_array(n + 1)}", [tx.array(migratable)], limit + 1, lock
     )
     stuck = [tx.array(sorted({*TERMINAL, *migratable}))]
     unmovable = await matching(

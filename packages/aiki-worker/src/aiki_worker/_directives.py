@@ -10,6 +10,9 @@ whose poll fails learns them there.
 
 A run claimed while the poll is open is not in it: the poll is asked again with it
 (at most every `RESTART_SECONDS`, so a burst of claims costs few requests).
+
+The poll stays open while the worker holds no run too: it also hands the worker the
+dry-run jobs of a dry-run migration, which it replays and reports (`DryRunJobs`).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from aiki_core import AuthenticationError, NotFoundError
-from aiki_core.wire import DirectivesRequest, WatchedRun
+from aiki_core.wire import MAX_DRY_RUNS_IN_HAND, DirectivesRequest, WatchedRun
 from aiki_worker._writes import asked_wait
 
 if TYPE_CHECKING:
@@ -28,7 +31,8 @@ if TYPE_CHECKING:
 
     from aiki_core import Logger
     from aiki_core.sdk import WorkerApi
-    from aiki_core.wire import RunLeaseStatus
+    from aiki_core.wire import DirectivesResponse, RunLeaseStatus
+    from aiki_worker._dry_run import DryRunJobs
     from aiki_worker._running import Held
 
 RESTART_SECONDS = 0.2
@@ -50,13 +54,17 @@ def follow(
 
 
 class DirectivesPoll:
-    """Keeps a directives long-poll open on the runs in `held` (read anew each poll)."""
+    """Keeps a directives long-poll open on the runs in `held` (read anew each poll).
+
+    The dry-run jobs it hands out go to `dry_runs`, replayed in the poll's task group.
+    """
 
     def __init__(
         self,
         client: WorkerApi,
         worker_id: str,
         held: Mapping[str, Held],
+        dry_runs: DryRunJobs,
         *,
         wait: timedelta,
         max_backoff: float,
@@ -66,6 +74,7 @@ class DirectivesPoll:
         self._client = client
         self._worker_id = worker_id
         self._held = held
+        self._dry_runs = dry_runs
         self._wait = wait
         self._max_backoff = max_backoff
         self._log = log
@@ -81,6 +90,11 @@ class DirectivesPoll:
 
     async def run_forever(self) -> None:
         """Poll until cancelled, or the server refuses the key or has no directives route."""
+        async with anyio.create_task_group() as replays:
+            await self._poll(replays.start_soon)
+            replays.cancel_scope.cancel()
+
+    async def _poll(self, spawn: Callable[..., object]) -> None:
         backoff = 0.0
         last = -RESTART_SECONDS
         while True:
@@ -90,9 +104,6 @@ class DirectivesPoll:
             # a run told to stop already may take a while to let go (its report is retried):
             # asking about it again would be answered at once, over and over
             asked = {run_id: one for run_id, one in self._held.items() if one.directive is None}
-            if not asked:  # until a run is claimed
-                await self._grew.wait()
-                continue
             request = DirectivesRequest(
                 worker_id=self._worker_id,
                 runs=[
@@ -104,9 +115,10 @@ class DirectivesPoll:
                     for run_id, one in asked.items()
                 ],
                 wait=self._wait,
+                dry_runs=sorted(self._dry_runs.in_hand)[:MAX_DRY_RUNS_IN_HAND],
             )
             try:
-                answers = await self._ask(request)
+                answer = await self._ask(request)
             except AuthenticationError as exc:
                 self._on_refused(exc)
                 return
@@ -120,13 +132,20 @@ class DirectivesPoll:
                 await anyio.sleep(wait)
                 continue
             backoff = 0.0
-            if answers is not None:
-                follow(answers, asked, self._held)
+            if answer is None:
+                continue
+            follow(answer.runs, asked, self._held)
+            self._dry_runs.take(answer.dry_runs, spawn)
+            if not (asked or answer.runs or answer.dry_runs or self._grew.is_set()):
+                if anyio.current_time() - last < self._wait.total_seconds() / 2:
+                    # an idle poll answered empty long before its wait: a server that holds
+                    # no idle polls (an older one); ask again once a run is claimed
+                    await self._grew.wait()
 
-    async def _ask(self, request: DirectivesRequest) -> list[RunLeaseStatus] | None:
+    async def _ask(self, request: DirectivesRequest) -> DirectivesResponse | None:
         """The poll's answer, or None when a run was claimed meanwhile (the poll is dropped)."""
         with anyio.CancelScope() as self._open:
             if self._grew.is_set():
                 return None
-            return (await self._client.directives(request)).runs
+            return await self._client.directives(request)
         return None

@@ -4,8 +4,13 @@ The version executes as on a worker, against the run's detail as a claim, but ev
 write is refused: the first task call with no record stops the replay before its
 attempt starts (an interceptor around `execute_task`), and so does any other write (a
 child to start, a webhook to mint). Recorded results are noted as the replay decodes
-them, through a codec that passes them through: what was noted is what the new code
-reused, the rest of the records it did not.
+them, through a codec that wraps the real one (the identity for a detail already
+opened; the worker's own for a claim, so sealed payloads open as on a claim): what
+was noted is what the new code reused, the rest of the records it did not.
+
+Two ways in, one replay (`replay_dry`): `dry_run(version, detail)` in the caller's
+process, and `DryRunJobs`, which replays the jobs a dry-run migration hands a worker
+through its directives poll and reports each to the server.
 """
 
 from __future__ import annotations
@@ -24,9 +29,11 @@ from aiki_core import (
     TaskStatus,
 )
 from aiki_core.wire import (
+    MAX_DRY_RUN_WAIT,
     TASK_TERMINAL_STATUSES,
     ClaimedRun,
     CompleteRun,
+    DryRunAnswer,
     DryRunOutcome,
     DryRunReport,
     FailRun,
@@ -37,13 +44,13 @@ from aiki_core.wire import (
 from aiki_worker._execution import Execution
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Mapping
 
     from pydantic import JsonValue
 
-    from aiki_core import Logger, TaskExecutionInfo
-    from aiki_core.sdk import ExecutableVersion
-    from aiki_core.wire import RunDetail, TaskRecord
+    from aiki_core import Logger, PayloadCodec, TaskExecutionInfo
+    from aiki_core.sdk import ExecutableVersion, WorkerApi
+    from aiki_core.wire import DryRunJob, RunDetail, TaskRecord
 
 
 class _Stop(RunInterrupt):
@@ -68,18 +75,40 @@ class _ReplayOnly(Interceptor):
         raise _Stop(f"task {attempt.task_name!r} has no record: it would run", call)
 
 
-class _NotingCodec(IdentityCodec):
-    """Passes payloads through; notes each recorded task outcome the replay opens."""
+class _NotingCodec:
+    """Wraps a codec; notes each recorded task outcome the replay opens through it."""
 
-    def __init__(self, run_id: str) -> None:
+    def __init__(self, run_id: str, inner: PayloadCodec) -> None:
         self.opened: set[str] = set()
-        self._prefix = f"{run_id}\x00task:"
+        self._run_id = run_id
+        self._inner = inner
+        self._in_clear: set[str] = set()
+        """Fields of failed records whose error is in clear, handed to the replay as if
+        sealed (so that it opens them here): they pass through as they are."""
+
+    def address_key(self, run_input: JsonValue) -> bytes | None:
+        return self._inner.address_key(run_input)
+
+    def encode(self, value: JsonValue, context: CodecContext) -> JsonValue:
+        return self._inner.encode(value, context)
 
     def decode(self, value: JsonValue, context: CodecContext) -> JsonValue:
-        key = f"{context.run_id}\x00{context.field}"
-        if key.startswith(self._prefix) and key.endswith((":result", ":error")):
-            self.opened.add(context.field.rsplit(":", 1)[0])  # task:<address>:<occurrence>
-        return value
+        field = context.field
+        if context.run_id == self._run_id:
+            if field.startswith("task:") and field.endswith((":result", ":error")):
+                self.opened.add(field.rsplit(":", 1)[0])  # task:<address>:<occurrence>
+            if field in self._in_clear:
+                return value
+        return self._inner.decode(value, context)
+
+    def opened_through(self, record: TaskRecord) -> TaskRecord:
+        """A failed record whose error is in clear, as if sealed: its replay opens it (noted)."""
+        error = record.error
+        if record.status is not TaskStatus.FAILED or error is None or error.sealed is not None:
+            return record
+        self._in_clear.add(f"{_key(record)}:error")
+        as_sealed = error.model_copy(update={"sealed": error.model_dump(mode="json")})
+        return record.model_copy(update={"error": as_sealed})
 
 
 class _NoWrites:
@@ -122,6 +151,9 @@ class _NoWrites:
     async def call_remote_task(self, *_: object) -> NoReturn:
         self._refuse("push a task to its endpoint")
 
+    async def report_dry_run(self, *_: object) -> NoReturn:
+        self._refuse("report a dry run")
+
 
 async def dry_run(
     version: ExecutableVersion, run: RunDetail, *, log: Logger | None = None
@@ -133,25 +165,37 @@ async def dry_run(
     first call it would run (the replay stops there: past it, the code needs a result
     that does not exist), and the recorded calls it did not reuse up to that point.
     """
-    codec = _NotingCodec(run.id)
-    logger = log or ConsoleLogger(LogLevel.ERROR)
     summary = RunSummary.model_validate(run.model_dump()).model_copy(
         update={"version": version.version}
     )
     claim = ClaimedRun(
         run=summary,
         input=run.input,
-        tasks=[_opened_through_codec(t) for t in run.tasks],
+        tasks=run.tasks,
         sleeps=run.sleeps,
         event_waits=run.event_waits,
         events=run.events,
         children=run.children,
     )
+    return await replay_dry(version, claim, IdentityCodec(), log or ConsoleLogger(LogLevel.ERROR))
+
+
+async def replay_dry(
+    version: ExecutableVersion, claim: ClaimedRun, codec: PayloadCodec, logger: Logger
+) -> DryRunReport:
+    """Replay `claim` on `version` without running or writing anything; `dry_run`'s report.
+
+    `codec` opens the claim's payloads (the identity when they are open already). An
+    exception of the version's code, or of the replay, is raised.
+    """
+    run = claim.run
+    noting = _NotingCodec(run.id, codec)
+    claim = claim.model_copy(update={"tasks": [noting.opened_through(t) for t in claim.tasks]})
     outcome: DryRunOutcome
     call = None
     async with anyio.create_task_group() as spawned:
         execution = Execution(
-            _NoWrites(codec, logger),
+            _NoWrites(noting, logger),
             claim,
             logger.child({"run_id": run.id, "dry_run": True}),
             None,
@@ -168,17 +212,88 @@ async def dry_run(
             outcome, said = ("runs_a_task" if call else "writes"), stop.what
         else:
             outcome, said = _ended(action)
-    recorded = [t for t in run.tasks if t.status in TASK_TERMINAL_STATUSES]
-    reused = [_call(t) for t in recorded if _key(t) in codec.opened]
+    recorded = [t for t in claim.tasks if t.status in TASK_TERMINAL_STATUSES]
+    reused = [_call(t) for t in recorded if _key(t) in noting.opened]
     return DryRunReport(
         run_id=run.id,
         version=version.version,
         outcome=outcome,
         reused=reused,
         would_run=call,
-        not_reused=[_call(t) for t in recorded if _key(t) not in codec.opened],
+        not_reused=[_call(t) for t in recorded if _key(t) not in noting.opened],
         stopped_at=said,
     )
+
+
+class DryRunJobs:
+    """Replays the dry-run jobs the directives poll hands a worker, and reports each.
+
+    A replay that raises, or that runs past `MAX_DRY_RUN_WAIT`, is reported as a
+    failure; nothing of it reaches the worker's loops. A report the server does not
+    take is logged and dropped: the dry run lists the run as not replayed.
+    """
+
+    def __init__(
+        self,
+        client: WorkerApi,
+        worker_id: str,
+        versions: Mapping[tuple[str, str], ExecutableVersion],
+        log: Logger,
+    ) -> None:
+        self._client = client
+        self._worker_id = worker_id
+        self._versions = versions
+        self._log = log
+        self.in_hand: set[str] = set()
+        """The jobs replayed or reported now (the directives poll does not take them again)."""
+
+    def take(self, jobs: list[DryRunJob], spawn: Callable[..., object]) -> None:
+        """Start replaying each job not in hand already."""
+        for job in jobs:
+            if job.job_id not in self.in_hand:
+                self.in_hand.add(job.job_id)
+                spawn(self._replay_and_report, job)
+
+    async def _replay_and_report(self, job: DryRunJob) -> None:
+        try:
+            answer = await self._answer(job)
+            try:
+                await self._client.report_dry_run(job.job_id, answer)
+            except Exception as exc:
+                self._log.warn(
+                    "dry-run report not taken; the dry run lists the run as not replayed",
+                    {"job_id": job.job_id, "run_id": job.run.run.id, "error": str(exc)},
+                )
+        finally:
+            self.in_hand.discard(job.job_id)
+
+    async def _answer(self, job: DryRunJob) -> DryRunAnswer:
+        run = job.run.run
+        version = self._versions.get((run.workflow, run.version))
+        if version is None:
+            failure = f"the worker does not serve {run.workflow!r} version {run.version!r}"
+            return DryRunAnswer(worker_id=self._worker_id, failure=failure)
+        log = self._log.child({"run_id": run.id, "dry_run_job": job.job_id})
+        report = None
+        try:
+            with anyio.move_on_after(MAX_DRY_RUN_WAIT.total_seconds()):
+                report = await replay_dry(version, job.run, self._client.codec, log)
+        # the version's code or the replay failed: reported, never raised into the worker
+        except (Exception, RunInterrupt, BaseExceptionGroup) as exc:
+            failure = f"the replay raised {_described(exc)}"
+        else:
+            if report is not None:
+                return DryRunAnswer(worker_id=self._worker_id, report=report)
+            failure = f"the replay did not end within {MAX_DRY_RUN_WAIT}"
+        log.warn("dry-run replay failed", {"error": failure})
+        return DryRunAnswer(worker_id=self._worker_id, failure=failure[:2000])
+
+
+def _described(exc: BaseException) -> str:
+    """`Type: message` of `exc`, or of the one exception a group of one holds."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _stop_in(exc: BaseException) -> _Stop | None:
@@ -201,15 +316,6 @@ def _ended(action: object) -> tuple[DryRunOutcome, str]:
         waits = ", ".join(w.kind for w in action.waits)
         return "waits", f"the run would wait ({waits}), every call before on record"
     return "writes", f"the run would report {type(action).__name__}"
-
-
-def _opened_through_codec(record: TaskRecord) -> TaskRecord:
-    """A failed record whose error is in clear, as if sealed: its replay opens it (noted)."""
-    error = record.error
-    if record.status is not TaskStatus.FAILED or error is None or error.sealed is not None:
-        return record
-    as_sealed = error.model_copy(update={"sealed": error.model_dump(mode="json")})
-    return record.model_copy(update={"error": as_sealed})
 
 
 def _key(record: TaskRecord) -> str:

@@ -2,7 +2,8 @@
 
 It long-polls the server for work, runs up to `max_concurrent_runs` at once, and
 heartbeats every run it holds. A second long-poll (`_directives`) tells it within
-moments that a run it holds was cancelled, taken away or paused; the heartbeat's
+moments that a run it holds was cancelled, taken away or paused, and hands it the
+runs a dry-run migration asks it to replay without side effects; the heartbeat's
 answer says the same (if that poll fails), and so does a 409 on a write. A paused run
 is let go at its next task boundary: the task in flight finishes and is recorded. A
 run that suspends (a sleep, an event, a long retry) is reported and let go: the
@@ -42,6 +43,7 @@ import anyio
 from aiki_core import AuthenticationError
 from aiki_core.wire import DEFAULT_POOL, ClaimRequest, ErrorCode, RunDirective, WorkflowCapability
 from aiki_worker._directives import DirectivesPoll
+from aiki_worker._dry_run import DryRunJobs
 from aiki_worker._running import ContextFactory, Held, Runner, heartbeats
 from aiki_worker._writes import asked_wait
 
@@ -134,6 +136,7 @@ class Worker:
             client,
             self.id,
             self._held,
+            DryRunJobs(client, self.id, self.versions, self.log),
             wait=claim_wait,
             max_backoff=max_backoff.total_seconds(),
             log=self.log,
