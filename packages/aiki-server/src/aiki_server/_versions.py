@@ -232,10 +232,10 @@ async def _selected(
     movable = await matching(
         f"status {tx.in_array(n + 1)}", [tx.array(migratable)], limit + 1, lock
     )
-    stuck = [tx.array(sorted({*TERMINAL, *migratable}))]
-    unmovable = await matching(
-        f"NOT (status {tx.in_array(n + 1)})", stuck, MAX_MIGRATED_PER_CALL, ""
-    )
+    # named outright (running, awaiting_task, cleaning_up), not as "none of the others",
+    # so the status index serves it with a million ended runs of the workflow
+    stuck = [tx.array(sorted({s.value for s in RunStatus} - {*TERMINAL, *migratable}))]
+    unmovable = await matching(f"status {tx.in_array(n + 1)}", stuck, MAX_MIGRATED_PER_CALL, "")
     return movable, unmovable
 
 
