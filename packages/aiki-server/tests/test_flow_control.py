@@ -376,6 +376,47 @@ async def test_claimers_racing_past_unlimited_runs_never_exceed_a_limit(
     )
 
 
+
+async def test_a_freed_slot_wakes_the_polls_of_a_limit_this_replica_has_not_read(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A limit another replica wrote (this one's view of the limited workflows is older)
+    still has the slot its run frees wake the long-polls its group held up."""
+    h = harness
+    monkeypatch.setattr("aiki_server._flow_settings._LIMITS_READ_EVERY", 3600.0)
+    hub = h.app.state.hub
+    w = f"w-{uuid.uuid4().hex}"
+    await start(h.client, workflow=w)
+    (held,) = await claim(h.client, w, worker_id="b")
+    await start(h.client, workflow=f"{w}-x")
+    (other,) = await claim(h.client, f"{w}-x", worker_id="b")
+    await complete(h.client, other)  # this replica reads its view: no limit
+
+    async def elsewhere(tx: Any) -> None:  # as another replica sets one: the view misses it
+        await tx.execute(
+            'INSERT INTO concurrency_limits (namespace, workflow, "limit", strategy, per_key,'
+            " source, updated_at) VALUES ($1, $2, 1, 'queue', 0, 'operator', $3)",
+            held["run"]["namespace"],
+            w,
+            START_MS,
+        )
+
+    await h.app.state.db.write(elsewhere)
+    await start(h.client, workflow=w)
+    got: list[dict[str, Any]] = []
+
+    async def poll() -> None:
+        got.extend(await claim(h.client, w, worker_id="a", wait_ms=60_000))
+
+    idle = hub.waiting
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(poll)
+        await until_waiting(h, idle + 1)  # held up: the group's one slot is taken
+        assert not got
+        await complete(h.client, held)
+    assert len(got) == 1
+    assert hub.wakeups["slots"] == 1
+
 async def test_a_freed_slot_wakes_only_the_long_polls_of_its_workflow(harness: Harness) -> None:
     """A slot of another workflow's limit wakes nothing; one of the polled workflow's does."""
     h = harness

@@ -45,7 +45,14 @@ from aiki_core import (
 )
 from aiki_core.wire import RUN_WAITING_STATUSES, RunSummary
 from aiki_server._logs import component, run_ids
-from aiki_server._notify import TIMERS, queued_topics, run_topic, slots_topics, worker_topic
+from aiki_server._notify import (
+    QUEUE,
+    TIMERS,
+    queued_topics,
+    run_topic,
+    slots_topic,
+    worker_topic,
+)
 from aiki_server._rows import RUN_COLUMNS, dump, run_summary
 from aiki_server._transitions import check_run_transition
 
@@ -207,9 +214,14 @@ async def move_run(
         tx.publish(worker_topic(run["namespace"], run["claimed_by"]))
     if target in (RunStatus.QUEUED, RunStatus.CLEANING_UP):  # a run (or a cleanup) to claim
         tx.publish(*queued_topics(run["namespace"], run["workflow"], run["version"], run["pool"]))
-    if freed and await tx.limited.includes(tx, run["namespace"], run["workflow"]):
-        # a slot of its concurrency limit free again: for a run of any of its triples
-        tx.publish(*slots_topics(run["namespace"], run["workflow"]))
+    if freed:
+        # a slot of its concurrency limit free again: for a run of any of its triples. Its
+        # polls look whatever this replica's view of the limits says (another replica may
+        # have just set one); the push dispatcher, which looks at every endpoint, only when
+        # the view says the workflow has a limit
+        tx.publish(slots_topic(run["namespace"], run["workflow"]))
+        if await tx.limited.includes(tx, run["namespace"], run["workflow"]):
+            tx.publish(QUEUE)
     if values.get("wake_at") is not None or values.get("deadline_at") is not None:
         tx.publish(TIMERS)
     if target.is_terminal:
