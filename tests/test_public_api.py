@@ -360,9 +360,11 @@ EXPECTED_CORE_SUBMODULES: dict[str, tuple[str, ...]] = {
         "WorkerPage",
         "WorkerSummary",
         # limits
+        "MAX_CLAIMED_PER_POLL",
         "MAX_CONCURRENCY_KEY_LENGTH",
         "MAX_COUNT",
         "MAX_DURATION",
+        "MAX_HELD_RUNS",
         "MAX_LONG_POLL",
         "MAX_NOTICE_LENGTH",
         "MAX_PRIORITY",

@@ -15,6 +15,8 @@ and tests can use them without reaching into private modules.
 from __future__ import annotations
 
 from aiki_core._api import (
+    MAX_CLAIMED_PER_POLL,
+    MAX_HELD_RUNS,
     MAX_LONG_POLL,
     MAX_NOTICE_LENGTH,
     MAX_TASKS_PER_TRANSITION,
@@ -275,9 +277,11 @@ __all__ = (
     "WorkerPage",
     "WorkerSummary",
     # limits
+    "MAX_CLAIMED_PER_POLL",
     "MAX_CONCURRENCY_KEY_LENGTH",
     "MAX_COUNT",
     "MAX_DURATION",
+    "MAX_HELD_RUNS",
     "MAX_LONG_POLL",
     "MAX_NOTICE_LENGTH",
     "MAX_PRIORITY",
