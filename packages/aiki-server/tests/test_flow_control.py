@@ -378,7 +378,6 @@ async def test_claimers_racing_past_unlimited_runs_never_exceed_a_limit(
     )
 
 
-
 async def test_a_freed_slot_wakes_the_polls_of_a_limit_this_replica_has_not_read(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -457,6 +456,7 @@ async def test_a_claim_that_leaves_room_wakes_a_poll_that_passed_its_group_over(
             (taken,) = await claim(h.client, w, worker_id="a", max_runs=1)  # leaves one
     # woken, it took the run left (unwoken, it would sleep on past the guard)
     assert [c["run"]["id"] for c in got] == [i for i in ids if i != taken["run"]["id"]]
+
 
 async def test_a_freed_slot_wakes_only_the_long_polls_of_its_workflow(harness: Harness) -> None:
     """A slot of another workflow's limit wakes nothing; one of the polled workflow's does."""

@@ -347,7 +347,7 @@ async def test_a_batch_is_bounded_by_the_history_its_runs_hold(harness: Harness)
         ids.append(run_id)
     h.advance(31 * DAY_MS)
     namespace = (await get_run(h.client, ids[0]))["namespace"]
-    cutoff = h.clock() - 30 * DAY_MS
+    cutoff = h.clock.now - 30 * DAY_MS
 
     async def one_batch(tx: Any) -> tuple[int, bool]:
         return await retention._delete_runs(namespace, cutoff, tx)

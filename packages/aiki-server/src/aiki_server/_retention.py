@@ -189,8 +189,9 @@ class Retention:
         of at most `_BUDGET` history rows in all (one run at least, of at most the
         server's history per run), so one transaction deletes a bounded number of rows:
         a run's history counts its status moves and task calls, and a run without a task
-        call may hold a long one (a loop of waits). A batch that fails is undone and deleted again run by run, each in its
-        own savepoint: a run that cannot be deleted is logged and left, alone.
+        call may hold a long one (a loop of waits). A batch that fails is undone and
+        deleted again run by run, each in its own savepoint: a run that cannot be deleted
+        is logged and left, alone.
         """
         rows = await tx.fetch(
             "SELECT r.id, r.task_count, r.history_count FROM runs r"
