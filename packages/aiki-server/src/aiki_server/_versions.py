@@ -26,7 +26,7 @@ from aiki_core.wire import (
     SkippedRun,
 )
 from aiki_server._endpoints import list_endpoints
-from aiki_server._lifecycle import TERMINAL, record_history
+from aiki_server._lifecycle import TERMINAL, claims_look_again, record_history
 from aiki_server._notify import queued_topics, run_topic
 from aiki_server._rows import run_summary
 
@@ -90,6 +90,8 @@ async def migrate_runs(
         for r in unmovable
     ]
     has_more = len(movable) > req.limit
+    for run in movable[req.limit :]:  # locked to tell there is more, and left as it is
+        claims_look_again(tx, run)
     movable = movable[: req.limit]
     reason = f"migrated from version {req.from_version!r} to {req.to_version!r}"
     for run in movable:
