@@ -353,8 +353,6 @@ async def hand_cleanup(
         now=now,
     )
     tx.publish(run_topic(run["id"]))
-    if run["claimed_by"] is not None:  # taken from its worker (its claim idle): its poll answers
-        tx.publish(worker_topic(run["namespace"], run["claimed_by"]))
     if worker_id is None:  # a cleanup to claim
         tx.publish(*queued_topics(run["namespace"], run["workflow"], run["version"], run["pool"]))
     return revision
