@@ -365,6 +365,7 @@ EXPECTED_CORE_SUBMODULES: dict[str, tuple[str, ...]] = {
         "WorkerPage",
         "WorkerSummary",
         # limits
+        "MAX_CLAIMED_PER_POLL",
         "MAX_CONCURRENCY_KEY_LENGTH",
         "MAX_COUNT",
         "MAX_DURATION",
@@ -372,6 +373,7 @@ EXPECTED_CORE_SUBMODULES: dict[str, tuple[str, ...]] = {
         "MAX_DRY_RUNS_PER_CALL",
         "MAX_DRY_RUNS_PER_POLL",
         "MAX_DRY_RUN_WAIT",
+        "MAX_HELD_RUNS",
         "MAX_LONG_POLL",
         "MAX_NOTICE_LENGTH",
         "MAX_PRIORITY",

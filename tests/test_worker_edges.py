@@ -24,6 +24,7 @@ from aiki_core import (
     RunStatus,
     WorkflowFailedError,
 )
+from aiki_core.wire import MAX_HELD_RUNS
 from aiki_task import task
 from aiki_worker import Worker
 from aiki_workflow import WorkflowRun, workflow
@@ -349,3 +350,21 @@ async def test_a_crash_of_the_workers_loops_is_logged_and_ends_the_block(
     assert ended.group_contains(RuntimeError, match="a bug in the heartbeat loop")
     assert "the worker's loops crashed; it stops" in lines.getvalue()
     assert "a bug in the heartbeat loop" in lines.getvalue()
+
+
+async def test_a_worker_of_more_runs_than_one_claim_may_ask_for_claims_them(
+    client: Client,
+) -> None:
+    """A claim asks for the most runs the server hands out at once, not for every free slot
+    (a worker of 5,000 asked for 5,000, was refused each time, and never ran a run)."""
+    handle = await plain_v1.start(client, 7)
+    async with Worker(client, [plain_v1], logger=QUIET, max_concurrent_runs=5000):
+        assert await handle.result(timeout=WAIT) == 7
+
+
+async def test_a_worker_may_hold_no_more_runs_than_its_heartbeats_can_name(client: Client) -> None:
+    # each heartbeat and directives poll names every run it holds, up to MAX_HELD_RUNS
+    Worker(client, [plain_v1], max_concurrent_runs=MAX_HELD_RUNS)
+    for bad in (0, MAX_HELD_RUNS + 1):
+        with pytest.raises(ValueError, match="max_concurrent_runs"):
+            Worker(client, [plain_v1], max_concurrent_runs=bad)

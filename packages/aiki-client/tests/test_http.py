@@ -262,6 +262,19 @@ async def test_a_get_closed_without_an_answer_is_unavailable() -> None:
     assert {(r.method, r.path) for r in server.requests} == {("GET", "/api/v1/runs/r1")}
 
 
+async def test_a_delete_whose_answer_was_lost_is_not_sent_to_the_next_replica() -> None:
+    """The first replica may have deleted it: the second would answer 404 for a delete
+    that succeeded. Its lost answer is the caller's to judge, as a POST's is."""
+    gone = json.dumps(NotFoundError("schedule", "s1").to_wire()).encode()
+    async with serve(lambda _: None) as first, serve(lambda _: answer(404, gone)) as second:
+        urls = [f"http://127.0.0.1:{first.port}", f"http://127.0.0.1:{second.port}"]
+        async with Client(urls) as client:
+            with pytest.raises(ServerUnavailableError):
+                await client.schedules.delete("s1")
+    assert [(r.method, r.path) for r in first.requests] == [("DELETE", "/api/v1/schedules/s1")]
+    assert second.requests == []
+
+
 # -- error answers -----------------------------------------------------------------------
 
 

@@ -12,8 +12,11 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import pytest
 
 from aiki_core.wire import StartRunRequest
+from aiki_server import _lifecycle
+from aiki_server._claims import Claims
 from aiki_server._starts import start_run_in
 from server_api import (
     claim,
@@ -21,6 +24,7 @@ from server_api import (
     get_run,
     start,
     timer_pass,
+    transition,
     until_waiting,
     wait_status,
 )
@@ -221,6 +225,64 @@ async def test_a_queued_run_wakes_only_the_long_polls_of_its_triple(harness: Har
         run = await start(h.client, workflow=w)
     assert [r["run"]["id"] for r in got] == [run["id"]]
     assert hub.wakeups["claim"] == 1
+
+
+async def test_a_queued_parent_locked_by_its_childs_end_is_claimed_after_it(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A child's end locks its parent (to end the parent's wait on it). A parent queued
+    meanwhile, not waiting on it, is skipped by a claim while that lock is held (SKIP
+    LOCKED): the child's end makes the parent's claims look again once it commits."""
+    h = harness
+    if h.app.state.db.dialect != "postgresql":
+        pytest.skip("SQLite has one writer: no claim meets a run another transaction locks")
+    w = f"w-{uuid.uuid4().hex}"
+    parent = (await start(h.client, workflow=w))["id"]
+    revision = (await claim_one(h.client, w, worker_id="a"))["run"]["revision"]
+    body = {"revision": revision, "address": "c:1", "occurrence": 0, "workflow": f"{w}-c"}
+    r = await h.client.post(f"/runs/{parent}/children", json={**body, "version": "1"})
+    assert r.status_code == 201, r.text
+    child = await claim_one(h.client, f"{w}-c", worker_id="a")
+    r = await transition(h.client, parent, revision, {"kind": "release"})
+    assert r.status_code == 200, r.text  # queued, and not waiting on its child
+
+    locked, go_on, looked = anyio.Event(), anyio.Event(), anyio.Event()
+    close_children = _lifecycle._close_children
+
+    async def held_open(tx: Any, parent_id: str, *args: Any) -> None:
+        if parent_id == child["run"]["id"]:  # the child's end holds its parent's lock
+            locked.set()
+            await go_on.wait()
+        await close_children(tx, parent_id, *args)
+
+    claim_now = Claims.claim_now
+
+    async def observed(self: Claims, *args: Any) -> list[Any]:
+        claimed = await claim_now(self, *args)
+        looked.set()
+        return claimed
+
+    monkeypatch.setattr(_lifecycle, "_close_children", held_open)
+    monkeypatch.setattr(Claims, "claim_now", observed)
+    got: list[dict[str, Any]] = []
+
+    async def end_child() -> None:
+        run = child["run"]
+        r = await transition(h.client, run["id"], run["revision"], {"kind": "complete"})
+        assert r.status_code == 200, r.text
+
+    async def poll() -> None:
+        got.extend(await claim(h.client, w, worker_id="b", wait_ms=60_000))
+
+    with anyio.fail_after(30):  # the manual clock never ends the poll's wait
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(end_child)
+            await locked.wait()
+            tg.start_soon(poll)
+            await looked.wait()  # it skipped the locked parent, and waits
+            assert not got
+            go_on.set()
+    assert [c["run"]["id"] for c in got] == [parent]
 
 
 # -- heartbeats --------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -14,11 +16,15 @@ from server_api import (
     error_of,
     new_key,
     start,
+    timer_pass,
     transition,
+    until_waiting,
 )
 
 if TYPE_CHECKING:
     import httpx
+
+    from server_api import Harness, HarnessFactory
 
 GUARD = 10
 """Seconds a test waits at most for a poll that should answer (the poll waits 30 s)."""
@@ -207,3 +213,36 @@ async def test_a_dry_run_on_one_replica_is_answered_by_a_worker_on_another(
     [answered] = answers
     assert answered.status_code == 200, answered.text
     assert [d["run_id"] for d in answered.json()["dry_runs"]] == [run_id]
+
+
+async def test_a_cleanup_whose_claim_went_idle_answers_its_workers_poll(
+    make_harness: HarnessFactory,
+) -> None:
+    """A claimed cleanup handed back to the queue (its claim went idle) is taken from
+    the worker that held it: its open poll answers then, not at its next heartbeat."""
+    async with make_harness(claim_idle_timeout=timedelta(seconds=10)) as h:
+        await _idle_cleanup_answers(h)
+
+
+async def _idle_cleanup_answers(h: Harness) -> None:
+    worker = f"worker-{uuid.uuid4().hex}"  # its own: on PostgreSQL, other servers NOTIFY
+    run_id, revision = await held(h.client, worker)
+    assert (await h.client.post(f"/runs/{run_id}/cancel", json={})).status_code == 200
+    cleanup = await claim_one(h.client, worker_id=worker)
+    assert cleanup["run"]["status"] == "cleaning_up"
+    assert cleanup["run"]["revision"] > revision
+    answers: list[dict[str, Any]] = []
+
+    async def polling() -> None:
+        runs = [lease(run_id, cleanup["run"]["revision"])]
+        answers.extend(await poll(h.client, runs, worker_id=worker))
+
+    idle = h.app.state.hub.waiting
+    with anyio.fail_after(GUARD):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(polling)
+            await until_waiting(h, idle + 1)
+            h.clock.advance(10_001)  # wakes no poll: the release alone may
+            await timer_pass(h)
+    assert answers == [{"run_id": run_id, "directive": "cancel"}]
+    assert h.app.state.hub.wakeups["worker"] == 1

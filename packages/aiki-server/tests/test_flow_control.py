@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import pytest
 
+from aiki_server._claims import Claims
+from aiki_server._flow import Group
 from aiki_server._notify import slots_topic
 from server_api import (
     FAR_FUTURE,
@@ -374,6 +376,86 @@ async def test_claimers_racing_past_unlimited_runs_never_exceed_a_limit(
     assert Counter(c["run"]["workflow"] for c in taken)[W] <= 1, Counter(
         c["run"]["workflow"] for c in taken
     )
+
+
+async def test_a_freed_slot_wakes_the_polls_of_a_limit_this_replica_has_not_read(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A limit another replica wrote (this one's view of the limited workflows is older)
+    still has the slot its run frees wake the long-polls its group held up."""
+    h = harness
+    monkeypatch.setattr("aiki_server._flow_settings._LIMITS_READ_EVERY", 3600.0)
+    hub = h.app.state.hub
+    w = f"w-{uuid.uuid4().hex}"
+    await start(h.client, workflow=w)
+    (held,) = await claim(h.client, w, worker_id="b")
+    await start(h.client, workflow=f"{w}-x")
+    (other,) = await claim(h.client, f"{w}-x", worker_id="b")
+    await complete(h.client, other)  # this replica reads its view: no limit
+
+    async def elsewhere(tx: Any) -> None:  # as another replica sets one: the view misses it
+        await tx.execute(
+            'INSERT INTO concurrency_limits (namespace, workflow, "limit", strategy, per_key,'
+            " source, updated_at) VALUES ($1, $2, 1, 'queue', 0, 'operator', $3)",
+            held["run"]["namespace"],
+            w,
+            START_MS,
+        )
+
+    await h.app.state.db.write(elsewhere)
+    await start(h.client, workflow=w)
+    got: list[dict[str, Any]] = []
+
+    async def poll() -> None:
+        got.extend(await claim(h.client, w, worker_id="a", wait_ms=60_000))
+
+    idle = hub.waiting
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(poll)
+        await until_waiting(h, idle + 1)  # held up: the group's one slot is taken
+        assert not got
+        await complete(h.client, held)
+    assert len(got) == 1
+    assert hub.wakeups["slots"] == 1
+
+
+async def test_a_claim_that_leaves_room_wakes_a_poll_that_passed_its_group_over(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claim never waits for a group another claim holds: it passes it over. That other
+    claim, when it stops at its `max_runs` with room and runs of the group left, wakes the
+    group's polls, or the one that passed it over sleeps until its wait runs out."""
+    h = harness
+    if h.app.state.db.dialect != "postgresql":
+        pytest.skip("SQLite has one writer: no claim holds a group while another looks")
+    w = f"w-{uuid.uuid4().hex}"
+    ids = [(await start(h.client, workflow=w, concurrency=limited(None, limit=5)))["id"]]
+    ids.append((await start(h.client, workflow=w, concurrency=limited(None, limit=5)))["id"])
+    looked = anyio.Event()
+    claim_now = Claims.claim_now
+
+    async def observed(self: Claims, *args: Any) -> list[Any]:
+        claimed = await claim_now(self, *args)
+        looked.set()
+        return claimed
+
+    monkeypatch.setattr(Claims, "claim_now", observed)
+    got: list[dict[str, Any]] = []
+
+    async def poll() -> None:
+        got.extend(await claim(h.client, w, worker_id="b", wait_ms=60_000))
+
+    namespace = (await get_run(h.client, ids[0]))["namespace"]
+    with anyio.fail_after(30):  # the manual clock never ends the poll's wait
+        async with anyio.create_task_group() as tg:
+            async with h.app.state.db.transaction() as other:  # a claim holds the group
+                await other.lock_key(Group(namespace, w, None, per_key=False).lock_name)
+                tg.start_soon(poll)
+                await looked.wait()  # it passed the group over, and waits
+            assert not got
+            (taken,) = await claim(h.client, w, worker_id="a", max_runs=1)  # leaves one
+    # woken, it took the run left (unwoken, it would sleep on past the guard)
+    assert [c["run"]["id"] for c in got] == [i for i in ids if i != taken["run"]["id"]]
 
 
 async def test_a_freed_slot_wakes_only_the_long_polls_of_its_workflow(harness: Harness) -> None:

@@ -326,3 +326,58 @@ async def test_a_run_that_cannot_be_deleted_is_left_alone(harness: Harness) -> N
     await h.app.state.db.write(unpin)
     assert await sweep(h) == 1
     assert not await exists(h, stuck)
+
+
+async def test_a_batch_is_bounded_by_the_history_its_runs_hold(harness: Harness) -> None:
+    """Runs without a task call may still hold long histories (a loop of waits, say): a
+    batch takes no more runs than its budget of history rows allows."""
+    h = harness
+    retention: Retention = h.app.state.retention
+    retention._budget = 10  # history rows: each run below holds more
+    ids = []
+    for _ in range(3):
+        run_id, revision = await held(h.client)
+        for _ in range(4):  # 8 status moves, no task call
+            r = await transition(h.client, run_id, revision, {"kind": "release"})
+            assert r.status_code == 200, r.text
+            revision = (await claim_one(h.client))["run"]["revision"]
+        r = await transition(h.client, run_id, revision, {"kind": "complete"})
+        assert r.status_code == 200, r.text
+        assert (await rows_of(h, run_id))["state_transitions"] >= 10
+        ids.append(run_id)
+    h.advance(31 * DAY_MS)
+    namespace = (await get_run(h.client, ids[0]))["namespace"]
+    cutoff = h.clock.now - 30 * DAY_MS
+
+    async def one_batch(tx: Any) -> tuple[int, bool]:
+        return await retention._delete_runs(namespace, cutoff, tx)
+
+    assert await h.app.state.db.write(one_batch) == (1, True)
+    assert not await exists(h, ids[0])
+    assert await exists(h, ids[1])
+    assert await sweep(h) == 2
+
+
+async def test_every_foreign_key_has_an_index_on_its_column(harness: Harness) -> None:
+    """Deleting a row (retention deletes runs, tasks, events...) checks each foreign key
+    that may name it: without an index on the naming column, once per deleted row the
+    whole naming table is read."""
+    db = harness.app.state.db
+    async with db.reader() as tx:
+        if db.dialect == "postgresql":
+            unindexed = await tx.fetch(
+                "SELECT c.conrelid::regclass::text AS tbl, a.attname AS col"
+                " FROM pg_constraint c JOIN pg_attribute a"
+                "   ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1]"
+                " WHERE c.contype = 'f' AND c.connamespace = current_schema()::regnamespace"
+                " AND NOT EXISTS (SELECT 1 FROM pg_index i"
+                "   WHERE i.indrelid = c.conrelid AND i.indkey[0] = c.conkey[1])"
+            )
+        else:
+            unindexed = await tx.fetch(
+                'SELECT t.name AS tbl, f."from" AS col FROM sqlite_master t,'
+                " pragma_foreign_key_list(t.name) f WHERE t.type = 'table' AND f.seq = 0"
+                " AND NOT EXISTS (SELECT 1 FROM pragma_index_list(t.name) i,"
+                '   pragma_index_info(i.name) c WHERE c.seqno = 0 AND c.name = f."from")'
+            )
+    assert [(row["tbl"], row["col"]) for row in unindexed] == []

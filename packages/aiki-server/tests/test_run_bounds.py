@@ -247,3 +247,24 @@ async def test_a_schedules_input_over_the_limit_is_refused_and_nothing_written(
         r = await h.client.patch(f"/schedules/{schedule['id']}", json={"input": BIG})
         too_large(r, "input")
         assert (await h.client.get(f"/schedules/{schedule['id']}")).json() == schedule
+
+
+async def test_abandonment_notes_are_held_to_the_history_bound(
+    make_harness: HarnessFactory,
+) -> None:
+    """A note of an abandoned task is a history row like any: past the bound it is refused
+    (the run is left as it is), so no caller can grow a run's history without end."""
+    async with make_harness(max_history_per_run=6) as h:
+        run_id, revision = await held(h.client)  # its claim: 1 of 6
+        r = await transition(h.client, run_id, revision, {"kind": "complete"})  # 2 of 6
+        assert r.status_code == 200, r.text
+        body = {"revision": revision, "task_name": "t", "attempt": 1, "grace": 1000}
+        answers = [
+            await h.client.post(f"/runs/{run_id}/abandoned-tasks", json=body) for _ in range(6)
+        ]
+        assert [r.status_code for r in answers] == [200] * 4 + [409] * 2
+        details = error_of(answers[-1], 409, "run_record_limit_exceeded")
+        assert (details["kind"], details["limit"]) == ("history", 6)
+        run = await get_run(h.client, run_id)
+        assert run["status"] == "completed"
+        assert sum("abandoned" in (e["reason"] or "") for e in run["history"]) == 4

@@ -431,7 +431,8 @@ class Client:
         """One API call: `body` out as JSON, the answer parsed straight into `answer`.
 
         `repeatable`: whether the call may go to another replica after its connection
-        dropped mid-request (by default, anything but a POST).
+        dropped mid-request (by default, a read, a PUT or a PATCH: a repeated one leaves
+        and answers the same; a repeated DELETE would answer 404 for what it deleted).
         """
         content = None
         if body is not None:
@@ -439,7 +440,7 @@ class Client:
             if len(content) > UNCHECKED_BODY_BYTES:
                 await self._check_size(body, len(content))
         if repeatable is None:
-            repeatable = method != "POST"
+            repeatable = method not in ("POST", "DELETE")
         status, raw, retry_after = await self._http.send(
             method, path, content, params, repeatable=repeatable
         )

@@ -8,9 +8,10 @@ one per call). When that replica cannot be reached, the call goes to the next:
   request never left, so any call goes on to the next replica;
 - the connection dropped after the request was sent (reset, closed, read timeout):
   the server may have done it, so only a call that is safe to repeat goes on (reads,
-  and the writes the server takes twice as once: starts, by the run id the client
-  mints; task records, heartbeats, directives polls, children, rate limit units);
-  any other raises `ServerUnavailableError`, as with one URL.
+  settings put or patched, and the writes the server takes twice as once: starts, by
+  the run id the client mints; task records, heartbeats, directives polls, children,
+  rate limit units); any other (a POST, a DELETE, whose repeat would answer 404 for
+  what it deleted) raises `ServerUnavailableError`, as with one URL.
 
 An HTTP answer, even a 5xx, is the server's word and is not tried elsewhere. Each
 replica is tried once per round; with every one unreachable, the rounds are tried

@@ -85,6 +85,8 @@ __all__ = [
     "HeartbeatRequest",
     "HeartbeatResponse",
     "ListRunsQuery",
+    "MAX_CLAIMED_PER_POLL",
+    "MAX_HELD_RUNS",
     "MAX_NOTICE_LENGTH",
     "MAX_WEBHOOK_LIFETIME",
     "MAX_WEBHOOK_SCHEMA_BYTES",
@@ -110,6 +112,12 @@ __all__ = [
 
 MAX_LONG_POLL = timedelta(seconds=60)
 """The longest a claim or a status wait may hold a request open."""
+
+MAX_CLAIMED_PER_POLL = 1000
+"""The most runs one claim may ask for (`ClaimRequest.max_runs`)."""
+
+MAX_HELD_RUNS = 10_000
+"""The most runs one heartbeat or directives poll may name: the most a worker may hold."""
 
 WorkerName = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=NO_NUL)]
 """How a worker calls itself in its claims and heartbeats."""
@@ -359,7 +367,7 @@ class ClaimRequest(RequestModel):
 
     worker_id: WorkerName
     capabilities: list[WorkflowCapability] = Field(min_length=1, max_length=1000)
-    max_runs: Integer = Field(default=1, ge=1, le=1000)
+    max_runs: Integer = Field(default=1, ge=1, le=MAX_CLAIMED_PER_POLL)
     wait: Annotated[Duration, DurationRange(at_most=MAX_LONG_POLL)] = duration_field(
         timedelta(seconds=30)
     )
@@ -431,7 +439,7 @@ class HeartbeatRequest(RequestModel):
     """Refresh the claims on the runs a worker holds."""
 
     worker_id: WorkerName
-    runs: list[RunLease] = Field(max_length=10_000)
+    runs: list[RunLease] = Field(max_length=MAX_HELD_RUNS)
 
 
 class RunDirective(StrEnum):
@@ -482,7 +490,7 @@ class DirectivesRequest(RequestModel):
     """
 
     worker_id: WorkerName
-    runs: list[WatchedRun] = Field(max_length=10_000)
+    runs: list[WatchedRun] = Field(max_length=MAX_HELD_RUNS)
     wait: Annotated[Duration, DurationRange(at_most=MAX_LONG_POLL)] = duration_field(
         timedelta(seconds=30)
     )

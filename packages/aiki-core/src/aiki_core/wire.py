@@ -15,8 +15,10 @@ and tests can use them without reaching into private modules.
 from __future__ import annotations
 
 from aiki_core._api import (
+    MAX_CLAIMED_PER_POLL,
     MAX_DRY_RUNS_IN_HAND,
     MAX_DRY_RUNS_PER_POLL,
+    MAX_HELD_RUNS,
     MAX_LONG_POLL,
     MAX_NOTICE_LENGTH,
     MAX_TASKS_PER_TRANSITION,
@@ -287,6 +289,7 @@ __all__ = (
     "WorkerPage",
     "WorkerSummary",
     # limits
+    "MAX_CLAIMED_PER_POLL",
     "MAX_CONCURRENCY_KEY_LENGTH",
     "MAX_COUNT",
     "MAX_DURATION",
@@ -294,6 +297,7 @@ __all__ = (
     "MAX_DRY_RUNS_PER_CALL",
     "MAX_DRY_RUNS_PER_POLL",
     "MAX_DRY_RUN_WAIT",
+    "MAX_HELD_RUNS",
     "MAX_LONG_POLL",
     "MAX_NOTICE_LENGTH",
     "MAX_PRIORITY",

@@ -30,7 +30,7 @@ from aiki_core import ConcurrencyStrategy, NotFoundError, RunStatus
 from aiki_core.wire import ConcurrencyLimit, ConcurrencyLimitPage
 from aiki_server._clock import from_ms
 from aiki_server._lifecycle import cancel_run_and_descendants
-from aiki_server._notify import slots_topics
+from aiki_server._notify import slots_topic, slots_topics
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -264,8 +264,9 @@ async def admit(
                     tx.array(workflows),
                 )
             }
-        for row in rows:
+        for index, row in enumerate(rows):
             if len(admitted) == max_runs:
+                _wake_passed_over(tx, rows[index:], limits, running)
                 return list(admitted.values())
             if row["id"] in admitted:
                 continue
@@ -293,6 +294,23 @@ async def admit(
         if len(rows) <= len(admitted):  # nothing new past the full groups
             break
     return list(admitted.values())
+
+
+def _wake_passed_over(
+    tx: Tx, rows: list[Row], limits: dict[str, Row], running: dict[Group, int | None]
+) -> None:
+    """Wake the polls of each group this claim held that has room and `rows` left.
+
+    Another claim passed the group over while this one held its lock (claims never wait
+    for one): it would sleep on, with runs it could take queued, until its wait ran out.
+    """
+    for row in rows:
+        limit = limits.get(row["workflow"])
+        if limit is None:
+            continue
+        taken = running.get(Group.of(row, limit))
+        if taken is not None and taken < int(limit["limit"]):
+            tx.publish(slots_topic(row["namespace"], row["workflow"]))
 
 
 async def waiting_reason(tx: Tx, run: Row) -> str | None:

@@ -62,12 +62,12 @@ class _Reader(Protocol):
 class LimitedWorkflows:
     """Which (namespace, workflow) pairs have a concurrency limit, as this replica read them.
 
-    A hint, not a rule: when a run stops running, waiting workers are woken at once if
-    its workflow has a limit (its slot is free). The view is read again at most once a
-    second, and forgotten at once when this replica writes a limit; a limit another
-    replica just wrote may be missed for that second, in which case waiting workers
-    look again by themselves (claims recheck at least once a second). Claims never use
-    it: they read the limits as they lock runs.
+    A hint, not a rule: when a run stops running, the push dispatcher is woken at once
+    if its workflow has a limit (its slot is free). The view is read again at most once
+    a second, and forgotten at once when this replica writes a limit; a limit another
+    replica just wrote may be missed for that second. Claims never use it: they read
+    the limits as they lock runs, and their long-polls are woken by every freed slot
+    of their workflows.
     """
 
     def __init__(self) -> None:

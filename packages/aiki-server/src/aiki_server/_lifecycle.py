@@ -45,7 +45,14 @@ from aiki_core import (
 )
 from aiki_core.wire import RUN_WAITING_STATUSES, RunSummary
 from aiki_server._logs import component, run_ids
-from aiki_server._notify import TIMERS, queued_topics, run_topic, slots_topics, worker_topic
+from aiki_server._notify import (
+    QUEUE,
+    TIMERS,
+    queued_topics,
+    run_topic,
+    slots_topic,
+    worker_topic,
+)
 from aiki_server._rows import RUN_COLUMNS, dump, run_summary
 from aiki_server._transitions import check_run_transition
 
@@ -101,9 +108,18 @@ async def lock_run(tx: Tx, run_id: str, namespace: str) -> Row | None:
     run = await tx.fetchrow(
         f"SELECT * FROM runs WHERE id = $1 AND namespace = $2{tx.lock_rows}", run_id, namespace
     )
-    if run is not None and run["status"] in (RunStatus.QUEUED, RunStatus.CLEANING_UP):
-        tx.publish(*queued_topics(run["namespace"], run["workflow"], run["version"], run["pool"]))
+    if run is not None:
+        claims_look_again(tx, run)
     return run
+
+
+def claims_look_again(tx: Tx, run: Row) -> None:
+    """`run` is locked here: if it waits for a worker, its claims look again after `tx`.
+
+    A claim skips a locked run (`Tx.skip_locked`), and nothing else may wake it.
+    """
+    if run["status"] in (RunStatus.QUEUED, RunStatus.CLEANING_UP):
+        tx.publish(*queued_topics(run["namespace"], run["workflow"], run["version"], run["pool"]))
 
 
 async def locked_run(tx: Tx, run_id: str, namespace: str) -> Row:
@@ -207,15 +223,20 @@ async def move_run(
         tx.publish(worker_topic(run["namespace"], run["claimed_by"]))
     if target in (RunStatus.QUEUED, RunStatus.CLEANING_UP):  # a run (or a cleanup) to claim
         tx.publish(*queued_topics(run["namespace"], run["workflow"], run["version"], run["pool"]))
-    if freed and await tx.limited.includes(tx, run["namespace"], run["workflow"]):
-        # a slot of its concurrency limit free again: for a run of any of its triples
-        tx.publish(*slots_topics(run["namespace"], run["workflow"]))
+    if freed:
+        # a slot of its concurrency limit free again: for a run of any of its triples. Its
+        # polls look whatever this replica's view of the limits says (another replica may
+        # have just set one); the push dispatcher, which looks at every endpoint, only when
+        # the view says the workflow has a limit
+        tx.publish(slots_topic(run["namespace"], run["workflow"]))
+        if await tx.limited.includes(tx, run["namespace"], run["workflow"]):
+            tx.publish(QUEUE)
     if values.get("wake_at") is not None or values.get("deadline_at") is not None:
         tx.publish(TIMERS)
     if target.is_terminal:
         tx.observe(lambda metrics: _ended(metrics, run, target, now))
         if run["parent_run_id"] is not None:
-            await _wake_parent(tx, run["id"], run["parent_run_id"], now)
+            await _wake_parent(tx, run, now)
         await _close_children(tx, run["id"], target, now, reason)
     elif current is RunStatus.QUEUED and target is RunStatus.RUNNING:
         tx.observe(lambda metrics: metrics.run_claimed(run, now))
@@ -258,14 +279,16 @@ async def withdraw_waits(tx: Tx, run_id: str) -> None:
     await tx.execute("DELETE FROM child_waits WHERE run_id = $1", run_id)
 
 
-async def _wake_parent(tx: Tx, child_run_id: str, parent_run_id: str, now: int) -> None:
+async def _wake_parent(tx: Tx, child: Row, now: int) -> None:
     # The parent's row is locked before its waits are read. A parent suspending on
     # this child meanwhile holds that lock from before it reads the child's status:
     # either its wait is committed before this lock is granted (and seen below, as
     # each statement reads what is committed), or it reads this child as ended once
     # this commits, and does not suspend. Reading the waits first missed a wait
-    # committed in between, and the parent slept forever (PostgreSQL).
-    parent = await tx.fetchrow(f"SELECT * FROM runs WHERE id = $1{tx.lock_rows}", parent_run_id)
+    # committed in between, and the parent slept forever (PostgreSQL). A parent queued
+    # meanwhile is not woken here, but its claims look again (`lock_run`).
+    child_run_id, parent_run_id = child["id"], child["parent_run_id"]
+    parent = await lock_run(tx, parent_run_id, child["namespace"])
     if parent is None:
         return
     waiting = await tx.fetchrow(
@@ -424,6 +447,8 @@ async def _apply_policies(
             # ends as it says: a second cancel would cut it short, and end it cancelled
             if child["status"] != RunStatus.CLEANING_UP:
                 await cancel_run_and_descendants(tx, child, now, ended, cleanup=True)
+            else:
+                claims_look_again(tx, child)  # locked above, left as it is
             continue
         cancelled = ErrorInfo(
             type="aiki_core.WorkflowCancelledError",

@@ -16,7 +16,7 @@ Which runs go, and in which order:
   policy reads it).
 
 The daemon deletes in batches, each one short transaction of at most `batch` runs of
-one namespace (fewer when they hold many task calls), taken oldest end first through
+one namespace (fewer when they hold long histories), taken oldest end first through
 the `runs_finished` index, which also lists the namespaces that have ended runs
 (without reading their runs). On PostgreSQL the batch's
 runs are taken with `FOR NO KEY UPDATE SKIP LOCKED`, so replicas deleting at once share the
@@ -50,8 +50,9 @@ _log = component("retention")
 
 _BATCH = {"postgresql": 500, "sqlite": 100}
 """Runs per deleting transaction: SQLite's run on the event loop, so fewer."""
-_TASK_BUDGET = {"postgresql": 20_000, "sqlite": 5_000}
-"""Task calls of the runs one transaction deletes (their history rows go with them)."""
+_BUDGET = {"postgresql": 20_000, "sqlite": 5_000}
+"""History rows (status moves and task calls) of the runs one transaction deletes; the
+rows of their tasks, waits and events go with them."""
 _PAUSE = 0.01
 """Seconds between two batches, for the server's other writes."""
 
@@ -97,7 +98,7 @@ class Retention:
         self._settings = settings
         self._default_ms = None if settings.retention is None else to_millis(settings.retention)
         self._batch = _BATCH.get(db.dialect, _BATCH["sqlite"])
-        self._task_budget = _TASK_BUDGET.get(db.dialect, _TASK_BUDGET["sqlite"])
+        self._budget = _BUDGET.get(db.dialect, _BUDGET["sqlite"])
 
     async def get(self, namespace: str) -> RetentionInfo:
         """The retention in effect for `namespace`, and where it comes from."""
@@ -195,13 +196,15 @@ class Retention:
         """One batch of the namespace's runs ended before `cutoff`: (deleted, more due).
 
         The oldest go first, with all they hold. A batch holds at most `batch` runs,
-        of at most `_TASK_BUDGET` task calls in all (one run at least, of at most the
-        server's task calls per run), so one transaction deletes a bounded number of
-        rows. A batch that fails is undone and deleted again run by run, each in its
-        own savepoint: a run that cannot be deleted is logged and left, alone.
+        of at most `_BUDGET` history rows in all (one run at least, of at most the
+        server's history per run), so one transaction deletes a bounded number of rows:
+        a run's history counts its status moves and task calls, and a run without a task
+        call may hold a long one (a loop of waits). A batch that fails is undone and
+        deleted again run by run, each in its own savepoint: a run that cannot be deleted
+        is logged and left, alone.
         """
         rows = await tx.fetch(
-            "SELECT r.id, r.task_count FROM runs r"
+            "SELECT r.id, r.task_count, r.history_count FROM runs r"
             " WHERE r.namespace = $1 AND r.finished_at IS NOT NULL AND r.finished_at < $2"
             " AND NOT EXISTS (SELECT 1 FROM runs c WHERE c.parent_run_id = r.id)"
             " AND NOT EXISTS (SELECT 1 FROM runs p"
@@ -213,10 +216,11 @@ class Retention:
             self._batch,
         )
         chosen: list[str] = []
-        calls = 0
+        held = 0
         for row in rows:
-            calls += int(row["task_count"])
-            if chosen and calls > self._task_budget:
+            # a run older than the count holds at least its task calls
+            held += max(int(row["task_count"]), int(row["history_count"]))
+            if chosen and held > self._budget:
                 break
             chosen.append(row["id"])
         if not chosen:

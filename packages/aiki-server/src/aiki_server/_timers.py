@@ -51,7 +51,7 @@ from aiki_server._lifecycle import (
     requeue,
 )
 from aiki_server._logs import component, run_ids
-from aiki_server._notify import TIMERS
+from aiki_server._notify import TIMERS, worker_topic
 from aiki_server._rows import dump
 
 if TYPE_CHECKING:
@@ -349,5 +349,7 @@ async def _release_idle_claim(tx: Tx, run: Row, now: int) -> None:
     reason = f"claim of {run['claimed_by']} went idle"
     if run["status"] == RunStatus.CLEANING_UP:
         await hand_cleanup(tx, run, now, reason, worker_id=None, expires=None)
+        # taken from its worker, as a running run is (`move_run`): its directives poll answers
+        tx.publish(worker_topic(run["namespace"], run["claimed_by"]))
         return
     await move_run(tx, run, RunStatus.QUEUED, now, reason, fence=True)

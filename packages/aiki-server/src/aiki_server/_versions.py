@@ -26,7 +26,7 @@ from aiki_core.wire import (
     SkippedRun,
 )
 from aiki_server._endpoints import list_endpoints
-from aiki_server._lifecycle import TERMINAL, record_history
+from aiki_server._lifecycle import TERMINAL, claims_look_again, record_history
 from aiki_server._notify import queued_topics, run_topic
 from aiki_server._rows import run_summary
 
@@ -194,6 +194,8 @@ async def selected_runs(
     hide them; up to `MAX_MIGRATED_PER_CALL` of those are listed as skipped.
     """
     movable, unmovable = await _selected(tx, namespace, req, limit, tx.lock_rows if lock else "")
+    for run in movable[limit:] if lock else ():  # locked to tell there is more, left as it is
+        claims_look_again(tx, run)
     skipped = [
         SkippedRun(run_id=r["id"], status=r["status"], reason=_why_not(r["status"]))
         for r in unmovable

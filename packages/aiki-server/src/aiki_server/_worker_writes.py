@@ -136,6 +136,11 @@ class WorkerWrites:
             run = await locked_run(tx, run_id, namespace)
             if req.revision > run["revision"]:
                 raise StaleRevisionError(run_id, req.revision, run["revision"])
+            # a row of its history like any, whatever its status: refused past the bound
+            self._check_history(run, in_cleanup=True)
+            await tx.execute(
+                "UPDATE runs SET history_count = history_count + 1 WHERE id = $1", run_id
+            )
             seconds = req.grace.total_seconds()
             where = "" if req.worker_id is None else f" on worker {req.worker_id}"
             await record_history(
@@ -284,17 +289,18 @@ class WorkerWrites:
             return False
         return True
 
-    def _check_history(self, run: Row) -> None:
+    def _check_history(self, run: Row, *, in_cleanup: bool = False) -> None:
         """`RunRecordLimitError` when the run's history reached `max_history_per_run`.
 
         The count is kept on the run's row by the writes that change it anyway: each
-        status move of the run and each new task call. A worker's next write to a run
-        at the bound is refused, and the run fails (a loop of sleeps or waits that
-        never ends, say, which no task call limit would catch). A cleanup is not held
-        to it: its deadline bounds it, and the cancel that began it may have reached
-        the bound (a refusal would leave it no way to report).
+        status move of the run, each new task call and each note of an abandoned task.
+        A worker's next write to a run at the bound is refused, and the run fails (a
+        loop of sleeps or waits that never ends, say, which no task call limit would
+        catch). A cleanup's writes are not held to it (unless `in_cleanup`): its deadline
+        bounds them, and the cancel that began it may have reached the bound (a refusal
+        would leave it no way to report).
         """
-        if run["status"] == RunStatus.CLEANING_UP:
+        if run["status"] == RunStatus.CLEANING_UP and not in_cleanup:
             return
         limit = self._limits.max_history_per_run
         if int(run["history_count"]) >= limit:

@@ -41,7 +41,15 @@ from typing import TYPE_CHECKING, Any, Self
 import anyio
 
 from aiki_core import AuthenticationError
-from aiki_core.wire import DEFAULT_POOL, ClaimRequest, ErrorCode, RunDirective, WorkflowCapability
+from aiki_core.wire import (
+    DEFAULT_POOL,
+    MAX_CLAIMED_PER_POLL,
+    MAX_HELD_RUNS,
+    ClaimRequest,
+    ErrorCode,
+    RunDirective,
+    WorkflowCapability,
+)
 from aiki_worker._directives import DirectivesPoll
 from aiki_worker._dry_run import DryRunJobs
 from aiki_worker._running import ContextFactory, Held, Runner, heartbeats
@@ -103,8 +111,9 @@ class Worker:
     ) -> None:
         if not workflows:
             raise ValueError("a worker needs at least one workflow version")
-        if max_concurrent_runs < 1:
-            raise ValueError("max_concurrent_runs must be at least 1")
+        if not 1 <= max_concurrent_runs <= MAX_HELD_RUNS:
+            # its heartbeats and directives polls name every run it holds
+            raise ValueError(f"max_concurrent_runs must be from 1 to {MAX_HELD_RUNS}")
         self.client = client
         self.id = id or f"{socket.gethostname()}-{os.getpid()}-{id_suffix()}"
         self.versions = {(v.workflow, v.version): v for v in workflows}
@@ -293,7 +302,7 @@ class Worker:
                     ClaimRequest(
                         worker_id=self.id,
                         capabilities=self.capabilities,
-                        max_runs=free,
+                        max_runs=min(free, MAX_CLAIMED_PER_POLL),
                         wait=self.claim_wait,
                     )
                 )
