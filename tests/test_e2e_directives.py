@@ -18,6 +18,7 @@ from aiki_client import Client
 from aiki_core import RunStatus, WorkflowCancelledError
 from directives_app import Job, cancellable_v1
 from e2e_support import QUIET, Counters
+from fault_proxy import Fault, FaultProxy
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -133,3 +134,34 @@ async def test_a_plain_task_ignoring_cancellation_is_reported_abandoned(stack: S
     assert "'ignores-cancelled' attempt 1 abandoned" in notes[0]
     assert (await handle.detail()).status is RunStatus.CANCELLED
     assert stack.counters.count("finished-ignores-1") == 0  # it does run on, unseen
+
+
+async def test_a_poll_answered_404_is_asked_again_later(
+    db_url: str, processes: LiveProcesses, tmp_path: Path
+) -> None:
+    """A 404 from a replica not yet upgraded, or a proxy, does not end the poll for good."""
+    server = await processes.start_server(db_url)
+    refused = iter([Fault("status", 404)])
+
+    def decide(method: str, path: str) -> Fault | None:
+        return next(refused, None) if path.endswith("/directives") else None
+
+    counters = Counters(tmp_path / "counters")
+    counters.directory.mkdir()
+    async with (
+        FaultProxy(server.base_url, decide) as proxy,
+        Client(server.base_url, logger=QUIET) as client,
+    ):
+        argv = [sys.executable, str(APP), "--url", proxy.base_url, "--counters"]
+        worker = await processes.spawn("worker", [*argv, str(counters.directory)])
+        stack = Stack(server, worker, client, counters)
+        handle = await cancellable_v1.start(client, Job(key="async-404"))
+        await stack.started("async-404")
+        with anyio.fail_after(SOON):  # asked again after the worker's back-off (5 s)
+            while not any(s.path.endswith("/directives") and s.fault is None for s in proxy.seen):
+                await anyio.sleep(0.05)
+
+        await handle.cancel("not needed")
+
+        await stack.soon("cancelled-async-404")  # from the poll: the heartbeat is 30 s away
+    assert [s.fault for s in proxy.seen if s.path.endswith("/directives")][0] == Fault("status", 404)

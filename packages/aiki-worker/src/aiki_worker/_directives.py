@@ -89,13 +89,14 @@ class DirectivesPoll:
         self._open.cancel()
 
     async def run_forever(self) -> None:
-        """Poll until cancelled, or the server refuses the key or has no directives route."""
+        """Poll until cancelled or the server refuses the key."""
         async with anyio.create_task_group() as replays:
             await self._poll(replays.start_soon)
             replays.cancel_scope.cancel()
 
     async def _poll(self, spawn: Callable[..., object]) -> None:
         backoff = 0.0
+        missing = False
         last = -RESTART_SECONDS
         while True:
             await anyio.sleep_until(last + RESTART_SECONDS)
@@ -122,16 +123,21 @@ class DirectivesPoll:
             except AuthenticationError as exc:
                 self._on_refused(exc)
                 return
-            except NotFoundError:  # an older server: the heartbeats carry the directives
-                self._log.info("the server has no directives poll; heartbeats carry directives")
-                return
+            except NotFoundError:
+                # an older server (a replica not yet upgraded, say) or a proxy: the heartbeats
+                # carry the directives meanwhile, and the poll is asked again after a while
+                if not missing:
+                    self._log.info("the server has no directives poll; heartbeats carry directives")
+                missing = True
+                await anyio.sleep(self._max_backoff)
+                continue
             except Exception as exc:  # the heartbeats carry the directives meanwhile
                 backoff = min(max(backoff * 2, 0.1), self._max_backoff)
                 wait = max(backoff, asked_wait(exc) or 0.0)
                 self._log.warn("directives poll failed", {"error": str(exc), "again_in": wait})
                 await anyio.sleep(wait)
                 continue
-            backoff = 0.0
+            backoff, missing = 0.0, False
             if answer is None:
                 continue
             follow(answer.runs, asked, self._held)
