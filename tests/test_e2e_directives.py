@@ -159,9 +159,10 @@ async def test_a_poll_answered_404_is_asked_again_later(
         await stack.started("async-404")
         with anyio.fail_after(SOON):  # asked again after the worker's back-off (5 s)
             while not any(s.path.endswith("/directives") and s.fault is None for s in proxy.seen):
-                await anyio.sleep(0.05)
+                await anyio.sleep(0.05)  # noqa: ASYNC110 - the proxy's log
 
         await handle.cancel("not needed")
 
         await stack.soon("cancelled-async-404")  # from the poll: the heartbeat is 30 s away
-    assert [s.fault for s in proxy.seen if s.path.endswith("/directives")][0] == Fault("status", 404)
+    polls = [s.fault for s in proxy.seen if s.path.endswith("/directives")]
+    assert polls[0] == Fault("status", 404)
