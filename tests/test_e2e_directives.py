@@ -159,7 +159,7 @@ async def test_a_poll_answered_404_is_asked_again_later(
         await stack.started("async-404")
         with anyio.fail_after(SOON):  # asked again after the worker's back-off (5 s)
             while not any(s.path.endswith("/directives") and s.fault is None for s in proxy.seen):
-                await anyio.sleep(0.05)  # noqa: ASYNC110 - the proxy's log
+                await anyio.sleep(0.05)
 
         await handle.cancel("not needed")
 
