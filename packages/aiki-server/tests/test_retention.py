@@ -328,6 +328,27 @@ async def test_a_run_that_cannot_be_deleted_is_left_alone(harness: Harness) -> N
     assert not await exists(h, stuck)
 
 
+async def test_runs_that_cannot_be_deleted_hold_up_none_behind_them(harness: Harness) -> None:
+    """A whole batch of runs that fail to go, at the head of the order, does not stop
+    the sweep: the next batch starts past them."""
+    h = harness
+    retention: Retention = h.app.state.retention
+    retention._batch = 2
+    stuck = [await completed(h.client), await completed(h.client)]
+    h.advance(1_000)
+    behind = [await completed(h.client) for _ in range(3)]
+
+    async def pin(tx: Any) -> None:
+        await tx.execute("CREATE TABLE pins (run_id TEXT NOT NULL REFERENCES runs (id))")
+        for run_id in stuck:
+            await tx.execute("INSERT INTO pins (run_id) VALUES ($1)", run_id)
+
+    await h.app.state.db.write(pin)
+    h.advance(31 * DAY_MS)
+    assert await sweep(h) == 3
+    assert [await exists(h, run_id) for run_id in stuck + behind] == [True] * 2 + [False] * 3
+
+
 async def test_a_batch_is_bounded_by_the_history_its_runs_hold(harness: Harness) -> None:
     """Runs without a task call may still hold long histories (a loop of waits, say): a
     batch takes no more runs than its budget of history rows allows."""
@@ -349,10 +370,11 @@ async def test_a_batch_is_bounded_by_the_history_its_runs_hold(harness: Harness)
     namespace = (await get_run(h.client, ids[0]))["namespace"]
     cutoff = h.clock.now - 30 * DAY_MS
 
-    async def one_batch(tx: Any) -> tuple[int, bool]:
-        return await retention._delete_runs(namespace, cutoff, tx)
+    async def one_batch(tx: Any) -> tuple[int, tuple[int, str] | None]:
+        return await retention._delete_runs(namespace, cutoff, None, tx)
 
-    assert await h.app.state.db.write(one_batch) == (1, True)
+    count, after = await h.app.state.db.write(one_batch)
+    assert (count, after is not None) == (1, True)  # one run went, and more are due
     assert not await exists(h, ids[0])
     assert await exists(h, ids[1])
     assert await sweep(h) == 2

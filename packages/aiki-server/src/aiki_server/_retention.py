@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from aiki_server._clock import Clock
-    from aiki_server._storage._database import Database, Tx
+    from aiki_server._storage._database import Database, Row, Tx
 
 _log = component("retention")
 
@@ -157,7 +157,7 @@ class Retention:
         await self._in_batches(self._delete_expired_dry_runs)
         deleted = 0
         for namespace, cutoff in await self._cutoffs():
-            deleted += await self._in_batches(partial(self._delete_runs, namespace, cutoff))
+            deleted += await self._delete_ended(namespace, cutoff)
         return deleted
 
     async def _cutoffs(self) -> list[tuple[str, int]]:
@@ -192,8 +192,28 @@ class Retention:
                 return total
             await anyio.sleep(_PAUSE)
 
-    async def _delete_runs(self, namespace: str, cutoff: int, tx: Tx) -> tuple[int, bool]:
-        """One batch of the namespace's runs ended before `cutoff`: (deleted, more due).
+    async def _delete_ended(self, namespace: str, cutoff: int) -> int:
+        """The namespace's runs ended before `cutoff`, batch after batch; how many went.
+
+        Each batch starts past the last run the one before looked at, so runs that could
+        not be deleted hold up none behind them (they are tried again at the next sweep).
+        """
+        total = 0
+        after: tuple[int, str] | None = None
+        while True:
+            batch = partial(self._delete_runs, namespace, cutoff, after)
+            count, after = await self._db.write(batch)
+            total += count
+            if after is None:
+                return total
+            await anyio.sleep(_PAUSE)
+
+    async def _delete_runs(
+        self, namespace: str, cutoff: int, after: tuple[int, str] | None, tx: Tx
+    ) -> tuple[int, tuple[int, str] | None]:
+        """One batch of the namespace's runs ended before `cutoff`, past `after` (the end
+        and id of the last run an earlier batch looked at): how many went, and where the
+        next batch starts (`None`: none is due).
 
         The oldest go first, with all they hold. A batch holds at most `batch` runs,
         of at most `_BUDGET` history rows in all (one run at least, of at most the
@@ -203,9 +223,11 @@ class Retention:
         deleted again run by run, each in its own savepoint: a run that cannot be deleted
         is logged and left, alone.
         """
+        past = "" if after is None else " AND (r.finished_at, r.id) > ($4, $5)"
         rows = await tx.fetch(
-            "SELECT r.id, r.task_count, r.history_count FROM runs r"
+            "SELECT r.id, r.finished_at, r.task_count, r.history_count FROM runs r"
             " WHERE r.namespace = $1 AND r.finished_at IS NOT NULL AND r.finished_at < $2"
+            f"{past}"
             " AND NOT EXISTS (SELECT 1 FROM runs c WHERE c.parent_run_id = r.id)"
             " AND NOT EXISTS (SELECT 1 FROM runs p"
             "   WHERE p.id = r.parent_run_id AND p.finished_at IS NULL)"
@@ -214,23 +236,25 @@ class Retention:
             namespace,
             cutoff,
             self._batch,
+            *(after or ()),
         )
-        chosen: list[str] = []
+        chosen: list[Row] = []
         held = 0
         for row in rows:
             # a run older than the count holds at least its task calls
             held += max(int(row["task_count"]), int(row["history_count"]))
             if chosen and held > self._budget:
                 break
-            chosen.append(row["id"])
+            chosen.append(row)
         if not chosen:
-            return 0, False
+            return 0, None
+        ids = [row["id"] for row in chosen]
         try:
             async with tx.savepoint():
-                count = await _purge(tx, chosen)
+                count = await _purge(tx, ids)
         except Exception:  # found and logged below, run by run
             count = 0
-            for run_id in chosen:
+            for run_id in ids:
                 try:
                     async with tx.savepoint():
                         count += await _purge(tx, [run_id])
@@ -240,10 +264,11 @@ class Retention:
                         {"run_id": run_id, "error": repr(exc)},
                     )
         tx.observe(lambda metrics: metrics.retention_deleted("runs", count))
-        # a run taken by another replica meanwhile is skipped, not counted: look again,
-        # unless nothing could be deleted (runs that fail stay at the head of the order)
-        full = len(rows) == self._batch or len(chosen) < len(rows)
-        return count, count > 0 and full
+        # a run taken by another replica meanwhile is skipped, not counted: look again
+        if len(rows) < self._batch and len(chosen) == len(rows):
+            return count, None
+        last = chosen[-1]
+        return count, (int(last["finished_at"]), str(last["id"]))
 
     async def _delete_workers(self, tx: Tx) -> tuple[int, bool]:
         """One batch of workers not heard from for `worker_retention`."""
