@@ -207,7 +207,11 @@ async def move_run(
         tx.publish(worker_topic(run["namespace"], run["claimed_by"]))
     if target in (RunStatus.QUEUED, RunStatus.CLEANING_UP):  # a run (or a cleanup) to claim
         tx.publish(*queued_topics(run["namespace"], run["workflow"], run["version"], run["pool"]))
-    if freed and await tx.limited.includes(tx, run["namespace"], run["workflow"]):
+    # a run cleaning up holds its slot until it ends (`_flow`), claimed or not
+    slot_freed = (current is RunStatus.RUNNING and target is not RunStatus.CLEANING_UP) or (
+        current is RunStatus.CLEANING_UP and target.is_terminal
+    )
+    if slot_freed and await tx.limited.includes(tx, run["namespace"], run["workflow"]):
         # a slot of its concurrency limit free again: for a run of any of its triples
         tx.publish(*slots_topics(run["namespace"], run["workflow"]))
     if values.get("wake_at") is not None or values.get("deadline_at") is not None:
@@ -217,6 +221,8 @@ async def move_run(
         if run["parent_run_id"] is not None:
             await _wake_parent(tx, run["id"], run["parent_run_id"], now)
         await _close_children(tx, run["id"], target, now, reason)
+        if current is RunStatus.CLEANING_UP and run.get("schedule_id") is not None:
+            await _release_held(tx, run, now)
     elif current is RunStatus.QUEUED and target is RunStatus.RUNNING:
         tx.observe(lambda metrics: metrics.run_claimed(run, now))
     return revision
@@ -275,6 +281,21 @@ async def _wake_parent(tx: Tx, child_run_id: str, parent_run_id: str, now: int) 
     )
     if waiting is not None:
         await end_wait(tx, parent, now, f"child {child_run_id} ended")
+
+
+async def _release_held(tx: Tx, run: Row, now: int) -> None:
+    """Queue the schedule's next run held (`scheduled`) behind `run`'s cleanup, now it ended.
+
+    A schedule's `cancel_previous` holds the new run until then (see `_schedules`).
+    """
+    schedule = await tx.fetchrow(
+        "SELECT last_run_id FROM schedules WHERE id = $1", run["schedule_id"]
+    )
+    if schedule is None or schedule["last_run_id"] in (None, run["id"]):
+        return
+    held = await lock_run(tx, schedule["last_run_id"], run["namespace"])
+    if held is not None and held["status"] == RunStatus.SCHEDULED:
+        await requeue(tx, held, now, f"previous run {run['id']} of its schedule ended")
 
 
 async def ran(tx: Tx, run: Row) -> bool:
