@@ -33,6 +33,7 @@ cancelled at once, as before.
 from __future__ import annotations
 
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from aiki_core import (
@@ -397,8 +398,20 @@ async def end_run_and_descendants(
         await move_run(tx, run, target, now, reason, fence=True, error=error_json)
 
 
-_CLOSING: ContextVar[list[tuple[str, RunStatus, str]] | None] = ContextVar("_CLOSING", default=None)
-"""The parents whose children are still to close, while a transaction's task closes some."""
+CLOSE_INLINE = 200
+"""The most children one transaction closes; the timer daemon closes the rest."""
+
+
+@dataclass(slots=True)
+class _Closing:
+    """The parents whose children are still to close, while a transaction closes some."""
+
+    pending: list[tuple[str, RunStatus, str]]
+    budget: int
+    """How many more children this transaction may close."""
+
+
+_CLOSING: ContextVar[_Closing | None] = ContextVar("_CLOSING", default=None)
 
 
 async def _close_children(
@@ -412,39 +425,74 @@ async def _close_children(
     it ends. A tree of any depth is closed by one loop, level after level, not by
     recursion (a deep chain of children would exhaust the stack, and the parent could
     never end).
+
+    One transaction closes `CLOSE_INLINE` children at most, so a parent with
+    thousands ends in a short transaction: a parent with children left is marked
+    (its `wake_at`, which an ended run has no other use for), and the timer daemon
+    closes them, a batch per pass (`close_children_left`). The mark is written with
+    the parent's end and cleared with its last child's, so a restart loses none.
     """
-    pending = _CLOSING.get()
-    if pending is not None:  # a closing further up takes this parent in its loop
-        pending.append((parent_id, target, parent_reason))
+    closing = _CLOSING.get()
+    if closing is not None:  # a closing further up takes this parent in its loop
+        closing.pending.append((parent_id, target, parent_reason))
         return
-    pending = [(parent_id, target, parent_reason)]
-    token = _CLOSING.set(pending)
+    closing = _Closing([(parent_id, target, parent_reason)], CLOSE_INLINE)
+    token = _CLOSING.set(closing)
     try:
-        while pending:
-            await _apply_policies(tx, *pending.pop(), now)
+        while closing.pending:
+            parent, status, reason = closing.pending.pop()
+            if closing.budget > 0:
+                closed = await _apply_policies(tx, parent, status, reason, now, closing.budget)
+                closing.budget -= closed
+                if closing.budget > 0:  # it had fewer children left than it could close
+                    continue
+            await tx.execute("UPDATE runs SET wake_at = $2 WHERE id = $1", parent, now)
+            tx.publish(TIMERS)
     finally:
         _CLOSING.reset(token)
 
 
+async def close_children_left(tx: Tx, parent: Row, now: int) -> None:
+    """Close the next children of an ended parent marked as having some left (the timer's).
+
+    Idempotent: a child already ended (or abandoned) is not read again; the parent is
+    marked again while children are left.
+    """
+    await tx.execute("UPDATE runs SET wake_at = NULL WHERE id = $1", parent["id"])
+    ended = await tx.fetchrow(
+        "SELECT reason FROM state_transitions WHERE run_id = $1 AND entity = 'run'"
+        " AND to_status = $2 ORDER BY seq DESC LIMIT 1",
+        parent["id"],
+        parent["status"],
+    )
+    reason = ended["reason"] if ended is not None else f"ended as {parent['status']}"
+    await _close_children(tx, parent["id"], RunStatus(parent["status"]), now, reason)
+
+
 async def _apply_policies(
-    tx: Tx, parent_id: str, target: RunStatus, parent_reason: str, now: int
-) -> None:
-    """End or cancel the live children of one ended parent, as their policies say."""
+    tx: Tx, parent_id: str, target: RunStatus, parent_reason: str, now: int, limit: int
+) -> int:
+    """End or cancel up to `limit` live children of one ended parent; how many it took.
+
+    Read in the order of the parent's index of children (`runs_by_child_address`). A
+    `request_cancel` child already cleaning up is not one: it finishes its cleanup.
+    """
     children = await tx.fetch(
         f"SELECT * FROM runs WHERE parent_run_id = $1 AND status NOT IN ($2, $3, $4)"
         " AND (parent_close_policy IS NULL OR parent_close_policy <> $5)"
-        f" ORDER BY id{tx.lock_rows}",
+        " AND (status <> $7 OR parent_close_policy <> $6)"
+        f" ORDER BY parent_run_id, child_address, child_occurrence LIMIT $8{tx.lock_rows}",
         parent_id,
         *TERMINAL,
         ParentClosePolicy.ABANDON.value,
+        ParentClosePolicy.REQUEST_CANCEL.value,
+        RunStatus.CLEANING_UP.value,
+        limit,
     )
     ended = f"parent run {parent_id} ended as {target.value}"
     for child in children:
         if child["parent_close_policy"] == ParentClosePolicy.REQUEST_CANCEL:
-            # one cleaning up already (cancelled or timed out) finishes that cleanup and
-            # ends as it says: a second cancel would cut it short, and end it cancelled
-            if child["status"] != RunStatus.CLEANING_UP:
-                await cancel_run_and_descendants(tx, child, now, ended, cleanup=True)
+            await cancel_run_and_descendants(tx, child, now, ended, cleanup=True)
             continue
         cancelled = ErrorInfo(
             type="aiki_core.WorkflowCancelledError",
@@ -456,6 +504,7 @@ async def _apply_policies(
         await end_run_and_descendants(
             tx, child, RunStatus.CANCELLED, now, f"parent {parent_id} {target.value}", cancelled
         )
+    return len(children)
 
 
 async def cancel_run_and_descendants(
