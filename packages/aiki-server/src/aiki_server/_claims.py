@@ -1,9 +1,10 @@
 """Claims: a worker long-polls for queued runs of the triples it serves.
 
 It gets them with everything their replays need. Most polls find nothing, and look
-before they take the write lock: one read, for cleanups and queued runs together. A run whose claim fails (a row the server cannot
-hand out, say) must not hold up the runs queued behind it: it is set aside at the
-back of its queue, and failed after a few such claims.
+before they take the write lock: one read, for cleanups and queued runs together. A
+run whose claim fails (a row the server cannot hand out, say) must not hold up the
+runs queued behind it: it is set aside at the back of its queue, and failed after a
+few such claims.
 
 Cleanups go first: a cancelled or timed-out run waiting in `cleaning_up` for a worker
 is claimed before the queued runs of the same triples, without a change of status

@@ -398,6 +398,14 @@ async def end_run_and_descendants(
         await move_run(tx, run, target, now, reason, fence=True, error=error_json)
 
 
+_CLOSABLE = (
+    f"status NOT IN ({', '.join(repr(status) for status in TERMINAL)})"
+    f" AND (parent_close_policy IS NULL OR parent_close_policy <> '{ParentClosePolicy.ABANDON}')"
+    f" AND (status <> '{RunStatus.CLEANING_UP}'"
+    f" OR parent_close_policy <> '{ParentClosePolicy.REQUEST_CANCEL}')"
+)
+"""A child its parent's end closes: live, not abandoned, nor a `request_cancel` one that
+already cleans up (it finishes its cleanup)."""
 CLOSE_INLINE = 200
 """The most children one transaction closes; the timer daemon closes the rest."""
 
@@ -439,15 +447,22 @@ async def _close_children(
     closing = _Closing([(parent_id, target, parent_reason)], CLOSE_INLINE)
     token = _CLOSING.set(closing)
     try:
-        while closing.pending:
+        while closing.pending and closing.budget > 0:
             parent, status, reason = closing.pending.pop()
-            if closing.budget > 0:
-                closed = await _apply_policies(tx, parent, status, reason, now, closing.budget)
-                closing.budget -= closed
-                if closing.budget > 0:  # it had fewer children left than it could close
-                    continue
-            await tx.execute("UPDATE runs SET wake_at = $2 WHERE id = $1", parent, now)
-            tx.publish(TIMERS)
+            closing.budget -= await _apply_policies(tx, parent, status, reason, now, closing.budget)
+            if closing.budget <= 0:  # it may have more
+                closing.pending.append((parent, status, reason))
+        if closing.pending:
+            # most of the runs just closed have no children: only parents are marked
+            marked = await tx.execute(
+                f"UPDATE runs SET wake_at = $2 WHERE id {tx.in_array(1)} AND EXISTS"
+                " (SELECT 1 FROM runs AS child WHERE child.parent_run_id = runs.id"
+                f" AND {_CLOSABLE})",
+                tx.array([parent for parent, _, _ in closing.pending]),
+                now,
+            )
+            if marked:
+                tx.publish(TIMERS)
     finally:
         _CLOSING.reset(token)
 
@@ -472,23 +487,8 @@ async def close_children_left(tx: Tx, parent: Row, now: int) -> None:
 async def _apply_policies(
     tx: Tx, parent_id: str, target: RunStatus, parent_reason: str, now: int, limit: int
 ) -> int:
-    """End or cancel up to `limit` live children of one ended parent; how many it took.
-
-    Read in the order of the parent's index of children (`runs_by_child_address`). A
-    `request_cancel` child already cleaning up is not one: it finishes its cleanup.
-    """
-    children = await tx.fetch(
-        f"SELECT * FROM runs WHERE parent_run_id = $1 AND status NOT IN ($2, $3, $4)"
-        " AND (parent_close_policy IS NULL OR parent_close_policy <> $5)"
-        " AND (status <> $7 OR parent_close_policy <> $6)"
-        f" ORDER BY parent_run_id, child_address, child_occurrence LIMIT $8{tx.lock_rows}",
-        parent_id,
-        *TERMINAL,
-        ParentClosePolicy.ABANDON.value,
-        ParentClosePolicy.REQUEST_CANCEL.value,
-        RunStatus.CLEANING_UP.value,
-        limit,
-    )
+    """End or cancel up to `limit` live children of one ended parent; how many it took."""
+    children = await _live_children(tx, parent_id, limit)
     ended = f"parent run {parent_id} ended as {target.value}"
     for child in children:
         if child["parent_close_policy"] == ParentClosePolicy.REQUEST_CANCEL:
@@ -505,6 +505,19 @@ async def _apply_policies(
             tx, child, RunStatus.CANCELLED, now, f"parent {parent_id} {target.value}", cancelled
         )
     return len(children)
+
+
+async def _live_children(tx: Tx, parent_id: str, limit: int) -> list[Row]:
+    """The first `limit` children of an ended parent that it closes (`_CLOSABLE`), locked.
+
+    Read in the order of the parent's index of children (`runs_by_child_address`).
+    """
+    return await tx.fetch(
+        f"SELECT * FROM runs WHERE parent_run_id = $1 AND {_CLOSABLE}"
+        f" ORDER BY parent_run_id, child_address, child_occurrence LIMIT $2{tx.lock_rows}",
+        parent_id,
+        limit,
+    )
 
 
 async def cancel_run_and_descendants(
