@@ -14,13 +14,16 @@ import anyio
 import pytest
 
 from aiki_core import (
+    Concurrency,
+    ConcurrencyStrategy,
     ErrorInfo,
+    RunId,
     RunStatus,
     WorkflowCancelledError,
     WorkflowFailedError,
 )
 from aiki_task import task
-from aiki_workflow import Saga, WorkflowRun, workflow
+from aiki_workflow import Saga, WorkflowRun, event, workflow
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -146,7 +149,53 @@ async def unserved_v1(run: WorkflowRun, item: str) -> str:
     return item
 
 
-VERSIONS: list[ExecutableVersion] = [trip_v1, stuck_v1, busy_v1]
+go = event("cleanup-go", str)
+
+
+@task("cleanup-done")
+async def done(item: str) -> None:
+    """Note the end of a run that was let go."""
+    CALLS.append(f"done {item}")
+
+
+async def book_then_wait(run: WorkflowRun, item: str) -> str:
+    """Book, then wait for `go`; a cancel's compensation waits for the test's gate."""
+    async with Saga(run) as saga:
+        await book.start(run, item)
+        saga.add(gated, f"unbook {item}")
+        got = await go.wait(run)
+        await done.start(run, f"{item} {got.data}")
+    return "done"
+
+
+ticker = workflow("cleanup-ticker")
+
+
+@ticker.v("1", on_cancel=on_cancel)
+async def ticker_v1(run: WorkflowRun, item: str) -> str:
+    """`book_then_wait`, started by a schedule."""
+    return await book_then_wait(run, item)
+
+
+single = workflow("cleanup-single")
+
+
+@single.v(
+    "1",
+    on_cancel=on_cancel,
+    concurrency=Concurrency(limit=1, strategy=ConcurrencyStrategy.CANCEL_IN_PROGRESS),
+)
+async def single_v1(run: WorkflowRun, item: str) -> str:
+    """One at a time (a new run cancels the one in progress): book, then a gated task."""
+    async with Saga(run) as saga:
+        await book.start(run, item)
+        saga.add(gated, f"unbook {item}")
+        await gated.start(run, f"in flight {item}")
+        await done.start(run, item)
+    return "done"
+
+
+VERSIONS: list[ExecutableVersion] = [trip_v1, stuck_v1, busy_v1, ticker_v1, single_v1]
 
 
 @pytest.fixture
@@ -311,3 +360,78 @@ async def test_a_run_cancelled_during_a_task_cleans_up_where_it_was(client: Clie
     detail = await handle.detail()
     assert moves(detail)[-3:] == ["running", "cleaning_up", "cancelled"]
     assert "cleanup-gated" not in [t.name for t in detail.tasks]
+
+
+async def until_status(client: Client, run_id: RunId, status: RunStatus) -> None:
+    """Wait until the run `run_id` is in `status`."""
+    await client.run_handle(run_id).wait_for_status([status], timeout=WAIT)
+
+
+async def let_go_and_finish(client: Client, run_id: RunId, item: str) -> None:
+    """Send `go` to the run waiting for it, and wait for its end."""
+    handle = client.run_handle(run_id)
+    await handle.wait_for_status([RunStatus.AWAITING_EVENT], timeout=WAIT)
+    await handle.send_event(go, "now")
+    await until_called(f"done {item} now")
+    await handle.wait_for_status([RunStatus.COMPLETED], timeout=WAIT)
+
+
+@pytest.mark.usefixtures("gate")
+async def test_a_run_cancelled_by_its_schedules_overlap_cleans_up_before_the_next_runs(
+    server: EmbeddedServer, client: Client
+) -> None:
+    hour = timedelta(hours=1)
+    await client.schedules.create("tick", ticker_v1, "tick", every=hour, overlap="cancel_previous")
+    server.advance(hour)
+    first = await wait_for_runs(client, "cleanup-ticker", 1)
+    await until_status(client, first[0], RunStatus.AWAITING_EVENT)
+
+    server.advance(hour)  # the next occurrence cancels the first run, which cleans up
+    first_id, second_id = await wait_for_runs(client, "cleanup-ticker", 2)
+    await until_called("gated unbook tick")
+    assert await client.run_handle(first_id).status() is RunStatus.CLEANING_UP
+    # held until the first run has ended: it does not run beside the cleanup
+    assert await client.run_handle(second_id).status() is RunStatus.SCHEDULED
+
+    GATE[0].set()
+
+    await until_status(client, first_id, RunStatus.CANCELLED)
+    assert "cancel: schedule 'tick' started its next occurrence" in CALLS
+    await let_go_and_finish(client, second_id, "tick")
+    detail = await client.run_handle(second_id).detail()
+    assert moves(detail)[:3] == ["scheduled", "queued", "running"]
+    assert detail.history[1].reason == f"previous run {first_id} of its schedule ended"
+
+
+@pytest.mark.usefixtures("gate")
+async def test_a_run_cancelled_by_a_concurrency_strategy_cleans_up_in_its_slot(
+    client: Client,
+) -> None:
+    first = await single_v1.start(client, "one")
+    await until_called("gated in flight one")
+
+    second = await single_v1.start(client, "two")  # cancels the first, which cleans up
+    await until_called("gated unbook one")
+    assert await first.status() is RunStatus.CLEANING_UP
+    # the cleanup holds the slot: the new run waits for it
+    assert await second.status() is RunStatus.QUEUED
+
+    GATE[0].set()
+
+    with pytest.raises(WorkflowCancelledError):
+        await first.result(timeout=WAIT)
+    assert await second.result(timeout=WAIT) == "done"
+    # the new run started only once the cleanup had ended
+    (cancel,) = [i for i, call in enumerate(CALLS) if call.startswith("cancel: ")]
+    assert CALLS[cancel].startswith(f"cancel: cancelled to make room for run {second.id}")
+    assert cancel < CALLS.index("book two") < CALLS.index("done two")
+
+
+async def wait_for_runs(client: Client, workflow: str, count: int) -> list[RunId]:
+    """The ids of the workflow's first `count` runs, oldest first, once there are as many."""
+    with anyio.fail_after(WAIT.total_seconds()):
+        while True:
+            page = await client.list_runs(workflow=workflow)
+            if len(page.runs) >= count:
+                return [run.id for run in sorted(page.runs, key=lambda r: r.created_at)][:count]
+            await anyio.sleep(0.01)

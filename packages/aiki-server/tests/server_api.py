@@ -24,14 +24,18 @@ import httpx
 
 from aiki_server import ServerSettings, create_app
 from aiki_server._api_keys import create_key
+from aiki_server._storage._postgres import PostgresTx
+from aiki_server._storage._sqlite import SqliteTx, _ThreadedSqliteTx
 from aiki_server.testing import serving
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Mapping, Sequence
 
+    import pytest
     from fastapi import FastAPI
 
     from aiki_server._api_keys import ApiKey
+    from aiki_server._storage._database import Tx
     from aiki_server._timers import TimerDaemon
 
 FAR_FUTURE = "2100-01-01T00:00:00Z"
@@ -238,6 +242,39 @@ async def timer_pass(h: Harness) -> None:
     """One pass of the timer daemon at the manual clock's time, finished before returning."""
     timers: TimerDaemon = h.app.state.timers
     await timers.run_once()
+
+
+# -- statements --------------------------------------------------------------------------
+
+
+def record_statements(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, tuple[Any, ...]]]:
+    """From now on, every statement any transaction or read session sends: (SQL, values)."""
+    sent: list[tuple[str, tuple[Any, ...]]] = []
+    for cls in (PostgresTx, SqliteTx, _ThreadedSqliteTx):
+        for name in ("fetch", "execute"):
+            if name in vars(cls):
+                monkeypatch.setattr(cls, name, _recording(getattr(cls, name), sent))
+    return sent
+
+
+def _recording(
+    method: Callable[..., Any], sent: list[tuple[str, tuple[Any, ...]]]
+) -> Callable[..., Any]:
+    async def recorded(tx: Tx, sql: str, *args: Any) -> Any:
+        sent.append((sql, args))
+        return await method(tx, sql, *args)
+
+    return recorded
+
+
+async def plan(tx: Tx, sql: str, *args: Any) -> str:
+    """The database's plan of a statement, as one text (indexes by name)."""
+    if isinstance(tx, SqliteTx):
+        rows = await tx.fetch(f"EXPLAIN QUERY PLAN {sql}", *args)
+        return "\n".join(str(row["detail"]) for row in rows)
+    await tx.execute("SET LOCAL enable_seqscan = off")  # a small table: would an index do?
+    rows = await tx.fetch(f"EXPLAIN {sql}", *args)
+    return "\n".join(str(value) for row in rows for value in row.values())
 
 
 # -- the server's log ---------------------------------------------------------------------

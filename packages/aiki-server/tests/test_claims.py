@@ -22,6 +22,7 @@ from server_api import (
     claim,
     claim_one,
     get_run,
+    record_statements,
     start,
     timer_pass,
     transition,
@@ -188,6 +189,30 @@ async def test_claim_with_nothing_to_do_returns_empty_after_its_wait(
     assert await claim(server, worker_id="a", wait_ms=300) == []
     elapsed = time.monotonic() - t0
     assert 0.29 <= elapsed < 2.0, elapsed
+
+
+async def test_an_empty_poll_reads_once(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A poll that finds nothing sends one statement: cleanups and queued runs in one read."""
+    h = harness
+    await start(h.client, version="other-version")  # not of the triple polled
+    two = [{"workflow": name, "version": "1", "pool": "default"} for name in ("w", "v")]
+    assert await claim(h.client, capabilities=two) == []  # notes the worker
+    sent = record_statements(monkeypatch)
+
+    assert await claim(h.client, capabilities=two) == []
+
+    assert len(sent) == 1, sent
+    # and the read sees both: a cleanup, then a queued run
+    monkeypatch.undo()
+    run = await start(h.client)
+    held = await claim_one(h.client)
+    r = await h.client.post(f"/runs/{run['id']}/cancel", json={"reason": "enough"})
+    assert r.status_code == 200, r.text
+    assert held["run"]["id"] == run["id"]
+    queued = await start(h.client)
+    claimed = await claim(h.client, capabilities=two, max_runs=2)
+    assert [c["run"]["id"] for c in claimed] == [run["id"], queued["id"]]
+    assert claimed[0]["cleanup"]["code"] == "workflow_cancelled"
 
 
 async def start_in(h: Harness, namespace: str, workflow: str, version: str = "1") -> None:

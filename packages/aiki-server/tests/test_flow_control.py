@@ -194,10 +194,16 @@ async def test_cancel_in_progress_cancels_the_oldest_to_make_room(
     (held,) = await claim(server)
     second = await start_keyed(server, "acme", limit=1, strategy="cancel_in_progress")
     assert second["status"] == "queued"
-    assert (await get_run(server, first["id"]))["status"] == "cancelled"
-    # its worker is fenced off: the cancel went the usual way
+    # cancelled as a client's cancel is: its worker is fenced off, and it cleans up
+    assert (await get_run(server, first["id"]))["status"] == "cleaning_up"
     r = await transition(server, first["id"], held["run"]["revision"], {"kind": "complete"})
     assert r.status_code == 409, r.text
+    # the cleanup keeps the slot: a claim takes it, and not the new run beside it
+    (cleanup,) = await claim(server, max_runs=2)
+    assert cleanup["run"]["id"] == first["id"]
+    r = await transition(server, first["id"], cleanup["run"]["revision"], {"kind": "complete"})
+    assert r.status_code == 200, r.text
+    assert (await get_run(server, first["id"]))["status"] == "cancelled"
     (taken,) = await claim(server)
     assert taken["run"]["id"] == second["id"]
 

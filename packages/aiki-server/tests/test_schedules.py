@@ -316,11 +316,35 @@ async def test_cancel_previous_cancels_it_then_starts(harness: Harness) -> None:
     await tick(h, 10 * SECOND)
     await claim_one(h.client)
     runs = await tick(h, 10 * SECOND)
-    assert [r["status"] for r in runs] == ["cancelled", "queued"]
+    # it cleans up first, and the new run is held until it has ended
+    assert [r["status"] for r in runs] == ["cleaning_up", "scheduled"]
+    assert (await get_schedule(h.client, schedule["id"]))["last_run_id"] == runs[1]["id"]
+    cleanup = await claim_one(h.client)
+    assert cleanup["run"]["id"] == runs[0]["id"]
+    r = await transition(h.client, runs[0]["id"], cleanup["run"]["revision"], {"kind": "complete"})
+    assert r.status_code == 200, r.text
     cancelled = await get_run(h.client, runs[0]["id"])
+    assert cancelled["status"] == "cancelled"
     assert cancelled["error"]["code"] == "workflow_cancelled"
     assert "nightly" in cancelled["error"]["message"]
-    assert (await get_schedule(h.client, schedule["id"]))["last_run_id"] == runs[1]["id"]
+    assert (await get_run(h.client, runs[1]["id"]))["status"] == "queued"
+
+
+async def test_cancel_previous_starts_the_held_run_at_the_cleanups_deadline(
+    harness: Harness,
+) -> None:
+    h = harness
+    schedule = await create_schedule(h.client, overlap="cancel_previous")
+    await tick(h, 10 * SECOND)
+    await claim_one(h.client)
+    runs = await tick(h, 10 * SECOND)
+    assert [r["status"] for r in runs] == ["cleaning_up", "scheduled"]
+    await control(h.client, schedule["id"], "pause")  # no further occurrence meanwhile
+    # no worker cleans it up: its deadline (60 s by default) ends it, and the held run goes
+    h.advance(MINUTE)  # the app's timer daemon looks at once (the pass may be its own)
+    await timer_pass(h)
+    await wait_status(h.client, runs[0]["id"], "cancelled")
+    await wait_status(h.client, runs[1]["id"], "queued")
 
 
 async def test_each_run_gets_the_schedules_timeout_as_its_deadline(harness: Harness) -> None:

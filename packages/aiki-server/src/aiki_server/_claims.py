@@ -1,9 +1,10 @@
 """Claims: a worker long-polls for queued runs of the triples it serves.
 
 It gets them with everything their replays need. Most polls find nothing, and look
-before they take the write lock. A run whose claim fails (a row the server cannot
-hand out, say) must not hold up the runs queued behind it: it is set aside at the
-back of its queue, and failed after a few such claims.
+before they take the write lock: one read, for cleanups and queued runs together. A
+run whose claim fails (a row the server cannot hand out, say) must not hold up the
+runs queued behind it: it is set aside at the back of its queue, and failed after a
+few such claims.
 
 Cleanups go first: a cancelled or timed-out run waiting in `cleaning_up` for a worker
 is claimed before the queued runs of the same triples, without a change of status
@@ -72,6 +73,18 @@ class Queue:
     queued: int
     oldest_at: datetime
     """When the run queued longest became ready."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Look:
+    """What a poll's one read before the write lock saw."""
+
+    cleanup: bool
+    """Whether a cleanup waits for a worker (claimed first)."""
+    queued: list[Row]
+    """The first queued runs: `id`, and whether their workflow has a limit (`limited`)."""
+    unindexed: str
+    """The database's `Tx.unindexed`."""
 
 
 class Claims:
@@ -210,12 +223,42 @@ class Claims:
         capabilities: list[tuple[str, str, str]],
         limit: int,
     ) -> list[ClaimedRun]:
-        claimed = await self._claim_cleanups(namespace, worker_id, capabilities, limit)
-        if len(claimed) < limit:
+        look = await self._look(namespace, capabilities, limit)
+        claimed: list[ClaimedRun] = []
+        if look.cleanup:  # cleanups first: each ends a run, within its deadline
+            claimed = await self._claim_cleanups(namespace, worker_id, capabilities, limit)
+        if look.queued and len(claimed) < limit:
             claimed += await self._claim_queued(
-                namespace, worker_id, capabilities, limit - len(claimed)
+                namespace, worker_id, capabilities, limit - len(claimed), look
             )
         return claimed
+
+    async def _look(
+        self, namespace: str, capabilities: list[tuple[str, str, str]], limit: int
+    ) -> _Look:
+        """One read before the write lock (most polls find nothing): the triples' queue."""
+        args: list[Any] = [namespace, RunStatus.CLEANING_UP.value, RunStatus.QUEUED.value]
+        cleanups = _triples(capabilities, args, status=2)
+        queued = _triples(capabilities, args, status=3)
+        args.append(limit)
+        async with self._db.reader() as reader:
+            # each triple is a range of the queue's index (`runs_queue`), which holds the
+            # status first: the namespace's index would walk every run it ever had
+            rows = await reader.fetch(
+                "SELECT id, 1 AS cleanup, 1 = 0 AS limited FROM (SELECT id FROM runs"
+                f" WHERE {reader.unindexed}namespace = $1 AND claimed_by IS NULL"
+                f" AND ({cleanups}) ORDER BY rank, id LIMIT 1) AS c UNION ALL"
+                " SELECT id, 0 AS cleanup, limited FROM"
+                f" (SELECT id, {LIMITED} AS limited FROM runs"
+                f" WHERE {reader.unindexed}namespace = $1 AND ({queued})"
+                f" ORDER BY rank, id LIMIT ${len(args)}) AS q",
+                *args,
+            )
+        return _Look(
+            cleanup=any(row["cleanup"] for row in rows),
+            queued=[row for row in rows if not row["cleanup"]],
+            unindexed=reader.unindexed,
+        )
 
     async def _claim_cleanups(
         self,
@@ -224,7 +267,7 @@ class Claims:
         capabilities: list[tuple[str, str, str]],
         limit: int,
     ) -> list[ClaimedRun]:
-        """Claim up to `limit` runs waiting in `cleaning_up` for a worker.
+        """Claim up to `limit` runs waiting in `cleaning_up` for a worker (`_look` saw one).
 
         When they cannot be claimed together, each is claimed on its own, in order: one
         that fails is left to its deadline and holds up none of those behind it.
@@ -234,9 +277,6 @@ class Claims:
             f"FROM runs WHERE namespace = $1 AND status = $2 AND claimed_by IS NULL"
             f" AND ({_triples(capabilities, args)}) ORDER BY rank, id LIMIT "
         )
-        async with self._db.reader() as reader:  # almost always none: look first
-            if not await reader.fetch(f"SELECT id {waiting}{int(limit)}", *args):
-                return []
 
         def claiming(select: str, values: list[Any]) -> Callable[[Tx], Awaitable[list[ClaimedRun]]]:
             """The transaction that claims the cleanups `select` finds."""
@@ -291,21 +331,17 @@ class Claims:
         worker_id: str,
         capabilities: list[tuple[str, str, str]],
         limit: int,
+        look: _Look,
     ) -> list[ClaimedRun]:
+        """Claim up to `limit` queued runs (`look` saw some)."""
         args: list[Any] = [namespace, RunStatus.QUEUED.value]
         triples = _triples(capabilities, args)
         args.append(limit)
-        # most polls find nothing: look before taking the write lock
-        async with self._db.reader() as reader:
-            # each triple is a range of the queue's index (`runs_queue`), which holds the
-            # status first: the namespace's index would walk every run it ever had
-            queued = (
-                f"FROM runs WHERE {reader.unindexed}namespace = $1"
-                f" AND ({triples}) ORDER BY rank, id LIMIT ${len(args)}"
-            )
-            found = await reader.fetch(f"SELECT id, {LIMITED} AS limited {queued}", *args)
-        if not found:
-            return []
+        queued = (
+            f"FROM runs WHERE {look.unindexed}namespace = $1"
+            f" AND ({triples}) ORDER BY rank, id LIMIT ${len(args)}"
+        )
+        found = look.queued
         # a run whose concurrency group is full is passed over: look further down the
         # queue for runs that may go (only when a run at the front has a limit)
         gated = any(row["limited"] for row in found)
@@ -487,16 +523,18 @@ class Claims:
         await self._db.write(set_aside)
 
 
-def _triples(capabilities: list[tuple[str, str, str]], args: list[Any]) -> str:
-    """The condition that a run in status `$2` is of one of the triples; values to `args`.
+def _triples(capabilities: list[tuple[str, str, str]], args: list[Any], status: int = 2) -> str:
+    """The condition that a run in the status at `$status` is of one of the triples.
 
-    Each triple is a range of the queue's index (`runs_queue`), which holds the status first.
+    Their values are appended to `args`. Each triple is a range of the queue's index
+    (`runs_queue`), which holds the status first.
     """
     triples = []
     for workflow, version, pool in capabilities:
         n = len(args)
         triples.append(
-            f"(status = $2 AND workflow = ${n + 1} AND version = ${n + 2} AND pool = ${n + 3})"
+            f"(status = ${status} AND workflow = ${n + 1} AND version = ${n + 2}"
+            f" AND pool = ${n + 3})"
         )
         args += [workflow, version, pool]
     return " OR ".join(triples)

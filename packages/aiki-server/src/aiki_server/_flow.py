@@ -5,7 +5,8 @@ by the starts that carry one (`source = 'code'`, the last declaration wins), or 
 by an operator (`'operator'`), which wins until it is deleted. The limit counts a
 *group* of runs: each concurrency key apart (`per_key`), or the whole workflow.
 
-Only a running run (claimed) holds a slot of its group: a queued, sleeping, waiting
+Only a running run (claimed) holds a slot of its group, and a run cleaning up (cancelled
+or timed out, claimed for its cleanup or not) until it ends: a queued, sleeping, waiting
 or suspended run does not, nor one whose claim was released. A claim takes the
 groups' locks (PostgreSQL: advisory, by hash; SQLite has a single writer), counts
 their running runs and skips the candidates whose group is full (or locked by
@@ -39,7 +40,8 @@ if TYPE_CHECKING:
     from aiki_server._clock import Clock
     from aiki_server._storage._database import Database, Row, Tx
 
-_RUNNING = [RunStatus.RUNNING.value]
+_RUNNING = [RunStatus.RUNNING.value, RunStatus.CLEANING_UP.value]
+"""The statuses that hold a slot: a run cancelled (or timed out) keeps it while it cleans up."""
 _QUEUED_OR_RUNNING = [RunStatus.QUEUED.value, RunStatus.RUNNING.value]
 _MAX_LIMITS_LISTED = 10_000
 _ROUNDS = 4
@@ -194,7 +196,8 @@ async def apply_strategy(tx: Tx, run: Row, limit: Row, now: int) -> bool:
 
     `cancel_newest` cancels the new run when its group already has `limit` runs queued
     or running; `cancel_in_progress` cancels the group's oldest such runs to make
-    room for it. Both cancel through the usual path: a worker holding a run sees it.
+    room for it. Both cancel as a client's cancel does: a worker holding a run sees
+    it, and a run that ran cleans up first, in the slot it holds until it ends.
     """
     strategy = ConcurrencyStrategy(limit["strategy"])
     if strategy is ConcurrencyStrategy.QUEUE:
@@ -211,7 +214,7 @@ async def apply_strategy(tx: Tx, run: Row, limit: Row, now: int) -> bool:
             f"{group.describe()} already has {present} of {cap} runs queued or running"
             " (strategy cancel_newest)"
         )
-        await cancel_run_and_descendants(tx, run, now, reason)
+        await cancel_run_and_descendants(tx, run, now, reason, cleanup=True)
         return True
     args: list[Any] = []
     where = group.where(args, tx.unindexed)
@@ -226,7 +229,7 @@ async def apply_strategy(tx: Tx, run: Row, limit: Row, now: int) -> bool:
             f"cancelled to make room for run {run['id']} under {group.describe()}"
             f" (limit {cap}, strategy cancel_in_progress)"
         )
-        await cancel_run_and_descendants(tx, old, now, reason)
+        await cancel_run_and_descendants(tx, old, now, reason, cleanup=True)
     return False
 
 

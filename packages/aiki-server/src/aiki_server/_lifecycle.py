@@ -33,6 +33,7 @@ cancelled at once, as before.
 from __future__ import annotations
 
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from aiki_core import (
@@ -223,7 +224,11 @@ async def move_run(
         tx.publish(worker_topic(run["namespace"], run["claimed_by"]))
     if target in (RunStatus.QUEUED, RunStatus.CLEANING_UP):  # a run (or a cleanup) to claim
         tx.publish(*queued_topics(run["namespace"], run["workflow"], run["version"], run["pool"]))
-    if freed:
+    # a run cleaning up holds its slot until it ends (`_flow`), claimed or not
+    slot_freed = (current is RunStatus.RUNNING and target is not RunStatus.CLEANING_UP) or (
+        current is RunStatus.CLEANING_UP and target.is_terminal
+    )
+    if slot_freed:
         # a slot of its concurrency limit free again: for a run of any of its triples. Its
         # polls look whatever this replica's view of the limits says (another replica may
         # have just set one); the push dispatcher, which looks at every endpoint, only when
@@ -238,6 +243,8 @@ async def move_run(
         if run["parent_run_id"] is not None:
             await _wake_parent(tx, run, now)
         await _close_children(tx, run["id"], target, now, reason)
+        if current is RunStatus.CLEANING_UP and run.get("schedule_id") is not None:
+            await _release_held(tx, run, now)
     elif current is RunStatus.QUEUED and target is RunStatus.RUNNING:
         tx.observe(lambda metrics: metrics.run_claimed(run, now))
     return revision
@@ -298,6 +305,21 @@ async def _wake_parent(tx: Tx, child: Row, now: int) -> None:
     )
     if waiting is not None:
         await end_wait(tx, parent, now, f"child {child_run_id} ended")
+
+
+async def _release_held(tx: Tx, run: Row, now: int) -> None:
+    """Queue the schedule's next run held (`scheduled`) behind `run`'s cleanup, now it ended.
+
+    A schedule's `cancel_previous` holds the new run until then (see `_schedules`).
+    """
+    schedule = await tx.fetchrow(
+        "SELECT last_run_id FROM schedules WHERE id = $1", run["schedule_id"]
+    )
+    if schedule is None or schedule["last_run_id"] in (None, run["id"]):
+        return
+    held = await lock_run(tx, schedule["last_run_id"], run["namespace"])
+    if held is not None and held["status"] == RunStatus.SCHEDULED:
+        await requeue(tx, held, now, f"previous run {run['id']} of its schedule ended")
 
 
 async def ran(tx: Tx, run: Row) -> bool:
@@ -399,8 +421,28 @@ async def end_run_and_descendants(
         await move_run(tx, run, target, now, reason, fence=True, error=error_json)
 
 
-_CLOSING: ContextVar[list[tuple[str, RunStatus, str]] | None] = ContextVar("_CLOSING", default=None)
-"""The parents whose children are still to close, while a transaction's task closes some."""
+_CLOSABLE = (
+    f"status NOT IN ({', '.join(repr(status) for status in TERMINAL)})"
+    f" AND (parent_close_policy IS NULL OR parent_close_policy <> '{ParentClosePolicy.ABANDON}')"
+    f" AND (status <> '{RunStatus.CLEANING_UP}'"
+    f" OR parent_close_policy <> '{ParentClosePolicy.REQUEST_CANCEL}')"
+)
+"""A child its parent's end closes: live, not abandoned, nor a `request_cancel` one that
+already cleans up (it finishes its cleanup)."""
+CLOSE_INLINE = 200
+"""The most children one transaction closes; the timer daemon closes the rest."""
+
+
+@dataclass(slots=True)
+class _Closing:
+    """The parents whose children are still to close, while a transaction closes some."""
+
+    pending: list[tuple[str, RunStatus, str]]
+    budget: int
+    """How many more children this transaction may close."""
+
+
+_CLOSING: ContextVar[_Closing | None] = ContextVar("_CLOSING", default=None)
 
 
 async def _close_children(
@@ -414,32 +456,62 @@ async def _close_children(
     it ends. A tree of any depth is closed by one loop, level after level, not by
     recursion (a deep chain of children would exhaust the stack, and the parent could
     never end).
+
+    One transaction closes `CLOSE_INLINE` children at most, so a parent with
+    thousands ends in a short transaction: a parent with children left is marked
+    (its `wake_at`, which an ended run has no other use for), and the timer daemon
+    closes them, a batch per pass (`close_children_left`). The mark is written with
+    the parent's end and cleared with its last child's, so a restart loses none.
     """
-    pending = _CLOSING.get()
-    if pending is not None:  # a closing further up takes this parent in its loop
-        pending.append((parent_id, target, parent_reason))
+    closing = _CLOSING.get()
+    if closing is not None:  # a closing further up takes this parent in its loop
+        closing.pending.append((parent_id, target, parent_reason))
         return
-    pending = [(parent_id, target, parent_reason)]
-    token = _CLOSING.set(pending)
+    closing = _Closing([(parent_id, target, parent_reason)], CLOSE_INLINE)
+    token = _CLOSING.set(closing)
     try:
-        while pending:
-            await _apply_policies(tx, *pending.pop(), now)
+        while closing.pending and closing.budget > 0:
+            parent, status, reason = closing.pending.pop()
+            closing.budget -= await _apply_policies(tx, parent, status, reason, now, closing.budget)
+            if closing.budget <= 0:  # it may have more
+                closing.pending.append((parent, status, reason))
+        if closing.pending:
+            # most of the runs just closed have no children: only parents are marked
+            marked = await tx.execute(
+                f"UPDATE runs SET wake_at = $2 WHERE id {tx.in_array(1)} AND EXISTS"
+                " (SELECT 1 FROM runs AS child WHERE child.parent_run_id = runs.id"
+                f" AND {_CLOSABLE})",
+                tx.array([parent for parent, _, _ in closing.pending]),
+                now,
+            )
+            if marked:
+                tx.publish(TIMERS)
     finally:
         _CLOSING.reset(token)
 
 
-async def _apply_policies(
-    tx: Tx, parent_id: str, target: RunStatus, parent_reason: str, now: int
-) -> None:
-    """End or cancel the live children of one ended parent, as their policies say."""
-    children = await tx.fetch(
-        f"SELECT * FROM runs WHERE parent_run_id = $1 AND status NOT IN ($2, $3, $4)"
-        " AND (parent_close_policy IS NULL OR parent_close_policy <> $5)"
-        f" ORDER BY id{tx.lock_rows}",
-        parent_id,
-        *TERMINAL,
-        ParentClosePolicy.ABANDON.value,
+async def close_children_left(tx: Tx, parent: Row, now: int) -> None:
+    """Close the next children of an ended parent marked as having some left (the timer's).
+
+    Idempotent: a child already ended (or abandoned) is not read again; the parent is
+    marked again while children are left.
+    """
+    await tx.execute("UPDATE runs SET wake_at = NULL WHERE id = $1", parent["id"])
+    ended = await tx.fetchrow(
+        "SELECT reason FROM state_transitions WHERE run_id = $1 AND entity = 'run'"
+        " AND to_status = $2 ORDER BY seq DESC LIMIT 1",
+        parent["id"],
+        parent["status"],
     )
+    reason = ended["reason"] if ended is not None else f"ended as {parent['status']}"
+    await _close_children(tx, parent["id"], RunStatus(parent["status"]), now, reason)
+
+
+async def _apply_policies(
+    tx: Tx, parent_id: str, target: RunStatus, parent_reason: str, now: int, limit: int
+) -> int:
+    """End or cancel up to `limit` live children of one ended parent; how many it took."""
+    children = await _live_children(tx, parent_id, limit)
     ended = f"parent run {parent_id} ended as {target.value}"
     for child in children:
         if child["parent_close_policy"] == ParentClosePolicy.REQUEST_CANCEL:
@@ -460,6 +532,20 @@ async def _apply_policies(
         await end_run_and_descendants(
             tx, child, RunStatus.CANCELLED, now, f"parent {parent_id} {target.value}", cancelled
         )
+    return len(children)
+
+
+async def _live_children(tx: Tx, parent_id: str, limit: int) -> list[Row]:
+    """The first `limit` children of an ended parent that it closes (`_CLOSABLE`), locked.
+
+    Read in the order of the parent's index of children (`runs_by_child_address`).
+    """
+    return await tx.fetch(
+        f"SELECT * FROM runs WHERE parent_run_id = $1 AND {_CLOSABLE}"
+        f" ORDER BY parent_run_id, child_address, child_occurrence LIMIT $2{tx.lock_rows}",
+        parent_id,
+        limit,
+    )
 
 
 async def cancel_run_and_descendants(

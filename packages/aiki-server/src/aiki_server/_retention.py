@@ -211,17 +211,16 @@ class Retention:
     async def _delete_runs(
         self, namespace: str, cutoff: int, after: tuple[int, str] | None, tx: Tx
     ) -> tuple[int, tuple[int, str] | None]:
-        """One batch of the namespace's runs ended before `cutoff`, past `after` (the end
-        and id of the last run an earlier batch looked at): how many went, and where the
-        next batch starts (`None`: none is due).
+        """One batch of the namespace's runs ended before `cutoff`: (deleted, next start).
 
-        The oldest go first, with all they hold. A batch holds at most `batch` runs,
-        of at most `_BUDGET` history rows in all (one run at least, of at most the
-        server's history per run), so one transaction deletes a bounded number of rows:
-        a run's history counts its status moves and task calls, and a run without a task
-        call may hold a long one (a loop of waits). A batch that fails is undone and
-        deleted again run by run, each in its own savepoint: a run that cannot be deleted
-        is logged and left, alone.
+        The batch starts past `after` (the end and id of the last run an earlier batch
+        looked at); the next one past its own last run, or none (`None`) is due. The oldest
+        go first, with all they hold. A batch holds at most `batch` runs, of at most
+        `_BUDGET` history rows in all (one run at least, of at most the server's history per
+        run), so one transaction deletes a bounded number of rows: a run's history counts
+        its status moves and task calls, and a run without a task call may hold a long one
+        (a loop of waits). A batch that fails is undone and deleted again run by run, each
+        in its own savepoint: a run that cannot be deleted is logged and left, alone.
         """
         past = "" if after is None else " AND (r.finished_at, r.id) > ($4, $5)"
         rows = await tx.fetch(

@@ -35,6 +35,7 @@ from aiki_core import (
     OverlapPolicy,
     PayloadValidationError,
     ReferenceIdConflictError,
+    RunStatus,
 )
 from aiki_core.wire import (
     MAX_BACKFILL,
@@ -466,8 +467,13 @@ class Schedules:
         occurrences, next_fire_at = _due(schedule, cadence, now)
         last_run_id = schedule["last_run_id"]
         for occurrence in occurrences:
-            if await self._previous_allows(tx, {**schedule, "last_run_id": last_run_id}, now):
-                last_run_id, _ = await _start_occurrence(tx, schedule, occurrence, now)
+            allowed, held_until = await self._previous_allows(
+                tx, {**schedule, "last_run_id": last_run_id}, now
+            )
+            if allowed:
+                last_run_id, _ = await _start_occurrence(
+                    tx, schedule, occurrence, now, held_until=held_until
+                )
         await tx.execute(
             "UPDATE schedules SET next_fire_at = $2, last_run_id = $3, updated_at = $4,"
             " timer_failures = 0, timer_error = NULL WHERE id = $1",
@@ -479,21 +485,34 @@ class Schedules:
         if next_fire_at is not None and next_fire_at <= now:
             tx.publish(TIMERS)
 
-    async def _previous_allows(self, tx: Tx, schedule: Row, now: int) -> bool:
+    async def _previous_allows(self, tx: Tx, schedule: Row, now: int) -> tuple[bool, int | None]:
         """Whether an occurrence may start, given the schedule's last run and overlap policy.
 
-        `cancel_previous` cancels a last run still going (with its descendants) first.
+        And until when its run is held back (`None`: not held). `cancel_previous`
+        cancels a last run still going (with its descendants) first, as a client's
+        cancel does: one that ran cleans up first, and the new run is held (`scheduled`)
+        until that cleanup ends (`_lifecycle` queues it then) or its deadline passes. A
+        last run itself held so is cancelled, and the new one held in its place.
         """
         if schedule["last_run_id"] is None:
-            return True
+            return True, None
         previous = await lock_run(tx, schedule["last_run_id"], schedule["namespace"])
         if previous is None or previous["status"] in TERMINAL:
-            return True
+            return True, None
         policy = OverlapPolicy(schedule["overlap"])
-        if policy is OverlapPolicy.CANCEL_PREVIOUS:
+        if policy is not OverlapPolicy.CANCEL_PREVIOUS:
+            return policy is not OverlapPolicy.SKIP, None
+        held_until: int | None = None
+        if previous["status"] == RunStatus.SCHEDULED:
+            held_until = previous["wake_at"]  # held behind a cleanup: the new one takes its place
+        if previous["status"] != RunStatus.CLEANING_UP:  # a second cancel would cut it short
             reason = f"schedule {schedule['name']!r} started its next occurrence"
-            await cancel_run_and_descendants(tx, previous, now, reason)
-        return policy is not OverlapPolicy.SKIP
+            await cancel_run_and_descendants(tx, previous, now, reason, cleanup=True)
+            previous = await lock_run(tx, previous["id"], schedule["namespace"])
+            assert previous is not None
+        if previous["status"] == RunStatus.CLEANING_UP:
+            held_until = previous["deadline_at"]
+        return True, held_until
 
 
 _UPDATED = (
@@ -527,8 +546,13 @@ def _due(schedule: Row, cadence: Cadence, now: int) -> tuple[list[int], int | No
     return missed, cadence.next_after(now)
 
 
-async def _start_occurrence(tx: Tx, schedule: Row, occurrence: int, now: int) -> tuple[str, bool]:
-    """Start the run of one occurrence (once: by its reference id); its id, whether new."""
+async def _start_occurrence(
+    tx: Tx, schedule: Row, occurrence: int, now: int, *, held_until: int | None = None
+) -> tuple[str, bool]:
+    """Start the run of one occurrence (once: by its reference id); its id, whether new.
+
+    `held_until`: the run is a delayed start until then, at the latest.
+    """
     request = StartRunRequest(
         workflow=schedule["workflow"],
         version=schedule["version"],
@@ -536,6 +560,7 @@ async def _start_occurrence(tx: Tx, schedule: Row, occurrence: int, now: int) ->
         pool=schedule["pool"],
         reference_id=reference_id(schedule["id"], occurrence),
         timeout=_run_timeout(schedule),
+        start_at=None if held_until is None else from_ms(held_until),
     )
     try:
         started = await start_run_in(

@@ -11,7 +11,11 @@ One pass handles, for at most `batch` runs each:
 - idle claims: a running run whose worker stopped heartbeating is re-queued
   (fenced), so another worker resumes it (a cleanup goes back to be claimed again);
 - due schedules: each starts the run of its latest occurrence (as its overlap
-  policy allows) and moves on to its next one (see `_schedules`).
+  policy allows) and moves on to its next one (see `_schedules`);
+- children left to close: an ended parent with more live children than its own
+  transaction closed (`CLOSE_INLINE`) is marked with a `wake_at`, and each pass closes
+  the next ones of one such parent, as their parent-close policies say (see
+  `_lifecycle`), until none is left.
 
 Rows are taken with `FOR NO KEY UPDATE SKIP LOCKED` on PostgreSQL, so replicas share the
 work. Between passes the daemon sleeps until the next due time, or until a new one
@@ -44,6 +48,7 @@ from aiki_core import ErrorInfo, RunStatus, WorkflowTimeoutError
 from aiki_server._lifecycle import (
     HELD,
     TERMINAL,
+    close_children_left,
     end_cleanup,
     end_run_and_descendants,
     hand_cleanup,
@@ -90,7 +95,7 @@ _NEXT_DUE = " UNION ALL ".join(
         *(
             f"SELECT MIN(wake_at) AS due FROM runs WHERE status = '{status}'"
             f" AND wake_at IS NOT NULL AND {_LIVE}"
-            for status in _WAKEABLE
+            for status in (*_WAKEABLE, *TERMINAL)  # an ended run's: children left to close
         ),
         f"SELECT MIN(deadline_at) FROM runs WHERE deadline_at IS NOT NULL AND {_LIVE}",
         *(
@@ -117,6 +122,8 @@ class _Kind:
     reread: bool = False
     """Whether handling one row may move another of the same kind (in the same pass):
     each is then read again before it is handled, and skipped if no longer due."""
+    batch: int | None = None
+    """The most rows a pass takes, when fewer than the daemon's `batch`."""
 
 
 class TimerDaemon:
@@ -166,6 +173,14 @@ class TimerDaemon:
                 "paused = 0 AND next_fire_at <= $1",
                 "next_fire_at",
                 fire_schedule,
+            ),
+            _Kind(
+                "children left",
+                "runs",
+                f"wake_at <= $1 AND status IN ({_TERMINAL_SQL})",
+                "wake_at",
+                close_children_left,
+                batch=1,  # one parent's `CLOSE_INLINE` children a pass: a short transaction
             ),
         )
         self._failed = 0
@@ -229,7 +244,8 @@ class TimerDaemon:
         """
         due = await tx.fetch(
             f"SELECT * FROM {kind.table} WHERE {kind.due} AND {_LIVE}"
-            f" ORDER BY {kind.order} LIMIT {self._batch}{tx.skip_locked}",
+            f" ORDER BY {kind.order} LIMIT {min(self._batch, kind.batch or self._batch)}"
+            f"{tx.skip_locked}",
             now,
         )
         if not due:
