@@ -8,6 +8,10 @@
   a `Client` on it through httpx's ASGI transport, and a `Worker` of the versions the
   test module's `workflows` fixture names, running until the test ends. A module
   overrides `server_settings` for other settings of the server.
+- `@pytest.mark.only_on("postgresql", why)`: a test of one database's behaviour
+  (replicas sharing a database, row locks between writers) runs on that database only:
+  its other half is deselected, not skipped. A test that takes `second_app` (a second
+  replica, PostgreSQL's alone) is marked so by itself.
 - `processes`: starts real processes for a test (`python -m aiki_server` on a free
   port, a worker program, ...) and SIGKILLs whatever still runs when the test ends.
   The classes live in `tests/live_processes.py`, so tests can annotate with them.
@@ -41,6 +45,23 @@ POSTGRES_URL = os.environ.get("AIKI_TEST_POSTGRES_URL")
 REQUIRE_POSTGRES = os.environ.get("AIKI_REQUIRE_POSTGRES") == "1"
 QUIET = ConsoleLogger(LogLevel.ERROR)
 """The logger of the `client` and `worker` fixtures: errors only."""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect the halves of `only_on` tests (and `second_app` ones) on the other database."""
+    elsewhere = []
+    for item in items:
+        params = getattr(item, "callspec", None)
+        dialect = params.params.get("db_url") if params is not None else None
+        marker = item.get_closest_marker("only_on")
+        only = marker.args[0] if marker is not None else None
+        if "second_app" in getattr(item, "fixturenames", ()):
+            only = "postgresql"
+        if dialect is not None and only is not None and dialect != only:
+            elsewhere.append(item)
+    if elsewhere:
+        config.hook.pytest_deselected(items=elsewhere)
+        items[:] = [item for item in items if item not in elsewhere]
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

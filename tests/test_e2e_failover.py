@@ -82,11 +82,10 @@ async def test_calls_and_a_worker_go_on_through_the_second_replica(
     assert all(run.status is RunStatus.COMPLETED for run in page.runs)
 
 
+@pytest.mark.only_on("postgresql", "replicas share a database only on PostgreSQL")
 async def test_a_start_whose_answer_was_lost_is_one_run(
     db_url: str, processes: LiveProcesses
 ) -> None:
-    if "sqlite" in db_url:
-        pytest.skip("replicas share a database only on PostgreSQL")
     first = await processes.start_server(db_url)
     second = await processes.start_server(db_url)
 

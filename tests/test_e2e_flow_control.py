@@ -65,11 +65,10 @@ def test_most_at_once_counts_overlaps() -> None:
     assert most_at_once([(0, 3), (1, 2), (1.5, 4)]) == 3
 
 
+@pytest.mark.only_on("postgresql", "replicas share a database only on PostgreSQL")
 async def test_three_workers_and_two_replicas_hold_a_key_limit(
     db_url: str, processes: LiveProcesses, tmp_path: Path
 ) -> None:
-    if "sqlite" in db_url:
-        pytest.skip("replicas share a database only on PostgreSQL")
     first = await processes.start_server(db_url)
     second = await processes.start_server(db_url)
     ledger = tmp_path / "ledger.txt"

@@ -247,11 +247,10 @@ async def test_a_run_an_endpoint_answered_for_but_did_not_let_go_is_pushed_again
     assert await pushes_counted(server.base_url, outcome) >= 1
 
 
+@pytest.mark.only_on("postgresql", "replicas share a database only on PostgreSQL")
 async def test_two_replicas_push_each_run_to_one_endpoint_and_complete_it_once(
     db_url: str, processes: LiveProcesses, tmp_path: Path
 ) -> None:
-    if "sqlite" in db_url:
-        pytest.skip("replicas share a database only on PostgreSQL")
     first = await processes.start_server(db_url)
     second = await processes.start_server(db_url)
     endpoint = Endpoint(processes, first.base_url, tmp_path)

@@ -252,6 +252,10 @@ async def test_a_queued_run_wakes_only_the_long_polls_of_its_triple(harness: Har
     assert hub.wakeups["claim"] == 1
 
 
+@pytest.mark.only_on(
+    "postgresql",
+    "SQLite has one writer: no claim meets a run another transaction locks",
+)
 async def test_a_queued_parent_locked_by_its_childs_end_is_claimed_after_it(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -259,8 +263,6 @@ async def test_a_queued_parent_locked_by_its_childs_end_is_claimed_after_it(
     meanwhile, not waiting on it, is skipped by a claim while that lock is held (SKIP
     LOCKED): the child's end makes the parent's claims look again once it commits."""
     h = harness
-    if h.app.state.db.dialect != "postgresql":
-        pytest.skip("SQLite has one writer: no claim meets a run another transaction locks")
     w = f"w-{uuid.uuid4().hex}"
     parent = (await start(h.client, workflow=w))["id"]
     revision = (await claim_one(h.client, w, worker_id="a"))["run"]["revision"]

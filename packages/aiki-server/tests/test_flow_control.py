@@ -336,6 +336,10 @@ async def test_a_woken_backlog_of_a_full_key_does_not_block_other_keys(
     assert [c["run"]["id"] for c in claimed] == [beta["id"]]
 
 
+@pytest.mark.only_on(
+    "sqlite",
+    "the starts' notifications arrive late there, and wake the subscription",
+)
 @pytest.mark.parametrize("how", ["complete", "raise_limit"])
 async def test_a_freed_slot_of_a_workflow_wide_limit_wakes_waiting_workers(
     harness: Harness, how: str
@@ -344,8 +348,6 @@ async def test_a_freed_slot_of_a_workflow_wide_limit_wakes_waiting_workers(
 
     Runs under a limit without key carry no concurrency key: they must wake them too.
     """
-    if harness.app.state.db.dialect == "postgresql":
-        pytest.skip("the starts' notifications arrive late there, and wake the subscription")
     client = harness.client
     for _ in range(2):
         await start_keyed(client, None, limit=1)
@@ -425,6 +427,10 @@ async def test_a_freed_slot_wakes_the_polls_of_a_limit_this_replica_has_not_read
     assert hub.wakeups["slots"] == 1
 
 
+@pytest.mark.only_on(
+    "postgresql",
+    "SQLite has one writer: no claim holds a group while another looks",
+)
 async def test_a_claim_that_leaves_room_wakes_a_poll_that_passed_its_group_over(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -432,8 +438,6 @@ async def test_a_claim_that_leaves_room_wakes_a_poll_that_passed_its_group_over(
     claim, when it stops at its `max_runs` with room and runs of the group left, wakes the
     group's polls, or the one that passed it over sleeps until its wait runs out."""
     h = harness
-    if h.app.state.db.dialect != "postgresql":
-        pytest.skip("SQLite has one writer: no claim holds a group while another looks")
     w = f"w-{uuid.uuid4().hex}"
     ids = [(await start(h.client, workflow=w, concurrency=limited(None, limit=5)))["id"]]
     ids.append((await start(h.client, workflow=w, concurrency=limited(None, limit=5)))["id"])

@@ -22,11 +22,13 @@ if TYPE_CHECKING:
     from aiki_server._storage._postgres import PostgresDatabase
 
 
+@pytest.mark.only_on(
+    "postgresql",
+    "LISTEN/NOTIFY is PostgreSQL's: a SQLite server has no other replica",
+)
 async def test_the_listen_connection_reconnects_and_wakes_every_waiter(
     db_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    if not db_url.startswith("postgresql"):
-        pytest.skip("LISTEN/NOTIFY is PostgreSQL's: a SQLite server has no other replica")
     app = create_app(db_url, ServerSettings())
     async with serving(app):
         db: PostgresDatabase = app.state.db

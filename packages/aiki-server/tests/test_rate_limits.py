@@ -290,13 +290,12 @@ async def test_raising_a_limit_applies_from_the_next_grant(harness: Harness) -> 
     assert answer["granted"], answer
 
 
+@pytest.mark.only_on("postgresql", "SQLite's single writer runs the two one after the other")
 async def test_an_acquisition_racing_the_limits_delete_is_not_found(
     harness: Harness, db_url: str
 ) -> None:
     """PostgreSQL: an acquisition that read the limit just before its delete commits
     answers 404, not a foreign key's 500."""
-    if "sqlite" in db_url:
-        pytest.skip("SQLite's single writer runs the two one after the other")
     client, db = harness.client, harness.app.state.db
     await define(client, "api", 10, 1_000)
     answers: list[httpx.Response] = []
@@ -368,11 +367,10 @@ async def test_a_limit_of_more_units_than_milliseconds_is_reached_in_batches(
         assert granted == reachable, (units, granted)
 
 
+@pytest.mark.only_on("postgresql", "SQLite's single writer runs the two one after the other")
 async def test_a_delete_and_an_acquisition_lock_in_one_order(harness: Harness, db_url: str) -> None:
     """PostgreSQL: an acquisition keeps the limit's row, then locks the bucket; a delete
     that took the buckets first and then waited for the limit's row deadlocked with it."""
-    if "sqlite" in db_url:
-        pytest.skip("SQLite's single writer runs the two one after the other")
     client, db = harness.client, harness.app.state.db
     await define(client, "api", 10, 1_000)
     assert (await acquire(client, "api", key="k"))["granted"]

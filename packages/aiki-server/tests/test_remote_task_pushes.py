@@ -293,6 +293,7 @@ async def test_a_late_answer_to_an_attempt_its_worker_recorded_is_dropped_not_pu
         tg.cancel_scope.cancel()
 
 
+@pytest.mark.only_on("postgresql", "SQLite runs one write transaction at a time: no lock order")
 async def test_an_answer_locks_its_run_before_its_row_as_a_cancel_does(
     make_harness: HarnessFactory, db_url: str
 ) -> None:
@@ -300,8 +301,6 @@ async def test_an_answer_locks_its_run_before_its_row_as_a_cancel_does(
     # and then deletes the run's rows: each waited for the other (PostgreSQL broke the
     # deadlock after a second by failing one of them). Here the cancel's side is a
     # session of the test's, which gives up at once when it meets a lock
-    if "sqlite" in db_url:
-        pytest.skip("SQLite runs one write transaction at a time: no lock order")
     base, _, schema = db_url.partition("?search_path=")
     endpoint = SocketEndpoint(ok(b'{"status": "completed", "result": 3}'), delay=0.5)
     async with make_harness(**SHORT_WAIT) as h, anyio.create_task_group() as tg:
