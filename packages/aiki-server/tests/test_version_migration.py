@@ -10,6 +10,7 @@ test plays the worker over HTTP.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -39,6 +40,11 @@ async def migrate(h: Harness, **fields: Any) -> dict[str, Any]:
     assert r.status_code == 200, r.text
     answer: dict[str, Any] = r.json()
     return answer
+
+
+async def dry_run(answers: list[dict[str, Any]], h: Harness, **fields: Any) -> None:
+    """A dry run of `w` from version 1 to 2 (in a task group); its answer, into `answers`."""
+    answers.append(await migrate(h, dry_run=True, **fields))
 
 
 async def test_runs_that_cannot_move_take_no_place_in_a_page(harness: Harness) -> None:
@@ -131,10 +137,6 @@ async def test_a_dry_run_is_handed_to_an_idle_worker_and_answered_with_its_repor
     run = await sleeping_run(h)
     answers: list[dict[str, Any]] = []
 
-    async def dry_run() -> None:
-        body = {"workflow": "w", "from_version": "1", "to_version": "2", "dry_run": True}
-        answers.append(await migrate(h, **body, wait=10_000))
-
     async with anyio.create_task_group() as tg:
         # the worker's poll is open first, and holds no run: the dry run wakes it
         polled: list[dict[str, Any]] = []
@@ -146,7 +148,7 @@ async def test_a_dry_run_is_handed_to_an_idle_worker_and_answered_with_its_repor
 
         tg.start_soon(poll)
         await until_waiting(h, 1)
-        tg.start_soon(dry_run)
+        tg.start_soon(partial(dry_run, answers, h, wait=10_000))
         with anyio.fail_after(10):
             await heard.wait()
         assert polled[0]["runs"] == []
@@ -187,12 +189,8 @@ async def test_bad_dry_run_reports_are_refused_and_change_nothing(harness: Harne
     other = await start(h.client)
     answers: list[dict[str, Any]] = []
 
-    async def dry_run() -> None:
-        body = {"workflow": "w", "from_version": "1", "to_version": "2", "dry_run": True}
-        answers.append(await migrate(h, **body, filter={"run_ids": [run["id"]]}, wait=10_000))
-
     async with anyio.create_task_group() as tg:
-        tg.start_soon(dry_run)
+        tg.start_soon(partial(dry_run, answers, h, filter={"run_ids": [run["id"]]}, wait=10_000))
         [job] = (await idle_poll(h))["dry_runs"]
         report = f"/dry-runs/{job['job_id']}/report"
 
@@ -240,12 +238,8 @@ async def test_a_dry_run_no_worker_answers_lists_its_runs_when_the_wait_runs_out
     run = await sleeping_run(h)
     answers: list[dict[str, Any]] = []
 
-    async def dry_run() -> None:
-        body = {"workflow": "w", "from_version": "1", "to_version": "2", "dry_run": True}
-        answers.append(await migrate(h, **body, wait=200))
-
     async with anyio.create_task_group() as tg:
-        tg.start_soon(dry_run)
+        tg.start_soon(partial(dry_run, answers, h, wait=200))
         [job] = (await idle_poll(h))["dry_runs"]  # handed out, never reported
         h.clock.advance(1_000)  # past the request's wait
 
@@ -320,12 +314,8 @@ async def test_a_run_that_cannot_be_handed_out_holds_up_no_other_dry_run_job(
     await h.app.state.db.write(garble)
     answers: list[dict[str, Any]] = []
 
-    async def dry_run() -> None:
-        body = {"workflow": "w", "from_version": "1", "to_version": "2", "dry_run": True}
-        answers.append(await migrate(h, **body, wait=10_000))
-
     async with anyio.create_task_group() as tg:
-        tg.start_soon(dry_run)
+        tg.start_soon(partial(dry_run, answers, h, wait=10_000))
         [job] = (await idle_poll(h))["dry_runs"]  # the good run's alone, and the poll serves on
         assert job["run"]["run"]["id"] == good["id"]
         answer = {"worker_id": "worker-2", "report": report_of(good["id"])}
@@ -346,12 +336,8 @@ async def test_an_unreadable_stored_answer_lists_its_run_as_not_replayed(
     run = await sleeping_run(h)
     answers: list[dict[str, Any]] = []
 
-    async def dry_run() -> None:
-        body = {"workflow": "w", "from_version": "1", "to_version": "2", "dry_run": True}
-        answers.append(await migrate(h, **body, wait=200))
-
     async with anyio.create_task_group() as tg:
-        tg.start_soon(dry_run)
+        tg.start_soon(partial(dry_run, answers, h, wait=200))
         [job] = (await idle_poll(h))["dry_runs"]
 
         async def garble(tx: Tx) -> None:  # an answer no reader of this server can parse

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from aiki_core.wire import DirectivesResponse, RunDirective, RunLeaseStatus, to_millis
 from aiki_server._dry_runs import pending_jobs
 from aiki_server._notify import worker_topic
-from aiki_server._worker_writes import lease_directive
+from aiki_server._worker_writes import lease_directives
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -75,16 +75,9 @@ class Directives:
 async def _changed(tx: Tx, namespace: str, req: DirectivesRequest) -> list[RunLeaseStatus]:
     if not req.runs:
         return []
-    rows = await tx.fetch(
-        "SELECT id, status, revision, claimed_by, pause_requested, cleanup_status FROM runs"
-        f" WHERE namespace = $1 AND id {tx.in_array(2)}",
-        namespace,
-        tx.array([run.run_id for run in req.runs]),
-    )
-    by_id = {row["id"]: row for row in rows}
+    directives = await lease_directives(tx, namespace, req.worker_id, req.runs)
     changed: list[RunLeaseStatus] = []
-    for run in req.runs:
-        directive = lease_directive(by_id.get(run.run_id), run.revision, req.worker_id)
+    for run, directive in zip(req.runs, directives, strict=True):
         following = RunDirective.PAUSE if run.pausing else RunDirective.CONTINUE
         if directive is not following:
             changed.append(RunLeaseStatus(run_id=run.run_id, directive=directive))

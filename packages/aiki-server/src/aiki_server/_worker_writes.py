@@ -11,7 +11,7 @@ says (a release gives the cleanup back to be claimed again).
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from aiki_core import (
     ConflictError,
@@ -57,6 +57,8 @@ from aiki_server._transitions import check_task_transition
 from aiki_server._waits import due_at, suspend
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from aiki_core.wire import (
         AbandonedTaskRequest,
         HeartbeatRequest,
@@ -95,17 +97,10 @@ class WorkerWrites:
             )
             if not req.runs:
                 return HeartbeatResponse(runs=[])
-            rows = await tx.fetch(
-                "SELECT id, status, revision, claimed_by, pause_requested, cleanup_status FROM runs"
-                f" WHERE namespace = $1 AND id {tx.in_array(2)}",
-                namespace,
-                tx.array([lease.run_id for lease in req.runs]),
-            )
-            by_id = {row["id"]: row for row in rows}
+            directives = await lease_directives(tx, namespace, req.worker_id, req.runs)
             answers: list[RunLeaseStatus] = []
             keep: list[str] = []
-            for lease in req.runs:
-                directive = lease_directive(by_id.get(lease.run_id), lease.revision, req.worker_id)
+            for lease, directive in zip(req.runs, directives, strict=True):
                 if directive in (RunDirective.CONTINUE, RunDirective.PAUSE):
                     keep.append(lease.run_id)  # a pausing run keeps its claim to the boundary
                 answers.append(RunLeaseStatus(run_id=lease.run_id, directive=directive))
@@ -424,7 +419,31 @@ async def _fail(tx: Tx, run: Row, action: FailRun, now: int) -> None:
     )
 
 
-def lease_directive(run: Row | None, revision: int, worker_id: str) -> RunDirective:
+class HeldRun(Protocol):
+    """A run a worker says it holds: a heartbeat's lease, a directives poll's watched run."""
+
+    @property
+    def run_id(self) -> str: ...
+
+    @property
+    def revision(self) -> int: ...
+
+
+async def lease_directives(
+    tx: Tx, namespace: str, worker_id: str, held: Sequence[HeldRun]
+) -> list[RunDirective]:
+    """What the worker must do now with each run it holds, in the order of `held`."""
+    rows = await tx.fetch(
+        "SELECT id, status, revision, claimed_by, pause_requested, cleanup_status FROM runs"
+        f" WHERE namespace = $1 AND id {tx.in_array(2)}",
+        namespace,
+        tx.array([run.run_id for run in held]),
+    )
+    by_id = {row["id"]: row for row in rows}
+    return [_directive(by_id.get(run.run_id), run.revision, worker_id) for run in held]
+
+
+def _directive(run: Row | None, revision: int, worker_id: str) -> RunDirective:
     """What the worker holding `run` at `revision` must do with it now."""
     if run is None:
         return RunDirective.LOST
