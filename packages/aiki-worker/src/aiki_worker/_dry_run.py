@@ -25,6 +25,7 @@ from aiki_core import (
     IdentityCodec,
     Interceptor,
     LogLevel,
+    PayloadTooLargeError,
     RunInterrupt,
     TaskStatus,
 )
@@ -225,12 +226,19 @@ async def replay_dry(
     )
 
 
+_MAX_FAILURE = 2000
+"""The longest failure a dry-run answer carries (`DryRunAnswer.failure`)."""
+
+
 class DryRunJobs:
     """Replays the dry-run jobs the directives poll hands a worker, and reports each.
 
     A replay that raises, or that runs past `MAX_DRY_RUN_WAIT`, is reported as a
-    failure; nothing of it reaches the worker's loops. A report the server does not
-    take is logged and dropped: the dry run lists the run as not replayed.
+    failure; nothing of it reaches the worker's loops. So is a report over the server's
+    body limit (a run of thousands of task calls): left unanswered, its job would be
+    handed out and replayed again and again until the dry run gave up. A report the
+    server does not take otherwise is logged and dropped: the dry run lists the run as
+    not replayed.
     """
 
     def __init__(
@@ -258,7 +266,10 @@ class DryRunJobs:
         try:
             answer = await self._answer(job)
             try:
-                await self._client.report_dry_run(job.job_id, answer)
+                try:
+                    await self._client.report_dry_run(job.job_id, answer)
+                except PayloadTooLargeError as exc:
+                    await self._client.report_dry_run(job.job_id, self._too_large(answer, exc))
             except Exception as exc:
                 self._log.warn(
                     "dry-run report not taken; the dry run lists the run as not replayed",
@@ -266,6 +277,12 @@ class DryRunJobs:
                 )
         finally:
             self.in_hand.discard(job.job_id)
+
+    def _too_large(self, answer: DryRunAnswer, refused: PayloadTooLargeError) -> DryRunAnswer:
+        """The failure that stands for `answer`, too large to send: its outcome, and why."""
+        outcome = "" if answer.report is None else f" (outcome {answer.report.outcome})"
+        failure = f"the replay's report{outcome} cannot be sent: {refused.message}"
+        return DryRunAnswer(worker_id=self._worker_id, failure=failure[:_MAX_FAILURE])
 
     async def _answer(self, job: DryRunJob) -> DryRunAnswer:
         run = job.run.run
@@ -286,7 +303,7 @@ class DryRunJobs:
                 return DryRunAnswer(worker_id=self._worker_id, report=report)
             failure = f"the replay did not end within {MAX_DRY_RUN_WAIT}"
         log.warn("dry-run replay failed", {"error": failure})
-        return DryRunAnswer(worker_id=self._worker_id, failure=failure[:2000])
+        return DryRunAnswer(worker_id=self._worker_id, failure=failure[:_MAX_FAILURE])
 
 
 def _described(exc: BaseException) -> str:
