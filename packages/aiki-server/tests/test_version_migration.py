@@ -13,7 +13,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import pytest
 
+from aiki_server._storage._postgres import PostgresTx
+from aiki_server._storage._sqlite import SqliteTx, _ThreadedSqliteTx
 from server_api import (
     FAR_FUTURE,
     START_MS,
@@ -28,7 +31,9 @@ from server_api import (
 )
 
 if TYPE_CHECKING:
-    from aiki_server._storage._database import Tx
+    from collections.abc import Awaitable, Callable
+
+    from aiki_server._storage._database import Row, Tx
     from server_api import Harness
 
 
@@ -364,3 +369,58 @@ async def test_an_unreadable_stored_answer_lists_its_run_as_not_replayed(
     [not_replayed] = answered["not_replayed"]
     assert not_replayed["run_id"] == run["id"]
     assert "unreadable" in not_replayed["reason"]
+
+
+async def test_a_dry_run_reads_each_stored_answer_once(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each report wakes the request, which reads the stored answers only once all came.
+
+    An answer may be a report of thousands of calls: read anew on each report, a dry
+    run of many such runs read a multiple of them all.
+    """
+    h = harness
+    await claim(h.client, version="2", worker_id="worker-2")
+    runs = [await sleeping_run(h) for _ in range(3)]
+    looks: list[str] = []
+    answers_read: list[str] = []
+    for cls in (PostgresTx, SqliteTx, _ThreadedSqliteTx):
+        if "fetch" in vars(cls):
+            monkeypatch.setattr(cls, "fetch", _noting(cls.fetch, looks, answers_read))
+    answers: list[dict[str, Any]] = []
+
+    async def dry_run() -> None:
+        body = {"workflow": "w", "from_version": "1", "to_version": "2", "dry_run": True}
+        answers.append(await migrate(h, **body, wait=10_000))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(dry_run)
+        jobs = (await idle_poll(h))["dry_runs"]
+        assert len(jobs) == len(runs)
+        for job in jobs:
+            seen = len(looks)
+            answer = {"worker_id": "worker-2", "report": report_of(job["run"]["run"]["id"])}
+            r = await h.client.post(f"/dry-runs/{job['job_id']}/report", json=answer)
+            assert r.status_code == 200, r.text
+            with anyio.fail_after(10):  # the request woke, and looked
+                while len(looks) == seen and not answers:
+                    await anyio.sleep(0.01)
+
+    [answered] = answers
+    assert sorted(r["run_id"] for r in answered["dry_runs"]) == sorted(r["id"] for r in runs)
+    assert len(answers_read) == len(runs)
+
+
+def _noting(
+    fetch: Callable[..., Awaitable[list[Row]]], looks: list[str], answers_read: list[str]
+) -> Callable[..., Awaitable[list[Row]]]:
+    """`fetch`, noting the request's looks at its jobs, and each stored answer it reads."""
+
+    async def noted(tx: Tx, sql: str, *args: Any) -> list[Row]:
+        rows = await fetch(tx, sql, *args)
+        if "FROM dry_run_jobs WHERE request_id" in sql:
+            looks.append(sql)
+            answers_read.extend(row["answer"] for row in rows if row.get("answer") is not None)
+        return rows
+
+    return noted
