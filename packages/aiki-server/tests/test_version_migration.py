@@ -411,6 +411,38 @@ async def test_a_dry_run_reads_each_stored_answer_once(
     assert len(answers_read) == len(runs)
 
 
+async def test_a_poll_is_handed_no_more_dry_run_jobs_than_its_room(harness: Harness) -> None:
+    h = harness
+    await claim(h.client, version="2", worker_id="worker-2")
+    runs = [await sleeping_run(h) for _ in range(2)]
+    answers: list[dict[str, Any]] = []
+
+    async def dry_run() -> None:
+        body = {"workflow": "w", "from_version": "1", "to_version": "2", "dry_run": True}
+        answers.append(await migrate(h, **body, wait=10_000))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(dry_run)
+        poll = {"worker_id": "worker-2", "runs": [], "wait": 10_000, "max_dry_runs": 1}
+        r = await h.client.post("/directives", json=poll)
+        [first] = r.json()["dry_runs"]
+        # no room: the poll is handed none, and waits (here: not at all) for directives
+        full = {**poll, "wait": 0, "max_dry_runs": 0}
+        r = await h.client.post("/directives", json=full)
+        assert r.json() == {"runs": [], "dry_runs": []}
+        r = await h.client.post("/directives", json={**poll, "dry_runs": [first["job_id"]]})
+        [second] = r.json()["dry_runs"]
+        for job in (first, second):
+            answer = {"worker_id": "worker-2", "report": report_of(job["run"]["run"]["id"])}
+            r = await h.client.post(f"/dry-runs/{job['job_id']}/report", json=answer)
+            assert r.status_code == 200, r.text
+
+    [answered] = answers
+    assert sorted(r["run_id"] for r in answered["dry_runs"]) == sorted(r["id"] for r in runs)
+    over = await h.client.post("/directives", json={**poll, "max_dry_runs": 11})
+    error_of(over, 422, "payload_validation")
+
+
 def _noting(
     fetch: Callable[..., Awaitable[list[Row]]], looks: list[str], answers_read: list[str]
 ) -> Callable[..., Awaitable[list[Row]]]:

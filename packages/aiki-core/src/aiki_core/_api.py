@@ -499,6 +499,13 @@ class DirectivesRequest(RequestModel):
         max_length=MAX_DRY_RUNS_IN_HAND,
         description="The dry-run jobs the worker replays now (not handed to it again).",
     )
+    max_dry_runs: Integer = Field(
+        default=MAX_DRY_RUNS_PER_POLL,
+        ge=0,
+        le=MAX_DRY_RUNS_PER_POLL,
+        description="The most new dry-run jobs to hand out: the room the worker has for"
+        " replays (0: none now; the poll answers for directives alone).",
+    )
 
 
 class DryRunJob(ResponseModel):

@@ -192,14 +192,16 @@ class DryRuns:
 
 
 async def pending_jobs(
-    tx: Tx, namespace: str, worker_id: str, in_hand: Sequence[str], now: int
+    tx: Tx, namespace: str, worker_id: str, in_hand: Sequence[str], now: int, most: int
 ) -> list[DryRunJob]:
-    """The dry-run jobs of the worker not answered, nor expired, nor in its hands (a few).
+    """The dry-run jobs of the worker not answered, nor expired, nor in its hands (`most`).
 
     Each carries what a claim of its run carries (the same code builds it), on the
     version to replay. A run whose claim cannot be built is left out (its request
     lists it as not replayed), and holds up none of the others.
     """
+    if most <= 0:  # the worker has no room for another replay now
+        return []
     args: list[object] = [namespace, worker_id, now]
     others = ""
     if in_hand:
@@ -210,7 +212,7 @@ async def pending_jobs(
         " JOIN runs r ON r.id = j.run_id"
         " WHERE j.namespace = $1 AND j.worker_id = $2 AND j.answer IS NULL"
         f" AND j.expires_at >= $3{others}"
-        f" ORDER BY j.created_at, j.id LIMIT {MAX_DRY_RUNS_PER_POLL}",
+        f" ORDER BY j.created_at, j.id LIMIT {min(most, MAX_DRY_RUNS_PER_POLL)}",
         *args,
     )
     if not rows:

@@ -31,6 +31,7 @@ from aiki_core import (
 )
 from aiki_core.wire import (
     MAX_DRY_RUN_WAIT,
+    MAX_DRY_RUNS_PER_POLL,
     TASK_TERMINAL_STATUSES,
     ClaimedRun,
     CompleteRun,
@@ -229,6 +230,10 @@ async def replay_dry(
 _MAX_FAILURE = 2000
 """The longest failure a dry-run answer carries (`DryRunAnswer.failure`)."""
 
+REPLAYS_AT_ONCE = MAX_DRY_RUNS_PER_POLL
+"""The most dry-run jobs a worker holds at once: each holds its run's whole history, and
+a dry run may hand out a hundred (the directives poll asks for no more than the room)."""
+
 
 class DryRunJobs:
     """Replays the dry-run jobs the directives poll hands a worker, and reports each.
@@ -254,11 +259,18 @@ class DryRunJobs:
         self._log = log
         self.in_hand: set[str] = set()
         """The jobs replayed or reported now (the directives poll does not take them again)."""
+        self.on_room: Callable[[], None] | None = None
+        """Called when a job ends while the worker held `REPLAYS_AT_ONCE` (room again)."""
+
+    @property
+    def room(self) -> int:
+        """How many more jobs the worker takes now."""
+        return max(0, REPLAYS_AT_ONCE - len(self.in_hand))
 
     def take(self, jobs: list[DryRunJob], spawn: Callable[..., object]) -> None:
-        """Start replaying each job not in hand already."""
+        """Start replaying each job not in hand already, while there is room."""
         for job in jobs:
-            if job.job_id not in self.in_hand:
+            if job.job_id not in self.in_hand and self.room:
                 self.in_hand.add(job.job_id)
                 spawn(self._replay_and_report, job)
 
@@ -276,7 +288,10 @@ class DryRunJobs:
                     {"job_id": job.job_id, "run_id": job.run.run.id, "error": str(exc)},
                 )
         finally:
+            full = not self.room
             self.in_hand.discard(job.job_id)
+            if full and self.on_room is not None:
+                self.on_room()
 
     def _too_large(self, answer: DryRunAnswer, refused: PayloadTooLargeError) -> DryRunAnswer:
         """The failure that stands for `answer`, too large to send: its outcome, and why."""
