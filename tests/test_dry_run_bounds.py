@@ -15,9 +15,8 @@ import pytest
 from aiki_core import RunStatus
 from aiki_server import ServerSettings
 from aiki_task import task
-from aiki_workflow import WorkflowRun, workflow
-
 from aiki_worker._dry_run import REPLAYS_AT_ONCE
+from aiki_workflow import WorkflowRun, workflow
 
 if TYPE_CHECKING:
     from aiki_client import Client

@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import pytest
 
 from aiki_server._storage._postgres import PostgresTx
 from aiki_server._storage._sqlite import SqliteTx, _ThreadedSqliteTx
@@ -32,6 +31,8 @@ from server_api import (
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
+
+    import pytest
 
     from aiki_server._storage._database import Row, Tx
     from server_api import Harness
@@ -382,7 +383,7 @@ async def test_a_dry_run_reads_each_stored_answer_once(
     h = harness
     await claim(h.client, version="2", worker_id="worker-2")
     runs = [await sleeping_run(h) for _ in range(3)]
-    looks: list[str] = []
+    looks: list[anyio.Event] = [anyio.Event()]
     answers_read: list[str] = []
     for cls in (PostgresTx, SqliteTx, _ThreadedSqliteTx):
         if "fetch" in vars(cls):
@@ -398,13 +399,12 @@ async def test_a_dry_run_reads_each_stored_answer_once(
         jobs = (await idle_poll(h))["dry_runs"]
         assert len(jobs) == len(runs)
         for job in jobs:
-            seen = len(looks)
+            looks.append(anyio.Event())
             answer = {"worker_id": "worker-2", "report": report_of(job["run"]["run"]["id"])}
             r = await h.client.post(f"/dry-runs/{job['job_id']}/report", json=answer)
             assert r.status_code == 200, r.text
-            with anyio.fail_after(10):  # the request woke, and looked
-                while len(looks) == seen and not answers:
-                    await anyio.sleep(0.01)
+            with anyio.fail_after(10):
+                await looks[-1].wait()  # the request woke, and looked
 
     [answered] = answers
     assert sorted(r["run_id"] for r in answered["dry_runs"]) == sorted(r["id"] for r in runs)
@@ -444,14 +444,15 @@ async def test_a_poll_is_handed_no_more_dry_run_jobs_than_its_room(harness: Harn
 
 
 def _noting(
-    fetch: Callable[..., Awaitable[list[Row]]], looks: list[str], answers_read: list[str]
+    fetch: Callable[..., Awaitable[list[Row]]], looks: list[anyio.Event], answers_read: list[str]
 ) -> Callable[..., Awaitable[list[Row]]]:
-    """`fetch`, noting the request's looks at its jobs, and each stored answer it reads."""
+    """`fetch`, telling the request's looks at its jobs (`looks[-1]`), and noting each
+    stored answer it reads."""
 
     async def noted(tx: Tx, sql: str, *args: Any) -> list[Row]:
         rows = await fetch(tx, sql, *args)
         if "FROM dry_run_jobs WHERE request_id" in sql:
-            looks.append(sql)
+            looks[-1].set()
             answers_read.extend(row["answer"] for row in rows if row.get("answer") is not None)
         return rows
 
