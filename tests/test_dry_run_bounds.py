@@ -20,8 +20,8 @@ from aiki_workflow import WorkflowRun, workflow
 
 if TYPE_CHECKING:
     from aiki_client import Client
-    from aiki_core.sdk import ExecutableVersion
-    from aiki_core.wire import DirectivesRequest, DirectivesResponse
+    from aiki_core.sdk import ExecutableVersion, RunExecution
+    from aiki_core.wire import DirectivesRequest, DirectivesResponse, RunAction
 
 WAIT = timedelta(seconds=20)
 CALLS = 30
@@ -86,6 +86,16 @@ async def few_v1_0_1(run: WorkflowRun, i: int) -> None:
     await run.sleep("later", timedelta(days=1))
 
 
+class Broken:
+    """Version 1.0.2 of `db-few`, whose execution raises a message no column holds (a NUL)."""
+
+    workflow = "db-few"
+    version = "1.0.2"
+
+    async def execute(self, execution: RunExecution) -> RunAction:
+        raise RuntimeError(f"bad\x00news {execution.claim.input}")
+
+
 @pytest.fixture
 def server_settings() -> ServerSettings:
     """A body limit the report of `CALLS` recorded calls is over."""
@@ -95,7 +105,7 @@ def server_settings() -> ServerSettings:
 @pytest.fixture
 def workflows() -> list[ExecutableVersion]:
     """What the root conftest's `worker` fixture runs."""
-    return [many_v1, many_v1_0_1, few_v1, few_v1_0_1]
+    return [many_v1, many_v1_0_1, few_v1, few_v1_0_1, Broken()]
 
 
 @pytest.mark.usefixtures("worker")
@@ -153,3 +163,22 @@ async def test_a_worker_replays_no_more_dry_run_jobs_at_once_than_it_has_room_fo
     assert REPLAYING[1] <= REPLAYS_AT_ONCE
     # no poll made with its hands full was handed another job
     assert all(not a.dry_runs for r, a in polls if len(r.dry_runs) >= REPLAYS_AT_ONCE)
+
+
+@pytest.mark.usefixtures("worker")
+async def test_a_replay_raising_a_message_with_a_nul_is_reported_and_the_worker_goes_on(
+    client: Client,
+) -> None:
+    handle = await few_v1.start(client, 7)
+    await handle.wait_for_status([RunStatus.SLEEPING], timeout=WAIT)
+
+    broken = await client.migrate_runs("db-few", "1.0.0", "1.0.2", dry_run=True, wait=WAIT)
+
+    [failed] = broken.not_replayed
+    assert failed.run_id == handle.id
+    assert "RuntimeError: bad\\x00news 7" in failed.reason  # the NUL escaped
+    # the worker lives on: its directives poll hands it the next dry run
+    GATE[:] = [anyio.Event()]
+    GATE[0].set()
+    fine = await client.migrate_runs("db-few", "1.0.0", "1.0.1", dry_run=True, wait=WAIT)
+    assert [(r.run_id, r.outcome) for r in fine.dry_runs] == [(handle.id, "waits")]

@@ -278,15 +278,15 @@ class DryRunJobs:
         try:
             answer = await self._answer(job)
             try:
-                try:
-                    await self._client.report_dry_run(job.job_id, answer)
-                except PayloadTooLargeError as exc:
-                    await self._client.report_dry_run(job.job_id, self._too_large(answer, exc))
-            except Exception as exc:
-                self._log.warn(
-                    "dry-run report not taken; the dry run lists the run as not replayed",
-                    {"job_id": job.job_id, "run_id": job.run.run.id, "error": str(exc)},
-                )
+                await self._client.report_dry_run(job.job_id, answer)
+            except PayloadTooLargeError as exc:
+                await self._client.report_dry_run(job.job_id, self._too_large(answer, exc))
+        # never raised into the worker's loops, which would stop the worker and its runs
+        except Exception as exc:
+            self._log.warn(
+                "dry-run report not taken; the dry run lists the run as not replayed",
+                {"job_id": job.job_id, "run_id": job.run.run.id, "error": str(exc)},
+            )
         finally:
             full = not self.room
             self.in_hand.discard(job.job_id)
@@ -296,15 +296,20 @@ class DryRunJobs:
     def _too_large(self, answer: DryRunAnswer, refused: PayloadTooLargeError) -> DryRunAnswer:
         """The failure that stands for `answer`, too large to send: its outcome, and why."""
         outcome = "" if answer.report is None else f" (outcome {answer.report.outcome})"
-        failure = f"the replay's report{outcome} cannot be sent: {refused.message}"
-        return DryRunAnswer(worker_id=self._worker_id, failure=failure[:_MAX_FAILURE])
+        return self._failed(f"the replay's report{outcome} cannot be sent: {refused.message}")
+
+    def _failed(self, failure: str) -> DryRunAnswer:
+        """The answer of a job whose replay failed, as `failure` says (a NUL escaped)."""
+        said = failure.replace("\x00", "\\x00")[:_MAX_FAILURE]
+        return DryRunAnswer(worker_id=self._worker_id, failure=said)
 
     async def _answer(self, job: DryRunJob) -> DryRunAnswer:
         run = job.run.run
         version = self._versions.get((run.workflow, run.version))
         if version is None:
-            failure = f"the worker does not serve {run.workflow!r} version {run.version!r}"
-            return DryRunAnswer(worker_id=self._worker_id, failure=failure)
+            return self._failed(
+                f"the worker does not serve {run.workflow!r} version {run.version!r}"
+            )
         log = self._log.child({"run_id": run.id, "dry_run_job": job.job_id})
         report = None
         try:
@@ -318,7 +323,7 @@ class DryRunJobs:
                 return DryRunAnswer(worker_id=self._worker_id, report=report)
             failure = f"the replay did not end within {MAX_DRY_RUN_WAIT}"
         log.warn("dry-run replay failed", {"error": failure})
-        return DryRunAnswer(worker_id=self._worker_id, failure=failure[:_MAX_FAILURE])
+        return self._failed(failure)
 
 
 def _described(exc: BaseException) -> str:
