@@ -38,6 +38,10 @@ if TYPE_CHECKING:
     from server_api import Harness
 
 
+room = {"worker_id": "worker-2", "runs": [], "max_dry_runs": 10}
+"""A directives poll of worker-2, which holds no run and has room for dry-run jobs."""
+
+
 async def migrate(h: Harness, **fields: Any) -> dict[str, Any]:
     """Migrate runs of `w` from version 1 to 2; the answer, which must be a 200."""
     body = {"workflow": "w", "from_version": "1", "to_version": "2", **fields}
@@ -122,7 +126,7 @@ def report_of(run_id: str, **fields: Any) -> dict[str, Any]:
 
 async def idle_poll(h: Harness, worker_id: str = "worker-2") -> dict[str, Any]:
     """The directives poll of a worker that holds no run; its answer."""
-    poll = {"worker_id": worker_id, "runs": [], "wait": 10_000}
+    poll = {"worker_id": worker_id, "runs": [], "wait": 10_000, "max_dry_runs": 10}
     r = await h.client.post("/directives", json=poll)
     assert r.status_code == 200, r.text
     answer: dict[str, Any] = r.json()
@@ -164,7 +168,7 @@ async def test_a_dry_run_is_handed_to_an_idle_worker_and_answered_with_its_repor
         assert [t["name"] for t in job["run"]["tasks"]] == ["charge"]
         assert [s["name"] for s in job["run"]["sleeps"]] == ["nap"]
         # a poll that says it holds the job is not handed it again (nor answered at once)
-        again = {"worker_id": "worker-2", "runs": [], "wait": 0, "dry_runs": [job["job_id"]]}
+        again = {**room, "wait": 0, "dry_runs": [job["job_id"]]}
         r = await h.client.post("/directives", json=again)
         assert r.json() == {"runs": [], "dry_runs": []}
 
@@ -225,7 +229,7 @@ async def test_bad_dry_run_reports_are_refused_and_change_nothing(harness: Harne
         await refused(report, {"worker_id": "worker-9", "report": good}, 404, "not_found")
 
         # none of it answered the job: the worker is handed it again, then reports a failure
-        again = await h.client.post("/directives", json={"worker_id": "worker-2", "runs": []})
+        again = await h.client.post("/directives", json=room)
         assert [j["job_id"] for j in again.json()["dry_runs"]] == [job["job_id"]]
         failed = {"worker_id": "worker-2", "failure": "the replay raised KeyError: 'x'"}
         assert (await h.client.post(report, json=failed)).status_code == 200
@@ -300,10 +304,10 @@ async def test_the_job_rows_of_a_dry_run_that_died_expire_and_are_swept(harness:
 
     db = h.app.state.db
     await db.write(orphan)
-    polled = await h.client.post("/directives", json={"worker_id": "worker-2", "runs": []})
+    polled = await h.client.post("/directives", json=room)
     assert [j["job_id"] for j in polled.json()["dry_runs"]] == ["01J0000000000000000000000J"]
     h.clock.advance(2_000)
-    expired = {"worker_id": "worker-2", "runs": [], "wait": 0}
+    expired = {**room, "wait": 0}
     assert (await h.client.post("/directives", json=expired)).json()["dry_runs"] == []
     assert await db.write(jobs) == 1
 
@@ -426,10 +430,11 @@ async def test_a_poll_is_handed_no_more_dry_run_jobs_than_its_room(harness: Harn
         poll = {"worker_id": "worker-2", "runs": [], "wait": 10_000, "max_dry_runs": 1}
         r = await h.client.post("/directives", json=poll)
         [first] = r.json()["dry_runs"]
-        # no room: the poll is handed none, and waits (here: not at all) for directives
-        full = {**poll, "wait": 0, "max_dry_runs": 0}
-        r = await h.client.post("/directives", json=full)
-        assert r.json() == {"runs": [], "dry_runs": []}
+        # no room: the poll is handed none, and waits (here: not at all) for directives;
+        # nor is a poll that does not say its room (a worker that replays no dry run)
+        for full in ({**poll, "max_dry_runs": 0}, {"worker_id": "worker-2", "runs": []}):
+            r = await h.client.post("/directives", json={**full, "wait": 0})
+            assert r.json() == {"runs": [], "dry_runs": []}
         r = await h.client.post("/directives", json={**poll, "dry_runs": [first["job_id"]]})
         [second] = r.json()["dry_runs"]
         for job in (first, second):

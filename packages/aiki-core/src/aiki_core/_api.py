@@ -500,11 +500,11 @@ class DirectivesRequest(RequestModel):
         description="The dry-run jobs the worker replays now (not handed to it again).",
     )
     max_dry_runs: Integer = Field(
-        default=MAX_DRY_RUNS_PER_POLL,
+        default=0,
         ge=0,
         le=MAX_DRY_RUNS_PER_POLL,
         description="The most new dry-run jobs to hand out: the room the worker has for"
-        " replays (0: none now; the poll answers for directives alone).",
+        " replays (0: none; a worker that does not say replays none).",
     )
 
 
