@@ -22,6 +22,7 @@ from server_api import (
     claim,
     claim_one,
     get_run,
+    plan,
     record_statements,
     start,
     timer_pass,
@@ -529,3 +530,22 @@ async def test_claim_on_one_replica_is_woken_by_a_start_on_another(
     latency = returned_at[0] - started_at
     # well before the claim's end (5 s away), its only other look: the NOTIFY woke it
     assert latency < 4, f"the claim on the other replica took {latency:.2f} s"
+
+
+async def test_the_empty_polls_read_goes_by_the_queues_index(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its cleanups and its queued runs are each read through `runs_queue`."""
+    h = harness
+    await start(h.client, version="other-version")  # not of the triple polled
+    assert await claim(h.client) == []  # notes the worker
+    sent = record_statements(monkeypatch)
+    assert await claim(h.client) == []
+    [(sql, args)] = sent
+    monkeypatch.undo()
+
+    async def explained(tx: Any) -> str:
+        return await plan(tx, sql, *args)
+
+    explain = await h.app.state.db.write(explained)
+    assert explain.count("runs_queue") >= 2, explain

@@ -198,7 +198,7 @@ async def test_a_dry_run_on_one_replica_is_answered_by_a_worker_on_another(
         async with anyio.create_task_group() as tg:
             tg.start_soon(dry_run)
             # the worker's idle poll and its report go to the second replica
-            idle = {"worker_id": "worker-2", "runs": [], "wait": 20_000}
+            idle = {"worker_id": "worker-2", "runs": [], "wait": 20_000, "max_dry_runs": 10}
             [job] = (await second_app.post("/directives", json=idle)).json()["dry_runs"]
             report = {
                 "run_id": run_id,

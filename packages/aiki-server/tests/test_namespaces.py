@@ -185,10 +185,11 @@ async def report_a_dry_run(t: Tenants) -> None:
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(dry_run)
-        poll = await t.a.post("/directives", json={"worker_id": "worker-2", "runs": []})
+        room = {"worker_id": "worker-2", "runs": [], "max_dry_runs": 10}
+        poll = await t.a.post("/directives", json=room)
         [job] = poll.json()["dry_runs"]
         # B's worker of the same id is not handed A's job, nor can B answer it
-        seen = await t.b.post("/directives", json={"worker_id": "worker-2", "runs": [], "wait": 0})
+        seen = await t.b.post("/directives", json={**room, "wait": 0})
         assert seen.json()["dry_runs"] == []
         call = {"name": "charge", "address": "charge:1", "occurrence": 0}
         report = {

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from aiki_server._storage._postgres import PostgresTx
+from aiki_server._storage._sqlite import SqliteTx, _ThreadedSqliteTx
 from server_api import (
     FAR_FUTURE,
     START_MS,
@@ -29,8 +31,16 @@ from server_api import (
 )
 
 if TYPE_CHECKING:
-    from aiki_server._storage._database import Tx
+    from collections.abc import Awaitable, Callable
+
+    import pytest
+
+    from aiki_server._storage._database import Row, Tx
     from server_api import Harness
+
+
+room = {"worker_id": "worker-2", "runs": [], "max_dry_runs": 10}
+"""A directives poll of worker-2, which holds no run and has room for dry-run jobs."""
 
 
 async def migrate(h: Harness, **fields: Any) -> dict[str, Any]:
@@ -122,7 +132,7 @@ def report_of(run_id: str, **fields: Any) -> dict[str, Any]:
 
 async def idle_poll(h: Harness, worker_id: str = "worker-2") -> dict[str, Any]:
     """The directives poll of a worker that holds no run; its answer."""
-    poll = {"worker_id": worker_id, "runs": [], "wait": 10_000}
+    poll = {"worker_id": worker_id, "runs": [], "wait": 10_000, "max_dry_runs": 10}
     r = await h.client.post("/directives", json=poll)
     assert r.status_code == 200, r.text
     answer: dict[str, Any] = r.json()
@@ -160,7 +170,7 @@ async def test_a_dry_run_is_handed_to_an_idle_worker_and_answered_with_its_repor
         assert [t["name"] for t in job["run"]["tasks"]] == ["charge"]
         assert [s["name"] for s in job["run"]["sleeps"]] == ["nap"]
         # a poll that says it holds the job is not handed it again (nor answered at once)
-        again = {"worker_id": "worker-2", "runs": [], "wait": 0, "dry_runs": [job["job_id"]]}
+        again = {**room, "wait": 0, "dry_runs": [job["job_id"]]}
         r = await h.client.post("/directives", json=again)
         assert r.json() == {"runs": [], "dry_runs": []}
 
@@ -217,7 +227,7 @@ async def test_bad_dry_run_reports_are_refused_and_change_nothing(harness: Harne
         await refused(report, {"worker_id": "worker-9", "report": good}, 404, "not_found")
 
         # none of it answered the job: the worker is handed it again, then reports a failure
-        again = await h.client.post("/directives", json={"worker_id": "worker-2", "runs": []})
+        again = await h.client.post("/directives", json=room)
         assert [j["job_id"] for j in again.json()["dry_runs"]] == [job["job_id"]]
         failed = {"worker_id": "worker-2", "failure": "the replay raised KeyError: 'x'"}
         assert (await h.client.post(report, json=failed)).status_code == 200
@@ -288,10 +298,10 @@ async def test_the_job_rows_of_a_dry_run_that_died_expire_and_are_swept(harness:
 
     db = h.app.state.db
     await db.write(orphan)
-    polled = await h.client.post("/directives", json={"worker_id": "worker-2", "runs": []})
+    polled = await h.client.post("/directives", json=room)
     assert [j["job_id"] for j in polled.json()["dry_runs"]] == ["01J0000000000000000000000J"]
     h.clock.advance(2_000)
-    expired = {"worker_id": "worker-2", "runs": [], "wait": 0}
+    expired = {**room, "wait": 0}
     assert (await h.client.post("/directives", json=expired)).json()["dry_runs"] == []
     assert await db.write(jobs) == 1
 
@@ -350,3 +360,91 @@ async def test_an_unreadable_stored_answer_lists_its_run_as_not_replayed(
     [not_replayed] = answered["not_replayed"]
     assert not_replayed["run_id"] == run["id"]
     assert "unreadable" in not_replayed["reason"]
+
+
+async def test_a_dry_run_reads_each_stored_answer_once(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each report wakes the request, which reads the stored answers only once all came.
+
+    An answer may be a report of thousands of calls: read anew on each report, a dry
+    run of many such runs read a multiple of them all.
+    """
+    h = harness
+    await claim(h.client, version="2", worker_id="worker-2")
+    runs = [await sleeping_run(h) for _ in range(3)]
+    looks: list[anyio.Event] = [anyio.Event()]
+    answers_read: list[str] = []
+    for cls in (PostgresTx, SqliteTx, _ThreadedSqliteTx):
+        if "fetch" in vars(cls):
+            monkeypatch.setattr(cls, "fetch", _noting(cls.fetch, looks, answers_read))
+    answers: list[dict[str, Any]] = []
+
+    async def dry_run() -> None:
+        body = {"workflow": "w", "from_version": "1", "to_version": "2", "dry_run": True}
+        answers.append(await migrate(h, **body, wait=10_000))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(dry_run)
+        jobs = (await idle_poll(h))["dry_runs"]
+        assert len(jobs) == len(runs)
+        for job in jobs:
+            looks.append(anyio.Event())
+            answer = {"worker_id": "worker-2", "report": report_of(job["run"]["run"]["id"])}
+            r = await h.client.post(f"/dry-runs/{job['job_id']}/report", json=answer)
+            assert r.status_code == 200, r.text
+            with anyio.fail_after(10):
+                await looks[-1].wait()  # the request woke, and looked
+
+    [answered] = answers
+    assert sorted(r["run_id"] for r in answered["dry_runs"]) == sorted(r["id"] for r in runs)
+    assert len(answers_read) == len(runs)
+
+
+async def test_a_poll_is_handed_no_more_dry_run_jobs_than_its_room(harness: Harness) -> None:
+    h = harness
+    await claim(h.client, version="2", worker_id="worker-2")
+    runs = [await sleeping_run(h) for _ in range(2)]
+    answers: list[dict[str, Any]] = []
+
+    async def dry_run() -> None:
+        body = {"workflow": "w", "from_version": "1", "to_version": "2", "dry_run": True}
+        answers.append(await migrate(h, **body, wait=10_000))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(dry_run)
+        poll = {"worker_id": "worker-2", "runs": [], "wait": 10_000, "max_dry_runs": 1}
+        r = await h.client.post("/directives", json=poll)
+        [first] = r.json()["dry_runs"]
+        # no room: the poll is handed none, and waits (here: not at all) for directives;
+        # nor is a poll that does not say its room (a worker that replays no dry run)
+        for full in ({**poll, "max_dry_runs": 0}, {"worker_id": "worker-2", "runs": []}):
+            r = await h.client.post("/directives", json={**full, "wait": 0})
+            assert r.json() == {"runs": [], "dry_runs": []}
+        r = await h.client.post("/directives", json={**poll, "dry_runs": [first["job_id"]]})
+        [second] = r.json()["dry_runs"]
+        for job in (first, second):
+            answer = {"worker_id": "worker-2", "report": report_of(job["run"]["run"]["id"])}
+            r = await h.client.post(f"/dry-runs/{job['job_id']}/report", json=answer)
+            assert r.status_code == 200, r.text
+
+    [answered] = answers
+    assert sorted(r["run_id"] for r in answered["dry_runs"]) == sorted(r["id"] for r in runs)
+    over = await h.client.post("/directives", json={**poll, "max_dry_runs": 11})
+    error_of(over, 422, "payload_validation")
+
+
+def _noting(
+    fetch: Callable[..., Awaitable[list[Row]]], looks: list[anyio.Event], answers_read: list[str]
+) -> Callable[..., Awaitable[list[Row]]]:
+    """`fetch`, telling the request's looks at its jobs (`looks[-1]`), and noting each
+    stored answer it reads."""
+
+    async def noted(tx: Tx, sql: str, *args: Any) -> list[Row]:
+        rows = await fetch(tx, sql, *args)
+        if "FROM dry_run_jobs WHERE request_id" in sql:
+            looks[-1].set()
+            answers_read.extend(row["answer"] for row in rows if row.get("answer") is not None)
+        return rows
+
+    return noted

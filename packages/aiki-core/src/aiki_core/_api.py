@@ -499,6 +499,13 @@ class DirectivesRequest(RequestModel):
         max_length=MAX_DRY_RUNS_IN_HAND,
         description="The dry-run jobs the worker replays now (not handed to it again).",
     )
+    max_dry_runs: Integer = Field(
+        default=0,
+        ge=0,
+        le=MAX_DRY_RUNS_PER_POLL,
+        description="The most new dry-run jobs to hand out: the room the worker has for"
+        " replays (0: none; a worker that does not say replays none).",
+    )
 
 
 class DryRunJob(ResponseModel):

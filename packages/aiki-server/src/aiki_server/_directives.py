@@ -64,7 +64,7 @@ class Directives:
                 async with self._db.reader() as tx:
                     changed = await _changed(tx, namespace, req)
                     jobs = await pending_jobs(
-                        tx, namespace, req.worker_id, req.dry_runs, self._clock()
+                        tx, namespace, req.worker_id, req.dry_runs, self._clock(), req.max_dry_runs
                     )
                 remaining = deadline - self._clock()
                 if changed or jobs or remaining <= 0:

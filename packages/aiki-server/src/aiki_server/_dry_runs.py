@@ -139,15 +139,23 @@ class DryRuns:
                 if not handed:
                     await self._db.write(hand)
                     handed = True
+                # counted on each wake, read once: an answer may be a report of thousands
+                # of calls, and re-reading them all on each report read the whole anew
                 async with self._db.reader() as tx:
-                    rows = await tx.fetch(
-                        "SELECT id, answer FROM dry_run_jobs"
+                    row = await tx.fetchrow(
+                        "SELECT COUNT(*) AS n FROM dry_run_jobs"
                         " WHERE request_id = $1 AND answer IS NOT NULL",
                         request_id,
                     )
-                remaining = deadline - self._clock()
-                if len(rows) == len(jobs) or remaining <= 0:
-                    return {row["id"]: row["answer"] for row in rows}
+                    answered = 0 if row is None else int(row["n"])
+                    remaining = deadline - self._clock()
+                    if answered == len(jobs) or remaining <= 0:
+                        rows = await tx.fetch(
+                            "SELECT id, answer FROM dry_run_jobs"
+                            " WHERE request_id = $1 AND answer IS NOT NULL",
+                            request_id,
+                        )
+                        return {row["id"]: row["answer"] for row in rows}
                 await subscription.wait(remaining / 1000)
 
     async def report(self, namespace: str, job_id: str, answer: DryRunAnswer) -> DryRunReceipt:
@@ -184,14 +192,16 @@ class DryRuns:
 
 
 async def pending_jobs(
-    tx: Tx, namespace: str, worker_id: str, in_hand: Sequence[str], now: int
+    tx: Tx, namespace: str, worker_id: str, in_hand: Sequence[str], now: int, most: int
 ) -> list[DryRunJob]:
-    """The dry-run jobs of the worker not answered, nor expired, nor in its hands (a few).
+    """The dry-run jobs of the worker not answered, nor expired, nor in its hands (`most`).
 
     Each carries what a claim of its run carries (the same code builds it), on the
     version to replay. A run whose claim cannot be built is left out (its request
     lists it as not replayed), and holds up none of the others.
     """
+    if most <= 0:  # the worker has no room for another replay now
+        return []
     args: list[object] = [namespace, worker_id, now]
     others = ""
     if in_hand:
@@ -202,7 +212,7 @@ async def pending_jobs(
         " JOIN runs r ON r.id = j.run_id"
         " WHERE j.namespace = $1 AND j.worker_id = $2 AND j.answer IS NULL"
         f" AND j.expires_at >= $3{others}"
-        f" ORDER BY j.created_at, j.id LIMIT {MAX_DRY_RUNS_PER_POLL}",
+        f" ORDER BY j.created_at, j.id LIMIT {min(most, MAX_DRY_RUNS_PER_POLL)}",
         *args,
     )
     if not rows:

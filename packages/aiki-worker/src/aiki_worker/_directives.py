@@ -12,7 +12,8 @@ A run claimed while the poll is open is not in it: the poll is asked again with 
 (at most every `RESTART_SECONDS`, so a burst of claims costs few requests).
 
 The poll stays open while the worker holds no run too: it also hands the worker the
-dry-run jobs of a dry-run migration, which it replays and reports (`DryRunJobs`).
+dry-run jobs of a dry-run migration, which it replays and reports (`DryRunJobs`), as
+many as it has room for; a replay that ends at capacity has the poll asked again.
 """
 
 from __future__ import annotations
@@ -82,9 +83,10 @@ class DirectivesPoll:
         self._grew = anyio.Event()
         self._open = anyio.CancelScope()
         """The poll open now, dropped when a run is claimed."""
+        dry_runs.on_room = self.held_more
 
     def held_more(self) -> None:
-        """A run was claimed: the poll open now does not watch it, and is asked again."""
+        """A run was claimed (or a replay made room): the poll open now is asked again."""
         self._grew.set()
         self._open.cancel()
 
@@ -117,6 +119,7 @@ class DirectivesPoll:
                 ],
                 wait=self._wait,
                 dry_runs=sorted(self._dry_runs.in_hand)[:MAX_DRY_RUNS_IN_HAND],
+                max_dry_runs=self._dry_runs.room,
             )
             try:
                 answer = await self._ask(request)

@@ -25,11 +25,13 @@ from aiki_core import (
     IdentityCodec,
     Interceptor,
     LogLevel,
+    PayloadTooLargeError,
     RunInterrupt,
     TaskStatus,
 )
 from aiki_core.wire import (
     MAX_DRY_RUN_WAIT,
+    MAX_DRY_RUNS_PER_POLL,
     TASK_TERMINAL_STATUSES,
     ClaimedRun,
     CompleteRun,
@@ -225,12 +227,23 @@ async def replay_dry(
     )
 
 
+_MAX_FAILURE = 2000
+"""The longest failure a dry-run answer carries (`DryRunAnswer.failure`)."""
+
+REPLAYS_AT_ONCE = MAX_DRY_RUNS_PER_POLL
+"""The most dry-run jobs a worker holds at once: each holds its run's whole history, and
+a dry run may hand out a hundred (the directives poll asks for no more than the room)."""
+
+
 class DryRunJobs:
     """Replays the dry-run jobs the directives poll hands a worker, and reports each.
 
     A replay that raises, or that runs past `MAX_DRY_RUN_WAIT`, is reported as a
-    failure; nothing of it reaches the worker's loops. A report the server does not
-    take is logged and dropped: the dry run lists the run as not replayed.
+    failure; nothing of it reaches the worker's loops. So is a report over the server's
+    body limit (a run of thousands of task calls): left unanswered, its job would be
+    handed out and replayed again and again until the dry run gave up. A report the
+    server does not take otherwise is logged and dropped: the dry run lists the run as
+    not replayed.
     """
 
     def __init__(
@@ -246,11 +259,18 @@ class DryRunJobs:
         self._log = log
         self.in_hand: set[str] = set()
         """The jobs replayed or reported now (the directives poll does not take them again)."""
+        self.on_room: Callable[[], None] | None = None
+        """Called when a job ends while the worker held `REPLAYS_AT_ONCE` (room again)."""
+
+    @property
+    def room(self) -> int:
+        """How many more jobs the worker takes now."""
+        return max(0, REPLAYS_AT_ONCE - len(self.in_hand))
 
     def take(self, jobs: list[DryRunJob], spawn: Callable[..., object]) -> None:
-        """Start replaying each job not in hand already."""
+        """Start replaying each job not in hand already, while there is room."""
         for job in jobs:
-            if job.job_id not in self.in_hand:
+            if job.job_id not in self.in_hand and self.room:
                 self.in_hand.add(job.job_id)
                 spawn(self._replay_and_report, job)
 
@@ -259,20 +279,37 @@ class DryRunJobs:
             answer = await self._answer(job)
             try:
                 await self._client.report_dry_run(job.job_id, answer)
-            except Exception as exc:
-                self._log.warn(
-                    "dry-run report not taken; the dry run lists the run as not replayed",
-                    {"job_id": job.job_id, "run_id": job.run.run.id, "error": str(exc)},
-                )
+            except PayloadTooLargeError as exc:
+                await self._client.report_dry_run(job.job_id, self._too_large(answer, exc))
+        # never raised into the worker's loops, which would stop the worker and its runs
+        except Exception as exc:
+            self._log.warn(
+                "dry-run report not taken; the dry run lists the run as not replayed",
+                {"job_id": job.job_id, "run_id": job.run.run.id, "error": str(exc)},
+            )
         finally:
+            full = not self.room
             self.in_hand.discard(job.job_id)
+            if full and self.on_room is not None:
+                self.on_room()
+
+    def _too_large(self, answer: DryRunAnswer, refused: PayloadTooLargeError) -> DryRunAnswer:
+        """The failure that stands for `answer`, too large to send: its outcome, and why."""
+        outcome = "" if answer.report is None else f" (outcome {answer.report.outcome})"
+        return self._failed(f"the replay's report{outcome} cannot be sent: {refused.message}")
+
+    def _failed(self, failure: str) -> DryRunAnswer:
+        """The answer of a job whose replay failed, as `failure` says (a NUL escaped)."""
+        said = failure.replace("\x00", "\\x00")[:_MAX_FAILURE]
+        return DryRunAnswer(worker_id=self._worker_id, failure=said)
 
     async def _answer(self, job: DryRunJob) -> DryRunAnswer:
         run = job.run.run
         version = self._versions.get((run.workflow, run.version))
         if version is None:
-            failure = f"the worker does not serve {run.workflow!r} version {run.version!r}"
-            return DryRunAnswer(worker_id=self._worker_id, failure=failure)
+            return self._failed(
+                f"the worker does not serve {run.workflow!r} version {run.version!r}"
+            )
         log = self._log.child({"run_id": run.id, "dry_run_job": job.job_id})
         report = None
         try:
@@ -286,7 +323,7 @@ class DryRunJobs:
                 return DryRunAnswer(worker_id=self._worker_id, report=report)
             failure = f"the replay did not end within {MAX_DRY_RUN_WAIT}"
         log.warn("dry-run replay failed", {"error": failure})
-        return DryRunAnswer(worker_id=self._worker_id, failure=failure[:2000])
+        return self._failed(failure)
 
 
 def _described(exc: BaseException) -> str:
