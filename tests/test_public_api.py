@@ -37,6 +37,7 @@ EXPECTED_EXPORTS: dict[str, tuple[str, ...]] = {
         "JsonLogger",
         "LogLevel",
         "Logger",
+        "NoDryRunWorkerError",
         "NonRetryableError",
         "NotFoundError",
         "OverlapPolicy",
