@@ -225,15 +225,16 @@ async def test_backfill_leaves_future_occurrences_to_the_schedule(harness: Harne
     assert len(fired) == 6
 
 
-async def test_a_too_long_backfill_is_422_and_a_reversed_one_empty(
+async def test_a_too_long_backfill_is_409_and_a_reversed_one_empty(
     harness: Harness,
 ) -> None:
     h = harness
     schedule = await create_schedule(h.client, every=SECOND)
     await update(h.client, schedule["id"], paused=True)
     h.clock.advance(HOUR)
-    body = await backfill(h.client, schedule["id"], START_MS, START_MS + HOUR, status=422)
-    assert "1000" in body["error"]["message"]
+    # a valid body: the schedule's cadence (each second) makes the span too long
+    body = await backfill(h.client, schedule["id"], START_MS, START_MS + HOUR, status=409)
+    assert body["error"]["details"] == {"schedule_id": schedule["id"], "max_occurrences": 1000}
     assert await backfill(h.client, schedule["id"], START_MS + MINUTE, START_MS) == {
         "run_ids": [],
         "started": 0,

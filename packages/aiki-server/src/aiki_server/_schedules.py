@@ -431,7 +431,7 @@ class Schedules:
         """Start the run of each past occurrence in [`start`, `end`), once per occurrence.
 
         Occurrences after now (or before 1970) are left out. A span of more than
-        `MAX_BACKFILL` occurrences is refused (422) before anything starts.
+        `MAX_BACKFILL` occurrences is refused (409) before anything starts.
         """
 
         async def start(tx: Tx) -> BackfillResponse:
@@ -442,10 +442,11 @@ class Schedules:
             start, end = max(to_ms(req.start), 0), min(to_ms(req.end), now + 1)
             occurrences = Cadence.of(schedule).between(start, end, MAX_BACKFILL + 1)
             if len(occurrences) > MAX_BACKFILL:
-                raise PayloadValidationError(
-                    f"invalid request: the span has more than {MAX_BACKFILL} occurrences;"
-                    " backfill it in parts",
-                    errors=[{"loc": ["body", "end"], "msg": "too long", "type": "value_error"}],
+                # the body is valid: the schedule's cadence makes the span too long (409)
+                raise ConflictError(
+                    f"the span holds more than {MAX_BACKFILL} occurrences of schedule"
+                    f" {schedule_id}; backfill it in parts",
+                    details={"schedule_id": schedule_id, "max_occurrences": MAX_BACKFILL},
                 )
             run_ids: list[str] = []
             started = 0
