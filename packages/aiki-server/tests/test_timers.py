@@ -7,6 +7,8 @@ Every test runs on SQLite and on PostgreSQL (the `db_url` fixture is parametrize
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -602,6 +604,35 @@ async def test_timer_daemon_moves_due_runs_in_repeated_batches(harness: Harness)
             await anyio.sleep(0.02)
     r = await h.client.get("/runs", params={"status": "sleeping", "limit": 500})
     assert r.json()["runs"] == []
+
+
+async def test_a_pass_returns_only_once_every_row_due_at_its_start_is_handled(
+    harness: Harness,
+) -> None:
+    """A pass started while another (the daemon's own) holds the due rows waits for it,
+    rather than skipping the rows it holds and returning before they have moved."""
+    h = harness
+    timers = h.app.state.timers
+    runs = [await start(h.client, delay=60_000) for _ in range(5)]
+    holding = anyio.Event()
+
+    async def slow(handle: Any, tx: Any, row: Any, now: int) -> None:
+        holding.set()
+        await anyio.sleep(0.3)  # the rows stay locked meanwhile
+        await handle(tx, row, now)
+
+    timers._kinds = tuple(
+        dataclasses.replace(kind, handle=functools.partial(slow, kind.handle))
+        for kind in timers._kinds
+    )
+    h.clock.advance(61 * SECOND)  # not `h.advance`: no wake-up, the test runs the passes
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(timer_pass, h)
+        await holding.wait()
+        await timer_pass(h)
+        assert [(await get_run(h.client, run["id"]))["status"] for run in runs] == ["queued"] * len(
+            runs
+        )
 
 
 # -- one bad row never stops the daemon ---------------------------------------------------

@@ -185,6 +185,8 @@ class TimerDaemon:
         )
         self._failed = 0
         """Units that failed in the last pass."""
+        self._one_pass = anyio.Lock()
+        """A replica's passes never overlap: one would skip the rows the other holds."""
         self.set_aside = 0
         """Rows set aside (runs and schedules), as last counted."""
 
@@ -216,7 +218,11 @@ class TimerDaemon:
                 await subscription.wait(min(max(delay, 0.0), self._max_idle))
 
     async def run_once(self) -> int:
-        """One pass over everything due now; how many rows it moved."""
+        """One pass over everything due now; how many rows it moved.
+
+        It waits for a pass already under way in this replica, so that once it returns,
+        every row due at its start has been handled (rows another pass holds are skipped).
+        """
 
         async def run_pass(tx: Tx) -> tuple[int, int]:
             moved = failed = 0
@@ -227,7 +233,8 @@ class TimerDaemon:
                 failed += errors
             return moved, failed
 
-        moved, failed = await self._db.write(run_pass)
+        async with self._one_pass:
+            moved, failed = await self._db.write(run_pass)
         self._failed = failed
         if failed:
             await self._count_set_aside()
