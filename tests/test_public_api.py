@@ -254,6 +254,18 @@ def test_version_matches_distribution_metadata(package: str) -> None:
 # what the SDK packages share among themselves
 EXPECTED_CORE_SUBMODULES: dict[str, tuple[str, ...]] = {
     "aiki_core.wire": (
+        # the client channel's frames
+        "CANCEL",
+        "CHANNEL_PATH",
+        "MAX_CALLS_IN_FLIGHT",
+        "ChannelAnswer",
+        "ChannelRequest",
+        "FrameError",
+        "decode_answer",
+        "decode_request",
+        "encode_answer",
+        "encode_cancel",
+        "encode_request",
         # starting, listing and steering runs
         "CancelRunRequest",
         "ListRunsQuery",

@@ -1,11 +1,12 @@
 """What the server and the SDK exchange over the HTTP API.
 
 The requests and responses of every route (runs, claims, task records, transitions,
-events, webhooks, schedules, rate limits), the records a run's detail shows, the limits the
-protocol sets, the field types and ids of the models, the run and task state
-machine, the wire form of errors (`ErrorCode`, `ErrorResponse`, `error_from_wire`),
-durations as whole milliseconds, and the canonical JSON and content hashes both
-sides compute alike (a task's address, a reference id's payload fingerprint).
+events, webhooks, schedules, rate limits), the client channel's frames, the records a
+run's detail shows, the limits the protocol sets, the field types and ids of the
+models, the run and task state machine, the wire form of errors (`ErrorCode`,
+`ErrorResponse`, `error_from_wire`), durations as whole milliseconds, and the
+canonical JSON and content hashes both sides compute alike (a task's address, a
+reference id's payload fingerprint).
 
 Application code rarely needs these names: the client, the worker and the server
 speak them for it. They are public so that those packages, other clients of the API
@@ -71,6 +72,19 @@ from aiki_core._api import (
     WorkflowCapability,
 )
 from aiki_core._canonical import canonical_json, content_hash, task_address
+from aiki_core._channel import (
+    CANCEL,
+    CHANNEL_PATH,
+    MAX_CALLS_IN_FLIGHT,
+    ChannelAnswer,
+    ChannelRequest,
+    FrameError,
+    decode_answer,
+    decode_request,
+    encode_answer,
+    encode_cancel,
+    encode_request,
+)
 from aiki_core._concurrency import (
     MAX_CONCURRENCY_KEY_LENGTH,
     MAX_PRIORITY,
@@ -177,6 +191,18 @@ from aiki_core._status import (
 from aiki_core._wire import ID_PATTERN, MAX_COUNT, Cursor, Identifier, Name
 
 __all__ = (
+    # the client channel
+    "CANCEL",
+    "CHANNEL_PATH",
+    "MAX_CALLS_IN_FLIGHT",
+    "ChannelAnswer",
+    "ChannelRequest",
+    "FrameError",
+    "decode_answer",
+    "decode_request",
+    "encode_answer",
+    "encode_cancel",
+    "encode_request",
     # starting, listing and steering runs
     "CancelRunRequest",
     "ListRunsQuery",
