@@ -77,7 +77,8 @@ from aiki_core.wire import (
 )
 from aiki_server import _hot_path as hot_path
 from aiki_server.__about__ import __version__
-from aiki_server._auth import ApiKeyAuth, ApiKeys, HostCheck, caller_namespace
+from aiki_server._auth import Admission, ApiKeyAuth, ApiKeys, HostCheck, caller_namespace
+from aiki_server._channel import ClientChannel
 from aiki_server._claims import Claims
 from aiki_server._clock import Clock, from_ms, system_clock
 from aiki_server._dashboard import STATIC_PACKAGE, dashboard_router
@@ -317,9 +318,8 @@ def create_app(db_url: str, settings: ServerSettings | None = None) -> FastAPI:
     # a valid task record or transition skips the rest of the stack
     app.add_middleware(HotPath, writes=writes, max_body_bytes=settings.max_body_bytes)
     # every request but the public ones gets its namespace from its key
-    app.add_middleware(
-        ApiKeyAuth, keys=keys, hosts=HostCheck(settings.public_url, settings.allowed_hosts)
-    )
+    admission = Admission(keys, HostCheck(settings.public_url, settings.allowed_hosts))
+    app.add_middleware(ApiKeyAuth, admission=admission)
     api = _api_router(
         runs,
         claims,
@@ -336,9 +336,11 @@ def create_app(db_url: str, settings: ServerSettings | None = None) -> FastAPI:
     api.include_router(_retention_router(retention))
     api.include_router(_remote_task_router(remote_tasks))
     api.include_router(_endpoint_router(endpoints))
-    # outermost: refused requests count too
+    # outside the key check: refused requests count too
     prefixes = {id(route): API_PREFIX for route in api.routes}
     app.add_middleware(HttpMetrics, metrics=metrics, prefixes=prefixes)
+    # a worker's calls as frames on one WebSocket, each through the stack above
+    app.add_middleware(ClientChannel, admission=admission, metrics=metrics, prefix=API_PREFIX)
     app.include_router(api, prefix=API_PREFIX)
     app.include_router(dashboard_router(runs, claims, schedules, keys, db, clock))
     app.mount("/static", StaticFiles(packages=[STATIC_PACKAGE]), name="static")

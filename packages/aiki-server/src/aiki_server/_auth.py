@@ -1,4 +1,4 @@
-"""Who is calling: `ApiKeyAuth`, the outermost layer, puts the caller's namespace in the scope.
+"""Who is calling: `ApiKeyAuth` puts the caller's namespace in the scope of each request.
 
 A request carries `Authorization: Bearer <key>`; the key's namespace goes into the
 ASGI scope (`NAMESPACE_SCOPE_KEY`), where the hot path and the routes (through the
@@ -42,6 +42,7 @@ from aiki_server._api_keys import any_key, hash_key, is_well_formed, namespace_o
 from aiki_server._errors import error_response, response_for
 
 if TYPE_CHECKING:
+    from starlette.responses import Response
     from starlette.types import ASGIApp, Receive, Scope, Send
 
     from aiki_server._storage._database import Database
@@ -161,24 +162,21 @@ def _host_name(host: str) -> str:
     return name.rstrip(".") if colon and port.isdigit() else host.rstrip(".")
 
 
-class ApiKeyAuth:
-    """Authenticates every non-public request and scopes it to its key's namespace."""
+class Admission:
+    """Whether a request is answered, and in which namespace (see the module's docstring)."""
 
-    def __init__(self, app: ASGIApp, keys: ApiKeys, hosts: HostCheck) -> None:
-        self.app = app
+    def __init__(self, keys: ApiKeys, hosts: HostCheck) -> None:
         self.keys = keys
         self.hosts = hosts
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Pass the request on with its namespace, or answer 401 (or 403 for its `Host`)."""
-        if scope["type"] == "websocket":  # no such routes: fail closed should one appear
-            await send({"type": "websocket.close", "code": 1008})
-            return
-        if scope["type"] == "http" and not await self._host_answered(scope, receive, send):
-            return
-        if scope["type"] != "http" or _is_public(scope["path"]):
-            await self.app(scope, receive, send)
-            return
+    async def refusal(self, scope: Scope) -> Response | None:
+        """The answer refusing the request of `scope`, or `None` once its namespace is set.
+
+        The `Host` is checked first (403); then a non-public request's key (401).
+        """
+        host_refusal = await self._host_refusal(scope)
+        if host_refusal is not None or _is_public(scope["path"]):
+            return host_refusal
         header = _authorization(scope)
         try:
             if header is None:
@@ -196,26 +194,22 @@ class ApiKeyAuth:
                     )
         except AuthenticationError as exc:
             challenge = "Bearer" if header is None else 'Bearer error="invalid_token"'
-            response = error_response(exc, headers={"www-authenticate": challenge})
-            await response(scope, receive, send)
-            return
+            return error_response(exc, headers={"www-authenticate": challenge})
         except Exception as exc:  # the key store failed (the database is down, say)
-            await response_for(exc, scope)(scope, receive, send)
-            return
+            return response_for(exc, scope)
         scope[NAMESPACE_SCOPE_KEY] = namespace
-        await self.app(scope, receive, send)
+        return None
 
-    async def _host_answered(self, scope: Scope, receive: Receive, send: Send) -> bool:
-        """Whether the request's `Host` is one to answer; if not, the 403 is sent."""
+    async def _host_refusal(self, scope: Scope) -> Response | None:
+        """The 403 for a request whose `Host` is not one to answer, else `None`."""
         host = _header(scope, b"host")
         if self.hosts.allows(host):
-            return True
+            return None
         try:
             if await self.keys.required():
-                return True  # a key protects the server, whatever name reached it
+                return None  # a key protects the server, whatever name reached it
         except Exception as exc:  # the key store failed (the database is down, say)
-            await response_for(exc, scope)(scope, receive, send)
-            return False
+            return response_for(exc, scope)
         refused = PermissionDeniedError(
             f"this server holds no API key, so it answers only requests addressed to"
             f" localhost, a loopback address or its public URL; Host {host!r} is none of"
@@ -223,8 +217,29 @@ class ApiKeyAuth:
             " under another name)",
             details={"host": host},
         )
-        await error_response(refused)(scope, receive, send)
-        return False
+        return error_response(refused)
+
+
+class ApiKeyAuth:
+    """Authenticates every non-public request and scopes it to its key's namespace."""
+
+    def __init__(self, app: ASGIApp, admission: Admission) -> None:
+        self.app = app
+        self.admission = admission
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass the request on with its namespace, or answer 401 (or 403 for its `Host`)."""
+        if scope["type"] == "websocket":  # the channel is served outside: fail closed
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        refusal = await self.admission.refusal(scope)
+        if refusal is not None:
+            await refusal(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 def _is_public(path: str) -> bool:

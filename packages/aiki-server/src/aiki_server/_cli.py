@@ -480,6 +480,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         host=args.host,
         port=args.port,
         http="httptools",
+        ws="websockets-sansio",  # the client channel (`_channel`)
+        ws_per_message_deflate=False,  # small frames: compressing them costs more than it saves
+        # a channel frame is a request: its body, under the same limit, and a line
+        ws_max_size=max(settings.max_body_bytes + 4096, 16 * 1024 * 1024),
         loop="auto",  # uvloop where it is installed (every platform but Windows)
         log_config=None,  # uvicorn's records go through the server's logger
         access_log=access_log,

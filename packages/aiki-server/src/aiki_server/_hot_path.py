@@ -1,7 +1,7 @@
 """The worker's per-task requests, served without FastAPI's per-request machinery.
 
 A task record and a run's transition are most of the requests a busy server gets:
-one per task. For them, `HotPath` (the outermost ASGI layer but `ApiKeyAuth`) parses
+one per task. For them, `HotPath` (the layer inside `ApiKeyAuth`) parses
 the body straight into its model with pydantic's JSON parser and calls `WorkerWrites`,
 skipping FastAPI's routing, dependency solving and validation, which cost about as
 much CPU as the transaction itself. Everything else goes to the FastAPI app: other

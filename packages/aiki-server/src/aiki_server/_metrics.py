@@ -19,6 +19,7 @@ from itertools import accumulate
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
+import anyio
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 ROUTE_SCOPE_KEY = "aiki.route"
 """Scope key of the route template of a request answered outside the router (`HotPath`)."""
+CLIENT_LEFT = 499
+"""The status a request is counted with when its caller left before the answer."""
 
 _SHORT = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _LONG = (0.01, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 86400, 7 * 86400)
@@ -110,6 +113,19 @@ class Metrics:
             "HTTP request latency, long-polls included.",
             ("method", "route"),
             _SHORT,
+        )
+        self._channels = tally.counter(
+            "aiki_channels",
+            "Worker channels opened and closed, by event (opened, closed: the worker left or"
+            " the connection dropped, refused: an opening refused, revoked: closed for a"
+            " revoked key, invalid: closed for a frame that did not parse). Open channels:"
+            " opened minus the rest but refused.",
+            ("event",),
+        )
+        self._channel_calls = tally.counter(
+            "aiki_channel_calls",
+            "Calls that came on client channels (each is also counted as an HTTP request).",
+            (),
         )
         self._deleted = tally.counter(
             "aiki_retention_deleted",
@@ -201,6 +217,14 @@ class Metrics:
         named = method if method in _METHODS else "other"
         self._http_requests.inc((named, route, str(status)))
         self._http_duration.observe((named, route), seconds)
+
+    def channel(self, event: str) -> None:
+        """A client channel was opened, closed or refused (see `aiki_channels`)."""
+        self._channels.inc((event,))
+
+    def channel_call(self) -> None:
+        """A call came on a client channel."""
+        self._channel_calls.inc(())
 
     async def exposition(self, reader: Any, now: int, active_within_ms: int) -> bytes:
         """The text exposition, with the queues as the database `reader` sees them now."""
@@ -362,7 +386,9 @@ class _StateCollector:
 class HttpMetrics:
     """Counts each HTTP request by method, route template and status, with its latency.
 
-    The outermost ASGI layer, so refused requests (401, 413) count too. The route is
+    The outermost layer of HTTP requests (a client channel's calls pass through it too),
+    so refused requests (401, 413) count too, and one whose caller left before the
+    answer (a channel closed under a long-poll) counts as 499. The route is
     the template the router matched (`/api/v1/runs/{run_id}`), never the raw path;
     a request no route matched (an unknown path, or one refused before routing)
     counts as `unmatched`, and a method outside the standard ones as `other`.
@@ -390,6 +416,9 @@ class HttpMetrics:
 
         try:
             await self.app(scope, receive, sending)
+        except anyio.get_cancelled_exc_class():
+            status = CLIENT_LEFT  # not the server's failure: its caller left (a channel closed)
+            raise
         finally:
             seconds = perf_counter() - started
             self.metrics.http_request(scope["method"], self._route(scope), status, seconds)
