@@ -47,8 +47,7 @@ from aiki_workflow import WorkflowRun, event, workflow
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from aiki_client._http import Http
-    from aiki_client._socket_http import Answer
+    from aiki_client._http import Answer, Http
     from aiki_core import Logger
     from aiki_core.sdk import ExecutableVersion
 
@@ -116,8 +115,8 @@ class RecordingHttp:
     may have gone idle).
 
     The client has no hook for this: the chaos run reaches into its private `_http`
-    (its one replica), so what is counted is exactly what the real network path (not
-    a stand-in transport) saw.
+    (its one replica: the channel, or plain requests where there is none), so what is
+    counted is exactly what the real network path (not a stand-in transport) saw.
     """
 
     def __init__(self, inner: Http, base_url: str, role: str, log: Path) -> None:

@@ -32,7 +32,9 @@ from aiki_core import (
     AuthenticationError,
     CatchUpPolicy,
     ConcurrencyStrategy,
+    ConsoleLogger,
     InvalidRequestError,
+    LogLevel,
     NotFoundError,
     OverlapPolicy,
     PermissionDeniedError,
@@ -100,7 +102,8 @@ class Settings:
     def call(self, work: Callable[[Client], Awaitable[T]]) -> T:
         """Run `work` with a client of this server, and return what it returns."""
         try:
-            client = Client(self.url, api_key=self.api_key)
+            # its own words go to stderr as one line; the client's notes are not for it
+            client = Client(self.url, api_key=self.api_key, logger=ConsoleLogger(LogLevel.WARN))
         except ValueError as exc:
             raise click.UsageError(str(exc)) from None
 

@@ -2,12 +2,12 @@
 
 It starts runs (as the `WorkflowStarter` a workflow version needs), hands out run
 handles, lists runs, manages schedules (`client.schedules`), and serves workers (as
-their `WorkerApi`). Every payload passes
-through its codec on the way out and back. Requests travel on its own keep-alive
-connections (`_socket_http`), or through
-an httpx transport when one is given (see `_http`); a connection that cannot be
-opened is tried again (the request never reached the server, so that is always
-safe), and every HTTP error becomes the `AikiError` the server named.
+their `WorkerApi`). Every payload passes through its codec on the way out and back.
+Calls travel as frames on one WebSocket per replica (`_channel`), or as plain
+requests through httpx: its keep-alive connection pool, or a transport one gives
+(see `_http`); a connection that cannot be opened is tried again (the request never
+reached the server, so that is always safe), and every HTTP error becomes the
+`AikiError` the server named.
 """
 
 from __future__ import annotations
@@ -17,19 +17,21 @@ import re
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Self, TypeVar, overload
 
+import httpx
 from pydantic import BaseModel, ValidationError
 
 from aiki_client.__about__ import __version__
+from aiki_client._asgi_channel import asgi_opener
+from aiki_client._channel import ChannelHttp, network_opener
 from aiki_client._concurrency import ConcurrencyLimits
 from aiki_client._endpoints import Endpoints
 from aiki_client._handle import WorkflowRunHandle
-from aiki_client._http import Http, HttpxHttp, api_path
+from aiki_client._http import DEFAULT_TIMEOUT, Http, HttpxHttp, api_path, tls_context
 from aiki_client._rate_limits import RateLimits
 from aiki_client._replicas import Replicas
 from aiki_client._retention import Retention
 from aiki_client._schedules import Schedules
 from aiki_client._sealing import seal_input
-from aiki_client._socket_http import SocketHttp
 from aiki_core import (
     AikiError,
     CodecContext,
@@ -47,6 +49,7 @@ from aiki_core import (
 )
 from aiki_core.sdk import fit_trace_context, intercepted, new_run_id
 from aiki_core.wire import (
+    CHANNEL_PATH,
     MAX_MIGRATED_PER_CALL,
     AbandonedTaskRequest,
     ClaimRequest,
@@ -79,12 +82,14 @@ from aiki_core.wire import (
 )
 
 if TYPE_CHECKING:
+    import ssl
     from collections.abc import Callable, Sequence
     from types import TracebackType
 
-    import httpx
     from pydantic import JsonValue
 
+    from aiki_client._channel import Opener
+    from aiki_client._http import Cert, Verify
     from aiki_core import Interceptor, Logger, PayloadCodec
     from aiki_core.wire import AcquireRateLimitResponse, DryRunAnswer, RateLimitUse
 
@@ -153,12 +158,29 @@ class Client:
     `api_key` (from `aiki-server keys create`) goes with every request as
     `Authorization: Bearer <key>`: the server scopes all the client does to the key's
     namespace, and a refused key raises `AuthenticationError`. Without a key, only a
-    server that holds none answers. `transport` (an httpx transport) replaces the
-    network, e.g. `httpx.ASGITransport(app)` to reach an embedded server in process;
-    it then owns its own connection retries, and `connect_retries` (for the network
-    path) is unused. `codec` encodes every payload (default: none). `interceptors`
-    wrap each start of a run (`Interceptor.start_run`): a tracing one stores the
-    caller's trace context with the run.
+    server that holds none answers. `codec` encodes every payload (default: none).
+    `interceptors` wrap each start of a run (`Interceptor.start_run`): a tracing one
+    stores the caller's trace context with the run.
+
+    Calls go on one WebSocket per replica, the channel (see the protocol design),
+    opened on the first call and again after a drop; `channel=False`, a server or
+    proxy that does not open it, or an event loop other than asyncio send each call
+    as a plain HTTP request through httpx instead, on a pool of keep-alive HTTP/1.1
+    connections per replica. A connection that cannot be opened is tried `connect_retries` more
+    times, with a doubling back-off from 0.1 s. For `https://` URLs, `verify` is
+    `True` (the CA bundle of `SSL_CERT_FILE`/`SSL_CERT_DIR` with `trust_env`, else
+    certifi's), the path of a CA bundle (a file, or a directory), an
+    `ssl.SSLContext`, or `False` (no verification: tests only); `cert` is a client
+    certificate for mutual TLS: its file, or `(certfile, keyfile)` or `(certfile,
+    keyfile, password)`. `trust_env` (as in httpx) takes proxies from `HTTPS_PROXY`,
+    `HTTP_PROXY`, `ALL_PROXY` and `NO_PROXY`, and the CA bundle from the environment.
+    `timeout` is a number of seconds or an `httpx.Timeout`; the default waits 10 s to
+    connect and 75 s for an answer: keep the read timeout above a minute, which
+    long-polls (a worker's claims, a handle's `result()`) may hold a request.
+
+    `transport` (an httpx transport) replaces the network, e.g.
+    `httpx.ASGITransport(app)` to reach an embedded server in process; it then owns
+    TLS and proxies, and `verify`, `cert` and `trust_env` are unused.
     """
 
     def __init__(
@@ -171,6 +193,11 @@ class Client:
         transport: httpx.AsyncBaseTransport | None = None,
         connect_retries: int = 3,
         interceptors: Sequence[Interceptor] = (),
+        verify: Verify = True,
+        cert: Cert | None = None,
+        trust_env: bool = True,
+        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
+        channel: bool = True,
     ) -> None:
         if connect_retries < 0:
             raise ValueError("connect_retries must be 0 or more")
@@ -199,12 +226,29 @@ class Client:
             headers["authorization"] = f"Bearer {api_key}"
         # one URL tries its connection again itself; several try each other in rounds
         single = len(self.base_urls) == 1
-        replicas: list[Http] = [
-            SocketHttp(f"{url}/api/v1", headers, connect_retries=connect_retries if single else 0)
-            if transport is None
-            else HttpxHttp(f"{url}/api/v1", headers, transport)
-            for url in self.base_urls
-        ]
+        tls = tls_context(verify, cert, trust_env=trust_env) if transport is None else True
+        replicas: list[Http] = []
+        for url in self.base_urls:
+            api = f"{url}/api/v1"
+            plain = HttpxHttp(
+                api,
+                headers,
+                connect_retries=connect_retries if single else 0,
+                transport=transport,
+                verify=tls,
+                trust_env=trust_env,
+                timeout=timeout,
+            )
+            opener = _opener(api + CHANNEL_PATH, headers, transport, tls, trust_env=trust_env)
+            replicas.append(
+                ChannelHttp(
+                    api,
+                    opener if channel else None,
+                    plain,
+                    self.log,
+                    read_timeout=httpx.Timeout(timeout).read,
+                )
+            )
         self._http = Replicas(replicas, connect_retries=0 if single else connect_retries)
         self._max_body_bytes: int | None = None
         """The server's body limit, once read (0: the server does not say)."""
@@ -376,7 +420,10 @@ class Client:
         The server waits for the endpoint's answer; the request is sent once.
         """
         return await self._call(
-            "POST", api_path("runs", run_id, "remote-tasks"), PushedTaskAnswer, request
+            "POST",
+            api_path("runs", run_id, "remote-tasks"),
+            PushedTaskAnswer,
+            request,
         )
 
     async def start_child(self, run_id: RunId, request: StartChildRequest) -> StartRunResponse:
@@ -394,7 +441,10 @@ class Client:
     ) -> TransitionRunResponse:
         """Complete, fail, suspend or release a held run."""
         return await self._call(
-            "POST", api_path("runs", run_id, "transition"), TransitionRunResponse, request
+            "POST",
+            api_path("runs", run_id, "transition"),
+            TransitionRunResponse,
+            request,
         )
 
     async def create_webhook(
@@ -402,7 +452,10 @@ class Client:
     ) -> CreateWebhookResponse:
         """Mint a signed URL that delivers an event to a held run."""
         return await self._call(
-            "POST", api_path("runs", run_id, "webhooks"), CreateWebhookResponse, request
+            "POST",
+            api_path("runs", run_id, "webhooks"),
+            CreateWebhookResponse,
+            request,
         )
 
     async def acquire_rate_limit(
@@ -485,3 +538,22 @@ class Client:
 
     def __repr__(self) -> str:
         return f"<Client {self.base_url}>"
+
+
+def _opener(
+    url: str,
+    headers: dict[str, str],
+    transport: httpx.AsyncBaseTransport | None,
+    tls: ssl.SSLContext | bool,
+    *,
+    trust_env: bool,
+) -> Opener | None:
+    """How the channel at `url` is opened: over the network, or in process.
+
+    `None` for a transport that carries no WebSocket (a mock, say): plain requests.
+    """
+    if transport is None:
+        return network_opener(url, headers, tls=tls, trust_env=trust_env)
+    if isinstance(transport, httpx.ASGITransport):
+        return asgi_opener(transport.app, url, headers)
+    return None

@@ -24,14 +24,13 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from aiki_client._socket_http import CONNECT_BACKOFF, Unreachable
+from aiki_client._http import CONNECT_BACKOFF, Unreachable
 from aiki_core import ServerUnavailableError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from aiki_client._http import Http
-    from aiki_client._socket_http import Answer
+    from aiki_client._http import Answer, Http
 
 
 class Replicas:
