@@ -1,6 +1,6 @@
 """Aiki's benchmark workflows, and the process that executes them (pulling or pushed to).
 
-`dbos_compare.py` and `push_bench.py` import the workflow versions to start runs with
+`peers_compare.py` and `push_bench.py` import the workflow versions to start runs with
 the client, and run this file as the worker process:
 
     python bench/_aiki_workload.py --url http://127.0.0.1:PORT --concurrency 32

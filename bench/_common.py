@@ -25,7 +25,7 @@ from aiki_server.testing import ServerStartError, start_process, start_server
 
 if TYPE_CHECKING:
     import argparse
-    from collections.abc import AsyncIterator, Callable, Sequence
+    from collections.abc import AsyncIterator, Callable, Mapping, Sequence
     from pathlib import Path
 
     from aiki_client import Client
@@ -78,9 +78,14 @@ async def server_process(db_url: str, log: Path) -> AsyncIterator[ServerProcess]
 
 
 @asynccontextmanager
-async def logged_process(command: Sequence[str], log: Path) -> AsyncIterator[LoggedProcess]:
-    """A child process writing stdout and stderr to `log`; stopped on exit."""
-    process = await start_process(command, log)
+async def logged_process(
+    command: Sequence[str], log: Path, env: Mapping[str, str] | None = None
+) -> AsyncIterator[LoggedProcess]:
+    """A child process writing stdout and stderr to `log`; stopped on exit.
+
+    `env` adds to (or overrides) this process's environment.
+    """
+    process = await start_process(command, log, env=env)
     try:
         yield process
     finally:

@@ -1,6 +1,6 @@
-"""The DBOS side of `dbos_compare.py`: run the workloads on DBOS, print JSON results.
+"""The DBOS side of `peers_compare.py`: run the workloads on DBOS, print JSON results.
 
-This file runs under the interpreter of the DBOS venv that `dbos_compare.py` builds
+This file runs under the interpreter of the DBOS venv that `peers_compare.py` builds
 (`dbos==3.4.*`), never in the monorepo's environments: DBOS and Aiki never share an
 interpreter. It is excluded from mypy (its `dbos` import is not installed there).
 

@@ -9,7 +9,7 @@ process and back to back,
    `task_attempt`s, `run_ended`, and one `transaction` per write;
 
 and prints what they add per 3-task run, in microseconds, and as a share of the server
-CPU per run that `hatch run bench:dbos` measured (`--server-cpu-ms`). The dashboard is not
+CPU per run that `hatch run bench:peers` measured (`--server-cpu-ms`). The dashboard is not
 timed: its routes sit after the API's, so an API request never reaches them.
 
 Run it with `hatch run bench:metrics` (`--help` for the options).
@@ -101,7 +101,7 @@ def main() -> None:
         action="append",
         default=[],
         metavar="MS",
-        help="server CPU per 3-task run from bench:dbos, to print the metrics' share of"
+        help="server CPU per 3-task run from bench:peers, to print the metrics' share of"
         " (repeatable: one per database)",
     )
     args = parser.parse_args()

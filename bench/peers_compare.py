@@ -1,21 +1,28 @@
-"""Aiki against DBOS 3.4 on the same machine, in one run, on SQLite and on PostgreSQL.
+"""Aiki against its peers, DBOS 3.4 and Restate 1.7, on one machine, in one run.
 
-For each database this script runs the same workloads on both systems, one after the
-other, and prints one table with both systems' figures and the ratios Aiki/DBOS:
+For each database (SQLite, PostgreSQL) this script runs the same workloads on every
+system, one after the other, and prints one table with their figures and the ratios
+Aiki ÷ best peer (per figure, the better of DBOS and Restate):
 
 1. sequential start → result latency, 200 times, of a 1-task and of a 10-task
    workflow (every task returns a small dict): p50 and p99;
-2. throughput: 1,000 runs of a 3-task workflow, started as fast as possible and
-   executed with the same concurrency on both systems: runs/s until all completed.
+2. throughput: 1,000 runs of a 3-task workflow, as fast as each system goes at its
+   concurrency (DBOS and Aiki: the same runs executed at once; Restate: the
+   invocations it is sent at once, its best count): runs/s until all completed.
 
 DBOS (`dbos==3.4.*`) is installed into its own venv under a cache folder and runs
 `bench/_dbos_workload.py` as a subprocess there, once per mode (sync and async), each
-on a fresh system database; its better mode is reported, per figure. Aiki runs as a
-real server process (`python -m aiki_server`), one worker process
-(`bench/_aiki_workload.py`) and the `Client` in this process. Both systems' counts
-are checked in their databases afterwards: a figure whose check fails is withheld.
+on a fresh system database; its better mode is reported, per figure. Restate
+(`@restatedev/restate-server` 1.7 from npm, installed into a cache folder, see
+`_restate.py`) runs as a server subprocess with the service `bench/_restate_workload.py`
+(`restate-sdk` under hypercorn) in another, invoked through its ingress from this
+process; it keeps its own storage, so it runs in each database's section, beside that
+section's Aiki. Aiki runs as a real server process (`python -m aiki_server`), one
+worker process (`bench/_aiki_workload.py`) and the `Client` in this process. Every
+system's counts are checked afterwards (Aiki's and DBOS's in their databases,
+Restate's through its admin query API): a figure whose check fails is withheld.
 
-Run it with `hatch run bench:dbos` (`--quick` for a smaller run, `--help` for more).
+Run it with `hatch run bench:peers` (`--quick` for a smaller run, `--help` for more).
 """
 
 from __future__ import annotations
@@ -57,6 +64,7 @@ from _common import (
     sequential,
     server_process,
 )
+from _restate import RestateRun, Workload, ensure_server, run_restate
 
 from aiki_client import Client
 from aiki_core import AikiError, ConsoleLogger, LogLevel
@@ -73,6 +81,8 @@ DBOS_SERIES = "3.4."
 PHASE_TIMEOUT = 300.0
 LATENCY_STEPS = (1, 10)
 TARGETS = {"10-task p50": 1.0, "throughput": 1.5}
+PEERS = ("dbos", "restate")
+PEER_NAMES = {"dbos": "DBOS 3.4", "restate": "Restate 1.7"}
 
 
 # -- options -----------------------------------------------------------------------------
@@ -92,16 +102,29 @@ class Options:
     warmup: int
     dbos_modes: list[str]
     dbos_venv: Path
+    peers: list[str]
+    restate_clients: list[int]
+    restate_cache: Path
 
 
-def _default_venv() -> Path:
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache) / "aiki-bench" / "dbos-venv"
+def _cache() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")) / "aiki-bench"
+
+
+def _int_list(parser: argparse.ArgumentParser, option: str, text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        parser.error(f"{option} takes comma-separated whole numbers")
+    if not values or min(values) < 1:
+        parser.error(f"{option} takes comma-separated numbers of at least 1")
+    return values
 
 
 def _options(argv: list[str] | None = None) -> Options:
     parser = argparse.ArgumentParser(
-        description="Aiki against DBOS 3.4: start→result latency and throughput, same machine."
+        description="Aiki against DBOS 3.4 and Restate 1.7: start→result latency and"
+        " throughput, same machine."
     )
     add_database_options(parser)
     parser.add_argument("--quick", action="store_true", help="a smaller run (about two minutes)")
@@ -111,7 +134,7 @@ def _options(argv: list[str] | None = None) -> Options:
         "--concurrency",
         type=int,
         default=32,
-        help="runs executed at once, both systems (DBOS worker_concurrency, Aiki"
+        help="runs executed at once by DBOS and Aiki (DBOS worker_concurrency, Aiki"
         " max_concurrent_runs; default 32)",
     )
     parser.add_argument(
@@ -128,14 +151,35 @@ def _options(argv: list[str] | None = None) -> Options:
     parser.add_argument(
         "--dbos-venv",
         type=Path,
-        default=_default_venv(),
+        default=_cache() / "dbos-venv",
         help="where DBOS's venv lives (made if missing; default ~/.cache/aiki-bench/dbos-venv)",
+    )
+    parser.add_argument(
+        "--peers",
+        default=",".join(PEERS),
+        help="peers to measure beside Aiki: dbos, restate or both (default dbos,restate)",
+    )
+    parser.add_argument(
+        "--restate-clients",
+        default="10",
+        help="concurrent request-response invocations in Restate's throughput figure;"
+        " a comma-separated list measures each and reports the best (default 10, its best"
+        " in a sweep of 1-100 on 2 cores)",
+    )
+    parser.add_argument(
+        "--restate-cache",
+        type=Path,
+        default=_cache() / "restate",
+        help="where npm installs Restate's server (default ~/.cache/aiki-bench/restate)",
     )
     args = parser.parse_args(argv)
     quick = bool(args.quick)
     modes = [m.strip() for m in args.dbos_modes.split(",") if m.strip()]
     if not modes or any(m not in ("sync", "async") for m in modes):
         parser.error("--dbos-modes takes sync, async or both")
+    peers = [p.strip() for p in args.peers.split(",") if p.strip()]
+    if not peers or any(p not in PEERS for p in peers):
+        parser.error("--peers takes dbos, restate or both")
     return Options(
         databases=["sqlite", "postgresql"] if args.db == "both" else [args.db],
         pg_url=args.pg_url,
@@ -147,6 +191,9 @@ def _options(argv: list[str] | None = None) -> Options:
         warmup=5 if quick else 20,
         dbos_modes=modes,
         dbos_venv=args.dbos_venv,
+        peers=peers,
+        restate_clients=_int_list(parser, "--restate-clients", args.restate_clients),
+        restate_cache=args.restate_cache,
     )
 
 
@@ -221,7 +268,8 @@ class Figures:
 
     latency: dict[int, Latencies] = field(default_factory=dict)
     throughput: float = 0.0
-    start_seconds: float = 0.0
+    start_seconds: float | None = None
+    """Seconds to start every throughput run; `None` where starting is not apart from running."""
     cpu_ms_per_run: float = 0.0
     cpu_note: str = ""
     checks: str = ""
@@ -233,6 +281,7 @@ class Report:
 
     title: str
     dbos: dict[str, Figures] = field(default_factory=dict)
+    restate: Figures | None = None
     aiki: Figures | None = None
     failures: list[str] = field(default_factory=list)
 
@@ -342,6 +391,43 @@ async def _drop_database(pg_url: str, database: str) -> None:
             await admin.close()
 
 
+# -- Restate -----------------------------------------------------------------------------
+
+
+async def run_restate_figures(
+    server: tuple[Path, str], opts: Options, folder: Path, label: str
+) -> Figures:
+    """A fresh Restate server and service; every workload through its ingress; counts."""
+    binary, version = server
+    work = Workload(
+        warmup=opts.warmup,
+        latency_runs=opts.latency_runs,
+        latency_steps=LATENCY_STEPS,
+        throughput_runs=opts.throughput_runs,
+        throughput_steps=opts.throughput_steps,
+        clients=tuple(opts.restate_clients),
+    )
+    timeout = PHASE_TIMEOUT * len(work.clients)
+    return _restate_figures(await run_restate(binary, version, work, folder, label, timeout))
+
+
+def _restate_figures(run: RestateRun) -> Figures:
+    """Restate's figures: its best throughput over the client counts measured."""
+    best = max(run.throughput, key=lambda t: t.runs / t.seconds)
+    server, service, bench = best.cpu_ms
+    figures = Figures(latency=run.latency, throughput=best.runs / best.seconds)
+    figures.cpu_ms_per_run = server + service + bench
+    figures.cpu_note = (
+        f"Restate CPU per throughput run ({best.clients} clients): server {server:.1f},"
+        f" service {service:.1f}, bench client {bench:.1f} ms"
+    )
+    if len(run.throughput) > 1:
+        tried = ", ".join(f"{t.clients}: {t.runs / t.seconds:,.1f}" for t in run.throughput)
+        figures.cpu_note += f"\n  Restate throughput by concurrent clients, runs/s: {tried}"
+    figures.checks = f"Restate {run.version} (restate-sdk {run.sdk_version}): {run.checks}"
+    return figures
+
+
 # -- Aiki --------------------------------------------------------------------------------
 
 
@@ -449,24 +535,48 @@ async def _attempt(report: Report, what: str, work: Coroutine[Any, Any, Figures]
     return None
 
 
-async def bench_sqlite(python: Path, opts: Options, folder: Path) -> Report:
-    """Both systems on scratch SQLite files in WAL mode."""
+@dataclass(frozen=True)
+class Setup:
+    """The peers as installed: DBOS's interpreter, Restate's server and version; or `None`."""
+
+    dbos_python: Path | None
+    restate_server: tuple[Path, str] | None
+
+
+async def _restate(report: Report, setup: Setup, opts: Options, folder: Path, label: str) -> None:
+    if setup.restate_server is not None:
+        work = run_restate_figures(setup.restate_server, opts, folder, label)
+        report.restate = await _attempt(report, "Restate", work)
+
+
+def _dbos_runs(setup: Setup, opts: Options) -> list[tuple[Path, str]]:
+    """DBOS's interpreter and each mode to run; none if DBOS is not measured."""
+    python = setup.dbos_python
+    return [] if python is None else [(python, mode) for mode in opts.dbos_modes]
+
+
+async def bench_sqlite(setup: Setup, opts: Options, folder: Path) -> Report:
+    """DBOS and Aiki on scratch SQLite files in WAL mode; Restate on its own storage."""
     report = Report("SQLite (WAL, synchronous=FULL)")
-    for mode in opts.dbos_modes:
+    for python, mode in _dbos_runs(setup, opts):
         url = f"sqlite:///{folder / f'dbos-{mode}.sqlite'}"
         log = folder / f"dbos-{mode}-sqlite.log"
         figures = await _attempt(report, f"DBOS {mode}", run_dbos(python, mode, url, opts, log))
         if figures is not None:
             report.dbos[mode] = figures
+    await _restate(report, setup, opts, folder, "sqlite")
     aiki_url = f"sqlite:///{folder / 'aiki.db'}"
     report.aiki = await _attempt(report, "Aiki", run_aiki(aiki_url, opts, folder, "sqlite"))
     return report
 
 
-async def bench_postgres(python: Path, opts: Options, folder: Path) -> Report:
-    """DBOS on system databases of its own (dropped after), Aiki on a fresh schema."""
+async def bench_postgres(setup: Setup, opts: Options, folder: Path) -> Report:
+    """DBOS on system databases of its own (dropped after), Aiki on a fresh schema.
+
+    Restate runs on its own storage, as in the SQLite section: a peer of both tables.
+    """
     report = Report("PostgreSQL")
-    for mode in opts.dbos_modes:
+    for python, mode in _dbos_runs(setup, opts):
         database = f"aiki_bench_dbos_{mode}_{uuid.uuid4().hex[:8]}"
         url = _database_url(opts.pg_url, database)
         log = folder / f"dbos-{mode}-postgresql.log"
@@ -476,7 +586,8 @@ async def bench_postgres(python: Path, opts: Options, folder: Path) -> Report:
             await _drop_database(opts.pg_url, database)
         if figures is not None:
             report.dbos[mode] = figures
-    async with fresh_schema(opts.pg_url, "bench_dbos_compare") as aiki_url:
+    await _restate(report, setup, opts, folder, "postgresql")
+    async with fresh_schema(opts.pg_url, "bench_peers_compare") as aiki_url:
         report.aiki = await _attempt(report, "Aiki", run_aiki(aiki_url, opts, folder, "postgresql"))
     return report
 
@@ -523,15 +634,41 @@ def _best(values: list[float], lower_is_better: bool) -> float | None:
     return min(values) if lower_is_better else max(values)
 
 
+def _cell(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def _peer_row(report: Report, row: _Row) -> tuple[list[float], float | None, float | None]:
+    """Each DBOS mode's value, the best of them, and Restate's value."""
+    dbos = [float(row.value(figures)) for figures in report.dbos.values()]
+    restate = None if report.restate is None else float(row.value(report.restate))
+    return dbos, _best(dbos, row.lower_is_better), restate
+
+
 def _print_report(report: Report, opts: Options) -> list[str]:
     """Print the table of one database; return the lines of its target summary."""
     modes = list(report.dbos)
-    headers = ["figure", *(f"DBOS {m}" for m in modes), "DBOS best", "Aiki", "Aiki/DBOS", "target"]
+    headers = [
+        "figure",
+        *(f"DBOS {m}" for m in modes),
+        "DBOS best",
+        "Restate",
+        "best peer",
+        "Aiki",
+        "Aiki ÷ best peer",
+        "target",
+    ]
     table: list[list[str]] = []
     summary: list[str] = []
     for row in _rows():
-        values = [float(row.value(report.dbos[m])) for m in modes]
-        best = _best(values, row.lower_is_better)
+        dbos, dbos_best, restate = _peer_row(report, row)
+        peers = {
+            name: value
+            for name, value in (("DBOS", dbos_best), ("Restate", restate))
+            if value is not None
+        }
+        best = _best(list(peers.values()), row.lower_is_better)
+        best_name = next((name for name, value in peers.items() if value == best), "")
         aiki = None if report.aiki is None else float(row.value(report.aiki))
         ratio = None if best is None or aiki is None else aiki / best
         target = "-"
@@ -542,38 +679,43 @@ def _print_report(report: Report, opts: Options) -> list[str]:
                 met = ratio <= row.target if row.lower_is_better else ratio >= row.target
                 target += " met" if met else " MISSED"
                 summary.append(
-                    f"{report.title}, {row.label}: Aiki/DBOS = {ratio:.2f}"
+                    f"{report.title}, {row.label}: Aiki ÷ best peer ({best_name}) = {ratio:.2f}"
                     f" (target {sign} {row.target:.1f}: {'met' if met else 'MISSED'})"
                 )
         table.append(
             [
                 f"{row.label}, {row.unit}",
-                *(f"{v:,.1f}" for v in values),
-                "-" if best is None else f"{best:,.1f}",
-                "-" if aiki is None else f"{aiki:,.1f}",
-                "-" if ratio is None else f"{ratio:.2f}",
+                *(_cell(v) for v in dbos),
+                _cell(dbos_best),
+                _cell(restate),
+                "-" if best is None else f"{best:,.1f} {best_name}",
+                _cell(aiki),
+                _cell(ratio, 2),
                 target,
             ]
         )
-    systems = [*(report.dbos[m] for m in modes), report.aiki]
+    columns = [*(report.dbos[m] for m in modes), None, report.restate, None, report.aiki]
     for name, attribute in (
         (f"throughput: time to start all {opts.throughput_runs}, s", "start_seconds"),
         ("throughput: CPU per run (not the database's), ms", "cpu_ms_per_run"),
     ):
-        cells = [
-            "-" if figures is None else f"{getattr(figures, attribute):,.2f}" for figures in systems
-        ]
-        table.append([name, *cells[:-1], "", cells[-1], "", ""])
+        cells = ["" if f is None else _cell(getattr(f, attribute), 2) for f in columns]
+        if report.restate is None:
+            cells[len(modes) + 1] = "-"
+        if report.aiki is None:
+            cells[-1] = "-"
+        table.append([name, *cells, "", ""])
     widths = [max(len(r[i]) for r in [headers, *table]) for i in range(len(headers))]
     print(f"\n== {report.title}")
     for line in [headers, *table]:
         cells = [line[0].ljust(widths[0])]
         cells += [c.rjust(w) for c, w in zip(line[1:], widths[1:], strict=True)]
         print("  " + "  ".join(cells).rstrip())
-    if report.aiki is not None:
-        print(f"  {report.aiki.cpu_note}")
+    for figures in (report.restate, report.aiki):
+        if figures is not None:
+            print(f"  {figures.cpu_note}")
     print("  checks:")
-    for figures in systems:
+    for figures in [*report.dbos.values(), report.restate, report.aiki]:
         if figures is not None:
             print(f"    {figures.checks}")
     for failure in report.failures:
@@ -581,32 +723,43 @@ def _print_report(report: Report, opts: Options) -> list[str]:
     return summary
 
 
-async def _main(opts: Options, python: Path, venv_note: str) -> int:
+async def _main(opts: Options, setup: Setup, notes: list[str]) -> int:
     print(
-        f"Aiki vs DBOS: {opts.latency_runs} sequential runs per latency figure (after"
-        f" {opts.warmup} warm-up runs), {opts.throughput_runs} runs × {opts.throughput_steps}"
-        f" tasks for throughput; concurrency {opts.concurrency} on both (DBOS queue"
-        f" worker_concurrency, Aiki max_concurrent_runs of one worker process); Aiki's client"
-        f" keeps {opts.starters} starts in flight; DBOS modes {', '.join(opts.dbos_modes)}"
-        f" (better per figure); python {sys.version.split()[0]}, SQLite"
-        f" {sqlite3.sqlite_version}, {os.cpu_count()} cores"
+        f"Aiki vs {' and '.join(PEER_NAMES[p] for p in opts.peers)}: {opts.latency_runs}"
+        f" sequential runs per latency figure (after {opts.warmup} warm-up runs),"
+        f" {opts.throughput_runs} runs × {opts.throughput_steps} tasks for throughput;"
+        f" python {sys.version.split()[0]}, SQLite {sqlite3.sqlite_version},"
+        f" {os.cpu_count()} cores"
     )
-    print(f"DBOS venv: {venv_note}")
+    print(
+        f"Throughput concurrency: Aiki max_concurrent_runs {opts.concurrency} (one worker"
+        f" process), its client keeping {opts.starters} starts in flight"
+    )
+    if setup.dbos_python is not None:
+        print(
+            f"  DBOS queue worker_concurrency {opts.concurrency}, modes"
+            f" {', '.join(opts.dbos_modes)} (better per figure)"
+        )
+    if setup.restate_server is not None:
+        clients = ", ".join(str(c) for c in opts.restate_clients)
+        print(f"  Restate: {clients} concurrent request-response invocations (best reported)")
+    for note in notes:
+        print(note)
     failed = False
     summary: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="aiki-bench-dbos-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="aiki-bench-peers-") as tmp:
         folder = Path(tmp)
         for database in opts.databases:
             began = time.perf_counter()
             if database == "sqlite":
-                report = await bench_sqlite(python, opts, folder)
+                report = await bench_sqlite(setup, opts, folder)
             else:
                 problem = await pg_unreachable(opts.pg_url)
                 if problem is not None:
                     print(f"\n== PostgreSQL at {opts.pg_url}: unreachable ({problem})")
                     failed = True
                     continue
-                report = await bench_postgres(python, opts, folder)
+                report = await bench_postgres(setup, opts, folder)
             summary += _print_report(report, opts)
             print(f"  ({time.perf_counter() - began:.0f} s)")
             failed = failed or bool(report.failures)
@@ -617,15 +770,29 @@ async def _main(opts: Options, python: Path, venv_note: str) -> int:
     return 1 if failed else 0
 
 
+def _setup(opts: Options) -> tuple[Setup, list[str]]:
+    """Install (or find) each peer asked for; what was done, to print."""
+    python = server = None
+    notes = []
+    if "dbos" in opts.peers:
+        python, venv_note = ensure_dbos_venv(opts.dbos_venv)
+        notes.append(f"DBOS venv: {venv_note}")
+    if "restate" in opts.peers:
+        binary, version, how = ensure_server(opts.restate_cache)
+        server = (binary, version)
+        notes.append(f"Restate server: restate-server {version}, {how}")
+    return Setup(python, server), notes
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the comparison; exit 1 if a system failed, a check failed, or PostgreSQL is down."""
     opts = _options(argv)
     try:
-        python, venv_note = ensure_dbos_venv(opts.dbos_venv)
+        setup, notes = _setup(opts)
     except BenchError as setup_error:
-        print(f"BENCHMARK FAILED: cannot set up DBOS: {setup_error}")
+        print(f"BENCHMARK FAILED: cannot set up a peer: {setup_error}")
         sys.exit(1)
-    exit_with_status(lambda: anyio.run(_main, opts, python, venv_note))
+    exit_with_status(lambda: anyio.run(_main, opts, setup, notes))
 
 
 if __name__ == "__main__":
