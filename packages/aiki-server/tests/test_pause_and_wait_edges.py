@@ -116,3 +116,14 @@ def test_the_host_check_takes_an_ipv6_public_url_and_allowed_host() -> None:
     assert check.allows("[::1]:9850")
     assert not check.allows("[2001:db8::3]:9850")
     assert not check.allows("rebind.evil.example")
+
+
+def test_the_host_check_answers_the_same_after_a_flood_of_made_up_hosts() -> None:
+    """Its remembered answers stay right however many names it is sent."""
+    check = HostCheck("https://aiki.example.com", ())
+    assert check.allows("aiki.example.com") and not check.allows("evil.example")
+    for n in range(5_000):
+        assert not check.allows(f"rebind-{n}.evil.example:9850")
+    assert check.allows("aiki.example.com")
+    assert check.allows("127.0.0.1:9850")
+    assert not check.allows("evil.example")

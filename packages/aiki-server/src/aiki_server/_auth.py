@@ -55,6 +55,8 @@ NAMESPACE_SCOPE_KEY = "aiki.namespace"
 
 _MAX_REFUSED = 10_000
 """Refused keys remembered at most: made-up keys are forgotten, live ones are not."""
+_MAX_HOSTS = 1_000
+"""`Host` headers whose answer is remembered at most."""
 _PUBLIC_PATHS = frozenset(
     {"/health", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect"}
 )
@@ -144,13 +146,22 @@ class HostCheck:
             names.add(str(urlsplit(public_url).hostname).rstrip("."))
         self._any = "*" in names
         self._names = frozenset(names)
+        self._answers: dict[str, bool] = {}
+        """Each `Host` seen -> whether it is answered: parsing an address costs more than
+        the rest of the check, and a client sends the same `Host` every time."""
 
     def allows(self, host: str | None) -> bool:
         """Whether a request with this `Host` header (`None`: without one) is answered."""
         if host is None or self._any:
             return True
-        name = _host_name(host)
-        return is_loopback(name) or name in self._names
+        answer = self._answers.get(host)
+        if answer is None:
+            name = _host_name(host)
+            answer = is_loopback(name) or name in self._names
+            if len(self._answers) >= _MAX_HOSTS:
+                self._answers.clear()  # a flood of made-up names must not grow it
+            self._answers[host] = answer
+        return answer
 
 
 def _host_name(host: str) -> str:
