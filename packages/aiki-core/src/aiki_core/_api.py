@@ -914,7 +914,9 @@ class CreateWebhookRequest(RequestModel):
         Duration, DurationRange(at_least=timedelta(milliseconds=1), at_most=MAX_WEBHOOK_LIFETIME)
     ] = Field(description="How long the URL stays valid (at most 90 days).")
     data_schema: dict[str, JsonValue] = Field(
-        alias="schema", description="The JSON Schema (Draft 2020-12) of the event's data."
+        alias="schema",
+        description="The JSON Schema (Draft 2020-12) of the event's data; an object that is"
+        " no valid JSON Schema is refused with 422.",
     )
 
     @model_validator(mode="after")
