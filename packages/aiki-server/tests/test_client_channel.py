@@ -6,6 +6,7 @@ the frames, and takes (or, as a client that stopped reading, never takes) its an
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from typing import TYPE_CHECKING, Any
@@ -15,6 +16,7 @@ from websockets.asyncio.client import connect
 
 from aiki_core.wire import ChannelRequest, decode_answer, encode_request
 from aiki_server import _channel
+from aiki_server._channel import ClientChannel
 from aiki_server.testing import server_process
 
 if TYPE_CHECKING:
@@ -111,3 +113,52 @@ async def test_a_call_on_the_channel_has_its_line_in_the_access_log(
         if line["component"] == "uvicorn.access"
     }
     assert ("GET", "/api/v1/runs?limit=5", 200) in requests, requests
+
+
+class _Open:
+    """An admission that lets every channel open (the stack under test has no keys)."""
+
+    async def refusal(self, scope: Any) -> None:
+        return None
+
+
+class _Uncounted:
+    """Metrics that count nothing."""
+
+    def channel(self, event: str) -> None: ...
+
+    def channel_call(self) -> None: ...
+
+
+async def test_a_server_shutting_down_ends_the_channel_only_after_its_calls() -> None:
+    """uvicorn, past its graceful timeout, cancels the channel's task once (asyncio's own
+    cancel, which no anyio shield holds): a call in a shielded write still ends first."""
+    call_started, call_ended = anyio.Event(), anyio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        call_started.set()
+        with anyio.CancelScope(shield=True):  # a write that commits whatever happens
+            await anyio.sleep(0.3)
+        call_ended.set()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    inbox.put_nowait({"type": "websocket.connect"})
+    frame = encode_request(ChannelRequest(1, "POST", "/runs", b"{}"))
+    inbox.put_nowait({"type": "websocket.receive", "bytes": frame})
+
+    async def send(message: Any) -> None: ...
+
+    channel = ClientChannel(app, _Open(), _Uncounted(), "/api/v1")  # type: ignore[arg-type]
+    serving = asyncio.create_task(channel(dict(SCOPE), inbox.get, send))  # noqa: TID251
+    await call_started.wait()
+    inbox.put_nowait({"type": "websocket.disconnect", "code": 1012})  # uvicorn's shutdown
+    await anyio.sleep(0.05)  # the channel waits for its call
+    serving.cancel()  # "timeout graceful shutdown exceeded"
+    try:
+        await serving
+    except asyncio.CancelledError:
+        pass
+    assert call_ended.is_set(), "the channel ended while its call still ran"
+    assert serving.cancelled()  # and the cancel was not swallowed

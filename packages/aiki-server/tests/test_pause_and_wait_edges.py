@@ -8,6 +8,7 @@ honours; an event that came in time is taken even by a wait withdrawn meanwhile.
 
 from __future__ import annotations
 
+import tracemalloc
 from typing import TYPE_CHECKING, Any
 
 from aiki_server._auth import HostCheck
@@ -127,3 +128,18 @@ def test_the_host_check_answers_the_same_after_a_flood_of_made_up_hosts() -> Non
     assert check.allows("aiki.example.com")
     assert check.allows("127.0.0.1:9850")
     assert not check.allows("evil.example")
+
+
+def test_the_host_check_keeps_no_huge_host_header() -> None:
+    """A client may send a `Host` of megabytes (httptools takes it): refused, and not kept."""
+    check = HostCheck("https://aiki.example.com", ())
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for n in range(20):
+            assert not check.allows(f"{n}" + "a" * 4_000_000)
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert kept < 1_000_000, f"{kept:,} bytes kept after 20 Host headers of 4 MB"
+    assert check.allows("aiki.example.com")

@@ -57,6 +57,8 @@ _MAX_REFUSED = 10_000
 """Refused keys remembered at most: made-up keys are forgotten, live ones are not."""
 _MAX_HOSTS = 1_000
 """`Host` headers whose answer is remembered at most."""
+_MAX_HOST_LENGTH = 300
+"""The longest `Host` header whose answer is remembered (a DNS name, a port and some)."""
 _PUBLIC_PATHS = frozenset(
     {"/health", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect"}
 )
@@ -158,9 +160,10 @@ class HostCheck:
         if answer is None:
             name = _host_name(host)
             answer = is_loopback(name) or name in self._names
-            if len(self._answers) >= _MAX_HOSTS:
-                self._answers.clear()  # a flood of made-up names must not grow it
-            self._answers[host] = answer
+            if len(host) <= _MAX_HOST_LENGTH:  # a huge made-up one is not kept
+                if len(self._answers) >= _MAX_HOSTS:
+                    self._answers.clear()  # a flood of made-up names must not grow it
+                self._answers[host] = answer
         return answer
 
 

@@ -96,7 +96,7 @@ class _Connection:
         self._running: dict[int, anyio.CancelScope] = {}
         """The calls in flight, by id: a cancel frame cancels one."""
         self._tasks: dict[asyncio.Task[None], anyio.CancelScope] = {}
-        """Every call's task, until it ends, with the scope that cancels all of it."""
+        """Every call's task, until it ends, with the scope the channel's end cancels."""
         self._base = _http_scope(scope)
 
     async def serve(self) -> None:
@@ -124,12 +124,22 @@ class _Connection:
             metrics.channel(self.ended)
 
     async def _end_calls(self) -> None:
-        """Cancel the calls in flight (the client left: their answers have nowhere to go)."""
+        """Cancel the calls in flight (the client left: their answers have nowhere to go).
+
+        Returns once every call ended, as a task group would: a cancel of the channel's
+        own task meanwhile (a server shutting down) is raised only after that.
+        """
         for scope in self._tasks.values():
             scope.cancel()
-        if self._tasks:
-            with anyio.CancelScope(shield=True):
-                await asyncio.wait(self._tasks)
+        interrupted: asyncio.CancelledError | None = None
+        with anyio.CancelScope(shield=True):  # the channel's own scope is cancelled
+            while pending := [task for task in self._tasks if not task.done()]:
+                try:
+                    await asyncio.wait(pending)
+                except asyncio.CancelledError as exc:  # asyncio's own, past any shield
+                    interrupted = exc
+        if interrupted is not None:
+            raise interrupted
 
     async def _refuse(self, refusal: Any) -> None:
         """Answer the opening with the refusal as HTTP where the server can, else close."""
@@ -168,33 +178,48 @@ class _Connection:
             await self._calls.acquire()
             self.channel.metrics.channel_call()
             scope = self._running[request.call_id] = anyio.CancelScope()
+            whole = anyio.CancelScope()
             # a bare task, not a task group's: a fifth of the cost (the server runs on
             # asyncio), and `_end_calls` cancels and waits for it as a task group would
-            task = asyncio.create_task(self._call(request, scope))  # noqa: TID251
-            self._tasks[task] = scope
+            task = asyncio.create_task(self._call(request, scope, whole))  # noqa: TID251
+            self._tasks[task] = whole
             task.add_done_callback(self._forget)
 
     def _forget(self, task: asyncio.Task[None]) -> None:
+        """Drop an ended call's task; log what escaped it (a task group would raise it)."""
         del self._tasks[task]
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            _log.error("a channel call failed", {"error": repr(error)})
 
-    async def _call(self, request: ChannelRequest, scope: anyio.CancelScope) -> None:
-        """Answer one call; `scope` covers it all (a cancel frame, or the channel's end)."""
+    async def _call(
+        self, request: ChannelRequest, scope: anyio.CancelScope, whole: anyio.CancelScope
+    ) -> None:
+        """Answer one call.
+
+        `scope` (its cancel frame's) covers the work; `whole` (the channel's end) the
+        sending of its answer too.
+        """
+        answer: ChannelAnswer | None = None
         try:
-            with scope:
-                try:
-                    answer = await self._dispatch(request)
-                except Exception as exc:  # a bug below the stack's own error handling
-                    _log.error(
-                        "a channel call failed", {"target": request.target, "error": repr(exc)}
-                    )
-                    response = response_for(exc, self._base)
-                    answer = ChannelAnswer(
-                        request.call_id, response.status_code, bytes(response.body)
-                    )
-                finally:
-                    if self._running.get(request.call_id) is scope:
-                        del self._running[request.call_id]
-                await self._deliver(answer)
+            with whole:
+                with scope:
+                    try:
+                        answer = await self._dispatch(request)
+                    except Exception as exc:  # a bug below the stack's own error handling
+                        _log.error(
+                            "a channel call failed",
+                            {"target": request.target, "error": repr(exc)},
+                        )
+                        response = response_for(exc, self._base)
+                        answer = ChannelAnswer(
+                            request.call_id, response.status_code, bytes(response.body)
+                        )
+                    finally:
+                        if self._running.get(request.call_id) is scope:
+                            del self._running[request.call_id]
+                if answer is not None:  # else cancelled by its caller: it waits for nothing
+                    await self._deliver(answer)
         finally:
             # a call is in flight until its answer is sent: a client that reads no answers
             # stops the channel reading its frames, rather than the server holding them all
