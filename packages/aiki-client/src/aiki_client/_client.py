@@ -420,10 +420,7 @@ class Client:
         The server waits for the endpoint's answer; the request is sent once.
         """
         return await self._call(
-            "POST",
-            api_path("runs", run_id, "remote-tasks"),
-            PushedTaskAnswer,
-            request,
+            "POST", api_path("runs", run_id, "remote-tasks"), PushedTaskAnswer, request
         )
 
     async def start_child(self, run_id: RunId, request: StartChildRequest) -> StartRunResponse:
@@ -441,10 +438,7 @@ class Client:
     ) -> TransitionRunResponse:
         """Complete, fail, suspend or release a held run."""
         return await self._call(
-            "POST",
-            api_path("runs", run_id, "transition"),
-            TransitionRunResponse,
-            request,
+            "POST", api_path("runs", run_id, "transition"), TransitionRunResponse, request
         )
 
     async def create_webhook(
@@ -452,10 +446,7 @@ class Client:
     ) -> CreateWebhookResponse:
         """Mint a signed URL that delivers an event to a held run."""
         return await self._call(
-            "POST",
-            api_path("runs", run_id, "webhooks"),
-            CreateWebhookResponse,
-            request,
+            "POST", api_path("runs", run_id, "webhooks"), CreateWebhookResponse, request
         )
 
     async def acquire_rate_limit(

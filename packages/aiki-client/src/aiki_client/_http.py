@@ -28,7 +28,7 @@ import httpx
 from aiki_core import ServerUnavailableError
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Iterator, Mapping, Sequence
 
 CONNECT_TIMEOUT = 10.0
 """Seconds to open a connection."""
@@ -199,21 +199,23 @@ class HttpxHttp:
         await self._client.aclose()
 
 
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """`exc`, then what caused it, and so on to the first error."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        yield cause
+        cause = cause.__cause__ or cause.__context__
+
+
 def _root(exc: BaseException) -> BaseException:
     """The first error of a chain: what the system said (refused, no such host)."""
-    while (cause := exc.__cause__ or exc.__context__) is not None:
-        exc = cause
-    return exc
+    *_, first = _chain(exc)
+    return first
 
 
 def _tls_error(exc: BaseException) -> ssl.SSLError | None:
     """The TLS error under an httpx connect error, if the handshake was what failed."""
-    cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, ssl.SSLError):
-            return cause
-        cause = cause.__cause__ or cause.__context__
-    return None
+    return next((e for e in _chain(exc) if isinstance(e, ssl.SSLError)), None)
 
 
 def _tls_unavailable(base_url: str, exc: ssl.SSLError) -> ServerUnavailableError:
