@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from contextvars import ContextVar
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -247,8 +248,17 @@ async def timer_pass(h: Harness) -> None:
 # -- statements --------------------------------------------------------------------------
 
 
+_recorded_here: ContextVar[bool] = ContextVar("_recorded_here", default=False)
+
+
 def record_statements(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, tuple[Any, ...]]]:
-    """From now on, every statement any transaction or read session sends: (SQL, values)."""
+    """From now on, every statement a transaction or read session sends on behalf of the
+    caller's task and the tasks it starts: (SQL, values).
+
+    A replica's timer and retention passes run in tasks started before, so the statements
+    they happen to send meanwhile are not counted.
+    """
+    _recorded_here.set(True)
     sent: list[tuple[str, tuple[Any, ...]]] = []
     for cls in (PostgresTx, SqliteTx, _ThreadedSqliteTx):
         for name in ("fetch", "execute"):
@@ -261,7 +271,8 @@ def _recording(
     method: Callable[..., Any], sent: list[tuple[str, tuple[Any, ...]]]
 ) -> Callable[..., Any]:
     async def recorded(tx: Tx, sql: str, *args: Any) -> Any:
-        sent.append((sql, args))
+        if _recorded_here.get():
+            sent.append((sql, args))
         return await method(tx, sql, *args)
 
     return recorded
