@@ -162,7 +162,8 @@ def _options(argv: list[str] | None = None) -> Options:
     parser.add_argument(
         "--peers",
         default=",".join(PEERS),
-        help="peers to measure beside Aiki: dbos, restate or both (default dbos,restate)",
+        help="peers to measure beside Aiki: dbos, restate, both, or none for Aiki alone"
+        " (a before/after comparison of two checkouts; default dbos,restate)",
     )
     parser.add_argument(
         "--restate-clients",
@@ -182,9 +183,9 @@ def _options(argv: list[str] | None = None) -> Options:
     modes = [m.strip() for m in args.dbos_modes.split(",") if m.strip()]
     if not modes or any(m not in ("sync", "async") for m in modes):
         parser.error("--dbos-modes takes sync, async or both")
-    peers = [p.strip() for p in args.peers.split(",") if p.strip()]
-    if not peers or any(p not in PEERS for p in peers):
-        parser.error("--peers takes dbos, restate or both")
+    peers = [p.strip() for p in args.peers.split(",") if p.strip() and args.peers != "none"]
+    if (not peers and args.peers != "none") or any(p not in PEERS for p in peers):
+        parser.error("--peers takes dbos, restate, both or none")
     return Options(
         databases=["sqlite", "postgresql"] if args.db == "both" else [args.db],
         pg_url=args.pg_url,
@@ -737,7 +738,8 @@ def _print_report(report: Report, opts: Options) -> list[str]:
 
 async def _main(opts: Options, setup: Setup, notes: list[str]) -> int:
     print(
-        f"Aiki vs {' and '.join(PEER_NAMES[p] for p in opts.peers)}: {opts.latency_runs}"
+        f"Aiki vs {' and '.join(PEER_NAMES[p] for p in opts.peers) or 'no peer'}:"
+        f" {opts.latency_runs}"
         f" sequential runs per latency figure (after {opts.warmup} warm-up runs),"
         f" {opts.throughput_runs} runs × {opts.throughput_steps} tasks for throughput;"
         f" python {sys.version.split()[0]}, SQLite {sqlite3.sqlite_version},"

@@ -312,20 +312,21 @@ def create_app(db_url: str, settings: ServerSettings | None = None) -> FastAPI:
     app.state.timers = timers
     app.state.retention = retention
     app.state.worker_writes = writes
+    app.state.runs = runs
+    app.state.claims = claims
     app.state.metrics = metrics
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    # a valid task record or transition skips the rest of the stack
-    app.add_middleware(HotPath, writes=writes, max_body_bytes=settings.max_body_bytes)
+    # a valid start, claim, task record, transition or wait skips the rest of the stack
+    services = hot_path.Services(runs, claims, writes)
+    app.add_middleware(HotPath, services=services, max_body_bytes=settings.max_body_bytes)
     # every request but the public ones gets its namespace from its key
     admission = Admission(keys, HostCheck(settings.public_url, settings.allowed_hosts))
     app.add_middleware(ApiKeyAuth, admission=admission)
     api = _api_router(
-        runs,
-        claims,
+        services,
         directives,
         dry_runs,
-        writes,
         schedules,
         webhooks,
         concurrency,
@@ -376,11 +377,9 @@ def create_app(db_url: str, settings: ServerSettings | None = None) -> FastAPI:
 
 
 def _api_router(
-    runs: Runs,
-    claims: Claims,
+    services: hot_path.Services,
     directives: Directives,
     dry_runs: DryRuns,
-    writes: WorkerWrites,
     schedules: Schedules,
     webhooks: Webhooks,
     concurrency: ConcurrencyLimits,
@@ -388,21 +387,23 @@ def _api_router(
     public_url: str | None,
     max_body_bytes: int,
 ) -> APIRouter:
+    runs, claims, writes = services.runs, services.claims, services.writes
     router = APIRouter(responses=_ERRORS)
 
-    # the router tries routes in order: the worker's calls, one per task, come first
-    # these two are served by `HotPath` whenever their body is valid
+    # `HotPath` serves the start, claim, task record, transition and wait it reads as
+    # these routes would: they answer what it hands on (the router tries routes in
+    # order: the worker's calls, one per task, come first)
     @router.post("/runs/{run_id}/tasks", response_model=RecordTaskResponse, tags=["workers"])
     async def record_task(ns: Caller, run_id: Identifier, body: RecordTaskRequest) -> Response:
         """Record one task attempt of a claimed run."""
-        return _json(await hot_path.record_task(writes, ns, run_id, body))
+        return _json(*await hot_path.record_task(services, ns, run_id, body))
 
     @router.post(
         "/runs/{run_id}/transition", response_model=TransitionRunResponse, tags=["workers"]
     )
     async def transition(ns: Caller, run_id: Identifier, body: TransitionRunRequest) -> Response:
         """Complete, fail, suspend or release a claimed run."""
-        return _json(await hot_path.transition(writes, ns, run_id, body))
+        return _json(*await hot_path.transition(services, ns, run_id, body))
 
     @router.get("/limits", response_model=ServerLimits, tags=["server"])
     async def limits(ns: Caller) -> Response:
@@ -412,8 +413,7 @@ def _api_router(
     @router.post("/claims", response_model=ClaimResponse, tags=["workers"])
     async def claim(ns: Caller, body: ClaimRequest, request: Request) -> Response:
         """Long-poll for runs of the declared (workflow, version, pool) triples."""
-        claimed = await claims.claim(ns, body, gone=request.is_disconnected)
-        return _json(ClaimResponse(runs=claimed))
+        return _json(*await hot_path.claim(services, ns, body, request.is_disconnected))
 
     @router.get("/workers", response_model=WorkerPage, tags=["workers"])
     async def list_workers(ns: Caller) -> Response:
@@ -485,8 +485,7 @@ def _api_router(
     )
     async def start_run(ns: Caller, body: StartRunRequest) -> Response:
         """Start a run; an existing run with the same reference id answers 200."""
-        started = await runs.start_run(ns, body)
-        return _json(started, 201 if started.created else 200)
+        return _json(*await hot_path.start_run(services, ns, body))
 
     @router.get("/runs", response_model=RunPage, tags=["runs"])
     async def list_runs(ns: Caller, query: Annotated[ListRunsQuery, Query()]) -> Response:
@@ -514,16 +513,15 @@ def _api_router(
         ns: Caller,
         run_id: Identifier,
         status: Annotated[list[RunStatus] | None, Query()] = None,
-        timeout_ms: Annotated[int, Query(ge=0, le=60_000)] = 30_000,
+        timeout_ms: Annotated[
+            int, Query(ge=0, le=hot_path.MAX_WAIT_TIMEOUT_MS)
+        ] = hot_path.WAIT_TIMEOUT_MS,
     ) -> Response:
         """Long-poll until the run reaches one of `status` (default: any terminal one).
 
         Answers the run with its result or error, or as it is when `timeout_ms` ran out.
         """
-        summary = await runs.wait_for_run(
-            ns, run_id, status or [], timedelta(milliseconds=timeout_ms)
-        )
-        return _json(summary)
+        return _json(*await hot_path.wait_for_run(services, ns, run_id, status or [], timeout_ms))
 
     @router.post("/runs/{run_id}/cancel", response_model=RunSummary, tags=["runs"])
     async def cancel_run(
