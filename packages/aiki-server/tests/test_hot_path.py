@@ -9,6 +9,7 @@ with exactly the body the client sent.
 from __future__ import annotations
 
 import json
+import re
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -162,7 +163,7 @@ async def test_a_start_claim_and_wait_are_answered_by_the_hot_path(harness: Harn
     status, body = await post(hot, "/api/v1/runs", start_body)
     assert status == 201, body
     run_id = json.loads(body)["run"]["id"]
-    status, body = await post(hot, "/api/v1/runs", start_body, content_type=None)
+    status, body = await post(hot, "/api/v1/runs", start_body)
     assert (status, json.loads(body)["run"]["id"]) == (200, run_id)  # its reference id's run
     capabilities = [{"workflow": "w", "version": "1", "pool": "default"}]
     claim_body = json.dumps({"worker_id": "a", "capabilities": capabilities, "wait": 0})
@@ -218,7 +219,43 @@ async def test_a_body_of_another_content_type_is_handed_on(harness: Harness) -> 
     hot = hot_path(harness, app)
     body = json.dumps({"workflow": "w", "version": "1"}).encode()
 
-    for content_type in (b"text/plain", b"application/json; charset=utf-8"):
+    for content_type in (b"text/plain", b"application/json; charset=utf-8", None):
         status, answer = await post(hot, "/api/v1/runs", body, content_type=content_type)
         assert (status, answer) == (299, b"handed on")
-    assert app.requests == [("/api/v1/runs", body)] * 2
+    assert app.requests == [("/api/v1/runs", body)] * 3
+
+
+async def test_a_cross_site_request_without_a_content_type_starts_or_claims_nothing(
+    harness: Harness,
+) -> None:
+    """A browser page may POST to a keyless local server with no content type (no-cors):
+    the server refuses such a body rather than read it as JSON."""
+    run = await start(harness.client)
+    capabilities = [{"workflow": "w", "version": "1", "pool": "default"}]
+    calls = {
+        "/runs": {"workflow": "w", "version": "1"},
+        "/claims": {"worker_id": "page", "capabilities": capabilities, "wait": 0},
+    }
+    for path, body in calls.items():
+        headers = {"origin": "https://elsewhere.example"}
+        r = await harness.client.post(path, content=json.dumps(body).encode(), headers=headers)
+        assert r.status_code == 422, r.text
+
+    listed = (await harness.client.get("/runs")).json()["runs"]
+    assert [(r["id"], r["status"]) for r in listed] == [(run["id"], "queued")]
+
+
+async def test_a_hot_call_is_counted_under_its_route(harness: Harness) -> None:
+    """Whatever its run id spells (`v1`, `api`, `runs` are ids too)."""
+    for run_id in ("v1", "api", "runs"):
+        r = await harness.client.get(f"/runs/{run_id}/wait", params={"timeout_ms": 0})
+        assert r.status_code == 404, r.text
+        r = await harness.client.post(f"/runs/{run_id}/tasks", json=task_record(1))
+        assert r.status_code == 404, r.text
+
+    text = (await harness.client.get("http://aiki/metrics")).text
+    routes = set(re.findall(r'route="([^"]*)"', text))
+    assert {route for route in routes if route.endswith(("/wait", "/tasks"))} == {
+        "/api/v1/runs/{run_id}/wait",
+        "/api/v1/runs/{run_id}/tasks",
+    }

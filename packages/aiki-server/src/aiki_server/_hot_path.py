@@ -109,6 +109,12 @@ _ROUTE = re.compile(rf"^/api/v1/(?:(runs|claims)|runs/({ID_PATTERN})/(tasks|tran
 """The paths of the hot calls: a call on all runs, or on one run (its id, then the call).
 
 A malformed run id goes on to the app, which refuses it."""
+_TEMPLATES = {
+    "runs": "/api/v1/runs",
+    "claims": "/api/v1/claims",
+    **{call: f"/api/v1/runs/{{run_id}}/{call}" for call in ("tasks", "transition", "wait")},
+}
+"""The route template of each call, for the metrics."""
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 _STATUSES = {status.value: status for status in RunStatus}
 _DIGITS = re.compile(r"[0-9]{1,5}")
@@ -145,7 +151,7 @@ class HotPath:
         if pending is None:
             await self.app(scope, receive, send)
             return
-        scope[ROUTE_SCOPE_KEY] = _template(match[0], run_id)
+        scope[ROUTE_SCOPE_KEY] = _TEMPLATES[call]
         try:
             model, status = await pending
         except Exception as exc:
@@ -200,19 +206,15 @@ class HotPath:
                 return messages, b"".join(m.get("body", b"") for m in messages)
 
 
-def _template(path: str, run_id: str | None) -> str:
-    """The route template of a hot call's path, for the metrics."""
-    return path if run_id is None else path.replace(f"/{run_id}/", "/{run_id}/", 1)
-
-
 def _json_body(scope: Scope) -> bool:
-    """Whether the app would read the body as JSON, as the hot path does.
+    """Whether the request says its body is JSON, exactly as the worker and client do.
 
     The app also reads `application/<x>+json` and a content type with parameters as JSON;
-    those are rare, and go to it.
+    those are rare, and go to it. So does a body without a content type, which the app
+    refuses (422): a browser page's cross-site request may send one.
     """
     types = [value for name, value in scope["headers"] if name == b"content-type"]
-    return not types or types == [b"application/json"]
+    return types == [b"application/json"]
 
 
 def _wait_query(query: bytes) -> tuple[list[RunStatus], int] | None:
