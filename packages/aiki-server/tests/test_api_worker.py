@@ -15,7 +15,9 @@ from server_api import (
     error_of,
     get_run,
     iso,
+    record_statements,
     start,
+    task_record,
     transition,
 )
 
@@ -913,3 +915,28 @@ async def test_a_task_record_with_another_revision_is_stale(
     details = error_of(r, 409, "stale_revision")
     assert details == {"run_id": run_id, "revision": revision + 1, "current_revision": revision}
     assert await get_run(server, run_id) == before
+
+
+async def test_a_first_task_record_is_written_whole_in_few_round_trips(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On PostgreSQL the task, the run's counts, the first attempt and the history row go
+    in one statement after the run's read; SQLite, in process, sends them one by one.
+    Either way the run shows the same task, attempt and history."""
+    h = harness
+    run = await start(h.client)
+    revision = (await claim_one(h.client))["run"]["revision"]
+    sent = record_statements(monkeypatch)
+
+    r = await h.client.post(f"/runs/{run['id']}/tasks", json=task_record(revision))
+    assert r.status_code == 200, r.text
+
+    dialect = h.app.state.db.dialect
+    assert len(sent) == {"postgresql": 2, "sqlite": 5}[dialect], sent
+    monkeypatch.undo()
+    got = await get_run(h.client, run["id"])
+    [task] = got["tasks"]
+    assert (task["address"], task["status"], task["result"]) == ("charge:1", "completed", 7)
+    assert [(a["attempt"], a["status"]) for a in task["attempts"]] == [(1, "completed")]
+    history = [(e["entity"], e["to_status"]) for e in got["history"]]
+    assert history[-1] == ("task", "completed")

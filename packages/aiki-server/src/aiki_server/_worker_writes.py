@@ -470,6 +470,34 @@ _OUTCOMES = {
 """The `outcome` label of an attempt that ended with the task in this status."""
 
 
+_NEW_TASK = (
+    "INSERT INTO tasks (id, run_id, address, occurrence, name, status, input,"
+    " result, error, next_attempt_at, created_at, finished_at, run_attempt, notice)"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+    " ON CONFLICT (run_id, address, occurrence) DO NOTHING RETURNING id"
+)
+"""A task call's first record, unless the call has one ($1-$14: the task's columns)."""
+_COUNT_TASK = (
+    "UPDATE runs SET task_count = task_count + 1, history_count = history_count + 1"
+    " WHERE id = $1 RETURNING task_count"
+)
+"""One more task, and one more history row, on the run's row; the run's task count."""
+_NEW_TASK_AT_ONCE = (
+    f"WITH task AS ({_NEW_TASK}),"
+    " attempt AS (INSERT INTO task_attempts"
+    " (task_id, attempt, status, started_at, finished_at, error, run_attempt)"
+    " SELECT id, $15::bigint, $6, $16::bigint, $17::bigint, $9, $13 FROM task),"
+    " history AS (INSERT INTO state_transitions (namespace, run_id, entity, entity_id,"
+    " from_status, to_status, reason, revision, at)"
+    " SELECT $18::text, $2, 'task', id, NULL, $6, $19::text, $20::bigint, $11 FROM task)"
+    " UPDATE runs SET task_count = task_count + 1, history_count = history_count + 1"
+    " WHERE id = $2 AND EXISTS (SELECT 1 FROM task) RETURNING task_count"
+)
+"""`_NEW_TASK`, then, if it inserted, `_COUNT_TASK`, the first attempt ($15-$17: its
+number, start and end) and its history row ($18-$20: the run's namespace, the reason,
+the run's revision), in one statement: no row if the call had a record already."""
+
+
 async def write_task(
     tx: Tx, run: Row, req: RecordTaskRequest, now: int, limits: Limits
 ) -> RecordTaskResponse:
@@ -490,14 +518,13 @@ async def write_task(
         if req.status is not TaskStatus.COMPLETED
         else limits.dump_payload(req.result, "result")
     )
+    attempt_finished = None if req.status is TaskStatus.RUNNING else now
+    attempt_started = now if req.started_at is None else min(to_ms(req.started_at), now)
+    reason = f"{req.name} attempt {req.attempt}"
     # most calls are recorded once, completed: try the insert first
     task_id = new_id()
     previous = None
-    inserted = await tx.fetch(
-        "INSERT INTO tasks (id, run_id, address, occurrence, name, status, input,"
-        " result, error, next_attempt_at, created_at, finished_at, run_attempt, notice)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
-        " ON CONFLICT (run_id, address, occurrence) DO NOTHING RETURNING id",
+    values = (
         task_id,
         run_id,
         req.address,
@@ -513,17 +540,18 @@ async def write_task(
         run_attempt,
         req.notice,
     )
-    if inserted:
-        # counted on the run's row: the check costs no count of the run's tasks
-        count = await tx.fetchrow(
-            "UPDATE runs SET task_count = task_count + 1, history_count = history_count + 1"
-            " WHERE id = $1 RETURNING task_count",
-            run_id,
-        )
-        assert count is not None
-        if count["task_count"] > limits.max_tasks_per_run:
-            raise RunLimitError(run_id, limits.max_tasks_per_run)  # the transaction writes nothing
+    # counted on the run's row: the check costs no count of the run's tasks
+    if tx.writable_ctes:  # the task, its count, first attempt and history: one round trip
+        history = (run["namespace"], reason, run["revision"])
+        args = (*values, req.attempt, attempt_started, attempt_finished, *history)
+        counted = await tx.fetchrow(_NEW_TASK_AT_ONCE, *args)
+        inserted = counted is not None
     else:
+        inserted = bool(await tx.fetch(_NEW_TASK, *values))
+        counted = await tx.fetchrow(_COUNT_TASK, run_id) if inserted else None
+    if counted is not None and counted["task_count"] > limits.max_tasks_per_run:
+        raise RunLimitError(run_id, limits.max_tasks_per_run)  # the transaction writes nothing
+    if not inserted:
         task = await tx.fetchrow(
             f"SELECT id, status, result, error, run_attempt FROM tasks"
             f" WHERE run_id = $1 AND address = $2"
@@ -559,12 +587,12 @@ async def write_task(
             run_attempt,
             req.notice,
         )
-    attempt_finished = None if req.status is TaskStatus.RUNNING else now
-    attempt_started = now if req.started_at is None else min(to_ms(req.started_at), now)
     if attempt_finished is not None:
         outcome = _OUTCOMES[req.status]
         seconds = (attempt_finished - attempt_started) / 1000
         tx.observe(lambda metrics: metrics.task_attempt(req.name, outcome, seconds))
+    if inserted and tx.writable_ctes:
+        return RecordTaskResponse(task_id=task_id, status=req.status)
     await tx.execute(
         "INSERT INTO task_attempts"
         " (task_id, attempt, status, started_at, finished_at, error, run_attempt)"
@@ -587,7 +615,7 @@ async def write_task(
         entity_id=task_id,
         from_status=previous,
         to_status=req.status.value,
-        reason=f"{req.name} attempt {req.attempt}",
+        reason=reason,
         revision=run["revision"],
         now=now,
     )

@@ -53,6 +53,9 @@ class Tx(ABC):
     keep_rows: str
     """Appended to a SELECT to keep its rows from being deleted (or their keys changed)
     until commit, letting other transactions read, keep and update them meanwhile."""
+    writable_ctes: bool
+    """Whether a statement's `WITH` may insert or update (PostgreSQL): several writes that
+    depend on each other then go in one round trip."""
 
     def __init__(self) -> None:
         self.topics: set[str] = set()

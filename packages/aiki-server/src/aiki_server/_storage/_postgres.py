@@ -61,6 +61,7 @@ class PostgresTx(Tx):
     skip_locked = " FOR NO KEY UPDATE SKIP LOCKED"
     keep_rows = " FOR KEY SHARE"
     unindexed = ""  # the planner weighs indexes by the table's statistics
+    writable_ctes = True
 
     def __init__(self, conn: _Connection) -> None:
         super().__init__()

@@ -51,6 +51,7 @@ class SqliteTx(Tx):
     skip_locked = ""
     keep_rows = ""
     unindexed = "+"  # a unary plus: the column's value, never its index
+    writable_ctes = False
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         super().__init__()
