@@ -489,13 +489,16 @@ _NEW_TASK_AT_ONCE = (
     " SELECT id, $15::bigint, $6, $16::bigint, $17::bigint, $9, $13 FROM task),"
     " history AS (INSERT INTO state_transitions (namespace, run_id, entity, entity_id,"
     " from_status, to_status, reason, revision, at)"
-    " SELECT $18::text, $2, 'task', id, NULL, $6, $19::text, $20::bigint, $11 FROM task)"
-    " UPDATE runs SET task_count = task_count + 1, history_count = history_count + 1"
-    " WHERE id = $2 AND EXISTS (SELECT 1 FROM task) RETURNING task_count"
+    " SELECT $18::text, $2, 'task', id, NULL, $6, $19::text, $20::bigint, $11 FROM task),"
+    " counted AS (UPDATE runs SET task_count = task_count + 1,"
+    " history_count = history_count + 1"
+    " WHERE id = $2 AND EXISTS (SELECT 1 FROM task) RETURNING task_count)"
+    " SELECT EXISTS (SELECT 1 FROM task) AS inserted, (SELECT task_count FROM counted)"
+    " AS task_count"
 )
 """`_NEW_TASK`, then, if it inserted, `_COUNT_TASK`, the first attempt ($15-$17: its
 number, start and end) and its history row ($18-$20: the run's namespace, the reason,
-the run's revision), in one statement: no row if the call had a record already."""
+the run's revision), in one statement: whether it inserted, and the run's task count."""
 
 
 async def write_task(
@@ -544,13 +547,18 @@ async def write_task(
     if tx.writable_ctes:  # the task, its count, first attempt and history: one round trip
         history = (run["namespace"], reason, run["revision"])
         args = (*values, req.attempt, attempt_started, attempt_finished, *history)
-        counted = await tx.fetchrow(_NEW_TASK_AT_ONCE, *args)
-        inserted = counted is not None
+        written = await tx.fetchrow(_NEW_TASK_AT_ONCE, *args)
+        assert written is not None  # a SELECT of two values: always one row
+        inserted = bool(written["inserted"])
+        counted = written["task_count"]
     else:
         inserted = bool(await tx.fetch(_NEW_TASK, *values))
-        counted = await tx.fetchrow(_COUNT_TASK, run_id) if inserted else None
-    if counted is not None and counted["task_count"] > limits.max_tasks_per_run:
-        raise RunLimitError(run_id, limits.max_tasks_per_run)  # the transaction writes nothing
+        row = await tx.fetchrow(_COUNT_TASK, run_id) if inserted else None
+        counted = None if row is None else row["task_count"]
+    if inserted:
+        assert counted is not None  # the caller holds the run's row
+        if counted > limits.max_tasks_per_run:
+            raise RunLimitError(run_id, limits.max_tasks_per_run)  # the transaction writes nothing
     if not inserted:
         task = await tx.fetchrow(
             f"SELECT id, status, result, error, run_attempt FROM tasks"
