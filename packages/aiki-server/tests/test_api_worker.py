@@ -940,3 +940,33 @@ async def test_a_first_task_record_is_written_whole_in_few_round_trips(
     assert [(a["attempt"], a["status"]) for a in task["attempts"]] == [(1, "completed")]
     history = [(e["entity"], e["to_status"]) for e in got["history"]]
     assert history[-1] == ("task", "completed")
+
+
+async def test_a_run_moves_with_its_history_in_one_statement_on_postgresql(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claim and a completion each write the run's row, drop its remote attempts (at its
+    end) and add its history row: one statement on PostgreSQL, three on SQLite."""
+    h = harness
+    run = await start(h.client)
+    sent = record_statements(monkeypatch)
+    revision = (await claim_one(h.client))["run"]["revision"]
+    r = await transition(h.client, run["id"], revision, {"kind": "complete", "result": 1})
+    assert r.status_code == 200, r.text
+
+    separate = [
+        sql
+        for sql, _ in sent
+        if sql.startswith(("INSERT INTO state_transitions", "DELETE FROM task_pushes"))
+    ]
+    moves = [sql for sql, _ in sent if "UPDATE runs SET status" in sql]
+    assert len(moves) == 2, moves
+    if h.app.state.db.dialect == "postgresql":
+        assert separate == []
+        assert all(sql.startswith("WITH ") for sql in moves), moves
+    else:
+        assert len(separate) == 3, separate  # two history rows, one drop
+    monkeypatch.undo()
+    got = await get_run(h.client, run["id"])
+    moved = [(e["from_status"], e["to_status"]) for e in got["history"] if e["entity"] == "run"]
+    assert moved[-2:] == [("queued", "running"), ("running", "completed")]

@@ -99,6 +99,15 @@ async def record_history(
     )
 
 
+_RUN_HISTORY = (
+    "history AS (INSERT INTO state_transitions (namespace, run_id, entity, entity_id,"
+    " from_status, to_status, reason, revision, at) VALUES ({0}, $1, 'run', $1, {1}, {2},"
+    " {3}, {4}, {5}))"
+)
+"""A run's history row as a writable CTE of the statement that moves it (`$1`: the run's
+id; the placeholders: its namespace, from and to status, reason, revision, time)."""
+
+
 async def lock_run(tx: Tx, run_id: str, namespace: str) -> Row | None:
     """The run's row, locked for this transaction (PostgreSQL), or `None`.
 
@@ -187,10 +196,9 @@ async def move_run(
         # ranked by priority alone (see `_flow`): a cheap write
         rank = now - int(run["priority"]) * tx.flow.step_ms
         values |= {"ready_at": now, "rank": rank, "wake_at": None}
-    if target.is_terminal or target is RunStatus.CLEANING_UP:
-        # long remote attempts of an ended run are dropped: their answers find no row (a
-        # cleanup sees the cancellation where the run waited for one)
-        await tx.execute("DELETE FROM task_pushes WHERE run_id = $1", run["id"])
+    # long remote attempts of an ended run are dropped: their answers find no row (a
+    # cleanup sees the cancellation where the run waited for one)
+    drop_pushes = target.is_terminal or target is RunStatus.CLEANING_UP
     if target.is_terminal:
         values |= {"finished_at": now, "wake_at": None, "deadline_at": None}
     values |= columns
@@ -198,26 +206,31 @@ async def move_run(
         values["waits"] = None
     if target is RunStatus.PAUSED and RunStatus.AWAITING_RETRY not in (current, intended):
         values["wake_at"] = None  # nothing wakes a paused run; resume replays its waits
-    names = list(values)
-    assignments = ", ".join(f"{name} = ${i}" for i, name in enumerate(names, start=2))
+    assignments = ", ".join(f"{name} = ${i}" for i, name in enumerate(values, start=2))
     # counted where the row is written anyway: the per-run history bound (`_worker_writes`)
-    await tx.execute(
-        f"UPDATE runs SET {assignments}, history_count = history_count + 1 WHERE id = $1",
-        run["id"],
-        *values.values(),
-    )
-    await record_history(
-        tx,
-        namespace=run["namespace"],
-        run_id=run["id"],
-        entity="run",
-        entity_id=run["id"],
-        from_status=current.value,
-        to_status=target.value,
-        reason=reason,
-        revision=revision,
-        now=now,
-    )
+    update = f"UPDATE runs SET {assignments}, history_count = history_count + 1 WHERE id = $1"
+    if tx.writable_ctes:  # the pushes' drop, the row and its history: one round trip
+        history = (run["namespace"], current.value, target.value, reason, revision, now)
+        first = len(values) + 2
+        ctes = ["pushes AS (DELETE FROM task_pushes WHERE run_id = $1)"] if drop_pushes else []
+        ctes.append(_RUN_HISTORY.format(*(f"${first + i}" for i in range(len(history)))))
+        await tx.execute(f"WITH {', '.join(ctes)} {update}", run["id"], *values.values(), *history)
+    else:
+        if drop_pushes:
+            await tx.execute("DELETE FROM task_pushes WHERE run_id = $1", run["id"])
+        await tx.execute(update, run["id"], *values.values())
+        await record_history(
+            tx,
+            namespace=run["namespace"],
+            run_id=run["id"],
+            entity="run",
+            entity_id=run["id"],
+            from_status=current.value,
+            to_status=target.value,
+            reason=reason,
+            revision=revision,
+            now=now,
+        )
     tx.publish(run_topic(run["id"]))
     if fence and freed:
         # taken from its worker (cancelled, timed out, claim idle): its directives poll answers
