@@ -34,12 +34,14 @@ def ok(body: bytes) -> bytes:
 
 
 class SocketEndpoint:
-    """Sends `answer` to every push after `delay` seconds; `pushes` counts them."""
+    """Sends `answer` to every push after `delay` seconds; `pushes` counts them, `answered`
+    the answers sent."""
 
     def __init__(self, answer: bytes, delay: float = 0.0) -> None:
         self.answer = answer
         self.delay = delay
         self.pushes = 0
+        self.answered = 0
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
 
@@ -65,6 +67,7 @@ class SocketEndpoint:
             self.pushes += 1
             await anyio.sleep(self.delay)
             await stream.send(self.answer)
+            self.answered += 1
 
 
 async def call_task(
@@ -290,6 +293,39 @@ async def test_a_late_answer_to_an_attempt_its_worker_recorded_is_dropped_not_pu
 
         (task,) = (await get_run(h.client, run_id))["tasks"]
         assert (task["status"], task["result"]) == ("completed", 7)
+        tg.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("end", ["complete", "cancel"])
+async def test_a_run_that_ends_drops_its_long_remote_attempt_and_its_late_answer(
+    make_harness: HarnessFactory, end: str
+) -> None:
+    """Its push row goes with the run's end (a completion; a cancel while the run waits
+    for the task); the answer that comes later finds no row and changes nothing."""
+    endpoint = SocketEndpoint(ok(b'{"status": "completed", "result": 3}'), delay=0.5)
+    async with make_harness(**SHORT_WAIT) as h, anyio.create_task_group() as tg:
+        await tg.start(endpoint.serve)
+        run_id, revision = await long_call(h, endpoint)
+        assert await pushes_left(h) == 1
+        if end == "complete":
+            r = await transition(h.client, run_id, revision, {"kind": "complete", "result": 1})
+        else:
+            waits = [{"kind": "task", "address": "resize:1", "occurrence": 0}]
+            r = await transition(h.client, run_id, revision, {"kind": "suspend", "waits": waits})
+            assert r.json()["run"]["status"] == "awaiting_task", r.text
+            r = await h.client.post(f"/runs/{run_id}/cancel", json={"reason": "enough"})
+        assert r.status_code == 200, r.text
+        ended = await get_run(h.client, run_id)
+
+        assert await pushes_left(h) == 0
+        with anyio.fail_after(10):
+            while not endpoint.answered:  # noqa: ASYNC110 - a socket server's counter
+                await anyio.sleep(0.05)
+        await anyio.sleep(0.3)  # the server reads the answer meanwhile
+        after = await get_run(h.client, run_id)
+        assert (after["status"], after["tasks"]) == (ended["status"], ended["tasks"])
+        assert after["tasks"][0]["status"] == "running"
+        assert await pushes_left(h) == 0
         tg.cancel_scope.cancel()
 
 
