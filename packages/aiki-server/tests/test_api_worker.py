@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -18,13 +19,14 @@ from server_api import (
     record_statements,
     start,
     task_record,
+    timer_pass,
     transition,
 )
 
 if TYPE_CHECKING:
     import httpx
 
-    from server_api import Harness
+    from server_api import Harness, HarnessFactory
 
 
 async def started_and_claimed(client: httpx.AsyncClient, **fields: Any) -> tuple[str, int]:
@@ -970,3 +972,24 @@ async def test_a_run_moves_with_its_history_in_one_statement_on_postgresql(
     got = await get_run(h.client, run["id"])
     moved = [(e["from_status"], e["to_status"]) for e in got["history"] if e["entity"] == "run"]
     assert moved[-2:] == [("queued", "running"), ("running", "completed")]
+
+
+async def test_a_task_record_keeps_its_worker_s_claim_as_a_heartbeat_does(
+    make_harness: HarnessFactory,
+) -> None:
+    """A worker recording its tasks is alive, whatever its heartbeats met (a server back
+    from an outage longer than the idle timeout): its claim is not taken meanwhile."""
+    async with make_harness(claim_idle_timeout=timedelta(seconds=2)) as h:
+        run = await start(h.client)
+        revision = (await claim_one(h.client))["run"]["revision"]
+        h.clock.advance(1_900)  # no heartbeat since the claim
+        r = await h.client.post(f"/runs/{run['id']}/tasks", json=task_record(revision))
+        assert r.status_code == 200, r.text
+        h.clock.advance(1_900)  # 3.8 s after the claim, 1.9 s after the record
+
+        await timer_pass(h)
+
+        assert (await get_run(h.client, run["id"]))["status"] == "running"
+        h.clock.advance(200)  # 2.1 s after the record: idle now
+        await timer_pass(h)
+        assert (await get_run(h.client, run["id"]))["status"] == "queued"

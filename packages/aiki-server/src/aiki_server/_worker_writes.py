@@ -478,10 +478,15 @@ _NEW_TASK = (
 )
 """A task call's first record, unless the call has one ($1-$14: the task's columns)."""
 _COUNT_TASK = (
-    "UPDATE runs SET task_count = task_count + 1, history_count = history_count + 1"
+    "UPDATE runs SET task_count = task_count + 1, history_count = history_count + 1,"
+    " claim_expires_at = CASE WHEN claim_expires_at IS NULL THEN NULL ELSE $2 END"
     " WHERE id = $1 RETURNING task_count"
 )
-"""One more task, and one more history row, on the run's row; the run's task count."""
+"""One more task, and one more history row, on the run's row; the run's task count.
+
+The record comes from the run's worker ($2: its claim's new expiry): alive, whatever its
+heartbeats met (a server just restarted after an outage longer than the idle timeout
+would otherwise take the run from a worker that is recording its next task)."""
 _NEW_TASK_AT_ONCE = (
     f"WITH task AS ({_NEW_TASK}),"
     " attempt AS (INSERT INTO task_attempts"
@@ -491,14 +496,16 @@ _NEW_TASK_AT_ONCE = (
     " from_status, to_status, reason, revision, at)"
     " SELECT $18::text, $2, 'task', id, NULL, $6, $19::text, $20::bigint, $11 FROM task),"
     " counted AS (UPDATE runs SET task_count = task_count + 1,"
-    " history_count = history_count + 1"
+    " history_count = history_count + 1, claim_expires_at = CASE WHEN claim_expires_at"
+    " IS NULL THEN NULL ELSE $21::bigint END"
     " WHERE id = $2 AND EXISTS (SELECT 1 FROM task) RETURNING task_count)"
     " SELECT EXISTS (SELECT 1 FROM task) AS inserted, (SELECT task_count FROM counted)"
     " AS task_count"
 )
 """`_NEW_TASK`, then, if it inserted, `_COUNT_TASK`, the first attempt ($15-$17: its
 number, start and end) and its history row ($18-$20: the run's namespace, the reason,
-the run's revision), in one statement: whether it inserted, and the run's task count."""
+the run's revision), in one statement ($21: the claim's new expiry): whether it
+inserted, and the run's task count."""
 
 
 async def write_task(
@@ -544,16 +551,17 @@ async def write_task(
         req.notice,
     )
     # counted on the run's row: the check costs no count of the run's tasks
+    expires = now + limits.claim_idle_ms
     if tx.writable_ctes:  # the task, its count, first attempt and history: one round trip
         history = (run["namespace"], reason, run["revision"])
-        args = (*values, req.attempt, attempt_started, attempt_finished, *history)
+        args = (*values, req.attempt, attempt_started, attempt_finished, *history, expires)
         written = await tx.fetchrow(_NEW_TASK_AT_ONCE, *args)
         assert written is not None  # a SELECT of two values: always one row
         inserted = bool(written["inserted"])
         counted = written["task_count"]
     else:
         inserted = bool(await tx.fetch(_NEW_TASK, *values))
-        row = await tx.fetchrow(_COUNT_TASK, run_id) if inserted else None
+        row = await tx.fetchrow(_COUNT_TASK, run_id, expires) if inserted else None
         counted = None if row is None else row["task_count"]
     if inserted:
         assert counted is not None  # the caller holds the run's row
