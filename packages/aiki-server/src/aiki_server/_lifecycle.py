@@ -70,6 +70,13 @@ _PAUSED_INSTEAD = frozenset({RunStatus.QUEUED, *RUN_WAITING_STATUSES})
 """Where a running run may go that a requested pause turns into `paused`."""
 
 
+HISTORY_INSERT = (
+    "INSERT INTO state_transitions"
+    " (namespace, run_id, entity, entity_id, from_status, to_status, reason, revision, at)"
+)
+"""The start of a statement that appends a history row: its values (or a SELECT) follow."""
+
+
 async def record_history(
     tx: Tx,
     *,
@@ -85,8 +92,7 @@ async def record_history(
 ) -> None:
     """Append one row to the audit trail."""
     await tx.execute(
-        "INSERT INTO state_transitions (namespace, run_id, entity, entity_id, from_status,"
-        " to_status, reason, revision, at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        f"{HISTORY_INSERT} VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         namespace,
         run_id,
         entity,
@@ -100,9 +106,8 @@ async def record_history(
 
 
 _RUN_HISTORY = (
-    "history AS (INSERT INTO state_transitions (namespace, run_id, entity, entity_id,"
-    " from_status, to_status, reason, revision, at) VALUES ({0}, $1, 'run', $1, {1}, {2},"
-    " {3}, {4}, {5}))"
+    f"history AS ({HISTORY_INSERT} VALUES ({{0}}, $1, 'run', $1, {{1}}, {{2}}, {{3}}, {{4}},"
+    " {5}))"
 )
 """A run's history row as a writable CTE of the statement that moves it (`$1`: the run's
 id; the placeholders: its namespace, from and to status, reason, revision, time)."""

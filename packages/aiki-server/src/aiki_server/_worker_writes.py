@@ -41,6 +41,7 @@ from aiki_core.wire import (
 from aiki_server._clock import to_ms
 from aiki_server._lifecycle import (
     HELD,
+    HISTORY_INSERT,
     claimed_run,
     end_cleanup,
     hand_cleanup,
@@ -492,8 +493,7 @@ _NEW_TASK_AT_ONCE = (
     " attempt AS (INSERT INTO task_attempts"
     " (task_id, attempt, status, started_at, finished_at, error, run_attempt)"
     " SELECT id, $15::bigint, $6, $16::bigint, $17::bigint, $9, $13 FROM task),"
-    " history AS (INSERT INTO state_transitions (namespace, run_id, entity, entity_id,"
-    " from_status, to_status, reason, revision, at)"
+    f" history AS ({HISTORY_INSERT}"
     " SELECT $18::text, $2, 'task', id, NULL, $6, $19::text, $20::bigint, $11 FROM task),"
     " counted AS (UPDATE runs SET task_count = task_count + 1,"
     " history_count = history_count + 1, claim_expires_at = CASE WHEN claim_expires_at"
